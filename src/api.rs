@@ -1,0 +1,231 @@
+//! The local control API: HTTP/JSON on a loopback address, used by the CLI, scripts and browsers.
+//!
+//! Every endpoint except `GET /health` needs `Authorization: Bearer <token>` with the token from
+//! the home's `api-token` file; a wrong or missing token gets `401` and nothing else. Requests
+//! that carry a browser `Origin` other than the API's own are refused, so a web page cannot drive
+//! the daemon through localhost.
+//!
+//! | method | path          | body              | answer                         |
+//! |--------|---------------|-------------------|--------------------------------|
+//! | GET    | `/health`     |                   | `{"status":"ok"}` (no token)   |
+//! | GET    | `/v1/status`  |                   | [`Status`]                     |
+//! | GET    | `/v1/peers`   |                   | list of [`crate::net::PeerStatus`] |
+//! | POST   | `/v1/peers`   | `{"addr": "..."}` | [`PeerAdded`]                  |
+//!
+//! Errors are JSON `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{NetClient, NetStatus, PeerStatus};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The network task.
+    pub net: NetClient,
+    /// The bearer token every request must carry.
+    pub token: Arc<str>,
+    /// The config file, where `peer add` remembers peers.
+    pub config_path: PathBuf,
+    /// The address the API is bound to, for the origin check.
+    pub bound: SocketAddr,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Software version.
+    pub version: String,
+    /// Dialable listen addresses, each ending in `/p2p/<peer_id>`.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// Configured static peers.
+    pub static_peers: Vec<String>,
+    /// Whether mDNS discovery runs.
+    pub mdns: bool,
+    /// The API address.
+    pub api: String,
+}
+
+/// Body of `POST /v1/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddPeer {
+    /// A multiaddr, best ending in `/p2p/<peer id>`.
+    pub addr: String,
+}
+
+/// Answer to `POST /v1/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerAdded {
+    /// The address as understood.
+    pub addr: String,
+    /// False if it was already configured.
+    pub added: bool,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// The API's routes, with authentication applied to all but `/health`.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers).post(add_peer))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            same_origin_only,
+        ))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn authorize(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized").into_response()
+    }
+}
+
+/// Browsers send `Origin` on cross-site requests; only our own origin may call us.
+async fn same_origin_only(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = [
+            format!("http://{}", state.bound),
+            format!("http://localhost:{}", state.bound.port()),
+        ];
+        let allowed = origin
+            .to_str()
+            .map(|o| own.iter().any(|own| own == o))
+            .unwrap_or(false);
+        if !allowed {
+            return ApiError::new(StatusCode::FORBIDDEN, "cross-origin requests are refused")
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn net_status(state: &ApiState) -> Result<NetStatus, ApiError> {
+    state
+        .net
+        .status()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
+    let net = net_status(&state).await?;
+    Ok(Json(Status {
+        peer_id: net.peer_id,
+        version: env!("CARGO_PKG_VERSION").into(),
+        listen_addrs: net.listen_addrs,
+        peers: net.peers,
+        static_peers: net.static_peers,
+        mdns: net.mdns,
+        api: state.bound.to_string(),
+    }))
+}
+
+async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerStatus>>, ApiError> {
+    Ok(Json(net_status(&state).await?.peers))
+}
+
+async fn add_peer(
+    State(state): State<ApiState>,
+    Json(body): Json<AddPeer>,
+) -> Result<Json<PeerAdded>, ApiError> {
+    let addr = crate::config::parse_multiaddr(body.addr.trim())
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    // Remember first: a peer that is dialled but not saved would silently vanish on restart.
+    let path = state.config_path.clone();
+    let saved = addr.clone();
+    tokio::task::spawn_blocking(move || crate::config::add_static_peer(&path, &saved))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let added = state
+        .net
+        .add_static_peer(addr.clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(Json(PeerAdded {
+        addr: addr.to_string(),
+        added,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,429 @@
+//! The daemon's configuration, in two layers.
+//!
+//! [`RawConfig`] is exactly what `config.toml` says: a serde struct where every field has a
+//! documented default and unknown keys are rejected, so a typo fails loudly at start instead of
+//! being silently ignored. [`Config`] is what the program uses: it is produced once, by
+//! [`RawConfig::validate`], with every address parsed, so the rest of the code never sees a string
+//! that might be malformed. Parsing works from a string, so tests need no files.
+//!
+//! [`render`] writes a commented `config.toml` with every key; `meshsync init` uses it and
+//! `config/meshsync.example.toml` is its output for the defaults (a test keeps them identical).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use serde::{Deserialize, Serialize};
+
+/// TCP port peers listen on unless configured otherwise.
+pub const DEFAULT_P2P_PORT: u16 = 7465;
+/// Loopback port of the control API unless configured otherwise.
+pub const DEFAULT_API_PORT: u16 = 7466;
+/// How many peers found by mDNS or Kademlia the daemon dials on its own.
+pub const DEFAULT_MAX_DISCOVERED_PEERS: usize = 64;
+
+/// Everything that can be wrong with a configuration, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML parser's message; it names the key and line.
+        message: String,
+    },
+    /// A key has a value of the right type that still makes no sense.
+    #[error("invalid config file {path}: key `{key}`: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The key, with an index for list items (`peers[2]`).
+        key: String,
+        /// What is wrong with the value.
+        message: String,
+    },
+    /// Editing the config file (for `peer add`) failed.
+    #[error("cannot update config file {path}: {message}")]
+    Update {
+        /// The config file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// `config.toml` as written, before validation. Every field has a default, so an empty file is a
+/// valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Multiaddrs the peer-to-peer listener binds to.
+    pub listen: Vec<String>,
+    /// `IP:PORT` of the control API; port 0 picks a free port (written to `api.addr`).
+    pub api: String,
+    /// Must be true to bind the API to a non-loopback address.
+    pub api_allow_remote: bool,
+    /// Static peers, dialled at start and redialled when the connection drops.
+    pub peers: Vec<String>,
+    /// Kademlia bootstrap peers (multiaddrs ending in `/p2p/<id>`).
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// How many discovered (mDNS, Kademlia) peers the daemon connects to on its own.
+    pub max_discovered_peers: usize,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
+                format!("/ip6/::/tcp/{DEFAULT_P2P_PORT}"),
+            ],
+            api: format!("127.0.0.1:{DEFAULT_API_PORT}"),
+            api_allow_remote: false,
+            peers: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            max_discovered_peers: DEFAULT_MAX_DISCOVERED_PEERS,
+        }
+    }
+}
+
+/// A bootstrap peer: Kademlia needs both the id and an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapPeer {
+    /// The peer's id, from the trailing `/p2p/` component.
+    pub peer_id: PeerId,
+    /// The full address, including `/p2p/<id>`.
+    pub addr: Multiaddr,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (for messages and for `peer add`).
+    pub path: PathBuf,
+    /// Peer-to-peer listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Control API socket address.
+    pub api: SocketAddr,
+    /// Static peers.
+    pub peers: Vec<Multiaddr>,
+    /// Kademlia bootstrap peers.
+    pub bootstrap: Vec<BootstrapPeer>,
+    /// Whether mDNS discovery runs.
+    pub mdns: bool,
+    /// Upper bound on auto-dialled discovered peers.
+    pub max_discovered_peers: usize,
+}
+
+impl RawConfig {
+    /// Parses TOML text; `path` only names the source in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Checks every value and produces the [`Config`] the program uses.
+    pub fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if self.listen.is_empty() {
+            return Err(invalid(
+                "listen".into(),
+                "needs at least one address".into(),
+            ));
+        }
+        let listen = parse_addrs("listen", &self.listen, path)?;
+        let api: SocketAddr = self
+            .api
+            .parse()
+            .map_err(|e| invalid("api".into(), format!("`{}` is not IP:PORT ({e})", self.api)))?;
+        if !api.ip().is_loopback() && !self.api_allow_remote {
+            return Err(invalid(
+                "api".into(),
+                format!(
+                    "{api} is not a loopback address; set api_allow_remote = true to expose the \
+                     control API beyond this machine"
+                ),
+            ));
+        }
+        let peers = parse_addrs("peers", &self.peers, path)?;
+        let mut bootstrap = Vec::new();
+        for (i, addr) in parse_addrs("bootstrap", &self.bootstrap, path)?
+            .into_iter()
+            .enumerate()
+        {
+            let peer_id = peer_id_of(&addr).ok_or_else(|| {
+                invalid(
+                    format!("bootstrap[{i}]"),
+                    format!("`{addr}` must end in /p2p/<peer id>"),
+                )
+            })?;
+            bootstrap.push(BootstrapPeer { peer_id, addr });
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            listen,
+            api,
+            peers,
+            bootstrap,
+            mdns: self.mdns,
+            max_discovered_peers: self.max_discovered_peers,
+        })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        RawConfig::parse(&text, path)?.validate(path)
+    }
+}
+
+/// The peer id at the end of a multiaddr, if it has one.
+pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Some(id),
+        _ => None,
+    }
+}
+
+/// Parses a multiaddr given by a user, with a message that says what was expected.
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.parse::<Multiaddr>().map_err(|e| {
+        format!(
+            "`{text}` is not a multiaddr ({e}); expected e.g. /ip4/192.0.2.7/tcp/7465/p2p/<peer id>"
+        )
+    })
+}
+
+fn parse_addrs(key: &str, items: &[String], path: &Path) -> Result<Vec<Multiaddr>, ConfigError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            parse_multiaddr(text).map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("{key}[{i}]"),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Writes a complete, commented `config.toml` for `raw`.
+pub fn render(raw: &RawConfig) -> String {
+    let list =
+        |items: &[String]| toml::Value::Array(items.iter().cloned().map(Into::into).collect());
+    let defaults = RawConfig::default();
+    format!(
+        r#"# meshsync configuration. Every key is listed with its meaning and default.
+# Unknown keys or bad values stop the daemon at start with a message naming the key.
+
+# Multiaddrs the peer-to-peer (TCP, Noise, Yamux) listener binds to. Port 0 picks a free port.
+# Default: {default_listen}
+listen = {listen}
+
+# IP:PORT of the local control API used by the CLI and scripts (HTTP, bearer token in `api-token`).
+# Port 0 picks a free port and writes the real address to `api.addr` in the home directory.
+# Default: "{default_api}"
+api = "{api}"
+
+# The API only binds to loopback addresses unless this is true. Anyone who can reach the API and
+# holds the token controls the daemon.
+# Default: false
+api_allow_remote = {api_allow_remote}
+
+# Static peers: dialled at start and redialled with backoff whenever the connection drops.
+# Multiaddrs, best ending in /p2p/<peer id>. `meshsync peer add` appends here.
+# Default: []
+peers = {peers}
+
+# Kademlia bootstrap peers, for discovery beyond the local network. Must end in /p2p/<peer id>.
+# Default: []
+bootstrap = {bootstrap}
+
+# Find peers on the local network with mDNS (multicast DNS). `meshsync init --no-mdns` sets false.
+# Default: true
+mdns = {mdns}
+
+# How many peers discovered through mDNS or Kademlia the daemon connects to on its own.
+# Static and bootstrap peers do not count against this.
+# Default: {default_max}
+max_discovered_peers = {max}
+"#,
+        default_listen = list(&defaults.listen),
+        listen = list(&raw.listen),
+        default_api = defaults.api,
+        api = raw.api,
+        api_allow_remote = raw.api_allow_remote,
+        peers = list(&raw.peers),
+        bootstrap = list(&raw.bootstrap),
+        mdns = raw.mdns,
+        default_max = defaults.max_discovered_peers,
+        max = raw.max_discovered_peers,
+    )
+}
+
+/// Appends a static peer to the `peers` list of the config file, keeping its comments, and
+/// replaces the file atomically. Returns false if the address was already there.
+pub fn add_static_peer(path: &Path, addr: &Multiaddr) -> Result<bool, ConfigError> {
+    let update_error = |message: String| ConfigError::Update {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| update_error(e.to_string()))?;
+    let peers = doc
+        .entry("peers")
+        .or_insert_with(|| toml_edit::value(toml_edit::Array::new()))
+        .as_array_mut()
+        .ok_or_else(|| update_error("`peers` is not a list".into()))?;
+    let text_addr = addr.to_string();
+    if peers.iter().any(|v| v.as_str() == Some(&text_addr)) {
+        return Ok(false);
+    }
+    peers.push(text_addr);
+    crate::home::write_atomically(path, doc.to_string().as_bytes(), None)
+        .map_err(|e| update_error(e.to_string()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> PathBuf {
+        PathBuf::from("/etc/meshsync/config.toml")
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let raw = RawConfig::parse("", &path()).unwrap();
+        assert_eq!(raw, RawConfig::default());
+        let config = raw.validate(&path()).unwrap();
+        assert_eq!(config.api.port(), DEFAULT_API_PORT);
+        assert!(config.mdns);
+    }
+
+    #[test]
+    fn example_file_is_the_rendered_defaults_and_parses() {
+        let example = include_str!("../config/meshsync.example.toml");
+        assert_eq!(
+            example,
+            render(&RawConfig::default()),
+            "regenerate config/meshsync.example.toml"
+        );
+        let raw = RawConfig::parse(example, &path()).unwrap();
+        assert_eq!(raw, RawConfig::default());
+        raw.validate(&path()).unwrap();
+    }
+
+    #[test]
+    fn rendered_config_round_trips() {
+        let raw = RawConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            api: "127.0.0.1:0".into(),
+            api_allow_remote: false,
+            peers: vec![
+                "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+                    .into(),
+            ],
+            bootstrap: vec![],
+            mdns: false,
+            max_discovered_peers: 3,
+        };
+        assert_eq!(RawConfig::parse(&render(&raw), &path()).unwrap(), raw);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = RawConfig::parse("mdsn = false\n", &path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mdsn"), "{err}");
+        assert!(err.contains("/etc/meshsync/config.toml"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = RawConfig::parse("mdns = \"yes\"\n", &path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mdns"), "{err}");
+    }
+
+    #[test]
+    fn bad_multiaddr_names_key_and_index() {
+        let raw = RawConfig::parse(
+            "peers = [\"/ip4/127.0.0.1/tcp/1\", \"not-an-addr\"]\n",
+            &path(),
+        )
+        .unwrap();
+        let err = raw.validate(&path()).unwrap_err().to_string();
+        assert!(err.contains("peers[1]"), "{err}");
+        assert!(err.contains("not-an-addr"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_needs_peer_id() {
+        let raw = RawConfig::parse("bootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\n", &path()).unwrap();
+        let err = raw.validate(&path()).unwrap_err().to_string();
+        assert!(
+            err.contains("bootstrap[0]") && err.contains("/p2p/"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn remote_api_needs_explicit_switch() {
+        let raw = RawConfig::parse("api = \"0.0.0.0:7466\"\n", &path()).unwrap();
+        let err = raw.clone().validate(&path()).unwrap_err().to_string();
+        assert!(err.contains("api_allow_remote"), "{err}");
+        let raw = RawConfig {
+            api_allow_remote: true,
+            ..raw
+        };
+        raw.validate(&path()).unwrap();
+    }
+
+    #[test]
+    fn add_static_peer_keeps_comments_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, render(&RawConfig::default())).unwrap();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4000".parse().unwrap();
+        assert!(add_static_peer(&file, &addr).unwrap());
+        assert!(!add_static_peer(&file, &addr).unwrap());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("# Static peers"));
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.peers, vec![addr]);
+    }
+}

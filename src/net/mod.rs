@@ -1,0 +1,718 @@
+//! The network layer: one task owns the libp2p [`Swarm`]; everyone else talks to it through a
+//! cloneable [`NetClient`].
+//!
+//! Owning the swarm in a single task means no locks around it and a single place where every
+//! connection, discovery and protocol event is handled in order. Commands carry a `oneshot` for
+//! their reply, so callers `await` answers without sharing state.
+//!
+//! Transport: TCP + Noise (authenticated, encrypted) + Yamux (multiplexed streams). Discovery:
+//! static peers (redialled with backoff), mDNS on the local network, and a Kademlia DHT in server
+//! mode, fed with the addresses that identify and mDNS learn. Our own protocol is in
+//! [`protocol`].
+
+pub mod peers;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity::Keypair, kad, mdns, noise, ping,
+    request_response, tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use peers::{Discovery, PeerBook};
+use protocol::{Hello, PROTOCOL, PROTOCOL_VERSION, Request, Response};
+
+/// Commands queued for the network task before senders wait.
+pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
+/// Time a connection with no open streams stays up. Long, because peers of a sync mesh talk
+/// often and a live connection is what makes changes arrive in milliseconds.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often connections are pinged; a failed ping closes the connection so that static peers
+/// are redialled instead of hanging on a dead socket.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Time after which a request without a response fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent inbound plus outbound streams of our protocol per connection.
+pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// First pause between Kademlia lookups of our own id (which is how we find more peers); it
+/// doubles after each lookup up to [`DISCOVERY_INTERVAL_MAX`] and drops back when peers appear.
+pub const DISCOVERY_INTERVAL_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between Kademlia lookups.
+pub const DISCOVERY_INTERVAL_MAX: Duration = Duration::from_secs(60);
+/// Kademlia protocol name, distinct from the public IPFS DHT so the two never mix.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshsync/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/meshsync/id/1.0.0";
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The transport could not be built.
+    #[error("cannot set up the libp2p transport: {0}")]
+    Transport(String),
+    /// None of the configured listen addresses could be bound.
+    #[error("cannot listen on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// The OS or transport error.
+        message: String,
+    },
+    /// Dialling failed immediately.
+    #[error("cannot dial {addr}: {message}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        message: String,
+    },
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// What the network task needs to start.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Static peers.
+    pub peers: Vec<Multiaddr>,
+    /// Kademlia bootstrap peers.
+    pub bootstrap: Vec<crate::config::BootstrapPeer>,
+    /// Whether mDNS runs.
+    pub mdns: bool,
+    /// Auto-dial budget for discovered peers.
+    pub max_discovered_peers: usize,
+}
+
+/// A snapshot of the network state, as shown by `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Full multiaddrs, ending in `/p2p/<our id>`, that peers can dial.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers, sorted by id.
+    pub peers: Vec<PeerStatus>,
+    /// Configured static peer addresses.
+    pub static_peers: Vec<String>,
+    /// Whether mDNS is running.
+    pub mdns: bool,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its peer id.
+    pub peer_id: String,
+    /// How we found it: why its (oldest) open connection exists. `inbound` when it dialled us.
+    pub found_by: Discovery,
+    /// Remote addresses of the open connections.
+    pub addrs: Vec<String>,
+    /// Its software, from the hello exchange.
+    pub agent: Option<String>,
+    /// Last ping round trip in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Requests to the network task.
+#[derive(Debug)]
+pub enum Command {
+    /// Report the current state.
+    Status {
+        /// Where to send it.
+        reply: oneshot::Sender<NetStatus>,
+    },
+    /// Dial an address now and keep redialling it like a configured static peer.
+    AddStaticPeer {
+        /// The address.
+        addr: Multiaddr,
+        /// `Ok(true)` if newly added, `Ok(false)` if it was already a static peer.
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
+    /// Close every connection and stop.
+    Shutdown {
+        /// Answered once the swarm is gone.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Cloneable handle to the network task.
+#[derive(Debug, Clone)]
+pub struct NetClient {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NetClient {
+    /// The current network state.
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials `addr` and keeps it as a static peer.
+    pub async fn add_static_peer(&self, addr: Multiaddr) -> Result<bool, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::AddStaticPeer { addr, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Stops the network task and waits until it is gone.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+}
+
+/// The libp2p behaviours we compose.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    sync: request_response::Behaviour<protocol::Codec>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Builds the swarm, binds the listeners and starts the network task.
+pub fn spawn(keypair: Keypair, config: NetConfig) -> Result<NetClient, NetError> {
+    let local_id = keypair.public().to_peer_id();
+    let mdns_on = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let sync = request_response::Behaviour::with_codec(
+                protocol::Codec,
+                [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+            );
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(KAD_PROTOCOL),
+            );
+            // Server mode from the start: on a LAN nobody confirms an external address, and a
+            // client-mode node would never answer lookups, so nobody would find anybody.
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(protocol::agent_version()),
+            );
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL));
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                sync,
+                kad,
+                identify,
+                ping,
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+
+    let mut listening = 0;
+    let mut last_error = None;
+    for addr in &config.listen {
+        match swarm.listen_on(addr.clone()) {
+            Ok(_) => listening += 1,
+            Err(e) => {
+                warn!("cannot listen on {addr}: {e}");
+                last_error = Some(NetError::Listen {
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    if listening == 0 {
+        return Err(last_error.unwrap_or(NetError::Transport("no listen address".into())));
+    }
+
+    let now = Instant::now().into_std();
+    let mut book = PeerBook::default();
+    for addr in &config.peers {
+        book.add_static(addr.clone(), now);
+        if let Some(peer) = crate::config::peer_id_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+    }
+    for boot in &config.bootstrap {
+        swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&boot.peer_id, boot.addr.clone());
+        book.discovered(
+            boot.peer_id,
+            std::slice::from_ref(&boot.addr),
+            Discovery::Bootstrap,
+        );
+        book.add_static(boot.addr.clone(), now);
+    }
+
+    let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let actor = NetActor {
+        swarm,
+        local_id,
+        commands: rx,
+        book,
+        mdns: mdns_on,
+        max_discovered_peers: config.max_discovered_peers,
+        discovered_dials: HashMap::new(),
+        next_discovery: Instant::now() + DISCOVERY_INTERVAL_MIN,
+        discovery_interval: DISCOVERY_INTERVAL_MIN,
+        connection_roles: HashMap::new(),
+    };
+    tokio::spawn(actor.run());
+    Ok(NetClient { commands: tx })
+}
+
+struct NetActor {
+    swarm: Swarm<Behaviour>,
+    local_id: PeerId,
+    commands: mpsc::Receiver<Command>,
+    book: PeerBook,
+    mdns: bool,
+    max_discovered_peers: usize,
+    /// Dials to discovered peers still in flight, with what found them; they count against the
+    /// auto-dial budget.
+    discovered_dials: HashMap<ConnectionId, Discovery>,
+    next_discovery: Instant,
+    discovery_interval: Duration,
+    /// Per peer, each open connection and whether we dialled it, for de-duplication.
+    connection_roles: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+}
+
+impl NetActor {
+    async fn run(mut self) {
+        let far_future = Duration::from_secs(24 * 3600);
+        loop {
+            let static_due = self
+                .book
+                .next_static_due()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + far_future);
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => {
+                        self.shutdown();
+                        return;
+                    }
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tokio::time::sleep_until(static_due) => self.dial_due_statics(),
+                _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        info!("network stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::AddStaticPeer { addr, reply } => {
+                let added = self
+                    .book
+                    .add_static(addr.clone(), Instant::now().into_std());
+                if let Some(peer) = crate::config::peer_id_of(&addr) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                }
+                self.dial_due_statics();
+                let _ = reply.send(Ok(added));
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn status(&self) -> NetStatus {
+        let listen_addrs = self
+            .swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(self.local_id)).to_string())
+            .collect();
+        let peers = self
+            .book
+            .connected_peers()
+            .into_iter()
+            .map(|(id, p)| PeerStatus {
+                peer_id: id.to_string(),
+                found_by: p.connections.values().next().map_or(p.found_by, |c| c.via),
+                addrs: p
+                    .connections
+                    .values()
+                    .map(|c| c.remote.to_string())
+                    .collect(),
+                agent: p.agent.clone(),
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        NetStatus {
+            peer_id: self.local_id.to_string(),
+            listen_addrs,
+            peers,
+            static_peers: self
+                .book
+                .static_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            mdns: self.mdns,
+        }
+    }
+
+    fn dial_due_statics(&mut self) {
+        let now = Instant::now().into_std();
+        for (index, addr) in self.book.due_static_dials(now) {
+            let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+            let connection = opts.connection_id();
+            self.book.static_dialing(index, connection);
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!("cannot dial static peer {addr}: {e}");
+                self.book.dial_failed(connection, now);
+            }
+        }
+    }
+
+    fn on_discovery_timer(&mut self) {
+        // Looking up our own id walks the DHT towards us and returns the peers closest to us;
+        // in a small mesh that is everyone, which is how a node that only knows one peer meets
+        // the rest.
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_peers(self.local_id);
+        self.discovery_interval = (self.discovery_interval * 2).min(DISCOVERY_INTERVAL_MAX);
+        self.next_discovery = Instant::now() + self.discovery_interval;
+    }
+
+    /// Brings the next lookup forward, because the set of peers just changed.
+    fn discover_soon(&mut self) {
+        self.discovery_interval = DISCOVERY_INTERVAL_MIN;
+        self.next_discovery = self
+            .next_discovery
+            .min(Instant::now() + DISCOVERY_INTERVAL_MIN);
+    }
+
+    fn on_discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], how: Discovery) {
+        if peer == self.local_id {
+            return;
+        }
+        for addr in addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        if !self.book.discovered(peer, addrs, how) || self.book.is_static(&peer) {
+            return;
+        }
+        let budget_used = self.book.connected_discovered() + self.discovered_dials.len();
+        if budget_used >= self.max_discovered_peers || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let known = self.book.addrs(&peer);
+        if known.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(known)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                debug!(%peer, via = ?how, "dialling discovered peer");
+                self.discovered_dials.insert(connection, how);
+            }
+            Err(e) => debug!(%peer, "not dialling discovered peer: {e}"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(
+                    "listening on {}",
+                    address.with(Protocol::P2p(self.local_id))
+                );
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => self.on_connection_established(
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established.get(),
+            ),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                self.discovered_dials.remove(&connection_id);
+                self.book
+                    .disconnected(peer_id, connection_id, Instant::now().into_std());
+                if let Some(roles) = self.connection_roles.get_mut(&peer_id) {
+                    roles.retain(|(c, _)| *c != connection_id);
+                    if roles.is_empty() {
+                        self.connection_roles.remove(&peer_id);
+                    }
+                }
+                if num_established == 0 {
+                    match cause {
+                        Some(cause) => info!(peer = %peer_id, "disconnected: {cause}"),
+                        None => info!(peer = %peer_id, "disconnected"),
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                self.discovered_dials.remove(&connection_id);
+                self.book
+                    .dial_failed(connection_id, Instant::now().into_std());
+                debug!(peer = ?peer_id, "dial failed: {error}");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => debug!("incoming connection from {send_back_addr} failed: {error}"),
+            SwarmEvent::ListenerError { error, .. } => warn!("listener error: {error}"),
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_connection_established(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: ConnectedPoint,
+        num_established: u32,
+    ) {
+        let dialed = endpoint.is_dialer();
+        // Besides our own dials (static, discovered) only Kademlia dials: its lookups connect to
+        // the peers they learn about. Static dials are recognised by the peer book.
+        let dialed_for = self
+            .discovered_dials
+            .remove(&connection)
+            .or(dialed.then_some(Discovery::Kad));
+        let remote = endpoint.get_remote_address().clone();
+        self.book
+            .connected(peer, connection, remote.clone(), dialed, dialed_for);
+        let roles = self.connection_roles.entry(peer).or_default();
+        roles.push((connection, dialed));
+        if num_established == 1 {
+            info!(%peer, "connected via {remote}");
+            self.swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, Request::Hello(Hello::ours()));
+            self.discover_soon();
+        } else {
+            self.deduplicate_connections(peer);
+        }
+    }
+
+    /// Keeps one connection per peer. Both sides may dial each other at once, and one side may
+    /// dial twice (a static dial racing a discovery dial). The dialer drops its newer duplicate
+    /// dials; across directions both keep the one dialled by the peer with the smaller id, so
+    /// they agree without talking about it.
+    fn deduplicate_connections(&mut self, peer: PeerId) {
+        let Some(roles) = self.connection_roles.get(&peer) else {
+            return;
+        };
+        let ours: Vec<ConnectionId> = roles.iter().filter(|(_, d)| *d).map(|(c, _)| *c).collect();
+        let theirs: Vec<ConnectionId> =
+            roles.iter().filter(|(_, d)| !*d).map(|(c, _)| *c).collect();
+        let mut redundant: Vec<ConnectionId> = ours.iter().skip(1).copied().collect();
+        if !ours.is_empty() && !theirs.is_empty() {
+            if self.local_id < peer {
+                redundant.extend(&theirs);
+            } else {
+                redundant.push(ours[0]);
+            }
+        }
+        for connection in redundant {
+            debug!(%peer, "closing duplicate connection");
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .take(peers::MAX_ADDRS_PER_PEER)
+                    .collect();
+                self.on_discovered(peer_id, &addrs, Discovery::Inbound);
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let addrs = addresses.into_vec();
+                self.on_discovered(peer, &addrs, Discovery::Kad);
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            }) => {
+                for info in found.peers {
+                    self.on_discovered(info.peer_id, &info.addrs, Discovery::Kad);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in list {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    debug!(%peer, "found by mDNS");
+                    self.on_discovered(peer, &addrs, Discovery::Mdns);
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) => self.book.set_rtt(&peer, rtt),
+                Err(e) => {
+                    debug!(%peer, "ping failed, closing connection: {e}");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = match request {
+                    Request::Hello(hello) => {
+                        self.on_hello(peer, hello);
+                        Response::Hello(Hello::ours())
+                    }
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => match response {
+                Response::Hello(hello) => self.on_hello(peer, hello),
+                Response::Error(message) => debug!(%peer, "peer refused a request: {message}"),
+            },
+            Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, "request failed: {error}");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                warn!(%peer, "bad request from peer: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, hello: Hello) {
+        let agent: String = hello
+            .agent
+            .chars()
+            .take(protocol::MAX_AGENT_CHARS)
+            .collect();
+        if hello.protocol_version != PROTOCOL_VERSION {
+            warn!(
+                %peer,
+                "peer speaks protocol version {} ({agent}), we speak {PROTOCOL_VERSION}; disconnecting",
+                hello.protocol_version
+            );
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        self.book.set_agent(&peer, agent);
+    }
+}

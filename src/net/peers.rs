@@ -1,0 +1,379 @@
+//! Book-keeping about peers: how each was found, where it can be reached, and when a static peer
+//! is due to be dialled again.
+//!
+//! Pure state with no I/O, so the backoff and discovery rules are unit-tested without sockets;
+//! the network actor asks it what to do and tells it what happened.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// First wait before redialling a static peer that dropped or could not be reached.
+pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between redials of a static peer, so a returning peer is found within this.
+pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Addresses remembered per peer; more are dropped oldest-first, so a peer cannot grow our memory.
+pub const MAX_ADDRS_PER_PEER: usize = 16;
+/// Peers remembered in total (connected or not); discovered peers beyond it are not recorded.
+pub const MAX_KNOWN_PEERS: usize = 4096;
+
+/// How we first learned about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Configured in `peers` (or added with `peer add`).
+    Static,
+    /// A Kademlia bootstrap peer from the config.
+    Bootstrap,
+    /// Seen through multicast DNS on the local network.
+    Mdns,
+    /// Learned from the Kademlia DHT.
+    Kad,
+    /// It connected to us before we knew it.
+    Inbound,
+}
+
+/// One open connection.
+#[derive(Debug, Clone)]
+pub struct OpenConnection {
+    /// The remote address.
+    pub remote: Multiaddr,
+    /// Why it exists: the discovery we dialled it for, or [`Discovery::Inbound`].
+    pub via: Discovery,
+}
+
+/// What we know about one peer.
+#[derive(Debug, Clone)]
+pub struct KnownPeer {
+    /// How it was first found.
+    pub found_by: Discovery,
+    /// Addresses it can be dialled at, newest last.
+    pub addrs: Vec<Multiaddr>,
+    /// Open connections, oldest first.
+    pub connections: BTreeMap<ConnectionId, OpenConnection>,
+    /// Agent string from its hello, once received.
+    pub agent: Option<String>,
+    /// Last measured round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// A configured address to keep a connection to.
+#[derive(Debug, Clone)]
+struct StaticTarget {
+    addr: Multiaddr,
+    /// Known from `/p2p/` or learned on the first connection.
+    peer_id: Option<PeerId>,
+    backoff: Duration,
+    next_dial: Option<Instant>,
+    dialing: Option<ConnectionId>,
+}
+
+/// All peer state of one node.
+#[derive(Debug, Default)]
+pub struct PeerBook {
+    peers: HashMap<PeerId, KnownPeer>,
+    statics: Vec<StaticTarget>,
+}
+
+impl PeerBook {
+    /// Adds a static target to dial now; returns false if the address is already a target.
+    pub fn add_static(&mut self, addr: Multiaddr, now: Instant) -> bool {
+        if self.statics.iter().any(|s| s.addr == addr) {
+            return false;
+        }
+        let peer_id = crate::config::peer_id_of(&addr);
+        self.statics.push(StaticTarget {
+            addr,
+            peer_id,
+            backoff: REDIAL_BACKOFF_MIN,
+            next_dial: Some(now),
+            dialing: None,
+        });
+        true
+    }
+
+    /// Static addresses due for a dial at `now` whose peer is not connected. The caller dials each
+    /// and reports the connection id with [`PeerBook::static_dialing`].
+    pub fn due_static_dials(&self, now: Instant) -> Vec<(usize, Multiaddr)> {
+        self.statics
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.dialing.is_none() && s.next_dial.is_some_and(|t| t <= now))
+            .filter(|(_, s)| !s.peer_id.is_some_and(|p| self.is_connected(&p)))
+            .map(|(i, s)| (i, s.addr.clone()))
+            .collect()
+    }
+
+    /// Records that static target `index` is being dialled on `connection`.
+    pub fn static_dialing(&mut self, index: usize, connection: ConnectionId) {
+        if let Some(s) = self.statics.get_mut(index) {
+            s.dialing = Some(connection);
+            s.next_dial = None;
+        }
+    }
+
+    /// A dial of ours failed; if it was a static target, schedule the next try with backoff.
+    pub fn dial_failed(&mut self, connection: ConnectionId, now: Instant) {
+        for s in self
+            .statics
+            .iter_mut()
+            .filter(|s| s.dialing == Some(connection))
+        {
+            s.dialing = None;
+            s.next_dial = Some(now + s.backoff);
+            s.backoff = (s.backoff * 2).min(REDIAL_BACKOFF_MAX);
+        }
+    }
+
+    /// Notes the static peer ids, if `peer` matches a static address; returns whether it is static.
+    fn bind_static(&mut self, connection: ConnectionId, peer: PeerId) -> bool {
+        let mut is_static = false;
+        for s in &mut self.statics {
+            if s.dialing == Some(connection) {
+                s.dialing = None;
+                s.peer_id.get_or_insert(peer);
+            }
+            if s.peer_id == Some(peer) {
+                s.backoff = REDIAL_BACKOFF_MIN;
+                s.next_dial = None;
+                is_static = true;
+            }
+        }
+        is_static
+    }
+
+    /// Records a discovered peer and its addresses. Returns true if it is not connected and
+    /// should be considered for dialling.
+    pub fn discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], how: Discovery) -> bool {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_KNOWN_PEERS {
+            return false;
+        }
+        let entry = self.peers.entry(peer).or_insert_with(|| KnownPeer {
+            found_by: how,
+            addrs: Vec::new(),
+            connections: BTreeMap::new(),
+            agent: None,
+            rtt: None,
+        });
+        for addr in addrs {
+            remember_addr(&mut entry.addrs, addr);
+        }
+        entry.connections.is_empty()
+    }
+
+    /// A connection is up. `dialed_for` is the discovery that made us dial it (`None` for
+    /// inbound connections and static dials), so status can show why each connection exists.
+    pub fn connected(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        remote: Multiaddr,
+        dialed: bool,
+        dialed_for: Option<Discovery>,
+    ) {
+        let via = if self.bind_static(connection, peer) {
+            Discovery::Static
+        } else {
+            dialed_for.unwrap_or(Discovery::Inbound)
+        };
+        self.discovered(peer, &[], via);
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            if dialed {
+                remember_addr(&mut entry.addrs, &remote);
+            }
+            entry
+                .connections
+                .insert(connection, OpenConnection { remote, via });
+        }
+    }
+
+    /// A connection closed; when it was the peer's last and the peer is static, a redial is
+    /// scheduled.
+    pub fn disconnected(&mut self, peer: PeerId, connection: ConnectionId, now: Instant) {
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        entry.connections.remove(&connection);
+        if !entry.connections.is_empty() {
+            return;
+        }
+        entry.rtt = None;
+        for s in self.statics.iter_mut().filter(|s| s.peer_id == Some(peer)) {
+            if s.dialing.is_none() && s.next_dial.is_none() {
+                s.next_dial = Some(now + s.backoff);
+                s.backoff = (s.backoff * 2).min(REDIAL_BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Whether any connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| !p.connections.is_empty())
+    }
+
+    /// Whether `peer` is a static target; those are dialled by the static redial loop only.
+    pub fn is_static(&self, peer: &PeerId) -> bool {
+        self.statics
+            .iter()
+            .any(|s| s.peer_id.as_ref() == Some(peer))
+    }
+
+    /// Number of connected peers that were found by mDNS or Kademlia (the auto-dial budget).
+    pub fn connected_discovered(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| !p.connections.is_empty())
+            .filter(|p| matches!(p.found_by, Discovery::Mdns | Discovery::Kad))
+            .count()
+    }
+
+    /// Known dialable addresses of a peer.
+    pub fn addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers
+            .get(peer)
+            .map(|p| p.addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records what a peer said in its hello.
+    pub fn set_agent(&mut self, peer: &PeerId, agent: String) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.agent = Some(agent);
+        }
+    }
+
+    /// Records a ping round-trip time.
+    pub fn set_rtt(&mut self, peer: &PeerId, rtt: Duration) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.rtt = Some(rtt);
+        }
+    }
+
+    /// Connected peers, sorted by id for stable output.
+    pub fn connected_peers(&self) -> BTreeMap<PeerId, &KnownPeer> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.connections.is_empty())
+            .map(|(id, p)| (*id, p))
+            .collect()
+    }
+
+    /// The static addresses, for status output.
+    pub fn static_addrs(&self) -> BTreeSet<Multiaddr> {
+        self.statics.iter().map(|s| s.addr.clone()).collect()
+    }
+
+    /// The earliest time a static dial is due, so the actor can sleep until then.
+    pub fn next_static_due(&self) -> Option<Instant> {
+        self.statics
+            .iter()
+            .filter(|s| s.dialing.is_none())
+            .filter_map(|s| s.next_dial)
+            .min()
+    }
+}
+
+fn remember_addr(addrs: &mut Vec<Multiaddr>, addr: &Multiaddr) {
+    addrs.retain(|a| a != addr);
+    addrs.push(addr.clone());
+    if addrs.len() > MAX_ADDRS_PER_PEER {
+        addrs.remove(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
+    #[test]
+    fn static_peer_backs_off_then_resets_on_connect() {
+        let t0 = Instant::now();
+        let mut book = PeerBook::default();
+        assert!(book.add_static(addr(1), t0));
+        assert!(!book.add_static(addr(1), t0));
+        let due = book.due_static_dials(t0);
+        assert_eq!(due.len(), 1);
+        let c1 = ConnectionId::new_unchecked(1);
+        book.static_dialing(0, c1);
+        assert!(
+            book.due_static_dials(t0).is_empty(),
+            "no second dial while one is in flight"
+        );
+        book.dial_failed(c1, t0);
+        assert!(book.due_static_dials(t0).is_empty());
+        assert_eq!(book.due_static_dials(t0 + REDIAL_BACKOFF_MIN).len(), 1);
+        let c2 = ConnectionId::new_unchecked(2);
+        book.static_dialing(0, c2);
+        book.dial_failed(c2, t0);
+        assert!(
+            book.due_static_dials(t0 + REDIAL_BACKOFF_MIN).is_empty(),
+            "backoff doubled"
+        );
+        assert_eq!(book.due_static_dials(t0 + REDIAL_BACKOFF_MIN * 2).len(), 1);
+
+        let c3 = ConnectionId::new_unchecked(3);
+        let peer = PeerId::random();
+        book.static_dialing(0, c3);
+        book.connected(peer, c3, addr(1), true, None);
+        assert!(book.is_connected(&peer));
+        assert_eq!(
+            book.connected_peers()[&peer].connections[&c3].via,
+            Discovery::Static
+        );
+        book.disconnected(peer, c3, t0);
+        assert_eq!(
+            book.due_static_dials(t0 + REDIAL_BACKOFF_MIN).len(),
+            1,
+            "backoff was reset by the successful connection"
+        );
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let t0 = Instant::now();
+        let mut book = PeerBook::default();
+        book.add_static(addr(1), t0);
+        for i in 0..40 {
+            let c = ConnectionId::new_unchecked(i);
+            book.static_dialing(0, c);
+            book.dial_failed(c, t0);
+        }
+        assert_eq!(book.due_static_dials(t0 + REDIAL_BACKOFF_MAX).len(), 1);
+    }
+
+    #[test]
+    fn discovery_source_is_kept_and_addresses_bounded() {
+        let mut book = PeerBook::default();
+        let peer = PeerId::random();
+        let many: Vec<_> = (0..100).map(addr).collect();
+        assert!(book.discovered(peer, &many, Discovery::Mdns));
+        assert_eq!(book.addrs(&peer).len(), MAX_ADDRS_PER_PEER);
+        book.discovered(peer, &[], Discovery::Kad);
+        let c = ConnectionId::new_unchecked(7);
+        book.connected(peer, c, addr(5), true, Some(Discovery::Kad));
+        assert_eq!(
+            book.connected_peers()[&peer].found_by,
+            Discovery::Mdns,
+            "first learned"
+        );
+        assert_eq!(
+            book.connected_peers()[&peer].connections[&c].via,
+            Discovery::Kad,
+            "dialled for"
+        );
+        assert_eq!(book.connected_discovered(), 1);
+        assert!(
+            !book.discovered(peer, &[], Discovery::Kad),
+            "connected peers need no dial"
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! The meshsync wire protocol.
+//!
+//! # Goals
+//! - One request-response protocol, [`PROTOCOL`], carried over libp2p streams on connections that
+//!   Noise has already authenticated: the remote's [`libp2p::PeerId`] is known and cannot be forged.
+//! - Every message is one frame: a 4-byte big-endian length, then that many bytes of CBOR
+//!   (`ciborium`). The length is checked against [`MAX_REQUEST_BYTES`] or [`MAX_RESPONSE_BYTES`]
+//!   *before* anything is read, so a peer cannot make us allocate more than that, and a frame that
+//!   does not decode closes that stream only: the peer and the daemon carry on.
+//! - Messages are enums that later versions extend with new variants; a peer that receives a
+//!   variant it does not know fails that one request, which the sender sees as an error.
+//!
+//! # Non-goals
+//! - Transport security and peer authentication: Noise does that below us.
+//! - Streaming of large payloads: big data moves as many bounded requests.
+//!
+//! # Messages
+//! - [`Request::Hello`] → [`Response::Hello`]: each side says which protocol version and software
+//!   it runs, right after a connection is established. Peers with another major
+//!   [`PROTOCOL_VERSION`] are disconnected with a log line that says why.
+//! - [`Response::Error`]: a request was understood but refused; carries a reason for the logs.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The libp2p protocol name; the trailing number is [`PROTOCOL_VERSION`].
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/meshsync/sync/1");
+/// Version carried in [`Hello`]; peers with another version are not spoken to.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest request frame we read. Requests are small (summaries, lists of ids).
+pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// Largest response frame we read. Responses carry values and chunks, each bounded well below.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Longest agent string accepted in a [`Hello`]; anything longer is cut for display.
+pub const MAX_AGENT_CHARS: usize = 128;
+
+/// What a peer asks of another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Version exchange, sent once per new connection.
+    Hello(Hello),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello(Hello),
+    /// The request was refused; the text is for logs only.
+    Error(String),
+}
+
+/// Who we are, in protocol terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub protocol_version: u32,
+    /// Software name and version, e.g. `meshsync/0.1.0`.
+    pub agent: String,
+}
+
+impl Hello {
+    /// Our own hello.
+    pub fn ours() -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent: agent_version(),
+        }
+    }
+}
+
+/// `meshsync/<crate version>`, as announced in hello and identify.
+pub fn agent_version() -> String {
+    format!("meshsync/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The request-response codec: length-prefixed CBOR with enforced size limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Codec;
+
+/// Reads one frame of at most `limit` bytes and decodes it.
+pub async fn read_frame<T, R>(io: &mut R, limit: usize) -> io::Result<T>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin + Send,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {limit} bytes"),
+        ));
+    }
+    // `take` + `read_to_end` grows the buffer as bytes arrive, so a peer that announces a large
+    // frame and sends nothing costs us nothing.
+    let mut buf = Vec::new();
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame truncated: {} of {len} bytes", buf.len()),
+        ));
+    }
+    decode(&buf)
+}
+
+/// Encodes `value` and writes it as one frame, refusing to send more than `limit` bytes.
+pub async fn write_frame<T, W>(io: &mut W, value: &T, limit: usize) -> io::Result<()>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin + Send,
+{
+    let buf = encode(value)?;
+    if buf.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "message of {} bytes exceeds the limit of {limit} bytes",
+                buf.len()
+            ),
+        ));
+    }
+    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
+    io.write_all(&buf).await?;
+    io.flush().await
+}
+
+/// CBOR-encodes a value.
+pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    ciborium::into_writer(value, &mut buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    Ok(buf)
+}
+
+/// Decodes CBOR, turning every failure into `InvalidData`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    ciborium::from_reader(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad CBOR message: {e}")))
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_REQUEST_BYTES).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_RESPONSE_BYTES).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req, MAX_REQUEST_BYTES).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res, MAX_RESPONSE_BYTES).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn hello_round_trips() {
+        let mut buf = Vec::new();
+        write_frame(
+            &mut Cursor::new(&mut buf),
+            &Request::Hello(Hello::ours()),
+            MAX_REQUEST_BYTES,
+        )
+        .await
+        .unwrap();
+        let back: Request = read_frame(&mut Cursor::new(buf), MAX_REQUEST_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(back, Request::Hello(Hello::ours()));
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_reading() {
+        let mut bytes = ((MAX_REQUEST_BYTES + 1) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let err = read_frame::<Request, _>(&mut Cursor::new(bytes), MAX_REQUEST_BYTES)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("exceeds"));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_truncation_are_errors() {
+        for bytes in [
+            framed(&[0xff, 0x00, 0x13, 0x37]),
+            framed(b"definitely not cbor"),
+            framed(&[]),
+            vec![0, 0],
+            {
+                let mut b = framed(&encode(&Request::Hello(Hello::ours())).unwrap());
+                b.truncate(b.len() - 3);
+                b
+            },
+        ] {
+            assert!(
+                read_frame::<Request, _>(&mut Cursor::new(bytes.clone()), MAX_REQUEST_BYTES)
+                    .await
+                    .is_err(),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Multi-peer tests of the daemon foundation, through the real binary.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Mesh, Node, WAIT, meshsync, wait_until};
+
+#[test]
+fn three_daemons_connect_through_static_peers() {
+    let mesh = Mesh::full_static(3);
+    mesh.wait_fully_connected();
+    for node in &mesh.nodes {
+        let status = node.status();
+        assert_eq!(status["peer_id"], node.peer_id.as_str());
+        let listen = status["listen_addrs"].as_array().unwrap();
+        assert!(!listen.is_empty());
+        for addr in listen {
+            assert!(
+                addr.as_str()
+                    .unwrap()
+                    .ends_with(&format!("/p2p/{}", node.peer_id)),
+                "{addr}"
+            );
+        }
+        for peer in status["peers"].as_array().unwrap() {
+            let found_by = peer["found_by"].as_str().unwrap();
+            assert!(["static", "inbound"].contains(&found_by), "{peer}");
+            assert_eq!(
+                peer["agent"],
+                format!("meshsync/{}", env!("CARGO_PKG_VERSION"))
+            );
+            assert_eq!(
+                peer["addrs"].as_array().unwrap().len(),
+                1,
+                "one connection per pair: {peer}"
+            );
+        }
+    }
+    // The last node configured both others as static peers and says so.
+    let last = mesh.nodes[2].status();
+    let statics: Vec<&str> = last["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["found_by"] == "static")
+        .map(|p| p["peer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(statics.len(), 2, "{last}");
+}
+
+#[test]
+fn five_daemons_find_each_other_through_kademlia() {
+    let started = Instant::now();
+    let mesh = Mesh::star(5);
+    mesh.wait_fully_connected();
+    eprintln!(
+        "5 daemons fully connected {:?} after the first start",
+        started.elapsed()
+    );
+    wait_until("duplicate connections to be closed", WAIT, || {
+        mesh.nodes.iter().all(|n| {
+            n.status()["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["addrs"].as_array().unwrap().len() == 1)
+        })
+    });
+    // Nodes 1..4 only know node 0, so each connection between two of them was made by one side
+    // dialling a peer that Kademlia told it about.
+    for (i, node) in mesh.nodes.iter().enumerate().skip(1) {
+        let status = node.status();
+        for peer in status["peers"].as_array().unwrap() {
+            let found_by = peer["found_by"].as_str().unwrap();
+            if peer["peer_id"] == mesh.nodes[0].peer_id.as_str() {
+                assert_eq!(found_by, "static");
+            } else {
+                assert!(["kad", "inbound"].contains(&found_by), "node {i}: {peer}");
+            }
+        }
+    }
+    let kad_dials: usize = mesh.nodes[1..]
+        .iter()
+        .map(|n| {
+            n.status()["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["found_by"] == "kad")
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        kad_dials, 6,
+        "each of the 6 pairs among nodes 1..4 is one kad dial"
+    );
+}
+
+#[test]
+fn restarted_daemon_keeps_its_id_and_reconnects() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let id_before = mesh.nodes[1].peer_id.clone();
+
+    // Node 1 dials node 0 again when it comes back.
+    assert!(mesh.nodes[1].stop(), "clean exit on SIGTERM");
+    wait_until("node 0 to notice the disconnect", WAIT, || {
+        !mesh.nodes[0].connected_peers().contains(&id_before)
+    });
+    mesh.nodes[1].start();
+    assert_eq!(mesh.nodes[1].status()["peer_id"], id_before.as_str());
+    let out = mesh.nodes[1].cli(&["id"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id_before);
+    mesh.wait_fully_connected();
+
+    // Node 0 comes back on the same port after being killed: node 1 redials it with backoff.
+    let addr = mesh.nodes[0].listen_addr();
+    let port_part = addr.split("/p2p/").next().unwrap().to_owned();
+    mesh.nodes[0].kill();
+    let config = mesh.nodes[0].home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("/ip4/127.0.0.1/tcp/0", &port_part)).unwrap();
+    wait_until("node 1 to notice the disconnect", WAIT, || {
+        mesh.nodes[1].connected_peers().is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    mesh.nodes[0].start();
+    mesh.wait_fully_connected();
+}
+
+#[test]
+fn init_is_idempotent_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    let first = meshsync(&home, &["init", "--no-mdns", "--api", "127.0.0.1:0"]);
+    assert!(first.status.success());
+    let id = String::from_utf8(first.stdout).unwrap();
+    let config = std::fs::read(home.join("config.toml")).unwrap();
+    let second = meshsync(&home, &["init", "--listen", "/ip4/127.0.0.1/tcp/1"]);
+    assert!(second.status.success());
+    assert_eq!(String::from_utf8(second.stdout).unwrap(), id);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already initialised"));
+    assert_eq!(
+        std::fs::read(home.join("config.toml")).unwrap(),
+        config,
+        "nothing changed"
+    );
+    for file in ["identity.key", "api-token"] {
+        let mode = std::fs::metadata(home.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let id_out = meshsync(&home, &["id"]);
+    assert_eq!(String::from_utf8(id_out.stdout).unwrap(), id);
+    // Every key is present in the generated config, commented.
+    let text = String::from_utf8(config).unwrap();
+    for key in [
+        "listen",
+        "api",
+        "api_allow_remote",
+        "peers",
+        "bootstrap",
+        "mdns",
+        "max_discovered_peers",
+    ] {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "{key} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_gives_a_clear_error() {
+    let node = Node::init(&[]);
+    let config = node.home.join("config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let cases = [
+        (format!("{original}\nlisten_port = 5\n"), "listen_port"),
+        (original.replace("mdns = false", "mdns = \"no\""), "mdns"),
+        (
+            format!("{original}\npeers = [\"/ip4/1.2.3.4/tcp/notaport\"]\n"),
+            "peers",
+        ),
+        (
+            original.replace("peers = []", "peers = [\"/ip4/127.0.0.1/tcp/9/garbage\"]"),
+            "peers[0]",
+        ),
+        (
+            original.replace("api = \"127.0.0.1:0\"", "api = \"0.0.0.0:0\""),
+            "api_allow_remote",
+        ),
+        ("this is [not toml".to_owned(), "config.toml"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&config, &text).unwrap();
+        let out = meshsync(&node.home, &["run"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in: {stderr}"
+        );
+        assert!(
+            stderr.contains("config.toml"),
+            "the file is named: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn bad_identity_gives_a_clear_error() {
+    let node = Node::init(&[]);
+    std::fs::write(node.home.join("identity.key"), b"not a key").unwrap();
+    let out = meshsync(&node.home, &["run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("identity.key") && stderr.contains("corrupt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_multiaddr_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    let out = meshsync(&home, &["init", "--peer", "127.0.0.1:7465"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:7465") && stderr.contains("multiaddr"),
+        "{stderr}"
+    );
+    assert!(!home.exists(), "a refused init leaves nothing behind");
+}
+
+#[test]
+fn cli_without_daemon_gives_a_clear_error() {
+    let node = Node::init(&[]);
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["peers"],
+        &["peer", "add", "/ip4/127.0.0.1/tcp/1"],
+    ] {
+        let out = node.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("no meshsync daemon is running"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = meshsync(&dir.path().join("nothing"), &["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("init"), "{stderr}");
+}
+
+#[test]
+fn api_requires_the_token() {
+    let mut node = Node::init(&[]);
+    node.start();
+    let base = format!("http://{}", node.api_addr());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = agent.get(format!("{base}{path}"));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.call().unwrap();
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), body)
+    };
+    assert_eq!(get("/health", None).0, 200);
+    let token = node.token();
+    let (code, body) = get("/v1/status", Some(&token));
+    assert_eq!(code, 200);
+    assert!(body.contains(&node.peer_id));
+    for bad in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some(&token[..token.len() - 1]),
+    ] {
+        let (code, body) = get("/v1/status", bad);
+        assert_eq!(code, 401, "{bad:?}");
+        assert_eq!(body, r#"{"error":"unauthorized"}"#, "nothing else leaks");
+    }
+    // A web page on another origin cannot drive the API, even with the token.
+    let mut response = agent
+        .get(format!("{base}/v1/status"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Origin", "http://evil.example")
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(
+        !response
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains(&node.peer_id)
+    );
+
+    // The CLI with a wrong token says so.
+    std::fs::write(node.home.join("api-token"), "00ff").unwrap();
+    let out = node.cli(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("refused the API token"), "{stderr}");
+    assert!(node.stop());
+}
+
+#[test]
+fn peer_add_dials_and_remembers() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&[]);
+    b.start();
+    let addr = a.listen_addr();
+    let out = b.cli(&["peer", "add", &addr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("b to connect to a", WAIT, || {
+        b.connected_peers().contains(&a.peer_id)
+    });
+    let config = std::fs::read_to_string(b.home.join("config.toml")).unwrap();
+    assert!(config.contains(&addr), "{config}");
+    assert!(config.contains("# Static peers"), "comments kept");
+    let peers: serde_json::Value =
+        serde_json::from_slice(&b.cli(&["peers", "--json"]).stdout).unwrap();
+    assert_eq!(peers[0]["peer_id"], a.peer_id.as_str());
+    assert_eq!(peers[0]["found_by"], "static");
+
+    let out = b.cli(&["peer", "add", "not/a/multiaddr"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("not/a/multiaddr") && stderr.contains("multiaddr"),
+        "{stderr}"
+    );
+
+    // Remembered across a restart.
+    assert!(b.stop());
+    b.start();
+    wait_until("b to reconnect to a", WAIT, || {
+        b.connected_peers().contains(&a.peer_id)
+    });
+}
+
+#[test]
+fn second_daemon_on_the_same_home_is_refused() {
+    let mut node = Node::init(&[]);
+    node.start();
+    let out = node.cli(&["run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(node.is_running());
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_api_addr() {
+    let mut node = Node::init(&[]);
+    node.start();
+    assert!(node.home.join("api.addr").exists());
+    assert!(node.stop(), "exit code 0 after SIGTERM");
+    assert!(!node.home.join("api.addr").exists());
+    let out = node.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+}
