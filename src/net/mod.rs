@@ -648,6 +648,8 @@ impl NetActor {
                 result,
             }) => match result {
                 Ok(rtt) => self.book.set_rtt(&peer, rtt),
+                // A peer without ping is odd but alive; only silence means the link is dead.
+                Err(ping::Failure::Unsupported) => {}
                 Err(e) => {
                     debug!(%peer, "ping failed, closing connection: {e}");
                     self.swarm.close_connection(connection);

@@ -1,0 +1,197 @@
+//! A peer that speaks garbage on the meshsync protocol cannot crash or wedge a daemon.
+//!
+//! The misbehaving peer is an in-process libp2p node with a codec that writes raw bytes, so it
+//! can send frames no honest peer would: random bytes, lengths beyond the limit, truncated frames,
+//! and garbage answers to the daemon's own hello.
+
+mod support;
+
+use std::io;
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
+use meshsync::net::protocol::{self, Hello, PROTOCOL, Request, Response};
+use support::Node;
+
+/// Reads at most this much of an answer; the daemon's answers are small.
+const MAX_RAW_READ: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(MAX_RAW_READ).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(MAX_RAW_READ).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await?;
+        io.close().await
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
+    let mut node = Node::init(&[]);
+    node.start();
+    let target: Multiaddr = node.listen_addr().parse().unwrap();
+
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.dial(target).unwrap();
+    let daemon = loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => break peer_id,
+            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+            _ => {}
+        }
+    };
+
+    let valid_hello = frame(&protocol::encode(&Request::Hello(Hello::ours())).unwrap());
+    let mut truncated = valid_hello.clone();
+    truncated.truncate(valid_hello.len() - 2);
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0x11],
+        frame(&[0xff; 64]),
+        frame(b"not cbor at all"),
+        u32::MAX.to_be_bytes().to_vec(),
+        ((protocol::MAX_REQUEST_BYTES + 1) as u32)
+            .to_be_bytes()
+            .to_vec(),
+        truncated,
+        frame(&protocol::encode(&"a string, not a request").unwrap()),
+        vec![],
+    ];
+    let mut pending = std::collections::HashMap::new();
+    for (i, bytes) in garbage.iter().enumerate() {
+        pending.insert(
+            swarm.behaviour_mut().send_request(&daemon, bytes.clone()),
+            i,
+        );
+    }
+    let hello_request = swarm.behaviour_mut().send_request(&daemon, valid_hello);
+
+    let mut hello_answer = None;
+    let deadline = tokio::time::sleep(support::WAIT);
+    tokio::pin!(deadline);
+    while hello_answer.is_none() || !pending.is_empty() {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            _ = &mut deadline => panic!("timed out; still pending: {pending:?}"),
+        };
+        match event {
+            SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
+                match message {
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if request_id == hello_request {
+                            hello_answer = Some(response);
+                        } else {
+                            let i = pending.remove(&request_id).unwrap();
+                            // A refusal is fine; a real answer to garbage is not.
+                            assert!(
+                                protocol::decode::<Response>(&response[4.min(response.len())..])
+                                    .is_err(),
+                                "garbage #{i} got a real answer"
+                            );
+                        }
+                    }
+                    // The daemon says hello to us: answer with garbage too.
+                    request_response::Message::Request { channel, .. } => {
+                        let _ = swarm.behaviour_mut().send_response(channel, vec![0xff; 32]);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                eprintln!("request {request_id} failed: {error}");
+                assert_ne!(
+                    request_id, hello_request,
+                    "the valid hello must be answered"
+                );
+                pending.remove(&request_id);
+            }
+            _ => {}
+        }
+    }
+    let answer = hello_answer.unwrap();
+    let decoded: Response = protocol::decode(&answer[4..]).expect("a valid hello answer");
+    assert!(
+        matches!(decoded, Response::Hello(h) if h.protocol_version == protocol::PROTOCOL_VERSION)
+    );
+
+    assert!(node.is_running(), "daemon survived:\n{}", node.log());
+    let status = node.status();
+    assert_eq!(status["peer_id"], node.peer_id.as_str());
+    assert!(!node.log().contains("panicked"), "{}", node.log());
+    assert!(node.stop(), "clean exit after the abuse");
+}
