@@ -133,6 +133,43 @@ impl ApiClient {
         self.decode(response)
     }
 
+    /// `GET path` of a streamed answer of JSON lines; calls `on_line` for each until the daemon
+    /// closes the stream or `on_line` returns false.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        use std::io::BufRead;
+        // No overall timeout: a watch runs until stopped.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(format!("http://{}{path}", self.addr))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|_| ClientError::NotRunning {
+                home: self.home.dir().to_owned(),
+                addr: self.addr.to_string(),
+            })?;
+        if response.status().as_u16() != 200 {
+            return self.decode::<serde_json::Value>(Ok(response)).map(|_| ());
+        }
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| ClientError::BadAnswer {
+                addr: self.addr,
+                message: e.to_string(),
+            })?;
+            if !on_line(&line) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn decode<T: DeserializeOwned>(
         &self,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,

@@ -13,8 +13,10 @@ use tracing::info;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::engine;
 use crate::home::{Home, HomeError};
 use crate::net::{self, NetConfig, NetError};
+use crate::store::{StoreError, StoreHandle};
 
 /// File in the home that a running daemon holds an exclusive lock on.
 pub const LOCK_FILE: &str = "daemon.lock";
@@ -28,6 +30,9 @@ pub enum DaemonError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Another daemon already runs with this home.
     #[error("another meshsync daemon is already running with home {0}")]
     AlreadyRunning(String),
@@ -77,7 +82,8 @@ pub async fn run(
         source,
     })?;
 
-    let net = net::spawn(
+    let store = StoreHandle::open(&home.state_dir(), peer_id)?;
+    let (net, net_events) = net::spawn(
         keypair,
         NetConfig {
             listen: config.listen.clone(),
@@ -88,10 +94,14 @@ pub async fn run(
         },
     )?;
 
+    let engine = engine::spawn(peer_id, store.clone(), net.clone(), net_events);
+
     home.write_api_addr(bound)?;
     info!("control API on http://{bound}");
     let app = api::router(ApiState {
         net: net.clone(),
+        engine: engine.clone(),
+        store,
         token: Arc::from(token),
         config_path: config.path.clone(),
         bound,
@@ -100,6 +110,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     info!("shutting down");
+    engine.shutdown().await;
     net.shutdown().await;
     home.remove_api_addr();
     served.map_err(|source| DaemonError::Api {

@@ -5,12 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
+use meshsync::api::records::{
+    CreateShare, JoinShare, KeyOnly, ListedRecord, RecordInput, RecordView,
+};
 use meshsync::api::{AddPeer, PeerAdded, Status};
 use meshsync::client::ApiClient;
 use meshsync::config::Config;
+use meshsync::engine::{CreatedShare, ShareStatus};
 use meshsync::home::{Home, InitOptions, InitOutcome};
 use meshsync::net::PeerStatus;
+use meshsync::store::ShareKind;
 
 /// Peer-to-peer mesh sync daemon.
 #[derive(Debug, Parser)]
@@ -65,6 +71,94 @@ enum CliCommand {
     Peer {
         #[command(subcommand)]
         command: PeerCommand,
+    },
+    /// Create, join and list shares.
+    Share {
+        #[command(subcommand)]
+        command: ShareCommand,
+    },
+    /// Read and write records of a records share.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShareCommand {
+    /// Create a share; prints its token (one line) on stdout.
+    Create {
+        /// A key/value record store with this local name.
+        #[arg(long, value_name = "NAME")]
+        records: String,
+    },
+    /// Join a share from a token.
+    Join {
+        /// The token from `share create` or `share token`.
+        token: String,
+        /// Local name for the record store.
+        #[arg(long, value_name = "NAME")]
+        records: String,
+    },
+    /// List shares.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a fresh token for a share (with this node's current addresses).
+    Token {
+        /// Share name or id.
+        share: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Write a record.
+    Put {
+        /// Share name or id.
+        share: String,
+        /// The key (UTF-8, up to 1 KiB).
+        key: String,
+        /// The value (up to 1 MiB); `-` or nothing reads it from stdin.
+        value: Option<String>,
+    },
+    /// Print a record's value (raw bytes) on stdout.
+    Get {
+        /// Share name or id.
+        share: String,
+        /// The key.
+        key: String,
+        /// Print JSON with the value, its origin and any concurrent conflicting versions.
+        #[arg(long)]
+        conflicts: bool,
+    },
+    /// Delete a record.
+    Del {
+        /// Share name or id.
+        share: String,
+        /// The key.
+        key: String,
+    },
+    /// List keys (one per line), or keys and values with --json.
+    List {
+        /// Share name or id.
+        share: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Print a JSON array of {key, value | value_base64}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one JSON line per change as it lands, local or remote, until interrupted.
+    Watch {
+        /// Share name or id.
+        share: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
 }
 
@@ -141,6 +235,8 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
+        CliCommand::Share { command } => run_share(&home, command),
+        CliCommand::Kv { command } => run_kv(&home, command),
         CliCommand::Peer {
             command: PeerCommand::Add { multiaddr },
         } => {
@@ -154,6 +250,176 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
+    let client = ApiClient::for_home(home)?;
+    match command {
+        ShareCommand::Create { records } => {
+            let created: CreatedShare = client.post(
+                "/v1/shares",
+                &CreateShare {
+                    name: records,
+                    kind: ShareKind::Records,
+                },
+            )?;
+            eprintln!("created records share `{}` ({})", created.name, created.id);
+            eprintln!(
+                "join it on another machine with: meshsync share join <token> --records NAME"
+            );
+            println!("{}", created.token.unwrap_or_default());
+        }
+        ShareCommand::Join { token, records } => {
+            let joined: CreatedShare = client.post(
+                "/v1/shares/join",
+                &JoinShare {
+                    token,
+                    name: records,
+                    kind: ShareKind::Records,
+                },
+            )?;
+            println!("joined records share `{}` ({})", joined.name, joined.id);
+        }
+        ShareCommand::List { json } => {
+            let shares: Vec<ShareStatus> = client.get("/v1/shares")?;
+            if json {
+                return print_json(&shares);
+            }
+            for share in shares {
+                println!(
+                    "{}  {:<8} {:<20} {} entries, {} members, {} B sent, {} B received",
+                    share.id,
+                    serde_json::to_value(share.kind)?
+                        .as_str()
+                        .unwrap_or_default(),
+                    share.name,
+                    share.entries,
+                    share.members.len(),
+                    share.bytes_sent,
+                    share.bytes_received
+                );
+            }
+        }
+        ShareCommand::Token { share } => {
+            let answer: serde_json::Value =
+                client.get(&format!("/v1/shares/{}/token", path_segment(&share)))?;
+            println!("{}", answer["token"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn path_segment(text: &str) -> String {
+    url_encode(text)
+}
+
+fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn run_kv(home: &Home, command: KvCommand) -> Result<()> {
+    let client = ApiClient::for_home(home)?;
+    match command {
+        KvCommand::Put { share, key, value } => {
+            let record = match value.as_deref() {
+                Some(value) if value != "-" => RecordInput {
+                    key,
+                    value: Some(value.to_owned()),
+                    value_base64: None,
+                },
+                _ => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                        .context("cannot read the value from stdin")?;
+                    match String::from_utf8(bytes) {
+                        Ok(text) => RecordInput {
+                            key,
+                            value: Some(text),
+                            value_base64: None,
+                        },
+                        Err(e) => RecordInput {
+                            key,
+                            value: None,
+                            value_base64: Some(
+                                base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+                            ),
+                        },
+                    }
+                }
+            };
+            let _: serde_json::Value =
+                client.post(&format!("/v1/kv/{}/put", path_segment(&share)), &record)?;
+        }
+        KvCommand::Get {
+            share,
+            key,
+            conflicts,
+        } => {
+            let record: RecordView = client.get(&format!(
+                "/v1/kv/{}/get?key={}",
+                path_segment(&share),
+                url_encode(&key)
+            ))?;
+            if conflicts {
+                return print_json(&record);
+            }
+            let bytes = match (&record.winner.value, &record.winner.value_base64) {
+                (Some(text), _) => text.as_bytes().to_vec(),
+                (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .context("the daemon sent bad base64")?,
+                (None, None) => Vec::new(),
+            };
+            std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
+        }
+        KvCommand::Del { share, key } => {
+            let _: serde_json::Value = client.post(
+                &format!("/v1/kv/{}/del", path_segment(&share)),
+                &KeyOnly { key },
+            )?;
+        }
+        KvCommand::List {
+            share,
+            prefix,
+            json,
+        } => {
+            let records: Vec<ListedRecord> = client.get(&format!(
+                "/v1/kv/{}/list?prefix={}",
+                path_segment(&share),
+                url_encode(&prefix)
+            ))?;
+            if json {
+                return print_json(&records);
+            }
+            for record in records {
+                println!("{}", record.key);
+            }
+        }
+        KvCommand::Watch { share, prefix } => {
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            client.stream_lines(
+                &format!(
+                    "/v1/kv/{}/watch?prefix={}",
+                    path_segment(&share),
+                    url_encode(&prefix)
+                ),
+                |line| {
+                    let mut out = stdout.lock();
+                    writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn run_daemon(home: Home, no_mdns: bool) -> Result<()> {

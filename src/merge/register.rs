@@ -558,7 +558,12 @@ mod tests {
         assert!(ciborium::from_reader::<Version<Vec<u8>>, _>(&bogus[..]).is_err());
 
         // Garbage never panics.
-        for junk in [&b""[..], b"\xff", b"\xa2\x00\x00", &bytes[..bytes.len() / 2]] {
+        for junk in [
+            &b""[..],
+            b"\xff",
+            b"\xa2\x00\x00",
+            &bytes[..bytes.len() / 2],
+        ] {
             assert!(Reg::from_cbor(junk).is_err());
         }
     }

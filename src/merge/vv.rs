@@ -262,8 +262,14 @@ mod tests {
         assert_eq!(vv(&[(1, 1)]).compare(&vv(&[(1, 2)])), Causality::Before);
         assert_eq!(vv(&[(1, 2)]).compare(&vv(&[(1, 1)])), Causality::After);
         assert_eq!(vv(&[(1, 1)]).compare(&vv(&[(2, 1)])), Causality::Concurrent);
-        assert_eq!(vv(&[(1, 1), (2, 1)]).compare(&vv(&[(2, 1)])), Causality::After);
-        assert_eq!(vv(&[(2, 1)]).compare(&vv(&[(1, 1), (2, 1)])), Causality::Before);
+        assert_eq!(
+            vv(&[(1, 1), (2, 1)]).compare(&vv(&[(2, 1)])),
+            Causality::After
+        );
+        assert_eq!(
+            vv(&[(2, 1)]).compare(&vv(&[(1, 1), (2, 1)])),
+            Causality::Before
+        );
         assert_eq!(
             vv(&[(1, 2), (2, 1)]).compare(&vv(&[(1, 1), (2, 2)])),
             Causality::Concurrent

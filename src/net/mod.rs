@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
@@ -75,6 +76,14 @@ pub enum NetError {
     Dial {
         /// The address.
         addr: Multiaddr,
+        /// Why.
+        message: String,
+    },
+    /// A request to a peer failed (not connected, timed out, refused to decode, closed).
+    #[error("request to {peer} failed: {message}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
         /// Why.
         message: String,
     },
@@ -143,10 +152,67 @@ pub enum Command {
         /// `Ok(true)` if newly added, `Ok(false)` if it was already a static peer.
         reply: oneshot::Sender<Result<bool, NetError>>,
     },
+    /// Send a request to a connected peer and wait for its response.
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: Request,
+        /// The response, or why there is none.
+        reply: oneshot::Sender<Result<Response, NetError>>,
+    },
+    /// Answer a request delivered as [`NetEvent::Request`].
+    Respond {
+        /// The channel that came with the request.
+        channel: ResponseChannel<Response>,
+        /// The answer.
+        response: Response,
+    },
+    /// Dial these addresses (from a share token) once, as discovered peers.
+    Dial {
+        /// Addresses ending in `/p2p/<id>`.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Announce in the DHT that we provide `key` (re-announced by Kademlia periodically).
+    StartProviding {
+        /// The provider key.
+        key: Vec<u8>,
+    },
+    /// Look up providers of `key`; those found are dialled and reported as
+    /// [`NetEvent::ProvidersFound`].
+    FindProviders {
+        /// The provider key.
+        key: Vec<u8>,
+    },
     /// Close every connection and stop.
     Shutdown {
         /// Answered once the swarm is gone.
         reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the network task tells the rest of the daemon.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// The first connection to a peer is up and it has said hello.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// A peer sent a request other than hello; answer it with [`NetClient::respond`].
+    Request {
+        /// Who asked.
+        peer: PeerId,
+        /// What it asked.
+        request: Request,
+        /// Where the answer goes.
+        channel: ResponseChannel<Response>,
+    },
+    /// Providers of a key were found in the DHT.
+    ProvidersFound {
+        /// The provider key.
+        key: Vec<u8>,
+        /// The providers, not including us.
+        peers: Vec<PeerId>,
     },
 }
 
@@ -169,6 +235,38 @@ impl NetClient {
         let (reply, rx) = oneshot::channel();
         self.send(Command::AddStaticPeer { addr, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Sends `request` to `peer` and waits for the answer (bounded by [`REQUEST_TIMEOUT`]).
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound request.
+    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
+        let _ = self.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Dials addresses once.
+    pub async fn dial(&self, addrs: Vec<Multiaddr>) {
+        let _ = self.send(Command::Dial { addrs }).await;
+    }
+
+    /// Announces that we provide `key`.
+    pub async fn start_providing(&self, key: Vec<u8>) {
+        let _ = self.send(Command::StartProviding { key }).await;
+    }
+
+    /// Looks up providers of `key`.
+    pub async fn find_providers(&self, key: Vec<u8>) {
+        let _ = self.send(Command::FindProviders { key }).await;
     }
 
     /// Stops the network task and waits until it is gone.
@@ -197,8 +295,16 @@ pub struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
-/// Builds the swarm, binds the listeners and starts the network task.
-pub fn spawn(keypair: Keypair, config: NetConfig) -> Result<NetClient, NetError> {
+/// Builds the swarm, binds the listeners and starts the network task. Returns the handle and the
+/// stream of [`NetEvent`]s.
+///
+/// The event channel is unbounded so the network task never waits on the rest of the daemon
+/// (which itself waits on the network task): what bounds it is the number of connections times
+/// [`MAX_CONCURRENT_STREAMS`] for requests, and one event per connection change.
+pub fn spawn(
+    keypair: Keypair,
+    config: NetConfig,
+) -> Result<(NetClient, mpsc::UnboundedReceiver<NetEvent>), NetError> {
     let local_id = keypair.public().to_peer_id();
     let mdns_on = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -291,7 +397,11 @@ pub fn spawn(keypair: Keypair, config: NetConfig) -> Result<NetClient, NetError>
     }
 
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let (events, events_rx) = mpsc::unbounded_channel();
     let actor = NetActor {
+        events,
+        pending_requests: HashMap::new(),
+        hello_requests: HashMap::new(),
         swarm,
         local_id,
         commands: rx,
@@ -304,11 +414,16 @@ pub fn spawn(keypair: Keypair, config: NetConfig) -> Result<NetClient, NetError>
         connection_roles: HashMap::new(),
     };
     tokio::spawn(actor.run());
-    Ok(NetClient { commands: tx })
+    Ok((NetClient { commands: tx }, events_rx))
 }
 
 struct NetActor {
     swarm: Swarm<Behaviour>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    /// Requests sent for other parts of the daemon, waiting for their answer.
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    /// Our hello requests, per peer; the peer is announced once its hello arrives.
+    hello_requests: HashMap<OutboundRequestId, PeerId>,
     local_id: PeerId,
     commands: mpsc::Receiver<Command>,
     book: PeerBook,
@@ -378,6 +493,51 @@ impl NetActor {
                 }
                 self.dial_due_statics();
                 let _ = reply.send(Ok(added));
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        message: "not connected".into(),
+                    }));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
+            }
+            Command::Dial { addrs } => {
+                for addr in addrs {
+                    if let Some(peer) = crate::config::peer_id_of(&addr) {
+                        self.on_discovered(peer, std::slice::from_ref(&addr), Discovery::Static);
+                    }
+                }
+            }
+            Command::StartProviding { key } => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(&key))
+                {
+                    warn!("cannot announce a provider record: {e}");
+                }
+            }
+            Command::FindProviders { key } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
@@ -524,6 +684,7 @@ impl NetActor {
                     }
                 }
                 if num_established == 0 {
+                    let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
                     match cause {
                         Some(cause) => info!(peer = %peer_id, "disconnected: {cause}"),
                         None => info!(peer = %peer_id, "disconnected"),
@@ -572,10 +733,12 @@ impl NetActor {
         roles.push((connection, dialed));
         if num_established == 1 {
             info!(%peer, "connected via {remote}");
-            self.swarm
+            let id = self
+                .swarm
                 .behaviour_mut()
                 .sync
                 .send_request(&peer, Request::Hello(Hello::ours()));
+            self.hello_requests.insert(id, peer);
             self.discover_soon();
         } else {
             self.deduplicate_connections(peer);
@@ -632,6 +795,34 @@ impl NetActor {
                     self.on_discovered(info.peer_id, &info.addrs, Discovery::Kad);
                 }
             }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        key,
+                        providers,
+                    })),
+                ..
+            }) => {
+                let peers: Vec<PeerId> = providers
+                    .into_iter()
+                    .filter(|p| *p != self.local_id)
+                    .collect();
+                for peer in &peers {
+                    if !self.swarm.is_connected(peer) {
+                        let opts = DialOpts::peer_id(*peer)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let connection = opts.connection_id();
+                        if self.swarm.dial(opts).is_ok() {
+                            self.discovered_dials.insert(connection, Discovery::Kad);
+                        }
+                    }
+                }
+                let _ = self.events.send(NetEvent::ProvidersFound {
+                    key: key.to_vec(),
+                    peers,
+                });
+            }
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in list {
@@ -669,29 +860,63 @@ impl NetActor {
                         request, channel, ..
                     },
                 ..
-            } => {
-                let response = match request {
-                    Request::Hello(hello) => {
-                        self.on_hello(peer, hello);
-                        Response::Hello(Hello::ours())
-                    }
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, response);
-            }
+            } => match request {
+                Request::Hello(hello) => {
+                    self.on_hello(peer, hello);
+                    let response = Response::Hello(Hello::ours());
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response);
+                }
+                request => {
+                    let _ = self.events.send(NetEvent::Request {
+                        peer,
+                        request,
+                        channel,
+                    });
+                }
+            },
             Event::Message {
                 peer,
-                message: Message::Response { response, .. },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
-            } => match response {
-                Response::Hello(hello) => self.on_hello(peer, hello),
-                Response::Error(message) => debug!(%peer, "peer refused a request: {message}"),
-            },
-            Event::OutboundFailure { peer, error, .. } => {
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                } else if self.hello_requests.remove(&request_id).is_some() {
+                    match response {
+                        Response::Hello(hello) => {
+                            if self.on_hello(peer, hello) {
+                                let _ = self.events.send(NetEvent::PeerConnected(peer));
+                            }
+                        }
+                        other => {
+                            warn!(%peer, "peer answered hello with {other:?}; disconnecting");
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                        }
+                    }
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 debug!(%peer, "request failed: {error}");
+                self.hello_requests.remove(&request_id);
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        message: error.to_string(),
+                    }));
+                }
             }
             Event::InboundFailure { peer, error, .. } => {
                 warn!(%peer, "bad request from peer: {error}");
@@ -700,7 +925,8 @@ impl NetActor {
         }
     }
 
-    fn on_hello(&mut self, peer: PeerId, hello: Hello) {
+    /// Checks a peer's hello; returns whether we can talk to it.
+    fn on_hello(&mut self, peer: PeerId, hello: Hello) -> bool {
         let agent: String = hello
             .agent
             .chars()
@@ -713,8 +939,9 @@ impl NetActor {
                 hello.protocol_version
             );
             let _ = self.swarm.disconnect_peer_id(peer);
-            return;
+            return false;
         }
         self.book.set_agent(&peer, agent);
+        true
     }
 }

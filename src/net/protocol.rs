@@ -18,7 +18,22 @@
 //! - [`Request::Hello`] → [`Response::Hello`]: each side says which protocol version and software
 //!   it runs, right after a connection is established. Peers with another major
 //!   [`PROTOCOL_VERSION`] are disconnected with a log line that says why.
-//! - [`Response::Error`]: a request was understood but refused; carries a reason for the logs.
+//! - [`Request::Auth`] → [`Response::Auth`]: share membership, proved without naming the share
+//!   or revealing its secret. The asker sends a fresh nonce and
+//!   `tag = MAC(secret, "initiator" ‖ asker ‖ answerer ‖ nonce)`; the answerer looks for a share
+//!   of its own that gives the same tag and, if it has one, answers with
+//!   `proof = MAC(secret, "responder" ‖ asker ‖ answerer ‖ nonce)`, else with `None` — the same
+//!   answer whether or not the share exists. Both peer ids are the Noise-authenticated ones, so a
+//!   tag cannot be replayed by or to anyone else. See [`crate::share`].
+//! - [`Request::Announce`] → [`Response::Ack`]: a member's new summary root for a share, with the
+//!   changed entries themselves when they are few (so most changes arrive in one message).
+//!   Only ever sent to authenticated members of that share.
+//! - [`Request::Reconcile`] → [`Response::Reconcile`]: one round of set reconciliation; the
+//!   payload is [`crate::reconcile`]'s own encoding.
+//! - [`Request::GetEntries`] → [`Response::Entries`]: entries by summary id. Answers are cut at
+//!   [`ENTRIES_RESPONSE_BUDGET`] bytes; the asker asks again for what is missing.
+//! - [`Response::Error`]: a request was understood but refused (for example, the asker is not a
+//!   member of the share: the answer is the same whether or not the share exists).
 
 use std::io;
 
@@ -37,11 +52,67 @@ pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest agent string accepted in a [`Hello`]; anything longer is cut for display.
 pub const MAX_AGENT_CHARS: usize = 128;
 
+/// Most ids in one [`Request::GetEntries`].
+pub const MAX_IDS_PER_REQUEST: usize = 4096;
+/// Most entries in one [`Request::Announce`] or [`Response::Entries`].
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 4096;
+/// Bytes of entries one [`Response::Entries`] carries at most (beyond one entry); the largest
+/// value (1 MiB) plus overhead always fits, and the frame stays under [`MAX_RESPONSE_BYTES`].
+pub const ENTRIES_RESPONSE_BUDGET: usize = 4 * 1024 * 1024;
+/// Bytes of entries pushed inside one [`Request::Announce`]; more are left to reconciliation.
+pub const ANNOUNCE_PUSH_BUDGET: usize = 256 * 1024;
+
+/// A share id on the wire.
+pub type WireShareId = serde_bytes::ByteArray<32>;
+/// A 32-byte hash on the wire.
+pub type WireHash = serde_bytes::ByteArray<32>;
+
+/// One record entry on the wire: the key and its whole register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// The record key.
+    pub key: serde_bytes::ByteBuf,
+    /// Its register (every concurrent version).
+    pub register: crate::store::RecordRegister,
+}
+
 /// What a peer asks of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Version exchange, sent once per new connection.
     Hello(Hello),
+    /// "Do you hold the share this tag was made with?"
+    Auth {
+        /// Fresh random nonce.
+        nonce: WireHash,
+        /// MAC over both peer ids and the nonce, keyed by the share secret.
+        tag: WireHash,
+    },
+    /// A share changed on the sender.
+    Announce {
+        /// The share.
+        share: WireShareId,
+        /// The sender's summary root after the change.
+        root: WireHash,
+        /// The sender's entry count.
+        count: u64,
+        /// The changed entries, when they fit [`ANNOUNCE_PUSH_BUDGET`].
+        entries: Vec<WireEntry>,
+    },
+    /// One reconciliation message (the [`crate::reconcile`] encoding).
+    Reconcile {
+        /// The share.
+        share: WireShareId,
+        /// The encoded [`crate::reconcile::Request`].
+        message: serde_bytes::ByteBuf,
+    },
+    /// Entries by summary id.
+    GetEntries {
+        /// The share.
+        share: WireShareId,
+        /// At most [`MAX_IDS_PER_REQUEST`] ids.
+        ids: Vec<WireHash>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -49,6 +120,14 @@ pub enum Request {
 pub enum Response {
     /// Answer to [`Request::Hello`].
     Hello(Hello),
+    /// Answer to [`Request::Auth`]: the responder's proof, or `None`.
+    Auth(Option<WireHash>),
+    /// Answer to [`Request::Announce`].
+    Ack,
+    /// Answer to [`Request::Reconcile`] (the [`crate::reconcile`] encoding).
+    Reconcile(serde_bytes::ByteBuf),
+    /// Answer to [`Request::GetEntries`].
+    Entries(Vec<WireEntry>),
     /// The request was refused; the text is for logs only.
     Error(String),
 }
@@ -128,6 +207,23 @@ where
     io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
     io.write_all(&buf).await?;
     io.flush().await
+}
+
+/// Size of `value` as one frame on the wire, for byte counters.
+pub fn frame_len<T: Serialize>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.0 += data.len();
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = ciborium::into_writer(value, &mut counter);
+    counter.0 + 4
 }
 
 /// CBOR-encodes a value.

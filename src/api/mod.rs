@@ -12,6 +12,8 @@
 //! | GET    | `/v1/peers`   |                   | list of [`crate::net::PeerStatus`] |
 //! | POST   | `/v1/peers`   | `{"addr": "..."}` | [`PeerAdded`]                  |
 //!
+//! Shares and records are in [`records`].
+//!
 //! Errors are JSON `{"error": "..."}` with a 4xx or 5xx status.
 
 use std::net::SocketAddr;
@@ -26,13 +28,24 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{EngineHandle, SessionReport, ShareStatus};
 use crate::net::{NetClient, NetStatus, PeerStatus};
+use crate::store::StoreHandle;
+
+pub mod records;
+
+/// Largest request body: a batch put of many records.
+pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct ApiState {
     /// The network task.
     pub net: NetClient,
+    /// The sync engine.
+    pub engine: EngineHandle,
+    /// The store.
+    pub store: StoreHandle,
     /// The bearer token every request must carry.
     pub token: Arc<str>,
     /// The config file, where `peer add` remembers peers.
@@ -58,6 +71,11 @@ pub struct Status {
     pub mdns: bool,
     /// The API address.
     pub api: String,
+    /// Shares with their members and byte counters.
+    pub shares: Vec<ShareStatus>,
+    /// The most recent reconciliation sessions, newest last: peer, share, round trips, bytes
+    /// each way, entries pulled and pushed.
+    pub sessions: Vec<SessionReport>,
 }
 
 /// Body of `POST /v1/peers`.
@@ -84,7 +102,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -107,6 +125,7 @@ pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers).post(add_peer))
+        .merge(records::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
@@ -178,6 +197,11 @@ async fn net_status(state: &ApiState) -> Result<NetStatus, ApiError> {
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     let net = net_status(&state).await?;
+    let engine = state
+        .engine
+        .status()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(Json(Status {
         peer_id: net.peer_id,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -186,6 +210,8 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         static_peers: net.static_peers,
         mdns: net.mdns,
         api: state.bound.to_string(),
+        shares: engine.shares,
+        sessions: engine.sessions,
     }))
 }
 

@@ -1,0 +1,445 @@
+//! Shares and records over the control API.
+//!
+//! `{share}` in a path is the share's local name or its hex id. Values travel as `value` when
+//! they are UTF-8 and as `value_base64` (standard alphabet, padded) otherwise; requests may use
+//! either.
+//!
+//! | method | path | body / query | answer |
+//! |---|---|---|---|
+//! | POST | `/v1/shares` | `{"name", "kind": "records"}` | `{"id", "name", "token"}` |
+//! | POST | `/v1/shares/join` | `{"token", "name", "kind"}` | `{"id", "name"}` |
+//! | GET | `/v1/shares` | | list of shares with members and byte counters |
+//! | GET | `/v1/shares/{share}/token` | | `{"token"}` (with current addresses) |
+//! | POST | `/v1/kv/{share}/put` | `{"key", "value" \| "value_base64"}` | `{"ok": true}` |
+//! | POST | `/v1/kv/{share}/batch` | `{"records": [{"key", "value" \| "value_base64"}…]}` | `{"count"}` |
+//! | POST | `/v1/kv/{share}/del` | `{"key"}` | `{"ok": true}` |
+//! | GET | `/v1/kv/{share}/get?key=K` | | a [`RecordView`] with its conflicts; 404 if absent |
+//! | GET | `/v1/kv/{share}/list?prefix=P` | | `[{"key", "value" \| "value_base64"}…]` in key order |
+//! | GET | `/v1/kv/{share}/watch?prefix=P` | | one JSON line per change, as it lands (streamed) |
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::sync::broadcast;
+
+use super::{ApiError, ApiState};
+use crate::engine::{CreatedShare, EngineError, ShareStatus};
+use crate::merge::{Payload, Version};
+use crate::store::{Change, Origin, RecordRegister, ShareKind, ShareState, StoreError};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/shares", get(list_shares).post(create_share))
+        .route("/v1/shares/join", post(join_share))
+        .route("/v1/shares/{share}/token", get(share_token))
+        .route("/v1/kv/{share}/put", post(put))
+        .route("/v1/kv/{share}/batch", post(batch))
+        .route("/v1/kv/{share}/del", post(del))
+        .route("/v1/kv/{share}/get", get(get_record))
+        .route("/v1/kv/{share}/list", get(list))
+        .route("/v1/kv/{share}/watch", get(watch))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::UnknownShare(_) => StatusCode::NOT_FOUND,
+            StoreError::NameTaken(_) | StoreError::AlreadyJoined(_) => StatusCode::CONFLICT,
+            StoreError::Invalid(_) | StoreError::WrongKind(_) | StoreError::Merge { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(e) => e.into(),
+            EngineError::Token(_) | EngineError::Invalid(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            EngineError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
+/// Body of `POST /v1/shares`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateShare {
+    /// Local name.
+    pub name: String,
+    /// What it holds.
+    pub kind: ShareKind,
+}
+
+/// Body of `POST /v1/shares/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinShare {
+    /// The token from `share create` or `share token`.
+    pub token: String,
+    /// Local name.
+    pub name: String,
+    /// What it holds; must match the token.
+    pub kind: ShareKind,
+}
+
+/// A record as sent to the API: the value as text or base64.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordInput {
+    /// The key.
+    pub key: String,
+    /// UTF-8 value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Any value, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+/// Body of a batch put.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    /// The records.
+    pub records: Vec<RecordInput>,
+}
+
+/// Body of a delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyOnly {
+    /// The key.
+    pub key: String,
+}
+
+/// One record in `list`: exactly what every converged peer shows alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedRecord {
+    /// The key.
+    pub key: String,
+    /// UTF-8 value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Non-UTF-8 value, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+/// One version of a record, as shown by `get` and `watch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    /// UTF-8 value (absent for deletions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Non-UTF-8 value, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+    /// Whether this version is a deletion.
+    pub deleted: bool,
+    /// The peer that wrote it.
+    pub origin: String,
+    /// Its hybrid logical clock time, `millis.counter`.
+    pub hlc: String,
+}
+
+/// A record with its concurrent losers, from `get` and `watch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordView {
+    /// The key.
+    pub key: String,
+    /// The winning version.
+    #[serde(flatten)]
+    pub winner: VersionView,
+    /// Concurrent versions that lost to the winner (kept until the key is written again).
+    pub conflicts: Vec<VersionView>,
+    /// For `watch`: who delivered the change (`local` or a peer id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+fn split_value(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(STANDARD.encode(bytes))),
+    }
+}
+
+fn version_view(version: &Version<ByteBuf>) -> VersionView {
+    let (value, value_base64) = match version.payload() {
+        Payload::Value(bytes) => split_value(bytes),
+        Payload::Tombstone => (None, None),
+    };
+    let origin = PeerId::from_bytes(version.origin().as_bytes())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| hex::encode(version.origin().as_bytes()));
+    VersionView {
+        value,
+        value_base64,
+        deleted: version.is_tombstone(),
+        origin,
+        hlc: version.hlc().to_string(),
+    }
+}
+
+/// The API view of a register (none if it holds nothing).
+pub fn record_view(key: &[u8], register: &RecordRegister) -> Option<RecordView> {
+    let winner = register.winner()?;
+    Some(RecordView {
+        key: String::from_utf8_lossy(key).into_owned(),
+        winner: version_view(winner),
+        conflicts: register.conflicts().iter().map(version_view).collect(),
+        from: None,
+    })
+}
+
+fn decode_input(record: RecordInput) -> Result<(Vec<u8>, Payload<ByteBuf>), ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let value = match (record.value, record.value_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => STANDARD.decode(b64.trim()).map_err(|e| {
+            bad(format!(
+                "key `{}`: value_base64 is not base64: {e}",
+                record.key
+            ))
+        })?,
+        (None, None) => {
+            return Err(bad(format!(
+                "key `{}`: no value or value_base64",
+                record.key
+            )));
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(format!(
+                "key `{}`: give value or value_base64, not both",
+                record.key
+            )));
+        }
+    };
+    crate::store::check_record(record.key.as_bytes(), Some(&value))?;
+    Ok((
+        record.key.into_bytes(),
+        Payload::Value(ByteBuf::from(value)),
+    ))
+}
+
+fn records_share(state: &ApiState, share: &str) -> Result<ShareState, ApiError> {
+    let found = state.store.resolve(share)?;
+    if found.meta.kind != ShareKind::Records {
+        return Err(StoreError::WrongKind(share.to_owned()).into());
+    }
+    Ok(found)
+}
+
+async fn list_shares(State(state): State<ApiState>) -> Result<Json<Vec<ShareStatus>>, ApiError> {
+    Ok(Json(state.engine.status().await?.shares))
+}
+
+async fn create_share(
+    State(state): State<ApiState>,
+    Json(body): Json<CreateShare>,
+) -> Result<Json<CreatedShare>, ApiError> {
+    Ok(Json(state.engine.create_share(body.name, body.kind).await?))
+}
+
+async fn join_share(
+    State(state): State<ApiState>,
+    Json(body): Json<JoinShare>,
+) -> Result<Json<CreatedShare>, ApiError> {
+    Ok(Json(
+        state
+            .engine
+            .join_share(body.token, body.name, body.kind)
+            .await?,
+    ))
+}
+
+async fn share_token(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token = state.engine.token(share).await?;
+    Ok(Json(serde_json::json!({ "token": token })))
+}
+
+async fn put(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Json(record): Json<RecordInput>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let share = records_share(&state, &share)?;
+    let record = decode_input(record)?;
+    state.store.put(share.meta.id, vec![record]).await?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+async fn batch(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Json(batch): Json<Batch>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let share = records_share(&state, &share)?;
+    if batch.records.len() > crate::store::MAX_BATCH_RECORDS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} records in one batch; the limit is {}",
+                batch.records.len(),
+                crate::store::MAX_BATCH_RECORDS
+            ),
+        ));
+    }
+    let records = batch
+        .records
+        .into_iter()
+        .map(decode_input)
+        .collect::<Result<Vec<_>, _>>()?;
+    let count = records.len();
+    state.store.put(share.meta.id, records).await?;
+    Ok(Json(serde_json::json!({ "count": count })))
+}
+
+async fn del(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Json(body): Json<KeyOnly>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let share = records_share(&state, &share)?;
+    crate::store::check_record(body.key.as_bytes(), None)?;
+    let existing = state
+        .store
+        .get(share.meta.id, body.key.clone().into_bytes())
+        .await?;
+    if existing.as_ref().is_none_or(|r| r.is_deleted()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no key `{}` in share `{}`", body.key, share.meta.name),
+        ));
+    }
+    state
+        .store
+        .put(
+            share.meta.id,
+            vec![(body.key.into_bytes(), Payload::Tombstone)],
+        )
+        .await?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// Query of `get`.
+#[derive(Debug, Deserialize)]
+struct GetQuery {
+    key: String,
+}
+
+async fn get_record(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Query(query): Query<GetQuery>,
+) -> Result<Json<RecordView>, ApiError> {
+    let share = records_share(&state, &share)?;
+    let register = state
+        .store
+        .get(share.meta.id, query.key.clone().into_bytes())
+        .await?;
+    register
+        .as_ref()
+        .filter(|r| !r.is_deleted())
+        .and_then(|r| record_view(query.key.as_bytes(), r))
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no key `{}` in share `{}`", query.key, share.meta.name),
+            )
+        })
+}
+
+/// Query of `list` and `watch`.
+#[derive(Debug, Deserialize)]
+struct PrefixQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Query(query): Query<PrefixQuery>,
+) -> Result<Json<Vec<ListedRecord>>, ApiError> {
+    let share = records_share(&state, &share)?;
+    let entries = state
+        .store
+        .list(share.meta.id, query.prefix.into_bytes())
+        .await?;
+    let listed = entries
+        .iter()
+        .filter_map(|(key, register)| {
+            let value = register.value()?;
+            let (value, value_base64) = split_value(value);
+            Some(ListedRecord {
+                key: String::from_utf8_lossy(key).into_owned(),
+                value,
+                value_base64,
+            })
+        })
+        .collect();
+    Ok(Json(listed))
+}
+
+fn watch_line(change: &Change) -> Option<String> {
+    let mut view = record_view(&change.key, &change.register)?;
+    view.from = Some(match &change.origin {
+        Origin::Local => "local".into(),
+        Origin::Remote(peer) => peer.to_string(),
+    });
+    let mut line = serde_json::to_string(&view).ok()?;
+    line.push('\n');
+    Some(line)
+}
+
+async fn watch(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Query(query): Query<PrefixQuery>,
+) -> Result<Response, ApiError> {
+    let share = records_share(&state, &share)?;
+    let receiver = state.store.subscribe();
+    let id = share.meta.id;
+    let prefix = query.prefix.into_bytes();
+    let lines = futures::stream::unfold(receiver, move |mut receiver| {
+        let prefix = prefix.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(change) if change.share == id && change.key.starts_with(&prefix) => {
+                        if let Some(line) = watch_line(&change) {
+                            return Some((Ok::<Bytes, Infallible>(Bytes::from(line)), receiver));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let line = format!("{{\"lagged\":{missed}}}\n");
+                        return Some((Ok(Bytes::from(line)), receiver));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}

@@ -1,0 +1,318 @@
+//! One reconciliation session with one peer for one share, run as its own task.
+//!
+//! The session drives the pure [`crate::reconcile::Initiator`] over the network, then pulls the
+//! entries the peer has and we lack (merging them through the store) and pushes the ones we have
+//! and it lacks. Every byte it sends and receives is counted, frame by frame.
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use serde::Serialize;
+
+use crate::net::protocol::{
+    ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST, Request, Response,
+    WireEntry, frame_len,
+};
+use crate::net::{NetClient, NetError};
+use crate::reconcile::{self, Id, Initiator, Step};
+use crate::store::{ShareState, StoreHandle};
+
+/// Longest a whole session may take, pulls included; a slower one is abandoned and retried.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most `GetEntries` round trips one session makes for the same ids before giving up on them
+/// (a peer that keeps answering without the ids it advertised).
+pub const MAX_PULL_ATTEMPTS: usize = 3;
+
+/// What a session did; kept for `status --json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SessionReport {
+    /// The peer.
+    pub peer: String,
+    /// The share's local name.
+    pub share: String,
+    /// Milliseconds since the Unix epoch when it started.
+    pub started_ms: u64,
+    /// How long it took, in milliseconds.
+    pub duration_ms: f64,
+    /// Reconciliation round trips (pulls and pushes not included).
+    pub rounds: u32,
+    /// All round trips, pulls and pushes included.
+    pub round_trips: u32,
+    /// Bytes we sent in this session (frames, as on the wire before encryption).
+    pub bytes_sent: u64,
+    /// Bytes we received in this session.
+    pub bytes_received: u64,
+    /// Entries the peer had that we lacked or held differently.
+    pub need: usize,
+    /// Entries we had that the peer lacked or held differently.
+    pub offer: usize,
+    /// Entries pulled and merged that changed something here.
+    pub merged: usize,
+    /// Entries pushed to the peer.
+    pub pushed: usize,
+    /// False if reconciliation stopped at its round limit (another session follows).
+    pub complete: bool,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The request failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The peer answered something unexpected.
+    #[error("peer answered {0}")]
+    Protocol(String),
+    /// The reconciliation state machine refused an answer.
+    #[error("reconciliation: {0}")]
+    Reconcile(#[from] reconcile::ReconcileError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Too slow.
+    #[error("session took longer than {SESSION_TIMEOUT:?}")]
+    Timeout,
+}
+
+struct Counters {
+    round_trips: u32,
+    sent: u64,
+    received: u64,
+}
+
+impl Counters {
+    async fn request(
+        &mut self,
+        net: &NetClient,
+        peer: PeerId,
+        request: Request,
+    ) -> Result<Response, SessionError> {
+        self.sent += frame_len(&request) as u64;
+        let response = net.request(peer, request).await?;
+        self.received += frame_len(&response) as u64;
+        self.round_trips += 1;
+        match response {
+            Response::Error(message) => Err(SessionError::Protocol(format!("an error: {message}"))),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Runs a session and reports on it, successful or not.
+pub async fn run(
+    net: NetClient,
+    store: StoreHandle,
+    share: ShareState,
+    peer: PeerId,
+) -> SessionReport {
+    let started = Instant::now();
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut counters = Counters {
+        round_trips: 0,
+        sent: 0,
+        received: 0,
+    };
+    let mut report = SessionReport {
+        peer: peer.to_string(),
+        share: share.meta.name.clone(),
+        started_ms,
+        duration_ms: 0.0,
+        rounds: 0,
+        round_trips: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        need: 0,
+        offer: 0,
+        merged: 0,
+        pushed: 0,
+        complete: false,
+        error: None,
+    };
+    let result = tokio::time::timeout(
+        SESSION_TIMEOUT,
+        reconcile_and_transfer(&net, &store, &share, peer, &mut counters, &mut report),
+    )
+    .await
+    .unwrap_or(Err(SessionError::Timeout));
+    if let Err(e) = result {
+        report.error = Some(e.to_string());
+    }
+    report.round_trips = counters.round_trips;
+    report.bytes_sent = counters.sent;
+    report.bytes_received = counters.received;
+    report.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    report
+}
+
+async fn reconcile_and_transfer(
+    net: &NetClient,
+    store: &StoreHandle,
+    share: &ShareState,
+    peer: PeerId,
+    counters: &mut Counters,
+    report: &mut SessionReport,
+) -> Result<(), SessionError> {
+    let share_id = serde_bytes::ByteArray::new(share.meta.id);
+    let salt: reconcile::Salt = crate::share::random_bytes()[..16]
+        .try_into()
+        .expect("16 bytes");
+    let (mut initiator, mut message) = {
+        let summary = share.summary.read().expect("summary lock");
+        Initiator::start(&summary, salt)
+    };
+    let outcome = loop {
+        let response = counters
+            .request(
+                net,
+                peer,
+                Request::Reconcile {
+                    share: share_id,
+                    message: message.encode()?.into(),
+                },
+            )
+            .await?;
+        let Response::Reconcile(bytes) = response else {
+            return Err(SessionError::Protocol(format!(
+                "{response:?} to a reconcile request"
+            )));
+        };
+        let answer = reconcile::Response::decode(&bytes)?;
+        let step = {
+            let summary = share.summary.read().expect("summary lock");
+            initiator.on_response(&summary, answer)?
+        };
+        match step {
+            Step::Send(next) => message = next,
+            Step::Done(outcome) => break outcome,
+        }
+    };
+    report.rounds = outcome.rounds;
+    report.need = outcome.need.len();
+    report.offer = outcome.offer.len();
+    report.complete = outcome.complete;
+    report.merged = pull(net, store, share, peer, outcome.need, counters).await?;
+    report.pushed = push(net, store, share, peer, outcome.offer, counters).await?;
+    Ok(())
+}
+
+/// Fetches entries by id and merges them; returns how many changed something here.
+async fn pull(
+    net: &NetClient,
+    store: &StoreHandle,
+    share: &ShareState,
+    peer: PeerId,
+    need: Vec<Id>,
+    counters: &mut Counters,
+) -> Result<usize, SessionError> {
+    let share_id = serde_bytes::ByteArray::new(share.meta.id);
+    let mut merged = 0;
+    for chunk in need.chunks(MAX_IDS_PER_REQUEST) {
+        let mut wanted: Vec<Id> = chunk.to_vec();
+        for _ in 0..MAX_PULL_ATTEMPTS {
+            if wanted.is_empty() {
+                break;
+            }
+            let response = counters
+                .request(
+                    net,
+                    peer,
+                    Request::GetEntries {
+                        share: share_id,
+                        ids: wanted
+                            .iter()
+                            .map(|id| serde_bytes::ByteArray::new(*id))
+                            .collect(),
+                    },
+                )
+                .await?;
+            let Response::Entries(entries) = response else {
+                return Err(SessionError::Protocol(format!(
+                    "{response:?} to a get-entries request"
+                )));
+            };
+            if entries.is_empty() {
+                // It no longer has them (deleted and compacted, or it lied); the next session
+                // sorts out whatever still differs.
+                break;
+            }
+            let got: Vec<Id> = entries
+                .iter()
+                .map(|e| crate::store::record_id(&e.key))
+                .collect();
+            wanted.retain(|id| !got.contains(id));
+            let entries = entries
+                .into_iter()
+                .map(|e| (e.key.into_vec(), e.register))
+                .collect();
+            merged += store.merge(share.meta.id, entries, peer).await?;
+        }
+    }
+    Ok(merged)
+}
+
+/// Sends the peer the entries it lacks, inside announcements; returns how many were sent.
+async fn push(
+    net: &NetClient,
+    store: &StoreHandle,
+    share: &ShareState,
+    peer: PeerId,
+    offer: Vec<Id>,
+    counters: &mut Counters,
+) -> Result<usize, SessionError> {
+    let mut pushed = 0;
+    for ids in offer.chunks(MAX_ENTRIES_PER_MESSAGE) {
+        let entries = store.by_ids(share.meta.id, ids.to_vec()).await?;
+        let mut batch: Vec<WireEntry> = Vec::new();
+        let mut batch_bytes = 0;
+        for (key, register) in entries {
+            let entry = WireEntry {
+                key: key.into(),
+                register,
+            };
+            let size = frame_len(&entry);
+            if !batch.is_empty() && batch_bytes + size > ANNOUNCE_PUSH_BUDGET {
+                pushed += batch.len();
+                send_push(net, share, peer, std::mem::take(&mut batch), counters).await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(entry);
+        }
+        if !batch.is_empty() {
+            pushed += batch.len();
+            send_push(net, share, peer, batch, counters).await?;
+        }
+    }
+    Ok(pushed)
+}
+
+async fn send_push(
+    net: &NetClient,
+    share: &ShareState,
+    peer: PeerId,
+    entries: Vec<WireEntry>,
+    counters: &mut Counters,
+) -> Result<(), SessionError> {
+    let (root, count) = {
+        let summary = share.summary.read().expect("summary lock");
+        (summary.root(), summary.len())
+    };
+    counters
+        .request(
+            net,
+            peer,
+            Request::Announce {
+                share: serde_bytes::ByteArray::new(share.meta.id),
+                root: serde_bytes::ByteArray::new(root),
+                count,
+                entries,
+            },
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Share tokens and the cryptography of membership.
+//!
+//! A share is identified by a random 32-byte id and guarded by a random 32-byte secret. Holding
+//! the secret is membership. The token a user copies between machines carries both, plus the
+//! addresses of the peer that made it, so joining works without mDNS or a DHT.
+//!
+//! Everything derived from the secret uses BLAKE3 in key-derivation mode with a distinct context
+//! string, so the auth key, the DHT provider key and the secret itself cannot be linked by anyone
+//! who lacks the secret.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ShareId, ShareKind};
+
+/// Prefix of every token, with the format version.
+pub const TOKEN_PREFIX: &str = "meshsync1-";
+/// Longest token accepted (a token with dozens of addresses is still far below).
+pub const MAX_TOKEN_CHARS: usize = 8192;
+/// Most addresses carried in a token.
+pub const MAX_TOKEN_ADDRS: usize = 16;
+
+const AUTH_CONTEXT: &str = "meshsync 2026-11 share membership auth v1";
+const PROVIDER_CONTEXT: &str = "meshsync 2026-11 share dht provider key v1";
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a meshsync token.
+    #[error("not a meshsync share token (it should start with `{TOKEN_PREFIX}`)")]
+    Prefix,
+    /// Too long to be a token.
+    #[error("share token is too long ({0} characters)")]
+    TooLong(usize),
+    /// Bad base64 or CBOR.
+    #[error("share token is damaged ({0}); copy it again in one piece")]
+    Damaged(String),
+}
+
+/// What a token carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// The share id.
+    pub id: serde_bytes::ByteArray<32>,
+    /// The membership secret.
+    pub secret: serde_bytes::ByteArray<32>,
+    /// What the share holds.
+    pub kind: ShareKind,
+    /// Addresses (ending in `/p2p/<id>`) of the peer that made the token.
+    pub addrs: Vec<String>,
+}
+
+impl Token {
+    /// Encodes as one copy-pasteable line.
+    pub fn encode(&self) -> String {
+        let cbor = crate::net::protocol::encode(self).expect("a token always encodes");
+        format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(cbor))
+    }
+
+    /// Parses a token, tolerating surrounding white space.
+    pub fn parse(text: &str) -> Result<Token, TokenError> {
+        let text = text.trim();
+        if text.len() > MAX_TOKEN_CHARS {
+            return Err(TokenError::TooLong(text.len()));
+        }
+        let body = text.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Prefix)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|e| TokenError::Damaged(e.to_string()))?;
+        let token: Token =
+            crate::net::protocol::decode(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
+        if token.addrs.len() > MAX_TOKEN_ADDRS {
+            return Err(TokenError::Damaged("too many addresses".into()));
+        }
+        Ok(token)
+    }
+
+    /// The addresses that parse as multiaddrs with a peer id.
+    pub fn dialable_addrs(&self) -> Vec<Multiaddr> {
+        self.addrs
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter(|a| crate::config::peer_id_of(a).is_some())
+            .collect()
+    }
+}
+
+/// 32 random bytes from the OS.
+pub fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random generator works");
+    bytes
+}
+
+/// A new share id and secret.
+pub fn new_share() -> (ShareId, [u8; 32]) {
+    (random_bytes(), random_bytes())
+}
+
+fn mac(
+    secret: &[u8; 32],
+    role: &[u8],
+    asker: &PeerId,
+    answerer: &PeerId,
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    let key = blake3::derive_key(AUTH_CONTEXT, secret);
+    let mut hasher = blake3::Hasher::new_keyed(&key);
+    for part in [role, &asker.to_bytes(), &answerer.to_bytes()] {
+        hasher.update(&(part.len() as u32).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.update(nonce);
+    *hasher.finalize().as_bytes()
+}
+
+/// The asker's tag: proves it holds `secret` to `answerer`, for this nonce only.
+pub fn auth_tag(
+    secret: &[u8; 32],
+    asker: &PeerId,
+    answerer: &PeerId,
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    mac(secret, b"initiator", asker, answerer, nonce)
+}
+
+/// The answerer's proof that it holds `secret` too.
+pub fn auth_proof(
+    secret: &[u8; 32],
+    asker: &PeerId,
+    answerer: &PeerId,
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    mac(secret, b"responder", asker, answerer, nonce)
+}
+
+/// Compares MACs in constant time.
+pub fn macs_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    blake3::Hash::from(*a) == blake3::Hash::from(*b)
+}
+
+/// The DHT key under which members of a share announce themselves. Derived from the secret, so
+/// outsiders cannot tell which share it belongs to.
+pub fn provider_key(secret: &[u8; 32]) -> Vec<u8> {
+    blake3::derive_key(PROVIDER_CONTEXT, secret).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> Token {
+        Token {
+            id: random_bytes().into(),
+            secret: random_bytes().into(),
+            kind: ShareKind::Records,
+            addrs: vec![format!("/ip4/127.0.0.1/tcp/7465/p2p/{}", PeerId::random())],
+        }
+    }
+
+    #[test]
+    fn token_round_trips_as_one_line() {
+        let t = token();
+        let text = t.encode();
+        assert!(text.starts_with(TOKEN_PREFIX));
+        assert!(!text.contains(char::is_whitespace));
+        assert_eq!(Token::parse(&format!("  {text}\n")).unwrap(), t);
+        assert_eq!(Token::parse(&text).unwrap().dialable_addrs().len(), 1);
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_clearly() {
+        assert_eq!(Token::parse("hello"), Err(TokenError::Prefix));
+        let text = token().encode();
+        assert!(matches!(
+            Token::parse(&text[..text.len() - 5]),
+            Err(TokenError::Damaged(_))
+        ));
+        assert!(matches!(
+            Token::parse(&format!("{text}!")),
+            Err(TokenError::Damaged(_))
+        ));
+        assert!(matches!(
+            Token::parse(&"x".repeat(MAX_TOKEN_CHARS + 1)),
+            Err(TokenError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn auth_is_bound_to_secret_peers_nonce_and_role() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let secret = random_bytes();
+        let nonce = random_bytes();
+        let tag = auth_tag(&secret, &a, &b, &nonce);
+        assert!(macs_equal(&tag, &auth_tag(&secret, &a, &b, &nonce)));
+        assert_ne!(tag, auth_tag(&random_bytes(), &a, &b, &nonce));
+        assert_ne!(tag, auth_tag(&secret, &c, &b, &nonce), "another asker");
+        assert_ne!(tag, auth_tag(&secret, &a, &c, &nonce), "another answerer");
+        assert_ne!(tag, auth_tag(&secret, &b, &a, &nonce), "roles swapped");
+        assert_ne!(
+            tag,
+            auth_tag(&secret, &a, &b, &random_bytes()),
+            "another nonce"
+        );
+        assert_ne!(
+            tag,
+            auth_proof(&secret, &a, &b, &nonce),
+            "tag is not a proof"
+        );
+        assert_ne!(provider_key(&secret), secret.to_vec());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,300}") {
+            let _ = Token::parse(&text);
+            let _ = Token::parse(&format!("{TOKEN_PREFIX}{text}"));
+        }
+    }
+}
