@@ -115,12 +115,8 @@ fn restarted_daemon_keeps_its_id_and_reconnects() {
     mesh.wait_fully_connected();
 
     // Node 0 comes back on the same port after being killed: node 1 redials it with backoff.
-    let addr = mesh.nodes[0].listen_addr();
-    let port_part = addr.split("/p2p/").next().unwrap().to_owned();
+    mesh.nodes[0].pin_listen_port();
     mesh.nodes[0].kill();
-    let config = mesh.nodes[0].home.join("config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("/ip4/127.0.0.1/tcp/0", &port_part)).unwrap();
     wait_until("node 1 to notice the disconnect", WAIT, || {
         mesh.nodes[1].connected_peers().is_empty()
     });

@@ -234,6 +234,20 @@ impl Node {
             .to_owned()
     }
 
+    /// Rewrites the config so that the next start listens on the port the daemon has now, as a
+    /// real daemon on its default port would: peers that know the address can redial it.
+    pub fn pin_listen_port(&self) {
+        let addr = self.listen_addr();
+        let without_id = addr.split("/p2p/").next().unwrap().to_owned();
+        let config = self.home.join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(
+            text.contains("/ip4/127.0.0.1/tcp/0"),
+            "listen port already pinned"
+        );
+        std::fs::write(&config, text.replace("/ip4/127.0.0.1/tcp/0", &without_id)).unwrap();
+    }
+
     /// The API address the daemon wrote.
     pub fn api_addr(&self) -> String {
         std::fs::read_to_string(self.home.join("api.addr"))
@@ -328,5 +342,156 @@ impl Mesh {
                     .all(|id| peers.contains(id))
             })
         });
+    }
+}
+
+/// A small client of one node's HTTP API (faster than running the CLI for every call).
+pub struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    /// The API of a running node.
+    pub fn of(node: &Node) -> Api {
+        Api {
+            base: format!("http://{}", node.api_addr()),
+            token: node.token(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(WAIT))
+                .build()
+                .into(),
+        }
+    }
+
+    /// POSTs JSON; returns the status code and the JSON answer.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body)
+            .expect("API reachable");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GETs JSON; returns the status code and the JSON answer.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .expect("API reachable");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Puts one record, asserting success.
+    pub fn put(&self, share: &str, key: &str, value: &str) {
+        let (status, body) = self.post(
+            &format!("/v1/kv/{share}/put"),
+            &serde_json::json!({"key": key, "value": value}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Deletes one record; returns whether it existed.
+    pub fn del(&self, share: &str, key: &str) -> bool {
+        let (status, _) = self.post(
+            &format!("/v1/kv/{share}/del"),
+            &serde_json::json!({"key": key}),
+        );
+        assert!(status == 200 || status == 404, "delete answered {status}");
+        status == 200
+    }
+
+    /// The share's records as `kv list --json` shows them.
+    pub fn list(&self, share: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/kv/{share}/list"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Node {
+    /// Creates a records share; returns its token.
+    pub fn create_records_share(&self, name: &str) -> String {
+        let out = self.cli(&["share", "create", "--records", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Joins a records share from a token.
+    pub fn join_records_share(&self, token: &str, name: &str) {
+        let out = self.cli(&["share", "join", token, "--records", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kv list SHARE --json` through the CLI.
+    pub fn kv_list_json(&self, share: &str) -> Value {
+        let out = self.cli(&["kv", "list", share, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    /// Members of a share as this node sees them.
+    pub fn share_members(&self, share: &str) -> BTreeSet<String> {
+        let status = self.status();
+        status["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"] == share)
+            .flat_map(|s| s["members"].as_array().unwrap().iter())
+            .map(|m| m.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Waits until every node's `kv list --json` of its share is identical; returns that listing.
+pub fn wait_converged(nodes: &[(&Node, &str)]) -> Value {
+    let start = Instant::now();
+    loop {
+        let mut last: Vec<Value> = nodes
+            .iter()
+            .map(|(n, share)| Api::of(n).list(share))
+            .collect::<Vec<_>>();
+        if last.windows(2).all(|w| w[0] == w[1]) {
+            return last.remove(0);
+        }
+        if start.elapsed() > WAIT {
+            panic!(
+                "records did not converge within {WAIT:?}:\n{}",
+                last.iter()
+                    .map(|l| serde_json::to_string(l).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

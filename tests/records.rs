@@ -1,0 +1,346 @@
+//! Replicated records through real daemons: convergence, restarts, crashes, conflicts, and
+//! peers without the token.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Api, Mesh, Node, WAIT, wait_converged, wait_until};
+
+/// Shares one records store among all nodes of a mesh: node 0 creates it, the others join with
+/// the token. Returns the share name used on every node.
+fn share_among(mesh: &Mesh) -> &'static str {
+    let token = mesh.nodes[0].create_records_share("data");
+    for node in &mesh.nodes[1..] {
+        node.join_records_share(&token, "data");
+    }
+    let ids = mesh.ids();
+    wait_until("every node to see every other as a member", WAIT, || {
+        mesh.nodes.iter().all(|n| {
+            let members = n.share_members("data");
+            ids.iter()
+                .filter(|id| **id != n.peer_id)
+                .all(|id| members.contains(id))
+        })
+    });
+    "data"
+}
+
+/// A tiny deterministic generator so each test's ops are reproducible.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn concurrent_random_writes_converge(n: usize) {
+    let mesh = Mesh::full_static(n);
+    mesh.wait_fully_connected();
+    let share = share_among(&mesh);
+    std::thread::scope(|scope| {
+        for (i, node) in mesh.nodes.iter().enumerate() {
+            scope.spawn(move || {
+                let api = Api::of(node);
+                let mut rng = Lcg(i as u64 * 7919 + 1);
+                for op in 0..60 {
+                    // 25 keys shared by everyone: plenty of concurrent writes to the same key.
+                    let key = format!("k{:02}", rng.next() % 25);
+                    if rng.next().is_multiple_of(4) {
+                        api.del(share, &key);
+                    } else {
+                        api.put(share, &key, &format!("node{i}-op{op}"));
+                    }
+                }
+            });
+        }
+    });
+    let listing = wait_converged(&mesh.nodes.iter().map(|n| (n, share)).collect::<Vec<_>>());
+    assert!(!listing.as_array().unwrap().is_empty());
+    // The CLI shows the same as the API on every node.
+    let via_cli: Vec<Value> = mesh.nodes.iter().map(|n| n.kv_list_json(share)).collect();
+    assert!(via_cli.iter().all(|l| *l == listing));
+}
+
+#[test]
+fn two_peers_converge_under_concurrent_writes() {
+    concurrent_random_writes_converge(2);
+}
+
+#[test]
+fn three_peers_converge_under_concurrent_writes() {
+    concurrent_random_writes_converge(3);
+}
+
+#[test]
+fn five_peers_converge_under_concurrent_writes() {
+    concurrent_random_writes_converge(5);
+}
+
+#[test]
+fn kv_cli_round_trip_and_errors() {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share("notes");
+    let ok = |args: &[&str]| {
+        let out = node.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    ok(&["kv", "put", "notes", "greeting", "hello world"]);
+    assert_eq!(ok(&["kv", "get", "notes", "greeting"]), b"hello world");
+
+    // `-` reads stdin; non-UTF-8 values come back byte for byte and list as base64.
+    let mut child = std::process::Command::new(support::bin())
+        .args([
+            "--home",
+            node.home.to_str().unwrap(),
+            "kv",
+            "put",
+            "notes",
+            "blob",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&[0xff, 0x00, 0xfe])
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(ok(&["kv", "get", "notes", "blob"]), vec![0xff, 0x00, 0xfe]);
+    let listed: Value = serde_json::from_slice(&ok(&["kv", "list", "notes", "--json"])).unwrap();
+    assert_eq!(
+        listed,
+        json!([{"key": "blob", "value_base64": "/wD+"}, {"key": "greeting", "value": "hello world"}])
+    );
+    assert_eq!(
+        ok(&["kv", "list", "notes", "--prefix", "gr"]),
+        b"greeting\n"
+    );
+
+    ok(&["kv", "del", "notes", "greeting"]);
+    let out = node.cli(&["kv", "get", "notes", "greeting"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key `greeting`"));
+
+    // Limits give clear errors.
+    let long_key = "k".repeat(1025);
+    let out = node.cli(&["kv", "put", "notes", &long_key, "v"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limit is 1024"));
+    let api = Api::of(&node);
+    let (status, body) = api.post(
+        "/v1/kv/notes/put",
+        &json!({"key": "big", "value": "x".repeat(1024 * 1024 + 1)}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("1 MiB"), "{body}");
+    let out = node.cli(&["kv", "get", "nosuchshare", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no share named `nosuchshare`"));
+
+    // Batch put.
+    let records: Vec<Value> = (0..500)
+        .map(|i| json!({"key": format!("b{i:03}"), "value": "v"}))
+        .collect();
+    let (status, body) = api.post("/v1/kv/notes/batch", &json!({"records": records}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 500);
+    assert_eq!(api.list("notes").as_array().unwrap().len(), 501);
+
+    // A bad token for join is refused clearly.
+    let out = node.cli(&["share", "join", "meshsync1-garbage", "--records", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("damaged"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node.stop());
+}
+
+#[test]
+fn watch_reports_local_and_remote_changes() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = share_among(&mesh);
+    let b = &mesh.nodes[1];
+    let mut watch = std::process::Command::new(support::bin())
+        .args(["--home", b.home.to_str().unwrap(), "kv", "watch", share])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the watch a moment to subscribe; a change written before would not be shown.
+    std::thread::sleep(Duration::from_millis(500));
+    Api::of(&mesh.nodes[0]).put(share, "remote-key", "from A");
+    let line: Value = serde_json::from_str(&rx.recv_timeout(WAIT).expect("a watch line")).unwrap();
+    assert_eq!(line["key"], "remote-key");
+    assert_eq!(line["value"], "from A");
+    assert_eq!(line["origin"], mesh.nodes[0].peer_id.as_str());
+    assert_eq!(line["from"], mesh.nodes[0].peer_id.as_str());
+    Api::of(b).put(share, "local-key", "from B");
+    let line: Value = serde_json::from_str(&rx.recv_timeout(WAIT).expect("a watch line")).unwrap();
+    assert_eq!(line["key"], "local-key");
+    assert_eq!(line["from"], "local");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn stopped_peer_catches_up_and_killed_peer_loses_nothing() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = share_among(&mesh);
+    let a = Api::of(&mesh.nodes[0]);
+    for i in 0..50 {
+        a.put(share, &format!("before{i}"), "x");
+    }
+    wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+
+    // B stops; A keeps writing; B comes back and catches up.
+    assert!(mesh.nodes[1].stop());
+    for i in 0..200 {
+        a.put(share, &format!("while-down{i:03}"), "y");
+    }
+    a.del(share, "before0");
+    mesh.nodes[1].start();
+    let listing = wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+    assert_eq!(listing.as_array().unwrap().len(), 249);
+
+    // kill -9 right after an acknowledged put: the write is there after restart.
+    let b = Api::of(&mesh.nodes[1]);
+    b.put(share, "acked", "durable");
+    mesh.nodes[1].kill();
+    mesh.nodes[1].start();
+    let out = mesh.nodes[1].cli(&["kv", "get", share, "acked"]);
+    assert_eq!(out.stdout, b"durable");
+    wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+}
+
+#[test]
+fn concurrent_writes_pick_the_same_winner_and_keep_the_loser() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = share_among(&mesh);
+    Api::of(&mesh.nodes[0]).put(share, "k", "original");
+    wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+
+    // Partition by stopping one side at a time, so neither write sees the other.
+    mesh.nodes[0].pin_listen_port();
+    mesh.nodes[0].kill();
+    Api::of(&mesh.nodes[1]).put(share, "k", "written on B");
+    mesh.nodes[1].kill();
+    mesh.nodes[0].start();
+    std::thread::sleep(Duration::from_millis(20));
+    Api::of(&mesh.nodes[0]).put(share, "k", "written on A");
+    mesh.nodes[1].start();
+    mesh.wait_fully_connected();
+    wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+
+    let views: Vec<Value> = mesh
+        .nodes
+        .iter()
+        .map(|n| {
+            let out = n.cli(&["kv", "get", share, "k", "--conflicts"]);
+            assert!(out.status.success());
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(views[0], views[1], "same winner and conflicts everywhere");
+    let view = &views[0];
+    // A wrote later, so its hybrid clock is higher: it wins; B's write stays readable.
+    assert_eq!(view["value"], "written on A");
+    assert_eq!(view["origin"], mesh.nodes[0].peer_id.as_str());
+    let conflicts = view["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{view}");
+    assert_eq!(conflicts[0]["value"], "written on B");
+    assert_eq!(conflicts[0]["origin"], mesh.nodes[1].peer_id.as_str());
+
+    // A new write supersedes both.
+    Api::of(&mesh.nodes[1]).put(share, "k", "resolved");
+    wait_until("the resolution to replicate", WAIT, || {
+        let out = mesh.nodes[0].cli(&["kv", "get", share, "k", "--conflicts"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["value"] == "resolved" && v["conflicts"].as_array().is_some_and(|c| c.is_empty())
+    });
+}
+
+#[test]
+fn peer_without_the_token_gets_nothing() {
+    let mesh = Mesh::full_static(3);
+    mesh.wait_fully_connected();
+    // Nodes 0 and 1 share; node 2 is connected to both but has no token.
+    let token = mesh.nodes[0].create_records_share("secret");
+    mesh.nodes[1].join_records_share(&token, "secret");
+    wait_until("0 and 1 to be members", WAIT, || {
+        mesh.nodes[1]
+            .share_members("secret")
+            .contains(&mesh.nodes[0].peer_id)
+    });
+    let a = Api::of(&mesh.nodes[0]);
+    for i in 0..20 {
+        a.put("secret", &format!("k{i}"), "classified");
+    }
+    wait_converged(&[(&mesh.nodes[0], "secret"), (&mesh.nodes[1], "secret")]);
+    // The outsider has its own share, so it does run the membership check against both.
+    mesh.nodes[2].create_records_share("other");
+    std::thread::sleep(Duration::from_secs(1));
+
+    let outsider = mesh.nodes[2].status();
+    let shares = outsider["shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 1);
+    assert_eq!(shares[0]["name"], "other");
+    assert_eq!(shares[0]["entries"], 0);
+    assert_eq!(shares[0]["bytes_received"], 0, "{outsider}");
+    assert!(shares[0]["members"].as_array().unwrap().is_empty());
+    for member in &mesh.nodes[..2] {
+        let status = member.status();
+        let share = &status["shares"][0];
+        assert!(
+            !share["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == mesh.nodes[2].peer_id.as_str()),
+            "outsider is not a member: {share}"
+        );
+        assert!(
+            status["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["peer"] != mesh.nodes[2].peer_id.as_str()),
+            "no session with the outsider"
+        );
+    }
+    let db = std::fs::read(mesh.nodes[2].home.join("state/meshsync.redb")).unwrap();
+    assert!(
+        !db.windows(b"classified".len()).any(|w| w == b"classified"),
+        "no share data in the outsider's store"
+    );
+}
