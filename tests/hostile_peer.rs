@@ -195,3 +195,165 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
     assert!(!node.log().contains("panicked"), "{}", node.log());
     assert!(node.stop(), "clean exit after the abuse");
 }
+
+/// Connects a raw peer to `target` and returns its swarm and the daemon's peer id.
+async fn raw_peer(
+    target: Multiaddr,
+) -> (
+    libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    libp2p::PeerId,
+) {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.dial(target).unwrap();
+    loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => return (swarm, peer_id),
+            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends one well-formed request and returns the decoded answer.
+async fn ask(
+    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    daemon: libp2p::PeerId,
+    request: &Request,
+) -> Response {
+    let id = swarm
+        .behaviour_mut()
+        .send_request(&daemon, frame(&protocol::encode(request).unwrap()));
+    let deadline = tokio::time::sleep(support::WAIT);
+    tokio::pin!(deadline);
+    loop {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            _ = &mut deadline => panic!("no answer to {request:?}"),
+        };
+        match event {
+            SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
+                match message {
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } if request_id == id => {
+                        return protocol::decode(&response[4..]).expect("a well-formed answer");
+                    }
+                    request_response::Message::Request { channel, .. } => {
+                        // Answer the daemon's own hello properly, so it talks to us as a peer.
+                        let hello =
+                            frame(&protocol::encode(&Response::Hello(Hello::ours())).unwrap());
+                        let _ = swarm.behaviour_mut().send_response(channel, hello);
+                    }
+                    _ => {}
+                }
+            }
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) if request_id == id => {
+                panic!("request failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsider_knowing_the_share_id_gets_nothing() {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share("private");
+    let api = support::Api::of(&node);
+    for i in 0..10 {
+        api.put("private", &format!("key{i}"), "secret value");
+    }
+    let status = node.status();
+    // Suppose the share id leaked (it is not secret, the secret is): it still opens nothing.
+    let share_id: [u8; 32] = hex::decode(status["shares"][0]["id"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let share = serde_bytes::ByteArray::new(share_id);
+    let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
+
+    // A made-up membership tag proves nothing, and the answer does not reveal whether any share
+    // exists.
+    let auth = ask(
+        &mut swarm,
+        daemon,
+        &Request::Auth {
+            nonce: serde_bytes::ByteArray::new([7; 32]),
+            tag: serde_bytes::ByteArray::new([9; 32]),
+        },
+    )
+    .await;
+    assert_eq!(auth, Response::Auth(None));
+
+    let (_, hello) =
+        meshsync::reconcile::Initiator::start(&meshsync::reconcile::Summary::new(), [1; 16]);
+    let ids = (0..10)
+        .map(|i| {
+            serde_bytes::ByteArray::new(meshsync::store::record_id(format!("key{i}").as_bytes()))
+        })
+        .collect();
+    let requests = [
+        Request::Reconcile {
+            share,
+            message: hello.encode().unwrap().into(),
+        },
+        Request::GetEntries { share, ids },
+        Request::Announce {
+            share,
+            root: serde_bytes::ByteArray::new([0; 32]),
+            count: 0,
+            entries: vec![],
+        },
+    ];
+    for request in &requests {
+        let answer = ask(&mut swarm, daemon, request).await;
+        assert_eq!(
+            answer,
+            Response::Error("not a member".into()),
+            "{request:?}"
+        );
+    }
+    // Asking about a share that does not exist gets the very same answer.
+    let answer = ask(
+        &mut swarm,
+        daemon,
+        &Request::GetEntries {
+            share: serde_bytes::ByteArray::new([0xab; 32]),
+            ids: vec![],
+        },
+    )
+    .await;
+    assert_eq!(answer, Response::Error("not a member".into()));
+
+    let after = node.status();
+    assert_eq!(
+        after["shares"][0]["bytes_sent"], 0,
+        "no byte of the share left: {after}"
+    );
+    assert!(after["shares"][0]["members"].as_array().unwrap().is_empty());
+    assert_eq!(api.list("private").as_array().unwrap().len(), 10);
+    assert!(node.stop());
+}

@@ -722,6 +722,8 @@ impl StoreActor {
             .ok_or_else(|| StoreError::UnknownShare(hex::encode(share)))
     }
 
+    /// Applies a local write all or nothing: every record is checked and versioned before the
+    /// first one is written, so a bad record in a batch leaves its neighbours unwritten too.
     fn put(
         &mut self,
         tx: &mut Tables<'_, '_>,
@@ -729,13 +731,21 @@ impl StoreActor {
         items: Vec<(Vec<u8>, Payload<ByteBuf>)>,
     ) -> Result<(), StoreError> {
         let name = self.share_name(&share)?;
-        for (key, payload) in items {
-            let value = match &payload {
+        for (key, payload) in &items {
+            let value = match payload {
                 Payload::Value(v) => Some(v.as_slice()),
                 Payload::Tombstone => None,
             };
-            check_record(&key, value)?;
-            let mut register = tx.load(&share, &key)?.unwrap_or_default();
+            check_record(key, value)?;
+        }
+        // A key written twice in one batch builds on its own earlier version.
+        let mut staged: Vec<(Vec<u8>, RecordRegister)> = Vec::with_capacity(items.len());
+        let mut position: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (key, payload) in items {
+            let mut register = match position.get(&key) {
+                Some(&i) => staged[i].1.clone(),
+                None => tx.load(&share, &key)?.unwrap_or_default(),
+            };
             let hlc = self.clock.now(wall_millis());
             register
                 .write_local(&self.local, hlc, payload)
@@ -744,6 +754,15 @@ impl StoreActor {
                     key: String::from_utf8_lossy(&key).into_owned(),
                     source,
                 })?;
+            match position.get(&key) {
+                Some(&i) => staged[i].1 = register,
+                None => {
+                    position.insert(key.clone(), staged.len());
+                    staged.push((key, register));
+                }
+            }
+        }
+        for (key, register) in staged {
             tx.save(share, key, register, Origin::Local)?;
         }
         Ok(())
@@ -838,4 +857,160 @@ impl Tables<'_, '_> {
 
 fn decode_register(bytes: &[u8]) -> Result<RecordRegister, StoreError> {
     RecordRegister::from_cbor(bytes).map_err(|e| StoreError::Db(format!("corrupt record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str) -> ShareMeta {
+        let (id, secret) = crate::share::new_share();
+        ShareMeta {
+            id,
+            name: name.into(),
+            kind: ShareKind::Records,
+            secret,
+            seed_addrs: vec![],
+        }
+    }
+
+    fn value(text: &str) -> Payload<ByteBuf> {
+        Payload::Value(ByteBuf::from(text.as_bytes().to_vec()))
+    }
+
+    fn remote_register(peer: &libp2p::PeerId, millis: u64, text: &str) -> RecordRegister {
+        let mut register = RecordRegister::new();
+        register
+            .write_local(
+                &PeerKey::new(peer.to_bytes()).unwrap(),
+                Hlc::new(millis, 0),
+                value(text),
+            )
+            .unwrap();
+        register
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen_with_the_same_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = libp2p::PeerId::random();
+        let share = meta("s");
+        let root = {
+            let store = StoreHandle::open(dir.path(), me).unwrap();
+            store.create_share(share.clone()).await.unwrap();
+            let records = (0..100)
+                .map(|i| (format!("k{i}").into_bytes(), value("v")))
+                .collect();
+            store.put(share.id, records).await.unwrap();
+            store
+                .put(share.id, vec![(b"k5".to_vec(), Payload::Tombstone)])
+                .await
+                .unwrap();
+            let state = store.share(&share.id).unwrap();
+            let root = state.summary.read().unwrap().root();
+            assert_eq!(state.summary.read().unwrap().len(), 100);
+            root
+        };
+        // The store thread exits when its handle is dropped; give it a moment to let go.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let store = StoreHandle::open(dir.path(), me).unwrap();
+        let state = store.resolve("s").unwrap();
+        assert_eq!(state.summary.read().unwrap().root(), root);
+        assert!(
+            store
+                .get(share.id, b"k5".to_vec())
+                .await
+                .unwrap()
+                .unwrap()
+                .is_deleted()
+        );
+        assert_eq!(
+            store.list(share.id, b"k9".to_vec()).await.unwrap().len(),
+            11
+        );
+        let by_id = store
+            .by_ids(share.id, vec![record_id(b"k7"), [0; 32]])
+            .await
+            .unwrap();
+        assert_eq!(by_id.len(), 1);
+        assert_eq!(by_id[0].0, b"k7");
+    }
+
+    #[tokio::test]
+    async fn remote_entries_from_the_future_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random()).unwrap();
+        let share = meta("s");
+        store.create_share(share.clone()).await.unwrap();
+        let peer = libp2p::PeerId::random();
+        let now = wall_millis();
+        let skewed = remote_register(&peer, now + 3600 * 1000, "from the future");
+        let fine = remote_register(&peer, now, "fine");
+        let merged = store
+            .merge(
+                share.id,
+                vec![(b"a".to_vec(), skewed), (b"b".to_vec(), fine.clone())],
+                peer,
+            )
+            .await
+            .unwrap();
+        assert_eq!(merged, 1);
+        assert!(store.get(share.id, b"a".to_vec()).await.unwrap().is_none());
+        // Merging the same thing again changes nothing (idempotent).
+        let merged = store
+            .merge(share.id, vec![(b"b".to_vec(), fine)], peer)
+            .await
+            .unwrap();
+        assert_eq!(merged, 0);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_invalid_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random()).unwrap();
+        let share = meta("s");
+        store.create_share(share.clone()).await.unwrap();
+        let big = Payload::Value(ByteBuf::from(vec![0u8; MAX_VALUE_BYTES + 1]));
+        assert!(matches!(
+            store.put(share.id, vec![(b"k".to_vec(), big)]).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
+        assert!(
+            store
+                .put(share.id, vec![(long_key, value("v"))])
+                .await
+                .is_err()
+        );
+        assert!(
+            store
+                .put(share.id, vec![(vec![0xff], value("v"))])
+                .await
+                .is_err()
+        );
+        // A failed write leaves nothing behind, even its valid neighbours in the same call.
+        assert!(
+            store
+                .put(
+                    share.id,
+                    vec![(b"ok".to_vec(), value("v")), (vec![], value("v"))]
+                )
+                .await
+                .is_err()
+        );
+        assert!(store.get(share.id, b"ok".to_vec()).await.unwrap().is_none());
+        assert!(matches!(
+            store
+                .create_share(ShareMeta {
+                    id: share.id,
+                    ..meta("other")
+                })
+                .await,
+            Err(StoreError::AlreadyJoined(_))
+        ));
+        assert!(matches!(
+            store.create_share(meta("s")).await,
+            Err(StoreError::NameTaken(_))
+        ));
+    }
 }
