@@ -3,6 +3,7 @@
 #
 #   scripts/mesh.sh up N     start N daemons (127.0.0.1, ports chosen by the OS, mDNS off); node i
 #                            has nodes 0..i-1 as static peers. Prints each node's home and peer id.
+#   scripts/mesh.sh share NAME   create records share NAME on node0 and join it on every node
 #   scripts/mesh.sh status   show every node's peers
 #   scripts/mesh.sh down     stop them all (SIGTERM, then SIGKILL after 10 s)
 #
@@ -69,6 +70,23 @@ up() {
   echo "Stop: $0 down"
 }
 
+share() {
+  local name=$1
+  [ -n "$name" ] || die "usage: mesh.sh share NAME"
+  [ -n "$(running_pids)" ] || die "no mesh running; run 'mesh.sh up N' first"
+  local token
+  token=$("$bin" --home "$mesh_dir/node0" share create --records "$name" 2>/dev/null) ||
+    die "cannot create share $name on node0"
+  for home in "$mesh_dir"/node*; do
+    [ "$home" = "$mesh_dir/node0" ] && continue
+    "$bin" --home "$home" share join "$token" --records "$name" >/dev/null ||
+      die "cannot join share $name on $(basename "$home")"
+  done
+  echo "records share '$name' created on node0 and joined on every node"
+  echo "Try:  $bin --home $mesh_dir/node0 kv put $name hello world"
+  echo "      $bin --home $mesh_dir/node2 kv get $name hello"
+}
+
 status() {
   for home in "$mesh_dir"/node*; do
     [ -d "$home" ] || continue
@@ -97,7 +115,8 @@ down() {
 bin=$(find_bin)
 case "${1:-}" in
   up) up "${2:-3}" ;;
+  share) share "${2:-}" ;;
   status) status ;;
   down) down ;;
-  *) die "usage: mesh.sh up N | status | down" ;;
+  *) die "usage: mesh.sh up N | share NAME | status | down" ;;
 esac
