@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod folder;
 pub mod home;
 pub mod merge;
 pub mod net;
