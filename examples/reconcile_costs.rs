@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example reconcile_costs            # n = 10^3, 10^5, 10^6
 //! cargo run --release --example reconcile_costs -- --quick # n = 10^3, 10^5
+//! cargo run --release --example reconcile_costs -- --json FILE # also write the rows as JSON
 //! ```
 //!
 //! Prints a markdown table and exits non-zero if any session is inexact (its `need`/`offer`
@@ -112,7 +113,12 @@ fn measure(n: u64, d: u64, local: &Summary, remote: &Summary, note: String) -> R
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned());
     let sizes: &[u64] = if quick {
         &[1_000, 100_000]
     } else {
@@ -228,6 +234,21 @@ fn main() {
         r100.total_rounds,
         if t100 { "met" } else { "NOT MET" }
     );
+    if let Some(path) = json_path {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "n": r.n, "d": r.d, "rounds": r.rounds, "total_rounds": r.total_rounds,
+                    "bytes_sent": r.sent, "bytes_received": r.received,
+                    "largest_message": r.largest, "millis": r.millis, "exact": r.exact,
+                    "naive_bytes": r.n * NAIVE_BYTES_PER_ENTRY,
+                })
+            })
+            .collect();
+        std::fs::write(&path, serde_json::to_string_pretty(&list).expect("JSON"))
+            .unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+    }
     if rows.iter().any(|r| !r.exact) {
         eprintln!("error: a session's outcome differs from the true difference");
         std::process::exit(1);

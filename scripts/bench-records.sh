@@ -5,7 +5,8 @@
 #   scripts/bench-records.sh            # everything, n up to 10^6 (about 10 minutes on 2 cores)
 #   scripts/bench-records.sh --quick    # skip the 10^6-record parts (about 2 minutes)
 #   scripts/bench-records.sh --no-build # use target/release/meshsync as it is
-#   scripts/bench-records.sh --json FILE  # also write the raw daemon results as JSON
+#   scripts/bench-records.sh --json=FILE  # also write the raw daemon results as JSON
+#   scripts/bench-records.sh --only=idle,latency,throughput,reconcile  # some parts only
 #
 # Every daemon runs on 127.0.0.1 with --no-mdns in a fresh home under a temporary directory,
 # which is removed at the end; every daemon started is stopped, also on failure or Ctrl-C.
@@ -25,7 +26,7 @@ for arg in "$@"; do
         --no-build) build=0 ;;
         --json=*) json="${arg#--json=}" ;;
         --only=*) only="${arg#--only=}" ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,7 +59,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-bin="$root/target/release/meshsync"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+bin="$target_dir/release/meshsync"
 if [[ $build == 1 ]]; then
     echo "building (release)…" >&2
     nice -n 10 cargo build --release --bin meshsync --example reconcile_costs >&2
@@ -66,12 +68,14 @@ fi
 [[ -x "$bin" ]] || { echo "no $bin; run without --no-build" >&2; exit 1; }
 
 started=$(date +%s)
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 cost_args=()
 [[ $quick == 1 ]] && cost_args+=(--quick)
 echo "pure reconciliation cost table…" >&2
-costs="$("$root/target/release/examples/reconcile_costs" "${cost_args[@]}")"
+"$target_dir/release/examples/reconcile_costs" "${cost_args[@]}" --json "$workdir/pure.json" \
+    > "$workdir/pure.md"
 
-helper_args=(--binary "$bin" --workdir "$workdir")
+helper_args=(--binary "$bin" --workdir "$workdir" --pure-json "$workdir/pure.json" --pure-md "$workdir/pure.md")
 [[ $quick == 1 ]] && helper_args+=(--quick)
 [[ -n "$json" ]] && helper_args+=(--json "$json")
 [[ -n "$only" ]] && helper_args+=(--only "$only")
@@ -87,12 +91,8 @@ cat <<EOF
 - date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
 - command: \`scripts/bench-records.sh $*\`
 - commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ has uncommitted changes)')
-- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), load average before the daemon parts: $(cut -d' ' -f1-3 /proc/loadavg)
+- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), load average at the start: $load_before, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared; numbers are noisy)
 - runtime: $(( $(date +%s) - started )) s
-
-### Reconciliation cost, pure (in-process, messages CBOR-encoded as on the wire)
-
-$costs
 
 EOF
 cat "$workdir/daemons.md"

@@ -84,21 +84,52 @@ enum CliCommand {
     },
 }
 
+/// What a share holds: records under a name, or a folder at a path.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ShareTarget {
+    /// A key/value record store with this local name.
+    #[arg(long, value_name = "NAME")]
+    records: Option<String>,
+    /// A folder (created if missing; existing files are kept and merged).
+    #[arg(long, value_name = "PATH")]
+    folder: Option<PathBuf>,
+}
+
+impl ShareTarget {
+    /// Kind, local name and (for folders) absolute path. A folder share is named after its
+    /// directory.
+    fn resolve(self) -> Result<(ShareKind, String, Option<PathBuf>)> {
+        match (self.records, self.folder) {
+            (Some(name), None) => Ok((ShareKind::Records, name, None)),
+            (None, Some(path)) => {
+                let absolute = std::path::absolute(&path)
+                    .with_context(|| format!("cannot resolve {}", path.display()))?;
+                let name = absolute
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "root".into());
+                Ok((ShareKind::Folder, name, Some(absolute)))
+            }
+            _ => anyhow::bail!("give either --records NAME or --folder PATH"),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ShareCommand {
     /// Create a share; prints its token (one line) on stdout.
     Create {
-        /// A key/value record store with this local name.
-        #[arg(long, value_name = "NAME")]
-        records: String,
+        #[command(flatten)]
+        what: ShareTarget,
     },
     /// Join a share from a token.
     Join {
         /// The token from `share create` or `share token`.
         token: String,
-        /// Local name for the record store.
-        #[arg(long, value_name = "NAME")]
-        records: String,
+        #[command(flatten)]
+        what: ShareTarget,
     },
     /// List shares.
     List {
@@ -255,30 +286,40 @@ fn run(cli: Cli) -> Result<()> {
 fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
     let client = ApiClient::for_home(home)?;
     match command {
-        ShareCommand::Create { records } => {
-            let created: CreatedShare = client.post(
-                "/v1/shares",
-                &CreateShare {
-                    name: records,
-                    kind: ShareKind::Records,
-                },
-            )?;
-            eprintln!("created records share `{}` ({})", created.name, created.id);
+        ShareCommand::Create { what } => {
+            let (kind, name, path) = what.resolve()?;
+            let created: CreatedShare =
+                client.post("/v1/shares", &CreateShare { name, kind, path })?;
+            let flag = match kind {
+                ShareKind::Records => "--records NAME",
+                ShareKind::Folder => "--folder PATH",
+            };
             eprintln!(
-                "join it on another machine with: meshsync share join <token> --records NAME"
+                "created {} share `{}` ({})",
+                kind_name(kind),
+                created.name,
+                created.id
             );
+            eprintln!("join it on another machine with: meshsync share join <token> {flag}");
             println!("{}", created.token.unwrap_or_default());
         }
-        ShareCommand::Join { token, records } => {
+        ShareCommand::Join { token, what } => {
+            let (kind, name, path) = what.resolve()?;
             let joined: CreatedShare = client.post(
                 "/v1/shares/join",
                 &JoinShare {
                     token,
-                    name: records,
-                    kind: ShareKind::Records,
+                    name,
+                    kind,
+                    path,
                 },
             )?;
-            println!("joined records share `{}` ({})", joined.name, joined.id);
+            println!(
+                "joined {} share `{}` ({})",
+                kind_name(kind),
+                joined.name,
+                joined.id
+            );
         }
         ShareCommand::List { json } => {
             let shares: Vec<ShareStatus> = client.get("/v1/shares")?;
@@ -307,6 +348,13 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn kind_name(kind: ShareKind) -> &'static str {
+    match kind {
+        ShareKind::Records => "records",
+        ShareKind::Folder => "folder",
+    }
 }
 
 fn path_segment(text: &str) -> String {

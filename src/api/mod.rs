@@ -134,6 +134,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             same_origin_only,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 

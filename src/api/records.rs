@@ -6,8 +6,8 @@
 //!
 //! | method | path | body / query | answer |
 //! |---|---|---|---|
-//! | POST | `/v1/shares` | `{"name", "kind": "records"}` | `{"id", "name", "token"}` |
-//! | POST | `/v1/shares/join` | `{"token", "name", "kind"}` | `{"id", "name"}` |
+//! | POST | `/v1/shares` | `{"name", "kind": "records" \| "folder", "path"}` | `{"id", "name", "token"}` |
+//! | POST | `/v1/shares/join` | `{"token", "name", "kind", "path"}` | `{"id", "name"}` |
 //! | GET | `/v1/shares` | | list of shares with members and byte counters |
 //! | GET | `/v1/shares/{share}/token` | | `{"token"}` (with current addresses) |
 //! | POST | `/v1/kv/{share}/put` | `{"key", "value" \| "value_base64"}` | `{"ok": true}` |
@@ -83,6 +83,9 @@ pub struct CreateShare {
     pub name: String,
     /// What it holds.
     pub kind: ShareKind,
+    /// For folders: the folder's absolute path (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// Body of `POST /v1/shares/join`.
@@ -94,6 +97,9 @@ pub struct JoinShare {
     pub name: String,
     /// What it holds; must match the token.
     pub kind: ShareKind,
+    /// For folders: the folder's absolute path (created if missing; existing files are merged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A record as sent to the API: the value as text or base64.
@@ -249,7 +255,12 @@ async fn create_share(
     State(state): State<ApiState>,
     Json(body): Json<CreateShare>,
 ) -> Result<Json<CreatedShare>, ApiError> {
-    Ok(Json(state.engine.create_share(body.name, body.kind).await?))
+    Ok(Json(
+        state
+            .engine
+            .create_share(body.name, body.kind, body.path)
+            .await?,
+    ))
 }
 
 async fn join_share(
@@ -259,7 +270,7 @@ async fn join_share(
     Ok(Json(
         state
             .engine
-            .join_share(body.token, body.name, body.kind)
+            .join_share(body.token, body.name, body.kind, body.path)
             .await?,
     ))
 }

@@ -14,17 +14,19 @@
 pub mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::folder::sync::FolderHandle;
 use crate::net::protocol::{
     ANNOUNCE_PUSH_BUDGET, ENTRIES_RESPONSE_BUDGET, MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST,
     Request, Response, WireEntry, frame_len,
@@ -94,6 +96,9 @@ pub struct ShareStatus {
     pub bytes_received: u64,
     /// Sessions run for this share.
     pub sessions: u64,
+    /// For folder shares: what the folder is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<crate::folder::sync::FolderStatus>,
 }
 
 /// What `status` shows about syncing.
@@ -120,12 +125,14 @@ enum Command {
     CreateShare {
         name: String,
         kind: ShareKind,
+        path: Option<PathBuf>,
         reply: oneshot::Sender<Result<CreatedShare, EngineError>>,
     },
     JoinShare {
         token: String,
         name: String,
         kind: ShareKind,
+        path: Option<PathBuf>,
         reply: oneshot::Sender<Result<CreatedShare, EngineError>>,
     },
     Token {
@@ -159,27 +166,35 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::Stopped)
     }
 
-    /// Creates a share and returns its token.
+    /// Creates a share and returns its token. Folder shares need the folder's path.
     pub async fn create_share(
         &self,
         name: String,
         kind: ShareKind,
+        path: Option<PathBuf>,
     ) -> Result<CreatedShare, EngineError> {
-        self.call(|reply| Command::CreateShare { name, kind, reply })
-            .await?
+        self.call(|reply| Command::CreateShare {
+            name,
+            kind,
+            path,
+            reply,
+        })
+        .await?
     }
 
-    /// Joins a share from a token.
+    /// Joins a share from a token. Folder shares need the folder's path.
     pub async fn join_share(
         &self,
         token: String,
         name: String,
         kind: ShareKind,
+        path: Option<PathBuf>,
     ) -> Result<CreatedShare, EngineError> {
         self.call(|reply| Command::JoinShare {
             token,
             name,
             kind,
+            path,
             reply,
         })
         .await?
@@ -237,6 +252,7 @@ enum TaskResult {
 /// Starts the engine.
 pub fn spawn(
     local: PeerId,
+    state_dir: PathBuf,
     store: StoreHandle,
     net: NetClient,
     net_events: mpsc::UnboundedReceiver<NetEvent>,
@@ -244,8 +260,11 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
     let changes = store.subscribe();
     let now = Instant::now();
-    let actor = EngineActor {
+    let mut actor = EngineActor {
         local,
+        state_dir,
+        folders: HashMap::new(),
+        member_watch: HashMap::new(),
         store,
         net,
         inbox: rx,
@@ -268,12 +287,20 @@ pub fn spawn(
         next_anti_entropy: now + ANTI_ENTROPY_INTERVAL,
         next_provider_lookup: now,
     };
+    for state in actor.store.shares() {
+        actor.start_folder(&state.meta);
+    }
     tokio::spawn(actor.run());
     EngineHandle { commands: tx }
 }
 
 struct EngineActor {
     local: PeerId,
+    state_dir: PathBuf,
+    /// Folder actors, per folder share.
+    folders: HashMap<ShareId, FolderHandle>,
+    /// Current members per folder share, for its actor to fetch from.
+    member_watch: HashMap<ShareId, watch::Sender<Vec<PeerId>>>,
     store: StoreHandle,
     net: NetClient,
     inbox: mpsc::Receiver<Command>,
@@ -312,7 +339,10 @@ impl EngineActor {
             tokio::select! {
                 biased;
                 command = self.inbox.recv() => match command {
-                    Some(Command::Shutdown { reply }) => {
+                                        Some(Command::Shutdown { reply }) => {
+                        for folder in self.folders.values() {
+                            folder.shutdown().await;
+                        }
                         self.sessions.abort_all();
                         self.tasks.abort_all();
                         let _ = reply.send(());
@@ -359,17 +389,23 @@ impl EngineActor {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::CreateShare { name, kind, reply } => {
-                let result = self.create_share(name, kind).await;
+            Command::CreateShare {
+                name,
+                kind,
+                path,
+                reply,
+            } => {
+                let result = self.create_share(name, kind, path).await;
                 let _ = reply.send(result);
             }
             Command::JoinShare {
                 token,
                 name,
                 kind,
+                path,
                 reply,
             } => {
-                let result = self.join_share(token, name, kind).await;
+                let result = self.join_share(token, name, kind, path).await;
                 let _ = reply.send(result);
             }
             Command::Token { share, reply } => {
@@ -380,7 +416,16 @@ impl EngineActor {
                 let _ = reply.send(result);
             }
             Command::Status { reply } => {
-                let _ = reply.send(self.status());
+                let mut status = self.status();
+                for share in &mut status.shares {
+                    let id = hex::decode(&share.id).unwrap_or_default();
+                    if let Ok(id) = <[u8; 32]>::try_from(id.as_slice())
+                        && let Some(folder) = self.folders.get(&id)
+                    {
+                        share.folder = folder.status().await;
+                    }
+                }
+                let _ = reply.send(status);
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
@@ -418,17 +463,28 @@ impl EngineActor {
         Ok(())
     }
 
+    /// Resolves and prepares a folder share's directory: absolute, created if missing, with its
+    /// marker inside.
+    fn prepare_folder(path: Option<PathBuf>) -> Result<PathBuf, EngineError> {
+        let path = path.ok_or_else(|| EngineError::Invalid("folder shares need a path".into()))?;
+        crate::folder::sync::prepare_root(&path).map_err(|e| {
+            EngineError::Invalid(format!("cannot prepare folder {}: {e}", path.display()))
+        })?;
+        path.canonicalize()
+            .map_err(|e| EngineError::Invalid(format!("cannot resolve {}: {e}", path.display())))
+    }
+
     async fn create_share(
         &mut self,
         name: String,
         kind: ShareKind,
+        path: Option<PathBuf>,
     ) -> Result<CreatedShare, EngineError> {
         Self::check_name(&name)?;
-        if kind == ShareKind::Folder {
-            return Err(EngineError::Invalid(
-                "folder shares are not supported yet".into(),
-            ));
-        }
+        let path = match kind {
+            ShareKind::Folder => Some(Self::prepare_folder(path)?),
+            ShareKind::Records => None,
+        };
         let (id, secret) = share::new_share();
         let meta = ShareMeta {
             id,
@@ -436,6 +492,7 @@ impl EngineActor {
             kind,
             secret,
             seed_addrs: Vec::new(),
+            path,
         };
         self.store.create_share(meta.clone()).await?;
         info!(share = %name, "created share {}", hex::encode(id));
@@ -453,6 +510,7 @@ impl EngineActor {
         token: String,
         name: String,
         kind: ShareKind,
+        path: Option<PathBuf>,
     ) -> Result<CreatedShare, EngineError> {
         Self::check_name(&name)?;
         let token = Token::parse(&token)?;
@@ -462,17 +520,17 @@ impl EngineActor {
                 token.kind
             )));
         }
-        if kind == ShareKind::Folder {
-            return Err(EngineError::Invalid(
-                "folder shares are not supported yet".into(),
-            ));
-        }
+        let path = match kind {
+            ShareKind::Folder => Some(Self::prepare_folder(path)?),
+            ShareKind::Records => None,
+        };
         let meta = ShareMeta {
             id: *token.id,
             name: name.clone(),
             kind,
             secret: *token.secret,
             seed_addrs: token.addrs.clone(),
+            path,
         };
         self.store.create_share(meta.clone()).await?;
         info!(share = %name, "joined share {}", hex::encode(meta.id));
@@ -485,8 +543,56 @@ impl EngineActor {
         })
     }
 
+    /// Starts the folder actor of a folder share.
+    fn start_folder(&mut self, meta: &ShareMeta) {
+        if meta.kind != ShareKind::Folder || self.folders.contains_key(&meta.id) {
+            return;
+        }
+        let (tx, rx) = watch::channel(self.members_of(&meta.id));
+        match crate::folder::sync::spawn(
+            meta,
+            &self.state_dir,
+            self.local,
+            self.store.clone(),
+            self.net.clone(),
+            rx,
+        ) {
+            Ok(handle) => {
+                self.folders.insert(meta.id, handle);
+                self.member_watch.insert(meta.id, tx);
+            }
+            Err(e) => warn!(share = %meta.name, "cannot start folder: {e}"),
+        }
+    }
+
+    fn members_of(&self, share: &ShareId) -> Vec<PeerId> {
+        let mut members: Vec<PeerId> = self
+            .members
+            .get(share)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+
+    /// Tells the folder actors who they can fetch from.
+    fn publish_members(&self) {
+        for (share, tx) in &self.member_watch {
+            let members = self.members_of(share);
+            tx.send_if_modified(|current| {
+                if *current != members {
+                    *current = members;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
     /// A share appeared: find its members among connected peers and in the DHT.
     async fn on_new_share(&mut self, meta: &ShareMeta) {
+        self.start_folder(meta);
         let peers: Vec<PeerId> = self.connected.iter().copied().collect();
         for peer in peers {
             self.start_auth(peer, meta.id);
@@ -527,6 +633,7 @@ impl EngineActor {
                     bytes_sent: counters.bytes_sent,
                     bytes_received: counters.bytes_received,
                     sessions: counters.sessions,
+                    folder: None,
                 }
             })
             .collect();
@@ -574,6 +681,7 @@ impl EngineActor {
             return;
         }
         if self.members.entry(share).or_default().insert(peer) {
+            self.publish_members();
             let name = self
                 .store
                 .share(&share)
@@ -599,6 +707,7 @@ impl EngineActor {
                 for members in self.members.values_mut() {
                     members.remove(&peer);
                 }
+                self.publish_members();
                 self.retry.retain(|(p, _), _| *p != peer);
                 self.wanted.retain(|(p, _)| *p != peer);
             }
@@ -734,6 +843,50 @@ impl EngineActor {
                         self.respond(Some(*share), channel, Response::Error(e.to_string()));
                     }
                 }
+            }
+            Request::GetChunk { share, hash } => {
+                let folder = self.folders.get(&*share).cloned();
+                let Some(folder) =
+                    folder.filter(|_| self.member_share(&peer, &share, received).is_some())
+                else {
+                    return self.refuse(channel);
+                };
+                let net = self.net.clone();
+                let share_id = *share;
+                self.tasks.spawn(async move {
+                    let response = match folder.serve_chunk(*hash).await {
+                        Some(bytes) => Response::Chunk(bytes.into()),
+                        None => Response::Error("unknown chunk".into()),
+                    };
+                    let sent = frame_len(&response) as u64;
+                    net.respond(channel, response).await;
+                    TaskResult::Answered {
+                        share: share_id,
+                        sent,
+                    }
+                });
+            }
+            Request::GetPage { share, hash } => {
+                let folder = self.folders.get(&*share).cloned();
+                let Some(folder) =
+                    folder.filter(|_| self.member_share(&peer, &share, received).is_some())
+                else {
+                    return self.refuse(channel);
+                };
+                let net = self.net.clone();
+                let share_id = *share;
+                self.tasks.spawn(async move {
+                    let response = match folder.serve_page(*hash).await {
+                        Some(bytes) => Response::Page(bytes.into()),
+                        None => Response::Error("unknown page".into()),
+                    };
+                    let sent = frame_len(&response) as u64;
+                    net.respond(channel, response).await;
+                    TaskResult::Answered {
+                        share: share_id,
+                        sent,
+                    }
+                });
             }
             Request::GetEntries { share, ids } => {
                 if self.member_share(&peer, &share, received).is_none() {

@@ -5,3 +5,31 @@
 //! chunks, fetching only missing chunks, and writing files safely.
 
 pub mod model;
+pub mod scan;
+pub mod sync;
+pub mod write;
+
+use crate::merge::Payload;
+use crate::store::{RecordRegister, ShareKind};
+
+/// Checks an entry received from a peer: for folder shares, every version must describe a file,
+/// directory or symlink and the path must be safe to write under the folder.
+pub fn validate_remote_entry(
+    kind: ShareKind,
+    key: &[u8],
+    register: &RecordRegister,
+) -> Result<(), String> {
+    if kind != ShareKind::Folder {
+        return Ok(());
+    }
+    let path = std::str::from_utf8(key).map_err(|_| "path is not UTF-8".to_owned())?;
+    model::check_rel_path(path)?;
+    for version in register.versions() {
+        if let Payload::Value(bytes) = version.payload() {
+            let meta: model::FileMeta = ciborium::from_reader(bytes.as_slice())
+                .map_err(|e| format!("`{path}`: not a file description: {e}"))?;
+            model::check_meta(path, &meta)?;
+        }
+    }
+    Ok(())
+}

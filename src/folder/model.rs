@@ -144,6 +144,111 @@ impl FileMeta {
     }
 }
 
+/// Most pages one file's chunk list may have (about 16 GiB at the average chunk size... and far
+/// more with larger chunks); a description with more is refused as absurd.
+pub const MAX_PAGES: usize = 65_536;
+
+/// Checks that a relative path from a peer is safe to create under the folder: relative,
+/// `/`-separated, no `.`, `..` or empty components, no NUL or backslash, not inside our marker
+/// directory, not one of our temporary names, and within the length limits. The message says
+/// what is wrong.
+pub fn check_rel_path(path: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("refused path `{}`: {why}", path.escape_debug()));
+    if path.is_empty() {
+        return refuse("empty");
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return refuse("too long");
+    }
+    if path.starts_with('/') {
+        return refuse("absolute");
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return refuse("contains a backslash or NUL");
+    }
+    for (i, component) in path.split('/').enumerate() {
+        match component {
+            "" => return refuse("empty component"),
+            "." | ".." => return refuse("`.` or `..` component"),
+            _ if component.len() > 255 => return refuse("component longer than 255 bytes"),
+            _ if i == 0 && component == MARKER_DIR => return refuse("inside the marker directory"),
+            _ if component.starts_with(TEMP_PREFIX) => return refuse("a temporary file name"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a file description from a peer is self-consistent, so that nothing downstream has
+/// to trust it: sizes add up, chunks and pages are within bounds, each kind has the fields it
+/// needs.
+pub fn check_meta(path: &str, meta: &FileMeta) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("refused entry `{}`: {why}", path.escape_debug()));
+    if meta.mode > 0o7777 {
+        return refuse("mode out of range");
+    }
+    if meta.mtime_nanos >= 1_000_000_000 {
+        return refuse("mtime nanoseconds out of range");
+    }
+    match meta.kind {
+        EntryKind::Dir => {
+            if meta.size != 0 || meta.content != Content::Empty || meta.target.is_some() {
+                return refuse("a directory with content");
+            }
+        }
+        EntryKind::Symlink => {
+            let Some(target) = &meta.target else {
+                return refuse("a symlink without a target");
+            };
+            if target.is_empty() || target.len() > MAX_PATH_BYTES || target.contains('\0') {
+                return refuse("bad symlink target");
+            }
+            if meta.size != 0 || meta.content != Content::Empty {
+                return refuse("a symlink with content");
+            }
+        }
+        EntryKind::File => {
+            if meta.target.is_some() {
+                return refuse("a file with a link target");
+            }
+            let total: u64 = match &meta.content {
+                Content::Empty => 0,
+                Content::Inline(chunks) => {
+                    if chunks.len() > INLINE_MAX_CHUNKS {
+                        return refuse("too many inline chunks");
+                    }
+                    if chunks.iter().any(|c| c.len == 0 || c.len > CHUNK_MAX) {
+                        return refuse("chunk length out of range");
+                    }
+                    chunks.iter().map(|c| c.len as u64).sum()
+                }
+                Content::Paged(pages) => {
+                    if pages.len() > MAX_PAGES {
+                        return refuse("too many pages");
+                    }
+                    if pages
+                        .iter()
+                        .any(|p| p.chunks == 0 || p.chunks as usize > PAGE_MAX_CHUNKS)
+                    {
+                        return refuse("page size out of range");
+                    }
+                    if pages
+                        .iter()
+                        .any(|p| p.bytes > p.chunks as u64 * CHUNK_MAX as u64)
+                    {
+                        return refuse("page covers more bytes than its chunks can hold");
+                    }
+                    pages.iter().map(|p| p.bytes).sum()
+                }
+            };
+            if total != meta.size {
+                return refuse("chunk lengths do not add up to the size");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Encodes a page of chunk refs; its BLAKE3 is the page's name.
 pub fn encode_page(chunks: &[ChunkRef]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -227,6 +332,106 @@ mod tests {
         };
         let changed = after.iter().filter(|p| !before.contains(p)).count();
         assert!(changed <= 3, "{changed} of {} pages changed", after.len());
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "a//b",
+            "a/",
+            ".meshsync/x",
+            "a\0b",
+            "a\\b",
+            ".meshsync-tmp-123",
+            "d/.meshsync-tmp-x",
+        ] {
+            assert!(check_rel_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_rel_path(&"x".repeat(MAX_PATH_BYTES + 1)).is_err());
+        assert!(check_rel_path(&"x".repeat(256)).is_err());
+        for good in [
+            "a",
+            "a/b/c.txt",
+            ".meshignore",
+            "d/.meshsync",
+            "ünïcödé/名前",
+            "..hidden",
+        ] {
+            assert!(check_rel_path(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_meta_is_refused() {
+        let file = FileMeta {
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            size: 1001,
+            hash: [0; 32],
+            content: Content::Inline(vec![chunk(1)]),
+            target: None,
+        };
+        assert!(check_meta("f", &file).is_ok());
+        assert!(
+            check_meta(
+                "f",
+                &FileMeta {
+                    size: 5,
+                    ..file.clone()
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            check_meta(
+                "f",
+                &FileMeta {
+                    mode: 0o17777,
+                    ..file.clone()
+                }
+            )
+            .is_err()
+        );
+        let dir = FileMeta {
+            kind: EntryKind::Dir,
+            size: 0,
+            content: Content::Empty,
+            ..file.clone()
+        };
+        assert!(check_meta("d", &dir).is_ok());
+        assert!(
+            check_meta(
+                "d",
+                &FileMeta {
+                    size: 1,
+                    ..dir.clone()
+                }
+            )
+            .is_err()
+        );
+        let link = FileMeta {
+            kind: EntryKind::Symlink,
+            target: Some("x".into()),
+            ..dir
+        };
+        assert!(check_meta("l", &link).is_ok());
+        assert!(
+            check_meta(
+                "l",
+                &FileMeta {
+                    target: None,
+                    ..link
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -311,6 +311,38 @@ impl<P: Clone + Ord> Register<P> {
         Ok(version)
     }
 
+    /// Records a write made on this peer that was based on the version with vector `base`, not
+    /// on everything this replica has seen.
+    ///
+    /// This is what a file edit is: the user changed the bytes that were on disk, which came
+    /// from `base`. Versions that arrived since (and `base` has not seen) stay as concurrent
+    /// versions, so the edit and the remote change become a conflict instead of the edit
+    /// silently replacing a change its author never saw. Our own counter still moves past every
+    /// counter of ours seen here, so the new version's identity is unique.
+    pub fn write_local_based(
+        &mut self,
+        peer: &PeerKey,
+        hlc: Hlc,
+        payload: Payload<P>,
+        base: &VersionVector,
+    ) -> Result<Version<P>, MergeError> {
+        let mut vv = base.clone();
+        vv.raise(peer, self.seen().get(peer));
+        vv.increment(peer)?;
+        if vv.len() > MAX_VV_ENTRIES {
+            return Err(MergeError::TooManyWriters { len: vv.len() });
+        }
+        let version = Version {
+            vv,
+            hlc,
+            origin: peer.clone(),
+            payload,
+        };
+        self.versions.push(version.clone());
+        self.normalize();
+        Ok(version)
+    }
+
     /// Restores the invariants after versions were added.
     fn normalize(&mut self) {
         self.versions.sort_by(|a, b| b.rank_cmp(a));
@@ -378,6 +410,42 @@ mod tests {
     use proptest::prelude::*;
 
     type Reg = Register<Vec<u8>>;
+
+    #[test]
+    fn a_based_write_is_concurrent_with_what_its_base_did_not_see() {
+        let (a, b) = (
+            PeerKey::new(vec![1]).unwrap(),
+            PeerKey::new(vec![2]).unwrap(),
+        );
+        let mut ra = Reg::new();
+        let base = ra
+            .write_local(&a, Hlc::new(1, 0), Payload::Value(b"v1".to_vec()))
+            .unwrap();
+        let mut rb = ra.clone();
+        rb.write_local(&b, Hlc::new(2, 0), Payload::Value(b"remote".to_vec()))
+            .unwrap();
+        ra.merge(&rb);
+        // A edits the bytes it had (v1), unaware of B's write that has already arrived.
+        ra.write_local_based(
+            &a,
+            Hlc::new(3, 0),
+            Payload::Value(b"edit".to_vec()),
+            base.vv(),
+        )
+        .unwrap();
+        assert_eq!(ra.versions().len(), 2, "edit and remote write conflict");
+        assert_eq!(ra.value(), Some(&b"edit".to_vec()), "later clock wins");
+        // Based on the latest, it supersedes everything, like an ordinary write.
+        let latest = ra.seen();
+        ra.write_local_based(
+            &a,
+            Hlc::new(4, 0),
+            Payload::Value(b"merged".to_vec()),
+            &latest,
+        )
+        .unwrap();
+        assert_eq!(ra.versions().len(), 1);
+    }
 
     fn pk(b: u8) -> PeerKey {
         PeerKey::new(vec![b]).unwrap()

@@ -139,6 +139,15 @@ impl VersionVector {
         Ok(*counter)
     }
 
+    /// Raises `peer`'s counter to at least `n`.
+    pub fn raise(&mut self, peer: &PeerKey, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let counter = self.0.entry(peer.clone()).or_insert(0);
+        *counter = (*counter).max(n);
+    }
+
     /// Pointwise maximum: afterwards `self` has seen everything either vector had seen.
     pub fn join(&mut self, other: &VersionVector) {
         for (peer, &n) in &other.0 {

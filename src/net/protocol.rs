@@ -34,6 +34,8 @@
 //!   payload is [`crate::reconcile`]'s own encoding.
 //! - [`Request::GetEntries`] → [`Response::Entries`]: entries by summary id. Answers are cut at
 //!   [`ENTRIES_RESPONSE_BUDGET`] bytes; the asker asks again for what is missing.
+//! - [`Request::GetChunk`] → [`Response::Chunk`], [`Request::GetPage`] → [`Response::Page`]: file
+//!   content of folder shares, by hash; the asker verifies every byte against the hash.
 //! - [`Response::Error`]: a request was understood but refused (for example, the asker is not a
 //!   member of the share: the answer is the same whether or not the share exists).
 
@@ -132,6 +134,26 @@ pub enum Request {
         #[serde(rename = "i")]
         ids: Vec<WireHash>,
     },
+    /// One chunk of a folder share's file content, by BLAKE3 hash.
+    #[serde(rename = "chunk")]
+    GetChunk {
+        /// The share.
+        #[serde(rename = "s")]
+        share: WireShareId,
+        /// The chunk's hash.
+        #[serde(rename = "h")]
+        hash: WireHash,
+    },
+    /// One page of a large file's chunk list, by BLAKE3 hash of its encoding.
+    #[serde(rename = "page")]
+    GetPage {
+        /// The share.
+        #[serde(rename = "s")]
+        share: WireShareId,
+        /// The page's hash.
+        #[serde(rename = "h")]
+        hash: WireHash,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -152,6 +174,12 @@ pub enum Response {
     /// Answer to [`Request::GetEntries`].
     #[serde(rename = "ent")]
     Entries(Vec<WireEntry>),
+    /// Answer to [`Request::GetChunk`]: the chunk's bytes.
+    #[serde(rename = "chunk")]
+    Chunk(serde_bytes::ByteBuf),
+    /// Answer to [`Request::GetPage`]: the page's encoding.
+    #[serde(rename = "page")]
+    Page(serde_bytes::ByteBuf),
     /// The request was refused; the text is for logs only.
     #[serde(rename = "err")]
     Error(String),

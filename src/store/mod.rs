@@ -129,6 +129,9 @@ pub struct ShareMeta {
     pub secret: [u8; 32],
     /// Addresses from the token this share was joined with, dialled at start.
     pub seed_addrs: Vec<String>,
+    /// For folder shares: the absolute path of the folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 /// Where a change came from.
@@ -156,6 +159,19 @@ pub struct Change {
 /// A record key and its register, as listed or exchanged.
 pub type Entry = (Vec<u8>, RecordRegister);
 
+/// One local write.
+#[derive(Debug, Clone)]
+pub struct LocalWrite {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value or a tombstone.
+    pub payload: Payload<ByteBuf>,
+    /// The version vector of the state this write was based on, when it is not "everything
+    /// this replica has seen" (a file edited on disk was based on the version last written
+    /// there). `None` for API writes, which supersede everything.
+    pub base: Option<crate::merge::VersionVector>,
+}
+
 /// A share with its live summary.
 #[derive(Debug, Clone)]
 pub struct ShareState {
@@ -175,7 +191,7 @@ enum Action {
     },
     Put {
         share: ShareId,
-        records: Vec<(Vec<u8>, Payload<ByteBuf>)>,
+        records: Vec<LocalWrite>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Merge {
@@ -188,6 +204,11 @@ enum Action {
         share: ShareId,
         key: Vec<u8>,
         reply: oneshot::Sender<Result<Option<RecordRegister>, StoreError>>,
+    },
+    GetMany {
+        share: ShareId,
+        keys: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<Vec<Option<RecordRegister>>, StoreError>>,
     },
     List {
         share: ShareId,
@@ -230,12 +251,22 @@ fn join_key(share: &ShareId, rest: &[u8]) -> Vec<u8> {
 
 /// Checks a record key and value against the limits.
 pub fn check_record(key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    check_entry(ShareKind::Records, key, value)
+}
+
+/// Checks an entry's key and value against the limits of its share's kind: record keys up to
+/// [`MAX_KEY_BYTES`], folder paths up to [`crate::folder::model::MAX_PATH_BYTES`].
+pub fn check_entry(kind: ShareKind, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    let max_key = match kind {
+        ShareKind::Records => MAX_KEY_BYTES,
+        ShareKind::Folder => crate::folder::model::MAX_PATH_BYTES,
+    };
     if key.is_empty() {
         return Err(StoreError::Invalid("record keys must not be empty".into()));
     }
-    if key.len() > MAX_KEY_BYTES {
+    if key.len() > max_key {
         return Err(StoreError::Invalid(format!(
-            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            "key is {} bytes; the limit is {max_key}",
             key.len()
         )));
     }
@@ -284,6 +315,7 @@ impl StoreHandle {
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Db(e.to_string()))?;
         let actor = StoreActor {
+            validate_remote: crate::folder::validate_remote_entry,
             db,
             shares: shares.clone(),
             clock,
@@ -362,6 +394,24 @@ impl StoreHandle {
         share: ShareId,
         records: Vec<(Vec<u8>, Payload<ByteBuf>)>,
     ) -> Result<(), StoreError> {
+        let records = records
+            .into_iter()
+            .map(|(key, payload)| LocalWrite {
+                key,
+                payload,
+                base: None,
+            })
+            .collect();
+        self.put_writes(share, records).await
+    }
+
+    /// Writes local changes, each possibly based on an older version, durably and all or
+    /// nothing.
+    pub async fn put_writes(
+        &self,
+        share: ShareId,
+        records: Vec<LocalWrite>,
+    ) -> Result<(), StoreError> {
         self.call(|reply| Action::Put {
             share,
             records,
@@ -393,6 +443,16 @@ impl StoreHandle {
         key: Vec<u8>,
     ) -> Result<Option<RecordRegister>, StoreError> {
         self.call(|reply| Action::Get { share, key, reply }).await
+    }
+
+    /// The registers of many keys at once (`None` where absent).
+    pub async fn get_many(
+        &self,
+        share: ShareId,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<RecordRegister>>, StoreError> {
+        self.call(|reply| Action::GetMany { share, keys, reply })
+            .await
     }
 
     /// All entries whose key starts with `prefix`, in key order.
@@ -477,7 +537,12 @@ fn next_prefix(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// Checks an entry from a peer beyond the generic limits (for folders: a safe path and a
+/// well-formed file description); the message names what is wrong.
+pub type EntryValidator = fn(ShareKind, &[u8], &RecordRegister) -> Result<(), String>;
+
 struct StoreActor {
+    validate_remote: EntryValidator,
     db: Database,
     shares: Shares,
     clock: HlcClock,
@@ -510,7 +575,10 @@ impl StoreActor {
             let (reads, writes): (Vec<Action>, Vec<Action>) = batch.into_iter().partition(|a| {
                 matches!(
                     a,
-                    Action::Get { .. } | Action::List { .. } | Action::ByIds { .. }
+                    Action::Get { .. }
+                        | Action::GetMany { .. }
+                        | Action::List { .. }
+                        | Action::ByIds { .. }
                 )
             });
             for action in reads {
@@ -526,6 +594,13 @@ impl StoreActor {
         match action {
             Action::Get { share, key, reply } => {
                 let _ = reply.send(self.get(&share, &key));
+            }
+            Action::GetMany { share, keys, reply } => {
+                let _ = reply.send(
+                    keys.iter()
+                        .map(|key| self.get(&share, key))
+                        .collect::<Result<Vec<_>, _>>(),
+                );
             }
             Action::List {
                 share,
@@ -713,6 +788,15 @@ impl StoreActor {
         Ok(())
     }
 
+    fn share_kind(&self, share: &ShareId) -> Result<ShareKind, StoreError> {
+        self.shares
+            .read()
+            .expect("shares lock")
+            .get(share)
+            .map(|s| s.meta.kind)
+            .ok_or_else(|| StoreError::UnknownShare(hex::encode(share)))
+    }
+
     fn share_name(&self, share: &ShareId) -> Result<String, StoreError> {
         self.shares
             .read()
@@ -728,32 +812,35 @@ impl StoreActor {
         &mut self,
         tx: &mut Tables<'_, '_>,
         share: ShareId,
-        items: Vec<(Vec<u8>, Payload<ByteBuf>)>,
+        items: Vec<LocalWrite>,
     ) -> Result<(), StoreError> {
         let name = self.share_name(&share)?;
-        for (key, payload) in &items {
-            let value = match payload {
+        let kind = self.share_kind(&share)?;
+        for write in &items {
+            let value = match &write.payload {
                 Payload::Value(v) => Some(v.as_slice()),
                 Payload::Tombstone => None,
             };
-            check_record(key, value)?;
+            check_entry(kind, &write.key, value)?;
         }
         // A key written twice in one batch builds on its own earlier version.
         let mut staged: Vec<(Vec<u8>, RecordRegister)> = Vec::with_capacity(items.len());
         let mut position: HashMap<Vec<u8>, usize> = HashMap::new();
-        for (key, payload) in items {
+        for LocalWrite { key, payload, base } in items {
             let mut register = match position.get(&key) {
                 Some(&i) => staged[i].1.clone(),
                 None => tx.load(&share, &key)?.unwrap_or_default(),
             };
             let hlc = self.clock.now(wall_millis());
-            register
-                .write_local(&self.local, hlc, payload)
-                .map_err(|source| StoreError::Merge {
-                    share: name.clone(),
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    source,
-                })?;
+            let written = match &base {
+                Some(base) => register.write_local_based(&self.local, hlc, payload, base),
+                None => register.write_local(&self.local, hlc, payload),
+            };
+            written.map_err(|source| StoreError::Merge {
+                share: name.clone(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source,
+            })?;
             match position.get(&key) {
                 Some(&i) => staged[i].1 = register,
                 None => {
@@ -776,10 +863,13 @@ impl StoreActor {
         from: libp2p::PeerId,
     ) -> Result<usize, StoreError> {
         let name = self.share_name(&share)?;
+        let kind = self.share_kind(&share)?;
         let mut changed = 0;
         'entries: for (key, incoming) in entries {
             let value = incoming.value().map(|v| v.as_slice());
-            if let Err(e) = check_record(&key, value) {
+            if let Err(e) = check_entry(kind, &key, value).and_then(|_| {
+                (self.validate_remote)(kind, &key, &incoming).map_err(StoreError::Invalid)
+            }) {
                 warn!(peer = %from, share = %name, "refused an entry: {e}");
                 continue;
             }
@@ -871,6 +961,7 @@ mod tests {
             kind: ShareKind::Records,
             secret,
             seed_addrs: vec![],
+            path: None,
         }
     }
 

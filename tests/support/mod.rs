@@ -495,3 +495,130 @@ pub fn wait_converged(nodes: &[(&Node, &str)]) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A folder share across nodes: node 0 creates it, the others join; each node's folder is
+/// `<node home>/../folder`.
+pub struct FolderShare {
+    /// The folder of each node, in node order.
+    pub dirs: Vec<PathBuf>,
+    /// The share's local name (the folder's directory name).
+    pub name: String,
+}
+
+impl FolderShare {
+    /// Shares a folder among `nodes` and waits until all are members of each other.
+    pub fn among(nodes: &[&Node]) -> FolderShare {
+        let dirs: Vec<PathBuf> = nodes
+            .iter()
+            .map(|n| n.home.parent().unwrap().join("folder"))
+            .collect();
+        let out = nodes[0].cli(&["share", "create", "--folder", dirs[0].to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        for (node, dir) in nodes.iter().zip(&dirs).skip(1) {
+            let out = node.cli(&["share", "join", &token, "--folder", dir.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let share = FolderShare {
+            dirs,
+            name: "folder".into(),
+        };
+        let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.clone()).collect();
+        wait_until(
+            "every node to see every other as a folder member",
+            WAIT,
+            || {
+                nodes.iter().all(|n| {
+                    let members = n.share_members(&share.name);
+                    ids.iter()
+                        .filter(|id| **id != n.peer_id)
+                        .all(|id| members.contains(id))
+                })
+            },
+        );
+        share
+    }
+
+    /// Waits until every folder holds exactly the same tree (paths, kinds, contents, link
+    /// targets), ignoring our marker directory.
+    pub fn wait_identical(&self) -> BTreeSet<String> {
+        let start = Instant::now();
+        loop {
+            let trees: Vec<Vec<(String, String)>> = self.dirs.iter().map(|d| tree(d)).collect();
+            if trees.windows(2).all(|w| w[0] == w[1]) {
+                return trees[0].iter().map(|(p, _)| p.clone()).collect();
+            }
+            if start.elapsed() > WAIT {
+                panic!(
+                    "folders did not converge within {WAIT:?}:\n{}",
+                    trees
+                        .iter()
+                        .map(|t| format!("{t:?}").chars().take(2000).collect::<String>())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The folder status of node `i`'s share.
+    pub fn status(&self, node: &Node) -> Value {
+        let status = node.status();
+        status["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == self.name.as_str())
+            .map(|s| s["folder"].clone())
+            .expect("the folder share")
+    }
+}
+
+/// Every path under `dir` (except `.meshsync`) with a fingerprint of what it is.
+pub fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".meshsync" || rel.starts_with(".meshsync/") {
+                continue;
+            }
+            // Entries may vanish while we look (temporary files being renamed).
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let Ok(target) = std::fs::read_link(&path) else {
+                    continue;
+                };
+                out.push((rel, format!("link:{}", target.display())));
+            } else if meta.is_dir() {
+                out.push((rel, "dir".into()));
+                walk(root, &path, out);
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                out.push((rel, format!("file:{}", blake3::hash(&bytes).to_hex())));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

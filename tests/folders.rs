@@ -1,0 +1,291 @@
+//! Folder sync through real daemons: the everyday operations, conflicts, deltas, crashes and the
+//! safety rules.
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use support::{FolderShare, Mesh, WAIT, tree, wait_until};
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn create_modify_delete_rename_and_move_across_three_peers() {
+    let mesh = Mesh::full_static(3);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let [a, b, c] = [&share.dirs[0], &share.dirs[1], &share.dirs[2]];
+
+    fs::write(a.join("hello.txt"), "hello").unwrap();
+    fs::create_dir_all(a.join("docs/deep")).unwrap();
+    fs::write(a.join("docs/deep/notes.md"), "# notes").unwrap();
+    fs::create_dir_all(a.join("empty")).unwrap();
+    std::os::unix::fs::symlink("hello.txt", a.join("link")).unwrap();
+    let paths = share.wait_identical();
+    for p in ["hello.txt", "docs/deep/notes.md", "empty", "link"] {
+        assert!(paths.contains(p), "{p} synced: {paths:?}");
+    }
+    assert!(
+        fs::symlink_metadata(c.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // Modify on B, delete on C, rename on A, move a directory on B.
+    fs::write(b.join("hello.txt"), "hello, world").unwrap();
+    share.wait_identical();
+    assert_eq!(
+        fs::read_to_string(c.join("hello.txt")).unwrap(),
+        "hello, world"
+    );
+    fs::remove_file(c.join("link")).unwrap();
+    share.wait_identical();
+    assert!(!a.join("link").exists() && fs::symlink_metadata(a.join("link")).is_err());
+    fs::rename(a.join("hello.txt"), a.join("renamed.txt")).unwrap();
+    share.wait_identical();
+    assert!(!b.join("hello.txt").exists());
+    assert_eq!(
+        fs::read_to_string(b.join("renamed.txt")).unwrap(),
+        "hello, world"
+    );
+    fs::rename(b.join("docs"), b.join("moved")).unwrap();
+    let paths = share.wait_identical();
+    assert!(
+        paths.contains("moved/deep/notes.md") && !paths.contains("docs"),
+        "{paths:?}"
+    );
+
+    // Mode bits travel too.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(a.join("renamed.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    wait_until("mode to sync", WAIT, || {
+        fs::metadata(c.join("renamed.txt"))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok()
+            == Some(0o600)
+    });
+}
+
+#[test]
+fn a_thousand_file_tree_syncs() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    for d in 0..20 {
+        let dir = share.dirs[0].join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            fs::write(
+                dir.join(format!("f{f:02}.txt")),
+                random_bytes(1000 + f * 10, (d * 100 + f) as u64),
+            )
+            .unwrap();
+        }
+    }
+    let paths = share.wait_identical();
+    assert_eq!(paths.len(), 1020);
+}
+
+#[test]
+fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    fs::write(share.dirs[0].join("doc.txt"), "original").unwrap();
+    fs::write(share.dirs[0].join("gone.txt"), "keep me?").unwrap();
+    share.wait_identical();
+
+    // Partition: each side edits while the other is down.
+    mesh.nodes[0].pin_listen_port();
+    mesh.nodes[1].stop();
+    fs::write(share.dirs[0].join("doc.txt"), "edited on A").unwrap();
+    fs::remove_file(share.dirs[0].join("gone.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    mesh.nodes[0].stop();
+    mesh.nodes[1].start();
+    fs::write(share.dirs[1].join("doc.txt"), "edited on B").unwrap();
+    fs::write(share.dirs[1].join("gone.txt"), "edited, not deleted").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    mesh.nodes[0].start();
+    mesh.wait_fully_connected();
+    let paths = share.wait_identical();
+
+    let conflicts: Vec<&String> = paths
+        .iter()
+        .filter(|p| p.contains(".sync-conflict-"))
+        .collect();
+    assert_eq!(conflicts.len(), 1, "exactly one conflict copy: {paths:?}");
+    assert!(conflicts[0].starts_with("doc.sync-conflict-") && conflicts[0].ends_with(".txt"));
+    let winner = fs::read_to_string(share.dirs[0].join("doc.txt")).unwrap();
+    let loser = fs::read_to_string(share.dirs[0].join(conflicts[0])).unwrap();
+    let mut both = [winner.as_str(), loser.as_str()];
+    both.sort();
+    assert_eq!(both, ["edited on A", "edited on B"]);
+    // The delete lost to the concurrent edit.
+    assert_eq!(
+        fs::read_to_string(share.dirs[0].join("gone.txt")).unwrap(),
+        "edited, not deleted"
+    );
+}
+
+#[test]
+fn big_file_edits_move_only_the_changed_chunks() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let mut data = random_bytes(64 << 20, 42);
+    fs::write(share.dirs[0].join("big.bin"), &data).unwrap();
+    share.wait_identical();
+    let fetched = |s: &FolderShare| s.status(&mesh.nodes[1])["fetched_bytes"].as_u64().unwrap();
+    let initial = fetched(&share);
+    assert!(
+        initial >= 64 << 20,
+        "the first copy moves the whole file: {initial}"
+    );
+
+    // 1 MiB overwritten in the middle.
+    let middle = 32 << 20;
+    data[middle..middle + (1 << 20)].copy_from_slice(&random_bytes(1 << 20, 7));
+    fs::write(share.dirs[0].join("big.bin"), &data).unwrap();
+    share.wait_identical();
+    let after_overwrite = fetched(&share);
+    assert!(
+        after_overwrite - initial < 2 << 20,
+        "fetched {} bytes",
+        after_overwrite - initial
+    );
+
+    // One byte inserted at the start.
+    data.insert(0, 0xAB);
+    fs::write(share.dirs[0].join("big.bin"), &data).unwrap();
+    share.wait_identical();
+    let after_insert = fetched(&share);
+    assert!(
+        after_insert - after_overwrite < 512 << 10,
+        "fetched {} bytes",
+        after_insert - after_overwrite
+    );
+
+    // Renamed: nothing but metadata moves.
+    let before = mesh.nodes[1].status()["shares"][0]["bytes_received"]
+        .as_u64()
+        .unwrap();
+    fs::rename(
+        share.dirs[0].join("big.bin"),
+        share.dirs[0].join("renamed.bin"),
+    )
+    .unwrap();
+    share.wait_identical();
+    assert_eq!(
+        fetched(&share),
+        after_insert,
+        "no chunk fetched for a rename"
+    );
+    let after = mesh.nodes[1].status()["shares"][0]["bytes_received"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after - before < 64 << 10,
+        "rename cost {} bytes",
+        after - before
+    );
+}
+
+#[test]
+fn killed_receiver_never_shows_a_partial_file_and_resumes() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let data = random_bytes(96 << 20, 9);
+    let expected = blake3::hash(&data);
+    fs::write(share.dirs[0].join("large.bin"), &data).unwrap();
+    let target = share.dirs[1].join("large.bin");
+    // Kill B as soon as it has started fetching.
+    wait_until("B to start fetching", WAIT, || {
+        share.status(&mesh.nodes[1])["fetched_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    mesh.nodes[1].kill();
+    if let Ok(bytes) = fs::read(&target) {
+        assert_eq!(
+            blake3::hash(&bytes),
+            expected,
+            "a file at the final path is always complete"
+        );
+    }
+    mesh.nodes[1].start();
+    share.wait_identical();
+    assert_eq!(blake3::hash(&fs::read(&target).unwrap()), expected);
+    let leftovers: Vec<_> = tree(&share.dirs[1])
+        .into_iter()
+        .filter(|(p, _)| p.contains(".meshsync-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn removed_root_sends_no_deletes() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    for i in 0..10 {
+        fs::write(share.dirs[0].join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    share.wait_identical();
+    // B's folder vanishes (an unmounted disk, a deleted directory).
+    fs::remove_dir_all(&share.dirs[1]).unwrap();
+    wait_until("B to pause", WAIT, || {
+        share.status(&mesh.nodes[1])["state"] == "paused"
+    });
+    let reason = share.status(&mesh.nodes[1])["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!reason.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tree(&share.dirs[0]).len(), 10, "A still has every file");
+}
+
+#[test]
+fn meshignore_rules_are_respected() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    fs::write(share.dirs[0].join(".meshignore"), "*.tmp\nbuild/\n").unwrap();
+    fs::write(share.dirs[0].join("keep.txt"), "k").unwrap();
+    fs::write(share.dirs[0].join("skip.tmp"), "s").unwrap();
+    fs::create_dir_all(share.dirs[0].join("build")).unwrap();
+    fs::write(share.dirs[0].join("build/out.o"), "o").unwrap();
+    wait_until("keep.txt to arrive", WAIT, || {
+        share.dirs[1].join("keep.txt").exists()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(share.dirs[1].join(".meshignore").exists());
+    assert!(!share.dirs[1].join("skip.tmp").exists());
+    assert!(!share.dirs[1].join("build").exists());
+}
