@@ -104,20 +104,28 @@ pub async fn run(
 
     home.write_api_addr(bound)?;
     info!("control API on http://{bound}");
+    // Long-lived responses (kv watch) end when shutdown starts, or the graceful shutdown would
+    // wait for their clients forever.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let app = api::router(ApiState {
+        stopping,
         net: net.clone(),
         engine: engine.clone(),
-        store,
+        store: store.clone(),
         token: Arc::from(token),
         config_path: config.path.clone(),
         bound,
     });
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        })
         .await;
     info!("shutting down");
     engine.shutdown().await;
     net.shutdown().await;
+    store.shutdown().await;
     home.remove_api_addr();
     served.map_err(|source| DaemonError::Api {
         addr: bound.to_string(),

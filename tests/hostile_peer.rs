@@ -72,8 +72,18 @@ impl request_response::Codec for RawCodec {
     }
 }
 
+/// Decodes one framed answer (varint length, then CBOR), if it is one.
+fn try_decode_framed(bytes: &[u8]) -> Option<Response> {
+    let prefix = bytes.iter().position(|b| b & 0x80 == 0)? + 1;
+    protocol::decode(&bytes[prefix..]).ok()
+}
+
+fn decode_framed(bytes: &[u8]) -> Response {
+    try_decode_framed(bytes).expect("a well-formed answer")
+}
+
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    let mut out = protocol::varint(payload.len());
     out.extend_from_slice(payload);
     out
 }
@@ -118,10 +128,9 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
         vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0x11],
         frame(&[0xff; 64]),
         frame(b"not cbor at all"),
-        u32::MAX.to_be_bytes().to_vec(),
-        ((protocol::MAX_REQUEST_BYTES + 1) as u32)
-            .to_be_bytes()
-            .to_vec(),
+        vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        protocol::varint(u32::MAX as usize),
+        protocol::varint(protocol::MAX_REQUEST_BYTES + 1),
         truncated,
         frame(&protocol::encode(&"a string, not a request").unwrap()),
         vec![],
@@ -156,8 +165,7 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
                             let i = pending.remove(&request_id).unwrap();
                             // A refusal is fine; a real answer to garbage is not.
                             assert!(
-                                protocol::decode::<Response>(&response[4.min(response.len())..])
-                                    .is_err(),
+                                try_decode_framed(&response).is_none(),
                                 "garbage #{i} got a real answer"
                             );
                         }
@@ -184,7 +192,7 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
         }
     }
     let answer = hello_answer.unwrap();
-    let decoded: Response = protocol::decode(&answer[4..]).expect("a valid hello answer");
+    let decoded: Response = decode_framed(&answer);
     assert!(
         matches!(decoded, Response::Hello(h) if h.protocol_version == protocol::PROTOCOL_VERSION)
     );
@@ -254,7 +262,7 @@ async fn ask(
                         request_id,
                         response,
                     } if request_id == id => {
-                        return protocol::decode(&response[4..]).expect("a well-formed answer");
+                        return decode_framed(&response);
                     }
                     request_response::Message::Request { channel, .. } => {
                         // Answer the daemon's own hello properly, so it talks to us as a peer.

@@ -176,7 +176,7 @@ fn kv_cli_round_trip_and_errors() {
 
 #[test]
 fn watch_reports_local_and_remote_changes() {
-    let mesh = Mesh::full_static(2);
+    let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
     let share = share_among(&mesh);
     let b = &mesh.nodes[1];
@@ -207,8 +207,16 @@ fn watch_reports_local_and_remote_changes() {
     let line: Value = serde_json::from_str(&rx.recv_timeout(WAIT).expect("a watch line")).unwrap();
     assert_eq!(line["key"], "local-key");
     assert_eq!(line["from"], "local");
-    let _ = watch.kill();
-    let _ = watch.wait();
+    // An open watch does not keep the daemon from stopping, and the watch ends with it.
+    assert!(
+        mesh.nodes[1].stop(),
+        "clean, prompt exit on SIGTERM with a watch open"
+    );
+    let status = watch.wait().unwrap();
+    assert!(
+        status.success(),
+        "the watch ends cleanly when the daemon stops"
+    );
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct ApiState {
     pub config_path: PathBuf,
     /// The address the API is bound to, for the origin check.
     pub bound: SocketAddr,
+    /// Becomes true when the daemon starts shutting down; streamed answers end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// `GET /v1/status`.

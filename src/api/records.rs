@@ -428,26 +428,33 @@ async fn watch(
     let receiver = state.store.subscribe();
     let id = share.meta.id;
     let prefix = query.prefix.into_bytes();
-    let lines = futures::stream::unfold(receiver, move |mut receiver| {
-        let prefix = prefix.clone();
-        async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(change) if change.share == id && change.key.starts_with(&prefix) => {
-                        if let Some(line) = watch_line(&change) {
-                            return Some((Ok::<Bytes, Infallible>(Bytes::from(line)), receiver));
+    let stopping = state.stopping.clone();
+    let lines =
+        futures::stream::unfold((receiver, stopping), move |(mut receiver, mut stopping)| {
+            let prefix = prefix.clone();
+            async move {
+                loop {
+                    let change = tokio::select! {
+                        change = receiver.recv() => change,
+                        _ = stopping.wait_for(|stop| *stop) => return None,
+                    };
+                    match change {
+                        Ok(change) if change.share == id && change.key.starts_with(&prefix) => {
+                            if let Some(line) = watch_line(&change) {
+                                let line = Ok::<Bytes, Infallible>(Bytes::from(line));
+                                return Some((line, (receiver, stopping)));
+                            }
                         }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            let line = format!("{{\"lagged\":{missed}}}\n");
+                            return Some((Ok(Bytes::from(line)), (receiver, stopping)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
                     }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let line = format!("{{\"lagged\":{missed}}}\n");
-                        return Some((Ok(Bytes::from(line)), receiver));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }
-        }
-    });
+        });
     Ok((
         [("content-type", "application/x-ndjson")],
         Body::from_stream(lines),

@@ -244,6 +244,7 @@ enum TaskResult {
         peer: PeerId,
         share: ShareId,
         their_root: [u8; 32],
+        sent: u64,
     },
     /// An answer was sent.
     Answered { share: ShareId, sent: u64 },
@@ -688,7 +689,10 @@ impl EngineActor {
                 .map(|s| s.meta.name)
                 .unwrap_or_default();
             info!(%peer, share = %name, "peer is a member");
-            self.want_session(peer, share);
+            // One session per new pair is enough (it pulls and pushes): the smaller id starts it.
+            if self.local < peer {
+                self.want_session(peer, share);
+            }
         }
     }
 
@@ -765,6 +769,8 @@ impl EngineActor {
                 Response::Error("hello is answered by the network layer".into()),
             ),
             Request::Auth { nonce, tag } => {
+                // Its hello answer may still be on the way; a peer that asks is connected.
+                self.connected.insert(peer);
                 let found = self.store.shares().into_iter().find(|state| {
                     let expected = share::auth_tag(&state.meta.secret, &peer, &self.local, &nonce);
                     share::macs_equal(&tag, &expected)
@@ -800,9 +806,9 @@ impl EngineActor {
                         Response::Error("too many entries".into()),
                     );
                 }
-                self.respond(Some(*share), channel, Response::Ack);
                 let their_root = *root;
                 if entries.is_empty() {
+                    self.respond(Some(*share), channel, Response::Ack);
                     let ours = state.summary.read().expect("summary lock").root();
                     if ours != their_root {
                         self.want_session(peer, *share);
@@ -810,19 +816,29 @@ impl EngineActor {
                     return;
                 }
                 let store = self.store.clone();
+                let net = self.net.clone();
                 let share_id = *share;
                 self.tasks.spawn(async move {
                     let entries = entries
                         .into_iter()
                         .map(|e| (e.key.into_vec(), e.register))
                         .collect();
-                    if let Err(e) = store.merge(share_id, entries, peer).await {
-                        warn!(%peer, "cannot merge announced entries: {e}");
-                    }
+                    // Acknowledged once merged, so a pusher that waits for the answer knows the
+                    // entries are here and does not send them again.
+                    let response = match store.merge(share_id, entries, peer).await {
+                        Ok(_) => Response::Ack,
+                        Err(e) => {
+                            warn!(%peer, "cannot merge announced entries: {e}");
+                            Response::Error("cannot merge".into())
+                        }
+                    };
+                    let sent = frame_len(&response) as u64;
+                    net.respond(channel, response).await;
                     TaskResult::Merged {
                         peer,
                         share: share_id,
                         their_root,
+                        sent,
                     }
                 });
             }
@@ -1059,7 +1075,9 @@ impl EngineActor {
                 peer,
                 share,
                 their_root,
+                sent,
             } => {
+                self.counters(share).bytes_sent += sent;
                 let ours = self
                     .store
                     .share(&share)

@@ -195,18 +195,21 @@ async fn reconcile_and_transfer(
     report.need = outcome.need.len();
     report.offer = outcome.offer.len();
     report.complete = outcome.complete;
-    report.merged = pull(net, store, share, peer, outcome.need, counters).await?;
-    report.pushed = push(net, store, share, peer, outcome.offer, counters).await?;
+    let mut theirs = std::collections::HashMap::new();
+    report.merged = pull(net, store, share, peer, outcome.need, &mut theirs, counters).await?;
+    report.pushed = push(net, store, share, peer, outcome.offer, &theirs, counters).await?;
     Ok(())
 }
 
-/// Fetches entries by id and merges them; returns how many changed something here.
+/// Fetches entries by id and merges them; returns how many changed something here. Records the
+/// digest of each register as the peer holds it in `theirs`.
 async fn pull(
     net: &NetClient,
     store: &StoreHandle,
     share: &ShareState,
     peer: PeerId,
     need: Vec<Id>,
+    theirs: &mut std::collections::HashMap<Id, [u8; 32]>,
     counters: &mut Counters,
 ) -> Result<usize, SessionError> {
     let share_id = serde_bytes::ByteArray::new(share.meta.id);
@@ -245,6 +248,11 @@ async fn pull(
                 .map(|e| crate::store::record_id(&e.key))
                 .collect();
             wanted.retain(|id| !got.contains(id));
+            for (id, entry) in got.iter().zip(&entries) {
+                if let Ok(digest) = entry.register.digest() {
+                    theirs.insert(*id, digest);
+                }
+            }
             let entries = entries
                 .into_iter()
                 .map(|e| (e.key.into_vec(), e.register))
@@ -255,13 +263,16 @@ async fn pull(
     Ok(merged)
 }
 
-/// Sends the peer the entries it lacks, inside announcements; returns how many were sent.
+/// Sends the peer the entries it lacks or holds differently, inside announcements; returns how
+/// many were sent. An entry we just pulled from it and that merged into exactly what it holds is
+/// not sent back.
 async fn push(
     net: &NetClient,
     store: &StoreHandle,
     share: &ShareState,
     peer: PeerId,
     offer: Vec<Id>,
+    theirs: &std::collections::HashMap<Id, [u8; 32]>,
     counters: &mut Counters,
 ) -> Result<usize, SessionError> {
     let mut pushed = 0;
@@ -270,6 +281,13 @@ async fn push(
         let mut batch: Vec<WireEntry> = Vec::new();
         let mut batch_bytes = 0;
         for (key, register) in entries {
+            let id = crate::store::record_id(&key);
+            if theirs
+                .get(&id)
+                .is_some_and(|d| register.digest().ok().as_ref() == Some(d))
+            {
+                continue;
+            }
             let entry = WireEntry {
                 key: key.into(),
                 register,

@@ -652,12 +652,63 @@ impl FolderActor {
             }
         }
         self.index_chunks(result.updated.iter());
+        let writes = self.adopt_identical(writes).await;
         if !writes.is_empty() {
             self.put_local(writes).await;
         }
         if result.full {
             self.queue_all_remote().await;
         }
+    }
+
+    /// Takes out of `changes` every path that already is what the share says it should be (a
+    /// directory the writer created for a file inside it, a file that was already there when
+    /// the share was joined, a scan that raced a download) and records it as synced instead of
+    /// writing it again as a new, concurrent version.
+    async fn adopt_identical(
+        &mut self,
+        changes: Vec<(String, Option<ScanRecord>)>,
+    ) -> Vec<(String, Option<ScanRecord>)> {
+        let keys: Vec<Vec<u8>> = changes
+            .iter()
+            .filter(|(_, r)| r.is_some())
+            .map(|(p, _)| p.clone().into_bytes())
+            .collect();
+        if keys.is_empty() {
+            return changes;
+        }
+        let Ok(registers) = self.store.get_many(self.shared.share, keys).await else {
+            return changes;
+        };
+        let mut registers = registers.into_iter();
+        let mut remaining = Vec::new();
+        let mut adopted = Vec::new();
+        for (path, record) in changes {
+            let Some(record) = record else {
+                remaining.push((path, None));
+                continue;
+            };
+            let register = registers.next().flatten();
+            let winner = register.as_ref().and_then(|r| {
+                let version = effective_winner(r)?;
+                let meta = decode_meta(version)?;
+                Some((meta, version.vv().clone()))
+            });
+            match winner {
+                Some((meta, vv)) if meta == normalised(&record.meta) => {
+                    let synced = Synced { record, base: vv };
+                    self.synced.insert(path.clone(), synced.clone());
+                    adopted.push((path, Some(synced)));
+                }
+                _ => remaining.push((path, Some(record))),
+            }
+        }
+        if !adopted.is_empty()
+            && let Err(e) = save_synced(&self.shared.db, adopted)
+        {
+            self.last_error = Some(format!("cannot save folder state: {e}"));
+        }
+        remaining
     }
 
     /// Records local changes in the store, each based on what was synced at its path.

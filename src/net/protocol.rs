@@ -3,8 +3,8 @@
 //! # Goals
 //! - One request-response protocol, [`PROTOCOL`], carried over libp2p streams on connections that
 //!   Noise has already authenticated: the remote's [`libp2p::PeerId`] is known and cannot be forged.
-//! - Every message is one frame: a 4-byte big-endian length, then that many bytes of CBOR
-//!   (`ciborium`). The length is checked against [`MAX_REQUEST_BYTES`] or [`MAX_RESPONSE_BYTES`]
+//! - Every message is one frame: its length as an unsigned LEB128 varint (at most 5 bytes), then
+//!   that many bytes of CBOR (`ciborium`). The length is checked against [`MAX_REQUEST_BYTES`] or [`MAX_RESPONSE_BYTES`]
 //!   *before* anything is read, so a peer cannot make us allocate more than that, and a frame that
 //!   does not decode closes that stream only: the peer and the daemon carry on.
 //! - Messages are enums that later versions extend with new variants; a peer that receives a
@@ -219,9 +219,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin + Send,
 {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+    let len = read_varint(io).await?;
     if len > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -257,9 +255,43 @@ where
             ),
         ));
     }
-    io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
+    io.write_all(&varint(buf.len())).await?;
     io.write_all(&buf).await?;
     io.flush().await
+}
+
+/// Longest length prefix: 5 bytes of 7 bits cover every `u32`.
+const MAX_VARINT_BYTES: usize = 5;
+
+/// Encodes a frame length as an unsigned LEB128 varint (1 byte below 128, 2 below 16 KiB).
+pub fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_VARINT_BYTES);
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+async fn read_varint<R: AsyncRead + Unpin + Send>(io: &mut R) -> io::Result<usize> {
+    let mut value: u64 = 0;
+    for i in 0..MAX_VARINT_BYTES {
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await?;
+        value |= u64::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            return usize::try_from(value)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame length overflows"));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "frame length prefix longer than 5 bytes",
+    ))
 }
 
 /// Size of `value` as one frame on the wire, for byte counters.
@@ -276,7 +308,7 @@ pub fn frame_len<T: Serialize>(value: &T) -> usize {
     }
     let mut counter = Counter(0);
     let _ = ciborium::into_writer(value, &mut counter);
-    counter.0 + 4
+    counter.0 + varint(counter.0).len()
 }
 
 /// CBOR-encodes a value.
@@ -343,7 +375,7 @@ mod tests {
     use futures::io::Cursor;
 
     fn framed(payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        let mut out = varint(payload.len());
         out.extend_from_slice(payload);
         out
     }
@@ -366,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_frame_is_refused_before_reading() {
-        let mut bytes = ((MAX_REQUEST_BYTES + 1) as u32).to_be_bytes().to_vec();
+        let mut bytes = varint(MAX_REQUEST_BYTES + 1);
         bytes.extend_from_slice(&[0; 16]);
         let err = read_frame::<Request, _>(&mut Cursor::new(bytes), MAX_REQUEST_BYTES)
             .await

@@ -47,6 +47,9 @@ pub const STORE_CHANNEL_CAPACITY: usize = 1024;
 pub const MAX_ACTIONS_PER_COMMIT: usize = 512;
 /// Changes buffered for slow watchers; a watcher that falls further behind is told it lagged.
 pub const CHANGE_BUFFER: usize = 65_536;
+/// redb's page cache. Its default (1 GiB) made a daemon holding 10^6 records use over a GiB;
+/// the B-tree's hot upper levels fit in far less.
+pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Longest share name.
 pub const MAX_SHARE_NAME: usize = 128;
 
@@ -220,6 +223,9 @@ enum Action {
         ids: Vec<Id>,
         reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
     },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Cloneable handle to the store thread.
@@ -293,10 +299,13 @@ impl StoreHandle {
         })?;
         let path = dir.join("meshsync.redb");
         let started = Instant::now();
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let shares: Shares = Arc::default();
         let clock = load(&db, &shares)?;
         let total: u64 = shares
@@ -465,6 +474,14 @@ impl StoreHandle {
         .await
     }
 
+    /// Closes the database cleanly (so the next start needs no recovery) and stops the thread.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.actions.send(Action::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Entries by summary id (unknown ids are skipped).
     pub async fn by_ids(&self, share: ShareId, ids: Vec<Id>) -> Result<Vec<Entry>, StoreError> {
         self.call(|reply| Action::ByIds { share, ids, reply }).await
@@ -565,9 +582,19 @@ enum Pending {
 impl StoreActor {
     fn run(mut self, mut rx: mpsc::Receiver<Action>) {
         while let Some(first) = rx.blocking_recv() {
+            if let Action::Shutdown { reply } = first {
+                drop(self);
+                let _ = reply.send(());
+                return;
+            }
             let mut batch = vec![first];
+            let mut shutdown = None;
             while batch.len() < MAX_ACTIONS_PER_COMMIT {
                 match rx.try_recv() {
+                    Ok(Action::Shutdown { reply }) => {
+                        shutdown = Some(reply);
+                        break;
+                    }
                     Ok(action) => batch.push(action),
                     Err(_) => break,
                 }
@@ -586,6 +613,11 @@ impl StoreActor {
             }
             if !writes.is_empty() {
                 self.write(writes);
+            }
+            if let Some(reply) = shutdown {
+                drop(self);
+                let _ = reply.send(());
+                return;
             }
         }
     }
