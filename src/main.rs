@@ -326,20 +326,7 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
             if json {
                 return print_json(&shares);
             }
-            for share in shares {
-                println!(
-                    "{}  {:<8} {:<20} {} entries, {} members, {} B sent, {} B received",
-                    share.id,
-                    serde_json::to_value(share.kind)?
-                        .as_str()
-                        .unwrap_or_default(),
-                    share.name,
-                    share.entries,
-                    share.members.len(),
-                    share.bytes_sent,
-                    share.bytes_received
-                );
-            }
+            print_shares(&shares);
         }
         ShareCommand::Token { share } => {
             let answer: serde_json::Value =
@@ -528,6 +515,38 @@ fn print_status(status: &Status) {
     }
     println!("peers ({} connected):", status.peers.len());
     print_peers(&status.peers);
+    println!("shares ({}):", status.shares.len());
+    print_shares(&status.shares);
+}
+
+fn print_shares(shares: &[ShareStatus]) {
+    for share in shares {
+        println!(
+            "  {:<20} {:<7} {} entries, {} members, {} B sent, {} B received  ({})",
+            share.name,
+            kind_name(share.kind),
+            share.entries,
+            share.members.len(),
+            share.bytes_sent,
+            share.bytes_received,
+            share.id
+        );
+        if let Some(folder) = &share.folder {
+            let state = serde_json::to_value(&folder.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let reason = folder
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            println!(
+                "    {}: {state}{reason}; {} files / {} B still needed, {:.0} B/s",
+                folder.path, folder.needed_files, folder.needed_bytes, folder.rate_bytes_per_sec
+            );
+        }
+    }
 }
 
 fn print_peers(peers: &[PeerStatus]) {

@@ -365,3 +365,113 @@ async fn outsider_knowing_the_share_id_gets_nothing() {
     assert_eq!(api.list("private").as_array().unwrap().len(), 10);
     assert!(node.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_announcing_escaping_paths_gets_them_refused() {
+    let mut node = Node::init(&[]);
+    node.start();
+    let folder = node.home.parent().unwrap().join("folder");
+    let out = node.cli(&["share", "create", "--folder", folder.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = meshsync::share::Token::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
+
+    // A malicious *member*: it holds the token and proves it.
+    let me = *swarm.local_peer_id();
+    let nonce = [5u8; 32];
+    let tag = meshsync::share::auth_tag(&token.secret, &me, &daemon, &nonce);
+    let answer = ask(
+        &mut swarm,
+        daemon,
+        &Request::Auth {
+            nonce: serde_bytes::ByteArray::new(nonce),
+            tag: serde_bytes::ByteArray::new(tag),
+        },
+    )
+    .await;
+    assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+
+    let file = |content: &[u8]| {
+        let meta = meshsync::folder::model::FileMeta {
+            kind: meshsync::folder::model::EntryKind::File,
+            mode: 0o644,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 0,
+            size: content.len() as u64,
+            hash: *blake3::hash(content).as_bytes(),
+            content: meshsync::folder::model::Content::Inline(vec![
+                meshsync::folder::model::ChunkRef {
+                    hash: *blake3::hash(content).as_bytes(),
+                    len: content.len() as u32,
+                },
+            ]),
+            target: None,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&meta, &mut bytes).unwrap();
+        let mut register = meshsync::store::RecordRegister::new();
+        let key = meshsync::merge::PeerKey::new(me.to_bytes()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        register
+            .write_local(
+                &key,
+                meshsync::merge::Hlc::new(now, 0),
+                meshsync::merge::Payload::Value(serde_bytes::ByteBuf::from(bytes)),
+            )
+            .unwrap();
+        register
+    };
+    let outside = node.home.parent().unwrap().join("escaped");
+    let hostile = [
+        "../escaped",
+        "/tmp/absolute-escape",
+        "a/../../escaped",
+        ".meshsync/state",
+        "x\\..\\escaped",
+    ];
+    let entries = hostile
+        .iter()
+        .map(|path| protocol::WireEntry {
+            key: serde_bytes::ByteBuf::from(path.as_bytes().to_vec()),
+            register: file(b"pwned"),
+        })
+        .collect();
+    let share = serde_bytes::ByteArray::new(*token.id);
+    let answer = ask(
+        &mut swarm,
+        daemon,
+        &Request::Announce {
+            share,
+            root: serde_bytes::ByteArray::new([0; 32]),
+            count: 5,
+            entries,
+        },
+    )
+    .await;
+    assert_eq!(
+        answer,
+        Response::Ack,
+        "the message is fine, its entries are refused"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!outside.exists(), "nothing written outside the folder");
+    assert!(!std::path::Path::new("/tmp/absolute-escape").exists());
+    let status = node.status();
+    assert_eq!(
+        status["shares"][0]["entries"], 0,
+        "no hostile entry was stored: {status}"
+    );
+    assert!(
+        node.log().contains("refused"),
+        "the refusal is reported in the log"
+    );
+    assert!(node.is_running());
+    assert!(node.stop());
+}
