@@ -94,32 +94,7 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
     node.start();
     let target: Multiaddr = node.listen_addr().parse().unwrap();
 
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm.dial(target).unwrap();
-    let daemon = loop {
-        match swarm.select_next_some().await {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => break peer_id,
-            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
-            _ => {}
-        }
-    };
+    let (mut swarm, daemon) = raw_peer(target).await;
 
     let valid_hello = frame(&protocol::encode(&Request::Hello(Hello::ours())).unwrap());
     let mut truncated = valid_hello.clone();

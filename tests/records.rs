@@ -352,3 +352,47 @@ fn peer_without_the_token_gets_nothing() {
         "no share data in the outsider's store"
     );
 }
+
+#[test]
+fn members_find_each_other_through_the_dht_without_token_addresses() {
+    // A and C each know only B, which is not a member, and the token C gets carries no address:
+    // C meets A through Kademlia (its lookups, and the provider record A announces under a key
+    // derived from the share secret).
+    let mut b = Node::init(&[]);
+    b.start();
+    let b_addr = b.listen_addr();
+    let no_autodial = |node: &Node| {
+        let config = node.home.join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("max_discovered_peers = 64", "max_discovered_peers = 0"),
+        )
+        .unwrap();
+    };
+    let mut a = Node::init(&["--peer", &b_addr]);
+    no_autodial(&a);
+    a.start();
+    let mut c = Node::init(&["--peer", &b_addr]);
+    no_autodial(&c);
+    c.start();
+    wait_until("A and C to reach B", WAIT, || {
+        a.connected_peers().contains(&b.peer_id) && c.connected_peers().contains(&b.peer_id)
+    });
+
+    let token = a.create_records_share("dht");
+    // Strip the creator's addresses from the token: C must find A through the DHT.
+    let mut parsed = meshsync::share::Token::parse(&token).unwrap();
+    parsed.addrs.clear();
+    c.join_records_share(&parsed.encode(), "dht");
+    Api::of(&a).put("dht", "found", "via provider record");
+    wait_until("C to find A through the DHT and sync", WAIT, || {
+        c.cli(&["kv", "get", "dht", "found"]).stdout == b"via provider record"
+    });
+    assert!(c.share_members("dht").contains(&a.peer_id));
+    assert!(
+        b.status()["shares"].as_array().unwrap().is_empty(),
+        "B never joined"
+    );
+    assert!(a.stop() && b.stop() && c.stop());
+}

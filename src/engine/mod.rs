@@ -223,6 +223,13 @@ struct Counters {
     sessions: u64,
 }
 
+/// What a folder content request asks for.
+#[derive(Debug, Clone, Copy)]
+enum ContentKind {
+    Chunk,
+    Page,
+}
+
 /// Results of the engine's helper tasks.
 enum TaskResult {
     /// An auth exchange finished.
@@ -861,48 +868,10 @@ impl EngineActor {
                 }
             }
             Request::GetChunk { share, hash } => {
-                let folder = self.folders.get(&*share).cloned();
-                let Some(folder) =
-                    folder.filter(|_| self.member_share(&peer, &share, received).is_some())
-                else {
-                    return self.refuse(channel);
-                };
-                let net = self.net.clone();
-                let share_id = *share;
-                self.tasks.spawn(async move {
-                    let response = match folder.serve_chunk(*hash).await {
-                        Some(bytes) => Response::Chunk(bytes.into()),
-                        None => Response::Error("unknown chunk".into()),
-                    };
-                    let sent = frame_len(&response) as u64;
-                    net.respond(channel, response).await;
-                    TaskResult::Answered {
-                        share: share_id,
-                        sent,
-                    }
-                });
+                self.serve_content(peer, *share, *hash, ContentKind::Chunk, received, channel)
             }
             Request::GetPage { share, hash } => {
-                let folder = self.folders.get(&*share).cloned();
-                let Some(folder) =
-                    folder.filter(|_| self.member_share(&peer, &share, received).is_some())
-                else {
-                    return self.refuse(channel);
-                };
-                let net = self.net.clone();
-                let share_id = *share;
-                self.tasks.spawn(async move {
-                    let response = match folder.serve_page(*hash).await {
-                        Some(bytes) => Response::Page(bytes.into()),
-                        None => Response::Error("unknown page".into()),
-                    };
-                    let sent = frame_len(&response) as u64;
-                    net.respond(channel, response).await;
-                    TaskResult::Answered {
-                        share: share_id,
-                        sent,
-                    }
-                });
+                self.serve_content(peer, *share, *hash, ContentKind::Page, received, channel)
             }
             Request::GetEntries { share, ids } => {
                 if self.member_share(&peer, &share, received).is_none() {
@@ -944,6 +913,40 @@ impl EngineActor {
                 });
             }
         }
+    }
+
+    /// Answers a member's request for folder content (a chunk or a chunk-list page) by hash.
+    fn serve_content(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        hash: [u8; 32],
+        kind: ContentKind,
+        received: u64,
+        channel: ResponseChannel<Response>,
+    ) {
+        let folder = self.folders.get(&share).cloned();
+        let Some(folder) = folder.filter(|_| self.member_share(&peer, &share, received).is_some())
+        else {
+            return self.refuse(channel);
+        };
+        let net = self.net.clone();
+        self.tasks.spawn(async move {
+            let response = match kind {
+                ContentKind::Chunk => folder
+                    .serve_chunk(hash)
+                    .await
+                    .map(|b| Response::Chunk(b.into())),
+                ContentKind::Page => folder
+                    .serve_page(hash)
+                    .await
+                    .map(|b| Response::Page(b.into())),
+            }
+            .unwrap_or_else(|| Response::Error("unknown hash".into()));
+            let sent = frame_len(&response) as u64;
+            net.respond(channel, response).await;
+            TaskResult::Answered { share, sent }
+        });
     }
 
     // ---- announcing changes ----

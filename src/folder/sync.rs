@@ -808,8 +808,9 @@ impl FolderActor {
                 continue;
             };
             if self.needs_work(&path, &register) {
-                let delete = matches!(desired(&register), Desired::Absent);
-                self.queue_as(path, delete);
+                let wanted = desired(&register);
+                self.note_needed(&path, &wanted);
+                self.queue_as(path, matches!(wanted, Desired::Absent));
             }
         }
     }
@@ -831,6 +832,19 @@ impl FolderActor {
     /// Queues a path; deletions wait in their own queue until no creation is pending or
     /// running, so a file that moved is created from the old copy's chunks before the old copy
     /// goes to the trash (either order works, this one needs no extra index lookups).
+    /// Remembers how many bytes a queued file will need (an upper bound: chunks found locally
+    /// are not fetched), for `status`.
+    fn note_needed(&mut self, path: &str, wanted: &Desired) {
+        match wanted {
+            Desired::Present(meta) if meta.kind == EntryKind::File => {
+                self.needed_bytes.insert(path.to_owned(), meta.size);
+            }
+            _ => {
+                self.needed_bytes.remove(path);
+            }
+        }
+    }
+
     fn queue_as(&mut self, path: String, delete: bool) {
         if self.pending_set.insert(path.clone()) {
             if delete {
@@ -847,8 +861,9 @@ impl FolderActor {
                 if matches!(change.origin, Origin::Remote(_))
                     && let Ok(path) = String::from_utf8(change.key.clone())
                 {
-                    let delete = matches!(desired(&change.register), Desired::Absent);
-                    self.queue_as(path, delete);
+                    let wanted = desired(&change.register);
+                    self.note_needed(&path, &wanted);
+                    self.queue_as(path, matches!(wanted, Desired::Absent));
                 }
             }
             Ok(_) => {}
