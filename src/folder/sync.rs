@@ -56,6 +56,8 @@ pub const MAX_CHUNKS_IN_FLIGHT: usize = 8;
 pub const MAX_CHUNK_ATTEMPTS: usize = 6;
 /// Wait before retrying a failed download.
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
+/// How often the synced-state table is written (one transaction for everything since).
+pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Watcher events buffered before the actor falls back to a full rescan.
 pub const WATCH_CHANNEL_CAPACITY: usize = 4096;
 
@@ -257,6 +259,19 @@ pub fn spawn(
         counters: Arc::default(),
     };
     let local_key = PeerKey::new(local.to_bytes()).map_err(|e| e.to_string())?;
+    let (state_writer, rows) = std::sync::mpsc::channel::<Vec<(String, Option<Synced>)>>();
+    let writer_db = shared.db.clone();
+    let writer_name = meta.name.clone();
+    let state_writer_thread = std::thread::Builder::new()
+        .name("meshsync-folder-state".into())
+        .spawn(move || {
+            for batch in rows {
+                if let Err(e) = save_synced(&writer_db, batch) {
+                    warn!(folder = %writer_name, "cannot save folder state: {e}");
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
     let actor = FolderActor {
         name: meta.name.clone(),
         local,
@@ -283,6 +298,10 @@ pub fn spawn(
         downloads: JoinSet::new(),
         scans: JoinSet::new(),
         needed_bytes: HashMap::new(),
+        unsaved: BTreeMap::new(),
+        flush_at: None,
+        state_writer,
+        state_writer_thread: Some(state_writer_thread),
         refused: 0,
         last_error: None,
         rate: RateMeter::default(),
@@ -364,6 +383,11 @@ struct FolderActor {
     downloads: JoinSet<Materialised>,
     scans: JoinSet<Result<ScanResult, String>>,
     needed_bytes: HashMap<String, u64>,
+    /// Synced-state rows not yet written (latest per path).
+    unsaved: BTreeMap<String, Option<Synced>>,
+    flush_at: Option<Instant>,
+    state_writer: std::sync::mpsc::Sender<Vec<(String, Option<Synced>)>>,
+    state_writer_thread: Option<std::thread::JoinHandle<()>>,
     refused: u64,
     last_error: Option<String>,
     rate: RateMeter,
@@ -397,11 +421,19 @@ impl FolderActor {
                 .copied()
                 .unwrap_or_else(|| Instant::now() + far);
             let rescan_at = self.next_rescan;
+            let flush_at = self.flush_at.unwrap_or_else(|| Instant::now() + far);
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
-                    Some(Command::Shutdown { reply }) => {
+                                        Some(Command::Shutdown { reply }) => {
                         self.downloads.abort_all();
+                                                self.flush_synced();
+                        // Closing the channel lets the writer finish what it has, then exit.
+                        let (closed, _) = std::sync::mpsc::channel();
+                        drop(std::mem::replace(&mut self.state_writer, closed));
+                        if let Some(writer) = self.state_writer_thread.take() {
+                            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+                        }
                         let _ = reply.send(());
                         return;
                     }
@@ -424,7 +456,8 @@ impl FolderActor {
                     }
                 }
                 _ = tokio::time::sleep_until(scan_at) => self.start_scan(),
-                _ = tokio::time::sleep_until(retry_at) => self.on_retry(),
+                                _ = tokio::time::sleep_until(retry_at) => self.on_retry(),
+                _ = tokio::time::sleep_until(flush_at) => self.flush_synced(),
                                 _ = tokio::time::sleep_until(rescan_at) => {
                     let root = self.shared.root.clone();
                     tokio::task::spawn_blocking(move || purge_trash(&root));
@@ -703,11 +736,7 @@ impl FolderActor {
                 _ => remaining.push((path, Some(record))),
             }
         }
-        if !adopted.is_empty()
-            && let Err(e) = save_synced(&self.shared.db, adopted)
-        {
-            self.last_error = Some(format!("cannot save folder state: {e}"));
-        }
+        self.save_later(adopted);
         remaining
     }
 
@@ -782,8 +811,32 @@ impl FolderActor {
             // A concurrent remote version may now be the winner: materialise it.
             self.queue(path);
         }
-        if let Err(e) = save_synced(&self.shared.db, rows) {
-            self.last_error = Some(format!("cannot save folder state: {e}"));
+        self.save_later(rows);
+    }
+
+    /// Queues rows of the synced-state table for the next flush. The table is a cache: after a
+    /// crash, a path it forgot is re-adopted by the next scan when it matches the share, so it
+    /// is written in batches off the actor's loop rather than once per file.
+    fn save_later(&mut self, rows: Vec<(String, Option<Synced>)>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.unsaved.extend(rows);
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
+        }
+    }
+
+    fn flush_synced(&mut self) {
+        self.flush_at = None;
+        let rows: Vec<(String, Option<Synced>)> =
+            std::mem::take(&mut self.unsaved).into_iter().collect();
+        if rows.is_empty() {
+            return;
+        }
+        // One writer thread keeps flushes in order.
+        if self.state_writer.send(rows).is_err() {
+            self.last_error = Some("the folder state writer has stopped".into());
         }
     }
 
@@ -972,9 +1025,7 @@ impl FolderActor {
                 None
             }
         };
-        if let Err(e) = save_synced(&self.shared.db, vec![(done.path.clone(), row)]) {
-            self.last_error = Some(format!("cannot save folder state: {e}"));
-        }
+        self.save_later(vec![(done.path.clone(), row)]);
         // The winner may have moved on while we worked.
         if let Ok(Some(register)) = self
             .store
