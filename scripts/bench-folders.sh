@@ -110,7 +110,7 @@ helper_pid=""
 
 # (`|| true`: a version command killed by SIGPIPE must not end the script under pipefail.)
 versions="meshsync $("$bin" --version 2>/dev/null | awk '{print $NF}' || true)"
-versions+=" ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ', src/ has uncommitted changes'))"
+versions+=" (binary built $(date -u -r "$bin" '+%H:%M:%S UTC'); HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ', src/ has uncommitted changes'))"
 if command -v syncthing >/dev/null; then
     versions+=", $(syncthing --version 2>/dev/null | awk 'NR == 1 {print $1, $2}' || true)"
 fi

@@ -861,7 +861,10 @@ class Syncthing(FolderTool):
 
 
 class Rsync:
-    """rsync pushes to an rsync daemon on 127.0.0.1 (no watcher: each workload is one push)."""
+    """rsync pushes to an rsync daemon on 127.0.0.1 (no watcher: each workload is one push).
+
+    `--modify-window=-1` makes its quick check compare mtimes to the nanosecond: W3 keeps the
+    size and may fall in the same second as W2, and would otherwise be skipped as unchanged."""
 
     name = "rsync"
 
@@ -878,7 +881,7 @@ class Rsync:
     def push(self):
         url = f"rsync://127.0.0.1:{self.port}/bench/"
         t0 = time.perf_counter()
-        p = subprocess.Popen(["rsync", "-a", "--fsync", "--stats", self.a_dir + "/", url],
+        p = subprocess.Popen(["rsync", "-a", "--fsync", "--stats", "--modify-window=-1", self.a_dir + "/", url],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.bench.procs.record(p.pid)
         self.sampler.roots.add(p.pid)

@@ -289,3 +289,29 @@ fn meshignore_rules_are_respected() {
     assert!(!share.dirs[1].join("skip.tmp").exists());
     assert!(!share.dirs[1].join("build").exists());
 }
+
+#[test]
+fn an_idle_folder_stays_quiet() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    for d in 0..10 {
+        let dir = share.dirs[0].join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..5 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}-{f}")).unwrap();
+        }
+    }
+    share.wait_identical();
+    std::thread::sleep(Duration::from_secs(1));
+    let scans = |i: usize| share.status(&mesh.nodes[i])["scans"].as_u64().unwrap();
+    let before = [scans(0), scans(1)];
+    std::thread::sleep(Duration::from_secs(3));
+    let after = [scans(0), scans(1)];
+    // Scanning opens every file and directory; that must not look like a change worth a scan.
+    assert!(
+        after[0] - before[0] <= 1 && after[1] - before[1] <= 1,
+        "scans while idle: {before:?} -> {after:?}"
+    );
+}

@@ -104,6 +104,8 @@ pub struct FolderStatus {
     pub refused: u64,
     /// Files on disk and entries tracked.
     pub local_entries: u64,
+    /// Scans run since start (full and partial).
+    pub scans: u64,
     /// The last error, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -300,6 +302,7 @@ pub fn spawn(
         needed_bytes: HashMap::new(),
         unsaved: BTreeMap::new(),
         flush_at: None,
+        scans_run: 0,
         state_writer,
         state_writer_thread: Some(state_writer_thread),
         refused: 0,
@@ -386,6 +389,7 @@ struct FolderActor {
     /// Synced-state rows not yet written (latest per path).
     unsaved: BTreeMap<String, Option<Synced>>,
     flush_at: Option<Instant>,
+    scans_run: u64,
     state_writer: std::sync::mpsc::Sender<Vec<(String, Option<Synced>)>>,
     state_writer_thread: Option<std::thread::JoinHandle<()>>,
     refused: u64,
@@ -538,6 +542,7 @@ impl FolderActor {
             bad_chunks: self.shared.counters.bad_chunks.load(Relaxed),
             refused: self.refused,
             local_entries: self.synced.len() as u64,
+            scans: self.scans_run,
             last_error: self.last_error.clone(),
         }
     }
@@ -575,6 +580,10 @@ impl FolderActor {
         let handler = move |result: notify::Result<notify::Event>| {
             let event = match result {
                 Ok(event) if event.need_rescan() => WatchEvent::Rescan,
+                // Opening or reading a file changes nothing; reacting to it would make every scan
+                // (which opens everything) trigger the next one. A close after writing does
+                // matter: the file is complete.
+                Ok(event) if is_read_only_access(&event.kind) => return,
                 Ok(event) => {
                     let paths: Vec<String> = event
                         .paths
@@ -626,6 +635,7 @@ impl FolderActor {
         }
         self.dirty_all = false;
         self.scanning = true;
+        self.scans_run += 1;
         let root = self.shared.root.clone();
         let previous: BTreeMap<String, ScanRecord> = self
             .synced
@@ -1036,6 +1046,22 @@ impl FolderActor {
             self.queue(done.path);
         }
     }
+}
+
+fn is_read_only_access(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Any
+                | AccessKind::Read
+                | AccessKind::Open(_)
+                | AccessKind::Other
+                | AccessKind::Close(
+                    AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other
+                )
+        )
+    )
 }
 
 async fn recv_watch(rx: &mut Option<mpsc::Receiver<WatchEvent>>) -> Option<WatchEvent> {
@@ -1459,22 +1485,26 @@ async fn write_entry(
                 offsets.push(offset);
                 offset += c.len as u64;
             }
-            for batch in missing.chunks(MAX_CHUNKS_IN_FLIGHT) {
-                let mut fetches = JoinSet::new();
-                for &index in batch {
+            // A sliding window of requests: a new one starts as soon as one finishes.
+            let mut queue = missing.into_iter();
+            let mut fetches = JoinSet::new();
+            loop {
+                while fetches.len() < MAX_CHUNKS_IN_FLIGHT {
+                    let Some(index) = queue.next() else { break };
                     let chunk = chunks[index];
                     let shared = shared.clone();
                     fetches.spawn(async move { (index, fetch_chunk(&shared, &chunk).await) });
                 }
-                while let Some(done) = fetches.join_next().await {
-                    let (index, bytes) = done.map_err(|e| WriteFailure::Other(e.to_string()))?;
-                    let bytes = bytes.map_err(WriteFailure::Other)?;
-                    assembly = blocking(move || {
-                        let mut assembly = assembly;
-                        assembly.write_chunk(index, &bytes).map(|_| assembly)
-                    })
-                    .await?;
-                }
+                let Some(done) = fetches.join_next().await else {
+                    break;
+                };
+                let (index, bytes) = done.map_err(|e| WriteFailure::Other(e.to_string()))?;
+                let bytes = bytes.map_err(WriteFailure::Other)?;
+                assembly = blocking(move || {
+                    let mut assembly = assembly;
+                    assembly.write_chunk(index, &bytes).map(|_| assembly)
+                })
+                .await?;
             }
             // The version being replaced stays in the trash for a while (hard-linked, no copy):
             // nothing a peer sends ever destroys the only copy of a file, and its chunks stay
