@@ -49,9 +49,12 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a paused folder checks whether its root and marker are back.
 pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Files materialised at once.
-pub const MAX_CONCURRENT_DOWNLOADS: usize = 16;
-/// Chunk requests in flight per file (at most this × [`model::CHUNK_MAX`] bytes buffered).
-pub const MAX_CHUNKS_IN_FLIGHT: usize = 8;
+pub const MAX_CONCURRENT_DOWNLOADS: usize = 64;
+/// Chunk requests in flight per file.
+pub const MAX_CHUNKS_IN_FLIGHT: usize = 32;
+/// Chunk requests in flight per folder, all files together: bounds the bytes buffered for
+/// downloads to this × [`model::CHUNK_MAX`] (16 MiB).
+pub const MAX_FETCHES_IN_FLIGHT: usize = 64;
 /// Tries per chunk across members before a download fails (and is retried later).
 pub const MAX_CHUNK_ATTEMPTS: usize = 6;
 /// Wait before retrying a failed download.
@@ -195,6 +198,8 @@ struct Shared {
     /// tasks look up a few entries at a time and never hold it across an `.await`.
     chunks: Arc<RwLock<HashMap<Hash, ChunkLocation>>>,
     counters: Arc<Counters>,
+    /// One permit per chunk request in flight ([`MAX_FETCHES_IN_FLIGHT`]).
+    fetch_permits: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -259,6 +264,7 @@ pub fn spawn(
         db: Arc::new(db),
         chunks: Arc::default(),
         counters: Arc::default(),
+        fetch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES_IN_FLIGHT)),
     };
     let local_key = PeerKey::new(local.to_bytes()).map_err(|e| e.to_string())?;
     let (state_writer, rows) = std::sync::mpsc::channel::<Vec<(String, Option<Synced>)>>();
@@ -1634,6 +1640,11 @@ async fn fetch_chunk(shared: &Shared, chunk: &ChunkRef) -> Result<Vec<u8>, Strin
             return Ok(bytes);
         }
     }
+    let _permit = shared
+        .fetch_permits
+        .acquire()
+        .await
+        .map_err(|e| e.to_string())?;
     let bytes = fetch_from_members(
         shared,
         |share| Request::GetChunk {
