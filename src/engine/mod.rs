@@ -47,7 +47,7 @@ pub const ANNOUNCE_DELAY: Duration = Duration::from_millis(3);
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause between DHT lookups for other members of our shares.
 pub const PROVIDER_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
-/// Most reconciliation sessions this node runs at once, over all peers and shares.
+/// Most reconciliation sessions this node runs at once, over all shares (one per share).
 pub const MAX_CONCURRENT_SESSIONS: usize = 16;
 /// First wait before retrying a failed session; doubles per failure.
 pub const SESSION_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -1102,7 +1102,11 @@ impl EngineActor {
             *again = true;
             return;
         }
-        if self.running.len() >= MAX_CONCURRENT_SESSIONS {
+        // One session per share at a time: while one brings the share up to date from one
+        // member, starting another would pull the same entries again from the next member.
+        // The queued one runs afterwards, and costs one round trip if nothing differs by then.
+        let share_busy = self.running.keys().any(|(_, s)| *s == share);
+        if share_busy || self.running.len() >= MAX_CONCURRENT_SESSIONS {
             if !self.wanted.contains(&(peer, share)) {
                 self.wanted.push_back((peer, share));
             }
@@ -1163,10 +1167,8 @@ impl EngineActor {
         while self.recent.len() > RECENT_SESSIONS {
             self.recent.pop_front();
         }
-        while self.running.len() < MAX_CONCURRENT_SESSIONS {
-            let Some((peer, share)) = self.wanted.pop_front() else {
-                break;
-            };
+        let waiting: Vec<(PeerId, ShareId)> = self.wanted.drain(..).collect();
+        for (peer, share) in waiting {
             self.want_session(peer, share);
         }
     }
