@@ -27,8 +27,10 @@ pub const MAX_VERSIONS: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Payload<P> {
     /// The key holds this value.
+    #[serde(rename = "v")]
     Value(P),
     /// The key was deleted.
+    #[serde(rename = "d")]
     Tombstone,
 }
 
@@ -42,18 +44,26 @@ pub enum Payload<P> {
     bound(serialize = "P: Serialize", deserialize = "P: Deserialize<'de>")
 )]
 pub struct Version<P> {
+    #[serde(rename = "v")]
     vv: VersionVector,
+    #[serde(rename = "t")]
     hlc: Hlc,
+    #[serde(rename = "o")]
     origin: PeerKey,
+    #[serde(rename = "p")]
     payload: Payload<P>,
 }
 
 /// Unvalidated wire form of a [`Version`].
 #[derive(Deserialize)]
 struct VersionRepr<P> {
+    #[serde(rename = "v")]
     vv: VersionVector,
+    #[serde(rename = "t")]
     hlc: Hlc,
+    #[serde(rename = "o")]
     origin: PeerKey,
+    #[serde(rename = "p")]
     payload: Payload<P>,
 }
 
@@ -147,7 +157,9 @@ impl<P: Ord> Version<P> {
     )
 )]
 pub struct Register<P> {
+    #[serde(rename = "v")]
     versions: Vec<Version<P>>,
+    #[serde(rename = "s")]
     superseded: VersionVector,
 }
 
@@ -156,7 +168,9 @@ pub struct Register<P> {
 #[serde(bound(deserialize = "P: Deserialize<'de>"))]
 struct RegisterRepr<P> {
     #[serde(deserialize_with = "bounded_versions")]
+    #[serde(rename = "v")]
     versions: Vec<Version<P>>,
+    #[serde(rename = "s")]
     superseded: VersionVector,
 }
 
@@ -588,7 +602,9 @@ mod tests {
             .collect();
         #[derive(Serialize)]
         struct Raw<'a> {
+            #[serde(rename = "v")]
             versions: &'a [Version<Vec<u8>>],
+            #[serde(rename = "s")]
             superseded: VersionVector,
         }
         let mut bytes = Vec::new();
@@ -608,9 +624,13 @@ mod tests {
         let v = many[0].clone();
         #[derive(Serialize)]
         struct RawVersion {
+            #[serde(rename = "v")]
             vv: VersionVector,
+            #[serde(rename = "t")]
             hlc: Hlc,
+            #[serde(rename = "o")]
             origin: PeerKey,
+            #[serde(rename = "p")]
             payload: Payload<Vec<u8>>,
         }
         ciborium::into_writer(
