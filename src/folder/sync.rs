@@ -55,6 +55,9 @@ pub const MAX_CHUNKS_IN_FLIGHT: usize = 32;
 /// Chunk requests in flight per folder, all files together: bounds the bytes buffered for
 /// downloads to this × [`model::CHUNK_MAX`] (16 MiB).
 pub const MAX_FETCHES_IN_FLIGHT: usize = 64;
+/// Pause before looking a chunk up again after its local copy could not be read (the file may
+/// be moving to the trash, which updates the index right after the rename).
+pub const LOCAL_CHUNK_RETRY_DELAY: Duration = Duration::from_millis(10);
 /// Tries per chunk across members before a download fails (and is retried later).
 pub const MAX_CHUNK_ATTEMPTS: usize = 6;
 /// Wait before retrying a failed download.
@@ -1285,6 +1288,12 @@ async fn materialise(
                     // Keep its chunks findable: a rename elsewhere in the folder reuses them.
                     if let Some(meta) = trashed_meta {
                         outcome.new_chunks = chunk_locations(&shared.db, &trash_rel, &meta);
+                        // Right away, not only when the actor hears of it: a download running
+                        // concurrently may be looking for these chunks now.
+                        let mut index = shared.chunks.write().expect("chunk index lock");
+                        for (hash, location) in &outcome.new_chunks {
+                            index.insert(*hash, location.clone());
+                        }
                     }
                     outcome.synced = None;
                     Ok(())
@@ -1622,13 +1631,24 @@ async fn chunk_list(shared: &Shared, meta: &FileMeta) -> Result<Vec<ChunkRef>, S
 
 /// A chunk's bytes: from a local file if any holds it, else from a member; always verified.
 async fn fetch_chunk(shared: &Shared, chunk: &ChunkRef) -> Result<Vec<u8>, String> {
-    let location = shared
-        .chunks
-        .read()
-        .expect("chunk index lock")
-        .get(&chunk.hash)
-        .cloned();
-    if let Some(location) = location {
+    // Twice: a file can move to the trash between the lookup and the read, and the trash
+    // move updates the index right after it.
+    let mut tried: Option<ChunkLocation> = None;
+    for _ in 0..2 {
+        let location = shared
+            .chunks
+            .read()
+            .expect("chunk index lock")
+            .get(&chunk.hash)
+            .cloned();
+        let Some(location) = location else { break };
+        if tried
+            .as_ref()
+            .is_some_and(|t| t.path == location.path && t.offset == location.offset)
+        {
+            break;
+        }
+        tried = Some(location.clone());
         let path = shared.root.join(&location.path);
         let hash = chunk.hash;
         let local = tokio::task::spawn_blocking(move || {
@@ -1639,6 +1659,7 @@ async fn fetch_chunk(shared: &Shared, chunk: &ChunkRef) -> Result<Vec<u8>, Strin
         if let Ok(Some(bytes)) = local {
             return Ok(bytes);
         }
+        tokio::time::sleep(LOCAL_CHUNK_RETRY_DELAY).await;
     }
     let _permit = shared
         .fetch_permits

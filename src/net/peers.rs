@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// First wait before redialling a static peer that dropped or could not be reached.
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between redials of a static peer, so a returning peer is found within this.
-pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Addresses remembered per peer; more are dropped oldest-first, so a peer cannot grow our memory.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
 /// Peers remembered in total (connected or not); discovered peers beyond it are not recorded.
