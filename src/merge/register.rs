@@ -309,20 +309,10 @@ impl<P: Clone + Ord> Register<P> {
         hlc: Hlc,
         payload: Payload<P>,
     ) -> Result<Version<P>, MergeError> {
-        let mut vv = self.seen();
-        vv.increment(peer)?;
-        if vv.len() > MAX_VV_ENTRIES {
-            return Err(MergeError::TooManyWriters { len: vv.len() });
-        }
-        let version = Version {
-            vv,
-            hlc,
-            origin: peer.clone(),
-            payload,
-        };
-        self.versions = vec![version.clone()];
-        self.superseded = VersionVector::new();
-        Ok(version)
+        // Based on everything seen, the new version dominates every current one, and the
+        // normalisation in `write_local_based` leaves it alone.
+        let seen = self.seen();
+        self.write_local_based(peer, hlc, payload, &seen)
     }
 
     /// Records a write made on this peer that was based on the version with vector `base`, not
