@@ -81,6 +81,10 @@ pub struct RawConfig {
     pub mdns: bool,
     /// How many discovered (mDNS, Kademlia) peers the daemon connects to on its own.
     pub max_discovered_peers: usize,
+    /// If not empty, the only peer ids allowed to connect at all.
+    pub trusted_peers: Vec<String>,
+    /// Peer ids whose connections are refused (`meshsync peer block` appends here).
+    pub blocked_peers: Vec<String>,
 }
 
 impl Default for RawConfig {
@@ -96,6 +100,8 @@ impl Default for RawConfig {
             bootstrap: Vec::new(),
             mdns: true,
             max_discovered_peers: DEFAULT_MAX_DISCOVERED_PEERS,
+            trusted_peers: Vec::new(),
+            blocked_peers: Vec::new(),
         }
     }
 }
@@ -126,6 +132,10 @@ pub struct Config {
     pub mdns: bool,
     /// Upper bound on auto-dialled discovered peers.
     pub max_discovered_peers: usize,
+    /// If not empty, the only peers allowed to connect.
+    pub trusted_peers: Vec<PeerId>,
+    /// Peers whose connections are refused.
+    pub blocked_peers: Vec<PeerId>,
 }
 
 impl RawConfig {
@@ -178,6 +188,8 @@ impl RawConfig {
             })?;
             bootstrap.push(BootstrapPeer { peer_id, addr });
         }
+        let trusted_peers = parse_peer_ids("trusted_peers", &self.trusted_peers, path)?;
+        let blocked_peers = parse_peer_ids("blocked_peers", &self.blocked_peers, path)?;
         Ok(Config {
             path: path.to_owned(),
             listen,
@@ -186,6 +198,8 @@ impl RawConfig {
             bootstrap,
             mdns: self.mdns,
             max_discovered_peers: self.max_discovered_peers,
+            trusted_peers,
+            blocked_peers,
         })
     }
 }
@@ -216,6 +230,22 @@ pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
             "`{text}` is not a multiaddr ({e}); expected e.g. /ip4/192.0.2.7/tcp/7465/p2p/<peer id>"
         )
     })
+}
+
+fn parse_peer_ids(key: &str, items: &[String], path: &Path) -> Result<Vec<PeerId>, ConfigError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.trim()
+                .parse::<PeerId>()
+                .map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: format!("{key}[{i}]"),
+                    message: format!("`{text}` is not a peer id ({e})"),
+                })
+        })
+        .collect()
 }
 
 fn parse_addrs(key: &str, items: &[String], path: &Path) -> Result<Vec<Multiaddr>, ConfigError> {
@@ -272,6 +302,14 @@ mdns = {mdns}
 # Static and bootstrap peers do not count against this.
 # Default: {default_max}
 max_discovered_peers = {max}
+
+# If not empty, only these peer ids may connect at all; everyone else is refused.
+# Default: []
+trusted_peers = {trusted}
+
+# Peer ids whose connections are refused. `meshsync peer block ID` appends here.
+# Default: []
+blocked_peers = {blocked}
 "#,
         default_listen = list(&defaults.listen),
         listen = list(&raw.listen),
@@ -283,12 +321,25 @@ max_discovered_peers = {max}
         mdns = raw.mdns,
         default_max = defaults.max_discovered_peers,
         max = raw.max_discovered_peers,
+        trusted = list(&raw.trusted_peers),
+        blocked = list(&raw.blocked_peers),
     )
 }
 
 /// Appends a static peer to the `peers` list of the config file, keeping its comments, and
 /// replaces the file atomically. Returns false if the address was already there.
 pub fn add_static_peer(path: &Path, addr: &Multiaddr) -> Result<bool, ConfigError> {
+    append_to_list(path, "peers", &addr.to_string())
+}
+
+/// Appends a peer id to `blocked_peers`; returns false if it was already there.
+pub fn add_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
+    append_to_list(path, "blocked_peers", &peer.to_string())
+}
+
+/// Appends `value` to the list `key` of the config file, keeping its comments, and replaces the
+/// file atomically. Returns false if the value was already there.
+fn append_to_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigError> {
     let update_error = |message: String| ConfigError::Update {
         path: path.to_owned(),
         message,
@@ -300,16 +351,15 @@ pub fn add_static_peer(path: &Path, addr: &Multiaddr) -> Result<bool, ConfigErro
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| update_error(e.to_string()))?;
-    let peers = doc
-        .entry("peers")
+    let list = doc
+        .entry(key)
         .or_insert_with(|| toml_edit::value(toml_edit::Array::new()))
         .as_array_mut()
-        .ok_or_else(|| update_error("`peers` is not a list".into()))?;
-    let text_addr = addr.to_string();
-    if peers.iter().any(|v| v.as_str() == Some(&text_addr)) {
+        .ok_or_else(|| update_error(format!("`{key}` is not a list")))?;
+    if list.iter().any(|v| v.as_str() == Some(value)) {
         return Ok(false);
     }
-    peers.push(text_addr);
+    list.push(value);
     crate::home::write_atomically(path, doc.to_string().as_bytes(), None)
         .map_err(|e| update_error(e.to_string()))?;
     Ok(true)
@@ -358,6 +408,8 @@ mod tests {
             bootstrap: vec![],
             mdns: false,
             max_discovered_peers: 3,
+            trusted_peers: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
+            blocked_peers: vec![],
         };
         assert_eq!(RawConfig::parse(&render(&raw), &path()).unwrap(), raw);
     }

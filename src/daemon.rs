@@ -91,6 +91,8 @@ pub async fn run(
             bootstrap: config.bootstrap.clone(),
             mdns: config.mdns,
             max_discovered_peers: config.max_discovered_peers,
+            trusted_peers: config.trusted_peers.clone(),
+            blocked_peers: config.blocked_peers.clone(),
         },
     )?;
 

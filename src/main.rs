@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use meshsync::api::records::{
     CreateShare, JoinShare, KeyOnly, ListedRecord, RecordInput, RecordView,
 };
-use meshsync::api::{AddPeer, PeerAdded, Status};
+use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status};
 use meshsync::client::ApiClient;
 use meshsync::config::Config;
 use meshsync::engine::{CreatedShare, ShareStatus};
@@ -200,6 +200,11 @@ enum PeerCommand {
         /// The peer's multiaddr, e.g. /ip4/192.0.2.7/tcp/7465/p2p/12D3Koo...
         multiaddr: String,
     },
+    /// Disconnect a peer and refuse it from now on (remembered in `blocked_peers`).
+    Block {
+        /// The peer id.
+        peer_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -268,6 +273,23 @@ fn run(cli: Cli) -> Result<()> {
         }
         CliCommand::Share { command } => run_share(&home, command),
         CliCommand::Kv { command } => run_kv(&home, command),
+        CliCommand::Peer {
+            command: PeerCommand::Block { peer_id },
+        } => {
+            let answer: BlockPeer = ApiClient::for_home(&home)?.post(
+                "/v1/peers/block",
+                &BlockPeer {
+                    peer_id,
+                    blocked: false,
+                },
+            )?;
+            if answer.blocked {
+                println!("blocked {}", answer.peer_id);
+            } else {
+                println!("{} was already blocked", answer.peer_id);
+            }
+            Ok(())
+        }
         CliCommand::Peer {
             command: PeerCommand::Add { multiaddr },
         } => {

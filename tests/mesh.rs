@@ -183,8 +183,15 @@ fn bad_config_gives_a_clear_error() {
             "peers",
         ),
         (
-            original.replace("peers = []", "peers = [\"/ip4/127.0.0.1/tcp/9/garbage\"]"),
-            "peers[0]",
+            original.replace(
+                "\npeers = []",
+                "\npeers = [\"/ip4/127.0.0.1/tcp/9/garbage\"]",
+            ),
+            "key `peers[0]`",
+        ),
+        (
+            original.replace("blocked_peers = []", "blocked_peers = [\"nope\"]"),
+            "blocked_peers[0]",
         ),
         (
             original.replace("api = \"127.0.0.1:0\"", "api = \"0.0.0.0:0\""),
@@ -377,4 +384,73 @@ fn sigterm_stops_cleanly_and_removes_api_addr() {
     assert!(!node.home.join("api.addr").exists());
     let out = node.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_blocked_peer_is_disconnected_and_stays_out() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let b = mesh.nodes[1].peer_id.clone();
+    let out = mesh.nodes[0].cli(&["peer", "block", &b]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("B to be disconnected", WAIT, || {
+        !mesh.nodes[0].connected_peers().contains(&b)
+    });
+    // B keeps redialling A (A is its static peer); A keeps refusing, also after a restart.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!mesh.nodes[0].connected_peers().contains(&b));
+    let config = std::fs::read_to_string(mesh.nodes[0].home.join("config.toml")).unwrap();
+    assert!(
+        config.contains(&format!("blocked_peers = [\"{b}\"]")),
+        "{config}"
+    );
+    mesh.nodes[0].pin_listen_port();
+    assert!(mesh.nodes[0].stop());
+    mesh.nodes[0].start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!mesh.nodes[0].connected_peers().contains(&b));
+    let out = mesh.nodes[0].cli(&["peer", "block", "not-a-peer-id"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer id"));
+}
+
+#[test]
+fn only_trusted_peers_may_connect() {
+    let mut a = Node::init(&[]);
+    let friend = Node::init(&[]);
+    let config = a.home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "trusted_peers = []",
+            &format!("trusted_peers = [\"{}\"]", friend.peer_id),
+        ),
+    )
+    .unwrap();
+    a.start();
+    let addr = a.listen_addr();
+    let mut stranger = Node::init(&["--peer", &addr]);
+    stranger.start();
+    let mut friend = friend;
+    let friend_config = friend.home.join("config.toml");
+    let text = std::fs::read_to_string(&friend_config).unwrap();
+    std::fs::write(
+        &friend_config,
+        text.replace("\npeers = []", &format!("\npeers = [\"{addr}\"]")),
+    )
+    .unwrap();
+    friend.start();
+    wait_until("the trusted peer to connect", WAIT, || {
+        a.connected_peers().contains(&friend.peer_id)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !a.connected_peers().contains(&stranger.peer_id),
+        "a peer outside trusted_peers is refused"
+    );
 }

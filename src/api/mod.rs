@@ -11,6 +11,7 @@
 //! | GET    | `/v1/status`  |                   | [`Status`]                     |
 //! | GET    | `/v1/peers`   |                   | list of [`crate::net::PeerStatus`] |
 //! | POST   | `/v1/peers`   | `{"addr": "..."}` | [`PeerAdded`]                  |
+//! | POST   | `/v1/peers/block` | `{"peer_id": "..."}` | [`BlockPeer`]              |
 //!
 //! Shares and records are in [`records`].
 //!
@@ -24,7 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +97,16 @@ pub struct PeerAdded {
     pub added: bool,
 }
 
+/// Body of `POST /v1/peers/block`, and its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockPeer {
+    /// The peer id to refuse.
+    pub peer_id: String,
+    /// In the answer: false if it was already blocked.
+    #[serde(default)]
+    pub blocked: bool,
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -127,6 +138,7 @@ pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers).post(add_peer))
+        .route("/v1/peers/block", post(block_peer))
         .merge(records::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -243,6 +255,33 @@ async fn add_peer(
     Ok(Json(PeerAdded {
         addr: addr.to_string(),
         added,
+    }))
+}
+
+async fn block_peer(
+    State(state): State<ApiState>,
+    Json(body): Json<BlockPeer>,
+) -> Result<Json<BlockPeer>, ApiError> {
+    let peer: libp2p::PeerId = body.peer_id.trim().parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a peer id ({e})", body.peer_id),
+        )
+    })?;
+    // Remember first, so a block survives a restart even if the daemon stops right after.
+    let path = state.config_path.clone();
+    let added = tokio::task::spawn_blocking(move || crate::config::add_blocked_peer(&path, &peer))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let newly = state
+        .net
+        .block_peer(peer)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(BlockPeer {
+        peer_id: peer.to_string(),
+        blocked: added || newly,
     }))
 }
 

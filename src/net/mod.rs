@@ -24,8 +24,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity::Keypair, kad, mdns, noise, ping,
-    request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity::Keypair, kad,
+    mdns, noise, ping, request_response, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -105,6 +105,10 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Auto-dial budget for discovered peers.
     pub max_discovered_peers: usize,
+    /// If not empty, the only peers allowed to connect.
+    pub trusted_peers: Vec<PeerId>,
+    /// Peers refused at connection time.
+    pub blocked_peers: Vec<PeerId>,
 }
 
 /// A snapshot of the network state, as shown by `status`.
@@ -183,6 +187,13 @@ pub enum Command {
     FindProviders {
         /// The provider key.
         key: Vec<u8>,
+    },
+    /// Close every connection to a peer and refuse it from now on.
+    BlockPeer {
+        /// The peer.
+        peer: PeerId,
+        /// `true` if newly blocked.
+        reply: oneshot::Sender<bool>,
     },
     /// Close every connection and stop.
     Shutdown {
@@ -269,6 +280,13 @@ impl NetClient {
         let _ = self.send(Command::FindProviders { key }).await;
     }
 
+    /// Disconnects a peer and refuses its connections from now on.
+    pub async fn block_peer(&self, peer: PeerId) -> Result<bool, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::BlockPeer { peer, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
     /// Stops the network task and waits until it is gone.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
@@ -288,6 +306,10 @@ impl NetClient {
 /// The libp2p behaviours we compose.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Denies connections from peers outside `trusted_peers`, when that list is not empty, before
+    /// any protocol (even identify) runs on them.
+    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     sync: request_response::Behaviour<protocol::Codec>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
@@ -307,6 +329,7 @@ pub fn spawn(
 ) -> Result<(NetClient, mpsc::UnboundedReceiver<NetEvent>), NetError> {
     let local_id = keypair.public().to_peer_id();
     let mdns_on = config.mdns;
+    let trusted = config.trusted_peers.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -345,7 +368,17 @@ pub fn spawn(
             } else {
                 None
             };
+            let allowed = (!trusted.is_empty()).then(|| {
+                let mut allowed =
+                    allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                for peer in &trusted {
+                    allowed.allow_peer(*peer);
+                }
+                allowed
+            });
             Ok(Behaviour {
+                allowed: allowed.into(),
+                blocked: allow_block_list::Behaviour::default(),
                 sync,
                 kad,
                 identify,
@@ -396,9 +429,13 @@ pub fn spawn(
         book.add_static(boot.addr.clone(), now);
     }
 
+    for peer in &config.blocked_peers {
+        swarm.behaviour_mut().blocked.block_peer(*peer);
+    }
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (events, events_rx) = mpsc::unbounded_channel();
     let actor = NetActor {
+        trusted: config.trusted_peers.iter().copied().collect(),
         events,
         pending_requests: HashMap::new(),
         hello_requests: HashMap::new(),
@@ -419,6 +456,8 @@ pub fn spawn(
 
 struct NetActor {
     swarm: Swarm<Behaviour>,
+    /// If not empty, the only peers we keep connections with.
+    trusted: std::collections::HashSet<PeerId>,
     events: mpsc::UnboundedSender<NetEvent>,
     /// Requests sent for other parts of the daemon, waiting for their answer.
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
@@ -539,6 +578,13 @@ impl NetActor {
                     .kad
                     .get_providers(kad::RecordKey::new(&key));
             }
+            Command::BlockPeer { peer, reply } => {
+                let newly = self.swarm.behaviour_mut().blocked.block_peer(peer);
+                if newly {
+                    info!(%peer, "blocked");
+                }
+                let _ = reply.send(newly);
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }
@@ -612,8 +658,12 @@ impl NetActor {
             .min(Instant::now() + DISCOVERY_INTERVAL_MIN);
     }
 
+    fn is_allowed(&self, peer: &PeerId) -> bool {
+        self.trusted.is_empty() || self.trusted.contains(peer)
+    }
+
     fn on_discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], how: Discovery) {
-        if peer == self.local_id {
+        if peer == self.local_id || !self.is_allowed(&peer) {
             return;
         }
         for addr in addrs {
@@ -719,6 +769,12 @@ impl NetActor {
         endpoint: ConnectedPoint,
         num_established: u32,
     ) {
+        if !self.is_allowed(&peer) {
+            warn!(%peer, "refused a connection: not in trusted_peers");
+            self.discovered_dials.remove(&connection);
+            self.swarm.close_connection(connection);
+            return;
+        }
         let dialed = endpoint.is_dialer();
         // Besides our own dials (static, discovered) only Kademlia dials: its lookups connect to
         // the peers they learn about. Static dials are recognised by the peer book.
