@@ -450,3 +450,37 @@ async fn member_announcing_escaping_paths_gets_them_refused() {
     assert!(node.is_running());
     assert!(node.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_open_many_connections() {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    let mut node = Node::init(&[]);
+    node.start();
+    let addr: Multiaddr = node.listen_addr().parse().unwrap();
+    let (mut swarm, daemon) = raw_peer(addr.clone()).await;
+    for _ in 0..4 {
+        swarm
+            .dial(
+                DialOpts::peer_id(daemon)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .unwrap();
+    }
+    // Drive the swarm for a while so the extra connections are established or refused.
+    let deadline = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = swarm.select_next_some() => {}
+            _ = &mut deadline => break,
+        }
+    }
+    let open = swarm.network_info().connection_counters().num_established();
+    // Five dials (one plus four), at most two connections: the documented per-peer limit.
+    assert_eq!(meshsync::net::MAX_CONNECTIONS_PER_PEER, 2);
+    assert!(open <= 2, "{open} connections stayed open from one peer");
+    assert!(node.is_running());
+    assert!(node.stop());
+}

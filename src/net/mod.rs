@@ -24,8 +24,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity::Keypair, kad,
-    mdns, noise, ping, request_response, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
+    identity::Keypair, kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +35,13 @@ use tracing::{debug, info, warn};
 use peers::{Discovery, PeerBook};
 use protocol::{Hello, PROTOCOL, PROTOCOL_VERSION, Request, Response};
 
+/// Most established connections in total.
+pub const MAX_CONNECTIONS: u32 = 512;
+/// Most incoming connections still in their handshake.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Most connections to one peer: one is kept, a second may exist briefly while two peers dial
+/// each other at once and the duplicate is being closed.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Commands queued for the network task before senders wait.
 pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
 /// Time a connection with no open streams stays up. Long, because peers of a sync mesh talk
@@ -306,6 +313,9 @@ impl NetClient {
 /// The libp2p behaviours we compose.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Caps connections so that nobody can exhaust our file descriptors or memory by opening
+    /// them ([`MAX_CONNECTIONS`], [`MAX_PENDING_INCOMING`], [`MAX_CONNECTIONS_PER_PEER`]).
+    limits: connection_limits::Behaviour,
     /// Denies connections from peers outside `trusted_peers`, when that list is not empty, before
     /// any protocol (even identify) runs on them.
     allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
@@ -376,7 +386,12 @@ pub fn spawn(
                 }
                 allowed
             });
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(MAX_CONNECTIONS))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER));
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
                 allowed: allowed.into(),
                 blocked: allow_block_list::Behaviour::default(),
                 sync,
