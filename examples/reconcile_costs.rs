@@ -19,44 +19,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use meshsync::reconcile::simulate::workload::{self, with_differences};
 use meshsync::reconcile::simulate::{SessionStats, run_session};
-use meshsync::reconcile::{Digest, Id, Item, Summary};
+use meshsync::reconcile::{Digest, Id, Summary};
 
 /// Bytes per entry of a naive full listing: a 32-byte id and a 32-byte digest.
 const NAIVE_BYTES_PER_ENTRY: u64 = 64;
-
-fn id_of(i: u64) -> Id {
-    *blake3::hash(&i.to_le_bytes()).as_bytes()
-}
-
-fn digest_of(i: u64, version: u64) -> Digest {
-    let mut h = blake3::Hasher::new();
-    h.update(&i.to_le_bytes());
-    h.update(&version.to_le_bytes());
-    *h.finalize().as_bytes()
-}
-
-/// Applies differences numbered `kinds` to copies of `base`: (initiator, responder).
-fn with_differences(base: &Summary, n: u64, kinds: std::ops::Range<u64>) -> (Summary, Summary) {
-    let mut local = base.clone();
-    let mut remote = base.clone();
-    for k in kinds {
-        // Spread the differences over the id space deterministically.
-        let i = (k * 7919) % n;
-        match k % 3 {
-            0 => {
-                remote.insert(id_of(n + k), digest_of(n + k, 0));
-            }
-            1 => {
-                local.insert(id_of(n + k), digest_of(n + k, 0));
-            }
-            _ => {
-                remote.insert(id_of(i), digest_of(i, 1));
-            }
-        }
-    }
-    (local, remote)
-}
 
 /// Checks the outcome against the true difference, computed only over the differing ids.
 fn is_exact(local: &Summary, remote: &Summary, s: &SessionStats) -> bool {
@@ -128,10 +96,7 @@ fn main() {
     let mut rows = Vec::new();
     for &n in sizes {
         let started = Instant::now();
-        let base = Summary::from_items((0..n).map(|i| Item {
-            id: id_of(i),
-            digest: digest_of(i, 0),
-        }));
+        let base = workload::base(n);
         eprintln!(
             "n = {n}: summary built in {:.0} ms, {} heap bytes",
             started.elapsed().as_secs_f64() * 1000.0,

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use meshsync::api::records::{
-    CreateShare, JoinShare, KeyOnly, ListedRecord, RecordInput, RecordView,
+    CreateShare, JoinShare, JsonValue, KeyOnly, ListedRecord, RecordInput, RecordView,
 };
 use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status};
 use meshsync::client::ApiClient;
@@ -386,32 +385,16 @@ fn run_kv(home: &Home, command: KvCommand) -> Result<()> {
     let client = ApiClient::for_home(home)?;
     match command {
         KvCommand::Put { share, key, value } => {
-            let record = match value.as_deref() {
-                Some(value) if value != "-" => RecordInput {
-                    key,
-                    value: Some(value.to_owned()),
-                    value_base64: None,
-                },
+            let value = match value.as_deref() {
+                Some(value) if value != "-" => JsonValue::of(value.as_bytes()),
                 _ => {
                     let mut bytes = Vec::new();
                     std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
                         .context("cannot read the value from stdin")?;
-                    match String::from_utf8(bytes) {
-                        Ok(text) => RecordInput {
-                            key,
-                            value: Some(text),
-                            value_base64: None,
-                        },
-                        Err(e) => RecordInput {
-                            key,
-                            value: None,
-                            value_base64: Some(
-                                base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
-                            ),
-                        },
-                    }
+                    JsonValue::of(&bytes)
                 }
             };
+            let record = RecordInput { key, value };
             let _: serde_json::Value =
                 client.post(&format!("/v1/kv/{}/put", path_segment(&share)), &record)?;
         }
@@ -428,13 +411,11 @@ fn run_kv(home: &Home, command: KvCommand) -> Result<()> {
             if conflicts {
                 return print_json(&record);
             }
-            let bytes = match (&record.winner.value, &record.winner.value_base64) {
-                (Some(text), _) => text.as_bytes().to_vec(),
-                (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .context("the daemon sent bad base64")?,
-                (None, None) => Vec::new(),
-            };
+            let bytes = record
+                .winner
+                .value
+                .bytes()
+                .map_err(|m| anyhow::anyhow!("unexpected answer from the daemon: {m}"))?;
             std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
         }
         KvCommand::Del { share, key } => {

@@ -102,17 +102,53 @@ pub struct JoinShare {
     pub path: Option<std::path::PathBuf>,
 }
 
+/// A value in JSON: `value` when it is UTF-8, `value_base64` otherwise (neither for a deletion).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonValue {
+    /// UTF-8 value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Any other value, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+}
+
+impl JsonValue {
+    /// The JSON form of `bytes`.
+    pub fn of(bytes: &[u8]) -> JsonValue {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => JsonValue {
+                value: Some(text.to_owned()),
+                value_base64: None,
+            },
+            Err(_) => JsonValue {
+                value: None,
+                value_base64: Some(STANDARD.encode(bytes)),
+            },
+        }
+    }
+
+    /// The bytes, or what is wrong with the JSON form.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        match (&self.value, &self.value_base64) {
+            (Some(text), None) => Ok(text.clone().into_bytes()),
+            (None, Some(b64)) => STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("value_base64 is not base64: {e}")),
+            (None, None) => Err("no value or value_base64".into()),
+            (Some(_), Some(_)) => Err("give value or value_base64, not both".into()),
+        }
+    }
+}
+
 /// A record as sent to the API: the value as text or base64.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecordInput {
     /// The key.
     pub key: String,
-    /// UTF-8 value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// Any value, base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_base64: Option<String>,
+    /// The value.
+    #[serde(flatten)]
+    pub value: JsonValue,
 }
 
 /// Body of a batch put.
@@ -134,23 +170,17 @@ pub struct KeyOnly {
 pub struct ListedRecord {
     /// The key.
     pub key: String,
-    /// UTF-8 value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// Non-UTF-8 value, base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_base64: Option<String>,
+    /// The value.
+    #[serde(flatten)]
+    pub value: JsonValue,
 }
 
 /// One version of a record, as shown by `get` and `watch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionView {
-    /// UTF-8 value (absent for deletions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// Non-UTF-8 value, base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_base64: Option<String>,
+    /// The value (neither field for deletions).
+    #[serde(flatten)]
+    pub value: JsonValue,
     /// Whether this version is a deletion.
     pub deleted: bool,
     /// The peer that wrote it.
@@ -174,24 +204,16 @@ pub struct RecordView {
     pub from: Option<String>,
 }
 
-fn split_value(bytes: &[u8]) -> (Option<String>, Option<String>) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (Some(text.to_owned()), None),
-        Err(_) => (None, Some(STANDARD.encode(bytes))),
-    }
-}
-
 fn version_view(version: &Version<ByteBuf>) -> VersionView {
-    let (value, value_base64) = match version.payload() {
-        Payload::Value(bytes) => split_value(bytes),
-        Payload::Tombstone => (None, None),
+    let value = match version.payload() {
+        Payload::Value(bytes) => JsonValue::of(bytes),
+        Payload::Tombstone => JsonValue::default(),
     };
     let origin = PeerId::from_bytes(version.origin().as_bytes())
         .map(|p| p.to_string())
         .unwrap_or_else(|_| hex::encode(version.origin().as_bytes()));
     VersionView {
         value,
-        value_base64,
         deleted: version.is_tombstone(),
         origin,
         hlc: version.hlc().to_string(),
@@ -210,28 +232,12 @@ pub fn record_view(key: &[u8], register: &RecordRegister) -> Option<RecordView> 
 }
 
 fn decode_input(record: RecordInput) -> Result<(Vec<u8>, Payload<ByteBuf>), ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-    let value = match (record.value, record.value_base64) {
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(b64)) => STANDARD.decode(b64.trim()).map_err(|e| {
-            bad(format!(
-                "key `{}`: value_base64 is not base64: {e}",
-                record.key
-            ))
-        })?,
-        (None, None) => {
-            return Err(bad(format!(
-                "key `{}`: no value or value_base64",
-                record.key
-            )));
-        }
-        (Some(_), Some(_)) => {
-            return Err(bad(format!(
-                "key `{}`: give value or value_base64, not both",
-                record.key
-            )));
-        }
-    };
+    let value = record.value.bytes().map_err(|m| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("key `{}`: {m}", record.key),
+        )
+    })?;
     crate::store::check_record(record.key.as_bytes(), Some(&value))?;
     Ok((
         record.key.into_bytes(),
@@ -396,12 +402,10 @@ async fn list(
     let listed = entries
         .iter()
         .filter_map(|(key, register)| {
-            let value = register.value()?;
-            let (value, value_base64) = split_value(value);
+            let value = JsonValue::of(register.value()?);
             Some(ListedRecord {
                 key: String::from_utf8_lossy(key).into_owned(),
                 value,
-                value_base64,
             })
         })
         .collect();

@@ -1286,14 +1286,12 @@ async fn materialise(
                 }
                 Ok(Ok(Removal::Trashed(trash_rel))) => {
                     // Keep its chunks findable: a rename elsewhere in the folder reuses them.
+                    // Indexed here rather than returned to the actor: a download running
+                    // concurrently may be looking for these chunks now.
                     if let Some(meta) = trashed_meta {
-                        outcome.new_chunks = chunk_locations(&shared.db, &trash_rel, &meta);
-                        // Right away, not only when the actor hears of it: a download running
-                        // concurrently may be looking for these chunks now.
+                        let moved = chunk_locations(&shared.db, &trash_rel, &meta);
                         let mut index = shared.chunks.write().expect("chunk index lock");
-                        for (hash, location) in &outcome.new_chunks {
-                            index.insert(*hash, location.clone());
-                        }
+                        index.extend(moved);
                     }
                     outcome.synced = None;
                     Ok(())
@@ -1479,21 +1477,20 @@ async fn write_entry(
             let mut assembly =
                 blocking(move || write::Assembly::open(&r2, &p2, size, hash, &c2)).await?;
             let missing = assembly.missing();
-            let indexed = {
+            if tracing::enabled!(tracing::Level::DEBUG) {
                 let index = shared.chunks.read().expect("chunk index lock");
-                missing
+                let local = missing
                     .iter()
                     .filter(|&&i| index.contains_key(&chunks[i].hash))
-                    .count()
-            };
-            debug!(
-                path = %path,
-                chunks = chunks.len(),
-                missing = missing.len(),
-                indexed,
-                index_size = shared.chunks.read().expect("chunk index lock").len(),
-                "assembling"
-            );
+                    .count();
+                debug!(
+                    path = %path,
+                    chunks = chunks.len(),
+                    missing = missing.len(),
+                    local,
+                    "assembling"
+                );
+            }
             let mut offsets = Vec::with_capacity(chunks.len());
             let mut offset = 0u64;
             for c in &chunks {

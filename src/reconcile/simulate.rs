@@ -62,3 +62,57 @@ pub fn run_session_with_salt(
         }
     }
 }
+
+/// Deterministic synthetic workloads, so the tests and the cost table measure the same sets.
+pub mod workload {
+    use super::super::{Digest, Id, Item, Summary};
+
+    /// The id of synthetic item `i`.
+    pub fn id(i: u64) -> Id {
+        *blake3::hash(&i.to_le_bytes()).as_bytes()
+    }
+
+    /// The digest of version `version` of synthetic item `i`.
+    pub fn digest(i: u64, version: u64) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(&i.to_le_bytes());
+        h.update(&version.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// Items `0..n`, all at version 0.
+    pub fn base(n: u64) -> Summary {
+        Summary::from_items((0..n).map(|i| Item {
+            id: id(i),
+            digest: digest(i, 0),
+        }))
+    }
+
+    /// Copies of `base` (which holds items `0..n`) with differences numbered `kinds`, returned as
+    /// (initiator, responder). Difference `k` is, by `k % 3`: an item only the responder has, an
+    /// item only the initiator has, or an item both have with different digests; they are
+    /// spread over the id space deterministically.
+    pub fn with_differences(
+        base: &Summary,
+        n: u64,
+        kinds: std::ops::Range<u64>,
+    ) -> (Summary, Summary) {
+        let mut local = base.clone();
+        let mut remote = base.clone();
+        for k in kinds {
+            let i = (k * 7919) % n.max(1);
+            match k % 3 {
+                0 => {
+                    remote.insert(id(n + k), digest(n + k, 0));
+                }
+                1 => {
+                    local.insert(id(n + k), digest(n + k, 0));
+                }
+                _ => {
+                    remote.insert(id(i), digest(i, 1));
+                }
+            }
+        }
+        (local, remote)
+    }
+}

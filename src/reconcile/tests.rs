@@ -7,16 +7,7 @@ use proptest::prelude::*;
 use super::simulate::{SessionStats, run_session, run_session_with_salt};
 use super::*;
 
-fn id_of(i: u64) -> Id {
-    *blake3::hash(&i.to_le_bytes()).as_bytes()
-}
-
-fn digest_of(i: u64, version: u64) -> Digest {
-    let mut h = blake3::Hasher::new();
-    h.update(&i.to_le_bytes());
-    h.update(&version.to_le_bytes());
-    *h.finalize().as_bytes()
-}
+use super::simulate::workload::{digest as digest_of, id as id_of};
 
 /// The exact expected outcome: ids where the remote differs or has extra (need) and ids where
 /// the local side differs or has extra (offer).
@@ -46,28 +37,7 @@ fn pair(n: u64, d: u64) -> (Summary, Summary) {
 
 /// Like [`pair`], with differences numbered `kinds` (kind = number % 3).
 fn pair_with(n: u64, kinds: std::ops::Range<u64>) -> (Summary, Summary) {
-    let local = Summary::from_items((0..n).map(|i| Item {
-        id: id_of(i),
-        digest: digest_of(i, 0),
-    }));
-    let mut remote = local.clone();
-    let mut local = local;
-    for k in kinds {
-        // Spread the differences over the id space deterministically.
-        let i = (k * 7919) % n;
-        match k % 3 {
-            0 => {
-                remote.insert(id_of(n + k), digest_of(n + k, 0));
-            }
-            1 => {
-                local.insert(id_of(n + k), digest_of(n + k, 0));
-            }
-            _ => {
-                remote.insert(id_of(i), digest_of(i, 1));
-            }
-        }
-    }
-    (local, remote)
+    super::simulate::workload::with_differences(&super::simulate::workload::base(n), n, kinds)
 }
 
 fn check_exact(local: &Summary, remote: &Summary, stats: &SessionStats) {
