@@ -12,7 +12,7 @@ use meshsync::api::records::{
 use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status};
 use meshsync::client::ApiClient;
 use meshsync::config::Config;
-use meshsync::engine::{CreatedShare, ShareStatus};
+use meshsync::engine::{CreatedShare, ShareStatus, TrustChange};
 use meshsync::home::{Home, InitOptions, InitOutcome};
 use meshsync::net::PeerStatus;
 use meshsync::store::ShareKind;
@@ -140,6 +140,27 @@ enum ShareCommand {
     Token {
         /// Share name or id.
         share: String,
+        /// A token for a read-only member: it receives everything, and no other member takes
+        /// its edits.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Allow only these peers to be members of a share here (besides the global
+    /// `trusted_peers`); members not listed are dropped at once.
+    Trust {
+        /// Share name or id.
+        share: String,
+        /// Peer ids to add to the share's allowlist.
+        #[arg(required = true)]
+        peers: Vec<String>,
+    },
+    /// Remove peers from a share's allowlist (an empty list admits anyone with a token).
+    Untrust {
+        /// Share name or id.
+        share: String,
+        /// Peer ids to remove.
+        #[arg(required = true)]
+        peers: Vec<String>,
     },
 }
 
@@ -349,11 +370,43 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
             }
             print_shares(&shares);
         }
-        ShareCommand::Token { share } => {
-            let answer: serde_json::Value =
-                client.get(&format!("/v1/shares/{}/token", path_segment(&share)))?;
+        ShareCommand::Token { share, read_only } => {
+            let answer: serde_json::Value = client.get(&format!(
+                "/v1/shares/{}/token{}",
+                path_segment(&share),
+                if read_only { "?read_only=true" } else { "" }
+            ))?;
             println!("{}", answer["token"].as_str().unwrap_or_default());
         }
+        ShareCommand::Trust { share, peers } => {
+            let change = TrustChange {
+                add: peers,
+                remove: Vec::new(),
+            };
+            print_trusted(&client, &share, &change)?;
+        }
+        ShareCommand::Untrust { share, peers } => {
+            let change = TrustChange {
+                add: Vec::new(),
+                remove: peers,
+            };
+            print_trusted(&client, &share, &change)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_trusted(client: &ApiClient, share: &str, change: &TrustChange) -> Result<()> {
+    let answer: serde_json::Value =
+        client.post(&format!("/v1/shares/{}/trust", path_segment(share)), change)?;
+    let trusted: Vec<&str> = answer["trusted_peers"]
+        .as_array()
+        .map(|peers| peers.iter().filter_map(|p| p.as_str()).collect())
+        .unwrap_or_default();
+    if trusted.is_empty() {
+        println!("share `{share}` admits any peer holding a token");
+    } else {
+        println!("share `{share}` admits only: {}", trusted.join(" "));
     }
     Ok(())
 }
@@ -534,6 +587,21 @@ fn print_shares(shares: &[ShareStatus]) {
             share.bytes_received,
             share.id
         );
+        if share.read_only {
+            println!(
+                "    read-only member: {} local edits not shared",
+                share.unshared
+            );
+        }
+        if share.refused_entries > 0 {
+            println!(
+                "    refused {} entries from members that may not write",
+                share.refused_entries
+            );
+        }
+        if !share.trusted_peers.is_empty() {
+            println!("    admits only: {}", share.trusted_peers.join(" "));
+        }
         if let Some(folder) = &share.folder {
             let state = serde_json::to_value(&folder.state)
                 .ok()

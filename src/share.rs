@@ -7,6 +7,15 @@
 //! Everything derived from the secret uses BLAKE3 in key-derivation mode with a distinct context
 //! string, so the auth key, the DHT provider key and the secret itself cannot be linked by anyone
 //! who lacks the secret.
+//!
+//! # Read-only members
+//! A share also has an Ed25519 **write key**, independent of the secret. Read-write tokens carry
+//! its private half, read-only tokens only its public half. During the exchange that proves
+//! membership, a read-write member also signs both peer ids and the nonce with it
+//! ([`writer_sign`]); every member, read-only ones included, checks that signature with the
+//! public half ([`writer_verify`]) and takes entries only from members that produced one. So
+//! what a read-only member edits never reaches anyone, whatever software it runs, and a
+//! read-only member cannot pose as a writer to anyone either.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,6 +33,7 @@ pub const MAX_TOKEN_ADDRS: usize = 16;
 
 const AUTH_CONTEXT: &str = "meshsync 2026-11 share membership auth v1";
 const PROVIDER_CONTEXT: &str = "meshsync 2026-11 share dht provider key v1";
+const WRITER_CONTEXT: &[u8] = b"meshsync 2026-11 share write capability v1";
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +60,11 @@ pub struct Token {
     pub kind: ShareKind,
     /// Addresses (ending in `/p2p/<id>`) of the peer that made the token.
     pub addrs: Vec<String>,
+    /// The public half of the share's write key, with which members check writers.
+    pub writers: serde_bytes::ByteArray<32>,
+    /// The private half; absent from read-only tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<serde_bytes::ByteArray<32>>,
 }
 
 impl Token {
@@ -73,6 +88,13 @@ impl Token {
             crate::net::protocol::decode(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
         if token.addrs.len() > MAX_TOKEN_ADDRS {
             return Err(TokenError::Damaged("too many addresses".into()));
+        }
+        if let Some(write) = &token.write
+            && writer_public(write) != *token.writers
+        {
+            return Err(TokenError::Damaged(
+                "its two write keys do not match".into(),
+            ));
         }
         Ok(token)
     }
@@ -100,13 +122,14 @@ pub fn new_share() -> (ShareId, [u8; 32]) {
 }
 
 fn mac(
+    context: &str,
     secret: &[u8; 32],
     role: &[u8],
     asker: &PeerId,
     answerer: &PeerId,
     nonce: &[u8; 32],
 ) -> [u8; 32] {
-    let key = blake3::derive_key(AUTH_CONTEXT, secret);
+    let key = blake3::derive_key(context, secret);
     let mut hasher = blake3::Hasher::new_keyed(&key);
     for part in [role, &asker.to_bytes(), &answerer.to_bytes()] {
         hasher.update(&(part.len() as u32).to_be_bytes());
@@ -123,7 +146,7 @@ pub fn auth_tag(
     answerer: &PeerId,
     nonce: &[u8; 32],
 ) -> [u8; 32] {
-    mac(secret, b"initiator", asker, answerer, nonce)
+    mac(AUTH_CONTEXT, secret, b"initiator", asker, answerer, nonce)
 }
 
 /// The answerer's proof that it holds `secret` too.
@@ -133,7 +156,74 @@ pub fn auth_proof(
     answerer: &PeerId,
     nonce: &[u8; 32],
 ) -> [u8; 32] {
-    mac(secret, b"responder", asker, answerer, nonce)
+    mac(AUTH_CONTEXT, secret, b"responder", asker, answerer, nonce)
+}
+
+/// A new private write key.
+pub fn new_write_key() -> [u8; 32] {
+    random_bytes()
+}
+
+/// The public half of a write key.
+pub fn writer_public(write_key: &[u8; 32]) -> [u8; 32] {
+    let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(*write_key)
+        .expect("any 32 bytes are an Ed25519 secret key");
+    libp2p::identity::ed25519::Keypair::from(secret)
+        .public()
+        .to_bytes()
+}
+
+/// Who signs in an auth exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The peer that asked.
+    Asker,
+    /// The peer that answered.
+    Answerer,
+}
+
+fn writer_message(role: Role, asker: &PeerId, answerer: &PeerId, nonce: &[u8; 32]) -> Vec<u8> {
+    let role: &[u8] = match role {
+        Role::Asker => b"initiator",
+        Role::Answerer => b"responder",
+    };
+    let mut message = WRITER_CONTEXT.to_vec();
+    for part in [role, &asker.to_bytes(), &answerer.to_bytes(), nonce] {
+        message.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        message.extend_from_slice(part);
+    }
+    message
+}
+
+/// Signs, as `role` in the exchange between `asker` and `answerer` with `nonce`, that we hold
+/// the write key.
+pub fn writer_sign(
+    write_key: &[u8; 32],
+    role: Role,
+    asker: &PeerId,
+    answerer: &PeerId,
+    nonce: &[u8; 32],
+) -> [u8; 64] {
+    let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(*write_key)
+        .expect("any 32 bytes are an Ed25519 secret key");
+    let signature = libp2p::identity::ed25519::Keypair::from(secret)
+        .sign(&writer_message(role, asker, answerer, nonce));
+    signature
+        .try_into()
+        .expect("Ed25519 signatures are 64 bytes")
+}
+
+/// Checks a [`writer_sign`] signature against the share's public write key.
+pub fn writer_verify(
+    writers: &[u8; 32],
+    signature: &[u8; 64],
+    role: Role,
+    asker: &PeerId,
+    answerer: &PeerId,
+    nonce: &[u8; 32],
+) -> bool {
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(writers)
+        .is_ok_and(|public| public.verify(&writer_message(role, asker, answerer, nonce), signature))
 }
 
 /// Compares MACs in constant time.
@@ -152,11 +242,14 @@ mod tests {
     use super::*;
 
     fn token() -> Token {
+        let key = new_write_key();
         Token {
             id: random_bytes().into(),
             secret: random_bytes().into(),
             kind: ShareKind::Records,
             addrs: vec![format!("/ip4/127.0.0.1/tcp/7465/p2p/{}", PeerId::random())],
+            writers: writer_public(&key).into(),
+            write: Some(key.into()),
         }
     }
 
@@ -210,6 +303,73 @@ mod tests {
             "tag is not a proof"
         );
         assert_ne!(provider_key(&secret), secret.to_vec());
+    }
+
+    #[test]
+    fn writer_signatures_are_bound_to_key_peers_nonce_and_role() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let key = new_write_key();
+        let public = writer_public(&key);
+        let nonce = random_bytes();
+        let sig = writer_sign(&key, Role::Asker, &a, &b, &nonce);
+        assert!(writer_verify(&public, &sig, Role::Asker, &a, &b, &nonce));
+        assert!(!writer_verify(
+            &public,
+            &sig,
+            Role::Answerer,
+            &a,
+            &b,
+            &nonce
+        ));
+        assert!(!writer_verify(&public, &sig, Role::Asker, &c, &b, &nonce));
+        assert!(!writer_verify(&public, &sig, Role::Asker, &a, &c, &nonce));
+        assert!(!writer_verify(
+            &public,
+            &sig,
+            Role::Asker,
+            &a,
+            &b,
+            &random_bytes()
+        ));
+        let other = writer_public(&new_write_key());
+        assert!(!writer_verify(&other, &sig, Role::Asker, &a, &b, &nonce));
+        assert!(!writer_verify(
+            &public,
+            &[0; 64],
+            Role::Asker,
+            &a,
+            &b,
+            &nonce
+        ));
+        assert!(!writer_verify(
+            &[0xff; 32],
+            &sig,
+            Role::Asker,
+            &a,
+            &b,
+            &nonce
+        ));
+    }
+
+    #[test]
+    fn read_only_token_carries_no_write_key() {
+        let mut t = token();
+        t.write = None;
+        let text = t.encode();
+        let back = Token::parse(&text).unwrap();
+        assert_eq!(back.write, None);
+        assert_eq!(back, t);
+        assert!(text.len() < token().encode().len());
+    }
+
+    #[test]
+    fn token_with_a_foreign_write_key_is_refused() {
+        let mut t = token();
+        t.write = Some(new_write_key().into());
+        assert!(matches!(
+            Token::parse(&t.encode()),
+            Err(TokenError::Damaged(_))
+        ));
     }
 
     proptest::proptest! {

@@ -260,6 +260,158 @@ async fn ask(
     }
 }
 
+/// Proves membership of the token's share, signing as a writer with `write_key` if given.
+async fn prove_membership(
+    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
+    daemon: libp2p::PeerId,
+    token: &meshsync::share::Token,
+    write_key: Option<[u8; 32]>,
+) -> Response {
+    use meshsync::share;
+    let me = *swarm.local_peer_id();
+    let nonce = share::random_bytes();
+    let request = Request::Auth {
+        nonce: nonce.into(),
+        tag: share::auth_tag(&token.secret, &me, &daemon, &nonce).into(),
+        writer: write_key
+            .map(|key| share::writer_sign(&key, share::Role::Asker, &me, &daemon, &nonce).into()),
+    };
+    let answer = ask(swarm, daemon, &request).await;
+    if let Response::Auth(Some(proof)) = &answer {
+        assert!(share::macs_equal(
+            &proof.member,
+            &share::auth_proof(&token.secret, &me, &daemon, &nonce)
+        ));
+        let signature = proof.writer.expect("the daemon is a read-write member");
+        assert!(
+            share::writer_verify(
+                &token.writers,
+                &signature,
+                share::Role::Answerer,
+                &me,
+                &daemon,
+                &nonce
+            ),
+            "even a read-only member can check that the daemon may write"
+        );
+    }
+    answer
+}
+
+/// A record register holding one value written by `author`.
+fn register_by(author: &libp2p::PeerId, value: &[u8]) -> meshsync::store::RecordRegister {
+    let mut register = meshsync::store::RecordRegister::new();
+    let key = meshsync::merge::PeerKey::new(author.to_bytes()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    register
+        .write_local(
+            &key,
+            meshsync::merge::Hlc::new(now, 0),
+            meshsync::merge::Payload::Value(serde_bytes::ByteBuf::from(value.to_vec())),
+        )
+        .unwrap();
+    register
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_member_cannot_push_entries() {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share("data");
+    let api = support::Api::of(&node);
+    for i in 0..5 {
+        api.put("data", &format!("key{i}"), "from the writer");
+    }
+    let out = node.cli(&["share", "token", "data", "--read-only"]);
+    assert!(out.status.success());
+    let token = meshsync::share::Token::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(
+        token.write.is_none(),
+        "a read-only token carries no write key"
+    );
+    let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
+    let me = *swarm.local_peer_id();
+
+    // It is a member, and it signs as a writer with a key of its own making: that proves nothing.
+    let forged = meshsync::share::new_write_key();
+    let answer = prove_membership(&mut swarm, daemon, &token, Some(forged)).await;
+    assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+    let share = serde_bytes::ByteArray::new(*token.id);
+
+    // It receives everything.
+    let ids = (0..5)
+        .map(|i| {
+            serde_bytes::ByteArray::new(meshsync::store::record_id(format!("key{i}").as_bytes()))
+        })
+        .collect();
+    let answer = ask(&mut swarm, daemon, &Request::GetEntries { share, ids }).await;
+    let Response::Entries(entries) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(entries.len(), 5);
+
+    // Its edits, new keys and overwrites alike, are refused.
+    let mut overwrite = entries[0].register.clone();
+    overwrite
+        .write_local(
+            &meshsync::merge::PeerKey::new(me.to_bytes()).unwrap(),
+            {
+                let hlc = overwrite.winner().unwrap().hlc();
+                meshsync::merge::Hlc::new(hlc.millis, hlc.logical + 1)
+            },
+            meshsync::merge::Payload::Value(serde_bytes::ByteBuf::from(b"defaced".to_vec())),
+        )
+        .unwrap();
+    let pushed = vec![
+        protocol::WireEntry {
+            key: entries[0].key.clone(),
+            register: overwrite,
+        },
+        protocol::WireEntry {
+            key: serde_bytes::ByteBuf::from(b"planted".to_vec()),
+            register: register_by(&me, b"planted by a reader"),
+        },
+    ];
+    let answer = ask(
+        &mut swarm,
+        daemon,
+        &Request::Announce {
+            share,
+            root: serde_bytes::ByteArray::new([0; 32]),
+            count: 6,
+            entries: pushed,
+        },
+    )
+    .await;
+    assert_eq!(
+        answer,
+        Response::Error("read-only members cannot write".into())
+    );
+    let list = api.list("data");
+    assert_eq!(list.as_array().unwrap().len(), 5, "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["value"] == "from the writer"),
+        "{list}"
+    );
+    let status = node.status();
+    assert_eq!(status["shares"][0]["refused_entries"], 2, "{status}");
+    assert!(
+        status["shares"][0]["writers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(status["shares"][0]["members"][0], me.to_string());
+    assert!(node.log().contains("may not write"));
+    assert!(node.stop());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outsider_knowing_the_share_id_gets_nothing() {
     let mut node = Node::init(&[]);
@@ -286,6 +438,7 @@ async fn outsider_knowing_the_share_id_gets_nothing() {
         &Request::Auth {
             nonce: serde_bytes::ByteArray::new([7; 32]),
             tag: serde_bytes::ByteArray::new([9; 32]),
+            writer: None,
         },
     )
     .await;
@@ -355,19 +508,9 @@ async fn member_announcing_escaping_paths_gets_them_refused() {
     let token = meshsync::share::Token::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
 
-    // A malicious *member*: it holds the token and proves it.
+    // A malicious *member*: it holds a read-write token and proves it.
     let me = *swarm.local_peer_id();
-    let nonce = [5u8; 32];
-    let tag = meshsync::share::auth_tag(&token.secret, &me, &daemon, &nonce);
-    let answer = ask(
-        &mut swarm,
-        daemon,
-        &Request::Auth {
-            nonce: serde_bytes::ByteArray::new(nonce),
-            tag: serde_bytes::ByteArray::new(tag),
-        },
-    )
-    .await;
+    let answer = prove_membership(&mut swarm, daemon, &token, token.write.map(|k| *k)).await;
     assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
 
     let file = |content: &[u8]| {
@@ -388,20 +531,7 @@ async fn member_announcing_escaping_paths_gets_them_refused() {
         };
         let mut bytes = Vec::new();
         ciborium::into_writer(&meta, &mut bytes).unwrap();
-        let mut register = meshsync::store::RecordRegister::new();
-        let key = meshsync::merge::PeerKey::new(me.to_bytes()).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        register
-            .write_local(
-                &key,
-                meshsync::merge::Hlc::new(now, 0),
-                meshsync::merge::Payload::Value(serde_bytes::ByteBuf::from(bytes)),
-            )
-            .unwrap();
-        register
+        register_by(&me, &bytes)
     };
     let outside = node.home.parent().unwrap().join("escaped");
     let hostile = [

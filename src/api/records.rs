@@ -9,7 +9,8 @@
 //! | POST | `/v1/shares` | `{"name", "kind": "records" \| "folder", "path"}` | `{"id", "name", "token"}` |
 //! | POST | `/v1/shares/join` | `{"token", "name", "kind", "path"}` | `{"id", "name"}` |
 //! | GET | `/v1/shares` | | list of shares with members and byte counters |
-//! | GET | `/v1/shares/{share}/token` | | `{"token"}` (with current addresses) |
+//! | GET | `/v1/shares/{share}/token` | `?read_only=true` | `{"token", "read_only"}` (with current addresses) |
+//! | POST | `/v1/shares/{share}/trust` | `{"add": [peer id…], "remove": [peer id…]}` | `{"trusted_peers"}` (empty: anyone with a token) |
 //! | POST | `/v1/kv/{share}/put` | `{"key", "value" \| "value_base64"}` | `{"ok": true}` |
 //! | POST | `/v1/kv/{share}/batch` | `{"records": [{"key", "value" \| "value_base64"}…]}` | `{"count"}` |
 //! | POST | `/v1/kv/{share}/del` | `{"key"}` | `{"ok": true}` |
@@ -33,7 +34,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::broadcast;
 
 use super::{ApiError, ApiState};
-use crate::engine::{CreatedShare, EngineError, ShareStatus};
+use crate::engine::{CreatedShare, EngineError, ShareStatus, TrustChange};
 use crate::merge::{Payload, Version};
 use crate::store::{Change, Origin, RecordRegister, ShareKind, ShareState, StoreError};
 
@@ -42,6 +43,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/shares", get(list_shares).post(create_share))
         .route("/v1/shares/join", post(join_share))
         .route("/v1/shares/{share}/token", get(share_token))
+        .route("/v1/shares/{share}/trust", post(share_trust))
         .route("/v1/kv/{share}/put", post(put))
         .route("/v1/kv/{share}/batch", post(batch))
         .route("/v1/kv/{share}/del", post(del))
@@ -281,12 +283,31 @@ async fn join_share(
     ))
 }
 
+/// Query of `GET /v1/shares/{share}/token`.
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    read_only: bool,
+}
+
 async fn share_token(
     State(state): State<ApiState>,
     Path(share): Path<String>,
+    Query(query): Query<TokenQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = state.engine.token(share).await?;
-    Ok(Json(serde_json::json!({ "token": token })))
+    let token = state.engine.token(share, query.read_only).await?;
+    Ok(Json(
+        serde_json::json!({ "token": token, "read_only": query.read_only }),
+    ))
+}
+
+async fn share_trust(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+    Json(change): Json<TrustChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let trusted = state.engine.trust(share, change).await?;
+    Ok(Json(serde_json::json!({ "trusted_peers": trusted })))
 }
 
 async fn put(

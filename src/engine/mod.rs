@@ -28,8 +28,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::folder::sync::FolderHandle;
 use crate::net::protocol::{
-    ANNOUNCE_PUSH_BUDGET, ENTRIES_RESPONSE_BUDGET, MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST,
-    Request, Response, WireEntry, frame_len,
+    ANNOUNCE_PUSH_BUDGET, AuthProof, ENTRIES_RESPONSE_BUDGET, MAX_ENTRIES_PER_MESSAGE,
+    MAX_IDS_PER_REQUEST, Request, Response, WireEntry, frame_len,
 };
 use crate::net::{NetClient, NetEvent};
 use crate::share::{self, Token};
@@ -90,6 +90,22 @@ pub struct ShareStatus {
     pub root: String,
     /// Connected peers that proved membership.
     pub members: Vec<String>,
+    /// Those of them that proved they may write (hold the write key).
+    #[serde(default)]
+    pub writers: Vec<String>,
+    /// True if this member joined with a read-only token: its edits stay here.
+    #[serde(default)]
+    pub read_only: bool,
+    /// On a read-only member: records (for folders, paths) holding a local edit that no other
+    /// member takes.
+    #[serde(default)]
+    pub unshared: u64,
+    /// The share's own peer allowlist; empty: anyone with a token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_peers: Vec<String>,
+    /// Entries refused from peers that may not write.
+    #[serde(default)]
+    pub refused_entries: u64,
     /// Bytes sent for this share (announcements, sessions, answers).
     pub bytes_sent: u64,
     /// Bytes received for this share.
@@ -137,7 +153,13 @@ enum Command {
     },
     Token {
         share: String,
+        read_only: bool,
         reply: oneshot::Sender<Result<String, EngineError>>,
+    },
+    Trust {
+        share: String,
+        change: TrustChange,
+        reply: oneshot::Sender<Result<Vec<String>, EngineError>>,
     },
     Status {
         reply: oneshot::Sender<EngineStatus>,
@@ -145,6 +167,17 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// A change to a share's peer allowlist.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct TrustChange {
+    /// Peer ids to allow.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Peer ids to remove from the list (an emptied list admits anyone with a token again).
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// Cloneable handle to the engine.
@@ -200,9 +233,29 @@ impl EngineHandle {
         .await?
     }
 
-    /// A fresh token for an existing share (with our current addresses).
-    pub async fn token(&self, share: String) -> Result<String, EngineError> {
-        self.call(|reply| Command::Token { share, reply }).await?
+    /// A fresh token for an existing share (with our current addresses); a read-only one
+    /// leaves the write key out.
+    pub async fn token(&self, share: String, read_only: bool) -> Result<String, EngineError> {
+        self.call(|reply| Command::Token {
+            share,
+            read_only,
+            reply,
+        })
+        .await?
+    }
+
+    /// Changes a share's peer allowlist; returns the new list.
+    pub async fn trust(
+        &self,
+        share: String,
+        change: TrustChange,
+    ) -> Result<Vec<String>, EngineError> {
+        self.call(|reply| Command::Trust {
+            share,
+            change,
+            reply,
+        })
+        .await?
     }
 
     /// Shares and sessions.
@@ -221,6 +274,7 @@ struct Counters {
     bytes_sent: u64,
     bytes_received: u64,
     sessions: u64,
+    refused_entries: u64,
 }
 
 /// What a folder content request asks for.
@@ -237,6 +291,7 @@ enum TaskResult {
         peer: PeerId,
         share: ShareId,
         member: bool,
+        writer: bool,
         sent: u64,
         received: u64,
     },
@@ -280,6 +335,7 @@ pub fn spawn(
         changes,
         connected: HashSet::new(),
         members: HashMap::new(),
+        writers: HashMap::new(),
         auth_in_flight: HashSet::new(),
         running: HashMap::new(),
         wanted: VecDeque::new(),
@@ -317,6 +373,9 @@ struct EngineActor {
     connected: HashSet<PeerId>,
     /// Connected peers that proved membership, per share.
     members: HashMap<ShareId, HashSet<PeerId>>,
+    /// Members that proved they hold the share's write key: the only peers entries are taken
+    /// from.
+    writers: HashMap<ShareId, HashSet<PeerId>>,
     auth_in_flight: HashSet<(PeerId, ShareId)>,
     /// Running sessions; `true` if another was asked for while it ran.
     running: HashMap<(PeerId, ShareId), bool>,
@@ -393,6 +452,10 @@ impl EngineActor {
         self.members.get(share).is_some_and(|m| m.contains(peer))
     }
 
+    fn is_writer(&self, share: &ShareId, peer: &PeerId) -> bool {
+        self.writers.get(share).is_some_and(|m| m.contains(peer))
+    }
+
     // ---- commands from the API ----
 
     async fn on_command(&mut self, command: Command) {
@@ -416,11 +479,29 @@ impl EngineActor {
                 let result = self.join_share(token, name, kind, path).await;
                 let _ = reply.send(result);
             }
-            Command::Token { share, reply } => {
+            Command::Token {
+                share,
+                read_only,
+                reply,
+            } => {
                 let result = match self.store.resolve(&share) {
-                    Ok(state) => Ok(self.token_for(&state.meta).await),
+                    Ok(state) if !read_only && !state.meta.writable() => {
+                        Err(EngineError::Invalid(format!(
+                            "share `{}` was joined read-only here, so it can only hand out read-only tokens (add --read-only)",
+                            state.meta.name
+                        )))
+                    }
+                    Ok(state) => Ok(self.token_for(&state.meta, read_only).await),
                     Err(e) => Err(e.into()),
                 };
+                let _ = reply.send(result);
+            }
+            Command::Trust {
+                share,
+                change,
+                reply,
+            } => {
+                let result = self.change_trust(&share, change).await;
                 let _ = reply.send(result);
             }
             Command::Status { reply } => {
@@ -432,6 +513,11 @@ impl EngineActor {
                     {
                         share.folder = folder.status().await;
                     }
+                    if share.read_only
+                        && let Ok(id) = <[u8; 32]>::try_from(id.as_slice())
+                    {
+                        share.unshared = self.store.count_authored(id).await.unwrap_or(0);
+                    }
                 }
                 let _ = reply.send(status);
             }
@@ -439,7 +525,7 @@ impl EngineActor {
         }
     }
 
-    async fn token_for(&self, meta: &ShareMeta) -> String {
+    async fn token_for(&self, meta: &ShareMeta, read_only: bool) -> String {
         let addrs = self
             .net
             .status()
@@ -454,8 +540,47 @@ impl EngineActor {
             secret: meta.secret.into(),
             kind: meta.kind,
             addrs,
+            writers: meta.writers.into(),
+            write: meta.write_key.filter(|_| !read_only).map(Into::into),
         }
         .encode()
+    }
+
+    async fn change_trust(
+        &mut self,
+        share: &str,
+        change: TrustChange,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut meta = self.store.resolve(share)?.meta;
+        for peer in change.add.iter().chain(&change.remove) {
+            peer.parse::<PeerId>()
+                .map_err(|e| EngineError::Invalid(format!("`{peer}` is not a peer id: {e}")))?;
+        }
+        meta.trusted_peers.retain(|p| !change.remove.contains(p));
+        for peer in change.add {
+            if !meta.trusted_peers.contains(&peer) {
+                meta.trusted_peers.push(peer);
+            }
+        }
+        self.store.update_share(meta.clone()).await?;
+        info!(share = %meta.name, "peer allowlist is now {:?}", meta.trusted_peers);
+        // Members no longer admitted stop getting anything at once; newly admitted ones are
+        // asked to prove membership again.
+        for set in [
+            self.members.get_mut(&meta.id),
+            self.writers.get_mut(&meta.id),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            set.retain(|peer| meta.admits(peer));
+        }
+        self.publish_members();
+        let peers: Vec<PeerId> = self.connected.iter().copied().collect();
+        for peer in peers {
+            self.start_auth(peer, meta.id);
+        }
+        Ok(meta.trusted_peers)
     }
 
     fn check_name(name: &str) -> Result<(), EngineError> {
@@ -494,6 +619,7 @@ impl EngineActor {
             ShareKind::Records => None,
         };
         let (id, secret) = share::new_share();
+        let write_key = share::new_write_key();
         let meta = ShareMeta {
             id,
             name: name.clone(),
@@ -501,10 +627,13 @@ impl EngineActor {
             secret,
             seed_addrs: Vec::new(),
             path,
+            writers: share::writer_public(&write_key),
+            write_key: Some(write_key),
+            trusted_peers: Vec::new(),
         };
         self.store.create_share(meta.clone()).await?;
         info!(share = %name, "created share {}", hex::encode(id));
-        let token = self.token_for(&meta).await;
+        let token = self.token_for(&meta, false).await;
         self.on_new_share(&meta).await;
         Ok(CreatedShare {
             id: hex::encode(id),
@@ -539,9 +668,17 @@ impl EngineActor {
             secret: *token.secret,
             seed_addrs: token.addrs.clone(),
             path,
+            writers: *token.writers,
+            write_key: token.write.map(|k| *k),
+            trusted_peers: Vec::new(),
         };
         self.store.create_share(meta.clone()).await?;
-        info!(share = %name, "joined share {}", hex::encode(meta.id));
+        info!(
+            share = %name,
+            "joined share {}{}",
+            hex::encode(meta.id),
+            if meta.writable() { "" } else { " read-only" }
+        );
         self.net.dial(token.dialable_addrs()).await;
         self.on_new_share(&meta).await;
         Ok(CreatedShare {
@@ -625,12 +762,15 @@ impl EngineActor {
                     .get(&state.meta.id)
                     .copied()
                     .unwrap_or_default();
-                let mut members: Vec<String> = self
-                    .members
-                    .get(&state.meta.id)
-                    .map(|m| m.iter().map(|p| p.to_string()).collect())
-                    .unwrap_or_default();
-                members.sort();
+                let listed = |set: Option<&HashSet<PeerId>>| {
+                    let mut peers: Vec<String> = set
+                        .map(|m| m.iter().map(|p| p.to_string()).collect())
+                        .unwrap_or_default();
+                    peers.sort();
+                    peers
+                };
+                let members = listed(self.members.get(&state.meta.id));
+                let writers = listed(self.writers.get(&state.meta.id));
                 ShareStatus {
                     id: hex::encode(state.meta.id),
                     name: state.meta.name.clone(),
@@ -638,6 +778,11 @@ impl EngineActor {
                     entries,
                     root: hex::encode(root),
                     members,
+                    writers,
+                    read_only: !state.meta.writable(),
+                    unshared: 0,
+                    trusted_peers: state.meta.trusted_peers.clone(),
+                    refused_entries: counters.refused_entries,
                     bytes_sent: counters.bytes_sent,
                     bytes_received: counters.bytes_received,
                     sessions: counters.sessions,
@@ -654,12 +799,15 @@ impl EngineActor {
     // ---- membership ----
 
     fn start_auth(&mut self, peer: PeerId, share: ShareId) {
-        if self.is_member(&share, &peer) || !self.auth_in_flight.insert((peer, share)) {
-            return;
-        }
         let Some(state) = self.store.share(&share) else {
             return;
         };
+        if !state.meta.admits(&peer)
+            || self.is_member(&share, &peer)
+            || !self.auth_in_flight.insert((peer, share))
+        {
+            return;
+        }
         let net = self.net.clone();
         let local = self.local;
         self.tasks.spawn(async move {
@@ -668,38 +816,61 @@ impl EngineActor {
             let request = Request::Auth {
                 nonce: nonce.into(),
                 tag: tag.into(),
+                writer: state.meta.write_key.map(|key| {
+                    share::writer_sign(&key, share::Role::Asker, &local, &peer, &nonce).into()
+                }),
             };
             let sent = frame_len(&request) as u64;
             let response = net.request(peer, request).await;
             let received = response.as_ref().map(|r| frame_len(r) as u64).unwrap_or(0);
             let expected = share::auth_proof(&state.meta.secret, &local, &peer, &nonce);
-            let member = matches!(response, Ok(Response::Auth(Some(proof))) if share::macs_equal(&proof, &expected));
+            let (member, writer) = match response {
+                Ok(Response::Auth(Some(proof))) if share::macs_equal(&proof.member, &expected) => {
+                    let writer = proof.writer.is_some_and(|signature| {
+                        share::writer_verify(
+                            &state.meta.writers,
+                            &signature,
+                            share::Role::Answerer,
+                            &local,
+                            &peer,
+                            &nonce,
+                        )
+                    });
+                    (true, writer)
+                }
+                _ => (false, false),
+            };
             TaskResult::Auth {
                 peer,
                 share,
                 member,
+                writer,
                 sent,
                 received,
             }
         });
     }
 
-    fn on_member(&mut self, peer: PeerId, share: ShareId) {
+    fn on_member(&mut self, peer: PeerId, share: ShareId, writer: bool) {
         if !self.connected.contains(&peer) {
             return;
         }
-        if self.members.entry(share).or_default().insert(peer) {
+        let Some(state) = self.store.share(&share) else {
+            return;
+        };
+        if !state.meta.admits(&peer) {
+            return;
+        }
+        let new_member = self.members.entry(share).or_default().insert(peer);
+        let new_writer = writer && self.writers.entry(share).or_default().insert(peer);
+        if new_member {
             self.publish_members();
-            let name = self
-                .store
-                .share(&share)
-                .map(|s| s.meta.name)
-                .unwrap_or_default();
-            info!(%peer, share = %name, "peer is a member");
-            // One session per new pair is enough (it pulls and pushes): the smaller id starts it.
-            if self.local < peer {
-                self.want_session(peer, share);
-            }
+            let role = if writer { "read-write" } else { "read-only" };
+            info!(%peer, share = %state.meta.name, "peer is a {role} member");
+        }
+        // One session per new pair is enough (it pulls and pushes): the smaller id starts it.
+        if (new_member || new_writer) && self.local < peer {
+            self.want_session(peer, share);
         }
     }
 
@@ -715,7 +886,7 @@ impl EngineActor {
             }
             NetEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
-                for members in self.members.values_mut() {
+                for members in self.members.values_mut().chain(self.writers.values_mut()) {
                     members.remove(&peer);
                 }
                 self.publish_members();
@@ -775,24 +946,44 @@ impl EngineActor {
                 channel,
                 Response::Error("hello is answered by the network layer".into()),
             ),
-            Request::Auth { nonce, tag } => {
+            Request::Auth { nonce, tag, writer } => {
                 // Its hello answer may still be on the way; a peer that asks is connected.
                 self.connected.insert(peer);
                 let found = self.store.shares().into_iter().find(|state| {
                     let expected = share::auth_tag(&state.meta.secret, &peer, &self.local, &nonce);
-                    share::macs_equal(&tag, &expected)
+                    share::macs_equal(&tag, &expected) && state.meta.admits(&peer)
                 });
                 match found {
                     Some(state) => {
-                        let proof =
-                            share::auth_proof(&state.meta.secret, &peer, &self.local, &nonce);
-                        self.counters(state.meta.id).bytes_received += received;
-                        self.respond(
-                            Some(state.meta.id),
-                            channel,
-                            Response::Auth(Some(proof.into())),
-                        );
-                        self.on_member(peer, state.meta.id);
+                        let meta = &state.meta;
+                        let local = self.local;
+                        let member = share::auth_proof(&meta.secret, &peer, &local, &nonce);
+                        let is_writer = writer.is_some_and(|signature| {
+                            share::writer_verify(
+                                &meta.writers,
+                                &signature,
+                                share::Role::Asker,
+                                &peer,
+                                &local,
+                                &nonce,
+                            )
+                        });
+                        let proof = AuthProof {
+                            member: member.into(),
+                            writer: meta.write_key.map(|key| {
+                                share::writer_sign(
+                                    &key,
+                                    share::Role::Answerer,
+                                    &peer,
+                                    &local,
+                                    &nonce,
+                                )
+                                .into()
+                            }),
+                        };
+                        self.counters(meta.id).bytes_received += received;
+                        self.respond(Some(meta.id), channel, Response::Auth(Some(proof)));
+                        self.on_member(peer, meta.id, is_writer);
                     }
                     None => self.respond(None, channel, Response::Auth(None)),
                 }
@@ -814,6 +1005,21 @@ impl EngineActor {
                     );
                 }
                 let their_root = *root;
+                if !entries.is_empty() && !self.is_writer(&share, &peer) {
+                    // Read-only members may announce (their root) but never push entries.
+                    let c = self.counters(*share);
+                    c.refused_entries += entries.len() as u64;
+                    warn!(
+                        %peer, share = %state.meta.name,
+                        "refused {} entries from a member that may not write (read-only token)",
+                        entries.len()
+                    );
+                    return self.respond(
+                        Some(*share),
+                        channel,
+                        Response::Error("read-only members cannot write".into()),
+                    );
+                }
                 if entries.is_empty() {
                     self.respond(Some(*share), channel, Response::Ack);
                     let ours = state.summary.read().expect("summary lock").root();
@@ -984,6 +1190,11 @@ impl EngineActor {
             let Some(state) = self.store.share(&share) else {
                 continue;
             };
+            if !state.meta.writable() {
+                // Nobody takes a read-only member's entries, and its root only differs from
+                // the writers' by its own edits: announcing would only start useless sessions.
+                continue;
+            }
             let members: Vec<PeerId> = self
                 .members
                 .get(&share)
@@ -1053,6 +1264,7 @@ impl EngineActor {
                 peer,
                 share,
                 member,
+                writer,
                 sent,
                 received,
             } => {
@@ -1061,7 +1273,7 @@ impl EngineActor {
                     let c = self.counters(share);
                     c.bytes_sent += sent;
                     c.bytes_received += received;
-                    self.on_member(peer, share);
+                    self.on_member(peer, share, writer);
                 }
             }
             TaskResult::Announced {
@@ -1118,13 +1330,22 @@ impl EngineActor {
         if !self.is_member(&share, &peer) {
             return;
         }
+        // Entries flow only from members that proved they may write, and only members holding
+        // the write key send any.
+        let flow = session::Flow {
+            pull: self.is_writer(&share, &peer),
+            push: state.meta.writable(),
+        };
+        if !flow.pull && !flow.push {
+            return;
+        }
         self.running.insert((peer, share), false);
         let span = info_span!("sync", %peer, share = %state.meta.name);
         let net = self.net.clone();
         let store = self.store.clone();
         self.sessions.spawn(
             async move {
-                let report = session::run(net, store, state, peer).await;
+                let report = session::run(net, store, state, peer, flow).await;
                 (peer, share, report)
             }
             .instrument(span),

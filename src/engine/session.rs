@@ -23,6 +23,15 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 /// (a peer that keeps answering without the ids it advertised).
 pub const MAX_PULL_ATTEMPTS: usize = 3;
 
+/// Which ways entries may move in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Take entries from the peer (it proved it may write).
+    pub pull: bool,
+    /// Send entries to it (we may write).
+    pub push: bool,
+}
+
 /// What a session did; kept for `status --json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionReport {
@@ -106,6 +115,7 @@ pub async fn run(
     store: StoreHandle,
     share: ShareState,
     peer: PeerId,
+    flow: Flow,
 ) -> SessionReport {
     let started = Instant::now();
     let started_ms = std::time::SystemTime::now()
@@ -135,7 +145,7 @@ pub async fn run(
     };
     let result = tokio::time::timeout(
         SESSION_TIMEOUT,
-        reconcile_and_transfer(&net, &store, &share, peer, &mut counters, &mut report),
+        reconcile_and_transfer(&net, &store, &share, peer, flow, &mut counters, &mut report),
     )
     .await
     .unwrap_or(Err(SessionError::Timeout));
@@ -154,6 +164,7 @@ async fn reconcile_and_transfer(
     store: &StoreHandle,
     share: &ShareState,
     peer: PeerId,
+    flow: Flow,
     counters: &mut Counters,
     report: &mut SessionReport,
 ) -> Result<(), SessionError> {
@@ -196,8 +207,12 @@ async fn reconcile_and_transfer(
     report.offer = outcome.offer.len();
     report.complete = outcome.complete;
     let mut theirs = std::collections::HashMap::new();
-    report.merged = pull(net, store, share, peer, outcome.need, &mut theirs, counters).await?;
-    report.pushed = push(net, store, share, peer, outcome.offer, &theirs, counters).await?;
+    if flow.pull {
+        report.merged = pull(net, store, share, peer, outcome.need, &mut theirs, counters).await?;
+    }
+    if flow.push {
+        report.pushed = push(net, store, share, peer, outcome.offer, &theirs, counters).await?;
+    }
     Ok(())
 }
 

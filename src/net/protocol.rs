@@ -26,7 +26,9 @@
 //!   of its own that gives the same tag and, if it has one, answers with
 //!   `proof = MAC(secret, "responder" ‖ asker ‖ answerer ‖ nonce)`, else with `None` — the same
 //!   answer whether or not the share exists. Both peer ids are the Noise-authenticated ones, so a
-//!   tag cannot be replayed by or to anyone else. See [`crate::share`].
+//!   tag cannot be replayed by or to anyone else. Read-write members add a signature over the
+//!   same fields with the share's write key, which every member checks; entries are accepted
+//!   only from members that did. See [`crate::share`].
 //! - [`Request::Announce`] → [`Response::Ack`]: a member's new summary root for a share, with the
 //!   changed entries themselves when they are few (so most changes arrive in one message).
 //!   Only ever sent to authenticated members of that share.
@@ -70,6 +72,8 @@ pub const ANNOUNCE_PUSH_BUDGET: usize = 256 * 1024;
 pub type WireShareId = serde_bytes::ByteArray<32>;
 /// A 32-byte hash on the wire.
 pub type WireHash = serde_bytes::ByteArray<32>;
+/// An Ed25519 signature on the wire.
+pub type WireSignature = serde_bytes::ByteArray<64>;
 
 /// One record entry on the wire: the key and its whole register.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +101,10 @@ pub enum Request {
         /// MAC over both peer ids and the nonce, keyed by the share secret.
         #[serde(rename = "t")]
         tag: WireHash,
+        /// From read-write members: their signature with the share's write key
+        /// ([`crate::share::writer_sign`]).
+        #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+        writer: Option<WireSignature>,
     },
     /// A share changed on the sender.
     #[serde(rename = "ann")]
@@ -162,9 +170,9 @@ pub enum Response {
     /// Answer to [`Request::Hello`].
     #[serde(rename = "hello")]
     Hello(Hello),
-    /// Answer to [`Request::Auth`]: the responder's proof, or `None`.
+    /// Answer to [`Request::Auth`]: the responder's proofs, or `None`.
     #[serde(rename = "auth")]
-    Auth(Option<WireHash>),
+    Auth(Option<AuthProof>),
     /// Answer to [`Request::Announce`].
     #[serde(rename = "ack")]
     Ack,
@@ -183,6 +191,17 @@ pub enum Response {
     /// The request was refused; the text is for logs only.
     #[serde(rename = "err")]
     Error(String),
+}
+
+/// A member's answer to [`Request::Auth`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthProof {
+    /// MAC proving membership.
+    #[serde(rename = "p")]
+    pub member: WireHash,
+    /// From read-write members: their signature with the share's write key.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<WireSignature>,
 }
 
 /// Who we are, in protocol terms.

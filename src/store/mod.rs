@@ -135,6 +135,28 @@ pub struct ShareMeta {
     /// For folder shares: the absolute path of the folder.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The public half of the share's write key: signatures made with it mark writers.
+    #[serde(default)]
+    pub writers: [u8; 32],
+    /// The private half, held by read-write members only; never leaves this machine except
+    /// inside a read-write token. `None`: this member is read-only.
+    #[serde(default)]
+    pub write_key: Option<[u8; 32]>,
+    /// Peer ids allowed to be members of this share here; empty: anyone holding a token.
+    #[serde(default)]
+    pub trusted_peers: Vec<String>,
+}
+
+impl ShareMeta {
+    /// Whether this member may change the share.
+    pub fn writable(&self) -> bool {
+        self.write_key.is_some()
+    }
+
+    /// Whether `peer` may be a member of this share here (its per-share allowlist).
+    pub fn admits(&self, peer: &libp2p::PeerId) -> bool {
+        self.trusted_peers.is_empty() || self.trusted_peers.iter().any(|p| *p == peer.to_string())
+    }
 }
 
 /// Where a change came from.
@@ -191,6 +213,14 @@ enum Action {
     CreateShare {
         meta: ShareMeta,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    UpdateShare {
+        meta: ShareMeta,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    CountAuthored {
+        share: ShareId,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Put {
         share: ShareId,
@@ -395,6 +425,18 @@ impl StoreHandle {
     /// Creates a share (or records a joined one).
     pub async fn create_share(&self, meta: ShareMeta) -> Result<(), StoreError> {
         self.call(|reply| Action::CreateShare { meta, reply }).await
+    }
+
+    /// Replaces the stored metadata of an existing share (same id and name).
+    pub async fn update_share(&self, meta: ShareMeta) -> Result<(), StoreError> {
+        self.call(|reply| Action::UpdateShare { meta, reply }).await
+    }
+
+    /// How many records of a share hold a version written here: on a read-only member, the
+    /// local edits that no other member will take. Reads the whole share.
+    pub async fn count_authored(&self, share: ShareId) -> Result<u64, StoreError> {
+        self.call(|reply| Action::CountAuthored { share, reply })
+            .await
     }
 
     /// Writes records locally (values or tombstones), durably, in one transaction.
@@ -606,6 +648,7 @@ impl StoreActor {
                         | Action::GetMany { .. }
                         | Action::List { .. }
                         | Action::ByIds { .. }
+                        | Action::CountAuthored { .. }
                 )
             });
             for action in reads {
@@ -644,6 +687,9 @@ impl StoreActor {
             Action::ByIds { share, ids, reply } => {
                 let _ = reply.send(self.by_ids(&share, &ids));
             }
+            Action::CountAuthored { share, reply } => {
+                let _ = reply.send(self.count_authored(&share));
+            }
             _ => unreachable!("only reads here"),
         }
     }
@@ -668,6 +714,26 @@ impl StoreActor {
             out.push((k.value()[32..].to_vec(), decode_register(v.value())?));
         }
         Ok(out)
+    }
+
+    fn count_authored(&self, share: &ShareId) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let start = join_key(share, &[]);
+        let end = next_prefix(&start);
+        let mut count = 0;
+        for row in table.range(start.as_slice()..end.as_slice())? {
+            let (_, v) = row?;
+            let register = decode_register(v.value())?;
+            if register
+                .versions()
+                .iter()
+                .any(|v| *v.origin() == self.local)
+            {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     fn by_ids(&self, share: &ShareId, ids: &[Id]) -> Result<Vec<Entry>, StoreError> {
@@ -707,6 +773,10 @@ impl StoreActor {
                     match action {
                         Action::CreateShare { meta, reply } => {
                             let r = self.create_share(&mut share_table, meta);
+                            pending.push(Pending::Unit(reply, r));
+                        }
+                        Action::UpdateShare { meta, reply } => {
+                            let r = self.update_share(&mut share_table, meta);
                             pending.push(Pending::Unit(reply, r));
                         }
                         Action::Put {
@@ -817,6 +887,22 @@ impl StoreActor {
                 summary: Arc::new(RwLock::new(Summary::new())),
             },
         );
+        Ok(())
+    }
+
+    fn update_share(
+        &self,
+        table: &mut redb::Table<&[u8], &[u8]>,
+        meta: ShareMeta,
+    ) -> Result<(), StoreError> {
+        let mut shares = self.shares.write().expect("shares lock");
+        let Some(state) = shares.get_mut(&meta.id) else {
+            return Err(StoreError::UnknownShare(hex::encode(meta.id)));
+        };
+        let bytes =
+            crate::net::protocol::encode(&meta).map_err(|e| StoreError::Db(e.to_string()))?;
+        table.insert(meta.id.as_slice(), bytes.as_slice())?;
+        state.meta = meta;
         Ok(())
     }
 
@@ -994,6 +1080,9 @@ mod tests {
             secret,
             seed_addrs: vec![],
             path: None,
+            writers: [0; 32],
+            write_key: None,
+            trusted_peers: vec![],
         }
     }
 

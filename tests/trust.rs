@@ -1,0 +1,224 @@
+//! Who may get and change a share, through real daemons: read-only members and per-share peer
+//! allowlists.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Api, Mesh, Node, WAIT, wait_until};
+
+fn share_status(node: &Node, name: &str) -> Value {
+    let status = node.status();
+    status["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no share `{name}` in {status}"))
+}
+
+fn token(node: &Node, share: &str, read_only: bool) -> String {
+    let mut args = vec!["share", "token", share];
+    if read_only {
+        args.push("--read-only");
+    }
+    let out = node.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn has_key(node: &Node, share: &str, key: &str) -> bool {
+    Api::of(node)
+        .list(share)
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["key"] == key)
+}
+
+fn listed(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn read_only_member_receives_everything_and_its_edits_stay_local() {
+    let mesh = Mesh::full_static(3);
+    mesh.wait_fully_connected();
+    let [a, b, c] = [&mesh.nodes[0], &mesh.nodes[1], &mesh.nodes[2]];
+    let write_token = a.create_records_share("data");
+    b.join_records_share(&write_token, "data");
+    let read_token = token(a, "data", true);
+    assert!(
+        meshsync::share::Token::parse(&read_token)
+            .unwrap()
+            .write
+            .is_none()
+    );
+    c.join_records_share(&read_token, "data");
+
+    wait_until("a to know b as a writer and c as a member", WAIT, || {
+        let share = share_status(a, "data");
+        let members = listed(&share["members"]);
+        members.contains(&b.peer_id)
+            && members.contains(&c.peer_id)
+            && listed(&share["writers"]) == vec![b.peer_id.clone()]
+    });
+    assert_eq!(share_status(c, "data")["read_only"], true);
+    assert_eq!(share_status(a, "data")["read_only"], false);
+
+    Api::of(a).put("data", "from-a", "1");
+    wait_until("the reader to receive a's write", WAIT, || {
+        has_key(c, "data", "from-a")
+    });
+
+    // The reader edits: a new key, and an overwrite of a's.
+    Api::of(c).put("data", "from-c", "mine");
+    Api::of(c).put("data", "from-a", "overwritten by the reader");
+    // The writers keep writing; once the reader has their news, sessions have run both ways.
+    Api::of(b).put("data", "from-b", "2");
+    wait_until("the reader to receive b's write", WAIT, || {
+        has_key(c, "data", "from-b")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for writer in [a, b] {
+        assert!(
+            !has_key(writer, "data", "from-c"),
+            "the reader's key leaked"
+        );
+        let list = Api::of(writer).list("data");
+        let from_a = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "from-a")
+            .unwrap();
+        assert_eq!(
+            from_a["value"], "1",
+            "the reader's overwrite leaked: {list}"
+        );
+    }
+    let reader = share_status(c, "data");
+    assert_eq!(reader["unshared"], 2, "{reader}");
+    assert_eq!(share_status(a, "data")["unshared"], 0);
+
+    // A reader can only pass on read-only access.
+    let out = c.cli(&["share", "token", "data"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed_on = token(c, "data", true);
+    assert!(
+        meshsync::share::Token::parse(&passed_on)
+            .unwrap()
+            .write
+            .is_none()
+    );
+    let shown = String::from_utf8(c.cli(&["share", "list"]).stdout).unwrap();
+    assert!(shown.contains("2 local edits not shared"), "{shown}");
+}
+
+#[test]
+fn read_only_folder_member_gets_files_and_keeps_its_own() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let [a, b] = [&mesh.nodes[0], &mesh.nodes[1]];
+    let dir_a = a.home.parent().unwrap().join("folder");
+    let dir_b = b.home.parent().unwrap().join("folder");
+    let out = a.cli(&["share", "create", "--folder", dir_a.to_str().unwrap()]);
+    assert!(out.status.success());
+    let read_token = token(a, "folder", true);
+    let out = b.cli(&[
+        "share",
+        "join",
+        &read_token,
+        "--folder",
+        dir_b.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("a to know b as a member", WAIT, || {
+        listed(&share_status(a, "folder")["members"]).contains(&b.peer_id)
+    });
+
+    std::fs::write(dir_a.join("shared.txt"), b"from the writer").unwrap();
+    wait_until("the reader to receive the file", WAIT, || {
+        std::fs::read(dir_b.join("shared.txt")).is_ok_and(|b| b == b"from the writer")
+    });
+    std::fs::write(dir_b.join("mine.txt"), b"the reader's own").unwrap();
+    wait_until("the reader to index its file", WAIT, || {
+        share_status(b, "folder")["unshared"] == 1
+    });
+    std::fs::write(dir_a.join("second.txt"), b"more").unwrap();
+    wait_until("the reader to receive the second file", WAIT, || {
+        dir_b.join("second.txt").exists()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!dir_a.join("mine.txt").exists(), "the reader's file leaked");
+    assert_eq!(
+        std::fs::read(dir_a.join("shared.txt")).unwrap(),
+        b"from the writer"
+    );
+}
+
+#[test]
+fn share_allowlist_admits_only_listed_peers() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let [a, c] = [&mesh.nodes[0], &mesh.nodes[1]];
+    let someone_else = Node::init(&[]).peer_id.clone();
+    let write_token = a.create_records_share("data");
+    let out = a.cli(&["share", "trust", "data", &someone_else]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&someone_else));
+    Api::of(a).put("data", "k", "v");
+    c.join_records_share(&write_token, "data");
+
+    // C holds a valid token and is connected, yet is not admitted.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.share_members("data").is_empty());
+    assert!(c.share_members("data").is_empty());
+    assert!(Api::of(c).list("data").as_array().unwrap().is_empty());
+    assert_eq!(share_status(a, "data")["bytes_sent"], 0);
+    assert_eq!(
+        listed(&share_status(a, "data")["trusted_peers"]),
+        vec![someone_else.clone()]
+    );
+
+    let out = a.cli(&["share", "trust", "data", "not-a-peer-id"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer id"));
+
+    // Listing C admits it at once.
+    let out = a.cli(&["share", "trust", "data", &c.peer_id]);
+    assert!(out.status.success());
+    wait_until("c to receive the record", WAIT, || has_key(c, "data", "k"));
+
+    // Taking it off again (the list still names someone else) drops it.
+    let out = a.cli(&["share", "untrust", "data", &c.peer_id]);
+    assert!(out.status.success());
+    assert!(!a.share_members("data").contains(&c.peer_id));
+    Api::of(a).put("data", "later", "v");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!has_key(c, "data", "later"));
+}
