@@ -85,6 +85,9 @@ pub struct RawConfig {
     pub trusted_peers: Vec<String>,
     /// Peer ids whose connections are refused (`meshsync peer block` appends here).
     pub blocked_peers: Vec<String>,
+    /// Path of a pre-shared key file (`meshsync psk new`); relative paths are relative to the
+    /// config file. Empty: no private mesh.
+    pub psk_file: String,
 }
 
 impl Default for RawConfig {
@@ -102,6 +105,7 @@ impl Default for RawConfig {
             max_discovered_peers: DEFAULT_MAX_DISCOVERED_PEERS,
             trusted_peers: Vec::new(),
             blocked_peers: Vec::new(),
+            psk_file: String::new(),
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct Config {
     pub trusted_peers: Vec<PeerId>,
     /// Peers whose connections are refused.
     pub blocked_peers: Vec<PeerId>,
+    /// The private mesh key: peers without it cannot even complete a handshake.
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
 }
 
 impl RawConfig {
@@ -190,6 +196,26 @@ impl RawConfig {
         }
         let trusted_peers = parse_peer_ids("trusted_peers", &self.trusted_peers, path)?;
         let blocked_peers = parse_peer_ids("blocked_peers", &self.blocked_peers, path)?;
+        let psk = if self.psk_file.is_empty() {
+            None
+        } else {
+            let file = path.parent().unwrap_or(Path::new(".")).join(&self.psk_file);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                invalid(
+                    "psk_file".into(),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            Some(text.parse().map_err(|e| {
+                invalid(
+                    "psk_file".into(),
+                    format!(
+                        "{} is not a pre-shared key file ({e}); make one with `meshsync psk new`",
+                        file.display()
+                    ),
+                )
+            })?)
+        };
         Ok(Config {
             path: path.to_owned(),
             listen,
@@ -200,6 +226,7 @@ impl RawConfig {
             max_discovered_peers: self.max_discovered_peers,
             trusted_peers,
             blocked_peers,
+            psk,
         })
     }
 }
@@ -310,6 +337,11 @@ trusted_peers = {trusted}
 # Peer ids whose connections are refused. `meshsync peer block ID` appends here.
 # Default: []
 blocked_peers = {blocked}
+
+# Private mesh: a pre-shared key file (`meshsync psk new FILE`), relative to this file. Peers
+# without the same key cannot complete a connection at all. Every peer needs the same file.
+# Default: ""
+psk_file = {psk_file}
 "#,
         default_listen = list(&defaults.listen),
         listen = list(&raw.listen),
@@ -323,6 +355,7 @@ blocked_peers = {blocked}
         max = raw.max_discovered_peers,
         trusted = list(&raw.trusted_peers),
         blocked = list(&raw.blocked_peers),
+        psk_file = toml::Value::String(raw.psk_file.clone()),
     )
 }
 
@@ -410,8 +443,38 @@ mod tests {
             max_discovered_peers: 3,
             trusted_peers: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             blocked_peers: vec![],
+            psk_file: "keys/swarm \"key\"".into(),
         };
         assert_eq!(RawConfig::parse(&render(&raw), &path()).unwrap(), raw);
+    }
+
+    #[test]
+    fn psk_file_is_read_relative_to_the_config_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let key = libp2p::pnet::PreSharedKey::new([7; 32]);
+        std::fs::write(dir.path().join("swarm.key"), key.to_key_file()).unwrap();
+        std::fs::write(dir.path().join("bad.key"), "hello\n").unwrap();
+        let with = |file: &str| RawConfig {
+            psk_file: file.into(),
+            ..RawConfig::default()
+        };
+        let loaded = with("swarm.key").validate(&config).unwrap();
+        assert_eq!(loaded.psk, Some(key));
+        for (file, expected) in [
+            ("bad.key", "not a pre-shared key file"),
+            ("missing.key", "cannot read"),
+        ] {
+            let err = with(file).validate(&config).unwrap_err().to_string();
+            assert!(err.contains("psk_file") && err.contains(expected), "{err}");
+        }
+        assert!(
+            RawConfig::default()
+                .validate(&config)
+                .unwrap()
+                .psk
+                .is_none()
+        );
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub async fn run(
     })?;
 
     let store = StoreHandle::open(&home.state_dir(), peer_id)?;
+    if let Some(psk) = &config.psk {
+        info!(
+            "private mesh: only peers holding the key with fingerprint {} can connect",
+            psk.fingerprint()
+        );
+    }
     let (net, net_events) = net::spawn(
         keypair,
         NetConfig {
@@ -93,6 +99,7 @@ pub async fn run(
             max_discovered_peers: config.max_discovered_peers,
             trusted_peers: config.trusted_peers.clone(),
             blocked_peers: config.blocked_peers.clone(),
+            psk: config.psk,
         },
     )?;
 

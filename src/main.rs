@@ -81,6 +81,21 @@ enum CliCommand {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Private mesh keys (libp2p pre-shared keys).
+    Psk {
+        #[command(subcommand)]
+        command: PskCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PskCommand {
+    /// Write a new random pre-shared key file (readable by its owner only). Copy it to every
+    /// peer and point `psk_file` in their config at it.
+    New {
+        /// Where to write it; an existing file is never overwritten.
+        file: PathBuf,
+    },
 }
 
 /// What a share holds: records under a name, or a folder at a path.
@@ -266,6 +281,22 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{id}");
                 }
             }
+            Ok(())
+        }
+        CliCommand::Psk {
+            command: PskCommand::New { file },
+        } => {
+            if file.exists() {
+                anyhow::bail!("{} already exists; not overwriting a key", file.display());
+            }
+            let psk = meshsync::net::transport::new_psk();
+            meshsync::home::write_atomically(&file, psk.to_key_file().as_bytes(), Some(0o600))
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            eprintln!(
+                "wrote a new pre-shared key to {}; copy it to every peer of the private mesh",
+                file.display()
+            );
+            println!("{}", psk.fingerprint());
             Ok(())
         }
         CliCommand::Id => {

@@ -1,92 +1,22 @@
 //! A peer that speaks garbage on the meshsync protocol cannot crash or wedge a daemon.
 //!
-//! The misbehaving peer is an in-process libp2p node with a codec that writes raw bytes, so it
-//! can send frames no honest peer would: random bytes, lengths beyond the limit, truncated frames,
-//! and garbage answers to the daemon's own hello.
+//! The misbehaving peer ([`support::raw`]) sends frames no honest peer would: random bytes,
+//! lengths beyond the limit, truncated frames, garbage answers to the daemon's own hello, and,
+//! as a member, entries it may not write.
 
 mod support;
 
-use std::io;
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, ProtocolSupport};
+use futures::StreamExt;
+use libp2p::Multiaddr;
+use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
-use meshsync::net::protocol::{self, Hello, PROTOCOL, Request, Response};
+use meshsync::net::protocol::{self, Hello, Request, Response};
 use support::Node;
-
-/// Reads at most this much of an answer; the daemon's answers are small.
-const MAX_RAW_READ: u64 = 1 << 20;
-
-#[derive(Debug, Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut buf = Vec::new();
-        io.take(MAX_RAW_READ).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut buf = Vec::new();
-        io.take(MAX_RAW_READ).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&res).await?;
-        io.close().await
-    }
-}
-
-/// Decodes one framed answer (varint length, then CBOR), if it is one.
-fn try_decode_framed(bytes: &[u8]) -> Option<Response> {
-    let prefix = bytes.iter().position(|b| b & 0x80 == 0)? + 1;
-    protocol::decode(&bytes[prefix..]).ok()
-}
-
-fn decode_framed(bytes: &[u8]) -> Response {
-    try_decode_framed(bytes).expect("a well-formed answer")
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = protocol::varint(payload.len());
-    out.extend_from_slice(payload);
-    out
-}
+use support::raw::{
+    ask, decode_framed, frame, prove_membership, raw_peer, register_by, try_decode_framed,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
@@ -177,143 +107,6 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
     assert_eq!(status["peer_id"], node.peer_id.as_str());
     assert!(!node.log().contains("panicked"), "{}", node.log());
     assert!(node.stop(), "clean exit after the abuse");
-}
-
-/// Connects a raw peer to `target` and returns its swarm and the daemon's peer id.
-async fn raw_peer(
-    target: Multiaddr,
-) -> (
-    libp2p::Swarm<request_response::Behaviour<RawCodec>>,
-    libp2p::PeerId,
-) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm.dial(target).unwrap();
-    loop {
-        match swarm.select_next_some().await {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => return (swarm, peer_id),
-            SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
-            _ => {}
-        }
-    }
-}
-
-/// Sends one well-formed request and returns the decoded answer.
-async fn ask(
-    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
-    daemon: libp2p::PeerId,
-    request: &Request,
-) -> Response {
-    let id = swarm
-        .behaviour_mut()
-        .send_request(&daemon, frame(&protocol::encode(request).unwrap()));
-    let deadline = tokio::time::sleep(support::WAIT);
-    tokio::pin!(deadline);
-    loop {
-        let event = tokio::select! {
-            event = swarm.select_next_some() => event,
-            _ = &mut deadline => panic!("no answer to {request:?}"),
-        };
-        match event {
-            SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
-                match message {
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } if request_id == id => {
-                        return decode_framed(&response);
-                    }
-                    request_response::Message::Request { channel, .. } => {
-                        // Answer the daemon's own hello properly, so it talks to us as a peer.
-                        let hello =
-                            frame(&protocol::encode(&Response::Hello(Hello::ours())).unwrap());
-                        let _ = swarm.behaviour_mut().send_response(channel, hello);
-                    }
-                    _ => {}
-                }
-            }
-            SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                request_id,
-                error,
-                ..
-            }) if request_id == id => {
-                panic!("request failed: {error}")
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Proves membership of the token's share, signing as a writer with `write_key` if given.
-async fn prove_membership(
-    swarm: &mut libp2p::Swarm<request_response::Behaviour<RawCodec>>,
-    daemon: libp2p::PeerId,
-    token: &meshsync::share::Token,
-    write_key: Option<[u8; 32]>,
-) -> Response {
-    use meshsync::share;
-    let me = *swarm.local_peer_id();
-    let nonce = share::random_bytes();
-    let request = Request::Auth {
-        nonce: nonce.into(),
-        tag: share::auth_tag(&token.secret, &me, &daemon, &nonce).into(),
-        writer: write_key
-            .map(|key| share::writer_sign(&key, share::Role::Asker, &me, &daemon, &nonce).into()),
-    };
-    let answer = ask(swarm, daemon, &request).await;
-    if let Response::Auth(Some(proof)) = &answer {
-        assert!(share::macs_equal(
-            &proof.member,
-            &share::auth_proof(&token.secret, &me, &daemon, &nonce)
-        ));
-        let signature = proof.writer.expect("the daemon is a read-write member");
-        assert!(
-            share::writer_verify(
-                &token.writers,
-                &signature,
-                share::Role::Answerer,
-                &me,
-                &daemon,
-                &nonce
-            ),
-            "even a read-only member can check that the daemon may write"
-        );
-    }
-    answer
-}
-
-/// A record register holding one value written by `author`.
-fn register_by(author: &libp2p::PeerId, value: &[u8]) -> meshsync::store::RecordRegister {
-    let mut register = meshsync::store::RecordRegister::new();
-    let key = meshsync::merge::PeerKey::new(author.to_bytes()).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    register
-        .write_local(
-            &key,
-            meshsync::merge::Hlc::new(now, 0),
-            meshsync::merge::Payload::Value(serde_bytes::ByteBuf::from(value.to_vec())),
-        )
-        .unwrap();
-    register
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,3 +222,67 @@ fn share_allowlist_admits_only_listed_peers() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(!has_key(c, "data", "later"));
 }
+
+/// Points a node's config at a pre-shared key file.
+fn use_psk(node: &Node, key: &std::path::Path) {
+    let config = node.home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("psk_file = \"\""));
+    let text = text.replace(
+        "psk_file = \"\"",
+        &format!("psk_file = {:?}", key.to_str().unwrap()),
+    );
+    std::fs::write(&config, text).unwrap();
+}
+
+#[test]
+fn private_mesh_refuses_peers_without_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("swarm.key");
+    let other_key = keys.path().join("other.key");
+    let mut a = Node::init(&[]);
+    let out = a.cli(&["psk", "new", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = a.cli(&["psk", "new", key.to_str().unwrap()]);
+    assert!(!again.status.success(), "an existing key is never replaced");
+    assert!(
+        a.cli(&["psk", "new", other_key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    use_psk(&a, &key);
+    a.start();
+    let addr = a.listen_addr();
+    let mut with_key = Node::init(&["--peer", &addr]);
+    use_psk(&with_key, &key);
+    with_key.start();
+    let mut wrong_key = Node::init(&["--peer", &addr]);
+    use_psk(&wrong_key, &other_key);
+    wrong_key.start();
+    let mut no_key = Node::init(&["--peer", &addr]);
+    no_key.start();
+
+    wait_until("the peer with the key to connect", WAIT, || {
+        a.connected_peers().contains(&with_key.peer_id)
+    });
+    // The others keep redialling (static peers) and keep failing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        a.connected_peers().into_iter().collect::<Vec<_>>(),
+        vec![with_key.peer_id.clone()]
+    );
+    assert!(wrong_key.connected_peers().is_empty());
+    assert!(no_key.connected_peers().is_empty());
+    for node in [&mut a, &mut with_key, &mut wrong_key, &mut no_key] {
+        assert!(node.stop());
+    }
+}

@@ -72,6 +72,9 @@ pub struct Status {
     pub static_peers: Vec<String>,
     /// Whether mDNS discovery runs.
     pub mdns: bool,
+    /// Peers refused for a while after sending content that did not match its hash.
+    #[serde(default)]
+    pub banned: Vec<String>,
     /// The API address.
     pub api: String,
     /// Shares with their members and byte counters.
@@ -224,6 +227,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         peers: net.peers,
         static_peers: net.static_peers,
         mdns: net.mdns,
+        banned: net.banned,
         api: state.bound.to_string(),
         shares: engine.shares,
         sessions: engine.sessions,

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -31,7 +30,7 @@ use crate::net::protocol::{
     ANNOUNCE_PUSH_BUDGET, AuthProof, ENTRIES_RESPONSE_BUDGET, MAX_ENTRIES_PER_MESSAGE,
     MAX_IDS_PER_REQUEST, Request, Response, WireEntry, frame_len,
 };
-use crate::net::{NetClient, NetEvent};
+use crate::net::{NetClient, NetEvent, Reply};
 use crate::share::{self, Token};
 use crate::store::{
     Change, Origin, ShareId, ShareKind, ShareMeta, ShareState, StoreError, StoreHandle,
@@ -347,6 +346,7 @@ pub fn spawn(
         flush_at: None,
         announces_in_flight: 0,
         counters: HashMap::new(),
+        serve_rate: crate::net::guard::ServeRate::default(),
         recent: VecDeque::new(),
         next_anti_entropy: now + ANTI_ENTROPY_INTERVAL,
         next_provider_lookup: now,
@@ -392,6 +392,8 @@ struct EngineActor {
     flush_at: Option<Instant>,
     announces_in_flight: usize,
     counters: HashMap<ShareId, Counters>,
+    /// Paces the folder content served to each peer.
+    serve_rate: crate::net::guard::ServeRate,
     recent: VecDeque<SessionReport>,
     next_anti_entropy: Instant,
     next_provider_lookup: Instant,
@@ -904,12 +906,7 @@ impl EngineActor {
         }
     }
 
-    fn respond(
-        &mut self,
-        share: Option<ShareId>,
-        channel: ResponseChannel<Response>,
-        response: Response,
-    ) {
+    fn respond(&mut self, share: Option<ShareId>, channel: Reply, response: Response) {
         let sent = frame_len(&response) as u64;
         if let Some(share) = share {
             self.counters(share).bytes_sent += sent;
@@ -920,7 +917,7 @@ impl EngineActor {
 
     /// Refusal for anything about a share the peer has not proved membership of. It is the same
     /// whether the share exists here or not.
-    fn refuse(&mut self, channel: ResponseChannel<Response>) {
+    fn refuse(&mut self, channel: Reply) {
         self.respond(None, channel, Response::Error("not a member".into()));
     }
 
@@ -938,7 +935,7 @@ impl EngineActor {
         self.store.share(share)
     }
 
-    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+    fn on_request(&mut self, peer: PeerId, request: Request, channel: Reply) {
         let received = frame_len(&request) as u64;
         match request {
             Request::Hello(_) => self.respond(
@@ -1129,7 +1126,7 @@ impl EngineActor {
         hash: [u8; 32],
         kind: ContentKind,
         received: u64,
-        channel: ResponseChannel<Response>,
+        channel: Reply,
     ) {
         let folder = self.folders.get(&share).cloned();
         let Some(folder) = folder.filter(|_| self.member_share(&peer, &share, received).is_some())
@@ -1137,18 +1134,23 @@ impl EngineActor {
             return self.refuse(channel);
         };
         let net = self.net.clone();
+        let pace = self.serve_rate.clone();
         self.tasks.spawn(async move {
-            let response = match kind {
-                ContentKind::Chunk => folder
-                    .serve_chunk(hash)
-                    .await
-                    .map(|b| Response::Chunk(b.into())),
-                ContentKind::Page => folder
-                    .serve_page(hash)
-                    .await
-                    .map(|b| Response::Page(b.into())),
+            let bytes = match kind {
+                ContentKind::Chunk => folder.serve_chunk(hash).await,
+                ContentKind::Page => folder.serve_page(hash).await,
+            };
+            if let Some(bytes) = &bytes {
+                let wait = pace.take(peer, bytes.len(), std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
             }
-            .unwrap_or_else(|| Response::Error("unknown hash".into()));
+            let response = match (kind, bytes) {
+                (ContentKind::Chunk, Some(b)) => Response::Chunk(b.into()),
+                (ContentKind::Page, Some(b)) => Response::Page(b.into()),
+                (_, None) => Response::Error("unknown hash".into()),
+            };
             let sent = frame_len(&response) as u64;
             net.respond(channel, response).await;
             TaskResult::Answered { share, sent }

@@ -1709,7 +1709,14 @@ async fn fetch_from_members(
                     .counters
                     .bad_chunks
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(%peer, "peer sent bytes that do not match their hash; discarded");
+                // The network layer logs it and bans the peer after a few.
+                shared
+                    .net
+                    .strike(
+                        peer,
+                        "sent content that does not match its hash; discarded".into(),
+                    )
+                    .await;
                 last = format!("{peer} sent bytes that do not match their hash");
             }
             Ok(Response::Error(e)) => last = format!("{peer}: {e}"),

@@ -10,8 +10,12 @@
 //! mode, fed with the addresses that identify and mDNS learn. Our own protocol is in
 //! [`protocol`].
 
+pub mod guard;
 pub mod peers;
 pub mod protocol;
+pub mod transport;
+
+pub use guard::Reply;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,13 +23,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity::Keypair, kad, mdns, noise, ping, request_response, tcp, yamux,
+    identity::Keypair, kad, mdns, memory_connection_limits, ping, request_response,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +39,8 @@ use tracing::{debug, info, warn};
 use peers::{Discovery, PeerBook};
 use protocol::{Hello, PROTOCOL, PROTOCOL_VERSION, Request, Response};
 
+/// Resident memory above which new connections are refused (existing ones carry on).
+pub const MAX_MEMORY_FOR_NEW_CONNECTIONS: usize = 1024 * 1024 * 1024;
 /// Most established connections in total.
 pub const MAX_CONNECTIONS: u32 = 512;
 /// Most incoming connections still in their handshake.
@@ -116,6 +122,8 @@ pub struct NetConfig {
     pub trusted_peers: Vec<PeerId>,
     /// Peers refused at connection time.
     pub blocked_peers: Vec<PeerId>,
+    /// The private mesh key, if any.
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
 }
 
 /// A snapshot of the network state, as shown by `status`.
@@ -131,6 +139,9 @@ pub struct NetStatus {
     pub static_peers: Vec<String>,
     /// Whether mDNS is running.
     pub mdns: bool,
+    /// Peers refused for a while for sending content that did not match its hash.
+    #[serde(default)]
+    pub banned: Vec<String>,
 }
 
 /// One connected peer.
@@ -175,7 +186,7 @@ pub enum Command {
     /// Answer a request delivered as [`NetEvent::Request`].
     Respond {
         /// The channel that came with the request.
-        channel: ResponseChannel<Response>,
+        channel: Reply,
         /// The answer.
         response: Response,
     },
@@ -202,6 +213,14 @@ pub enum Command {
         /// `true` if newly blocked.
         reply: oneshot::Sender<bool>,
     },
+    /// A peer sent something provably false (content not matching its hash); enough strikes
+    /// disconnect and ban it for a while.
+    Strike {
+        /// The peer.
+        peer: PeerId,
+        /// What it did, for the log.
+        reason: String,
+    },
     /// Close every connection and stop.
     Shutdown {
         /// Answered once the swarm is gone.
@@ -223,7 +242,7 @@ pub enum NetEvent {
         /// What it asked.
         request: Request,
         /// Where the answer goes.
-        channel: ResponseChannel<Response>,
+        channel: Reply,
     },
     /// Providers of a key were found in the DHT.
     ProvidersFound {
@@ -268,8 +287,13 @@ impl NetClient {
     }
 
     /// Answers an inbound request.
-    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
+    pub async fn respond(&self, channel: Reply, response: Response) {
         let _ = self.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Reports that `peer` sent something provably false.
+    pub async fn strike(&self, peer: PeerId, reason: String) {
+        let _ = self.send(Command::Strike { peer, reason }).await;
     }
 
     /// Dials addresses once.
@@ -316,6 +340,9 @@ pub struct Behaviour {
     /// Caps connections so that nobody can exhaust our file descriptors or memory by opening
     /// them ([`MAX_CONNECTIONS`], [`MAX_PENDING_INCOMING`], [`MAX_CONNECTIONS_PER_PEER`]).
     limits: connection_limits::Behaviour,
+    /// Refuses new connections while the process uses more than
+    /// [`MAX_MEMORY_FOR_NEW_CONNECTIONS`].
+    memory: memory_connection_limits::Behaviour,
     /// Denies connections from peers outside `trusted_peers`, when that list is not empty, before
     /// any protocol (even identify) runs on them.
     allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
@@ -340,13 +367,10 @@ pub fn spawn(
     let local_id = keypair.public().to_peer_id();
     let mdns_on = config.mdns;
     let trusted = config.trusted_peers.clone();
+    let psk = config.psk;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| transport::build(key, psk))
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
@@ -392,6 +416,9 @@ pub fn spawn(
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER));
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
+                memory: memory_connection_limits::Behaviour::with_max_bytes(
+                    MAX_MEMORY_FOR_NEW_CONNECTIONS,
+                ),
                 allowed: allowed.into(),
                 blocked: allow_block_list::Behaviour::default(),
                 sync,
@@ -464,6 +491,9 @@ pub fn spawn(
         next_discovery: Instant::now() + DISCOVERY_INTERVAL_MIN,
         discovery_interval: DISCOVERY_INTERVAL_MIN,
         connection_roles: HashMap::new(),
+        in_flight: guard::InFlight::default(),
+        strikes: guard::Strikes::default(),
+        blocked: config.blocked_peers.iter().copied().collect(),
     };
     tokio::spawn(actor.run());
     Ok((NetClient { commands: tx }, events_rx))
@@ -490,6 +520,10 @@ struct NetActor {
     discovery_interval: Duration,
     /// Per peer, each open connection and whether we dialled it, for de-duplication.
     connection_roles: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    in_flight: guard::InFlight,
+    strikes: guard::Strikes,
+    /// Peers blocked for good (config or `peer block`), which a ban running out must not free.
+    blocked: std::collections::HashSet<PeerId>,
 }
 
 impl NetActor {
@@ -499,6 +533,11 @@ impl NetActor {
             let static_due = self
                 .book
                 .next_static_due()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + far_future);
+            let ban_ends = self
+                .strikes
+                .next_expiry()
                 .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + far_future);
             tokio::select! {
@@ -518,6 +557,16 @@ impl NetActor {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tokio::time::sleep_until(static_due) => self.dial_due_statics(),
                 _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
+                _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
+            }
+        }
+    }
+
+    fn end_bans(&mut self) {
+        for peer in self.strikes.expired(Instant::now().into_std()) {
+            if !self.blocked.contains(&peer) {
+                info!(%peer, "ban over");
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
         }
     }
@@ -568,7 +617,20 @@ impl NetActor {
                     .swarm
                     .behaviour_mut()
                     .sync
-                    .send_response(channel, response);
+                    .send_response(channel.channel, response);
+            }
+            Command::Strike { peer, reason } => {
+                if self.strikes.strike(peer, Instant::now().into_std()) {
+                    warn!(
+                        %peer,
+                        "{reason}: strike {}; disconnected and refused for {:?}",
+                        guard::MAX_STRIKES,
+                        guard::STRIKE_BAN
+                    );
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                } else {
+                    warn!(%peer, "{reason}");
+                }
             }
             Command::Dial { addrs } => {
                 for addr in addrs {
@@ -594,6 +656,7 @@ impl NetActor {
                     .get_providers(kad::RecordKey::new(&key));
             }
             Command::BlockPeer { peer, reply } => {
+                self.blocked.insert(peer);
                 let newly = self.swarm.behaviour_mut().blocked.block_peer(peer);
                 if newly {
                     info!(%peer, "blocked");
@@ -637,6 +700,7 @@ impl NetActor {
                 .map(|a| a.to_string())
                 .collect(),
             mdns: self.mdns,
+            banned: self.strikes.banned().map(|p| p.to_string()).collect(),
         }
     }
 
@@ -941,13 +1005,25 @@ impl NetActor {
                         .sync
                         .send_response(channel, response);
                 }
-                request => {
-                    let _ = self.events.send(NetEvent::Request {
-                        peer,
-                        request,
-                        channel,
-                    });
-                }
+                request => match self.in_flight.acquire(peer) {
+                    Some(slot) => {
+                        let _ = self.events.send(NetEvent::Request {
+                            peer,
+                            request,
+                            channel: Reply {
+                                channel,
+                                _slot: Box::new(slot),
+                            },
+                        });
+                    }
+                    None => {
+                        debug!(%peer, "too many requests in flight; answered busy");
+                        let _ = self.swarm.behaviour_mut().sync.send_response(
+                            channel,
+                            Response::Error("busy: too many requests in flight".into()),
+                        );
+                    }
+                },
             },
             Event::Message {
                 peer,

@@ -6,6 +6,8 @@
 //! so a failing test shows what the daemons saw.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -122,6 +124,19 @@ impl Node {
             .env_remove("MESHSYNC_HOME")
             .env("RUST_LOG", "warn");
         command
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The running daemon's peak resident memory (VmHWM) in bytes, from `/proc`.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// The daemon's log file.

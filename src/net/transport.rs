@@ -1,0 +1,42 @@
+//! The transport stack: TCP, then (for a private mesh) the libp2p pre-shared-key layer, then
+//! Noise and Yamux.
+//!
+//! With a pre-shared key every byte on the connection, the Noise handshake included, is
+//! encrypted with it, so a peer without the key cannot even learn our peer id, let alone
+//! complete a connection.
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::{PeerId, Transport, identity::Keypair, noise, tcp, yamux};
+
+/// Builds the transport, with the pre-shared-key layer when `psk` is given.
+pub fn build(
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    let transport = match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
+    Ok(transport)
+}
+
+/// A new random pre-shared key.
+pub fn new_psk() -> PreSharedKey {
+    PreSharedKey::new(crate::share::random_bytes())
+}

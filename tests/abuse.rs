@@ -1,0 +1,216 @@
+//! Members that lie or flood: a liar's content is never written and the liar is banned; a
+//! flood leaves the daemon responsive, an honest peer's sync completes, and memory bounded.
+
+mod support;
+
+use meshsync::net::protocol::{Request, Response};
+use serde_json::Value;
+use support::raw::{Driven, prove_membership, raw_peer};
+use support::{Api, FolderShare, Mesh, Node, WAIT, wait_converged, wait_until};
+
+/// Peak RSS the flooded daemon must stay under (README, "Limits").
+const FLOOD_RSS_BOUND: u64 = 256 * 1024 * 1024;
+
+fn token_of(node: &Node, share: &str) -> meshsync::share::Token {
+    let out = node.cli(&["share", "token", share]);
+    assert!(out.status.success());
+    meshsync::share::Token::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+/// Bytes that look random and are the same on every run.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn members_of(node: &Node, share: &str) -> Vec<String> {
+    let status = node.status();
+    status["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == share)
+        .flat_map(|s| s["members"].as_array().unwrap().clone())
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_member_is_caught_and_banned() {
+    let mesh = blocking(|| {
+        let mesh = Mesh::full_static(2);
+        mesh.wait_fully_connected();
+        mesh
+    })
+    .await;
+    let mesh = std::sync::Arc::new(mesh);
+    let m = mesh.clone();
+    let share = blocking(move || FolderShare::among(&[&m.nodes[0], &m.nodes[1]])).await;
+    let (a, b) = (&mesh.nodes[0], &mesh.nodes[1]);
+    let token = token_of(a, &share.name);
+
+    let (mut swarm, daemon) = raw_peer(b.listen_addr().parse().unwrap()).await;
+    let liar_id = swarm.local_peer_id().to_string();
+    let answer = prove_membership(&mut swarm, daemon, &token, token.write.map(|k| *k)).await;
+    assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+    let mut seed = 1u64;
+    let _liar = Driven::start(swarm, move |request| match request {
+        Request::GetChunk { .. } | Request::GetPage { .. } => {
+            seed += 1;
+            Response::Chunk(pseudo_random(64 * 1024, seed).into())
+        }
+        Request::Auth { .. } => Response::Auth(None),
+        _ => Response::Error("no".into()),
+    });
+    let m = mesh.clone();
+    let liar = liar_id.clone();
+    let name = share.name.clone();
+    blocking(move || {
+        wait_until("b to take the liar as a member", WAIT, || {
+            members_of(&m.nodes[1], &name).contains(&liar)
+        })
+    })
+    .await;
+
+    // Enough chunks that the liar, asked first for about half of them, strikes out.
+    let content = pseudo_random(4 * 1024 * 1024, 42);
+    std::fs::write(share.dirs[0].join("big.bin"), &content).unwrap();
+    let target = share.dirs[1].join("big.bin");
+    blocking(move || {
+        wait_until("b to have the file, intact", WAIT, || {
+            std::fs::read(&target).is_ok_and(|bytes| bytes == content)
+        })
+    })
+    .await;
+    let status: Value = b.status();
+    let folder = &status["shares"][0]["folder"];
+    assert!(
+        folder["bad_chunks"].as_u64().unwrap() >= meshsync::net::guard::MAX_STRIKES as u64,
+        "{folder}"
+    );
+    assert!(
+        status["banned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| *p == liar_id.as_str()),
+        "{status}"
+    );
+    assert!(
+        !b.connected_peers().contains(&liar_id),
+        "the liar is disconnected"
+    );
+    assert!(b.log().contains("does not match its hash"));
+    assert!(a.connected_peers().contains(&b.peer_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_member_cannot_starve_an_honest_one() {
+    let mut mesh = blocking(|| {
+        let mesh = Mesh::full_static(2);
+        mesh.wait_fully_connected();
+        mesh
+    })
+    .await;
+    let token = mesh.nodes[1].create_records_share("data");
+    mesh.nodes[0].join_records_share(&token, "data");
+    let folder = mesh.nodes[1].home.parent().unwrap().join("files");
+    let out = mesh.nodes[1].cli(&["share", "create", "--folder", folder.to_str().unwrap()]);
+    assert!(out.status.success());
+    std::fs::write(folder.join("some.bin"), pseudo_random(1 << 20, 7)).unwrap();
+    let b = &mesh.nodes[1];
+    let records = token_of(b, "data");
+    let files = token_of(b, "files");
+
+    let (mut swarm, daemon) = raw_peer(b.listen_addr().parse().unwrap()).await;
+    for token in [&records, &files] {
+        let answer = prove_membership(&mut swarm, daemon, token, token.write.map(|k| *k)).await;
+        assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+    }
+    let flooder = std::sync::Arc::new(Driven::start(swarm, |_| Response::Error("no".into())));
+
+    let (_, hello) =
+        meshsync::reconcile::Initiator::start(&meshsync::reconcile::Summary::new(), [3; 16]);
+    let hello = hello.encode().unwrap();
+    let data = serde_bytes::ByteArray::new(*records.id);
+    let files_id = serde_bytes::ByteArray::new(*files.id);
+    let mut flood = Vec::new();
+    for i in 0..4000u32 {
+        let mut noise = [0u8; 32];
+        noise[..4].copy_from_slice(&i.to_le_bytes());
+        let request = match i % 4 {
+            0 => Request::Reconcile {
+                share: data,
+                message: hello.clone().into(),
+            },
+            1 => Request::GetEntries {
+                share: data,
+                ids: (0..4096u32)
+                    .map(|j| {
+                        let mut id = noise;
+                        id[4..8].copy_from_slice(&j.to_le_bytes());
+                        serde_bytes::ByteArray::new(id)
+                    })
+                    .collect(),
+            },
+            2 => Request::GetChunk {
+                share: files_id,
+                hash: serde_bytes::ByteArray::new(noise),
+            },
+            _ => Request::Announce {
+                share: data,
+                root: serde_bytes::ByteArray::new(noise),
+                count: 1,
+                entries: vec![],
+            },
+        };
+        let flooder = flooder.clone();
+        flood.push(tokio::spawn(async move { flooder.send(&request).await }));
+    }
+
+    // While the flood is on, the honest member writes and the flooded daemon must take it all.
+    let honest = Api::of(&mesh.nodes[0]);
+    for i in 0..200 {
+        honest.put("data", &format!("honest{i:03}"), "value");
+    }
+    let m = std::sync::Arc::new(std::mem::take(&mut mesh.nodes));
+    let nodes = m.clone();
+    let listing =
+        blocking(move || wait_converged(&[(&nodes[0], "data"), (&nodes[1], "data")])).await;
+    assert_eq!(listing.as_array().unwrap().len(), 200);
+
+    let mut answered = 0;
+    let mut busy = 0;
+    for request in flood {
+        match request.await.unwrap() {
+            Ok(Response::Error(e)) if e.starts_with("busy") => busy += 1,
+            Ok(_) => answered += 1,
+            Err(_) => {}
+        }
+    }
+    let b = &m[1];
+    let peak = b.peak_rss().unwrap();
+    eprintln!(
+        "flood: {answered} answered, {busy} busy; peak RSS {} MiB",
+        peak >> 20
+    );
+    assert!(answered > 0);
+    assert!(
+        peak < FLOOD_RSS_BOUND,
+        "peak RSS {} MiB over the {} MiB bound",
+        peak >> 20,
+        FLOOD_RSS_BOUND >> 20
+    );
+    assert!(b.status()["peer_id"] == b.peer_id.as_str());
+}
