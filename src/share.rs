@@ -49,8 +49,8 @@ pub enum TokenError {
     Damaged(String),
 }
 
-/// What a token carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a token carries. Its `Debug` leaves the secrets out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     /// The share id.
     pub id: serde_bytes::ByteArray<32>,
@@ -65,6 +65,17 @@ pub struct Token {
     /// The private half; absent from read-only tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write: Option<serde_bytes::ByteArray<32>>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("id", &hex::encode(*self.id))
+            .field("kind", &self.kind)
+            .field("read_only", &self.write.is_none())
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Token {
@@ -360,6 +371,17 @@ mod tests {
         assert_eq!(back.write, None);
         assert_eq!(back, t);
         assert!(text.len() < token().encode().len());
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let t = token();
+        let shown = format!("{t:?}");
+        for secret in [*t.secret, *t.write.unwrap()] {
+            assert!(!shown.contains(&hex::encode(secret)));
+            assert!(!shown.contains(format!("{:?}", &secret[..4]).trim_end_matches(']')));
+        }
+        assert!(shown.contains(&hex::encode(*t.id)));
     }
 
     #[test]

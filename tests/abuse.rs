@@ -214,3 +214,85 @@ async fn flooding_member_cannot_starve_an_honest_one() {
     );
     assert!(b.status()["peer_id"] == b.peer_id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_announcements_are_refused() {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share("data");
+    let token = token_of(&node, "data");
+    let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
+    let me = *swarm.local_peer_id();
+    let answer = prove_membership(&mut swarm, daemon, &token, token.write.map(|k| *k)).await;
+    assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+    let member = Driven::start(swarm, |_| Response::Error("no".into()));
+    let share = serde_bytes::ByteArray::new(*token.id);
+    let announce = |entries| Request::Announce {
+        share,
+        root: serde_bytes::ByteArray::new([0; 32]),
+        count: 1_000_000,
+        entries,
+    };
+    let entry = |key: String, value: &[u8]| meshsync::net::protocol::WireEntry {
+        key: key.into_bytes().into(),
+        register: support::raw::register_by(&me, value),
+    };
+
+    // More entries than one message may carry.
+    let many = (0..meshsync::net::protocol::MAX_ENTRIES_PER_MESSAGE + 1)
+        .map(|i| entry(format!("k{i}"), b"v"))
+        .collect();
+    let answer = member.send(&announce(many)).await.unwrap();
+    assert_eq!(answer, Response::Error("too many entries".into()));
+
+    // A value over the 1 MiB limit, inside a frame that is itself allowed.
+    let big = vec![b'x'; 1536 * 1024];
+    let answer = member
+        .send(&announce(vec![
+            entry("big".into(), &big),
+            entry("ok".into(), b"fine"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        Response::Ack,
+        "the message is fine, the big entry is not"
+    );
+    let keys: Vec<String> = Api::of(&node)
+        .list("data")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, vec!["ok".to_owned()], "only the sane entry is stored");
+
+    // A frame claiming 10^6 entries while carrying a handful of bytes, and one claiming 10 GiB.
+    let mut lying = meshsync::net::protocol::encode(&announce(vec![])).unwrap();
+    assert_eq!(
+        lying.pop(),
+        Some(0x80),
+        "the empty entry list ends the message"
+    );
+    lying.extend_from_slice(&[0x9a, 0x00, 0x0f, 0x42, 0x40, 0xa0, 0xa0]);
+    let mut huge = meshsync::net::protocol::varint(10 << 30);
+    huge.extend_from_slice(&[0; 64]);
+    for bytes in [support::raw::frame(&lying), huge] {
+        let answer = member.send_raw(bytes).await;
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.is_empty()) || answer.is_err(),
+            "the stream is closed without an answer: {answer:?}"
+        );
+    }
+
+    let status = node.status();
+    assert_eq!(status["shares"][0]["entries"], 1, "{status}");
+    assert!(node.log().contains("refused an entry"), "reported");
+    assert!(node.is_running());
+    let sane = member
+        .send(&announce(vec![entry("also".into(), b"fine")]))
+        .await;
+    assert_eq!(sane, Ok(Response::Ack), "the member is still served");
+    assert!(node.stop());
+}

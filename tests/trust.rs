@@ -286,3 +286,107 @@ fn private_mesh_refuses_peers_without_the_key() {
         assert!(node.stop());
     }
 }
+
+/// Every way a 32-byte secret could be spelled in text.
+fn spellings(secret: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    vec![
+        hex::encode(secret),
+        hex::encode_upper(secret),
+        URL_SAFE_NO_PAD.encode(secret),
+        STANDARD.encode(secret),
+        format!("{:?}", &secret[..6])
+            .trim_end_matches(']')
+            .to_owned(),
+    ]
+}
+
+#[test]
+fn secrets_never_appear_in_logs_or_status() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let [a, b] = [&mesh.nodes[0], &mesh.nodes[1]];
+    let write_token = a.create_records_share("data");
+    b.join_records_share(&write_token, "data");
+    let dir_a = a.home.parent().unwrap().join("folder");
+    let out = a.cli(&["share", "create", "--folder", dir_a.to_str().unwrap()]);
+    assert!(out.status.success());
+    let folder_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let dir_b = b.home.parent().unwrap().join("folder");
+    assert!(
+        b.cli(&[
+            "share",
+            "join",
+            &folder_token,
+            "--folder",
+            dir_b.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    Api::of(a).put("data", "k", "v");
+    std::fs::write(dir_a.join("f.txt"), b"file").unwrap();
+    wait_until("both to sync", WAIT, || {
+        has_key(b, "data", "k") && dir_b.join("f.txt").exists()
+    });
+    // A bad token and a wrong API token get refused, and must not echo anything secret either.
+    let _ = b.cli(&[
+        "share",
+        "join",
+        &format!("{write_token}x"),
+        "--records",
+        "x",
+    ]);
+
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for (what, token) in [("records", &write_token), ("folder", &folder_token)] {
+        let parsed = meshsync::share::Token::parse(token).unwrap();
+        secrets.push((format!("{what} secret"), parsed.secret.to_vec()));
+        secrets.push((format!("{what} write key"), parsed.write.unwrap().to_vec()));
+    }
+    for node in [a, b] {
+        let api_token = std::fs::read_to_string(node.home.join("api-token")).unwrap();
+        secrets.push(("api token".into(), hex::decode(api_token.trim()).unwrap()));
+    }
+    let mut outputs = Vec::new();
+    for node in [a, b] {
+        outputs.push(("log".to_owned(), node.log()));
+        outputs.push(("status".to_owned(), node.status().to_string()));
+        for args in [
+            &["share", "list", "--json"][..],
+            &["share", "list"],
+            &["status"],
+            &["peers", "--json"],
+        ] {
+            let out = node.cli(args);
+            outputs.push((
+                args.join(" "),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ));
+        }
+    }
+    assert!(
+        outputs
+            .iter()
+            .any(|(w, text)| w == "log" && text.contains("DEBUG"))
+    );
+    for (what, secret) in &secrets {
+        for spelling in spellings(secret) {
+            for (source, text) in &outputs {
+                assert!(
+                    !text.contains(&spelling),
+                    "the {what} appears in {source} as {spelling}"
+                );
+            }
+        }
+    }
+    for (source, text) in &outputs {
+        assert!(!text.contains(&write_token), "a token appears in {source}");
+        assert!(!text.contains(&folder_token), "a token appears in {source}");
+    }
+}

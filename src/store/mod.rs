@@ -119,8 +119,8 @@ pub enum ShareKind {
     Folder,
 }
 
-/// A share as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A share as stored. Its `Debug` leaves the secrets out, so no log line can carry them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareMeta {
     /// Its id.
     pub id: ShareId,
@@ -145,6 +145,20 @@ pub struct ShareMeta {
     /// Peer ids allowed to be members of this share here; empty: anyone holding a token.
     #[serde(default)]
     pub trusted_peers: Vec<String>,
+}
+
+impl std::fmt::Debug for ShareMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareMeta")
+            .field("id", &hex::encode(self.id))
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("secret", &"<redacted>")
+            .field("writable", &self.writable())
+            .field("path", &self.path)
+            .field("trusted_peers", &self.trusted_peers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShareMeta {

@@ -292,12 +292,19 @@ impl Driven {
 
     /// Sends a request and waits for the decoded answer (or why there is none).
     pub async fn send(&self, request: &Request) -> Result<Response, String> {
+        let bytes = self
+            .send_raw(frame(&protocol::encode(request).unwrap()))
+            .await?;
+        try_decode_framed(&bytes).ok_or_else(|| format!("undecodable answer {bytes:?}"))
+    }
+
+    /// Sends raw bytes as a request and waits for the raw answer (or why there is none).
+    pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.requests
-            .send((frame(&protocol::encode(request).unwrap()), reply))
+            .send((bytes, reply))
             .map_err(|_| "driver stopped".to_string())?;
-        let bytes = rx.await.map_err(|_| "driver stopped".to_string())??;
-        try_decode_framed(&bytes).ok_or_else(|| format!("undecodable answer {bytes:?}"))
+        rx.await.map_err(|_| "driver stopped".to_string())?
     }
 }
 
