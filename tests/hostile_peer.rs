@@ -407,3 +407,55 @@ async fn one_peer_cannot_open_many_connections() {
     assert!(node.is_running());
     assert!(node.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knowing_a_chunk_hash_opens_nothing() {
+    let mut node = Node::init(&[]);
+    node.start();
+    let folder = node.home.parent().unwrap().join("folder");
+    let out = node.cli(&["share", "create", "--folder", folder.to_str().unwrap()]);
+    assert!(out.status.success());
+    let content = b"classified chunk";
+    std::fs::write(folder.join("secret.txt"), content).unwrap();
+    let hash = *blake3::hash(content).as_bytes();
+    support::wait_until("the file to be indexed", support::WAIT, || {
+        node.status()["shares"][0]["entries"] == 1
+    });
+    let status = node.status();
+    let folder_id: [u8; 32] = hex::decode(status["shares"][0]["id"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    // The asker is a member of another share on the same daemon, and knows the folder's id and
+    // the chunk's hash.
+    let other = node.create_records_share("other");
+    let other = meshsync::share::Token::parse(&other).unwrap();
+    let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
+    let answer = prove_membership(&mut swarm, daemon, &other, other.write.map(|k| *k)).await;
+    assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+    for share in [folder_id, *other.id] {
+        let share = serde_bytes::ByteArray::new(share);
+        let hash = serde_bytes::ByteArray::new(hash);
+        for request in [
+            Request::GetChunk { share, hash },
+            Request::GetPage { share, hash },
+        ] {
+            let answer = ask(&mut swarm, daemon, &request).await;
+            assert_eq!(
+                answer,
+                Response::Error("not a member".into()),
+                "{request:?}"
+            );
+        }
+    }
+    let status = node.status();
+    let folder_status = status["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "folder")
+        .unwrap();
+    assert_eq!(folder_status["bytes_sent"], 0, "{status}");
+    assert_eq!(folder_status["folder"]["served_bytes"], 0, "{status}");
+    assert!(node.stop());
+}
