@@ -7,6 +7,12 @@
 #   scripts/bench-folders.sh --no-build       # use target/release/meshsync as it is
 #   scripts/bench-folders.sh --log=meshsync=debug --keep   # debug logs, keep the work directory
 #   scripts/bench-folders.sh --json=FILE      # also write the raw results as JSON
+#   scripts/bench-folders.sh --fs=here        # run in $TMPDIR's file system instead of a fresh one
+#
+# By default (as root, with mkfs.ext4) every tool runs on a fresh, journaled ext4 file system in
+# a loop-mounted 8 GiB sparse image: a shared machine's file system carries other runs'
+# leftovers (ext4 without a journal, as here, slows inode allocation for minutes after many
+# deletes), which made results depend on what ran before.
 #
 # W1 initial sync of 10,000 files x 4 KiB in 100 directories; W2 one 256 MiB file; W3 1 MiB
 # overwritten in its middle (time, bytes); W5 1 byte inserted at its start (bytes); W4 a small
@@ -27,6 +33,7 @@ build=1
 keep=0
 json=""
 only=""
+fs_mode="loop"
 rust_log="meshsync=info,warn"
 for arg in "$@"; do
     case "$arg" in
@@ -36,7 +43,8 @@ for arg in "$@"; do
         --json=*) json="${arg#--json=}" ;;
         --only=*) only="${arg#--only=}" ;;
         --log=*) rust_log="${arg#--log=}" ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --fs=here|--fs=loop) fs_mode="${arg#--fs=}" ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +65,8 @@ command -v ss >/dev/null || { echo "ss (iproute2) is needed to count bytes on th
 
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/meshsync-bench-folders.XXXXXX")"
 helper_pid=""
+benchdir="$workdir"
+image=""
 
 cleanup() {
     local code=$?
@@ -67,7 +77,7 @@ cleanup() {
     fi
     # Processes the helper could not stop itself (it records every pid it starts; each runs in
     # a process group of its own, which is killed with it).
-    if [[ -f "$workdir/pids" ]]; then
+    if [[ -f "$benchdir/pids" ]]; then
         while read -r pid; do
             [[ -n "$pid" ]] || continue
             if kill -0 "$pid" 2>/dev/null; then
@@ -75,14 +85,21 @@ cleanup() {
                 for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
                 kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
             fi
-        done < "$workdir/pids"
+        done < "$benchdir/pids"
     fi
     if [[ $keep == 1 ]]; then
-        rm -rf "$workdir/src" "$workdir"/*/A "$workdir"/*/B "$workdir"/*/stage
+        rm -rf "$benchdir/src" "$benchdir"/*/A "$benchdir"/*/B "$benchdir"/*/stage
+        if [[ -n "$image" ]]; then
+            mkdir -p "$workdir/kept"
+            cp -r "$benchdir"/. "$workdir/kept/" 2>/dev/null || true
+        fi
         echo "kept homes and logs in $workdir" >&2
-    else
-        rm -rf "$workdir"
     fi
+    if [[ -n "$image" ]]; then
+        umount "$benchdir" 2>/dev/null || umount -l "$benchdir" 2>/dev/null || true
+        rm -f "$image"
+    fi
+    [[ $keep == 1 ]] || rm -rf "$workdir"
     exit "$code"
 }
 trap cleanup EXIT
@@ -97,9 +114,27 @@ if [[ $build == 1 ]]; then
 fi
 [[ -x "$bin" ]] || { echo "no $bin; run without --no-build" >&2; exit 1; }
 
+if [[ $fs_mode == loop ]]; then
+    if [[ $(id -u) == 0 ]] && command -v mkfs.ext4 >/dev/null; then
+        image="$workdir.img"
+        truncate -s 8G "$image"
+        mkfs.ext4 -q -F "$image"
+        mkdir "$workdir/fs"
+        if mount -o loop "$image" "$workdir/fs"; then
+            benchdir="$workdir/fs"
+        else
+            echo "cannot loop-mount a file system here; benchmarking in $workdir" >&2
+            rm -f "$image"
+            image=""
+        fi
+    else
+        echo "not root or no mkfs.ext4: benchmarking in $workdir (see --fs)" >&2
+    fi
+fi
+
 started=$(date +%s)
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
-helper_args=(--binary "$bin" --workdir "$workdir" --only "$tools" --log "$rust_log")
+helper_args=(--binary "$bin" --workdir "$benchdir" --only "$tools" --log "$rust_log")
 [[ $quick == 1 ]] && helper_args+=(--quick)
 [[ -n "$json" ]] && helper_args+=(--json "$json")
 python3 "$here/bench_folders.py" "${helper_args[@]}" > "$workdir/report.md" &
@@ -124,7 +159,7 @@ cat <<EOF2
 - date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
 - command: \`scripts/bench-folders.sh $*\`
 - versions: $versions
-- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(df -T "$workdir" | awk 'NR==2 {print $2}') at $(df "$workdir" | awk 'NR==2 {print $6}'); load average at the start: $load_before, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared; numbers are noisy)
+- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(df -T "$benchdir" | awk 'NR==2 {print $2}') $([[ -n "$image" ]] && echo "(fresh, loop-mounted image)" || echo "at $(df "$benchdir" | awk 'NR==2 {print $6}')"); load average at the start: $load_before, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared; numbers are noisy)
 - runtime: $(( $(date +%s) - started )) s
 
 EOF2

@@ -251,7 +251,55 @@ pub fn scan_paths(
             requested.insert(rel);
         }
     }
-    scan(root, Scope::Paths(requested), previous)
+    let unchanged = unchanged_files(root, &requested, previous)?;
+    requested.retain(|rel| !unchanged.contains_key(rel));
+    if requested.is_empty() {
+        return Ok(ScanOutput {
+            entries: unchanged,
+            ..ScanOutput::default()
+        });
+    }
+    let mut out = scan(root, Scope::Paths(requested), previous)?;
+    out.entries.extend(unchanged);
+    Ok(out)
+}
+
+/// The requested files that are provably unchanged since `previous` (the unchanged-file rule on
+/// one `lstat`), found without walking: a watcher reports every file we write ourselves, and
+/// walking the directories on the way to each (listing them whole) would cost far more than
+/// the files. Only files with a record and no requested ancestor qualify: a requested directory
+/// (a rename, a new `.meshignore`) may change what is under it, so those go through the walk.
+fn unchanged_files(
+    root: &Path,
+    requested: &BTreeSet<String>,
+    previous: &BTreeMap<String, ScanRecord>,
+) -> Result<BTreeMap<String, ScanRecord>, ScanError> {
+    let mut unchanged = BTreeMap::new();
+    let candidates: Vec<(&String, &ScanRecord)> = requested
+        .iter()
+        .filter(|rel| !rel.is_empty())
+        .filter(|rel| {
+            !ancestors_or_self(rel)
+                .skip(1)
+                .any(|a| requested.contains(a))
+        })
+        .filter_map(|rel| previous.get(rel).map(|record| (rel, record)))
+        .filter(|(_, record)| record.meta.kind == EntryKind::File && !record.racy)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(unchanged);
+    }
+    let (base, _) = check_root(root)?;
+    for (rel, record) in candidates {
+        // Same device, inode and ctime: the very same, untouched inode, whatever path led to it.
+        if let Ok(md) = fs::symlink_metadata(base.join(rel))
+            && md.file_type().is_file()
+            && reusable(record, &Stat::of(&md))
+        {
+            unchanged.insert(rel.clone(), record.clone());
+        }
+    }
+    Ok(unchanged)
 }
 
 /// Reads the file at `path` (following a symlink, unlike the scanner) and describes its content.
@@ -1519,6 +1567,36 @@ mod tests {
                 Err(ScanError::InvalidPath { .. })
             ));
         }
+    }
+
+    #[test]
+    fn requested_unchanged_files_are_neither_walked_nor_read() {
+        let dir = folder();
+        let root = dir.path();
+        for rel in ["a/1", "a/2", "b/3"] {
+            write(root, rel, rel.as_bytes());
+        }
+        settle();
+        let full = scan_all(root, &BTreeMap::new()).unwrap();
+        let paths = ["a/1".to_owned(), "b/3".to_owned()];
+        let out = scan_paths(root, &paths, &full.entries).unwrap();
+        assert_eq!(out.hashed_files, 0);
+        assert_eq!(keys(&out), ["a/1", "b/3"]);
+        assert_eq!(out.entries["a/1"], full.entries["a/1"]);
+
+        // Changed, replaced, or under a requested directory: the walk and a read decide.
+        write(root, "a/1", b"changed");
+        fs::remove_file(root.join("b/3")).unwrap();
+        write(root, "b/3", b"b/3");
+        let out = scan_paths(root, &paths, &full.entries).unwrap();
+        assert_eq!(out.hashed_files, 2);
+        let with_parent = ["a".to_owned(), "a/2".to_owned()];
+        let out = scan_paths(root, &with_parent, &full.entries).unwrap();
+        assert!(out.entries.contains_key("a/2"));
+        assert!(
+            out.entries["a/1"].meta.size == 7,
+            "the walk saw the change under `a`"
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::durable::{Durability, SharedSync};
 use super::model::{self, ChunkRef, Content, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::scan::{self, ScanRecord};
 use super::write::{self, Expect};
@@ -50,6 +51,11 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
 pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Files materialised at once.
 pub const MAX_CONCURRENT_DOWNLOADS: usize = 64;
+/// Files waiting or being written from which on their durability is a shared `syncfs` rather
+/// than an fsync each ([`crate::folder::durable`]).
+pub const BURST_FILES: usize = 16;
+/// Files up to this size are fetched whole into memory and written in one blocking call.
+pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
 /// Chunk requests in flight per file.
 pub const MAX_CHUNKS_IN_FLIGHT: usize = 32;
 /// Chunk requests in flight per folder, all files together: bounds the bytes buffered for
@@ -203,6 +209,8 @@ struct Shared {
     counters: Arc<Counters>,
     /// One permit per chunk request in flight ([`MAX_FETCHES_IN_FLIGHT`]).
     fetch_permits: Arc<tokio::sync::Semaphore>,
+    /// Shared `syncfs` for bursts of files (`None` if the root cannot be opened for it).
+    durable: Option<Arc<SharedSync>>,
 }
 
 #[derive(Default)]
@@ -268,6 +276,7 @@ pub fn spawn(
         chunks: Arc::default(),
         counters: Arc::default(),
         fetch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES_IN_FLIGHT)),
+        durable: SharedSync::open(&root).ok().map(Arc::new),
     };
     let local_key = PeerKey::new(local.to_bytes()).map_err(|e| e.to_string())?;
     let (state_writer, rows) = std::sync::mpsc::channel::<Vec<(String, Option<Synced>)>>();
@@ -645,12 +654,16 @@ impl FolderActor {
         self.dirty_all = false;
         self.scanning = true;
         self.scans_run += 1;
+        debug!(folder = %self.name, full, paths = paths.len(), first = ?paths.first(), "scan");
         let root = self.shared.root.clone();
-        let previous: BTreeMap<String, ScanRecord> = self
-            .synced
-            .iter()
-            .map(|(k, v)| (k.clone(), v.record.clone()))
-            .collect();
+        let previous = if full {
+            self.synced
+                .iter()
+                .map(|(k, v)| (k.clone(), v.record.clone()))
+                .collect()
+        } else {
+            self.previous_records(&paths)
+        };
         self.scans.spawn_blocking(move || {
             let out = if full {
                 scan::scan_all(&root, &previous)
@@ -669,6 +682,37 @@ impl FolderActor {
                 unstable: out.unstable,
             })
         });
+    }
+
+    /// The synced records a scan of `paths` needs: each path's own and, for directories, those
+    /// beneath it. Copying only these (not every record of the folder) keeps a stream of
+    /// watcher events on a big folder from costing a copy of its whole index per scan.
+    fn previous_records(&self, paths: &[String]) -> BTreeMap<String, ScanRecord> {
+        let mut out = BTreeMap::new();
+        for path in paths {
+            // A `.meshignore` widens the scan to its directory (see `scan::scan_paths`).
+            let scope = match path.rsplit_once('/') {
+                Some((parent, crate::folder::model::IGNORE_FILE)) => parent,
+                None if path == crate::folder::model::IGNORE_FILE => "",
+                _ => path.trim_end_matches('/'),
+            };
+            if scope.is_empty() {
+                return self
+                    .synced
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.record.clone()))
+                    .collect();
+            }
+            if let Some(synced) = self.synced.get(scope) {
+                out.insert(scope.to_owned(), synced.record.clone());
+            }
+            // Everything under `scope/`: '0' is the character right after '/'.
+            let (below, end) = (format!("{scope}/"), format!("{scope}0"));
+            for (k, v) in self.synced.range(below..end) {
+                out.insert(k.clone(), v.record.clone());
+            }
+        }
+        out
     }
 
     /// Turns a scan into local writes: changed paths (based on what was synced there) and
@@ -988,8 +1032,10 @@ impl FolderActor {
             let synced = self.synced.get(&path).cloned();
             let local = self.local;
             let local_key = self.local_key.clone();
+            // With many files to write, their fsyncs are shared (see `durable`).
+            let burst = self.pending.len() + self.in_flight.len() >= BURST_FILES;
             self.downloads.spawn(async move {
-                materialise(shared, store, path, synced, local, local_key).await
+                materialise(shared, store, path, synced, local, local_key, burst).await
             });
         }
     }
@@ -1181,6 +1227,7 @@ async fn materialise(
     synced: Option<Synced>,
     local: PeerId,
     local_key: PeerKey,
+    burst: bool,
 ) -> Materialised {
     let mut outcome = Materialised {
         path: path.clone(),
@@ -1319,6 +1366,7 @@ async fn materialise(
                 &meta,
                 expect,
                 replacing,
+                burst,
                 &mut outcome.new_chunks,
             )
             .await
@@ -1443,6 +1491,114 @@ impl From<write::WriteError> for WriteFailure {
     }
 }
 
+/// The chunks of `rel`, laid end to end, as places to find them.
+fn locations_in(rel: &str, chunks: &[ChunkRef]) -> Vec<(Hash, ChunkLocation)> {
+    let mut offset = 0u64;
+    chunks
+        .iter()
+        .map(|chunk| {
+            let location = ChunkLocation {
+                path: rel.to_owned(),
+                offset,
+                len: chunk.len,
+            };
+            offset += chunk.len as u64;
+            (chunk.hash, location)
+        })
+        .collect()
+}
+
+/// Commits an assembly. When it replaces a file, the old version first goes to the trash
+/// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
+/// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
+#[allow(clippy::too_many_arguments)]
+fn commit_keeping_old(
+    root: &Path,
+    rel: &str,
+    assembly: write::Assembly,
+    keep_old: bool,
+    expect: Expect,
+    mode: u32,
+    mtime: (i64, u32),
+    durable: Option<Arc<SharedSync>>,
+) -> Result<Option<String>, write::WriteError> {
+    let kept = if keep_old {
+        link_to_trash(root, rel)
+    } else {
+        None
+    };
+    let durability = match &durable {
+        Some(shared) => Durability::Shared(shared),
+        None => Durability::EachFile,
+    };
+    match assembly.commit_with(expect, mode, mtime, durability) {
+        Ok(()) => Ok(kept),
+        Err(e) => {
+            if let Some(kept) = &kept {
+                let _ = std::fs::remove_file(root.join(kept));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes a small file: fetches every chunk it needs first, then opens, fills, commits and
+/// stats it in one blocking call. Per file that saves several hand-offs between threads, which
+/// is what receiving thousands of small files costs most.
+async fn write_small_file(
+    shared: &Shared,
+    path: &str,
+    meta: &FileMeta,
+    expect: Expect,
+    replacing: Option<FileMeta>,
+    burst: bool,
+    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+) -> Result<ScanRecord, WriteFailure> {
+    let chunks = chunk_list(shared, meta)
+        .await
+        .map_err(WriteFailure::Other)?;
+    let mut fetches = JoinSet::new();
+    for (index, chunk) in chunks.iter().copied().enumerate() {
+        let shared = shared.clone();
+        fetches.spawn(async move { (index, fetch_chunk(&shared, &chunk).await) });
+    }
+    let mut contents: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
+    while let Some(done) = fetches.join_next().await {
+        let (index, bytes) = done.map_err(|e| WriteFailure::Other(e.to_string()))?;
+        contents[index] = bytes.map_err(WriteFailure::Other)?;
+    }
+    let durable = shared.durable.clone().filter(|_| burst);
+    let (root, rel, meta2, chunks2) = (
+        shared.root.clone(),
+        path.to_owned(),
+        meta.clone(),
+        chunks.clone(),
+    );
+    let keep_old = replacing.is_some();
+    let (kept, record) = blocking(move || {
+        let mtime = (meta2.mtime_secs, meta2.mtime_nanos);
+        let mut assembly = write::Assembly::open(&root, &rel, meta2.size, meta2.hash, &chunks2)?;
+        for index in assembly.missing() {
+            assembly.write_chunk(index, &contents[index])?;
+        }
+        let kept = commit_keeping_old(
+            &root, &rel, assembly, keep_old, expect, meta2.mode, mtime, durable,
+        )?;
+        let record = record_for(&root, &rel, meta2).map_err(|source| write::WriteError::Io {
+            action: "inspect",
+            path: root.join(&rel),
+            source,
+        })?;
+        Ok((kept, record))
+    })
+    .await?;
+    if let (Some(kept), Some(old)) = (kept, replacing) {
+        new_chunks.extend(chunk_locations(&shared.db, &kept, &old));
+    }
+    new_chunks.extend(locations_in(path, &chunks));
+    Ok(record)
+}
+
 /// Writes one file, directory or symlink and returns its new scan record.
 async fn write_entry(
     shared: &Shared,
@@ -1450,6 +1606,7 @@ async fn write_entry(
     meta: &FileMeta,
     expect: Expect,
     replacing: Option<FileMeta>,
+    burst: bool,
     new_chunks: &mut Vec<(Hash, ChunkLocation)>,
 ) -> Result<ScanRecord, WriteFailure> {
     let root = shared.root.clone();
@@ -1462,6 +1619,10 @@ async fn write_entry(
         EntryKind::Symlink => {
             let target = meta.target.clone().unwrap_or_default();
             blocking(move || write::make_symlink(&root, &rel, &target, expect)).await?;
+        }
+        EntryKind::File if meta.size <= SMALL_FILE_BYTES => {
+            return write_small_file(shared, path, meta, expect, replacing, burst, new_chunks)
+                .await;
         }
         EntryKind::File => {
             let chunks = chunk_list(shared, meta)
@@ -1491,12 +1652,6 @@ async fn write_entry(
                     "assembling"
                 );
             }
-            let mut offsets = Vec::with_capacity(chunks.len());
-            let mut offset = 0u64;
-            for c in &chunks {
-                offsets.push(offset);
-                offset += c.len as u64;
-            }
             // A sliding window of requests: a new one starts as soon as one finishes.
             let mut queue = missing.into_iter();
             let mut fetches = JoinSet::new();
@@ -1518,38 +1673,17 @@ async fn write_entry(
                 })
                 .await?;
             }
-            // The version being replaced stays in the trash for a while (hard-linked, no copy):
-            // nothing a peer sends ever destroys the only copy of a file, and its chunks stay
-            // at hand if the new version turns out to be short-lived.
-            let kept = match &replacing {
-                Some(_) => {
-                    let (root, rel) = (root.clone(), rel.clone());
-                    tokio::task::spawn_blocking(move || link_to_trash(&root, &rel))
-                        .await
-                        .ok()
-                        .flatten()
-                }
-                None => None,
-            };
-            if let Err(e) = blocking(move || assembly.commit(expect, mode, mtime)).await {
-                if let Some(kept) = &kept {
-                    let _ = std::fs::remove_file(shared.root.join(kept));
-                }
-                return Err(e);
-            }
+            let durable = shared.durable.clone().filter(|_| burst);
+            let keep_old = replacing.is_some();
+            let (r2, p2) = (root.clone(), rel.clone());
+            let kept = blocking(move || {
+                commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime, durable)
+            })
+            .await?;
             if let (Some(kept), Some(old)) = (kept, replacing) {
                 new_chunks.extend(chunk_locations(&shared.db, &kept, &old));
             }
-            for (chunk, offset) in chunks.iter().zip(offsets) {
-                new_chunks.push((
-                    chunk.hash,
-                    ChunkLocation {
-                        path: rel.clone(),
-                        offset,
-                        len: chunk.len,
-                    },
-                ));
-            }
+            new_chunks.extend(locations_in(&rel, &chunks));
         }
     }
     if matches!(meta.kind, EntryKind::Dir) {
