@@ -70,6 +70,15 @@ async fn lying_member_is_caught_and_banned() {
             seed += 1;
             Response::Chunk(pseudo_random(64 * 1024, seed).into())
         }
+        Request::GetChunks { hashes, .. } => Response::Chunks(
+            hashes
+                .iter()
+                .map(|_| {
+                    seed += 1;
+                    Some(pseudo_random(64 * 1024, seed).into())
+                })
+                .collect(),
+        ),
         Request::Auth { .. } => Response::Auth(None),
         _ => Response::Error("no".into()),
     });

@@ -438,6 +438,10 @@ async fn knowing_a_chunk_hash_opens_nothing() {
         let hash = serde_bytes::ByteArray::new(hash);
         for request in [
             Request::GetChunk { share, hash },
+            Request::GetChunks {
+                share,
+                hashes: vec![hash],
+            },
             Request::GetPage { share, hash },
         ] {
             let answer = ask(&mut swarm, daemon, &request).await;

@@ -1076,6 +1076,9 @@ impl EngineActor {
             Request::GetPage { share, hash } => {
                 self.serve_content(peer, *share, *hash, ContentKind::Page, received, channel)
             }
+            Request::GetChunks { share, hashes } => {
+                self.serve_chunks(peer, *share, hashes, received, channel)
+            }
             Request::GetEntries { share, ids } => {
                 if self.member_share(&peer, &share, received).is_none() {
                     return self.refuse(channel);
@@ -1151,6 +1154,49 @@ impl EngineActor {
                 (ContentKind::Page, Some(b)) => Response::Page(b.into()),
                 (_, None) => Response::Error("unknown hash".into()),
             };
+            let sent = frame_len(&response) as u64;
+            net.respond(channel, response).await;
+            TaskResult::Answered { share, sent }
+        });
+    }
+
+    /// Answers a member's request for many chunks at once, up to
+    /// [`crate::net::protocol::CHUNKS_RESPONSE_BUDGET`] bytes.
+    fn serve_chunks(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        hashes: Vec<crate::net::protocol::WireHash>,
+        received: u64,
+        channel: Reply,
+    ) {
+        let folder = self.folders.get(&share).cloned();
+        let Some(folder) = folder.filter(|_| self.member_share(&peer, &share, received).is_some())
+        else {
+            return self.refuse(channel);
+        };
+        if hashes.len() > crate::net::protocol::MAX_CHUNKS_PER_REQUEST {
+            return self.respond(
+                Some(share),
+                channel,
+                Response::Error("too many chunks".into()),
+            );
+        }
+        let net = self.net.clone();
+        let pace = self.serve_rate.clone();
+        self.tasks.spawn(async move {
+            let hashes = hashes.into_iter().map(|h| *h).collect();
+            let chunks = folder
+                .serve_chunks(hashes, crate::net::protocol::CHUNKS_RESPONSE_BUDGET)
+                .await
+                .unwrap_or_default();
+            let bytes: usize = chunks.iter().flatten().map(Vec::len).sum();
+            let wait = pace.take(peer, bytes, std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let response =
+                Response::Chunks(chunks.into_iter().map(|c| c.map(Into::into)).collect());
             let sent = frame_len(&response) as u64;
             net.respond(channel, response).await;
             TaskResult::Answered { share, sent }

@@ -5,6 +5,7 @@
 //! chunks, fetching only missing chunks, and writing files safely.
 
 pub mod durable;
+pub mod fetch;
 pub mod model;
 pub mod scan;
 pub mod sync;

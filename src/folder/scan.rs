@@ -222,7 +222,7 @@ pub fn scan_all(
     root: &Path,
     previous: &BTreeMap<String, ScanRecord>,
 ) -> Result<ScanOutput, ScanError> {
-    scan(root, Scope::All, previous)
+    scan(root, Scope::All, previous, Known::default())
 }
 
 /// Re-examines only `paths` (normalised relative paths, as a watcher reports them), each with
@@ -251,30 +251,36 @@ pub fn scan_paths(
             requested.insert(rel);
         }
     }
-    let unchanged = unchanged_files(root, &requested, previous)?;
-    requested.retain(|rel| !unchanged.contains_key(rel));
-    if requested.is_empty() {
-        return Ok(ScanOutput {
-            entries: unchanged,
-            ..ScanOutput::default()
-        });
-    }
-    let mut out = scan(root, Scope::Paths(requested), previous)?;
-    out.entries.extend(unchanged);
-    Ok(out)
+    let known = known_files(root, &requested, previous)?;
+    requested.retain(|rel| !known.covers(rel));
+    scan(root, Scope::Paths(requested), previous, known)
 }
 
-/// The requested files that are provably unchanged since `previous` (the unchanged-file rule on
-/// one `lstat`), found without walking: a watcher reports every file we write ourselves, and
-/// walking the directories on the way to each (listing them whole) would cost far more than
-/// the files. Only files with a record and no requested ancestor qualify: a requested directory
-/// (a rename, a new `.meshignore`) may change what is under it, so those go through the walk.
-fn unchanged_files(
+/// Requested files that need no walk: files we have a record of, still regular files, with no
+/// requested ancestor. A watcher reports every file we write ourselves, and walking the
+/// directories on the way to each (listing them whole) would cost far more than the files.
+/// (A requested directory, such as a rename or a new `.meshignore`, may change what is under it,
+/// so its files go through the walk.)
+#[derive(Default)]
+struct Known {
+    /// Provably unchanged (the unchanged-file rule on one `lstat`).
+    reused: BTreeMap<String, ScanRecord>,
+    /// To read again.
+    jobs: Vec<Job>,
+}
+
+impl Known {
+    fn covers(&self, rel: &str) -> bool {
+        self.reused.contains_key(rel) || self.jobs.iter().any(|j| j.rel == rel)
+    }
+}
+
+fn known_files(
     root: &Path,
     requested: &BTreeSet<String>,
     previous: &BTreeMap<String, ScanRecord>,
-) -> Result<BTreeMap<String, ScanRecord>, ScanError> {
-    let mut unchanged = BTreeMap::new();
+) -> Result<Known, ScanError> {
+    let mut known = Known::default();
     let candidates: Vec<(&String, &ScanRecord)> = requested
         .iter()
         .filter(|rel| !rel.is_empty())
@@ -284,22 +290,34 @@ fn unchanged_files(
                 .any(|a| requested.contains(a))
         })
         .filter_map(|rel| previous.get(rel).map(|record| (rel, record)))
-        .filter(|(_, record)| record.meta.kind == EntryKind::File && !record.racy)
+        .filter(|(_, record)| record.meta.kind == EntryKind::File)
         .collect();
     if candidates.is_empty() {
-        return Ok(unchanged);
+        return Ok(known);
     }
     let (base, _) = check_root(root)?;
     for (rel, record) in candidates {
-        // Same device, inode and ctime: the very same, untouched inode, whatever path led to it.
-        if let Ok(md) = fs::symlink_metadata(base.join(rel))
-            && md.file_type().is_file()
-            && reusable(record, &Stat::of(&md))
-        {
-            unchanged.insert(rel.clone(), record.clone());
+        let abs = base.join(rel);
+        // Through a parent that became a symlink, `lstat` would reach another file; such a
+        // change shows up as a changed inode below, and the parent's own event rescans it.
+        let Ok(md) = fs::symlink_metadata(&abs) else {
+            continue;
+        };
+        if !md.file_type().is_file() {
+            continue;
+        }
+        let stat = Stat::of(&md);
+        if reusable(record, &stat) {
+            known.reused.insert(rel.clone(), record.clone());
+        } else if record.inode == stat.ino && record.dev == stat.dev {
+            known.jobs.push(Job {
+                rel: rel.clone(),
+                abs,
+                size: stat.size,
+            });
         }
     }
-    Ok(unchanged)
+    Ok(known)
 }
 
 /// Reads the file at `path` (following a symlink, unlike the scanner) and describes its content.
@@ -599,8 +617,10 @@ fn scan(
     root: &Path,
     scope: Scope,
     previous: &BTreeMap<String, ScanRecord>,
+    known: Known,
 ) -> Result<ScanOutput, ScanError> {
     let (base, root_id) = check_root(root)?;
+    let nothing_to_walk = matches!(&scope, Scope::Paths(set) if set.is_empty());
     let scope = Arc::new(scope);
     let mut walk = Walk {
         root,
@@ -613,19 +633,23 @@ fn scan(
         warnings: Warnings::default(),
         skipped: Vec::new(),
     };
-    for item in walker(&base, &scope).build() {
-        match item {
-            Ok(entry) => walk.on_entry(&entry),
-            Err(err) => walk.on_error(err)?,
+    if !nothing_to_walk {
+        for item in walker(&base, &scope).build() {
+            match item {
+                Ok(entry) => walk.on_entry(&entry),
+                Err(err) => walk.on_error(err)?,
+            }
         }
     }
     let Walk {
         mut entries,
         mut unstable,
-        jobs,
+        mut jobs,
         mut warnings,
         ..
     } = walk;
+    entries.extend(known.reused);
+    jobs.extend(known.jobs);
 
     let mut out = ScanOutput::default();
     for (job, hashed) in hash_all(jobs) {

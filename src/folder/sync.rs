@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::durable::{Durability, SharedSync};
+use super::fetch::Fetcher;
 use super::model::{self, ChunkRef, Content, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::scan::{self, ScanRecord};
 use super::write::{self, Expect};
@@ -58,9 +59,6 @@ pub const BURST_FILES: usize = 16;
 pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
 /// Chunk requests in flight per file.
 pub const MAX_CHUNKS_IN_FLIGHT: usize = 32;
-/// Chunk requests in flight per folder, all files together: bounds the bytes buffered for
-/// downloads to this × [`model::CHUNK_MAX`] (16 MiB).
-pub const MAX_FETCHES_IN_FLIGHT: usize = 64;
 /// Pause before looking a chunk up again after its local copy could not be read (the file may
 /// be moving to the trash, which updates the index right after the rename).
 pub const LOCAL_CHUNK_RETRY_DELAY: Duration = Duration::from_millis(10);
@@ -137,6 +135,11 @@ enum Command {
         hash: Hash,
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
+    ServeChunks {
+        hashes: Vec<Hash>,
+        budget: usize,
+        reply: oneshot::Sender<Vec<Option<Vec<u8>>>>,
+    },
     ServePage {
         hash: Hash,
         reply: oneshot::Sender<Option<Vec<u8>>>,
@@ -167,6 +170,21 @@ impl FolderHandle {
         self.call(|reply| Command::ServeChunk { hash, reply })
             .await
             .flatten()
+    }
+
+    /// Chunks we hold, in the order asked, until `budget` bytes (always at least one); `None`
+    /// for those we do not hold or that did not fit.
+    pub async fn serve_chunks(
+        &self,
+        hashes: Vec<Hash>,
+        budget: usize,
+    ) -> Option<Vec<Option<Vec<u8>>>> {
+        self.call(|reply| Command::ServeChunks {
+            hashes,
+            budget,
+            reply,
+        })
+        .await
     }
 
     /// The encoding of a chunk-list page we hold.
@@ -207,17 +225,18 @@ struct Shared {
     /// tasks look up a few entries at a time and never hold it across an `.await`.
     chunks: Arc<RwLock<HashMap<Hash, ChunkLocation>>>,
     counters: Arc<Counters>,
-    /// One permit per chunk request in flight ([`MAX_FETCHES_IN_FLIGHT`]).
-    fetch_permits: Arc<tokio::sync::Semaphore>,
     /// Shared `syncfs` for bursts of files (`None` if the root cannot be opened for it).
     durable: Option<Arc<SharedSync>>,
+    /// Fetches chunks from members, many per request.
+    fetcher: Fetcher,
 }
 
+/// Byte and error counters of one folder, shown in its status.
 #[derive(Default)]
-struct Counters {
-    fetched: std::sync::atomic::AtomicU64,
-    served: std::sync::atomic::AtomicU64,
-    bad_chunks: std::sync::atomic::AtomicU64,
+pub(super) struct Counters {
+    pub(super) fetched: std::sync::atomic::AtomicU64,
+    pub(super) served: std::sync::atomic::AtomicU64,
+    pub(super) bad_chunks: std::sync::atomic::AtomicU64,
 }
 
 /// What to make of a path.
@@ -267,6 +286,8 @@ pub fn spawn(
     );
     let (tx, rx) = mpsc::channel(64);
     let changes = store.subscribe();
+    let counters: Arc<Counters> = Arc::default();
+    let fetcher = Fetcher::spawn(meta.id, net.clone(), members.clone(), counters.clone());
     let shared = Shared {
         root: root.clone(),
         share: meta.id,
@@ -274,8 +295,8 @@ pub fn spawn(
         members,
         db: Arc::new(db),
         chunks: Arc::default(),
-        counters: Arc::default(),
-        fetch_permits: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES_IN_FLIGHT)),
+        counters,
+        fetcher,
         durable: SharedSync::open(&root).ok().map(Arc::new),
     };
     let local_key = PeerKey::new(local.to_bytes()).map_err(|e| e.to_string())?;
@@ -517,6 +538,42 @@ impl FolderActor {
                             .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                     let _ = reply.send(bytes);
+                });
+            }
+            Command::ServeChunks {
+                hashes,
+                budget,
+                reply,
+            } => {
+                let locations: Vec<Option<ChunkLocation>> = {
+                    let index = self.shared.chunks.read().expect("chunk index lock");
+                    hashes.iter().map(|h| index.get(h).cloned()).collect()
+                };
+                let root = self.shared.root.clone();
+                let counters = self.shared.counters.clone();
+                let paused = self.paused.is_some();
+                tokio::task::spawn_blocking(move || {
+                    let mut used = 0;
+                    let chunks: Vec<Option<Vec<u8>>> = hashes
+                        .iter()
+                        .zip(locations)
+                        .map(|(hash, location)| {
+                            if paused || used >= budget {
+                                return None;
+                            }
+                            let l = location?;
+                            let bytes =
+                                write::read_chunk(&root.join(&l.path), l.offset, l.len, hash)
+                                    .ok()
+                                    .flatten()?;
+                            used += bytes.len();
+                            Some(bytes)
+                        })
+                        .collect();
+                    counters
+                        .served
+                        .fetch_add(used as u64, std::sync::atomic::Ordering::Relaxed);
+                    let _ = reply.send(chunks);
                 });
             }
             Command::ServePage { hash, reply } => {
@@ -1792,28 +1849,7 @@ async fn fetch_chunk(shared: &Shared, chunk: &ChunkRef) -> Result<Vec<u8>, Strin
         }
         tokio::time::sleep(LOCAL_CHUNK_RETRY_DELAY).await;
     }
-    let _permit = shared
-        .fetch_permits
-        .acquire()
-        .await
-        .map_err(|e| e.to_string())?;
-    let bytes = fetch_from_members(
-        shared,
-        |share| Request::GetChunk {
-            share,
-            hash: serde_bytes::ByteArray::new(chunk.hash),
-        },
-        &chunk.hash,
-    )
-    .await?;
-    if bytes.len() != chunk.len as usize {
-        return Err("chunk has the wrong length".into());
-    }
-    shared
-        .counters
-        .fetched
-        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    Ok(bytes)
+    shared.fetcher.fetch(*chunk).await
 }
 
 /// Asks members in turn until one answers with bytes that hash to `hash`.

@@ -36,8 +36,10 @@
 //!   payload is [`crate::reconcile`]'s own encoding.
 //! - [`Request::GetEntries`] → [`Response::Entries`]: entries by summary id. Answers are cut at
 //!   [`ENTRIES_RESPONSE_BUDGET`] bytes; the asker asks again for what is missing.
-//! - [`Request::GetChunk`] → [`Response::Chunk`], [`Request::GetPage`] → [`Response::Page`]: file
-//!   content of folder shares, by hash; the asker verifies every byte against the hash.
+//! - [`Request::GetChunk`] → [`Response::Chunk`], [`Request::GetChunks`] →
+//!   [`Response::Chunks`], [`Request::GetPage`] → [`Response::Page`]: file content of folder
+//!   shares, by hash, one chunk or many at a time; the asker verifies every byte against the
+//!   hash. Only members get any, whatever hashes they know.
 //! - [`Response::Error`]: a request was understood but refused (for example, the asker is not a
 //!   member of the share: the answer is the same whether or not the share exists).
 
@@ -65,6 +67,11 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 4096;
 /// Bytes of entries one [`Response::Entries`] carries at most (beyond one entry); the largest
 /// value (1 MiB) plus overhead always fits, and the frame stays under [`MAX_RESPONSE_BYTES`].
 pub const ENTRIES_RESPONSE_BUDGET: usize = 4 * 1024 * 1024;
+/// Most chunks asked for in one [`Request::GetChunks`].
+pub const MAX_CHUNKS_PER_REQUEST: usize = 1024;
+/// Bytes of chunks one [`Response::Chunks`] carries at most (beyond one chunk, which is at most
+/// 256 KiB), so that the frame stays under [`MAX_RESPONSE_BYTES`].
+pub const CHUNKS_RESPONSE_BUDGET: usize = 6 * 1024 * 1024;
 /// Bytes of entries pushed inside one [`Request::Announce`]; more are left to reconciliation.
 pub const ANNOUNCE_PUSH_BUDGET: usize = 256 * 1024;
 
@@ -152,6 +159,16 @@ pub enum Request {
         #[serde(rename = "h")]
         hash: WireHash,
     },
+    /// Several chunks at once (at most [`MAX_CHUNKS_PER_REQUEST`]), by BLAKE3 hash.
+    #[serde(rename = "chunks")]
+    GetChunks {
+        /// The share.
+        #[serde(rename = "s")]
+        share: WireShareId,
+        /// The chunks' hashes.
+        #[serde(rename = "h")]
+        hashes: Vec<WireHash>,
+    },
     /// One page of a large file's chunk list, by BLAKE3 hash of its encoding.
     #[serde(rename = "page")]
     GetPage {
@@ -188,6 +205,10 @@ pub enum Response {
     /// Answer to [`Request::GetPage`]: the page's encoding.
     #[serde(rename = "page")]
     Page(serde_bytes::ByteBuf),
+    /// Answer to [`Request::GetChunks`]: one item per hash asked for, in order; `None` for a
+    /// chunk not held, or left out because the answer reached [`CHUNKS_RESPONSE_BUDGET`].
+    #[serde(rename = "chunks")]
+    Chunks(Vec<Option<serde_bytes::ByteBuf>>),
     /// The request was refused; the text is for logs only.
     #[serde(rename = "err")]
     Error(String),
