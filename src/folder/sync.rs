@@ -335,6 +335,8 @@ pub fn spawn(
         deletes_in_flight: HashSet::new(),
         pending_set: HashSet::new(),
         in_flight: HashSet::new(),
+        again: HashSet::new(),
+        latest: HashMap::new(),
         retry_at: HashMap::new(),
         downloads: JoinSet::new(),
         scans: JoinSet::new(),
@@ -421,6 +423,11 @@ struct FolderActor {
     deletes_in_flight: HashSet<String>,
     pending_set: HashSet<String>,
     in_flight: HashSet<String>,
+    /// Paths that changed again while being written: queued once the write is done.
+    again: HashSet<String>,
+    /// The register a queued path last changed to, from the change itself (saves asking the
+    /// store again when its download starts).
+    latest: HashMap<String, RecordRegister>,
     retry_at: HashMap<String, Instant>,
     downloads: JoinSet<Materialised>,
     scans: JoinSet<Result<ScanResult, String>>,
@@ -1036,11 +1043,16 @@ impl FolderActor {
                 {
                     let wanted = desired(&change.register);
                     self.note_needed(&path, &wanted);
+                    self.latest.insert(path.clone(), change.register.clone());
                     self.queue_as(path, matches!(wanted, Desired::Absent));
+                } else if let Ok(path) = std::str::from_utf8(&change.key) {
+                    // Our own write: the register a queued download would use is outdated.
+                    self.latest.remove(path);
                 }
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.latest.clear();
                 self.dirty_all = true;
                 self.scan_soon(Duration::ZERO);
             }
@@ -1077,7 +1089,12 @@ impl FolderActor {
                 None => break,
             };
             self.pending_set.remove(&path);
-            if self.in_flight.contains(&path) || self.retry_at.contains_key(&path) {
+            if self.in_flight.contains(&path) {
+                self.again.insert(path);
+                continue;
+            }
+            if self.retry_at.contains_key(&path) {
+                self.latest.remove(&path);
                 continue;
             }
             if delete {
@@ -1087,12 +1104,13 @@ impl FolderActor {
             let shared = self.shared.clone();
             let store = self.store.clone();
             let synced = self.synced.get(&path).cloned();
+            let known = self.latest.remove(&path);
             let local = self.local;
             let local_key = self.local_key.clone();
             // With many files to write, their fsyncs are shared (see `durable`).
             let burst = self.pending.len() + self.in_flight.len() >= BURST_FILES;
             self.downloads.spawn(async move {
-                materialise(shared, store, path, synced, local, local_key, burst).await
+                materialise(shared, store, path, known, synced, local, local_key, burst).await
             });
         }
     }
@@ -1100,6 +1118,9 @@ impl FolderActor {
     async fn on_materialised(&mut self, done: Materialised) {
         self.in_flight.remove(&done.path);
         self.deletes_in_flight.remove(&done.path);
+        if self.again.remove(&done.path) {
+            self.queue(done.path.clone());
+        }
         self.needed_bytes.remove(&done.path);
         if !done.new_chunks.is_empty() {
             let mut index = self.shared.chunks.write().expect("chunk index lock");
@@ -1277,10 +1298,12 @@ fn expect_for(synced: Option<&Synced>) -> Expect {
 }
 
 /// Makes the disk at `path` match the entry's effective winner.
+#[allow(clippy::too_many_arguments)]
 async fn materialise(
     shared: Shared,
     store: StoreHandle,
     path: String,
+    known: Option<RecordRegister>,
     synced: Option<Synced>,
     local: PeerId,
     local_key: PeerKey,
@@ -1298,13 +1321,16 @@ async fn materialise(
         outcome.error = Some(reason);
         return outcome;
     }
-    let register = match store.get(shared.share, path.clone().into_bytes()).await {
-        Ok(Some(register)) => register,
-        Ok(None) => return outcome,
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            return outcome;
-        }
+    let register = match known {
+        Some(register) => register,
+        None => match store.get(shared.share, path.clone().into_bytes()).await {
+            Ok(Some(register)) => register,
+            Ok(None) => return outcome,
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                return outcome;
+            }
+        },
     };
     let Some(winner) = effective_winner(&register).cloned() else {
         return outcome;
