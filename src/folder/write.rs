@@ -548,6 +548,9 @@ pub fn temp_name(rel: &str, file_hash: &Hash) -> String {
     )
 }
 
+/// Bytes written to a temp file after which its writeback is started, well before its fsync.
+pub const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
 /// A file being assembled from verified chunks in a hidden temp file next to its target.
 ///
 /// Dropping an assembly keeps the temp file so a later [`Assembly::open`] of the same (path,
@@ -574,6 +577,8 @@ pub struct Assembly {
     done: Vec<bool>,
     /// Set when an error removed the temp file; every later call fails.
     abandoned: bool,
+    /// Bytes written since writeback was last started.
+    unflushed: u64,
 }
 
 impl Assembly {
@@ -603,6 +608,7 @@ impl Assembly {
             offsets,
             done: vec![false; chunks.len()],
             abandoned: false,
+            unflushed: 0,
         };
         assembly.resume()?;
         assembly.reserve()?;
@@ -641,6 +647,16 @@ impl Assembly {
             return Err(self.fail("write chunk to", e));
         }
         self.done[index] = true;
+        self.unflushed += bytes.len() as u64;
+        if self.unflushed >= WRITEBACK_EVERY {
+            self.unflushed = 0;
+            // Start writing back what we have so that the fsync at commit has little left to
+            // do. Advisory: its errors show up again, and are reported, at that fsync.
+            // SAFETY: plain syscall on a descriptor this assembly owns.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
         Ok(())
     }
 
