@@ -4,7 +4,6 @@
 //! [`model::FileMeta`]. This module adds what files need on top: scanning, content-defined
 //! chunks, fetching only missing chunks, and writing files safely.
 
-pub mod durable;
 pub mod fetch;
 pub mod model;
 pub mod scan;

@@ -33,7 +33,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::durable::{Durability, SharedSync};
 use super::fetch::Fetcher;
 use super::model::{self, ChunkRef, Content, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::scan::{self, ScanRecord};
@@ -52,9 +51,6 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
 pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Files materialised at once.
 pub const MAX_CONCURRENT_DOWNLOADS: usize = 64;
-/// Files waiting or being written from which on their durability is a shared `syncfs` rather
-/// than an fsync each ([`crate::folder::durable`]).
-pub const BURST_FILES: usize = 16;
 /// Files up to this size are fetched whole into memory and written in one blocking call.
 pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
 /// Chunk requests in flight per file.
@@ -225,8 +221,6 @@ struct Shared {
     /// tasks look up a few entries at a time and never hold it across an `.await`.
     chunks: Arc<RwLock<HashMap<Hash, ChunkLocation>>>,
     counters: Arc<Counters>,
-    /// Shared `syncfs` for bursts of files (`None` if the root cannot be opened for it).
-    durable: Option<Arc<SharedSync>>,
     /// Fetches chunks from members, many per request.
     fetcher: Fetcher,
 }
@@ -297,7 +291,6 @@ pub fn spawn(
         chunks: Arc::default(),
         counters,
         fetcher,
-        durable: SharedSync::open(&root).ok().map(Arc::new),
     };
     let local_key = PeerKey::new(local.to_bytes()).map_err(|e| e.to_string())?;
     let (state_writer, rows) = std::sync::mpsc::channel::<Vec<(String, Option<Synced>)>>();
@@ -1107,10 +1100,8 @@ impl FolderActor {
             let known = self.latest.remove(&path);
             let local = self.local;
             let local_key = self.local_key.clone();
-            // With many files to write, their fsyncs are shared (see `durable`).
-            let burst = self.pending.len() + self.in_flight.len() >= BURST_FILES;
             self.downloads.spawn(async move {
-                materialise(shared, store, path, known, synced, local, local_key, burst).await
+                materialise(shared, store, path, known, synced, local, local_key).await
             });
         }
     }
@@ -1298,7 +1289,6 @@ fn expect_for(synced: Option<&Synced>) -> Expect {
 }
 
 /// Makes the disk at `path` match the entry's effective winner.
-#[allow(clippy::too_many_arguments)]
 async fn materialise(
     shared: Shared,
     store: StoreHandle,
@@ -1307,7 +1297,6 @@ async fn materialise(
     synced: Option<Synced>,
     local: PeerId,
     local_key: PeerKey,
-    burst: bool,
 ) -> Materialised {
     let mut outcome = Materialised {
         path: path.clone(),
@@ -1449,7 +1438,6 @@ async fn materialise(
                 &meta,
                 expect,
                 replacing,
-                burst,
                 &mut outcome.new_chunks,
             )
             .await
@@ -1594,7 +1582,6 @@ fn locations_in(rel: &str, chunks: &[ChunkRef]) -> Vec<(Hash, ChunkLocation)> {
 /// Commits an assembly. When it replaces a file, the old version first goes to the trash
 /// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
 /// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
-#[allow(clippy::too_many_arguments)]
 fn commit_keeping_old(
     root: &Path,
     rel: &str,
@@ -1603,18 +1590,13 @@ fn commit_keeping_old(
     expect: Expect,
     mode: u32,
     mtime: (i64, u32),
-    durable: Option<Arc<SharedSync>>,
 ) -> Result<Option<String>, write::WriteError> {
     let kept = if keep_old {
         link_to_trash(root, rel)
     } else {
         None
     };
-    let durability = match &durable {
-        Some(shared) => Durability::Shared(shared),
-        None => Durability::EachFile,
-    };
-    match assembly.commit_with(expect, mode, mtime, durability) {
+    match assembly.commit(expect, mode, mtime) {
         Ok(()) => Ok(kept),
         Err(e) => {
             if let Some(kept) = &kept {
@@ -1634,7 +1616,6 @@ async fn write_small_file(
     meta: &FileMeta,
     expect: Expect,
     replacing: Option<FileMeta>,
-    burst: bool,
     new_chunks: &mut Vec<(Hash, ChunkLocation)>,
 ) -> Result<ScanRecord, WriteFailure> {
     let chunks = chunk_list(shared, meta)
@@ -1650,7 +1631,6 @@ async fn write_small_file(
         let (index, bytes) = done.map_err(|e| WriteFailure::Other(e.to_string()))?;
         contents[index] = bytes.map_err(WriteFailure::Other)?;
     }
-    let durable = shared.durable.clone().filter(|_| burst);
     let (root, rel, meta2, chunks2) = (
         shared.root.clone(),
         path.to_owned(),
@@ -1664,9 +1644,7 @@ async fn write_small_file(
         for index in assembly.missing() {
             assembly.write_chunk(index, &contents[index])?;
         }
-        let kept = commit_keeping_old(
-            &root, &rel, assembly, keep_old, expect, meta2.mode, mtime, durable,
-        )?;
+        let kept = commit_keeping_old(&root, &rel, assembly, keep_old, expect, meta2.mode, mtime)?;
         let record = record_for(&root, &rel, meta2).map_err(|source| write::WriteError::Io {
             action: "inspect",
             path: root.join(&rel),
@@ -1689,7 +1667,6 @@ async fn write_entry(
     meta: &FileMeta,
     expect: Expect,
     replacing: Option<FileMeta>,
-    burst: bool,
     new_chunks: &mut Vec<(Hash, ChunkLocation)>,
 ) -> Result<ScanRecord, WriteFailure> {
     let root = shared.root.clone();
@@ -1704,8 +1681,7 @@ async fn write_entry(
             blocking(move || write::make_symlink(&root, &rel, &target, expect)).await?;
         }
         EntryKind::File if meta.size <= SMALL_FILE_BYTES => {
-            return write_small_file(shared, path, meta, expect, replacing, burst, new_chunks)
-                .await;
+            return write_small_file(shared, path, meta, expect, replacing, new_chunks).await;
         }
         EntryKind::File => {
             let chunks = chunk_list(shared, meta)
@@ -1756,11 +1732,10 @@ async fn write_entry(
                 })
                 .await?;
             }
-            let durable = shared.durable.clone().filter(|_| burst);
             let keep_old = replacing.is_some();
             let (r2, p2) = (root.clone(), rel.clone());
             let kept = blocking(move || {
-                commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime, durable)
+                commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime)
             })
             .await?;
             if let (Some(kept), Some(old)) = (kept, replacing) {

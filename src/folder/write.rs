@@ -38,10 +38,6 @@
 //!    absent, so even that last race cannot clobber a file);
 //! 7. `fsync` the directory.
 //!
-//! In a burst of many files, steps 4 and 7 may be one `syncfs` shared by all the files of the
-//! burst instead ([`Assembly::commit_with`], [`crate::folder::durable`]): the same order, the
-//! same guarantees, two journal commits per burst instead of two per file.
-//!
 //! # Threat model
 //! Peers are untrusted: their paths, chunk lists, modes and link targets are checked here even if
 //! the engine checked them already. Local processes are trusted but concurrent: the checks of
@@ -62,8 +58,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-pub use super::durable::Durability;
 
 use tracing::{debug, warn};
 
@@ -671,28 +665,12 @@ impl Assembly {
     /// renames it over the target and fsyncs the directory. A directory at the target is always a
     /// conflict.
     pub fn commit(
-        self,
-        expect_current: Expect,
-        mode: u32,
-        mtime: (i64, u32),
-    ) -> Result<(), WriteError> {
-        self.commit_with(expect_current, mode, mtime, Durability::EachFile)
-    }
-
-    /// [`Assembly::commit`], with the fsyncs of the file and of its directory replaced by shared
-    /// `syncfs` barriers when `durability` says so (see [`crate::folder::durable`]).
-    pub fn commit_with(
         mut self,
         expect_current: Expect,
         mode: u32,
         mtime: (i64, u32),
-        durability: Durability<'_>,
     ) -> Result<(), WriteError> {
         self.check_usable()?;
-        let durability = match durability {
-            Durability::Shared(shared) if !shared.covers(&self.file) => Durability::EachFile,
-            other => other,
-        };
         let missing = self.done.iter().filter(|d| !**d).count();
         if missing > 0 {
             return Err(WriteError::Incomplete {
@@ -715,11 +693,7 @@ impl Assembly {
         {
             return Err(self.fail("set mode and mtime of", e));
         }
-        let flushed = match durability {
-            Durability::EachFile => self.file.sync_all(),
-            Durability::Shared(shared) => shared.barrier(),
-        };
-        if let Err(e) = flushed {
+        if let Err(e) = self.file.sync_all() {
             return Err(self.fail("fsync", e));
         }
         // Checked last, after the slow steps, to keep the race with local writers short. On a
@@ -731,12 +705,7 @@ impl Assembly {
             }
             return Err(e);
         }
-        match durability {
-            Durability::EachFile => sync_dir(parent_of(&self.target)),
-            Durability::Shared(shared) => shared
-                .barrier()
-                .map_err(|e| io_error("sync the file system of", &self.target, e)),
-        }
+        sync_dir(parent_of(&self.target))
     }
 
     /// Gives up on this file: removes the temp file (for when the version will never be wanted
