@@ -337,6 +337,13 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             share,
             hash: ByteArray::new(hash("chunk", 0)),
         },
+        protocol::Request::GetChunks {
+            share,
+            hashes: vec![
+                ByteArray::new(hash("chunk", 0)),
+                ByteArray::new(hash("chunk", 1)),
+            ],
+        },
     ];
     let responses = [
         protocol::Response::Hello(Hello::ours()),
@@ -348,6 +355,7 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         protocol::Response::Reconcile(ByteBuf::from(round_reply.encode().unwrap())),
         protocol::Response::Entries(entries),
         protocol::Response::Page(ByteBuf::from(model::encode_page(&chunks(3)))),
+        protocol::Response::Chunks(vec![Some(ByteBuf::from(b"chunk".to_vec())), None]),
         protocol::Response::Error("no".into()),
     ];
     let write_key = hash("write", 0);
