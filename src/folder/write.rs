@@ -573,6 +573,49 @@ pub struct Assembly {
     abandoned: bool,
     /// Bytes written since writeback was last started.
     unflushed: u64,
+    /// The whole-file hash, fed as chunks are written in file order; `None` once that is not
+    /// possible (resumed file, chunks too far out of order), and then the commit reads back.
+    in_order: Option<InOrder>,
+}
+
+/// Most bytes of chunks that arrived ahead of their turn kept for [`InOrder`].
+const MAX_EARLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Hashes a file's chunks in order as they are written, keeping the few that arrive early.
+/// This is the same check as reading the file back after the last chunk (which would read the
+/// same page cache), without a second pass over it.
+#[derive(Debug)]
+struct InOrder {
+    hasher: blake3::Hasher,
+    next: usize,
+    early: std::collections::BTreeMap<usize, Vec<u8>>,
+    early_bytes: usize,
+}
+
+impl InOrder {
+    /// Takes chunk `index`; false if it can no longer keep up.
+    fn take(&mut self, index: usize, bytes: &[u8]) -> bool {
+        if index < self.next || self.early.contains_key(&index) {
+            // Written again: the same verified bytes, already counted.
+            return true;
+        }
+        if index > self.next {
+            if self.early_bytes + bytes.len() > MAX_EARLY_BYTES {
+                return false;
+            }
+            self.early_bytes += bytes.len();
+            self.early.insert(index, bytes.to_vec());
+            return true;
+        }
+        self.hasher.update(bytes);
+        self.next += 1;
+        while let Some(early) = self.early.remove(&self.next) {
+            self.early_bytes -= early.len();
+            self.hasher.update(&early);
+            self.next += 1;
+        }
+        true
+    }
 }
 
 impl Assembly {
@@ -603,6 +646,12 @@ impl Assembly {
             done: vec![false; chunks.len()],
             abandoned: false,
             unflushed: 0,
+            in_order: Some(InOrder {
+                hasher: blake3::Hasher::new(),
+                next: 0,
+                early: Default::default(),
+                early_bytes: 0,
+            }),
         };
         assembly.resume()?;
         assembly.reserve()?;
@@ -641,6 +690,11 @@ impl Assembly {
             return Err(self.fail("write chunk to", e));
         }
         self.done[index] = true;
+        if let Some(in_order) = &mut self.in_order
+            && !in_order.take(index, bytes)
+        {
+            self.in_order = None;
+        }
         self.unflushed += bytes.len() as u64;
         if self.unflushed >= WRITEBACK_EVERY {
             self.unflushed = 0;
@@ -755,6 +809,8 @@ impl Assembly {
         if existing == 0 {
             return Ok(());
         }
+        // Chunks already on disk were never seen by the in-order hasher.
+        self.in_order = None;
         if existing > self.size
             && let Err(e) = self.file.set_len(self.size)
         {
@@ -790,6 +846,16 @@ impl Assembly {
     }
 
     fn whole_file_matches(&mut self) -> Result<bool, WriteError> {
+        if let Some(in_order) = self.in_order.take()
+            && in_order.next == self.chunks.len()
+        {
+            debug!(path = %self.target.display(), "whole file hashed as written");
+            return match self.file.metadata() {
+                Ok(meta) => Ok(meta.len() == self.size
+                    && in_order.hasher.finalize().as_bytes() == &self.file_hash),
+                Err(e) => Err(io_error("inspect", &self.temp, e)),
+            };
+        }
         let mut hasher = blake3::Hasher::new();
         let mut reader = &self.file;
         let result = reader
@@ -1765,6 +1831,45 @@ mod tests {
         assert!(matches!(err, WriteError::FileHashMismatch { .. }), "{err}");
         assert!(!root.path().join("f").exists());
         assert!(temps_in(root.path()).is_empty(), "bad temp discarded");
+    }
+
+    #[test]
+    fn in_order_hash_matches_whatever_the_arrival_order() {
+        let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let whole: Vec<u8> = chunks.concat();
+        let expected = blake3::hash(&whole);
+        let orders: [Vec<usize>; 3] = [
+            (0..20).collect(),
+            (0..20).rev().collect(),
+            vec![
+                3, 1, 0, 2, 2, 7, 5, 4, 6, 8, 19, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 0,
+            ],
+        ];
+        for order in orders {
+            let mut in_order = InOrder {
+                hasher: blake3::Hasher::new(),
+                next: 0,
+                early: Default::default(),
+                early_bytes: 0,
+            };
+            for i in order {
+                assert!(in_order.take(i, &chunks[i]));
+            }
+            assert_eq!(in_order.next, 20);
+            assert_eq!(in_order.hasher.finalize(), expected);
+        }
+        let mut in_order = InOrder {
+            hasher: blake3::Hasher::new(),
+            next: 0,
+            early: Default::default(),
+            early_bytes: 0,
+        };
+        let big = vec![0u8; MAX_EARLY_BYTES];
+        assert!(in_order.take(1, &big));
+        assert!(
+            !in_order.take(2, b"x"),
+            "too much held early: give up, read back"
+        );
     }
 
     #[test]
