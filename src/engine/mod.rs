@@ -1121,6 +1121,17 @@ impl EngineActor {
         }
     }
 
+    /// The folder of a folder share `peer` is a member of.
+    fn member_folder(
+        &mut self,
+        peer: &PeerId,
+        share: &ShareId,
+        received: u64,
+    ) -> Option<FolderHandle> {
+        let folder = self.folders.get(share).cloned()?;
+        self.member_share(peer, share, received).map(|_| folder)
+    }
+
     /// Answers a member's request for folder content (a chunk or a chunk-list page) by hash.
     fn serve_content(
         &mut self,
@@ -1131,9 +1142,7 @@ impl EngineActor {
         received: u64,
         channel: Reply,
     ) {
-        let folder = self.folders.get(&share).cloned();
-        let Some(folder) = folder.filter(|_| self.member_share(&peer, &share, received).is_some())
-        else {
+        let Some(folder) = self.member_folder(&peer, &share, received) else {
             return self.refuse(channel);
         };
         let net = self.net.clone();
@@ -1170,9 +1179,7 @@ impl EngineActor {
         received: u64,
         channel: Reply,
     ) {
-        let folder = self.folders.get(&share).cloned();
-        let Some(folder) = folder.filter(|_| self.member_share(&peer, &share, received).is_some())
-        else {
+        let Some(folder) = self.member_folder(&peer, &share, received) else {
             return self.refuse(channel);
         };
         if hashes.len() > crate::net::protocol::MAX_CHUNKS_PER_REQUEST {

@@ -1916,19 +1916,7 @@ fn chunk_locations(db: &Database, path: &str, meta: &FileMeta) -> Vec<(Hash, Chu
             all
         }
     };
-    let mut offset = 0u64;
-    chunks
-        .into_iter()
-        .map(|c| {
-            let location = ChunkLocation {
-                path: path.to_owned(),
-                offset,
-                len: c.len,
-            };
-            offset += c.len as u64;
-            (c.hash, location)
-        })
-        .collect()
+    locations_in(path, &chunks)
 }
 
 fn read_page(db: &Database, hash: &Hash) -> Option<Vec<u8>> {
