@@ -65,23 +65,26 @@ async fn lying_member_is_caught_and_banned() {
     let answer = prove_membership(&mut swarm, daemon, &token, token.write.map(|k| *k)).await;
     assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
     let mut seed = 1u64;
-    let _liar = Driven::start(swarm, move |request| match request {
-        Request::GetChunk { .. } | Request::GetPage { .. } => {
-            seed += 1;
-            Response::Chunk(pseudo_random(64 * 1024, seed).into())
+    let _liar = Driven::start(swarm, move |request| Some(lie(request, &mut seed)));
+    fn lie(request: Request, seed: &mut u64) -> Response {
+        match request {
+            Request::GetChunk { .. } | Request::GetPage { .. } => {
+                *seed += 1;
+                Response::Chunk(pseudo_random(64 * 1024, *seed).into())
+            }
+            Request::GetChunks { hashes, .. } => Response::Chunks(
+                hashes
+                    .iter()
+                    .map(|_| {
+                        *seed += 1;
+                        Some(pseudo_random(64 * 1024, *seed).into())
+                    })
+                    .collect(),
+            ),
+            Request::Auth { .. } => Response::Auth(None),
+            _ => Response::Error("no".into()),
         }
-        Request::GetChunks { hashes, .. } => Response::Chunks(
-            hashes
-                .iter()
-                .map(|_| {
-                    seed += 1;
-                    Some(pseudo_random(64 * 1024, seed).into())
-                })
-                .collect(),
-        ),
-        Request::Auth { .. } => Response::Auth(None),
-        _ => Response::Error("no".into()),
-    });
+    }
     let m = mesh.clone();
     let liar = liar_id.clone();
     let name = share.name.clone();
@@ -147,7 +150,7 @@ async fn flooding_member_cannot_starve_an_honest_one() {
         let answer = prove_membership(&mut swarm, daemon, token, token.write.map(|k| *k)).await;
         assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
     }
-    let flooder = std::sync::Arc::new(Driven::start(swarm, |_| Response::Error("no".into())));
+    let flooder = std::sync::Arc::new(Driven::start(swarm, |_| Some(Response::Error("no".into()))));
 
     let (_, hello) =
         meshsync::reconcile::Initiator::start(&meshsync::reconcile::Summary::new(), [3; 16]);
@@ -234,7 +237,7 @@ async fn absurd_announcements_are_refused() {
     let me = *swarm.local_peer_id();
     let answer = prove_membership(&mut swarm, daemon, &token, token.write.map(|k| *k)).await;
     assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
-    let member = Driven::start(swarm, |_| Response::Error("no".into()));
+    let member = Driven::start(swarm, |_| Some(Response::Error("no".into())));
     let share = serde_bytes::ByteArray::new(*token.id);
     let announce = |entries| Request::Announce {
         share,
@@ -303,5 +306,54 @@ async fn absurd_announcements_are_refused() {
         .send(&announce(vec![entry("also".into(), b"fine")]))
         .await;
     assert_eq!(sane, Ok(Response::Ack), "the member is still served");
+    assert!(node.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_answers_only_costs_a_timeout() {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share("data");
+    Api::of(&node).put("data", "k", "v");
+    let token = token_of(&node, "data");
+    let (mut swarm, daemon) = raw_peer(node.listen_addr().parse().unwrap()).await;
+    let answer = prove_membership(&mut swarm, daemon, &token, token.write.map(|k| *k)).await;
+    assert!(matches!(answer, Response::Auth(Some(_))), "{answer:?}");
+    // It holds every request the daemon sends it, answering none.
+    let silent = Driven::start(swarm, |_| None);
+    // A root that differs from the daemon's makes the daemon start a session with it.
+    let announce = Request::Announce {
+        share: serde_bytes::ByteArray::new(*token.id),
+        root: serde_bytes::ByteArray::new([7; 32]),
+        count: 1,
+        entries: vec![],
+    };
+    assert_eq!(silent.send(&announce).await, Ok(Response::Ack));
+    let started = std::time::Instant::now();
+    let (timed_out, mut node) = blocking(move || {
+        loop {
+            let status = node.status();
+            let timed_out = status["sessions"].as_array().unwrap().iter().any(|s| {
+                s["error"]
+                    .as_str()
+                    .is_some_and(|e| e.to_lowercase().contains("timeout"))
+            });
+            if timed_out || started.elapsed() > meshsync::net::REQUEST_TIMEOUT * 3 {
+                return (timed_out, node);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    })
+    .await;
+    assert!(
+        timed_out,
+        "the session with the silent member ended by timeout"
+    );
+    assert!(
+        started.elapsed() >= meshsync::net::REQUEST_TIMEOUT,
+        "not before the request timeout"
+    );
+    // Meanwhile and afterwards the daemon serves everyone else.
+    assert_eq!(Api::of(&node).list("data").as_array().unwrap().len(), 1);
     assert!(node.stop());
 }

@@ -99,7 +99,9 @@ pub async fn raw_peer(target: Multiaddr) -> (RawSwarm, libp2p::PeerId) {
             request_response::Behaviour::with_codec(
                 RawCodec,
                 [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+                // Longer than the daemon's own request timeout, so that a test can hold a
+                // daemon's request unanswered until the daemon gives up on it.
+                request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
             )
         })
         .unwrap()
@@ -220,7 +222,8 @@ type Outgoing = (
 );
 
 /// A raw peer driven by a background task: it answers the daemon's requests with `answer`
-/// (hello is always answered properly) and sends what it is given through [`Driven::send`].
+/// (hello is always answered properly; `None` never answers, holding the stream open) and
+/// sends what it is given through [`Driven::send`].
 pub struct Driven {
     requests: tokio::sync::mpsc::UnboundedSender<Outgoing>,
     /// Set once the daemon closed the last connection to it.
@@ -232,7 +235,7 @@ impl Driven {
     /// Starts driving `swarm`.
     pub fn start(
         mut swarm: RawSwarm,
-        mut answer: impl FnMut(Request) -> Response + Send + 'static,
+        mut answer: impl FnMut(Request) -> Option<Response> + Send + 'static,
     ) -> Driven {
         use std::sync::atomic::{AtomicBool, Ordering};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
@@ -240,6 +243,7 @@ impl Driven {
         let flag = disconnected.clone();
         let task = tokio::spawn(async move {
             let mut pending = std::collections::HashMap::new();
+            let mut stalled = Vec::new();
             loop {
                 tokio::select! {
                     command = rx.recv() => {
@@ -256,12 +260,17 @@ impl Driven {
                                 request_response::Message::Request { request, channel, .. } => {
                                     let prefix = request.iter().position(|b| b & 0x80 == 0).map_or(0, |p| p + 1);
                                     let response = match protocol::decode::<Request>(&request[prefix.min(request.len())..]) {
-                                        Ok(Request::Hello(_)) => Response::Hello(Hello::ours()),
+                                        Ok(Request::Hello(_)) => Some(Response::Hello(Hello::ours())),
                                         Ok(request) => answer(request),
-                                        Err(e) => Response::Error(e.to_string()),
+                                        Err(e) => Some(Response::Error(e.to_string())),
                                     };
-                                    let bytes = frame(&protocol::encode(&response).unwrap());
-                                    let _ = swarm.behaviour_mut().send_response(channel, bytes);
+                                    match response {
+                                        Some(response) => {
+                                            let bytes = frame(&protocol::encode(&response).unwrap());
+                                            let _ = swarm.behaviour_mut().send_response(channel, bytes);
+                                        }
+                                        None => stalled.push(channel),
+                                    }
                                 }
                                 request_response::Message::Response { request_id, response } => {
                                     if let Some(reply) = pending.remove(&request_id) {
