@@ -111,13 +111,8 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_member_cannot_push_entries() {
-    let mut node = Node::init(&[]);
-    node.start();
-    node.create_records_share("data");
+    let mut node = support::node_with_records("data", 5, "from the writer");
     let api = support::Api::of(&node);
-    for i in 0..5 {
-        api.put("data", &format!("key{i}"), "from the writer");
-    }
     let out = node.cli(&["share", "token", "data", "--read-only"]);
     assert!(out.status.success());
     let token = meshsync::share::Token::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
@@ -207,13 +202,8 @@ async fn read_only_member_cannot_push_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outsider_knowing_the_share_id_gets_nothing() {
-    let mut node = Node::init(&[]);
-    node.start();
-    node.create_records_share("private");
+    let mut node = support::node_with_records("private", 10, "secret value");
     let api = support::Api::of(&node);
-    for i in 0..10 {
-        api.put("private", &format!("key{i}"), "secret value");
-    }
     let status = node.status();
     // Suppose the share id leaked (it is not secret, the secret is): it still opens nothing.
     let share_id: [u8; 32] = hex::decode(status["shares"][0]["id"].as_str().unwrap())

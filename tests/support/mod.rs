@@ -440,6 +440,19 @@ impl Api {
     }
 }
 
+/// A started node holding a records share `share` with `count` records `key0`, `key1`, … all
+/// set to `value`.
+pub fn node_with_records(share: &str, count: usize, value: &str) -> Node {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share(share);
+    let api = Api::of(&node);
+    for i in 0..count {
+        api.put(share, &format!("key{i}"), value);
+    }
+    node
+}
+
 impl Node {
     /// Creates a records share; returns its token.
     pub fn create_records_share(&self, name: &str) -> String {
