@@ -12,6 +12,7 @@ use futures::executor::block_on;
 use futures::io::Cursor;
 use meshsync::folder::model::{self, ChunkRef, Content, EntryKind, FileMeta};
 use meshsync::folder::scan::ScanRecord;
+use meshsync::folder::sync::Synced;
 use meshsync::merge::{Hlc, Payload, PeerKey};
 use meshsync::net::protocol::{
     self, AuthProof, Hello, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, WireEntry,
@@ -207,6 +208,9 @@ fn disk(bytes: &[u8]) {
     }
     if let Ok(record) = ciborium::from_reader::<ScanRecord, _>(bytes) {
         round_trips(&record);
+    }
+    if let Ok(synced) = ciborium::from_reader::<Synced, _>(bytes) {
+        round_trips(&synced);
     }
     if let Ok(path) = std::str::from_utf8(bytes) {
         let _ = model::check_rel_path(path);
@@ -422,6 +426,21 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             dev: 4,
             racy: false,
         }),
+        cbor(&Synced {
+            record: ScanRecord {
+                meta: file(1),
+                ctime_secs: 5,
+                ctime_nanos: 6,
+                inode: 7,
+                dev: 8,
+                racy: true,
+            },
+            base: {
+                let mut base = meshsync::merge::VersionVector::new();
+                base.raise(&meshsync::merge::PeerKey::new(vec![9u8; 38]).unwrap(), 2);
+                base
+            },
+        }),
     ]);
     out
 });
@@ -485,6 +504,7 @@ fn valid_encodings_decode_and_round_trip() {
                 || ciborium::from_reader::<ShareMeta, _>(b.as_slice()).is_ok()
                 || ciborium::from_reader::<Hlc, _>(b.as_slice()).is_ok()
                 || ciborium::from_reader::<ScanRecord, _>(b.as_slice()).is_ok()
+                || ciborium::from_reader::<Synced, _>(b.as_slice()).is_ok()
                 || block_on(protocol::read_frame::<protocol::Request, _>(
                     &mut Cursor::new(b.as_slice()),
                     MAX_REQUEST_BYTES,

@@ -296,13 +296,14 @@ pub fn disk_entry(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    match selector % 6 {
+    match selector % 7 {
         0 => registers(rest),
         1 => file_meta(rest),
         2 => page(rest),
         3 => share_meta(rest),
         4 => hlc(rest),
-        _ => scan_record(rest),
+        5 => scan_record(rest),
+        _ => synced(rest),
     }
 }
 
@@ -320,6 +321,8 @@ pub mod selector {
     pub const HLC: u8 = 4;
     /// `ScanRecord` (the folder scanner's memory).
     pub const SCAN_RECORD: u8 = 5;
+    /// `Synced` (the folder's `synced` table: a scan record and its version vector).
+    pub const SYNCED: u8 = 6;
 }
 
 /// Decodes one register from `data`; if bytes remain, a second one from them, and checks the
@@ -564,5 +567,11 @@ fn hlc(data: &[u8]) {
 fn scan_record(data: &[u8]) {
     if let Ok(record) = ciborium::from_reader::<ScanRecord, _>(data) {
         cbor_round_trip(&record);
+    }
+}
+
+fn synced(data: &[u8]) {
+    if let Ok(synced) = ciborium::from_reader::<meshsync::folder::sync::Synced, _>(data) {
+        cbor_round_trip(&synced);
     }
 }

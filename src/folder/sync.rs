@@ -117,13 +117,13 @@ pub struct FolderStatus {
     pub last_error: Option<String>,
 }
 
-/// What a synced path is known to be.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Synced {
+/// What a synced path is known to be: the value of the folder's `synced` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
     /// The scan record of the path as last synced (written by us or scanned and sent).
-    record: ScanRecord,
+    pub record: ScanRecord,
     /// The version vector of the version whose content that is.
-    base: VersionVector,
+    pub base: VersionVector,
 }
 
 enum Command {

@@ -140,6 +140,19 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "scan-record.bin".into(),
         with(selector::SCAN_RECORD, cbor(&samples::scan_record())),
     ));
+    let mut base = meshsync::merge::VersionVector::new();
+    base.raise(&meshsync::merge::PeerKey::new(vec![7u8; 38]).unwrap(), 3);
+    out.push((
+        "disk_entry",
+        "synced.bin".into(),
+        with(
+            selector::SYNCED,
+            cbor(&meshsync::folder::sync::Synced {
+                record: samples::scan_record(),
+                base,
+            }),
+        ),
+    ));
     out
 }
 
