@@ -46,6 +46,10 @@ pub const ANNOUNCE_DELAY: Duration = Duration::from_millis(3);
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause between DHT lookups for other members of our shares.
 pub const PROVIDER_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// First pause between DHT lookups for a share with no member connected (a provider record
+/// may not have reached the DHT yet when the share is joined); doubles up to
+/// [`PROVIDER_LOOKUP_INTERVAL`].
+pub const LONELY_LOOKUP_MIN: Duration = Duration::from_secs(1);
 /// Most reconciliation sessions this node runs at once, over all shares (one per share).
 pub const MAX_CONCURRENT_SESSIONS: usize = 16;
 /// First wait before retrying a failed session; doubles per failure.
@@ -350,6 +354,7 @@ pub fn spawn(
         recent: VecDeque::new(),
         next_anti_entropy: now + ANTI_ENTROPY_INTERVAL,
         next_provider_lookup: now,
+        lonely_lookup: (now + LONELY_LOOKUP_MIN, LONELY_LOOKUP_MIN),
     };
     for state in actor.store.shares() {
         actor.start_folder(&state.meta);
@@ -397,6 +402,8 @@ struct EngineActor {
     recent: VecDeque<SessionReport>,
     next_anti_entropy: Instant,
     next_provider_lookup: Instant,
+    /// When to look up members of shares that have none connected, and the pause after that.
+    lonely_lookup: (Instant, Duration),
 }
 
 impl EngineActor {
@@ -439,7 +446,10 @@ impl EngineActor {
     }
 
     fn next_timer(&self) -> Instant {
-        let mut next = self.next_anti_entropy.min(self.next_provider_lookup);
+        let mut next = self
+            .next_anti_entropy
+            .min(self.next_provider_lookup)
+            .min(self.lonely_lookup.0);
         for (at, _) in self.retry.values() {
             next = next.min(*at);
         }
@@ -747,6 +757,7 @@ impl EngineActor {
         let key = share::provider_key(&meta.secret);
         self.net.start_providing(key.clone()).await;
         self.net.find_providers(key).await;
+        self.lonely_lookup = (Instant::now() + LONELY_LOOKUP_MIN, LONELY_LOOKUP_MIN);
     }
 
     fn status(&self) -> EngineStatus {
@@ -1480,6 +1491,29 @@ impl EngineActor {
                 .collect();
             for (peer, share) in picks {
                 self.want_session(peer, share);
+            }
+        }
+        if now >= self.lonely_lookup.0 {
+            let pause = (self.lonely_lookup.1 * 2).min(PROVIDER_LOOKUP_INTERVAL);
+            self.lonely_lookup = (now + pause, pause);
+            let lonely: Vec<Vec<u8>> = self
+                .store
+                .shares()
+                .into_iter()
+                .filter(|state| {
+                    self.members
+                        .get(&state.meta.id)
+                        .is_none_or(HashSet::is_empty)
+                })
+                .map(|state| share::provider_key(&state.meta.secret))
+                .collect();
+            if !lonely.is_empty() {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    for key in lonely {
+                        net.find_providers(key).await;
+                    }
+                });
             }
         }
         if now >= self.next_provider_lookup {
