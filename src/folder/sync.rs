@@ -127,10 +127,6 @@ pub struct Synced {
 }
 
 enum Command {
-    ServeChunk {
-        hash: Hash,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
     ServeChunks {
         hashes: Vec<Hash>,
         budget: usize,
@@ -163,8 +159,9 @@ impl FolderHandle {
 
     /// The bytes of a chunk we hold, verified against its hash.
     pub async fn serve_chunk(&self, hash: Hash) -> Option<Vec<u8>> {
-        self.call(|reply| Command::ServeChunk { hash, reply })
-            .await
+        self.serve_chunks(vec![hash], usize::MAX)
+            .await?
+            .pop()
             .flatten()
     }
 
@@ -515,31 +512,6 @@ impl FolderActor {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::ServeChunk { hash, reply } => {
-                let location = self
-                    .shared
-                    .chunks
-                    .read()
-                    .expect("chunk index lock")
-                    .get(&hash)
-                    .cloned();
-                let root = self.shared.root.clone();
-                let counters = self.shared.counters.clone();
-                let paused = self.paused.is_some();
-                tokio::task::spawn_blocking(move || {
-                    let bytes = location.filter(|_| !paused).and_then(|l| {
-                        write::read_chunk(&root.join(&l.path), l.offset, l.len, &hash)
-                            .ok()
-                            .flatten()
-                    });
-                    if let Some(b) = &bytes {
-                        counters
-                            .served
-                            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let _ = reply.send(bytes);
-                });
-            }
             Command::ServeChunks {
                 hashes,
                 budget,
@@ -714,10 +686,7 @@ impl FolderActor {
         debug!(folder = %self.name, full, paths = paths.len(), first = ?paths.first(), "scan");
         let root = self.shared.root.clone();
         let previous = if full {
-            self.synced
-                .iter()
-                .map(|(k, v)| (k.clone(), v.record.clone()))
-                .collect()
+            self.all_records()
         } else {
             self.previous_records(&paths)
         };
@@ -741,6 +710,14 @@ impl FolderActor {
         });
     }
 
+    /// Every synced record, as a full scan needs them.
+    fn all_records(&self) -> BTreeMap<String, ScanRecord> {
+        self.synced
+            .iter()
+            .map(|(k, v)| (k.clone(), v.record.clone()))
+            .collect()
+    }
+
     /// The synced records a scan of `paths` needs: each path's own and, for directories, those
     /// beneath it. Copying only these (not every record of the folder) keeps a stream of
     /// watcher events on a big folder from costing a copy of its whole index per scan.
@@ -754,11 +731,7 @@ impl FolderActor {
                 _ => path.trim_end_matches('/'),
             };
             if scope.is_empty() {
-                return self
-                    .synced
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.record.clone()))
-                    .collect();
+                return self.all_records();
             }
             if let Some(synced) = self.synced.get(scope) {
                 out.insert(scope.to_owned(), synced.record.clone());
