@@ -330,30 +330,89 @@ pub fn hash_file(path: &Path) -> io::Result<FileHash> {
 /// Cuts what `reader` yields into content-defined chunks and hashes them and the whole. The same
 /// bytes always give the same result, whatever the reader's read sizes.
 pub fn hash_reader<R: Read>(reader: R) -> io::Result<FileHash> {
-    let mut whole = blake3::Hasher::new();
-    let mut chunks = Vec::new();
-    let mut size = 0u64;
-    let chunker = StreamCDC::new(
+    let mut hashes = Hashes::default();
+    for chunk in chunker(reader) {
+        hashes.add(&chunk.map_err(io::Error::from)?.data);
+    }
+    Ok(hashes.finish())
+}
+
+/// Files of at least this many bytes are hashed by [`hash_reader_pipelined`].
+pub const PIPELINE_FROM: u64 = 4 * 1024 * 1024;
+/// Chunks cut but not yet hashed, at most, in [`hash_reader_pipelined`] (≤ 2 MiB).
+const PIPELINE_DEPTH: usize = 8;
+
+/// [`hash_reader`] on two threads: this one reads and cuts (about 55% of the work), a helper
+/// hashes the chunks and the whole as they come. A 256 MiB file took 0.25 s on one thread and
+/// about 0.14 s like this; small files are not worth the thread.
+pub fn hash_reader_pipelined<R: Read>(reader: R) -> io::Result<FileHash> {
+    std::thread::scope(|scope| {
+        let (cut, to_hash) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let hasher = scope.spawn(move || {
+            let mut hashes = Hashes::default();
+            for data in to_hash {
+                hashes.add(&data);
+            }
+            hashes.finish()
+        });
+        let mut failed = None;
+        for chunk in chunker(reader) {
+            match chunk {
+                // The hasher only stops early by panicking, which the join below reports.
+                Ok(chunk) => {
+                    if cut.send(chunk.data).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(io::Error::from(e));
+                    break;
+                }
+            }
+        }
+        drop(cut);
+        let hashed = hasher
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        failed.map_or(Ok(hashed), Err)
+    })
+}
+
+fn chunker<R: Read>(reader: R) -> StreamCDC<RetryInterrupted<R>> {
+    StreamCDC::new(
         RetryInterrupted(reader),
         CHUNK_MIN as usize,
         CHUNK_AVG as usize,
         CHUNK_MAX as usize,
-    );
-    for chunk in chunker {
-        let chunk = chunk.map_err(io::Error::from)?;
-        whole.update(&chunk.data);
-        let len = u32::try_from(chunk.data.len()).expect("chunks are at most CHUNK_MAX bytes");
-        chunks.push(ChunkRef {
-            hash: *blake3::hash(&chunk.data).as_bytes(),
+    )
+}
+
+/// The hashes of a file's chunks and of the whole, fed chunk by chunk in file order.
+#[derive(Default)]
+struct Hashes {
+    whole: blake3::Hasher,
+    chunks: Vec<ChunkRef>,
+    size: u64,
+}
+
+impl Hashes {
+    fn add(&mut self, data: &[u8]) {
+        self.whole.update(data);
+        let len = u32::try_from(data.len()).expect("chunks are at most CHUNK_MAX bytes");
+        self.chunks.push(ChunkRef {
+            hash: *blake3::hash(data).as_bytes(),
             len,
         });
-        size += u64::from(len);
+        self.size += u64::from(len);
     }
-    Ok(FileHash {
-        size,
-        hash: *whole.finalize().as_bytes(),
-        chunks,
-    })
+
+    fn finish(self) -> FileHash {
+        FileHash {
+            size: self.size,
+            hash: *self.whole.finalize().as_bytes(),
+            chunks: self.chunks,
+        }
+    }
 }
 
 /// Whether a relative path is excluded whatever the `.meshignore` files say: the root's
@@ -532,6 +591,25 @@ fn is_racy(stat: &Stat, started: SystemTime) -> bool {
     let nanos = |(secs, nanos): (i64, u32)| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
     let newest = nanos(stat.mtime).max(nanos(stat.ctime));
     newest + window.as_nanos() as i128 > started.as_nanos() as i128
+}
+
+/// Whether a file the writer just put in place with its mtime set to `mtime` (and `ctime` from
+/// the rename) must be re-read by the next scan. Any later local write moves the mtime to the
+/// clock's "now", which shows unless that equals `mtime`, i.e. unless `mtime` is itself within
+/// the racy window of `now`. (A program restoring that exact mtime within the same clock tick as
+/// our rename is the one edit left unseen.) Most received files are older than that, and
+/// re-reading them cost as much as receiving them: all of a 256 MiB file, right after writing it.
+pub fn written_is_racy(mtime: (i64, u32), ctime: (i64, u32), now: SystemTime) -> bool {
+    let window = if mtime.1 == 0 && ctime.1 == 0 {
+        RACY_WINDOW_COARSE
+    } else {
+        RACY_WINDOW_FINE
+    };
+    let Ok(now) = now.duration_since(UNIX_EPOCH) else {
+        return true;
+    };
+    let mtime = i128::from(mtime.0) * 1_000_000_000 + i128::from(mtime.1);
+    (mtime - now.as_nanos() as i128).abs() < window.as_nanos() as i128
 }
 
 /// Whether a read saw one consistent file: the descriptor's stat before and after, the path's
@@ -1038,7 +1116,11 @@ fn hash_once(abs: &Path, bytes: &mut u64) -> Result<(Stat, FileHash), String> {
         inner: &file,
         count: 0,
     };
-    let result = hash_reader(&mut reader);
+    let result = if before.size >= PIPELINE_FROM {
+        hash_reader_pipelined(&mut reader)
+    } else {
+        hash_reader(&mut reader)
+    };
     *bytes += reader.count;
     let content = result.map_err(|e| io("read", e))?;
     let after = Stat::of(&file.metadata().map_err(|e| io("stat", e))?);
@@ -1290,6 +1372,22 @@ mod tests {
     }
 
     #[test]
+    fn a_written_file_is_racy_only_if_a_write_now_could_keep_its_mtime() {
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        let ctime = (1_000, 700);
+        // A file from a peer, last changed a while ago: a local write would show as a new mtime.
+        assert!(!written_is_racy((990, 5), ctime, at(1_000, 800)));
+        // Changed on the peer just now: a local write in the same tick could keep that mtime.
+        assert!(written_is_racy((1_000, 5), ctime, at(1_000, 800)));
+        // A peer clock slightly ahead of ours is within the window too; far ahead is not.
+        assert!(written_is_racy((1_000, 50_000_000), ctime, at(1_000, 800)));
+        assert!(!written_is_racy((1_060, 0), ctime, at(1_000, 800)));
+        // Whole-second timestamps (FAT, HFS+) get the coarse window.
+        assert!(written_is_racy((999, 0), (1_000, 0), at(1_000, 0)));
+        assert!(!written_is_racy((990, 0), (1_000, 0), at(1_000, 0)));
+    }
+
+    #[test]
     fn the_racy_and_reuse_rules() {
         let stat = Stat {
             mode: 0o644,
@@ -1492,9 +1590,34 @@ mod tests {
             let whole = hash_reader(data.as_slice()).unwrap();
             let trickled = hash_reader(Trickle(&data, step)).unwrap();
             proptest::prop_assert_eq!(&whole, &trickled);
+            let pipelined = hash_reader_pipelined(Trickle(&data, step)).unwrap();
+            proptest::prop_assert_eq!(&whole, &pipelined);
             let sum: u64 = whole.chunks.iter().map(|c| u64::from(c.len)).sum();
             proptest::prop_assert_eq!(sum, len as u64);
         }
+    }
+
+    #[test]
+    fn pipelined_hashing_matches_and_reports_read_errors() {
+        let data = random(7, 9 << 20);
+        let serial = hash_reader(data.as_slice()).unwrap();
+        assert_eq!(serial.hash, *blake3::hash(&data).as_bytes());
+        assert_eq!(hash_reader_pipelined(data.as_slice()).unwrap(), serial);
+        /// Yields `good` bytes, then fails.
+        struct Failing<'a>(&'a [u8]);
+        impl Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let err = hash_reader_pipelined(Failing(&data[..5 << 20])).unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
     }
 
     #[test]
