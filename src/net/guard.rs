@@ -26,10 +26,13 @@ pub const MAX_STRIKES: u32 = 3;
 /// How long a peer that reached [`MAX_STRIKES`] is refused.
 pub const STRIKE_BAN: Duration = Duration::from_secs(600);
 
-/// Bytes of folder content (chunks, pages) served to one peer per second, sustained.
-pub const SERVE_RATE_PER_PEER: u64 = 256 * 1024 * 1024;
+/// Bytes of folder content (chunks, pages) served to one peer per second, sustained. Above what
+/// a disk or a LAN link delivers, so an honest peer never waits for it (on loopback a lower
+/// value was the bottleneck of a big file's first sync); it keeps one member from taking every
+/// read the disk can do when others want content too.
+pub const SERVE_RATE_PER_PEER: u64 = 1024 * 1024 * 1024;
 /// Bytes a peer may take at once above the sustained rate.
-pub const SERVE_BURST_PER_PEER: u64 = 64 * 1024 * 1024;
+pub const SERVE_BURST_PER_PEER: u64 = 256 * 1024 * 1024;
 
 /// Paces the content served to each peer (a token bucket per peer).
 #[derive(Debug, Clone, Default)]
