@@ -536,6 +536,8 @@ impl FolderActor {
                 let paused = self.paused.is_some();
                 tokio::task::spawn_blocking(move || {
                     let mut used = 0;
+                    // A batch mostly reads one file's chunks: keep it open between them.
+                    let mut reader = write::LocalReader::default();
                     let chunks: Vec<Option<Vec<u8>>> = hashes
                         .iter()
                         .zip(locations)
@@ -544,10 +546,13 @@ impl FolderActor {
                                 return None;
                             }
                             let l = location?;
-                            let bytes =
-                                write::read_chunk(&root.join(&l.path), l.offset, l.len, hash)
-                                    .ok()
-                                    .flatten()?;
+                            // Checked here too: a file edited since it was indexed must not
+                            // get us a strike for serving what its hash no longer names.
+                            let bytes = reader
+                                .read(&root.join(&l.path), l.offset, l.len)
+                                .ok()
+                                .flatten()
+                                .filter(|bytes| blake3::hash(bytes).as_bytes() == hash)?;
                             used += bytes.len();
                             Some(bytes)
                         })
@@ -689,6 +694,11 @@ impl FolderActor {
             .collect();
         if !full && paths.is_empty() {
             return;
+        }
+        if full && self.shared.root.join(MARKER_DIR).is_dir() {
+            // Watch before walking: a file written while the walk is past its directory is then
+            // still seen, instead of waiting for the next full rescan (up to a minute).
+            self.ensure_watcher();
         }
         self.dirty_all = false;
         self.scanning = true;
