@@ -975,6 +975,63 @@ def fmt_rss(r):
     return " / ".join(f"{v / 1024:.0f}" for v in r.values()) + " MiB"
 
 
+FLOOR_WRITERS = 256  # files written at once in the small-file floor (meshsync's download limit)
+
+
+def measure_floor(wl, workdir):
+    """What fsync-safe writing alone costs on this file system, without network or hashing: the
+    W2 file copied and fsynced, and W1's files each written to a temp name, fsynced, renamed and
+    their directory fsynced, FLOOR_WRITERS at a time. Returns seconds for each."""
+    root = os.path.join(workdir, "floor")
+    os.makedirs(root)
+    subprocess.run(["sync"])
+    t0 = time.perf_counter()
+    with open(wl.big["w2"], "rb") as src, open(os.path.join(root, "big"), "wb") as dst:
+        while block := src.read(8 << 20):
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    big = time.perf_counter() - t0
+    os.unlink(os.path.join(root, "big"))
+    subprocess.run(["sync"])
+    jobs = [(d, n) for d, names in sorted(wl.w1_names.items()) for n in sorted(names)]
+    for d in wl.w1_names:
+        os.mkdir(os.path.join(root, d))
+    data = bytes(FILE_BYTES)
+    lock = threading.Lock()
+
+    def writer():
+        while True:
+            with lock:
+                if not jobs:
+                    return
+                d, name = jobs.pop()
+            path = os.path.join(root, d, name)
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(path + ".tmp", path)
+            dfd = os.open(os.path.join(root, d), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=writer) for _ in range(FLOOR_WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    small = time.perf_counter() - t0
+    shutil.rmtree(root)
+    subprocess.run(["sync"])
+    return {"big": big, "small": small}
+
+
 class Bench:
     def __init__(self, args):
         self.binary = os.path.abspath(args.binary)
@@ -989,6 +1046,7 @@ class Bench:
         self.wl = Workload(self.workdir, files, big)
         self.results = {}
         self.errors = {}
+        self.floor = None
 
     def run(self):
         self.wl.generate()
@@ -1010,6 +1068,12 @@ class Bench:
             shutil.rmtree(os.path.join(tool.dir, "A"), ignore_errors=True)
             shutil.rmtree(os.path.join(tool.dir, "B"), ignore_errors=True)
             subprocess.run(["sync"])
+        # Last, so that its writes cannot slow the tools down.
+        log("measuring the file system's floor (fsync-safe writes alone)")
+        self.floor = measure_floor(self.wl, self.workdir)
+        log(f"floor: {self.wl.big_bytes >> 20} MiB written and fsynced in "
+            f"{self.floor['big']:.2f} s; {self.wl.files:,} small files in "
+            f"{self.floor['small']:.2f} s")
 
     def report(self):
         wl, R = self.wl, self.results
@@ -1078,6 +1142,11 @@ class Bench:
         print("- Bytes: TCP payload both ways on the peer connection(s) (`ss -ti`), from the change "
               f"until {SETTLE_S:.0f} s after both sides are idle; rsync: `--stats` sent + received.")
         print("- RSS: rsync `daemon / forked receiver or client` (largest of each).")
+        if self.floor:
+            print(f"- Floor of this file system, measured after the tools (no network, no hashing): "
+                  f"{wl.big_bytes >> 20} MiB copied and fsynced in {fmt_s(self.floor['big'])}; "
+                  f"{wl.files:,} × 4 KiB each written to a temp name, fsynced, renamed and its "
+                  f"directory fsynced, {FLOOR_WRITERS} at a time, in {fmt_s(self.floor['small'])}.")
         print()
         print("Details:")
         for t in cols:
@@ -1123,7 +1192,8 @@ def main():
     finally:
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"results": bench.results, "errors": bench.errors}, f, indent=1)
+                json.dump({"results": bench.results, "errors": bench.errors,
+                           "floor": bench.floor}, f, indent=1)
     bench.report()
     return 1 if bench.errors else 0
 
