@@ -34,3 +34,19 @@ pub fn validate_remote_entry(
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod testdata {
+    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+    pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+}

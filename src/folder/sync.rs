@@ -2116,18 +2116,7 @@ pub fn prepare_root(root: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::folder::testdata::pseudo_random as random;
 
     /// Offsets of `chunks` in their file.
     fn offsets(chunks: &[ChunkRef]) -> Vec<u64> {
@@ -2142,13 +2131,19 @@ mod tests {
             .collect()
     }
 
+    /// A shared folder's root, and `len` bytes of content with their chunks.
+    fn folder_and_content(seed: u64, len: usize) -> (tempfile::TempDir, Vec<u8>, scan::FileHash) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(model::MARKER_DIR)).unwrap();
+        let data = random(seed, len);
+        let hashed = scan::hash_reader(data.as_slice()).unwrap();
+        (root, data, hashed)
+    }
+
     #[test]
     fn local_copies_that_went_stale_are_fetched_and_early_arrivals_are_kept() {
-        let root = tempfile::tempdir().unwrap();
+        let (root, data, hashed) = folder_and_content(11, 3 << 20);
         let r = root.path();
-        std::fs::create_dir(r.join(model::MARKER_DIR)).unwrap();
-        let data = random(11, 3 << 20);
-        let hashed = scan::hash_reader(data.as_slice()).unwrap();
         let chunks = hashed.chunks.clone();
         assert!(chunks.len() >= 8, "{} chunks", chunks.len());
         let at = offsets(&chunks);
@@ -2193,11 +2188,8 @@ mod tests {
 
     #[test]
     fn a_writer_whose_fetches_stop_returns_without_the_missing_chunks() {
-        let root = tempfile::tempdir().unwrap();
+        let (root, _, hashed) = folder_and_content(12, 1 << 20);
         let r = root.path();
-        std::fs::create_dir(r.join(model::MARKER_DIR)).unwrap();
-        let data = random(12, 1 << 20);
-        let hashed = scan::hash_reader(data.as_slice()).unwrap();
         let plan = (0..hashed.chunks.len()).map(|i| (i, None)).collect();
         let assembly =
             write::Assembly::open(r, "new", hashed.size, hashed.hash, &hashed.chunks).unwrap();

@@ -1593,18 +1593,7 @@ mod tests {
         dir
     }
 
-    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn data(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::folder::testdata::pseudo_random as data;
 
     fn hash(bytes: &[u8]) -> Hash {
         *blake3::hash(bytes).as_bytes()
