@@ -60,6 +60,9 @@ pub const SESSION_RETRY_MAX: Duration = Duration::from_secs(30);
 pub const RECENT_SESSIONS: usize = 32;
 /// Most announcements in flight at once; beyond it members catch up by reconciliation.
 pub const MAX_ANNOUNCES_IN_FLIGHT: usize = 64;
+/// Membership checks asked again, per peer and share, when the request got no answer while the
+/// peer stayed connected.
+pub const MAX_AUTH_RETRIES: u32 = 3;
 
 /// Errors the engine reports to the API.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +298,8 @@ enum TaskResult {
         share: ShareId,
         member: bool,
         writer: bool,
+        /// The request itself failed (no answer), as opposed to an answer that proves nothing.
+        failed: bool,
         sent: u64,
         received: u64,
     },
@@ -340,6 +345,7 @@ pub fn spawn(
         members: HashMap::new(),
         writers: HashMap::new(),
         auth_in_flight: HashSet::new(),
+        auth_retries: HashMap::new(),
         running: HashMap::new(),
         wanted: VecDeque::new(),
         retry: HashMap::new(),
@@ -382,6 +388,8 @@ struct EngineActor {
     /// from.
     writers: HashMap<ShareId, HashSet<PeerId>>,
     auth_in_flight: HashSet<(PeerId, ShareId)>,
+    /// Membership checks asked again after getting no answer, per peer and share.
+    auth_retries: HashMap<(PeerId, ShareId), u32>,
     /// Running sessions; `true` if another was asked for while it ran.
     running: HashMap<(PeerId, ShareId), bool>,
     /// Sessions waiting for a free slot.
@@ -835,6 +843,7 @@ impl EngineActor {
             };
             let sent = frame_len(&request) as u64;
             let response = net.request(peer, request).await;
+            let failed = response.is_err();
             let received = response.as_ref().map(|r| frame_len(r) as u64).unwrap_or(0);
             let expected = share::auth_proof(&state.meta.secret, &local, &peer, &nonce);
             let (member, writer) = match response {
@@ -858,6 +867,7 @@ impl EngineActor {
                 share,
                 member,
                 writer,
+                failed,
                 sent,
                 received,
             }
@@ -899,6 +909,7 @@ impl EngineActor {
             }
             NetEvent::PeerDisconnected(peer) => {
                 self.connected.remove(&peer);
+                self.auth_retries.retain(|(p, _), _| *p != peer);
                 for members in self.members.values_mut().chain(self.writers.values_mut()) {
                     members.remove(&peer);
                 }
@@ -1331,15 +1342,27 @@ impl EngineActor {
                 share,
                 member,
                 writer,
+                failed,
                 sent,
                 received,
             } => {
                 self.auth_in_flight.remove(&(peer, share));
                 if member {
+                    self.auth_retries.remove(&(peer, share));
                     let c = self.counters(share);
                     c.bytes_sent += sent;
                     c.bytes_received += received;
                     self.on_member(peer, share, writer);
+                } else if failed && self.connected.contains(&peer) {
+                    // Most often the connection it went out on was closed as a duplicate while
+                    // another one stays up: nothing else would ask again until the peer
+                    // reconnects, and the two sides would disagree about membership for good.
+                    let tries = self.auth_retries.entry((peer, share)).or_insert(0);
+                    *tries += 1;
+                    if *tries <= MAX_AUTH_RETRIES {
+                        debug!(%peer, "membership check failed to get an answer; asking again");
+                        self.start_auth(peer, share);
+                    }
                 }
             }
             TaskResult::Announced {

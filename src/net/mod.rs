@@ -60,6 +60,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent inbound plus outbound streams of our protocol per connection.
 pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// Hellos said again to a still-connected peer whose hello failed, before disconnecting it.
+pub const MAX_HELLO_RETRIES: u32 = 3;
 /// First pause between Kademlia lookups of our own id (which is how we find more peers); it
 /// doubles after each lookup up to [`DISCOVERY_INTERVAL_MAX`] and drops back when peers appear.
 pub const DISCOVERY_INTERVAL_MIN: Duration = Duration::from_millis(500);
@@ -481,6 +483,7 @@ pub fn spawn(
         events,
         pending_requests: HashMap::new(),
         hello_requests: HashMap::new(),
+        hello_retries: HashMap::new(),
         swarm,
         local_id,
         commands: rx,
@@ -508,6 +511,8 @@ struct NetActor {
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     /// Our hello requests, per peer; the peer is announced once its hello arrives.
     hello_requests: HashMap<OutboundRequestId, PeerId>,
+    /// Hellos said again to a peer since its last answer (see `hello_failed`).
+    hello_retries: HashMap<PeerId, u32>,
     local_id: PeerId,
     commands: mpsc::Receiver<Command>,
     book: PeerBook,
@@ -813,6 +818,7 @@ impl NetActor {
                     }
                 }
                 if num_established == 0 {
+                    self.hello_retries.remove(&peer_id);
                     let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
                     match cause {
                         Some(cause) => info!(peer = %peer_id, "disconnected: {cause}"),
@@ -1039,6 +1045,7 @@ impl NetActor {
                 } else if self.hello_requests.remove(&request_id).is_some() {
                     match response {
                         Response::Hello(hello) => {
+                            self.hello_retries.remove(&peer);
                             if self.on_hello(peer, hello) {
                                 let _ = self.events.send(NetEvent::PeerConnected(peer));
                             }
@@ -1057,7 +1064,9 @@ impl NetActor {
                 ..
             } => {
                 debug!(%peer, "request failed: {error}");
-                self.hello_requests.remove(&request_id);
+                if self.hello_requests.remove(&request_id).is_some() {
+                    self.hello_failed(peer);
+                }
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Request {
                         peer,
@@ -1070,6 +1079,34 @@ impl NetActor {
             }
             Event::ResponseSent { .. } => {}
         }
+    }
+
+    /// Says hello again when a hello failed but the peer is still connected. It fails that way
+    /// when the connection it went out on is closed as a duplicate while another one to the
+    /// same peer stays up; without a new hello the peer never counted as connected (no
+    /// membership checks, nothing synced) until that other connection dropped too.
+    fn hello_failed(&mut self, peer: PeerId) {
+        if !self.swarm.is_connected(&peer) {
+            // A later connection says hello itself.
+            debug!(%peer, "hello failed; not connected any more");
+            self.hello_retries.remove(&peer);
+            return;
+        }
+        debug!(%peer, "hello failed; saying it again");
+        let tries = self.hello_retries.entry(peer).or_insert(0);
+        *tries += 1;
+        if *tries > MAX_HELLO_RETRIES {
+            warn!(%peer, "peer does not answer hello; disconnecting");
+            self.hello_retries.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, Request::Hello(Hello::ours()));
+        self.hello_requests.insert(id, peer);
     }
 
     /// Checks a peer's hello; returns whether we can talk to it.
