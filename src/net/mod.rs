@@ -874,12 +874,7 @@ impl NetActor {
         roles.push((connection, dialed));
         if num_established == 1 {
             info!(%peer, "connected via {remote}");
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .sync
-                .send_request(&peer, Request::Hello(Hello::ours()));
-            self.hello_requests.insert(id, peer);
+            self.say_hello(peer);
             self.discover_soon();
         } else {
             self.deduplicate_connections(peer);
@@ -1101,6 +1096,11 @@ impl NetActor {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
+        self.say_hello(peer);
+    }
+
+    /// Sends our hello; its answer makes the peer count as connected ([`NetEvent::PeerConnected`]).
+    fn say_hello(&mut self, peer: PeerId) {
         let id = self
             .swarm
             .behaviour_mut()
