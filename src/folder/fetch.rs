@@ -19,7 +19,7 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::model::ChunkRef;
+use super::model::{CheckedChunk, ChunkRef};
 use super::sync::Counters;
 use crate::net::NetClient;
 use crate::net::protocol::{MAX_CHUNKS_PER_REQUEST, Request, Response};
@@ -35,7 +35,7 @@ pub const MAX_ATTEMPTS: usize = 6;
 
 struct Want {
     chunk: ChunkRef,
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    reply: oneshot::Sender<Result<CheckedChunk, String>>,
     /// Members that failed it, and how often it was asked.
     failed: Vec<PeerId>,
     attempts: usize,
@@ -70,7 +70,7 @@ impl Fetcher {
     }
 
     /// The chunk's bytes, verified, from some member.
-    pub async fn fetch(&self, chunk: ChunkRef) -> Result<Vec<u8>, String> {
+    pub async fn fetch(&self, chunk: ChunkRef) -> Result<CheckedChunk, String> {
         let (reply, rx) = oneshot::channel();
         self.wants
             .send(Want {
@@ -200,15 +200,14 @@ impl FetchTask {
         let mut missing = Vec::new();
         let mut lies = 0;
         for (want, bytes) in wants.into_iter().zip(chunks) {
-            match bytes {
-                Some(bytes)
-                    if bytes.len() == want.chunk.len as usize
-                        && blake3::hash(&bytes).as_bytes() == &want.chunk.hash =>
-                {
-                    self.counters.fetched.fetch_add(bytes.len() as u64, Relaxed);
-                    let _ = want.reply.send(Ok(bytes.into_vec()));
+            match bytes.map(|bytes| CheckedChunk::check(&want.chunk, bytes.into_vec())) {
+                Some(Ok(checked)) => {
+                    self.counters
+                        .fetched
+                        .fetch_add(checked.bytes().len() as u64, Relaxed);
+                    let _ = want.reply.send(Ok(checked));
                 }
-                Some(_) => {
+                Some(Err(_)) => {
                     lies += 1;
                     self.counters.bad_chunks.fetch_add(1, Relaxed);
                     missing.push(want);

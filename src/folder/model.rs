@@ -71,6 +71,44 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// A chunk's bytes, checked once against its [`ChunkRef`] (length and BLAKE3). Only
+/// [`CheckedChunk::check`] makes one, so code holding one need not hash the bytes again: the
+/// fetcher checks what a peer sent, and the writer takes its word for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedChunk {
+    chunk: ChunkRef,
+    bytes: Vec<u8>,
+}
+
+impl CheckedChunk {
+    /// `bytes` if they are `chunk`'s, else the bytes back.
+    pub fn check(chunk: &ChunkRef, bytes: Vec<u8>) -> Result<CheckedChunk, Vec<u8>> {
+        if bytes.len() == chunk.len as usize && blake3::hash(&bytes).as_bytes() == &chunk.hash {
+            Ok(CheckedChunk {
+                chunk: *chunk,
+                bytes,
+            })
+        } else {
+            Err(bytes)
+        }
+    }
+
+    /// The chunk these bytes are.
+    pub fn chunk(&self) -> &ChunkRef {
+        &self.chunk
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// One page of a long chunk list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PageRef {

@@ -62,7 +62,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
 
-use super::model::{CHUNK_MAX, ChunkRef, Hash, MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
+use super::model::{
+    CHUNK_MAX, CheckedChunk, ChunkRef, Hash, MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX,
+};
 
 /// Longest single path component accepted, in bytes: the `NAME_MAX` of ext4, XFS, btrfs and
 /// tmpfs (and within APFS's and NTFS's limits).
@@ -688,20 +690,47 @@ impl Assembly {
     /// BLAKE3 (else [`WriteError::HashMismatch`] and nothing is written). Writing a chunk twice is
     /// harmless.
     pub fn write_chunk(&mut self, index: usize, bytes: &[u8]) -> Result<(), WriteError> {
-        self.check_usable()?;
-        let Some(chunk) = self.chunks.get(index) else {
-            return Err(WriteError::NoSuchChunk {
-                path: self.target.clone(),
-                index,
-                count: self.chunks.len(),
-            });
-        };
+        let chunk = self.chunk_at(index)?;
         if bytes.len() != chunk.len as usize || blake3::hash(bytes).as_bytes() != &chunk.hash {
             return Err(WriteError::HashMismatch {
                 path: self.target.clone(),
                 index,
             });
         }
+        self.put(index, bytes)
+    }
+
+    /// [`Assembly::write_chunk`] for bytes already checked against their hash: only compares
+    /// that they are this index's chunk ([`WriteError::HashMismatch`] if not), without hashing
+    /// them again.
+    pub fn write_checked(
+        &mut self,
+        index: usize,
+        checked: &CheckedChunk,
+    ) -> Result<(), WriteError> {
+        if self.chunk_at(index)? != *checked.chunk() {
+            return Err(WriteError::HashMismatch {
+                path: self.target.clone(),
+                index,
+            });
+        }
+        self.put(index, checked.bytes())
+    }
+
+    fn chunk_at(&self, index: usize) -> Result<ChunkRef, WriteError> {
+        self.check_usable()?;
+        self.chunks
+            .get(index)
+            .copied()
+            .ok_or_else(|| WriteError::NoSuchChunk {
+                path: self.target.clone(),
+                index,
+                count: self.chunks.len(),
+            })
+    }
+
+    /// Writes chunk `index`, whose bytes are known to be right, and feeds the in-order hash.
+    fn put(&mut self, index: usize, bytes: &[u8]) -> Result<(), WriteError> {
         if let Err(e) = self.file.write_all_at(bytes, self.offsets[index]) {
             return Err(self.fail("write chunk to", e));
         }
@@ -1165,13 +1194,16 @@ pub fn read_chunk(
     offset: u64,
     len: u32,
     expected: &Hash,
-) -> Result<Option<Vec<u8>>, io::Error> {
+) -> Result<Option<CheckedChunk>, io::Error> {
     check_chunk_len(len)?;
     let Some(file) = open_regular(path)? else {
         return Ok(None);
     };
-    let bytes = read_at(&file, offset, len)?;
-    Ok(bytes.filter(|bytes| blake3::hash(bytes).as_bytes() == expected))
+    let chunk = ChunkRef {
+        hash: *expected,
+        len,
+    };
+    Ok(read_at(&file, offset, len)?.and_then(|bytes| CheckedChunk::check(&chunk, bytes).ok()))
 }
 
 /// Files a [`LocalReader`] keeps open at most.
@@ -2241,6 +2273,27 @@ mod tests {
     }
 
     #[test]
+    fn checked_chunks_are_written_without_hashing_again_but_only_at_their_index() {
+        let root = folder();
+        let cut = Cut::new(data(8, 40_000), &[10_000]);
+        let checked = |i: usize| {
+            CheckedChunk::check(&cut.chunks[i], cut.data[cut.ranges[i].clone()].to_vec()).unwrap()
+        };
+        assert!(CheckedChunk::check(&cut.chunks[0], cut.data[1..10_001].to_vec()).is_err());
+        let mut asm = cut.open(root.path(), "f").unwrap();
+        let err = asm.write_checked(1, &checked(0)).unwrap_err();
+        assert!(
+            matches!(err, WriteError::HashMismatch { index: 1, .. }),
+            "{err}"
+        );
+        for i in 0..cut.chunks.len() {
+            asm.write_checked(i, &checked(i)).unwrap();
+        }
+        asm.commit(Expect::Absent, 0o644, (1, 0)).unwrap();
+        assert_eq!(fs::read(root.path().join("f")).unwrap(), cut.data);
+    }
+
+    #[test]
     fn read_chunk_returns_only_matching_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
@@ -2248,7 +2301,10 @@ mod tests {
         fs::write(&path, &content).unwrap();
         let want = hash(&content[100..1100]);
         assert_eq!(
-            read_chunk(&path, 100, 1000, &want).unwrap().unwrap(),
+            read_chunk(&path, 100, 1000, &want)
+                .unwrap()
+                .unwrap()
+                .bytes(),
             &content[100..1100]
         );
         assert_eq!(read_chunk(&path, 101, 1000, &want).unwrap(), None);
