@@ -7,6 +7,11 @@
 //! few hundred requests instead of ten thousand, each of which is a new stream and a protocol
 //! negotiation.
 //!
+//! Only the first [`EAGER_BATCHES`] requests go out as soon as there is anything to ask; the
+//! others wait until [`MIN_BATCH_BYTES`] are queued (or a request is answered). Wants arrive
+//! one at a time as downloads make room, and sending each at once split a 256 MiB file into
+//! about 1,300 requests, most of them for one chunk.
+//!
 //! Every chunk is checked against its hash. A chunk that does not match is discarded, counted,
 //! reported as a strike against the member, and asked of another member; so is one the member
 //! did not send. After [`MAX_ATTEMPTS`] the want fails, and the download retries later.
@@ -30,6 +35,10 @@ pub const BATCHES_IN_FLIGHT: usize = 8;
 /// Bytes of chunks asked for in one request (the answer's budget is larger, so a full batch
 /// always fits).
 pub const BATCH_BUDGET: usize = 4 * 1024 * 1024;
+/// Requests sent however little is queued, so a lone want is never kept waiting.
+pub const EAGER_BATCHES: usize = 2;
+/// Bytes queued before a request beyond the first [`EAGER_BATCHES`] is sent.
+pub const MIN_BATCH_BYTES: usize = 1024 * 1024;
 /// Members asked for one chunk before its download fails (and is retried later).
 pub const MAX_ATTEMPTS: usize = 6;
 
@@ -140,6 +149,12 @@ impl FetchTask {
 
     fn dispatch(&mut self) {
         while self.batches.len() < BATCHES_IN_FLIGHT && !self.queue.is_empty() {
+            if self.batches.len() >= EAGER_BATCHES {
+                let queued: usize = self.queue.iter().map(|w| w.chunk.len as usize).sum();
+                if queued < MIN_BATCH_BYTES {
+                    return;
+                }
+            }
             let members = self.members.borrow().clone();
             if members.is_empty() {
                 for want in self.queue.drain(..) {
@@ -255,5 +270,97 @@ impl FetchTask {
             by_error.get(&false).copied().unwrap_or(0),
             by_error.get(&true).copied().unwrap_or(0)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::net::{Command, NetError};
+
+    const CHUNK: usize = 64 * 1024;
+
+    fn chunk(i: u8) -> (ChunkRef, Vec<u8>) {
+        let bytes = vec![i; CHUNK];
+        let chunk = ChunkRef {
+            hash: *blake3::hash(&bytes).as_bytes(),
+            len: CHUNK as u32,
+        };
+        (chunk, bytes)
+    }
+
+    type Asked = (Vec<[u8; 32]>, oneshot::Sender<Result<Response, NetError>>);
+
+    async fn next_request(net: &mut mpsc::Receiver<Command>) -> Asked {
+        let command = tokio::time::timeout(Duration::from_secs(10), net.recv())
+            .await
+            .expect("a request within 10 s")
+            .expect("the fetcher is running");
+        match command {
+            Command::Request {
+                request: Request::GetChunks { hashes, .. },
+                reply,
+                ..
+            } => (hashes.into_iter().map(|h| *h).collect(), reply),
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+
+    async fn nothing_asked(net: &mut mpsc::Receiver<Command>) {
+        let asked = tokio::time::timeout(Duration::from_millis(30), net.recv()).await;
+        assert!(asked.is_err(), "a request went out early: {asked:?}");
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_first_wait_for_a_full_batch() {
+        let (commands, mut net) = mpsc::channel(64);
+        let peer = PeerId::random();
+        let (_members_tx, members) = watch::channel(vec![peer]);
+        let fetcher = Fetcher::spawn(
+            [7; 32],
+            NetClient::from_channel(commands),
+            members,
+            Arc::new(Counters::default()),
+        );
+        let chunks: Vec<(ChunkRef, Vec<u8>)> = (0..=(MIN_BATCH_BYTES / CHUNK) as u8 + 1)
+            .map(chunk)
+            .collect();
+        let bytes_of: HashMap<[u8; 32], Vec<u8>> =
+            chunks.iter().map(|(c, b)| (c.hash, b.clone())).collect();
+        let mut fetches = JoinSet::new();
+        let mut asked = Vec::new();
+        for (i, (want, _)) in chunks.iter().enumerate() {
+            let fetcher = fetcher.clone();
+            let want = *want;
+            fetches.spawn(async move { (want, fetcher.fetch(want).await) });
+            if i < EAGER_BATCHES {
+                let (hashes, reply) = next_request(&mut net).await;
+                assert_eq!(hashes, vec![want.hash], "a lone want goes out at once");
+                asked.push((hashes, reply));
+            } else if i < chunks.len() - 1 {
+                nothing_asked(&mut net).await;
+            }
+        }
+        let (hashes, reply) = next_request(&mut net).await;
+        assert_eq!(
+            hashes.len(),
+            MIN_BATCH_BYTES / CHUNK,
+            "the queued wants go out together once they make a batch"
+        );
+        asked.push((hashes, reply));
+        for (hashes, reply) in asked {
+            let answer = hashes
+                .iter()
+                .map(|h| Some(serde_bytes::ByteBuf::from(bytes_of[h].clone())))
+                .collect();
+            reply.send(Ok(Response::Chunks(answer))).unwrap();
+        }
+        while let Some(done) = fetches.join_next().await {
+            let (want, got) = done.unwrap();
+            let got = got.expect("every want is answered");
+            assert_eq!(got.bytes(), &bytes_of[&want.hash][..]);
+        }
     }
 }

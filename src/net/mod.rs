@@ -334,6 +334,12 @@ impl NetClient {
             .await
             .map_err(|_| NetError::Stopped)
     }
+
+    /// A client whose commands go to `commands`, for tests that play the network themselves.
+    #[cfg(test)]
+    pub(crate) fn from_channel(commands: mpsc::Sender<Command>) -> NetClient {
+        NetClient { commands }
+    }
 }
 
 /// The libp2p behaviours we compose.
