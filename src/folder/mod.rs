@@ -4,6 +4,7 @@
 //! [`model::FileMeta`]. This module adds what files need on top: scanning, content-defined
 //! chunks, fetching only missing chunks, and writing files safely.
 
+pub mod content;
 pub mod fetch;
 pub mod model;
 pub mod scan;

@@ -60,13 +60,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fastcdc::v2020::StreamCDC;
 use ignore::WalkBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::folder::content::{FileHash, PIPELINE_FROM, hash_reader, hash_reader_pipelined};
 use crate::folder::model::{
-    self, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, ChunkRef, Content, EntryKind, FileMeta, Hash,
-    IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, PageRef, TEMP_PREFIX,
+    self, ChunkRef, Content, EntryKind, FileMeta, IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, PageRef,
+    TEMP_PREFIX,
 };
 
 /// Most threads hashing files at once. Hashing is CPU-bound (BLAKE3 and the CDC gear hash,
@@ -144,17 +144,6 @@ pub struct ScanOutput {
     pub hashed_files: u64,
     /// Bytes read by this scan, retries included.
     pub hashed_bytes: u64,
-}
-
-/// A file's content as the sync sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileHash {
-    /// Number of bytes read (the sum of the chunk lengths).
-    pub size: u64,
-    /// BLAKE3 of all the bytes.
-    pub hash: Hash,
-    /// The content-defined chunks, in order.
-    pub chunks: Vec<ChunkRef>,
 }
 
 /// Why a scan could not run. Every variant means "do not trust the folder now": the caller
@@ -318,101 +307,6 @@ fn known_files(
         }
     }
     Ok(known)
-}
-
-/// Reads the file at `path` (following a symlink, unlike the scanner) and describes its content.
-/// Streams: memory stays within a few [`CHUNK_MAX`] buffers whatever the file's size, plus the
-/// chunk list (36 bytes per ~64 KiB).
-pub fn hash_file(path: &Path) -> io::Result<FileHash> {
-    hash_reader(fs::File::open(path)?)
-}
-
-/// Cuts what `reader` yields into content-defined chunks and hashes them and the whole. The same
-/// bytes always give the same result, whatever the reader's read sizes.
-pub fn hash_reader<R: Read>(reader: R) -> io::Result<FileHash> {
-    let mut hashes = Hashes::default();
-    for chunk in chunker(reader) {
-        hashes.add(&chunk.map_err(io::Error::from)?.data);
-    }
-    Ok(hashes.finish())
-}
-
-/// Files of at least this many bytes are hashed by [`hash_reader_pipelined`].
-pub const PIPELINE_FROM: u64 = 4 * 1024 * 1024;
-/// Chunks cut but not yet hashed, at most, in [`hash_reader_pipelined`] (≤ 2 MiB).
-const PIPELINE_DEPTH: usize = 8;
-
-/// [`hash_reader`] on two threads: this one reads and cuts (about 55% of the work), a helper
-/// hashes the chunks and the whole as they come. A 256 MiB file took 0.25–0.31 s on one thread
-/// and 0.18–0.22 s like this (from the daemon's scan logs); small files are not worth the thread.
-pub fn hash_reader_pipelined<R: Read>(reader: R) -> io::Result<FileHash> {
-    std::thread::scope(|scope| {
-        let (cut, to_hash) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
-        let hasher = scope.spawn(move || {
-            let mut hashes = Hashes::default();
-            for data in to_hash {
-                hashes.add(&data);
-            }
-            hashes.finish()
-        });
-        let mut failed = None;
-        for chunk in chunker(reader) {
-            match chunk {
-                // The hasher only stops early by panicking, which the join below reports.
-                Ok(chunk) => {
-                    if cut.send(chunk.data).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    failed = Some(io::Error::from(e));
-                    break;
-                }
-            }
-        }
-        drop(cut);
-        let hashed = hasher
-            .join()
-            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
-        failed.map_or(Ok(hashed), Err)
-    })
-}
-
-fn chunker<R: Read>(reader: R) -> StreamCDC<RetryInterrupted<R>> {
-    StreamCDC::new(
-        RetryInterrupted(reader),
-        CHUNK_MIN as usize,
-        CHUNK_AVG as usize,
-        CHUNK_MAX as usize,
-    )
-}
-
-/// The hashes of a file's chunks and of the whole, fed chunk by chunk in file order.
-#[derive(Default)]
-struct Hashes {
-    whole: blake3::Hasher,
-    chunks: Vec<ChunkRef>,
-    size: u64,
-}
-
-impl Hashes {
-    fn add(&mut self, data: &[u8]) {
-        self.whole.update(data);
-        let len = u32::try_from(data.len()).expect("chunks are at most CHUNK_MAX bytes");
-        self.chunks.push(ChunkRef {
-            hash: *blake3::hash(data).as_bytes(),
-            len,
-        });
-        self.size += u64::from(len);
-    }
-
-    fn finish(self) -> FileHash {
-        FileHash {
-            size: self.size,
-            hash: *self.whole.finalize().as_bytes(),
-            chunks: self.chunks,
-        }
-    }
 }
 
 /// Whether a relative path is excluded whatever the `.meshignore` files say: the root's
@@ -1145,23 +1039,11 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// Retries reads interrupted by a signal, which the chunker would otherwise report as errors.
-struct RetryInterrupted<R>(R);
-
-impl<R: Read> Read for RetryInterrupted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.0.read(buf) {
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::folder::content::hash_file;
+    use crate::folder::model::{CHUNK_MAX, CHUNK_MIN};
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::path::Path;
 
@@ -1544,80 +1426,6 @@ mod tests {
         let (a, b) = (&out.entries["a"].meta, &out.entries["x/b"].meta);
         assert!(a.same_content(b));
         assert_eq!(a.content, b.content);
-    }
-
-    fn changed_chunks(before: &[u8], after: &[u8]) -> (usize, usize) {
-        let old = hash_reader(before).unwrap().chunks;
-        let new = hash_reader(after).unwrap().chunks;
-        let old: BTreeSet<_> = old.into_iter().collect();
-        let fresh = new.iter().filter(|c| !old.contains(c)).count();
-        (fresh, new.len())
-    }
-
-    #[test]
-    fn inserting_a_byte_changes_only_the_first_chunks() {
-        let data = random(11, 4 << 20);
-        let mut edited = vec![0x42];
-        edited.extend_from_slice(&data);
-        let (fresh, total) = changed_chunks(&data, &edited);
-        assert!(fresh <= 2, "{fresh} of {total} chunks changed");
-    }
-
-    #[test]
-    fn overwriting_a_mebibyte_changes_few_chunks() {
-        let data = random(12, 16 << 20);
-        let mut edited = data.clone();
-        edited[8 << 20..9 << 20].copy_from_slice(&random(13, 1 << 20));
-        let (fresh, total) = changed_chunks(&data, &edited);
-        assert!(fresh <= 20, "{fresh} of {total} chunks changed");
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
-        #[test]
-        fn chunking_ignores_read_sizes(len in 0usize..600_000, step in 1usize..70_000, seed: u64) {
-            /// Hands out at most `step` bytes per read.
-            struct Trickle<'a>(&'a [u8], usize);
-            impl Read for Trickle<'_> {
-                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                    let n = buf.len().min(self.1).min(self.0.len());
-                    buf[..n].copy_from_slice(&self.0[..n]);
-                    self.0 = &self.0[n..];
-                    Ok(n)
-                }
-            }
-            let data = random(seed, len);
-            let whole = hash_reader(data.as_slice()).unwrap();
-            let trickled = hash_reader(Trickle(&data, step)).unwrap();
-            proptest::prop_assert_eq!(&whole, &trickled);
-            let pipelined = hash_reader_pipelined(Trickle(&data, step)).unwrap();
-            proptest::prop_assert_eq!(&whole, &pipelined);
-            let sum: u64 = whole.chunks.iter().map(|c| u64::from(c.len)).sum();
-            proptest::prop_assert_eq!(sum, len as u64);
-        }
-    }
-
-    #[test]
-    fn pipelined_hashing_matches_and_reports_read_errors() {
-        let data = random(7, 9 << 20);
-        let serial = hash_reader(data.as_slice()).unwrap();
-        assert_eq!(serial.hash, *blake3::hash(&data).as_bytes());
-        assert_eq!(hash_reader_pipelined(data.as_slice()).unwrap(), serial);
-        /// Yields `good` bytes, then fails.
-        struct Failing<'a>(&'a [u8]);
-        impl Read for Failing<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0.is_empty() {
-                    return Err(io::Error::other("disk on fire"));
-                }
-                let n = buf.len().min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
-        let err = hash_reader_pipelined(Failing(&data[..5 << 20])).unwrap_err();
-        assert!(err.to_string().contains("disk on fire"), "{err}");
     }
 
     #[test]

@@ -2114,6 +2114,7 @@ pub fn prepare_root(root: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::folder::content;
     use crate::folder::testdata::pseudo_random as random;
 
     /// Offsets of `chunks` in their file.
@@ -2130,11 +2131,14 @@ mod tests {
     }
 
     /// A shared folder's root, and `len` bytes of content with their chunks.
-    fn folder_and_content(seed: u64, len: usize) -> (tempfile::TempDir, Vec<u8>, scan::FileHash) {
+    fn folder_and_content(
+        seed: u64,
+        len: usize,
+    ) -> (tempfile::TempDir, Vec<u8>, content::FileHash) {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(model::MARKER_DIR)).unwrap();
         let data = random(seed, len);
-        let hashed = scan::hash_reader(data.as_slice()).unwrap();
+        let hashed = content::hash_reader(data.as_slice()).unwrap();
         (root, data, hashed)
     }
 
