@@ -63,7 +63,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ignore::WalkBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::folder::content::{FileHash, PIPELINE_FROM, hash_reader, hash_reader_pipelined};
+use crate::folder::content::{
+    FileHash, PIPELINE_FROM, Previous, hash_reader, hash_reader_pipelined,
+};
 use crate::folder::model::{
     self, ChunkRef, Content, EntryKind, FileMeta, IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, PageRef,
     TEMP_PREFIX,
@@ -205,13 +207,27 @@ pub enum ScanError {
     },
 }
 
+/// The chunk list of a file's previous version, when the caller has it (a large file's is in
+/// pages the caller stores). A large file that changed is then read at hashing speed where it
+/// did not change, instead of cut again (see [`crate::folder::content::Previous`]).
+pub type ChunkLists<'a> = &'a (dyn Fn(&FileMeta) -> Option<Vec<ChunkRef>> + Sync);
+
 /// Scans the whole folder at `root`. `previous` is the last scan's `entries` (empty the first
 /// time): files it describes that have not changed are reused instead of re-read.
 pub fn scan_all(
     root: &Path,
     previous: &BTreeMap<String, ScanRecord>,
 ) -> Result<ScanOutput, ScanError> {
-    scan(root, Scope::All, previous, Known::default())
+    scan_all_reusing(root, previous, &|_| None)
+}
+
+/// [`scan_all`], finding the chunks of changed large files' previous versions again.
+pub fn scan_all_reusing(
+    root: &Path,
+    previous: &BTreeMap<String, ScanRecord>,
+    chunk_lists: ChunkLists,
+) -> Result<ScanOutput, ScanError> {
+    scan(root, Scope::All, previous, Known::default(), chunk_lists)
 }
 
 /// Re-examines only `paths` (normalised relative paths, as a watcher reports them), each with
@@ -223,6 +239,16 @@ pub fn scan_paths(
     root: &Path,
     paths: &[String],
     previous: &BTreeMap<String, ScanRecord>,
+) -> Result<ScanOutput, ScanError> {
+    scan_paths_reusing(root, paths, previous, &|_| None)
+}
+
+/// [`scan_paths`], finding the chunks of changed large files' previous versions again.
+pub fn scan_paths_reusing(
+    root: &Path,
+    paths: &[String],
+    previous: &BTreeMap<String, ScanRecord>,
+    chunk_lists: ChunkLists,
 ) -> Result<ScanOutput, ScanError> {
     let mut requested = BTreeSet::new();
     for path in paths {
@@ -242,7 +268,7 @@ pub fn scan_paths(
     }
     let known = known_files(root, &requested, previous)?;
     requested.retain(|rel| !known.covers(rel));
-    scan(root, Scope::Paths(requested), previous, known)
+    scan(root, Scope::Paths(requested), previous, known, chunk_lists)
 }
 
 /// Requested files that need no walk: files we have a record of, still regular files, with no
@@ -590,6 +616,7 @@ fn scan(
     scope: Scope,
     previous: &BTreeMap<String, ScanRecord>,
     known: Known,
+    chunk_lists: ChunkLists,
 ) -> Result<ScanOutput, ScanError> {
     let (base, root_id) = check_root(root)?;
     let nothing_to_walk = matches!(&scope, Scope::Paths(set) if set.is_empty());
@@ -624,7 +651,13 @@ fn scan(
     jobs.extend(known.jobs);
 
     let mut out = ScanOutput::default();
-    for (job, hashed) in hash_all(jobs) {
+    let previous_chunks = |job: &Job| {
+        let record = previous
+            .get(&job.rel)
+            .filter(|_| job.size >= PIPELINE_FROM)?;
+        chunk_lists(&record.meta).map(Previous::new)
+    };
+    for (job, hashed) in hash_all(jobs, &previous_chunks) {
         out.hashed_files += hashed.reads;
         out.hashed_bytes += hashed.bytes;
         match hashed.outcome {
@@ -912,7 +945,10 @@ fn error_path(err: &ignore::Error) -> Option<&Path> {
 
 /// Reads `jobs` on up to [`MAX_HASH_WORKERS`] threads (the calling one included), largest first
 /// so one big file does not start last.
-fn hash_all(mut jobs: Vec<Job>) -> Vec<(Job, Hashed)> {
+fn hash_all(
+    mut jobs: Vec<Job>,
+    previous_chunks: &(dyn Fn(&Job) -> Option<Previous> + Sync),
+) -> Vec<(Job, Hashed)> {
     if jobs.is_empty() {
         return Vec::new();
     }
@@ -929,7 +965,7 @@ fn hash_all(mut jobs: Vec<Job>) -> Vec<(Job, Hashed)> {
             let Some(job) = jobs.get(i) else {
                 return done;
             };
-            done.push((i, hash_job(&job.abs)));
+            done.push((i, hash_job(&job.abs, previous_chunks(job).as_ref())));
         }
     };
     let mut results: Vec<(usize, Hashed)> = thread::scope(|s| {
@@ -959,7 +995,7 @@ fn hash_all(mut jobs: Vec<Job>) -> Vec<(Job, Hashed)> {
 }
 
 /// Reads one file until it reads consistently, at most [`MAX_HASH_ATTEMPTS`] times.
-fn hash_job(abs: &Path) -> Hashed {
+fn hash_job(abs: &Path, previous: Option<&Previous>) -> Hashed {
     let mut hashed = Hashed {
         outcome: Outcome::Unstable(String::new()),
         reads: 0,
@@ -968,7 +1004,7 @@ fn hash_job(abs: &Path) -> Hashed {
     for _ in 0..MAX_HASH_ATTEMPTS {
         let started = SystemTime::now();
         hashed.reads += 1;
-        match hash_once(abs, &mut hashed.bytes) {
+        match hash_once(abs, &mut hashed.bytes, previous) {
             Ok((stat, content)) => {
                 let (described, pages) = model::describe(content.chunks);
                 let meta = FileMeta {
@@ -992,7 +1028,11 @@ fn hash_job(abs: &Path) -> Hashed {
 
 /// One consistent read of the regular file at `abs`, or why it was not consistent. Adds the
 /// bytes read to `bytes`.
-fn hash_once(abs: &Path, bytes: &mut u64) -> Result<(Stat, FileHash), String> {
+fn hash_once(
+    abs: &Path,
+    bytes: &mut u64,
+    previous: Option<&Previous>,
+) -> Result<(Stat, FileHash), String> {
     let io = |what: &str, err: io::Error| format!("cannot {what}: {err}");
     // O_NOFOLLOW: a symlink swapped in is not followed; O_NONBLOCK: a fifo swapped in does not
     // block the open.
@@ -1011,7 +1051,7 @@ fn hash_once(abs: &Path, bytes: &mut u64) -> Result<(Stat, FileHash), String> {
         count: 0,
     };
     let result = if before.size >= PIPELINE_FROM {
-        hash_reader_pipelined(&mut reader)
+        hash_reader_pipelined(&mut reader, previous)
     } else {
         hash_reader(&mut reader)
     };
@@ -1201,6 +1241,38 @@ mod tests {
         assert_eq!(keys(&out), ["a", "a/b"]);
         let meta = &out.entries["a/b"].meta;
         assert_eq!((meta.kind, meta.hash), (EntryKind::Dir, [0; 32]));
+    }
+
+    #[test]
+    fn large_files_are_given_their_previous_chunks_and_described_the_same() {
+        use std::sync::Mutex;
+        let dir = folder();
+        let root = dir.path();
+        let mut data = random(5, 6 << 20);
+        write(root, "big", &data);
+        write(root, "small", &random(6, 1000));
+        settle();
+        let first = scan_all(root, &BTreeMap::new()).unwrap();
+        data[3 << 20..(3 << 20) + 5000].copy_from_slice(&random(7, 5000));
+        fs::write(root.join("big"), &data).unwrap();
+        fs::write(root.join("small"), random(8, 1000)).unwrap();
+        settle();
+        let asked = Mutex::new(Vec::new());
+        let lists = |meta: &FileMeta| {
+            asked.lock().unwrap().push(meta.size);
+            Some(chunks_of(meta, &first.pages))
+        };
+        let paths = ["big".to_owned(), "small".to_owned()];
+        let reusing = scan_paths_reusing(root, &paths, &first.entries, &lists).unwrap();
+        // Only the large file is worth a lookup.
+        assert_eq!(*asked.lock().unwrap(), [6 << 20]);
+        let plain = scan_paths(root, &paths, &first.entries).unwrap();
+        assert_eq!(reusing.entries, plain.entries);
+        assert_eq!(reusing.pages, plain.pages);
+        assert_eq!(
+            plain.entries["big"].meta.hash,
+            *blake3::hash(&data).as_bytes()
+        );
     }
 
     #[test]

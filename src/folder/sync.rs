@@ -707,16 +707,18 @@ impl FolderActor {
         self.scans_run += 1;
         debug!(folder = %self.name, full, paths = paths.len(), first = ?paths.first(), "scan");
         let root = self.shared.root.clone();
+        let db = self.shared.db.clone();
         let previous = if full {
             self.all_records()
         } else {
             self.previous_records(&paths)
         };
         self.scans.spawn_blocking(move || {
+            let chunk_lists = |meta: &FileMeta| stored_chunk_list(&db, meta);
             let out = if full {
-                scan::scan_all(&root, &previous)
+                scan::scan_all_reusing(&root, &previous, &chunk_lists)
             } else {
-                scan::scan_paths(&root, &paths, &previous)
+                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists)
             }
             .map_err(|e| e.to_string())?;
             for warning in &out.warnings {
@@ -2023,24 +2025,24 @@ async fn fetch_from_members(
 }
 
 fn chunk_locations(db: &Database, path: &str, meta: &FileMeta) -> Vec<(Hash, ChunkLocation)> {
-    let chunks: Vec<ChunkRef> = match &meta.content {
-        Content::Empty => return Vec::new(),
-        Content::Inline(chunks) => chunks.clone(),
+    stored_chunk_list(db, meta).map_or_else(Vec::new, |chunks| locations_in(path, &chunks))
+}
+
+/// The chunk list of `meta` from what we store (no fetching); `None` if a page is missing or
+/// unreadable.
+fn stored_chunk_list(db: &Database, meta: &FileMeta) -> Option<Vec<ChunkRef>> {
+    match &meta.content {
+        Content::Empty => Some(Vec::new()),
+        Content::Inline(chunks) => Some(chunks.clone()),
         Content::Paged(pages) => {
             let mut all = Vec::new();
             for page in pages {
-                let Some(bytes) = read_page(db, &page.hash) else {
-                    return Vec::new();
-                };
-                let Ok(chunks) = ciborium::from_reader::<Vec<ChunkRef>, _>(bytes.as_slice()) else {
-                    return Vec::new();
-                };
-                all.extend(chunks);
+                let bytes = read_page(db, &page.hash)?;
+                all.extend(ciborium::from_reader::<Vec<ChunkRef>, _>(bytes.as_slice()).ok()?);
             }
-            all
+            Some(all)
         }
-    };
-    locations_in(path, &chunks)
+    }
 }
 
 fn read_page(db: &Database, hash: &Hash) -> Option<Vec<u8>> {
