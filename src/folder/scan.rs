@@ -486,15 +486,36 @@ impl Stat {
 /// The unchanged-file rule (see the module docs): whether `previous` still describes a regular
 /// file whose `lstat` is `now`.
 fn reusable(previous: &ScanRecord, now: &Stat) -> bool {
-    let meta = &previous.meta;
-    meta.kind == EntryKind::File
-        && !previous.racy
-        && meta.size == now.size
-        && (meta.mtime_secs, meta.mtime_nanos) == now.mtime
-        && (previous.ctime_secs, previous.ctime_nanos) == now.ctime
-        && previous.inode == now.ino
-        && previous.dev == now.dev
-        && meta.mode == now.mode
+    previous.stamp().is_some_and(|stamp| stamp.0 == *now)
+}
+
+/// What `lstat` said of a regular file when a scan described it. A file that has the same stamp
+/// now is taken to hold the same bytes: the rule by which a rescan does not re-read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(Stat);
+
+impl Stamp {
+    /// Whether `md` (`fstat` of an open file, or `lstat` of a path) is still this file,
+    /// unchanged.
+    pub fn matches(&self, md: &Metadata) -> bool {
+        Stat::of(md) == self.0
+    }
+}
+
+impl ScanRecord {
+    /// The stamp of the regular file this record describes, unless it was modified too close to
+    /// its read (racy) for its stamp to vouch for its content.
+    pub fn stamp(&self) -> Option<Stamp> {
+        let meta = &self.meta;
+        (meta.kind == EntryKind::File && !self.racy).then_some(Stamp(Stat {
+            mode: meta.mode,
+            size: meta.size,
+            mtime: (meta.mtime_secs, meta.mtime_nanos),
+            ctime: (self.ctime_secs, self.ctime_nanos),
+            ino: self.inode,
+            dev: self.dev,
+        }))
+    }
 }
 
 /// Whether a file with `stat`, read from `started` on, must be re-read next time (see

@@ -212,6 +212,9 @@ struct ChunkLocation {
     path: String,
     offset: u64,
     len: u32,
+    /// The file's stamp when it was described: while the file still has it, a copy of the chunk
+    /// is written without hashing it first (the whole file is checked anyway).
+    stamp: Option<scan::Stamp>,
 }
 
 /// Everything a download task needs, shared read-only.
@@ -554,6 +557,7 @@ impl FolderActor {
                                 .read(&root.join(&l.path), l.offset, l.len)
                                 .ok()
                                 .flatten()
+                                .map(|(bytes, _)| bytes)
                                 .filter(|bytes| blake3::hash(bytes).as_bytes() == hash)?;
                             used += bytes.len();
                             Some(bytes)
@@ -960,7 +964,12 @@ impl FolderActor {
     fn index_chunks<'a>(&self, records: impl Iterator<Item = (&'a String, &'a ScanRecord)>) {
         let mut entries = Vec::new();
         for (path, record) in records {
-            entries.extend(chunk_locations(&self.shared.db, path, &record.meta));
+            entries.extend(chunk_locations(
+                &self.shared.db,
+                path,
+                &record.meta,
+                record.stamp(),
+            ));
         }
         let mut index = self.shared.chunks.write().expect("chunk index lock");
         for (hash, location) in entries {
@@ -1440,7 +1449,7 @@ async fn materialise(
                     // Indexed here rather than returned to the actor: a download running
                     // concurrently may be looking for these chunks now.
                     if let Some(meta) = trashed_meta {
-                        let moved = chunk_locations(&shared.db, &trash_rel, &meta);
+                        let moved = chunk_locations(&shared.db, &trash_rel, &meta, None);
                         let mut index = shared.chunks.write().expect("chunk index lock");
                         index.extend(moved);
                     }
@@ -1595,7 +1604,11 @@ impl From<write::WriteError> for WriteFailure {
 }
 
 /// The chunks of `rel`, laid end to end, as places to find them.
-fn locations_in(rel: &str, chunks: &[ChunkRef]) -> Vec<(Hash, ChunkLocation)> {
+fn locations_in(
+    rel: &str,
+    chunks: &[ChunkRef],
+    stamp: Option<scan::Stamp>,
+) -> Vec<(Hash, ChunkLocation)> {
     let mut offset = 0u64;
     chunks
         .iter()
@@ -1604,6 +1617,7 @@ fn locations_in(rel: &str, chunks: &[ChunkRef]) -> Vec<(Hash, ChunkLocation)> {
                 path: rel.to_owned(),
                 offset,
                 len: chunk.len,
+                stamp,
             };
             offset += chunk.len as u64;
             (chunk.hash, location)
@@ -1691,9 +1705,9 @@ async fn write_small_file(
     })
     .await?;
     if let (Some(kept), Some(old)) = (kept, replacing) {
-        new_chunks.extend(chunk_locations(&shared.db, &kept, &old));
+        new_chunks.extend(chunk_locations(&shared.db, &kept, &old, None));
     }
-    new_chunks.extend(locations_in(path, &chunks));
+    new_chunks.extend(locations_in(path, &chunks, record.stamp()));
     Ok(record)
 }
 
@@ -1742,9 +1756,9 @@ async fn write_entry(
             })
             .await?;
             if let (Some(kept), Some(old)) = (kept, replacing) {
-                new_chunks.extend(chunk_locations(&shared.db, &kept, &old));
+                new_chunks.extend(chunk_locations(&shared.db, &kept, &old, None));
             }
-            new_chunks.extend(locations_in(&rel, &chunks));
+            new_chunks.extend(locations_in(&rel, &chunks, None));
         }
     }
     if matches!(meta.kind, EntryKind::Dir) {
@@ -1868,11 +1882,18 @@ fn write_chunks(
         if let Some(location) = location {
             let copied =
                 match reader.read(&root.join(&location.path), location.offset, location.len) {
-                    Ok(Some(bytes)) => match assembly.write_chunk(index, &bytes) {
-                        Ok(()) => true,
-                        Err(write::WriteError::HashMismatch { .. }) => false,
-                        Err(e) => return Err(e),
-                    },
+                    Ok(Some((bytes, file))) => {
+                        let written = if location.stamp.is_some_and(|s| s.matches(file)) {
+                            assembly.write_vouched(index, &bytes)
+                        } else {
+                            assembly.write_chunk(index, &bytes)
+                        };
+                        match written {
+                            Ok(()) => true,
+                            Err(write::WriteError::HashMismatch { .. }) => false,
+                            Err(e) => return Err(e),
+                        }
+                    }
                     Ok(None) | Err(_) => false,
                 };
             if copied {
@@ -2024,8 +2045,13 @@ async fn fetch_from_members(
     Err(last)
 }
 
-fn chunk_locations(db: &Database, path: &str, meta: &FileMeta) -> Vec<(Hash, ChunkLocation)> {
-    stored_chunk_list(db, meta).map_or_else(Vec::new, |chunks| locations_in(path, &chunks))
+fn chunk_locations(
+    db: &Database,
+    path: &str,
+    meta: &FileMeta,
+    stamp: Option<scan::Stamp>,
+) -> Vec<(Hash, ChunkLocation)> {
+    stored_chunk_list(db, meta).map_or_else(Vec::new, |chunks| locations_in(path, &chunks, stamp))
 }
 
 /// The chunk list of `meta` from what we store (no fetching); `None` if a page is missing or
@@ -2164,6 +2190,7 @@ mod tests {
                 path: "old".into(),
                 offset: at[i],
                 len: chunks[i].len,
+                stamp: None,
             })
         };
         // Chunk 2 is not local; every other chunk is, chunk 1 wrongly.
@@ -2188,6 +2215,79 @@ mod tests {
         assert_eq!(refetch_rx.blocking_recv(), None, "nothing else to fetch");
         let assembly = writer.join().unwrap().unwrap();
         assembly
+            .commit(write::Expect::Absent, 0o644, (1_000, 0))
+            .unwrap();
+        assert_eq!(std::fs::read(r.join("new")).unwrap(), data);
+    }
+
+    #[test]
+    fn copies_from_a_file_whose_stamp_holds_skip_the_chunk_check_but_not_the_file_check() {
+        let (root, data, hashed) = folder_and_content(13, 3 << 20);
+        let r = root.path();
+        let chunks = hashed.chunks.clone();
+        let at = offsets(&chunks);
+        // "old" differs from what the index says it holds in chunk 1 (as if it had been
+        // changed behind an unchanged stamp).
+        let mut old = data.clone();
+        old[at[1] as usize] ^= 0xff;
+        std::fs::write(r.join("old"), &old).unwrap();
+        std::thread::sleep(scan::RACY_WINDOW_FINE + Duration::from_millis(50));
+        let scanned = scan::scan_all(r, &BTreeMap::new()).unwrap();
+        let stamp = scanned.entries["old"].stamp();
+        assert!(stamp.is_some(), "a settled file has a stamp");
+        let plan = || -> Vec<(usize, Option<ChunkLocation>)> {
+            (0..chunks.len())
+                .map(|i| {
+                    let location = ChunkLocation {
+                        path: "old".into(),
+                        offset: at[i],
+                        len: chunks[i].len,
+                        stamp,
+                    };
+                    (i, Some(location))
+                })
+                .collect()
+        };
+        let write = |plan| {
+            let assembly =
+                write::Assembly::open(r, "new", hashed.size, hashed.hash, &chunks).unwrap();
+            let (fetched_tx, fetched_rx) = mpsc::channel(MAX_CHUNKS_IN_FLIGHT);
+            let (refetch_tx, mut refetch_rx) = mpsc::unbounded_channel();
+            let root = r.to_path_buf();
+            let writer = std::thread::spawn(move || {
+                write_chunks(assembly, &root, plan, fetched_rx, refetch_tx)
+            });
+            (writer, fetched_tx, refetch_rx.blocking_recv())
+        };
+
+        // The stamp holds: every chunk is copied unchecked, and the file check refuses it.
+        let (writer, fetched_tx, refetch) = write(plan());
+        assert_eq!(refetch, None, "nothing is fetched");
+        drop(fetched_tx);
+        let err = writer
+            .join()
+            .unwrap()
+            .unwrap()
+            .commit(write::Expect::Absent, 0o644, (1_000, 0))
+            .unwrap_err();
+        assert!(
+            matches!(err, write::WriteError::FileHashMismatch { .. }),
+            "{err}"
+        );
+        assert!(!r.join("new").exists(), "nothing half-right is published");
+
+        // Written again (same bytes, new ctime): the stamp no longer vouches, chunks are checked.
+        std::fs::write(r.join("old"), &old).unwrap();
+        let (writer, fetched_tx, refetch) = write(plan());
+        assert_eq!(refetch, Some(1), "the chunk that differs is fetched");
+        let bytes = data[at[1] as usize..][..chunks[1].len as usize].to_vec();
+        fetched_tx
+            .blocking_send((1, CheckedChunk::check(&chunks[1], bytes).unwrap()))
+            .unwrap();
+        writer
+            .join()
+            .unwrap()
+            .unwrap()
             .commit(write::Expect::Absent, 0o644, (1_000, 0))
             .unwrap();
         assert_eq!(std::fs::read(r.join("new")).unwrap(), data);

@@ -700,6 +700,21 @@ impl Assembly {
         self.put(index, bytes)
     }
 
+    /// [`Assembly::write_chunk`] without the hash check, for a local copy from a file whose
+    /// stamp shows it unchanged since it was described (the scanner's own rule for not reading
+    /// it again). The whole file is still checked against its hash before it is published, so a
+    /// file that changed behind an unchanged stamp only fails this assembly.
+    pub fn write_vouched(&mut self, index: usize, bytes: &[u8]) -> Result<(), WriteError> {
+        let chunk = self.chunk_at(index)?;
+        if bytes.len() != chunk.len as usize {
+            return Err(WriteError::HashMismatch {
+                path: self.target.clone(),
+                index,
+            });
+        }
+        self.put(index, bytes)
+    }
+
     /// [`Assembly::write_chunk`] for bytes already checked against their hash: only compares
     /// that they are this index's chunk ([`WriteError::HashMismatch`] if not), without hashing
     /// them again.
@@ -1196,7 +1211,7 @@ pub fn read_chunk(
     expected: &Hash,
 ) -> Result<Option<CheckedChunk>, io::Error> {
     check_chunk_len(len)?;
-    let Some(file) = open_regular(path)? else {
+    let Some((file, _)) = open_regular(path)? else {
         return Ok(None);
     };
     let chunk = ChunkRef {
@@ -1212,17 +1227,23 @@ const LOCAL_READER_FILES: usize = 64;
 /// Reads chunks out of local files to copy them into an [`Assembly`], keeping files open between
 /// reads (rebuilding a big file from its old version reads thousands of chunks of one file; an
 /// open and a hash check per chunk cost more than the copy). The bytes are not checked here:
-/// [`Assembly::write_chunk`] checks every chunk it writes. Same rules as [`read_chunk`] for what
-/// it refuses to read.
+/// [`Assembly::write_chunk`] checks every chunk it writes, and the caller decides from the
+/// file's `fstat` (taken when it was opened) whether [`Assembly::write_vouched`] may skip that.
+/// Same rules as [`read_chunk`] for what it refuses to read.
 #[derive(Default)]
 pub struct LocalReader {
-    files: HashMap<PathBuf, Option<File>>,
+    files: HashMap<PathBuf, Option<(File, Metadata)>>,
 }
 
 impl LocalReader {
-    /// `len` bytes at `offset` of `path`, or `None` if the file is gone, not a regular file or
-    /// shorter now.
-    pub fn read(&mut self, path: &Path, offset: u64, len: u32) -> io::Result<Option<Vec<u8>>> {
+    /// `len` bytes at `offset` of `path` and the `fstat` of the file when it was opened, or
+    /// `None` if the file is gone, not a regular file or shorter now.
+    pub fn read(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        len: u32,
+    ) -> io::Result<Option<(Vec<u8>, &Metadata)>> {
         check_chunk_len(len)?;
         if self.files.len() >= LOCAL_READER_FILES && !self.files.contains_key(path) {
             self.files.clear();
@@ -1232,7 +1253,7 @@ impl LocalReader {
             std::collections::hash_map::Entry::Vacant(slot) => slot.insert(open_regular(path)?),
         };
         match file {
-            Some(file) => read_at(file, offset, len),
+            Some((file, meta)) => Ok(read_at(file, offset, len)?.map(|bytes| (bytes, &*meta))),
             None => Ok(None),
         }
     }
@@ -1250,7 +1271,7 @@ fn check_chunk_len(len: u32) -> io::Result<()> {
 
 /// Opens `path` for reading if it is a regular file, without following a symlink or blocking
 /// on a FIFO; `None` if it is gone or is something else.
-fn open_regular(path: &Path) -> io::Result<Option<File>> {
+fn open_regular(path: &Path) -> io::Result<Option<(File, Metadata)>> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -1262,10 +1283,11 @@ fn open_regular(path: &Path) -> io::Result<Option<File>> {
         }
         Err(e) => return Err(e),
     };
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Ok(None);
     }
-    Ok(Some(file))
+    Ok(Some((file, meta)))
 }
 
 /// `len` bytes at `offset`, or `None` if the file ends before.
