@@ -7,10 +7,11 @@
 //! few hundred requests instead of ten thousand, each of which is a new stream and a protocol
 //! negotiation.
 //!
-//! Only the first [`EAGER_BATCHES`] requests go out as soon as there is anything to ask; the
-//! others wait until [`MIN_BATCH_BYTES`] are queued (or a request is answered). Wants arrive
-//! one at a time as downloads make room, and sending each at once split a 256 MiB file into
-//! about 1,300 requests, most of them for one chunk.
+//! Only the first [`EAGER_BATCHES`] requests to a member go out as soon as there is anything to
+//! ask it; further ones wait until [`MIN_BATCH_BYTES`] are queued for it (or one of its requests
+//! is answered). Wants arrive one at a time as downloads make room, and sending each at once
+//! split a 256 MiB file into about 1,300 requests, most of them for one chunk. Counting per
+//! member keeps a member that is slow to answer from holding back the wants bound for others.
 //!
 //! Every chunk is checked against its hash. A chunk that does not match is discarded, counted,
 //! reported as a strike against the member, and asked of another member; so is one the member
@@ -35,9 +36,10 @@ pub const BATCHES_IN_FLIGHT: usize = 8;
 /// Bytes of chunks asked for in one request (the answer's budget is larger, so a full batch
 /// always fits).
 pub const BATCH_BUDGET: usize = 4 * 1024 * 1024;
-/// Requests sent however little is queued, so a lone want is never kept waiting.
+/// Requests to one member sent however little is queued for it, so a lone want is never kept
+/// waiting.
 pub const EAGER_BATCHES: usize = 2;
-/// Bytes queued before a request beyond the first [`EAGER_BATCHES`] is sent.
+/// Bytes queued for a member before a request to it beyond the first [`EAGER_BATCHES`] is sent.
 pub const MIN_BATCH_BYTES: usize = 1024 * 1024;
 /// Members asked for one chunk before its download fails (and is retried later).
 pub const MAX_ATTEMPTS: usize = 6;
@@ -73,6 +75,7 @@ impl Fetcher {
             counters,
             queue: VecDeque::new(),
             batches: JoinSet::new(),
+            asked: HashMap::new(),
         };
         tokio::spawn(task.run(rx));
         Fetcher { wants }
@@ -104,6 +107,8 @@ struct FetchTask {
     counters: Arc<Counters>,
     queue: VecDeque<Want>,
     batches: JoinSet<BatchResult>,
+    /// The member each request in `batches` went to.
+    asked: HashMap<tokio::task::Id, PeerId>,
 }
 
 impl FetchTask {
@@ -123,11 +128,15 @@ impl FetchTask {
                     }
                     None => closed = true,
                 },
-                Some(done) = self.batches.join_next() => {
-                    if let Ok((peer, wants, result)) = done {
+                Some(done) = self.batches.join_next_with_id() => match done {
+                    Ok((id, (peer, wants, result))) => {
+                        self.asked.remove(&id);
                         self.on_answer(peer, wants, result).await;
                     }
-                }
+                    Err(e) => {
+                        self.asked.remove(&e.id());
+                    }
+                },
             }
             self.dispatch();
         }
@@ -149,12 +158,6 @@ impl FetchTask {
 
     fn dispatch(&mut self) {
         while self.batches.len() < BATCHES_IN_FLIGHT && !self.queue.is_empty() {
-            if self.batches.len() >= EAGER_BATCHES {
-                let queued: usize = self.queue.iter().map(|w| w.chunk.len as usize).sum();
-                if queued < MIN_BATCH_BYTES {
-                    return;
-                }
-            }
             let members = self.members.borrow().clone();
             if members.is_empty() {
                 for want in self.queue.drain(..) {
@@ -164,16 +167,31 @@ impl FetchTask {
                 }
                 return;
             }
-            let first = self.queue.pop_front().expect("not empty");
-            let Some(peer) = Self::pick(&members, &first) else {
+            let mut waiting: HashMap<PeerId, usize> = HashMap::new();
+            for want in &self.queue {
+                if let Some(peer) = Self::pick(&members, want) {
+                    *waiting.entry(peer).or_default() += want.chunk.len as usize;
+                }
+            }
+            let ready = |peer: &PeerId| {
+                let out = self.asked.values().filter(|p| *p == peer).count();
+                out < EAGER_BATCHES || waiting[peer] >= MIN_BATCH_BYTES
+            };
+            // The member of the oldest want that may be asked now.
+            let Some(peer) = self
+                .queue
+                .iter()
+                .filter_map(|want| Self::pick(&members, want))
+                .find(ready)
+            else {
                 return;
             };
-            let mut bytes = first.chunk.len as usize;
-            let mut batch = vec![first];
+            let mut bytes = 0;
+            let mut batch = Vec::new();
             let mut rest = VecDeque::with_capacity(self.queue.len());
             while let Some(want) = self.queue.pop_front() {
                 let fits = batch.len() < MAX_CHUNKS_PER_REQUEST
-                    && bytes + want.chunk.len as usize <= BATCH_BUDGET;
+                    && (batch.is_empty() || bytes + want.chunk.len as usize <= BATCH_BUDGET);
                 if fits && Self::pick(&members, &want) == Some(peer) {
                     bytes += want.chunk.len as usize;
                     batch.push(want);
@@ -190,10 +208,11 @@ impl FetchTask {
                     .collect(),
             };
             let net = self.net.clone();
-            self.batches.spawn(async move {
+            let task = self.batches.spawn(async move {
                 let result = net.request(peer, request).await.map_err(|e| e.to_string());
                 (peer, batch, result)
             });
+            self.asked.insert(task.id(), peer);
         }
     }
 
@@ -291,7 +310,11 @@ mod tests {
         (chunk, bytes)
     }
 
-    type Asked = (Vec<[u8; 32]>, oneshot::Sender<Result<Response, NetError>>);
+    type Asked = (
+        PeerId,
+        Vec<[u8; 32]>,
+        oneshot::Sender<Result<Response, NetError>>,
+    );
 
     async fn next_request(net: &mut mpsc::Receiver<Command>) -> Asked {
         let command = tokio::time::timeout(Duration::from_secs(10), net.recv())
@@ -300,11 +323,22 @@ mod tests {
             .expect("the fetcher is running");
         match command {
             Command::Request {
+                peer,
                 request: Request::GetChunks { hashes, .. },
                 reply,
-                ..
-            } => (hashes.into_iter().map(|h| *h).collect(), reply),
+            } => (peer, hashes.into_iter().map(|h| *h).collect(), reply),
             other => panic!("unexpected command {other:?}"),
+        }
+    }
+
+    /// A chunk of `CHUNK` bytes that [`FetchTask::pick`] sends to member `to` of two.
+    fn chunk_for(to: usize, seed: &mut u8) -> (ChunkRef, Vec<u8>) {
+        loop {
+            *seed += 1;
+            let found = chunk(*seed);
+            if found.0.hash[1] as usize % 2 == to {
+                return found;
+            }
         }
     }
 
@@ -336,14 +370,14 @@ mod tests {
             let want = *want;
             fetches.spawn(async move { (want, fetcher.fetch(want).await) });
             if i < EAGER_BATCHES {
-                let (hashes, reply) = next_request(&mut net).await;
+                let (_, hashes, reply) = next_request(&mut net).await;
                 assert_eq!(hashes, vec![want.hash], "a lone want goes out at once");
                 asked.push((hashes, reply));
             } else if i < chunks.len() - 1 {
                 nothing_asked(&mut net).await;
             }
         }
-        let (hashes, reply) = next_request(&mut net).await;
+        let (_, hashes, reply) = next_request(&mut net).await;
         assert_eq!(
             hashes.len(),
             MIN_BATCH_BYTES / CHUNK,
@@ -362,5 +396,47 @@ mod tests {
             let got = got.expect("every want is answered");
             assert_eq!(got.bytes(), &bytes_of[&want.hash][..]);
         }
+    }
+
+    #[test]
+    fn a_member_slow_to_answer_does_not_hold_back_wants_for_another() {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let (commands, mut net) = mpsc::channel(64);
+            let (slow, quick) = (PeerId::random(), PeerId::random());
+            let (_members_tx, members) = watch::channel(vec![slow, quick]);
+            let fetcher = Fetcher::spawn(
+                [7; 32],
+                NetClient::from_channel(commands),
+                members,
+                Arc::new(Counters::default()),
+            );
+            let mut seed = 0;
+            let mut unanswered = Vec::new();
+            for _ in 0..EAGER_BATCHES {
+                let (want, _) = chunk_for(0, &mut seed);
+                let fetcher = fetcher.clone();
+                tokio::spawn(async move { fetcher.fetch(want).await });
+                let (to, _, reply) = next_request(&mut net).await;
+                assert_eq!(to, slow);
+                unanswered.push(reply);
+            }
+            let (more_for_slow, _) = chunk_for(0, &mut seed);
+            let fetcher2 = fetcher.clone();
+            tokio::spawn(async move { fetcher2.fetch(more_for_slow).await });
+            nothing_asked(&mut net).await;
+            let (want, bytes) = chunk_for(1, &mut seed);
+            let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
+            let (to, hashes, reply) = next_request(&mut net).await;
+            assert_eq!(
+                (to, hashes),
+                (quick, vec![want.hash]),
+                "the quick member is asked at once"
+            );
+            let answer = vec![Some(serde_bytes::ByteBuf::from(bytes.clone()))];
+            reply.send(Ok(Response::Chunks(answer))).unwrap();
+            let got = fetching.await.unwrap().expect("answered");
+            assert_eq!(got.bytes(), &bytes[..]);
+            drop(unanswered);
+        });
     }
 }
