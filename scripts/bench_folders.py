@@ -15,6 +15,9 @@ Workloads (generated once, the same bytes for every tool):
   W5  1 byte inserted at its start (the new file renamed over the old one): bytes (and time).
   W4  a 1 KiB file written on A until it is identical on B, watchers only, median of 5.
 
+Before each timed workload a `sync` flushes what setting it up wrote (the W1 tree copied into
+A, the 256 MiB staging copies), so that writeback does not compete with the tool's own writes.
+
 Convergence: B's folder is polled every POLL_S. For one file, every change of its stat
 signature (inode, size, mtime, ctime) is hashed (SHA-256) and the time of the first signature
 whose content is right is taken (all three tools write a temporary file and rename it, so the
@@ -482,6 +485,12 @@ def mib(n):
     return n / 2**20
 
 
+def quiesce():
+    """Flushes what setting up a workload wrote (a 256 MiB staging copy, the W1 tree), so its
+    writeback does not compete with the tool's own writes once the clock runs."""
+    subprocess.run(["sync"], check=False)
+
+
 # ---------------------------------------------------------------- tools
 
 
@@ -507,6 +516,7 @@ class FolderTool:
         wl, res = self.wl, self.res
         big_a, big_b = os.path.join(self.a_dir, "big.bin"), os.path.join(self.b_dir, "big.bin")
         self.setup_w1()
+        quiesce()
         log(f"{self.name}: W1 ({wl.files} files)")
         t0 = time.perf_counter()
         self.start_w1()
@@ -516,6 +526,7 @@ class FolderTool:
 
         log(f"{self.name}: W2 ({wl.big_bytes >> 20} MiB file)")
         shutil.copyfile(wl.big["w2"], os.path.join(self.stage, "big.bin"))
+        quiesce()
         before = self.counters()
         t0 = time.perf_counter()
         os.rename(os.path.join(self.stage, "big.bin"), big_a)
@@ -526,6 +537,7 @@ class FolderTool:
         res["bytes"]["w2"] = self.bytes_between(before, self.counters())
 
         log(f"{self.name}: W3 (1 MiB overwritten in the middle)")
+        quiesce()
         before = self.counters()
         t0 = time.perf_counter()
         fd = os.open(big_a, os.O_WRONLY)
@@ -541,6 +553,7 @@ class FolderTool:
 
         log(f"{self.name}: W5 (1 byte inserted at the start)")
         shutil.copyfile(wl.big["w5"], os.path.join(self.stage, "big.bin"))
+        quiesce()
         before = self.counters()
         t0 = time.perf_counter()
         os.rename(os.path.join(self.stage, "big.bin"), big_a)
