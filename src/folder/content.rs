@@ -111,6 +111,13 @@ pub fn hash_reader_pipelined<R: Read>(
         let hashed = hasher
             .join()
             .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        if previous.is_some() {
+            tracing::debug!(
+                found_again = cutter.reused,
+                chunks = hashed.chunks.len(),
+                "re-read with the previous chunk list"
+            );
+        }
         failed.map_or(Ok(hashed), Err)
     })
 }
@@ -248,25 +255,15 @@ impl<R: Read> Cutter<'_, R> {
         let mut hashes = self.previous.map(|_| Vec::with_capacity(ends.capacity()));
         let mut start = 0;
         while start < data.len() && (self.eof || data.len() - start >= max) {
-            if let (Some(previous), Some(hashes)) = (self.previous, hashes.as_mut()) {
-                // Same bytes from the same kind of cut, with at least CHUNK_MAX bytes ahead
-                // both then and now: the same chunk.
-                let again = self
-                    .expect
-                    .filter(|_| data.len() - start >= max)
-                    .and_then(|i| Some((i, previous.chunk_decided_by_bytes(i)?)))
-                    .map(|(i, chunk)| {
-                        let bytes = &data[start..start + chunk.len as usize];
-                        (i, blake3::hash(bytes).as_bytes() == &chunk.hash, chunk)
-                    });
-                if let Some((i, true, chunk)) = again {
-                    start += chunk.len as usize;
-                    ends.push(start);
-                    hashes.push(chunk.hash);
-                    self.expect = Some(i + 1);
-                    self.reused += 1;
-                    continue;
-                }
+            if let (Some(previous), Some(hashes)) = (self.previous, hashes.as_mut())
+                && let Some((i, chunk)) = self.found_again(previous, &data[start..])
+            {
+                start += chunk.len as usize;
+                ends.push(start);
+                hashes.push(chunk.hash);
+                self.expect = Some(i + 1);
+                self.reused += 1;
+                continue;
             }
             let (_, len) = cut(
                 &data[start..],
@@ -289,6 +286,17 @@ impl<R: Read> Cutter<'_, R> {
         self.carry.extend_from_slice(&data[start..]);
         data.truncate(start);
         Ok(Some(Block { data, ends, hashes }))
+    }
+
+    /// The previous chunk expected next, with its index, if `rest` starts with it: the same
+    /// bytes, after the same kind of cut, with at least [`CHUNK_MAX`] bytes ahead both then and
+    /// now, make the same chunk.
+    fn found_again(&self, previous: &Previous, rest: &[u8]) -> Option<(usize, ChunkRef)> {
+        let i = self.expect?;
+        let chunk = *previous.chunk_decided_by_bytes(i)?;
+        let same = rest.len() >= CHUNK_MAX as usize
+            && blake3::hash(&rest[..chunk.len as usize]).as_bytes() == &chunk.hash;
+        same.then_some((i, chunk))
     }
 }
 
