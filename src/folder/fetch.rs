@@ -144,16 +144,13 @@ impl FetchTask {
 
     /// The member to ask for `want` next: spread by hash, skipping those that failed it.
     fn pick(members: &[PeerId], want: &Want) -> Option<PeerId> {
-        let fresh: Vec<PeerId> = members
-            .iter()
-            .filter(|m| !want.failed.contains(m))
-            .copied()
-            .collect();
-        let from = if fresh.is_empty() { members } else { &fresh };
-        if from.is_empty() {
-            return None;
+        let spread = want.chunk.hash[1] as usize;
+        let fresh = || members.iter().filter(|m| !want.failed.contains(m));
+        match fresh().count() {
+            0 if members.is_empty() => None,
+            0 => Some(members[spread % members.len()]),
+            n => fresh().nth(spread % n).copied(),
         }
-        Some(from[want.chunk.hash[1] as usize % from.len()])
     }
 
     fn dispatch(&mut self) {
@@ -167,10 +164,13 @@ impl FetchTask {
                 }
                 return;
             }
+            // Where each queued want goes; members is not empty, so every want has one.
+            let picked: Vec<Option<PeerId>> =
+                self.queue.iter().map(|w| Self::pick(&members, w)).collect();
             let mut waiting: HashMap<PeerId, usize> = HashMap::new();
-            for want in &self.queue {
-                if let Some(peer) = Self::pick(&members, want) {
-                    *waiting.entry(peer).or_default() += want.chunk.len as usize;
+            for (want, peer) in self.queue.iter().zip(&picked) {
+                if let Some(peer) = peer {
+                    *waiting.entry(*peer).or_default() += want.chunk.len as usize;
                 }
             }
             let ready = |peer: &PeerId| {
@@ -178,21 +178,16 @@ impl FetchTask {
                 out < EAGER_BATCHES || waiting[peer] >= MIN_BATCH_BYTES
             };
             // The member of the oldest want that may be asked now.
-            let Some(peer) = self
-                .queue
-                .iter()
-                .filter_map(|want| Self::pick(&members, want))
-                .find(ready)
-            else {
+            let Some(peer) = picked.iter().flatten().copied().find(ready) else {
                 return;
             };
             let mut bytes = 0;
             let mut batch = Vec::new();
             let mut rest = VecDeque::with_capacity(self.queue.len());
-            while let Some(want) = self.queue.pop_front() {
+            for (want, to) in self.queue.drain(..).zip(picked) {
                 let fits = batch.len() < MAX_CHUNKS_PER_REQUEST
                     && (batch.is_empty() || bytes + want.chunk.len as usize <= BATCH_BUDGET);
-                if fits && Self::pick(&members, &want) == Some(peer) {
+                if fits && to == Some(peer) {
                     bytes += want.chunk.len as usize;
                     batch.push(want);
                 } else {

@@ -2170,53 +2170,95 @@ mod tests {
         (root, data, hashed)
     }
 
+    /// Chunk `i` of `data`, checked.
+    fn checked(data: &[u8], chunks: &[ChunkRef], at: &[u64], i: usize) -> CheckedChunk {
+        let bytes = data[at[i] as usize..][..chunks[i].len as usize].to_vec();
+        CheckedChunk::check(&chunks[i], bytes).unwrap()
+    }
+
+    /// Writes `data` with chunk `i` edited as the file `old` of `root`; returns those bytes.
+    fn old_version(root: &Path, data: &[u8], at: &[u64], i: usize) -> Vec<u8> {
+        let mut old = data.to_vec();
+        old[at[i] as usize] ^= 0xff;
+        std::fs::write(root.join("old"), &old).unwrap();
+        old
+    }
+
+    /// The places of `chunks` in `old`, each with `stamp`.
+    fn in_old(
+        at: &[u64],
+        chunks: &[ChunkRef],
+        i: usize,
+        stamp: Option<scan::Stamp>,
+    ) -> ChunkLocation {
+        ChunkLocation {
+            path: "old".into(),
+            offset: at[i],
+            len: chunks[i].len,
+            stamp,
+        }
+    }
+
+    type Writer = std::thread::JoinHandle<Result<write::Assembly, write::WriteError>>;
+
+    /// Runs `write_chunks` for the file `new` of `root` on its own thread; returns it, where
+    /// fetched chunks go in, and where its refetches come out.
+    fn start_writer(
+        root: &Path,
+        hashed: &content::FileHash,
+        plan: Vec<(usize, Option<ChunkLocation>)>,
+    ) -> (
+        Writer,
+        mpsc::Sender<(usize, CheckedChunk)>,
+        mpsc::UnboundedReceiver<usize>,
+    ) {
+        let assembly =
+            write::Assembly::open(root, "new", hashed.size, hashed.hash, &hashed.chunks).unwrap();
+        let (fetched_tx, fetched_rx) = mpsc::channel(MAX_CHUNKS_IN_FLIGHT);
+        let (refetch_tx, refetch_rx) = mpsc::unbounded_channel();
+        let root = root.to_path_buf();
+        let writer =
+            std::thread::spawn(move || write_chunks(assembly, &root, plan, fetched_rx, refetch_tx));
+        (writer, fetched_tx, refetch_rx)
+    }
+
+    /// Waits for the writer and commits what it wrote as a new file.
+    fn commit_new(writer: Writer) -> Result<(), write::WriteError> {
+        writer
+            .join()
+            .unwrap()
+            .unwrap()
+            .commit(write::Expect::Absent, 0o644, (1_000, 0))
+    }
+
     #[test]
     fn local_copies_that_went_stale_are_fetched_and_early_arrivals_are_kept() {
         let (root, data, hashed) = folder_and_content(11, 3 << 20);
         let r = root.path();
-        let chunks = hashed.chunks.clone();
+        let chunks = &hashed.chunks;
         assert!(chunks.len() >= 8, "{} chunks", chunks.len());
-        let at = offsets(&chunks);
-        let bytes_of = |i: usize| {
-            let bytes = data[at[i] as usize..][..chunks[i].len as usize].to_vec();
-            CheckedChunk::check(&chunks[i], bytes).unwrap()
-        };
+        let at = offsets(chunks);
         // The old version on disk: the same bytes, except chunk 1 was edited since it was indexed.
-        let mut old = data.clone();
-        old[at[1] as usize] ^= 0xff;
-        std::fs::write(r.join("old"), &old).unwrap();
-        let local = |i: usize| {
-            Some(ChunkLocation {
-                path: "old".into(),
-                offset: at[i],
-                len: chunks[i].len,
-                stamp: None,
-            })
-        };
+        old_version(r, &data, &at, 1);
         // Chunk 2 is not local; every other chunk is, chunk 1 wrongly.
-        let plan: Vec<(usize, Option<ChunkLocation>)> = (0..chunks.len())
-            .map(|i| (i, if i == 2 { None } else { local(i) }))
+        let plan = (0..chunks.len())
+            .map(|i| (i, (i != 2).then(|| in_old(&at, chunks, i, None))))
             .collect();
-        let assembly = write::Assembly::open(r, "new", hashed.size, hashed.hash, &chunks).unwrap();
-        let (fetched_tx, fetched_rx) = mpsc::channel(MAX_CHUNKS_IN_FLIGHT);
-        let (refetch_tx, mut refetch_rx) = mpsc::unbounded_channel();
+        let (writer, fetched_tx, mut refetch_rx) = start_writer(r, &hashed, plan);
         // Chunk 2 was asked for up front and is there before the writer needs it.
-        fetched_tx.blocking_send((2, bytes_of(2))).unwrap();
-        let writer = {
-            let root = r.to_path_buf();
-            std::thread::spawn(move || write_chunks(assembly, &root, plan, fetched_rx, refetch_tx))
-        };
+        fetched_tx
+            .blocking_send((2, checked(&data, chunks, &at, 2)))
+            .unwrap();
         assert_eq!(
             refetch_rx.blocking_recv(),
             Some(1),
             "the stale copy is fetched"
         );
-        fetched_tx.blocking_send((1, bytes_of(1))).unwrap();
-        assert_eq!(refetch_rx.blocking_recv(), None, "nothing else to fetch");
-        let assembly = writer.join().unwrap().unwrap();
-        assembly
-            .commit(write::Expect::Absent, 0o644, (1_000, 0))
+        fetched_tx
+            .blocking_send((1, checked(&data, chunks, &at, 1)))
             .unwrap();
+        assert_eq!(refetch_rx.blocking_recv(), None, "nothing else to fetch");
+        commit_new(writer).unwrap();
         assert_eq!(std::fs::read(r.join("new")).unwrap(), data);
     }
 
@@ -2224,52 +2266,26 @@ mod tests {
     fn copies_from_a_file_whose_stamp_holds_skip_the_chunk_check_but_not_the_file_check() {
         let (root, data, hashed) = folder_and_content(13, 3 << 20);
         let r = root.path();
-        let chunks = hashed.chunks.clone();
-        let at = offsets(&chunks);
+        let chunks = &hashed.chunks;
+        let at = offsets(chunks);
         // "old" differs from what the index says it holds in chunk 1 (as if it had been
         // changed behind an unchanged stamp).
-        let mut old = data.clone();
-        old[at[1] as usize] ^= 0xff;
-        std::fs::write(r.join("old"), &old).unwrap();
+        let old = old_version(r, &data, &at, 1);
         std::thread::sleep(scan::RACY_WINDOW_FINE + Duration::from_millis(50));
         let scanned = scan::scan_all(r, &BTreeMap::new()).unwrap();
         let stamp = scanned.entries["old"].stamp();
         assert!(stamp.is_some(), "a settled file has a stamp");
-        let plan = || -> Vec<(usize, Option<ChunkLocation>)> {
+        let plan = || {
             (0..chunks.len())
-                .map(|i| {
-                    let location = ChunkLocation {
-                        path: "old".into(),
-                        offset: at[i],
-                        len: chunks[i].len,
-                        stamp,
-                    };
-                    (i, Some(location))
-                })
+                .map(|i| (i, Some(in_old(&at, chunks, i, stamp))))
                 .collect()
-        };
-        let write = |plan| {
-            let assembly =
-                write::Assembly::open(r, "new", hashed.size, hashed.hash, &chunks).unwrap();
-            let (fetched_tx, fetched_rx) = mpsc::channel(MAX_CHUNKS_IN_FLIGHT);
-            let (refetch_tx, mut refetch_rx) = mpsc::unbounded_channel();
-            let root = r.to_path_buf();
-            let writer = std::thread::spawn(move || {
-                write_chunks(assembly, &root, plan, fetched_rx, refetch_tx)
-            });
-            (writer, fetched_tx, refetch_rx.blocking_recv())
         };
 
         // The stamp holds: every chunk is copied unchecked, and the file check refuses it.
-        let (writer, fetched_tx, refetch) = write(plan());
-        assert_eq!(refetch, None, "nothing is fetched");
+        let (writer, fetched_tx, mut refetch_rx) = start_writer(r, &hashed, plan());
+        assert_eq!(refetch_rx.blocking_recv(), None, "nothing is fetched");
         drop(fetched_tx);
-        let err = writer
-            .join()
-            .unwrap()
-            .unwrap()
-            .commit(write::Expect::Absent, 0o644, (1_000, 0))
-            .unwrap_err();
+        let err = commit_new(writer).unwrap_err();
         assert!(
             matches!(err, write::WriteError::FileHashMismatch { .. }),
             "{err}"
@@ -2278,18 +2294,16 @@ mod tests {
 
         // Written again (same bytes, new ctime): the stamp no longer vouches, chunks are checked.
         std::fs::write(r.join("old"), &old).unwrap();
-        let (writer, fetched_tx, refetch) = write(plan());
-        assert_eq!(refetch, Some(1), "the chunk that differs is fetched");
-        let bytes = data[at[1] as usize..][..chunks[1].len as usize].to_vec();
+        let (writer, fetched_tx, mut refetch_rx) = start_writer(r, &hashed, plan());
+        assert_eq!(
+            refetch_rx.blocking_recv(),
+            Some(1),
+            "the chunk that differs is fetched"
+        );
         fetched_tx
-            .blocking_send((1, CheckedChunk::check(&chunks[1], bytes).unwrap()))
+            .blocking_send((1, checked(&data, chunks, &at, 1)))
             .unwrap();
-        writer
-            .join()
-            .unwrap()
-            .unwrap()
-            .commit(write::Expect::Absent, 0o644, (1_000, 0))
-            .unwrap();
+        commit_new(writer).unwrap();
         assert_eq!(std::fs::read(r.join("new")).unwrap(), data);
     }
 
