@@ -393,7 +393,7 @@ fn append_to_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigErr
         return Ok(false);
     }
     list.push(value);
-    crate::home::write_atomically(path, doc.to_string().as_bytes(), None)
+    crate::atomic_write::write_atomically(path, doc.to_string().as_bytes(), None)
         .map_err(|e| update_error(e.to_string()))?;
     Ok(true)
 }

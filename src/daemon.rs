@@ -82,7 +82,11 @@ pub async fn run(
         source,
     })?;
 
-    let store = StoreHandle::open(&home.state_dir(), peer_id)?;
+    let store = StoreHandle::open(
+        &home.state_dir(),
+        peer_id,
+        crate::folder::validate_remote_entry,
+    )?;
     if let Some(psk) = &config.psk {
         info!(
             "private mesh: only peers holding the key with fingerprint {} can connect",

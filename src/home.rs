@@ -5,10 +5,9 @@
 //! node by one path. Secrets are created with mode 0600 and written atomically: a crash during
 //! `init` never leaves a half-written key behind.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libp2p::PeerId;
@@ -293,36 +292,14 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, HomeError> {
     })
 }
 
-/// Writes `bytes` to a temporary file beside `path`, fsyncs it, renames it over `path` and fsyncs
-/// the directory, so readers see either the old or the new content and a crash loses neither.
+/// Writes `bytes` to `path` durably and atomically (see [`crate::atomic_write`]), naming the path in
+/// the error.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), HomeError> {
-    let io_error = |action, source| HomeError::Io {
-        action,
+    crate::atomic_write::write_atomically(path, bytes, mode).map_err(|source| HomeError::Io {
+        action: "cannot write",
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if let Some(mode) = mode {
-        options.mode(mode);
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io_error("cannot write", e))
+    })
 }
 
 #[cfg(test)]

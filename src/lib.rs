@@ -14,6 +14,8 @@
 //! - [`daemon`]: wires net and API together and runs until shutdown.
 
 pub mod api;
+pub mod atomic_write;
+pub mod cbor;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -81,7 +81,7 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// Encodes as one copy-pasteable line.
     pub fn encode(&self) -> String {
-        let cbor = crate::net::protocol::encode(self).expect("a token always encodes");
+        let cbor = crate::cbor::encode(self).expect("a token always encodes");
         format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(cbor))
     }
 
@@ -96,7 +96,7 @@ impl Token {
             .decode(body)
             .map_err(|e| TokenError::Damaged(e.to_string()))?;
         let token: Token =
-            crate::net::protocol::decode(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
+            crate::cbor::decode(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
         if token.addrs.len() > MAX_TOKEN_ADDRS {
             return Err(TokenError::Damaged("too many addresses".into()));
         }

@@ -40,8 +40,8 @@ pub const MARKER_DIR: &str = ".meshsync";
 pub const TEMP_PREFIX: &str = ".meshsync-tmp-";
 /// Name of the ignore file (gitignore syntax) at the folder root.
 pub const IGNORE_FILE: &str = ".meshignore";
-/// Longest relative path accepted, in bytes.
-pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest relative path accepted, in bytes: the store's limit on a folder share's keys.
+pub const MAX_PATH_BYTES: usize = crate::store::MAX_PATH_KEY_BYTES;
 
 /// A 32-byte BLAKE3 hash.
 pub type Hash = [u8; 32];

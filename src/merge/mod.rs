@@ -38,6 +38,10 @@ pub use hlc::{Hlc, HlcClock, MAX_CLOCK_SKEW, MAX_CLOCK_SKEW_MILLIS};
 pub use register::{MAX_VERSIONS, Payload, Register, Version};
 pub use vv::{Causality, MAX_PEER_KEY_LEN, MAX_VV_ENTRIES, PeerKey, VersionVector};
 
+/// The register of one record or folder entry as stored and sent: values are opaque bytes (a
+/// record's value, or a folder entry's CBOR file description).
+pub type RecordRegister = Register<serde_bytes::ByteBuf>;
+
 /// Everything that can go wrong while merging, clocking or decoding versions.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {

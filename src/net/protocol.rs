@@ -90,7 +90,7 @@ pub struct WireEntry {
     pub key: serde_bytes::ByteBuf,
     /// Its register (every concurrent version).
     #[serde(rename = "v")]
-    pub register: crate::store::RecordRegister,
+    pub register: crate::merge::RecordRegister,
 }
 
 /// What a peer asks of another.
@@ -336,32 +336,18 @@ async fn read_varint<R: AsyncRead + Unpin + Send>(io: &mut R) -> io::Result<usiz
 
 /// Size of `value` as one frame on the wire, for byte counters.
 pub fn frame_len<T: Serialize>(value: &T) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            self.0 += data.len();
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    let _ = ciborium::into_writer(value, &mut counter);
-    counter.0 + varint(counter.0).len()
+    let payload = crate::cbor::encoded_len(value);
+    payload + varint(payload).len()
 }
 
-/// CBOR-encodes a value.
+/// CBOR-encodes a message ([`crate::cbor::encode`] with the codec's `io::Error`).
 pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    ciborium::into_writer(value, &mut buf)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    Ok(buf)
+    crate::cbor::encode(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-/// Decodes CBOR, turning every failure into `InvalidData`.
+/// Decodes a CBOR message, turning every failure into `InvalidData`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    ciborium::from_reader(bytes)
+    crate::cbor::decode(bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad CBOR message: {e}")))
 }
 

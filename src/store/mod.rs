@@ -27,16 +27,20 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::merge::{Hlc, HlcClock, MergeError, Payload, PeerKey, Register};
+use crate::merge::{Hlc, HlcClock, MergeError, Payload, PeerKey};
 use crate::reconcile::{Digest, Id, Summary};
 
 /// A share's 32-byte identifier.
 pub type ShareId = [u8; 32];
-/// The replicated state of one record key.
-pub type RecordRegister = Register<ByteBuf>;
+/// The replicated state of one record key (defined beside the merge rules; named here too because
+/// it is what the store keeps).
+pub use crate::merge::RecordRegister;
 
 /// Longest record key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest key in a folder share (a relative path), in bytes of UTF-8. The folder layer takes
+/// its path limit from here, so the store need not know what a path is.
+pub const MAX_PATH_KEY_BYTES: usize = 4096;
 /// Largest record value.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Largest number of records in one batch put.
@@ -305,11 +309,11 @@ pub fn check_record(key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> 
 }
 
 /// Checks an entry's key and value against the limits of its share's kind: record keys up to
-/// [`MAX_KEY_BYTES`], folder paths up to [`crate::folder::model::MAX_PATH_BYTES`].
+/// [`MAX_KEY_BYTES`], folder paths up to [`MAX_PATH_KEY_BYTES`].
 pub fn check_entry(kind: ShareKind, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
     let max_key = match kind {
         ShareKind::Records => MAX_KEY_BYTES,
-        ShareKind::Folder => crate::folder::model::MAX_PATH_BYTES,
+        ShareKind::Folder => MAX_PATH_KEY_BYTES,
     };
     if key.is_empty() {
         return Err(StoreError::Invalid("record keys must not be empty".into()));
@@ -335,8 +339,14 @@ pub fn check_entry(kind: ShareKind, key: &[u8], value: Option<&[u8]>) -> Result<
 }
 
 impl StoreHandle {
-    /// Opens (or creates) the database in `dir` and starts the store thread.
-    pub fn open(dir: &Path, local: libp2p::PeerId) -> Result<StoreHandle, StoreError> {
+    /// Opens (or creates) the database in `dir` and starts the store thread. Entries merged from
+    /// peers are checked with `validate_remote` beyond the generic limits (the daemon passes the
+    /// folder layer's check, which the store itself must not know).
+    pub fn open(
+        dir: &Path,
+        local: libp2p::PeerId,
+        validate_remote: EntryValidator,
+    ) -> Result<StoreHandle, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             message: e.to_string(),
@@ -368,7 +378,7 @@ impl StoreHandle {
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Db(e.to_string()))?;
         let actor = StoreActor {
-            validate_remote: crate::folder::validate_remote_entry,
+            validate_remote,
             db,
             shares: shares.clone(),
             clock,
@@ -814,7 +824,7 @@ impl StoreActor {
                     }
                 }
                 let mut meta = txn.open_table(META)?;
-                let clock = crate::net::protocol::encode(&self.clock.last())
+                let clock = crate::cbor::encode(&self.clock.last())
                     .map_err(|e| StoreError::Db(e.to_string()))?;
                 meta.insert("hlc", clock.as_slice())?;
             }
@@ -891,8 +901,7 @@ impl StoreActor {
                 return Err(StoreError::NameTaken(meta.name));
             }
         }
-        let bytes =
-            crate::net::protocol::encode(&meta).map_err(|e| StoreError::Db(e.to_string()))?;
+        let bytes = crate::cbor::encode(&meta).map_err(|e| StoreError::Db(e.to_string()))?;
         table.insert(meta.id.as_slice(), bytes.as_slice())?;
         self.shares.write().expect("shares lock").insert(
             meta.id,
@@ -913,8 +922,7 @@ impl StoreActor {
         let Some(state) = shares.get_mut(&meta.id) else {
             return Err(StoreError::UnknownShare(hex::encode(meta.id)));
         };
-        let bytes =
-            crate::net::protocol::encode(&meta).map_err(|e| StoreError::Db(e.to_string()))?;
+        let bytes = crate::cbor::encode(&meta).map_err(|e| StoreError::Db(e.to_string()))?;
         table.insert(meta.id.as_slice(), bytes.as_slice())?;
         state.meta = meta;
         Ok(())
@@ -1085,6 +1093,10 @@ fn decode_register(bytes: &[u8]) -> Result<RecordRegister, StoreError> {
 mod tests {
     use super::*;
 
+    fn accept_any(_: ShareKind, _: &[u8], _: &RecordRegister) -> Result<(), String> {
+        Ok(())
+    }
+
     fn meta(name: &str) -> ShareMeta {
         let (id, secret) = crate::share::new_share();
         ShareMeta {
@@ -1122,7 +1134,7 @@ mod tests {
         let me = libp2p::PeerId::random();
         let share = meta("s");
         let root = {
-            let store = StoreHandle::open(dir.path(), me).unwrap();
+            let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
             store.create_share(share.clone()).await.unwrap();
             let records = (0..100)
                 .map(|i| (format!("k{i}").into_bytes(), value("v")))
@@ -1139,7 +1151,7 @@ mod tests {
         };
         // The store thread exits when its handle is dropped; give it a moment to let go.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let store = StoreHandle::open(dir.path(), me).unwrap();
+        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
         let state = store.resolve("s").unwrap();
         assert_eq!(state.summary.read().unwrap().root(), root);
         assert!(
@@ -1165,7 +1177,7 @@ mod tests {
     #[tokio::test]
     async fn remote_entries_from_the_future_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random()).unwrap();
+        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept_any).unwrap();
         let share = meta("s");
         store.create_share(share.clone()).await.unwrap();
         let peer = libp2p::PeerId::random();
@@ -1193,7 +1205,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_and_invalid_records_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random()).unwrap();
+        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept_any).unwrap();
         let share = meta("s");
         store.create_share(share.clone()).await.unwrap();
         let big = Payload::Value(ByteBuf::from(vec![0u8; MAX_VALUE_BYTES + 1]));
