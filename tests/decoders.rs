@@ -10,9 +10,9 @@ use std::sync::LazyLock;
 
 use futures::executor::block_on;
 use futures::io::Cursor;
+use meshsync::folder::Synced;
 use meshsync::folder::model::{self, ChunkRef, Content, EntryKind, FileMeta};
 use meshsync::folder::scan::ScanRecord;
-use meshsync::folder::sync::Synced;
 use meshsync::merge::{Hlc, Payload, PeerKey};
 use meshsync::net::protocol::{
     self, AuthProof, Hello, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, WireEntry,

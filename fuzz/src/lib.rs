@@ -571,7 +571,7 @@ fn scan_record(data: &[u8]) {
 }
 
 fn synced(data: &[u8]) {
-    if let Ok(synced) = ciborium::from_reader::<meshsync::folder::sync::Synced, _>(data) {
+    if let Ok(synced) = ciborium::from_reader::<meshsync::folder::Synced, _>(data) {
         cbor_round_trip(&synced);
     }
 }

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::folder::sync::FolderHandle;
+use crate::folder::FolderHandle;
 use crate::net::protocol::{
     ANNOUNCE_PUSH_BUDGET, AuthProof, ENTRIES_RESPONSE_BUDGET, MAX_ENTRIES_PER_MESSAGE,
     MAX_IDS_PER_REQUEST, Request, Response, WireEntry, frame_len,
@@ -120,7 +120,7 @@ pub struct ShareStatus {
     pub sessions: u64,
     /// For folder shares: what the folder is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub folder: Option<crate::folder::sync::FolderStatus>,
+    pub folder: Option<crate::folder::FolderStatus>,
 }
 
 /// What `status` shows about syncing.
@@ -620,7 +620,7 @@ impl EngineActor {
     /// marker inside.
     fn prepare_folder(path: Option<PathBuf>) -> Result<PathBuf, EngineError> {
         let path = path.ok_or_else(|| EngineError::Invalid("folder shares need a path".into()))?;
-        crate::folder::sync::prepare_root(&path).map_err(|e| {
+        crate::folder::prepare_root(&path).map_err(|e| {
             EngineError::Invalid(format!("cannot prepare folder {}: {e}", path.display()))
         })?;
         path.canonicalize()
@@ -714,14 +714,7 @@ impl EngineActor {
             return;
         }
         let (tx, rx) = watch::channel(self.members_of(&meta.id));
-        match crate::folder::sync::spawn(
-            meta,
-            &self.state_dir,
-            self.local,
-            self.store.clone(),
-            self.net.clone(),
-            rx,
-        ) {
+        match crate::folder::spawn(meta, self.local, self.store.clone(), self.net.clone(), rx) {
             Ok(handle) => {
                 self.folders.insert(meta.id, handle);
                 self.member_watch.insert(meta.id, tx);

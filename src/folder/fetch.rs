@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::model::{CheckedChunk, ChunkRef};
-use super::sync::Counters;
+use super::status::Counters;
 use crate::net::NetClient;
 use crate::net::protocol::{MAX_CHUNKS_PER_REQUEST, Request, Response};
 use crate::store::ShareId;

@@ -4,15 +4,32 @@
 //! [`model::FileMeta`]. This module adds what files need on top: scanning, content-defined
 //! chunks, fetching only missing chunks, and writing files safely.
 
+mod actor;
+mod assemble;
 pub mod content;
 pub mod fetch;
+mod handle;
+mod materialise;
 pub mod model;
+mod plan;
+mod queue;
 pub mod scan;
-pub mod sync;
+mod serve;
+mod source;
+pub mod state;
+pub mod status;
+pub mod trash;
+mod watch;
 pub mod write;
 
+pub use actor::{prepare_root, spawn};
+pub use handle::FolderHandle;
+pub use state::Synced;
+pub use status::{FolderState, FolderStatus};
+
 use crate::merge::Payload;
-use crate::store::{RecordRegister, ShareKind};
+use crate::merge::RecordRegister;
+use crate::store::ShareKind;
 
 /// Checks an entry received from a peer: for folder shares, every version must describe a file,
 /// directory or symlink and the path must be safe to write under the folder.

@@ -147,7 +147,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "synced.bin".into(),
         with(
             selector::SYNCED,
-            cbor(&meshsync::folder::sync::Synced {
+            cbor(&meshsync::folder::Synced {
                 record: samples::scan_record(),
                 base,
             }),

@@ -1,0 +1,890 @@
+//! The folder actor: keeps one shared directory and its share's entries in step.
+//!
+//! Local side: a full scan at start and every [`RESCAN_INTERVAL`], and partial scans of the
+//! paths the file watcher reports (debounced by [`WATCH_DEBOUNCE`]). A path whose scanned
+//! description differs from what was last synced there is a local change and becomes a write
+//! in the store, *based on* the version last synced at that path — so an edit made without
+//! seeing a remote change conflicts with it instead of silently replacing it. A path that was
+//! synced and is gone is a local delete.
+//!
+//! Remote side: every entry whose effective winner differs from what is on disk is materialised:
+//! chunks already present locally (in any file) are copied, the rest are fetched from members
+//! and verified by hash, the file is assembled in a temporary file beside the target and renamed
+//! over it only if the target is still what we last saw (else it is a conflict and waits for the
+//! scanner). Deletes remove only unchanged files. A delete concurrent with an edit loses to it.
+//! When our own version lost a conflict, the peer that wrote it (us) keeps it beside the winner
+//! as a `.sync-conflict-…` copy, which then syncs like any file — so exactly one copy exists.
+//!
+//! Safety: the folder must contain [`MARKER_DIR`]. If the root or the marker disappears (an
+//! unmounted disk), the share pauses with the reason in `status`, and nothing — in particular
+//! no delete — is sent until it is back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::fetch::Fetcher;
+use super::handle::{Command, FolderHandle};
+use super::materialise::{Materialised, materialise};
+use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
+use super::plan::{self, Desired};
+use super::queue::{DownloadQueue, Next};
+use super::scan::{self, ScanRecord};
+use super::source::{self, ChunkLocation, Sources};
+use super::state::{self, Synced};
+use super::status::{Counters, FolderState, FolderStatus, RateMeter};
+use super::watch::{self as watcher, Watch, WatchEvent};
+use super::{serve, trash, write};
+use crate::merge::{Payload, PeerKey, RecordRegister};
+use crate::net::NetClient;
+use crate::store::{Change, LocalWrite, Origin, ShareMeta, StoreError, StoreHandle};
+
+/// Pause after the last watcher event before the changed paths are scanned, so that a file
+/// being written is read once, when it is done, while a saved edit still leaves in milliseconds.
+pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(15);
+/// Full rescans catch whatever the watcher missed.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a paused folder checks whether its root and marker are back.
+pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Wait before retrying a failed download.
+pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
+/// How often the synced-state rows are written (one store write for everything since).
+pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Commands from the engine buffered per folder.
+pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
+/// Temp files of ours not touched for this long, and not held by a running assembly, are
+/// leftovers of a crash or an abandoned download: removed at start-up and at every full rescan.
+/// A download that restarts sooner resumes from its temp file instead.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
+
+/// Why a folder share could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// The share has no folder path.
+    #[error("folder share `{0}` has no path")]
+    NoPath(String),
+    /// Its state could not be read from the store.
+    #[error("folder share `{share}`: cannot read its state: {source}")]
+    State {
+        /// The share's name.
+        share: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// Our peer id does not make a version key.
+    #[error("folder share `{share}`: {source}")]
+    PeerKey {
+        /// The share's name.
+        share: String,
+        /// Why.
+        #[source]
+        source: crate::merge::MergeError,
+    },
+}
+
+/// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
+/// itself, before it scans anything.
+pub fn spawn(
+    meta: &ShareMeta,
+    local: PeerId,
+    store: StoreHandle,
+    net: NetClient,
+    members: watch::Receiver<Vec<PeerId>>,
+) -> Result<FolderHandle, FolderError> {
+    let root = meta
+        .path
+        .clone()
+        .ok_or_else(|| FolderError::NoPath(meta.name.clone()))?;
+    let local_key = PeerKey::new(local.to_bytes()).map_err(|source| FolderError::PeerKey {
+        share: meta.name.clone(),
+        source,
+    })?;
+    let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let changes = store.subscribe();
+    let counters: Arc<Counters> = Arc::default();
+    let fetcher = Fetcher::spawn(meta.id, net.clone(), members.clone(), counters.clone());
+    let sources = Sources {
+        root,
+        share: meta.id,
+        net,
+        members,
+        store: store.clone(),
+        chunks: Arc::default(),
+        counters,
+        fetcher,
+    };
+    let (state_writer, state_writer_task) =
+        state::spawn_writer(store.clone(), meta.id, meta.name.clone());
+    let actor = FolderActor {
+        name: meta.name.clone(),
+        local,
+        local_key,
+        store,
+        sources,
+        commands: rx,
+        changes,
+        synced: BTreeMap::new(),
+        state_loaded: false,
+        paused: None,
+        scanning: false,
+        watch: None,
+        dirty_paths: BTreeSet::new(),
+        dirty_all: true,
+        scan_at: Some(Instant::now()),
+        next_rescan: Instant::now() + RESCAN_INTERVAL,
+        queue: DownloadQueue::default(),
+        latest: HashMap::new(),
+        downloads: JoinSet::new(),
+        scans: JoinSet::new(),
+        unsaved: BTreeMap::new(),
+        flush_at: None,
+        scans_run: 0,
+        state_writer,
+        state_writer_task: Some(state_writer_task),
+        refused: 0,
+        last_error: None,
+        rate: RateMeter::default(),
+    };
+    tokio::spawn(actor.run());
+    Ok(FolderHandle { commands: tx })
+}
+
+/// One folder's actor: the loop that ties the watcher, scans, the store's changes and the
+/// download queue together. Decisions are made in `plan` and `queue`; files are written in
+/// `materialise`.
+struct FolderActor {
+    name: String,
+    local: PeerId,
+    local_key: PeerKey,
+    store: StoreHandle,
+    sources: Sources,
+    commands: mpsc::Receiver<Command>,
+    changes: broadcast::Receiver<Arc<Change>>,
+    /// Per path: what we last synced there.
+    synced: BTreeMap<String, Synced>,
+    /// Whether `synced` was loaded. Until it is, nothing is scanned: every file would look new.
+    state_loaded: bool,
+    paused: Option<String>,
+    scanning: bool,
+    watch: Option<Watch>,
+    dirty_paths: BTreeSet<String>,
+    dirty_all: bool,
+    scan_at: Option<Instant>,
+    next_rescan: Instant,
+    queue: DownloadQueue,
+    /// The register a queued path last changed to, from the change itself (saves asking the
+    /// store again when its download starts).
+    latest: HashMap<String, RecordRegister>,
+    downloads: JoinSet<Materialised>,
+    scans: JoinSet<Result<ScanResult, scan::ScanError>>,
+    /// Synced-state rows not yet written (latest per path).
+    unsaved: BTreeMap<String, Option<Synced>>,
+    flush_at: Option<Instant>,
+    scans_run: u64,
+    state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
+    state_writer_task: Option<tokio::task::JoinHandle<()>>,
+    refused: u64,
+    last_error: Option<String>,
+    rate: RateMeter,
+}
+
+/// A finished scan, full or partial.
+struct ScanResult {
+    full: bool,
+    updated: BTreeMap<String, ScanRecord>,
+    gone: Vec<String>,
+    pages: Vec<(PageRef, Vec<ChunkRef>)>,
+    unstable: Vec<String>,
+}
+
+impl FolderActor {
+    async fn run(mut self) {
+        self.load_state().await;
+        self.housekeeping();
+        info!(folder = %self.name, "watching {}", self.sources.root.display());
+        let far = Duration::from_secs(3600);
+        loop {
+            let scan_at = if self.scanning { None } else { self.scan_at }
+                .unwrap_or_else(|| Instant::now() + far);
+            let retry_at = self
+                .queue
+                .next_retry()
+                .unwrap_or_else(|| Instant::now() + far);
+            let rescan_at = self.next_rescan;
+            let flush_at = self.flush_at.unwrap_or_else(|| Instant::now() + far);
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+                Some(event) = watcher::next_event(&mut self.watch) => self.on_watch(event),
+                change = self.changes.recv() => self.on_change(change),
+                Some(done) = self.scans.join_next() => {
+                    self.scanning = false;
+                    match done {
+                        Ok(Ok(result)) => self.on_scanned(result).await,
+                        Ok(Err(reason)) => self.pause(reason.to_string()),
+                        Err(e) => self.pause(format!("scanner crashed: {e}")),
+                    }
+                }
+                Some(done) = self.downloads.join_next() => {
+                    if let Ok(done) = done {
+                        self.on_materialised(done).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(scan_at) => self.start_scan(),
+                _ = tokio::time::sleep_until(retry_at) => self.queue.queue_due_retries(Instant::now()),
+                _ = tokio::time::sleep_until(flush_at) => self.flush_synced(),
+                _ = tokio::time::sleep_until(rescan_at) => self.on_rescan_due(),
+            }
+            self.start_downloads();
+        }
+    }
+
+    /// Loads what was synced at each path. If the store cannot say, the folder stays paused
+    /// with the reason in `status`: scanning without it would take every file for a new edit.
+    async fn load_state(&mut self) {
+        match state::load_synced(&self.store, self.sources.share).await {
+            Ok(synced) => {
+                debug!(folder = %self.name, "folder state: {} synced paths", synced.len());
+                self.synced = synced;
+                self.state_loaded = true;
+            }
+            Err(e) => {
+                let e = FolderError::State {
+                    share: self.name.clone(),
+                    source: e,
+                };
+                self.pause(format!("{e}; restart the daemon once the store is healthy"));
+            }
+        }
+    }
+
+    /// Stops downloads, hands the last synced rows to the writer and waits until it wrote them.
+    async fn shutdown(&mut self) {
+        self.downloads.abort_all();
+        self.flush_synced();
+        // Closing the channel lets the writer finish what it has, then exit.
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.state_writer, closed));
+        if let Some(writer) = self.state_writer_task.take() {
+            let _ = writer.await;
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ServeChunks {
+                hashes,
+                budget,
+                reply,
+            } => {
+                let locations: Vec<Option<ChunkLocation>> = if self.paused.is_some() {
+                    vec![None; hashes.len()]
+                } else {
+                    let index = self.sources.chunks.read().expect("chunk index lock");
+                    hashes.iter().map(|h| index.get(h).cloned()).collect()
+                };
+                let root = self.sources.root.clone();
+                let counters = self.sources.counters.clone();
+                tokio::task::spawn_blocking(move || {
+                    let chunks = serve::read_chunks(&root, &hashes, locations, budget, &counters);
+                    let _ = reply.send(chunks);
+                });
+            }
+            Command::ServePage { hash, reply } => {
+                let (store, share) = (self.store.clone(), self.sources.share);
+                tokio::spawn(async move {
+                    let _ = reply.send(store.page(share, hash).await.ok().flatten());
+                });
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn status(&mut self) -> FolderStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fetched = self.sources.counters.fetched.load(Relaxed);
+        let state = if self.paused.is_some() {
+            FolderState::Paused
+        } else if self.scanning {
+            FolderState::Scanning
+        } else if !self.queue.is_idle() {
+            FolderState::Syncing
+        } else {
+            FolderState::Idle
+        };
+        FolderStatus {
+            path: self.sources.root.display().to_string(),
+            state,
+            reason: self.paused.clone(),
+            needed_files: self.queue.needed_files(),
+            needed_bytes: self.queue.needed_bytes(),
+            fetched_bytes: fetched,
+            served_bytes: self.sources.counters.served.load(Relaxed),
+            rate_bytes_per_sec: self.rate.rate(fetched),
+            bad_chunks: self.sources.counters.bad_chunks.load(Relaxed),
+            refused: self.refused,
+            local_entries: self.synced.len() as u64,
+            scans: self.scans_run,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn pause(&mut self, reason: String) {
+        if self.paused.as_deref() != Some(&reason) {
+            warn!(folder = %self.name, "paused: {reason}");
+        }
+        self.paused = Some(reason);
+        self.watch = None;
+        self.next_rescan = Instant::now() + PAUSED_CHECK_INTERVAL;
+    }
+
+    fn scan_soon(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.scan_at = Some(self.scan_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn on_watch(&mut self, event: WatchEvent) {
+        match event {
+            WatchEvent::Paths(paths) => self.dirty_paths.extend(paths),
+            WatchEvent::Rescan => self.dirty_all = true,
+        }
+        // Debounce: every event pushes the scan back a little, up to the bound.
+        self.scan_at = Some(Instant::now() + WATCH_DEBOUNCE);
+    }
+
+    fn on_rescan_due(&mut self) {
+        self.housekeeping();
+        self.next_rescan = Instant::now()
+            + if self.paused.is_some() {
+                PAUSED_CHECK_INTERVAL
+            } else {
+                RESCAN_INTERVAL
+            };
+        self.dirty_all = true;
+        self.scan_soon(Duration::ZERO);
+    }
+
+    /// Purges old trash and removes stale temp files, off the loop. Skipped while paused: the
+    /// folder may not be there.
+    fn housekeeping(&self) {
+        if self.paused.is_some() || !self.state_loaded {
+            return;
+        }
+        let (root, name) = (self.sources.root.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || {
+            trash::purge_trash(&root);
+            match write::sweep_temp_files(&root, STALE_TEMP_AGE) {
+                Ok(0) => {}
+                Ok(n) => info!(folder = %name, "removed {n} stale temp files"),
+                Err(e) => debug!(folder = %name, "no temp file sweep: {e}"),
+            }
+        });
+    }
+
+    fn ensure_watcher(&mut self) {
+        if self.watch.is_some() {
+            return;
+        }
+        match watcher::start(&self.sources.root) {
+            Ok(watch) => self.watch = Some(watch),
+            Err(e) => warn!(folder = %self.name, "cannot watch, relying on rescans: {e}"),
+        }
+    }
+
+    fn start_scan(&mut self) {
+        self.scan_at = None;
+        if self.scanning || !self.state_loaded {
+            return;
+        }
+        let full = self.dirty_all || self.paused.is_some();
+        let paths: Vec<String> = std::mem::take(&mut self.dirty_paths)
+            .into_iter()
+            .filter(|p| !self.queue.is_running(p))
+            .collect();
+        if !full && paths.is_empty() {
+            return;
+        }
+        if full && self.sources.root.join(MARKER_DIR).is_dir() {
+            // Watch before walking: a file written while the walk is past its directory is then
+            // still seen, instead of waiting for the next full rescan (up to a minute).
+            self.ensure_watcher();
+        }
+        self.dirty_all = false;
+        self.scanning = true;
+        self.scans_run += 1;
+        debug!(folder = %self.name, full, paths = paths.len(), first = ?paths.first(), "scan");
+        let root = self.sources.root.clone();
+        let (store, share) = (self.store.clone(), self.sources.share);
+        let previous = if full {
+            self.all_records()
+        } else {
+            self.previous_records(&paths)
+        };
+        self.scans.spawn_blocking(move || {
+            let chunk_lists =
+                |meta: &FileMeta| state::blocking_stored_chunk_list(&store, share, meta);
+            let out = if full {
+                scan::scan_all_reusing(&root, &previous, &chunk_lists)
+            } else {
+                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists)
+            }?;
+            for warning in &out.warnings {
+                warn!("{warning}");
+            }
+            Ok(ScanResult {
+                full,
+                updated: out.entries,
+                gone: out.gone,
+                pages: out.pages,
+                unstable: out.unstable,
+            })
+        });
+    }
+
+    /// Every synced record, as a full scan needs them.
+    fn all_records(&self) -> BTreeMap<String, ScanRecord> {
+        self.synced
+            .iter()
+            .map(|(k, v)| (k.clone(), v.record.clone()))
+            .collect()
+    }
+
+    /// The synced records a scan of `paths` needs: each path's own and, for directories, those
+    /// beneath it. Copying only these (not every record of the folder) keeps a stream of
+    /// watcher events on a big folder from costing a copy of its whole index per scan.
+    fn previous_records(&self, paths: &[String]) -> BTreeMap<String, ScanRecord> {
+        let mut out = BTreeMap::new();
+        for path in paths {
+            // A `.meshignore` widens the scan to its directory (see `scan::scan_paths`).
+            let scope = match path.rsplit_once('/') {
+                Some((parent, super::model::IGNORE_FILE)) => parent,
+                None if path == super::model::IGNORE_FILE => "",
+                _ => path.trim_end_matches('/'),
+            };
+            if scope.is_empty() {
+                return self.all_records();
+            }
+            if let Some(synced) = self.synced.get(scope) {
+                out.insert(scope.to_owned(), synced.record.clone());
+            }
+            // Everything under `scope/`: '0' is the character right after '/'.
+            let (below, end) = (format!("{scope}/"), format!("{scope}0"));
+            for (k, v) in self.synced.range(below..end) {
+                out.insert(k.clone(), v.record.clone());
+            }
+        }
+        out
+    }
+
+    /// Turns a scan into local writes: changed paths (based on what was synced there) and
+    /// deletes of synced paths that are gone.
+    async fn on_scanned(&mut self, result: ScanResult) {
+        if self.paused.take().is_some() {
+            info!(folder = %self.name, "resumed");
+        }
+        self.ensure_watcher();
+        if !result.unstable.is_empty() {
+            self.dirty_paths.extend(result.unstable.iter().cloned());
+            self.scan_soon(WATCH_DEBOUNCE * 4);
+        }
+        // Queued before the local writes below, so they commit in the same batch.
+        let pages_written = if result.pages.is_empty() {
+            None
+        } else {
+            let pages = state::encoded_pages(&result.pages);
+            match self.store.put_pages(self.sources.share, pages).await {
+                Ok(pending) => Some(pending),
+                Err(e) => {
+                    self.last_error = Some(format!("cannot store chunk lists: {e}"));
+                    None
+                }
+            }
+        };
+        let mut writes: Vec<(String, Option<ScanRecord>)> = Vec::new();
+        for (path, record) in &result.updated {
+            if self.queue.is_running(path) {
+                continue;
+            }
+            let known = self
+                .synced
+                .get(path)
+                .map(|s| plan::normalised(&s.record.meta));
+            if known != Some(plan::normalised(&record.meta)) {
+                writes.push((path.clone(), Some(record.clone())));
+            } else if let Some(s) = self.synced.get_mut(path) {
+                // Same content, new stat data (e.g. touched): remember it so it is not re-read.
+                s.record = record.clone();
+            }
+        }
+        for path in &result.gone {
+            if self.synced.contains_key(path) && !self.queue.is_running(path) {
+                writes.push((path.clone(), None));
+            }
+        }
+        let writes = self.adopt_identical(writes).await;
+        if !writes.is_empty() {
+            self.put_local(writes).await;
+        }
+        if let Some(pending) = pages_written
+            && let Err(e) = pending.done().await
+        {
+            self.last_error = Some(format!("cannot store chunk lists: {e}"));
+        }
+        // After the pages are committed: paged files' chunk lists are read back from them.
+        self.index_chunks(result.updated.iter()).await;
+        if result.full {
+            self.queue_all_remote().await;
+        }
+    }
+
+    /// Takes out of `changes` every path that already is what the share says it should be (a
+    /// directory the writer created for a file inside it, a file that was already there when
+    /// the share was joined, a scan that raced a download) and records it as synced instead of
+    /// writing it again as a new, concurrent version.
+    async fn adopt_identical(
+        &mut self,
+        changes: Vec<(String, Option<ScanRecord>)>,
+    ) -> Vec<(String, Option<ScanRecord>)> {
+        let keys: Vec<Vec<u8>> = changes
+            .iter()
+            .filter(|(_, r)| r.is_some())
+            .map(|(p, _)| p.clone().into_bytes())
+            .collect();
+        if keys.is_empty() {
+            return changes;
+        }
+        let registers = match self.store.get_many(self.sources.share, keys).await {
+            Ok(registers) => registers,
+            Err(e) => {
+                // Nothing is adopted: every change is written as a new version instead, which
+                // is safe (at worst a redundant version).
+                warn!(folder = %self.name, "cannot read entries to compare with: {e}");
+                return changes;
+            }
+        };
+        let mut registers = registers.into_iter();
+        let mut remaining = Vec::new();
+        let mut adopted = Vec::new();
+        for (path, record) in changes {
+            let Some(record) = record else {
+                remaining.push((path, None));
+                continue;
+            };
+            let register = registers.next().flatten();
+            let winner = register.as_ref().and_then(|r| {
+                let version = plan::effective_winner(r)?;
+                let meta = plan::decode_meta(version)?;
+                Some((meta, version.vv().clone()))
+            });
+            match winner {
+                Some((meta, vv)) if meta == plan::normalised(&record.meta) => {
+                    let synced = Synced { record, base: vv };
+                    self.synced.insert(path.clone(), synced.clone());
+                    adopted.push((path, Some(synced)));
+                }
+                _ => remaining.push((path, Some(record))),
+            }
+        }
+        self.save_later(adopted);
+        remaining
+    }
+
+    /// Records local changes in the store, each based on what was synced at its path.
+    async fn put_local(&mut self, changes: Vec<(String, Option<ScanRecord>)>) {
+        let mut writes = Vec::with_capacity(changes.len());
+        for (path, record) in &changes {
+            let base = self
+                .synced
+                .get(path)
+                .map(|s| s.base.clone())
+                .unwrap_or_default();
+            let payload = match record {
+                Some(record) => match plan::encode_meta(&plan::normalised(&record.meta)) {
+                    Ok(bytes) => Payload::Value(ByteBuf::from(bytes)),
+                    Err(e) => {
+                        warn!(folder = %self.name, path = %path, "cannot encode: {e}");
+                        continue;
+                    }
+                },
+                None => Payload::Tombstone,
+            };
+            writes.push(LocalWrite {
+                key: path.clone().into_bytes(),
+                payload,
+                base: Some(base),
+            });
+        }
+        let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
+        if let Err(e) = self.store.put_writes(self.sources.share, writes).await {
+            self.last_error = Some(format!("cannot record local changes: {e}"));
+            warn!(folder = %self.name, "cannot record local changes: {e}");
+            return;
+        }
+        for (path, record) in &changes {
+            match record {
+                Some(r) => {
+                    debug!(folder = %self.name, path = %path, kind = ?r.meta.kind, "local change")
+                }
+                None => debug!(folder = %self.name, path = %path, "local delete"),
+            }
+        }
+        let registers = match self.store.get_many(self.sources.share, keys).await {
+            Ok(registers) => registers,
+            Err(e) => {
+                // The writes are committed; only our record of them is missing. The next scan
+                // sees the paths as changed and adopts them (they match the share).
+                self.last_error = Some(format!("cannot read back local changes: {e}"));
+                warn!(folder = %self.name, "cannot read back local changes: {e}");
+                return;
+            }
+        };
+        let mut rows = Vec::new();
+        for ((path, record), register) in changes.into_iter().zip(registers) {
+            let Some(register) = register else { continue };
+            // Our write is the version of ours with the highest counter.
+            let ours = register
+                .versions()
+                .iter()
+                .filter(|v| v.origin() == &self.local_key)
+                .max_by_key(|v| v.vv().get(&self.local_key));
+            match (record, ours) {
+                (Some(record), Some(version)) => {
+                    let synced = Synced {
+                        record,
+                        base: version.vv().clone(),
+                    };
+                    rows.push((path.clone(), Some(synced.clone())));
+                    self.synced.insert(path.clone(), synced);
+                }
+                (None, _) => {
+                    self.synced.remove(&path);
+                    rows.push((path.clone(), None));
+                }
+                (Some(_), None) => {}
+            }
+            // A concurrent remote version may now be the winner: materialise it.
+            self.queue.push(path, false);
+        }
+        self.save_later(rows);
+    }
+
+    /// Queues rows of the synced-state table for the next flush. The table is a cache: after a
+    /// crash, a path it forgot is re-adopted by the next scan when it matches the share, so it
+    /// is written in batches off the actor's loop rather than once per file.
+    fn save_later(&mut self, rows: Vec<(String, Option<Synced>)>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.unsaved.extend(rows);
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
+        }
+    }
+
+    fn flush_synced(&mut self) {
+        self.flush_at = None;
+        let rows: Vec<(String, Option<Synced>)> =
+            std::mem::take(&mut self.unsaved).into_iter().collect();
+        if rows.is_empty() {
+            return;
+        }
+        // One writer task keeps flushes in order.
+        if self.state_writer.send(rows).is_err() {
+            self.last_error = Some("the folder state writer has stopped".into());
+        }
+    }
+
+    async fn index_chunks<'a>(&self, records: impl Iterator<Item = (&'a String, &'a ScanRecord)>) {
+        let mut entries = Vec::new();
+        for (path, record) in records {
+            entries.extend(
+                source::chunk_locations(
+                    &self.store,
+                    self.sources.share,
+                    path,
+                    &record.meta,
+                    record.stamp(),
+                )
+                .await,
+            );
+        }
+        self.add_chunks(entries);
+    }
+
+    fn add_chunks(&self, entries: Vec<(Hash, ChunkLocation)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut index = self.sources.chunks.write().expect("chunk index lock");
+        index.extend(entries);
+    }
+
+    /// Queues every store entry whose effective winner is not what is on disk.
+    async fn queue_all_remote(&mut self) {
+        let entries = match self.store.list(self.sources.share, Vec::new()).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.last_error = Some(format!("cannot list the share's entries: {e}"));
+                warn!(folder = %self.name, "cannot list the share's entries: {e}");
+                return;
+            }
+        };
+        for (key, register) in entries {
+            let Ok(path) = String::from_utf8(key) else {
+                continue;
+            };
+            if self.needs_work(&path, &register) {
+                self.queue_remote(path, &register);
+            }
+        }
+    }
+
+    fn needs_work(&self, path: &str, register: &RecordRegister) -> bool {
+        let on_disk = self.synced.get(path).map(|s| &s.record.meta);
+        plan::needs_work(register, on_disk)
+    }
+
+    /// Queues a path whose entry changed to `register`, noting how much it will fetch.
+    fn queue_remote(&mut self, path: String, register: &RecordRegister) {
+        let wanted = plan::desired(register);
+        let file_size = match &wanted {
+            Desired::Present(meta) if meta.kind == EntryKind::File => Some(meta.size),
+            _ => None,
+        };
+        self.queue.note_needed(&path, file_size);
+        self.queue.push(path, matches!(wanted, Desired::Absent));
+    }
+
+    fn on_change(&mut self, change: Result<Arc<Change>, broadcast::error::RecvError>) {
+        match change {
+            Ok(change) if change.share == self.sources.share => {
+                if matches!(change.origin, Origin::Remote(_))
+                    && let Ok(path) = String::from_utf8(change.key.clone())
+                {
+                    self.latest.insert(path.clone(), change.register.clone());
+                    self.queue_remote(path, &change.register);
+                } else if let Ok(path) = std::str::from_utf8(&change.key) {
+                    // Our own write: the register a queued download would use is outdated.
+                    self.latest.remove(path);
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.latest.clear();
+                self.dirty_all = true;
+                self.scan_soon(Duration::ZERO);
+            }
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    fn start_downloads(&mut self) {
+        if self.paused.is_some() {
+            return;
+        }
+        while let Some(next) = self.queue.next() {
+            let path = match next {
+                Next::WaitsForRetry(path) => {
+                    self.latest.remove(&path);
+                    continue;
+                }
+                Next::Start { path, .. } => path,
+            };
+            let sources = self.sources.clone();
+            let store = self.store.clone();
+            let synced = self.synced.get(&path).cloned();
+            let known = self.latest.remove(&path);
+            let local = self.local;
+            let local_key = self.local_key.clone();
+            self.downloads.spawn(async move {
+                materialise(sources, store, path, known, synced, local, local_key).await
+            });
+        }
+    }
+
+    async fn on_materialised(&mut self, done: Materialised) {
+        self.queue.finish(&done.path);
+        self.add_chunks(done.new_chunks);
+        if done.conflict {
+            // The file changed under us: let the scanner record the local edit first.
+            self.dirty_paths.insert(done.path.clone());
+            self.scan_soon(Duration::ZERO);
+            self.queue
+                .retry_at(done.path.clone(), Instant::now() + WATCH_DEBOUNCE * 10);
+            return;
+        }
+        if let Some(error) = done.error {
+            if error.is_refusal() {
+                self.refused += 1;
+                warn!(folder = %self.name, "{error}");
+                return;
+            }
+            warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {error}");
+            self.last_error = Some(format!("{}: {error}", done.path));
+            self.queue
+                .retry_at(done.path, Instant::now() + DOWNLOAD_RETRY);
+            return;
+        }
+        if done.not_empty {
+            return;
+        }
+        if done.synced.is_none()
+            && let Some((parent, _)) = done.path.rsplit_once('/')
+        {
+            // A directory waiting for its children to go may be empty now.
+            self.queue.push(parent.to_owned(), true);
+        }
+        let row = match done.synced {
+            Some(synced) => {
+                self.index_chunks(std::iter::once((&done.path, &synced.record)))
+                    .await;
+                self.synced.insert(done.path.clone(), synced.clone());
+                Some(synced)
+            }
+            None => {
+                self.synced.remove(&done.path);
+                None
+            }
+        };
+        self.save_later(vec![(done.path.clone(), row)]);
+        // The winner may have moved on while we worked.
+        match self
+            .store
+            .get(self.sources.share, done.path.clone().into_bytes())
+            .await
+        {
+            Ok(Some(register)) if self.needs_work(&done.path, &register) => {
+                self.queue.push(done.path, false);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(folder = %self.name, path = %done.path, "cannot re-read the entry: {e}")
+            }
+        }
+    }
+}
+
+/// Creates the folder (if needed) and its marker directory, for a share being created or joined.
+pub fn prepare_root(root: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root.join(MARKER_DIR))
+}

@@ -1,0 +1,488 @@
+//! Making one path match its entry's effective winner: writing a file, directory or symlink,
+//! keeping a losing local version as a conflict copy, or removing what was deleted.
+
+use std::path::Path;
+
+use libp2p::PeerId;
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use super::assemble::fill;
+use super::model::{self, CheckedChunk, EntryKind, FileMeta, Hash};
+use super::plan::{self, Desired};
+use super::scan::{self, ScanRecord};
+use super::source::{self, ChunkLocation, FetchError, Sources};
+use super::state::Synced;
+use super::trash;
+use super::write::{self, Expect};
+use crate::merge::{PeerKey, RecordRegister};
+use crate::store::{StoreError, StoreHandle};
+
+/// Files up to this size are fetched whole into memory and written in one blocking call.
+pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The outcome of materialising one path.
+pub(super) struct Materialised {
+    pub(super) path: String,
+    /// A directory to delete still has entries; retried when its children are gone.
+    pub(super) not_empty: bool,
+    /// What is on disk now, and the version vector it came from (`None` if now absent).
+    pub(super) synced: Option<Synced>,
+    /// Set when the target had changed under us: rescan it before anything else.
+    pub(super) conflict: bool,
+    pub(super) error: Option<MaterialiseError>,
+    /// Pages learned while fetching.
+    pub(super) new_chunks: Vec<(Hash, ChunkLocation)>,
+}
+
+/// Why a path could not be made to match its entry.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialiseError {
+    /// The entry's path is unsafe to write (a peer's mistake or attack); never retried.
+    #[error("{0}")]
+    Refused(String),
+    /// Writing, removing or inspecting the file failed.
+    #[error(transparent)]
+    Write(write::WriteError),
+    /// The chunks or the chunk list could not be had.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The share's entry could not be read.
+    #[error("cannot read the entry: {0}")]
+    Store(#[from] StoreError),
+    /// Our conflicting version could not be moved aside, so nothing was written over it.
+    #[error("cannot keep the conflicting local version: {0}")]
+    ConflictCopy(#[source] write::WriteError),
+    /// A blocking task panicked or was cancelled.
+    #[error("a file task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl MaterialiseError {
+    /// Whether the entry itself is refused (an unsafe path from a peer): counted, not retried.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            MaterialiseError::Refused(_) | MaterialiseError::Write(write::WriteError::Path(_))
+        )
+    }
+}
+
+/// The scan record of a path we just wrote with `meta`, so the scanner does not take our own
+/// write for a local edit. Racy (re-read once by the next scan) only when a local write now could
+/// leave the same mtime ([`scan::written_is_racy`]).
+pub(super) fn record_for(
+    root: &Path,
+    rel: &str,
+    mut meta: FileMeta,
+) -> std::io::Result<ScanRecord> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = std::fs::symlink_metadata(root.join(rel))?;
+    if meta.kind != EntryKind::File {
+        meta.mtime_secs = stat.mtime();
+        meta.mtime_nanos = stat.mtime_nsec() as u32;
+        meta.mode = stat.mode() & 0o7777;
+    }
+    let ctime = (stat.ctime(), stat.ctime_nsec() as u32);
+    let racy = meta.kind != EntryKind::File
+        || scan::written_is_racy(
+            (meta.mtime_secs, meta.mtime_nanos),
+            ctime,
+            std::time::SystemTime::now(),
+        );
+    Ok(ScanRecord {
+        meta,
+        ctime_secs: ctime.0,
+        ctime_nanos: ctime.1,
+        inode: stat.ino(),
+        dev: stat.dev(),
+        racy,
+    })
+}
+
+/// Makes the disk at `path` match the entry's effective winner.
+pub(super) async fn materialise(
+    shared: Sources,
+    store: StoreHandle,
+    path: String,
+    known: Option<RecordRegister>,
+    synced: Option<Synced>,
+    local: PeerId,
+    local_key: PeerKey,
+) -> Materialised {
+    let mut outcome = Materialised {
+        path: path.clone(),
+        not_empty: false,
+        synced: synced.clone(),
+        conflict: false,
+        error: None,
+        new_chunks: Vec::new(),
+    };
+    if let Err(reason) = model::check_rel_path(&path) {
+        outcome.error = Some(MaterialiseError::Refused(reason));
+        return outcome;
+    }
+    let register = match known {
+        Some(register) => register,
+        None => match store.get(shared.share, path.clone().into_bytes()).await {
+            Ok(Some(register)) => register,
+            Ok(None) => return outcome,
+            Err(e) => {
+                outcome.error = Some(e.into());
+                return outcome;
+            }
+        },
+    };
+    let Some(winner) = plan::effective_winner(&register).cloned() else {
+        return outcome;
+    };
+    let desired = plan::desired(&register);
+    let on_disk_normalised = synced.as_ref().map(|s| plan::normalised(&s.record.meta));
+    let on_disk = synced.as_ref().map(|s| &s.record.meta);
+    match (&desired, &on_disk_normalised) {
+        (Desired::Present(want), Some(disk)) if want == disk => return outcome,
+        (Desired::Absent, None) => return outcome,
+        _ => {}
+    }
+    debug!(path = %path, ?desired, present = on_disk.is_some(), "materialising");
+
+    // Our own version lost a conflict and its content is what is on disk: keep it aside first.
+    if let (Desired::Present(want), Some(disk)) = (&desired, on_disk)
+        && disk.kind == EntryKind::File
+        && !want.same_content(disk)
+    {
+        let ours_lost = register.versions().iter().any(|v| {
+            v.origin() == &local_key
+                && v.vv() != winner.vv()
+                && plan::decode_meta(v).is_some_and(|m| m.same_content(disk))
+        });
+        if ours_lost {
+            let ours = register
+                .versions()
+                .iter()
+                .filter(|v| v.origin() == &local_key)
+                .max_by_key(|v| v.vv().get(&local_key))
+                .expect("checked above");
+            let peer_short: String = local
+                .to_string()
+                .chars()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let conflict_rel = write::conflict_name(&path, ours.hlc().millis, &peer_short);
+            let root = shared.root.clone();
+            let (from, to) = (path.clone(), conflict_rel.clone());
+            let moved = tokio::task::spawn_blocking(move || {
+                write::rename_to_conflict_copy(&root, &from, &to)
+            })
+            .await
+            .map_err(MaterialiseError::Task)
+            .and_then(|r| r.map_err(MaterialiseError::ConflictCopy));
+            match moved {
+                Ok(()) => {
+                    info!(path = %path, "kept our conflicting version as {conflict_rel}");
+                    outcome.synced = None;
+                }
+                Err(e) => {
+                    outcome.error = Some(e);
+                    return outcome;
+                }
+            }
+        }
+    }
+    let expect = plan::expect_for(outcome.synced.as_ref());
+    let root = shared.root.clone();
+    let result = match desired {
+        Desired::Absent => {
+            let rel = path.clone();
+            let is_file = on_disk.is_some_and(|m| m.kind == EntryKind::File);
+            let trashed_meta = on_disk.cloned();
+            let removed = tokio::task::spawn_blocking(move || {
+                if is_file {
+                    trash::move_to_trash(&root, &rel, expect).map(Removal::Trashed)
+                } else {
+                    write::remove(&root, &rel, expect).map(Removal::Removed)
+                }
+            })
+            .await
+            .map_err(MaterialiseError::Task);
+            match removed {
+                Ok(Ok(Removal::Removed(write::Removed::DirNotEmpty))) => {
+                    // Its children are still going; the last child's removal queues it again.
+                    outcome.not_empty = true;
+                    Ok(())
+                }
+                Ok(Ok(Removal::Trashed(trash_rel))) => {
+                    // Keep its chunks findable: a rename elsewhere in the folder reuses them.
+                    // Indexed here rather than returned to the actor: a download running
+                    // concurrently may be looking for these chunks now.
+                    if let Some(meta) = trashed_meta {
+                        let moved = source::chunk_locations(
+                            &shared.store,
+                            shared.share,
+                            &trash_rel,
+                            &meta,
+                            None,
+                        )
+                        .await;
+                        let mut index = shared.chunks.write().expect("chunk index lock");
+                        index.extend(moved);
+                    }
+                    outcome.synced = None;
+                    Ok(())
+                }
+                Ok(Ok(_)) => {
+                    outcome.synced = None;
+                    Ok(())
+                }
+                Ok(Err(write::WriteError::Conflict { .. })) => {
+                    outcome.conflict = true;
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(MaterialiseError::Write(e)),
+                Err(e) => Err(e),
+            }
+        }
+        Desired::Present(meta) => {
+            let base = winner.vv().clone();
+            let replacing = on_disk
+                .filter(|m| m.kind == EntryKind::File && outcome.synced.is_some())
+                .cloned();
+            match write_entry(
+                &shared,
+                &path,
+                &meta,
+                expect,
+                replacing,
+                &mut outcome.new_chunks,
+            )
+            .await
+            {
+                Ok(record) => {
+                    outcome.synced = Some(Synced { record, base });
+                    Ok(())
+                }
+                Err(WriteFailure::Conflict) => {
+                    outcome.conflict = true;
+                    Ok(())
+                }
+                Err(WriteFailure::Failed(e)) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = result {
+        outcome.error = Some(e);
+    }
+    outcome
+}
+
+/// How a removal went.
+enum Removal {
+    Removed(write::Removed),
+    Trashed(String),
+}
+
+/// How writing an entry ended when it did not succeed.
+pub(super) enum WriteFailure {
+    /// The target changed under us: a local edit the scanner must record first.
+    Conflict,
+    /// Anything else.
+    Failed(MaterialiseError),
+}
+
+impl From<FetchError> for WriteFailure {
+    fn from(e: FetchError) -> Self {
+        WriteFailure::Failed(e.into())
+    }
+}
+
+impl From<tokio::task::JoinError> for WriteFailure {
+    fn from(e: tokio::task::JoinError) -> Self {
+        WriteFailure::Failed(e.into())
+    }
+}
+
+impl From<write::WriteError> for WriteFailure {
+    fn from(e: write::WriteError) -> Self {
+        match e {
+            write::WriteError::Conflict { .. } => WriteFailure::Conflict,
+            other => WriteFailure::Failed(MaterialiseError::Write(other)),
+        }
+    }
+}
+
+/// Commits an assembly. When it replaces a file, the old version first goes to the trash
+/// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
+/// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
+pub(super) fn commit_keeping_old(
+    root: &Path,
+    rel: &str,
+    assembly: write::Assembly,
+    keep_old: bool,
+    expect: Expect,
+    mode: u32,
+    mtime: (i64, u32),
+) -> Result<Option<String>, write::WriteError> {
+    let kept = if keep_old {
+        trash::link_to_trash(root, rel)
+    } else {
+        None
+    };
+    match assembly.commit(expect, mode, mtime) {
+        Ok(()) => Ok(kept),
+        Err(e) => {
+            if let Some(kept) = &kept {
+                let _ = std::fs::remove_file(root.join(kept));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes a small file: fetches every chunk it needs first, then opens, fills, commits and
+/// stats it in one blocking call. Per file that saves several hand-offs between threads, which
+/// is what receiving thousands of small files costs most.
+pub(super) async fn write_small_file(
+    shared: &Sources,
+    path: &str,
+    meta: &FileMeta,
+    expect: Expect,
+    replacing: Option<FileMeta>,
+    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+) -> Result<ScanRecord, WriteFailure> {
+    let chunks = source::chunk_list(shared, meta).await?;
+    let mut fetches = JoinSet::new();
+    for (index, chunk) in chunks.iter().copied().enumerate() {
+        let shared = shared.clone();
+        fetches.spawn(async move { (index, source::fetch_chunk(&shared, &chunk).await) });
+    }
+    let mut contents: Vec<Option<CheckedChunk>> = vec![None; chunks.len()];
+    while let Some(done) = fetches.join_next().await {
+        let (index, bytes) = done?;
+        contents[index] = Some(bytes?);
+    }
+    let (root, rel, meta2, chunks2) = (
+        shared.root.clone(),
+        path.to_owned(),
+        meta.clone(),
+        chunks.clone(),
+    );
+    let keep_old = replacing.is_some();
+    let (kept, record) = blocking(move || {
+        let mtime = (meta2.mtime_secs, meta2.mtime_nanos);
+        let mut assembly =
+            write::Assembly::open_unreserved(&root, &rel, meta2.size, meta2.hash, &chunks2)?;
+        for index in assembly.missing() {
+            match &contents[index] {
+                Some(checked) => assembly.write_checked(index, checked)?,
+                // Every chunk was fetched above; `commit` reports one that is not there.
+                None => break,
+            }
+        }
+        let kept = commit_keeping_old(&root, &rel, assembly, keep_old, expect, meta2.mode, mtime)?;
+        let record = record_for(&root, &rel, meta2).map_err(|source| write::WriteError::Io {
+            action: "inspect",
+            path: root.join(&rel),
+            source,
+        })?;
+        Ok((kept, record))
+    })
+    .await?;
+    if let (Some(kept), Some(old)) = (kept, replacing) {
+        new_chunks
+            .extend(source::chunk_locations(&shared.store, shared.share, &kept, &old, None).await);
+    }
+    new_chunks.extend(source::locations_in(path, &chunks, record.stamp()));
+    Ok(record)
+}
+
+/// Writes one file, directory or symlink and returns its new scan record.
+pub(super) async fn write_entry(
+    shared: &Sources,
+    path: &str,
+    meta: &FileMeta,
+    expect: Expect,
+    replacing: Option<FileMeta>,
+    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+) -> Result<ScanRecord, WriteFailure> {
+    let root = shared.root.clone();
+    let rel = path.to_owned();
+    match meta.kind {
+        EntryKind::Dir => {
+            let mode = meta.mode;
+            blocking(move || write::make_dir(&root, &rel, mode)).await?;
+        }
+        EntryKind::Symlink => {
+            let target = meta.target.clone().unwrap_or_default();
+            blocking(move || write::make_symlink(&root, &rel, &target, expect)).await?;
+        }
+        EntryKind::File if meta.size <= SMALL_FILE_BYTES => {
+            return write_small_file(shared, path, meta, expect, replacing, new_chunks).await;
+        }
+        EntryKind::File => {
+            let chunks = source::chunk_list(shared, meta).await?;
+            let (size, hash, mode, mtime) = (
+                meta.size,
+                meta.hash,
+                meta.mode,
+                (meta.mtime_secs, meta.mtime_nanos),
+            );
+            let (r2, p2, c2) = (root.clone(), rel.clone(), chunks.clone());
+            let assembly =
+                blocking(move || write::Assembly::open(&r2, &p2, size, hash, &c2)).await?;
+            let missing = assembly.missing();
+            let assembly = fill(shared, path, &chunks, assembly, missing).await?;
+            let keep_old = replacing.is_some();
+            let (r2, p2) = (root.clone(), rel.clone());
+            let kept = blocking(move || {
+                commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime)
+            })
+            .await?;
+            if let (Some(kept), Some(old)) = (kept, replacing) {
+                new_chunks.extend(
+                    source::chunk_locations(&shared.store, shared.share, &kept, &old, None).await,
+                );
+            }
+            new_chunks.extend(source::locations_in(&rel, &chunks, None));
+        }
+    }
+    if matches!(meta.kind, EntryKind::Dir) {
+        // Keep the directory's own mtime (see `normalised`); only its mode is synced.
+        let (root, rel, mode) = (shared.root.clone(), path.to_owned(), meta.mode);
+        blocking(move || {
+            let current = std::fs::symlink_metadata(root.join(&rel)).map_err(|source| {
+                write::WriteError::Io {
+                    action: "inspect",
+                    path: root.join(&rel),
+                    source,
+                }
+            })?;
+            let mtime = (
+                std::os::unix::fs::MetadataExt::mtime(&current),
+                std::os::unix::fs::MetadataExt::mtime_nsec(&current) as u32,
+            );
+            write::set_meta(&root, &rel, mode, mtime)
+        })
+        .await?;
+    }
+    let (root, rel, meta) = (shared.root.clone(), path.to_owned(), meta.clone());
+    blocking(move || {
+        record_for(&root, &rel, meta).map_err(|source| write::WriteError::Io {
+            action: "inspect",
+            path: root.join(&rel),
+            source,
+        })
+    })
+    .await
+}
+
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, write::WriteError> + Send + 'static,
+) -> Result<T, WriteFailure> {
+    tokio::task::spawn_blocking(f)
+        .await?
+        .map_err(WriteFailure::from)
+}

@@ -1,0 +1,178 @@
+//! Pure decisions about one path: which version wins on disk, what the path should become, and
+//! what the writer may expect to find there. No I/O.
+
+use serde_bytes::ByteBuf;
+
+use super::model::{EntryKind, FileMeta};
+use super::state::Synced;
+use super::write::Expect;
+use crate::merge::{Payload, Register, Version};
+
+/// What to make of a path.
+#[derive(Debug, Clone)]
+pub(super) enum Desired {
+    /// Nothing should be there (deleted everywhere).
+    Absent,
+    /// This should be there.
+    Present(FileMeta),
+}
+
+/// A directory's mtime changes whenever an entry inside it is added or removed, which is not a
+/// change of the directory worth a version (and writing files into it would echo back as one).
+/// Directories are synced by existence and mode only.
+/// Symlinks likewise: their own mtime cannot be set portably when they are created, and their
+/// mode means nothing on Linux. Scan records keep the real values (they are what `Expect`
+/// checks against); entries and comparisons use this form.
+pub(super) fn normalised(meta: &FileMeta) -> FileMeta {
+    let mut meta = meta.clone();
+    match meta.kind {
+        EntryKind::Dir => {
+            meta.mtime_secs = 0;
+            meta.mtime_nanos = 0;
+        }
+        EntryKind::Symlink => {
+            meta.mtime_secs = 0;
+            meta.mtime_nanos = 0;
+            meta.mode = 0o777;
+        }
+        EntryKind::File => {}
+    }
+    meta
+}
+
+/// A file description as an entry's value.
+pub(super) fn encode_meta(meta: &FileMeta) -> Result<Vec<u8>, crate::cbor::CborError> {
+    crate::cbor::encode(meta)
+}
+
+/// The file description a version holds; `None` for a tombstone (or a value that is not one,
+/// which the store's entry check keeps out).
+pub(super) fn decode_meta(version: &Version<ByteBuf>) -> Option<FileMeta> {
+    match version.payload() {
+        Payload::Value(bytes) => crate::cbor::decode(bytes.as_slice()).ok(),
+        Payload::Tombstone => None,
+    }
+}
+
+/// The version whose state every peer puts on disk: the winner, except that an edit beats a
+/// concurrent delete (a deletion must never destroy work its author did not see).
+pub(super) fn effective_winner(register: &Register<ByteBuf>) -> Option<&Version<ByteBuf>> {
+    let winner = register.winner()?;
+    if winner.is_tombstone()
+        && let Some(edit) = register.conflicts().iter().find(|v| !v.is_tombstone())
+    {
+        return Some(edit);
+    }
+    Some(winner)
+}
+
+/// What the path should become: the effective winner's description, or absent.
+pub(super) fn desired(register: &Register<ByteBuf>) -> Desired {
+    match effective_winner(register).and_then(decode_meta) {
+        Some(meta) => Desired::Present(meta),
+        None => Desired::Absent,
+    }
+}
+
+/// Whether the disk, last synced as `on_disk`, differs from what the entry wants.
+pub(super) fn needs_work(register: &Register<ByteBuf>, on_disk: Option<&FileMeta>) -> bool {
+    match (desired(register), on_disk.map(normalised)) {
+        (Desired::Absent, None) => false,
+        (Desired::Present(meta), Some(disk)) => meta != disk,
+        _ => true,
+    }
+}
+
+/// What the writer may expect at a path last synced as `synced`; anything else there is a
+/// local change it must not overwrite.
+pub(super) fn expect_for(synced: Option<&Synced>) -> Expect {
+    match synced {
+        None => Expect::Absent,
+        // Directories are only ever removed when empty, whatever was expected of them.
+        Some(s) if s.record.meta.kind == EntryKind::Dir => Expect::Anything,
+        Some(s) => Expect::Unchanged {
+            // A symlink's own size is the length of its target.
+            size: match s.record.meta.kind {
+                EntryKind::Symlink => s.record.meta.target.as_ref().map_or(0, |t| t.len() as u64),
+                _ => s.record.meta.size,
+            },
+            mtime_secs: s.record.meta.mtime_secs,
+            mtime_nanos: s.record.meta.mtime_nanos,
+            inode: s.record.inode,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::model::Content;
+    use crate::merge::{Hlc, PeerKey};
+
+    fn file(size: u64, mtime: i64) -> FileMeta {
+        FileMeta {
+            kind: EntryKind::File,
+            size,
+            mode: 0o644,
+            mtime_secs: mtime,
+            mtime_nanos: 0,
+            hash: [size as u8; 32],
+            content: Content::Empty,
+            target: None,
+        }
+    }
+
+    /// A register holding one version per writer, all concurrent: `(peer, millis, meta)`,
+    /// `None` for a delete.
+    fn concurrent(writes: &[(u8, u64, Option<&FileMeta>)]) -> Register<ByteBuf> {
+        let mut merged = Register::new();
+        for (peer, millis, meta) in writes {
+            let payload = match meta {
+                Some(m) => Payload::Value(ByteBuf::from(encode_meta(m).unwrap())),
+                None => Payload::Tombstone,
+            };
+            let mut own = Register::new();
+            let hlc = Hlc {
+                millis: *millis,
+                logical: 0,
+            };
+            own.write_local(&PeerKey::new(vec![*peer]).unwrap(), hlc, payload)
+                .unwrap();
+            merged.merge(&own);
+        }
+        merged
+    }
+
+    #[test]
+    fn an_edit_beats_a_concurrent_delete_whoever_wins_the_clock() {
+        let edit = file(5, 100);
+        let register = concurrent(&[(1, 10, Some(&edit)), (2, 99, None)]);
+        assert!(
+            register.winner().unwrap().is_tombstone(),
+            "the delete is newer"
+        );
+        match desired(&register) {
+            Desired::Present(meta) => assert_eq!(meta, edit),
+            Desired::Absent => panic!("the edit must survive"),
+        }
+        assert!(needs_work(&register, None));
+        assert!(!needs_work(&register, Some(&edit)));
+    }
+
+    #[test]
+    fn directories_compare_without_their_mtime() {
+        let mut dir = file(0, 5);
+        dir.kind = EntryKind::Dir;
+        let register = concurrent(&[(1, 10, Some(&normalised(&dir)))]);
+        let mut touched = dir.clone();
+        touched.mtime_secs = 999;
+        assert!(!needs_work(&register, Some(&touched)));
+        touched.mode = 0o700;
+        assert!(needs_work(&register, Some(&touched)));
+    }
+
+    #[test]
+    fn the_writer_expects_what_was_synced() {
+        assert_eq!(expect_for(None), Expect::Absent);
+    }
+}

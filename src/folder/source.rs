@@ -1,0 +1,238 @@
+//! Where a file's chunks come from: the index of chunks found in local files, chunk-list pages
+//! (stored or fetched), and members (through the [`super::fetch::Fetcher`]). Every chunk is
+//! verified by hash whichever way it came.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use libp2p::PeerId;
+use tokio::sync::watch;
+
+use super::fetch::Fetcher;
+use super::model::{CheckedChunk, ChunkRef, Content, FileMeta, Hash};
+use super::scan;
+use super::state::{self, PageError};
+use super::status::Counters;
+use super::write;
+use crate::net::NetClient;
+use crate::net::protocol::{Request, Response};
+use crate::store::{ShareId, StoreError, StoreHandle};
+
+/// Pause before looking a chunk up again after its local copy could not be read (the file may
+/// be moving to the trash, which updates the index right after the rename).
+pub const LOCAL_CHUNK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+/// Tries per page across members before a download fails (and is retried later).
+pub const MAX_PAGE_ATTEMPTS: usize = 6;
+
+/// Why a chunk or a chunk list could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nobody to ask.
+    #[error("no member is connected to fetch from")]
+    NoMember,
+    /// Every member asked failed; the last failure.
+    #[error("no member delivered it: {0}")]
+    FromMembers(String),
+    /// A page arrived but is not usable.
+    #[error(transparent)]
+    Page(#[from] PageError),
+    /// A fetched page could not be stored.
+    #[error("cannot store a fetched chunk list page: {0}")]
+    Store(#[from] StoreError),
+    /// A blocking read of a local copy panicked or was cancelled.
+    #[error("a local chunk read failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Where a chunk can be read locally.
+#[derive(Debug, Clone)]
+pub(super) struct ChunkLocation {
+    pub(super) path: String,
+    pub(super) offset: u64,
+    pub(super) len: u32,
+    /// The file's stamp when it was described: while the file still has it, a copy of the chunk
+    /// is written without hashing it first (the whole file is checked anyway).
+    pub(super) stamp: Option<scan::Stamp>,
+}
+
+/// Chunk hash → a local place holding it. The actor updates it after scans and downloads;
+/// tasks look up a few entries at a time and never hold the lock across an `.await` (a lock
+/// because download tasks on many threads read it between the actor's updates).
+pub(super) type ChunkIndex = Arc<RwLock<HashMap<Hash, ChunkLocation>>>;
+
+/// Everything a download task needs, shared read-only.
+#[derive(Clone)]
+pub(super) struct Sources {
+    pub(super) root: PathBuf,
+    pub(super) share: ShareId,
+    pub(super) net: NetClient,
+    pub(super) members: watch::Receiver<Vec<PeerId>>,
+    pub(super) store: StoreHandle,
+    pub(super) chunks: ChunkIndex,
+    pub(super) counters: Arc<Counters>,
+    /// Fetches chunks from members, many per request.
+    pub(super) fetcher: Fetcher,
+}
+
+/// The chunks of `rel`, laid end to end, as places to find them.
+pub(super) fn locations_in(
+    rel: &str,
+    chunks: &[ChunkRef],
+    stamp: Option<scan::Stamp>,
+) -> Vec<(Hash, ChunkLocation)> {
+    let mut offset = 0u64;
+    chunks
+        .iter()
+        .map(|chunk| {
+            let location = ChunkLocation {
+                path: rel.to_owned(),
+                offset,
+                len: chunk.len,
+                stamp,
+            };
+            offset += chunk.len as u64;
+            (chunk.hash, location)
+        })
+        .collect()
+}
+
+/// The places of `meta`'s chunks in the file `path`, from the chunk list we store (none if a
+/// page is missing).
+pub(super) async fn chunk_locations(
+    store: &StoreHandle,
+    share: ShareId,
+    path: &str,
+    meta: &FileMeta,
+    stamp: Option<scan::Stamp>,
+) -> Vec<(Hash, ChunkLocation)> {
+    state::stored_chunk_list(store, share, meta)
+        .await
+        .map_or_else(Vec::new, |chunks| locations_in(path, &chunks, stamp))
+}
+
+/// The full chunk list of a file, fetching pages we do not have.
+pub(super) async fn chunk_list(
+    shared: &Sources,
+    meta: &FileMeta,
+) -> Result<Vec<ChunkRef>, FetchError> {
+    match &meta.content {
+        Content::Empty => Ok(Vec::new()),
+        Content::Inline(chunks) => Ok(chunks.clone()),
+        Content::Paged(pages) => {
+            let mut all = Vec::new();
+            for page in pages {
+                let bytes = match shared.store.page(shared.share, page.hash).await? {
+                    Some(bytes) => bytes,
+                    None => {
+                        let bytes = fetch_from_members(
+                            shared,
+                            |share| Request::GetPage {
+                                share,
+                                hash: serde_bytes::ByteArray::new(page.hash),
+                            },
+                            &page.hash,
+                        )
+                        .await?;
+                        // The next write's commit makes it durable; nothing waits for that.
+                        drop(
+                            shared
+                                .store
+                                .put_pages(shared.share, vec![(page.hash, bytes.clone())])
+                                .await?,
+                        );
+                        bytes
+                    }
+                };
+                all.extend(state::decode_page(page, &bytes)?);
+            }
+            Ok(all)
+        }
+    }
+}
+
+/// A chunk's bytes: from a local file if any holds it, else from a member; always verified.
+pub(super) async fn fetch_chunk(
+    shared: &Sources,
+    chunk: &ChunkRef,
+) -> Result<CheckedChunk, FetchError> {
+    // Twice: a file can move to the trash between the lookup and the read, and the trash
+    // move updates the index right after it.
+    let mut tried: Option<ChunkLocation> = None;
+    for _ in 0..2 {
+        let location = shared
+            .chunks
+            .read()
+            .expect("chunk index lock")
+            .get(&chunk.hash)
+            .cloned();
+        let Some(location) = location else { break };
+        if tried
+            .as_ref()
+            .is_some_and(|t| t.path == location.path && t.offset == location.offset)
+        {
+            break;
+        }
+        tried = Some(location.clone());
+        let path = shared.root.join(&location.path);
+        let hash = chunk.hash;
+        let local = tokio::task::spawn_blocking(move || {
+            write::read_chunk(&path, location.offset, location.len, &hash)
+        })
+        .await?;
+        if let Ok(Some(bytes)) = local {
+            return Ok(bytes);
+        }
+        tokio::time::sleep(LOCAL_CHUNK_RETRY_DELAY).await;
+    }
+    shared
+        .fetcher
+        .fetch(*chunk)
+        .await
+        .map_err(FetchError::FromMembers)
+}
+
+/// Asks members in turn until one answers with bytes that hash to `hash`.
+async fn fetch_from_members(
+    shared: &Sources,
+    request: impl Fn(serde_bytes::ByteArray<32>) -> Request,
+    hash: &Hash,
+) -> Result<Vec<u8>, FetchError> {
+    let members = shared.members.borrow().clone();
+    if members.is_empty() {
+        return Err(FetchError::NoMember);
+    }
+    let start = (hash[1] as usize) % members.len();
+    let mut last = String::from("no member had it");
+    for attempt in 0..MAX_PAGE_ATTEMPTS.min(members.len().max(1) * 2) {
+        let peer = members[(start + attempt) % members.len()];
+        match shared
+            .net
+            .request(peer, request(serde_bytes::ByteArray::new(shared.share)))
+            .await
+        {
+            Ok(Response::Chunk(bytes)) | Ok(Response::Page(bytes)) => {
+                if blake3::hash(&bytes).as_bytes() == hash {
+                    return Ok(bytes.into_vec());
+                }
+                shared
+                    .counters
+                    .bad_chunks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // The network layer logs it and bans the peer after a few.
+                shared
+                    .net
+                    .strike(
+                        peer,
+                        "sent content that does not match its hash; discarded".into(),
+                    )
+                    .await;
+                last = format!("{peer} sent bytes that do not match their hash");
+            }
+            Ok(Response::Error(e)) => last = format!("{peer}: {e}"),
+            Ok(other) => last = format!("{peer} answered {other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(FetchError::FromMembers(last))
+}

@@ -1,0 +1,88 @@
+//! What a folder reports about itself: its state, counters and transfer rate.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// What a folder is doing, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderState {
+    /// Reading the folder.
+    Scanning,
+    /// Fetching or writing changes.
+    Syncing,
+    /// Nothing to do.
+    Idle,
+    /// Stopped; the reason says why.
+    Paused,
+}
+
+/// A folder's status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderStatus {
+    /// The folder path.
+    pub path: String,
+    /// What it is doing.
+    pub state: FolderState,
+    /// Why it is paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Entries waiting to be written here.
+    pub needed_files: u64,
+    /// Bytes those entries still need fetched.
+    pub needed_bytes: u64,
+    /// Content bytes fetched from peers since start.
+    pub fetched_bytes: u64,
+    /// Content bytes served to peers since start.
+    pub served_bytes: u64,
+    /// Recent fetch rate in bytes per second.
+    pub rate_bytes_per_sec: f64,
+    /// Chunks that did not match their hash (discarded and fetched elsewhere).
+    pub bad_chunks: u64,
+    /// Entries from peers that were refused (unsafe paths and the like).
+    pub refused: u64,
+    /// Files on disk and entries tracked.
+    pub local_entries: u64,
+    /// Scans run since start (full and partial).
+    pub scans: u64,
+    /// The last error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Byte and error counters of one folder, shown in its status.
+#[derive(Default)]
+pub struct Counters {
+    pub fetched: std::sync::atomic::AtomicU64,
+    pub served: std::sync::atomic::AtomicU64,
+    pub bad_chunks: std::sync::atomic::AtomicU64,
+}
+
+/// The recent fetch rate, from the byte counter sampled at each status request.
+#[derive(Default)]
+pub(super) struct RateMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateMeter {
+    pub(super) fn rate(&mut self, total: u64) -> f64 {
+        let now = Instant::now();
+        self.samples.push_back((now, total));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(5))
+        {
+            self.samples.pop_front();
+        }
+        match (self.samples.front(), self.samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                (b1 - b0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}

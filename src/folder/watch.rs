@@ -1,0 +1,94 @@
+//! The file watcher: turns inotify events into paths to rescan, or into "rescan everything"
+//! when events were lost or too many arrived to track one by one.
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+
+use super::scan;
+
+/// Watcher events buffered before the actor falls back to a full rescan.
+pub const WATCH_CHANNEL_CAPACITY: usize = 4096;
+
+/// What the watcher saw.
+pub(super) enum WatchEvent {
+    /// These paths (relative to the root) changed.
+    Paths(Vec<String>),
+    /// Events were lost: only a full rescan is safe.
+    Rescan,
+}
+
+/// A running watcher of a folder and the events it sends.
+pub(super) struct Watch {
+    /// Kept alive for as long as events are wanted.
+    _watcher: notify::RecommendedWatcher,
+    pub(super) events: mpsc::Receiver<WatchEvent>,
+}
+
+/// Watches `root` recursively.
+pub(super) fn start(root: &Path) -> notify::Result<Watch> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
+    let base: PathBuf = root.to_owned();
+    let handler = move |result: notify::Result<notify::Event>| {
+        let Some(event) = to_watch_event(&base, result) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
+            // Too many events to track one by one; a full rescan covers them all.
+            let _ = tx.try_send(WatchEvent::Rescan);
+        }
+    };
+    let mut watcher = notify::recommended_watcher(handler)?;
+    watcher.watch(root, notify::RecursiveMode::Recursive)?;
+    Ok(Watch {
+        _watcher: watcher,
+        events: rx,
+    })
+}
+
+fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<WatchEvent> {
+    match result {
+        Ok(event) if event.need_rescan() => Some(WatchEvent::Rescan),
+        // Opening or reading a file changes nothing; reacting to it would make every scan
+        // (which opens everything) trigger the next one. A close after writing does matter:
+        // the file is complete.
+        Ok(event) if is_read_only_access(&event.kind) => None,
+        Ok(event) => {
+            let paths: Vec<String> = event
+                .paths
+                .iter()
+                .filter_map(|p| p.strip_prefix(root).ok())
+                .filter_map(|p| p.to_str())
+                .filter(|p| !p.is_empty() && !scan::is_ignored_builtin(p))
+                .map(str::to_owned)
+                .collect();
+            (!paths.is_empty()).then_some(WatchEvent::Paths(paths))
+        }
+        Err(_) => Some(WatchEvent::Rescan),
+    }
+}
+
+fn is_read_only_access(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Any
+                | AccessKind::Read
+                | AccessKind::Open(_)
+                | AccessKind::Other
+                | AccessKind::Close(
+                    AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other
+                )
+        )
+    )
+}
+
+/// The next event of a watch, or never when there is none (for `select!`).
+pub(super) async fn next_event(watch: &mut Option<Watch>) -> Option<WatchEvent> {
+    match watch {
+        Some(watch) => watch.events.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,497 @@
+//! The store thread: applies writes in batches (one transaction and one fsync for all that
+//! arrived together) and answers reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::warn;
+
+use super::handle::Action;
+use super::schema::{INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
+use super::{
+    Change, Entry, EntryValidator, LocalWrite, MAX_ACTIONS_PER_COMMIT, MAX_VALUE_BYTES, Origin,
+    RecordRegister, ShareId, ShareKind, ShareMeta, ShareState, Shares, StoreError, check_entry,
+    join_key, local_state, next_prefix, pages, record_id, wall_millis,
+};
+use crate::merge::{HlcClock, Payload, PeerKey};
+use crate::reconcile::{Digest, Id, Summary};
+
+/// The state of the store thread.
+pub(super) struct StoreActor {
+    pub(super) validate_remote: EntryValidator,
+    pub(super) db: Database,
+    pub(super) shares: Shares,
+    pub(super) clock: HlcClock,
+    pub(super) local: PeerKey,
+    pub(super) changes: broadcast::Sender<Arc<Change>>,
+}
+
+/// A write applied in the current transaction, answered after the commit.
+enum Pending {
+    Unit(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Count(
+        oneshot::Sender<Result<usize, StoreError>>,
+        Result<usize, StoreError>,
+    ),
+}
+
+impl StoreActor {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Action>) {
+        while let Some(first) = rx.blocking_recv() {
+            if let Action::Shutdown { reply } = first {
+                drop(self);
+                let _ = reply.send(());
+                return;
+            }
+            let mut batch = vec![first];
+            let mut shutdown = None;
+            while batch.len() < MAX_ACTIONS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(Action::Shutdown { reply }) => {
+                        shutdown = Some(reply);
+                        break;
+                    }
+                    Ok(action) => batch.push(action),
+                    Err(_) => break,
+                }
+            }
+            let (reads, writes): (Vec<Action>, Vec<Action>) =
+                batch.into_iter().partition(Action::is_read);
+            for action in reads {
+                self.read(action);
+            }
+            if !writes.is_empty() {
+                self.write(writes);
+            }
+            if let Some(reply) = shutdown {
+                drop(self);
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    fn read(&self, action: Action) {
+        match action {
+            Action::Get { share, key, reply } => {
+                let _ = reply.send(self.get(&share, &key));
+            }
+            Action::GetMany { share, keys, reply } => {
+                let _ = reply.send(
+                    keys.iter()
+                        .map(|key| self.get(&share, key))
+                        .collect::<Result<Vec<_>, _>>(),
+                );
+            }
+            Action::List {
+                share,
+                prefix,
+                reply,
+            } => {
+                let _ = reply.send(self.list(&share, &prefix));
+            }
+            Action::ByIds { share, ids, reply } => {
+                let _ = reply.send(self.by_ids(&share, &ids));
+            }
+            Action::CountAuthored { share, reply } => {
+                let _ = reply.send(self.count_authored(&share));
+            }
+            Action::Page { share, hash, reply } => {
+                let _ = reply.send(pages::read(&self.db, &share, &hash));
+            }
+            Action::LocalState { share, reply } => {
+                let _ = reply.send(local_state::read_all(&self.db, &share));
+            }
+            _ => unreachable!("only reads here"),
+        }
+    }
+
+    fn get(&self, share: &ShareId, key: &[u8]) -> Result<Option<RecordRegister>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        match table.get(join_key(share, key).as_slice())? {
+            Some(v) => Ok(Some(decode_register(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, share: &ShareId, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let start = join_key(share, prefix);
+        let end = next_prefix(&start);
+        let mut out = Vec::new();
+        for row in table.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            out.push((k.value()[32..].to_vec(), decode_register(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn count_authored(&self, share: &ShareId) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        let start = join_key(share, &[]);
+        let end = next_prefix(&start);
+        let mut count = 0;
+        for row in table.range(start.as_slice()..end.as_slice())? {
+            let (_, v) = row?;
+            let register = decode_register(v.value())?;
+            if register
+                .versions()
+                .iter()
+                .any(|v| *v.origin() == self.local)
+            {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    fn by_ids(&self, share: &ShareId, ids: &[Id]) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(INDEX)?;
+        let records = txn.open_table(RECORDS)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(row) = index.get(join_key(share, id).as_slice())? else {
+                continue;
+            };
+            let key = row.value()[32..].to_vec();
+            if let Some(v) = records.get(join_key(share, &key).as_slice())? {
+                out.push((key, decode_register(v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, actions: Vec<Action>) {
+        let mut pending = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut summary_updates: Vec<(ShareId, Id, Digest)> = Vec::new();
+        let result = (|| -> Result<(), StoreError> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut records = txn.open_table(RECORDS)?;
+                let mut index = txn.open_table(INDEX)?;
+                let mut share_table = txn.open_table(SHARES)?;
+                let mut page_table = txn.open_table(PAGES)?;
+                let mut local_state_table = txn.open_table(LOCAL_STATE)?;
+                for action in actions {
+                    let mut tx = Tables {
+                        records: &mut records,
+                        index: &mut index,
+                        changes: &mut changes,
+                        summary_updates: &mut summary_updates,
+                    };
+                    match action {
+                        Action::CreateShare { meta, reply } => {
+                            let r = self.create_share(&mut share_table, meta);
+                            pending.push(Pending::Unit(reply, r));
+                        }
+                        Action::UpdateShare { meta, reply } => {
+                            let r = self.update_share(&mut share_table, meta);
+                            pending.push(Pending::Unit(reply, r));
+                        }
+                        Action::Put {
+                            share,
+                            records: items,
+                            reply,
+                        } => {
+                            let r = self.put(&mut tx, share, items);
+                            pending.push(Pending::Unit(reply, r));
+                        }
+                        Action::Merge {
+                            share,
+                            entries,
+                            from,
+                            reply,
+                        } => {
+                            let r = self.merge(&mut tx, share, entries, from);
+                            pending.push(Pending::Count(reply, r));
+                        }
+                        Action::PutPages {
+                            share,
+                            pages: items,
+                            reply,
+                        } => {
+                            let r = pages::write(&mut page_table, &share, &items);
+                            pending.push(Pending::Unit(reply, r));
+                        }
+                        Action::SaveLocalState { share, rows, reply } => {
+                            let r = local_state::write(&mut local_state_table, &share, rows);
+                            pending.push(Pending::Unit(reply, r));
+                        }
+                        _ => unreachable!("only writes here"),
+                    }
+                }
+                let mut meta = txn.open_table(META)?;
+                let clock = crate::cbor::encode(&self.clock.last()).map_err(StoreError::Encode)?;
+                meta.insert("hlc", clock.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.apply_summary_updates(summary_updates);
+                for change in changes {
+                    let _ = self.changes.send(Arc::new(change));
+                }
+                for p in pending {
+                    match p {
+                        Pending::Unit(reply, r) => {
+                            let _ = reply.send(r);
+                        }
+                        Pending::Count(reply, r) => {
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing was committed: every writer in this batch hears about it and nothing
+                // they wrote is visible, so no acknowledged write can be lost.
+                warn!("store commit failed: {e}");
+                let e = Arc::new(e);
+                for p in pending {
+                    match p {
+                        Pending::Unit(reply, _) => {
+                            let _ = reply.send(Err(StoreError::BatchFailed(e.clone())));
+                        }
+                        Pending::Count(reply, _) => {
+                            let _ = reply.send(Err(StoreError::BatchFailed(e.clone())));
+                        }
+                    }
+                }
+                // The in-memory view may have run ahead of the aborted transaction; reload it.
+                match load(&self.db, &self.shares) {
+                    Ok(clock) => self.clock = HlcClock::resume(self.clock.last().max(clock.last())),
+                    Err(e) => warn!("cannot reload the store after a failed commit: {e}"),
+                }
+            }
+        }
+    }
+
+    fn apply_summary_updates(&self, updates: Vec<(ShareId, Id, Digest)>) {
+        let shares = self.shares.read().expect("shares lock");
+        let mut current: Option<(ShareId, std::sync::RwLockWriteGuard<'_, Summary>)> = None;
+        for (share, id, digest) in updates {
+            if current.as_ref().map(|(s, _)| *s) != Some(share) {
+                current = None;
+                if let Some(state) = shares.get(&share) {
+                    current = Some((share, state.summary.write().expect("summary lock")));
+                }
+            }
+            if let Some((_, summary)) = current.as_mut() {
+                summary.insert(id, digest);
+            }
+        }
+    }
+
+    fn create_share(
+        &self,
+        table: &mut redb::Table<&[u8], &[u8]>,
+        meta: ShareMeta,
+    ) -> Result<(), StoreError> {
+        {
+            let shares = self.shares.read().expect("shares lock");
+            if let Some(existing) = shares.get(&meta.id) {
+                return Err(StoreError::AlreadyJoined(existing.meta.name.clone()));
+            }
+            if shares.values().any(|s| s.meta.name == meta.name) {
+                return Err(StoreError::NameTaken(meta.name));
+            }
+        }
+        let bytes = crate::cbor::encode(&meta).map_err(StoreError::Encode)?;
+        table.insert(meta.id.as_slice(), bytes.as_slice())?;
+        self.shares.write().expect("shares lock").insert(
+            meta.id,
+            ShareState {
+                meta,
+                summary: Arc::new(RwLock::new(Summary::new())),
+            },
+        );
+        Ok(())
+    }
+
+    fn update_share(
+        &self,
+        table: &mut redb::Table<&[u8], &[u8]>,
+        meta: ShareMeta,
+    ) -> Result<(), StoreError> {
+        let mut shares = self.shares.write().expect("shares lock");
+        let Some(state) = shares.get_mut(&meta.id) else {
+            return Err(StoreError::UnknownShare(hex::encode(meta.id)));
+        };
+        let bytes = crate::cbor::encode(&meta).map_err(StoreError::Encode)?;
+        table.insert(meta.id.as_slice(), bytes.as_slice())?;
+        state.meta = meta;
+        Ok(())
+    }
+
+    fn share_kind(&self, share: &ShareId) -> Result<ShareKind, StoreError> {
+        self.shares
+            .read()
+            .expect("shares lock")
+            .get(share)
+            .map(|s| s.meta.kind)
+            .ok_or_else(|| StoreError::UnknownShare(hex::encode(share)))
+    }
+
+    fn share_name(&self, share: &ShareId) -> Result<String, StoreError> {
+        self.shares
+            .read()
+            .expect("shares lock")
+            .get(share)
+            .map(|s| s.meta.name.clone())
+            .ok_or_else(|| StoreError::UnknownShare(hex::encode(share)))
+    }
+
+    /// Applies a local write all or nothing: every record is checked and versioned before the
+    /// first one is written, so a bad record in a batch leaves its neighbours unwritten too.
+    fn put(
+        &mut self,
+        tx: &mut Tables<'_, '_>,
+        share: ShareId,
+        items: Vec<LocalWrite>,
+    ) -> Result<(), StoreError> {
+        let name = self.share_name(&share)?;
+        let kind = self.share_kind(&share)?;
+        for write in &items {
+            let value = match &write.payload {
+                Payload::Value(v) => Some(v.as_slice()),
+                Payload::Tombstone => None,
+            };
+            check_entry(kind, &write.key, value)?;
+        }
+        // A key written twice in one batch builds on its own earlier version.
+        let mut staged: Vec<(Vec<u8>, RecordRegister)> = Vec::with_capacity(items.len());
+        let mut position: HashMap<Vec<u8>, usize> = HashMap::new();
+        for LocalWrite { key, payload, base } in items {
+            let mut register = match position.get(&key) {
+                Some(&i) => staged[i].1.clone(),
+                None => tx.load(&share, &key)?.unwrap_or_default(),
+            };
+            let hlc = self.clock.now(wall_millis());
+            let written = match &base {
+                Some(base) => register.write_local_based(&self.local, hlc, payload, base),
+                None => register.write_local(&self.local, hlc, payload),
+            };
+            written.map_err(|source| StoreError::Merge {
+                share: name.clone(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source,
+            })?;
+            match position.get(&key) {
+                Some(&i) => staged[i].1 = register,
+                None => {
+                    position.insert(key.clone(), staged.len());
+                    staged.push((key, register));
+                }
+            }
+        }
+        for (key, register) in staged {
+            tx.save(share, key, register, Origin::Local)?;
+        }
+        Ok(())
+    }
+
+    fn merge(
+        &mut self,
+        tx: &mut Tables<'_, '_>,
+        share: ShareId,
+        entries: Vec<Entry>,
+        from: libp2p::PeerId,
+    ) -> Result<usize, StoreError> {
+        let name = self.share_name(&share)?;
+        let kind = self.share_kind(&share)?;
+        let mut changed = 0;
+        'entries: for (key, incoming) in entries {
+            let value = incoming.value().map(|v| v.as_slice());
+            if let Err(e) = check_entry(kind, &key, value).and_then(|_| {
+                (self.validate_remote)(kind, &key, &incoming).map_err(StoreError::Invalid)
+            }) {
+                warn!(peer = %from, share = %name, "refused an entry: {e}");
+                continue;
+            }
+            if incoming.versions().iter().any(|v| match v.payload() {
+                Payload::Value(v) => v.len() > MAX_VALUE_BYTES,
+                Payload::Tombstone => false,
+            }) {
+                warn!(peer = %from, share = %name, "refused an entry with an oversized value");
+                continue;
+            }
+            for version in incoming.versions() {
+                if let Err(e) = self.clock.observe(version.hlc(), wall_millis()) {
+                    warn!(peer = %from, share = %name, key = %String::from_utf8_lossy(&key), "refused an entry: {e}");
+                    continue 'entries;
+                }
+            }
+            let mut register = tx.load(&share, &key)?.unwrap_or_default();
+            let before = register.digest().ok();
+            register.merge(&incoming);
+            if register.digest().ok() == before {
+                continue;
+            }
+            tx.save(share, key, register, Origin::Remote(from))?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
+
+/// The open tables of one write transaction, plus what to publish after it commits.
+struct Tables<'t, 'a> {
+    records: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
+    index: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
+    changes: &'a mut Vec<Change>,
+    summary_updates: &'a mut Vec<(ShareId, Id, Digest)>,
+}
+
+impl Tables<'_, '_> {
+    fn load(&self, share: &ShareId, key: &[u8]) -> Result<Option<RecordRegister>, StoreError> {
+        match self.records.get(join_key(share, key).as_slice())? {
+            Some(v) => Ok(Some(decode_register(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn save(
+        &mut self,
+        share: ShareId,
+        key: Vec<u8>,
+        register: RecordRegister,
+        origin: Origin,
+    ) -> Result<(), StoreError> {
+        let bytes = register
+            .to_cbor()
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode a register: {e}")))?;
+        let digest: Digest = *blake3::hash(&bytes).as_bytes();
+        let id = record_id(&key);
+        self.records
+            .insert(join_key(&share, &key).as_slice(), bytes.as_slice())?;
+        let mut index_value = Vec::with_capacity(32 + key.len());
+        index_value.extend_from_slice(&digest);
+        index_value.extend_from_slice(&key);
+        self.index
+            .insert(join_key(&share, &id).as_slice(), index_value.as_slice())?;
+        self.summary_updates.push((share, id, digest));
+        self.changes.push(Change {
+            share,
+            key,
+            register,
+            origin,
+        });
+        Ok(())
+    }
+}
+
+fn decode_register(bytes: &[u8]) -> Result<RecordRegister, StoreError> {
+    RecordRegister::from_cbor(bytes).map_err(|e| StoreError::Corrupt(format!("record: {e}")))
+}

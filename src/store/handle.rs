@@ -1,0 +1,344 @@
+//! The cloneable handle to the store thread, and the actions it sends there.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use redb::Database;
+use serde_bytes::ByteBuf;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::info;
+
+use super::actor::StoreActor;
+use super::{
+    CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister, STORE_CACHE_BYTES,
+    STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares, StoreError, schema,
+};
+use crate::merge::{Payload, PeerKey};
+use crate::reconcile::Id;
+
+/// A write that has been handed to the store thread; await [`PendingWrite::done`] to learn
+/// whether it was committed, or drop it if the next awaited write stands for it.
+pub struct PendingWrite(oneshot::Receiver<Result<(), StoreError>>);
+
+impl PendingWrite {
+    pub(super) fn new(reply: oneshot::Receiver<Result<(), StoreError>>) -> Self {
+        PendingWrite(reply)
+    }
+
+    /// Waits until the write is committed (durably) or has failed.
+    pub async fn done(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// What the handle asks of the store thread.
+pub(super) enum Action {
+    CreateShare {
+        meta: ShareMeta,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    UpdateShare {
+        meta: ShareMeta,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    CountAuthored {
+        share: ShareId,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Put {
+        share: ShareId,
+        records: Vec<LocalWrite>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Merge {
+        share: ShareId,
+        entries: Vec<Entry>,
+        from: libp2p::PeerId,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Get {
+        share: ShareId,
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Option<RecordRegister>, StoreError>>,
+    },
+    GetMany {
+        share: ShareId,
+        keys: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<Vec<Option<RecordRegister>>, StoreError>>,
+    },
+    List {
+        share: ShareId,
+        prefix: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
+    },
+    ByIds {
+        share: ShareId,
+        ids: Vec<Id>,
+        reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
+    },
+    PutPages {
+        share: ShareId,
+        pages: Vec<([u8; 32], Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SaveLocalState {
+        share: ShareId,
+        rows: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Page {
+        share: ShareId,
+        hash: [u8; 32],
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
+    },
+    LocalState {
+        share: ShareId,
+        reply: oneshot::Sender<Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Action {
+    /// Whether the action only reads (reads are answered before a batch's writes).
+    pub(super) fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Action::Get { .. }
+                | Action::GetMany { .. }
+                | Action::List { .. }
+                | Action::ByIds { .. }
+                | Action::CountAuthored { .. }
+                | Action::Page { .. }
+                | Action::LocalState { .. }
+        )
+    }
+}
+
+/// Cloneable handle to the store thread.
+#[derive(Clone)]
+pub struct StoreHandle {
+    pub(super) actions: mpsc::Sender<Action>,
+    shares: Shares,
+    changes: broadcast::Sender<Arc<Change>>,
+}
+
+impl StoreHandle {
+    /// Opens (or creates) the database in `dir` and starts the store thread. Entries merged from
+    /// peers are checked with `validate_remote` beyond the generic limits (the daemon passes the
+    /// folder layer's check, which the store itself must not know).
+    pub fn open(
+        dir: &Path,
+        local: libp2p::PeerId,
+        validate_remote: EntryValidator,
+    ) -> Result<StoreHandle, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            action: "create",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("meshsync.redb");
+        let started = Instant::now();
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        schema::prepare(&db, dir)?;
+        let shares: Shares = Arc::default();
+        let clock = schema::load(&db, &shares)?;
+        let total: u64 = shares
+            .read()
+            .expect("shares lock")
+            .values()
+            .map(|s| s.summary.read().expect("summary lock").len())
+            .sum();
+        info!(
+            "store opened: {} shares, {total} entries, in {:?}",
+            shares.read().expect("shares lock").len(),
+            started.elapsed()
+        );
+        let (tx, rx) = mpsc::channel(STORE_CHANNEL_CAPACITY);
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let local_key =
+            PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let actor = StoreActor {
+            validate_remote,
+            db,
+            shares: shares.clone(),
+            clock,
+            local: local_key,
+            changes: changes.clone(),
+        };
+        std::thread::Builder::new()
+            .name("meshsync-store".into())
+            .spawn(move || actor.run(rx))
+            .map_err(StoreError::Thread)?;
+        Ok(StoreHandle {
+            actions: tx,
+            shares,
+            changes,
+        })
+    }
+
+    /// Subscribes to every change, local or remote.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// All shares.
+    pub fn shares(&self) -> Vec<ShareState> {
+        let mut list: Vec<ShareState> = self
+            .shares
+            .read()
+            .expect("shares lock")
+            .values()
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        list
+    }
+
+    /// The share with this id.
+    pub fn share(&self, id: &ShareId) -> Option<ShareState> {
+        self.shares.read().expect("shares lock").get(id).cloned()
+    }
+
+    /// Finds a share by local name or by hex id.
+    pub fn resolve(&self, name_or_id: &str) -> Result<ShareState, StoreError> {
+        let shares = self.shares.read().expect("shares lock");
+        if let Some(s) = shares.values().find(|s| s.meta.name == name_or_id) {
+            return Ok(s.clone());
+        }
+        if let Ok(bytes) = hex::decode(name_or_id)
+            && let Ok(id) = <ShareId>::try_from(bytes.as_slice())
+            && let Some(s) = shares.get(&id)
+        {
+            return Ok(s.clone());
+        }
+        Err(StoreError::UnknownShare(name_or_id.to_owned()))
+    }
+
+    pub(super) async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Action,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.actions
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Creates a share (or records a joined one).
+    pub async fn create_share(&self, meta: ShareMeta) -> Result<(), StoreError> {
+        self.call(|reply| Action::CreateShare { meta, reply }).await
+    }
+
+    /// Replaces the stored metadata of an existing share (same id and name).
+    pub async fn update_share(&self, meta: ShareMeta) -> Result<(), StoreError> {
+        self.call(|reply| Action::UpdateShare { meta, reply }).await
+    }
+
+    /// How many records of a share hold a version written here: on a read-only member, the
+    /// local edits that no other member will take. Reads the whole share.
+    pub async fn count_authored(&self, share: ShareId) -> Result<u64, StoreError> {
+        self.call(|reply| Action::CountAuthored { share, reply })
+            .await
+    }
+
+    /// Writes records locally (values or tombstones), durably, in one transaction.
+    pub async fn put(
+        &self,
+        share: ShareId,
+        records: Vec<(Vec<u8>, Payload<ByteBuf>)>,
+    ) -> Result<(), StoreError> {
+        let records = records
+            .into_iter()
+            .map(|(key, payload)| LocalWrite {
+                key,
+                payload,
+                base: None,
+            })
+            .collect();
+        self.put_writes(share, records).await
+    }
+
+    /// Writes local changes, each possibly based on an older version, durably and all or
+    /// nothing.
+    pub async fn put_writes(
+        &self,
+        share: ShareId,
+        records: Vec<LocalWrite>,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Action::Put {
+            share,
+            records,
+            reply,
+        })
+        .await
+    }
+
+    /// Merges entries received from a peer; returns how many changed something.
+    pub async fn merge(
+        &self,
+        share: ShareId,
+        entries: Vec<Entry>,
+        from: libp2p::PeerId,
+    ) -> Result<usize, StoreError> {
+        self.call(|reply| Action::Merge {
+            share,
+            entries,
+            from,
+            reply,
+        })
+        .await
+    }
+
+    /// The register of one key.
+    pub async fn get(
+        &self,
+        share: ShareId,
+        key: Vec<u8>,
+    ) -> Result<Option<RecordRegister>, StoreError> {
+        self.call(|reply| Action::Get { share, key, reply }).await
+    }
+
+    /// The registers of many keys at once (`None` where absent).
+    pub async fn get_many(
+        &self,
+        share: ShareId,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<RecordRegister>>, StoreError> {
+        self.call(|reply| Action::GetMany { share, keys, reply })
+            .await
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub async fn list(&self, share: ShareId, prefix: Vec<u8>) -> Result<Vec<Entry>, StoreError> {
+        self.call(|reply| Action::List {
+            share,
+            prefix,
+            reply,
+        })
+        .await
+    }
+
+    /// Closes the database cleanly (so the next start needs no recovery) and stops the thread.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.actions.send(Action::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Entries by summary id (unknown ids are skipped).
+    pub async fn by_ids(&self, share: ShareId, ids: Vec<Id>) -> Result<Vec<Entry>, StoreError> {
+        self.call(|reply| Action::ByIds { share, ids, reply }).await
+    }
+}

@@ -1,0 +1,253 @@
+//! Store tests: durability across reopen, refusals, share names.
+
+use std::time::Duration;
+
+use super::*;
+use crate::merge::{Hlc, PeerKey};
+
+fn accept_any(_: ShareKind, _: &[u8], _: &RecordRegister) -> Result<(), String> {
+    Ok(())
+}
+
+fn meta(name: &str) -> ShareMeta {
+    let (id, secret) = crate::share::new_share();
+    ShareMeta {
+        id,
+        name: name.into(),
+        kind: ShareKind::Records,
+        secret,
+        seed_addrs: vec![],
+        path: None,
+        writers: [0; 32],
+        write_key: None,
+        trusted_peers: vec![],
+    }
+}
+
+fn value(text: &str) -> Payload<ByteBuf> {
+    Payload::Value(ByteBuf::from(text.as_bytes().to_vec()))
+}
+
+fn remote_register(peer: &libp2p::PeerId, millis: u64, text: &str) -> RecordRegister {
+    let mut register = RecordRegister::new();
+    register
+        .write_local(
+            &PeerKey::new(peer.to_bytes()).unwrap(),
+            Hlc::new(millis, 0),
+            value(text),
+        )
+        .unwrap();
+    register
+}
+
+#[tokio::test]
+async fn writes_survive_reopen_with_the_same_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = libp2p::PeerId::random();
+    let share = meta("s");
+    let root = {
+        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+        store.create_share(share.clone()).await.unwrap();
+        let records = (0..100)
+            .map(|i| (format!("k{i}").into_bytes(), value("v")))
+            .collect();
+        store.put(share.id, records).await.unwrap();
+        store
+            .put(share.id, vec![(b"k5".to_vec(), Payload::Tombstone)])
+            .await
+            .unwrap();
+        let state = store.share(&share.id).unwrap();
+        let root = state.summary.read().unwrap().root();
+        assert_eq!(state.summary.read().unwrap().len(), 100);
+        root
+    };
+    // The store thread exits when its handle is dropped; give it a moment to let go.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    let state = store.resolve("s").unwrap();
+    assert_eq!(state.summary.read().unwrap().root(), root);
+    assert!(
+        store
+            .get(share.id, b"k5".to_vec())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_deleted()
+    );
+    assert_eq!(
+        store.list(share.id, b"k9".to_vec()).await.unwrap().len(),
+        11
+    );
+    let by_id = store
+        .by_ids(share.id, vec![record_id(b"k7"), [0; 32]])
+        .await
+        .unwrap();
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(by_id[0].0, b"k7");
+}
+
+#[tokio::test]
+async fn remote_entries_from_the_future_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept_any).unwrap();
+    let share = meta("s");
+    store.create_share(share.clone()).await.unwrap();
+    let peer = libp2p::PeerId::random();
+    let now = wall_millis();
+    let skewed = remote_register(&peer, now + 3600 * 1000, "from the future");
+    let fine = remote_register(&peer, now, "fine");
+    let merged = store
+        .merge(
+            share.id,
+            vec![(b"a".to_vec(), skewed), (b"b".to_vec(), fine.clone())],
+            peer,
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged, 1);
+    assert!(store.get(share.id, b"a".to_vec()).await.unwrap().is_none());
+    // Merging the same thing again changes nothing (idempotent).
+    let merged = store
+        .merge(share.id, vec![(b"b".to_vec(), fine)], peer)
+        .await
+        .unwrap();
+    assert_eq!(merged, 0);
+}
+
+#[tokio::test]
+async fn oversized_and_invalid_records_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept_any).unwrap();
+    let share = meta("s");
+    store.create_share(share.clone()).await.unwrap();
+    let big = Payload::Value(ByteBuf::from(vec![0u8; MAX_VALUE_BYTES + 1]));
+    assert!(matches!(
+        store.put(share.id, vec![(b"k".to_vec(), big)]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
+    assert!(
+        store
+            .put(share.id, vec![(long_key, value("v"))])
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .put(share.id, vec![(vec![0xff], value("v"))])
+            .await
+            .is_err()
+    );
+    // A failed write leaves nothing behind, even its valid neighbours in the same call.
+    assert!(
+        store
+            .put(
+                share.id,
+                vec![(b"ok".to_vec(), value("v")), (vec![], value("v"))]
+            )
+            .await
+            .is_err()
+    );
+    assert!(store.get(share.id, b"ok".to_vec()).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .create_share(ShareMeta {
+                id: share.id,
+                ..meta("other")
+            })
+            .await,
+        Err(StoreError::AlreadyJoined(_))
+    ));
+    assert!(matches!(
+        store.create_share(meta("s")).await,
+        Err(StoreError::NameTaken(_))
+    ));
+}
+
+#[tokio::test]
+async fn version_1_folder_databases_are_migrated_once_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let share: ShareId = [7; 32];
+    let legacy = dir
+        .path()
+        .join(format!("folder-{}.redb", hex::encode(share)));
+    let page = b"a chunk list page".to_vec();
+    let page_hash = *blake3::hash(&page).as_bytes();
+    {
+        let db = redb::Database::create(&legacy).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let synced: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("synced");
+            let pages: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("pages");
+            let mut t = txn.open_table(synced).unwrap();
+            t.insert("dir/a.txt", b"row a".as_slice()).unwrap();
+            t.insert("b.txt", b"row b".as_slice()).unwrap();
+            let mut p = txn.open_table(pages).unwrap();
+            p.insert(page_hash.as_slice(), page.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let me = libp2p::PeerId::random();
+    {
+        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+        assert!(!legacy.exists(), "the old database is removed once copied");
+        let rows = store.local_state(share).await.unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (b"b.txt".to_vec(), b"row b".to_vec()),
+                (b"dir/a.txt".to_vec(), b"row a".to_vec()),
+            ]
+        );
+        assert_eq!(
+            store.page(share, page_hash).await.unwrap(),
+            Some(page.clone())
+        );
+        assert_eq!(
+            store.page([8; 32], page_hash).await.unwrap(),
+            None,
+            "per share"
+        );
+        store
+            .save_local_state(share, vec![(b"b.txt".to_vec(), None)])
+            .await
+            .unwrap();
+        store.shutdown().await;
+    }
+    // A second open migrates nothing again (the removed row stays removed).
+    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    let rows = store.local_state(share).await.unwrap();
+    assert_eq!(rows, vec![(b"dir/a.txt".to_vec(), b"row a".to_vec())]);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn pages_must_match_their_hash_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = libp2p::PeerId::random();
+    {
+        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+        let share: ShareId = [1; 32];
+        let pending = store
+            .put_pages(share, vec![([0; 32], b"not that".to_vec())])
+            .await
+            .unwrap();
+        assert!(matches!(pending.done().await, Err(StoreError::Invalid(_))));
+        store.shutdown().await;
+    }
+    {
+        let db = redb::Database::open(dir.path().join("meshsync.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(schema::META).unwrap();
+            meta.insert("schema", (SCHEMA_VERSION + 1).to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    match StoreHandle::open(dir.path(), me, accept_any) {
+        Err(StoreError::NewerSchema { found, .. }) => assert_eq!(found, SCHEMA_VERSION + 1),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
