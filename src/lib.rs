@@ -12,9 +12,11 @@
 //! - [`api`]: the HTTP control API served by the daemon.
 //! - [`client`]: the blocking API client the CLI uses.
 //! - [`daemon`]: wires net and API together and runs until shutdown.
+//! - [`backoff`]: the doubling wait of retry loops (static redials, DHT lookups).
 
 pub mod api;
 pub mod atomic_write;
+pub mod backoff;
 pub mod cbor;
 pub mod client;
 pub mod config;

@@ -472,16 +472,17 @@ fn path_segment(text: &str) -> String {
     url_encode(text)
 }
 
+/// Bytes left as they are in a path segment: RFC 3986's unreserved characters (ASCII letters,
+/// digits, `-`, `.`, `_`, `~`). Every other byte, including each byte of a non-ASCII character,
+/// becomes `%XX` with upper-case hex.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn url_encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, PATH_SEGMENT).to_string()
 }
 
 fn run_kv(home: &Home, command: KvCommand) -> Result<()> {
@@ -687,5 +688,52 @@ fn print_peers(peers: &[PeerStatus]) {
             rtt,
             peer.addrs.join(", ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_encode;
+
+    /// The hand-written encoder `url_encode` had before `percent-encoding`.
+    fn old_url_encode(text: &str) -> String {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                out.push(byte as char);
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn url_encode_is_unchanged() {
+        let mut inputs: Vec<String> = [
+            "",
+            "plain",
+            "a/b/c",
+            "with space",
+            "100%",
+            "%2F",
+            "a+b=c&d?e#f",
+            "-._~",
+            "!*'();:@&=+$,/?#[]",
+            "\"<>\\^`{|}",
+            "tab\there\nnewline\0nul\x7fdel",
+            "caf\u{e9} \u{65e5}\u{672c} \u{1f600}",
+            "docs/report.txt",
+            "..",
+            ".",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        inputs.push((0u8..128).map(char::from).collect());
+        inputs.push((128u32..600).filter_map(char::from_u32).collect());
+        for text in inputs {
+            assert_eq!(url_encode(&text), old_url_encode(&text), "{text:?}");
+        }
     }
 }

@@ -237,7 +237,8 @@ pub fn writer_verify(
         .is_ok_and(|public| public.verify(&writer_message(role, asker, answerer, nonce), signature))
 }
 
-/// Compares MACs in constant time.
+/// Compares MACs in constant time: `blake3::Hash`'s `PartialEq` is constant-time by design
+/// (it uses the `constant_time_eq` crate), so `subtle` is not needed here.
 pub fn macs_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     blake3::Hash::from(*a) == blake3::Hash::from(*b)
 }

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use peers::{Discovery, PeerBook};
 use protocol::{Hello, PROTOCOL, PROTOCOL_VERSION, Request, Response};
 
@@ -484,6 +485,7 @@ pub fn spawn(
     }
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (events, events_rx) = mpsc::unbounded_channel();
+    let mut discovery = Backoff::new(DISCOVERY_INTERVAL_MIN, DISCOVERY_INTERVAL_MAX);
     let actor = NetActor {
         trusted: config.trusted_peers.iter().copied().collect(),
         events,
@@ -497,8 +499,8 @@ pub fn spawn(
         mdns: mdns_on,
         max_discovered_peers: config.max_discovered_peers,
         discovered_dials: HashMap::new(),
-        next_discovery: Instant::now() + DISCOVERY_INTERVAL_MIN,
-        discovery_interval: DISCOVERY_INTERVAL_MIN,
+        next_discovery: Instant::now() + discovery.next(),
+        discovery,
         connection_roles: HashMap::new(),
         in_flight: guard::InFlight::default(),
         strikes: guard::Strikes::default(),
@@ -527,8 +529,10 @@ struct NetActor {
     /// Dials to discovered peers still in flight, with what found them; they count against the
     /// auto-dial budget.
     discovered_dials: HashMap<ConnectionId, Discovery>,
+    /// When the next Kademlia lookup of our own id is due.
     next_discovery: Instant,
-    discovery_interval: Duration,
+    /// The pause before the lookup after the one at `next_discovery`.
+    discovery: Backoff,
     /// Per peer, each open connection and whether we dialled it, for de-duplication.
     connection_roles: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     in_flight: guard::InFlight,
@@ -736,16 +740,15 @@ impl NetActor {
             .behaviour_mut()
             .kad
             .get_closest_peers(self.local_id);
-        self.discovery_interval = (self.discovery_interval * 2).min(DISCOVERY_INTERVAL_MAX);
-        self.next_discovery = Instant::now() + self.discovery_interval;
+        self.next_discovery = Instant::now() + self.discovery.next();
     }
 
     /// Brings the next lookup forward, because the set of peers just changed.
     fn discover_soon(&mut self) {
-        self.discovery_interval = DISCOVERY_INTERVAL_MIN;
-        self.next_discovery = self
-            .next_discovery
-            .min(Instant::now() + DISCOVERY_INTERVAL_MIN);
+        // The soon lookup takes the shortest pause; the one after it waits twice that.
+        self.discovery.reset();
+        let soon = Instant::now() + self.discovery.next();
+        self.next_discovery = self.next_discovery.min(soon);
     }
 
     fn is_allowed(&self, peer: &PeerId) -> bool {

@@ -11,6 +11,8 @@ use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
+
 /// First wait before redialling a static peer that dropped or could not be reached.
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between redials of a static peer, so a returning peer is found within this.
@@ -66,7 +68,8 @@ struct StaticTarget {
     addr: Multiaddr,
     /// Known from `/p2p/` or learned on the first connection.
     peer_id: Option<PeerId>,
-    backoff: Duration,
+    /// Wait before the next redial after a failure or a drop.
+    backoff: Backoff,
     next_dial: Option<Instant>,
     dialing: Option<ConnectionId>,
 }
@@ -88,7 +91,7 @@ impl PeerBook {
         self.statics.push(StaticTarget {
             addr,
             peer_id,
-            backoff: REDIAL_BACKOFF_MIN,
+            backoff: Backoff::new(REDIAL_BACKOFF_MIN, REDIAL_BACKOFF_MAX),
             next_dial: Some(now),
             dialing: None,
         });
@@ -123,8 +126,7 @@ impl PeerBook {
             .filter(|s| s.dialing == Some(connection))
         {
             s.dialing = None;
-            s.next_dial = Some(now + s.backoff);
-            s.backoff = (s.backoff * 2).min(REDIAL_BACKOFF_MAX);
+            s.next_dial = Some(now + s.backoff.next());
         }
     }
 
@@ -137,7 +139,7 @@ impl PeerBook {
                 s.peer_id.get_or_insert(peer);
             }
             if s.peer_id == Some(peer) {
-                s.backoff = REDIAL_BACKOFF_MIN;
+                s.backoff.reset();
                 s.next_dial = None;
                 is_static = true;
             }
@@ -203,8 +205,7 @@ impl PeerBook {
         entry.rtt = None;
         for s in self.statics.iter_mut().filter(|s| s.peer_id == Some(peer)) {
             if s.dialing.is_none() && s.next_dial.is_none() {
-                s.next_dial = Some(now + s.backoff);
-                s.backoff = (s.backoff * 2).min(REDIAL_BACKOFF_MAX);
+                s.next_dial = Some(now + s.backoff.next());
             }
         }
     }

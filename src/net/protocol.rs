@@ -303,27 +303,27 @@ where
 /// Longest length prefix: 5 bytes of 7 bits cover every `u32`.
 const MAX_VARINT_BYTES: usize = 5;
 
-/// Encodes a frame length as an unsigned LEB128 varint (1 byte below 128, 2 below 16 KiB).
-pub fn varint(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAX_VARINT_BYTES);
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
+/// Encodes a frame length as an unsigned LEB128 varint (1 byte below 128, 2 below 16 KiB), with
+/// `unsigned-varint`.
+pub fn varint(n: usize) -> Vec<u8> {
+    unsigned_varint::encode::usize(n, &mut unsigned_varint::encode::usize_buffer()).to_vec()
 }
 
+/// Reads a frame length prefix of at most [`MAX_VARINT_BYTES`] bytes.
+///
+/// The bytes are read one at a time (a prefix is never read ahead of, so the payload stays in
+/// the stream) and decoded by `unsigned-varint` as a `u64`, which holds the 35 bits five bytes
+/// can carry. Not `unsigned_varint::aio::read_u32`: its `u32` decoding drops the bits of a fifth
+/// byte above bit 31, so a prefix of 2^32 + 5 would read as 5 rather than be refused as too long.
+/// Also refused: a prefix that is not minimal (`[0x80, 0x00]` for 0), which no encoder writes.
 async fn read_varint<R: AsyncRead + Unpin + Send>(io: &mut R) -> io::Result<usize> {
-    let mut value: u64 = 0;
+    let mut buf = [0u8; MAX_VARINT_BYTES];
     for i in 0..MAX_VARINT_BYTES {
-        let mut byte = [0u8; 1];
-        io.read_exact(&mut byte).await?;
-        value |= u64::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
+        io.read_exact(&mut buf[i..=i]).await?;
+        if unsigned_varint::decode::is_last(buf[i]) {
+            let (value, _) = unsigned_varint::decode::u64(&buf[..=i]).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("bad frame length: {e}"))
+            })?;
             return usize::try_from(value)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame length overflows"));
         }
@@ -431,6 +431,86 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("exceeds"));
+    }
+
+    /// The hand-written LEB128 encoder this module had before `unsigned-varint`.
+    fn old_varint(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    #[test]
+    fn varint_encodes_as_before() {
+        let mut values = vec![
+            0,
+            1,
+            127,
+            128,
+            255,
+            300,
+            16_383,
+            16_384,
+            10 << 30,
+            usize::MAX,
+        ];
+        values.extend([MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, u32::MAX as usize]);
+        values.extend((0..64).map(|shift| 1usize << shift));
+        values.extend((1..64).map(|shift| (1usize << shift) - 1));
+        for n in values {
+            assert_eq!(varint(n), old_varint(n), "{n}");
+        }
+    }
+
+    async fn prefix(bytes: &[u8]) -> io::Result<usize> {
+        read_varint(&mut Cursor::new(bytes.to_vec())).await
+    }
+
+    #[tokio::test]
+    async fn length_prefix_is_bounded() {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            MAX_RESPONSE_BYTES,
+            u32::MAX as usize,
+            (1 << 35) - 1,
+        ] {
+            assert_eq!(prefix(&varint(n)).await.unwrap(), n);
+        }
+        // Only the prefix is consumed.
+        let mut io = Cursor::new([varint(300), vec![7]].concat());
+        assert_eq!(read_varint(&mut io).await.unwrap(), 300);
+        assert_eq!(io.position(), 2);
+        // 2^32 + 5 needs all five bytes; it must not be read as 5.
+        assert_eq!(prefix(&varint((1 << 32) + 5)).await.unwrap(), (1 << 32) + 5);
+        for (bytes, kind) in [
+            (
+                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01][..],
+                io::ErrorKind::InvalidData,
+            ),
+            (&[0xff; 5][..], io::ErrorKind::InvalidData),
+            (&[0x80, 0x00][..], io::ErrorKind::InvalidData),
+            (&[0x80, 0x80][..], io::ErrorKind::UnexpectedEof),
+            (&[][..], io::ErrorKind::UnexpectedEof),
+        ] {
+            assert_eq!(prefix(bytes).await.unwrap_err().kind(), kind, "{bytes:?}");
+        }
+        let mut huge = varint((1 << 32) + 5);
+        huge.extend_from_slice(&[0; 16]);
+        let err = read_frame::<Request, _>(&mut Cursor::new(huge), MAX_REQUEST_BYTES)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("exceeds"), "{err}");
     }
 
     #[tokio::test]
