@@ -107,13 +107,7 @@ pub async fn run(
         },
     )?;
 
-    let engine = engine::spawn(
-        peer_id,
-        home.state_dir(),
-        store.clone(),
-        net.clone(),
-        net_events,
-    );
+    let engine = engine::spawn(peer_id, store.clone(), net.clone(), net_events);
 
     home.write_api_addr(bound)?;
     info!("control API on http://{bound}");

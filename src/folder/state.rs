@@ -49,6 +49,9 @@ pub async fn load_synced(
     Ok(map)
 }
 
+/// Batches of synced-state rows for the writer task.
+pub type RowSender = mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>;
+
 /// Starts the task that writes synced-state rows in the order they are handed to it, so the
 /// folder's loop never waits for a commit. The task ends when the sender is dropped, after
 /// writing what it was given.
@@ -56,10 +59,7 @@ pub fn spawn_writer(
     store: StoreHandle,
     share: ShareId,
     folder: String,
-) -> (
-    mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (RowSender, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(String, Option<Synced>)>>();
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {

@@ -94,7 +94,7 @@ pub(super) enum Action {
     },
     LocalState {
         share: ShareId,
-        reply: oneshot::Sender<Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>>,
+        reply: oneshot::Sender<Result<super::local_state::LocalStateRows, StoreError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,

@@ -12,6 +12,8 @@ use super::{ShareId, StoreError, StoreHandle, join_key, next_prefix};
 
 /// One row to write: a key and its new bytes, or `None` to remove it.
 pub type LocalStateRow = (Vec<u8>, Option<Vec<u8>>);
+/// Every stored row of a share: keys and their bytes, in key order.
+pub type LocalStateRows = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl StoreHandle {
     /// Writes (or removes) rows of a share's local state, durably, all or nothing.
@@ -25,7 +27,7 @@ impl StoreHandle {
     }
 
     /// Every row of a share's local state, in key order.
-    pub async fn local_state(&self, share: ShareId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub async fn local_state(&self, share: ShareId) -> Result<LocalStateRows, StoreError> {
         self.call(|reply| Action::LocalState { share, reply }).await
     }
 }
@@ -51,10 +53,7 @@ pub(super) fn write(
 }
 
 /// Reads every row of a share.
-pub(super) fn read_all(
-    db: &redb::Database,
-    share: &ShareId,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+pub(super) fn read_all(db: &redb::Database, share: &ShareId) -> Result<LocalStateRows, StoreError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(LOCAL_STATE)?;
     let start = join_key(share, &[]);

@@ -1,7 +1,5 @@
 //! Store tests: durability across reopen, refusals, share names.
 
-use std::time::Duration;
-
 use super::*;
 use crate::merge::{Hlc, PeerKey};
 

@@ -1,0 +1,294 @@
+//! Telling members that a share changed, in batches.
+//!
+//! Store changes are collected for [`ANNOUNCE_DELAY`], then each changed share's new summary
+//! root goes to each of its members, with the changed entries themselves when they are few
+//! (within [`ANNOUNCE_PUSH_BUDGET`] and [`MAX_ENTRIES_PER_MESSAGE`]); a member whose root still
+//! differs reconciles. At most [`MAX_ANNOUNCES_IN_FLIGHT`] announcements are out at once; the
+//! members skipped notice later. A read-only member announces nothing: nobody takes its entries.
+//!
+//! [`AnnounceBatcher`] is the pure part (what is pending, when to flush, the in-flight bound),
+//! generic over the change it holds so it is unit-tested without a store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{EngineActor, TaskResult};
+use crate::net::protocol::{
+    ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, Request, WireEntry, frame_len,
+};
+use crate::store::{Change, Origin, ShareId};
+
+/// How long changes are collected before they are announced: short enough that a change reaches
+/// a LAN peer in milliseconds, long enough that a burst of writes becomes one message.
+pub const ANNOUNCE_DELAY: Duration = Duration::from_millis(3);
+/// Most announcements in flight at once; beyond it members catch up by reconciliation.
+pub const MAX_ANNOUNCES_IN_FLIGHT: usize = 64;
+
+/// Changes waiting to be announced, and the announcements out.
+#[derive(Debug)]
+pub struct AnnounceBatcher<C> {
+    /// Local changes not yet announced, per share, keyed by record key (latest wins).
+    pending_push: HashMap<ShareId, HashMap<Vec<u8>, C>>,
+    /// Shares whose root must be announced.
+    dirty: HashSet<ShareId>,
+    flush_at: Option<Instant>,
+    in_flight: usize,
+}
+
+impl<C> Default for AnnounceBatcher<C> {
+    fn default() -> Self {
+        Self {
+            pending_push: HashMap::new(),
+            dirty: HashSet::new(),
+            flush_at: None,
+            in_flight: 0,
+        }
+    }
+}
+
+impl<C> AnnounceBatcher<C> {
+    /// A share changed; `local` carries the record key and change when it was our own write
+    /// (only those are pushed: members already hold what they sent us).
+    pub fn changed(&mut self, share: ShareId, local: Option<(Vec<u8>, C)>, now: Instant) {
+        if let Some((key, change)) = local {
+            self.pending_push
+                .entry(share)
+                .or_default()
+                .insert(key, change);
+        }
+        self.dirty.insert(share);
+        self.arm(now);
+    }
+
+    /// Changes were missed: too many to push one by one, so every share's root is announced
+    /// and members reconcile.
+    pub fn lagged(&mut self, shares: impl IntoIterator<Item = ShareId>, now: Instant) {
+        self.pending_push.clear();
+        self.dirty.extend(shares);
+        self.arm(now);
+    }
+
+    /// When the next flush is due, if any.
+    pub fn flush_at(&self) -> Option<Instant> {
+        self.flush_at
+    }
+
+    /// Takes every dirty share with its pending local changes.
+    pub fn take_dirty(&mut self) -> Vec<(ShareId, Vec<C>)> {
+        self.flush_at = None;
+        let dirty: Vec<ShareId> = self.dirty.drain().collect();
+        dirty
+            .into_iter()
+            .map(|share| {
+                let pushed = self.pending_push.remove(&share).unwrap_or_default();
+                (share, pushed.into_values().collect())
+            })
+            .collect()
+    }
+
+    /// Takes a slot for one announcement of `share`; when none is free the share stays dirty
+    /// and false is returned.
+    pub fn reserve(&mut self, share: ShareId) -> bool {
+        if self.in_flight >= MAX_ANNOUNCES_IN_FLIGHT {
+            self.dirty.insert(share);
+            return false;
+        }
+        self.in_flight += 1;
+        true
+    }
+
+    /// An announcement finished (delivered or not), freeing its slot.
+    pub fn delivered(&mut self) {
+        self.in_flight -= 1;
+    }
+
+    /// After a flush: schedules another if shares are still dirty.
+    pub fn rearm(&mut self, now: Instant) {
+        if !self.dirty.is_empty() {
+            self.arm(now);
+        }
+    }
+
+    fn arm(&mut self, now: Instant) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + ANNOUNCE_DELAY);
+        }
+    }
+}
+
+/// The items to push with an announcement: all of them, or none when together they exceed
+/// `budget` bytes or `max_items` (members then reconcile against the root instead).
+pub fn fit_push<T>(
+    items: impl IntoIterator<Item = T>,
+    size: impl Fn(&T) -> usize,
+    budget: usize,
+    max_items: usize,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut total = 0;
+    for item in items {
+        total += size(&item);
+        out.push(item);
+        if total > budget || out.len() > max_items {
+            return Vec::new();
+        }
+    }
+    out
+}
+
+impl EngineActor {
+    /// A store change: remember it for the next announcement.
+    pub(super) fn on_change(&mut self, change: Result<Arc<Change>, broadcast::error::RecvError>) {
+        let now = Instant::now();
+        match change {
+            Ok(change) => {
+                let local =
+                    (change.origin == Origin::Local).then(|| (change.key.clone(), change.clone()));
+                self.announce.changed(change.share, local, now);
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let shares = self.store.shares().into_iter().map(|s| s.meta.id);
+                self.announce.lagged(shares, now);
+            }
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    /// The batching delay is over: announce every changed share to its members.
+    pub(super) fn on_flush(&mut self) {
+        for (share, pushed) in self.announce.take_dirty() {
+            let Some(state) = self.store.share(&share) else {
+                continue;
+            };
+            if !state.meta.writable() {
+                // Nobody takes a read-only member's entries, and its root only differs from
+                // the writers' by its own edits: announcing would only start useless sessions.
+                continue;
+            }
+            let members = self.roster.members_of(&share);
+            if members.is_empty() {
+                continue;
+            }
+            let entries = fit_push(
+                pushed.iter().map(|change| WireEntry {
+                    key: change.key.clone().into(),
+                    register: change.register.clone(),
+                }),
+                frame_len,
+                ANNOUNCE_PUSH_BUDGET,
+                MAX_ENTRIES_PER_MESSAGE,
+            );
+            let (root, count) = {
+                let summary = state.summary.read().expect("summary lock");
+                (summary.root(), summary.len())
+            };
+            let request = Request::Announce {
+                share: share.into(),
+                root: root.into(),
+                count,
+                entries,
+            };
+            for peer in members {
+                if !self.announce.reserve(share) {
+                    // Members we skip notice the new root at the next announcement or
+                    // anti-entropy round and reconcile.
+                    break;
+                }
+                let net = self.net.clone();
+                let request = request.clone();
+                self.tasks.spawn(async move {
+                    let sent = frame_len(&request) as u64;
+                    let received = net
+                        .request(peer, request)
+                        .await
+                        .map(|r| frame_len(&r) as u64)
+                        .unwrap_or(0);
+                    TaskResult::Announced {
+                        share,
+                        sent,
+                        received,
+                    }
+                });
+            }
+        }
+        self.announce.rearm(Instant::now());
+    }
+
+    /// An announcement finished.
+    pub(super) fn on_announced(&mut self, share: ShareId, sent: u64, received: u64) {
+        self.announce.delivered();
+        let c = self.counters(share);
+        c.bytes_sent += sent;
+        c.bytes_received += received;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: ShareId = [1; 32];
+    const B: ShareId = [2; 32];
+
+    #[test]
+    fn a_burst_becomes_one_flush_and_the_latest_change_per_key_wins() {
+        let mut now = Instant::now();
+        let mut batcher = AnnounceBatcher::default();
+        let start = now;
+        batcher.changed(A, Some((b"k".to_vec(), 1)), start);
+        now += Duration::from_millis(1);
+        batcher.changed(A, Some((b"k".to_vec(), 2)), now);
+        batcher.changed(B, None, now);
+        assert_eq!(
+            batcher.flush_at(),
+            Some(start + ANNOUNCE_DELAY),
+            "the first change sets the time"
+        );
+        let mut due = batcher.take_dirty();
+        due.sort();
+        assert_eq!(due, vec![(A, vec![2]), (B, vec![])]);
+        assert_eq!(batcher.flush_at(), None);
+        assert!(batcher.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn lag_drops_pending_pushes_and_dirties_every_share() {
+        let mut batcher = AnnounceBatcher::default();
+        let now = Instant::now();
+        batcher.changed(A, Some((b"k".to_vec(), 1)), now);
+        batcher.lagged([A, B], now);
+        let mut due = batcher.take_dirty();
+        due.sort();
+        assert_eq!(due, vec![(A, vec![]), (B, vec![])]);
+    }
+
+    #[test]
+    fn in_flight_is_bounded_and_skipped_shares_stay_dirty() {
+        let mut batcher: AnnounceBatcher<()> = AnnounceBatcher::default();
+        let now = Instant::now();
+        for _ in 0..MAX_ANNOUNCES_IN_FLIGHT {
+            assert!(batcher.reserve(A));
+        }
+        assert!(!batcher.reserve(A));
+        batcher.rearm(now);
+        assert_eq!(batcher.flush_at(), Some(now + ANNOUNCE_DELAY));
+        assert_eq!(batcher.take_dirty(), vec![(A, vec![])]);
+        batcher.delivered();
+        assert!(batcher.reserve(A));
+        batcher.rearm(now);
+        assert_eq!(batcher.flush_at(), None, "nothing left dirty");
+    }
+
+    #[test]
+    fn push_is_all_or_nothing() {
+        let len = |s: &&str| s.len();
+        assert_eq!(fit_push(["ab", "cd"], len, 4, 2), vec!["ab", "cd"]);
+        assert!(fit_push(["ab", "cde"], len, 4, 2).is_empty(), "over budget");
+        assert!(fit_push(["a", "b", "c"], len, 4, 2).is_empty(), "too many");
+        assert!(fit_push(Vec::<&str>::new(), len, 4, 2).is_empty());
+    }
+}

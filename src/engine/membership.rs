@@ -1,0 +1,485 @@
+//! Who may see what: proving share membership to connected peers and checking theirs.
+//!
+//! Nothing about a share is sent to a peer that has not proved it holds the share's secret, and
+//! entries are only taken from members that proved they hold its write key. Each side asks the
+//! other (`Auth` with a nonce and a MAC, plus a writer signature when it holds the write key);
+//! a check that got no answer while the peer stayed connected is asked again a few times.
+//!
+//! [`Roster`] is the pure book-keeping (connected peers, members and writers per share, checks in
+//! flight and their retries), unit-tested here; the `EngineActor` methods below run the
+//! exchanges and act on their outcome.
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::PeerId;
+use tracing::{debug, info};
+
+use super::schedule::{Pair, SyncReason};
+use super::{EngineActor, TaskResult};
+use crate::net::Reply;
+use crate::net::protocol::{AuthProof, Request, Response, frame_len};
+use crate::share;
+use crate::store::{ShareId, ShareMeta};
+
+/// Membership checks asked again, per peer and share, when the request got no answer while the
+/// peer stayed connected.
+pub const MAX_AUTH_RETRIES: u32 = 3;
+
+/// What a peer proved about a share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It holds the secret: it may read.
+    Read,
+    /// It also holds the write key: its entries are taken.
+    Write,
+}
+
+/// How a membership check we asked for ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The peer proved membership, with this access.
+    Proved(Access),
+    /// It answered, but proved nothing.
+    Unproved,
+    /// The request got no answer.
+    NoAnswer,
+}
+
+/// What [`Roster::admit`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// The peer was already known with this access.
+    Unchanged,
+    /// A known member now also proved it may write.
+    NowWriter,
+    /// A new member.
+    NewMember,
+}
+
+/// A peer's membership check, as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthAsk {
+    /// Its fresh nonce.
+    pub nonce: [u8; 32],
+    /// Its MAC over both peer ids and the nonce, keyed by the secret of the share it means.
+    pub tag: [u8; 32],
+    /// Its writer signature, if it holds the write key.
+    pub writer: Option<[u8; 64]>,
+}
+
+/// Connected peers and what each proved, per share.
+#[derive(Debug, Default)]
+pub struct Roster {
+    connected: HashSet<PeerId>,
+    /// Connected peers that proved membership, per share.
+    members: HashMap<ShareId, HashSet<PeerId>>,
+    /// Members that proved they hold the share's write key: the only peers entries are taken
+    /// from.
+    writers: HashMap<ShareId, HashSet<PeerId>>,
+    auth_in_flight: HashSet<Pair>,
+    /// Membership checks asked again after getting no answer, per peer and share.
+    auth_retries: HashMap<Pair, u32>,
+}
+
+impl Roster {
+    /// The peer is connected (or asked us something, so it must be).
+    pub fn connect(&mut self, peer: PeerId) {
+        self.connected.insert(peer);
+    }
+
+    /// The peer disconnected: it is no member of anything any more.
+    pub fn disconnect(&mut self, peer: &PeerId) {
+        self.connected.remove(peer);
+        self.auth_retries.retain(|(p, _), _| p != peer);
+        for members in self.members.values_mut().chain(self.writers.values_mut()) {
+            members.remove(peer);
+        }
+    }
+
+    /// Whether the peer is connected.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected.contains(peer)
+    }
+
+    /// Every connected peer.
+    pub fn connected(&self) -> Vec<PeerId> {
+        self.connected.iter().copied().collect()
+    }
+
+    /// Whether the peer proved membership of the share.
+    pub fn is_member(&self, share: &ShareId, peer: &PeerId) -> bool {
+        self.members.get(share).is_some_and(|m| m.contains(peer))
+    }
+
+    /// Whether the peer proved it may write to the share.
+    pub fn is_writer(&self, share: &ShareId, peer: &PeerId) -> bool {
+        self.writers.get(share).is_some_and(|m| m.contains(peer))
+    }
+
+    /// Whether any connected peer proved membership of the share.
+    pub fn has_members(&self, share: &ShareId) -> bool {
+        self.members.get(share).is_some_and(|m| !m.is_empty())
+    }
+
+    /// The share's members, sorted.
+    pub fn members_of(&self, share: &ShareId) -> Vec<PeerId> {
+        sorted(self.members.get(share))
+    }
+
+    /// The share's writers, sorted.
+    pub fn writers_of(&self, share: &ShareId) -> Vec<PeerId> {
+        sorted(self.writers.get(share))
+    }
+
+    /// Records a proof of membership.
+    pub fn admit(&mut self, peer: PeerId, share: ShareId, access: Access) -> Admitted {
+        let new_member = self.members.entry(share).or_default().insert(peer);
+        let new_writer =
+            access == Access::Write && self.writers.entry(share).or_default().insert(peer);
+        match (new_member, new_writer) {
+            (true, _) => Admitted::NewMember,
+            (false, true) => Admitted::NowWriter,
+            (false, false) => Admitted::Unchanged,
+        }
+    }
+
+    /// Drops the share's members (and writers) that `admits` no longer lets in.
+    pub fn retain(&mut self, share: &ShareId, admits: impl Fn(&PeerId) -> bool) {
+        for set in [self.members.get_mut(share), self.writers.get_mut(share)]
+            .into_iter()
+            .flatten()
+        {
+            set.retain(|peer| admits(peer));
+        }
+    }
+
+    /// One random member per share that has any, `random` picking the index.
+    pub fn pick_one_per_share(&self, mut random: impl FnMut() -> usize) -> Vec<Pair> {
+        self.members
+            .iter()
+            .filter_map(|(share, members)| {
+                let members: Vec<&PeerId> = members.iter().collect();
+                if members.is_empty() {
+                    return None;
+                }
+                Some((*members[random() % members.len()], *share))
+            })
+            .collect()
+    }
+
+    /// Marks a check as asked; false if one is already in flight.
+    pub fn begin_auth(&mut self, pair: Pair) -> bool {
+        self.auth_in_flight.insert(pair)
+    }
+
+    /// A check we asked for ended; true if it should be asked again.
+    pub fn auth_done(&mut self, pair: Pair, outcome: AuthOutcome) -> bool {
+        self.auth_in_flight.remove(&pair);
+        match outcome {
+            AuthOutcome::Proved(_) => {
+                self.auth_retries.remove(&pair);
+                false
+            }
+            AuthOutcome::Unproved => false,
+            AuthOutcome::NoAnswer if self.connected.contains(&pair.0) => {
+                // Most often the connection it went out on was closed as a duplicate while
+                // another one stays up: nothing else would ask again until the peer
+                // reconnects, and the two sides would disagree about membership for good.
+                let tries = self.auth_retries.entry(pair).or_insert(0);
+                *tries += 1;
+                *tries <= MAX_AUTH_RETRIES
+            }
+            AuthOutcome::NoAnswer => false,
+        }
+    }
+}
+
+fn sorted(set: Option<&HashSet<PeerId>>) -> Vec<PeerId> {
+    let mut peers: Vec<PeerId> = set.map(|m| m.iter().copied().collect()).unwrap_or_default();
+    peers.sort();
+    peers
+}
+
+impl EngineActor {
+    /// Asks the peer to prove membership of the share (and proves ours in the same exchange).
+    pub(super) fn start_auth(&mut self, peer: PeerId, share: ShareId) {
+        let Some(state) = self.store.share(&share) else {
+            return;
+        };
+        if !state.meta.admits(&peer)
+            || self.roster.is_member(&share, &peer)
+            || !self.roster.begin_auth((peer, share))
+        {
+            return;
+        }
+        let net = self.net.clone();
+        let local = self.local;
+        self.tasks.spawn(async move {
+            let nonce = share::random_bytes();
+            let tag = share::auth_tag(&state.meta.secret, &local, &peer, &nonce);
+            let request = Request::Auth {
+                nonce: nonce.into(),
+                tag: tag.into(),
+                writer: state.meta.write_key.map(|key| {
+                    share::writer_sign(&key, share::Role::Asker, &local, &peer, &nonce).into()
+                }),
+            };
+            let sent = frame_len(&request) as u64;
+            let response = net.request(peer, request).await;
+            let received = response.as_ref().map(|r| frame_len(r) as u64).unwrap_or(0);
+            let expected = share::auth_proof(&state.meta.secret, &local, &peer, &nonce);
+            let outcome = match response {
+                Ok(Response::Auth(Some(proof))) if share::macs_equal(&proof.member, &expected) => {
+                    let writer = proof.writer.is_some_and(|signature| {
+                        share::writer_verify(
+                            &state.meta.writers,
+                            &signature,
+                            share::Role::Answerer,
+                            &local,
+                            &peer,
+                            &nonce,
+                        )
+                    });
+                    AuthOutcome::Proved(if writer { Access::Write } else { Access::Read })
+                }
+                Ok(_) => AuthOutcome::Unproved,
+                Err(_) => AuthOutcome::NoAnswer,
+            };
+            TaskResult::Auth {
+                peer,
+                share,
+                outcome,
+                sent,
+                received,
+            }
+        });
+    }
+
+    /// A membership check we asked for ended.
+    pub(super) fn on_auth_done(
+        &mut self,
+        (peer, share): Pair,
+        outcome: AuthOutcome,
+        sent: u64,
+        received: u64,
+    ) {
+        let again = self.roster.auth_done((peer, share), outcome);
+        if let AuthOutcome::Proved(access) = outcome {
+            let c = self.counters(share);
+            c.bytes_sent += sent;
+            c.bytes_received += received;
+            self.on_member(peer, share, access);
+        } else if again {
+            debug!(%peer, "membership check failed to get an answer; asking again");
+            self.start_auth(peer, share);
+        }
+    }
+
+    /// Answers a peer's membership check: proves ours for the share whose secret its tag was
+    /// made with (if it is admitted), and records what it proved.
+    pub(super) fn answer_auth(
+        &mut self,
+        peer: PeerId,
+        ask: AuthAsk,
+        received: u64,
+        channel: Reply,
+    ) {
+        let AuthAsk { nonce, tag, writer } = ask;
+        // Its hello answer may still be on the way; a peer that asks is connected.
+        self.roster.connect(peer);
+        let found = self.store.shares().into_iter().find(|state| {
+            let expected = share::auth_tag(&state.meta.secret, &peer, &self.local, &nonce);
+            share::macs_equal(&tag, &expected) && state.meta.admits(&peer)
+        });
+        let Some(state) = found else {
+            return self.respond(None, channel, Response::Auth(None));
+        };
+        let meta = &state.meta;
+        let local = self.local;
+        let member = share::auth_proof(&meta.secret, &peer, &local, &nonce);
+        let is_writer = writer.is_some_and(|signature| {
+            share::writer_verify(
+                &meta.writers,
+                &signature,
+                share::Role::Asker,
+                &peer,
+                &local,
+                &nonce,
+            )
+        });
+        let proof = AuthProof {
+            member: member.into(),
+            writer: meta.write_key.map(|key| {
+                share::writer_sign(&key, share::Role::Answerer, &peer, &local, &nonce).into()
+            }),
+        };
+        self.counters(meta.id).bytes_received += received;
+        self.respond(Some(meta.id), channel, Response::Auth(Some(proof)));
+        let access = if is_writer {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        self.on_member(peer, meta.id, access);
+    }
+
+    /// The peer proved membership of the share.
+    fn on_member(&mut self, peer: PeerId, share: ShareId, access: Access) {
+        if !self.roster.is_connected(&peer) {
+            return;
+        }
+        let Some(state) = self.store.share(&share) else {
+            return;
+        };
+        if !state.meta.admits(&peer) {
+            return;
+        }
+        let admitted = self.roster.admit(peer, share, access);
+        if admitted == Admitted::NewMember {
+            self.publish_members();
+            let role = match access {
+                Access::Write => "read-write",
+                Access::Read => "read-only",
+            };
+            info!(%peer, share = %state.meta.name, "peer is a {role} member");
+        }
+        // One session per new pair is enough (it pulls and pushes): the smaller id starts it.
+        if admitted != Admitted::Unchanged && self.local < peer {
+            self.want_session(peer, share, SyncReason::NewMember);
+        }
+    }
+
+    /// The share's allowlist changed: members no longer admitted stop getting anything at once;
+    /// connected peers are asked to prove membership again.
+    pub(super) fn on_trust_changed(&mut self, meta: &ShareMeta) {
+        self.roster.retain(&meta.id, |peer| meta.admits(peer));
+        self.publish_members();
+        for peer in self.roster.connected() {
+            self.start_auth(peer, meta.id);
+        }
+    }
+
+    /// Tells the folder actors who they can fetch from.
+    pub(super) fn publish_members(&self) {
+        for (share, tx) in &self.member_watch {
+            let members = self.roster.members_of(share);
+            tx.send_if_modified(|current| {
+                if *current != members {
+                    *current = members;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARE: ShareId = [7; 32];
+
+    #[test]
+    fn admit_reports_what_changed() {
+        let mut roster = Roster::default();
+        let peer = PeerId::random();
+        roster.connect(peer);
+        assert_eq!(roster.admit(peer, SHARE, Access::Read), Admitted::NewMember);
+        assert_eq!(roster.admit(peer, SHARE, Access::Read), Admitted::Unchanged);
+        assert!(roster.is_member(&SHARE, &peer));
+        assert!(!roster.is_writer(&SHARE, &peer));
+        assert_eq!(
+            roster.admit(peer, SHARE, Access::Write),
+            Admitted::NowWriter
+        );
+        assert!(roster.is_writer(&SHARE, &peer));
+        assert_eq!(
+            roster.admit(peer, SHARE, Access::Write),
+            Admitted::Unchanged
+        );
+    }
+
+    #[test]
+    fn disconnect_forgets_membership_everywhere() {
+        let mut roster = Roster::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        roster.connect(p);
+        roster.admit(p, SHARE, Access::Write);
+        roster.admit(p, [8; 32], Access::Read);
+        roster.admit(q, SHARE, Access::Read);
+        roster.disconnect(&p);
+        assert!(!roster.is_connected(&p));
+        assert!(!roster.is_member(&SHARE, &p));
+        assert!(!roster.is_writer(&SHARE, &p));
+        assert!(!roster.has_members(&[8; 32]));
+        assert_eq!(roster.members_of(&SHARE), vec![q]);
+    }
+
+    #[test]
+    fn members_are_listed_sorted_and_retain_drops_the_unadmitted() {
+        let mut roster = Roster::default();
+        let mut peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        for peer in &peers {
+            roster.admit(*peer, SHARE, Access::Write);
+        }
+        peers.sort();
+        assert_eq!(roster.members_of(&SHARE), peers);
+        let keep = peers[2];
+        roster.retain(&SHARE, |p| *p == keep);
+        assert_eq!(roster.members_of(&SHARE), vec![keep]);
+        assert_eq!(roster.writers_of(&SHARE), vec![keep]);
+    }
+
+    #[test]
+    fn unanswered_checks_are_retried_a_bounded_number_of_times() {
+        let mut roster = Roster::default();
+        let peer = PeerId::random();
+        let pair = (peer, SHARE);
+        roster.connect(peer);
+        for _ in 0..MAX_AUTH_RETRIES {
+            assert!(roster.begin_auth(pair));
+            assert!(!roster.begin_auth(pair), "one check in flight at a time");
+            assert!(roster.auth_done(pair, AuthOutcome::NoAnswer));
+        }
+        assert!(roster.begin_auth(pair));
+        assert!(
+            !roster.auth_done(pair, AuthOutcome::NoAnswer),
+            "retries spent"
+        );
+        roster.disconnect(&peer);
+        roster.connect(peer);
+        assert!(roster.begin_auth(pair));
+        assert!(
+            roster.auth_done(pair, AuthOutcome::NoAnswer),
+            "a reconnect starts afresh"
+        );
+    }
+
+    #[test]
+    fn no_retry_when_disconnected_or_answered() {
+        let mut roster = Roster::default();
+        let peer = PeerId::random();
+        let pair = (peer, SHARE);
+        assert!(
+            !roster.auth_done(pair, AuthOutcome::NoAnswer),
+            "not connected"
+        );
+        roster.connect(peer);
+        assert!(!roster.auth_done(pair, AuthOutcome::Unproved));
+        assert!(!roster.auth_done(pair, AuthOutcome::Proved(Access::Read)));
+    }
+
+    #[test]
+    fn anti_entropy_picks_one_member_per_share_with_members() {
+        let mut roster = Roster::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        roster.admit(p, SHARE, Access::Read);
+        roster.admit(q, SHARE, Access::Read);
+        roster.admit(p, [8; 32], Access::Read);
+        roster.disconnect(&p);
+        let picks = roster.pick_one_per_share(|| 1);
+        assert_eq!(picks, vec![(q, SHARE)], "the share left empty is skipped");
+    }
+}

@@ -1,0 +1,480 @@
+//! When to run reconciliation sessions, and with which member: the engine's timetable.
+//!
+//! Pure state with no I/O (like [`crate::net::peers`]), so the rules are unit-tested without
+//! sockets or a running engine: at most one session per share at a time and
+//! [`MAX_CONCURRENT_SESSIONS`] in all, a session asked for while its pair runs runs once more
+//! afterwards, failed sessions back off exponentially, and the periodic rounds (anti-entropy and
+//! DHT lookups) fall due on their own clocks. The engine asks it what to do and tells it what
+//! happened; it starts the sessions and lookups itself. It never reads a clock: every call that
+//! depends on time takes `now`, so tests step time by hand (no paused runtime needed) and the
+//! engine passes [`tokio::time::Instant::now`], which a paused runtime controls.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::time::Instant;
+
+use crate::store::ShareId;
+
+/// Pause between anti-entropy rounds (a session with one random member of each share).
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
+/// Pause between DHT lookups for other members of our shares.
+pub const PROVIDER_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// First pause between DHT lookups for a share with no member connected (a provider record
+/// may not have reached the DHT yet when the share is joined); doubles up to
+/// [`PROVIDER_LOOKUP_INTERVAL`].
+pub const LONELY_LOOKUP_MIN: Duration = Duration::from_secs(1);
+/// Most reconciliation sessions this node runs at once, over all shares (one per share).
+pub const MAX_CONCURRENT_SESSIONS: usize = 16;
+/// First wait before retrying a failed session; doubles per failure.
+pub const SESSION_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest wait before retrying a failed session.
+pub const SESSION_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A member and a share: the unit sessions are scheduled by.
+pub type Pair = (PeerId, ShareId);
+
+/// Why a session is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncReason {
+    /// The peer just proved membership of the share (or that it may write).
+    NewMember,
+    /// The member announced a summary root that differs from ours.
+    RootDiffers,
+    /// Entries the member pushed were merged, and the roots still differ.
+    MergedButDiffers,
+    /// Asked for while a session with the same pair was running.
+    AskedWhileRunning,
+    /// The previous session stopped before it had brought everything over.
+    Incomplete,
+    /// The backoff after a failed session is over.
+    Retry,
+    /// The periodic anti-entropy round picked this member.
+    AntiEntropy,
+}
+
+/// What [`Schedule::admit`] decided about a wanted session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Nothing stands in the way: the caller may start it (and then calls
+    /// [`Schedule::started`]).
+    Start,
+    /// A session with this pair is running; it runs once more when that one ends.
+    Rerun,
+    /// The share is busy or every slot is taken; it waits in the queue.
+    Queued,
+}
+
+/// How a session ended, as far as the timetable cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It failed (network error, timeout, bad answer).
+    Failed,
+    /// It brought the pair in sync.
+    Complete,
+    /// It stopped early (a bound was reached) and there is more to do.
+    Incomplete,
+}
+
+/// Whether the member of a finished session is still connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Still connected: a failure is retried.
+    Connected,
+    /// Gone: nothing to retry until it comes back.
+    Gone,
+}
+
+/// What to do after a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSession {
+    /// It failed; a retry is due after this wait (recorded only if the member is connected).
+    Failed {
+        /// The backoff before the retry.
+        backoff: Duration,
+    },
+    /// Run it again now, for this reason.
+    Again(SyncReason),
+    /// Nothing more to do for this pair.
+    Done,
+}
+
+/// A running session.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    /// Set when it was asked for again while running.
+    rerun: Option<SyncReason>,
+}
+
+/// A failed pair waiting to be retried.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    failures: u32,
+}
+
+/// The wait before retrying a pair that failed `failures` times in a row.
+pub fn retry_backoff(failures: u32) -> Duration {
+    SESSION_RETRY_MIN
+        .saturating_mul(1 << failures.min(16))
+        .min(SESSION_RETRY_MAX)
+}
+
+/// The engine's session timetable.
+#[derive(Debug)]
+pub struct Schedule {
+    running: HashMap<Pair, Running>,
+    /// Sessions waiting for their share or a slot to become free, oldest first.
+    wanted: VecDeque<(Pair, SyncReason)>,
+    /// Failed pairs: when to retry and how many failures in a row.
+    retry: HashMap<Pair, Retry>,
+    next_anti_entropy: Instant,
+    next_provider_lookup: Instant,
+    /// When to look up members of shares that have none connected, and the pause after that.
+    lonely_lookup: (Instant, Duration),
+}
+
+impl Schedule {
+    /// A fresh timetable: the first provider lookup is due at once, the first lonely lookup after
+    /// [`LONELY_LOOKUP_MIN`], the first anti-entropy round after [`ANTI_ENTROPY_INTERVAL`].
+    pub fn new(now: Instant) -> Self {
+        Self {
+            running: HashMap::new(),
+            wanted: VecDeque::new(),
+            retry: HashMap::new(),
+            next_anti_entropy: now + ANTI_ENTROPY_INTERVAL,
+            next_provider_lookup: now,
+            lonely_lookup: (now + LONELY_LOOKUP_MIN, LONELY_LOOKUP_MIN),
+        }
+    }
+
+    /// Decides about a wanted session. Only [`Admission::Start`] leaves it to the caller, who
+    /// may still drop it (the peer is no member any more, or nothing may flow).
+    pub fn admit(&mut self, pair: Pair, reason: SyncReason) -> Admission {
+        if let Some(running) = self.running.get_mut(&pair) {
+            running.rerun = Some(reason);
+            return Admission::Rerun;
+        }
+        // One session per share at a time: while one brings the share up to date from one
+        // member, starting another would pull the same entries again from the next member.
+        // The queued one runs afterwards, and costs one round trip if nothing differs by then.
+        let share_busy = self.running.keys().any(|(_, s)| *s == pair.1);
+        if share_busy || self.running.len() >= MAX_CONCURRENT_SESSIONS {
+            if !self.wanted.iter().any(|(p, _)| *p == pair) {
+                self.wanted.push_back((pair, reason));
+            }
+            return Admission::Queued;
+        }
+        Admission::Start
+    }
+
+    /// A session admitted with [`Admission::Start`] was started.
+    pub fn started(&mut self, pair: Pair) {
+        self.running.insert(pair, Running { rerun: None });
+    }
+
+    /// Sessions running now.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// A session ended: records a failure for backoff, or says whether to run it again.
+    pub fn finished(
+        &mut self,
+        pair: Pair,
+        outcome: Outcome,
+        presence: Presence,
+        now: Instant,
+    ) -> AfterSession {
+        let rerun = self.running.remove(&pair).and_then(|r| r.rerun);
+        match outcome {
+            Outcome::Failed => {
+                let failures = self.retry.get(&pair).map_or(0, |r| r.failures) + 1;
+                let backoff = retry_backoff(failures);
+                if presence == Presence::Connected {
+                    let at = now + backoff;
+                    self.retry.insert(pair, Retry { at, failures });
+                }
+                AfterSession::Failed { backoff }
+            }
+            Outcome::Complete | Outcome::Incomplete => {
+                self.retry.remove(&pair);
+                match (rerun, outcome) {
+                    (Some(reason), _) => AfterSession::Again(reason),
+                    (None, Outcome::Incomplete) => AfterSession::Again(SyncReason::Incomplete),
+                    (None, _) => AfterSession::Done,
+                }
+            }
+        }
+    }
+
+    /// Takes every queued session, oldest first, to be admitted again.
+    pub fn take_wanted(&mut self) -> Vec<(Pair, SyncReason)> {
+        self.wanted.drain(..).collect()
+    }
+
+    /// Failed pairs whose backoff is over. Each keeps its failure count, and its next retry is
+    /// pushed out by [`SESSION_RETRY_MAX`] until its session reports.
+    pub fn due_retries(&mut self, now: Instant) -> Vec<Pair> {
+        let mut due = Vec::new();
+        for (pair, retry) in &mut self.retry {
+            if retry.at <= now {
+                retry.at = now + SESSION_RETRY_MAX;
+                due.push(*pair);
+            }
+        }
+        due
+    }
+
+    /// The member disconnected: its retries and queued sessions are dropped.
+    pub fn forget_peer(&mut self, peer: &PeerId) {
+        self.retry.retain(|(p, _), _| p != peer);
+        self.wanted.retain(|((p, _), _)| p != peer);
+    }
+
+    /// A share was added: look for its members soon, and often at first.
+    pub fn share_added(&mut self, now: Instant) {
+        self.lonely_lookup = (now + LONELY_LOOKUP_MIN, LONELY_LOOKUP_MIN);
+    }
+
+    /// True once per [`ANTI_ENTROPY_INTERVAL`]: time for an anti-entropy round.
+    pub fn anti_entropy_due(&mut self, now: Instant) -> bool {
+        if now < self.next_anti_entropy {
+            return false;
+        }
+        self.next_anti_entropy = now + ANTI_ENTROPY_INTERVAL;
+        true
+    }
+
+    /// True when shares without a connected member should be looked up; the pause after it
+    /// doubles up to [`PROVIDER_LOOKUP_INTERVAL`].
+    pub fn lonely_lookup_due(&mut self, now: Instant) -> bool {
+        if now < self.lonely_lookup.0 {
+            return false;
+        }
+        let pause = (self.lonely_lookup.1 * 2).min(PROVIDER_LOOKUP_INTERVAL);
+        self.lonely_lookup = (now + pause, pause);
+        true
+    }
+
+    /// True once per [`PROVIDER_LOOKUP_INTERVAL`]: time to refresh every share's provider
+    /// record and look for its members.
+    pub fn provider_lookup_due(&mut self, now: Instant) -> bool {
+        if now < self.next_provider_lookup {
+            return false;
+        }
+        self.next_provider_lookup = now + PROVIDER_LOOKUP_INTERVAL;
+        true
+    }
+
+    /// When the next timer falls due (a round or a retry).
+    pub fn next_wake(&self) -> Instant {
+        let rounds = self
+            .next_anti_entropy
+            .min(self.next_provider_lookup)
+            .min(self.lonely_lookup.0);
+        self.retry.values().map(|r| r.at).fold(rounds, Instant::min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(peer: &PeerId, share: u8) -> Pair {
+        (*peer, [share; 32])
+    }
+
+    #[test]
+    fn one_session_per_pair_and_a_rerun_when_asked_while_running() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        let a = pair(&PeerId::random(), 1);
+        assert_eq!(schedule.admit(a, SyncReason::NewMember), Admission::Start);
+        schedule.started(a);
+        assert_eq!(schedule.admit(a, SyncReason::RootDiffers), Admission::Rerun);
+        assert_eq!(
+            schedule.finished(a, Outcome::Complete, Presence::Connected, now),
+            AfterSession::Again(SyncReason::RootDiffers)
+        );
+        assert_eq!(schedule.running(), 0);
+        assert_eq!(schedule.admit(a, SyncReason::RootDiffers), Admission::Start);
+        schedule.started(a);
+        assert_eq!(
+            schedule.finished(a, Outcome::Complete, Presence::Connected, now),
+            AfterSession::Done,
+            "no rerun unless asked again"
+        );
+    }
+
+    #[test]
+    fn incomplete_session_runs_again() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        let a = pair(&PeerId::random(), 1);
+        schedule.started(a);
+        assert_eq!(
+            schedule.finished(a, Outcome::Incomplete, Presence::Connected, now),
+            AfterSession::Again(SyncReason::Incomplete)
+        );
+    }
+
+    #[test]
+    fn one_session_per_share_others_queue_once() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        let (p, q) = (PeerId::random(), PeerId::random());
+        schedule.started(pair(&p, 1));
+        assert_eq!(
+            schedule.admit(pair(&q, 1), SyncReason::NewMember),
+            Admission::Queued
+        );
+        assert_eq!(
+            schedule.admit(pair(&q, 1), SyncReason::AntiEntropy),
+            Admission::Queued
+        );
+        assert_eq!(
+            schedule.admit(pair(&q, 2), SyncReason::NewMember),
+            Admission::Start,
+            "another share is free"
+        );
+        assert_eq!(
+            schedule.take_wanted(),
+            vec![(pair(&q, 1), SyncReason::NewMember)],
+            "queued once, with the first reason"
+        );
+        assert!(schedule.take_wanted().is_empty());
+    }
+
+    #[test]
+    fn slots_are_bounded() {
+        let now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        let peer = PeerId::random();
+        for share in 0..MAX_CONCURRENT_SESSIONS as u8 {
+            let p = pair(&peer, share);
+            assert_eq!(schedule.admit(p, SyncReason::NewMember), Admission::Start);
+            schedule.started(p);
+        }
+        let extra = pair(&peer, 200);
+        assert_eq!(
+            schedule.admit(extra, SyncReason::NewMember),
+            Admission::Queued
+        );
+        schedule.finished(pair(&peer, 0), Outcome::Complete, Presence::Connected, now);
+        let waiting = schedule.take_wanted();
+        assert_eq!(waiting, vec![(extra, SyncReason::NewMember)]);
+        assert_eq!(
+            schedule.admit(extra, SyncReason::NewMember),
+            Admission::Start
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(retry_backoff(1), SESSION_RETRY_MIN * 2);
+        assert_eq!(retry_backoff(2), SESSION_RETRY_MIN * 4);
+        assert_eq!(retry_backoff(30), SESSION_RETRY_MAX);
+        assert_eq!(retry_backoff(u32::MAX), SESSION_RETRY_MAX);
+    }
+
+    #[test]
+    fn failed_session_is_retried_after_backoff_and_keeps_its_count() {
+        let mut now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        now += LONELY_LOOKUP_MIN;
+        assert!(schedule.provider_lookup_due(now) && schedule.lonely_lookup_due(now));
+        let a = pair(&PeerId::random(), 1);
+        schedule.started(a);
+        let first = schedule.finished(a, Outcome::Failed, Presence::Connected, now);
+        assert_eq!(
+            first,
+            AfterSession::Failed {
+                backoff: retry_backoff(1)
+            }
+        );
+        assert_eq!(schedule.next_wake(), now + retry_backoff(1));
+        assert!(schedule.due_retries(now).is_empty());
+
+        now += retry_backoff(1);
+        assert_eq!(schedule.due_retries(now), vec![a]);
+        assert!(
+            schedule.due_retries(now).is_empty(),
+            "pushed out until the session reports"
+        );
+        schedule.started(a);
+        let second = schedule.finished(a, Outcome::Failed, Presence::Connected, now);
+        assert_eq!(
+            second,
+            AfterSession::Failed {
+                backoff: retry_backoff(2)
+            }
+        );
+
+        now += retry_backoff(2);
+        assert_eq!(schedule.due_retries(now), vec![a]);
+        schedule.started(a);
+        schedule.finished(a, Outcome::Complete, Presence::Connected, now);
+        now += SESSION_RETRY_MAX;
+        assert!(schedule.due_retries(now).is_empty(), "success clears it");
+    }
+
+    #[test]
+    fn no_retry_for_a_member_that_left() {
+        let mut now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        let peer = PeerId::random();
+        let (a, b) = (pair(&peer, 1), pair(&peer, 2));
+        schedule.started(a);
+        schedule.finished(a, Outcome::Failed, Presence::Gone, now);
+        schedule.started(b);
+        schedule.finished(b, Outcome::Failed, Presence::Connected, now);
+        schedule.forget_peer(&peer);
+        now += SESSION_RETRY_MAX;
+        assert!(schedule.due_retries(now).is_empty());
+    }
+
+    #[test]
+    fn rounds_fall_due_on_their_own_clocks() {
+        let mut now = Instant::now();
+        let start = now;
+        let mut schedule = Schedule::new(start);
+        assert!(schedule.provider_lookup_due(start), "first lookup at once");
+        assert!(!schedule.provider_lookup_due(start));
+        assert!(!schedule.anti_entropy_due(start));
+        assert_eq!(schedule.next_wake(), start + LONELY_LOOKUP_MIN);
+
+        now += LONELY_LOOKUP_MIN;
+        assert!(schedule.lonely_lookup_due(now));
+        assert!(!schedule.lonely_lookup_due(now));
+        now += LONELY_LOOKUP_MIN;
+        assert!(!schedule.lonely_lookup_due(now), "the pause doubled");
+        now += LONELY_LOOKUP_MIN;
+        assert!(schedule.lonely_lookup_due(now));
+
+        schedule.share_added(now);
+        now += LONELY_LOOKUP_MIN;
+        assert!(
+            schedule.lonely_lookup_due(now),
+            "a new share resets the pause"
+        );
+
+        now += ANTI_ENTROPY_INTERVAL;
+        assert!(schedule.anti_entropy_due(now));
+        assert!(!schedule.anti_entropy_due(now));
+        now += PROVIDER_LOOKUP_INTERVAL;
+        assert!(schedule.provider_lookup_due(now));
+    }
+
+    #[test]
+    fn lonely_pause_stops_doubling_at_the_provider_interval() {
+        let mut now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        for _ in 0..20 {
+            now += PROVIDER_LOOKUP_INTERVAL;
+            assert!(schedule.lonely_lookup_due(now));
+        }
+        assert_eq!(schedule.lonely_lookup.1, PROVIDER_LOOKUP_INTERVAL);
+    }
+}

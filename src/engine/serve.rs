@@ -1,0 +1,329 @@
+//! Answering peers' requests: announcements, reconciliation steps, entries and folder content.
+//!
+//! Every request about a share is refused, the same way whether the share exists here or not,
+//! unless the peer proved membership of it; entries pushed with an announcement are only taken
+//! from members that proved they may write. Anything that waits on the store, a folder or the
+//! network is answered from a task of its own, so the engine loop never waits; folder content is
+//! paced per peer by [`crate::net::guard::ServeRate`].
+
+use libp2p::PeerId;
+use tracing::{debug, warn};
+
+use super::membership::AuthAsk;
+use super::schedule::SyncReason;
+use super::{EngineActor, TaskResult};
+use crate::folder::FolderHandle;
+use crate::net::Reply;
+use crate::net::protocol::{
+    CHUNKS_RESPONSE_BUDGET, ENTRIES_RESPONSE_BUDGET, MAX_CHUNKS_PER_REQUEST,
+    MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST, Request, Response, WireEntry, WireHash,
+    frame_len,
+};
+use crate::store::{ShareId, ShareState};
+
+/// What a folder content request asks for.
+#[derive(Debug, Clone, Copy)]
+enum ContentKind {
+    Chunk,
+    Page,
+}
+
+impl EngineActor {
+    /// A peer's request: each kind is answered by its own method.
+    pub(super) fn on_request(&mut self, peer: PeerId, request: Request, channel: Reply) {
+        let received = frame_len(&request) as u64;
+        match request {
+            Request::Hello(_) => self.respond(
+                None,
+                channel,
+                Response::Error("hello is answered by the network layer".into()),
+            ),
+            Request::Auth { nonce, tag, writer } => {
+                let ask = AuthAsk {
+                    nonce: *nonce,
+                    tag: *tag,
+                    writer: writer.map(|w| *w),
+                };
+                self.answer_auth(peer, ask, received, channel)
+            }
+            Request::Announce {
+                share,
+                root,
+                count: _,
+                entries,
+            } => self.answer_announce(peer, (*share, *root), entries, received, channel),
+            Request::Reconcile { share, message } => {
+                self.answer_reconcile(peer, *share, &message, received, channel)
+            }
+            Request::GetChunk { share, hash } => {
+                self.serve_content(peer, *share, *hash, ContentKind::Chunk, received, channel)
+            }
+            Request::GetPage { share, hash } => {
+                self.serve_content(peer, *share, *hash, ContentKind::Page, received, channel)
+            }
+            Request::GetChunks { share, hashes } => {
+                self.serve_chunks(peer, *share, hashes, received, channel)
+            }
+            Request::GetEntries { share, ids } => {
+                self.serve_entries(peer, *share, ids, received, channel)
+            }
+        }
+    }
+
+    /// Sends an answer from a task of its own, counting its bytes for the share.
+    pub(super) fn respond(&mut self, share: Option<ShareId>, channel: Reply, response: Response) {
+        let sent = frame_len(&response) as u64;
+        if let Some(share) = share {
+            self.counters(share).bytes_sent += sent;
+        }
+        let net = self.net.clone();
+        tokio::spawn(async move { net.respond(channel, response).await });
+    }
+
+    /// Refusal for anything about a share the peer has not proved membership of. It is the same
+    /// whether the share exists here or not.
+    fn refuse(&mut self, channel: Reply) {
+        self.respond(None, channel, Response::Error("not a member".into()));
+    }
+
+    /// The share, if `peer` proved membership of it (counting the request's bytes for it).
+    fn member_share(
+        &mut self,
+        peer: &PeerId,
+        share: &ShareId,
+        received: u64,
+    ) -> Option<ShareState> {
+        if !self.roster.is_member(share, peer) {
+            debug!(%peer, "refused a request for a share it has not proved membership of");
+            return None;
+        }
+        self.counters(*share).bytes_received += received;
+        self.store.share(share)
+    }
+
+    /// The folder of a folder share `peer` is a member of.
+    fn member_folder(
+        &mut self,
+        peer: &PeerId,
+        share: &ShareId,
+        received: u64,
+    ) -> Option<FolderHandle> {
+        let folder = self.folders.get(share).cloned()?;
+        self.member_share(peer, share, received).map(|_| folder)
+    }
+
+    /// A member's new root, maybe with the entries that changed: merged (from writers only) in a
+    /// task that acknowledges once they are stored; a session follows if the roots differ.
+    fn answer_announce(
+        &mut self,
+        peer: PeerId,
+        (share, their_root): (ShareId, [u8; 32]),
+        entries: Vec<WireEntry>,
+        received: u64,
+        channel: Reply,
+    ) {
+        let Some(state) = self.member_share(&peer, &share, received) else {
+            return self.refuse(channel);
+        };
+        if entries.len() > MAX_ENTRIES_PER_MESSAGE {
+            let response = Response::Error("too many entries".into());
+            return self.respond(Some(share), channel, response);
+        }
+        if !entries.is_empty() && !self.roster.is_writer(&share, &peer) {
+            // Read-only members may announce (their root) but never push entries.
+            self.counters(share).refused_entries += entries.len() as u64;
+            warn!(
+                %peer, share = %state.meta.name,
+                "refused {} entries from a member that may not write (read-only token)",
+                entries.len()
+            );
+            let response = Response::Error("read-only members cannot write".into());
+            return self.respond(Some(share), channel, response);
+        }
+        if entries.is_empty() {
+            self.respond(Some(share), channel, Response::Ack);
+            let ours = state.summary.read().expect("summary lock").root();
+            if ours != their_root {
+                self.want_session(peer, share, SyncReason::RootDiffers);
+            }
+            return;
+        }
+        let store = self.store.clone();
+        let net = self.net.clone();
+        self.tasks.spawn(async move {
+            let entries = entries
+                .into_iter()
+                .map(|e| (e.key.into_vec(), e.register))
+                .collect();
+            // Acknowledged once merged, so a pusher that waits for the answer knows the
+            // entries are here and does not send them again.
+            let response = match store.merge(share, entries, peer).await {
+                Ok(_) => Response::Ack,
+                Err(e) => {
+                    warn!(%peer, "cannot merge announced entries: {e}");
+                    Response::Error("cannot merge".into())
+                }
+            };
+            let sent = frame_len(&response) as u64;
+            net.respond(channel, response).await;
+            TaskResult::Merged {
+                peer,
+                share,
+                their_root,
+                sent,
+            }
+        });
+    }
+
+    /// Entries a member pushed were merged: reconcile if the roots still differ.
+    pub(super) fn on_merged(&mut self, peer: PeerId, share: ShareId, their_root: [u8; 32]) {
+        let ours = self
+            .store
+            .share(&share)
+            .map(|s| s.summary.read().expect("summary lock").root());
+        if ours.is_some_and(|r| r != their_root) {
+            self.want_session(peer, share, SyncReason::MergedButDiffers);
+        }
+    }
+
+    /// One reconciliation step, answered from the summary at once.
+    fn answer_reconcile(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        message: &[u8],
+        received: u64,
+        channel: Reply,
+    ) {
+        let Some(state) = self.member_share(&peer, &share, received) else {
+            return self.refuse(channel);
+        };
+        let answer = {
+            let summary = state.summary.read().expect("summary lock");
+            crate::reconcile::respond_bytes(&summary, message)
+        };
+        match answer {
+            Ok(bytes) => self.respond(Some(share), channel, Response::Reconcile(bytes.into())),
+            Err(e) => {
+                warn!(%peer, "bad reconciliation request: {e}");
+                self.respond(Some(share), channel, Response::Error(e.to_string()));
+            }
+        }
+    }
+
+    /// Entries by id, up to [`ENTRIES_RESPONSE_BUDGET`] bytes (at least one).
+    fn serve_entries(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        ids: Vec<WireHash>,
+        received: u64,
+        channel: Reply,
+    ) {
+        if self.member_share(&peer, &share, received).is_none() {
+            return self.refuse(channel);
+        }
+        if ids.len() > MAX_IDS_PER_REQUEST {
+            let response = Response::Error("too many ids".into());
+            return self.respond(Some(share), channel, response);
+        }
+        let store = self.store.clone();
+        let net = self.net.clone();
+        self.tasks.spawn(async move {
+            let ids = ids.into_iter().map(|id| *id).collect();
+            let entries = store.by_ids(share, ids).await.unwrap_or_default();
+            let mut out = Vec::new();
+            let mut budget = 0;
+            for (key, register) in entries {
+                let entry = WireEntry {
+                    key: key.into(),
+                    register,
+                };
+                budget += frame_len(&entry);
+                if !out.is_empty() && budget > ENTRIES_RESPONSE_BUDGET {
+                    break;
+                }
+                out.push(entry);
+            }
+            let response = Response::Entries(out);
+            let sent = frame_len(&response) as u64;
+            net.respond(channel, response).await;
+            TaskResult::Answered { share, sent }
+        });
+    }
+
+    /// Answers a member's request for folder content (a chunk or a chunk-list page) by hash.
+    fn serve_content(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        hash: [u8; 32],
+        kind: ContentKind,
+        received: u64,
+        channel: Reply,
+    ) {
+        let Some(folder) = self.member_folder(&peer, &share, received) else {
+            return self.refuse(channel);
+        };
+        let net = self.net.clone();
+        let pace = self.serve_rate.clone();
+        self.tasks.spawn(async move {
+            let bytes = match kind {
+                ContentKind::Chunk => folder.serve_chunk(hash).await,
+                ContentKind::Page => folder.serve_page(hash).await,
+            };
+            if let Some(bytes) = &bytes {
+                let wait = pace.take(peer, bytes.len(), std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let response = match (kind, bytes) {
+                (ContentKind::Chunk, Some(b)) => Response::Chunk(b.into()),
+                (ContentKind::Page, Some(b)) => Response::Page(b.into()),
+                (_, None) => Response::Error("unknown hash".into()),
+            };
+            let sent = frame_len(&response) as u64;
+            net.respond(channel, response).await;
+            TaskResult::Answered { share, sent }
+        });
+    }
+
+    /// Answers a member's request for many chunks at once, up to [`CHUNKS_RESPONSE_BUDGET`]
+    /// bytes.
+    fn serve_chunks(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        hashes: Vec<WireHash>,
+        received: u64,
+        channel: Reply,
+    ) {
+        let Some(folder) = self.member_folder(&peer, &share, received) else {
+            return self.refuse(channel);
+        };
+        if hashes.len() > MAX_CHUNKS_PER_REQUEST {
+            let response = Response::Error("too many chunks".into());
+            return self.respond(Some(share), channel, response);
+        }
+        let net = self.net.clone();
+        let pace = self.serve_rate.clone();
+        self.tasks.spawn(async move {
+            let hashes = hashes.into_iter().map(|h| *h).collect();
+            let chunks = folder
+                .serve_chunks(hashes, CHUNKS_RESPONSE_BUDGET)
+                .await
+                .unwrap_or_default();
+            let bytes: usize = chunks.iter().flatten().map(Vec::len).sum();
+            let wait = pace.take(peer, bytes, std::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let response =
+                Response::Chunks(chunks.into_iter().map(|c| c.map(Into::into)).collect());
+            let sent = frame_len(&response) as u64;
+            net.respond(channel, response).await;
+            TaskResult::Answered { share, sent }
+        });
+    }
+}

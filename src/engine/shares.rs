@@ -1,0 +1,300 @@
+//! Share lifecycle: creating and joining shares, handing out tokens, changing a share's peer
+//! allowlist, starting folder actors, and finding a share's members (DHT provider records and
+//! the addresses tokens carry).
+//!
+//! These are the engine's answers to the local API; they change what the store holds about
+//! shares, and the membership and announcement rooms pick up from there.
+
+use std::path::PathBuf;
+
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{EngineActor, EngineError, InvalidRequest};
+use crate::share::{self, Token};
+use crate::store::{MAX_SHARE_NAME, ShareKind, ShareMeta};
+
+/// A new share and the token to join it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CreatedShare {
+    /// Hex id.
+    pub id: String,
+    /// Local name.
+    pub name: String,
+    /// The token (only for created shares).
+    pub token: Option<String>,
+}
+
+/// A change to a share's peer allowlist.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct TrustChange {
+    /// Peer ids to allow.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Peer ids to remove from the list (an emptied list admits anyone with a token again).
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Checks a share's local name: 1 to [`MAX_SHARE_NAME`] bytes, no `/` or control characters.
+pub fn check_name(name: &str) -> Result<(), InvalidRequest> {
+    if name.is_empty()
+        || name.len() > MAX_SHARE_NAME
+        || name.chars().any(|c| c.is_control() || c == '/')
+    {
+        return Err(InvalidRequest::ShareName { name: name.into() });
+    }
+    Ok(())
+}
+
+/// Resolves and prepares a folder share's directory: absolute, created if missing, with its
+/// marker inside.
+fn prepare_folder(path: Option<PathBuf>) -> Result<PathBuf, InvalidRequest> {
+    let path = path.ok_or(InvalidRequest::NoFolderPath)?;
+    if let Err(source) = crate::folder::prepare_root(&path) {
+        return Err(InvalidRequest::PrepareFolder { path, source });
+    }
+    path.canonicalize()
+        .map_err(|source| InvalidRequest::ResolveFolder { path, source })
+}
+
+/// The folder path a share of `kind` keeps: prepared for folders, none for records.
+fn share_path(kind: ShareKind, path: Option<PathBuf>) -> Result<Option<PathBuf>, InvalidRequest> {
+    match kind {
+        ShareKind::Folder => prepare_folder(path).map(Some),
+        ShareKind::Records => Ok(None),
+    }
+}
+
+impl EngineActor {
+    /// Creates a share with a fresh secret and write key; returns its token.
+    pub(super) async fn create_share(
+        &mut self,
+        name: String,
+        kind: ShareKind,
+        path: Option<PathBuf>,
+    ) -> Result<CreatedShare, EngineError> {
+        check_name(&name)?;
+        let path = share_path(kind, path)?;
+        let (id, secret) = share::new_share();
+        let write_key = share::new_write_key();
+        let meta = ShareMeta {
+            id,
+            name: name.clone(),
+            kind,
+            secret,
+            seed_addrs: Vec::new(),
+            path,
+            writers: share::writer_public(&write_key),
+            write_key: Some(write_key),
+            trusted_peers: Vec::new(),
+        };
+        self.store.create_share(meta.clone()).await?;
+        info!(share = %name, "created share {}", hex::encode(id));
+        let token = self.token_for(&meta, false).await;
+        self.on_new_share(&meta).await;
+        Ok(CreatedShare {
+            id: hex::encode(id),
+            name,
+            token: Some(token),
+        })
+    }
+
+    /// Joins a share from a token and dials the addresses it carries.
+    pub(super) async fn join_share(
+        &mut self,
+        token: String,
+        name: String,
+        kind: ShareKind,
+        path: Option<PathBuf>,
+    ) -> Result<CreatedShare, EngineError> {
+        check_name(&name)?;
+        let token = Token::parse(&token)?;
+        if token.kind != kind {
+            let token = token.kind;
+            return Err(InvalidRequest::TokenKind { token, asked: kind }.into());
+        }
+        let path = share_path(kind, path)?;
+        let meta = ShareMeta {
+            id: *token.id,
+            name: name.clone(),
+            kind,
+            secret: *token.secret,
+            seed_addrs: token.addrs.clone(),
+            path,
+            writers: *token.writers,
+            write_key: token.write.map(|k| *k),
+            trusted_peers: Vec::new(),
+        };
+        self.store.create_share(meta.clone()).await?;
+        info!(
+            share = %name,
+            "joined share {}{}",
+            hex::encode(meta.id),
+            if meta.writable() { "" } else { " read-only" }
+        );
+        self.net.dial(token.dialable_addrs()).await;
+        self.on_new_share(&meta).await;
+        Ok(CreatedShare {
+            id: hex::encode(meta.id),
+            name,
+            token: None,
+        })
+    }
+
+    /// A fresh token for an existing share; a member that joined read-only can only hand out
+    /// read-only ones.
+    pub(super) async fn token(&self, share: &str, read_only: bool) -> Result<String, EngineError> {
+        let meta = self.store.resolve(share)?.meta;
+        if !read_only && !meta.writable() {
+            return Err(InvalidRequest::ReadOnlyShare { share: meta.name }.into());
+        }
+        Ok(self.token_for(&meta, read_only).await)
+    }
+
+    /// The share's token, with our current listen addresses; a read-only one leaves the write
+    /// key out.
+    async fn token_for(&self, meta: &ShareMeta, read_only: bool) -> String {
+        let addrs = self
+            .net
+            .status()
+            .await
+            .map(|s| s.listen_addrs)
+            .unwrap_or_default()
+            .into_iter()
+            .take(share::MAX_TOKEN_ADDRS)
+            .collect();
+        Token {
+            id: meta.id.into(),
+            secret: meta.secret.into(),
+            kind: meta.kind,
+            addrs,
+            writers: meta.writers.into(),
+            write: meta.write_key.filter(|_| !read_only).map(Into::into),
+        }
+        .encode()
+    }
+
+    /// Changes a share's peer allowlist; returns the new list.
+    pub(super) async fn change_trust(
+        &mut self,
+        share: &str,
+        change: TrustChange,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut meta = self.store.resolve(share)?.meta;
+        for peer in change.add.iter().chain(&change.remove) {
+            if let Err(source) = peer.parse::<PeerId>() {
+                let peer = peer.clone();
+                return Err(InvalidRequest::PeerId { peer, source }.into());
+            }
+        }
+        meta.trusted_peers.retain(|p| !change.remove.contains(p));
+        for peer in change.add {
+            if !meta.trusted_peers.contains(&peer) {
+                meta.trusted_peers.push(peer);
+            }
+        }
+        self.store.update_share(meta.clone()).await?;
+        info!(share = %meta.name, "peer allowlist is now {:?}", meta.trusted_peers);
+        self.on_trust_changed(&meta);
+        Ok(meta.trusted_peers)
+    }
+
+    /// Starts the folder actor of a folder share.
+    pub(super) fn start_folder(&mut self, meta: &ShareMeta) {
+        if meta.kind != ShareKind::Folder || self.folders.contains_key(&meta.id) {
+            return;
+        }
+        let (tx, rx) = watch::channel(self.roster.members_of(&meta.id));
+        match crate::folder::spawn(meta, self.local, self.store.clone(), self.net.clone(), rx) {
+            Ok(handle) => {
+                self.folders.insert(meta.id, handle);
+                self.member_watch.insert(meta.id, tx);
+            }
+            Err(e) => warn!(share = %meta.name, "cannot start folder: {e}"),
+        }
+    }
+
+    /// A share appeared: find its members among connected peers and in the DHT.
+    async fn on_new_share(&mut self, meta: &ShareMeta) {
+        self.start_folder(meta);
+        for peer in self.roster.connected() {
+            self.start_auth(peer, meta.id);
+        }
+        let key = share::provider_key(&meta.secret);
+        self.net.start_providing(key.clone()).await;
+        self.net.find_providers(key).await;
+        self.schedule.share_added(Instant::now());
+    }
+
+    /// Looks up, in the DHT, members of the shares that have none connected.
+    pub(super) fn look_up_lonely_shares(&self) {
+        let lonely: Vec<Vec<u8>> = self
+            .store
+            .shares()
+            .into_iter()
+            .filter(|state| !self.roster.has_members(&state.meta.id))
+            .map(|state| share::provider_key(&state.meta.secret))
+            .collect();
+        if lonely.is_empty() {
+            return;
+        }
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            for key in lonely {
+                net.find_providers(key).await;
+            }
+        });
+    }
+
+    /// Refreshes every share's provider record, looks up its members and dials its seed
+    /// addresses (those of the token it was joined with).
+    pub(super) fn refresh_providers(&self) {
+        let net = self.net.clone();
+        let shares = self.store.shares();
+        tokio::spawn(async move {
+            for state in shares {
+                let key = share::provider_key(&state.meta.secret);
+                net.start_providing(key.clone()).await;
+                net.find_providers(key).await;
+                let seeds: Vec<libp2p::Multiaddr> = state
+                    .meta
+                    .seed_addrs
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                net.dial(seeds).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_names_are_checked() {
+        assert!(check_name("photos").is_ok());
+        assert!(check_name(&"x".repeat(MAX_SHARE_NAME)).is_ok());
+        for bad in ["", "a/b", "tab\there", &"x".repeat(MAX_SHARE_NAME + 1)] {
+            let error = check_name(bad).unwrap_err();
+            assert!(
+                matches!(&error, InvalidRequest::ShareName { name } if name == bad),
+                "{bad:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn folder_shares_need_a_path() {
+        assert!(matches!(
+            share_path(ShareKind::Folder, None),
+            Err(InvalidRequest::NoFolderPath)
+        ));
+        assert!(matches!(share_path(ShareKind::Records, None), Ok(None)));
+    }
+}

@@ -1,0 +1,177 @@
+//! What `status` and `share list` show about syncing: every share with its members, traffic and
+//! folder state, and the most recent sessions.
+//!
+//! The engine's own state is copied in the loop (cheap and consistent); the parts that must be
+//! asked of others (each folder actor's status, the store's count of unshared local edits) are
+//! gathered in a task of its own, which answers the caller, so a slow folder or store never
+//! holds up the engine loop. The JSON field names are a contract for users' scripts.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::EngineActor;
+use super::session::SessionReport;
+use crate::folder::{FolderHandle, FolderStatus};
+use crate::store::{ShareId, ShareKind, ShareState, StoreHandle};
+
+/// Finished sessions remembered for `status`.
+pub const RECENT_SESSIONS: usize = 32;
+
+/// A share as shown by `share list` and `status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ShareStatus {
+    /// Hex id.
+    pub id: String,
+    /// Local name.
+    pub name: String,
+    /// `records` or `folder`.
+    pub kind: ShareKind,
+    /// Entries held (tombstones included).
+    pub entries: u64,
+    /// Hex summary root.
+    pub root: String,
+    /// Connected peers that proved membership.
+    pub members: Vec<String>,
+    /// Those of them that proved they may write (hold the write key).
+    #[serde(default)]
+    pub writers: Vec<String>,
+    /// True if this member joined with a read-only token: its edits stay here.
+    #[serde(default)]
+    pub read_only: bool,
+    /// On a read-only member: records (for folders, paths) holding a local edit that no other
+    /// member takes.
+    #[serde(default)]
+    pub unshared: u64,
+    /// The share's own peer allowlist; empty: anyone with a token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_peers: Vec<String>,
+    /// Entries refused from peers that may not write.
+    #[serde(default)]
+    pub refused_entries: u64,
+    /// Bytes sent for this share (announcements, sessions, answers).
+    pub bytes_sent: u64,
+    /// Bytes received for this share.
+    pub bytes_received: u64,
+    /// Sessions run for this share.
+    pub sessions: u64,
+    /// For folder shares: what the folder is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<FolderStatus>,
+}
+
+/// What `status` shows about syncing.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    /// Every share.
+    pub shares: Vec<ShareStatus>,
+    /// The most recent sessions, newest last.
+    pub sessions: Vec<SessionReport>,
+}
+
+/// Traffic and session counts of one share, since the daemon started.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Bytes sent for the share.
+    pub bytes_sent: u64,
+    /// Bytes received for the share.
+    pub bytes_received: u64,
+    /// Sessions run.
+    pub sessions: u64,
+    /// Entries refused from members that may not write.
+    pub refused_entries: u64,
+}
+
+/// Remembers a finished session, forgetting the oldest beyond [`RECENT_SESSIONS`].
+pub fn remember(recent: &mut VecDeque<SessionReport>, report: SessionReport) {
+    recent.push_back(report);
+    while recent.len() > RECENT_SESSIONS {
+        recent.pop_front();
+    }
+}
+
+/// What is still to be asked about one share, off the engine loop.
+struct Pending {
+    /// The folder actor to ask for its status (folder shares).
+    folder: Option<FolderHandle>,
+    /// The share to count unshared local edits of (read-only members).
+    count_unshared: Option<ShareId>,
+}
+
+impl EngineActor {
+    /// Answers a status request: the engine's part now, the rest from a task of its own.
+    pub(super) fn on_status(&self, reply: oneshot::Sender<EngineStatus>) {
+        let (shares, pending): (Vec<ShareStatus>, Vec<Pending>) = self
+            .store
+            .shares()
+            .into_iter()
+            .map(|state| {
+                let pending = Pending {
+                    folder: self.folders.get(&state.meta.id).cloned(),
+                    count_unshared: (!state.meta.writable()).then_some(state.meta.id),
+                };
+                (self.share_status(&state), pending)
+            })
+            .unzip();
+        let status = EngineStatus {
+            shares,
+            sessions: self.recent.iter().cloned().collect(),
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let status = complete(status, pending, store).await;
+            let _ = reply.send(status);
+        });
+    }
+
+    /// One share as the engine sees it; `folder` and `unshared` are filled in by [`complete`].
+    fn share_status(&self, state: &ShareState) -> ShareStatus {
+        let (entries, root) = {
+            let summary = state.summary.read().expect("summary lock");
+            (summary.len(), summary.root())
+        };
+        let id = state.meta.id;
+        let counters = self.counters.get(&id).copied().unwrap_or_default();
+        // Sorted as strings, as shown.
+        let listed = |peers: Vec<libp2p::PeerId>| {
+            let mut peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+            peers.sort();
+            peers
+        };
+        ShareStatus {
+            id: hex::encode(id),
+            name: state.meta.name.clone(),
+            kind: state.meta.kind,
+            entries,
+            root: hex::encode(root),
+            members: listed(self.roster.members_of(&id)),
+            writers: listed(self.roster.writers_of(&id)),
+            read_only: !state.meta.writable(),
+            unshared: 0,
+            trusted_peers: state.meta.trusted_peers.clone(),
+            refused_entries: counters.refused_entries,
+            bytes_sent: counters.bytes_sent,
+            bytes_received: counters.bytes_received,
+            sessions: counters.sessions,
+            folder: None,
+        }
+    }
+}
+
+/// Asks each folder for its status and the store for read-only shares' unshared edits.
+async fn complete(
+    mut status: EngineStatus,
+    pending: Vec<Pending>,
+    store: StoreHandle,
+) -> EngineStatus {
+    for (share, pending) in status.shares.iter_mut().zip(pending) {
+        if let Some(folder) = pending.folder {
+            share.folder = folder.status().await;
+        }
+        if let Some(id) = pending.count_unshared {
+            share.unshared = store.count_authored(id).await.unwrap_or(0);
+        }
+    }
+    status
+}
