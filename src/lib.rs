@@ -5,14 +5,23 @@
 //! an HTTP control API that the `meshsync` CLI is a thin client of.
 //!
 //! # Layout
-//! - [`config`]: `config.toml`, parsed into a raw layer and validated into [`config::Config`].
-//! - [`home`]: the home directory: identity key, API token, config, `api.addr`.
+//! Each layer imports only from the layers below it (checked by reading the module graph):
+//! - Base: [`config`] (`config.toml`, a raw layer validated into [`config::Config`]), [`home`]
+//!   (identity key, API token, config, `api.addr`), [`share`] (tokens, membership proofs, write
+//!   signatures), [`cbor`] (the one CBOR helper), [`atomic_write`] (small files replaced
+//!   atomically), [`backoff`] (the doubling wait of retry loops).
+//! - Pure core: [`merge`] (version vectors, clocks, the multi-value register) and [`reconcile`]
+//!   (Merkle summaries and set reconciliation). No I/O.
+//! - [`store`]: the one database, on its own thread: entries, summaries, and the pages and local
+//!   state a share's owner keeps. Knows no folders and no wire.
 //! - [`net`]: the single task that owns the libp2p swarm, and its handle [`net::NetClient`];
-//!   [`net::protocol`] documents the wire protocol, [`net::peers`] the peer book-keeping.
-//! - [`api`]: the HTTP control API served by the daemon.
-//! - [`client`]: the blocking API client the CLI uses.
-//! - [`daemon`]: wires net and API together and runs until shutdown.
-//! - [`backoff`]: the doubling wait of retry loops (static redials, DHT lookups).
+//!   [`net::protocol`] documents the wire protocol, [`net::peers`] the peer book-keeping. Knows no
+//!   records.
+//! - [`folder`]: real directories kept in step with a share's entries (scan, watch, plan, fetch,
+//!   write), driven by the engine.
+//! - [`engine`]: shares, membership, serving peers, announcing, scheduling sessions.
+//! - [`api`] (the HTTP control API), [`client`] (the blocking API client the CLI uses) and
+//!   [`daemon`] (wires the actors together and runs until shutdown).
 
 pub mod api;
 pub mod atomic_write;
