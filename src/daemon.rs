@@ -5,7 +5,6 @@
 
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -153,9 +152,8 @@ fn lock_home(home: &Home) -> Result<std::fs::File, DaemonError> {
             path: path.display().to_string(),
             source,
         })?;
-    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+    if locked.is_err() {
         return Err(DaemonError::AlreadyRunning(
             home.dir().display().to_string(),
         ));

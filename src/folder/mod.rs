@@ -6,6 +6,7 @@
 
 mod actor;
 mod assemble;
+pub mod conflict;
 pub mod content;
 pub mod fetch;
 mod handle;
@@ -42,7 +43,7 @@ pub fn validate_remote_entry(
         return Ok(());
     }
     let path = std::str::from_utf8(key).map_err(|_| "path is not UTF-8".to_owned())?;
-    model::check_rel_path(path)?;
+    write::validate_rel_path(path).map_err(|e| e.to_string())?;
     for version in register.versions() {
         if let Payload::Value(bytes) = version.payload() {
             let meta: model::FileMeta = ciborium::from_reader(bytes.as_slice())

@@ -186,35 +186,12 @@ impl FileMeta {
 /// more with larger chunks); a description with more is refused as absurd.
 pub const MAX_PAGES: usize = 65_536;
 
-/// Checks that a relative path from a peer is safe to create under the folder: relative,
-/// `/`-separated, no `.`, `..` or empty components, no NUL or backslash, not inside our marker
-/// directory, not one of our temporary names, and within the length limits. The message says
-/// what is wrong.
+/// Checks that a relative path from a peer is safe to create under the folder, with the message
+/// as a string: a thin wrapper of the one validator,
+/// [`validate_rel_path`](crate::folder::write::validate_rel_path), whose
+/// [`PathRefusal`](crate::folder::write::PathRefusal) says what is wrong.
 pub fn check_rel_path(path: &str) -> Result<(), String> {
-    let refuse = |why: &str| Err(format!("refused path `{}`: {why}", path.escape_debug()));
-    if path.is_empty() {
-        return refuse("empty");
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return refuse("too long");
-    }
-    if path.starts_with('/') {
-        return refuse("absolute");
-    }
-    if path.contains('\\') || path.contains('\0') {
-        return refuse("contains a backslash or NUL");
-    }
-    for (i, component) in path.split('/').enumerate() {
-        match component {
-            "" => return refuse("empty component"),
-            "." | ".." => return refuse("`.` or `..` component"),
-            _ if component.len() > 255 => return refuse("component longer than 255 bytes"),
-            _ if i == 0 && component == MARKER_DIR => return refuse("inside the marker directory"),
-            _ if component.starts_with(TEMP_PREFIX) => return refuse("a temporary file name"),
-            _ => {}
-        }
-    }
-    Ok(())
+    crate::folder::write::validate_rel_path(path).map_err(|e| e.to_string())
 }
 
 /// Checks that a file description from a peer is self-consistent, so that nothing downstream has

@@ -1,0 +1,649 @@
+//! Scanning a shared folder: walk it under its ignore rules and describe every entry as a
+//! [`FileMeta`], re-reading only the files that changed since the previous scan.
+//!
+//! The folder engine calls [`scan_all`] (startup, periodic safety-net rescans) and [`scan_paths`]
+//! (what the file watcher reported) from a blocking thread; both are synchronous and spread the
+//! hashing over up to [`MAX_HASH_WORKERS`] scoped threads.
+//!
+//! # What is scanned
+//! Every file, directory and symlink under the root, except:
+//! - paths matched by `.meshignore` files ([`IGNORE_FILE`], gitignore syntax, at the root and in
+//!   any subdirectory; deeper files override shallower ones, `!` re-includes). No `.gitignore`,
+//!   global git excludes or ignore files above the root apply: what syncs must not depend on
+//!   which tools a peer has installed. Hidden files are synced. The `.meshignore` files are
+//!   themselves synced, so every peer ignores the same things;
+//! - the built-ins ([`is_ignored_builtin`]): [`MARKER_DIR`] and [`TEMP_PREFIX`] names;
+//! - what cannot be represented: names that are not UTF-8, paths that
+//!   [`validate_rel_path`] refuses (too long, a backslash…) with their subtrees, files whose
+//!   description [`model::check_meta`] refuses (over [`model::MAX_PAGES`] pages), fifos, sockets
+//!   and devices. These are skipped with a warning in [`ScanOutput::warnings`].
+//!
+//! Symlinks are recorded as links ([`EntryKind::Symlink`] with their target) and never followed,
+//! so a link to `/` cannot pull the whole disk into a share.
+//!
+//! # The unchanged-file rule
+//! A file is not re-read when its previous [`ScanRecord`] is not `racy` and its size, mtime,
+//! ctime (both to the nanosecond), inode and device all equal the current `lstat`. ctime cannot
+//! be set by programs (unlike mtime, which `touch -d`, `cp -p` and unpackers restore), so an edit
+//! that keeps size and mtime is still seen. Timestamps are only as fine as the kernel's coarse
+//! clock (a few ms) or the filesystem (1–2 s on FAT, exFAT, HFS+): a write in the same tick as the
+//! read could leave them unchanged. So, as git does for its "racily clean" entries, a record
+//! whose newest timestamp is within [`RACY_WINDOW_FINE`] ([`RACY_WINDOW_COARSE`] when both
+//! timestamps are whole seconds, a sign of a coarse filesystem) of the moment its read began is
+//! marked `racy` and re-read by the next scan. Comparing the inode and device makes a file
+//! replaced by rename (how editors and our own writer save) always re-read; the price is a full
+//! re-read when a removable disk comes back with a new device number.
+//!
+//! # Files that change while read
+//! Each file is read through one descriptor opened with `O_NOFOLLOW`; its `fstat` before and
+//! after the read, the byte count, and an `lstat` of the path after the read must all agree
+//! (size, mtime, ctime, inode). If not, or if the read fails, the file is read once more
+//! ([`MAX_HASH_ATTEMPTS`]); if it still fails it is listed in [`ScanOutput::unstable`] and the
+//! caller keeps what it had and rescans later. A [`FileMeta`] is never produced from a read whose
+//! byte count differs from its size.
+//!
+//! # Never mistake a missing disk for deletions
+//! Both scans fail with [`ScanError`] when the root is missing, not a directory, lacks its
+//! [`MARKER_DIR`], cannot be listed, or changes identity or loses its marker during the scan.
+//! A directory that cannot be listed, or whose `.meshignore` cannot be read, is reported in
+//! [`ScanOutput::unstable`] and nothing under it is reported gone.
+//!
+//! # Layout
+//! - `walk`: the walk itself (scope, built-in and `.meshignore` rules, what each entry becomes)
+//!   and the checks that the root is still the folder;
+//! - `stat`: the `lstat` fields compared between scans, the unchanged-file and racy rules
+//!   ([`Stamp`], [`written_is_racy`]);
+//! - `hash`: reading changed files on worker threads until a read is consistent.
+//!
+//! [`TEMP_PREFIX`]: crate::folder::model::TEMP_PREFIX
+//! [`validate_rel_path`]: crate::folder::write::validate_rel_path
+
+mod hash;
+mod stat;
+#[cfg(test)]
+mod testkit;
+mod walk;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::folder::content::{PIPELINE_FROM, Previous};
+use crate::folder::model::{self, ChunkRef, EntryKind, FileMeta, IGNORE_FILE, MARKER_DIR, PageRef};
+
+pub use hash::{MAX_HASH_ATTEMPTS, MAX_HASH_WORKERS};
+pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, written_is_racy};
+pub use walk::is_ignored_builtin;
+
+use hash::{Hashed, Job, Outcome, hash_all};
+use stat::{Stat, reusable};
+use walk::{Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
+
+/// Most warnings one scan returns; beyond this they are counted in a last summary line, so a
+/// tree of millions of unreadable files cannot grow the result without bound.
+pub const MAX_WARNINGS: usize = 1000;
+
+/// What the scanner remembers about one entry between scans. The caller persists these (CBOR) and
+/// passes them back as `previous`, so unchanged files are not re-read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRecord {
+    /// The entry's metadata as it is synced (its size and mtime are the file's `lstat` ones).
+    #[serde(rename = "m")]
+    pub meta: FileMeta,
+    /// Status-change time, seconds since the Unix epoch: changes on every write, and programs
+    /// cannot set it back.
+    #[serde(rename = "cs")]
+    pub ctime_secs: i64,
+    /// Status-change time, nanoseconds within the second.
+    #[serde(rename = "cn")]
+    pub ctime_nanos: u32,
+    /// Inode number: a file replaced by rename gets a new one.
+    #[serde(rename = "i")]
+    pub inode: u64,
+    /// Device number of the filesystem holding the entry.
+    #[serde(rename = "d")]
+    pub dev: u64,
+    /// The file was modified too close to its read for its timestamps to prove it unchanged
+    /// later: the next scan re-reads it whatever its `lstat` says.
+    #[serde(rename = "r", default)]
+    pub racy: bool,
+}
+
+/// The result of a scan, full or partial.
+///
+/// The scope is the whole folder for [`scan_all`] and the requested subtrees for [`scan_paths`].
+/// Within the scope, every path is in exactly one of these states: in `entries` (exists, here is
+/// its description), in `gone` (known before or requested, and now has no entry: deleted, or now
+/// ignored or unrepresentable), under a path in `unstable` (unknown this time: keep what you had),
+/// or none of these (not known before and still absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanOutput {
+    /// Every entry in scope, keyed by normalised relative path, changed or not.
+    pub entries: BTreeMap<String, ScanRecord>,
+    /// Paths in scope that were in `previous` (or requested) and now have no entry.
+    pub gone: Vec<String>,
+    /// Paths that exist but could not be described this time: files that kept changing while
+    /// read or failed to read, directories that could not be listed or whose `.meshignore` could
+    /// not be read. Covers the path and, for a directory, everything under it (`""`: the whole
+    /// folder, when the root's `.meshignore` cannot be read). The caller keeps its previous state
+    /// for them and rescans them later.
+    pub unstable: Vec<String>,
+    /// Chunk-list pages of the files hashed by this scan (empty for inline content and for files
+    /// reused from `previous`, whose pages the caller already stored).
+    pub pages: Vec<(PageRef, Vec<ChunkRef>)>,
+    /// Human-readable notes on what was skipped and why (at most [`MAX_WARNINGS`] + 1 lines).
+    pub warnings: Vec<String>,
+    /// Files read by this scan, retries included (unchanged files reused are not counted).
+    pub hashed_files: u64,
+    /// Bytes read by this scan, retries included.
+    pub hashed_bytes: u64,
+}
+
+/// Why a scan could not run. Every variant means "do not trust the folder now": the caller
+/// pauses the share instead of taking missing files for deletions.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The root does not exist or cannot be reached (unmounted disk, removed folder).
+    #[error("folder root {root} is missing or unreachable")]
+    RootMissing {
+        /// The root as configured.
+        root: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: io::Error,
+    },
+    /// The root exists but is not a directory.
+    #[error("folder root {root} is not a directory")]
+    RootNotDirectory {
+        /// The root as configured.
+        root: PathBuf,
+    },
+    /// The root has no marker directory: probably the mount point of an unmounted disk.
+    #[error(
+        "folder root {root} has no {} marker directory (unmounted disk?)",
+        MARKER_DIR
+    )]
+    MarkerMissing {
+        /// The root as configured.
+        root: PathBuf,
+    },
+    /// The root was replaced (another inode or device) while the scan ran: probably mounted or
+    /// unmounted under us.
+    #[error("folder root {root} changed while it was scanned (mounted or unmounted?)")]
+    RootChanged {
+        /// The root as configured.
+        root: PathBuf,
+    },
+    /// The walk failed in a way that cannot be confined to a subdirectory (for instance the
+    /// root cannot be listed).
+    #[error("cannot walk {path} in folder {root}")]
+    Walk {
+        /// The root as configured.
+        root: PathBuf,
+        /// The path the error concerns (the root when unknown).
+        path: PathBuf,
+        /// What the walker said.
+        #[source]
+        source: ignore::Error,
+    },
+    /// A path given to [`scan_paths`] is not a normalised relative path.
+    #[error("invalid relative path {path:?} for folder {root}: {reason}")]
+    InvalidPath {
+        /// The root as configured.
+        root: PathBuf,
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// The chunk list of a file's previous version, when the caller has it (a large file's is in
+/// pages the caller stores). A large file that changed is then read at hashing speed where it
+/// did not change, instead of cut again (see [`crate::folder::content::Previous`]).
+pub type ChunkLists<'a> = &'a (dyn Fn(&FileMeta) -> Option<Vec<ChunkRef>> + Sync);
+
+/// Scans the whole folder at `root`. `previous` is the last scan's `entries` (empty the first
+/// time): files it describes that have not changed are reused instead of re-read.
+pub fn scan_all(
+    root: &Path,
+    previous: &BTreeMap<String, ScanRecord>,
+) -> Result<ScanOutput, ScanError> {
+    scan_all_reusing(root, previous, &|_| None)
+}
+
+/// [`scan_all`], finding the chunks of changed large files' previous versions again.
+pub fn scan_all_reusing(
+    root: &Path,
+    previous: &BTreeMap<String, ScanRecord>,
+    chunk_lists: ChunkLists,
+) -> Result<ScanOutput, ScanError> {
+    scan(root, Scope::All, previous, Known::default(), chunk_lists)
+}
+
+/// Re-examines only `paths` (normalised relative paths, as a watcher reports them), each with
+/// its subtree when it is a directory; `""` means the whole folder. A requested path that no
+/// longer has an entry, and any `previous` path under a requested directory that no longer has
+/// one, is reported in [`ScanOutput::gone`]. Ignore rules apply exactly as in [`scan_all`]; a
+/// requested `.meshignore` widens the scope to its directory, whose ignored set it may change.
+pub fn scan_paths(
+    root: &Path,
+    paths: &[String],
+    previous: &BTreeMap<String, ScanRecord>,
+) -> Result<ScanOutput, ScanError> {
+    scan_paths_reusing(root, paths, previous, &|_| None)
+}
+
+/// [`scan_paths`], finding the chunks of changed large files' previous versions again.
+pub fn scan_paths_reusing(
+    root: &Path,
+    paths: &[String],
+    previous: &BTreeMap<String, ScanRecord>,
+    chunk_lists: ChunkLists,
+) -> Result<ScanOutput, ScanError> {
+    let mut requested = BTreeSet::new();
+    for path in paths {
+        let rel = normalise(path).map_err(|reason| ScanError::InvalidPath {
+            root: root.to_path_buf(),
+            path: path.clone(),
+            reason,
+        })?;
+        let rel = match rel.rsplit_once('/') {
+            Some((parent, IGNORE_FILE)) => parent.to_owned(),
+            None if rel == IGNORE_FILE => String::new(),
+            _ => rel,
+        };
+        if !is_ignored_builtin(&rel) {
+            requested.insert(rel);
+        }
+    }
+    let known = known_files(root, &requested, previous)?;
+    requested.retain(|rel| !known.covers(rel));
+    scan(root, Scope::Paths(requested), previous, known, chunk_lists)
+}
+
+/// Requested files that need no walk: files we have a record of, still regular files, with no
+/// requested ancestor. A watcher reports every file we write ourselves, and walking the
+/// directories on the way to each (listing them whole) would cost far more than the files.
+/// (A requested directory, such as a rename or a new `.meshignore`, may change what is under it,
+/// so its files go through the walk.)
+#[derive(Default)]
+struct Known {
+    /// Provably unchanged (the unchanged-file rule on one `lstat`).
+    reused: BTreeMap<String, ScanRecord>,
+    /// To read again.
+    jobs: Vec<Job>,
+}
+
+impl Known {
+    fn covers(&self, rel: &str) -> bool {
+        self.reused.contains_key(rel) || self.jobs.iter().any(|j| j.rel == rel)
+    }
+}
+
+fn known_files(
+    root: &Path,
+    requested: &BTreeSet<String>,
+    previous: &BTreeMap<String, ScanRecord>,
+) -> Result<Known, ScanError> {
+    let mut known = Known::default();
+    let candidates: Vec<(&String, &ScanRecord)> = requested
+        .iter()
+        .filter(|rel| !rel.is_empty())
+        .filter(|rel| {
+            !ancestors_or_self(rel)
+                .skip(1)
+                .any(|a| requested.contains(a))
+        })
+        .filter_map(|rel| previous.get(rel).map(|record| (rel, record)))
+        .filter(|(_, record)| record.meta.kind == EntryKind::File)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(known);
+    }
+    let (base, _) = check_root(root)?;
+    for (rel, record) in candidates {
+        let abs = base.join(rel);
+        // Through a parent that became a symlink, `lstat` would reach another file; such a
+        // change shows up as a changed inode below, and the parent's own event rescans it.
+        let Ok(md) = fs::symlink_metadata(&abs) else {
+            continue;
+        };
+        if !md.file_type().is_file() {
+            continue;
+        }
+        let stat = Stat::of(&md);
+        if reusable(record, &stat) {
+            known.reused.insert(rel.clone(), record.clone());
+        } else if record.inode == stat.ino && record.dev == stat.dev {
+            known.jobs.push(Job {
+                rel: rel.clone(),
+                abs,
+                size: stat.size,
+            });
+        }
+    }
+    Ok(known)
+}
+
+/// The scan behind both entry points: walk, read what changed, check the root is still there,
+/// settle what is gone.
+fn scan(
+    root: &Path,
+    scope: Scope,
+    previous: &BTreeMap<String, ScanRecord>,
+    known: Known,
+    chunk_lists: ChunkLists,
+) -> Result<ScanOutput, ScanError> {
+    let (base, root_id) = check_root(root)?;
+    let scope = Arc::new(scope);
+    let mut found = walk::walk(root, &base, &scope, previous)?;
+    found.entries.extend(known.reused);
+    found.jobs.extend(known.jobs);
+
+    let mut out = ScanOutput::default();
+    let previous_chunks = |job: &Job| {
+        let record = previous
+            .get(&job.rel)
+            .filter(|_| job.size >= PIPELINE_FROM)?;
+        chunk_lists(&record.meta).map(Previous::new)
+    };
+    let jobs = std::mem::take(&mut found.jobs);
+    for (job, hashed) in hash_all(jobs, &previous_chunks) {
+        add_hashed(&mut found, &mut out, job, hashed);
+    }
+
+    recheck_root(root, &base, root_id)?;
+
+    let Walked {
+        mut entries,
+        unstable,
+        warnings,
+        ..
+    } = found;
+    out.gone = settle(&scope, previous, &mut entries, &unstable);
+    out.entries = entries;
+    out.unstable = unstable.into_iter().collect();
+    out.warnings = warnings.finish();
+    tracing::debug!(
+        root = %root.display(),
+        entries = out.entries.len(),
+        gone = out.gone.len(),
+        unstable = out.unstable.len(),
+        hashed_files = out.hashed_files,
+        hashed_bytes = out.hashed_bytes,
+        "scanned folder"
+    );
+    Ok(out)
+}
+
+/// Adds what reading one file gave to what the scan found: an entry (and its pages), or a
+/// warning and an unstable path.
+fn add_hashed(found: &mut Walked, out: &mut ScanOutput, job: Job, hashed: Hashed) {
+    out.hashed_files += hashed.reads;
+    out.hashed_bytes += hashed.bytes;
+    match hashed.outcome {
+        Outcome::Done(record, pages) => match model::check_meta(&job.rel, &record.meta) {
+            Ok(()) => {
+                found.entries.insert(job.rel, record);
+                out.pages.extend(pages);
+            }
+            Err(why) => found.warnings.push(format!("{}: skipped ({why})", job.rel)),
+        },
+        Outcome::Unstable(why) => {
+            found
+                .warnings
+                .push(format!("{}: {}; will retry later", job.rel, why.describe()));
+            // Rules we could not read may exclude anything in their directory.
+            match job.rel.rsplit_once('/') {
+                Some((dir, IGNORE_FILE)) => found.unstable.insert(dir.to_owned()),
+                None if job.rel == IGNORE_FILE => found.unstable.insert(String::new()),
+                _ => found.unstable.insert(job.rel),
+            };
+        }
+    }
+}
+/// Drops the entries under `unstable` paths (unknown this time) and returns the paths in scope
+/// that were known (in `previous`) or requested and now have no entry, except those under
+/// `unstable` paths.
+fn settle(
+    scope: &Scope,
+    previous: &BTreeMap<String, ScanRecord>,
+    entries: &mut BTreeMap<String, ScanRecord>,
+    unstable: &BTreeSet<String>,
+) -> Vec<String> {
+    let under_unstable = |rel: &str| ancestors_or_self(rel).any(|a| unstable.contains(a));
+    if !unstable.is_empty() {
+        entries.retain(|rel, _| !under_unstable(rel));
+    }
+    let mut gone: BTreeSet<&String> = previous.keys().filter(|rel| scope.covers(rel)).collect();
+    if let Scope::Paths(requested) = scope {
+        gone.extend(requested.iter().filter(|r| !r.is_empty()));
+    }
+    gone.into_iter()
+        .filter(|rel| !entries.contains_key(*rel) && !under_unstable(rel))
+        .cloned()
+        .collect()
+}
+
+/// Warnings, capped at [`MAX_WARNINGS`].
+#[derive(Default)]
+pub(super) struct Warnings {
+    /// The first [`MAX_WARNINGS`] warnings.
+    lines: Vec<String>,
+    /// How many more there were.
+    dropped: u64,
+}
+
+impl Warnings {
+    pub(super) fn push(&mut self, line: String) {
+        tracing::warn!("{line}");
+        if self.lines.len() < MAX_WARNINGS {
+            self.lines.push(line);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub(super) fn finish(mut self) -> Vec<String> {
+        if self.dropped > 0 {
+            self.lines
+                .push(format!("… and {} more warnings", self.dropped));
+        }
+        self.lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::settle;
+    use super::testkit::*;
+    use super::*;
+
+    #[test]
+    fn large_files_are_given_their_previous_chunks_and_described_the_same() {
+        use std::sync::Mutex;
+        let dir = folder();
+        let root = dir.path();
+        let mut data = random(5, 6 << 20);
+        write(root, "big", &data);
+        write(root, "small", &random(6, 1000));
+        settle();
+        let first = scan_all(root, &BTreeMap::new()).unwrap();
+        data[3 << 20..(3 << 20) + 5000].copy_from_slice(&random(7, 5000));
+        fs::write(root.join("big"), &data).unwrap();
+        fs::write(root.join("small"), random(8, 1000)).unwrap();
+        settle();
+        let asked = Mutex::new(Vec::new());
+        let lists = |meta: &FileMeta| {
+            asked.lock().unwrap().push(meta.size);
+            Some(chunks_of(meta, &first.pages))
+        };
+        let paths = ["big".to_owned(), "small".to_owned()];
+        let reusing = scan_paths_reusing(root, &paths, &first.entries, &lists).unwrap();
+        // Only the large file is worth a lookup.
+        assert_eq!(*asked.lock().unwrap(), [6 << 20]);
+        let plain = scan_paths(root, &paths, &first.entries).unwrap();
+        assert_eq!(reusing.entries, plain.entries);
+        assert_eq!(reusing.pages, plain.pages);
+        assert_eq!(
+            plain.entries["big"].meta.hash,
+            *blake3::hash(&data).as_bytes()
+        );
+    }
+
+    #[test]
+    fn unchanged_files_are_not_reread_and_modified_ones_are() {
+        let dir = folder();
+        let root = dir.path();
+        for i in 0..20 {
+            write(root, &format!("d/f{i}"), &random(i, 1000 + i as usize));
+        }
+        settle();
+        let first = scan_all(root, &BTreeMap::new()).unwrap();
+        assert_eq!(first.hashed_files, 20);
+        assert!(first.entries.values().all(|r| !r.racy));
+
+        let second = scan_all(root, &first.entries).unwrap();
+        assert_eq!(second.hashed_files, 0);
+        assert_eq!(second.entries, first.entries);
+        assert!(second.gone.is_empty());
+
+        // Same size, mtime put back: only the ctime tells.
+        let path = root.join("d/f3");
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        fs::write(&path, random(99, 1003)).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        settle();
+        let third = scan_all(root, &second.entries).unwrap();
+        assert_eq!(third.hashed_files, 1);
+        assert_eq!(third.hashed_bytes, 1003);
+        let (old, new) = (&second.entries["d/f3"].meta, &third.entries["d/f3"].meta);
+        assert_eq!((old.size, old.mtime_secs), (new.size, new.mtime_secs));
+        assert_ne!(old.hash, new.hash);
+        assert_eq!(new.hash, *blake3::hash(&random(99, 1003)).as_bytes());
+    }
+
+    #[test]
+    fn a_racy_file_is_reread_by_the_next_scan() {
+        let dir = folder();
+        write(dir.path(), "fresh", b"just written");
+        let first = scan_all(dir.path(), &BTreeMap::new()).unwrap();
+        assert!(first.entries["fresh"].racy);
+        let second = scan_all(dir.path(), &first.entries).unwrap();
+        assert_eq!(second.hashed_files, 1);
+        settle();
+        let third = scan_all(dir.path(), &second.entries).unwrap();
+        assert_eq!(third.hashed_files, u64::from(second.entries["fresh"].racy));
+    }
+
+    #[test]
+    fn a_missing_root_or_marker_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = BTreeMap::new();
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            scan_all(&missing, &none),
+            Err(ScanError::RootMissing { .. })
+        ));
+        write(dir.path(), "file", b"x");
+        assert!(matches!(
+            scan_all(&dir.path().join("file"), &none),
+            Err(ScanError::RootNotDirectory { .. })
+        ));
+        assert!(matches!(
+            scan_all(dir.path(), &none),
+            Err(ScanError::MarkerMissing { .. })
+        ));
+        let paths = ["file".to_owned()];
+        assert!(matches!(
+            scan_paths(dir.path(), &paths, &none),
+            Err(ScanError::MarkerMissing { .. })
+        ));
+        let err = scan_all(dir.path(), &none).unwrap_err().to_string();
+        assert!(err.contains(dir.path().to_str().unwrap()), "{err}");
+    }
+
+    #[test]
+    fn partial_scans_report_gone_paths_and_subtrees() {
+        let dir = folder();
+        let root = dir.path();
+        for rel in ["a/1", "a/2", "a/sub/3", "b/4", "c"] {
+            write(root, rel, rel.as_bytes());
+        }
+        let full = scan_all(root, &BTreeMap::new()).unwrap();
+        fs::remove_file(root.join("c")).unwrap();
+        fs::remove_file(root.join("a/sub/3")).unwrap();
+        write(root, "a/new", b"new");
+        write(root, "b/5", b"not requested");
+
+        let paths = ["c".to_owned(), "a/".to_owned(), "never".to_owned()];
+        let out = scan_paths(root, &paths, &full.entries).unwrap();
+        assert_eq!(keys(&out), ["a", "a/1", "a/2", "a/new", "a/sub"]);
+        assert_eq!(out.gone, ["a/sub/3", "c", "never"]);
+        assert!(out.unstable.is_empty());
+
+        let root_too = scan_paths(root, &[String::new()], &full.entries).unwrap();
+        assert_eq!(
+            root_too.entries,
+            scan_all(root, &full.entries).unwrap().entries
+        );
+
+        for bad in ["/abs", "a/../b", "a//b", "a/./b"] {
+            assert!(matches!(
+                scan_paths(root, &[bad.to_owned()], &full.entries),
+                Err(ScanError::InvalidPath { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn requested_unchanged_files_are_neither_walked_nor_read() {
+        let dir = folder();
+        let root = dir.path();
+        for rel in ["a/1", "a/2", "b/3"] {
+            write(root, rel, rel.as_bytes());
+        }
+        settle();
+        let full = scan_all(root, &BTreeMap::new()).unwrap();
+        let paths = ["a/1".to_owned(), "b/3".to_owned()];
+        let out = scan_paths(root, &paths, &full.entries).unwrap();
+        assert_eq!(out.hashed_files, 0);
+        assert_eq!(keys(&out), ["a/1", "b/3"]);
+        assert_eq!(out.entries["a/1"], full.entries["a/1"]);
+
+        // Changed, replaced, or under a requested directory: the walk and a read decide.
+        write(root, "a/1", b"changed");
+        fs::remove_file(root.join("b/3")).unwrap();
+        write(root, "b/3", b"b/3");
+        let out = scan_paths(root, &paths, &full.entries).unwrap();
+        assert_eq!(out.hashed_files, 2);
+        let with_parent = ["a".to_owned(), "a/2".to_owned()];
+        let out = scan_paths(root, &with_parent, &full.entries).unwrap();
+        assert!(out.entries.contains_key("a/2"));
+        assert!(
+            out.entries["a/1"].meta.size == 7,
+            "the walk saw the change under `a`"
+        );
+    }
+
+    #[test]
+    fn records_round_trip_through_cbor() {
+        let dir = folder();
+        write(dir.path(), "f", &random(5, 300_000));
+        let out = scan_all(dir.path(), &BTreeMap::new()).unwrap();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&out.entries, &mut bytes).unwrap();
+        let back: BTreeMap<String, ScanRecord> = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, out.entries);
+    }
+}

@@ -1,0 +1,856 @@
+//! Assembling a received file from verified chunks in a hidden temp file next to its target
+//! ([`Assembly`]), hashing the whole file in order as chunks arrive ([`InOrder`]) and publishing
+//! it atomically and durably at commit.
+
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, warn};
+
+use super::ops::{check_expect, parent_of, publish, sync_dir, system_time};
+use super::path::{ensure_parents, resolve};
+use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
+use crate::folder::model::{CHUNK_MAX, CheckedChunk, ChunkRef, Hash, TEMP_PREFIX};
+
+/// Mode of a temp file while it is assembled: private until committed with its real mode.
+const TEMP_MODE: u32 = 0o600;
+
+/// How often [`Assembly::open`] retries when a sweep removes the temp file between its open and
+/// its lock.
+const OPEN_ATTEMPTS: usize = 3;
+
+/// The name of the temp file a file at `rel` with content `file_hash` is assembled in:
+/// [`TEMP_PREFIX`] and the hex of the first [`TEMP_ID_BYTES`] of BLAKE3(rel ‖ file_hash).
+/// Deterministic, so an interrupted download finds its temp again; different for different
+/// content, so a stale half-download of another version is never mistaken for this one. (`rel`
+/// is followed by a fixed-size hash, so the concatenation is unambiguous.)
+pub fn temp_name(rel: &str, file_hash: &Hash) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(rel.as_bytes());
+    hasher.update(file_hash);
+    format!(
+        "{TEMP_PREFIX}{}",
+        hex(&hasher.finalize().as_bytes()[..TEMP_ID_BYTES])
+    )
+}
+
+/// Bytes written to a temp file after which its writeback is started, well before its fsync.
+pub const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// A file being assembled from verified chunks in a hidden temp file next to its target.
+///
+/// Dropping an assembly keeps the temp file so a later [`Assembly::open`] of the same (path,
+/// content) resumes it; [`Assembly::discard`] removes it, and
+/// [`sweep_temp_files`](super::sweep_temp_files) removes abandoned ones. While an assembly is
+/// open it holds an exclusive `flock` on its temp file, so a second assembly of the same content
+/// fails with [`WriteError::Busy`] and a sweep skips it.
+#[derive(Debug)]
+pub struct Assembly {
+    /// The final path.
+    target: PathBuf,
+    /// The temp file's path, in the target's directory.
+    temp: PathBuf,
+    /// The open, locked temp file.
+    file: File,
+    /// The file's size.
+    size: u64,
+    /// BLAKE3 of the whole content.
+    file_hash: Hash,
+    /// The chunks, in file order.
+    chunks: Vec<ChunkRef>,
+    /// Each chunk's offset in the file.
+    offsets: Vec<u64>,
+    /// Whether each chunk is known to be in the temp file with the right hash.
+    done: Vec<bool>,
+    /// Set when an error removed the temp file; every later call fails.
+    abandoned: bool,
+    /// Bytes written since writeback was last started.
+    unflushed: u64,
+    /// The whole-file hash, fed as chunks are written in file order; `None` once that is not
+    /// possible (resumed file, chunks too far out of order), and then the commit reads back.
+    in_order: Option<InOrder>,
+}
+
+/// Most bytes of chunks that arrived ahead of their turn kept for [`InOrder`].
+const MAX_EARLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Hashes a file's chunks in order as they are written, keeping the few that arrive early.
+/// This is the same check as reading the file back after the last chunk (which would read the
+/// same page cache), without a second pass over it.
+#[derive(Debug)]
+struct InOrder {
+    hasher: blake3::Hasher,
+    next: usize,
+    early: std::collections::BTreeMap<usize, Vec<u8>>,
+    early_bytes: usize,
+}
+
+impl InOrder {
+    /// Takes chunk `index`; false if it can no longer keep up.
+    fn take(&mut self, index: usize, bytes: &[u8]) -> bool {
+        if index < self.next || self.early.contains_key(&index) {
+            // Written again: the same verified bytes, already counted.
+            return true;
+        }
+        if index > self.next {
+            if self.early_bytes + bytes.len() > MAX_EARLY_BYTES {
+                return false;
+            }
+            self.early_bytes += bytes.len();
+            self.early.insert(index, bytes.to_vec());
+            return true;
+        }
+        self.hasher.update(bytes);
+        self.next += 1;
+        while let Some(early) = self.early.remove(&self.next) {
+            self.early_bytes -= early.len();
+            self.hasher.update(&early);
+            self.next += 1;
+        }
+        true
+    }
+}
+
+impl Assembly {
+    /// Starts (or resumes) assembling the file `rel` of `size` bytes, BLAKE3 `file_hash`, cut into
+    /// `chunks`. Creates missing parent directories, opens the temp file, marks the chunks an
+    /// existing temp file already holds (verified by hash) as done, and reserves the file's full
+    /// size so that a full disk shows up here, before anything is downloaded.
+    pub fn open(
+        root: &Path,
+        rel: &str,
+        size: u64,
+        file_hash: Hash,
+        chunks: &[ChunkRef],
+    ) -> Result<Assembly, WriteError> {
+        let mut assembly = Self::open_unreserved(root, rel, size, file_hash, chunks)?;
+        assembly.reserve()?;
+        Ok(assembly)
+    }
+
+    /// [`Assembly::open`] without reserving space, for a caller that holds every chunk and
+    /// writes them right away: a full disk then fails the first write just as early, and the
+    /// reservation (a `fallocate`, a metadata update) cost 3% of the CPU of receiving many
+    /// small files.
+    pub fn open_unreserved(
+        root: &Path,
+        rel: &str,
+        size: u64,
+        file_hash: Hash,
+        chunks: &[ChunkRef],
+    ) -> Result<Assembly, WriteError> {
+        let target = resolve(root, rel)?;
+        let offsets = chunk_offsets(&target, size, chunks)?;
+        ensure_parents(root, rel)?;
+        let temp = target.with_file_name(temp_name(rel, &file_hash));
+        let file = open_locked_temp(&target, &temp)?;
+        let mut assembly = Assembly {
+            target,
+            temp,
+            file,
+            size,
+            file_hash,
+            chunks: chunks.to_vec(),
+            offsets,
+            done: vec![false; chunks.len()],
+            abandoned: false,
+            unflushed: 0,
+            in_order: Some(InOrder {
+                hasher: blake3::Hasher::new(),
+                next: 0,
+                early: Default::default(),
+                early_bytes: 0,
+            }),
+        };
+        assembly.resume()?;
+        Ok(assembly)
+    }
+
+    /// Indices of the chunks still to write, in file order.
+    pub fn missing(&self) -> Vec<usize> {
+        (0..self.done.len()).filter(|&i| !self.done[i]).collect()
+    }
+
+    /// The final path this assembly commits to.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Writes chunk `index` at its offset, after checking that `bytes` have the chunk's length and
+    /// BLAKE3 (else [`WriteError::HashMismatch`] and nothing is written). Writing a chunk twice is
+    /// harmless.
+    pub fn write_chunk(&mut self, index: usize, bytes: &[u8]) -> Result<(), WriteError> {
+        let chunk = self.chunk_at(index)?;
+        if bytes.len() != chunk.len as usize || blake3::hash(bytes).as_bytes() != &chunk.hash {
+            return Err(WriteError::HashMismatch {
+                path: self.target.clone(),
+                index,
+            });
+        }
+        self.put(index, bytes)
+    }
+
+    /// [`Assembly::write_chunk`] without the hash check, for a local copy from a file whose
+    /// stamp shows it unchanged since it was described (the scanner's own rule for not reading
+    /// it again). The whole file is still checked against its hash before it is published, so a
+    /// file that changed behind an unchanged stamp only fails this assembly.
+    pub fn write_vouched(&mut self, index: usize, bytes: &[u8]) -> Result<(), WriteError> {
+        let chunk = self.chunk_at(index)?;
+        if bytes.len() != chunk.len as usize {
+            return Err(WriteError::HashMismatch {
+                path: self.target.clone(),
+                index,
+            });
+        }
+        self.put(index, bytes)
+    }
+
+    /// [`Assembly::write_chunk`] for bytes already checked against their hash: only compares
+    /// that they are this index's chunk ([`WriteError::HashMismatch`] if not), without hashing
+    /// them again.
+    pub fn write_checked(
+        &mut self,
+        index: usize,
+        checked: &CheckedChunk,
+    ) -> Result<(), WriteError> {
+        if self.chunk_at(index)? != *checked.chunk() {
+            return Err(WriteError::HashMismatch {
+                path: self.target.clone(),
+                index,
+            });
+        }
+        self.put(index, checked.bytes())
+    }
+
+    fn chunk_at(&self, index: usize) -> Result<ChunkRef, WriteError> {
+        self.check_usable()?;
+        self.chunks
+            .get(index)
+            .copied()
+            .ok_or_else(|| WriteError::NoSuchChunk {
+                path: self.target.clone(),
+                index,
+                count: self.chunks.len(),
+            })
+    }
+
+    /// Writes chunk `index`, whose bytes are known to be right, and feeds the in-order hash.
+    fn put(&mut self, index: usize, bytes: &[u8]) -> Result<(), WriteError> {
+        if let Err(e) = self.file.write_all_at(bytes, self.offsets[index]) {
+            return Err(self.fail("write chunk to", e));
+        }
+        self.done[index] = true;
+        if let Some(in_order) = &mut self.in_order
+            && !in_order.take(index, bytes)
+        {
+            self.in_order = None;
+        }
+        self.unflushed += bytes.len() as u64;
+        if self.unflushed >= WRITEBACK_EVERY {
+            self.unflushed = 0;
+            sys::start_writeback(&self.file);
+        }
+        Ok(())
+    }
+
+    /// Publishes the assembled file at its target, atomically and durably.
+    ///
+    /// Checks that every chunk was written, then reads the whole temp file back and checks its
+    /// BLAKE3 against the file hash (reading back, rather than hashing as chunks arrive, because
+    /// chunks arrive in any order and some were already on disk from an earlier attempt; it costs
+    /// one pass over data that is still in the page cache). Then sets `mode & MODE_MASK` and the
+    /// mtime on the temp file, fsyncs it, checks that the target is still as `expect_current`
+    /// says (else [`WriteError::Conflict`], and the complete temp file is kept for a retry),
+    /// renames it over the target and fsyncs the directory. A directory at the target is always a
+    /// conflict.
+    pub fn commit(
+        mut self,
+        expect_current: Expect,
+        mode: u32,
+        mtime: (i64, u32),
+    ) -> Result<(), WriteError> {
+        self.check_usable()?;
+        let missing = self.done.iter().filter(|d| !**d).count();
+        if missing > 0 {
+            return Err(WriteError::Incomplete {
+                path: self.target.clone(),
+                missing,
+            });
+        }
+        let modified = system_time(&self.target, mtime)?;
+        if !self.whole_file_matches()? {
+            self.discard_temp();
+            return Err(WriteError::FileHashMismatch {
+                path: self.target.clone(),
+            });
+        }
+        let times = FileTimes::new().set_modified(modified);
+        if let Err(e) = self
+            .file
+            .set_permissions(Permissions::from_mode(mode & MODE_MASK))
+            .and_then(|()| self.file.set_times(times))
+        {
+            return Err(self.fail("set mode and mtime of", e));
+        }
+        if let Err(e) = self.file.sync_all() {
+            return Err(self.fail("fsync", e));
+        }
+        // Checked last, after the slow steps, to keep the race with local writers short. On a
+        // conflict the complete, fsynced temp file stays for a retry.
+        check_expect(&self.target, expect_current)?;
+        if let Err(e) = publish(&self.temp, &self.target, expect_current) {
+            if matches!(e, WriteError::DiskFull { .. }) {
+                self.discard_temp();
+            }
+            return Err(e);
+        }
+        sync_dir(parent_of(&self.target))
+    }
+
+    /// Gives up on this file: removes the temp file (for when the version will never be wanted
+    /// again; a plain drop keeps it for resuming).
+    pub fn discard(mut self) {
+        self.discard_temp();
+    }
+
+    fn check_usable(&self) -> Result<(), WriteError> {
+        if self.abandoned {
+            return Err(WriteError::Abandoned {
+                path: self.target.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Turns an I/O error on the temp file into a [`WriteError`]; a full disk also removes the
+    /// temp file to give its space back.
+    fn fail(&mut self, action: &'static str, e: io::Error) -> WriteError {
+        if is_disk_full(&e) {
+            self.discard_temp();
+            WriteError::DiskFull {
+                path: self.target.clone(),
+                source: e,
+            }
+        } else {
+            io_error(action, &self.temp, e)
+        }
+    }
+
+    fn discard_temp(&mut self) {
+        self.abandoned = true;
+        if let Err(e) = fs::remove_file(&self.temp)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(path = %self.temp.display(), error = %e, "cannot remove temp file");
+        }
+    }
+
+    /// Marks as done the chunks an existing temp file already holds with the right hash.
+    fn resume(&mut self) -> Result<(), WriteError> {
+        let existing = match self.file.metadata() {
+            Ok(meta) => meta.len(),
+            Err(e) => return Err(self.fail("inspect", e)),
+        };
+        if existing == 0 {
+            return Ok(());
+        }
+        // Chunks already on disk were never seen by the in-order hasher.
+        self.in_order = None;
+        if existing > self.size
+            && let Err(e) = self.file.set_len(self.size)
+        {
+            return Err(self.fail("truncate", e));
+        }
+        let mut buf = vec![0u8; CHUNK_MAX as usize];
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let offset = self.offsets[i];
+            if offset + u64::from(chunk.len) > existing {
+                break;
+            }
+            let buf = &mut buf[..chunk.len as usize];
+            if let Err(e) = self.file.read_exact_at(buf, offset) {
+                return Err(io_error("read back", &self.temp, e));
+            }
+            self.done[i] = blake3::hash(buf).as_bytes() == &chunk.hash;
+        }
+        debug!(
+            path = %self.target.display(),
+            have = self.done.iter().filter(|d| **d).count(),
+            of = self.done.len(),
+            "resuming assembly"
+        );
+        Ok(())
+    }
+
+    /// Reserves the whole size now, so that a full disk fails here and not halfway through.
+    fn reserve(&mut self) -> Result<(), WriteError> {
+        if let Err(e) = sys::allocate(&self.file, self.size) {
+            return Err(self.fail("reserve space for", e));
+        }
+        Ok(())
+    }
+
+    fn whole_file_matches(&mut self) -> Result<bool, WriteError> {
+        if let Some(in_order) = self.in_order.take()
+            && in_order.next == self.chunks.len()
+        {
+            debug!(path = %self.target.display(), "whole file hashed as written");
+            return match self.file.metadata() {
+                Ok(meta) => Ok(meta.len() == self.size
+                    && in_order.hasher.finalize().as_bytes() == &self.file_hash),
+                Err(e) => Err(io_error("inspect", &self.temp, e)),
+            };
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut reader = &self.file;
+        let result = reader
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| hasher.update_reader(reader.take(self.size)).map(|_| ()))
+            .and_then(|()| self.file.metadata());
+        match result {
+            Ok(meta) => {
+                Ok(meta.len() == self.size && hasher.finalize().as_bytes() == &self.file_hash)
+            }
+            Err(e) => Err(io_error("read back", &self.temp, e)),
+        }
+    }
+}
+
+/// Each chunk's offset, after checking that the chunks are non-empty, at most [`CHUNK_MAX`] long,
+/// and add up to `size`.
+fn chunk_offsets(target: &Path, size: u64, chunks: &[ChunkRef]) -> Result<Vec<u64>, WriteError> {
+    let bad = |reason| {
+        Err(WriteError::BadChunkList {
+            path: target.to_path_buf(),
+            reason,
+        })
+    };
+    if i64::try_from(size).is_err() {
+        return bad("file too large");
+    }
+    let mut offsets = Vec::with_capacity(chunks.len());
+    let mut offset = 0u64;
+    for chunk in chunks {
+        if chunk.len == 0 || chunk.len > CHUNK_MAX {
+            return bad("chunk length out of range");
+        }
+        offsets.push(offset);
+        offset += u64::from(chunk.len);
+        if offset > size {
+            return bad("chunks longer than the file");
+        }
+    }
+    if offset != size {
+        return bad("chunks shorter than the file");
+    }
+    Ok(offsets)
+}
+
+/// Opens (creating if needed) and exclusively locks a temp file, making sure the locked file is
+/// still the one at the path (a sweep may have removed it between our open and our lock).
+fn open_locked_temp(target: &Path, temp: &Path) -> Result<File, WriteError> {
+    for _ in 0..OPEN_ATTEMPTS {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(TEMP_MODE)
+            .custom_flags(sys::O_NOFOLLOW)
+            .open(temp)
+            .map_err(|e| match is_disk_full(&e) {
+                true => WriteError::DiskFull {
+                    path: target.to_path_buf(),
+                    source: e,
+                },
+                false => io_error("open temp file", temp, e),
+            })?;
+        if !sys::try_lock(&file).map_err(|e| io_error("lock", temp, e))? {
+            return Err(WriteError::Busy {
+                path: target.to_path_buf(),
+            });
+        }
+        let ours = file.metadata().map_err(|e| io_error("inspect", temp, e))?;
+        if !ours.is_file() {
+            return Err(io_error(
+                "open temp file",
+                temp,
+                io::Error::other("not a regular file"),
+            ));
+        }
+        match fs::symlink_metadata(temp) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(file),
+            _ => continue,
+        }
+    }
+    Err(WriteError::Busy {
+        path: target.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::model::MARKER_DIR;
+    use crate::folder::write::testkit::*;
+    use tempfile::TempDir;
+
+    #[test]
+    fn assembles_a_multi_chunk_file_in_random_order_with_mode_and_mtime() {
+        let root = folder();
+        let cut = sample();
+        assert!(cut.chunks.len() > 5);
+        let mut asm = cut.open(root.path(), "deep/er/file.bin").unwrap();
+        let mut order = asm.missing();
+        assert_eq!(order, (0..cut.chunks.len()).collect::<Vec<_>>());
+        // Deterministic shuffle.
+        let noise = data(3, order.len());
+        for i in (1..order.len()).rev() {
+            order.swap(i, noise[i] as usize % (i + 1));
+        }
+        write_all(&mut asm, &cut, &order);
+        assert!(asm.missing().is_empty());
+        asm.commit(Expect::Absent, 0o4751, (1_700_000_000, 123_456_789))
+            .unwrap();
+        let path = root.path().join("deep/er/file.bin");
+        assert_eq!(fs::read(&path).unwrap(), cut.data);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o751, "setuid masked");
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec()),
+            (1_700_000_000, 123_456_789)
+        );
+        assert!(temps_in(&root.path().join("deep/er")).is_empty());
+    }
+
+    #[test]
+    fn empty_files_and_old_mtimes_commit() {
+        let root = folder();
+        let cut = Cut::new(Vec::new(), &[1]);
+        let asm = cut.open(root.path(), "empty").unwrap();
+        assert!(asm.missing().is_empty());
+        asm.commit(Expect::Absent, 0o600, (-86_400, 5)).unwrap();
+        let meta = fs::metadata(root.path().join("empty")).unwrap();
+        assert_eq!(
+            (meta.len(), meta.mtime(), meta.mtime_nsec()),
+            (0, -86_400, 5)
+        );
+    }
+
+    #[test]
+    fn wrong_chunks_are_rejected_and_nothing_is_written() {
+        let root = folder();
+        let cut = sample();
+        let mut asm = cut.open(root.path(), "f").unwrap();
+        let mut wrong = cut.chunk(1).to_vec();
+        wrong[10] ^= 1;
+        let err = asm.write_chunk(1, &wrong).unwrap_err();
+        assert!(
+            matches!(err, WriteError::HashMismatch { index: 1, .. }),
+            "{err}"
+        );
+        assert!(matches!(
+            asm.write_chunk(1, &cut.chunk(1)[1..]),
+            Err(WriteError::HashMismatch { .. })
+        ));
+        assert!(matches!(
+            asm.write_chunk(0, cut.chunk(1)),
+            Err(WriteError::HashMismatch { .. })
+        ));
+        assert!(matches!(
+            asm.write_chunk(99, cut.chunk(1)),
+            Err(WriteError::NoSuchChunk { index: 99, .. })
+        ));
+        assert_eq!(asm.missing().len(), cut.chunks.len());
+        let temp = root.path().join(&temps_in(root.path())[0]);
+        let on_disk = fs::read(temp).unwrap();
+        assert!(on_disk[cut.ranges[1].clone()].iter().all(|b| *b == 0));
+        let err = asm.commit(Expect::Absent, 0o644, (0, 0)).unwrap_err();
+        assert!(matches!(err, WriteError::Incomplete { .. }), "{err}");
+        assert!(!root.path().join("f").exists());
+    }
+
+    #[test]
+    fn inconsistent_chunk_lists_and_file_hashes_are_refused() {
+        let root = folder();
+        let cut = sample();
+        let size = cut.data.len() as u64;
+        let too_big = Assembly::open(root.path(), "f", size + 1, hash(&cut.data), &cut.chunks);
+        assert!(matches!(too_big, Err(WriteError::BadChunkList { .. })));
+        // Chunks that are each right but do not make the announced file.
+        let mut asm = Assembly::open(root.path(), "f", size, [9; 32], &cut.chunks).unwrap();
+        let missing = asm.missing();
+        write_all(&mut asm, &cut, &missing);
+        let err = asm.commit(Expect::Absent, 0o644, (0, 0)).unwrap_err();
+        assert!(matches!(err, WriteError::FileHashMismatch { .. }), "{err}");
+        assert!(!root.path().join("f").exists());
+        assert!(temps_in(root.path()).is_empty(), "bad temp discarded");
+    }
+
+    #[test]
+    fn in_order_hash_matches_whatever_the_arrival_order() {
+        let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let whole: Vec<u8> = chunks.concat();
+        let expected = blake3::hash(&whole);
+        let orders: [Vec<usize>; 3] = [
+            (0..20).collect(),
+            (0..20).rev().collect(),
+            vec![
+                3, 1, 0, 2, 2, 7, 5, 4, 6, 8, 19, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 0,
+            ],
+        ];
+        for order in orders {
+            let mut in_order = InOrder {
+                hasher: blake3::Hasher::new(),
+                next: 0,
+                early: Default::default(),
+                early_bytes: 0,
+            };
+            for i in order {
+                assert!(in_order.take(i, &chunks[i]));
+            }
+            assert_eq!(in_order.next, 20);
+            assert_eq!(in_order.hasher.finalize(), expected);
+        }
+        let mut in_order = InOrder {
+            hasher: blake3::Hasher::new(),
+            next: 0,
+            early: Default::default(),
+            early_bytes: 0,
+        };
+        let big = vec![0u8; MAX_EARLY_BYTES];
+        assert!(in_order.take(1, &big));
+        assert!(
+            !in_order.take(2, b"x"),
+            "too much held early: give up, read back"
+        );
+    }
+
+    #[test]
+    fn resume_after_a_crash_needs_only_the_missing_chunks() {
+        let root = folder();
+        let cut = sample();
+        let n = cut.chunks.len();
+        {
+            let mut asm = cut.open(root.path(), "dir/f").unwrap();
+            write_all(&mut asm, &cut, &[0, 2, 3, n - 1]);
+            // Dropped here without commit, like a crash.
+        }
+        // Damage chunk 3 in the temp file, as a torn write could.
+        let temp = root
+            .path()
+            .join("dir")
+            .join(temp_name("dir/f", &hash(&cut.data)));
+        let file = OpenOptions::new().write(true).open(&temp).unwrap();
+        file.write_all_at(b"garbage", cut.ranges[3].start as u64)
+            .unwrap();
+        drop(file);
+
+        let mut asm = cut.open(root.path(), "dir/f").unwrap();
+        let missing = asm.missing();
+        let expected: Vec<usize> = (0..n).filter(|i| ![0, 2, n - 1].contains(i)).collect();
+        assert_eq!(missing, expected);
+        write_all(&mut asm, &cut, &missing);
+        asm.commit(Expect::Absent, 0o644, (1, 0)).unwrap();
+        assert_eq!(fs::read(root.path().join("dir/f")).unwrap(), cut.data);
+
+        // Another version of the same path gets another temp file: no cross-talk.
+        let other = Cut::new(data(8, 1000), &[300]);
+        assert_ne!(
+            temp_name("dir/f", &hash(&other.data)),
+            temp_name("dir/f", &hash(&cut.data))
+        );
+    }
+
+    #[test]
+    fn a_second_assembly_of_the_same_content_is_busy() {
+        let root = folder();
+        let cut = sample();
+        let _first = cut.open(root.path(), "f").unwrap();
+        let err = cut.open(root.path(), "f").unwrap_err();
+        assert!(matches!(err, WriteError::Busy { .. }), "{err}");
+    }
+
+    #[test]
+    fn nothing_appears_at_the_final_path_before_commit() {
+        let root = folder();
+        let cut = sample();
+        let path = root.path().join("new");
+        let mut asm = cut.open(root.path(), "new").unwrap();
+        let missing = asm.missing();
+        write_all(&mut asm, &cut, &missing);
+        assert!(!path.exists());
+        asm.commit(Expect::Absent, 0o644, (1, 0)).unwrap();
+        assert!(path.exists());
+
+        // Replacing: the old content stays intact until the rename.
+        let old = root.path().join("old");
+        fs::write(&old, b"old content").unwrap();
+        let expect = Expect::current(&old).unwrap();
+        let mut asm = cut.open(root.path(), "old").unwrap();
+        let missing = asm.missing();
+        write_all(&mut asm, &cut, &missing);
+        assert_eq!(fs::read(&old).unwrap(), b"old content");
+        asm.commit(expect, 0o644, (1, 0)).unwrap();
+        assert_eq!(fs::read(&old).unwrap(), cut.data);
+    }
+
+    #[test]
+    fn a_local_change_before_commit_is_a_conflict() {
+        let root = folder();
+        let cut = sample();
+        let path = root.path().join("f");
+        fs::write(&path, b"base").unwrap();
+        let expect = Expect::current(&path).unwrap();
+        let mut asm = cut.open(root.path(), "f").unwrap();
+        let missing = asm.missing();
+        write_all(&mut asm, &cut, &missing);
+        fs::write(&path, b"local edit").unwrap();
+        let err = asm.commit(expect, 0o644, (1, 0)).unwrap_err();
+        assert!(matches!(err, WriteError::Conflict { .. }), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"local edit");
+        // The complete temp file was kept: a retry has nothing to fetch.
+        let asm = cut.open(root.path(), "f").unwrap();
+        assert!(asm.missing().is_empty());
+        asm.commit(Expect::current(&path).unwrap(), 0o644, (1, 0))
+            .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), cut.data);
+
+        // Expected absent, but a local file appeared.
+        let small = Cut::new(b"peer".to_vec(), &[4]);
+        let mut asm = small.open(root.path(), "g").unwrap();
+        write_all(&mut asm, &small, &[0]);
+        fs::write(root.path().join("g"), b"local").unwrap();
+        assert!(matches!(
+            asm.commit(Expect::Absent, 0o644, (1, 0)),
+            Err(WriteError::Conflict { .. })
+        ));
+        assert_eq!(fs::read(root.path().join("g")).unwrap(), b"local");
+
+        // Expected a file, but it was deleted locally; or a directory is there now.
+        let mut asm = small.open(root.path(), "h").unwrap();
+        write_all(&mut asm, &small, &[0]);
+        fs::write(root.path().join("h"), b"x").unwrap();
+        let expect = Expect::current(&root.path().join("h")).unwrap();
+        fs::remove_file(root.path().join("h")).unwrap();
+        assert!(matches!(
+            asm.commit(expect, 0o644, (1, 0)),
+            Err(WriteError::Conflict { .. })
+        ));
+        fs::create_dir(root.path().join("h")).unwrap();
+        let asm = small.open(root.path(), "h").unwrap();
+        assert!(matches!(
+            asm.commit(Expect::Anything, 0o644, (1, 0)),
+            Err(WriteError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn checked_chunks_are_written_without_hashing_again_but_only_at_their_index() {
+        let root = folder();
+        let cut = Cut::new(data(8, 40_000), &[10_000]);
+        let checked = |i: usize| {
+            CheckedChunk::check(&cut.chunks[i], cut.data[cut.ranges[i].clone()].to_vec()).unwrap()
+        };
+        assert!(CheckedChunk::check(&cut.chunks[0], cut.data[1..10_001].to_vec()).is_err());
+        let mut asm = cut.open(root.path(), "f").unwrap();
+        let err = asm.write_checked(1, &checked(0)).unwrap_err();
+        assert!(
+            matches!(err, WriteError::HashMismatch { index: 1, .. }),
+            "{err}"
+        );
+        for i in 0..cut.chunks.len() {
+            asm.write_checked(i, &checked(i)).unwrap();
+        }
+        asm.commit(Expect::Absent, 0o644, (1, 0)).unwrap();
+        assert_eq!(fs::read(root.path().join("f")).unwrap(), cut.data);
+    }
+
+    #[test]
+    fn a_full_disk_while_writing_removes_the_temp_and_abandons_the_assembly() {
+        // Where `fallocate` is unsupported, ENOSPC shows up at write time instead of at open.
+        let root = folder();
+        let cut = sample();
+        let mut asm = cut.open(root.path(), "f").unwrap();
+        asm.write_chunk(0, cut.chunk(0)).unwrap();
+        let err = asm.fail("write chunk to", rustix::io::Errno::NOSPC.into());
+        assert!(matches!(&err, WriteError::DiskFull { path, .. } if path.ends_with("f")));
+        assert!(temps_in(root.path()).is_empty());
+        assert!(matches!(
+            asm.write_chunk(1, cut.chunk(1)),
+            Err(WriteError::Abandoned { .. })
+        ));
+        assert!(matches!(
+            asm.commit(Expect::Absent, 0o644, (0, 0)),
+            Err(WriteError::Abandoned { .. })
+        ));
+        assert!(!root.path().join("f").exists());
+        // A new assembly starts over.
+        assert_eq!(
+            cut.open(root.path(), "f").unwrap().missing().len(),
+            cut.chunks.len()
+        );
+    }
+
+    /// A 1 MiB tmpfs mounted for one test, unmounted when dropped.
+    struct SmallDisk {
+        dir: TempDir,
+    }
+
+    impl SmallDisk {
+        fn mount() -> Option<SmallDisk> {
+            let dir = tempfile::tempdir().ok()?;
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "none"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .ok()?;
+            status.success().then_some(SmallDisk { dir })
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_fails_cleanly_and_frees_the_temp_file() {
+        let Some(disk) = SmallDisk::mount() else {
+            println!("SKIPPED: cannot mount a tmpfs (not root?)");
+            return;
+        };
+        let r = disk.dir.path();
+        fs::create_dir(r.join(MARKER_DIR)).unwrap();
+        fs::write(r.join("f"), data(2, 100_000)).unwrap();
+        let expect = Expect::current(&r.join("f")).unwrap();
+        let big = Cut::new(data(3, 2 << 20), &[CHUNK_MAX as usize]);
+        let err = big.open(r, "f").unwrap_err();
+        assert!(matches!(err, WriteError::DiskFull { .. }), "{err}");
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(
+            fs::read(r.join("f")).unwrap(),
+            data(2, 100_000),
+            "old file intact"
+        );
+        assert!(temps_in(r).is_empty(), "temp file removed");
+        // The space is really back: a file that fits still goes through.
+        let fits = Cut::new(data(4, 600_000), &[CHUNK_MAX as usize]);
+        let mut asm = fits.open(r, "f").unwrap();
+        let missing = asm.missing();
+        write_all(&mut asm, &fits, &missing);
+        asm.commit(expect, 0o644, (1, 0)).unwrap();
+        assert_eq!(fs::read(r.join("f")).unwrap(), fits.data);
+        // Two downloads that do not fit together: the second fails at open, before any fetch.
+        let half = Cut::new(data(5, 300_000), &[CHUNK_MAX as usize]);
+        let _a = half.open(r, "g").unwrap();
+        let err = half.open(r, "h").unwrap_err();
+        assert!(matches!(err, WriteError::DiskFull { .. }), "{err}");
+        assert_eq!(temps_in(r).len(), 1);
+    }
+}
