@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::time::Duration;
 
-use support::{FolderShare, Mesh, WAIT, tree, wait_until};
+use support::{FolderShare, Mesh, Node, WAIT, now_ms, session_succeeded, tree, wait_until};
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -111,18 +111,36 @@ fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
     fs::write(share.dirs[0].join("doc.txt"), "original").unwrap();
     fs::write(share.dirs[0].join("gone.txt"), "keep me?").unwrap();
     share.wait_identical();
+    wait_until("both to hold the same summary", WAIT, || {
+        mesh.nodes[0].share_root(&share.name) == mesh.nodes[1].share_root(&share.name)
+    });
 
-    // Partition: each side edits while the other is down.
+    // Partition: each side edits while the other is down. Each edit is recorded (the share's
+    // summary root moves) before the next one and before the node stops or the other comes
+    // back, so that neither side's edit knows of the other's.
+    let recorded = |node: &Node, edit: &dyn Fn()| {
+        let before = node.share_root(&share.name);
+        edit();
+        wait_until("the edit to be recorded", WAIT, || {
+            node.share_root(&share.name) != before
+        });
+    };
     mesh.nodes[0].pin_listen_port();
     mesh.nodes[1].stop();
-    fs::write(share.dirs[0].join("doc.txt"), "edited on A").unwrap();
-    fs::remove_file(share.dirs[0].join("gone.txt")).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    recorded(&mesh.nodes[0], &|| {
+        fs::write(share.dirs[0].join("doc.txt"), "edited on A").unwrap()
+    });
+    recorded(&mesh.nodes[0], &|| {
+        fs::remove_file(share.dirs[0].join("gone.txt")).unwrap()
+    });
     mesh.nodes[0].stop();
     mesh.nodes[1].start();
-    fs::write(share.dirs[1].join("doc.txt"), "edited on B").unwrap();
-    fs::write(share.dirs[1].join("gone.txt"), "edited, not deleted").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    recorded(&mesh.nodes[1], &|| {
+        fs::write(share.dirs[1].join("doc.txt"), "edited on B").unwrap()
+    });
+    recorded(&mesh.nodes[1], &|| {
+        fs::write(share.dirs[1].join("gone.txt"), "edited, not deleted").unwrap()
+    });
     mesh.nodes[0].start();
     mesh.wait_fully_connected();
     let paths = share.wait_identical();
@@ -266,7 +284,16 @@ fn removed_root_sends_no_deletes() {
         .unwrap_or_default()
         .to_owned();
     assert!(!reason.is_empty());
-    std::thread::sleep(Duration::from_secs(2));
+    let paused_ms = now_ms();
+    // A keeps reconciling with B (anti-entropy): B has nothing A lacks, no deletes among it.
+    let session = mesh.nodes[0].wait_session(
+        "A to reconcile with the paused B",
+        &mesh.nodes[1].peer_id,
+        &share.name,
+        paused_ms,
+        session_succeeded,
+    );
+    assert!(session["need"] == 0 && session["merged"] == 0, "{session}");
     assert_eq!(tree(&share.dirs[0]).len(), 10, "A still has every file");
 }
 
@@ -281,10 +308,23 @@ fn meshignore_rules_are_respected() {
     fs::write(share.dirs[0].join("skip.tmp"), "s").unwrap();
     fs::create_dir_all(share.dirs[0].join("build")).unwrap();
     fs::write(share.dirs[0].join("build/out.o"), "o").unwrap();
-    wait_until("keep.txt to arrive", WAIT, || {
-        share.dirs[1].join("keep.txt").exists()
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    // Written after the ignored files, so indexed no earlier than they would be.
+    fs::write(share.dirs[0].join("last.txt"), "l").unwrap();
+    wait_until(
+        "B to hold all A has, with nothing left to write",
+        WAIT,
+        || {
+            share.dirs[1].join("keep.txt").exists()
+                && share.dirs[1].join("last.txt").exists()
+                && mesh.nodes[0].share_root(&share.name) == mesh.nodes[1].share_root(&share.name)
+                && share.status(&mesh.nodes[1])["needed_files"] == 0
+        },
+    );
+    let indexed = &mesh.nodes[0].status()["shares"][0];
+    assert_eq!(
+        indexed["entries"], 3,
+        ".meshignore, keep.txt and last.txt only: {indexed}"
+    );
     assert!(share.dirs[1].join(".meshignore").exists());
     assert!(!share.dirs[1].join("skip.tmp").exists());
     assert!(!share.dirs[1].join("build").exists());
@@ -304,9 +344,21 @@ fn an_idle_folder_stays_quiet() {
         }
     }
     share.wait_identical();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until(
+        "both folders to be idle with the same summary",
+        WAIT,
+        || {
+            mesh.nodes
+                .iter()
+                .all(|n| share.status(n)["state"] == "idle")
+                && mesh.nodes[0].share_root(&share.name) == mesh.nodes[1].share_root(&share.name)
+        },
+    );
     let scans = |i: usize| share.status(&mesh.nodes[i])["scans"].as_u64().unwrap();
     let before = [scans(0), scans(1)];
+    // A fixed window, not a wait for evidence: a scan that triggers the next one shows only over
+    // time, and the daemon reports nothing (such as watcher events seen, or scans that found no
+    // change) that would show it sooner. Waiting longer only makes the test stricter.
     std::thread::sleep(Duration::from_secs(3));
     let after = [scans(0), scans(1)];
     // Scanning opens every file and directory; that must not look like a change worth a scan.

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use libp2p::Multiaddr;
 use libp2p::request_response;
@@ -348,7 +346,15 @@ async fn member_announcing_escaping_paths_gets_them_refused() {
         Response::Ack,
         "the message is fine, its entries are refused"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The store refuses each entry (and logs it) before the answer is sent; nothing refused
+    // there reaches the folder.
+    tokio::task::block_in_place(|| {
+        node.wait_for_log(
+            "every hostile entry to be refused",
+            &["refused an entry"],
+            hostile.len() - 1,
+        )
+    });
     assert!(!outside.exists(), "nothing written outside the folder");
     assert!(!std::path::Path::new("/tmp/absolute-escape").exists());
     let status = node.status();
@@ -371,28 +377,49 @@ async fn one_peer_cannot_open_many_connections() {
     node.start();
     let addr: Multiaddr = node.listen_addr().parse().unwrap();
     let (mut swarm, daemon) = raw_peer(addr.clone()).await;
+    let mut dials = std::collections::HashSet::new();
     for _ in 0..4 {
-        swarm
-            .dial(
-                DialOpts::peer_id(daemon)
-                    .addresses(vec![addr.clone()])
-                    .condition(PeerCondition::Always)
-                    .build(),
-            )
-            .unwrap();
+        let opts = DialOpts::peer_id(daemon)
+            .addresses(vec![addr.clone()])
+            .condition(PeerCondition::Always)
+            .build();
+        dials.insert(opts.connection_id());
+        swarm.dial(opts).unwrap();
     }
-    // Drive the swarm for a while so the extra connections are established or refused.
-    let deadline = tokio::time::sleep(Duration::from_secs(3));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = swarm.select_next_some() => {}
-            _ = &mut deadline => break,
-        }
-    }
-    let open = swarm.network_info().connection_counters().num_established();
     // Five dials (one plus four), at most two connections: the documented per-peer limit.
     assert_eq!(meshsync::net::MAX_CONNECTIONS_PER_PEER, 2);
+    // Drive the swarm until the daemon has refused the dials over the limit: one more
+    // connection fits beside the first, so at least three of the four extra ones end.
+    let mut ended = std::collections::HashSet::new();
+    let deadline = tokio::time::sleep(support::WAIT);
+    tokio::pin!(deadline);
+    while ended.len() < 3 {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            _ = &mut deadline => panic!(
+                "timed out: only {} of the 4 extra connections ended",
+                ended.len()
+            ),
+        };
+        match event {
+            SwarmEvent::ConnectionClosed { connection_id, .. }
+            | SwarmEvent::OutgoingConnectionError { connection_id, .. }
+                if dials.contains(&connection_id) =>
+            {
+                ended.insert(connection_id);
+            }
+            _ => {}
+        }
+    }
+    // The daemon logs each connection it denies; here, those over the limit.
+    tokio::task::block_in_place(|| {
+        node.wait_for_log(
+            "the daemon to deny a connection over the limit",
+            &["Denied"],
+            0,
+        )
+    });
+    let open = swarm.network_info().connection_counters().num_established();
     assert!(open <= 2, "{open} connections stayed open from one peer");
     assert!(node.is_running());
     assert!(node.stop());

@@ -2,9 +2,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::{Mesh, Node, WAIT, meshsync, wait_until};
+
+/// What the daemon's log says about a connection it denied (a blocked peer, or one outside
+/// `trusted_peers`): `incoming connection from … failed: Listen error: Denied: …`.
+const DENIED: &str = "Denied";
 
 #[test]
 fn three_daemons_connect_through_static_peers() {
@@ -116,11 +120,19 @@ fn restarted_daemon_keeps_its_id_and_reconnects() {
 
     // Node 0 comes back on the same port after being killed: node 1 redials it with backoff.
     mesh.nodes[0].pin_listen_port();
+    let node0 = mesh.nodes[0].peer_id.clone();
+    let failed_dials = mesh.nodes[1].log_lines_with(&["dial failed", &node0]);
     mesh.nodes[0].kill();
     wait_until("node 1 to notice the disconnect", WAIT, || {
         mesh.nodes[1].connected_peers().is_empty()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Node 0 only comes back once node 1 has tried to redial it and failed, so that the
+    // reconnection below is the backoff's doing.
+    mesh.nodes[1].wait_for_log(
+        "node 1 to fail a redial of node 0",
+        &["dial failed", &node0],
+        failed_dials,
+    );
     mesh.nodes[0].start();
     mesh.wait_fully_connected();
 }
@@ -391,6 +403,7 @@ fn a_blocked_peer_is_disconnected_and_stays_out() {
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
     let b = mesh.nodes[1].peer_id.clone();
+    let denied_before = mesh.nodes[0].log_lines_with(&[DENIED]);
     let out = mesh.nodes[0].cli(&["peer", "block", &b]);
     assert!(
         out.status.success(),
@@ -400,8 +413,9 @@ fn a_blocked_peer_is_disconnected_and_stays_out() {
     wait_until("B to be disconnected", WAIT, || {
         !mesh.nodes[0].connected_peers().contains(&b)
     });
-    // B keeps redialling A (A is its static peer); A keeps refusing, also after a restart.
-    std::thread::sleep(Duration::from_secs(2));
+    // B keeps redialling A (A is its static peer); A keeps refusing, also after a restart. A
+    // logs each connection it denies; B is the only one that dials A here.
+    mesh.nodes[0].wait_for_log("A to deny B's redial", &[DENIED], denied_before);
     assert!(!mesh.nodes[0].connected_peers().contains(&b));
     let config = std::fs::read_to_string(mesh.nodes[0].home.join("config.toml")).unwrap();
     assert!(
@@ -410,8 +424,9 @@ fn a_blocked_peer_is_disconnected_and_stays_out() {
     );
     mesh.nodes[0].pin_listen_port();
     assert!(mesh.nodes[0].stop());
+    let denied = mesh.nodes[0].log_lines_with(&[DENIED]);
     mesh.nodes[0].start();
-    std::thread::sleep(Duration::from_secs(2));
+    mesh.nodes[0].wait_for_log("A to deny B's redial after its restart", &[DENIED], denied);
     assert!(!mesh.nodes[0].connected_peers().contains(&b));
     let out = mesh.nodes[0].cli(&["peer", "block", "not-a-peer-id"]);
     assert_eq!(out.status.code(), Some(1));
@@ -448,7 +463,9 @@ fn only_trusted_peers_may_connect() {
     wait_until("the trusted peer to connect", WAIT, || {
         a.connected_peers().contains(&friend.peer_id)
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // The stranger dials A at start and again with backoff; A logs each connection it denies,
+    // and only the stranger gets denied here.
+    a.wait_for_log("A to deny the stranger's connection", &[DENIED], 0);
     assert!(
         !a.connected_peers().contains(&stranger.peer_id),
         "a peer outside trusted_peers is refused"

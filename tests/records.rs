@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Api, Mesh, Node, WAIT, wait_converged, wait_until};
+use support::{Api, Mesh, Node, WAIT, now_ms, wait_converged, wait_until};
 
 /// Shares one records store among all nodes of a mesh: node 0 creates it, the others join with
 /// the token. Returns the share name used on every node.
@@ -195,16 +195,29 @@ fn watch_reports_local_and_remote_changes() {
             }
         }
     });
-    // Give the watch a moment to subscribe; a change written before would not be shown.
-    std::thread::sleep(Duration::from_millis(500));
+    // The watch shows only changes made after it subscribed: write probes on B until one shows
+    // up, and from then on skip the probes that may still follow.
+    let mut probes = 0;
+    wait_until("the watch to show a change", WAIT, || {
+        probes += 1;
+        Api::of(b).put(share, &format!("probe{probes}"), "");
+        rx.recv_timeout(Duration::from_millis(100)).is_ok()
+    });
+    let next_line = || loop {
+        let line: Value =
+            serde_json::from_str(&rx.recv_timeout(WAIT).expect("a watch line")).unwrap();
+        if !line["key"].as_str().unwrap().starts_with("probe") {
+            return line;
+        }
+    };
     Api::of(&mesh.nodes[0]).put(share, "remote-key", "from A");
-    let line: Value = serde_json::from_str(&rx.recv_timeout(WAIT).expect("a watch line")).unwrap();
+    let line = next_line();
     assert_eq!(line["key"], "remote-key");
     assert_eq!(line["value"], "from A");
     assert_eq!(line["origin"], mesh.nodes[0].peer_id.as_str());
     assert_eq!(line["from"], mesh.nodes[0].peer_id.as_str());
     Api::of(b).put(share, "local-key", "from B");
-    let line: Value = serde_json::from_str(&rx.recv_timeout(WAIT).expect("a watch line")).unwrap();
+    let line = next_line();
     assert_eq!(line["key"], "local-key");
     assert_eq!(line["from"], "local");
     // An open watch does not keep the daemon from stopping, and the watch ends with it.
@@ -262,9 +275,13 @@ fn concurrent_writes_pick_the_same_winner_and_keep_the_loser() {
     mesh.nodes[0].pin_listen_port();
     mesh.nodes[0].kill();
     Api::of(&mesh.nodes[1]).put(share, "k", "written on B");
+    let b_wrote_ms = now_ms();
     mesh.nodes[1].kill();
     mesh.nodes[0].start();
-    std::thread::sleep(Duration::from_millis(20));
+    // A writes later by the clock, so its write carries the higher hybrid clock.
+    wait_until("the clock to pass B's write", WAIT, || {
+        now_ms() > b_wrote_ms
+    });
     Api::of(&mesh.nodes[0]).put(share, "k", "written on A");
     mesh.nodes[1].start();
     mesh.wait_fully_connected();
@@ -315,9 +332,27 @@ fn peer_without_the_token_gets_nothing() {
         a.put("secret", &format!("k{i}"), "classified");
     }
     wait_converged(&[(&mesh.nodes[0], "secret"), (&mesh.nodes[1], "secret")]);
-    // The outsider has its own share, so it does run the membership check against both.
+    // The members asked the outsider to prove membership of "secret" when they created and
+    // joined it; it answered (no). It has no share of its own yet, so it has asked them nothing.
+    let outsider_id = mesh.nodes[2].peer_id.clone();
+    for member in &mesh.nodes[..2] {
+        wait_until(
+            "the outsider to answer the member's membership check",
+            WAIT,
+            || mesh.nodes[2].answered_from(&member.peer_id) >= 1,
+        );
+        assert_eq!(member.answered_from(&outsider_id), 0);
+    }
+    // The outsider gets a share of its own, so it runs the membership check against both too;
+    // each member answers it (no).
     mesh.nodes[2].create_records_share("other");
-    std::thread::sleep(Duration::from_secs(1));
+    for member in &mesh.nodes[..2] {
+        wait_until(
+            "the member to answer the outsider's membership check",
+            WAIT,
+            || member.answered_from(&outsider_id) >= 1,
+        );
+    }
 
     let outsider = mesh.nodes[2].status();
     let shares = outsider["shares"].as_array().unwrap();

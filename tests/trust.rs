@@ -3,10 +3,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
-use support::{Api, Mesh, Node, WAIT, wait_until};
+use support::{Api, Mesh, Node, WAIT, now_ms, wait_until};
 
 fn share_status(node: &Node, name: &str) -> Value {
     let status = node.status();
@@ -85,12 +83,28 @@ fn read_only_member_receives_everything_and_its_edits_stay_local() {
     // The reader edits: a new key, and an overwrite of a's.
     Api::of(c).put("data", "from-c", "mine");
     Api::of(c).put("data", "from-a", "overwritten by the reader");
-    // The writers keep writing; once the reader has their news, sessions have run both ways.
+    let edited_ms = now_ms();
+    // The writers keep writing. The reader merges their news, finds its root still differs from
+    // theirs (its own edits) and reconciles with each of them: in those sessions it offers its
+    // two edits, and pushes nothing.
     Api::of(b).put("data", "from-b", "2");
-    wait_until("the reader to receive b's write", WAIT, || {
-        has_key(c, "data", "from-b")
+    Api::of(a).put("data", "from-a-later", "3");
+    wait_until("the reader to receive the writers' news", WAIT, || {
+        has_key(c, "data", "from-b") && has_key(c, "data", "from-a-later")
     });
-    std::thread::sleep(Duration::from_secs(1));
+    for writer in [a, b] {
+        let session = c.wait_session(
+            "the reader to reconcile with a writer after its edits",
+            &writer.peer_id,
+            "data",
+            edited_ms,
+            support::session_succeeded,
+        );
+        assert!(
+            session["offer"].as_u64().unwrap() >= 2 && session["pushed"] == 0,
+            "{session}"
+        );
+    }
     for writer in [a, b] {
         assert!(
             !has_key(writer, "data", "from-c"),
@@ -165,11 +179,24 @@ fn read_only_folder_member_gets_files_and_keeps_its_own() {
     wait_until("the reader to index its file", WAIT, || {
         share_status(b, "folder")["unshared"] == 1
     });
+    let indexed_ms = now_ms();
+    // The writer adds a file; the reader takes it, finds its root still differs (its own file)
+    // and reconciles with the writer: it offers its file, and pushes nothing.
     std::fs::write(dir_a.join("second.txt"), b"more").unwrap();
     wait_until("the reader to receive the second file", WAIT, || {
         dir_b.join("second.txt").exists()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    let session = b.wait_session(
+        "the reader to reconcile with the writer after indexing its file",
+        &a.peer_id,
+        "folder",
+        indexed_ms,
+        support::session_succeeded,
+    );
+    assert!(
+        session["offer"].as_u64().unwrap() >= 1 && session["pushed"] == 0,
+        "{session}"
+    );
     assert!(!dir_a.join("mine.txt").exists(), "the reader's file leaked");
     assert_eq!(
         std::fs::read(dir_a.join("shared.txt")).unwrap(),
@@ -192,10 +219,15 @@ fn share_allowlist_admits_only_listed_peers() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&someone_else));
     Api::of(a).put("data", "k", "v");
+    // C has no share yet, so it has asked A nothing; joining makes it ask A to admit it.
+    assert_eq!(a.answered_from(&c.peer_id), 0);
     c.join_records_share(&write_token, "data");
 
-    // C holds a valid token and is connected, yet is not admitted.
-    std::thread::sleep(Duration::from_secs(2));
+    // C holds a valid token and is connected, yet is not admitted: A answers its membership
+    // check, and the answer is no.
+    wait_until("A to answer C's membership check", WAIT, || {
+        a.answered_from(&c.peer_id) >= 1
+    });
     assert!(a.share_members("data").is_empty());
     assert!(c.share_members("data").is_empty());
     assert!(Api::of(c).list("data").as_array().unwrap().is_empty());
@@ -219,7 +251,19 @@ fn share_allowlist_admits_only_listed_peers() {
     assert!(out.status.success());
     assert!(!a.share_members("data").contains(&c.peer_id));
     Api::of(a).put("data", "later", "v");
-    std::thread::sleep(Duration::from_secs(1));
+    let later_ms = now_ms();
+    // C still counts A as a member and keeps reconciling with it (anti-entropy); A refuses.
+    c.wait_session(
+        "C to try to reconcile with A after the write",
+        &a.peer_id,
+        "data",
+        later_ms,
+        |s| {
+            s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a member"))
+        },
+    );
     assert!(!has_key(c, "data", "later"));
 }
 
@@ -274,8 +318,14 @@ fn private_mesh_refuses_peers_without_the_key() {
     wait_until("the peer with the key to connect", WAIT, || {
         a.connected_peers().contains(&with_key.peer_id)
     });
-    // The others keep redialling (static peers) and keep failing.
-    std::thread::sleep(Duration::from_secs(2));
+    // The others keep redialling (static peers) and keep failing; each logs its failed dials.
+    for node in [&wrong_key, &no_key] {
+        node.wait_for_log(
+            "a peer without the key to fail to dial A",
+            &["dial failed", &a.peer_id],
+            0,
+        );
+    }
     assert_eq!(
         a.connected_peers().into_iter().collect::<Vec<_>>(),
         vec![with_key.peer_id.clone()]

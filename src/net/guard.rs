@@ -126,6 +126,13 @@ pub struct Reply {
     pub(super) _slot: Box<Slot>,
 }
 
+impl Reply {
+    /// The peer that sent the request.
+    pub(super) fn peer(&self) -> PeerId {
+        self._slot.peer
+    }
+}
+
 /// Strikes against peers, and the bans they earned.
 #[derive(Debug, Default)]
 pub struct Strikes {

@@ -160,6 +160,10 @@ pub struct PeerStatus {
     pub agent: Option<String>,
     /// Last ping round trip in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// Its requests (hello aside) that were answered since it connected, refusals included:
+    /// shows that what a peer asked was dealt with, whatever the answer.
+    #[serde(default)]
+    pub answered: u64,
 }
 
 /// Requests to the network task.
@@ -505,6 +509,7 @@ pub fn spawn(
         in_flight: guard::InFlight::default(),
         strikes: guard::Strikes::default(),
         blocked: config.blocked_peers.iter().copied().collect(),
+        answered: HashMap::new(),
     };
     tokio::spawn(actor.run());
     Ok((NetClient { commands: tx }, events_rx))
@@ -539,6 +544,9 @@ struct NetActor {
     strikes: guard::Strikes,
     /// Peers blocked for good (config or `peer block`), which a ban running out must not free.
     blocked: std::collections::HashSet<PeerId>,
+    /// Per connected peer, its requests answered so far ([`PeerStatus::answered`]); an entry
+    /// lives only while the peer is connected, so this is bounded like the connections.
+    answered: HashMap<PeerId, u64>,
 }
 
 impl NetActor {
@@ -628,11 +636,16 @@ impl NetActor {
                 self.pending_requests.insert(id, reply);
             }
             Command::Respond { channel, response } => {
-                let _ = self
+                let peer = channel.peer();
+                let sent = self
                     .swarm
                     .behaviour_mut()
                     .sync
-                    .send_response(channel.channel, response);
+                    .send_response(channel.channel, response)
+                    .is_ok();
+                if sent && self.swarm.is_connected(&peer) {
+                    *self.answered.entry(peer).or_default() += 1;
+                }
             }
             Command::Strike { peer, reason } => {
                 if self.strikes.strike(peer, Instant::now().into_std()) {
@@ -702,6 +715,7 @@ impl NetActor {
                     .collect(),
                 agent: p.agent.clone(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                answered: self.answered.get(&id).copied().unwrap_or(0),
             })
             .collect();
         NetStatus {
@@ -828,6 +842,7 @@ impl NetActor {
                 }
                 if num_established == 0 {
                     self.hello_retries.remove(&peer_id);
+                    self.answered.remove(&peer_id);
                     let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
                     match cause {
                         Some(cause) => info!(peer = %peer_id, "disconnected: {cause}"),

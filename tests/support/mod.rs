@@ -49,6 +49,19 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
 }
 
+/// Milliseconds since the Unix epoch, as the daemon stamps its session reports (`started_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Whether a session report (an element of `sessions` in `status --json`) ran to its end.
+pub fn session_succeeded(report: &Value) -> bool {
+    report["error"].is_null() && report["complete"] == true
+}
+
 /// One daemon with its own temporary home.
 pub struct Node {
     /// The home directory.
@@ -282,6 +295,78 @@ impl Node {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Lines of the daemon's log (all runs of this home) that contain every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
+    }
+
+    /// Waits until more than `before` lines of the log contain every one of `needles`, i.e. the
+    /// daemon wrote such a line since the caller counted `before`; returns the new count.
+    pub fn wait_for_log(&self, what: &str, needles: &[&str], before: usize) -> usize {
+        let mut count = 0;
+        wait_until(what, WAIT, || {
+            count = self.log_lines_with(needles);
+            count > before
+        });
+        count
+    }
+
+    /// Requests from `peer` (hello aside) that this daemon answered, refusals included, while
+    /// the peer has been connected (`peers[].answered` in `status --json`); 0 if not connected.
+    pub fn answered_from(&self, peer: &str) -> u64 {
+        self.status()["peers"]
+            .as_array()
+            .expect("peers is a list")
+            .iter()
+            .find(|p| p["peer_id"] == peer)
+            .map_or(0, |p| p["answered"].as_u64().expect("answered is a number"))
+    }
+
+    /// The summary root of a share, as `status --json` shows it.
+    pub fn share_root(&self, share: &str) -> String {
+        let status = self.status();
+        status["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == share)
+            .unwrap_or_else(|| panic!("no share `{share}` in {status}"))["root"]
+            .as_str()
+            .expect("root is a string")
+            .to_owned()
+    }
+
+    /// Waits until this daemon reports a sync session it ran with `peer` for `share` that
+    /// started after `since_ms` (see [`now_ms`]) and satisfies `check`; returns that report.
+    pub fn wait_session(
+        &self,
+        what: &str,
+        peer: &str,
+        share: &str,
+        since_ms: u64,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut found = None;
+        wait_until(what, WAIT, || {
+            found = self.status()["sessions"]
+                .as_array()
+                .expect("sessions is a list")
+                .iter()
+                .find(|s| {
+                    s["peer"] == peer
+                        && s["share"] == share
+                        && s["started_ms"].as_u64().expect("started_ms") > since_ms
+                        && check(s)
+                })
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap()
     }
 }
 
