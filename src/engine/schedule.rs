@@ -15,6 +15,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::store::ShareId;
 
 /// Pause between anti-entropy rounds (a session with one random member of each share).
@@ -27,8 +28,8 @@ pub const PROVIDER_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 pub const LONELY_LOOKUP_MIN: Duration = Duration::from_secs(1);
 /// Most reconciliation sessions this node runs at once, over all shares (one per share).
 pub const MAX_CONCURRENT_SESSIONS: usize = 16;
-/// First wait before retrying a failed session; doubles per failure.
-pub const SESSION_RETRY_MIN: Duration = Duration::from_millis(500);
+/// First wait before retrying a failed session; doubles per failure in a row.
+pub const SESSION_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait before retrying a failed session.
 pub const SESSION_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -111,14 +112,21 @@ struct Running {
 #[derive(Debug, Clone, Copy)]
 struct Retry {
     at: Instant,
-    failures: u32,
+    /// The waits of its failures in a row.
+    backoff: Backoff,
 }
 
-/// The wait before retrying a pair that failed `failures` times in a row.
-pub fn retry_backoff(failures: u32) -> Duration {
-    SESSION_RETRY_MIN
-        .saturating_mul(1 << failures.min(16))
-        .min(SESSION_RETRY_MAX)
+/// The waits between retries of a pair that keeps failing.
+pub fn retry_backoff() -> Backoff {
+    Backoff::new(SESSION_RETRY_MIN, SESSION_RETRY_MAX)
+}
+
+/// The first lonely lookup, [`LONELY_LOOKUP_MIN`] from `now`, and the pauses after it: twice
+/// that, and doubling up to [`PROVIDER_LOOKUP_INTERVAL`].
+fn lonely_lookups(now: Instant) -> (Instant, Backoff) {
+    let mut pauses = Backoff::new(LONELY_LOOKUP_MIN, PROVIDER_LOOKUP_INTERVAL);
+    pauses.next();
+    (now + LONELY_LOOKUP_MIN, pauses)
 }
 
 /// The engine's session timetable.
@@ -127,12 +135,12 @@ pub struct Schedule {
     running: HashMap<Pair, Running>,
     /// Sessions waiting for their share or a slot to become free, oldest first.
     wanted: VecDeque<(Pair, SyncReason)>,
-    /// Failed pairs: when to retry and how many failures in a row.
+    /// Failed pairs: when to retry, and the waits of their failures in a row.
     retry: HashMap<Pair, Retry>,
     next_anti_entropy: Instant,
     next_provider_lookup: Instant,
-    /// When to look up members of shares that have none connected, and the pause after that.
-    lonely_lookup: (Instant, Duration),
+    /// When to look up members of shares that have none connected, and the pauses after that.
+    lonely_lookup: (Instant, Backoff),
 }
 
 impl Schedule {
@@ -145,7 +153,7 @@ impl Schedule {
             retry: HashMap::new(),
             next_anti_entropy: now + ANTI_ENTROPY_INTERVAL,
             next_provider_lookup: now,
-            lonely_lookup: (now + LONELY_LOOKUP_MIN, LONELY_LOOKUP_MIN),
+            lonely_lookup: lonely_lookups(now),
         }
     }
 
@@ -190,11 +198,14 @@ impl Schedule {
         let rerun = self.running.remove(&pair).and_then(|r| r.rerun);
         match outcome {
             Outcome::Failed => {
-                let failures = self.retry.get(&pair).map_or(0, |r| r.failures) + 1;
-                let backoff = retry_backoff(failures);
+                let mut waits = self
+                    .retry
+                    .get(&pair)
+                    .map_or_else(retry_backoff, |r| r.backoff);
+                let backoff = waits.next();
                 if presence == Presence::Connected {
                     let at = now + backoff;
-                    self.retry.insert(pair, Retry { at, failures });
+                    self.retry.insert(pair, Retry { at, backoff: waits });
                 }
                 AfterSession::Failed { backoff }
             }
@@ -235,7 +246,7 @@ impl Schedule {
 
     /// A share was added: look for its members soon, and often at first.
     pub fn share_added(&mut self, now: Instant) {
-        self.lonely_lookup = (now + LONELY_LOOKUP_MIN, LONELY_LOOKUP_MIN);
+        self.lonely_lookup = lonely_lookups(now);
     }
 
     /// True once per [`ANTI_ENTROPY_INTERVAL`]: time for an anti-entropy round.
@@ -253,8 +264,8 @@ impl Schedule {
         if now < self.lonely_lookup.0 {
             return false;
         }
-        let pause = (self.lonely_lookup.1 * 2).min(PROVIDER_LOOKUP_INTERVAL);
-        self.lonely_lookup = (now + pause, pause);
+        let pause = self.lonely_lookup.1.next();
+        self.lonely_lookup.0 = now + pause;
         true
     }
 
@@ -373,10 +384,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        assert_eq!(retry_backoff(1), SESSION_RETRY_MIN * 2);
-        assert_eq!(retry_backoff(2), SESSION_RETRY_MIN * 4);
-        assert_eq!(retry_backoff(30), SESSION_RETRY_MAX);
-        assert_eq!(retry_backoff(u32::MAX), SESSION_RETRY_MAX);
+        let mut waits = retry_backoff();
+        assert_eq!(waits.next(), SESSION_RETRY_MIN);
+        assert_eq!(waits.next(), SESSION_RETRY_MIN * 2);
+        for _ in 0..40 {
+            waits.next();
+        }
+        assert_eq!(waits.next(), SESSION_RETRY_MAX);
     }
 
     #[test]
@@ -391,13 +405,13 @@ mod tests {
         assert_eq!(
             first,
             AfterSession::Failed {
-                backoff: retry_backoff(1)
+                backoff: SESSION_RETRY_MIN
             }
         );
-        assert_eq!(schedule.next_wake(), now + retry_backoff(1));
+        assert_eq!(schedule.next_wake(), now + SESSION_RETRY_MIN);
         assert!(schedule.due_retries(now).is_empty());
 
-        now += retry_backoff(1);
+        now += SESSION_RETRY_MIN;
         assert_eq!(schedule.due_retries(now), vec![a]);
         assert!(
             schedule.due_retries(now).is_empty(),
@@ -408,11 +422,11 @@ mod tests {
         assert_eq!(
             second,
             AfterSession::Failed {
-                backoff: retry_backoff(2)
+                backoff: SESSION_RETRY_MIN * 2
             }
         );
 
-        now += retry_backoff(2);
+        now += SESSION_RETRY_MIN * 2;
         assert_eq!(schedule.due_retries(now), vec![a]);
         schedule.started(a);
         schedule.finished(a, Outcome::Complete, Presence::Connected, now);
@@ -475,6 +489,6 @@ mod tests {
             now += PROVIDER_LOOKUP_INTERVAL;
             assert!(schedule.lonely_lookup_due(now));
         }
-        assert_eq!(schedule.lonely_lookup.1, PROVIDER_LOOKUP_INTERVAL);
+        assert_eq!(schedule.lonely_lookup.1.current(), PROVIDER_LOOKUP_INTERVAL);
     }
 }

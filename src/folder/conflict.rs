@@ -38,6 +38,13 @@ pub fn rename_to_conflict_copy(
     Ok(())
 }
 
+/// The peer tag in our conflict copies' names: the last 8 characters of our peer id.
+pub fn peer_tag(local: &libp2p::PeerId) -> String {
+    let id = local.to_string();
+    let start = id.char_indices().rev().nth(7).map_or(0, |(i, _)| i);
+    id[start..].to_owned()
+}
+
 /// The name of a conflict copy of `rel`: `NAME.sync-conflict-YYYYMMDD-HHMMSS-PEER.EXT`, with the
 /// date in UTC from `when_millis` (milliseconds since the epoch) and `PEER` the peer tag with
 /// anything but ASCII letters, digits, `-` and `_` dropped (at most [`CONFLICT_PEER_MAX`]).
@@ -99,6 +106,14 @@ fn utc_stamp(when_millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peer_tag_is_the_end_of_the_peer_id() {
+        let peer = libp2p::PeerId::random();
+        let tag = peer_tag(&peer);
+        assert_eq!(tag.len(), 8);
+        assert!(peer.to_string().ends_with(&tag));
+    }
     use crate::folder::write::testkit::*;
     use crate::folder::write::validate_rel_path;
     use std::fs;

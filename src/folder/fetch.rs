@@ -44,19 +44,101 @@ pub const MIN_BATCH_BYTES: usize = 1024 * 1024;
 /// Members asked for one chunk before its download fails (and is retried later).
 pub const MAX_ATTEMPTS: usize = 6;
 
+/// Why a member did not deliver what it was asked for.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MemberFailure {
+    /// The request itself failed (not connected, timed out, closed).
+    #[error("request to {peer} failed: {message}")]
+    Request {
+        /// The member.
+        peer: PeerId,
+        /// The network layer's account.
+        message: String,
+    },
+    /// The member answered with an error.
+    #[error("{peer} refused: {message}")]
+    Refused {
+        /// The member.
+        peer: PeerId,
+        /// Its message.
+        message: String,
+    },
+    /// The member answered something else than what was asked.
+    #[error("{peer} answered {what}")]
+    Unexpected {
+        /// The member.
+        peer: PeerId,
+        /// What it answered.
+        what: String,
+    },
+    /// The member sent bytes that do not hash to what was asked.
+    #[error("{peer} sent bytes that do not match their hash")]
+    Lied {
+        /// The member.
+        peer: PeerId,
+    },
+    /// The member does not have it.
+    #[error("{peer} does not have it")]
+    Missing {
+        /// The member.
+        peer: PeerId,
+    },
+}
+
+/// Why a chunk or a chunk-list page could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nobody to ask.
+    #[error("no member is connected to fetch from")]
+    NoMember,
+    /// Every try failed; the last failure.
+    #[error("no member delivered it after {attempts} tries; last: {last}")]
+    Exhausted {
+        /// Tries made.
+        attempts: usize,
+        /// The last member's failure.
+        #[source]
+        last: MemberFailure,
+    },
+    /// The folder's fetcher task is gone (the folder is stopping).
+    #[error("the fetcher has stopped")]
+    Stopped,
+    /// A page arrived but is not usable.
+    #[error(transparent)]
+    Page(#[from] super::state::PageError),
+    /// A fetched page could not be stored.
+    #[error("cannot store a fetched chunk list page: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A blocking read of a local copy panicked or was cancelled.
+    #[error("a local chunk read failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 struct Want {
     chunk: ChunkRef,
-    reply: oneshot::Sender<Result<CheckedChunk, String>>,
+    reply: oneshot::Sender<Result<CheckedChunk, FetchError>>,
     /// Members that failed it, and how often it was asked.
     failed: Vec<PeerId>,
     attempts: usize,
-    last_error: String,
 }
 
 /// Hands out chunks fetched from members; cheap to clone.
 #[derive(Clone)]
 pub struct Fetcher {
     wants: mpsc::UnboundedSender<Want>,
+}
+
+impl MemberFailure {
+    /// The member that failed.
+    pub fn peer(&self) -> PeerId {
+        match self {
+            MemberFailure::Request { peer, .. }
+            | MemberFailure::Refused { peer, .. }
+            | MemberFailure::Unexpected { peer, .. }
+            | MemberFailure::Lied { peer }
+            | MemberFailure::Missing { peer } => *peer,
+        }
+    }
 }
 
 impl Fetcher {
@@ -82,7 +164,7 @@ impl Fetcher {
     }
 
     /// The chunk's bytes, verified, from some member.
-    pub async fn fetch(&self, chunk: ChunkRef) -> Result<CheckedChunk, String> {
+    pub async fn fetch(&self, chunk: ChunkRef) -> Result<CheckedChunk, FetchError> {
         let (reply, rx) = oneshot::channel();
         self.wants
             .send(Want {
@@ -90,15 +172,13 @@ impl Fetcher {
                 reply,
                 failed: Vec::new(),
                 attempts: 0,
-                last_error: String::new(),
             })
-            .map_err(|_| "the fetcher has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the fetcher has stopped".to_string())?
+            .map_err(|_| FetchError::Stopped)?;
+        rx.await.map_err(|_| FetchError::Stopped)?
     }
 }
 
-type BatchResult = (PeerId, Vec<Want>, Result<Response, String>);
+type BatchResult = (PeerId, Vec<Want>, Result<Response, MemberFailure>);
 
 struct FetchTask {
     share: ShareId,
@@ -158,9 +238,7 @@ impl FetchTask {
             let members = self.members.borrow().clone();
             if members.is_empty() {
                 for want in self.queue.drain(..) {
-                    let _ = want
-                        .reply
-                        .send(Err("no member is connected to fetch from".into()));
+                    let _ = want.reply.send(Err(FetchError::NoMember));
                 }
                 return;
             }
@@ -204,7 +282,13 @@ impl FetchTask {
             };
             let net = self.net.clone();
             let task = self.batches.spawn(async move {
-                let result = net.request(peer, request).await.map_err(|e| e.to_string());
+                let result = net
+                    .request(peer, request)
+                    .await
+                    .map_err(|e| MemberFailure::Request {
+                        peer,
+                        message: e.to_string(),
+                    });
                 (peer, batch, result)
             });
             self.asked.insert(task.id(), peer);
@@ -215,16 +299,22 @@ impl FetchTask {
         &mut self,
         peer: PeerId,
         wants: Vec<Want>,
-        result: Result<Response, String>,
+        result: Result<Response, MemberFailure>,
     ) {
         let chunks = match result {
             Ok(Response::Chunks(chunks)) if chunks.len() == wants.len() => chunks,
-            Ok(Response::Chunks(_)) => {
-                return self.retry(peer, wants, "answered the wrong number of chunks");
+            Ok(Response::Chunks(chunks)) => {
+                let what = format!("{} chunks for {} asked", chunks.len(), wants.len());
+                return self.retry(wants, MemberFailure::Unexpected { peer, what });
             }
-            Ok(Response::Error(e)) => return self.retry(peer, wants, &e),
-            Ok(other) => return self.retry(peer, wants, &format!("answered {other:?}")),
-            Err(e) => return self.retry(peer, wants, &e),
+            Ok(Response::Error(message)) => {
+                return self.retry(wants, MemberFailure::Refused { peer, message });
+            }
+            Ok(other) => {
+                let what = format!("{other:?}");
+                return self.retry(wants, MemberFailure::Unexpected { peer, what });
+            }
+            Err(e) => return self.retry(wants, e),
         };
         let mut missing = Vec::new();
         let mut lies = 0;
@@ -255,24 +345,27 @@ impl FetchTask {
         }
         if !missing.is_empty() {
             let why = if lies > 0 {
-                "sent bytes that do not match their hash"
+                MemberFailure::Lied { peer }
             } else {
-                "does not have it"
+                MemberFailure::Missing { peer }
             };
-            self.retry(peer, missing, why);
+            self.retry(missing, why);
         }
     }
 
     /// Puts wants back in the queue for another member, or fails those asked too often.
-    fn retry(&mut self, peer: PeerId, wants: Vec<Want>, why: &str) {
+    fn retry(&mut self, wants: Vec<Want>, why: MemberFailure) {
+        let peer = why.peer();
         let mut by_error: HashMap<bool, usize> = HashMap::new();
         for mut want in wants {
             want.attempts += 1;
             want.failed.push(peer);
-            want.last_error = format!("{peer}: {why}");
             if want.attempts >= MAX_ATTEMPTS {
                 *by_error.entry(true).or_default() += 1;
-                let _ = want.reply.send(Err(want.last_error));
+                let _ = want.reply.send(Err(FetchError::Exhausted {
+                    attempts: want.attempts,
+                    last: why.clone(),
+                }));
             } else {
                 *by_error.entry(false).or_default() += 1;
                 self.queue.push_back(want);

@@ -8,10 +8,12 @@ use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::assemble::fill;
+use super::conflict;
+use super::fetch::FetchError;
 use super::model::{self, CheckedChunk, EntryKind, FileMeta, Hash};
 use super::plan::{self, Desired};
 use super::scan::{self, ScanRecord};
-use super::source::{self, ChunkLocation, FetchError, Sources};
+use super::source::{self, ChunkLocation, Sources};
 use super::state::Synced;
 use super::trash;
 use super::write::{self, Expect};
@@ -39,8 +41,8 @@ pub(super) struct Materialised {
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialiseError {
     /// The entry's path is unsafe to write (a peer's mistake or attack); never retried.
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(write::PathError),
     /// Writing, removing or inspecting the file failed.
     #[error(transparent)]
     Write(write::WriteError),
@@ -118,150 +120,68 @@ pub(super) async fn materialise(
         error: None,
         new_chunks: Vec::new(),
     };
-    if let Err(reason) = model::check_rel_path(&path) {
-        outcome.error = Some(MaterialiseError::Refused(reason));
-        return outcome;
+    if let Err(e) = materialise_into(&shared, &store, known, &local, &local_key, &mut outcome).await
+    {
+        outcome.error = Some(e);
     }
+    outcome
+}
+
+/// The steps of [`materialise`]; fills `outcome` as it goes.
+async fn materialise_into(
+    shared: &Sources,
+    store: &StoreHandle,
+    known: Option<RecordRegister>,
+    local: &PeerId,
+    local_key: &PeerKey,
+    outcome: &mut Materialised,
+) -> Result<(), MaterialiseError> {
+    let path = outcome.path.clone();
+    model::check_rel_path(&path).map_err(MaterialiseError::Refused)?;
     let register = match known {
         Some(register) => register,
-        None => match store.get(shared.share, path.clone().into_bytes()).await {
-            Ok(Some(register)) => register,
-            Ok(None) => return outcome,
-            Err(e) => {
-                outcome.error = Some(e.into());
-                return outcome;
-            }
+        None => match store.get(shared.share, path.clone().into_bytes()).await? {
+            Some(register) => register,
+            None => return Ok(()),
         },
     };
     let Some(winner) = plan::effective_winner(&register).cloned() else {
-        return outcome;
+        return Ok(());
     };
     let desired = plan::desired(&register);
-    let on_disk_normalised = synced.as_ref().map(|s| plan::normalised(&s.record.meta));
-    let on_disk = synced.as_ref().map(|s| &s.record.meta);
-    match (&desired, &on_disk_normalised) {
-        (Desired::Present(want), Some(disk)) if want == disk => return outcome,
-        (Desired::Absent, None) => return outcome,
+    let on_disk = outcome.synced.as_ref().map(|s| s.record.meta.clone());
+    match (&desired, on_disk.as_ref().map(plan::normalised)) {
+        (Desired::Present(want), Some(disk)) if *want == disk => return Ok(()),
+        (Desired::Absent, None) => return Ok(()),
         _ => {}
     }
     debug!(path = %path, ?desired, present = on_disk.is_some(), "materialising");
-
-    // Our own version lost a conflict and its content is what is on disk: keep it aside first.
-    if let (Desired::Present(want), Some(disk)) = (&desired, on_disk)
-        && disk.kind == EntryKind::File
-        && !want.same_content(disk)
+    if let (Desired::Present(want), Some(disk)) = (&desired, &on_disk)
+        && let Some(ours) = plan::losing_local_version(&register, &winner, local_key, want, disk)
     {
-        let ours_lost = register.versions().iter().any(|v| {
-            v.origin() == &local_key
-                && v.vv() != winner.vv()
-                && plan::decode_meta(v).is_some_and(|m| m.same_content(disk))
-        });
-        if ours_lost {
-            let ours = register
-                .versions()
-                .iter()
-                .filter(|v| v.origin() == &local_key)
-                .max_by_key(|v| v.vv().get(&local_key))
-                .expect("checked above");
-            let peer_short: String = local
-                .to_string()
-                .chars()
-                .rev()
-                .take(8)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            let conflict_rel = write::conflict_name(&path, ours.hlc().millis, &peer_short);
-            let root = shared.root.clone();
-            let (from, to) = (path.clone(), conflict_rel.clone());
-            let moved = tokio::task::spawn_blocking(move || {
-                write::rename_to_conflict_copy(&root, &from, &to)
-            })
-            .await
-            .map_err(MaterialiseError::Task)
-            .and_then(|r| r.map_err(MaterialiseError::ConflictCopy));
-            match moved {
-                Ok(()) => {
-                    info!(path = %path, "kept our conflicting version as {conflict_rel}");
-                    outcome.synced = None;
-                }
-                Err(e) => {
-                    outcome.error = Some(e);
-                    return outcome;
-                }
-            }
-        }
+        // Our own version lost a conflict and its content is what is on disk: keep it aside.
+        let millis = ours.hlc().millis;
+        keep_conflict_copy(shared, &path, millis, local).await?;
+        outcome.synced = None;
     }
     let expect = plan::expect_for(outcome.synced.as_ref());
-    let root = shared.root.clone();
-    let result = match desired {
-        Desired::Absent => {
-            let rel = path.clone();
-            let is_file = on_disk.is_some_and(|m| m.kind == EntryKind::File);
-            let trashed_meta = on_disk.cloned();
-            let removed = tokio::task::spawn_blocking(move || {
-                if is_file {
-                    trash::move_to_trash(&root, &rel, expect).map(Removal::Trashed)
-                } else {
-                    write::remove(&root, &rel, expect).map(Removal::Removed)
-                }
-            })
-            .await
-            .map_err(MaterialiseError::Task);
-            match removed {
-                Ok(Ok(Removal::Removed(write::Removed::DirNotEmpty))) => {
-                    // Its children are still going; the last child's removal queues it again.
-                    outcome.not_empty = true;
-                    Ok(())
-                }
-                Ok(Ok(Removal::Trashed(trash_rel))) => {
-                    // Keep its chunks findable: a rename elsewhere in the folder reuses them.
-                    // Indexed here rather than returned to the actor: a download running
-                    // concurrently may be looking for these chunks now.
-                    if let Some(meta) = trashed_meta {
-                        let moved = source::chunk_locations(
-                            &shared.store,
-                            shared.share,
-                            &trash_rel,
-                            &meta,
-                            None,
-                        )
-                        .await;
-                        let mut index = shared.chunks.write().expect("chunk index lock");
-                        index.extend(moved);
-                    }
-                    outcome.synced = None;
-                    Ok(())
-                }
-                Ok(Ok(_)) => {
-                    outcome.synced = None;
-                    Ok(())
-                }
-                Ok(Err(write::WriteError::Conflict { .. })) => {
-                    outcome.conflict = true;
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(MaterialiseError::Write(e)),
-                Err(e) => Err(e),
-            }
-        }
+    match desired {
+        Desired::Absent => remove_entry(shared, on_disk, expect, outcome).await,
         Desired::Present(meta) => {
-            let base = winner.vv().clone();
-            let replacing = on_disk
-                .filter(|m| m.kind == EntryKind::File && outcome.synced.is_some())
-                .cloned();
-            match write_entry(
-                &shared,
+            let replacing =
+                on_disk.filter(|m| m.kind == EntryKind::File && outcome.synced.is_some());
+            let written = write_entry(
+                shared,
                 &path,
                 &meta,
                 expect,
                 replacing,
                 &mut outcome.new_chunks,
             )
-            .await
-            {
+            .await;
+            match written {
                 Ok(record) => {
+                    let base = winner.vv().clone();
                     outcome.synced = Some(Synced { record, base });
                     Ok(())
                 }
@@ -272,11 +192,71 @@ pub(super) async fn materialise(
                 Err(WriteFailure::Failed(e)) => Err(e),
             }
         }
-    };
-    if let Err(e) = result {
-        outcome.error = Some(e);
     }
-    outcome
+}
+
+/// Renames our losing version at `path` to its conflict-copy name, which then syncs like any
+/// file.
+async fn keep_conflict_copy(
+    shared: &Sources,
+    path: &str,
+    ours_millis: u64,
+    local: &PeerId,
+) -> Result<(), MaterialiseError> {
+    let conflict_rel = write::conflict_name(path, ours_millis, &conflict::peer_tag(local));
+    let root = shared.root.clone();
+    let (from, to) = (path.to_owned(), conflict_rel.clone());
+    tokio::task::spawn_blocking(move || write::rename_to_conflict_copy(&root, &from, &to))
+        .await?
+        .map_err(MaterialiseError::ConflictCopy)?;
+    info!(path = %path, "kept our conflicting version as {conflict_rel}");
+    Ok(())
+}
+
+/// Removes what a peer deleted: a file goes to the trash (if it is still what we last synced),
+/// a directory only once it is empty.
+async fn remove_entry(
+    shared: &Sources,
+    on_disk: Option<FileMeta>,
+    expect: Expect,
+    outcome: &mut Materialised,
+) -> Result<(), MaterialiseError> {
+    let (root, rel) = (shared.root.clone(), outcome.path.clone());
+    let is_file = on_disk.as_ref().is_some_and(|m| m.kind == EntryKind::File);
+    let removed = tokio::task::spawn_blocking(move || {
+        if is_file {
+            trash::move_to_trash(&root, &rel, expect).map(Removal::Trashed)
+        } else {
+            write::remove(&root, &rel, expect).map(Removal::Removed)
+        }
+    })
+    .await?;
+    match removed {
+        Ok(Removal::Removed(write::Removed::DirNotEmpty)) => {
+            // Its children are still going; the last child's removal queues it again.
+            outcome.not_empty = true;
+        }
+        Ok(Removal::Trashed(trash_rel)) => {
+            // Keep its chunks findable: a rename elsewhere in the folder reuses them. Indexed
+            // here rather than returned to the actor: a download running concurrently may be
+            // looking for these chunks now.
+            if let Some(meta) = on_disk {
+                let moved =
+                    source::chunk_locations(&shared.store, shared.share, &trash_rel, &meta, None)
+                        .await;
+                shared
+                    .chunks
+                    .write()
+                    .expect("chunk index lock")
+                    .extend(moved);
+            }
+            outcome.synced = None;
+        }
+        Ok(_) => outcome.synced = None,
+        Err(write::WriteError::Conflict { .. }) => outcome.conflict = true,
+        Err(e) => return Err(MaterialiseError::Write(e)),
+    }
+    Ok(())
 }
 
 /// How a removal went.

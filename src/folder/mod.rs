@@ -32,22 +32,59 @@ use crate::merge::Payload;
 use crate::merge::RecordRegister;
 use crate::store::ShareKind;
 
+/// Why an entry from a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryRefusal {
+    /// A folder path must be UTF-8.
+    #[error("path is not UTF-8")]
+    NotUtf8,
+    /// The path is not safe to write under the folder.
+    #[error(transparent)]
+    Path(#[from] write::PathError),
+    /// A version's value is not a file description.
+    #[error("`{path}`: not a file description: {source}")]
+    NotAFileDescription {
+        /// The entry's path.
+        path: String,
+        /// Why it does not decode.
+        #[source]
+        source: crate::cbor::CborError,
+    },
+    /// A version's file description is not self-consistent.
+    #[error(transparent)]
+    BadMeta(#[from] model::BadMeta),
+}
+
 /// Checks an entry received from a peer: for folder shares, every version must describe a file,
-/// directory or symlink and the path must be safe to write under the folder.
+/// directory or symlink and the path must be safe to write under the folder. The store calls it
+/// (as its [`crate::store::EntryValidator`]) before merging anything.
 pub fn validate_remote_entry(
     kind: ShareKind,
     key: &[u8],
     register: &RecordRegister,
-) -> Result<(), String> {
+) -> Result<(), crate::store::InvalidEntry> {
+    check_remote_entry(kind, key, register).map_err(|e| crate::store::InvalidEntry(Box::new(e)))
+}
+
+fn check_remote_entry(
+    kind: ShareKind,
+    key: &[u8],
+    register: &RecordRegister,
+) -> Result<(), EntryRefusal> {
     if kind != ShareKind::Folder {
         return Ok(());
     }
-    let path = std::str::from_utf8(key).map_err(|_| "path is not UTF-8".to_owned())?;
-    write::validate_rel_path(path).map_err(|e| e.to_string())?;
+    let path = std::str::from_utf8(key).map_err(|_| EntryRefusal::NotUtf8)?;
+    write::validate_rel_path(path)?;
     for version in register.versions() {
         if let Payload::Value(bytes) = version.payload() {
-            let meta: model::FileMeta = ciborium::from_reader(bytes.as_slice())
-                .map_err(|e| format!("`{path}`: not a file description: {e}"))?;
+            let meta: model::FileMeta =
+                crate::cbor::decode(bytes.as_slice()).map_err(|source| {
+                    EntryRefusal::NotAFileDescription {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
             model::check_meta(path, &meta)?;
         }
     }

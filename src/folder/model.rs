@@ -186,19 +186,33 @@ impl FileMeta {
 /// more with larger chunks); a description with more is refused as absurd.
 pub const MAX_PAGES: usize = 65_536;
 
-/// Checks that a relative path from a peer is safe to create under the folder, with the message
-/// as a string: a thin wrapper of the one validator,
-/// [`validate_rel_path`](crate::folder::write::validate_rel_path), whose
+/// Checks that a relative path from a peer is safe to create under the folder: the one
+/// validator, [`validate_rel_path`](crate::folder::write::validate_rel_path), whose
 /// [`PathRefusal`](crate::folder::write::PathRefusal) says what is wrong.
-pub fn check_rel_path(path: &str) -> Result<(), String> {
-    crate::folder::write::validate_rel_path(path).map_err(|e| e.to_string())
+pub fn check_rel_path(path: &str) -> Result<(), crate::folder::write::PathError> {
+    crate::folder::write::validate_rel_path(path)
+}
+
+/// A file description that is not self-consistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refused entry `{}`: {reason}", path.escape_debug())]
+pub struct BadMeta {
+    /// The entry's path.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
 }
 
 /// Checks that a file description from a peer is self-consistent, so that nothing downstream has
 /// to trust it: sizes add up, chunks and pages are within bounds, each kind has the fields it
 /// needs.
-pub fn check_meta(path: &str, meta: &FileMeta) -> Result<(), String> {
-    let refuse = |why: &str| Err(format!("refused entry `{}`: {why}", path.escape_debug()));
+pub fn check_meta(path: &str, meta: &FileMeta) -> Result<(), BadMeta> {
+    let refuse = |reason: &'static str| {
+        Err(BadMeta {
+            path: path.to_owned(),
+            reason,
+        })
+    };
     if meta.mode > 0o7777 {
         return refuse("mode out of range");
     }

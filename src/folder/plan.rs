@@ -74,6 +74,34 @@ pub(super) fn desired(register: &Register<ByteBuf>) -> Desired {
     }
 }
 
+/// Our own version that lost a conflict while its content is what is on disk (`disk`), as a
+/// file about to be replaced by different content (`want`): it must be kept aside as a conflict
+/// copy first. The newest of ours if there are several.
+pub(super) fn losing_local_version<'r>(
+    register: &'r Register<ByteBuf>,
+    winner: &Version<ByteBuf>,
+    local: &crate::merge::PeerKey,
+    want: &FileMeta,
+    disk: &FileMeta,
+) -> Option<&'r Version<ByteBuf>> {
+    if disk.kind != EntryKind::File || want.same_content(disk) {
+        return None;
+    }
+    let ours_lost = register.versions().iter().any(|v| {
+        v.origin() == local
+            && v.vv() != winner.vv()
+            && decode_meta(v).is_some_and(|m| m.same_content(disk))
+    });
+    if !ours_lost {
+        return None;
+    }
+    register
+        .versions()
+        .iter()
+        .filter(|v| v.origin() == local)
+        .max_by_key(|v| v.vv().get(local))
+}
+
 /// Whether the disk, last synced as `on_disk`, differs from what the entry wants.
 pub(super) fn needs_work(register: &Register<ByteBuf>, on_disk: Option<&FileMeta>) -> bool {
     match (desired(register), on_disk.map(normalised)) {
@@ -169,6 +197,30 @@ mod tests {
         assert!(!needs_work(&register, Some(&touched)));
         touched.mode = 0o700;
         assert!(needs_work(&register, Some(&touched)));
+    }
+
+    #[test]
+    fn only_a_local_version_that_lost_and_is_on_disk_is_kept_aside() {
+        let ours = file(5, 100);
+        let theirs = file(6, 200);
+        let register = concurrent(&[(1, 10, Some(&ours)), (2, 99, Some(&theirs))]);
+        let winner = effective_winner(&register).unwrap().clone();
+        let me = PeerKey::new(vec![1]).unwrap();
+        let them = PeerKey::new(vec![2]).unwrap();
+        let kept = losing_local_version(&register, &winner, &me, &theirs, &ours);
+        assert_eq!(kept.map(|v| v.origin().clone()), Some(me.clone()));
+        assert!(
+            losing_local_version(&register, &winner, &them, &theirs, &ours).is_none(),
+            "the winner's author keeps nothing"
+        );
+        assert!(
+            losing_local_version(&register, &winner, &me, &theirs, &file(7, 1)).is_none(),
+            "what is on disk is not our version: the scanner records it first"
+        );
+        assert!(
+            losing_local_version(&register, &winner, &me, &ours, &ours).is_none(),
+            "nothing to keep when the content stays"
+        );
     }
 
     #[test]

@@ -9,41 +9,21 @@ use std::sync::{Arc, RwLock};
 use libp2p::PeerId;
 use tokio::sync::watch;
 
-use super::fetch::Fetcher;
+use super::fetch::{FetchError, Fetcher, MemberFailure};
 use super::model::{CheckedChunk, ChunkRef, Content, FileMeta, Hash};
 use super::scan;
-use super::state::{self, PageError};
+use super::state;
 use super::status::Counters;
 use super::write;
 use crate::net::NetClient;
 use crate::net::protocol::{Request, Response};
-use crate::store::{ShareId, StoreError, StoreHandle};
+use crate::store::{ShareId, StoreHandle};
 
 /// Pause before looking a chunk up again after its local copy could not be read (the file may
 /// be moving to the trash, which updates the index right after the rename).
 pub const LOCAL_CHUNK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Tries per page across members before a download fails (and is retried later).
 pub const MAX_PAGE_ATTEMPTS: usize = 6;
-
-/// Why a chunk or a chunk list could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Nobody to ask.
-    #[error("no member is connected to fetch from")]
-    NoMember,
-    /// Every member asked failed; the last failure.
-    #[error("no member delivered it: {0}")]
-    FromMembers(String),
-    /// A page arrived but is not usable.
-    #[error(transparent)]
-    Page(#[from] PageError),
-    /// A fetched page could not be stored.
-    #[error("cannot store a fetched chunk list page: {0}")]
-    Store(#[from] StoreError),
-    /// A blocking read of a local copy panicked or was cancelled.
-    #[error("a local chunk read failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
 
 /// Where a chunk can be read locally.
 #[derive(Debug, Clone)]
@@ -185,11 +165,7 @@ pub(super) async fn fetch_chunk(
         }
         tokio::time::sleep(LOCAL_CHUNK_RETRY_DELAY).await;
     }
-    shared
-        .fetcher
-        .fetch(*chunk)
-        .await
-        .map_err(FetchError::FromMembers)
+    shared.fetcher.fetch(*chunk).await
 }
 
 /// Asks members in turn until one answers with bytes that hash to `hash`.
@@ -203,8 +179,11 @@ async fn fetch_from_members(
         return Err(FetchError::NoMember);
     }
     let start = (hash[1] as usize) % members.len();
-    let mut last = String::from("no member had it");
-    for attempt in 0..MAX_PAGE_ATTEMPTS.min(members.len().max(1) * 2) {
+    let attempts = MAX_PAGE_ATTEMPTS.min(members.len() * 2);
+    let mut last = MemberFailure::Missing {
+        peer: members[start],
+    };
+    for attempt in 0..attempts {
         let peer = members[(start + attempt) % members.len()];
         match shared
             .net
@@ -227,12 +206,18 @@ async fn fetch_from_members(
                         "sent content that does not match its hash; discarded".into(),
                     )
                     .await;
-                last = format!("{peer} sent bytes that do not match their hash");
+                last = MemberFailure::Lied { peer };
             }
-            Ok(Response::Error(e)) => last = format!("{peer}: {e}"),
-            Ok(other) => last = format!("{peer} answered {other:?}"),
-            Err(e) => last = e.to_string(),
+            Ok(Response::Error(message)) => last = MemberFailure::Refused { peer, message },
+            Ok(other) => {
+                let what = format!("{other:?}");
+                last = MemberFailure::Unexpected { peer, what };
+            }
+            Err(e) => {
+                let message = e.to_string();
+                last = MemberFailure::Request { peer, message };
+            }
         }
     }
-    Err(FetchError::FromMembers(last))
+    Err(FetchError::Exhausted { attempts, last })
 }

@@ -40,6 +40,33 @@ enum Pending {
     ),
 }
 
+impl Pending {
+    /// The batch committed: the writer gets its own result.
+    fn answer(self) {
+        match self {
+            Pending::Unit(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Pending::Count(reply, r) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// The batch failed: the writer gets the error that stopped it.
+    fn fail(self, error: &Arc<StoreError>) {
+        let error = StoreError::BatchFailed(error.clone());
+        match self {
+            Pending::Unit(reply, _) => {
+                let _ = reply.send(Err(error));
+            }
+            Pending::Count(reply, _) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 impl StoreActor {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Action>) {
         while let Some(first) = rx.blocking_recv() {
@@ -170,73 +197,14 @@ impl StoreActor {
         Ok(out)
     }
 
+    /// Applies a batch of writes in one transaction, commits it durably, then answers every
+    /// writer and publishes the changes. If the commit fails, every writer of the batch hears so
+    /// and nothing of it is visible.
     fn write(&mut self, actions: Vec<Action>) {
         let mut pending = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
         let mut summary_updates: Vec<(ShareId, Id, Digest)> = Vec::new();
-        let result = (|| -> Result<(), StoreError> {
-            let txn = self.db.begin_write()?;
-            {
-                let mut records = txn.open_table(RECORDS)?;
-                let mut index = txn.open_table(INDEX)?;
-                let mut share_table = txn.open_table(SHARES)?;
-                let mut page_table = txn.open_table(PAGES)?;
-                let mut local_state_table = txn.open_table(LOCAL_STATE)?;
-                for action in actions {
-                    let mut tx = Tables {
-                        records: &mut records,
-                        index: &mut index,
-                        changes: &mut changes,
-                        summary_updates: &mut summary_updates,
-                    };
-                    match action {
-                        Action::CreateShare { meta, reply } => {
-                            let r = self.create_share(&mut share_table, meta);
-                            pending.push(Pending::Unit(reply, r));
-                        }
-                        Action::UpdateShare { meta, reply } => {
-                            let r = self.update_share(&mut share_table, meta);
-                            pending.push(Pending::Unit(reply, r));
-                        }
-                        Action::Put {
-                            share,
-                            records: items,
-                            reply,
-                        } => {
-                            let r = self.put(&mut tx, share, items);
-                            pending.push(Pending::Unit(reply, r));
-                        }
-                        Action::Merge {
-                            share,
-                            entries,
-                            from,
-                            reply,
-                        } => {
-                            let r = self.merge(&mut tx, share, entries, from);
-                            pending.push(Pending::Count(reply, r));
-                        }
-                        Action::PutPages {
-                            share,
-                            pages: items,
-                            reply,
-                        } => {
-                            let r = pages::write(&mut page_table, &share, &items);
-                            pending.push(Pending::Unit(reply, r));
-                        }
-                        Action::SaveLocalState { share, rows, reply } => {
-                            let r = local_state::write(&mut local_state_table, &share, rows);
-                            pending.push(Pending::Unit(reply, r));
-                        }
-                        _ => unreachable!("only writes here"),
-                    }
-                }
-                let mut meta = txn.open_table(META)?;
-                let clock = crate::cbor::encode(&self.clock.last()).map_err(StoreError::Encode)?;
-                meta.insert("hlc", clock.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(())
-        })();
+        let result = self.apply(actions, &mut pending, &mut changes, &mut summary_updates);
         match result {
             Ok(()) => {
                 self.apply_summary_updates(summary_updates);
@@ -244,14 +212,7 @@ impl StoreActor {
                     let _ = self.changes.send(Arc::new(change));
                 }
                 for p in pending {
-                    match p {
-                        Pending::Unit(reply, r) => {
-                            let _ = reply.send(r);
-                        }
-                        Pending::Count(reply, r) => {
-                            let _ = reply.send(r);
-                        }
-                    }
+                    p.answer();
                 }
             }
             Err(e) => {
@@ -260,14 +221,7 @@ impl StoreActor {
                 warn!("store commit failed: {e}");
                 let e = Arc::new(e);
                 for p in pending {
-                    match p {
-                        Pending::Unit(reply, _) => {
-                            let _ = reply.send(Err(StoreError::BatchFailed(e.clone())));
-                        }
-                        Pending::Count(reply, _) => {
-                            let _ = reply.send(Err(StoreError::BatchFailed(e.clone())));
-                        }
-                    }
+                    p.fail(&e);
                 }
                 // The in-memory view may have run ahead of the aborted transaction; reload it.
                 match load(&self.db, &self.shares) {
@@ -276,6 +230,68 @@ impl StoreActor {
                 }
             }
         }
+    }
+
+    /// The transaction of [`StoreActor::write`]: each action's own result goes into `pending`;
+    /// an error returned here aborts the whole batch.
+    fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        pending: &mut Vec<Pending>,
+        changes: &mut Vec<Change>,
+        summary_updates: &mut Vec<(ShareId, Id, Digest)>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut index = txn.open_table(INDEX)?;
+            let mut share_table = txn.open_table(SHARES)?;
+            let mut page_table = txn.open_table(PAGES)?;
+            let mut local_state_table = txn.open_table(LOCAL_STATE)?;
+            for action in actions {
+                let mut tx = Tables {
+                    records: &mut records,
+                    index: &mut index,
+                    changes,
+                    summary_updates,
+                };
+                let done = match action {
+                    Action::CreateShare { meta, reply } => {
+                        Pending::Unit(reply, self.create_share(&mut share_table, meta))
+                    }
+                    Action::UpdateShare { meta, reply } => {
+                        Pending::Unit(reply, self.update_share(&mut share_table, meta))
+                    }
+                    Action::Put {
+                        share,
+                        records: items,
+                        reply,
+                    } => Pending::Unit(reply, self.put(&mut tx, share, items)),
+                    Action::Merge {
+                        share,
+                        entries,
+                        from,
+                        reply,
+                    } => Pending::Count(reply, self.merge(&mut tx, share, entries, from)),
+                    Action::PutPages {
+                        share,
+                        pages: items,
+                        reply,
+                    } => Pending::Unit(reply, pages::write(&mut page_table, &share, &items)),
+                    Action::SaveLocalState { share, rows, reply } => Pending::Unit(
+                        reply,
+                        local_state::write(&mut local_state_table, &share, rows),
+                    ),
+                    _ => unreachable!("only writes here"),
+                };
+                pending.push(done);
+            }
+            let mut meta = txn.open_table(META)?;
+            let clock = crate::cbor::encode(&self.clock.last()).map_err(StoreError::Encode)?;
+            meta.insert("hlc", clock.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     fn apply_summary_updates(&self, updates: Vec<(ShareId, Id, Digest)>) {
@@ -415,7 +431,7 @@ impl StoreActor {
         'entries: for (key, incoming) in entries {
             let value = incoming.value().map(|v| v.as_slice());
             if let Err(e) = check_entry(kind, &key, value).and_then(|_| {
-                (self.validate_remote)(kind, &key, &incoming).map_err(StoreError::Invalid)
+                (self.validate_remote)(kind, &key, &incoming).map_err(StoreError::Refused)
             }) {
                 warn!(peer = %from, share = %name, "refused an entry: {e}");
                 continue;

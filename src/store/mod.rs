@@ -129,6 +129,9 @@ pub enum StoreError {
     /// A bad key, value, or name.
     #[error("{0}")]
     Invalid(String),
+    /// A peer's entry that the share's validator refused.
+    #[error("{0}")]
+    Refused(#[source] InvalidEntry),
     /// Versioning failed (clock skew, too many writers).
     #[error("share {share}: key `{key}`: {source}")]
     Merge {
@@ -333,7 +336,13 @@ fn next_prefix(prefix: &[u8]) -> Vec<u8> {
 
 /// Checks an entry from a peer beyond the generic limits (for folders: a safe path and a
 /// well-formed file description); the message names what is wrong.
-pub type EntryValidator = fn(ShareKind, &[u8], &RecordRegister) -> Result<(), String>;
+pub type EntryValidator = fn(ShareKind, &[u8], &RecordRegister) -> Result<(), InvalidEntry>;
+
+/// An entry a validator refused, with the validator's own error (the store does not know its
+/// type).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEntry(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 #[cfg(test)]
 mod tests;

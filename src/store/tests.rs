@@ -3,7 +3,7 @@
 use super::*;
 use crate::merge::{Hlc, PeerKey};
 
-fn accept_any(_: ShareKind, _: &[u8], _: &RecordRegister) -> Result<(), String> {
+fn accept_any(_: ShareKind, _: &[u8], _: &RecordRegister) -> Result<(), InvalidEntry> {
     Ok(())
 }
 
