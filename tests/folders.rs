@@ -367,3 +367,68 @@ fn an_idle_folder_stays_quiet() {
         "scans while idle: {before:?} -> {after:?}"
     );
 }
+
+/// A crash leaves `.meshsync-tmp-*` files behind (a download being assembled). The daemon
+/// removes those nobody has touched for a while when it starts (and at every full rescan),
+/// wherever they are in the folder, keeps recent ones (a restarted download resumes from them),
+/// and never syncs either.
+#[test]
+fn stale_temp_files_are_removed_at_start_and_recent_ones_kept() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let a = share.dirs[0].clone();
+    fs::write(a.join("kept.txt"), "real content").unwrap();
+    share.wait_identical();
+
+    // The peer dials A again at the same address after the restart.
+    mesh.nodes[0].pin_listen_port();
+    mesh.nodes[0].stop();
+    fs::create_dir_all(a.join("sub/deeper")).unwrap();
+    let stale = a.join("sub/deeper/.meshsync-tmp-0123456789abcdef-crashed");
+    fs::write(&stale, vec![7u8; 64 * 1024]).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let recent = a.join(".meshsync-tmp-fedcba9876543210-resumable");
+    fs::write(&recent, b"half a download").unwrap();
+    let swept_before = mesh.nodes[0].log_lines_with(&["removed 1 stale temp files"]);
+    mesh.nodes[0].start();
+
+    mesh.nodes[0].wait_for_log(
+        "the start-up sweep of stale temp files",
+        &["removed 1 stale temp files"],
+        swept_before,
+    );
+    assert!(!stale.exists(), "the stale temp file is gone");
+    assert!(
+        recent.exists(),
+        "a recent temp file is kept for its download to resume"
+    );
+    assert_eq!(fs::read(a.join("kept.txt")).unwrap(), b"real content");
+    // A later change still syncs, and no temp file ever reached the peer.
+    fs::write(a.join("after.txt"), "after the restart").unwrap();
+    let without_temps = |dir: &std::path::Path| -> Vec<(String, String)> {
+        tree(dir)
+            .into_iter()
+            .filter(|(p, _)| !p.contains(".meshsync-tmp-"))
+            .collect()
+    };
+    wait_until("the edit after the restart to arrive", WAIT, || {
+        fs::read(share.dirs[1].join("after.txt")).is_ok_and(|b| b == b"after the restart")
+            && without_temps(&a) == without_temps(&share.dirs[1])
+    });
+    assert!(
+        tree(&share.dirs[1])
+            .iter()
+            .all(|(p, _)| !p.contains(".meshsync-tmp-")),
+        "temp files are never synced"
+    );
+}
