@@ -280,73 +280,92 @@ fn run(cli: Cli) -> Result<()> {
             api,
             peers,
             no_mdns,
-        } => {
-            let options = InitOptions {
+        } => run_init(
+            &home,
+            &InitOptions {
                 listen,
                 api,
                 peers,
                 no_mdns,
-            };
-            match home.init(&options)? {
-                InitOutcome::Created(id) => {
-                    eprintln!("initialised meshsync home {}", home.dir().display());
-                    println!("{id}");
-                }
-                InitOutcome::AlreadyInitialised(id) => {
-                    eprintln!(
-                        "{} is already initialised; nothing changed",
-                        home.dir().display()
-                    );
-                    println!("{id}");
-                }
-            }
-            Ok(())
-        }
-        CliCommand::Psk {
-            command: PskCommand::New { file },
-        } => {
-            if file.exists() {
-                anyhow::bail!("{} already exists; not overwriting a key", file.display());
-            }
-            let psk = meshsync::net::transport::new_psk();
-            meshsync::home::write_atomically(&file, psk.to_key_file().as_bytes(), Some(0o600))
-                .with_context(|| format!("cannot write {}", file.display()))?;
-            eprintln!(
-                "wrote a new pre-shared key to {}; copy it to every peer of the private mesh",
-                file.display()
-            );
-            println!("{}", psk.fingerprint());
-            Ok(())
-        }
+            },
+        ),
+        CliCommand::Psk { command } => run_psk(command),
         CliCommand::Id => {
             println!("{}", home.load_identity()?.public().to_peer_id());
             Ok(())
         }
         CliCommand::Run { no_mdns } => run_daemon(home, no_mdns),
-        CliCommand::Status { json } => {
-            let status: Status = ApiClient::for_home(&home)?.get("/v1/status")?;
-            if json {
-                print_json(&status)
-            } else {
-                print_status(&status);
-                Ok(())
-            }
-        }
-        CliCommand::Peers { json } => {
-            let peers: Vec<PeerStatus> = ApiClient::for_home(&home)?.get("/v1/peers")?;
-            if json {
-                print_json(&peers)
-            } else {
-                print_peers(&peers);
-                Ok(())
-            }
-        }
+        CliCommand::Status { json } => run_status(&home, json),
+        CliCommand::Peers { json } => run_peers(&home, json),
         CliCommand::Share { command } => run_share(&home, command),
         CliCommand::Kv { command } => run_kv(&home, command),
-        CliCommand::Peer {
-            command: PeerCommand::Block { peer_id },
-        } => {
-            let answer: BlockPeer = ApiClient::for_home(&home)?.post(
+        CliCommand::Peer { command } => run_peer(&home, command),
+    }
+}
+
+/// `init`: creates the home, or says it already exists; prints the peer id either way.
+fn run_init(home: &Home, options: &InitOptions) -> Result<()> {
+    match home.init(options)? {
+        InitOutcome::Created(id) => {
+            eprintln!("initialised meshsync home {}", home.dir().display());
+            println!("{id}");
+        }
+        InitOutcome::AlreadyInitialised(id) => {
+            eprintln!(
+                "{} is already initialised; nothing changed",
+                home.dir().display()
+            );
+            println!("{id}");
+        }
+    }
+    Ok(())
+}
+
+/// `psk new`: writes a fresh key file, never over an existing one; prints its fingerprint.
+fn run_psk(command: PskCommand) -> Result<()> {
+    let PskCommand::New { file } = command;
+    if file.exists() {
+        anyhow::bail!("{} already exists; not overwriting a key", file.display());
+    }
+    let psk = meshsync::net::transport::new_psk();
+    meshsync::home::write_atomically(&file, psk.to_key_file().as_bytes(), Some(0o600))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!(
+        "wrote a new pre-shared key to {}; copy it to every peer of the private mesh",
+        file.display()
+    );
+    println!("{}", psk.fingerprint());
+    Ok(())
+}
+
+/// `status`.
+fn run_status(home: &Home, json: bool) -> Result<()> {
+    let status: Status = ApiClient::for_home(home)?.get("/v1/status")?;
+    if json {
+        print_json(&status)
+    } else {
+        print_status(&status);
+        Ok(())
+    }
+}
+
+/// `peers`.
+fn run_peers(home: &Home, json: bool) -> Result<()> {
+    let peers: Vec<PeerStatus> = ApiClient::for_home(home)?.get("/v1/peers")?;
+    if json {
+        print_json(&peers)
+    } else {
+        print_peers(&peers);
+        Ok(())
+    }
+}
+
+/// `peer add` and `peer block`.
+fn run_peer(home: &Home, command: PeerCommand) -> Result<()> {
+    let client = ApiClient::for_home(home)?;
+    match command {
+        PeerCommand::Block { peer_id } => {
+            let answer: BlockPeer = client.post(
                 "/v1/peers/block",
                 &BlockPeer {
                     peer_id,
@@ -358,21 +377,17 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{} was already blocked", answer.peer_id);
             }
-            Ok(())
         }
-        CliCommand::Peer {
-            command: PeerCommand::Add { multiaddr },
-        } => {
-            let added: PeerAdded =
-                ApiClient::for_home(&home)?.post("/v1/peers", &AddPeer { addr: multiaddr })?;
+        PeerCommand::Add { multiaddr } => {
+            let added: PeerAdded = client.post("/v1/peers", &AddPeer { addr: multiaddr })?;
             if added.added {
                 println!("added static peer {}", added.addr);
             } else {
                 println!("{} was already a static peer; dialling it", added.addr);
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
 fn run_share(home: &Home, command: ShareCommand) -> Result<()> {

@@ -1,0 +1,333 @@
+//! The network task: [`NetActor`] owns the [`Swarm`] and runs the one loop that takes
+//! [`Command`]s, swarm events and timers in turn, handing each to an `on_*` step.
+//!
+//! Owning the swarm in a single task means no locks around it and a single place where every
+//! event is handled in order. The steps themselves live beside their subject:
+//! [`super::connections`] (connections opening and closing), [`super::discovery`] (static peers,
+//! mDNS, Kademlia, identify) and [`super::requests`] (our protocol and its `pending_*` maps);
+//! this file keeps the loop, the dispatch, and what fits none of them (status, strikes, blocks,
+//! ping, shutdown).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::OutboundRequestId;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{PeerId, Swarm, identify, mdns, ping};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::client::{Command, NetError, NetEvent, NetStatus, PeerStatus};
+use super::discovery::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
+use super::guard;
+use super::peers::{Discovery, PeerBook};
+use super::protocol::Response;
+use super::requests::HelloRetries;
+use super::swarm::{Behaviour, BehaviourEvent};
+use crate::backoff::Backoff;
+
+/// How far away a timer with nothing to wait for is set, so the loop's `select!` has a deadline
+/// for every branch.
+const FAR_FUTURE: Duration = Duration::from_secs(24 * 3600);
+
+/// The state of the network task. Fields are visible to the sibling files that hold its steps.
+pub(super) struct NetActor {
+    /// The swarm, owned here and nowhere else.
+    pub(super) swarm: Swarm<Behaviour>,
+    /// If not empty, the only peers we keep connections with.
+    pub(super) trusted: HashSet<PeerId>,
+    /// Where [`NetEvent`]s go.
+    pub(super) events: mpsc::UnboundedSender<NetEvent>,
+    /// Requests sent for other parts of the daemon, waiting for their answer.
+    pub(super) pending_requests:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    /// Our hello requests, per peer; the peer is announced once its hello arrives.
+    pub(super) hello_requests: HashMap<OutboundRequestId, PeerId>,
+    /// Hellos said again to a peer since its last answer (see `hello_failed`).
+    pub(super) hello_retries: HelloRetries,
+    /// Our own peer id.
+    pub(super) local_id: PeerId,
+    /// Where [`Command`]s arrive.
+    commands: mpsc::Receiver<Command>,
+    /// Known peers: static, discovered, connected.
+    pub(super) book: PeerBook,
+    /// Whether mDNS runs (for status).
+    mdns: bool,
+    /// Auto-dial budget for discovered peers.
+    pub(super) max_discovered_peers: usize,
+    /// Dials to discovered peers still in flight, with what found them; they count against the
+    /// auto-dial budget.
+    pub(super) discovered_dials: HashMap<ConnectionId, Discovery>,
+    /// When the next Kademlia lookup of our own id is due.
+    pub(super) next_discovery: Instant,
+    /// The pause before the lookup after the one at `next_discovery`.
+    pub(super) discovery: Backoff,
+    /// Per peer, each open connection and whether we dialled it, for de-duplication.
+    pub(super) connection_roles: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Inbound requests waiting for our answer, per peer and in total.
+    pub(super) in_flight: guard::InFlight,
+    /// Strikes against lying peers and the bans they earned.
+    strikes: guard::Strikes,
+    /// Peers blocked for good (config or `peer block`), which a ban running out must not free.
+    blocked: HashSet<PeerId>,
+    /// Per connected peer, its requests answered so far ([`PeerStatus::answered`]); an entry
+    /// lives only while the peer is connected, so this is bounded like the connections.
+    pub(super) answered: HashMap<PeerId, u64>,
+}
+
+impl NetActor {
+    /// The actor for a built and listening `swarm`, with the peers already in `book`.
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        config: &super::NetConfig,
+        book: PeerBook,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::UnboundedSender<NetEvent>,
+    ) -> NetActor {
+        let mut discovery = Backoff::new(DISCOVERY_INTERVAL_MIN, DISCOVERY_INTERVAL_MAX);
+        NetActor {
+            trusted: config.trusted_peers.iter().copied().collect(),
+            events,
+            pending_requests: HashMap::new(),
+            hello_requests: HashMap::new(),
+            hello_retries: HelloRetries::default(),
+            local_id: *swarm.local_peer_id(),
+            swarm,
+            commands,
+            book,
+            mdns: config.mdns,
+            max_discovered_peers: config.max_discovered_peers,
+            discovered_dials: HashMap::new(),
+            next_discovery: Instant::now() + discovery.next(),
+            discovery,
+            connection_roles: HashMap::new(),
+            in_flight: guard::InFlight::default(),
+            strikes: guard::Strikes::default(),
+            blocked: config.blocked_peers.iter().copied().collect(),
+            answered: HashMap::new(),
+        }
+    }
+
+    /// The loop: commands first (so shutdown is never starved), then swarm events, then timers.
+    pub(super) async fn run(mut self) {
+        loop {
+            let static_due = self
+                .book
+                .next_static_due()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+            let ban_ends = self
+                .strikes
+                .next_expiry()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => {
+                        self.shutdown();
+                        return;
+                    }
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tokio::time::sleep_until(static_due) => self.dial_due_statics(),
+                _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
+                _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
+            }
+        }
+    }
+
+    fn end_bans(&mut self) {
+        for peer in self.strikes.expired(Instant::now().into_std()) {
+            if !self.blocked.contains(&peer) {
+                info!(%peer, "ban over");
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        info!("network stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::AddStaticPeer { addr, reply } => {
+                let added = self.add_static_peer(addr);
+                let _ = reply.send(Ok(added));
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => self.send_request(peer, request, reply),
+            Command::Respond { channel, response } => self.respond(channel, response),
+            Command::Strike { peer, reason } => self.strike(peer, &reason),
+            Command::Dial { addrs } => self.dial_once(addrs),
+            Command::StartProviding { key } => self.start_providing(&key),
+            Command::FindProviders { key } => self.find_providers(&key),
+            Command::BlockPeer { peer, reply } => {
+                let newly = self.block_peer(peer);
+                let _ = reply.send(newly);
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    /// Counts a strike; the last allowed one bans the peer for [`guard::STRIKE_BAN`].
+    fn strike(&mut self, peer: PeerId, reason: &str) {
+        if self.strikes.strike(peer, Instant::now().into_std()) {
+            warn!(
+                %peer,
+                "{reason}: strike {}; disconnected and refused for {:?}",
+                guard::MAX_STRIKES,
+                guard::STRIKE_BAN
+            );
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        } else {
+            warn!(%peer, "{reason}");
+        }
+    }
+
+    /// Blocks `peer` for good; returns whether it is newly blocked.
+    fn block_peer(&mut self, peer: PeerId) -> bool {
+        self.blocked.insert(peer);
+        let newly = self.swarm.behaviour_mut().blocked.block_peer(peer);
+        if newly {
+            info!(%peer, "blocked");
+        }
+        newly
+    }
+
+    fn status(&self) -> NetStatus {
+        let listen_addrs = self
+            .swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(self.local_id)).to_string())
+            .collect();
+        let peers = self
+            .book
+            .connected_peers()
+            .into_iter()
+            .map(|(id, p)| PeerStatus {
+                peer_id: id.to_string(),
+                found_by: p.connections.values().next().map_or(p.found_by, |c| c.via),
+                addrs: p
+                    .connections
+                    .values()
+                    .map(|c| c.remote.to_string())
+                    .collect(),
+                agent: p.agent.clone(),
+                rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                answered: self.answered.get(&id).copied().unwrap_or(0),
+            })
+            .collect();
+        NetStatus {
+            peer_id: self.local_id.to_string(),
+            listen_addrs,
+            peers,
+            static_peers: self
+                .book
+                .static_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            mdns: self.mdns,
+            banned: self.strikes.banned().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// Whether `peer` may stay connected (`trusted_peers` is empty or names it).
+    pub(super) fn is_allowed(&self, peer: &PeerId) -> bool {
+        self.trusted.is_empty() || self.trusted.contains(peer)
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(
+                    "listening on {}",
+                    address.with(Protocol::P2p(self.local_id))
+                );
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => self.on_connection_established(
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established.get(),
+            ),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => self.on_connection_closed(peer_id, connection_id, num_established, cause),
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => self.on_dial_failed(connection_id, peer_id, &error),
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => debug!("incoming connection from {send_back_addr} failed: {error}"),
+            SwarmEvent::ListenerError { error, .. } => warn!("listener error: {error}"),
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, info);
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => self.on_mdns_discovered(list),
+            BehaviourEvent::Ping(event) => self.on_ping(event),
+            _ => {}
+        }
+    }
+
+    fn on_ping(&mut self, event: ping::Event) {
+        let ping::Event {
+            peer,
+            connection,
+            result,
+        } = event;
+        match result {
+            Ok(rtt) => self.book.set_rtt(&peer, rtt),
+            // A peer without ping is odd but alive; only silence means the link is dead.
+            Err(ping::Failure::Unsupported) => {}
+            Err(e) => {
+                debug!(%peer, "ping failed, closing connection: {e}");
+                self.swarm.close_connection(connection);
+            }
+        }
+    }
+}

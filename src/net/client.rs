@@ -1,0 +1,276 @@
+//! The handle and the messages: [`NetClient`], the cloneable way into the network task, the
+//! [`Command`]s it sends, the [`NetEvent`]s that come out, the [`NetStatus`] snapshot and
+//! [`NetError`].
+//!
+//! Everything here is plain data plus a bounded channel, so the rest of the daemon depends on
+//! this file and never on libp2p's swarm types (except [`PeerId`] and [`Multiaddr`]).
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::guard::Reply;
+use super::peers::Discovery;
+use super::protocol::{Request, Response};
+
+/// Commands queued for the network task before senders wait.
+pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The transport could not be built.
+    #[error("cannot set up the libp2p transport: {0}")]
+    Transport(String),
+    /// None of the configured listen addresses could be bound.
+    #[error("cannot listen on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// The OS or transport error.
+        message: String,
+    },
+    /// Dialling failed immediately.
+    #[error("cannot dial {addr}: {message}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        message: String,
+    },
+    /// A request to a peer failed (not connected, timed out, refused to decode, closed).
+    #[error("request to {peer} failed: {message}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        message: String,
+    },
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// A snapshot of the network state, as shown by `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Full multiaddrs, ending in `/p2p/<our id>`, that peers can dial.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers, sorted by id.
+    pub peers: Vec<PeerStatus>,
+    /// Configured static peer addresses.
+    pub static_peers: Vec<String>,
+    /// Whether mDNS is running.
+    pub mdns: bool,
+    /// Peers refused for a while for sending content that did not match its hash.
+    #[serde(default)]
+    pub banned: Vec<String>,
+}
+
+/// One connected peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its peer id.
+    pub peer_id: String,
+    /// How we found it: why its (oldest) open connection exists. `inbound` when it dialled us.
+    pub found_by: Discovery,
+    /// Remote addresses of the open connections.
+    pub addrs: Vec<String>,
+    /// Its software, from the hello exchange.
+    pub agent: Option<String>,
+    /// Last ping round trip in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Its requests (hello aside) that were answered since it connected, refusals included:
+    /// shows that what a peer asked was dealt with, whatever the answer.
+    #[serde(default)]
+    pub answered: u64,
+}
+
+/// Requests to the network task.
+#[derive(Debug)]
+pub enum Command {
+    /// Report the current state.
+    Status {
+        /// Where to send it.
+        reply: oneshot::Sender<NetStatus>,
+    },
+    /// Dial an address now and keep redialling it like a configured static peer.
+    AddStaticPeer {
+        /// The address.
+        addr: Multiaddr,
+        /// `Ok(true)` if newly added, `Ok(false)` if it was already a static peer.
+        reply: oneshot::Sender<Result<bool, NetError>>,
+    },
+    /// Send a request to a connected peer and wait for its response.
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: Request,
+        /// The response, or why there is none.
+        reply: oneshot::Sender<Result<Response, NetError>>,
+    },
+    /// Answer a request delivered as [`NetEvent::Request`].
+    Respond {
+        /// The channel that came with the request.
+        channel: Reply,
+        /// The answer.
+        response: Response,
+    },
+    /// Dial these addresses (from a share token) once, as discovered peers.
+    Dial {
+        /// Addresses ending in `/p2p/<id>`.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Announce in the DHT that we provide `key` (re-announced by Kademlia periodically).
+    StartProviding {
+        /// The provider key.
+        key: Vec<u8>,
+    },
+    /// Look up providers of `key`; those found are dialled and reported as
+    /// [`NetEvent::ProvidersFound`].
+    FindProviders {
+        /// The provider key.
+        key: Vec<u8>,
+    },
+    /// Close every connection to a peer and refuse it from now on.
+    BlockPeer {
+        /// The peer.
+        peer: PeerId,
+        /// `true` if newly blocked.
+        reply: oneshot::Sender<bool>,
+    },
+    /// A peer sent something provably false (content not matching its hash); enough strikes
+    /// disconnect and ban it for a while.
+    Strike {
+        /// The peer.
+        peer: PeerId,
+        /// What it did, for the log.
+        reason: String,
+    },
+    /// Close every connection and stop.
+    Shutdown {
+        /// Answered once the swarm is gone.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the network task tells the rest of the daemon.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// The first connection to a peer is up and it has said hello.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// A peer sent a request other than hello; answer it with [`NetClient::respond`].
+    Request {
+        /// Who asked.
+        peer: PeerId,
+        /// What it asked.
+        request: Request,
+        /// Where the answer goes.
+        channel: Reply,
+    },
+    /// Providers of a key were found in the DHT.
+    ProvidersFound {
+        /// The provider key.
+        key: Vec<u8>,
+        /// The providers, not including us.
+        peers: Vec<PeerId>,
+    },
+}
+
+/// Cloneable handle to the network task.
+#[derive(Debug, Clone)]
+pub struct NetClient {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NetClient {
+    /// The current network state.
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials `addr` and keeps it as a static peer.
+    pub async fn add_static_peer(&self, addr: Multiaddr) -> Result<bool, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::AddStaticPeer { addr, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Sends `request` to `peer` and waits for the answer (bounded by
+    /// [`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT)).
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound request.
+    pub async fn respond(&self, channel: Reply, response: Response) {
+        let _ = self.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Reports that `peer` sent something provably false.
+    pub async fn strike(&self, peer: PeerId, reason: String) {
+        let _ = self.send(Command::Strike { peer, reason }).await;
+    }
+
+    /// Dials addresses once.
+    pub async fn dial(&self, addrs: Vec<Multiaddr>) {
+        let _ = self.send(Command::Dial { addrs }).await;
+    }
+
+    /// Announces that we provide `key`.
+    pub async fn start_providing(&self, key: Vec<u8>) {
+        let _ = self.send(Command::StartProviding { key }).await;
+    }
+
+    /// Looks up providers of `key`.
+    pub async fn find_providers(&self, key: Vec<u8>) {
+        let _ = self.send(Command::FindProviders { key }).await;
+    }
+
+    /// Disconnects a peer and refuses its connections from now on.
+    pub async fn block_peer(&self, peer: PeerId) -> Result<bool, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::BlockPeer { peer, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops the network task and waits until it is gone.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// A client whose commands go to `commands`; the network task holds the other end.
+    pub(super) fn new(commands: mpsc::Sender<Command>) -> NetClient {
+        NetClient { commands }
+    }
+
+    /// A client whose commands go to `commands`, for tests that play the network themselves.
+    #[cfg(test)]
+    pub(crate) fn from_channel(commands: mpsc::Sender<Command>) -> NetClient {
+        NetClient { commands }
+    }
+}
