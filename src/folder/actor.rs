@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
 use super::materialise::{Materialised, materialise};
@@ -45,7 +46,7 @@ use super::watch::{self as watcher, Watch, WatchEvent};
 use super::{serve, trash, write};
 use crate::merge::{Payload, PeerKey, RecordRegister};
 use crate::net::NetClient;
-use crate::store::{Change, LocalWrite, Origin, ShareMeta, StoreError, StoreHandle};
+use crate::store::{Change, LocalWrite, Origin, ShareMeta, StoreHandle};
 
 /// Pause after the last watcher event before the changed paths are scanned, so that a file
 /// being written is read once, when it is done, while a saved edit still leaves in milliseconds.
@@ -64,32 +65,6 @@ pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
 /// leftovers of a crash or an abandoned download: removed at start-up and at every full rescan.
 /// A download that restarts sooner resumes from its temp file instead.
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
-
-/// Why a folder share could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum FolderError {
-    /// The share has no folder path.
-    #[error("folder share `{0}` has no path")]
-    NoPath(String),
-    /// Its state could not be read from the store.
-    #[error("folder share `{share}`: cannot read its state: {source}")]
-    State {
-        /// The share's name.
-        share: String,
-        /// Why.
-        #[source]
-        source: StoreError,
-    },
-    /// Our peer id does not make a version key.
-    #[error("folder share `{share}`: {source}")]
-    PeerKey {
-        /// The share's name.
-        share: String,
-        /// Why.
-        #[source]
-        source: crate::merge::MergeError,
-    },
-}
 
 /// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
 /// itself, before it scans anything.

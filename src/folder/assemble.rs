@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::materialise::WriteFailure;
+use super::error::WriteFailure;
 use super::model::{CheckedChunk, ChunkRef};
 use super::source::{self, ChunkLocation, Sources};
 use super::write;

@@ -9,7 +9,7 @@ use tracing::{debug, info};
 
 use super::assemble::fill;
 use super::conflict;
-use super::fetch::FetchError;
+use super::error::{MaterialiseError, WriteFailure};
 use super::model::{self, CheckedChunk, EntryKind, FileMeta, Hash};
 use super::plan::{self, Desired};
 use super::scan::{self, ScanRecord};
@@ -18,7 +18,7 @@ use super::state::Synced;
 use super::trash;
 use super::write::{self, Expect};
 use crate::merge::{PeerKey, RecordRegister};
-use crate::store::{StoreError, StoreHandle};
+use crate::store::StoreHandle;
 
 /// Files up to this size are fetched whole into memory and written in one blocking call.
 pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
@@ -35,39 +35,6 @@ pub(super) struct Materialised {
     pub(super) error: Option<MaterialiseError>,
     /// Pages learned while fetching.
     pub(super) new_chunks: Vec<(Hash, ChunkLocation)>,
-}
-
-/// Why a path could not be made to match its entry.
-#[derive(Debug, thiserror::Error)]
-pub enum MaterialiseError {
-    /// The entry's path is unsafe to write (a peer's mistake or attack); never retried.
-    #[error(transparent)]
-    Refused(write::PathError),
-    /// Writing, removing or inspecting the file failed.
-    #[error(transparent)]
-    Write(write::WriteError),
-    /// The chunks or the chunk list could not be had.
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// The share's entry could not be read.
-    #[error("cannot read the entry: {0}")]
-    Store(#[from] StoreError),
-    /// Our conflicting version could not be moved aside, so nothing was written over it.
-    #[error("cannot keep the conflicting local version: {0}")]
-    ConflictCopy(#[source] write::WriteError),
-    /// A blocking task panicked or was cancelled.
-    #[error("a file task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl MaterialiseError {
-    /// Whether the entry itself is refused (an unsafe path from a peer): counted, not retried.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            MaterialiseError::Refused(_) | MaterialiseError::Write(write::WriteError::Path(_))
-        )
-    }
 }
 
 /// The scan record of a path we just wrote with `meta`, so the scanner does not take our own
@@ -263,35 +230,6 @@ async fn remove_entry(
 enum Removal {
     Removed(write::Removed),
     Trashed(String),
-}
-
-/// How writing an entry ended when it did not succeed.
-pub(super) enum WriteFailure {
-    /// The target changed under us: a local edit the scanner must record first.
-    Conflict,
-    /// Anything else.
-    Failed(MaterialiseError),
-}
-
-impl From<FetchError> for WriteFailure {
-    fn from(e: FetchError) -> Self {
-        WriteFailure::Failed(e.into())
-    }
-}
-
-impl From<tokio::task::JoinError> for WriteFailure {
-    fn from(e: tokio::task::JoinError) -> Self {
-        WriteFailure::Failed(e.into())
-    }
-}
-
-impl From<write::WriteError> for WriteFailure {
-    fn from(e: write::WriteError) -> Self {
-        match e {
-            write::WriteError::Conflict { .. } => WriteFailure::Conflict,
-            other => WriteFailure::Failed(MaterialiseError::Write(other)),
-        }
-    }
 }
 
 /// Commits an assembly. When it replaces a file, the old version first goes to the trash

@@ -8,6 +8,7 @@ mod actor;
 mod assemble;
 pub mod conflict;
 pub mod content;
+pub mod error;
 pub mod fetch;
 mod handle;
 mod materialise;
@@ -24,6 +25,7 @@ mod watch;
 pub mod write;
 
 pub use actor::{prepare_root, spawn};
+pub use error::{FolderError, MaterialiseError};
 pub use handle::FolderHandle;
 pub use state::Synced;
 pub use status::{FolderState, FolderStatus};

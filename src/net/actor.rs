@@ -21,11 +21,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::client::{Command, NetError, NetEvent, NetStatus, PeerStatus};
-use super::discovery::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 use super::guard;
+use super::hello::HelloRetries;
+use super::peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 use super::peers::{Discovery, PeerBook};
 use super::protocol::Response;
-use super::requests::HelloRetries;
 use super::swarm::{Behaviour, BehaviourEvent};
 use crate::backoff::Backoff;
 

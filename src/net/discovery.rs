@@ -6,7 +6,6 @@
 //! feeds Kademlia and dials within the auto-dial budget (`max_discovered_peers`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
@@ -18,12 +17,6 @@ use super::actor::NetActor;
 use super::client::NetEvent;
 use super::peers::{self, Discovery, PeerBook};
 use super::swarm::Behaviour;
-
-/// First pause between Kademlia lookups of our own id (which is how we find more peers); it
-/// doubles after each lookup up to [`DISCOVERY_INTERVAL_MAX`] and drops back when peers appear.
-pub const DISCOVERY_INTERVAL_MIN: Duration = Duration::from_millis(500);
-/// Longest pause between Kademlia lookups.
-pub const DISCOVERY_INTERVAL_MAX: Duration = Duration::from_secs(60);
 
 /// The peer book at start: configured static peers and bootstrap peers, whose addresses also go
 /// into Kademlia.

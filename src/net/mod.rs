@@ -30,6 +30,7 @@ pub mod client;
 mod connections;
 mod discovery;
 pub mod guard;
+mod hello;
 pub mod peers;
 pub mod protocol;
 mod requests;
@@ -39,9 +40,9 @@ pub mod transport;
 pub use client::{
     COMMAND_CHANNEL_CAPACITY, Command, NetClient, NetError, NetEvent, NetStatus, PeerStatus,
 };
-pub use discovery::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 pub use guard::Reply;
-pub use requests::MAX_HELLO_RETRIES;
+pub use hello::MAX_HELLO_RETRIES;
+pub use peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 pub use swarm::{
     Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT, KAD_PROTOCOL,
     MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,

@@ -17,6 +17,12 @@ use crate::backoff::Backoff;
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between redials of a static peer, so a returning peer is found within this.
 pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// First pause between Kademlia lookups of our own id (which is how we find more peers); it
+/// doubles after each lookup up to [`DISCOVERY_INTERVAL_MAX`] and drops back when peers appear.
+pub const DISCOVERY_INTERVAL_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between Kademlia lookups.
+pub const DISCOVERY_INTERVAL_MAX: Duration = Duration::from_secs(60);
+
 /// Addresses remembered per peer; more are dropped oldest-first, so a peer cannot grow our memory.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
 /// Peers remembered in total (connected or not); discovered peers beyond it are not recorded.

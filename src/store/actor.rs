@@ -8,7 +8,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::warn;
 
-use super::handle::Action;
+use super::action::Action;
 use super::schema::{INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
 use super::{
     Change, Entry, EntryValidator, LocalWrite, MAX_ACTIONS_PER_COMMIT, MAX_VALUE_BYTES, Origin,

@@ -1,4 +1,4 @@
-//! The cloneable handle to the store thread, and the actions it sends there.
+//! The cloneable handle to the store thread: every call sends an [`Action`] and awaits its answer.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +9,9 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::info;
 
+use super::action::Action;
 use super::actor::StoreActor;
+use super::local_state::{LocalStateRow, LocalStateRows};
 use super::{
     CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister, STORE_CACHE_BYTES,
     STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares, StoreError, schema,
@@ -29,91 +31,6 @@ impl PendingWrite {
     /// Waits until the write is committed (durably) or has failed.
     pub async fn done(self) -> Result<(), StoreError> {
         self.0.await.map_err(|_| StoreError::Stopped)?
-    }
-}
-
-/// What the handle asks of the store thread.
-pub(super) enum Action {
-    CreateShare {
-        meta: ShareMeta,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    UpdateShare {
-        meta: ShareMeta,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    CountAuthored {
-        share: ShareId,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
-    Put {
-        share: ShareId,
-        records: Vec<LocalWrite>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Merge {
-        share: ShareId,
-        entries: Vec<Entry>,
-        from: libp2p::PeerId,
-        reply: oneshot::Sender<Result<usize, StoreError>>,
-    },
-    Get {
-        share: ShareId,
-        key: Vec<u8>,
-        reply: oneshot::Sender<Result<Option<RecordRegister>, StoreError>>,
-    },
-    GetMany {
-        share: ShareId,
-        keys: Vec<Vec<u8>>,
-        reply: oneshot::Sender<Result<Vec<Option<RecordRegister>>, StoreError>>,
-    },
-    List {
-        share: ShareId,
-        prefix: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
-    },
-    ByIds {
-        share: ShareId,
-        ids: Vec<Id>,
-        reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
-    },
-    PutPages {
-        share: ShareId,
-        pages: Vec<([u8; 32], Vec<u8>)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    SaveLocalState {
-        share: ShareId,
-        rows: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Page {
-        share: ShareId,
-        hash: [u8; 32],
-        reply: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
-    },
-    LocalState {
-        share: ShareId,
-        reply: oneshot::Sender<Result<super::local_state::LocalStateRows, StoreError>>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
-}
-
-impl Action {
-    /// Whether the action only reads (reads are answered before a batch's writes).
-    pub(super) fn is_read(&self) -> bool {
-        matches!(
-            self,
-            Action::Get { .. }
-                | Action::GetMany { .. }
-                | Action::List { .. }
-                | Action::ByIds { .. }
-                | Action::CountAuthored { .. }
-                | Action::Page { .. }
-                | Action::LocalState { .. }
-        )
     }
 }
 
@@ -340,5 +257,69 @@ impl StoreHandle {
     /// Entries by summary id (unknown ids are skipped).
     pub async fn by_ids(&self, share: ShareId, ids: Vec<Id>) -> Result<Vec<Entry>, StoreError> {
         self.call(|reply| Action::ByIds { share, ids, reply }).await
+    }
+}
+
+/// Pages: see [`super::pages`].
+impl StoreHandle {
+    /// Hands pages to the store thread and returns once they are queued: they are committed
+    /// with the batch they land in, which is also the batch of a write sent right after them
+    /// (so pages and the entries that name them become durable together, at one fsync).
+    pub async fn put_pages(
+        &self,
+        share: ShareId,
+        pages: Vec<([u8; 32], Vec<u8>)>,
+    ) -> Result<PendingWrite, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.actions
+            .send(Action::PutPages {
+                share,
+                pages,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        Ok(PendingWrite::new(rx))
+    }
+
+    /// The page with this hash, if the share has it.
+    pub async fn page(
+        &self,
+        share: ShareId,
+        hash: [u8; 32],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.call(|reply| Action::Page { share, hash, reply }).await
+    }
+
+    /// [`StoreHandle::page`] for code on a blocking thread (a scanner's worker). Panics if called
+    /// from an async task, like every blocking call into tokio.
+    pub fn blocking_page(
+        &self,
+        share: ShareId,
+        hash: [u8; 32],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.actions
+            .blocking_send(Action::Page { share, hash, reply })
+            .map_err(|_| StoreError::Stopped)?;
+        rx.blocking_recv().map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// Local state: see [`super::local_state`].
+impl StoreHandle {
+    /// Writes (or removes) rows of a share's local state, durably, all or nothing.
+    pub async fn save_local_state(
+        &self,
+        share: ShareId,
+        rows: Vec<LocalStateRow>,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Action::SaveLocalState { share, rows, reply })
+            .await
+    }
+
+    /// Every row of a share's local state, in key order.
+    pub async fn local_state(&self, share: ShareId) -> Result<LocalStateRows, StoreError> {
+        self.call(|reply| Action::LocalState { share, reply }).await
     }
 }

@@ -6,31 +6,13 @@
 
 use redb::{ReadableDatabase, Table};
 
-use super::handle::Action;
 use super::schema::LOCAL_STATE;
-use super::{ShareId, StoreError, StoreHandle, join_key, next_prefix};
+use super::{ShareId, StoreError, join_key, next_prefix};
 
 /// One row to write: a key and its new bytes, or `None` to remove it.
 pub type LocalStateRow = (Vec<u8>, Option<Vec<u8>>);
 /// Every stored row of a share: keys and their bytes, in key order.
 pub type LocalStateRows = Vec<(Vec<u8>, Vec<u8>)>;
-
-impl StoreHandle {
-    /// Writes (or removes) rows of a share's local state, durably, all or nothing.
-    pub async fn save_local_state(
-        &self,
-        share: ShareId,
-        rows: Vec<LocalStateRow>,
-    ) -> Result<(), StoreError> {
-        self.call(|reply| Action::SaveLocalState { share, rows, reply })
-            .await
-    }
-
-    /// Every row of a share's local state, in key order.
-    pub async fn local_state(&self, share: ShareId) -> Result<LocalStateRows, StoreError> {
-        self.call(|reply| Action::LocalState { share, reply }).await
-    }
-}
 
 /// Applies rows in the store thread's transaction.
 pub(super) fn write(

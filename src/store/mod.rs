@@ -20,6 +20,7 @@
 //! - [`schema`]: tables, schema version, migration, loading at start-up.
 //! - [`pages`], [`local_state`]: the handle's calls for those two tables.
 
+mod action;
 mod actor;
 pub mod handle;
 pub mod local_state;

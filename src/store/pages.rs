@@ -4,54 +4,8 @@
 
 use redb::{ReadableDatabase, Table};
 
-use super::handle::{Action, PendingWrite};
 use super::schema::PAGES;
-use super::{ShareId, StoreError, StoreHandle, join_key};
-
-impl StoreHandle {
-    /// Hands pages to the store thread and returns once they are queued: they are committed
-    /// with the batch they land in, which is also the batch of a write sent right after them
-    /// (so pages and the entries that name them become durable together, at one fsync).
-    pub async fn put_pages(
-        &self,
-        share: ShareId,
-        pages: Vec<([u8; 32], Vec<u8>)>,
-    ) -> Result<PendingWrite, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.actions
-            .send(Action::PutPages {
-                share,
-                pages,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Stopped)?;
-        Ok(PendingWrite::new(rx))
-    }
-
-    /// The page with this hash, if the share has it.
-    pub async fn page(
-        &self,
-        share: ShareId,
-        hash: [u8; 32],
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.call(|reply| Action::Page { share, hash, reply }).await
-    }
-
-    /// [`StoreHandle::page`] for code on a blocking thread (a scanner's worker). Panics if called
-    /// from an async task, like every blocking call into tokio.
-    pub fn blocking_page(
-        &self,
-        share: ShareId,
-        hash: [u8; 32],
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.actions
-            .blocking_send(Action::Page { share, hash, reply })
-            .map_err(|_| StoreError::Stopped)?;
-        rx.blocking_recv().map_err(|_| StoreError::Stopped)?
-    }
-}
+use super::{ShareId, StoreError, join_key};
 
 /// Writes pages in the store thread's transaction, refusing one that does not match its hash.
 pub(super) fn write(

@@ -91,8 +91,9 @@ pub use path::{MAX_COMPONENT_BYTES, PathError, PathRefusal, resolve, validate_re
 pub use read::{LocalReader, read_chunk};
 pub use sweep::sweep_temp_files;
 
-pub(crate) use ops::{parent_of, sync_dir};
+pub(crate) use ops::parent_of;
 pub(crate) use path::ensure_parents;
+pub(crate) use path::sync_dir;
 pub(crate) use sys::rename_noreplace;
 
 /// Permission bits a peer may set. Setuid, setgid and sticky bits are never applied: a peer must

@@ -2,16 +2,15 @@
 //! metadata, and the steps every write shares (compare with [`Expect`], rename into place,
 //! fsync the directory).
 
-use std::fs::{self, File, FileTimes, Metadata, OpenOptions, Permissions};
+use std::fs::{self, FileTimes, Metadata, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::io::Errno;
-use tracing::debug;
 
-use super::path::{ensure_parents, resolve};
+use super::path::{ensure_parents, resolve, sync_dir};
 use super::{
     Expect, MODE_MASK, PARENT_DIR_MODE, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys,
 };
@@ -233,21 +232,6 @@ pub(super) fn publish(from: &Path, to: &Path, expect: Expect) -> Result<(), Writ
         },
         _ => io_error("rename into place", to, e),
     })
-}
-
-/// Fsyncs a directory so that the entries just created, renamed or removed in it survive a crash.
-/// File systems that cannot fsync a directory (`EINVAL`, some FUSE ones) are tolerated: there is
-/// nothing more we could do on them.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), WriteError> {
-    let result = File::open(dir).and_then(|d| d.sync_all());
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if sys::is_errno(&e, Errno::INVAL) => {
-            debug!(path = %dir.display(), "directory fsync not supported");
-            Ok(())
-        }
-        Err(e) => Err(io_error("fsync directory", dir, e)),
-    }
 }
 
 /// The directory holding `path` (`.` for a bare name).

@@ -1,0 +1,92 @@
+//! The messages the handle sends to the store thread, each with the channel for its answer.
+
+use tokio::sync::oneshot;
+
+use super::local_state::{LocalStateRow, LocalStateRows};
+use super::{Entry, LocalWrite, RecordRegister, ShareId, ShareMeta, StoreError};
+use crate::reconcile::Id;
+
+/// What the handle asks of the store thread.
+pub(super) enum Action {
+    CreateShare {
+        meta: ShareMeta,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    UpdateShare {
+        meta: ShareMeta,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    CountAuthored {
+        share: ShareId,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Put {
+        share: ShareId,
+        records: Vec<LocalWrite>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Merge {
+        share: ShareId,
+        entries: Vec<Entry>,
+        from: libp2p::PeerId,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Get {
+        share: ShareId,
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Option<RecordRegister>, StoreError>>,
+    },
+    GetMany {
+        share: ShareId,
+        keys: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<Vec<Option<RecordRegister>>, StoreError>>,
+    },
+    List {
+        share: ShareId,
+        prefix: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
+    },
+    ByIds {
+        share: ShareId,
+        ids: Vec<Id>,
+        reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
+    },
+    PutPages {
+        share: ShareId,
+        pages: Vec<([u8; 32], Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SaveLocalState {
+        share: ShareId,
+        rows: Vec<LocalStateRow>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Page {
+        share: ShareId,
+        hash: [u8; 32],
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
+    },
+    LocalState {
+        share: ShareId,
+        reply: oneshot::Sender<Result<LocalStateRows, StoreError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Action {
+    /// Whether the action only reads (reads are answered before a batch's writes).
+    pub(super) fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Action::Get { .. }
+                | Action::GetMany { .. }
+                | Action::List { .. }
+                | Action::ByIds { .. }
+                | Action::CountAuthored { .. }
+                | Action::Page { .. }
+                | Action::LocalState { .. }
+        )
+    }
+}
