@@ -231,7 +231,18 @@ impl EngineActor {
         let net = self.net.clone();
         self.tasks.spawn(async move {
             let ids = ids.into_iter().map(|id| *id).collect();
-            let entries = store.by_ids(share, ids).await.unwrap_or_default();
+            let entries = match store.by_ids(share, ids).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // An error, not an empty answer: the asker must not take it for "none of
+                    // these exist here".
+                    warn!("cannot read entries to serve: {e}");
+                    let response = Response::Error("cannot read entries here".into());
+                    let sent = frame_len(&response) as u64;
+                    net.respond(channel, response).await;
+                    return TaskResult::Answered { share, sent };
+                }
+            };
             let mut out = Vec::new();
             let mut budget = 0;
             for (key, register) in entries {
