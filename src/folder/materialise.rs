@@ -260,6 +260,20 @@ pub(super) fn commit_keeping_old(
     }
 }
 
+/// Keeps the chunks of a replaced file findable where it was kept in the trash (`kept`), for a
+/// rename elsewhere in the folder that reuses them.
+async fn index_kept(
+    shared: &Sources,
+    kept: Option<String>,
+    replacing: Option<FileMeta>,
+    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+) {
+    if let (Some(kept), Some(old)) = (kept, replacing) {
+        let moved = source::chunk_locations(&shared.store, shared.share, &kept, &old, None).await;
+        new_chunks.extend(moved);
+    }
+}
+
 /// Writes a small file: fetches every chunk it needs first, then opens, fills, commits and
 /// stats it in one blocking call. Per file that saves several hand-offs between threads, which
 /// is what receiving thousands of small files costs most.
@@ -309,10 +323,7 @@ pub(super) async fn write_small_file(
         Ok((kept, record))
     })
     .await?;
-    if let (Some(kept), Some(old)) = (kept, replacing) {
-        new_chunks
-            .extend(source::chunk_locations(&shared.store, shared.share, &kept, &old, None).await);
-    }
+    index_kept(shared, kept, replacing, new_chunks).await;
     new_chunks.extend(source::locations_in(path, &chunks, record.stamp()));
     Ok(record)
 }
@@ -359,14 +370,7 @@ pub(super) async fn write_entry(
                 commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime)
             })
             .await?;
-            if let (Some(kept), Some(old)) = (kept, replacing) {
-                new_chunks.extend(
-                    source::chunk_locations(&shared.store, shared.share, &kept, &old, None).await,
-                );
-            }
-            new_chunks.extend(source::locations_in(&rel, &chunks, None));
-        }
-    }
+            index_kept(shared, kept, replacing, new_chunks).await;
     if matches!(meta.kind, EntryKind::Dir) {
         // Keep the directory's own mtime (see `normalised`); only its mode is synced.
         let (root, rel, mode) = (shared.root.clone(), path.to_owned(), meta.mode);

@@ -271,14 +271,7 @@ mod tests {
 
     #[test]
     fn a_read_must_be_consistent() {
-        let stat = Stat {
-            mode: 0o644,
-            size: 10,
-            mtime: (1_000, 500),
-            ctime: (1_000, 900),
-            ino: 7,
-            dev: 1,
-        };
+        let stat = sample_stat();
         assert!(check_stable(&stat, &stat, &stat, 10).is_ok());
         assert!(check_stable(&stat, &stat, &stat, 9).is_err());
         let grown = Stat { size: 12, ..stat };

@@ -147,6 +147,7 @@ pub fn written_is_racy(mtime: (i64, u32), ctime: (i64, u32), now: SystemTime) ->
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::sample_stat;
     use super::*;
 
     #[test]
@@ -167,14 +168,7 @@ mod tests {
 
     #[test]
     fn the_racy_and_reuse_rules() {
-        let stat = Stat {
-            mode: 0o644,
-            size: 10,
-            mtime: (1_000, 500),
-            ctime: (1_000, 900),
-            ino: 7,
-            dev: 1,
-        };
+        let stat = sample_stat();
         let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
         assert!(is_racy(&stat, at(1_000, 50_000_000)));
         assert!(!is_racy(&stat, at(1_001, 0)));

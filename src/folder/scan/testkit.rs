@@ -50,3 +50,15 @@ pub(crate) fn chunks_of(meta: &FileMeta, pages: &[(PageRef, Vec<ChunkRef>)]) -> 
             .collect(),
     }
 }
+
+/// A stat with everything set, for the racy and stability rules' tests.
+pub(crate) fn sample_stat() -> super::stat::Stat {
+    super::stat::Stat {
+        mode: 0o644,
+        size: 10,
+        mtime: (1_000, 500),
+        ctime: (1_000, 900),
+        ino: 7,
+        dev: 1,
+    }
+}
