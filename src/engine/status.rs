@@ -170,7 +170,13 @@ async fn complete(
             share.folder = folder.status().await;
         }
         if let Some(id) = pending.count_unshared {
-            share.unshared = store.count_authored(id).await.unwrap_or(0);
+            share.unshared = match store.count_authored(id).await {
+                Ok(count) => count,
+                Err(e) => {
+                    tracing::warn!(share = %share.name, "cannot count local edits for status: {e}");
+                    0
+                }
+            };
         }
     }
     status

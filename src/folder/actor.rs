@@ -285,7 +285,12 @@ impl FolderActor {
             Command::ServePage { hash, reply } => {
                 let (store, share) = (self.store.clone(), self.sources.share);
                 tokio::spawn(async move {
-                    let _ = reply.send(store.page(share, hash).await.ok().flatten());
+                    let page = store.page(share, hash).await.unwrap_or_else(|e| {
+                        // Answered as "not here": the member asks another.
+                        warn!("cannot read a chunk-list page to serve: {e}");
+                        None
+                    });
+                    let _ = reply.send(page);
                 });
             }
             Command::Status { reply } => {

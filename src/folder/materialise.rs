@@ -371,6 +371,9 @@ pub(super) async fn write_entry(
             })
             .await?;
             index_kept(shared, kept, replacing, new_chunks).await;
+            new_chunks.extend(source::locations_in(&rel, &chunks, None));
+        }
+    }
     if matches!(meta.kind, EntryKind::Dir) {
         // Keep the directory's own mtime (see `normalised`); only its mode is synced.
         let (root, rel, mode) = (shared.root.clone(), path.to_owned(), meta.mode);

@@ -135,7 +135,14 @@ pub async fn stored_chunk_list(
     };
     let mut all = Vec::new();
     for page in pages {
-        let bytes = store.page(share, page.hash).await.ok().flatten()?;
+        let bytes = match store.page(share, page.hash).await {
+            Ok(bytes) => bytes?,
+            Err(e) => {
+                // Treated as not stored: the caller fetches the chunks instead of copying them.
+                warn!("cannot read a chunk-list page: {e}");
+                return None;
+            }
+        };
         all.extend(decode_page(page, &bytes).ok()?);
     }
     Some(all)
