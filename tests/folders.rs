@@ -432,3 +432,68 @@ fn stale_temp_files_are_removed_at_start_and_recent_ones_kept() {
         "temp files are never synced"
     );
 }
+
+/// A shared folder removed and re-created empty with its marker (what the README says to do
+/// when a share pauses for a missing marker) is not a deletion of everything in it: it is
+/// treated as newly joined and refilled from members, whether the daemon ran through it or
+/// was stopped meanwhile. Before this was fixed, B announced a delete for every file and A lost
+/// them all.
+#[test]
+fn a_recreated_folder_is_refilled_and_deletes_nothing_elsewhere() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
+    for d in 0..4 {
+        fs::create_dir_all(a.join(format!("dir{d}"))).unwrap();
+        for f in 0..5 {
+            fs::write(a.join(format!("dir{d}/f{f}.txt")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    fs::write(a.join("big.bin"), random_bytes(3 << 20, 7)).unwrap();
+    share.wait_identical();
+    let mut expected = tree(&a);
+
+    // While B runs: the folder goes away (moved off, then deleted), B pauses, the user
+    // re-creates it with its marker.
+    let gone = b.with_extension("removed");
+    fs::rename(&b, &gone).unwrap();
+    fs::remove_dir_all(&gone).unwrap();
+    wait_until("B to pause for its missing folder", WAIT, || {
+        share.status(&mesh.nodes[1])["state"] == "paused"
+    });
+    fs::create_dir_all(b.join(".meshsync")).unwrap();
+    wait_until("B's re-created folder to be refilled", WAIT, || {
+        tree(&b) == expected
+    });
+    // Evidence that whatever B announced has reached A: a later file from B arrives.
+    fs::write(b.join("later.txt"), "written after the re-creation").unwrap();
+    wait_until("B's later file to reach A", WAIT, || {
+        a.join("later.txt").exists()
+    });
+    expected = tree(&b);
+    assert_eq!(tree(&a), expected, "A lost nothing");
+
+    // While B is stopped: the same, with the daemon finding the new folder at start.
+    mesh.nodes[1].stop();
+    fs::remove_dir_all(&b).unwrap();
+    fs::create_dir_all(b.join(".meshsync")).unwrap();
+    mesh.nodes[1].start();
+    wait_until(
+        "B's folder, re-created while it was stopped, to be refilled",
+        WAIT,
+        || tree(&b) == expected,
+    );
+    fs::write(b.join("later2.txt"), "after the restart").unwrap();
+    wait_until("B's second later file to reach A", WAIT, || {
+        a.join("later2.txt").exists()
+    });
+    assert_eq!(tree(&a), tree(&b), "A lost nothing");
+    assert!(
+        tree(&a).iter().all(|(p, _)| !p.contains(".sync-conflict-")),
+        "no conflict copies: only A ever wrote these files"
+    );
+}

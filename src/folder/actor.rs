@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
+use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::materialise::{Materialised, materialise};
 use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::plan::{self, Desired};
@@ -109,6 +110,7 @@ pub fn spawn(
         changes,
         synced: BTreeMap::new(),
         state_loaded: false,
+        instance: None,
         paused: None,
         scanning: false,
         watch: None,
@@ -148,6 +150,8 @@ struct FolderActor {
     synced: BTreeMap<String, Synced>,
     /// Whether `synced` was loaded. Until it is, nothing is scanned: every file would look new.
     state_loaded: bool,
+    /// The id of the folder `synced` describes ([`instance`]); `None` until one is recorded.
+    instance: Option<InstanceId>,
     paused: Option<String>,
     scanning: bool,
     watch: Option<Watch>,
@@ -174,6 +178,8 @@ struct FolderActor {
 
 /// A finished scan, full or partial.
 struct ScanResult {
+    /// The id found in the folder's marker directory when the scan started.
+    instance: std::io::Result<Option<InstanceId>>,
     full: bool,
     updated: BTreeMap<String, ScanRecord>,
     gone: Vec<String>,
@@ -234,10 +240,11 @@ impl FolderActor {
     /// Loads what was synced at each path. If the store cannot say, the folder stays paused
     /// with the reason in `status`: scanning without it would take every file for a new edit.
     async fn load_state(&mut self) {
-        match state::load_synced(&self.store, self.sources.share).await {
-            Ok(synced) => {
-                debug!(folder = %self.name, "folder state: {} synced paths", synced.len());
-                self.synced = synced;
+        match state::load(&self.store, self.sources.share).await {
+            Ok(loaded) => {
+                debug!(folder = %self.name, "folder state: {} synced paths", loaded.synced.len());
+                self.synced = loaded.synced;
+                self.instance = loaded.instance;
                 self.state_loaded = true;
             }
             Err(e) => {
@@ -421,6 +428,8 @@ impl FolderActor {
             self.previous_records(&paths)
         };
         self.scans.spawn_blocking(move || {
+            // Read before the walk: a folder replaced during the walk then fails the check.
+            let instance = instance::read(&root);
             let chunk_lists =
                 |meta: &FileMeta| state::blocking_stored_chunk_list(&store, share, meta);
             let out = if full {
@@ -432,6 +441,7 @@ impl FolderActor {
                 warn!("{warning}");
             }
             Ok(ScanResult {
+                instance,
                 full,
                 updated: out.entries,
                 gone: out.gone,
@@ -479,6 +489,9 @@ impl FolderActor {
     /// Turns a scan into local writes: changed paths (based on what was synced there) and
     /// deletes of synced paths that are gone.
     async fn on_scanned(&mut self, result: ScanResult) {
+        if !self.trust_scan(&result).await {
+            return;
+        }
         if self.paused.take().is_some() {
             info!(folder = %self.name, "resumed");
         }
@@ -534,6 +547,77 @@ impl FolderActor {
         self.index_chunks(result.updated.iter()).await;
         if result.full {
             self.queue_all_remote().await;
+        }
+    }
+
+    /// Whether `result` looked at the folder we synced, so that what it did not find may be
+    /// taken for deletes. A folder with a different or no id (removed and re-created, another
+    /// disk) is treated as freshly joined instead: every synced path is forgotten, so the next
+    /// (full) scan sees no deletes, only what is there, and what is missing is fetched from
+    /// members ([`instance`]).
+    async fn trust_scan(&mut self, result: &ScanResult) -> bool {
+        let found = match &result.instance {
+            Ok(found) => *found,
+            Err(e) => {
+                self.pause(format!("cannot read {MARKER_DIR}/{INSTANCE_FILE}: {e}"));
+                return false;
+            }
+        };
+        match instance::judge(self.instance, found) {
+            Verdict::Same => true,
+            Verdict::FirstSeen => {
+                let id = match found {
+                    Some(id) => Ok(id),
+                    None => self.create_instance().await,
+                };
+                match id {
+                    Ok(id) => self.record_instance(id, Vec::new()).await,
+                    Err(e) => warn!(folder = %self.name, "cannot give the folder an id: {e}"),
+                }
+                true
+            }
+            Verdict::Replaced => {
+                warn!(
+                    folder = %self.name,
+                    "this folder is not the one last synced here (removed and re-created, or \
+                     another disk): treating it as newly joined; nothing it lacks is deleted \
+                     elsewhere, it is fetched from members instead"
+                );
+                let forget: Vec<String> = std::mem::take(&mut self.synced).into_keys().collect();
+                self.unsaved.clear();
+                self.sources
+                    .chunks
+                    .write()
+                    .expect("chunk index lock")
+                    .clear();
+                match self.create_instance().await {
+                    Ok(id) => self.record_instance(id, forget).await,
+                    Err(e) => {
+                        self.pause(format!("cannot give the re-created folder an id: {e}"));
+                        return false;
+                    }
+                }
+                self.dirty_all = true;
+                self.scan_soon(Duration::ZERO);
+                false
+            }
+        }
+    }
+
+    async fn create_instance(&self) -> std::io::Result<InstanceId> {
+        let root = self.sources.root.clone();
+        tokio::task::spawn_blocking(move || instance::create(&root))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn record_instance(&mut self, id: InstanceId, forget: Vec<String>) {
+        match state::record_instance(&self.store, self.sources.share, id, forget).await {
+            Ok(()) => self.instance = Some(id),
+            Err(e) => {
+                self.last_error = Some(format!("cannot record the folder's id: {e}"));
+                warn!(folder = %self.name, "cannot record the folder's id: {e}");
+            }
         }
     }
 

@@ -11,6 +11,7 @@ pub mod content;
 pub mod error;
 pub mod fetch;
 mod handle;
+pub mod instance;
 mod materialise;
 pub mod model;
 mod plan;

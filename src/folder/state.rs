@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::instance::InstanceId;
 use super::model::{ChunkRef, Content, FileMeta, Hash, PageRef};
 use super::scan::ScanRecord;
 use crate::merge::VersionVector;
@@ -23,16 +24,32 @@ pub struct Synced {
     pub base: VersionVector,
 }
 
-/// Every path's synced state. A row that does not decode is skipped (and counted in the log):
+/// The local-state row holding the folder's [`InstanceId`]. It starts with a NUL, which no path
+/// may contain, so it never collides with a path's row.
+const INSTANCE_KEY: &[u8] = b"\0instance";
+
+/// What the store knows about a folder: every path's synced state, and the id of the folder
+/// that was synced.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Per path: what was last synced there.
+    pub synced: BTreeMap<String, Synced>,
+    /// The id of the folder those paths were synced in ([`super::instance`]).
+    pub instance: Option<InstanceId>,
+}
+
+/// Loads the folder's state. A row that does not decode is skipped (and counted in the log):
 /// the path is then unknown, and the next scan re-adopts it if it matches the share.
-pub async fn load_synced(
-    store: &StoreHandle,
-    share: ShareId,
-) -> Result<BTreeMap<String, Synced>, StoreError> {
+pub async fn load(store: &StoreHandle, share: ShareId) -> Result<Loaded, StoreError> {
     let rows = store.local_state(share).await?;
     let mut map = BTreeMap::new();
+    let mut instance = None;
     let mut damaged = 0usize;
     for (key, value) in rows {
+        if key == INSTANCE_KEY {
+            instance = InstanceId::try_from(value.as_slice()).ok();
+            continue;
+        }
         match (
             String::from_utf8(key),
             crate::cbor::decode::<Synced>(&value),
@@ -46,7 +63,26 @@ pub async fn load_synced(
     if damaged > 0 {
         warn!("{damaged} synced-state rows did not decode; those paths are rescanned");
     }
-    Ok(map)
+    Ok(Loaded {
+        synced: map,
+        instance,
+    })
+}
+
+/// Records the folder's id, and forgets every synced path in `forget` (all of them when the
+/// folder was replaced), in one durable write.
+pub async fn record_instance(
+    store: &StoreHandle,
+    share: ShareId,
+    id: InstanceId,
+    forget: Vec<String>,
+) -> Result<(), StoreError> {
+    let mut rows: Vec<LocalStateRow> = forget
+        .into_iter()
+        .map(|path| (path.into_bytes(), None))
+        .collect();
+    rows.push((INSTANCE_KEY.to_vec(), Some(id.to_vec())));
+    store.save_local_state(share, rows).await
 }
 
 /// Batches of synced-state rows for the writer task.

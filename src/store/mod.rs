@@ -15,10 +15,10 @@
 //!
 //! # Layout
 //! - `mod.rs`: the types callers see, limits and errors.
-//! - [`handle`]: [`StoreHandle`], the cloneable way in.
+//! - [`handle`]: [`StoreHandle`], the cloneable way in; `action`: the messages it sends.
 //! - `actor`: the store thread (batched writes, reads).
 //! - [`schema`]: tables, schema version, migration, loading at start-up.
-//! - [`pages`], [`local_state`]: the handle's calls for those two tables.
+//! - [`pages`], [`local_state`]: reading and writing those two tables (in the store thread).
 
 mod action;
 mod actor;
