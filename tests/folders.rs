@@ -354,6 +354,14 @@ fn an_idle_folder_stays_quiet() {
                 && mesh.nodes[0].share_root(&share.name) == mesh.nodes[1].share_root(&share.name)
         },
     );
+    for node in &mesh.nodes {
+        let status = share.status(node);
+        let obj = status.as_object().unwrap();
+        assert!(
+            obj["last_error"].is_null() && obj["last_error_at"].is_null(),
+            "{status}"
+        );
+    }
     let scans = |i: usize| share.status(&mesh.nodes[i])["scans"].as_u64().unwrap();
     let before = [scans(0), scans(1)];
     // A fixed window, not a wait for evidence: a scan that triggers the next one shows only over

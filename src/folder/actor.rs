@@ -172,7 +172,8 @@ struct FolderActor {
     state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
     state_writer_task: Option<tokio::task::JoinHandle<()>>,
     refused: u64,
-    last_error: Option<String>,
+    /// The last error and when it happened, for `status`.
+    last_error: Option<(String, std::time::SystemTime)>,
     rate: RateMeter,
 }
 
@@ -332,8 +333,14 @@ impl FolderActor {
             refused: self.refused,
             local_entries: self.synced.len() as u64,
             scans: self.scans_run,
-            last_error: self.last_error.clone(),
+            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: self.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
         }
+    }
+
+    /// Remembers an error for `status` (the log line is the caller's).
+    fn note_error(&mut self, error: impl Into<String>) {
+        self.last_error = Some((error.into(), std::time::SystemTime::now()));
     }
 
     fn pause(&mut self, reason: String) {
@@ -508,7 +515,7 @@ impl FolderActor {
             match self.store.put_pages(self.sources.share, pages).await {
                 Ok(pending) => Some(pending),
                 Err(e) => {
-                    self.last_error = Some(format!("cannot store chunk lists: {e}"));
+                    self.note_error(format!("cannot store chunk lists: {e}"));
                     None
                 }
             }
@@ -541,7 +548,7 @@ impl FolderActor {
         if let Some(pending) = pages_written
             && let Err(e) = pending.done().await
         {
-            self.last_error = Some(format!("cannot store chunk lists: {e}"));
+            self.note_error(format!("cannot store chunk lists: {e}"));
         }
         // After the pages are committed: paged files' chunk lists are read back from them.
         self.index_chunks(result.updated.iter()).await;
@@ -615,7 +622,7 @@ impl FolderActor {
         match state::record_instance(&self.store, self.sources.share, id, forget).await {
             Ok(()) => self.instance = Some(id),
             Err(e) => {
-                self.last_error = Some(format!("cannot record the folder's id: {e}"));
+                self.note_error(format!("cannot record the folder's id: {e}"));
                 warn!(folder = %self.name, "cannot record the folder's id: {e}");
             }
         }
@@ -700,7 +707,7 @@ impl FolderActor {
         }
         let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
         if let Err(e) = self.store.put_writes(self.sources.share, writes).await {
-            self.last_error = Some(format!("cannot record local changes: {e}"));
+            self.note_error(format!("cannot record local changes: {e}"));
             warn!(folder = %self.name, "cannot record local changes: {e}");
             return;
         }
@@ -717,7 +724,7 @@ impl FolderActor {
             Err(e) => {
                 // The writes are committed; only our record of them is missing. The next scan
                 // sees the paths as changed and adopts them (they match the share).
-                self.last_error = Some(format!("cannot read back local changes: {e}"));
+                self.note_error(format!("cannot read back local changes: {e}"));
                 warn!(folder = %self.name, "cannot read back local changes: {e}");
                 return;
             }
@@ -774,7 +781,7 @@ impl FolderActor {
         }
         // One writer task keeps flushes in order.
         if self.state_writer.send(rows).is_err() {
-            self.last_error = Some("the folder state writer has stopped".into());
+            self.note_error("the folder state writer has stopped");
         }
     }
 
@@ -808,7 +815,7 @@ impl FolderActor {
         let entries = match self.store.list(self.sources.share, Vec::new()).await {
             Ok(entries) => entries,
             Err(e) => {
-                self.last_error = Some(format!("cannot list the share's entries: {e}"));
+                self.note_error(format!("cannot list the share's entries: {e}"));
                 warn!(folder = %self.name, "cannot list the share's entries: {e}");
                 return;
             }
@@ -904,7 +911,7 @@ impl FolderActor {
                 return;
             }
             warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {error}");
-            self.last_error = Some(format!("{}: {error}", done.path));
+            self.note_error(format!("{}: {error}", done.path));
             self.queue
                 .retry_at(done.path, Instant::now() + DOWNLOAD_RETRY);
             return;
@@ -946,6 +953,16 @@ impl FolderActor {
             }
         }
     }
+}
+
+/// A time as RFC 3339 in UTC, with milliseconds.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    let at = at
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Creates the folder (if needed) and its marker directory, for a share being created or joined.

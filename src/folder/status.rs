@@ -48,9 +48,11 @@ pub struct FolderStatus {
     pub local_entries: u64,
     /// Scans run since start (full and partial).
     pub scans: u64,
-    /// The last error, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The last error; `null` when there has been none since start.
     pub last_error: Option<String>,
+    /// When it happened (RFC 3339, UTC); `null` with it.
+    #[serde(default)]
+    pub last_error_at: Option<String>,
 }
 
 /// Byte and error counters of one folder, shown in its status.
@@ -84,5 +86,36 @@ impl RateMeter {
             }
             _ => 0.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_error_is_always_present_null_when_none() {
+        let status = FolderStatus {
+            path: "/f".into(),
+            state: FolderState::Idle,
+            reason: None,
+            needed_files: 0,
+            needed_bytes: 0,
+            fetched_bytes: 0,
+            served_bytes: 0,
+            rate_bytes_per_sec: 0.0,
+            bad_chunks: 0,
+            refused: 0,
+            local_entries: 0,
+            scans: 0,
+            last_error: None,
+            last_error_at: None,
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert!(
+            json["last_error"].is_null() && json.get("last_error").is_some(),
+            "{json}"
+        );
+        assert!(json.get("last_error_at").is_some(), "{json}");
     }
 }
