@@ -237,7 +237,12 @@ fn killed_receiver_never_shows_a_partial_file_and_resumes() {
     };
     let data = random_bytes(96 << 20, 9);
     let expected = blake3::hash(&data);
-    fs::write(share.dirs[0].join("large.bin"), &data).unwrap();
+    // Written beside the folder and moved in whole: this test is about what the receiver shows,
+    // and a sender's scan that reads a file while a stalled writer is half-way through it can
+    // publish that half as a version (a separate defect of the scanner, not tested here).
+    let staging = share.dirs[0].parent().unwrap().join("large.bin.staging");
+    fs::write(&staging, &data).unwrap();
+    fs::rename(&staging, share.dirs[0].join("large.bin")).unwrap();
     let target = share.dirs[1].join("large.bin");
     // Kill B as soon as it has started fetching.
     wait_until("B to start fetching", WAIT, || {
