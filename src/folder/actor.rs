@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -34,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
-use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
+use super::instance::{self, InstanceId};
 use super::materialise::{Materialised, materialise};
 use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::plan::{self, Desired};
@@ -45,9 +44,9 @@ use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter};
 use super::watch::{self as watcher, Watch, WatchEvent};
 use super::{serve, trash, write};
-use crate::merge::{Payload, PeerKey, RecordRegister};
+use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
-use crate::store::{Change, LocalWrite, Origin, ShareMeta, StoreHandle};
+use crate::store::{Change, Origin, ShareMeta, StoreHandle};
 
 /// Pause after the last watcher event before the changed paths are scanned, so that a file
 /// being written is read once, when it is done, while a saved edit still leaves in milliseconds.
@@ -138,54 +137,54 @@ pub fn spawn(
 /// One folder's actor: the loop that ties the watcher, scans, the store's changes and the
 /// download queue together. Decisions are made in `plan` and `queue`; files are written in
 /// `materialise`.
-struct FolderActor {
-    name: String,
-    local: PeerId,
-    local_key: PeerKey,
-    store: StoreHandle,
-    sources: Sources,
-    commands: mpsc::Receiver<Command>,
-    changes: broadcast::Receiver<Arc<Change>>,
+pub(super) struct FolderActor {
+    pub(super) name: String,
+    pub(super) local: PeerId,
+    pub(super) local_key: PeerKey,
+    pub(super) store: StoreHandle,
+    pub(super) sources: Sources,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) changes: broadcast::Receiver<Arc<Change>>,
     /// Per path: what we last synced there.
-    synced: BTreeMap<String, Synced>,
+    pub(super) synced: BTreeMap<String, Synced>,
     /// Whether `synced` was loaded. Until it is, nothing is scanned: every file would look new.
-    state_loaded: bool,
+    pub(super) state_loaded: bool,
     /// The id of the folder `synced` describes ([`instance`]); `None` until one is recorded.
-    instance: Option<InstanceId>,
-    paused: Option<String>,
-    scanning: bool,
-    watch: Option<Watch>,
-    dirty_paths: BTreeSet<String>,
-    dirty_all: bool,
-    scan_at: Option<Instant>,
-    next_rescan: Instant,
-    queue: DownloadQueue,
+    pub(super) instance: Option<InstanceId>,
+    pub(super) paused: Option<String>,
+    pub(super) scanning: bool,
+    pub(super) watch: Option<Watch>,
+    pub(super) dirty_paths: BTreeSet<String>,
+    pub(super) dirty_all: bool,
+    pub(super) scan_at: Option<Instant>,
+    pub(super) next_rescan: Instant,
+    pub(super) queue: DownloadQueue,
     /// The register a queued path last changed to, from the change itself (saves asking the
     /// store again when its download starts).
-    latest: HashMap<String, RecordRegister>,
-    downloads: JoinSet<Materialised>,
-    scans: JoinSet<Result<ScanResult, scan::ScanError>>,
+    pub(super) latest: HashMap<String, RecordRegister>,
+    pub(super) downloads: JoinSet<Materialised>,
+    pub(super) scans: JoinSet<Result<ScanResult, scan::ScanError>>,
     /// Synced-state rows not yet written (latest per path).
-    unsaved: BTreeMap<String, Option<Synced>>,
-    flush_at: Option<Instant>,
-    scans_run: u64,
-    state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
-    state_writer_task: Option<tokio::task::JoinHandle<()>>,
-    refused: u64,
+    pub(super) unsaved: BTreeMap<String, Option<Synced>>,
+    pub(super) flush_at: Option<Instant>,
+    pub(super) scans_run: u64,
+    pub(super) state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
+    pub(super) state_writer_task: Option<tokio::task::JoinHandle<()>>,
+    pub(super) refused: u64,
     /// The last error and when it happened, for `status`.
-    last_error: Option<(String, std::time::SystemTime)>,
-    rate: RateMeter,
+    pub(super) last_error: Option<(String, std::time::SystemTime)>,
+    pub(super) rate: RateMeter,
 }
 
 /// A finished scan, full or partial.
-struct ScanResult {
+pub(super) struct ScanResult {
     /// The id found in the folder's marker directory when the scan started.
-    instance: std::io::Result<Option<InstanceId>>,
-    full: bool,
-    updated: BTreeMap<String, ScanRecord>,
-    gone: Vec<String>,
-    pages: Vec<(PageRef, Vec<ChunkRef>)>,
-    unstable: Vec<String>,
+    pub(super) instance: std::io::Result<Option<InstanceId>>,
+    pub(super) full: bool,
+    pub(super) updated: BTreeMap<String, ScanRecord>,
+    pub(super) gone: Vec<String>,
+    pub(super) pages: Vec<(PageRef, Vec<ChunkRef>)>,
+    pub(super) unstable: Vec<String>,
 }
 
 impl FolderActor {
@@ -339,11 +338,11 @@ impl FolderActor {
     }
 
     /// Remembers an error for `status` (the log line is the caller's).
-    fn note_error(&mut self, error: impl Into<String>) {
+    pub(super) fn note_error(&mut self, error: impl Into<String>) {
         self.last_error = Some((error.into(), std::time::SystemTime::now()));
     }
 
-    fn pause(&mut self, reason: String) {
+    pub(super) fn pause(&mut self, reason: String) {
         if self.paused.as_deref() != Some(&reason) {
             warn!(folder = %self.name, "paused: {reason}");
         }
@@ -352,7 +351,7 @@ impl FolderActor {
         self.next_rescan = Instant::now() + PAUSED_CHECK_INTERVAL;
     }
 
-    fn scan_soon(&mut self, delay: Duration) {
+    pub(super) fn scan_soon(&mut self, delay: Duration) {
         let at = Instant::now() + delay;
         self.scan_at = Some(self.scan_at.map_or(at, |t| t.min(at)));
     }
@@ -557,212 +556,10 @@ impl FolderActor {
         }
     }
 
-    /// Whether `result` looked at the folder we synced, so that what it did not find may be
-    /// taken for deletes. A folder with a different or no id (removed and re-created, another
-    /// disk) is treated as freshly joined instead: every synced path is forgotten, so the next
-    /// (full) scan sees no deletes, only what is there, and what is missing is fetched from
-    /// members ([`instance`]).
-    async fn trust_scan(&mut self, result: &ScanResult) -> bool {
-        let found = match &result.instance {
-            Ok(found) => *found,
-            Err(e) => {
-                self.pause(format!("cannot read {MARKER_DIR}/{INSTANCE_FILE}: {e}"));
-                return false;
-            }
-        };
-        match instance::judge(self.instance, found) {
-            Verdict::Same => true,
-            Verdict::FirstSeen => {
-                let id = match found {
-                    Some(id) => Ok(id),
-                    None => self.create_instance().await,
-                };
-                match id {
-                    Ok(id) => self.record_instance(id, Vec::new()).await,
-                    Err(e) => warn!(folder = %self.name, "cannot give the folder an id: {e}"),
-                }
-                true
-            }
-            Verdict::Replaced => {
-                warn!(
-                    folder = %self.name,
-                    "this folder is not the one last synced here (removed and re-created, or \
-                     another disk): treating it as newly joined; nothing it lacks is deleted \
-                     elsewhere, it is fetched from members instead"
-                );
-                let forget: Vec<String> = std::mem::take(&mut self.synced).into_keys().collect();
-                self.unsaved.clear();
-                self.sources
-                    .chunks
-                    .write()
-                    .expect("chunk index lock")
-                    .clear();
-                match self.create_instance().await {
-                    Ok(id) => self.record_instance(id, forget).await,
-                    Err(e) => {
-                        self.pause(format!("cannot give the re-created folder an id: {e}"));
-                        return false;
-                    }
-                }
-                self.dirty_all = true;
-                self.scan_soon(Duration::ZERO);
-                false
-            }
-        }
-    }
-
-    async fn create_instance(&self) -> std::io::Result<InstanceId> {
-        let root = self.sources.root.clone();
-        tokio::task::spawn_blocking(move || instance::create(&root))
-            .await
-            .map_err(std::io::Error::other)?
-    }
-
-    async fn record_instance(&mut self, id: InstanceId, forget: Vec<String>) {
-        match state::record_instance(&self.store, self.sources.share, id, forget).await {
-            Ok(()) => self.instance = Some(id),
-            Err(e) => {
-                self.note_error(format!("cannot record the folder's id: {e}"));
-                warn!(folder = %self.name, "cannot record the folder's id: {e}");
-            }
-        }
-    }
-
-    /// Takes out of `changes` every path that already is what the share says it should be (a
-    /// directory the writer created for a file inside it, a file that was already there when
-    /// the share was joined, a scan that raced a download) and records it as synced instead of
-    /// writing it again as a new, concurrent version.
-    async fn adopt_identical(
-        &mut self,
-        changes: Vec<(String, Option<ScanRecord>)>,
-    ) -> Vec<(String, Option<ScanRecord>)> {
-        let keys: Vec<Vec<u8>> = changes
-            .iter()
-            .filter(|(_, r)| r.is_some())
-            .map(|(p, _)| p.clone().into_bytes())
-            .collect();
-        if keys.is_empty() {
-            return changes;
-        }
-        let registers = match self.store.get_many(self.sources.share, keys).await {
-            Ok(registers) => registers,
-            Err(e) => {
-                // Nothing is adopted: every change is written as a new version instead, which
-                // is safe (at worst a redundant version).
-                warn!(folder = %self.name, "cannot read entries to compare with: {e}");
-                return changes;
-            }
-        };
-        let mut registers = registers.into_iter();
-        let mut remaining = Vec::new();
-        let mut adopted = Vec::new();
-        for (path, record) in changes {
-            let Some(record) = record else {
-                remaining.push((path, None));
-                continue;
-            };
-            let register = registers.next().flatten();
-            let winner = register.as_ref().and_then(|r| {
-                let version = plan::effective_winner(r)?;
-                let meta = plan::decode_meta(version)?;
-                Some((meta, version.vv().clone()))
-            });
-            match winner {
-                Some((meta, vv)) if meta == plan::normalised(&record.meta) => {
-                    let synced = Synced { record, base: vv };
-                    self.synced.insert(path.clone(), synced.clone());
-                    adopted.push((path, Some(synced)));
-                }
-                _ => remaining.push((path, Some(record))),
-            }
-        }
-        self.save_later(adopted);
-        remaining
-    }
-
-    /// Records local changes in the store, each based on what was synced at its path.
-    async fn put_local(&mut self, changes: Vec<(String, Option<ScanRecord>)>) {
-        let mut writes = Vec::with_capacity(changes.len());
-        for (path, record) in &changes {
-            let base = self
-                .synced
-                .get(path)
-                .map(|s| s.base.clone())
-                .unwrap_or_default();
-            let payload = match record {
-                Some(record) => match plan::encode_meta(&plan::normalised(&record.meta)) {
-                    Ok(bytes) => Payload::Value(ByteBuf::from(bytes)),
-                    Err(e) => {
-                        warn!(folder = %self.name, path = %path, "cannot encode: {e}");
-                        continue;
-                    }
-                },
-                None => Payload::Tombstone,
-            };
-            writes.push(LocalWrite {
-                key: path.clone().into_bytes(),
-                payload,
-                base: Some(base),
-            });
-        }
-        let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
-        if let Err(e) = self.store.put_writes(self.sources.share, writes).await {
-            self.note_error(format!("cannot record local changes: {e}"));
-            warn!(folder = %self.name, "cannot record local changes: {e}");
-            return;
-        }
-        for (path, record) in &changes {
-            match record {
-                Some(r) => {
-                    debug!(folder = %self.name, path = %path, kind = ?r.meta.kind, "local change")
-                }
-                None => debug!(folder = %self.name, path = %path, "local delete"),
-            }
-        }
-        let registers = match self.store.get_many(self.sources.share, keys).await {
-            Ok(registers) => registers,
-            Err(e) => {
-                // The writes are committed; only our record of them is missing. The next scan
-                // sees the paths as changed and adopts them (they match the share).
-                self.note_error(format!("cannot read back local changes: {e}"));
-                warn!(folder = %self.name, "cannot read back local changes: {e}");
-                return;
-            }
-        };
-        let mut rows = Vec::new();
-        for ((path, record), register) in changes.into_iter().zip(registers) {
-            let Some(register) = register else { continue };
-            // Our write is the version of ours with the highest counter.
-            let ours = register
-                .versions()
-                .iter()
-                .filter(|v| v.origin() == &self.local_key)
-                .max_by_key(|v| v.vv().get(&self.local_key));
-            match (record, ours) {
-                (Some(record), Some(version)) => {
-                    let synced = Synced {
-                        record,
-                        base: version.vv().clone(),
-                    };
-                    rows.push((path.clone(), Some(synced.clone())));
-                    self.synced.insert(path.clone(), synced);
-                }
-                (None, _) => {
-                    self.synced.remove(&path);
-                    rows.push((path.clone(), None));
-                }
-                (Some(_), None) => {}
-            }
-            // A concurrent remote version may now be the winner: materialise it.
-            self.queue.push(path, false);
-        }
-        self.save_later(rows);
-    }
-
     /// Queues rows of the synced-state table for the next flush. The table is a cache: after a
     /// crash, a path it forgot is re-adopted by the next scan when it matches the share, so it
     /// is written in batches off the actor's loop rather than once per file.
-    fn save_later(&mut self, rows: Vec<(String, Option<Synced>)>) {
+    pub(super) fn save_later(&mut self, rows: Vec<(String, Option<Synced>)>) {
         if rows.is_empty() {
             return;
         }
@@ -836,7 +633,7 @@ impl FolderActor {
     }
 
     /// Queues a path whose entry changed to `register`, noting how much it will fetch.
-    fn queue_remote(&mut self, path: String, register: &RecordRegister) {
+    pub(super) fn queue_remote(&mut self, path: String, register: &RecordRegister) {
         let wanted = plan::desired(register);
         let file_size = match &wanted {
             Desired::Present(meta) if meta.kind == EntryKind::File => Some(meta.size),

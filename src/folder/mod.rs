@@ -12,6 +12,7 @@ pub mod error;
 pub mod fetch;
 mod handle;
 pub mod instance;
+mod local_changes;
 mod materialise;
 pub mod model;
 mod plan;

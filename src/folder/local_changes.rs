@@ -1,0 +1,224 @@
+//! What a scan found, turned into the folder's state and the share's entries: whether the scan
+//! may be trusted at all (the folder's id, [`super::instance`]), which changed paths already are
+//! what the share says (adopted, not written again), and the local writes for the rest, each
+//! based on what was synced at its path.
+//!
+//! Methods of the folder actor, kept apart from its loop.
+
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+use tracing::{debug, warn};
+
+use super::actor::{FolderActor, ScanResult};
+use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
+use super::model::MARKER_DIR;
+use super::plan;
+use super::scan::ScanRecord;
+use super::state::{self, Synced};
+use crate::merge::Payload;
+use crate::store::LocalWrite;
+
+impl FolderActor {
+    /// Whether `result` looked at the folder we synced, so that what it did not find may be
+    /// taken for deletes. A folder with a different or no id (removed and re-created, another
+    /// disk) is treated as freshly joined instead: every synced path is forgotten, so the next
+    /// (full) scan sees no deletes, only what is there, and what is missing is fetched from
+    /// members ([`instance`]).
+    pub(super) async fn trust_scan(&mut self, result: &ScanResult) -> bool {
+        let found = match &result.instance {
+            Ok(found) => *found,
+            Err(e) => {
+                self.pause(format!("cannot read {MARKER_DIR}/{INSTANCE_FILE}: {e}"));
+                return false;
+            }
+        };
+        match instance::judge(self.instance, found) {
+            Verdict::Same => true,
+            Verdict::FirstSeen => {
+                let id = match found {
+                    Some(id) => Ok(id),
+                    None => self.create_instance().await,
+                };
+                match id {
+                    Ok(id) => self.record_instance(id, Vec::new()).await,
+                    Err(e) => warn!(folder = %self.name, "cannot give the folder an id: {e}"),
+                }
+                true
+            }
+            Verdict::Replaced => {
+                warn!(
+                    folder = %self.name,
+                    "this folder is not the one last synced here (removed and re-created, or \
+                     another disk): treating it as newly joined; nothing it lacks is deleted \
+                     elsewhere, it is fetched from members instead"
+                );
+                let forget: Vec<String> = std::mem::take(&mut self.synced).into_keys().collect();
+                self.unsaved.clear();
+                self.sources
+                    .chunks
+                    .write()
+                    .expect("chunk index lock")
+                    .clear();
+                match self.create_instance().await {
+                    Ok(id) => self.record_instance(id, forget).await,
+                    Err(e) => {
+                        self.pause(format!("cannot give the re-created folder an id: {e}"));
+                        return false;
+                    }
+                }
+                self.dirty_all = true;
+                self.scan_soon(Duration::ZERO);
+                false
+            }
+        }
+    }
+
+    async fn create_instance(&self) -> std::io::Result<InstanceId> {
+        let root = self.sources.root.clone();
+        tokio::task::spawn_blocking(move || instance::create(&root))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn record_instance(&mut self, id: InstanceId, forget: Vec<String>) {
+        match state::record_instance(&self.store, self.sources.share, id, forget).await {
+            Ok(()) => self.instance = Some(id),
+            Err(e) => {
+                self.note_error(format!("cannot record the folder's id: {e}"));
+                warn!(folder = %self.name, "cannot record the folder's id: {e}");
+            }
+        }
+    }
+
+    /// Takes out of `changes` every path that already is what the share says it should be (a
+    /// directory the writer created for a file inside it, a file that was already there when
+    /// the share was joined, a scan that raced a download) and records it as synced instead of
+    /// writing it again as a new, concurrent version.
+    pub(super) async fn adopt_identical(
+        &mut self,
+        changes: Vec<(String, Option<ScanRecord>)>,
+    ) -> Vec<(String, Option<ScanRecord>)> {
+        let keys: Vec<Vec<u8>> = changes
+            .iter()
+            .filter(|(_, r)| r.is_some())
+            .map(|(p, _)| p.clone().into_bytes())
+            .collect();
+        if keys.is_empty() {
+            return changes;
+        }
+        let registers = match self.store.get_many(self.sources.share, keys).await {
+            Ok(registers) => registers,
+            Err(e) => {
+                // Nothing is adopted: every change is written as a new version instead, which
+                // is safe (at worst a redundant version).
+                warn!(folder = %self.name, "cannot read entries to compare with: {e}");
+                return changes;
+            }
+        };
+        let mut registers = registers.into_iter();
+        let mut remaining = Vec::new();
+        let mut adopted = Vec::new();
+        for (path, record) in changes {
+            let Some(record) = record else {
+                remaining.push((path, None));
+                continue;
+            };
+            let register = registers.next().flatten();
+            let winner = register.as_ref().and_then(|r| {
+                let version = plan::effective_winner(r)?;
+                let meta = plan::decode_meta(version)?;
+                Some((meta, version.vv().clone()))
+            });
+            match winner {
+                Some((meta, vv)) if meta == plan::normalised(&record.meta) => {
+                    let synced = Synced { record, base: vv };
+                    self.synced.insert(path.clone(), synced.clone());
+                    adopted.push((path, Some(synced)));
+                }
+                _ => remaining.push((path, Some(record))),
+            }
+        }
+        self.save_later(adopted);
+        remaining
+    }
+
+    /// Records local changes in the store, each based on what was synced at its path.
+    pub(super) async fn put_local(&mut self, changes: Vec<(String, Option<ScanRecord>)>) {
+        let mut writes = Vec::with_capacity(changes.len());
+        for (path, record) in &changes {
+            let base = self
+                .synced
+                .get(path)
+                .map(|s| s.base.clone())
+                .unwrap_or_default();
+            let payload = match record {
+                Some(record) => match plan::encode_meta(&plan::normalised(&record.meta)) {
+                    Ok(bytes) => Payload::Value(ByteBuf::from(bytes)),
+                    Err(e) => {
+                        warn!(folder = %self.name, path = %path, "cannot encode: {e}");
+                        continue;
+                    }
+                },
+                None => Payload::Tombstone,
+            };
+            writes.push(LocalWrite {
+                key: path.clone().into_bytes(),
+                payload,
+                base: Some(base),
+            });
+        }
+        let keys: Vec<Vec<u8>> = writes.iter().map(|w| w.key.clone()).collect();
+        if let Err(e) = self.store.put_writes(self.sources.share, writes).await {
+            self.note_error(format!("cannot record local changes: {e}"));
+            warn!(folder = %self.name, "cannot record local changes: {e}");
+            return;
+        }
+        for (path, record) in &changes {
+            match record {
+                Some(r) => {
+                    debug!(folder = %self.name, path = %path, kind = ?r.meta.kind, "local change")
+                }
+                None => debug!(folder = %self.name, path = %path, "local delete"),
+            }
+        }
+        let registers = match self.store.get_many(self.sources.share, keys).await {
+            Ok(registers) => registers,
+            Err(e) => {
+                // The writes are committed; only our record of them is missing. The next scan
+                // sees the paths as changed and adopts them (they match the share).
+                self.note_error(format!("cannot read back local changes: {e}"));
+                warn!(folder = %self.name, "cannot read back local changes: {e}");
+                return;
+            }
+        };
+        let mut rows = Vec::new();
+        for ((path, record), register) in changes.into_iter().zip(registers) {
+            let Some(register) = register else { continue };
+            // Our write is the version of ours with the highest counter.
+            let ours = register
+                .versions()
+                .iter()
+                .filter(|v| v.origin() == &self.local_key)
+                .max_by_key(|v| v.vv().get(&self.local_key));
+            match (record, ours) {
+                (Some(record), Some(version)) => {
+                    let synced = Synced {
+                        record,
+                        base: version.vv().clone(),
+                    };
+                    rows.push((path.clone(), Some(synced.clone())));
+                    self.synced.insert(path.clone(), synced);
+                }
+                (None, _) => {
+                    self.synced.remove(&path);
+                    rows.push((path.clone(), None));
+                }
+                (Some(_), None) => {}
+            }
+            // A concurrent remote version may now be the winner: materialise it.
+            self.queue.push(path, false);
+        }
+        self.save_later(rows);
+    }
+}
