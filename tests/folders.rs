@@ -302,6 +302,39 @@ fn removed_root_sends_no_deletes() {
     assert_eq!(tree(&share.dirs[0]).len(), 10, "A still has every file");
 }
 
+/// `rm -rf` (or an unmount) takes files away one by one before the root goes; a scan in between
+/// sees them gone while the root is still there. None of those deletes may reach a member.
+#[test]
+fn a_folder_removed_file_by_file_sends_no_deletes() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    for i in 0..10 {
+        fs::write(share.dirs[0].join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    share.wait_identical();
+    // Slower than the watcher, so each removal is scanned on its own, as a big tree's would be.
+    for i in 0..10 {
+        fs::remove_file(share.dirs[1].join(format!("f{i}"))).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::remove_dir_all(&share.dirs[1]).unwrap();
+    wait_until("B to pause", WAIT, || {
+        share.status(&mesh.nodes[1])["state"] == "paused"
+    });
+    let paused_ms = now_ms();
+    let session = mesh.nodes[0].wait_session(
+        "A to reconcile with the paused B",
+        &mesh.nodes[1].peer_id,
+        &share.name,
+        paused_ms,
+        session_succeeded,
+    );
+    assert!(session["merged"] == 0, "{session}");
+    assert_eq!(tree(&share.dirs[0]).len(), 10, "A still has every file");
+}
+
 #[test]
 fn meshignore_rules_are_respected() {
     let mesh = Mesh::full_static(2);

@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::delete_hold::DeleteHold;
 use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
@@ -111,6 +112,7 @@ pub fn spawn(
         state_loaded: false,
         instance: None,
         paused: None,
+        deletes: DeleteHold::default(),
         scanning: false,
         watch: None,
         dirty_paths: BTreeSet::new(),
@@ -152,6 +154,8 @@ pub(super) struct FolderActor {
     /// The id of the folder `synced` describes ([`instance`]); `None` until one is recorded.
     pub(super) instance: Option<InstanceId>,
     pub(super) paused: Option<String>,
+    /// Local deletes waiting for the deleting to stop ([`super::delete_hold`]).
+    pub(super) deletes: DeleteHold,
     pub(super) scanning: bool,
     pub(super) watch: Option<Watch>,
     pub(super) dirty_paths: BTreeSet<String>,
@@ -185,6 +189,8 @@ pub(super) struct ScanResult {
     pub(super) gone: Vec<String>,
     pub(super) pages: Vec<(PageRef, Vec<ChunkRef>)>,
     pub(super) unstable: Vec<String>,
+    /// Whether this is the check of held deletes: its `gone` paths are sent, not held.
+    pub(super) confirms_deletes: bool,
 }
 
 impl FolderActor {
@@ -202,6 +208,12 @@ impl FolderActor {
                 .unwrap_or_else(|| Instant::now() + far);
             let rescan_at = self.next_rescan;
             let flush_at = self.flush_at.unwrap_or_else(|| Instant::now() + far);
+            let deletes_at = if self.scanning {
+                None
+            } else {
+                self.deletes.due_at()
+            }
+            .unwrap_or_else(|| Instant::now() + far);
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
@@ -232,6 +244,7 @@ impl FolderActor {
                 _ = tokio::time::sleep_until(retry_at) => self.queue.queue_due_retries(Instant::now()),
                 _ = tokio::time::sleep_until(flush_at) => self.flush_synced(),
                 _ = tokio::time::sleep_until(rescan_at) => self.on_rescan_due(),
+                _ = tokio::time::sleep_until(deletes_at) => self.check_held_deletes(),
             }
             self.start_downloads();
         }
@@ -314,7 +327,7 @@ impl FolderActor {
             FolderState::Paused
         } else if self.scanning {
             FolderState::Scanning
-        } else if !self.queue.is_idle() {
+        } else if !self.queue.is_idle() || self.deletes.len() > 0 {
             FolderState::Syncing
         } else {
             FolderState::Idle
@@ -331,6 +344,7 @@ impl FolderActor {
             bad_chunks: self.sources.counters.bad_chunks.load(Relaxed),
             refused: self.refused,
             local_entries: self.synced.len() as u64,
+            deletes_waiting: self.deletes.len() as u64,
             scans: self.scans_run,
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_at: self.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
@@ -347,6 +361,7 @@ impl FolderActor {
             warn!(folder = %self.name, "paused: {reason}");
         }
         self.paused = Some(reason);
+        self.deletes.clear();
         self.watch = None;
         self.next_rescan = Instant::now() + PAUSED_CHECK_INTERVAL;
     }
@@ -453,6 +468,36 @@ impl FolderActor {
                 gone: out.gone,
                 pages: out.pages,
                 unstable: out.unstable,
+                confirms_deletes: false,
+            })
+        });
+    }
+
+    /// Looks again at the held deletes, once due: those still gone, in the folder we synced
+    /// (root, marker and id checked), are sent by [`Self::on_scanned`]; the others are rescanned.
+    fn check_held_deletes(&mut self) {
+        if self.scanning {
+            return;
+        }
+        let paths = self.deletes.take_due(Instant::now());
+        if paths.is_empty() {
+            return;
+        }
+        self.scanning = true;
+        debug!(folder = %self.name, paths = paths.len(), "checking held deletes");
+        let root = self.sources.root.clone();
+        self.scans.spawn_blocking(move || {
+            let instance = instance::read(&root);
+            let gone = scan::still_gone(&root, &paths)?;
+            let back: Vec<String> = paths.into_iter().filter(|p| !gone.contains(p)).collect();
+            Ok(ScanResult {
+                instance,
+                full: false,
+                updated: BTreeMap::new(),
+                gone,
+                pages: Vec::new(),
+                unstable: back,
+                confirms_deletes: true,
             })
         });
     }
@@ -534,11 +579,17 @@ impl FolderActor {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
                 s.record = record.clone();
             }
+            self.deletes.release(path);
         }
-        for path in &result.gone {
-            if self.synced.contains_key(path) && !self.queue.is_running(path) {
-                writes.push((path.clone(), None));
-            }
+        let gone = result
+            .gone
+            .iter()
+            .filter(|path| self.synced.contains_key(*path) && !self.queue.is_running(path))
+            .cloned();
+        if result.confirms_deletes {
+            writes.extend(gone.map(|path| (path, None)));
+        } else {
+            self.deletes.hold(gone, Instant::now());
         }
         let writes = self.adopt_identical(writes).await;
         if !writes.is_empty() {

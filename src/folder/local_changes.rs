@@ -54,6 +54,7 @@ impl FolderActor {
                      elsewhere, it is fetched from members instead"
                 );
                 let forget: Vec<String> = std::mem::take(&mut self.synced).into_keys().collect();
+                self.deletes.clear();
                 self.unsaved.clear();
                 self.sources
                     .chunks

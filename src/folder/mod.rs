@@ -8,6 +8,7 @@ mod actor;
 mod assemble;
 pub mod conflict;
 pub mod content;
+mod delete_hold;
 pub mod error;
 pub mod fetch;
 mod handle;

@@ -46,6 +46,10 @@ pub struct FolderStatus {
     pub refused: u64,
     /// Files on disk and entries tracked.
     pub local_entries: u64,
+    /// Local deletes found but not yet sent: they wait until deleting has stopped for a moment
+    /// and the folder is still there, so that removing or unmounting the whole folder sends none.
+    #[serde(default)]
+    pub deletes_waiting: u64,
     /// Scans run since start (full and partial).
     pub scans: u64,
     /// The last error; `null` when there has been none since start.
@@ -107,6 +111,7 @@ mod tests {
             bad_chunks: 0,
             refused: 0,
             local_entries: 0,
+            deletes_waiting: 0,
             scans: 0,
             last_error: None,
             last_error_at: None,

@@ -225,6 +225,36 @@ pub fn scan_all_reusing(
     scan(root, Scope::All, previous, Known::default(), chunk_lists)
 }
 
+/// Of `paths` (relative paths a scan found gone), those still gone now, after checking that the
+/// root is the folder with its marker (before and after looking). A path counts as present only
+/// as the scanner would find it: no parent may be a symlink or other non-directory.
+pub fn still_gone(root: &Path, paths: &[String]) -> Result<Vec<String>, ScanError> {
+    let (base, id) = walk::check_root(root)?;
+    let gone = paths
+        .iter()
+        .filter(|path| !present_unfollowed(&base, path))
+        .cloned()
+        .collect();
+    walk::recheck_root(root, &base, id)?;
+    Ok(gone)
+}
+
+/// Whether `rel` exists under `base` without following a symlink on the way.
+fn present_unfollowed(base: &Path, rel: &str) -> bool {
+    let mut at = base.to_path_buf();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        at.push(part);
+        let Ok(md) = fs::symlink_metadata(&at) else {
+            return false;
+        };
+        if parts.peek().is_some() && !md.is_dir() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Re-examines only `paths` (normalised relative paths, as a watcher reports them), each with
 /// its subtree when it is a directory; `""` means the whole folder. A requested path that no
 /// longer has an entry, and any `previous` path under a requested directory that no longer has
