@@ -543,3 +543,67 @@ fn a_recreated_folder_is_refilled_and_deletes_nothing_elsewhere() {
         "no conflict copies: only A ever wrote these files"
     );
 }
+
+/// What a receiver wrote stays received across a crash. A receiver killed right after writing
+/// files it got (before it noted them as synced), while the sender already edited them again,
+/// must not take its copies for its own new edits when it restarts: those would win over the
+/// sender's newer edits, which would survive only as conflict copies, although only the sender
+/// ever edited. Several rounds, each killing the receiver while it writes.
+#[test]
+fn a_receiver_killed_while_writing_never_turns_received_files_into_its_edits() {
+    const FILES: usize = 150;
+    const ROUNDS: usize = 4;
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
+    for round in 0..ROUNDS {
+        let dir = format!("round{round}");
+        fs::create_dir_all(a.join(&dir)).unwrap();
+        for f in 0..FILES {
+            fs::write(
+                a.join(format!("{dir}/f{f:03}")),
+                format!("first {round} {f}"),
+            )
+            .unwrap();
+        }
+        wait_until("B to start writing this round's files", WAIT, || {
+            fs::read_dir(b.join(&dir)).is_ok_and(|d| d.count() >= FILES / 4)
+        });
+        // The sender edits every file again while the receiver is still writing the first
+        // versions, and the receiver dies a moment later, having heard of some new versions.
+        for f in 0..FILES {
+            fs::write(
+                a.join(format!("{dir}/f{f:03}")),
+                format!("second {round} {f}"),
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(60 + 40 * round as u64));
+        mesh.nodes[1].kill();
+        mesh.nodes[1].start();
+        share.wait_identical();
+    }
+    let paths = tree(&a);
+    assert!(
+        paths.iter().all(|(p, _)| !p.contains(".sync-conflict-")),
+        "only A edited, so no conflict copy may exist: {:?}",
+        paths
+            .iter()
+            .filter(|(p, _)| p.contains(".sync-conflict-"))
+            .collect::<Vec<_>>()
+    );
+    for round in 0..ROUNDS {
+        for f in 0..FILES {
+            let path = format!("round{round}/f{f:03}");
+            assert_eq!(
+                fs::read_to_string(a.join(&path)).unwrap(),
+                format!("second {round} {f}"),
+                "{path}: A's last edit won"
+            );
+        }
+    }
+}

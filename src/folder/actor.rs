@@ -44,7 +44,7 @@ use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter};
 use super::watch::{self as watcher, Watch, WatchEvent};
-use super::{serve, trash, write};
+use super::{received, serve, trash, write};
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
 use crate::store::{Change, Origin, ShareMeta, StoreHandle};
@@ -112,6 +112,7 @@ pub fn spawn(
         state_loaded: false,
         instance: None,
         paused: None,
+        marks_read: false,
         deletes: DeleteHold::default(),
         scanning: false,
         watch: None,
@@ -154,6 +155,9 @@ pub(super) struct FolderActor {
     /// The id of the folder `synced` describes ([`instance`]); `None` until one is recorded.
     pub(super) instance: Option<InstanceId>,
     pub(super) paused: Option<String>,
+    /// Whether the first full scan since start, the one that reads received files' marks
+    /// ([`super::received`]), is done.
+    pub(super) marks_read: bool,
     /// Local deletes waiting for the deleting to stop ([`super::delete_hold`]).
     pub(super) deletes: DeleteHold,
     pub(super) scanning: bool,
@@ -191,6 +195,9 @@ pub(super) struct ScanResult {
     pub(super) unstable: Vec<String>,
     /// Whether this is the check of held deletes: its `gone` paths are sent, not held.
     pub(super) confirms_deletes: bool,
+    /// Received files' marks, of the files that differ from what was synced at their paths
+    /// (first full scan after start only).
+    pub(super) marks: BTreeMap<String, Vec<u8>>,
 }
 
 impl FolderActor {
@@ -448,6 +455,7 @@ impl FolderActor {
         } else {
             self.previous_records(&paths)
         };
+        let read_marks = full && !self.marks_read;
         self.scans.spawn_blocking(move || {
             // Read before the walk: a folder replaced during the walk then fails the check.
             let instance = instance::read(&root);
@@ -461,6 +469,11 @@ impl FolderActor {
             for warning in &out.warnings {
                 warn!("{warning}");
             }
+            let marks = if read_marks {
+                read_received_marks(&root, &out.entries, &previous)
+            } else {
+                BTreeMap::new()
+            };
             Ok(ScanResult {
                 instance,
                 full,
@@ -469,6 +482,7 @@ impl FolderActor {
                 pages: out.pages,
                 unstable: out.unstable,
                 confirms_deletes: false,
+                marks,
             })
         });
     }
@@ -498,6 +512,7 @@ impl FolderActor {
                 pages: Vec::new(),
                 unstable: back,
                 confirms_deletes: true,
+                marks: BTreeMap::new(),
             })
         });
     }
@@ -540,6 +555,7 @@ impl FolderActor {
     /// Turns a scan into local writes: changed paths (based on what was synced there) and
     /// deletes of synced paths that are gone.
     async fn on_scanned(&mut self, result: ScanResult) {
+        self.marks_read |= result.full;
         if !self.trust_scan(&result).await {
             return;
         }
@@ -573,7 +589,21 @@ impl FolderActor {
                 .synced
                 .get(path)
                 .map(|s| plan::normalised(&s.record.meta));
-            if known != Some(plan::normalised(&record.meta)) {
+            let scanned = plan::normalised(&record.meta);
+            let received = result
+                .marks
+                .get(path)
+                .and_then(|mark| received::received_version(mark, path, &scanned));
+            if let Some(base) = received.filter(|_| known.as_ref() != Some(&scanned)) {
+                // Written here before a crash, its synced row not saved: received, no edit.
+                debug!(folder = %self.name, path = %path, "adopted as received before a restart");
+                let synced = Synced {
+                    record: record.clone(),
+                    base,
+                };
+                self.synced.insert(path.clone(), synced.clone());
+                self.save_later(vec![(path.clone(), Some(synced))]);
+            } else if known != Some(scanned) {
                 writes.push((path.clone(), Some(record.clone())));
             } else if let Some(s) = self.synced.get_mut(path) {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
@@ -801,6 +831,30 @@ impl FolderActor {
             }
         }
     }
+}
+
+/// The marks of received files ([`super::received`]) among the scanned files that differ from
+/// what was synced at their paths: the candidates for having been received just before a crash.
+fn read_received_marks(
+    root: &Path,
+    scanned: &BTreeMap<String, ScanRecord>,
+    previous: &BTreeMap<String, ScanRecord>,
+) -> BTreeMap<String, Vec<u8>> {
+    scanned
+        .iter()
+        .filter(|(path, record)| {
+            record.meta.kind == EntryKind::File
+                && previous.get(*path).map(|p| &p.meta) != Some(&record.meta)
+        })
+        .filter_map(|(path, _)| {
+            let mark = write::attribute(
+                &root.join(path),
+                received::ATTRIBUTE,
+                received::MAX_MARK_BYTES,
+            );
+            Some((path.clone(), mark.ok()??))
+        })
+        .collect()
 }
 
 /// A time as RFC 3339 in UTC, with milliseconds.

@@ -2,10 +2,11 @@
 //! keeping a losing local version as a conflict copy, or removing what was deleted.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use libp2p::PeerId;
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::assemble::fill;
 use super::conflict;
@@ -15,8 +16,9 @@ use super::plan::{self, Desired};
 use super::scan::{self, ScanRecord};
 use super::source::{self, ChunkLocation, Sources};
 use super::state::Synced;
-use super::trash;
+use super::status::Counters;
 use super::write::{self, Expect};
+use super::{received, trash};
 use crate::merge::{PeerKey, RecordRegister};
 use crate::store::StoreHandle;
 
@@ -137,12 +139,14 @@ async fn materialise_into(
         Desired::Present(meta) => {
             let replacing =
                 on_disk.filter(|m| m.kind == EntryKind::File && outcome.synced.is_some());
+            let mark = received::mark(&path, &meta, winner.vv());
             let written = write_entry(
                 shared,
                 &path,
                 &meta,
                 expect,
                 replacing,
+                mark,
                 &mut outcome.new_chunks,
             )
             .await;
@@ -235,6 +239,24 @@ enum Removal {
 /// Commits an assembly. When it replaces a file, the old version first goes to the trash
 /// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
 /// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
+/// Marks a file being received as such ([`received`]). Without the mark the file is still
+/// written: only a crash right after it would then take it for a local edit. A file system that
+/// refuses marks is said once per folder.
+fn mark_received(assembly: &write::Assembly, mark: Option<&[u8]>, rel: &str, counters: &Counters) {
+    let Some(mark) = mark else {
+        return;
+    };
+    if let Err(e) = assembly.set_attribute(received::ATTRIBUTE, mark)
+        && !counters.marks_unsupported.swap(true, Ordering::Relaxed)
+    {
+        warn!(
+            path = %rel,
+            "cannot mark received files ({e}): after a crash, a file received just before it \
+             may be sent out as a local edit"
+        );
+    }
+}
+
 pub(super) fn commit_keeping_old(
     root: &Path,
     rel: &str,
@@ -281,8 +303,7 @@ pub(super) async fn write_small_file(
     shared: &Sources,
     path: &str,
     meta: &FileMeta,
-    expect: Expect,
-    replacing: Option<FileMeta>,
+    (expect, replacing, mark): (Expect, Option<FileMeta>, Option<Vec<u8>>),
     new_chunks: &mut Vec<(Hash, ChunkLocation)>,
 ) -> Result<ScanRecord, WriteFailure> {
     let chunks = source::chunk_list(shared, meta).await?;
@@ -303,6 +324,7 @@ pub(super) async fn write_small_file(
         chunks.clone(),
     );
     let keep_old = replacing.is_some();
+    let counters = shared.counters.clone();
     let (kept, record) = blocking(move || {
         let mtime = (meta2.mtime_secs, meta2.mtime_nanos);
         let mut assembly =
@@ -314,6 +336,7 @@ pub(super) async fn write_small_file(
                 None => break,
             }
         }
+        mark_received(&assembly, mark.as_deref(), &rel, &counters);
         let kept = commit_keeping_old(&root, &rel, assembly, keep_old, expect, meta2.mode, mtime)?;
         let record = record_for(&root, &rel, meta2).map_err(|source| write::WriteError::Io {
             action: "inspect",
@@ -335,6 +358,7 @@ pub(super) async fn write_entry(
     meta: &FileMeta,
     expect: Expect,
     replacing: Option<FileMeta>,
+    mark: Option<Vec<u8>>,
     new_chunks: &mut Vec<(Hash, ChunkLocation)>,
 ) -> Result<ScanRecord, WriteFailure> {
     let root = shared.root.clone();
@@ -349,7 +373,8 @@ pub(super) async fn write_entry(
             blocking(move || write::make_symlink(&root, &rel, &target, expect)).await?;
         }
         EntryKind::File if meta.size <= SMALL_FILE_BYTES => {
-            return write_small_file(shared, path, meta, expect, replacing, new_chunks).await;
+            let written = (expect, replacing, mark);
+            return write_small_file(shared, path, meta, written, new_chunks).await;
         }
         EntryKind::File => {
             let chunks = source::chunk_list(shared, meta).await?;
@@ -365,8 +390,9 @@ pub(super) async fn write_entry(
             let missing = assembly.missing();
             let assembly = fill(shared, path, &chunks, assembly, missing).await?;
             let keep_old = replacing.is_some();
-            let (r2, p2) = (root.clone(), rel.clone());
+            let (r2, p2, counters) = (root.clone(), rel.clone(), shared.counters.clone());
             let kept = blocking(move || {
+                mark_received(&assembly, mark.as_deref(), &p2, &counters);
                 commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime)
             })
             .await?;

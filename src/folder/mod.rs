@@ -18,6 +18,7 @@ mod materialise;
 pub mod model;
 mod plan;
 mod queue;
+pub mod received;
 pub mod scan;
 mod serve;
 mod source;

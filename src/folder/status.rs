@@ -65,6 +65,9 @@ pub struct Counters {
     pub fetched: std::sync::atomic::AtomicU64,
     pub served: std::sync::atomic::AtomicU64,
     pub bad_chunks: std::sync::atomic::AtomicU64,
+    /// Set once the folder's file system refused a received file's mark (see
+    /// [`super::received`]), so that it is said once.
+    pub marks_unsupported: std::sync::atomic::AtomicBool,
 }
 
 /// The recent fetch rate, from the byte counter sampled at each status request.

@@ -169,6 +169,11 @@ impl Assembly {
         Ok(assembly)
     }
 
+    /// Sets an extended attribute on the temp file, so that it arrives with the content.
+    pub fn set_attribute(&self, name: &str, value: &[u8]) -> std::io::Result<()> {
+        super::sys::set_attribute(&self.file, name, value)
+    }
+
     /// Indices of the chunks still to write, in file order.
     pub fn missing(&self) -> Vec<usize> {
         (0..self.done.len()).filter(|&i| !self.done[i]).collect()

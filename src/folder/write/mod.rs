@@ -94,6 +94,7 @@ pub use sweep::sweep_temp_files;
 pub(crate) use ops::parent_of;
 pub(crate) use path::ensure_parents;
 pub(crate) use path::sync_dir;
+pub(crate) use sys::attribute;
 pub(crate) use sys::rename_noreplace;
 
 /// Permission bits a peer may set. Setuid, setgid and sticky bits are never applied: a peer must

@@ -98,3 +98,23 @@ pub(crate) fn start_writeback(file: &File) {
         libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
+
+/// Sets the extended attribute `name` of `file` to `value`.
+pub(crate) fn set_attribute(file: &File, name: &str, value: &[u8]) -> io::Result<()> {
+    rustix::fs::fsetxattr(file, name, value, rustix::fs::XattrFlags::empty())?;
+    Ok(())
+}
+
+/// The extended attribute `name` of `path` itself (a symlink is not followed), if it has one
+/// of at most `max` bytes. A file system without extended attributes has none.
+pub(crate) fn attribute(path: &Path, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; max];
+    match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+        Ok(len) => {
+            buf.truncate(len);
+            Ok(Some(buf))
+        }
+        Err(Errno::NODATA | Errno::OPNOTSUPP | Errno::RANGE) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
