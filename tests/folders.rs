@@ -227,6 +227,40 @@ fn big_file_edits_move_only_the_changed_chunks() {
     );
 }
 
+/// A receiver killed during a large download, whose file was replaced by another version
+/// while it was down, never resumes that temp file: it must not stay in the folder.
+#[test]
+fn a_crashed_download_of_a_version_no_longer_wanted_leaves_no_temp_file() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let temps = |dir: &std::path::Path| -> Vec<String> {
+        tree(dir)
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.contains(".meshsync-tmp-"))
+            .collect()
+    };
+    let staging = share.dirs[0].parent().unwrap().join("large.bin.staging");
+    fs::write(&staging, random_bytes(96 << 20, 11)).unwrap();
+    fs::rename(&staging, share.dirs[0].join("large.bin")).unwrap();
+    wait_until("B to start writing its temp file", WAIT, || {
+        !temps(&share.dirs[1]).is_empty()
+    });
+    mesh.nodes[1].kill();
+    assert!(!temps(&share.dirs[1]).is_empty());
+    fs::write(&staging, random_bytes(1 << 20, 12)).unwrap();
+    fs::rename(&staging, share.dirs[0].join("large.bin")).unwrap();
+    mesh.nodes[1].start();
+    share.wait_identical();
+    wait_until("no temp file left in B's idle folder", WAIT, || {
+        temps(&share.dirs[1]).is_empty()
+    });
+}
+
 #[test]
 fn killed_receiver_never_shows_a_partial_file_and_resumes() {
     let mut mesh = Mesh::full_static(2);
@@ -419,7 +453,7 @@ fn an_idle_folder_stays_quiet() {
 /// wherever they are in the folder, keeps recent ones (a restarted download resumes from them),
 /// and never syncs either.
 #[test]
-fn stale_temp_files_are_removed_at_start_and_recent_ones_kept() {
+fn leftover_temp_files_are_removed_at_start_or_once_idle() {
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
     let share = {
@@ -454,10 +488,8 @@ fn stale_temp_files_are_removed_at_start_and_recent_ones_kept() {
         swept_before,
     );
     assert!(!stale.exists(), "the stale temp file is gone");
-    assert!(
-        recent.exists(),
-        "a recent temp file is kept for its download to resume"
-    );
+    // No download resumes from the recent one: once the folder is idle, it goes too.
+    wait_until("the idle sweep of temp files", WAIT, || !recent.exists());
     assert_eq!(fs::read(a.join("kept.txt")).unwrap(), b"real content");
     // A later change still syncs, and no temp file ever reached the peer.
     fs::write(a.join("after.txt"), "after the restart").unwrap();

@@ -63,8 +63,11 @@ pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Commands from the engine buffered per folder.
 pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
 /// Temp files of ours not touched for this long, and not held by a running assembly, are
-/// leftovers of a crash or an abandoned download: removed at start-up and at every full rescan.
-/// A download that restarts sooner resumes from its temp file instead.
+/// leftovers of a crash or an abandoned download: removed at start-up and at every full rescan,
+/// even while downloads go on. A download that restarts sooner resumes from its temp file
+/// instead; and once nothing is queued, running or waiting for a retry, no download will resume
+/// any more, so then every temp file no assembly holds goes (after a start, and after a
+/// download failed or was overtaken, which may leave one).
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
 /// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
@@ -113,6 +116,7 @@ pub fn spawn(
         instance: None,
         paused: None,
         marks_read: false,
+        temp_files_maybe: true,
         deletes: DeleteHold::default(),
         scanning: false,
         watch: None,
@@ -158,6 +162,9 @@ pub(super) struct FolderActor {
     /// Whether the first full scan since start, the one that reads received files' marks
     /// ([`super::received`]), is done.
     pub(super) marks_read: bool,
+    /// Whether temp files may have been left behind (a start after a crash, a failed or
+    /// overtaken download): they are swept once the folder is idle.
+    pub(super) temp_files_maybe: bool,
     /// Local deletes waiting for the deleting to stop ([`super::delete_hold`]).
     pub(super) deletes: DeleteHold,
     pub(super) scanning: bool,
@@ -254,6 +261,7 @@ impl FolderActor {
                 _ = tokio::time::sleep_until(deletes_at) => self.check_held_deletes(),
             }
             self.start_downloads();
+            self.sweep_if_idle();
         }
     }
 
@@ -405,15 +413,33 @@ impl FolderActor {
         if self.paused.is_some() || !self.state_loaded {
             return;
         }
+        let root = self.sources.root.clone();
+        tokio::task::spawn_blocking(move || trash::purge_trash(&root));
+        self.sweep_temp_files(STALE_TEMP_AGE);
+    }
+
+    /// Removes our temp files older than `age` that no assembly holds, off the loop.
+    fn sweep_temp_files(&self, age: Duration) {
         let (root, name) = (self.sources.root.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || {
-            trash::purge_trash(&root);
-            match write::sweep_temp_files(&root, STALE_TEMP_AGE) {
-                Ok(0) => {}
-                Ok(n) => info!(folder = %name, "removed {n} stale temp files"),
-                Err(e) => debug!(folder = %name, "no temp file sweep: {e}"),
-            }
+        tokio::task::spawn_blocking(move || match write::sweep_temp_files(&root, age) {
+            Ok(0) => {}
+            Ok(n) => info!(folder = %name, "removed {n} stale temp files"),
+            Err(e) => debug!(folder = %name, "no temp file sweep: {e}"),
         });
+    }
+
+    /// Once nothing is queued, running or waiting for a retry, no download will resume from a
+    /// temp file: leftovers go now, not [`STALE_TEMP_AGE`] later.
+    fn sweep_if_idle(&mut self) {
+        if self.temp_files_maybe
+            && self.marks_read
+            && self.paused.is_none()
+            && self.queue.is_idle()
+            && self.queue.next_retry().is_none()
+        {
+            self.temp_files_maybe = false;
+            self.sweep_temp_files(Duration::ZERO);
+        }
     }
 
     fn ensure_watcher(&mut self) {
@@ -773,6 +799,9 @@ impl FolderActor {
 
     async fn on_materialised(&mut self, done: Materialised) {
         self.queue.finish(&done.path);
+        if done.conflict || done.error.is_some() {
+            self.temp_files_maybe = true;
+        }
         self.add_chunks(done.new_chunks);
         if done.conflict {
             // The file changed under us: let the scanner record the local edit first.
