@@ -9,6 +9,7 @@
 //! [`render`] writes a commented `config.toml` with every key; `meshsync init` uses it and
 //! `config/meshsync.example.toml` is its output for the defaults (a test keeps them identical).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,65 @@ pub const DEFAULT_P2P_PORT: u16 = 7465;
 pub const DEFAULT_API_PORT: u16 = 7466;
 /// How many peers found by mDNS or Kademlia the daemon dials on its own.
 pub const DEFAULT_MAX_DISCOVERED_PEERS: usize = 64;
+/// The mass-deletion breaker holds a folder that would delete more than this percentage of its
+/// files...
+pub const DEFAULT_BREAKER_PERCENT: u8 = 50;
+/// ... and more than this many.
+pub const DEFAULT_BREAKER_MIN_FILES: u64 = 100;
+
+/// When a folder share's local deletes are too many to send without asking: more than
+/// `percent` % of its entries *and* more than `min_files` of them (see `folder::breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerLimit {
+    /// 0–100; 100 turns the breaker off.
+    pub percent: u8,
+    /// Deletes up to this many never trip it.
+    pub min_files: u64,
+}
+
+/// Settings of one share, under `[shares."NAME"]`; each key overrides the global one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShareSettings {
+    /// See [`RawConfig::breaker_percent`].
+    pub breaker_percent: Option<u8>,
+    /// See [`RawConfig::breaker_min_files`].
+    pub breaker_min_files: Option<u64>,
+}
+
+/// The folder settings the daemon runs with: global values and per-share overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderSettings {
+    breaker: BreakerLimit,
+    shares: BTreeMap<String, RawShareSettings>,
+}
+
+impl Default for FolderSettings {
+    fn default() -> Self {
+        Self {
+            breaker: BreakerLimit {
+                percent: DEFAULT_BREAKER_PERCENT,
+                min_files: DEFAULT_BREAKER_MIN_FILES,
+            },
+            shares: BTreeMap::new(),
+        }
+    }
+}
+
+impl FolderSettings {
+    /// The breaker's limit for the share named `share`.
+    pub fn breaker_for(&self, share: &str) -> BreakerLimit {
+        let own = self.shares.get(share);
+        BreakerLimit {
+            percent: own
+                .and_then(|s| s.breaker_percent)
+                .unwrap_or(self.breaker.percent),
+            min_files: own
+                .and_then(|s| s.breaker_min_files)
+                .unwrap_or(self.breaker.min_files),
+        }
+    }
+}
 
 /// Everything that can be wrong with a configuration, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +148,13 @@ pub struct RawConfig {
     /// Path of a pre-shared key file (`meshsync psk new`); relative paths are relative to the
     /// config file. Empty: no private mesh.
     pub psk_file: String,
+    /// Mass-deletion breaker: a folder share whose local deletes would remove more than this
+    /// percentage of its entries (and more than `breaker_min_files`) is held. 100 turns it off.
+    pub breaker_percent: u8,
+    /// Mass-deletion breaker: deletes up to this many never hold a share.
+    pub breaker_min_files: u64,
+    /// Per-share settings, by the share's local name.
+    pub shares: BTreeMap<String, RawShareSettings>,
 }
 
 impl Default for RawConfig {
@@ -106,6 +173,9 @@ impl Default for RawConfig {
             trusted_peers: Vec::new(),
             blocked_peers: Vec::new(),
             psk_file: String::new(),
+            breaker_percent: DEFAULT_BREAKER_PERCENT,
+            breaker_min_files: DEFAULT_BREAKER_MIN_FILES,
+            shares: BTreeMap::new(),
         }
     }
 }
@@ -142,6 +212,8 @@ pub struct Config {
     pub blocked_peers: Vec<PeerId>,
     /// The private mesh key: peers without it cannot even complete a handshake.
     pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// Folder shares' settings (global and per share).
+    pub folders: FolderSettings,
 }
 
 impl RawConfig {
@@ -216,6 +288,29 @@ impl RawConfig {
                 )
             })?)
         };
+        let percent_ok = |key: String, percent: u8| {
+            if percent > 100 {
+                Err(invalid(
+                    key,
+                    format!("{percent} is not a percentage (0–100)"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        percent_ok("breaker_percent".into(), self.breaker_percent)?;
+        for (name, settings) in &self.shares {
+            if let Some(percent) = settings.breaker_percent {
+                percent_ok(format!("shares.{name}.breaker_percent"), percent)?;
+            }
+        }
+        let folders = FolderSettings {
+            breaker: BreakerLimit {
+                percent: self.breaker_percent,
+                min_files: self.breaker_min_files,
+            },
+            shares: self.shares,
+        };
         Ok(Config {
             path: path.to_owned(),
             listen,
@@ -227,6 +322,7 @@ impl RawConfig {
             trusted_peers,
             blocked_peers,
             psk,
+            folders,
         })
     }
 }
@@ -342,7 +438,22 @@ blocked_peers = {blocked}
 # without the same key cannot complete a connection at all. Every peer needs the same file.
 # Default: ""
 psk_file = {psk_file}
-"#,
+
+# Mass-deletion breaker: a folder share whose local deletes (within a minute) would remove more
+# than this percentage of its files, and more than `breaker_min_files` of them, is held: nothing
+# is sent until `meshsync share resume SHARE --accept-deletes` (send them) or `--restore` (fetch
+# the files back from members). 100 turns the breaker off.
+# Default: {default_percent}
+breaker_percent = {percent}
+
+# Mass-deletion breaker: deleting up to this many files never holds a share.
+# Default: {default_min_files}
+breaker_min_files = {min_files}
+
+# Per-share settings override the ones above for one share, by its name (`meshsync share list`):
+# [shares."photos"]
+# breaker_percent = 20
+{shares}"#,
         default_listen = list(&defaults.listen),
         listen = list(&raw.listen),
         default_api = defaults.api,
@@ -356,7 +467,30 @@ psk_file = {psk_file}
         trusted = list(&raw.trusted_peers),
         blocked = list(&raw.blocked_peers),
         psk_file = toml::Value::String(raw.psk_file.clone()),
+        default_percent = defaults.breaker_percent,
+        percent = raw.breaker_percent,
+        default_min_files = defaults.breaker_min_files,
+        min_files = raw.breaker_min_files,
+        shares = render_shares(&raw.shares),
     )
+}
+
+/// The `[shares."NAME"]` tables, keys as set.
+fn render_shares(shares: &BTreeMap<String, RawShareSettings>) -> String {
+    let mut out = String::new();
+    for (name, settings) in shares {
+        out.push_str(&format!(
+            "\n[shares.{}]\n",
+            toml::Value::String(name.clone())
+        ));
+        if let Some(percent) = settings.breaker_percent {
+            out.push_str(&format!("breaker_percent = {percent}\n"));
+        }
+        if let Some(min_files) = settings.breaker_min_files {
+            out.push_str(&format!("breaker_min_files = {min_files}\n"));
+        }
+    }
+    out
 }
 
 /// Appends a static peer to the `peers` list of the config file, keeping its comments, and
@@ -444,8 +578,48 @@ mod tests {
             trusted_peers: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             blocked_peers: vec![],
             psk_file: "keys/swarm \"key\"".into(),
+            breaker_percent: 30,
+            breaker_min_files: 7,
+            shares: [(
+                "my \"photos\"".to_owned(),
+                RawShareSettings {
+                    breaker_percent: Some(10),
+                    breaker_min_files: None,
+                },
+            )]
+            .into(),
         };
         assert_eq!(RawConfig::parse(&render(&raw), &path()).unwrap(), raw);
+    }
+
+    #[test]
+    fn the_breaker_limit_is_global_unless_a_share_overrides_it() {
+        let text = "breaker_min_files = 5\n[shares.photos]\nbreaker_percent = 20\n";
+        let config = RawConfig::parse(text, &path())
+            .unwrap()
+            .validate(&path())
+            .unwrap();
+        let limit = |percent, min_files| BreakerLimit { percent, min_files };
+        assert_eq!(config.folders.breaker_for("photos"), limit(20, 5));
+        assert_eq!(
+            config.folders.breaker_for("docs"),
+            limit(DEFAULT_BREAKER_PERCENT, 5)
+        );
+        for (text, key) in [
+            ("breaker_percent = 101", "`breaker_percent`"),
+            (
+                "[shares.x]\nbreaker_percent = 200",
+                "`shares.x.breaker_percent`",
+            ),
+        ] {
+            let e = RawConfig::parse(text, &path())
+                .and_then(|raw| raw.validate(&path()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = RawConfig::parse("[shares.x]\nbreaker = 1", &path()).unwrap_err();
+        assert!(e.to_string().contains("breaker"), "{e}");
     }
 
     #[test]

@@ -96,7 +96,14 @@ pub async fn run(
     let (listener, bound) = bind_api(&config).await?;
     let store = open_store(&home, peer_id).await?;
     let (net, net_events) = start_net(keypair, &config)?;
-    let engine = engine::spawn(peer_id, store.clone(), net.clone(), net_events);
+    let folder_settings = config.folders.clone();
+    let engine = engine::spawn(
+        peer_id,
+        store.clone(),
+        net.clone(),
+        net_events,
+        folder_settings,
+    );
     let running = Running { net, engine, store };
 
     home.write_api_addr(bound)?;

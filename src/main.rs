@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use meshsync::api::records::{
     CreateShare, JoinShare, JsonValue, KeyOnly, ListedRecord, RecordInput, RecordView,
+    ResumeRequest,
 };
 use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status};
 use meshsync::client::ApiClient;
@@ -176,6 +177,17 @@ enum ShareCommand {
         /// Peer ids to remove.
         #[arg(required = true)]
         peers: Vec<String>,
+    },
+    /// Decide for a folder share held by the mass-deletion breaker (state `held` in `status`).
+    Resume {
+        /// Share name or id.
+        share: String,
+        /// The deletes were meant: send them to the members.
+        #[arg(long, conflicts_with = "restore", required_unless_present = "restore")]
+        accept_deletes: bool,
+        /// They were not: fetch the deleted files back from the members.
+        #[arg(long)]
+        restore: bool,
     },
 }
 
@@ -456,6 +468,26 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
                 remove: peers,
             };
             print_trusted(&client, &share, &change)?;
+        }
+        ShareCommand::Resume {
+            share,
+            accept_deletes,
+            restore,
+        } => {
+            let request = ResumeRequest {
+                accept_deletes,
+                restore,
+            };
+            let answer: serde_json::Value = client.post(
+                &format!("/v1/shares/{}/resume", path_segment(&share)),
+                &request,
+            )?;
+            let paths = answer["paths"].as_u64().unwrap_or(0);
+            if accept_deletes {
+                println!("share `{share}` resumed: sending {paths} deletes");
+            } else {
+                println!("share `{share}` resumed: fetching {paths} deleted paths back");
+            }
         }
     }
     Ok(())

@@ -42,7 +42,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::folder::FolderHandle;
+use crate::config::FolderSettings;
+use crate::folder::{FolderHandle, Resume};
 use crate::net::{NetClient, NetEvent};
 use crate::share;
 use crate::store::{Change, ShareId, ShareKind, StoreError, StoreHandle};
@@ -123,6 +124,12 @@ pub enum InvalidRequest {
         #[source]
         source: std::io::Error,
     },
+    /// Asked to resume a share that is not held by the mass-deletion breaker (or not a folder).
+    #[error("{reason}")]
+    NotHeld {
+        /// Why, naming the share.
+        reason: String,
+    },
     /// Not a peer id.
     #[error("`{peer}` is not a peer id: {source}")]
     PeerId {
@@ -165,6 +172,11 @@ enum Command {
         share: String,
         change: TrustChange,
         reply: oneshot::Sender<Result<Vec<String>, EngineError>>,
+    },
+    Resume {
+        share: String,
+        choice: Resume,
+        reply: oneshot::Sender<Result<u64, EngineError>>,
     },
     Status {
         reply: oneshot::Sender<EngineStatus>,
@@ -252,6 +264,17 @@ impl EngineHandle {
         .await?
     }
 
+    /// Ends a folder share's hold by the mass-deletion breaker as the user decided; returns how
+    /// many paths it concerned.
+    pub async fn resume(&self, share: String, choice: Resume) -> Result<u64, EngineError> {
+        self.call(|reply| Command::Resume {
+            share,
+            choice,
+            reply,
+        })
+        .await?
+    }
+
     /// Shares and sessions.
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
         self.call(|reply| Command::Status { reply }).await
@@ -296,11 +319,13 @@ pub fn spawn(
     store: StoreHandle,
     net: NetClient,
     net_events: mpsc::UnboundedReceiver<NetEvent>,
+    folder_settings: FolderSettings,
 ) -> EngineHandle {
     let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
     let changes = store.subscribe();
     let mut actor = EngineActor {
         local,
+        folder_settings,
         folders: HashMap::new(),
         member_watch: HashMap::new(),
         store,
@@ -326,6 +351,8 @@ pub fn spawn(
 
 struct EngineActor {
     local: PeerId,
+    /// Folder shares' settings from the config.
+    folder_settings: FolderSettings,
     /// Folder actors, per folder share.
     folders: HashMap<ShareId, FolderHandle>,
     /// Current members per folder share, for its actor to fetch from.
@@ -433,6 +460,11 @@ impl EngineActor {
                 let result = self.change_trust(&share, change).await;
                 let _ = reply.send(result);
             }
+            Command::Resume {
+                share,
+                choice,
+                reply,
+            } => self.on_resume(&share, choice, reply),
             Command::Status { reply } => self.on_status(reply),
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }

@@ -9,11 +9,12 @@ use std::path::PathBuf;
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{EngineActor, EngineError, InvalidRequest};
+use crate::folder::Resume;
 use crate::share::{self, Token};
 use crate::store::{MAX_SHARE_NAME, ShareKind, ShareMeta};
 
@@ -203,13 +204,49 @@ impl EngineActor {
         Ok(meta.trusted_peers)
     }
 
+    /// Hands the user's decision to a held folder's actor; answers when it acted, off the loop.
+    pub(super) fn on_resume(
+        &mut self,
+        share: &str,
+        choice: Resume,
+        reply: oneshot::Sender<Result<u64, EngineError>>,
+    ) {
+        let folder = self.store.resolve(share).map(|state| {
+            let name = state.meta.name.clone();
+            (self.folders.get(&state.meta.id).cloned(), name)
+        });
+        let (folder, name) = match folder {
+            Ok(found) => found,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let answer = match folder {
+                None => Err(InvalidRequest::NotHeld {
+                    reason: format!("share `{name}` is not a folder share"),
+                }
+                .into()),
+                Some(folder) => match folder.resume(choice).await {
+                    Some(Ok(count)) => Ok(count),
+                    Some(Err(reason)) => Err(InvalidRequest::NotHeld { reason }.into()),
+                    None => Err(EngineError::Stopped),
+                },
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
     /// Starts the folder actor of a folder share.
     pub(super) fn start_folder(&mut self, meta: &ShareMeta) {
         if meta.kind != ShareKind::Folder || self.folders.contains_key(&meta.id) {
             return;
         }
         let (tx, rx) = watch::channel(self.roster.members_of(&meta.id));
-        match crate::folder::spawn(meta, self.local, self.store.clone(), self.net.clone(), rx) {
+        let breaker = self.folder_settings.breaker_for(&meta.name);
+        let (store, net) = (self.store.clone(), self.net.clone());
+        match crate::folder::spawn(meta, self.local, store, net, rx, breaker) {
             Ok(handle) => {
                 self.folders.insert(meta.id, handle);
                 self.member_watch.insert(meta.id, tx);

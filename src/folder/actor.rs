@@ -30,11 +30,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::breaker::Breaker;
 use super::delete_hold::DeleteHold;
 use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
 use super::instance::{self, InstanceId};
+use super::local_changes::read_received_marks;
+use super::mass_delete::Held;
 use super::materialise::{Materialised, materialise};
 use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::plan::{self, Desired};
@@ -44,7 +47,8 @@ use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter};
 use super::watch::{self as watcher, Watch, WatchEvent};
-use super::{received, serve, trash, write};
+use super::{serve, trash, write};
+use crate::config::BreakerLimit;
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
 use crate::store::{Change, Origin, ShareMeta, StoreHandle};
@@ -78,6 +82,7 @@ pub fn spawn(
     store: StoreHandle,
     net: NetClient,
     members: watch::Receiver<Vec<PeerId>>,
+    breaker: BreakerLimit,
 ) -> Result<FolderHandle, FolderError> {
     let root = meta
         .path
@@ -116,6 +121,8 @@ pub fn spawn(
         instance: None,
         paused: None,
         marks_read: false,
+        breaker: Breaker::new(breaker),
+        held: None,
         temp_files_maybe: true,
         deletes: DeleteHold::default(),
         scanning: false,
@@ -162,6 +169,10 @@ pub(super) struct FolderActor {
     /// Whether the first full scan since start, the one that reads received files' marks
     /// ([`super::received`]), is done.
     pub(super) marks_read: bool,
+    /// The mass-deletion breaker ([`super::breaker`]).
+    pub(super) breaker: Breaker,
+    /// Set while the breaker holds the share: nothing is sent or applied.
+    pub(super) held: Option<Held>,
     /// Whether temp files may have been left behind (a start after a crash, a failed or
     /// overtaken download): they are swept once the folder is idle.
     pub(super) temp_files_maybe: bool,
@@ -235,6 +246,9 @@ impl FolderActor {
                         self.shutdown().await;
                         let _ = reply.send(());
                         return;
+                    }
+                    Some(Command::Resume { choice, reply }) => {
+                        let _ = reply.send(self.resume(choice).await);
                     }
                     Some(command) => self.on_command(command),
                     None => return,
@@ -331,7 +345,9 @@ impl FolderActor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
-            Command::Shutdown { .. } => unreachable!("handled in run"),
+            Command::Shutdown { .. } | Command::Resume { .. } => {
+                unreachable!("handled in run")
+            }
         }
     }
 
@@ -340,6 +356,8 @@ impl FolderActor {
         let fetched = self.sources.counters.fetched.load(Relaxed);
         let state = if self.paused.is_some() {
             FolderState::Paused
+        } else if self.held.is_some() {
+            FolderState::Held
         } else if self.scanning {
             FolderState::Scanning
         } else if !self.queue.is_idle() || self.deletes.len() > 0 {
@@ -350,7 +368,10 @@ impl FolderActor {
         FolderStatus {
             path: self.sources.root.display().to_string(),
             state,
-            reason: self.paused.clone(),
+            reason: self
+                .paused
+                .clone()
+                .or_else(|| self.held.as_ref().map(|held| held.reason.clone())),
             needed_files: self.queue.needed_files(),
             needed_bytes: self.queue.needed_bytes(),
             fetched_bytes: fetched,
@@ -442,7 +463,7 @@ impl FolderActor {
         }
     }
 
-    fn ensure_watcher(&mut self) {
+    pub(super) fn ensure_watcher(&mut self) {
         if self.watch.is_some() {
             return;
         }
@@ -513,36 +534,6 @@ impl FolderActor {
         });
     }
 
-    /// Looks again at the held deletes, once due: those still gone, in the folder we synced
-    /// (root, marker and id checked), are sent by [`Self::on_scanned`]; the others are rescanned.
-    fn check_held_deletes(&mut self) {
-        if self.scanning {
-            return;
-        }
-        let paths = self.deletes.take_due(Instant::now());
-        if paths.is_empty() {
-            return;
-        }
-        self.scanning = true;
-        debug!(folder = %self.name, paths = paths.len(), "checking held deletes");
-        let root = self.sources.root.clone();
-        self.scans.spawn_blocking(move || {
-            let instance = instance::read(&root);
-            let gone = scan::still_gone(&root, &paths)?;
-            let back: Vec<String> = paths.into_iter().filter(|p| !gone.contains(p)).collect();
-            Ok(ScanResult {
-                instance,
-                full: false,
-                updated: BTreeMap::new(),
-                gone,
-                pages: Vec::new(),
-                unstable: back,
-                confirms_deletes: true,
-                marks: BTreeMap::new(),
-            })
-        });
-    }
-
     /// Every synced record, as a full scan needs them.
     fn all_records(&self) -> BTreeMap<String, ScanRecord> {
         self.synced
@@ -578,91 +569,6 @@ impl FolderActor {
         out
     }
 
-    /// Turns a scan into local writes: changed paths (based on what was synced there) and
-    /// deletes of synced paths that are gone.
-    async fn on_scanned(&mut self, result: ScanResult) {
-        self.marks_read |= result.full;
-        if !self.trust_scan(&result).await {
-            return;
-        }
-        if self.paused.take().is_some() {
-            info!(folder = %self.name, "resumed");
-        }
-        self.ensure_watcher();
-        if !result.unstable.is_empty() {
-            self.dirty_paths.extend(result.unstable.iter().cloned());
-            self.scan_soon(WATCH_DEBOUNCE * 4);
-        }
-        // Queued before the local writes below, so they commit in the same batch.
-        let pages_written = if result.pages.is_empty() {
-            None
-        } else {
-            let pages = state::encoded_pages(&result.pages);
-            match self.store.put_pages(self.sources.share, pages).await {
-                Ok(pending) => Some(pending),
-                Err(e) => {
-                    self.note_error(format!("cannot store chunk lists: {e}"));
-                    None
-                }
-            }
-        };
-        let mut writes: Vec<(String, Option<ScanRecord>)> = Vec::new();
-        for (path, record) in &result.updated {
-            if self.queue.is_running(path) {
-                continue;
-            }
-            let known = self
-                .synced
-                .get(path)
-                .map(|s| plan::normalised(&s.record.meta));
-            let scanned = plan::normalised(&record.meta);
-            let received = result
-                .marks
-                .get(path)
-                .and_then(|mark| received::received_version(mark, path, &scanned));
-            if let Some(base) = received.filter(|_| known.as_ref() != Some(&scanned)) {
-                // Written here before a crash, its synced row not saved: received, no edit.
-                debug!(folder = %self.name, path = %path, "adopted as received before a restart");
-                let synced = Synced {
-                    record: record.clone(),
-                    base,
-                };
-                self.synced.insert(path.clone(), synced.clone());
-                self.save_later(vec![(path.clone(), Some(synced))]);
-            } else if known != Some(scanned) {
-                writes.push((path.clone(), Some(record.clone())));
-            } else if let Some(s) = self.synced.get_mut(path) {
-                // Same content, new stat data (e.g. touched): remember it so it is not re-read.
-                s.record = record.clone();
-            }
-            self.deletes.release(path);
-        }
-        let gone = result
-            .gone
-            .iter()
-            .filter(|path| self.synced.contains_key(*path) && !self.queue.is_running(path))
-            .cloned();
-        if result.confirms_deletes {
-            writes.extend(gone.map(|path| (path, None)));
-        } else {
-            self.deletes.hold(gone, Instant::now());
-        }
-        let writes = self.adopt_identical(writes).await;
-        if !writes.is_empty() {
-            self.put_local(writes).await;
-        }
-        if let Some(pending) = pages_written
-            && let Err(e) = pending.done().await
-        {
-            self.note_error(format!("cannot store chunk lists: {e}"));
-        }
-        // After the pages are committed: paged files' chunk lists are read back from them.
-        self.index_chunks(result.updated.iter()).await;
-        if result.full {
-            self.queue_all_remote().await;
-        }
-    }
-
     /// Queues rows of the synced-state table for the next flush. The table is a cache: after a
     /// crash, a path it forgot is re-adopted by the next scan when it matches the share, so it
     /// is written in batches off the actor's loop rather than once per file.
@@ -689,7 +595,10 @@ impl FolderActor {
         }
     }
 
-    async fn index_chunks<'a>(&self, records: impl Iterator<Item = (&'a String, &'a ScanRecord)>) {
+    pub(super) async fn index_chunks<'a>(
+        &self,
+        records: impl Iterator<Item = (&'a String, &'a ScanRecord)>,
+    ) {
         let mut entries = Vec::new();
         for (path, record) in records {
             entries.extend(
@@ -715,7 +624,7 @@ impl FolderActor {
     }
 
     /// Queues every store entry whose effective winner is not what is on disk.
-    async fn queue_all_remote(&mut self) {
+    pub(super) async fn queue_all_remote(&mut self) {
         let entries = match self.store.list(self.sources.share, Vec::new()).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -774,7 +683,7 @@ impl FolderActor {
     }
 
     fn start_downloads(&mut self) {
-        if self.paused.is_some() {
+        if self.paused.is_some() || self.held.is_some() {
             return;
         }
         while let Some(next) = self.queue.next() {
@@ -860,30 +769,6 @@ impl FolderActor {
             }
         }
     }
-}
-
-/// The marks of received files ([`super::received`]) among the scanned files that differ from
-/// what was synced at their paths: the candidates for having been received just before a crash.
-fn read_received_marks(
-    root: &Path,
-    scanned: &BTreeMap<String, ScanRecord>,
-    previous: &BTreeMap<String, ScanRecord>,
-) -> BTreeMap<String, Vec<u8>> {
-    scanned
-        .iter()
-        .filter(|(path, record)| {
-            record.meta.kind == EntryKind::File
-                && previous.get(*path).map(|p| &p.meta) != Some(&record.meta)
-        })
-        .filter_map(|(path, _)| {
-            let mark = write::attribute(
-                &root.join(path),
-                received::ATTRIBUTE,
-                received::MAX_MARK_BYTES,
-            );
-            Some((path.clone(), mark.ok()??))
-        })
-        .collect()
 }
 
 /// A time as RFC 3339 in UTC, with milliseconds.

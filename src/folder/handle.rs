@@ -2,6 +2,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::mass_delete::Resume;
 use super::model::Hash;
 use super::status::FolderStatus;
 
@@ -18,6 +19,10 @@ pub(super) enum Command {
     },
     Status {
         reply: oneshot::Sender<FolderStatus>,
+    },
+    Resume {
+        choice: Resume,
+        reply: oneshot::Sender<Result<u64, String>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -70,6 +75,12 @@ impl FolderHandle {
     /// The folder's status.
     pub async fn status(&self) -> Option<FolderStatus> {
         self.call(|reply| Command::Status { reply }).await
+    }
+
+    /// Ends a hold of the mass-deletion breaker as the user decided; how many paths it concerned,
+    /// or why there is nothing to resume. `None` if the actor is gone.
+    pub async fn resume(&self, choice: Resume) -> Option<Result<u64, String>> {
+        self.call(|reply| Command::Resume { choice, reply }).await
     }
 
     /// Stops the actor.

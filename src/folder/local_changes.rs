@@ -5,17 +5,20 @@
 //!
 //! Methods of the folder actor, kept apart from its loop.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
-use super::actor::{FolderActor, ScanResult};
+use super::actor::{FolderActor, ScanResult, WATCH_DEBOUNCE};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
-use super::model::MARKER_DIR;
-use super::plan;
-use super::scan::ScanRecord;
+use super::model::{EntryKind, MARKER_DIR};
+use super::scan::{self, ScanRecord};
 use super::state::{self, Synced};
+use super::{plan, received, write};
 use crate::merge::Payload;
 use crate::store::LocalWrite;
 
@@ -222,4 +225,159 @@ impl FolderActor {
         }
         self.save_later(rows);
     }
+}
+
+impl FolderActor {
+    /// Turns a scan into local writes: changed paths (based on what was synced there) and
+    /// deletes of synced paths that are gone.
+    pub(super) async fn on_scanned(&mut self, result: ScanResult) {
+        self.marks_read |= result.full;
+        if !self.trust_scan(&result).await {
+            return;
+        }
+        if self.paused.take().is_some() {
+            info!(folder = %self.name, "resumed");
+        }
+        self.ensure_watcher();
+        if !result.unstable.is_empty() {
+            self.dirty_paths.extend(result.unstable.iter().cloned());
+            self.scan_soon(WATCH_DEBOUNCE * 4);
+        }
+        if self.held.is_some() {
+            // Held by the breaker: nothing is sent. Deletes confirmed meanwhile join the held
+            // ones; everything else is found again by the full scan after the user's decision.
+            if result.confirms_deletes {
+                let gone = self.sendable_gone(&result.gone);
+                self.deletes_to_send(gone);
+            }
+            return;
+        }
+        // Queued before the local writes below, so they commit in the same batch.
+        let pages_written = if result.pages.is_empty() {
+            None
+        } else {
+            let pages = state::encoded_pages(&result.pages);
+            match self.store.put_pages(self.sources.share, pages).await {
+                Ok(pending) => Some(pending),
+                Err(e) => {
+                    self.note_error(format!("cannot store chunk lists: {e}"));
+                    None
+                }
+            }
+        };
+        let mut writes: Vec<(String, Option<ScanRecord>)> = Vec::new();
+        for (path, record) in &result.updated {
+            if self.queue.is_running(path) {
+                continue;
+            }
+            let known = self
+                .synced
+                .get(path)
+                .map(|s| plan::normalised(&s.record.meta));
+            let scanned = plan::normalised(&record.meta);
+            let received = result
+                .marks
+                .get(path)
+                .and_then(|mark| received::received_version(mark, path, &scanned));
+            if let Some(base) = received.filter(|_| known.as_ref() != Some(&scanned)) {
+                // Written here before a crash, its synced row not saved: received, no edit.
+                debug!(folder = %self.name, path = %path, "adopted as received before a restart");
+                let synced = Synced {
+                    record: record.clone(),
+                    base,
+                };
+                self.synced.insert(path.clone(), synced.clone());
+                self.save_later(vec![(path.clone(), Some(synced))]);
+            } else if known != Some(scanned) {
+                writes.push((path.clone(), Some(record.clone())));
+            } else if let Some(s) = self.synced.get_mut(path) {
+                // Same content, new stat data (e.g. touched): remember it so it is not re-read.
+                s.record = record.clone();
+            }
+            self.deletes.release(path);
+        }
+        let gone = self.sendable_gone(&result.gone);
+        if result.confirms_deletes {
+            writes.extend(self.deletes_to_send(gone));
+        } else {
+            self.deletes.hold(gone, Instant::now());
+        }
+        let writes = self.adopt_identical(writes).await;
+        if !writes.is_empty() {
+            self.put_local(writes).await;
+        }
+        if let Some(pending) = pages_written
+            && let Err(e) = pending.done().await
+        {
+            self.note_error(format!("cannot store chunk lists: {e}"));
+        }
+        // After the pages are committed: paged files' chunk lists are read back from them.
+        self.index_chunks(result.updated.iter()).await;
+        if result.full {
+            self.queue_all_remote().await;
+        }
+    }
+
+    /// Of the paths a scan found gone, those a delete may be sent for: synced here, and not
+    /// being written by a download.
+    fn sendable_gone(&self, gone: &[String]) -> Vec<String> {
+        gone.iter()
+            .filter(|path| self.synced.contains_key(*path) && !self.queue.is_running(path))
+            .cloned()
+            .collect()
+    }
+
+    /// Looks again at the held deletes, once due: those still gone, in the folder we synced
+    /// (root, marker and id checked), are sent by [`Self::on_scanned`]; the others are rescanned.
+    pub(super) fn check_held_deletes(&mut self) {
+        if self.scanning {
+            return;
+        }
+        let paths = self.deletes.take_due(Instant::now());
+        if paths.is_empty() {
+            return;
+        }
+        self.scanning = true;
+        debug!(folder = %self.name, paths = paths.len(), "checking held deletes");
+        let root = self.sources.root.clone();
+        self.scans.spawn_blocking(move || {
+            let instance = instance::read(&root);
+            let gone = scan::still_gone(&root, &paths)?;
+            let back: Vec<String> = paths.into_iter().filter(|p| !gone.contains(p)).collect();
+            Ok(ScanResult {
+                instance,
+                full: false,
+                updated: BTreeMap::new(),
+                gone,
+                pages: Vec::new(),
+                unstable: back,
+                confirms_deletes: true,
+                marks: BTreeMap::new(),
+            })
+        });
+    }
+}
+
+/// The marks of received files ([`super::received`]) among the scanned files that differ from
+/// what was synced at their paths: the candidates for having been received just before a crash.
+pub(super) fn read_received_marks(
+    root: &Path,
+    scanned: &BTreeMap<String, ScanRecord>,
+    previous: &BTreeMap<String, ScanRecord>,
+) -> BTreeMap<String, Vec<u8>> {
+    scanned
+        .iter()
+        .filter(|(path, record)| {
+            record.meta.kind == EntryKind::File
+                && previous.get(*path).map(|p| &p.meta) != Some(&record.meta)
+        })
+        .filter_map(|(path, _)| {
+            let mark = write::attribute(
+                &root.join(path),
+                received::ATTRIBUTE,
+                received::MAX_MARK_BYTES,
+            );
+            Some((path.clone(), mark.ok()??))
+        })
+        .collect()
 }

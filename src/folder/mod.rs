@@ -6,6 +6,7 @@
 
 mod actor;
 mod assemble;
+mod breaker;
 pub mod conflict;
 pub mod content;
 mod delete_hold;
@@ -14,6 +15,7 @@ pub mod fetch;
 mod handle;
 pub mod instance;
 mod local_changes;
+mod mass_delete;
 mod materialise;
 pub mod model;
 mod plan;
@@ -31,6 +33,7 @@ pub mod write;
 pub use actor::{prepare_root, spawn};
 pub use error::{FolderError, MaterialiseError};
 pub use handle::FolderHandle;
+pub use mass_delete::Resume;
 pub use state::Synced;
 pub use status::{FolderState, FolderStatus};
 

@@ -18,6 +18,8 @@ pub enum FolderState {
     Idle,
     /// Stopped; the reason says why.
     Paused,
+    /// Held by the mass-deletion breaker until the user decides; the reason says why and how.
+    Held,
 }
 
 /// A folder's status.
