@@ -93,3 +93,69 @@ fn a_mass_delete_is_held_until_the_user_restores_or_accepts_it() {
     assert_eq!(rest.len(), 2 * (FILES_PER_DIR + 1), "{rest:?}");
     assert_eq!(tree(&share.dirs[2]).len(), rest.len());
 }
+
+/// A file written without pause (appended every 5 ms) still syncs while the writes go on, as
+/// some consistent version, and its final version arrives once they stop.
+#[test]
+fn a_file_that_never_settles_still_syncs_while_it_changes() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    const WRITES_FOR_AT_MOST: Duration = Duration::from_secs(30);
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let (a_file, b_file) = (share.dirs[0].join("log.txt"), share.dirs[1].join("log.txt"));
+    let stop = AtomicBool::new(false);
+    let arrived_while_writing = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut file = fs::File::create(&a_file).unwrap();
+            let mut line = 0u64;
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < WRITES_FOR_AT_MOST {
+                writeln!(file, "line {line}").unwrap();
+                line += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            started.elapsed() < WRITES_FOR_AT_MOST
+        });
+        // B must get a version of the file while A still writes it.
+        let deadline = Instant::now() + WRITES_FOR_AT_MOST + Duration::from_secs(5);
+        let (mut seen, mut listed) = (None, false);
+        while Instant::now() < deadline && !writer.is_finished() {
+            listed |= share.status(&mesh.nodes[0])["changing"]
+                .as_array()
+                .is_some_and(|paths| paths.iter().any(|p| p == "log.txt"));
+            if let Ok(text) = fs::read_to_string(&b_file)
+                && !text.is_empty()
+                && listed
+            {
+                seen = Some(text);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let still_writing = writer.join().unwrap();
+        seen.filter(|_| still_writing)
+    });
+    let seen = arrived_while_writing
+        .expect("a version arrived on B, and A listed the file as changing, while A kept writing");
+    // A consistent version: whole lines, in order, from the first.
+    for (i, line) in seen.lines().enumerate() {
+        assert_eq!(
+            line,
+            format!("line {i}"),
+            "B's copy is a prefix of A's writes"
+        );
+    }
+    assert!(seen.ends_with('\n'), "B's copy ends with a whole line");
+    share.wait_identical();
+    wait_until(
+        "A to list nothing as changing once the writes stopped",
+        WAIT,
+        || share.status(&mesh.nodes[0])["changing"] == serde_json::json!([]),
+    );
+}

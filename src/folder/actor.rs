@@ -1,7 +1,7 @@
 //! The folder actor: keeps one shared directory and its share's entries in step.
 //!
 //! Local side: a full scan at start and every [`RESCAN_INTERVAL`], and partial scans of the
-//! paths the file watcher reports (debounced by [`WATCH_DEBOUNCE`]). A path whose scanned
+//! paths the file watcher reports (debounced, see [`super::settle`]). A path whose scanned
 //! description differs from what was last synced there is a local change and becomes a write
 //! in the store, *based on* the version last synced at that path — so an edit made without
 //! seeing a remote change conflicts with it instead of silently replacing it. A path that was
@@ -43,6 +43,7 @@ use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::plan::{self, Desired};
 use super::queue::{DownloadQueue, Next};
 use super::scan::{self, ScanRecord};
+use super::settle::{Settle, WATCH_DEBOUNCE};
 use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter};
@@ -53,9 +54,6 @@ use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
 use crate::store::{Change, Origin, ShareMeta, StoreHandle};
 
-/// Pause after the last watcher event before the changed paths are scanned, so that a file
-/// being written is read once, when it is done, while a saved edit still leaves in milliseconds.
-pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(15);
 /// Full rescans catch whatever the watcher missed.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a paused folder checks whether its root and marker are back.
@@ -64,6 +62,8 @@ pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
 /// How often the synced-state rows are written (one store write for everything since).
 pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// At most this many files that keep changing are listed in `status`.
+pub const MAX_CHANGING_LISTED: usize = 100;
 /// Commands from the engine buffered per folder.
 pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
 /// Temp files of ours not touched for this long, and not held by a running assembly, are
@@ -121,6 +121,7 @@ pub fn spawn(
         instance: None,
         paused: None,
         marks_read: false,
+        settle: Settle::default(),
         breaker: Breaker::new(breaker),
         held: None,
         temp_files_maybe: true,
@@ -169,6 +170,8 @@ pub(super) struct FolderActor {
     /// Whether the first full scan since start, the one that reads received files' marks
     /// ([`super::received`]), is done.
     pub(super) marks_read: bool,
+    /// When watched paths are scanned ([`super::settle`]).
+    pub(super) settle: Settle,
     /// The mass-deletion breaker ([`super::breaker`]).
     pub(super) breaker: Breaker,
     /// Set while the breaker holds the share: nothing is sent or applied.
@@ -381,6 +384,12 @@ impl FolderActor {
             refused: self.refused,
             local_entries: self.synced.len() as u64,
             deletes_waiting: self.deletes.len() as u64,
+            changing: self
+                .settle
+                .changing()
+                .take(MAX_CHANGING_LISTED)
+                .cloned()
+                .collect(),
             scans: self.scans_run,
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_at: self.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
@@ -398,6 +407,7 @@ impl FolderActor {
         }
         self.paused = Some(reason);
         self.deletes.clear();
+        self.settle.clear();
         self.watch = None;
         self.next_rescan = Instant::now() + PAUSED_CHECK_INTERVAL;
     }
@@ -408,12 +418,20 @@ impl FolderActor {
     }
 
     fn on_watch(&mut self, event: WatchEvent) {
-        match event {
-            WatchEvent::Paths(paths) => self.dirty_paths.extend(paths),
-            WatchEvent::Rescan => self.dirty_all = true,
-        }
-        // Debounce: every event pushes the scan back a little, up to the bound.
-        self.scan_at = Some(Instant::now() + WATCH_DEBOUNCE);
+        let now = Instant::now();
+        // Debounce: every event pushes the scan back a little, up to a bound.
+        let scan_at = match event {
+            WatchEvent::Paths(paths) => {
+                let at = self.settle.events(&paths, now);
+                self.dirty_paths.extend(paths);
+                at
+            }
+            WatchEvent::Rescan => {
+                self.dirty_all = true;
+                self.settle.events(&[], now)
+            }
+        };
+        self.scan_at = Some(scan_at);
     }
 
     fn on_rescan_due(&mut self) {
@@ -479,10 +497,20 @@ impl FolderActor {
             return;
         }
         let full = self.dirty_all || self.paused.is_some();
-        let paths: Vec<String> = std::mem::take(&mut self.dirty_paths)
+        let mut paths: Vec<String> = std::mem::take(&mut self.dirty_paths)
             .into_iter()
             .filter(|p| !self.queue.is_running(p))
             .collect();
+        if full {
+            // Reads everything, changing files included, as they are now.
+            self.settle.clear();
+        } else {
+            // Files still being written wait (see `settle`).
+            let split = self.settle.split(paths, Instant::now());
+            self.dirty_paths.extend(split.later);
+            self.scan_at = split.due;
+            paths = split.now;
+        }
         if !full && paths.is_empty() {
             return;
         }

@@ -13,10 +13,11 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{FolderActor, ScanResult, WATCH_DEBOUNCE};
+use super::actor::{FolderActor, ScanResult};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
 use super::scan::{self, ScanRecord};
+use super::settle::WATCH_DEBOUNCE;
 use super::state::{self, Synced};
 use super::{plan, received, write};
 use crate::merge::Payload;

@@ -23,6 +23,7 @@ mod queue;
 pub mod received;
 pub mod scan;
 mod serve;
+mod settle;
 mod source;
 pub mod state;
 pub mod status;

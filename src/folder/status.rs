@@ -52,6 +52,10 @@ pub struct FolderStatus {
     /// and the folder is still there, so that removing or unmounting the whole folder sends none.
     #[serde(default)]
     pub deletes_waiting: u64,
+    /// Files that keep changing: read and sent as they are every 10 s while the writes go on
+    /// (at most 100 listed).
+    #[serde(default)]
+    pub changing: Vec<String>,
     /// Scans run since start (full and partial).
     pub scans: u64,
     /// The last error; `null` when there has been none since start.
@@ -117,6 +121,7 @@ mod tests {
             refused: 0,
             local_entries: 0,
             deletes_waiting: 0,
+            changing: Vec::new(),
             scans: 0,
             last_error: None,
             last_error_at: None,
