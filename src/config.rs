@@ -38,6 +38,69 @@ pub struct BreakerLimit {
     pub min_files: u64,
 }
 
+/// How much space a folder's file system must keep free: no download starts that would go below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFreeDisk {
+    /// 1 % of the file system or 1 GiB, whichever is smaller.
+    Default,
+    /// This percentage of the file system's size.
+    Percent(u8),
+    /// This many bytes.
+    Bytes(u64),
+}
+
+impl MinFreeDisk {
+    /// Parses `""` (the default), `"5%"`, or a size: `"500 MiB"`, `"2GiB"`, `"1048576"` (bytes;
+    /// units B, KiB, MiB, GiB, TiB, and KB, MB, GB, TB as powers of 1,000).
+    pub fn parse(text: &str) -> Result<MinFreeDisk, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(MinFreeDisk::Default);
+        }
+        if let Some(number) = text.strip_suffix('%') {
+            return match number.trim().parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(MinFreeDisk::Percent(p)),
+                _ => Err(format!("`{text}` is not a percentage (0–100 %)")),
+            };
+        }
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let unit_bytes: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            _ => {
+                return Err(format!(
+                    "`{text}`: unknown unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)"
+                ));
+            }
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit_bytes))
+            .map(MinFreeDisk::Bytes)
+            .ok_or_else(|| format!("`{text}` is not a size such as \"500 MiB\" or \"5%\""))
+    }
+
+    /// The bytes to keep free on a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MinFreeDisk::Default => (total / 100).min(1 << 30),
+            MinFreeDisk::Percent(p) => total / 100 * u64::from(p),
+            MinFreeDisk::Bytes(n) => n,
+        }
+    }
+}
+
 /// Settings of one share, under `[shares."NAME"]`; each key overrides the global one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,12 +109,15 @@ pub struct RawShareSettings {
     pub breaker_percent: Option<u8>,
     /// See [`RawConfig::breaker_min_files`].
     pub breaker_min_files: Option<u64>,
+    /// See [`RawConfig::min_free_disk`].
+    pub min_free_disk: Option<String>,
 }
 
 /// The folder settings the daemon runs with: global values and per-share overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderSettings {
     breaker: BreakerLimit,
+    min_free_disk: MinFreeDisk,
     shares: BTreeMap<String, RawShareSettings>,
 }
 
@@ -62,12 +128,22 @@ impl Default for FolderSettings {
                 percent: DEFAULT_BREAKER_PERCENT,
                 min_files: DEFAULT_BREAKER_MIN_FILES,
             },
+            min_free_disk: MinFreeDisk::Default,
             shares: BTreeMap::new(),
         }
     }
 }
 
 impl FolderSettings {
+    /// The space to keep free for the share named `share` (checked valid at load).
+    pub fn min_free_disk_for(&self, share: &str) -> MinFreeDisk {
+        self.shares
+            .get(share)
+            .and_then(|s| s.min_free_disk.as_deref())
+            .and_then(|text| MinFreeDisk::parse(text).ok())
+            .unwrap_or(self.min_free_disk)
+    }
+
     /// The breaker's limit for the share named `share`.
     pub fn breaker_for(&self, share: &str) -> BreakerLimit {
         let own = self.shares.get(share);
@@ -153,6 +229,9 @@ pub struct RawConfig {
     pub breaker_percent: u8,
     /// Mass-deletion breaker: deletes up to this many never hold a share.
     pub breaker_min_files: u64,
+    /// Space every folder's file system keeps free: `""` (1 % or 1 GiB, whichever is smaller),
+    /// a size (`"2 GiB"`) or a percentage (`"5%"`).
+    pub min_free_disk: String,
     /// Per-share settings, by the share's local name.
     pub shares: BTreeMap<String, RawShareSettings>,
 }
@@ -175,6 +254,7 @@ impl Default for RawConfig {
             psk_file: String::new(),
             breaker_percent: DEFAULT_BREAKER_PERCENT,
             breaker_min_files: DEFAULT_BREAKER_MIN_FILES,
+            min_free_disk: String::new(),
             shares: BTreeMap::new(),
         }
     }
@@ -299,9 +379,15 @@ impl RawConfig {
             }
         };
         percent_ok("breaker_percent".into(), self.breaker_percent)?;
+        let min_free_disk = MinFreeDisk::parse(&self.min_free_disk)
+            .map_err(|e| invalid("min_free_disk".into(), e))?;
         for (name, settings) in &self.shares {
             if let Some(percent) = settings.breaker_percent {
                 percent_ok(format!("shares.{name}.breaker_percent"), percent)?;
+            }
+            if let Some(text) = &settings.min_free_disk {
+                MinFreeDisk::parse(text)
+                    .map_err(|e| invalid(format!("shares.{name}.min_free_disk"), e))?;
             }
         }
         let folders = FolderSettings {
@@ -309,6 +395,7 @@ impl RawConfig {
                 percent: self.breaker_percent,
                 min_files: self.breaker_min_files,
             },
+            min_free_disk,
             shares: self.shares,
         };
         Ok(Config {
@@ -450,6 +537,12 @@ breaker_percent = {percent}
 # Default: {default_min_files}
 breaker_min_files = {min_files}
 
+# Space every folder's file system keeps free: no download starts that would go below it. A size
+# ("2 GiB", "500 MiB"), a percentage of the file system ("5%"), or "" for 1 % or 1 GiB,
+# whichever is smaller. When space runs short, the oldest files in `.meshsync/trash` go first.
+# Default: "{default_min_free}"
+min_free_disk = {min_free}
+
 # Per-share settings override the ones above for one share, by its name (`meshsync share list`):
 # [shares."photos"]
 # breaker_percent = 20
@@ -470,6 +563,8 @@ breaker_min_files = {min_files}
         default_percent = defaults.breaker_percent,
         percent = raw.breaker_percent,
         default_min_files = defaults.breaker_min_files,
+        default_min_free = defaults.min_free_disk,
+        min_free = toml::Value::String(raw.min_free_disk.clone()),
         min_files = raw.breaker_min_files,
         shares = render_shares(&raw.shares),
     )
@@ -488,6 +583,12 @@ fn render_shares(shares: &BTreeMap<String, RawShareSettings>) -> String {
         }
         if let Some(min_files) = settings.breaker_min_files {
             out.push_str(&format!("breaker_min_files = {min_files}\n"));
+        }
+        if let Some(min_free) = &settings.min_free_disk {
+            out.push_str(&format!(
+                "min_free_disk = {}\n",
+                toml::Value::String(min_free.clone())
+            ));
         }
     }
     out
@@ -578,6 +679,7 @@ mod tests {
             trusted_peers: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             blocked_peers: vec![],
             psk_file: "keys/swarm \"key\"".into(),
+            min_free_disk: "2 GiB".into(),
             breaker_percent: 30,
             breaker_min_files: 7,
             shares: [(
@@ -585,11 +687,46 @@ mod tests {
                 RawShareSettings {
                     breaker_percent: Some(10),
                     breaker_min_files: None,
+                    min_free_disk: Some("5%".into()),
                 },
             )]
             .into(),
         };
         assert_eq!(RawConfig::parse(&render(&raw), &path()).unwrap(), raw);
+    }
+
+    #[test]
+    fn min_free_disk_takes_sizes_and_percentages() {
+        use MinFreeDisk::*;
+        for (text, want) in [
+            ("", Default),
+            ("5%", Percent(5)),
+            ("500 MiB", Bytes(500 << 20)),
+            ("2GiB", Bytes(2 << 30)),
+            ("1000", Bytes(1000)),
+            ("3 GB", Bytes(3_000_000_000)),
+        ] {
+            assert_eq!(MinFreeDisk::parse(text), Ok(want), "{text}");
+        }
+        for bad in ["101%", "5 parsecs", "GiB", "-1", "99999999999 TiB"] {
+            assert!(MinFreeDisk::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Default.bytes(10 << 30), (10 << 30) / 100);
+        assert_eq!(Default.bytes(1 << 40), 1 << 30);
+        let config = RawConfig::parse(
+            "min_free_disk = \"1 MiB\"\n[shares.a]\nmin_free_disk = \"7%\"",
+            &path(),
+        )
+        .unwrap()
+        .validate(&path())
+        .unwrap();
+        assert_eq!(config.folders.min_free_disk_for("a"), Percent(7));
+        assert_eq!(config.folders.min_free_disk_for("b"), Bytes(1 << 20));
+        let e = RawConfig::parse("min_free_disk = \"lots\"", &path())
+            .unwrap()
+            .validate(&path())
+            .unwrap_err();
+        assert!(e.to_string().contains("`min_free_disk`"), "{e}");
     }
 
     #[test]

@@ -159,3 +159,116 @@ fn a_file_that_never_settles_still_syncs_while_it_changes() {
         || share.status(&mesh.nodes[0])["changing"] == serde_json::json!([]),
     );
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+/// A receiver on a small file system: the trash gives way first, and a full disk waits, says
+/// so once, and completes by itself once space is freed — no partial file ever at a final path.
+#[test]
+fn a_full_disk_frees_the_trash_first_and_recovers_by_itself() {
+    const MIB: usize = 1 << 20;
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let small = mesh.nodes[1].home.parent().unwrap().join("small");
+    let tmpfs = Tmpfs::mount(&small, "16m");
+    let junk = small.join("junk");
+    fs::write(&junk, random_bytes(6 * MIB, 1)).unwrap();
+    let dirs = vec![
+        mesh.nodes[0].home.parent().unwrap().join("folder"),
+        small.join("folder"),
+    ];
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among_at(&nodes, dirs)
+    };
+    let (a, b) = (&share.dirs[0], &share.dirs[1]);
+    let put = |name: &str, len: usize, seed: u64| {
+        let staging = a.parent().unwrap().join("staging");
+        fs::write(&staging, random_bytes(len, seed)).unwrap();
+        fs::rename(&staging, a.join(name)).unwrap();
+    };
+
+    // 4 MiB replaced by another 4 MiB: the old copy waits in B's trash (junk 6 + 4 + 4 MiB).
+    put("big1", 4 * MIB, 2);
+    share.wait_identical();
+    put("big1", 4 * MIB, 3);
+    share.wait_identical();
+    let trash = b.join(".meshsync/trash");
+    assert_eq!(fs::read_dir(&trash).unwrap().count(), 1, "the old big1");
+    // 3 MiB more fits only once the trash is gone.
+    put("big2", 3 * MIB, 4);
+    share.wait_identical();
+    assert_eq!(
+        fs::read_dir(&trash).unwrap().count(),
+        0,
+        "the trash went first"
+    );
+
+    // 5 MiB more cannot fit (about 3 MiB free): B waits and says so.
+    let node_b = &mesh.nodes[1];
+    let warned_before = node_b.log_lines_with(&["disk full"]);
+    put("big3", 5 * MIB, 5);
+    wait_until("B to report the full disk", WAIT, || {
+        let status = share.status(node_b);
+        status["state"] == "error"
+            && status["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("disk full — "))
+    });
+    assert!(
+        !b.join("big3").exists(),
+        "nothing partial at the final path"
+    );
+    // Space freed outside the folder: B completes without anyone asking it to.
+    fs::remove_file(&junk).unwrap();
+    share.wait_identical();
+    wait_until("B to be idle", WAIT, || {
+        share.status(node_b)["state"] == "idle"
+    });
+    assert_eq!(
+        node_b.log_lines_with(&["disk full"]) - warned_before,
+        1,
+        "the full disk is logged once, not once per retry"
+    );
+    mesh.nodes[1].stop();
+    drop(tmpfs);
+}

@@ -244,9 +244,12 @@ impl EngineActor {
             return;
         }
         let (tx, rx) = watch::channel(self.roster.members_of(&meta.id));
-        let breaker = self.folder_settings.breaker_for(&meta.name);
+        let policy = crate::folder::Policy {
+            breaker: self.folder_settings.breaker_for(&meta.name),
+            min_free_disk: self.folder_settings.min_free_disk_for(&meta.name),
+        };
         let (store, net) = (self.store.clone(), self.net.clone());
-        match crate::folder::spawn(meta, self.local, store, net, rx, breaker) {
+        match crate::folder::spawn(meta, self.local, store, net, rx, policy) {
             Ok(handle) => {
                 self.folders.insert(meta.id, handle);
                 self.member_watch.insert(meta.id, tx);

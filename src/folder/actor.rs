@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::breaker::Breaker;
 use super::delete_hold::DeleteHold;
+use super::disk::DiskGuard;
 use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
@@ -49,7 +50,7 @@ use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter};
 use super::watch::{self as watcher, Watch, WatchEvent};
 use super::{serve, trash, write};
-use crate::config::BreakerLimit;
+use crate::config::{BreakerLimit, MinFreeDisk};
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
 use crate::store::{Change, Origin, ShareMeta, StoreHandle};
@@ -74,6 +75,15 @@ pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
 /// download failed or was overtaken, which may leave one).
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
+/// What the configuration says for one folder share.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The mass-deletion breaker's limit.
+    pub breaker: BreakerLimit,
+    /// The free-space floor.
+    pub min_free_disk: MinFreeDisk,
+}
+
 /// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
 /// itself, before it scans anything.
 pub fn spawn(
@@ -82,7 +92,7 @@ pub fn spawn(
     store: StoreHandle,
     net: NetClient,
     members: watch::Receiver<Vec<PeerId>>,
-    breaker: BreakerLimit,
+    policy: Policy,
 ) -> Result<FolderHandle, FolderError> {
     let root = meta
         .path
@@ -122,7 +132,8 @@ pub fn spawn(
         paused: None,
         marks_read: false,
         settle: Settle::default(),
-        breaker: Breaker::new(breaker),
+        breaker: Breaker::new(policy.breaker),
+        disk: DiskGuard::new(policy.min_free_disk),
         held: None,
         temp_files_maybe: true,
         deletes: DeleteHold::default(),
@@ -176,6 +187,8 @@ pub(super) struct FolderActor {
     pub(super) breaker: Breaker,
     /// Set while the breaker holds the share: nothing is sent or applied.
     pub(super) held: Option<Held>,
+    /// The free-space floor ([`super::disk`]).
+    pub(super) disk: DiskGuard,
     /// Whether temp files may have been left behind (a start after a crash, a failed or
     /// overtaken download): they are swept once the folder is idle.
     pub(super) temp_files_maybe: bool,
@@ -361,6 +374,8 @@ impl FolderActor {
             FolderState::Paused
         } else if self.held.is_some() {
             FolderState::Held
+        } else if self.disk.full().is_some() && self.waits_for_work() {
+            FolderState::Error
         } else if self.scanning {
             FolderState::Scanning
         } else if !self.queue.is_idle() || self.deletes.len() > 0 {
@@ -374,7 +389,11 @@ impl FolderActor {
             reason: self
                 .paused
                 .clone()
-                .or_else(|| self.held.as_ref().map(|held| held.reason.clone())),
+                .or_else(|| self.held.as_ref().map(|held| held.reason.clone()))
+                .or_else(|| {
+                    let waiting = self.waits_for_work();
+                    self.disk.full().filter(|_| waiting).map(str::to_owned)
+                }),
             needed_files: self.queue.needed_files(),
             needed_bytes: self.queue.needed_bytes(),
             fetched_bytes: fetched,
@@ -394,6 +413,11 @@ impl FolderActor {
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_at: self.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
         }
+    }
+
+    /// Whether downloads are queued, running or waiting for a retry.
+    fn waits_for_work(&self) -> bool {
+        !self.queue.is_idle() || self.queue.next_retry().is_some()
     }
 
     /// Remembers an error for `status` (the log line is the caller's).
@@ -714,13 +738,21 @@ impl FolderActor {
         if self.paused.is_some() || self.held.is_some() {
             return;
         }
+        // Once one file found no room, the others wait as long without asking the disk again.
+        let mut no_room: Option<Duration> = None;
         while let Some(next) = self.queue.next() {
             let path = match next {
                 Next::WaitsForRetry(path) => {
                     self.latest.remove(&path);
                     continue;
                 }
-                Next::Start { path, .. } => path,
+                Next::Start { path, delete } => {
+                    if !delete && let Some(wait) = self.no_room_for(&path, &mut no_room) {
+                        self.queue.defer(path, Instant::now() + wait);
+                        continue;
+                    }
+                    path
+                }
             };
             let sources = self.sources.clone();
             let store = self.store.clone();
@@ -732,6 +764,20 @@ impl FolderActor {
                 materialise(sources, store, path, known, synced, local, local_key).await
             });
         }
+    }
+
+    /// How long the download of `path` must wait for disk space, if it must; `no_room` is the
+    /// answer found for an earlier file in the same round.
+    fn no_room_for(&mut self, path: &str, no_room: &mut Option<Duration>) -> Option<Duration> {
+        let size = self.queue.file_size(path)?;
+        if no_room.is_some() {
+            return *no_room;
+        }
+        // Counts itself too (it is already among the running): taken out again here.
+        let reserved = self.queue.running_bytes().saturating_sub(size);
+        let root = self.sources.root.clone();
+        *no_room = self.disk.room_for(&root, size, reserved, &self.name).err();
+        *no_room
     }
 
     async fn on_materialised(&mut self, done: Materialised) {
@@ -754,10 +800,15 @@ impl FolderActor {
                 warn!(folder = %self.name, "{error}");
                 return;
             }
-            warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {error}");
             self.note_error(format!("{}: {error}", done.path));
-            self.queue
-                .retry_at(done.path, Instant::now() + DOWNLOAD_RETRY);
+            let wait = if error.is_disk_full() {
+                // Said once for the whole condition, not once per file and retry.
+                self.disk.failed(&error.to_string(), &self.name)
+            } else {
+                warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {error}");
+                DOWNLOAD_RETRY
+            };
+            self.queue.retry_at(done.path, Instant::now() + wait);
             return;
         }
         if done.not_empty {

@@ -55,6 +55,14 @@ pub enum MaterialiseError {
 }
 
 impl MaterialiseError {
+    /// Whether the write failed for want of space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            MaterialiseError::Write(write::WriteError::DiskFull { .. })
+        )
+    }
+
     /// Whether the entry itself is refused (an unsafe path from a peer): counted, not retried.
     pub fn is_refusal(&self) -> bool {
         matches!(

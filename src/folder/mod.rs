@@ -10,6 +10,7 @@ mod breaker;
 pub mod conflict;
 pub mod content;
 mod delete_hold;
+mod disk;
 pub mod error;
 pub mod fetch;
 mod handle;
@@ -31,7 +32,7 @@ pub mod trash;
 mod watch;
 pub mod write;
 
-pub use actor::{prepare_root, spawn};
+pub use actor::{Policy, prepare_root, spawn};
 pub use error::{FolderError, MaterialiseError};
 pub use handle::FolderHandle;
 pub use mass_delete::Resume;

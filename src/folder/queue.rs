@@ -153,6 +153,30 @@ impl DownloadQueue {
         }
     }
 
+    /// A download that was handed out by [`DownloadQueue::next`] is not started after all (no
+    /// room on the disk): it waits until `at`, still counted as needed.
+    pub fn defer(&mut self, path: String, at: Instant) {
+        self.in_flight_buffered -= self.in_flight.remove(&path).unwrap_or(0);
+        self.deletes_in_flight.remove(&path);
+        if self.again.remove(&path) {
+            self.push(path.clone(), false);
+        }
+        self.retry_at.insert(path, at);
+    }
+
+    /// The size of the file a queued or running path needs, if it is one.
+    pub fn file_size(&self, path: &str) -> Option<u64> {
+        self.needed_bytes.get(path).copied()
+    }
+
+    /// The bytes the running downloads will write at most.
+    pub fn running_bytes(&self) -> u64 {
+        self.in_flight
+            .keys()
+            .filter_map(|path| self.needed_bytes.get(path))
+            .sum()
+    }
+
     /// Tries `path` again at `at` (it is not started before).
     pub fn retry_at(&mut self, path: String, at: Instant) {
         self.retry_at.insert(path, at);

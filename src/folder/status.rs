@@ -20,6 +20,9 @@ pub enum FolderState {
     Paused,
     /// Held by the mass-deletion breaker until the user decides; the reason says why and how.
     Held,
+    /// Work waits on a condition the daemon checks again by itself (a full disk); the reason
+    /// says which.
+    Error,
 }
 
 /// A folder's status.

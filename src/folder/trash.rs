@@ -75,6 +75,45 @@ pub(super) fn trash_name(rel: &str) -> String {
     format!("{TRASH_DIR}/{nanos}-{tag}-{name}")
 }
 
+/// Deletes trashed files, oldest first, until about `wanted` bytes are freed (a file that still
+/// has another link frees nothing and is kept); returns the bytes freed. For a full disk:
+/// the trash must never stand in the way of receiving.
+pub(super) fn free_space(root: &Path, wanted: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(root.join(TRASH_DIR)) else {
+        return 0;
+    };
+    // Names start with the time they were trashed, in nanoseconds: name order is age order.
+    let mut files: Vec<(std::ffi::OsString, std::path::PathBuf)> = entries
+        .flatten()
+        .map(|e| (e.file_name(), e.path()))
+        .collect();
+    files.sort_by(|a, b| {
+        let key = |name: &std::ffi::OsString| {
+            let name = name.to_string_lossy();
+            let nanos = name.split('-').next().and_then(|n| n.parse::<u128>().ok());
+            (nanos.unwrap_or(0), name.into_owned())
+        };
+        key(&a.0).cmp(&key(&b.0))
+    });
+    let mut freed = 0;
+    for (_, path) in files {
+        if freed >= wanted {
+            break;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.nlink() > 1 || !meta.is_file() {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            freed += meta.blocks() * 512;
+        }
+    }
+    freed
+}
+
 /// Deletes trashed files older than [`TRASH_RETENTION`].
 pub(super) fn purge_trash(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join(TRASH_DIR)) else {

@@ -625,6 +625,11 @@ impl FolderShare {
             .iter()
             .map(|n| n.home.parent().unwrap().join("folder"))
             .collect();
+        Self::among_at(nodes, dirs)
+    }
+
+    /// [`FolderShare::among`], each node's folder at the given path (all named `folder`).
+    pub fn among_at(nodes: &[&Node], dirs: Vec<PathBuf>) -> FolderShare {
         let out = nodes[0].cli(&["share", "create", "--folder", dirs[0].to_str().unwrap()]);
         assert!(
             out.status.success(),

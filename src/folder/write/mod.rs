@@ -94,8 +94,8 @@ pub use sweep::sweep_temp_files;
 pub(crate) use ops::parent_of;
 pub(crate) use path::ensure_parents;
 pub(crate) use path::sync_dir;
-pub(crate) use sys::attribute;
 pub(crate) use sys::rename_noreplace;
+pub(crate) use sys::{attribute, disk_space};
 
 /// Permission bits a peer may set. Setuid, setgid and sticky bits are never applied: a peer must
 /// not be able to plant a setuid executable, least of all when the daemon runs as root.

@@ -118,3 +118,13 @@ pub(crate) fn attribute(path: &Path, name: &str, max: usize) -> io::Result<Optio
         Err(e) => Err(e.into()),
     }
 }
+
+/// Bytes available to us and the total size of the file system holding `path`.
+pub(crate) fn disk_space(path: &Path) -> io::Result<(u64, u64)> {
+    let stat = rustix::fs::statvfs(path)?;
+    let unit = stat.f_frsize.max(1);
+    Ok((
+        stat.f_bavail.saturating_mul(unit),
+        stat.f_blocks.saturating_mul(unit),
+    ))
+}

@@ -1,0 +1,97 @@
+//! The free-space floor: no download starts that would leave the folder's file system with
+//! less than `min_free_disk`; when space is short, the trash goes first; and a full disk is said
+//! once, in `status` and the log, and checked again on a backoff until space appears.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::{trash, write};
+use crate::backoff::Backoff;
+use crate::config::MinFreeDisk;
+
+/// First wait before a download that found no room is tried again; it doubles up to
+/// [`DISK_RETRY_MAX`] while the disk stays full.
+pub const DISK_RETRY_MIN: Duration = Duration::from_secs(2);
+/// The longest wait between checks of a full disk.
+pub const DISK_RETRY_MAX: Duration = Duration::from_secs(60);
+
+const MIB: u64 = 1 << 20;
+
+/// One folder's view of its disk.
+#[derive(Debug)]
+pub(super) struct DiskGuard {
+    floor: MinFreeDisk,
+    backoff: Backoff,
+    /// Set while downloads wait for space: what `status` says.
+    full: Option<String>,
+}
+
+impl DiskGuard {
+    pub(super) fn new(floor: MinFreeDisk) -> Self {
+        Self {
+            floor,
+            backoff: Backoff::new(DISK_RETRY_MIN, DISK_RETRY_MAX),
+            full: None,
+        }
+    }
+
+    /// Why downloads wait, while they do.
+    pub(super) fn full(&self) -> Option<&str> {
+        self.full.as_deref()
+    }
+
+    /// Whether a file of `size` bytes may be written under `root` now, with `reserved` bytes
+    /// already being written by running downloads; frees trash first when short. `Err` holds the
+    /// wait before trying again. A file system that cannot say how full it is is not checked.
+    pub(super) fn room_for(
+        &mut self,
+        root: &Path,
+        size: u64,
+        reserved: u64,
+        folder: &str,
+    ) -> Result<(), Duration> {
+        let Ok((available, total)) = write::disk_space(root) else {
+            return Ok(());
+        };
+        let floor = self.floor.bytes(total);
+        let needed = size.saturating_add(reserved).saturating_add(floor);
+        let mut available = available;
+        if available < needed {
+            let freed = trash::free_space(root, needed - available);
+            if freed > 0 {
+                info!(folder, "removed {} MiB of trash to make room", freed / MIB);
+                available = write::disk_space(root).map_or(available, |(a, _)| a);
+            }
+        }
+        if available >= needed {
+            if self.full.take().is_some() {
+                info!(folder, "disk space available again: downloads resume");
+            }
+            self.backoff.reset();
+            return Ok(());
+        }
+        let reason = format!(
+            "disk full — {} MiB free, {} MiB needed (min_free_disk keeps {} MiB free)",
+            available / MIB,
+            (size + reserved + floor).div_ceil(MIB),
+            floor.div_ceil(MIB),
+        );
+        Err(self.report(reason, folder))
+    }
+
+    /// A write failed for want of space (the file system filled up under us); returns the wait
+    /// before trying again.
+    pub(super) fn failed(&mut self, error: &str, folder: &str) -> Duration {
+        self.report(format!("disk full — {error}"), folder)
+    }
+
+    fn report(&mut self, reason: String, folder: &str) -> Duration {
+        if self.full.is_none() {
+            warn!(folder, "{reason}; downloads wait until there is space");
+        }
+        self.full = Some(reason);
+        self.backoff.next()
+    }
+}
