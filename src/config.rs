@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_DISCOVERED_PEERS: usize = 64;
 pub const DEFAULT_BREAKER_PERCENT: u8 = 50;
 /// ... and more than this many.
 pub const DEFAULT_BREAKER_MIN_FILES: u64 = 100;
+/// Versions are kept this many days...
+pub const DEFAULT_VERSIONS_DAYS: u32 = 30;
+/// ... and take at most this percentage of the file system.
+pub const DEFAULT_VERSIONS_PERCENT: u8 = 10;
 
 /// When a folder share's local deletes are too many to send without asking: more than
 /// `percent` % of its entries *and* more than `min_files` of them (see `folder::breaker`).
@@ -101,6 +105,32 @@ impl MinFreeDisk {
     }
 }
 
+/// What a folder keeps of files that peers' changes deleted or replaced (`folder::versions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionsKind {
+    /// Nothing, beyond the next cleanup (up to a minute, for renames to reuse the content).
+    None,
+    /// Everything, for an hour.
+    Trash,
+    /// Everything, up to the age and size limits.
+    Simple,
+    /// Every version of the last hour, one per hour for a day, then one per day; up to the
+    /// age and size limits.
+    Staggered,
+}
+
+/// A folder's versions policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionsPolicy {
+    /// What is kept.
+    pub kind: VersionsKind,
+    /// Versions older than this go (`simple`, `staggered`).
+    pub max_age: std::time::Duration,
+    /// Versions together at most this percentage of the file system; the oldest go first.
+    pub max_percent: u8,
+}
+
 /// Settings of one share, under `[shares."NAME"]`; each key overrides the global one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +141,12 @@ pub struct RawShareSettings {
     pub breaker_min_files: Option<u64>,
     /// See [`RawConfig::min_free_disk`].
     pub min_free_disk: Option<String>,
+    /// See [`RawConfig::versions`].
+    pub versions: Option<VersionsKind>,
+    /// See [`RawConfig::versions_max_age_days`].
+    pub versions_max_age_days: Option<u32>,
+    /// See [`RawConfig::versions_max_percent`].
+    pub versions_max_percent: Option<u8>,
 }
 
 /// The folder settings the daemon runs with: global values and per-share overrides.
@@ -118,6 +154,7 @@ pub struct RawShareSettings {
 pub struct FolderSettings {
     breaker: BreakerLimit,
     min_free_disk: MinFreeDisk,
+    versions: VersionsPolicy,
     shares: BTreeMap<String, RawShareSettings>,
 }
 
@@ -129,12 +166,33 @@ impl Default for FolderSettings {
                 min_files: DEFAULT_BREAKER_MIN_FILES,
             },
             min_free_disk: MinFreeDisk::Default,
+            versions: VersionsPolicy {
+                kind: VersionsKind::Simple,
+                max_age: std::time::Duration::from_secs(86_400 * u64::from(DEFAULT_VERSIONS_DAYS)),
+                max_percent: DEFAULT_VERSIONS_PERCENT,
+            },
             shares: BTreeMap::new(),
         }
     }
 }
 
 impl FolderSettings {
+    /// The versions policy of the share named `share`.
+    pub fn versions_for(&self, share: &str) -> VersionsPolicy {
+        let own = self.shares.get(share);
+        VersionsPolicy {
+            kind: own.and_then(|s| s.versions).unwrap_or(self.versions.kind),
+            max_age: own
+                .and_then(|s| s.versions_max_age_days)
+                .map_or(self.versions.max_age, |days| {
+                    std::time::Duration::from_secs(86_400 * u64::from(days))
+                }),
+            max_percent: own
+                .and_then(|s| s.versions_max_percent)
+                .unwrap_or(self.versions.max_percent),
+        }
+    }
+
     /// The space to keep free for the share named `share` (checked valid at load).
     pub fn min_free_disk_for(&self, share: &str) -> MinFreeDisk {
         self.shares
@@ -232,6 +290,13 @@ pub struct RawConfig {
     /// Space every folder's file system keeps free: `""` (1 % or 1 GiB, whichever is smaller),
     /// a size (`"2 GiB"`) or a percentage (`"5%"`).
     pub min_free_disk: String,
+    /// What folders keep of files peers deleted or replaced: `none`, `trash`, `simple`,
+    /// `staggered`.
+    pub versions: VersionsKind,
+    /// Versions older than this many days go.
+    pub versions_max_age_days: u32,
+    /// Versions take at most this percentage of the folder's file system (oldest go first).
+    pub versions_max_percent: u8,
     /// Per-share settings, by the share's local name.
     pub shares: BTreeMap<String, RawShareSettings>,
 }
@@ -255,6 +320,9 @@ impl Default for RawConfig {
             breaker_percent: DEFAULT_BREAKER_PERCENT,
             breaker_min_files: DEFAULT_BREAKER_MIN_FILES,
             min_free_disk: String::new(),
+            versions: VersionsKind::Simple,
+            versions_max_age_days: DEFAULT_VERSIONS_DAYS,
+            versions_max_percent: DEFAULT_VERSIONS_PERCENT,
             shares: BTreeMap::new(),
         }
     }
@@ -379,11 +447,15 @@ impl RawConfig {
             }
         };
         percent_ok("breaker_percent".into(), self.breaker_percent)?;
+        percent_ok("versions_max_percent".into(), self.versions_max_percent)?;
         let min_free_disk = MinFreeDisk::parse(&self.min_free_disk)
             .map_err(|e| invalid("min_free_disk".into(), e))?;
         for (name, settings) in &self.shares {
             if let Some(percent) = settings.breaker_percent {
                 percent_ok(format!("shares.{name}.breaker_percent"), percent)?;
+            }
+            if let Some(percent) = settings.versions_max_percent {
+                percent_ok(format!("shares.{name}.versions_max_percent"), percent)?;
             }
             if let Some(text) = &settings.min_free_disk {
                 MinFreeDisk::parse(text)
@@ -396,6 +468,13 @@ impl RawConfig {
                 min_files: self.breaker_min_files,
             },
             min_free_disk,
+            versions: VersionsPolicy {
+                kind: self.versions,
+                max_age: std::time::Duration::from_secs(
+                    86_400 * u64::from(self.versions_max_age_days),
+                ),
+                max_percent: self.versions_max_percent,
+            },
             shares: self.shares,
         };
         Ok(Config {
@@ -543,6 +622,23 @@ breaker_min_files = {min_files}
 # Default: "{default_min_free}"
 min_free_disk = {min_free}
 
+# What folders keep, in .meshsync/versions/ under their own paths, of files that peers' changes
+# deleted or replaced: "none" (nothing, beyond the next cleanup), "trash" (everything for an
+# hour), "simple" (everything within the limits below), "staggered" (every version of the last
+# hour, one per hour for a day, then one per day, within the limits). `meshsync share versions`
+# lists them, `meshsync share restore` puts one back.
+# Default: "{default_versions}"
+versions = "{versions}"
+
+# Versions older than this many days go.
+# Default: {default_versions_days}
+versions_max_age_days = {versions_days}
+
+# Versions take at most this percentage of the folder's file system; the oldest go first (and
+# whenever the disk runs short of min_free_disk).
+# Default: {default_versions_percent}
+versions_max_percent = {versions_percent}
+
 # Per-share settings override the ones above for one share, by its name (`meshsync share list`):
 # [shares."photos"]
 # breaker_percent = 20
@@ -564,10 +660,25 @@ min_free_disk = {min_free}
         percent = raw.breaker_percent,
         default_min_files = defaults.breaker_min_files,
         default_min_free = defaults.min_free_disk,
+        default_versions = kind_name(defaults.versions),
+        versions = kind_name(raw.versions),
+        default_versions_days = defaults.versions_max_age_days,
+        versions_days = raw.versions_max_age_days,
+        default_versions_percent = defaults.versions_max_percent,
+        versions_percent = raw.versions_max_percent,
         min_free = toml::Value::String(raw.min_free_disk.clone()),
         min_files = raw.breaker_min_files,
         shares = render_shares(&raw.shares),
     )
+}
+
+fn kind_name(kind: VersionsKind) -> &'static str {
+    match kind {
+        VersionsKind::None => "none",
+        VersionsKind::Trash => "trash",
+        VersionsKind::Simple => "simple",
+        VersionsKind::Staggered => "staggered",
+    }
 }
 
 /// The `[shares."NAME"]` tables, keys as set.
@@ -583,6 +694,15 @@ fn render_shares(shares: &BTreeMap<String, RawShareSettings>) -> String {
         }
         if let Some(min_files) = settings.breaker_min_files {
             out.push_str(&format!("breaker_min_files = {min_files}\n"));
+        }
+        if let Some(kind) = settings.versions {
+            out.push_str(&format!("versions = \"{}\"\n", kind_name(kind)));
+        }
+        if let Some(days) = settings.versions_max_age_days {
+            out.push_str(&format!("versions_max_age_days = {days}\n"));
+        }
+        if let Some(percent) = settings.versions_max_percent {
+            out.push_str(&format!("versions_max_percent = {percent}\n"));
         }
         if let Some(min_free) = &settings.min_free_disk {
             out.push_str(&format!(
@@ -680,6 +800,9 @@ mod tests {
             blocked_peers: vec![],
             psk_file: "keys/swarm \"key\"".into(),
             min_free_disk: "2 GiB".into(),
+            versions: VersionsKind::Trash,
+            versions_max_age_days: 9,
+            versions_max_percent: 4,
             breaker_percent: 30,
             breaker_min_files: 7,
             shares: [(
@@ -688,6 +811,9 @@ mod tests {
                     breaker_percent: Some(10),
                     breaker_min_files: None,
                     min_free_disk: Some("5%".into()),
+                    versions: Some(VersionsKind::Staggered),
+                    versions_max_age_days: Some(3),
+                    versions_max_percent: None,
                 },
             )]
             .into(),

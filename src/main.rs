@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use meshsync::api::folders::{RestoreRequest, ResumeRequest};
 use meshsync::api::records::{
     CreateShare, JoinShare, JsonValue, KeyOnly, ListedRecord, RecordInput, RecordView,
-    ResumeRequest,
 };
 use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status};
 use meshsync::client::ApiClient;
@@ -188,6 +188,28 @@ enum ShareCommand {
         /// They were not: fetch the deleted files back from the members.
         #[arg(long)]
         restore: bool,
+    },
+    /// List the versions a folder share keeps of files peers deleted or replaced, oldest first.
+    Versions {
+        /// Share name or id.
+        share: String,
+        /// Only this file's (its path in the folder).
+        path: Option<String>,
+        /// Print a JSON array of {path, at, size, kept_at}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a kept version back at its path, as a new local edit that syncs (the file there now
+    /// is kept as a version first).
+    Restore {
+        /// Share name or id.
+        share: String,
+        /// The file's path in the folder.
+        path: String,
+        /// The newest version kept at or before this time (RFC 3339, e.g.
+        /// 2026-12-02T17:30:00Z); without it, the newest.
+        #[arg(long)]
+        at: Option<String>,
     },
 }
 
@@ -468,6 +490,37 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
                 remove: peers,
             };
             print_trusted(&client, &share, &change)?;
+        }
+        ShareCommand::Versions { share, path, json } => {
+            let query = path
+                .map(|p| format!("?path={}", url_encode(&p)))
+                .unwrap_or_default();
+            let versions: Vec<serde_json::Value> = client.get(&format!(
+                "/v1/shares/{}/versions{query}",
+                path_segment(&share)
+            ))?;
+            if json {
+                return print_json(&versions);
+            }
+            for v in &versions {
+                println!(
+                    "{}  {:>12} B  {}",
+                    v["at"].as_str().unwrap_or_default(),
+                    v["size"].as_u64().unwrap_or(0),
+                    v["path"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        ShareCommand::Restore { share, path, at } => {
+            let restored: serde_json::Value = client.post(
+                &format!("/v1/shares/{}/restore", path_segment(&share)),
+                &RestoreRequest { path, at },
+            )?;
+            println!(
+                "restored `{}` as it was at {}",
+                restored["path"].as_str().unwrap_or_default(),
+                restored["at"].as_str().unwrap_or_default()
+            );
         }
         ShareCommand::Resume {
             share,

@@ -201,10 +201,10 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A receiver on a small file system: the trash gives way first, and a full disk waits, says
+/// A receiver on a small file system: old versions give way first, and a full disk waits, says
 /// so once, and completes by itself once space is freed — no partial file ever at a final path.
 #[test]
-fn a_full_disk_frees_the_trash_first_and_recovers_by_itself() {
+fn a_full_disk_frees_old_versions_first_and_recovers_by_itself() {
     const MIB: usize = 1 << 20;
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
@@ -227,24 +227,26 @@ fn a_full_disk_frees_the_trash_first_and_recovers_by_itself() {
         fs::rename(&staging, a.join(name)).unwrap();
     };
 
-    // 4 MiB replaced by another 4 MiB: the old copy waits in B's trash (junk 6 + 4 + 4 MiB).
+    // 4 MiB replaced by another 4 MiB: the old copy is kept as a version (junk 6 + 4 + 4 MiB).
     put("big1", 4 * MIB, 2);
     share.wait_identical();
     put("big1", 4 * MIB, 3);
     share.wait_identical();
-    let trash = b.join(".meshsync/trash");
-    assert_eq!(fs::read_dir(&trash).unwrap().count(), 1, "the old big1");
-    // 3 MiB more fits only once the trash is gone.
+    let node_b = &mesh.nodes[1];
+    assert_eq!(
+        versions_of(node_b, &share.name, None).len(),
+        1,
+        "the old big1"
+    );
+    // 3 MiB more fits only once the old version is gone.
     put("big2", 3 * MIB, 4);
     share.wait_identical();
-    assert_eq!(
-        fs::read_dir(&trash).unwrap().count(),
-        0,
-        "the trash went first"
+    assert!(
+        versions_of(node_b, &share.name, None).is_empty(),
+        "the versions went first"
     );
 
     // 5 MiB more cannot fit (about 3 MiB free): B waits and says so.
-    let node_b = &mesh.nodes[1];
     let warned_before = node_b.log_lines_with(&["disk full"]);
     put("big3", 5 * MIB, 5);
     wait_until("B to report the full disk", WAIT, || {
@@ -271,4 +273,86 @@ fn a_full_disk_frees_the_trash_first_and_recovers_by_itself() {
     );
     mesh.nodes[1].stop();
     drop(tmpfs);
+}
+
+fn versions_of(node: &Node, share: &str, path: Option<&str>) -> Vec<serde_json::Value> {
+    let mut args = vec!["share", "versions", share];
+    args.extend(path);
+    args.push("--json");
+    let out = node.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What peers' changes replace or delete is kept under its own path, listed, restored as a new
+/// edit that syncs, and pruned by the policy's limits.
+#[test]
+fn replaced_and_deleted_files_are_kept_as_versions_and_restored() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
+    fs::create_dir_all(a.join("d")).unwrap();
+    fs::write(a.join("d/f.txt"), "v1").unwrap();
+    fs::write(a.join("other.txt"), "gone soon").unwrap();
+    share.wait_identical();
+    fs::write(a.join("d/f.txt"), "v2").unwrap();
+    fs::remove_file(a.join("other.txt")).unwrap();
+    share.wait_identical();
+
+    let node_b = &mesh.nodes[1];
+    let of_f = versions_of(node_b, &share.name, Some("d/f.txt"));
+    assert_eq!(of_f.len(), 1, "{of_f:?}");
+    assert_eq!(of_f[0]["path"], "d/f.txt");
+    assert_eq!(of_f[0]["size"], 2);
+    assert!(of_f[0]["at"].as_str().unwrap().ends_with('Z'), "{of_f:?}");
+    let kept_at = of_f[0]["kept_at"].as_str().unwrap();
+    assert!(
+        kept_at.starts_with(".meshsync/versions/d/f.txt~"),
+        "{kept_at}"
+    );
+    assert_eq!(fs::read_to_string(b.join(kept_at)).unwrap(), "v1");
+    let all = versions_of(node_b, &share.name, None);
+    let paths: Vec<&str> = all.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths.contains(&"other.txt"), "{paths:?}");
+
+    // Restored on B as new edits: they reach A.
+    for path in ["d/f.txt", "other.txt"] {
+        let out = node_b.cli(&["share", "restore", &share.name, path]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until("the restored versions to reach A", WAIT, || {
+        fs::read_to_string(a.join("d/f.txt")).is_ok_and(|t| t == "v1")
+            && fs::read_to_string(a.join("other.txt")).is_ok_and(|t| t == "gone soon")
+    });
+    share.wait_identical();
+    // The copy the restore replaced is itself kept.
+    assert_eq!(versions_of(node_b, &share.name, Some("d/f.txt")).len(), 2);
+    let out = node_b.cli(&["share", "restore", &share.name, "never/there"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no kept version"));
+
+    // Limits: with a maximum age of 0 days every version goes at the next start.
+    mesh.nodes[1].pin_listen_port();
+    mesh.nodes[1].stop();
+    let config = mesh.nodes[1].home.join("config.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("\n[shares.folder]\nversions_max_age_days = 0\n");
+    fs::write(&config, text).unwrap();
+    mesh.nodes[1].start();
+    wait_until("B to prune every version", WAIT, || {
+        versions_of(&mesh.nodes[1], &share.name, None).is_empty()
+    });
 }

@@ -33,6 +33,7 @@ use crate::engine::{EngineHandle, SessionReport, ShareStatus};
 use crate::net::{NetClient, NetStatus, PeerStatus};
 use crate::store::StoreHandle;
 
+pub mod folders;
 pub mod records;
 
 /// Largest request body: a batch put of many records.
@@ -143,6 +144,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers).post(add_peer))
         .route("/v1/peers/block", post(block_peer))
         .merge(records::routes())
+        .merge(folders::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))

@@ -35,7 +35,6 @@ use tokio::sync::broadcast;
 
 use super::{ApiError, ApiState};
 use crate::engine::{CreatedShare, EngineError, ShareStatus, TrustChange};
-use crate::folder::Resume;
 use crate::merge::{Payload, Version};
 use crate::store::{Change, Origin, RecordRegister, ShareKind, ShareState, StoreError};
 
@@ -45,7 +44,6 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/shares/join", post(join_share))
         .route("/v1/shares/{share}/token", get(share_token))
         .route("/v1/shares/{share}/trust", post(share_trust))
-        .route("/v1/shares/{share}/resume", post(share_resume))
         .route("/v1/kv/{share}/put", post(put))
         .route("/v1/kv/{share}/batch", post(batch))
         .route("/v1/kv/{share}/del", post(del))
@@ -310,40 +308,6 @@ async fn share_trust(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let trusted = state.engine.trust(share, change).await?;
     Ok(Json(serde_json::json!({ "trusted_peers": trusted })))
-}
-
-/// What the user decides for a share held by the mass-deletion breaker: exactly one is true.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ResumeRequest {
-    /// Send the held deletes.
-    #[serde(default)]
-    pub accept_deletes: bool,
-    /// Fetch the deleted files back from members.
-    #[serde(default)]
-    pub restore: bool,
-}
-
-async fn share_resume(
-    State(state): State<ApiState>,
-    Path(share): Path<String>,
-    Json(request): Json<ResumeRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let choice = match (request.accept_deletes, request.restore) {
-        (true, false) => Resume::AcceptDeletes,
-        (false, true) => Resume::Restore,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "say exactly one of accept_deletes and restore".to_owned(),
-            ));
-        }
-    };
-    let paths = state.engine.resume(share.clone(), choice).await?;
-    Ok(Json(serde_json::json!({
-        "share": share,
-        "resumed": if choice == Resume::AcceptDeletes { "accept-deletes" } else { "restore" },
-        "paths": paths,
-    })))
 }
 
 async fn put(

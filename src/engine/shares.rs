@@ -247,6 +247,7 @@ impl EngineActor {
         let policy = crate::folder::Policy {
             breaker: self.folder_settings.breaker_for(&meta.name),
             min_free_disk: self.folder_settings.min_free_disk_for(&meta.name),
+            versions: self.folder_settings.versions_for(&meta.name),
         };
         let (store, net) = (self.store.clone(), self.net.clone());
         match crate::folder::spawn(meta, self.local, store, net, rx, policy) {

@@ -49,8 +49,8 @@ use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter};
 use super::watch::{self as watcher, Watch, WatchEvent};
-use super::{serve, trash, write};
-use crate::config::{BreakerLimit, MinFreeDisk};
+use super::{serve, versions, write};
+use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
 use crate::store::{Change, Origin, ShareMeta, StoreHandle};
@@ -82,6 +82,8 @@ pub struct Policy {
     pub breaker: BreakerLimit,
     /// The free-space floor.
     pub min_free_disk: MinFreeDisk,
+    /// What is kept of files peers' changes deleted or replaced.
+    pub versions: VersionsPolicy,
 }
 
 /// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
@@ -134,6 +136,7 @@ pub fn spawn(
         settle: Settle::default(),
         breaker: Breaker::new(policy.breaker),
         disk: DiskGuard::new(policy.min_free_disk),
+        versions: policy.versions,
         held: None,
         temp_files_maybe: true,
         deletes: DeleteHold::default(),
@@ -189,6 +192,8 @@ pub(super) struct FolderActor {
     pub(super) held: Option<Held>,
     /// The free-space floor ([`super::disk`]).
     pub(super) disk: DiskGuard,
+    /// The versions policy ([`super::versions`]).
+    pub(super) versions: VersionsPolicy,
     /// Whether temp files may have been left behind (a start after a crash, a failed or
     /// overtaken download): they are swept once the folder is idle.
     pub(super) temp_files_maybe: bool,
@@ -476,8 +481,11 @@ impl FolderActor {
         if self.paused.is_some() || !self.state_loaded {
             return;
         }
-        let root = self.sources.root.clone();
-        tokio::task::spawn_blocking(move || trash::purge_trash(&root));
+        let (root, policy, name) = (self.sources.root.clone(), self.versions, self.name.clone());
+        tokio::task::spawn_blocking(move || match versions::prune(&root, &policy) {
+            0 => {}
+            n => debug!(folder = %name, "removed {n} versions the policy no longer keeps"),
+        });
         self.sweep_temp_files(STALE_TEMP_AGE);
     }
 

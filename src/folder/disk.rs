@@ -1,5 +1,5 @@
 //! The free-space floor: no download starts that would leave the folder's file system with
-//! less than `min_free_disk`; when space is short, the trash goes first; and a full disk is said
+//! less than `min_free_disk`; when space is short, old versions go first; and a full disk is said
 //! once, in `status` and the log, and checked again on a backoff until space appears.
 
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{trash, write};
+use super::{versions, write};
 use crate::backoff::Backoff;
 use crate::config::MinFreeDisk;
 
@@ -59,9 +59,13 @@ impl DiskGuard {
         let needed = size.saturating_add(reserved).saturating_add(floor);
         let mut available = available;
         if available < needed {
-            let freed = trash::free_space(root, needed - available);
+            let freed = versions::free_space(root, needed - available);
             if freed > 0 {
-                info!(folder, "removed {} MiB of trash to make room", freed / MIB);
+                info!(
+                    folder,
+                    "removed {} MiB of old versions to make room",
+                    freed / MIB
+                );
                 available = write::disk_space(root).map_or(available, |(a, _)| a);
             }
         }

@@ -18,7 +18,7 @@ use super::source::{self, ChunkLocation, Sources};
 use super::state::Synced;
 use super::status::Counters;
 use super::write::{self, Expect};
-use super::{received, trash};
+use super::{received, versions};
 use crate::merge::{PeerKey, RecordRegister};
 use crate::store::StoreHandle;
 
@@ -196,7 +196,7 @@ async fn remove_entry(
     let is_file = on_disk.as_ref().is_some_and(|m| m.kind == EntryKind::File);
     let removed = tokio::task::spawn_blocking(move || {
         if is_file {
-            trash::move_to_trash(&root, &rel, expect).map(Removal::Trashed)
+            versions::keep_deleted(&root, &rel, expect).map(Removal::Trashed)
         } else {
             write::remove(&root, &rel, expect).map(Removal::Removed)
         }
@@ -267,7 +267,7 @@ pub(super) fn commit_keeping_old(
     mtime: (i64, u32),
 ) -> Result<Option<String>, write::WriteError> {
     let kept = if keep_old {
-        trash::link_to_trash(root, rel)
+        versions::keep_replaced(root, rel)
     } else {
         None
     };

@@ -28,7 +28,7 @@ mod settle;
 mod source;
 pub mod state;
 pub mod status;
-pub mod trash;
+pub mod versions;
 mod watch;
 pub mod write;
 
