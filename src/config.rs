@@ -139,6 +139,8 @@ pub struct RawShareSettings {
     pub breaker_percent: Option<u8>,
     /// See [`RawConfig::breaker_min_files`].
     pub breaker_min_files: Option<u64>,
+    /// See [`RawConfig::breaker_remote`].
+    pub breaker_remote: Option<bool>,
     /// See [`RawConfig::min_free_disk`].
     pub min_free_disk: Option<String>,
     /// See [`RawConfig::versions`].
@@ -153,6 +155,7 @@ pub struct RawShareSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderSettings {
     breaker: BreakerLimit,
+    breaker_remote: bool,
     min_free_disk: MinFreeDisk,
     versions: VersionsPolicy,
     shares: BTreeMap<String, RawShareSettings>,
@@ -166,6 +169,7 @@ impl Default for FolderSettings {
                 min_files: DEFAULT_BREAKER_MIN_FILES,
             },
             min_free_disk: MinFreeDisk::Default,
+            breaker_remote: false,
             versions: VersionsPolicy {
                 kind: VersionsKind::Simple,
                 max_age: std::time::Duration::from_secs(86_400 * u64::from(DEFAULT_VERSIONS_DAYS)),
@@ -177,6 +181,14 @@ impl Default for FolderSettings {
 }
 
 impl FolderSettings {
+    /// Whether peers' mass deletes are held too in the share named `share`.
+    pub fn breaker_remote_for(&self, share: &str) -> bool {
+        self.shares
+            .get(share)
+            .and_then(|s| s.breaker_remote)
+            .unwrap_or(self.breaker_remote)
+    }
+
     /// The versions policy of the share named `share`.
     pub fn versions_for(&self, share: &str) -> VersionsPolicy {
         let own = self.shares.get(share);
@@ -287,6 +299,8 @@ pub struct RawConfig {
     pub breaker_percent: u8,
     /// Mass-deletion breaker: deletes up to this many never hold a share.
     pub breaker_min_files: u64,
+    /// Mass-deletion breaker: also hold a share when peers' deletes would remove as much here.
+    pub breaker_remote: bool,
     /// Space every folder's file system keeps free: `""` (1 % or 1 GiB, whichever is smaller),
     /// a size (`"2 GiB"`) or a percentage (`"5%"`).
     pub min_free_disk: String,
@@ -319,6 +333,7 @@ impl Default for RawConfig {
             psk_file: String::new(),
             breaker_percent: DEFAULT_BREAKER_PERCENT,
             breaker_min_files: DEFAULT_BREAKER_MIN_FILES,
+            breaker_remote: false,
             min_free_disk: String::new(),
             versions: VersionsKind::Simple,
             versions_max_age_days: DEFAULT_VERSIONS_DAYS,
@@ -468,6 +483,7 @@ impl RawConfig {
                 min_files: self.breaker_min_files,
             },
             min_free_disk,
+            breaker_remote: self.breaker_remote,
             versions: VersionsPolicy {
                 kind: self.versions,
                 max_age: std::time::Duration::from_secs(
@@ -639,6 +655,14 @@ versions_max_age_days = {versions_days}
 # Default: {default_versions_percent}
 versions_max_percent = {versions_percent}
 
+# Mass-deletion breaker for peers' deletes: when true, deletes from peers that would remove as
+# much here (same limits) are held too, and each peer holding them must accept or restore. Off
+# by default: a delete its author accepted (`share resume --accept-deletes`) should not be held
+# again on every member. On, it guards against peers without a breaker (older meshsync, or
+# breaker_percent = 100).
+# Default: false
+breaker_remote = {breaker_remote}
+
 # Per-share settings override the ones above for one share, by its name (`meshsync share list`):
 # [shares."photos"]
 # breaker_percent = 20
@@ -660,6 +684,7 @@ versions_max_percent = {versions_percent}
         percent = raw.breaker_percent,
         default_min_files = defaults.breaker_min_files,
         default_min_free = defaults.min_free_disk,
+        breaker_remote = raw.breaker_remote,
         default_versions = kind_name(defaults.versions),
         versions = kind_name(raw.versions),
         default_versions_days = defaults.versions_max_age_days,
@@ -694,6 +719,9 @@ fn render_shares(shares: &BTreeMap<String, RawShareSettings>) -> String {
         }
         if let Some(min_files) = settings.breaker_min_files {
             out.push_str(&format!("breaker_min_files = {min_files}\n"));
+        }
+        if let Some(on) = settings.breaker_remote {
+            out.push_str(&format!("breaker_remote = {on}\n"));
         }
         if let Some(kind) = settings.versions {
             out.push_str(&format!("versions = \"{}\"\n", kind_name(kind)));
@@ -805,12 +833,14 @@ mod tests {
             versions_max_percent: 4,
             breaker_percent: 30,
             breaker_min_files: 7,
+            breaker_remote: true,
             shares: [(
                 "my \"photos\"".to_owned(),
                 RawShareSettings {
                     breaker_percent: Some(10),
                     breaker_min_files: None,
                     min_free_disk: Some("5%".into()),
+                    breaker_remote: Some(true),
                     versions: Some(VersionsKind::Staggered),
                     versions_max_age_days: Some(3),
                     versions_max_percent: None,

@@ -26,7 +26,7 @@ fn delete_most(dir: &std::path::Path) {
 }
 
 fn wait_held(share: &FolderShare, node: &Node) -> String {
-    wait_until("A's share to be held by the breaker", WAIT, || {
+    wait_until("the share to be held by the breaker", WAIT, || {
         share.status(node)["state"] == "held"
     });
     share.status(node)["reason"]
@@ -355,4 +355,66 @@ fn replaced_and_deleted_files_are_kept_as_versions_and_restored() {
     wait_until("B to prune every version", WAIT, || {
         versions_of(&mesh.nodes[1], &share.name, None).is_empty()
     });
+}
+
+/// A peer whose own breaker is off deletes most of the folder: a receiver with
+/// `breaker_remote = true` holds instead of applying it; `--restore` puts the files back everywhere, `--accept-deletes` applies them.
+#[test]
+fn a_peers_mass_delete_is_held_until_the_user_decides() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    // A lets any delete out.
+    mesh.nodes[0].pin_listen_port();
+    mesh.nodes[0].stop();
+    let config = mesh.nodes[0].home.join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\nbreaker_percent = 50\n"), "{text}");
+    fs::write(
+        &config,
+        text.replace("\nbreaker_percent = 50\n", "\nbreaker_percent = 100\n"),
+    )
+    .unwrap();
+    // B holds peers' mass deletes too.
+    mesh.nodes[1].pin_listen_port();
+    mesh.nodes[1].stop();
+    let config = mesh.nodes[1].home.join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\nbreaker_remote = false\n"), "{text}");
+    fs::write(
+        &config,
+        text.replace("\nbreaker_remote = false\n", "\nbreaker_remote = true\n"),
+    )
+    .unwrap();
+    mesh.nodes[1].start();
+    mesh.nodes[0].start();
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    fill(&share.dirs[0]);
+    let everything = share.wait_identical();
+
+    delete_most(&share.dirs[0]);
+    let reason = wait_held(&share, &mesh.nodes[1]);
+    assert!(reason.contains("peers' changes would delete"), "{reason}");
+    assert_eq!(
+        tree(&share.dirs[1]).len(),
+        everything.len(),
+        "B applied none"
+    );
+    assert_eq!(
+        share.status(&mesh.nodes[0])["state"],
+        "idle",
+        "A itself is not held"
+    );
+
+    // --restore on B: the files come back on A too.
+    resume(&mesh.nodes[1], &share.name, "--restore");
+    assert_eq!(share.wait_identical(), everything);
+
+    delete_most(&share.dirs[0]);
+    wait_held(&share, &mesh.nodes[1]);
+    resume(&mesh.nodes[1], &share.name, "--accept-deletes");
+    assert_eq!(share.wait_identical().len(), 2 * (FILES_PER_DIR + 1));
 }

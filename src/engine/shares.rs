@@ -248,6 +248,7 @@ impl EngineActor {
             breaker: self.folder_settings.breaker_for(&meta.name),
             min_free_disk: self.folder_settings.min_free_disk_for(&meta.name),
             versions: self.folder_settings.versions_for(&meta.name),
+            breaker_remote: self.folder_settings.breaker_remote_for(&meta.name),
         };
         let (store, net) = (self.store.clone(), self.net.clone());
         match crate::folder::spawn(meta, self.local, store, net, rx, policy) {

@@ -19,7 +19,7 @@
 //! unmounted disk), the share pauses with the reason in `status`, and nothing — in particular
 //! no delete — is sent until it is back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,8 @@ pub struct Policy {
     pub min_free_disk: MinFreeDisk,
     /// What is kept of files peers' changes deleted or replaced.
     pub versions: VersionsPolicy,
+    /// Whether peers' mass deletes are held too.
+    pub breaker_remote: bool,
 }
 
 /// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
@@ -135,6 +137,9 @@ pub fn spawn(
         marks_read: false,
         settle: Settle::default(),
         breaker: Breaker::new(policy.breaker),
+        remote_breaker: policy.breaker_remote.then(|| Breaker::new(policy.breaker)),
+        deletes_let_through: HashSet::new(),
+        remote_deletes: DeleteHold::default(),
         disk: DiskGuard::new(policy.min_free_disk),
         versions: policy.versions,
         held: None,
@@ -186,8 +191,14 @@ pub(super) struct FolderActor {
     pub(super) marks_read: bool,
     /// When watched paths are scanned ([`super::settle`]).
     pub(super) settle: Settle,
-    /// The mass-deletion breaker ([`super::breaker`]).
+    /// The mass-deletion breaker ([`super::breaker`]), for local deletes...
     pub(super) breaker: Breaker,
+    /// ... and for peers' deletes applied here, if configured (`breaker_remote`).
+    pub(super) remote_breaker: Option<Breaker>,
+    /// Peers' deletes the user decided on: not checked again.
+    pub(super) deletes_let_through: HashSet<String>,
+    /// Peers' deletes wait like ours ([`super::delete_hold`]) before they are applied.
+    pub(super) remote_deletes: DeleteHold,
     /// Set while the breaker holds the share: nothing is sent or applied.
     pub(super) held: Option<Held>,
     /// The free-space floor ([`super::disk`]).
@@ -260,6 +271,10 @@ impl FolderActor {
                 self.deletes.due_at()
             }
             .unwrap_or_else(|| Instant::now() + far);
+            let remote_deletes_at = self
+                .remote_deletes
+                .due_at()
+                .unwrap_or_else(|| Instant::now() + far);
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
@@ -294,6 +309,10 @@ impl FolderActor {
                 _ = tokio::time::sleep_until(flush_at) => self.flush_synced(),
                 _ = tokio::time::sleep_until(rescan_at) => self.on_rescan_due(),
                 _ = tokio::time::sleep_until(deletes_at) => self.check_held_deletes(),
+                _ = tokio::time::sleep_until(remote_deletes_at) => {
+                    // Their wait is over: `start_downloads` below starts them.
+                    self.remote_deletes.take_due(Instant::now());
+                }
             }
             self.start_downloads();
             self.sweep_if_idle();
@@ -716,7 +735,12 @@ impl FolderActor {
             _ => None,
         };
         self.queue.note_needed(&path, file_size);
-        self.queue.push(path, matches!(wanted, Desired::Absent));
+        let delete = matches!(wanted, Desired::Absent);
+        if delete && self.remote_breaker.is_some() && self.synced.contains_key(&path) {
+            // Applied once peers' deletes stop coming, so the breaker sees them all at once.
+            self.remote_deletes.hold([path.clone()], Instant::now());
+        }
+        self.queue.push(path, delete);
     }
 
     fn on_change(&mut self, change: Result<Arc<Change>, broadcast::error::RecvError>) {
@@ -758,6 +782,11 @@ impl FolderActor {
                     if !delete && let Some(wait) = self.no_room_for(&path, &mut no_room) {
                         self.queue.defer(path, Instant::now() + wait);
                         continue;
+                    }
+                    let waiting = self.remote_deletes.len() > 0;
+                    if delete && (waiting || !self.may_apply_remote_delete(&path)) {
+                        self.queue.unstart_delete(path);
+                        return;
                     }
                     path
                 }

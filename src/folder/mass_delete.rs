@@ -25,8 +25,11 @@ pub enum Resume {
 pub(crate) struct Held {
     /// Why, with the counts, for `status`.
     pub(super) reason: String,
-    /// The local deletes not sent.
+    /// The local deletes not sent (empty when peers' deletes tripped it: those wait in the
+    /// download queue).
     pub(super) paths: Vec<String>,
+    /// Whether peers' deletes tripped it, not ours.
+    pub(super) remote: bool,
 }
 
 impl FolderActor {
@@ -54,6 +57,7 @@ impl FolderActor {
             self.held = Some(Held {
                 reason,
                 paths: gone,
+                remote: false,
             });
             return Vec::new();
         }
@@ -61,11 +65,52 @@ impl FolderActor {
         gone.into_iter().map(|path| (path, None)).collect()
     }
 
+    /// Whether a peer's delete of `path`, about to be applied, may be: not if with the other
+    /// deletes waiting (and those applied within the breaker's window) it is too many; the
+    /// share is then held.
+    pub(super) fn may_apply_remote_delete(&mut self, path: &str) -> bool {
+        if !self.synced.contains_key(path) || self.deletes_let_through.remove(path) {
+            return true;
+        }
+        if self.remote_breaker.is_none() {
+            return true;
+        }
+        let now = Instant::now();
+        let waiting = 1 + self
+            .queue
+            .pending_deletes()
+            .filter(|p| self.synced.contains_key(*p))
+            .count() as u64;
+        let entries = self.synced.len() as u64;
+        let breaker = self.remote_breaker.as_mut().expect("checked above");
+        if let Some(trip) = breaker.check(waiting, entries, now) {
+            let limit = breaker.limit();
+            let reason = format!(
+                "held: peers' changes would delete {} of {} files and directories here (more \
+                 than {} % and more than {}); nothing is applied until `meshsync share resume {} \
+                 --accept-deletes` applies them or `--restore` puts the files back everywhere",
+                trip.deleting, trip.entries, limit.percent, limit.min_files, self.name
+            );
+            warn!(folder = %self.name, "{reason}");
+            self.held = Some(Held {
+                reason,
+                paths: Vec::new(),
+                remote: true,
+            });
+            return false;
+        }
+        breaker.sent(1, now);
+        true
+    }
+
     /// Ends the hold as the user decided; returns how many paths it concerned.
     pub(super) async fn resume(&mut self, choice: Resume) -> Result<u64, String> {
         let Some(held) = self.held.take() else {
             return Err(format!("share `{}` is not held", self.name));
         };
+        if held.remote {
+            return Ok(self.resume_remote(choice).await);
+        }
         let paths: Vec<String> = held
             .paths
             .into_iter()
@@ -99,5 +144,37 @@ impl FolderActor {
         self.dirty_all = true;
         self.scan_soon(Duration::ZERO);
         Ok(count)
+    }
+
+    /// Ends a hold that peers' deletes tripped: apply them, or write our copies again as new
+    /// versions, which win over the deletes everywhere (an edit beats a concurrent delete).
+    async fn resume_remote(&mut self, choice: Resume) -> u64 {
+        let paths: Vec<String> = self
+            .queue
+            .pending_deletes()
+            .filter(|p| self.synced.contains_key(*p))
+            .cloned()
+            .collect();
+        let count = paths.len() as u64;
+        if let Some(breaker) = self.remote_breaker.as_mut() {
+            breaker.reset();
+        }
+        // Decided: these pass the breaker (after a restore they find our new versions and
+        // change nothing).
+        self.deletes_let_through.extend(paths.iter().cloned());
+        match choice {
+            Resume::AcceptDeletes => {
+                info!(folder = %self.name, "peers' deletes accepted: applying {count}");
+            }
+            Resume::Restore => {
+                info!(folder = %self.name, "putting {count} files peers deleted back everywhere");
+                let writes = paths
+                    .iter()
+                    .filter_map(|p| Some((p.clone(), Some(self.synced.get(p)?.record.clone()))))
+                    .collect();
+                self.put_local(writes).await;
+            }
+        }
+        count
     }
 }

@@ -164,6 +164,21 @@ impl DownloadQueue {
         self.retry_at.insert(path, at);
     }
 
+    /// A deletion handed out by [`DownloadQueue::next`] is not started after all: back to the
+    /// front of the deletions.
+    pub fn unstart_delete(&mut self, path: String) {
+        self.in_flight_buffered -= self.in_flight.remove(&path).unwrap_or(0);
+        self.deletes_in_flight.remove(&path);
+        if self.pending_set.insert(path.clone()) {
+            self.pending_deletes.push_front(path);
+        }
+    }
+
+    /// The deletions waiting to start.
+    pub fn pending_deletes(&self) -> impl Iterator<Item = &String> {
+        self.pending_deletes.iter()
+    }
+
     /// The size of the file a queued or running path needs, if it is one.
     pub fn file_size(&self, path: &str) -> Option<u64> {
         self.needed_bytes.get(path).copied()
