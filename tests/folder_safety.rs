@@ -418,3 +418,47 @@ fn a_peers_mass_delete_is_held_until_the_user_decides() {
     resume(&mesh.nodes[1], &share.name, "--accept-deletes");
     assert_eq!(share.wait_identical().len(), 2 * (FILES_PER_DIR + 1));
 }
+
+/// Local paths that cannot be synced are listed with the reason in `status`, and each is
+/// logged once, not at every scan.
+#[test]
+fn unsyncable_local_files_are_listed_with_the_reason() {
+    use std::os::unix::ffi::OsStrExt;
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let a = &share.dirs[0];
+    let fifo = a.join("pipe");
+    let mode = rustix::fs::Mode::from_raw_mode(0o644);
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, mode).unwrap();
+    fs::write(a.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), "x").unwrap();
+    fs::write(a.join("back\\slash"), "x").unwrap();
+    fs::write(a.join("fine.txt"), "fine").unwrap();
+    wait_until("A to list the three unsyncable paths", WAIT, || {
+        share.status(&mesh.nodes[0])["unsyncable_count"] == 3
+    });
+    let status = share.status(&mesh.nodes[0]);
+    let listed = status["unsyncable"].as_array().unwrap();
+    let reason_of = |path: &str| -> String {
+        listed
+            .iter()
+            .find(|u| u["path"] == path)
+            .map(|u| u["reason"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{path} not listed: {status}"))
+    };
+    assert!(reason_of("pipe").contains("fifo"));
+    assert!(reason_of("bad\u{fffd}name").contains("not UTF-8"));
+    assert!(reason_of("back\\slash").contains("backslash"));
+    // More scans (each file written is one) do not say them again.
+    // (Not `wait_identical`: reading the FIFO would block.)
+    for i in 0..5 {
+        let name = format!("later{i}");
+        fs::write(a.join(&name), "x").unwrap();
+        wait_until("the later file to arrive", WAIT, || {
+            share.dirs[1].join(&name).exists()
+        });
+    }
+    assert_eq!(mesh.nodes[0].log_lines_with(&["pipe: skipped"]), 1);
+    assert!(!share.dirs[1].join("pipe").exists());
+}

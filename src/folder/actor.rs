@@ -47,7 +47,7 @@ use super::scan::{self, ScanRecord};
 use super::settle::{Settle, WATCH_DEBOUNCE};
 use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
-use super::status::{Counters, FolderState, FolderStatus, RateMeter};
+use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::watch::{self as watcher, Watch, WatchEvent};
 use super::{serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
@@ -63,6 +63,8 @@ pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
 /// How often the synced-state rows are written (one store write for everything since).
 pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// At most this many unsyncable paths are listed in `status` (all are counted).
+pub const MAX_UNSYNCABLE_LISTED: usize = 100;
 /// At most this many files that keep changing are listed in `status`.
 pub const MAX_CHANGING_LISTED: usize = 100;
 /// Commands from the engine buffered per folder.
@@ -135,6 +137,8 @@ pub fn spawn(
         instance: None,
         paused: None,
         marks_read: false,
+        unsyncable: BTreeMap::new(),
+        warned: BTreeSet::new(),
         settle: Settle::default(),
         breaker: Breaker::new(policy.breaker),
         remote_breaker: policy.breaker_remote.then(|| Breaker::new(policy.breaker)),
@@ -189,6 +193,10 @@ pub(super) struct FolderActor {
     /// Whether the first full scan since start, the one that reads received files' marks
     /// ([`super::received`]), is done.
     pub(super) marks_read: bool,
+    /// Local paths that cannot be synced, and why (see [`super::problems`]).
+    pub(super) unsyncable: BTreeMap<String, String>,
+    /// Scan warnings about no one path already logged.
+    pub(super) warned: BTreeSet<String>,
     /// When watched paths are scanned ([`super::settle`]).
     pub(super) settle: Settle,
     /// The mass-deletion breaker ([`super::breaker`]), for local deletes...
@@ -248,6 +256,10 @@ pub(super) struct ScanResult {
     /// Received files' marks, of the files that differ from what was synced at their paths
     /// (first full scan after start only).
     pub(super) marks: BTreeMap<String, Vec<u8>>,
+    /// Paths not synced this time, and why.
+    pub(super) problems: Vec<(String, String)>,
+    /// Other warnings of the scan.
+    pub(super) warnings: Vec<String>,
 }
 
 impl FolderActor {
@@ -427,6 +439,16 @@ impl FolderActor {
             refused: self.refused,
             local_entries: self.synced.len() as u64,
             deletes_waiting: self.deletes.len() as u64,
+            unsyncable_count: self.unsyncable.len() as u64,
+            unsyncable: self
+                .unsyncable
+                .iter()
+                .take(MAX_UNSYNCABLE_LISTED)
+                .map(|(path, reason)| Unsyncable {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
             changing: self
                 .settle
                 .changing()
@@ -592,9 +614,6 @@ impl FolderActor {
             } else {
                 scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists)
             }?;
-            for warning in &out.warnings {
-                warn!("{warning}");
-            }
             let marks = if read_marks {
                 read_received_marks(&root, &out.entries, &previous)
             } else {
@@ -609,6 +628,8 @@ impl FolderActor {
                 unstable: out.unstable,
                 confirms_deletes: false,
                 marks,
+                problems: out.problems,
+                warnings: out.warnings,
             })
         });
     }

@@ -236,6 +236,7 @@ impl FolderActor {
         if !self.trust_scan(&result).await {
             return;
         }
+        self.note_problems(&result);
         if self.paused.take().is_some() {
             info!(folder = %self.name, "resumed");
         }
@@ -354,6 +355,8 @@ impl FolderActor {
                 unstable: back,
                 confirms_deletes: true,
                 marks: BTreeMap::new(),
+                problems: Vec::new(),
+                warnings: Vec::new(),
             })
         });
     }

@@ -20,6 +20,7 @@ mod mass_delete;
 mod materialise;
 pub mod model;
 mod plan;
+mod problems;
 mod queue;
 pub mod received;
 pub mod scan;

@@ -55,6 +55,12 @@ pub struct FolderStatus {
     /// and the folder is still there, so that removing or unmounting the whole folder sends none.
     #[serde(default)]
     pub deletes_waiting: u64,
+    /// Local paths that cannot be synced, with the reason (at most 100 listed).
+    #[serde(default)]
+    pub unsyncable: Vec<Unsyncable>,
+    /// How many there are.
+    #[serde(default)]
+    pub unsyncable_count: u64,
     /// Files that keep changing: read and sent as they are every 10 s while the writes go on
     /// (at most 100 listed).
     #[serde(default)]
@@ -66,6 +72,15 @@ pub struct FolderStatus {
     /// When it happened (RFC 3339, UTC); `null` with it.
     #[serde(default)]
     pub last_error_at: Option<String>,
+}
+
+/// A local path that cannot be synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsyncable {
+    /// Its path in the folder (lossy if its name is not UTF-8).
+    pub path: String,
+    /// Why it is not synced.
+    pub reason: String,
 }
 
 /// Byte and error counters of one folder, shown in its status.
@@ -124,6 +139,8 @@ mod tests {
             refused: 0,
             local_entries: 0,
             deletes_waiting: 0,
+            unsyncable: Vec::new(),
+            unsyncable_count: 0,
             changing: Vec::new(),
             scans: 0,
             last_error: None,

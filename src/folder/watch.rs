@@ -55,14 +55,18 @@ fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<
         // the file is complete.
         Ok(event) if is_read_only_access(&event.kind) => None,
         Ok(event) => {
-            let paths: Vec<String> = event
-                .paths
-                .iter()
-                .filter_map(|p| p.strip_prefix(root).ok())
-                .filter_map(|p| p.to_str())
-                .filter(|p| !p.is_empty() && !scan::is_ignored_builtin(p))
-                .map(str::to_owned)
-                .collect();
+            let mut paths: Vec<String> = Vec::new();
+            for rel in event.paths.iter().filter_map(|p| p.strip_prefix(root).ok()) {
+                // A name that is not UTF-8 cannot be scanned by itself: its nearest nameable
+                // directory is (which lists it as unsyncable), the whole folder at the top.
+                match rel.ancestors().find_map(|a| a.to_str()) {
+                    Some("") if rel.to_str() != Some("") => return Some(WatchEvent::Rescan),
+                    Some(p) if !p.is_empty() && !scan::is_ignored_builtin(p) => {
+                        paths.push(p.to_owned())
+                    }
+                    _ => {}
+                }
+            }
             (!paths.is_empty()).then_some(WatchEvent::Paths(paths))
         }
         Err(_) => Some(WatchEvent::Rescan),

@@ -137,6 +137,9 @@ pub struct ScanOutput {
     pub pages: Vec<(PageRef, Vec<ChunkRef>)>,
     /// Human-readable notes on what was skipped and why (at most [`MAX_WARNINGS`] + 1 lines).
     pub warnings: Vec<String>,
+    /// The warnings about one path each (with `warnings`, at most [`MAX_WARNINGS`]): the path,
+    /// and why it was not synced this time.
+    pub problems: Vec<(String, String)>,
     /// Files read by this scan, retries included (unchanged files reused are not counted).
     pub hashed_files: u64,
     /// Bytes read by this scan, retries included.
@@ -398,7 +401,7 @@ fn scan(
     out.gone = settle(&scope, previous, &mut entries, &unstable);
     out.entries = entries;
     out.unstable = unstable.into_iter().collect();
-    out.warnings = warnings.finish();
+    (out.warnings, out.problems) = warnings.finish();
     tracing::debug!(
         root = %root.display(),
         entries = out.entries.len(),
@@ -422,12 +425,14 @@ fn add_hashed(found: &mut Walked, out: &mut ScanOutput, job: Job, hashed: Hashed
                 found.entries.insert(job.rel, record);
                 out.pages.extend(pages);
             }
-            Err(why) => found.warnings.push(format!("{}: skipped ({why})", job.rel)),
+            Err(why) => found
+                .warnings
+                .push_for(&job.rel, format!("skipped ({why})")),
         },
         Outcome::Unstable(why) => {
             found
                 .warnings
-                .push(format!("{}: {}; will retry later", job.rel, why.describe()));
+                .push_for(&job.rel, format!("{}; will retry later", why.describe()));
             // Rules we could not read may exclude anything in their directory.
             match job.rel.rsplit_once('/') {
                 Some((dir, IGNORE_FILE)) => found.unstable.insert(dir.to_owned()),
@@ -460,31 +465,42 @@ fn settle(
         .collect()
 }
 
-/// Warnings, capped at [`MAX_WARNINGS`].
+/// Warnings, capped at [`MAX_WARNINGS`]. Not logged here: a full scan every minute would
+/// repeat them; the folder says each once ([`ScanOutput::problems`]).
 #[derive(Default)]
 pub(super) struct Warnings {
-    /// The first [`MAX_WARNINGS`] warnings.
+    /// The first [`MAX_WARNINGS`] warnings that are about no one path.
     lines: Vec<String>,
+    /// Those about one path: the path and what is wrong.
+    problems: Vec<(String, String)>,
     /// How many more there were.
     dropped: u64,
 }
 
 impl Warnings {
     pub(super) fn push(&mut self, line: String) {
-        tracing::warn!("{line}");
-        if self.lines.len() < MAX_WARNINGS {
+        if self.lines.len() + self.problems.len() < MAX_WARNINGS {
             self.lines.push(line);
         } else {
             self.dropped += 1;
         }
     }
 
-    pub(super) fn finish(mut self) -> Vec<String> {
+    /// A warning about the path `rel`: it is not synced this time, for `reason`.
+    pub(super) fn push_for(&mut self, rel: &str, reason: String) {
+        if self.lines.len() + self.problems.len() < MAX_WARNINGS {
+            self.problems.push((rel.to_owned(), reason));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub(super) fn finish(mut self) -> (Vec<String>, Vec<(String, String)>) {
         if self.dropped > 0 {
             self.lines
                 .push(format!("… and {} more warnings", self.dropped));
         }
-        self.lines
+        (self.lines, self.problems)
     }
 }
 

@@ -184,7 +184,7 @@ impl Walk<'_> {
             Some(Some(rel)) => {
                 self.found
                     .warnings
-                    .push(format!("{rel}: cannot scan, will retry later: {err}"));
+                    .push_for(rel, format!("cannot scan, will retry later: {err}"));
                 self.found.unstable.insert(rel.to_owned());
                 Ok(())
             }
@@ -225,7 +225,7 @@ impl Walk<'_> {
             Err(err) => {
                 self.found
                     .warnings
-                    .push(format!("{rel}: cannot stat, will retry later: {err}"));
+                    .push_for(&rel, format!("cannot stat, will retry later: {err}"));
                 self.found.unstable.insert(rel);
             }
         }
@@ -239,16 +239,18 @@ impl Walk<'_> {
             return None;
         }
         let Some(rel) = rel_path.to_str() else {
-            self.found.warnings.push(format!(
-                "{}: skipped (name is not UTF-8)",
-                rel_path.to_string_lossy()
-            ));
+            self.found.warnings.push_for(
+                &rel_path.to_string_lossy(),
+                "skipped (name is not UTF-8)".to_owned(),
+            );
             self.skipped.push(rel_path.to_path_buf());
             return None;
         };
         // What peers would refuse (too long, a backslash…) is not offered to them.
         if let Err(why) = validate_rel_path(rel) {
-            self.found.warnings.push(format!("{rel}: skipped ({why})"));
+            self.found
+                .warnings
+                .push_for(rel, format!("skipped ({why})"));
             self.skipped.push(rel_path.to_path_buf());
             return None;
         }
@@ -271,11 +273,11 @@ impl Walk<'_> {
                 }
                 Ok(Err(_)) => found
                     .warnings
-                    .push(format!("{rel}: skipped (link target is not UTF-8)")),
+                    .push_for(&rel, "skipped (link target is not UTF-8)".to_owned()),
                 Err(err) => {
                     found
                         .warnings
-                        .push(format!("{rel}: cannot read link, will retry later: {err}"));
+                        .push_for(&rel, format!("cannot read link, will retry later: {err}"));
                     found.unstable.insert(rel);
                 }
             }
@@ -298,7 +300,7 @@ impl Walk<'_> {
             } else {
                 "a device"
             };
-            found.warnings.push(format!("{rel}: skipped ({what})"));
+            found.warnings.push_for(&rel, format!("skipped ({what})"));
         }
     }
 }
@@ -435,6 +437,7 @@ mod tests {
             ]
         );
         assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
     }
 
     #[test]
@@ -513,7 +516,10 @@ mod tests {
         rustix::fs::mkfifoat(rustix::fs::CWD, dir.path().join("pipe"), mode).unwrap();
         let out = scan_all(dir.path(), &BTreeMap::new()).unwrap();
         assert!(out.entries.is_empty());
-        assert_eq!(out.warnings, ["pipe: skipped (a fifo)"]);
+        assert_eq!(
+            out.problems,
+            [("pipe".to_owned(), "skipped (a fifo)".to_owned())]
+        );
     }
 
     #[test]
@@ -526,8 +532,8 @@ mod tests {
         fs::write(dir.path().join(OsStr::from_bytes(b"d\xfe/inner")), b"x").unwrap();
         let out = scan_all(dir.path(), &BTreeMap::new()).unwrap();
         assert_eq!(keys(&out), ["bad-dir\u{e9}"]);
-        assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
-        assert!(out.warnings.iter().all(|w| w.contains("not UTF-8")));
+        assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
+        assert!(out.problems.iter().all(|(_, w)| w.contains("not UTF-8")));
     }
 
     #[test]
@@ -537,8 +543,12 @@ mod tests {
         write(dir.path(), "fine", b"x");
         let out = scan_all(dir.path(), &BTreeMap::new()).unwrap();
         assert_eq!(keys(&out), ["fine"]);
-        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
-        assert!(out.warnings[0].contains("backslash"), "{:?}", out.warnings);
+        assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
+        assert!(
+            out.problems[0].1.contains("backslash"),
+            "{:?}",
+            out.problems
+        );
     }
 
     #[test]
