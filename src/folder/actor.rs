@@ -31,25 +31,23 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::breaker::Breaker;
+use super::breaker::Held;
 use super::delete_hold::DeleteHold;
 use super::disk::DiskGuard;
 use super::error::FolderError;
 use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
 use super::instance::{self, InstanceId};
-use super::local_changes::read_received_marks;
-use super::mass_delete::Held;
-use super::materialise::{Materialised, materialise};
-use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
-use super::plan::{self, Desired};
-use super::queue::{DownloadQueue, Next};
+use super::materialise::Materialised;
+use super::model::{ChunkRef, FileMeta, Hash, MARKER_DIR, PageRef};
+use super::queue::DownloadQueue;
 use super::scan::{self, ScanRecord};
-use super::settle::{Settle, WATCH_DEBOUNCE};
+use super::settle::Settle;
 use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::watch::{self as watcher, Watch, WatchEvent};
-use super::{serve, versions, write};
+use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
@@ -614,8 +612,10 @@ impl FolderActor {
             } else {
                 scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists)
             }?;
+            // The candidates for having been received just before a crash ([`received`]).
             let marks = if read_marks {
-                read_received_marks(&root, &out.entries, &previous)
+                let (name, max) = (received::ATTRIBUTE, received::MAX_MARK_BYTES);
+                scan::attributes_of_changed_files(&root, &out.entries, &previous, name, max)
             } else {
                 BTreeMap::new()
             };
@@ -715,53 +715,12 @@ impl FolderActor {
         self.add_chunks(entries);
     }
 
-    fn add_chunks(&self, entries: Vec<(Hash, ChunkLocation)>) {
+    pub(super) fn add_chunks(&self, entries: Vec<(Hash, ChunkLocation)>) {
         if entries.is_empty() {
             return;
         }
         let mut index = self.sources.chunks.write().expect("chunk index lock");
         index.extend(entries);
-    }
-
-    /// Queues every store entry whose effective winner is not what is on disk.
-    pub(super) async fn queue_all_remote(&mut self) {
-        let entries = match self.store.list(self.sources.share, Vec::new()).await {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.note_error(format!("cannot list the share's entries: {e}"));
-                warn!(folder = %self.name, "cannot list the share's entries: {e}");
-                return;
-            }
-        };
-        for (key, register) in entries {
-            let Ok(path) = String::from_utf8(key) else {
-                continue;
-            };
-            if self.needs_work(&path, &register) {
-                self.queue_remote(path, &register);
-            }
-        }
-    }
-
-    fn needs_work(&self, path: &str, register: &RecordRegister) -> bool {
-        let on_disk = self.synced.get(path).map(|s| &s.record.meta);
-        plan::needs_work(register, on_disk)
-    }
-
-    /// Queues a path whose entry changed to `register`, noting how much it will fetch.
-    pub(super) fn queue_remote(&mut self, path: String, register: &RecordRegister) {
-        let wanted = plan::desired(register);
-        let file_size = match &wanted {
-            Desired::Present(meta) if meta.kind == EntryKind::File => Some(meta.size),
-            _ => None,
-        };
-        self.queue.note_needed(&path, file_size);
-        let delete = matches!(wanted, Desired::Absent);
-        if delete && self.remote_breaker.is_some() && self.synced.contains_key(&path) {
-            // Applied once peers' deletes stop coming, so the breaker sees them all at once.
-            self.remote_deletes.hold([path.clone()], Instant::now());
-        }
-        self.queue.push(path, delete);
     }
 
     fn on_change(&mut self, change: Result<Arc<Change>, broadcast::error::RecvError>) {
@@ -784,126 +743,6 @@ impl FolderActor {
                 self.scan_soon(Duration::ZERO);
             }
             Err(broadcast::error::RecvError::Closed) => {}
-        }
-    }
-
-    fn start_downloads(&mut self) {
-        if self.paused.is_some() || self.held.is_some() {
-            return;
-        }
-        // Once one file found no room, the others wait as long without asking the disk again.
-        let mut no_room: Option<Duration> = None;
-        while let Some(next) = self.queue.next() {
-            let path = match next {
-                Next::WaitsForRetry(path) => {
-                    self.latest.remove(&path);
-                    continue;
-                }
-                Next::Start { path, delete } => {
-                    if !delete && let Some(wait) = self.no_room_for(&path, &mut no_room) {
-                        self.queue.defer(path, Instant::now() + wait);
-                        continue;
-                    }
-                    let waiting = self.remote_deletes.len() > 0;
-                    if delete && (waiting || !self.may_apply_remote_delete(&path)) {
-                        self.queue.unstart_delete(path);
-                        return;
-                    }
-                    path
-                }
-            };
-            let sources = self.sources.clone();
-            let store = self.store.clone();
-            let synced = self.synced.get(&path).cloned();
-            let known = self.latest.remove(&path);
-            let local = self.local;
-            let local_key = self.local_key.clone();
-            self.downloads.spawn(async move {
-                materialise(sources, store, path, known, synced, local, local_key).await
-            });
-        }
-    }
-
-    /// How long the download of `path` must wait for disk space, if it must; `no_room` is the
-    /// answer found for an earlier file in the same round.
-    fn no_room_for(&mut self, path: &str, no_room: &mut Option<Duration>) -> Option<Duration> {
-        let size = self.queue.file_size(path)?;
-        if no_room.is_some() {
-            return *no_room;
-        }
-        // Counts itself too (it is already among the running): taken out again here.
-        let reserved = self.queue.running_bytes().saturating_sub(size);
-        let root = self.sources.root.clone();
-        *no_room = self.disk.room_for(&root, size, reserved, &self.name).err();
-        *no_room
-    }
-
-    async fn on_materialised(&mut self, done: Materialised) {
-        self.queue.finish(&done.path);
-        if done.conflict || done.error.is_some() {
-            self.temp_files_maybe = true;
-        }
-        self.add_chunks(done.new_chunks);
-        if done.conflict {
-            // The file changed under us: let the scanner record the local edit first.
-            self.dirty_paths.insert(done.path.clone());
-            self.scan_soon(Duration::ZERO);
-            self.queue
-                .retry_at(done.path.clone(), Instant::now() + WATCH_DEBOUNCE * 10);
-            return;
-        }
-        if let Some(error) = done.error {
-            if error.is_refusal() {
-                self.refused += 1;
-                warn!(folder = %self.name, "{error}");
-                return;
-            }
-            self.note_error(format!("{}: {error}", done.path));
-            let wait = if error.is_disk_full() {
-                // Said once for the whole condition, not once per file and retry.
-                self.disk.failed(&error.to_string(), &self.name)
-            } else {
-                warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {error}");
-                DOWNLOAD_RETRY
-            };
-            self.queue.retry_at(done.path, Instant::now() + wait);
-            return;
-        }
-        if done.not_empty {
-            return;
-        }
-        if done.synced.is_none()
-            && let Some((parent, _)) = done.path.rsplit_once('/')
-        {
-            // A directory waiting for its children to go may be empty now.
-            self.queue.push(parent.to_owned(), true);
-        }
-        let row = match done.synced {
-            Some(synced) => {
-                self.index_chunks(std::iter::once((&done.path, &synced.record)))
-                    .await;
-                self.synced.insert(done.path.clone(), synced.clone());
-                Some(synced)
-            }
-            None => {
-                self.synced.remove(&done.path);
-                None
-            }
-        };
-        self.save_later(vec![(done.path.clone(), row)]);
-        // The winner may have moved on while we worked.
-        match self
-            .store
-            .get(self.sources.share, done.path.clone().into_bytes())
-            .await
-        {
-            Ok(Some(register)) if self.needs_work(&done.path, &register) => {
-                self.queue.push(done.path, false);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(folder = %self.name, path = %done.path, "cannot re-read the entry: {e}")
-            }
         }
     }
 }

@@ -81,6 +81,18 @@ impl Breaker {
     }
 }
 
+/// A share held by the breaker.
+#[derive(Debug)]
+pub(super) struct Held {
+    /// Why, with the counts, for `status`.
+    pub(super) reason: String,
+    /// The local deletes not sent (empty when peers' deletes tripped it: those wait in the
+    /// download queue).
+    pub(super) paths: Vec<String>,
+    /// Whether peers' deletes tripped it, not ours.
+    pub(super) remote: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

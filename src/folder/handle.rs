@@ -2,9 +2,17 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::mass_delete::Resume;
 use super::model::Hash;
 use super::status::FolderStatus;
+
+/// What the user decides for a held share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Send the held deletes: they were meant.
+    AcceptDeletes,
+    /// Fetch the deleted files back from members: they were not.
+    Restore,
+}
 
 /// What the engine asks of a folder's actor.
 pub(super) enum Command {

@@ -6,7 +6,6 @@
 //! Methods of the folder actor, kept apart from its loop.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
@@ -15,11 +14,11 @@ use tracing::{debug, info, warn};
 
 use super::actor::{FolderActor, ScanResult};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
-use super::model::{EntryKind, MARKER_DIR};
+use super::model::MARKER_DIR;
 use super::scan::{self, ScanRecord};
 use super::settle::WATCH_DEBOUNCE;
 use super::state::{self, Synced};
-use super::{plan, received, write};
+use super::{plan, received};
 use crate::merge::Payload;
 use crate::store::LocalWrite;
 
@@ -360,28 +359,4 @@ impl FolderActor {
             })
         });
     }
-}
-
-/// The marks of received files ([`super::received`]) among the scanned files that differ from
-/// what was synced at their paths: the candidates for having been received just before a crash.
-pub(super) fn read_received_marks(
-    root: &Path,
-    scanned: &BTreeMap<String, ScanRecord>,
-    previous: &BTreeMap<String, ScanRecord>,
-) -> BTreeMap<String, Vec<u8>> {
-    scanned
-        .iter()
-        .filter(|(path, record)| {
-            record.meta.kind == EntryKind::File
-                && previous.get(*path).map(|p| &p.meta) != Some(&record.meta)
-        })
-        .filter_map(|(path, _)| {
-            let mark = write::attribute(
-                &root.join(path),
-                received::ATTRIBUTE,
-                received::MAX_MARK_BYTES,
-            );
-            Some((path.clone(), mark.ok()??))
-        })
-        .collect()
 }

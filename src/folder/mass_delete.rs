@@ -9,28 +9,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::actor::FolderActor;
+use super::breaker::Held;
+use super::handle::Resume;
 use super::scan::ScanRecord;
-
-/// What the user decides for a held share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
-    /// Send the held deletes: they were meant.
-    AcceptDeletes,
-    /// Fetch the deleted files back from members: they were not.
-    Restore,
-}
-
-/// A share held by the breaker.
-#[derive(Debug)]
-pub(crate) struct Held {
-    /// Why, with the counts, for `status`.
-    pub(super) reason: String,
-    /// The local deletes not sent (empty when peers' deletes tripped it: those wait in the
-    /// download queue).
-    pub(super) paths: Vec<String>,
-    /// Whether peers' deletes tripped it, not ours.
-    pub(super) remote: bool,
-}
 
 impl FolderActor {
     /// The deletes to send of those confirmed (`gone`): all of them, unless they trip the

@@ -11,6 +11,7 @@ pub mod conflict;
 pub mod content;
 mod delete_hold;
 mod disk;
+mod downloads;
 pub mod error;
 pub mod fetch;
 mod handle;
@@ -36,7 +37,7 @@ pub mod write;
 pub use actor::{Policy, prepare_root, spawn};
 pub use error::{FolderError, MaterialiseError};
 pub use handle::FolderHandle;
-pub use mass_delete::Resume;
+pub use handle::Resume;
 pub use state::Synced;
 pub use status::{FolderState, FolderStatus};
 

@@ -228,6 +228,28 @@ pub fn scan_all_reusing(
     scan(root, Scope::All, previous, Known::default(), chunk_lists)
 }
 
+/// The extended attribute `name` (up to `max` bytes) of each scanned file that differs from its
+/// `previous` record (changed, or new), where it has one.
+pub fn attributes_of_changed_files(
+    root: &Path,
+    scanned: &BTreeMap<String, ScanRecord>,
+    previous: &BTreeMap<String, ScanRecord>,
+    name: &str,
+    max: usize,
+) -> BTreeMap<String, Vec<u8>> {
+    scanned
+        .iter()
+        .filter(|(path, record)| {
+            record.meta.kind == EntryKind::File
+                && previous.get(*path).map(|p| &p.meta) != Some(&record.meta)
+        })
+        .filter_map(|(path, _)| {
+            let value = crate::folder::write::attribute(&root.join(path), name, max);
+            Some((path.clone(), value.ok()??))
+        })
+        .collect()
+}
+
 /// Of `paths` (relative paths a scan found gone), those still gone now, after checking that the
 /// root is the folder with its marker (before and after looking). A path counts as present only
 /// as the scanner would find it: no parent may be a symlink or other non-directory.
