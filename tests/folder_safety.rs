@@ -4,7 +4,9 @@ mod support;
 
 use std::fs;
 
-use support::{FolderShare, Mesh, Node, WAIT, now_ms, session_succeeded, tree, wait_until};
+use support::{
+    FolderShare, Mesh, Node, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
+};
 
 const DIRS: usize = 10;
 const FILES_PER_DIR: usize = 100;
@@ -187,18 +189,6 @@ impl Drop for Tmpfs {
             .arg(&self.0)
             .status();
     }
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect()
 }
 
 /// A receiver on a small file system: old versions give way first, and a full disk waits, says

@@ -6,19 +6,9 @@ mod support;
 use std::fs;
 use std::time::Duration;
 
-use support::{FolderShare, Mesh, Node, WAIT, now_ms, session_succeeded, tree, wait_until};
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 56) as u8
-        })
-        .collect()
-}
+use support::{
+    FolderShare, Mesh, Node, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
+};
 
 #[test]
 fn create_modify_delete_rename_and_move_across_three_peers() {

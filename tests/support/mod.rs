@@ -740,3 +740,16 @@ pub fn tree(dir: &Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// `len` pseudo-random bytes, the same for the same `seed` (a fixed LCG: no dependency).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
