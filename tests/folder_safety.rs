@@ -50,8 +50,7 @@ fn resume(node: &Node, share: &str, how: &str) {
 fn a_mass_delete_is_held_until_the_user_restores_or_accepts_it() {
     let mesh = Mesh::full_static(3);
     mesh.wait_fully_connected();
-    let nodes: Vec<&Node> = mesh.nodes.iter().collect();
-    let share = FolderShare::among(&nodes);
+    let share = mesh.share_folder();
     let (a, b, c) = (&mesh.nodes[0], &mesh.nodes[1], &mesh.nodes[2]);
     fill(&share.dirs[0]);
     let everything = share.wait_identical();
@@ -107,8 +106,7 @@ fn a_file_that_never_settles_still_syncs_while_it_changes() {
     const WRITES_FOR_AT_MOST: Duration = Duration::from_secs(30);
     let mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
-    let nodes: Vec<&Node> = mesh.nodes.iter().collect();
-    let share = FolderShare::among(&nodes);
+    let share = mesh.share_folder();
     let (a_file, b_file) = (share.dirs[0].join("log.txt"), share.dirs[1].join("log.txt"));
     let stop = AtomicBool::new(false);
     let arrived_while_writing = std::thread::scope(|scope| {
@@ -284,10 +282,7 @@ fn versions_of(node: &Node, share: &str, path: Option<&str>) -> Vec<serde_json::
 fn replaced_and_deleted_files_are_kept_as_versions_and_restored() {
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
-    let share = {
-        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
-        FolderShare::among(&nodes)
-    };
+    let share = mesh.share_folder();
     let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
     fs::create_dir_all(a.join("d")).unwrap();
     fs::write(a.join("d/f.txt"), "v1").unwrap();
@@ -348,40 +343,17 @@ fn replaced_and_deleted_files_are_kept_as_versions_and_restored() {
 }
 
 /// A peer whose own breaker is off deletes most of the folder: a receiver with
-/// `breaker_remote = true` holds instead of applying it; `--restore` puts the files back everywhere, `--accept-deletes` applies them.
+/// `breaker_remote = true` holds instead of applying it; `--restore` puts the files back
+/// everywhere, `--accept-deletes` applies them.
 #[test]
 fn a_peers_mass_delete_is_held_until_the_user_decides() {
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
-    // A lets any delete out.
-    mesh.nodes[0].pin_listen_port();
-    mesh.nodes[0].stop();
-    let config = mesh.nodes[0].home.join("config.toml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\nbreaker_percent = 50\n"), "{text}");
-    fs::write(
-        &config,
-        text.replace("\nbreaker_percent = 50\n", "\nbreaker_percent = 100\n"),
-    )
-    .unwrap();
-    // B holds peers' mass deletes too.
-    mesh.nodes[1].pin_listen_port();
-    mesh.nodes[1].stop();
-    let config = mesh.nodes[1].home.join("config.toml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\nbreaker_remote = false\n"), "{text}");
-    fs::write(
-        &config,
-        text.replace("\nbreaker_remote = false\n", "\nbreaker_remote = true\n"),
-    )
-    .unwrap();
-    mesh.nodes[1].start();
-    mesh.nodes[0].start();
+    // A lets any delete out; B holds peers' mass deletes too.
+    mesh.nodes[0].restart_with_config_line("breaker_percent = 50", "breaker_percent = 100");
+    mesh.nodes[1].restart_with_config_line("breaker_remote = false", "breaker_remote = true");
     mesh.wait_fully_connected();
-    let share = {
-        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
-        FolderShare::among(&nodes)
-    };
+    let share = mesh.share_folder();
     fill(&share.dirs[0]);
     let everything = share.wait_identical();
 
@@ -416,8 +388,7 @@ fn unsyncable_local_files_are_listed_with_the_reason() {
     use std::os::unix::ffi::OsStrExt;
     let mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
-    let nodes: Vec<&Node> = mesh.nodes.iter().collect();
-    let share = FolderShare::among(&nodes);
+    let share = mesh.share_folder();
     let a = &share.dirs[0];
     let fifo = a.join("pipe");
     let mode = rustix::fs::Mode::from_raw_mode(0o644);

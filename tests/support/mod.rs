@@ -276,6 +276,19 @@ impl Node {
         std::fs::write(&config, text.replace("/ip4/127.0.0.1/tcp/0", &without_id)).unwrap();
     }
 
+    /// Stops the daemon, replaces the line `from` of its config with `to` (the line must be
+    /// there, as `init` wrote it) and starts it again on the same port.
+    pub fn restart_with_config_line(&mut self, from: &str, to: &str) {
+        self.pin_listen_port();
+        self.stop();
+        let config = self.home.join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let (from, to) = (format!("\n{from}\n"), format!("\n{to}\n"));
+        assert!(text.contains(&from), "no `{from}` in:\n{text}");
+        std::fs::write(&config, text.replace(&from, &to)).unwrap();
+        self.start();
+    }
+
     /// The API address the daemon wrote.
     pub fn api_addr(&self) -> String {
         std::fs::read_to_string(self.home.join("api.addr"))
@@ -616,6 +629,14 @@ pub struct FolderShare {
     pub dirs: Vec<PathBuf>,
     /// The share's local name (the folder's directory name).
     pub name: String,
+}
+
+impl Mesh {
+    /// A folder shared among all of this mesh's nodes (see [`FolderShare::among`]).
+    pub fn share_folder(&self) -> FolderShare {
+        let nodes: Vec<&Node> = self.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    }
 }
 
 impl FolderShare {
