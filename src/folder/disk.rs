@@ -43,17 +43,19 @@ impl DiskGuard {
     }
 
     /// Whether a file of `size` bytes may be written under `root` now, with `reserved` bytes
-    /// already being written by running downloads; frees trash first when short. `Err` holds the
-    /// wait before trying again. A file system that cannot say how full it is is not checked.
+    /// already being written by running downloads; frees old versions first when short. `Ok`
+    /// holds the bytes to spare after it (more files may start within them without asking the
+    /// disk again), `Err` the wait before trying again. A file system that cannot say how full
+    /// it is is not checked.
     pub(super) fn room_for(
         &mut self,
         root: &Path,
         size: u64,
         reserved: u64,
         folder: &str,
-    ) -> Result<(), Duration> {
+    ) -> Result<u64, Duration> {
         let Ok((available, total)) = write::disk_space(root) else {
-            return Ok(());
+            return Ok(u64::MAX);
         };
         let floor = self.floor.bytes(total);
         let needed = size.saturating_add(reserved).saturating_add(floor);
@@ -74,7 +76,7 @@ impl DiskGuard {
                 info!(folder, "disk space available again: downloads resume");
             }
             self.backoff.reset();
-            return Ok(());
+            return Ok(available - needed);
         }
         let reason = format!(
             "disk full — {} MiB free, {} MiB needed (min_free_disk keeps {} MiB free)",

@@ -62,8 +62,8 @@ impl FolderActor {
         if self.paused.is_some() || self.held.is_some() {
             return;
         }
-        // Once one file found no room, the others wait as long without asking the disk again.
-        let mut no_room: Option<Duration> = None;
+        // What the disk said, for the rest of this round (see `no_room_for`).
+        let mut room = Room::Unknown;
         while let Some(next) = self.queue.next() {
             let path = match next {
                 Next::WaitsForRetry(path) => {
@@ -71,7 +71,7 @@ impl FolderActor {
                     continue;
                 }
                 Next::Start { path, delete } => {
-                    if !delete && let Some(wait) = self.no_room_for(&path, &mut no_room) {
+                    if !delete && let Some(wait) = self.no_room_for(&path, &mut room) {
                         self.queue.defer(path, Instant::now() + wait);
                         continue;
                     }
@@ -95,18 +95,32 @@ impl FolderActor {
         }
     }
 
-    /// How long the download of `path` must wait for disk space, if it must; `no_room` is the
-    /// answer found for an earlier file in the same round.
-    fn no_room_for(&mut self, path: &str, no_room: &mut Option<Duration>) -> Option<Duration> {
+    /// How long the download of `path` must wait for disk space, if it must. `room` carries
+    /// what the disk said earlier in the same round: files start within the bytes it had to
+    /// spare without asking again, and once one found no room the others wait as long.
+    fn no_room_for(&mut self, path: &str, room: &mut Room) -> Option<Duration> {
         let size = self.queue.file_size(path)?;
-        if no_room.is_some() {
-            return *no_room;
+        match *room {
+            Room::Full(wait) => return Some(wait),
+            Room::Spare(spare) if size <= spare => {
+                *room = Room::Spare(spare - size);
+                return None;
+            }
+            _ => {}
         }
         // Counts itself too (it is already among the running): taken out again here.
         let reserved = self.queue.running_bytes().saturating_sub(size);
         let root = self.sources.root.clone();
-        *no_room = self.disk.room_for(&root, size, reserved, &self.name).err();
-        *no_room
+        match self.disk.room_for(&root, size, reserved, &self.name) {
+            Ok(spare) => {
+                *room = Room::Spare(spare);
+                None
+            }
+            Err(wait) => {
+                *room = Room::Full(wait);
+                Some(wait)
+            }
+        }
     }
 
     pub(super) async fn on_materialised(&mut self, done: Materialised) {
@@ -177,4 +191,15 @@ impl FolderActor {
             }
         }
     }
+}
+
+/// What the disk said about room for downloads, within one round of starting them.
+#[derive(Debug, Clone, Copy)]
+enum Room {
+    /// Not asked yet.
+    Unknown,
+    /// Bytes to spare beyond the files started so far.
+    Spare(u64),
+    /// No room: everything waits this long.
+    Full(Duration),
 }
