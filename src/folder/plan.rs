@@ -9,7 +9,7 @@ use super::write::Expect;
 use crate::merge::{Payload, Register, Version};
 
 /// What to make of a path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Desired {
     /// Nothing should be there (deleted everywhere).
     Absent,
@@ -54,12 +54,22 @@ pub(super) fn decode_meta(version: &Version<ByteBuf>) -> Option<FileMeta> {
     }
 }
 
-/// The version whose state every peer puts on disk: the winner, except that an edit beats a
-/// concurrent delete (a deletion must never destroy work its author did not see).
+/// The version whose state every peer puts on disk: the winner, except that an edit of a file or
+/// link beats a concurrent delete (a deletion must never destroy work its author did not see).
+///
+/// A directory version does not: it holds no work, only the fact that the directory exists, and
+/// such versions come about without anyone editing anything (a receiver's scan finds a directory
+/// the writer made for a file inside it before the directory's own entry arrived). Letting those
+/// beat a delete brought removed trees back, as empty directories, on every peer. A directory
+/// with a surviving child stays on disk anyway (it is removed only when empty), and is
+/// recorded again where it has to be re-created for that child.
 pub(super) fn effective_winner(register: &Register<ByteBuf>) -> Option<&Version<ByteBuf>> {
     let winner = register.winner()?;
     if winner.is_tombstone()
-        && let Some(edit) = register.conflicts().iter().find(|v| !v.is_tombstone())
+        && let Some(edit) = register
+            .conflicts()
+            .iter()
+            .find(|v| decode_meta(v).is_some_and(|m| m.kind != EntryKind::Dir))
     {
         return Some(edit);
     }
@@ -185,6 +195,22 @@ mod tests {
         }
         assert!(needs_work(&register, None));
         assert!(!needs_work(&register, Some(&edit)));
+    }
+
+    #[test]
+    fn a_directory_version_does_not_beat_a_concurrent_delete() {
+        let mut dir = file(0, 5);
+        dir.kind = EntryKind::Dir;
+        let dir = normalised(&dir);
+        let register = concurrent(&[(1, 10, Some(&dir)), (2, 99, None)]);
+        assert_eq!(desired(&register), Desired::Absent, "the newer delete wins");
+        assert!(needs_work(&register, Some(&dir)));
+        let register = concurrent(&[(1, 10, None), (2, 99, Some(&dir))]);
+        assert_eq!(
+            desired(&register),
+            Desired::Present(dir),
+            "a newer directory wins"
+        );
     }
 
     #[test]
