@@ -184,6 +184,7 @@ fn start_net(
             trusted_peers: config.trusted_peers.clone(),
             blocked_peers: config.blocked_peers.clone(),
             psk: config.psk,
+            inbound_buffer: net::budget::Limits::default(),
         },
     )?;
     Ok(started)

@@ -695,10 +695,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// What is logged without `RUST_LOG`: our info lines, everyone's warnings, except Yamux's
+/// per-connection errors (a peer over the stream limit); our own line on the connection's end
+/// says what happened, once per peer.
+const DEFAULT_LOG_FILTER: &str = "meshsync=info,warn,yamux=off";
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("meshsync=info,warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -76,6 +76,9 @@ pub struct Status {
     /// Peers refused for a while after sending content that did not match its hash.
     #[serde(default)]
     pub banned: Vec<String>,
+    /// The protections against hostile and foreign peers, at work.
+    #[serde(default)]
+    pub guards: crate::net::client::GuardStatus,
     /// The API address.
     pub api: String,
     /// Shares with their members and byte counters.
@@ -232,6 +235,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         static_peers: net.static_peers,
         mdns: net.mdns,
         banned: net.banned,
+        guards: net.guards,
         api: state.bound.to_string(),
         shares: engine.shares,
         sessions: engine.sessions,

@@ -20,12 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::client::{Command, NetError, NetEvent, NetStatus, PeerStatus};
+use super::client::{Command, GuardStatus, NetError, NetEvent, NetStatus, PeerStatus};
 use super::guard;
 use super::hello::HelloRetries;
 use super::peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 use super::peers::{Discovery, PeerBook};
 use super::protocol::Response;
+use super::quiet::LogLimiter;
 use super::swarm::{Behaviour, BehaviourEvent};
 use crate::backoff::Backoff;
 
@@ -76,6 +77,13 @@ pub(super) struct NetActor {
     /// Per connected peer, its requests answered so far ([`PeerStatus::answered`]); an entry
     /// lives only while the peer is connected, so this is bounded like the connections.
     pub(super) answered: HashMap<PeerId, u64>,
+    /// Connected peers that answered or said hello: meshsync peers, whose comings and goings
+    /// are worth an info line (anyone else's are debug: a stranger could fill the log).
+    pub(super) met: HashSet<PeerId>,
+    /// Warnings a peer can cause once per request, said once per peer and interval.
+    pub(super) quiet: LogLimiter<(PeerId, &'static str)>,
+    /// When freed memory is next given back to the system, if it is to be.
+    pub(super) trim_at: Option<Instant>,
 }
 
 impl NetActor {
@@ -108,6 +116,9 @@ impl NetActor {
             strikes: guard::Strikes::default(),
             blocked: config.blocked_peers.iter().copied().collect(),
             answered: HashMap::new(),
+            met: HashSet::new(),
+            quiet: LogLimiter::default(),
+            trim_at: None,
         }
     }
 
@@ -124,6 +135,7 @@ impl NetActor {
                 .next_expiry()
                 .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+            let trim_at = self.trim_at.unwrap_or_else(|| Instant::now() + FAR_FUTURE);
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
@@ -142,6 +154,7 @@ impl NetActor {
                 _ = tokio::time::sleep_until(static_due) => self.dial_due_statics(),
                 _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
                 _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
+                _ = tokio::time::sleep_until(trim_at) => self.trim_memory(),
             }
         }
     }
@@ -250,6 +263,19 @@ impl NetActor {
                 .collect(),
             mdns: self.mdns,
             banned: self.strikes.banned().map(|p| p.to_string()).collect(),
+            guards: self.guard_status(),
+        }
+    }
+
+    fn guard_status(&self) -> GuardStatus {
+        let behaviour = self.swarm.behaviour();
+        let budget = behaviour.sync.budget();
+        GuardStatus {
+            inbound_buffered_bytes: budget.total() as u64,
+            inbound_buffer_limit: budget.limits().total as u64,
+            inbound_evictions: budget.evictions(),
+            refused_connections: behaviour.admission.refused(),
+            peers_left_alone: behaviour.admission.shunned.count(std::time::Instant::now()) as u64,
         }
     }
 

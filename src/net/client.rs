@@ -67,6 +67,24 @@ pub struct NetStatus {
     /// Peers refused for a while for sending content that did not match its hash.
     #[serde(default)]
     pub banned: Vec<String>,
+    /// What the protections against strangers are doing now.
+    #[serde(default)]
+    pub guards: GuardStatus,
+}
+
+/// The protections against hostile and foreign peers, at work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GuardStatus {
+    /// Bytes buffered now for request frames still arriving, all peers together.
+    pub inbound_buffered_bytes: u64,
+    /// Its bound (`INBOUND_BUFFER_TOTAL`).
+    pub inbound_buffer_limit: u64,
+    /// Half-received frames dropped so far to make room for another peer's.
+    pub inbound_evictions: u64,
+    /// Incoming connections refused so far by the per-address caps.
+    pub refused_connections: u64,
+    /// Peers neither dialled nor kept in the DHT now: not meshsync, or unreachable.
+    pub peers_left_alone: u64,
 }
 
 /// One connected peer.

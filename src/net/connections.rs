@@ -14,6 +14,9 @@ use super::actor::NetActor;
 use super::client::NetEvent;
 use super::peers::Discovery;
 
+/// How long after a peer's last connection closed freed memory is given back to the system.
+pub const TRIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl NetActor {
     pub(super) fn on_connection_established(
         &mut self,
@@ -41,7 +44,9 @@ impl NetActor {
         let roles = self.connection_roles.entry(peer).or_default();
         roles.push((connection, dialed));
         if num_established == 1 {
-            info!(%peer, "connected via {remote}");
+            // Said at info once the peer answers our hello (a stranger's connections could
+            // fill the log).
+            debug!(%peer, "connection up via {remote}");
             self.say_hello(peer);
             self.discover_soon();
         } else {
@@ -66,13 +71,35 @@ impl NetActor {
             }
         }
         if num_established == 0 {
+            self.trim_memory_soon();
             self.hello_retries.forget(&peer);
             self.answered.remove(&peer);
             let _ = self.events.send(NetEvent::PeerDisconnected(peer));
-            match cause {
-                Some(cause) => info!(%peer, "disconnected: {cause}"),
-                None => info!(%peer, "disconnected"),
+            let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
+            if self.met.remove(&peer) {
+                info!(%peer, "disconnected{cause}");
+            } else {
+                debug!(%peer, "connection closed{cause}");
             }
+        }
+    }
+
+    /// Plans to give freed memory back to the system [`TRIM_DELAY`] from now (closes that
+    /// come together make one trim): what a peer made us buffer (up to the inbound budget,
+    /// and its connection's own buffers) is freed when its connection closes, but glibc keeps
+    /// it unless asked.
+    fn trim_memory_soon(&mut self) {
+        self.trim_at
+            .get_or_insert_with(|| tokio::time::Instant::now() + TRIM_DELAY);
+    }
+
+    /// Gives freed memory back to the system (see [`Self::trim_memory_soon`]).
+    pub(super) fn trim_memory(&mut self) {
+        self.trim_at = None;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` only releases free memory of glibc's own heap.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 
@@ -83,8 +110,25 @@ impl NetActor {
         error: &DialError,
     ) {
         self.discovered_dials.remove(&connection);
-        self.book.dial_failed(connection, Instant::now().into_std());
+        let now = Instant::now().into_std();
+        self.book.dial_failed(connection, now);
         debug!(peer = ?peer, "dial failed: {error}");
+        // A discovered peer whose dials keep failing is left alone for a while, and taken out
+        // of the DHT, whose lookups would otherwise hand it to us again and again. Refusals by
+        // our own admission are not failures of the peer's.
+        if let Some(peer) = peer
+            && !self.book.is_static(&peer)
+            && !matches!(error, DialError::Denied { .. })
+            && self
+                .swarm
+                .behaviour_mut()
+                .admission
+                .shunned
+                .dial_failed(peer, now)
+        {
+            debug!(%peer, "leaving an unreachable peer alone for a while");
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        }
     }
 
     /// Keeps one connection per peer (see [`redundant_connections`]).

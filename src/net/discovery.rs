@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -16,7 +16,8 @@ use super::NetConfig;
 use super::actor::NetActor;
 use super::client::NetEvent;
 use super::peers::{self, Discovery, PeerBook};
-use super::swarm::Behaviour;
+use super::protocol::PROTOCOL;
+use super::swarm::{Behaviour, KAD_PROTOCOL};
 
 /// The peer book at start: configured static peers and bootstrap peers, whose addresses also go
 /// into Kademlia.
@@ -122,7 +123,7 @@ impl NetActor {
     /// Records addresses of `peer`, feeds them to Kademlia, and dials it if it is new and the
     /// auto-dial budget allows.
     pub(super) fn on_discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], how: Discovery) {
-        if peer == self.local_id || !self.is_allowed(&peer) {
+        if peer == self.local_id || !self.is_allowed(&peer) || self.is_shunned(&peer) {
             return;
         }
         for addr in addrs {
@@ -158,12 +159,42 @@ impl NetActor {
 
     /// A peer told us (identify) where it listens.
     pub(super) fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        let speaks = |p: &StreamProtocol| info.protocols.contains(p);
+        if !speaks(&KAD_PROTOCOL) || !speaks(&PROTOCOL) {
+            // Not a meshsync peer (a plain libp2p node, say): not for our DHT, not to be
+            // dialled again, and nothing to keep a connection for.
+            self.leave_foreign_peer_alone(peer, "it does not speak meshsync");
+            return;
+        }
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
             .take(peers::MAX_ADDRS_PER_PEER)
             .collect();
         self.on_discovered(peer, &addrs, Discovery::Inbound);
+    }
+
+    /// Whether `peer` is left alone now ([`super::shunned`]).
+    pub(super) fn is_shunned(&self, peer: &PeerId) -> bool {
+        let now = Instant::now().into_std();
+        self.swarm
+            .behaviour()
+            .admission
+            .shunned
+            .why(peer, now)
+            .is_some()
+    }
+
+    /// Leaves a peer that does not speak meshsync alone: out of the DHT, disconnected, not
+    /// dialled or let in for [`super::shunned::FOREIGN_PEER_BACKOFF`]. Said once (debug).
+    pub(super) fn leave_foreign_peer_alone(&mut self, peer: PeerId, why: &str) {
+        let now = Instant::now().into_std();
+        let behaviour = self.swarm.behaviour_mut();
+        if behaviour.admission.shunned.foreign(peer, now) {
+            debug!(%peer, "leaving a peer alone: {why}");
+        }
+        behaviour.kad.remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     pub(super) fn on_kad_event(&mut self, event: kad::Event) {

@@ -26,6 +26,8 @@
 //! - [`transport`]: TCP, pre-shared key, Noise, Yamux.
 
 mod actor;
+mod admission;
+pub mod budget;
 pub mod client;
 mod connections;
 mod discovery;
@@ -33,8 +35,11 @@ pub mod guard;
 mod hello;
 pub mod peers;
 pub mod protocol;
+mod quiet;
 mod requests;
+mod shunned;
 pub mod swarm;
+mod sync;
 pub mod transport;
 
 pub use client::{
@@ -73,6 +78,8 @@ pub struct NetConfig {
     pub blocked_peers: Vec<PeerId>,
     /// The private mesh key, if any.
     pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// Bounds of the bytes buffered for request frames still arriving.
+    pub inbound_buffer: budget::Limits,
 }
 
 /// Builds the swarm, binds the listeners and starts the network task. Returns the handle and the

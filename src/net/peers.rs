@@ -248,6 +248,12 @@ impl PeerBook {
     }
 
     /// Records what a peer said in its hello.
+    /// The agent of `peer`'s hello, once received.
+    pub fn agent(&self, peer: &PeerId) -> Option<String> {
+        self.peers.get(peer)?.agent.clone()
+    }
+
+    /// Records the agent of `peer`'s hello.
     pub fn set_agent(&mut self, peer: &PeerId, agent: String) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.agent = Some(agent);

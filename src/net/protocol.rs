@@ -46,8 +46,10 @@
 use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::budget::{BudgetError, Hold, InboundBudget, READ_PIECE};
 
 /// The libp2p protocol name; the trailing number is [`PROTOCOL_VERSION`].
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/meshsync/sync/1");
@@ -249,9 +251,82 @@ pub fn agent_version() -> String {
     format!("meshsync/{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The request-response codec: length-prefixed CBOR with enforced size limits.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+/// The request-response codec: length-prefixed CBOR with enforced size limits; request frames
+/// are read within the inbound buffer budget of the peer the codec's connection is with.
+#[derive(Debug, Default)]
+pub struct Codec {
+    budget: InboundBudget,
+    /// The remote peer, for a connection's codec (see [`super::sync`]).
+    peer: Option<PeerId>,
+}
+
+impl Codec {
+    /// A codec whose connections' request frames all draw on `budget`.
+    pub fn new(budget: InboundBudget) -> Codec {
+        Codec { budget, peer: None }
+    }
+}
+
+impl Clone for Codec {
+    fn clone(&self) -> Self {
+        Codec {
+            budget: self.budget.clone(),
+            peer: super::sync::take_connection_peer().or(self.peer),
+        }
+    }
+}
+
+/// Reads one frame of at most `limit` bytes into memory reserved piece by piece in `hold`
+/// (never the size the prefix announces), and decodes it. Fails at once when the budget
+/// refuses a piece or evicts the hold: the stream is then reset, its buffer freed.
+pub async fn read_frame_within<T, R>(io: &mut R, limit: usize, hold: &mut Hold) -> io::Result<T>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin + Send,
+{
+    let len = read_varint(io).await?;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {limit} bytes"),
+        ));
+    }
+    let over_budget = |e: BudgetError| io::Error::new(io::ErrorKind::OutOfMemory, e);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut reserved = 0;
+    while buf.len() < len {
+        let piece = (len - buf.len()).min(READ_PIECE);
+        let needed = buf.len() + piece;
+        if needed > reserved {
+            // Doubling, so a big frame is not copied once per piece; what is reserved is the
+            // capacity, which is what the frame really costs.
+            let capacity = needed.max(reserved * 2).min(len);
+            hold.grow(capacity - reserved).map_err(over_budget)?;
+            buf.reserve_exact(capacity - buf.len());
+            reserved = capacity;
+        }
+        let start = buf.len();
+        buf.resize(needed, 0);
+        let mut filled = start;
+        while filled < needed {
+            let read = std::future::poll_fn(|cx| {
+                if hold.poll_evicted(cx).is_ready() {
+                    return std::task::Poll::Ready(Err(over_budget(BudgetError::Evicted)));
+                }
+                std::pin::Pin::new(&mut *io).poll_read(cx, &mut buf[filled..needed])
+            })
+            .await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("frame truncated: {filled} of {len} bytes"),
+                ));
+            }
+            filled += read;
+        }
+    }
+    decode(&buf)
+}
 
 /// Reads one frame of at most `limit` bytes and decodes it.
 pub async fn read_frame<T, R>(io: &mut R, limit: usize) -> io::Result<T>
@@ -360,7 +435,8 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_REQUEST_BYTES).await
+        let mut hold = self.budget.hold(self.peer);
+        read_frame_within(io, MAX_REQUEST_BYTES, &mut hold).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -399,6 +475,130 @@ impl libp2p::request_response::Codec for Codec {
 mod tests {
     use super::*;
     use futures::io::Cursor;
+    use proptest::prelude::*;
+
+    /// Hands out its bytes in pieces of the given sizes (cycled), as a network would.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let size = self.sizes[self.turn % self.sizes.len()].max(1);
+            self.turn += 1;
+            let n = size.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the frame's size and however the bytes arrive, the budgeted reader gets the
+        /// same message back, never holds more than twice the frame, and gives it all back;
+        /// a frame cut short is an error, not a message.
+        #[test]
+        fn the_budgeted_reader_reads_any_frame_within_its_budget(
+            len in 0usize..600_000,
+            sizes in proptest::collection::vec(1usize..100_000, 1..8),
+            cut in proptest::option::of(0usize..600_000),
+        ) {
+            let payload = serde_bytes::ByteBuf::from(vec![7u8; len]);
+            let mut bytes = framed(&encode(&payload).unwrap());
+            let whole = bytes.len();
+            if let Some(cut) = cut {
+                bytes.truncate(cut.min(whole));
+            }
+            let budget = InboundBudget::default();
+            let mut hold = budget.hold(Some(PeerId::random()));
+            let mut io = Pieces { data: bytes, at: 0, sizes, turn: 0 };
+            let read: io::Result<serde_bytes::ByteBuf> = futures::executor::block_on(
+                read_frame_within(&mut io, MAX_REQUEST_BYTES, &mut hold),
+            );
+            prop_assert!(budget.total() <= 2 * whole);
+            match cut.filter(|c| *c < whole) {
+                None => prop_assert_eq!(read.unwrap(), payload),
+                Some(_) => prop_assert!(read.is_err()),
+            }
+            drop(hold);
+            prop_assert_eq!(budget.total(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_share_is_refused_before_its_bytes_are_read() {
+        let budget = InboundBudget::new(crate::net::budget::Limits {
+            total: 1 << 20,
+            per_peer: 100_000,
+        });
+        let peer = Some(PeerId::random());
+        let mut first = budget.hold(peer);
+        first.grow(90_000).unwrap();
+        let payload = serde_bytes::ByteBuf::from(vec![1u8; 50_000]);
+        let bytes = framed(&encode(&payload).unwrap());
+        let mut hold = budget.hold(peer);
+        let err = read_frame_within::<serde_bytes::ByteBuf, _>(
+            &mut Cursor::new(bytes.clone()),
+            MAX_REQUEST_BYTES,
+            &mut hold,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory);
+        let mut other = budget.hold(Some(PeerId::random()));
+        let back: serde_bytes::ByteBuf =
+            read_frame_within(&mut Cursor::new(bytes), MAX_REQUEST_BYTES, &mut other)
+                .await
+                .unwrap();
+        assert_eq!(back, payload, "another peer is served");
+    }
+
+    #[tokio::test]
+    async fn an_evicted_reader_stops_waiting_at_once() {
+        let budget = InboundBudget::new(crate::net::budget::Limits {
+            total: 200_000,
+            per_peer: 150_000,
+        });
+        // A stalled sender: the prefix of a big frame and 100,000 bytes, then nothing.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<io::Result<Vec<u8>>>();
+        let mut start = varint(1_000_000);
+        start.extend(vec![0u8; 100_000]);
+        tx.unbounded_send(Ok(start)).unwrap();
+        let mut stalled = futures::TryStreamExt::into_async_read(rx);
+        let mut hold = budget.hold(Some(PeerId::random()));
+        let reader = tokio::spawn({
+            let budget = budget.clone();
+            async move {
+                let _keep = budget;
+                read_frame_within::<serde_bytes::ByteBuf, _>(&mut stalled, 2_000_000, &mut hold)
+                    .await
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while budget.total() < 100_000 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the reader holds what it read");
+        let mut newcomer = budget.hold(Some(PeerId::random()));
+        newcomer.grow(150_000).unwrap();
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("the evicted reader returns without more bytes")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory);
+        drop(tx);
+    }
 
     fn framed(payload: &[u8]) -> Vec<u8> {
         let mut out = varint(payload.len());

@@ -7,14 +7,17 @@
 
 use libp2p::PeerId;
 use libp2p::request_response::{self, ResponseChannel};
+use std::time::Instant;
+
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::actor::NetActor;
 use super::client::{NetError, NetEvent};
 use super::guard::Reply;
 use super::hello::{HelloRetry, checked_agent};
 use super::protocol::{Hello, PROTOCOL_VERSION, Request, Response};
+use super::quiet::and_more;
 
 impl NetActor {
     /// Sends `request` to a connected `peer`; the answer goes to `reply` when it comes.
@@ -77,7 +80,11 @@ impl NetActor {
                 ..
             } => self.on_outbound_failure(peer, request_id, &error),
             Event::InboundFailure { peer, error, .. } => {
-                warn!(%peer, "bad request from peer: {error}");
+                // One line per peer and interval: a peer can fail requests as fast as it can
+                // open streams.
+                if let Some(unsaid) = self.quiet.allow(&(peer, "bad request"), Instant::now()) {
+                    warn!(%peer, "bad request from peer: {error}{}", and_more(unsaid));
+                }
             }
             Event::ResponseSent { .. } => {}
         }
@@ -134,6 +141,15 @@ impl NetActor {
                 Response::Hello(hello) => {
                     self.hello_retries.forget(&peer);
                     if self.on_hello(peer, hello) {
+                        if self.met.insert(peer) {
+                            let agent = self.book.agent(&peer).unwrap_or_default();
+                            info!(%peer, "connected: {agent}");
+                        }
+                        self.swarm
+                            .behaviour_mut()
+                            .admission
+                            .shunned
+                            .connected(&peer, Instant::now());
                         let _ = self.events.send(NetEvent::PeerConnected(peer));
                     }
                 }
@@ -153,7 +169,14 @@ impl NetActor {
     ) {
         debug!(%peer, "request failed: {error}");
         if self.hello_requests.remove(&request_id).is_some() {
-            self.hello_failed(peer);
+            if matches!(
+                error,
+                request_response::OutboundFailure::UnsupportedProtocols
+            ) {
+                self.leave_foreign_peer_alone(peer, "it refuses our hello");
+            } else {
+                self.hello_failed(peer);
+            }
         }
         if let Some(reply) = self.pending_requests.remove(&request_id) {
             let _ = reply.send(Err(NetError::Request {

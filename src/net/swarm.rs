@@ -14,7 +14,10 @@ use libp2p::{
 };
 use tracing::warn;
 
+use super::admission::Admission;
+use super::budget::InboundBudget;
 use super::protocol::{self, PROTOCOL};
+use super::sync::SyncProtocol;
 use super::{NetConfig, NetError, transport};
 
 /// Resident memory above which new connections are refused (existing ones carry on).
@@ -34,8 +37,13 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Time after which a request without a response fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Concurrent inbound plus outbound streams of our protocol per connection.
-pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// Streams of any protocol open at once on one connection (Yamux's limit). A peer that opens
+/// more has its connection closed by Yamux; a peer that stays below never meets the limit of
+/// our own protocol ([`MAX_CONCURRENT_STREAMS`]), whose refusals could not be attributed.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 128;
+/// Concurrent inbound plus outbound streams of our protocol per connection: as many as Yamux
+/// allows in all, so Yamux's limit is always the one met.
+pub const MAX_CONCURRENT_STREAMS: usize = MAX_STREAMS_PER_CONNECTION;
 /// Kademlia protocol name, distinct from the public IPFS DHT so the two never mix.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshsync/kad/1.0.0");
 /// Identify protocol version string.
@@ -47,6 +55,8 @@ pub struct Behaviour {
     /// Caps connections so that nobody can exhaust our file descriptors or memory by opening
     /// them ([`MAX_CONNECTIONS`], [`MAX_PENDING_INCOMING`], [`MAX_CONNECTIONS_PER_PEER`]).
     limits: connection_limits::Behaviour,
+    /// Caps incoming connections and handshakes per remote IP address.
+    pub(super) admission: Admission,
     /// Refuses new connections while the process uses more than
     /// [`MAX_MEMORY_FOR_NEW_CONNECTIONS`].
     memory: memory_connection_limits::Behaviour,
@@ -55,8 +65,9 @@ pub struct Behaviour {
     allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     /// Peers refused at connection time: blocked for good, or banned for a while by strikes.
     pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    /// Our own request-response protocol ([`protocol`]).
-    pub(super) sync: request_response::Behaviour<protocol::Codec>,
+    /// Our own request-response protocol ([`protocol`]), its request frames read within the
+    /// inbound buffer budget ([`super::budget`]).
+    pub(super) sync: SyncProtocol,
     /// The DHT, used to find more peers and the providers of a share.
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Learns the addresses peers listen on (fed into Kademlia).
@@ -88,6 +99,7 @@ fn behaviour(
     config: &NetConfig,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
+    let budget = InboundBudget::new(config.inbound_buffer);
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
             .with_agent_version(protocol::agent_version()),
@@ -102,10 +114,11 @@ fn behaviour(
     };
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(connection_limits()),
+        admission: Admission::default(),
         memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_MEMORY_FOR_NEW_CONNECTIONS),
         allowed: allowed_peers(&config.trusted_peers).into(),
         blocked: allow_block_list::Behaviour::default(),
-        sync: sync_behaviour(),
+        sync: SyncProtocol::new(sync_behaviour(budget.clone()), budget),
         kad: kad_behaviour(peer_id),
         identify,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
@@ -137,9 +150,9 @@ fn allowed_peers(
 
 /// Our protocol on the size-limiting codec, with [`REQUEST_TIMEOUT`] and
 /// [`MAX_CONCURRENT_STREAMS`].
-fn sync_behaviour() -> request_response::Behaviour<protocol::Codec> {
+fn sync_behaviour(budget: InboundBudget) -> request_response::Behaviour<protocol::Codec> {
     request_response::Behaviour::with_codec(
-        protocol::Codec,
+        protocol::Codec::new(budget),
         [(PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)

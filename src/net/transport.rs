@@ -11,6 +11,8 @@ use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{PeerId, Transport, identity::Keypair, noise, tcp, yamux};
 
+use super::swarm::MAX_STREAMS_PER_CONNECTION;
+
 /// Builds the transport, with the pre-shared-key layer when `psk` is given.
 pub fn build(
     key: &Keypair,
@@ -23,17 +25,25 @@ pub fn build(
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(yamux_config())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
         None => tcp
             .upgrade(Version::V1)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(yamux_config())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
     };
     Ok(transport)
+}
+
+/// Yamux, with at most [`MAX_STREAMS_PER_CONNECTION`] streams on one connection.
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    #[allow(deprecated)] // The replacement does not exist yet in libp2p-yamux 0.48.
+    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    config
 }
 
 /// A new random pre-shared key.

@@ -159,6 +159,15 @@ impl Node {
 
     /// Starts `meshsync run` and waits until its API answers.
     pub fn start(&mut self) {
+        self.start_logging(Some("meshsync=debug,warn"));
+    }
+
+    /// [`Node::start`] with the log a user gets: no `RUST_LOG`, the daemon's default filter.
+    pub fn start_with_default_log(&mut self) {
+        self.start_logging(None);
+    }
+
+    fn start_logging(&mut self, filter: Option<&str>) {
         assert!(self.child.is_none(), "node already running");
         let _ = std::fs::remove_file(self.home.join("api.addr"));
         let log = std::fs::OpenOptions::new()
@@ -167,9 +176,12 @@ impl Node {
             .open(self.log_path())
             .expect("log file");
         let mut command = self.command();
+        command.arg("run");
+        match filter {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
         command
-            .arg("run")
-            .env("RUST_LOG", "meshsync=debug,warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
