@@ -17,6 +17,7 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
 mod folders;
+mod size;
 
 pub use folders::{
     BreakerLimit, DEFAULT_BREAKER_MIN_FILES, DEFAULT_BREAKER_PERCENT, DEFAULT_VERSIONS_DAYS,
@@ -31,6 +32,14 @@ pub const DEFAULT_P2P_PORT: u16 = 7465;
 pub const DEFAULT_API_PORT: u16 = 7466;
 /// How many peers found by mDNS or Kademlia the daemon dials on its own.
 pub const DEFAULT_MAX_DISCOVERED_PEERS: usize = 64;
+/// Default of `inbound_buffer_total` (the network's `INBOUND_BUFFER_TOTAL`).
+pub const DEFAULT_INBOUND_BUFFER_TOTAL: &str = "64 MiB";
+/// Default of `inbound_buffer_per_peer` (the network's `INBOUND_BUFFER_PER_PEER`).
+pub const DEFAULT_INBOUND_BUFFER_PER_PEER: &str = "8 MiB";
+/// Smallest inbound buffer a peer may be given: one piece of a frame, read at once.
+const MIN_INBOUND_BUFFER_PER_PEER: u64 = 64 * 1024;
+/// Largest inbound buffer total accepted.
+const MAX_INBOUND_BUFFER_TOTAL: u64 = 4 << 30;
 /// Everything that can be wrong with a configuration, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -116,6 +125,10 @@ pub struct RawConfig {
     pub versions_max_percent: u8,
     /// Per-share settings, by the share's local name.
     pub shares: BTreeMap<String, RawShareSettings>,
+    /// Bytes all peers together may make us buffer for requests still arriving (a size).
+    pub inbound_buffer_total: String,
+    /// Bytes one peer may make us buffer for requests still arriving (a size).
+    pub inbound_buffer_per_peer: String,
 }
 
 impl Default for RawConfig {
@@ -138,6 +151,8 @@ impl Default for RawConfig {
             breaker_min_files: DEFAULT_BREAKER_MIN_FILES,
             breaker_remote: false,
             min_free_disk: String::new(),
+            inbound_buffer_total: DEFAULT_INBOUND_BUFFER_TOTAL.into(),
+            inbound_buffer_per_peer: DEFAULT_INBOUND_BUFFER_PER_PEER.into(),
             versions: VersionsKind::Simple,
             versions_max_age_days: DEFAULT_VERSIONS_DAYS,
             versions_max_percent: DEFAULT_VERSIONS_PERCENT,
@@ -178,6 +193,10 @@ pub struct Config {
     pub blocked_peers: Vec<PeerId>,
     /// The private mesh key: peers without it cannot even complete a handshake.
     pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// Bytes all peers together may make us buffer for requests still arriving.
+    pub inbound_buffer_total: usize,
+    /// Bytes one peer may make us buffer for requests still arriving.
+    pub inbound_buffer_per_peer: usize,
     /// Folder shares' settings (global and per share).
     pub folders: FolderSettings,
 }
@@ -189,6 +208,31 @@ impl RawConfig {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
         })
+    }
+
+    /// `inbound_buffer_total` and `inbound_buffer_per_peer`, checked: sizes, one peer's at least
+    /// 64 KiB and at most the total, the total at most 4 GiB.
+    fn inbound_buffer(
+        &self,
+        invalid: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(usize, usize), ConfigError> {
+        let total = size::parse_bytes(&self.inbound_buffer_total)
+            .map_err(|e| invalid("inbound_buffer_total".into(), e))?;
+        let per_peer = size::parse_bytes(&self.inbound_buffer_per_peer)
+            .map_err(|e| invalid("inbound_buffer_per_peer".into(), e))?;
+        if total > MAX_INBOUND_BUFFER_TOTAL {
+            return Err(invalid(
+                "inbound_buffer_total".into(),
+                "at most 4 GiB".into(),
+            ));
+        }
+        if per_peer < MIN_INBOUND_BUFFER_PER_PEER || per_peer > total {
+            return Err(invalid(
+                "inbound_buffer_per_peer".into(),
+                "at least 64 KiB and at most inbound_buffer_total".into(),
+            ));
+        }
+        Ok((total as usize, per_peer as usize))
     }
 
     /// Checks every value and produces the [`Config`] the program uses.
@@ -268,6 +312,7 @@ impl RawConfig {
         percent_ok("versions_max_percent".into(), self.versions_max_percent)?;
         let min_free_disk = MinFreeDisk::parse(&self.min_free_disk)
             .map_err(|e| invalid("min_free_disk".into(), e))?;
+        let (inbound_buffer_total, inbound_buffer_per_peer) = self.inbound_buffer(&invalid)?;
         for (name, settings) in &self.shares {
             if let Some(percent) = settings.breaker_percent {
                 percent_ok(format!("shares.{name}.breaker_percent"), percent)?;
@@ -308,6 +353,8 @@ impl RawConfig {
             blocked_peers,
             psk,
             folders,
+            inbound_buffer_total,
+            inbound_buffer_per_peer,
         })
     }
 }
@@ -466,6 +513,17 @@ versions_max_percent = {versions_percent}
 # Default: false
 breaker_remote = {breaker_remote}
 
+# Bytes all peers together may make the daemon buffer for requests still arriving (a size). A
+# peer over its share below has the request refused; when the total is used up, the largest
+# half-received request makes room for another peer's.
+# Default: "{default_inbound_total}"
+inbound_buffer_total = {inbound_total}
+
+# Bytes one peer may make the daemon buffer for requests still arriving (at least 64 KiB, at most
+# inbound_buffer_total).
+# Default: "{default_inbound_peer}"
+inbound_buffer_per_peer = {inbound_peer}
+
 # Per-share settings override the ones above for one share, by its name (`meshsync share list`):
 # [shares."photos"]
 # breaker_percent = 20
@@ -488,6 +546,10 @@ breaker_remote = {breaker_remote}
         default_min_files = defaults.breaker_min_files,
         default_min_free = defaults.min_free_disk,
         breaker_remote = raw.breaker_remote,
+        default_inbound_total = defaults.inbound_buffer_total,
+        inbound_total = toml::Value::String(raw.inbound_buffer_total.clone()),
+        default_inbound_peer = defaults.inbound_buffer_per_peer,
+        inbound_peer = toml::Value::String(raw.inbound_buffer_per_peer.clone()),
         default_versions = kind_name(defaults.versions),
         versions = kind_name(raw.versions),
         default_versions_days = defaults.versions_max_age_days,
@@ -605,6 +667,8 @@ mod tests {
                 },
             )]
             .into(),
+            inbound_buffer_total: "32 MiB".into(),
+            inbound_buffer_per_peer: "1 MiB".into(),
         };
         assert_eq!(RawConfig::parse(&render(&raw), &path()).unwrap(), raw);
     }
@@ -729,6 +793,40 @@ mod tests {
         let err = raw.validate(&path()).unwrap_err().to_string();
         assert!(err.contains("peers[1]"), "{err}");
         assert!(err.contains("not-an-addr"), "{err}");
+    }
+
+    #[test]
+    fn inbound_buffer_sizes_are_checked() {
+        let load = |text: &str| RawConfig::parse(text, &path()).unwrap().validate(&path());
+        let config =
+            load("inbound_buffer_total = \"16 MiB\"\ninbound_buffer_per_peer = \"2MiB\"\n")
+                .unwrap();
+        assert_eq!(
+            (config.inbound_buffer_total, config.inbound_buffer_per_peer),
+            (16 << 20, 2 << 20)
+        );
+        let defaults = load("").unwrap();
+        assert_eq!(
+            (
+                defaults.inbound_buffer_total,
+                defaults.inbound_buffer_per_peer
+            ),
+            (64 << 20, 8 << 20)
+        );
+        for (text, key) in [
+            ("inbound_buffer_total = \"lots\"\n", "inbound_buffer_total"),
+            (
+                "inbound_buffer_per_peer = \"1 KiB\"\n",
+                "inbound_buffer_per_peer",
+            ),
+            (
+                "inbound_buffer_per_peer = \"1 GiB\"\n",
+                "inbound_buffer_per_peer",
+            ),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

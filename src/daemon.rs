@@ -184,7 +184,10 @@ fn start_net(
             trusted_peers: config.trusted_peers.clone(),
             blocked_peers: config.blocked_peers.clone(),
             psk: config.psk,
-            inbound_buffer: net::budget::Limits::default(),
+            inbound_buffer: net::budget::Limits {
+                total: config.inbound_buffer_total,
+                per_peer: config.inbound_buffer_per_peer,
+            },
         },
     )?;
     Ok(started)

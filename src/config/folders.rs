@@ -50,32 +50,9 @@ impl MinFreeDisk {
                 _ => Err(format!("`{text}` is not a percentage (0–100 %)")),
             };
         }
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let unit_bytes: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            _ => {
-                return Err(format!(
-                    "`{text}`: unknown unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)"
-                ));
-            }
-        };
-        number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(unit_bytes))
+        super::size::parse_bytes(text)
             .map(MinFreeDisk::Bytes)
-            .ok_or_else(|| format!("`{text}` is not a size such as \"500 MiB\" or \"5%\""))
+            .map_err(|e| format!("{e}, or a percentage such as \"5%\""))
     }
 
     /// The bytes to keep free on a file system of `total` bytes.
