@@ -727,6 +727,28 @@ fn print_status(status: &Status) {
     }
     println!("peers ({} connected):", status.peers.len());
     print_peers(&status.peers);
+    for peer in status.static_peer_status.iter().filter(|p| !p.connected) {
+        let next = peer
+            .next_dial_in_ms
+            .map(|ms| format!(", next try in {:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        println!(
+            "  static peer {} not connected: {} failed dials{}{next}",
+            peer.addr,
+            peer.failed_dials,
+            peer.last_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default(),
+        );
+    }
+    let guards = &status.guards;
+    if guards.refused_connections > 0 || guards.inbound_evictions > 0 {
+        println!(
+            "  guards: {} connections refused (too many from one address), {} half-received requests dropped for others'",
+            guards.refused_connections, guards.inbound_evictions
+        );
+    }
     println!("shares ({}):", status.shares.len());
     print_shares(&status.shares);
 }

@@ -471,3 +471,37 @@ fn only_trusted_peers_may_connect() {
         "a peer outside trusted_peers is refused"
     );
 }
+
+/// A static peer that cannot be reached is shown as such in `status`, with the reason and the
+/// time of the next try, instead of silently missing from the peer list.
+#[test]
+fn an_unreachable_static_peer_shows_why_in_status() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut node = Node::init(&["--peer", &addr]);
+    node.start();
+    wait_until("a failed dial to show in status", WAIT, || {
+        node.status()["static_peer_status"]
+            .as_array()
+            .and_then(|peers| peers.first())
+            .is_some_and(|p| p["failed_dials"].as_u64().unwrap_or(0) >= 2)
+    });
+    let status = node.status();
+    let peer = &status["static_peer_status"][0];
+    assert_eq!(peer["addr"], addr.as_str());
+    assert_eq!(peer["connected"], false);
+    assert!(
+        peer["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{peer}"
+    );
+    assert!(peer["next_dial_in_ms"].is_u64(), "{peer}");
+    let human = String::from_utf8(node.cli(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains(&format!("static peer {addr} not connected")),
+        "{human}"
+    );
+}

@@ -79,6 +79,9 @@ pub struct Status {
     /// The protections against hostile and foreign peers, at work.
     #[serde(default)]
     pub guards: crate::net::client::GuardStatus,
+    /// Each configured static peer: connected, or why not and when it is dialled next.
+    #[serde(default)]
+    pub static_peer_status: Vec<crate::net::peers::StaticPeerStatus>,
     /// The API address.
     pub api: String,
     /// Shares with their members and byte counters.
@@ -236,6 +239,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         mdns: net.mdns,
         banned: net.banned,
         guards: net.guards,
+        static_peer_status: net.static_peer_status,
         api: state.bound.to_string(),
         shares: engine.shares,
         sessions: engine.sessions,

@@ -264,6 +264,7 @@ impl NetActor {
             mdns: self.mdns,
             banned: self.strikes.banned().map(|p| p.to_string()).collect(),
             guards: self.guard_status(),
+            static_peer_status: self.book.static_status(std::time::Instant::now()),
         }
     }
 

@@ -70,6 +70,9 @@ pub struct NetStatus {
     /// What the protections against strangers are doing now.
     #[serde(default)]
     pub guards: GuardStatus,
+    /// Each configured static peer: connected, or why not and when it is dialled next.
+    #[serde(default)]
+    pub static_peer_status: Vec<super::peers::StaticPeerStatus>,
 }
 
 /// The protections against hostile and foreign peers, at work.

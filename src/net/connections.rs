@@ -111,7 +111,7 @@ impl NetActor {
     ) {
         self.discovered_dials.remove(&connection);
         let now = Instant::now().into_std();
-        self.book.dial_failed(connection, now);
+        self.book.dial_failed(connection, now, &error.to_string());
         debug!(peer = ?peer, "dial failed: {error}");
         // A discovered peer whose dials keep failing is left alone for a while, and taken out
         // of the DHT, whose lookups would otherwise hand it to us again and again. Refusals by

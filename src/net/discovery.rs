@@ -69,7 +69,7 @@ impl NetActor {
             self.book.static_dialing(index, connection);
             if let Err(e) = self.swarm.dial(opts) {
                 debug!("cannot dial static peer {addr}: {e}");
-                self.book.dial_failed(connection, now);
+                self.book.dial_failed(connection, now, &e.to_string());
             }
         }
     }

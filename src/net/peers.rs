@@ -78,6 +78,25 @@ struct StaticTarget {
     backoff: Backoff,
     next_dial: Option<Instant>,
     dialing: Option<ConnectionId>,
+    /// Dials failed in a row, and why the last one did.
+    failures: u32,
+    last_error: Option<String>,
+}
+
+/// A configured static peer, for status: whether it is connected, and if not why and when it
+/// is dialled next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticPeerStatus {
+    /// The configured address.
+    pub addr: String,
+    /// Whether its peer is connected now.
+    pub connected: bool,
+    /// Dials that failed in a row (0 once connected).
+    pub failed_dials: u32,
+    /// Why the last dial failed, while it is not connected.
+    pub last_error: Option<String>,
+    /// Milliseconds until the next dial, while it is not connected and none is running.
+    pub next_dial_in_ms: Option<u64>,
 }
 
 /// All peer state of one node.
@@ -100,6 +119,8 @@ impl PeerBook {
             backoff: Backoff::new(REDIAL_BACKOFF_MIN, REDIAL_BACKOFF_MAX),
             next_dial: Some(now),
             dialing: None,
+            failures: 0,
+            last_error: None,
         });
         true
     }
@@ -124,8 +145,9 @@ impl PeerBook {
         }
     }
 
-    /// A dial of ours failed; if it was a static target, schedule the next try with backoff.
-    pub fn dial_failed(&mut self, connection: ConnectionId, now: Instant) {
+    /// A dial of ours failed (with `error`); if it was a static target, schedule the next try
+    /// with backoff.
+    pub fn dial_failed(&mut self, connection: ConnectionId, now: Instant, error: &str) {
         for s in self
             .statics
             .iter_mut()
@@ -133,7 +155,29 @@ impl PeerBook {
         {
             s.dialing = None;
             s.next_dial = Some(now + s.backoff.next());
+            s.failures += 1;
+            s.last_error = Some(error.chars().take(300).collect());
         }
+    }
+
+    /// Every static peer's state, for status.
+    pub fn static_status(&self, now: Instant) -> Vec<StaticPeerStatus> {
+        self.statics
+            .iter()
+            .map(|s| {
+                let connected = s.peer_id.is_some_and(|p| self.is_connected(&p));
+                StaticPeerStatus {
+                    addr: s.addr.to_string(),
+                    connected,
+                    failed_dials: s.failures,
+                    last_error: s.last_error.clone().filter(|_| !connected),
+                    next_dial_in_ms: s
+                        .next_dial
+                        .filter(|_| !connected)
+                        .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                }
+            })
+            .collect()
     }
 
     /// Notes the static peer ids, if `peer` matches a static address; returns whether it is static.
@@ -147,6 +191,8 @@ impl PeerBook {
             if s.peer_id == Some(peer) {
                 s.backoff.reset();
                 s.next_dial = None;
+                s.failures = 0;
+                s.last_error = None;
                 is_static = true;
             }
         }
@@ -321,23 +367,46 @@ mod tests {
             book.due_static_dials(t0).is_empty(),
             "no second dial while one is in flight"
         );
-        book.dial_failed(c1, t0);
+        book.dial_failed(c1, t0, "refused");
         assert!(book.due_static_dials(t0).is_empty());
         assert_eq!(book.due_static_dials(t0 + REDIAL_BACKOFF_MIN).len(), 1);
         let c2 = ConnectionId::new_unchecked(2);
         book.static_dialing(0, c2);
-        book.dial_failed(c2, t0);
+        book.dial_failed(c2, t0, "refused");
         assert!(
             book.due_static_dials(t0 + REDIAL_BACKOFF_MIN).is_empty(),
             "backoff doubled"
         );
         assert_eq!(book.due_static_dials(t0 + REDIAL_BACKOFF_MIN * 2).len(), 1);
+        let status = &book.static_status(t0)[0];
+        assert_eq!(
+            (
+                status.connected,
+                status.failed_dials,
+                status.last_error.as_deref()
+            ),
+            (false, 2, Some("refused")),
+            "failures are visible in status"
+        );
+        assert_eq!(
+            status.next_dial_in_ms,
+            Some((REDIAL_BACKOFF_MIN * 2).as_millis() as u64)
+        );
 
         let c3 = ConnectionId::new_unchecked(3);
         let peer = PeerId::random();
         book.static_dialing(0, c3);
         book.connected(peer, c3, addr(1), true, None);
         assert!(book.is_connected(&peer));
+        let status = &book.static_status(t0)[0];
+        assert_eq!(
+            (
+                status.connected,
+                status.failed_dials,
+                status.last_error.as_deref()
+            ),
+            (true, 0, None)
+        );
         assert_eq!(
             book.connected_peers()[&peer].connections[&c3].via,
             Discovery::Static
@@ -358,7 +427,7 @@ mod tests {
         for i in 0..40 {
             let c = ConnectionId::new_unchecked(i);
             book.static_dialing(0, c);
-            book.dial_failed(c, t0);
+            book.dial_failed(c, t0, "refused");
         }
         assert_eq!(book.due_static_dials(t0 + REDIAL_BACKOFF_MAX).len(), 1);
     }
