@@ -22,8 +22,13 @@ use super::{NetConfig, NetError, transport};
 
 /// Resident memory above which new connections are refused (existing ones carry on).
 pub const MAX_MEMORY_FOR_NEW_CONNECTIONS: usize = 1024 * 1024 * 1024;
-/// Most established connections in total.
-pub const MAX_CONNECTIONS: u32 = 512;
+/// Most established connections in total: far more than a mesh of one person's machines
+/// needs, and few enough that what each costs below our protocol stays bounded (README,
+/// "Limits").
+pub const MAX_CONNECTIONS: u32 = 256;
+/// Incoming streams one connection may have in protocol negotiation at once; each holds at most
+/// one negotiation message (16 KiB) until its protocol is known.
+pub const MAX_NEGOTIATING_STREAMS: usize = 16;
 /// Most incoming connections still in their handshake.
 pub const MAX_PENDING_INCOMING: u32 = 64;
 /// Most connections to one peer: one is kept, a second may exist briefly while two peers dial
@@ -88,7 +93,10 @@ pub fn build(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>, N
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|key| behaviour(key, config))
         .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_STREAMS)
+        })
         .build();
     Ok(swarm)
 }
