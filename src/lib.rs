@@ -35,6 +35,7 @@ pub mod folder;
 pub mod home;
 pub mod merge;
 pub mod net;
+pub mod quiet;
 pub mod reconcile;
 pub mod share;
 pub mod store;

@@ -473,8 +473,10 @@ async fn a_stream_flood_costs_a_few_log_lines() {
     let grown: Vec<&str> = log.lines().skip(lines_before).collect();
     eprintln!("{opened} streams asked for; {} new log lines", grown.len());
     assert!(opened >= 1000);
+    // Each identity the flooder makes up answers hello, so it is "connected" at info: 4 such
+    // lines a minute per address each way (`CONNECTION_LINES_PER_ADDRESS`), and a few others.
     assert!(
-        grown.len() <= 10,
+        grown.len() <= 12,
         "the log grew by {} lines:\n{}",
         grown.len(),
         grown.join("\n")

@@ -11,21 +11,32 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::MergeError;
-
-/// How far ahead of our wall clock a remote timestamp may be before [`HlcClock::observe`] refuses
-/// it.
+/// How far ahead of our wall clock a remote timestamp may move our clock ([`HlcClock::observe`]).
 ///
-/// Five minutes: NTP-synchronised machines agree within milliseconds, and laptops or phones that
-/// resumed from sleep or lost their time source are commonly off by seconds to a couple of
-/// minutes, which must not break sync. A larger bound would let one peer with a wrong clock (or a
-/// malicious one) push every peer's clock, and so every later timestamp, that far into the future,
-/// winning all concurrent conflicts meanwhile; five minutes caps that damage at a span a user
-/// would barely notice.
+/// Versions with timestamps further ahead are accepted all the same: refusing them made peers
+/// disagree (a peer 4 minutes behind took what a correct one refused), split the mesh and made
+/// the refused entries be pulled again and again. But they move our clock only this far, so one
+/// peer with a wrong clock (or a malicious one) cannot drag every other peer's clock, and so all
+/// their later timestamps, into the future. Five minutes: NTP-synchronised machines agree
+/// within milliseconds, and laptops that resumed from sleep are commonly off by seconds to a
+/// couple of minutes, which must not make our own timestamps lag theirs.
+///
+/// Which version wins is decided by version vectors first (an edit made after seeing another
+/// always wins), and only among concurrent versions by timestamp, the same on every peer.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// [`MAX_CLOCK_SKEW`] in milliseconds, the unit of [`Hlc::millis`].
 pub const MAX_CLOCK_SKEW_MILLIS: u64 = MAX_CLOCK_SKEW.as_millis() as u64;
+
+/// What observing a remote timestamp did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// The timestamp of the receive event.
+    pub at: Hlc,
+    /// How far ahead of our wall clock the remote timestamp was, when more than
+    /// [`MAX_CLOCK_SKEW`] (our clock moved only that far).
+    pub ahead_beyond_bound_millis: Option<u64>,
+}
 
 /// A hybrid logical timestamp: wall-clock milliseconds plus a counter for events within the same
 /// millisecond. Ordered by `millis`, then `logical`.
@@ -96,9 +107,13 @@ impl HlcClock {
 
     /// A clock resuming after `last`, e.g. the newest timestamp found in the store at start-up,
     /// so that a wall clock that went backwards while the daemon was down cannot reissue an old
-    /// timestamp.
-    pub fn resume(last: Hlc) -> Self {
-        Self { last }
+    /// timestamp; but not beyond [`MAX_CLOCK_SKEW`] ahead of `wall_millis` (the store may hold a
+    /// skewed peer's far-future versions).
+    pub fn resume(last: Hlc, wall_millis: u64) -> Self {
+        let limit = Hlc::new(wall_millis.saturating_add(MAX_CLOCK_SKEW_MILLIS), 0);
+        Self {
+            last: last.min(limit),
+        }
     }
 
     /// The newest timestamp issued or observed so far.
@@ -117,28 +132,27 @@ impl HlcClock {
         self.last
     }
 
-    /// Advances the clock past a timestamp received from a peer and returns a timestamp for the
-    /// receive event (greater than both `remote` and anything issued before).
-    ///
-    /// Refuses, leaving the clock unchanged, a `remote` more than [`MAX_CLOCK_SKEW`] ahead of
-    /// `wall_millis`; the caller should then refuse the version that carried it.
-    pub fn observe(&mut self, remote: Hlc, wall_millis: u64) -> Result<Hlc, MergeError> {
+    /// Advances the clock past a timestamp received from a peer, but never beyond
+    /// [`MAX_CLOCK_SKEW`] ahead of `wall_millis`, and returns a timestamp for the receive event.
+    /// The result says how far ahead of our wall clock `remote` was when that is more than the
+    /// bound (the version is taken all the same; see [`MAX_CLOCK_SKEW`]).
+    pub fn observe(&mut self, remote: Hlc, wall_millis: u64) -> Observed {
         let limit = wall_millis.saturating_add(MAX_CLOCK_SKEW_MILLIS);
-        if remote.millis > limit {
-            return Err(MergeError::ClockSkew {
-                remote,
-                wall_millis,
-                ahead_millis: remote.millis - wall_millis,
-                max_millis: MAX_CLOCK_SKEW_MILLIS,
-            });
-        }
-        let base = self.last.max(remote);
+        let (counted, beyond) = if remote.millis > limit {
+            (Hlc::new(limit, 0), Some(remote.millis - wall_millis))
+        } else {
+            (remote, None)
+        };
+        let base = self.last.max(counted);
         self.last = if wall_millis > base.millis {
             Hlc::new(wall_millis, 0)
         } else {
             base.successor()
         };
-        Ok(self.last)
+        Observed {
+            at: self.last,
+            ahead_beyond_bound_millis: beyond,
+        }
     }
 }
 
@@ -180,19 +194,26 @@ mod tests {
                         prop_assert!(t.millis >= wall);
                         prev = t;
                     }
-                    Event::Remote(remote, wall) => match clock.observe(remote, wall) {
-                        Ok(t) => {
-                            prop_assert!(remote.millis <= wall + MAX_CLOCK_SKEW_MILLIS);
-                            prop_assert!(t > prev && t > remote);
-                            prev = t;
+                    Event::Remote(remote, wall) => {
+                        let observed = clock.observe(remote, wall);
+                        let t = observed.at;
+                        prop_assert!(t > prev);
+                        if remote.millis <= wall + MAX_CLOCK_SKEW_MILLIS {
+                            prop_assert!(t > remote);
+                            prop_assert_eq!(observed.ahead_beyond_bound_millis, None);
+                        } else {
+                            prop_assert_eq!(
+                                observed.ahead_beyond_bound_millis,
+                                Some(remote.millis - wall)
+                            );
                         }
-                        Err(MergeError::ClockSkew { ahead_millis, .. }) => {
-                            prop_assert!(remote.millis > wall + MAX_CLOCK_SKEW_MILLIS);
-                            prop_assert_eq!(ahead_millis, remote.millis - wall);
-                            prop_assert_eq!(clock.last(), prev, "refusal must not move the clock");
-                        }
-                        Err(e) => prop_assert!(false, "unexpected error {e}"),
-                    },
+                        // Never dragged beyond the bound by a remote clock (only our own
+                        // timestamps in a row within one millisecond count up past it).
+                        prop_assert!(
+                            t.millis <= (wall + MAX_CLOCK_SKEW_MILLIS).max(prev.millis + 1)
+                        );
+                        prev = t;
+                    }
                 }
             }
         }
@@ -209,25 +230,35 @@ mod tests {
     }
 
     #[test]
-    fn observe_jumps_past_remote_within_skew() {
+    fn observe_jumps_past_remote_within_skew_and_no_further() {
         let mut c = HlcClock::new();
         c.now(1000);
         let remote = Hlc::new(1000 + MAX_CLOCK_SKEW_MILLIS, 7);
         assert_eq!(
-            c.observe(remote, 1000).unwrap(),
-            Hlc::new(1000 + MAX_CLOCK_SKEW_MILLIS, 8)
+            c.observe(remote, 1000),
+            Observed {
+                at: Hlc::new(1000 + MAX_CLOCK_SKEW_MILLIS, 8),
+                ahead_beyond_bound_millis: None
+            }
         );
-        let too_far = Hlc::new(2000 + MAX_CLOCK_SKEW_MILLIS + 1, 0);
-        let err = c.observe(too_far, 2000).unwrap_err();
-        assert!(
-            matches!(err, MergeError::ClockSkew { ahead_millis, .. } if ahead_millis == MAX_CLOCK_SKEW_MILLIS + 1)
+        let mut c = HlcClock::new();
+        let far = Hlc::new(1_000_000 + 400_000 + MAX_CLOCK_SKEW_MILLIS, 0);
+        let observed = c.observe(far, 1_000_000);
+        assert_eq!(
+            observed.ahead_beyond_bound_millis,
+            Some(400_000 + MAX_CLOCK_SKEW_MILLIS)
         );
-        assert!(err.to_string().contains("MAX_CLOCK_SKEW"));
+        assert_eq!(observed.at, Hlc::new(1_000_000 + MAX_CLOCK_SKEW_MILLIS, 1));
+        assert_eq!(
+            HlcClock::resume(far, 1_000_000).last(),
+            Hlc::new(1_000_000 + MAX_CLOCK_SKEW_MILLIS, 0),
+            "a far-future timestamp in the store does not drag the clock at start-up either"
+        );
     }
 
     #[test]
     fn logical_overflow_carries_into_millis() {
-        let mut c = HlcClock::resume(Hlc::new(5, u32::MAX));
+        let mut c = HlcClock::resume(Hlc::new(5, u32::MAX), 5);
         assert_eq!(c.now(5), Hlc::new(6, 0));
     }
 }

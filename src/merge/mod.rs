@@ -14,9 +14,10 @@
 //!   loses by the same rule.
 //! - A **local write** ([`Register::write_local`]) joins every vector it has seen, so it
 //!   supersedes all current versions and resolves existing conflicts.
-//! - The [`HlcClock`] orders timestamps across peers with loosely synchronised clocks and refuses
-//!   remote timestamps too far in the future ([`MAX_CLOCK_SKEW`]), so one peer with a broken
-//!   clock cannot win every conflict for years.
+//! - The [`HlcClock`] orders timestamps across peers with loosely synchronised clocks; remote
+//!   timestamps far in the future are taken (every peer must reach the same winner) but move
+//!   our clock no more than [`MAX_CLOCK_SKEW`] ahead, so one peer with a broken clock cannot
+//!   drag everyone's timestamps along.
 //!
 //! [`Register::merge`] is commutative, associative and idempotent (a state-based CRDT), which is
 //! what lets the sync engine pull the same entry twice, from any peer, in any order. The only
@@ -34,7 +35,7 @@ mod hlc;
 mod register;
 mod vv;
 
-pub use hlc::{Hlc, HlcClock, MAX_CLOCK_SKEW, MAX_CLOCK_SKEW_MILLIS};
+pub use hlc::{Hlc, HlcClock, MAX_CLOCK_SKEW, MAX_CLOCK_SKEW_MILLIS, Observed};
 pub use register::{MAX_VERSIONS, Payload, Register, Version};
 pub use vv::{Causality, MAX_PEER_KEY_LEN, MAX_VV_ENTRIES, PeerKey, VersionVector};
 
@@ -45,23 +46,6 @@ pub type RecordRegister = Register<serde_bytes::ByteBuf>;
 /// Everything that can go wrong while merging, clocking or decoding versions.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
-    /// A remote timestamp lies further in the future than [`MAX_CLOCK_SKEW`] allows; accepting it
-    /// would drag our clock forward and let that peer win every conflict until real time catches
-    /// up.
-    #[error(
-        "remote timestamp {remote} is {ahead_millis} ms ahead of the local wall clock \
-         ({wall_millis} ms), more than MAX_CLOCK_SKEW ({max_millis} ms)"
-    )]
-    ClockSkew {
-        /// The refused remote timestamp.
-        remote: Hlc,
-        /// The local wall-clock reading it was compared with (milliseconds since the Unix epoch).
-        wall_millis: u64,
-        /// How far ahead of `wall_millis` the remote timestamp is.
-        ahead_millis: u64,
-        /// The allowed skew, [`MAX_CLOCK_SKEW_MILLIS`].
-        max_millis: u64,
-    },
     /// A peer key was empty or longer than [`MAX_PEER_KEY_LEN`].
     #[error("peer key is {len} bytes; it must be 1..={MAX_PEER_KEY_LEN} bytes")]
     InvalidPeerKey {

@@ -26,9 +26,13 @@ use super::hello::HelloRetries;
 use super::peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 use super::peers::{Discovery, PeerBook};
 use super::protocol::Response;
-use super::quiet::LogLimiter;
 use super::swarm::{Behaviour, BehaviourEvent};
 use crate::backoff::Backoff;
+use crate::quiet::LogLimiter;
+
+/// Connection lines said at info per remote address and direction per minute: enough for the
+/// few peers one machine runs (or a loopback demo), not for a host making up identities.
+pub const CONNECTION_LINES_PER_ADDRESS: u32 = 4;
 
 /// How far away a timer with nothing to wait for is set, so the loop's `select!` has a deadline
 /// for every branch.
@@ -46,7 +50,7 @@ pub(super) struct NetActor {
     pub(super) pending_requests:
         HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     /// Our hello requests, per peer; the peer is announced once its hello arrives.
-    pub(super) hello_requests: HashMap<OutboundRequestId, PeerId>,
+    pub(super) hello_requests: HashMap<OutboundRequestId, (PeerId, std::time::Instant)>,
     /// Hellos said again to a peer since its last answer (see `hello_failed`).
     pub(super) hello_retries: HelloRetries,
     /// Our own peer id.
@@ -82,6 +86,8 @@ pub(super) struct NetActor {
     pub(super) met: HashSet<PeerId>,
     /// Warnings a peer can cause once per request, said once per peer and interval.
     pub(super) quiet: LogLimiter<(PeerId, &'static str)>,
+    /// Connection lines at info, once a minute per remote address and direction.
+    pub(super) connection_lines: LogLimiter<(std::net::IpAddr, &'static str)>,
     /// When freed memory is next given back to the system, if it is to be.
     pub(super) trim_at: Option<Instant>,
 }
@@ -118,6 +124,7 @@ impl NetActor {
             answered: HashMap::new(),
             met: HashSet::new(),
             quiet: LogLimiter::default(),
+            connection_lines: LogLimiter::with_burst(CONNECTION_LINES_PER_ADDRESS),
             trim_at: None,
         }
     }
@@ -248,6 +255,7 @@ impl NetActor {
                     .collect(),
                 agent: p.agent.clone(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                clock_offset_ms: p.clock_offset_ms.map(|ms| ms as f64),
                 answered: self.answered.get(&id).copied().unwrap_or(0),
             })
             .collect();

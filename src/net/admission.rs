@@ -20,8 +20,8 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 use tracing::warn;
 
-use super::quiet::{LogLimiter, and_more};
 use super::shunned::{Shunned, Why};
+use crate::quiet::{LogLimiter, and_more};
 
 /// Incoming connections one IP address may hold.
 pub const MAX_CONNECTIONS_PER_IP: usize = 32;

@@ -103,6 +103,10 @@ pub struct PeerStatus {
     pub agent: Option<String>,
     /// Last ping round trip in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// How far its clock is ahead of ours in milliseconds (negative: behind), measured in the
+    /// hello exchange; absent for peers too old to say.
+    #[serde(default)]
+    pub clock_offset_ms: Option<f64>,
     /// Its requests (hello aside) that were answered since it connected, refusals included:
     /// shows that what a peer asked was dealt with, whatever the answer.
     #[serde(default)]

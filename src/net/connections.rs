@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::actor::NetActor;
 use super::client::NetEvent;
 use super::peers::Discovery;
+use crate::quiet::and_more;
 
 /// How long after a peer's last connection closed freed memory is given back to the system.
 pub const TRIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -62,6 +63,7 @@ impl NetActor {
         cause: Option<libp2p::swarm::ConnectionError>,
     ) {
         self.discovered_dials.remove(&connection);
+        let ip = self.book.remote_ip(&peer);
         self.book
             .disconnected(peer, connection, Instant::now().into_std());
         if let Some(roles) = self.connection_roles.get_mut(&peer) {
@@ -76,11 +78,29 @@ impl NetActor {
             self.answered.remove(&peer);
             let _ = self.events.send(NetEvent::PeerDisconnected(peer));
             let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
-            if self.met.remove(&peer) {
-                info!(%peer, "disconnected{cause}");
+            if self.met.remove(&peer)
+                && let Some(unsaid) = self.connection_lines_allowed(ip, "down")
+            {
+                info!(%peer, "disconnected{cause}{}", and_more(unsaid));
             } else {
                 debug!(%peer, "connection closed{cause}");
             }
+        }
+    }
+
+    /// Whether a connection line (`what`: up or down) for a peer at `ip` may be said at info:
+    /// once a minute per remote address, so that one host making up identity after identity
+    /// costs a line a minute, not two per identity. `Some(n)`: yes, `n` unsaid since.
+    pub(super) fn connection_lines_allowed(
+        &mut self,
+        ip: Option<std::net::IpAddr>,
+        what: &'static str,
+    ) -> Option<u64> {
+        match ip {
+            Some(ip) => self
+                .connection_lines
+                .allow(&(ip, what), std::time::Instant::now()),
+            None => Some(0),
         }
     }
 

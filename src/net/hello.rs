@@ -102,6 +102,7 @@ mod tests {
         let ours = Hello {
             protocol_version: PROTOCOL_VERSION,
             agent: long.clone(),
+            wall_ms: None,
         };
         assert_eq!(
             checked_agent(&ours).unwrap().chars().count(),
@@ -110,6 +111,7 @@ mod tests {
         let other = Hello {
             protocol_version: PROTOCOL_VERSION + 1,
             agent: "meshsync/9".into(),
+            wall_ms: None,
         };
         assert_eq!(checked_agent(&other), Err("meshsync/9".into()));
     }

@@ -35,7 +35,6 @@ pub mod guard;
 mod hello;
 pub mod peers;
 pub mod protocol;
-mod quiet;
 mod requests;
 mod shunned;
 pub mod swarm;

@@ -66,6 +66,8 @@ pub struct KnownPeer {
     pub agent: Option<String>,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
+    /// How far its clock is ahead of ours (negative: behind), in milliseconds, from the hello.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// A configured address to keep a connection to.
@@ -211,6 +213,7 @@ impl PeerBook {
             connections: BTreeMap::new(),
             agent: None,
             rtt: None,
+            clock_offset_ms: None,
         });
         for addr in addrs {
             remember_addr(&mut entry.addrs, addr);
@@ -262,6 +265,16 @@ impl PeerBook {
         }
     }
 
+    /// The remote IP address of one of `peer`'s open connections.
+    pub fn remote_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        let connection = self.peers.get(peer)?.connections.values().next()?;
+        connection.remote.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+            libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+            _ => None,
+        })
+    }
+
     /// Whether any connection to `peer` is open.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         self.peers
@@ -303,6 +316,13 @@ impl PeerBook {
     pub fn set_agent(&mut self, peer: &PeerId, agent: String) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.agent = Some(agent);
+        }
+    }
+
+    /// Records how far `peer`'s clock is ahead of ours.
+    pub fn set_clock_offset(&mut self, peer: &PeerId, offset_ms: i64) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.clock_offset_ms = Some(offset_ms);
         }
     }
 

@@ -234,16 +234,28 @@ pub struct Hello {
     pub protocol_version: u32,
     /// Software name and version, e.g. `meshsync/0.1.0`.
     pub agent: String,
+    /// The sender's wall clock when it sent this, in milliseconds since the Unix epoch, so the
+    /// receiver can tell how far apart their clocks are. Absent from older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<u64>,
 }
 
 impl Hello {
-    /// Our own hello.
+    /// Our own hello, stamped with our wall clock now.
     pub fn ours() -> Hello {
         Hello {
             protocol_version: PROTOCOL_VERSION,
             agent: agent_version(),
+            wall_ms: Some(wall_clock_ms()),
         }
     }
+}
+
+/// Our wall clock, in milliseconds since the Unix epoch.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `meshsync/<crate version>`, as announced in hello and identify.

@@ -16,8 +16,11 @@ use super::actor::NetActor;
 use super::client::{NetError, NetEvent};
 use super::guard::Reply;
 use super::hello::{HelloRetry, checked_agent};
-use super::protocol::{Hello, PROTOCOL_VERSION, Request, Response};
-use super::quiet::and_more;
+use super::protocol::{self, Hello, PROTOCOL_VERSION, Request, Response};
+use crate::quiet::and_more;
+
+/// A peer's clock this far from ours is worth a warning (once per peer).
+pub const CLOCK_OFFSET_WARNING: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl NetActor {
     /// Sends `request` to a connected `peer`; the answer goes to `reply` when it comes.
@@ -136,14 +139,21 @@ impl NetActor {
     ) {
         if let Some(reply) = self.pending_requests.remove(&request_id) {
             let _ = reply.send(Ok(response));
-        } else if self.hello_requests.remove(&request_id).is_some() {
+        } else if let Some((_, sent)) = self.hello_requests.remove(&request_id) {
             match response {
                 Response::Hello(hello) => {
                     self.hello_retries.forget(&peer);
+                    self.note_clock_offset(peer, &hello, sent);
                     if self.on_hello(peer, hello) {
                         if self.met.insert(peer) {
                             let agent = self.book.agent(&peer).unwrap_or_default();
-                            info!(%peer, "connected: {agent}");
+                            let ip = self.book.remote_ip(&peer);
+                            match self.connection_lines_allowed(ip, "up") {
+                                Some(unsaid) => {
+                                    info!(%peer, "connected: {agent}{}", and_more(unsaid))
+                                }
+                                None => debug!(%peer, "connected: {agent}"),
+                            }
                         }
                         self.swarm
                             .behaviour_mut()
@@ -214,7 +224,36 @@ impl NetActor {
             .behaviour_mut()
             .sync
             .send_request(&peer, Request::Hello(Hello::ours()));
-        self.hello_requests.insert(id, peer);
+        self.hello_requests
+            .insert(id, (peer, std::time::Instant::now()));
+    }
+
+    /// Records how far `peer`'s clock is from ours, from its answer to the hello we sent at
+    /// `sent`: its wall clock against ours halfway through the round trip. Said once per peer
+    /// (a minute) when it is over [`CLOCK_OFFSET_WARNING`].
+    fn note_clock_offset(&mut self, peer: PeerId, hello: &Hello, sent: std::time::Instant) {
+        let Some(theirs) = hello.wall_ms else {
+            return;
+        };
+        let half_trip = sent.elapsed().as_millis() as i64 / 2;
+        let offset = theirs as i64 - (protocol::wall_clock_ms() as i64 - half_trip);
+        self.book.set_clock_offset(&peer, offset);
+        if offset.unsigned_abs() > CLOCK_OFFSET_WARNING.as_millis() as u64
+            && let Some(unsaid) = self.quiet.allow(&(peer, "clock"), Instant::now())
+        {
+            let (how_far, way) = if offset > 0 {
+                (offset, "ahead of")
+            } else {
+                (-offset, "behind")
+            };
+            warn!(
+                %peer,
+                "the peer's clock is {:.1} s {way} ours: one of the two is wrong; timestamps \
+                 of concurrent edits follow the clocks{}",
+                how_far as f64 / 1000.0,
+                and_more(unsaid)
+            );
+        }
     }
 
     /// Checks a peer's hello; returns whether we can talk to it.

@@ -1,6 +1,7 @@
 //! The store thread: applies writes in batches (one transaction and one fsync for all that
 //! arrived together) and answers reads.
 
+use crate::quiet::LogLimiter;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -26,6 +27,10 @@ pub(super) struct StoreActor {
     pub(super) clock: HlcClock,
     pub(super) local: PeerKey,
     pub(super) changes: broadcast::Sender<Arc<Change>>,
+    /// Versions taken with timestamps beyond `MAX_CLOCK_SKEW` ahead of our clock.
+    pub(super) future_entries: u64,
+    /// Warnings a peer's entries cause, said once per peer and condition a minute.
+    pub(super) quiet: LogLimiter<(libp2p::PeerId, &'static str)>,
 }
 
 /// A write applied in the current transaction, answered after the commit.
@@ -225,7 +230,10 @@ impl StoreActor {
                 }
                 // The in-memory view may have run ahead of the aborted transaction; reload it.
                 match load(&self.db, &self.shares) {
-                    Ok(clock) => self.clock = HlcClock::resume(self.clock.last().max(clock.last())),
+                    Ok(clock) => {
+                        self.clock =
+                            HlcClock::resume(self.clock.last().max(clock.last()), wall_millis())
+                    }
                     Err(e) => warn!("cannot reload the store after a failed commit: {e}"),
                 }
             }
@@ -428,12 +436,17 @@ impl StoreActor {
         let name = self.share_name(&share)?;
         let kind = self.share_kind(&share)?;
         let mut changed = 0;
-        'entries: for (key, incoming) in entries {
+        for (key, incoming) in entries {
             let value = incoming.value().map(|v| v.as_slice());
             if let Err(e) = check_entry(kind, &key, value).and_then(|_| {
                 (self.validate_remote)(kind, &key, &incoming).map_err(StoreError::Refused)
             }) {
-                warn!(peer = %from, share = %name, "refused an entry: {e}");
+                if let Some(unsaid) = self
+                    .quiet
+                    .allow(&(from, "refused"), std::time::Instant::now())
+                {
+                    warn!(peer = %from, share = %name, "refused an entry: {e}{}", crate::quiet::and_more(unsaid));
+                }
                 continue;
             }
             if incoming.versions().iter().any(|v| match v.payload() {
@@ -444,9 +457,22 @@ impl StoreActor {
                 continue;
             }
             for version in incoming.versions() {
-                if let Err(e) = self.clock.observe(version.hlc(), wall_millis()) {
-                    warn!(peer = %from, share = %name, key = %String::from_utf8_lossy(&key), "refused an entry: {e}");
-                    continue 'entries;
+                let observed = self.clock.observe(version.hlc(), wall_millis());
+                if let Some(ahead) = observed.ahead_beyond_bound_millis {
+                    // Taken (every peer must reach the same winner); said once per peer a
+                    // minute, whatever the number of entries.
+                    self.future_entries += 1;
+                    let condition = (from, "future");
+                    if let Some(unsaid) = self.quiet.allow(&condition, std::time::Instant::now()) {
+                        warn!(
+                            peer = %from,
+                            share = %name,
+                            "entries stamped {} s ahead of our clock: the peer's clock is wrong, \
+                             or ours; taken, without moving our clock that far{}",
+                            ahead / 1000,
+                            crate::quiet::and_more(unsaid)
+                        );
+                    }
                 }
             }
             let mut register = tx.load(&share, &key)?.unwrap_or_default();

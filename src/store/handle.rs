@@ -90,6 +90,8 @@ impl StoreHandle {
             clock,
             local: local_key,
             changes: changes.clone(),
+            future_entries: 0,
+            quiet: Default::default(),
         };
         std::thread::Builder::new()
             .name("meshsync-store".into())

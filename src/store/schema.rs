@@ -226,7 +226,7 @@ pub(super) fn load(db: &Database, shares: &Shares) -> Result<HlcClock, StoreErro
         Some(v) => {
             let hlc: Hlc = crate::cbor::decode(v.value())
                 .map_err(|e| StoreError::Corrupt(format!("clock: {e}")))?;
-            HlcClock::resume(hlc)
+            HlcClock::resume(hlc, super::wall_millis())
         }
         None => HlcClock::new(),
     };

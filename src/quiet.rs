@@ -16,34 +16,47 @@ pub const MAX_LOG_KEYS: usize = 1024;
 #[derive(Debug)]
 pub struct LogLimiter<K> {
     windows: HashMap<K, Window>,
+    burst: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
     opened: Instant,
+    said: u32,
     unsaid: u64,
 }
 
 impl<K: Hash + Eq + Clone> Default for LogLimiter<K> {
     fn default() -> Self {
-        LogLimiter {
-            windows: HashMap::new(),
-        }
+        LogLimiter::with_burst(1)
     }
 }
 
 impl<K: Hash + Eq + Clone> LogLimiter<K> {
+    /// A limiter that lets `burst` lines per key through in each interval before it stays quiet.
+    pub fn with_burst(burst: u32) -> Self {
+        LogLimiter {
+            windows: HashMap::new(),
+            burst: burst.max(1),
+        }
+    }
+
     /// An occurrence of `key` at `now`: `Some(n)` to log it now, `n` being how many earlier
     /// ones went unsaid; `None` to stay quiet.
     pub fn allow(&mut self, key: &K, now: Instant) -> Option<u64> {
         if let Some(window) = self.windows.get_mut(key) {
             if now.duration_since(window.opened) < LOG_INTERVAL {
+                if window.said < self.burst {
+                    window.said += 1;
+                    return Some(0);
+                }
                 window.unsaid += 1;
                 return None;
             }
             let unsaid = window.unsaid;
             *window = Window {
                 opened: now,
+                said: 1,
                 unsaid: 0,
             };
             return Some(unsaid);
@@ -59,6 +72,7 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
             key.clone(),
             Window {
                 opened: now,
+                said: 1,
                 unsaid: 0,
             },
         );
@@ -93,6 +107,15 @@ mod tests {
             "another key has its own line"
         );
         assert_eq!(limiter.allow(&"a", t0 + LOG_INTERVAL), Some(999));
+    }
+
+    #[test]
+    fn a_burst_goes_through_then_one_line_per_interval() {
+        let mut limiter = LogLimiter::with_burst(3);
+        let t0 = Instant::now();
+        let said: Vec<_> = (0..5).map(|_| limiter.allow(&"a", t0)).collect();
+        assert_eq!(said, [Some(0), Some(0), Some(0), None, None]);
+        assert_eq!(limiter.allow(&"a", t0 + LOG_INTERVAL), Some(2));
     }
 
     #[test]
