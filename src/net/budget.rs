@@ -10,6 +10,7 @@
 //! honest requests is served while others sit on half-sent big frames; an attacker only ever
 //! evicts its own kind. The limits are the README's ("Limits").
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,6 +239,26 @@ impl Drop for Hold {
             accounts.release(self.peer, entry.bytes);
         }
     }
+}
+
+// Which peer a codec reads from: see `super::sync`, which names it while `request_response`
+// makes a connection's codec.
+thread_local! {
+    /// The peer whose connection's codec is being made on this thread, if one is.
+    static CONNECTION_PEER: Cell<Option<PeerId>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `peer` named as the peer of the connection whose codec `f` makes.
+pub(super) fn with_connection_peer<T>(peer: PeerId, f: impl FnOnce() -> T) -> T {
+    CONNECTION_PEER.with(|slot| slot.set(Some(peer)));
+    let out = f();
+    CONNECTION_PEER.with(|slot| slot.set(None));
+    out
+}
+
+/// The peer named by [`with_connection_peer`], taken (a codec made later gets none).
+pub(super) fn take_connection_peer() -> Option<PeerId> {
+    CONNECTION_PEER.with(|slot| slot.take())
 }
 
 #[cfg(test)]

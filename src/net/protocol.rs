@@ -268,7 +268,7 @@ pub fn agent_version() -> String {
 #[derive(Debug, Default)]
 pub struct Codec {
     budget: InboundBudget,
-    /// The remote peer, for a connection's codec (see [`super::sync`]).
+    /// The remote peer, for a connection's codec (see `super::sync`).
     peer: Option<PeerId>,
 }
 
@@ -283,7 +283,7 @@ impl Clone for Codec {
     fn clone(&self) -> Self {
         Codec {
             budget: self.budget.clone(),
-            peer: super::sync::take_connection_peer().or(self.peer),
+            peer: super::budget::take_connection_peer().or(self.peer),
         }
     }
 }

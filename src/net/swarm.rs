@@ -18,7 +18,8 @@ use super::admission::Admission;
 use super::budget::InboundBudget;
 use super::protocol::{self, PROTOCOL};
 use super::sync::SyncProtocol;
-use super::{NetConfig, NetError, transport};
+use super::transport::{self, MAX_STREAMS_PER_CONNECTION};
+use super::{NetConfig, NetError};
 
 /// Resident memory above which new connections are refused (existing ones carry on).
 pub const MAX_MEMORY_FOR_NEW_CONNECTIONS: usize = 1024 * 1024 * 1024;
@@ -42,10 +43,6 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Time after which a request without a response fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Streams of any protocol open at once on one connection (Yamux's limit). A peer that opens
-/// more has its connection closed by Yamux; a peer that stays below never meets the limit of
-/// our own protocol ([`MAX_CONCURRENT_STREAMS`]), whose refusals could not be attributed.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 128;
 /// Concurrent inbound plus outbound streams of our protocol per connection: as many as Yamux
 /// allows in all, so Yamux's limit is always the one met.
 pub const MAX_CONCURRENT_STREAMS: usize = MAX_STREAMS_PER_CONNECTION;

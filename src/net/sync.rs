@@ -4,11 +4,11 @@
 //!
 //! `request_response` makes a connection's codec by cloning ours, once, inside
 //! `handle_established_*_connection`. The wrapper names the peer for the length of that call
-//! ([`with_connection_peer`]) and [`protocol::Codec`]'s `Clone` takes it. Should a later
+//! ([`with_connection_peer`]) and [`protocol::Codec`]'s `Clone` takes it
+//! ([`super::budget::take_connection_peer`]). Should a later
 //! `request_response` clone elsewhere, the codec has no peer and falls back to one shared
 //! account for all such streams: stricter, never looser.
 
-use std::cell::Cell;
 use std::task::{Context, Poll};
 
 use libp2p::core::Endpoint;
@@ -20,26 +20,8 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
-use super::budget::InboundBudget;
+use super::budget::{InboundBudget, with_connection_peer};
 use super::protocol;
-
-thread_local! {
-    /// The peer whose connection's codec is being made on this thread, if one is.
-    static CONNECTION_PEER: Cell<Option<PeerId>> = const { Cell::new(None) };
-}
-
-/// Runs `f` with `peer` named as the peer of the connection whose codec `f` makes.
-fn with_connection_peer<T>(peer: PeerId, f: impl FnOnce() -> T) -> T {
-    CONNECTION_PEER.with(|slot| slot.set(Some(peer)));
-    let out = f();
-    CONNECTION_PEER.with(|slot| slot.set(None));
-    out
-}
-
-/// The peer named by [`with_connection_peer`], taken (a codec made later gets none).
-pub(super) fn take_connection_peer() -> Option<PeerId> {
-    CONNECTION_PEER.with(|slot| slot.take())
-}
 
 /// `request_response` on [`protocol::Codec`], with per-connection codecs that know their peer.
 pub struct SyncProtocol {

@@ -11,7 +11,10 @@ use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{PeerId, Transport, identity::Keypair, noise, tcp, yamux};
 
-use super::swarm::MAX_STREAMS_PER_CONNECTION;
+/// Streams of any protocol open at once on one connection (Yamux's limit). A peer that opens
+/// more has its connection closed by Yamux; a peer that stays below never meets the limit of
+/// our own protocol (`swarm::MAX_CONCURRENT_STREAMS`), whose refusals could not be attributed.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 128;
 
 /// Builds the transport, with the pre-shared-key layer when `psk` is given.
 pub fn build(
