@@ -79,6 +79,23 @@ pub struct Roster {
     auth_in_flight: HashSet<Pair>,
     /// Membership checks asked again after getting no answer, per peer and share.
     auth_retries: HashMap<Pair, u32>,
+    /// Members that were connected and are not any more, per share, with when they went
+    /// (milliseconds since the Unix epoch); at most [`MAX_GONE_MEMBERS`] per share.
+    gone: HashMap<ShareId, HashMap<PeerId, u64>>,
+}
+
+/// Members remembered per share after they disconnected (the longest gone are forgotten first).
+pub const MAX_GONE_MEMBERS: usize = 256;
+
+/// One member of a share as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberStatus {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Whether it is connected (and proved membership) now.
+    pub connected: bool,
+    /// When it was last connected, in milliseconds since the Unix epoch; absent while it is.
+    pub last_seen_ms: Option<u64>,
 }
 
 impl Roster {
@@ -87,13 +104,55 @@ impl Roster {
         self.connected.insert(peer);
     }
 
-    /// The peer disconnected: it is no member of anything any more.
-    pub fn disconnect(&mut self, peer: &PeerId) {
+    /// The peer disconnected at `now_ms`: it is no member of anything any more, and is
+    /// remembered as gone from the shares it was a member of.
+    pub fn disconnect(&mut self, peer: &PeerId, now_ms: u64) {
         self.connected.remove(peer);
         self.auth_retries.retain(|(p, _), _| p != peer);
-        for members in self.members.values_mut().chain(self.writers.values_mut()) {
-            members.remove(peer);
+        for (share, members) in &mut self.members {
+            if members.remove(peer) {
+                let gone = self.gone.entry(*share).or_default();
+                if gone.len() >= MAX_GONE_MEMBERS
+                    && let Some(oldest) = gone.iter().min_by_key(|(_, at)| **at).map(|(p, _)| *p)
+                {
+                    gone.remove(&oldest);
+                }
+                gone.insert(*peer, now_ms);
+            }
         }
+        for writers in self.writers.values_mut() {
+            writers.remove(peer);
+        }
+    }
+
+    /// Every member of the share this daemon knows: connected ones, and those gone since it
+    /// started, sorted by peer id.
+    pub fn member_status(&self, share: &ShareId) -> Vec<MemberStatus> {
+        let mut all: Vec<MemberStatus> = self
+            .members
+            .get(share)
+            .into_iter()
+            .flatten()
+            .map(|peer| MemberStatus {
+                peer_id: peer.to_string(),
+                connected: true,
+                last_seen_ms: None,
+            })
+            .chain(
+                self.gone
+                    .get(share)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(peer, _)| !self.is_member(share, peer))
+                    .map(|(peer, at)| MemberStatus {
+                        peer_id: peer.to_string(),
+                        connected: false,
+                        last_seen_ms: Some(*at),
+                    }),
+            )
+            .collect();
+        all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        all
     }
 
     /// Whether the peer is connected.
@@ -409,7 +468,7 @@ mod tests {
         roster.admit(p, SHARE, Access::Write);
         roster.admit(p, [8; 32], Access::Read);
         roster.admit(q, SHARE, Access::Read);
-        roster.disconnect(&p);
+        roster.disconnect(&p, 1);
         assert!(!roster.is_connected(&p));
         assert!(!roster.is_member(&SHARE, &p));
         assert!(!roster.is_writer(&SHARE, &p));
@@ -448,13 +507,42 @@ mod tests {
             !roster.auth_done(pair, AuthOutcome::NoAnswer),
             "retries spent"
         );
-        roster.disconnect(&peer);
+        roster.disconnect(&peer, 1);
         roster.connect(peer);
         assert!(roster.begin_auth(pair));
         assert!(
             roster.auth_done(pair, AuthOutcome::NoAnswer),
             "a reconnect starts afresh"
         );
+    }
+
+    #[test]
+    fn members_that_went_are_listed_with_when() {
+        let mut roster = Roster::default();
+        let share = [1; 32];
+        let (stays, goes) = (PeerId::random(), PeerId::random());
+        for peer in [stays, goes] {
+            roster.connect(peer);
+            roster.admit(peer, share, Access::Read);
+        }
+        roster.disconnect(&goes, 42);
+        let listed = roster.member_status(&share);
+        assert_eq!(listed.len(), 2);
+        let of = |peer: PeerId| {
+            listed
+                .iter()
+                .find(|m| m.peer_id == peer.to_string())
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!((of(stays).connected, of(stays).last_seen_ms), (true, None));
+        assert_eq!(
+            (of(goes).connected, of(goes).last_seen_ms),
+            (false, Some(42))
+        );
+        roster.connect(goes);
+        roster.admit(goes, share, Access::Read);
+        assert!(roster.member_status(&share).iter().all(|m| m.connected));
     }
 
     #[test]
@@ -478,7 +566,7 @@ mod tests {
         roster.admit(p, SHARE, Access::Read);
         roster.admit(q, SHARE, Access::Read);
         roster.admit(p, [8; 32], Access::Read);
-        roster.disconnect(&p);
+        roster.disconnect(&p, 1);
         let picks = roster.pick_one_per_share(|| 1);
         assert_eq!(picks, vec![(q, SHARE)], "the share left empty is skipped");
     }

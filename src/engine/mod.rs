@@ -479,7 +479,8 @@ impl EngineActor {
                 }
             }
             NetEvent::PeerDisconnected(peer) => {
-                self.roster.disconnect(&peer);
+                self.roster
+                    .disconnect(&peer, crate::net::protocol::wall_clock_ms());
                 self.publish_members();
                 self.schedule.forget_peer(&peer);
             }

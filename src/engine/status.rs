@@ -59,6 +59,9 @@ pub struct ShareStatus {
     /// For folder shares: what the folder is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<FolderStatus>,
+    /// Every member known here: connected, or since when it is gone.
+    #[serde(default)]
+    pub member_status: Vec<super::membership::MemberStatus>,
 }
 
 /// What `status` shows about syncing.
@@ -155,6 +158,7 @@ impl EngineActor {
             bytes_received: counters.bytes_received,
             sessions: counters.sessions,
             folder: None,
+            member_status: self.roster.member_status(&id),
         }
     }
 }

@@ -34,6 +34,12 @@ use crate::quiet::LogLimiter;
 /// few peers one machine runs (or a loopback demo), not for a host making up identities.
 pub const CONNECTION_LINES_PER_ADDRESS: u32 = 4;
 
+/// A connection that answered no ping for this long is taken for dead: a few missed pings
+/// (`swarm::PING_INTERVAL`), with room for a ping queued behind a busy link's data.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often connections are checked against [`LIVENESS_TIMEOUT`].
+pub const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
 /// How far away a timer with nothing to wait for is set, so the loop's `select!` has a deadline
 /// for every branch.
 const FAR_FUTURE: Duration = Duration::from_secs(24 * 3600);
@@ -86,6 +92,11 @@ pub(super) struct NetActor {
     pub(super) met: HashSet<PeerId>,
     /// Warnings a peer can cause once per request, said once per peer and interval.
     pub(super) quiet: LogLimiter<(PeerId, &'static str)>,
+    /// Peers told to the rest of the daemon as gone when their pings failed, before their
+    /// connection finished closing (which waits on them).
+    pub(super) taken_for_gone: HashSet<PeerId>,
+    /// Per open connection that answers pings, its peer and when it last did (or opened).
+    pub(super) alive: HashMap<ConnectionId, (PeerId, std::time::Instant)>,
     /// Connection lines at info, once a minute per remote address and direction.
     pub(super) connection_lines: LogLimiter<(std::net::IpAddr, &'static str)>,
     /// When freed memory is next given back to the system, if it is to be.
@@ -125,12 +136,16 @@ impl NetActor {
             met: HashSet::new(),
             quiet: LogLimiter::default(),
             connection_lines: LogLimiter::with_burst(CONNECTION_LINES_PER_ADDRESS),
+            taken_for_gone: HashSet::new(),
+            alive: HashMap::new(),
             trim_at: None,
         }
     }
 
     /// The loop: commands first (so shutdown is never starved), then swarm events, then timers.
     pub(super) async fn run(mut self) {
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let static_due = self
                 .book
@@ -162,6 +177,7 @@ impl NetActor {
                 _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
                 _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
                 _ = tokio::time::sleep_until(trim_at) => self.trim_memory(),
+                _ = liveness.tick() => self.check_liveness(),
             }
         }
     }
@@ -356,13 +372,51 @@ impl NetActor {
             result,
         } = event;
         match result {
-            Ok(rtt) => self.book.set_rtt(&peer, rtt),
-            // A peer without ping is odd but alive; only silence means the link is dead.
-            Err(ping::Failure::Unsupported) => {}
-            Err(e) => {
-                debug!(%peer, "ping failed, closing connection: {e}");
-                self.swarm.close_connection(connection);
+            Ok(rtt) => {
+                self.book.set_rtt(&peer, rtt);
+                self.alive
+                    .insert(connection, (peer, std::time::Instant::now()));
             }
+            // A peer without ping is odd but alive; only silence means the link is dead.
+            Err(ping::Failure::Unsupported) => {
+                self.alive.remove(&connection);
+            }
+            Err(e) => self.connection_is_dead(peer, connection, &e.to_string()),
+        }
+    }
+
+    /// Closes connections that answered no ping for [`LIVENESS_TIMEOUT`]. libp2p's ping says so
+    /// only at its second failure, the first one free and the second waiting out a stream
+    /// negotiation (about 18 s in all); a frozen or cut-off peer must stop being asked sooner.
+    pub(super) fn check_liveness(&mut self) {
+        let now = std::time::Instant::now();
+        let dead: Vec<(ConnectionId, PeerId)> = self
+            .alive
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) > LIVENESS_TIMEOUT)
+            .map(|(c, (p, _))| (*c, *p))
+            .collect();
+        for (connection, peer) in dead {
+            self.alive.remove(&connection);
+            self.connection_is_dead(peer, connection, "no ping answered");
+        }
+    }
+
+    /// A connection is dead: it is closed, and if it was the peer's only one, the rest of the
+    /// daemon is told at once that the peer is gone (closing waits on the peer, which may be
+    /// frozen or cut off), so that nothing more is asked of it.
+    fn connection_is_dead(&mut self, peer: PeerId, connection: ConnectionId, why: &str) {
+        debug!(%peer, "connection dead, closing it: {why}");
+        self.swarm.close_connection(connection);
+        let only = self
+            .connection_roles
+            .get(&peer)
+            .is_some_and(|roles| roles.iter().all(|(c, _)| *c == connection));
+        if only && self.taken_for_gone.insert(peer) {
+            if self.met.remove(&peer) {
+                info!(%peer, "not answering pings: taken for gone ({why})");
+            }
+            let _ = self.events.send(NetEvent::PeerDisconnected(peer));
         }
     }
 }

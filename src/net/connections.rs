@@ -44,6 +44,11 @@ impl NetActor {
             .connected(peer, connection, remote.clone(), dialed, dialed_for);
         let roles = self.connection_roles.entry(peer).or_default();
         roles.push((connection, dialed));
+        // A new connection of a peer taken for gone: its old one still closing no longer stands
+        // for it, and its hello makes it connected again.
+        self.taken_for_gone.remove(&peer);
+        self.alive
+            .insert(connection, (peer, std::time::Instant::now()));
         if num_established == 1 {
             // Said at info once the peer answers our hello (a stranger's connections could
             // fill the log).
@@ -63,6 +68,7 @@ impl NetActor {
         cause: Option<libp2p::swarm::ConnectionError>,
     ) {
         self.discovered_dials.remove(&connection);
+        self.alive.remove(&connection);
         let ip = self.book.remote_ip(&peer);
         self.book
             .disconnected(peer, connection, Instant::now().into_std());
@@ -76,7 +82,9 @@ impl NetActor {
             self.trim_memory_soon();
             self.hello_retries.forget(&peer);
             self.answered.remove(&peer);
-            let _ = self.events.send(NetEvent::PeerDisconnected(peer));
+            if !self.taken_for_gone.remove(&peer) {
+                let _ = self.events.send(NetEvent::PeerDisconnected(peer));
+            }
             let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
             if self.met.remove(&peer)
                 && let Some(unsaid) = self.connection_lines_allowed(ip, "down")

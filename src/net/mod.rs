@@ -41,16 +41,19 @@ pub mod swarm;
 mod sync;
 pub mod transport;
 
+pub use actor::{CONNECTION_LINES_PER_ADDRESS, LIVENESS_TIMEOUT};
 pub use client::{
     COMMAND_CHANNEL_CAPACITY, Command, NetClient, NetError, NetEvent, NetStatus, PeerStatus,
 };
 pub use guard::Reply;
 pub use hello::MAX_HELLO_RETRIES;
 pub use peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
+pub use requests::CLOCK_OFFSET_WARNING;
 pub use swarm::{
     Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT, KAD_PROTOCOL,
     MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
-    MAX_MEMORY_FOR_NEW_CONNECTIONS, MAX_PENDING_INCOMING, PING_INTERVAL, REQUEST_TIMEOUT,
+    MAX_MEMORY_FOR_NEW_CONNECTIONS, MAX_PENDING_INCOMING, PING_INTERVAL, PING_TIMEOUT,
+    REQUEST_TIMEOUT,
 };
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair};

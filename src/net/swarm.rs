@@ -39,8 +39,15 @@ pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// often and a live connection is what makes changes arrive in milliseconds.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often connections are pinged; a failed ping closes the connection so that static peers
-/// are redialled instead of hanging on a dead socket.
-pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// are redialled instead of hanging on a dead socket, and nothing more is asked of the peer.
+/// A ping is a few dozen bytes: every 2 s costs nothing and finds a frozen, partitioned or
+/// unplugged peer within [`PING_INTERVAL`] + [`PING_TIMEOUT`] (it took a minute with libp2p's
+/// defaults, while requests to it waited out their own timeouts).
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a ping may go unanswered before the connection is taken for dead. Far above any
+/// round trip of a working link, even a slow and busy one (a ping waits behind at most one
+/// Yamux frame of another stream).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
 /// Time after which a request without a response fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent inbound plus outbound streams of our protocol per connection: as many as Yamux
@@ -126,7 +133,11 @@ fn behaviour(
         sync: SyncProtocol::new(sync_behaviour(budget.clone()), budget),
         kad: kad_behaviour(peer_id),
         identify,
-        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(PING_INTERVAL)
+                .with_timeout(PING_TIMEOUT),
+        ),
         mdns: mdns.into(),
     })
 }

@@ -1,0 +1,89 @@
+//! Members that stop answering, black box: a member frozen with SIGSTOP is shown as not
+//! connected within seconds, the others keep syncing among themselves meanwhile, and the frozen
+//! one catches up once it runs again.
+
+mod support;
+
+use std::time::Instant;
+
+use support::{Mesh, Node, WAIT, wait_until};
+
+/// Three times the time after which a link that answers no ping is taken for dead
+/// (`net::LIVENESS_TIMEOUT`, 10 s), for a loaded test machine; with libp2p's ping defaults it
+/// took a minute.
+const DETECTED: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn signal(node: &Node, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &node.pid().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// How `viewer` sees `member` in a share's `member_status`, if it lists it.
+fn member_status(viewer: &Node, share: &str, member: &Node) -> Option<serde_json::Value> {
+    let status = viewer.status();
+    status["shares"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == share)?["member_status"]
+        .as_array()?
+        .iter()
+        .find(|m| m["peer_id"] == member.peer_id.as_str())
+        .cloned()
+}
+
+#[test]
+fn a_frozen_member_is_shown_gone_and_the_others_keep_syncing() {
+    let mesh = Mesh::full_static(3);
+    mesh.wait_fully_connected();
+    let share = mesh.share_folder();
+    let (a, c) = (&mesh.nodes[0], &mesh.nodes[2]);
+    std::fs::write(share.dirs[0].join("before.txt"), "everyone has this").unwrap();
+    share.wait_identical();
+    let connected = |viewer: &Node, member: &Node| {
+        member_status(viewer, &share.name, member).map(|m| m["connected"] == true)
+    };
+    assert_eq!(
+        connected(a, c),
+        Some(true),
+        "{:?}",
+        member_status(a, &share.name, c)
+    );
+
+    signal(c, "-STOP");
+    let frozen = Instant::now();
+    // Files written on A while C is frozen reach B.
+    for i in 0..20 {
+        std::fs::write(
+            share.dirs[0].join(format!("during-{i}.bin")),
+            support::random_bytes(300_000, i),
+        )
+        .unwrap();
+    }
+    wait_until("A to show C as not connected", DETECTED, || {
+        connected(a, c) == Some(false)
+    });
+    let shown_gone_in = frozen.elapsed();
+    let last = share.dirs[1].join("during-19.bin");
+    wait_until("B to get A's files while C is frozen", WAIT, || {
+        (0..20).all(|i| {
+            std::fs::metadata(share.dirs[1].join(format!("during-{i}.bin")))
+                .is_ok_and(|m| m.len() == 300_000)
+        })
+    });
+    let synced_in = frozen.elapsed();
+    let seen = member_status(a, &share.name, c).unwrap();
+    assert!(seen["last_seen_ms"].as_u64().is_some(), "{seen}");
+    eprintln!(
+        "while C was frozen: B had A's files after {synced_in:?}; A showed C gone after {shown_gone_in:?}"
+    );
+    assert!(last.exists());
+
+    signal(c, "-CONT");
+    share.wait_identical();
+    wait_until("A to show C connected again", WAIT, || {
+        connected(a, c) == Some(true)
+    });
+}
