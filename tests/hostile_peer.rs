@@ -350,7 +350,11 @@ async fn member_announcing_escaping_paths_gets_them_refused() {
     // (the rest are counted in its next line, a minute later); nothing refused there reaches
     // the folder.
     tokio::task::block_in_place(|| {
-        node.wait_for_log("the hostile entries to be refused", &["refused an entry"], 0)
+        node.wait_for_log(
+            "the hostile entries to be refused",
+            &["refused an entry"],
+            0,
+        )
     });
     assert!(!outside.exists(), "nothing written outside the folder");
     assert!(!std::path::Path::new("/tmp/absolute-escape").exists());

@@ -17,7 +17,7 @@
 //! reported as a strike against the member, and asked of another member; so is one the member
 //! did not send. After [`MAX_ATTEMPTS`] the want fails, and the download retries later.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -43,6 +43,15 @@ pub const EAGER_BATCHES: usize = 2;
 pub const MIN_BATCH_BYTES: usize = 1024 * 1024;
 /// Members asked for one chunk before its download fails (and is retried later).
 pub const MAX_ATTEMPTS: usize = 6;
+/// A request unanswered for [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`] is taken as
+/// stuck when another member could be asked: its chunks are asked of that one instead (a
+/// frozen or cut-off member would otherwise hold them until it is found dead or the request
+/// times out). A slow link that delivers above that rate is never second-guessed.
+pub const HEDGE_AFTER_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// See [`HEDGE_AFTER_MIN`]: the rate below which a request counts as stuck (bytes/s).
+pub const HEDGE_RATE: u64 = 256 * 1024;
+/// How often requests out are checked against the hedge deadline.
+pub const HEDGE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why a member did not deliver what it was asked for.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -158,6 +167,7 @@ impl Fetcher {
             queue: VecDeque::new(),
             batches: JoinSet::new(),
             asked: HashMap::new(),
+            suspect: HashSet::new(),
         };
         tokio::spawn(task.run(rx));
         Fetcher { wants }
@@ -178,7 +188,7 @@ impl Fetcher {
     }
 }
 
-type BatchResult = (PeerId, Vec<Want>, Result<Response, MemberFailure>);
+type BatchResult = Result<Response, MemberFailure>;
 
 struct FetchTask {
     share: ShareId,
@@ -187,18 +197,42 @@ struct FetchTask {
     counters: Arc<Counters>,
     queue: VecDeque<Want>,
     batches: JoinSet<BatchResult>,
-    /// The member each request in `batches` went to.
-    asked: HashMap<tokio::task::Id, PeerId>,
+    /// Each request in `batches`: to whom, for what, since when. A request taken out of here
+    /// (its member left, or it was stuck) is abandoned; its answer is dropped.
+    asked: HashMap<tokio::task::Id, Asked>,
+    /// Members with a request found stuck, asked nothing new while another member can be,
+    /// until one of their answers arrives.
+    suspect: HashSet<PeerId>,
+}
+
+/// One request out.
+struct Asked {
+    peer: PeerId,
+    wants: Vec<Want>,
+    since: tokio::time::Instant,
+    abort: tokio::task::AbortHandle,
+}
+
+impl Asked {
+    /// When it counts as stuck: [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`].
+    fn stuck_at(&self) -> tokio::time::Instant {
+        let bytes: u64 = self.wants.iter().map(|w| u64::from(w.chunk.len)).sum();
+        self.since + HEDGE_AFTER_MIN + std::time::Duration::from_millis(bytes * 1000 / HEDGE_RATE)
+    }
 }
 
 impl FetchTask {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Want>) {
         let mut closed = false;
+        let mut hedge = tokio::time::interval(HEDGE_CHECK);
+        hedge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if closed && self.batches.is_empty() {
                 return;
             }
             tokio::select! {
+                Ok(()) = self.members.changed() => self.abandon_gone_members(),
+                _ = hedge.tick(), if !self.asked.is_empty() => self.hedge_stuck(),
                 want = rx.recv(), if !closed => match want {
                     Some(want) => {
                         self.queue.push_back(want);
@@ -209,16 +243,79 @@ impl FetchTask {
                     None => closed = true,
                 },
                 Some(done) = self.batches.join_next_with_id() => match done {
-                    Ok((id, (peer, wants, result))) => {
-                        self.asked.remove(&id);
-                        self.on_answer(peer, wants, result).await;
+                    Ok((id, result)) => {
+                        if let Some(asked) = self.asked.remove(&id) {
+                            self.suspect.remove(&asked.peer);
+                            self.on_answer(asked.peer, asked.wants, result).await;
+                        }
                     }
                     Err(e) => {
-                        self.asked.remove(&e.id());
+                        if let Some(asked) = self.asked.remove(&e.id()) {
+                            let why = MemberFailure::Request {
+                                peer: asked.peer,
+                                message: e.to_string(),
+                            };
+                            self.retry(asked.wants, why);
+                        }
                     }
                 },
             }
             self.dispatch();
+        }
+    }
+
+    /// Requests out to members that left are given up: their chunks go to the queue for the
+    /// others at once, not when the requests time out.
+    fn abandon_gone_members(&mut self) {
+        let members = self.members.borrow().clone();
+        self.suspect.retain(|p| members.contains(p));
+        let gone: Vec<tokio::task::Id> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| !members.contains(&a.peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(asked) = self.asked.remove(&id) {
+                asked.abort.abort();
+                let why = MemberFailure::Request {
+                    peer: asked.peer,
+                    message: "no longer a member".into(),
+                };
+                self.retry(asked.wants, why);
+            }
+        }
+    }
+
+    /// Requests stuck past their deadline ([`Asked::stuck_at`]) are given up when another
+    /// member could be asked; that one is, and so are all the other requests out to the same
+    /// member (they wait on the same silence). A hedge does not count as an attempt.
+    fn hedge_stuck(&mut self) {
+        let now = tokio::time::Instant::now();
+        let members = self.members.borrow().clone();
+        let stuck_peers: HashSet<PeerId> = self
+            .asked
+            .values()
+            .filter(|a| a.stuck_at() <= now && members.iter().any(|m| *m != a.peer))
+            .map(|a| a.peer)
+            .collect();
+        let stuck: Vec<tokio::task::Id> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| stuck_peers.contains(&a.peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            if let Some(asked) = self.asked.remove(&id) {
+                asked.abort.abort();
+                tracing::debug!(peer = %asked.peer, "chunk request stuck; asking another member");
+                self.suspect.insert(asked.peer);
+                for mut want in asked.wants {
+                    want.failed.retain(|p| *p != asked.peer);
+                    want.failed.push(asked.peer);
+                    self.queue.push_back(want);
+                }
+            }
         }
     }
 
@@ -242,6 +339,13 @@ impl FetchTask {
                 }
                 return;
             }
+            // Suspects are left out while anyone else can be asked.
+            let trusted: Vec<PeerId> = members
+                .iter()
+                .filter(|m| !self.suspect.contains(m))
+                .copied()
+                .collect();
+            let members = if trusted.is_empty() { members } else { trusted };
             // Where each queued want goes; members is not empty, so every want has one.
             let picked: Vec<Option<PeerId>> =
                 self.queue.iter().map(|w| Self::pick(&members, w)).collect();
@@ -252,7 +356,7 @@ impl FetchTask {
                 }
             }
             let ready = |peer: &PeerId| {
-                let out = self.asked.values().filter(|p| *p == peer).count();
+                let out = self.asked.values().filter(|a| a.peer == *peer).count();
                 out < EAGER_BATCHES || waiting[peer] >= MIN_BATCH_BYTES
             };
             // The member of the oldest want that may be asked now.
@@ -281,17 +385,23 @@ impl FetchTask {
                     .collect(),
             };
             let net = self.net.clone();
-            let task = self.batches.spawn(async move {
-                let result = net
-                    .request(peer, request)
+            let abort = self.batches.spawn(async move {
+                net.request(peer, request)
                     .await
                     .map_err(|e| MemberFailure::Request {
                         peer,
                         message: e.to_string(),
-                    });
-                (peer, batch, result)
+                    })
             });
-            self.asked.insert(task.id(), peer);
+            self.asked.insert(
+                abort.id(),
+                Asked {
+                    peer,
+                    wants: batch,
+                    since: tokio::time::Instant::now(),
+                    abort,
+                },
+            );
         }
     }
 
@@ -526,5 +636,74 @@ mod tests {
             assert_eq!(got.bytes(), &bytes[..]);
             drop(unanswered);
         });
+    }
+
+    /// Two members, `stuck` never answering: returns the fetcher, the members' sender, the
+    /// requests, and a chunk for `stuck` being fetched.
+    #[allow(clippy::type_complexity)]
+    fn stuck_and_quick() -> (
+        PeerId,
+        PeerId,
+        watch::Sender<Vec<PeerId>>,
+        mpsc::Receiver<Command>,
+        tokio::task::JoinHandle<Result<CheckedChunk, FetchError>>,
+        (ChunkRef, Vec<u8>),
+    ) {
+        let (commands, net) = mpsc::channel(64);
+        let (stuck, quick) = (PeerId::random(), PeerId::random());
+        let (members_tx, members) = watch::channel(vec![stuck, quick]);
+        let fetcher = Fetcher::spawn(
+            [7; 32],
+            NetClient::from_channel(commands),
+            members,
+            Arc::new(Counters::default()),
+        );
+        let mut seed = 0;
+        let (want, bytes) = chunk_for(0, &mut seed);
+        let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
+        (stuck, quick, members_tx, net, fetching, (want, bytes))
+    }
+
+    #[tokio::test]
+    async fn a_stuck_members_chunks_are_asked_of_another() {
+        let (stuck, quick, _members, mut net, fetching, (want, bytes)) = stuck_and_quick();
+        let (to, _, unanswered) = next_request(&mut net).await;
+        assert_eq!(to, stuck);
+        let asked_at = std::time::Instant::now();
+        let (to, hashes, reply) = next_request(&mut net).await;
+        assert_eq!(
+            (to, hashes),
+            (quick, vec![want.hash]),
+            "re-asked of the other"
+        );
+        assert!(
+            asked_at.elapsed() >= HEDGE_AFTER_MIN,
+            "not before the deadline"
+        );
+        reply
+            .send(Ok(Response::Chunks(vec![Some(bytes.clone().into())])))
+            .unwrap();
+        assert_eq!(fetching.await.unwrap().unwrap().bytes(), &bytes[..]);
+        drop(unanswered);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_leaves_has_its_requests_asked_of_another_at_once() {
+        let (stuck, quick, members, mut net, fetching, (want, bytes)) = stuck_and_quick();
+        let (to, _, unanswered) = next_request(&mut net).await;
+        assert_eq!(to, stuck);
+        members.send(vec![quick]).unwrap();
+        let left_at = std::time::Instant::now();
+        let (to, hashes, reply) = next_request(&mut net).await;
+        assert_eq!((to, hashes), (quick, vec![want.hash]));
+        assert!(
+            left_at.elapsed() < HEDGE_AFTER_MIN,
+            "not waiting for the deadline"
+        );
+        reply
+            .send(Ok(Response::Chunks(vec![Some(bytes.clone().into())])))
+            .unwrap();
+        assert_eq!(fetching.await.unwrap().unwrap().bytes(), &bytes[..]);
+        drop(unanswered);
     }
 }
