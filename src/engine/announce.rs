@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use libp2p::PeerId;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -27,6 +28,10 @@ use crate::store::{Change, Origin, ShareId};
 pub const ANNOUNCE_DELAY: Duration = Duration::from_millis(3);
 /// Most announcements in flight at once; beyond it members catch up by reconciliation.
 pub const MAX_ANNOUNCES_IN_FLIGHT: usize = 64;
+/// Most announcements in flight to one member: a member that does not answer (frozen, cut
+/// off) is skipped beyond it, and never takes the slots of the others; it catches up by
+/// reconciliation when it is back.
+pub const MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER: usize = 4;
 
 /// Changes waiting to be announced, and the announcements out.
 #[derive(Debug)]
@@ -37,6 +42,7 @@ pub struct AnnounceBatcher<C> {
     dirty: HashSet<ShareId>,
     flush_at: Option<Instant>,
     in_flight: usize,
+    in_flight_to: HashMap<PeerId, usize>,
 }
 
 impl<C> Default for AnnounceBatcher<C> {
@@ -46,8 +52,20 @@ impl<C> Default for AnnounceBatcher<C> {
             dirty: HashSet::new(),
             flush_at: None,
             in_flight: 0,
+            in_flight_to: HashMap::new(),
         }
     }
+}
+
+/// What [`AnnounceBatcher::reserve`] decided for one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Send it.
+    Taken,
+    /// This member has [`MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER`] out: skip it.
+    MemberBusy,
+    /// Every slot is taken: the share stays dirty, announced again once a slot frees.
+    Full,
 }
 
 impl<C> AnnounceBatcher<C> {
@@ -90,25 +108,38 @@ impl<C> AnnounceBatcher<C> {
             .collect()
     }
 
-    /// Takes a slot for one announcement of `share`; when none is free the share stays dirty
-    /// and false is returned.
-    pub fn reserve(&mut self, share: ShareId) -> bool {
+    /// Takes a slot for one announcement of `share` to `member`.
+    pub fn reserve(&mut self, share: ShareId, member: PeerId) -> Slot {
         if self.in_flight >= MAX_ANNOUNCES_IN_FLIGHT {
             self.dirty.insert(share);
-            return false;
+            return Slot::Full;
         }
+        let to = self.in_flight_to.entry(member).or_default();
+        if *to >= MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER {
+            return Slot::MemberBusy;
+        }
+        *to += 1;
         self.in_flight += 1;
-        true
+        Slot::Taken
     }
 
-    /// An announcement finished (delivered or not), freeing its slot.
-    pub fn delivered(&mut self) {
+    /// An announcement to `member` finished (delivered or not), freeing its slot; a share left
+    /// dirty for want of one is flushed again.
+    pub fn delivered(&mut self, member: PeerId, now: Instant) {
         self.in_flight -= 1;
+        if let Some(to) = self.in_flight_to.get_mut(&member) {
+            *to -= 1;
+            if *to == 0 {
+                self.in_flight_to.remove(&member);
+            }
+        }
+        self.rearm(now);
     }
 
-    /// After a flush: schedules another if shares are still dirty.
+    /// After a flush: schedules another if shares are still dirty and a slot is free (a full
+    /// set of slots re-arms when one frees, not every few milliseconds meanwhile).
     pub fn rearm(&mut self, now: Instant) {
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() && self.in_flight < MAX_ANNOUNCES_IN_FLIGHT {
             self.arm(now);
         }
     }
@@ -193,10 +224,12 @@ impl EngineActor {
                 entries,
             };
             for peer in members {
-                if !self.announce.reserve(share) {
+                match self.announce.reserve(share, peer) {
+                    Slot::Taken => {}
                     // Members we skip notice the new root at the next announcement or
                     // anti-entropy round and reconcile.
-                    break;
+                    Slot::MemberBusy => continue,
+                    Slot::Full => break,
                 }
                 let net = self.net.clone();
                 let request = request.clone();
@@ -209,6 +242,7 @@ impl EngineActor {
                         .unwrap_or(0);
                     TaskResult::Announced {
                         share,
+                        peer,
                         sent,
                         received,
                     }
@@ -219,8 +253,8 @@ impl EngineActor {
     }
 
     /// An announcement finished.
-    pub(super) fn on_announced(&mut self, share: ShareId, sent: u64, received: u64) {
-        self.announce.delivered();
+    pub(super) fn on_announced(&mut self, share: ShareId, peer: PeerId, sent: u64, received: u64) {
+        self.announce.delivered(peer, Instant::now());
         let c = self.counters(share);
         c.bytes_sent += sent;
         c.bytes_received += received;
@@ -267,20 +301,48 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_is_bounded_and_skipped_shares_stay_dirty() {
+    fn in_flight_is_bounded_and_skipped_shares_stay_dirty_without_spinning() {
         let mut batcher: AnnounceBatcher<()> = AnnounceBatcher::default();
         let now = Instant::now();
-        for _ in 0..MAX_ANNOUNCES_IN_FLIGHT {
-            assert!(batcher.reserve(A));
+        let members: Vec<PeerId> = (0..MAX_ANNOUNCES_IN_FLIGHT
+            / MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER)
+            .map(|_| PeerId::random())
+            .collect();
+        for member in &members {
+            for _ in 0..MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER {
+                assert_eq!(batcher.reserve(A, *member), Slot::Taken);
+            }
         }
-        assert!(!batcher.reserve(A));
+        assert_eq!(batcher.reserve(A, PeerId::random()), Slot::Full);
         batcher.rearm(now);
-        assert_eq!(batcher.flush_at(), Some(now + ANNOUNCE_DELAY));
+        assert_eq!(
+            batcher.flush_at(),
+            None,
+            "no flush while every slot is taken"
+        );
+        batcher.delivered(members[0], now);
+        assert_eq!(
+            batcher.flush_at(),
+            Some(now + ANNOUNCE_DELAY),
+            "a freed slot flushes the share left dirty"
+        );
         assert_eq!(batcher.take_dirty(), vec![(A, vec![])]);
-        batcher.delivered();
-        assert!(batcher.reserve(A));
+        assert_eq!(batcher.reserve(A, members[0]), Slot::Taken);
         batcher.rearm(now);
         assert_eq!(batcher.flush_at(), None, "nothing left dirty");
+    }
+
+    #[test]
+    fn a_silent_member_never_takes_the_slots_of_the_others() {
+        let mut batcher: AnnounceBatcher<()> = AnnounceBatcher::default();
+        let (silent, other) = (PeerId::random(), PeerId::random());
+        for _ in 0..MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER {
+            assert_eq!(batcher.reserve(A, silent), Slot::Taken);
+        }
+        for _ in 0..100 {
+            assert_eq!(batcher.reserve(A, silent), Slot::MemberBusy);
+        }
+        assert_eq!(batcher.reserve(A, other), Slot::Taken);
     }
 
     #[test]

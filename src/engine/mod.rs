@@ -299,6 +299,7 @@ enum TaskResult {
     /// An announcement was delivered (or not).
     Announced {
         share: ShareId,
+        peer: PeerId,
         sent: u64,
         received: u64,
     },
@@ -506,9 +507,10 @@ impl EngineActor {
             } => self.on_auth_done((peer, share), outcome, sent, received),
             TaskResult::Announced {
                 share,
+                peer,
                 sent,
                 received,
-            } => self.on_announced(share, sent, received),
+            } => self.on_announced(share, peer, sent, received),
             TaskResult::Merged {
                 peer,
                 share,
