@@ -386,7 +386,7 @@ impl EngineActor {
                 .announce
                 .flush_at()
                 .unwrap_or_else(|| Instant::now() + far);
-            let timer_at = self.schedule.next_wake();
+            let timer_at = self.schedule.next_wake(Instant::now());
             tokio::select! {
                 biased;
                 command = self.inbox.recv() => match command {
@@ -529,7 +529,7 @@ impl EngineActor {
     /// Starts a session with the member for the share, unless the schedule says to wait, the
     /// peer is no member, or nothing may flow either way.
     fn want_session(&mut self, peer: PeerId, share: ShareId, reason: SyncReason) {
-        if self.schedule.admit((peer, share), reason) != Admission::Start {
+        if self.schedule.admit((peer, share), reason, Instant::now()) != Admission::Start {
             return;
         }
         let Some(state) = self.store.share(&share) else {
@@ -547,7 +547,7 @@ impl EngineActor {
         if !flow.pull && !flow.push {
             return;
         }
-        self.schedule.started((peer, share));
+        self.schedule.started((peer, share), Instant::now());
         let span = info_span!("sync", %peer, share = %state.meta.name, ?reason);
         let net = self.net.clone();
         let store = self.store.clone();
@@ -598,6 +598,10 @@ impl EngineActor {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        // Queued sessions whose share's running session no longer has it to itself.
+        for ((peer, share), reason) in self.schedule.take_wanted() {
+            self.want_session(peer, share, reason);
+        }
         for (peer, share) in self.schedule.due_retries(now) {
             self.want_session(peer, share, SyncReason::Retry);
         }

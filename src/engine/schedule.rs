@@ -1,7 +1,8 @@
 //! When to run reconciliation sessions, and with which member: the engine's timetable.
 //!
 //! Pure state with no I/O (like [`crate::net::peers`]), so the rules are unit-tested without
-//! sockets or a running engine: at most one session per share at a time and
+//! sockets or a running engine: one session per share at a time, unless it has been running
+//! for [`SESSION_SOLO`] (then up to [`MAX_SESSIONS_PER_SHARE`], each with another member), and
 //! [`MAX_CONCURRENT_SESSIONS`] in all, a session asked for while its pair runs runs once more
 //! afterwards, failed sessions back off exponentially, and the periodic rounds (anti-entropy and
 //! DHT lookups) fall due on their own clocks. The engine asks it what to do and tells it what
@@ -26,8 +27,15 @@ pub const PROVIDER_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 /// may not have reached the DHT yet when the share is joined); doubles up to
 /// [`PROVIDER_LOOKUP_INTERVAL`].
 pub const LONELY_LOOKUP_MIN: Duration = Duration::from_secs(1);
-/// Most reconciliation sessions this node runs at once, over all shares (one per share).
+/// Most reconciliation sessions this node runs at once, over all shares.
 pub const MAX_CONCURRENT_SESSIONS: usize = 16;
+/// How long a share's session has the share to itself: a second session would mostly pull the
+/// same entries from another member. Past this, sessions with other members may run beside
+/// it (a member that stopped answering must not hold up the others until its requests time
+/// out), up to [`MAX_SESSIONS_PER_SHARE`].
+pub const SESSION_SOLO: Duration = Duration::from_secs(2);
+/// Most sessions one share runs at once, each with another member.
+pub const MAX_SESSIONS_PER_SHARE: usize = 4;
 /// First wait before retrying a failed session; doubles per failure in a row.
 pub const SESSION_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait before retrying a failed session.
@@ -106,6 +114,8 @@ pub enum AfterSession {
 struct Running {
     /// Set when it was asked for again while running.
     rerun: Option<SyncReason>,
+    /// When it started.
+    started: Instant,
 }
 
 /// A failed pair waiting to be retried.
@@ -159,15 +169,25 @@ impl Schedule {
 
     /// Decides about a wanted session. Only [`Admission::Start`] leaves it to the caller, who
     /// may still drop it (the peer is no member any more, or nothing may flow).
-    pub fn admit(&mut self, pair: Pair, reason: SyncReason) -> Admission {
+    pub fn admit(&mut self, pair: Pair, reason: SyncReason, now: Instant) -> Admission {
         if let Some(running) = self.running.get_mut(&pair) {
             running.rerun = Some(reason);
             return Admission::Rerun;
         }
-        // One session per share at a time: while one brings the share up to date from one
-        // member, starting another would pull the same entries again from the next member.
-        // The queued one runs afterwards, and costs one round trip if nothing differs by then.
-        let share_busy = self.running.keys().any(|(_, s)| *s == pair.1);
+        // One session per share at a time while it is young: while one brings the share up to
+        // date from one member, starting another would pull the same entries again from the
+        // next member. The queued one runs afterwards, and costs one round trip if nothing
+        // differs by then; or beside it once it has run for SESSION_SOLO.
+        let of_share: Vec<&Running> = self
+            .running
+            .iter()
+            .filter(|((_, s), _)| *s == pair.1)
+            .map(|(_, r)| r)
+            .collect();
+        let share_busy = of_share.len() >= MAX_SESSIONS_PER_SHARE
+            || of_share
+                .iter()
+                .any(|r| now.duration_since(r.started) < SESSION_SOLO);
         if share_busy || self.running.len() >= MAX_CONCURRENT_SESSIONS {
             if !self.wanted.iter().any(|(p, _)| *p == pair) {
                 self.wanted.push_back((pair, reason));
@@ -178,8 +198,14 @@ impl Schedule {
     }
 
     /// A session admitted with [`Admission::Start`] was started.
-    pub fn started(&mut self, pair: Pair) {
-        self.running.insert(pair, Running { rerun: None });
+    pub fn started(&mut self, pair: Pair, now: Instant) {
+        self.running.insert(
+            pair,
+            Running {
+                rerun: None,
+                started: now,
+            },
+        );
     }
 
     /// Sessions running now.
@@ -279,13 +305,24 @@ impl Schedule {
         true
     }
 
-    /// When the next timer falls due (a round or a retry).
-    pub fn next_wake(&self) -> Instant {
+    /// When the next timer falls due (a round, a retry, or a queued session whose share's
+    /// running session stops having it to itself), after `now`.
+    pub fn next_wake(&self, now: Instant) -> Instant {
         let rounds = self
             .next_anti_entropy
             .min(self.next_provider_lookup)
             .min(self.lonely_lookup.0);
-        self.retry.values().map(|r| r.at).fold(rounds, Instant::min)
+        let solo_ends = self
+            .running
+            .iter()
+            .filter(|((_, share), _)| self.wanted.iter().any(|((_, s), _)| s == share))
+            .map(|(_, r)| r.started + SESSION_SOLO)
+            .filter(|at| *at > now);
+        self.retry
+            .values()
+            .map(|r| r.at)
+            .chain(solo_ends)
+            .fold(rounds, Instant::min)
     }
 }
 
@@ -302,16 +339,25 @@ mod tests {
         let now = Instant::now();
         let mut schedule = Schedule::new(now);
         let a = pair(&PeerId::random(), 1);
-        assert_eq!(schedule.admit(a, SyncReason::NewMember), Admission::Start);
-        schedule.started(a);
-        assert_eq!(schedule.admit(a, SyncReason::RootDiffers), Admission::Rerun);
+        assert_eq!(
+            schedule.admit(a, SyncReason::NewMember, now),
+            Admission::Start
+        );
+        schedule.started(a, now);
+        assert_eq!(
+            schedule.admit(a, SyncReason::RootDiffers, now),
+            Admission::Rerun
+        );
         assert_eq!(
             schedule.finished(a, Outcome::Complete, Presence::Connected, now),
             AfterSession::Again(SyncReason::RootDiffers)
         );
         assert_eq!(schedule.running(), 0);
-        assert_eq!(schedule.admit(a, SyncReason::RootDiffers), Admission::Start);
-        schedule.started(a);
+        assert_eq!(
+            schedule.admit(a, SyncReason::RootDiffers, now),
+            Admission::Start
+        );
+        schedule.started(a, now);
         assert_eq!(
             schedule.finished(a, Outcome::Complete, Presence::Connected, now),
             AfterSession::Done,
@@ -324,7 +370,7 @@ mod tests {
         let now = Instant::now();
         let mut schedule = Schedule::new(now);
         let a = pair(&PeerId::random(), 1);
-        schedule.started(a);
+        schedule.started(a, now);
         assert_eq!(
             schedule.finished(a, Outcome::Incomplete, Presence::Connected, now),
             AfterSession::Again(SyncReason::Incomplete)
@@ -336,17 +382,17 @@ mod tests {
         let now = Instant::now();
         let mut schedule = Schedule::new(now);
         let (p, q) = (PeerId::random(), PeerId::random());
-        schedule.started(pair(&p, 1));
+        schedule.started(pair(&p, 1), now);
         assert_eq!(
-            schedule.admit(pair(&q, 1), SyncReason::NewMember),
+            schedule.admit(pair(&q, 1), SyncReason::NewMember, now),
             Admission::Queued
         );
         assert_eq!(
-            schedule.admit(pair(&q, 1), SyncReason::AntiEntropy),
+            schedule.admit(pair(&q, 1), SyncReason::AntiEntropy, now),
             Admission::Queued
         );
         assert_eq!(
-            schedule.admit(pair(&q, 2), SyncReason::NewMember),
+            schedule.admit(pair(&q, 2), SyncReason::NewMember, now),
             Admission::Start,
             "another share is free"
         );
@@ -359,25 +405,67 @@ mod tests {
     }
 
     #[test]
+    fn a_long_session_lets_other_members_of_its_share_run_beside_it() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(t0);
+        let m: Vec<PeerId> = (0..=MAX_SESSIONS_PER_SHARE)
+            .map(|_| PeerId::random())
+            .collect();
+        let admit = |s: &mut Schedule, i: usize, at: Instant| {
+            s.admit(pair(&m[i], 1), SyncReason::RootDiffers, at)
+        };
+        schedule.started(pair(&m[0], 1), t0);
+        assert_eq!(
+            admit(&mut schedule, 1, t0),
+            Admission::Queued,
+            "the share is young"
+        );
+        assert!(schedule.next_wake(t0) <= t0 + SESSION_SOLO);
+        schedule.take_wanted();
+        let later = t0 + SESSION_SOLO;
+        assert_eq!(admit(&mut schedule, 1, later), Admission::Start);
+        schedule.started(pair(&m[1], 1), later);
+        assert_eq!(
+            admit(&mut schedule, 2, later),
+            Admission::Queued,
+            "the second session is young now"
+        );
+        schedule.take_wanted();
+        let much_later = later + SESSION_SOLO;
+        for (i, member) in m.iter().enumerate().take(MAX_SESSIONS_PER_SHARE).skip(2) {
+            assert_eq!(admit(&mut schedule, i, much_later), Admission::Start);
+            schedule.started(pair(member, 1), much_later - SESSION_SOLO);
+        }
+        assert_eq!(
+            admit(&mut schedule, MAX_SESSIONS_PER_SHARE, much_later),
+            Admission::Queued,
+            "bounded per share"
+        );
+    }
+
+    #[test]
     fn slots_are_bounded() {
         let now = Instant::now();
         let mut schedule = Schedule::new(now);
         let peer = PeerId::random();
         for share in 0..MAX_CONCURRENT_SESSIONS as u8 {
             let p = pair(&peer, share);
-            assert_eq!(schedule.admit(p, SyncReason::NewMember), Admission::Start);
-            schedule.started(p);
+            assert_eq!(
+                schedule.admit(p, SyncReason::NewMember, now),
+                Admission::Start
+            );
+            schedule.started(p, now);
         }
         let extra = pair(&peer, 200);
         assert_eq!(
-            schedule.admit(extra, SyncReason::NewMember),
+            schedule.admit(extra, SyncReason::NewMember, now),
             Admission::Queued
         );
         schedule.finished(pair(&peer, 0), Outcome::Complete, Presence::Connected, now);
         let waiting = schedule.take_wanted();
         assert_eq!(waiting, vec![(extra, SyncReason::NewMember)]);
         assert_eq!(
-            schedule.admit(extra, SyncReason::NewMember),
+            schedule.admit(extra, SyncReason::NewMember, now),
             Admission::Start
         );
     }
@@ -400,7 +488,7 @@ mod tests {
         now += LONELY_LOOKUP_MIN;
         assert!(schedule.provider_lookup_due(now) && schedule.lonely_lookup_due(now));
         let a = pair(&PeerId::random(), 1);
-        schedule.started(a);
+        schedule.started(a, now);
         let first = schedule.finished(a, Outcome::Failed, Presence::Connected, now);
         assert_eq!(
             first,
@@ -408,7 +496,7 @@ mod tests {
                 backoff: SESSION_RETRY_MIN
             }
         );
-        assert_eq!(schedule.next_wake(), now + SESSION_RETRY_MIN);
+        assert_eq!(schedule.next_wake(now), now + SESSION_RETRY_MIN);
         assert!(schedule.due_retries(now).is_empty());
 
         now += SESSION_RETRY_MIN;
@@ -417,7 +505,7 @@ mod tests {
             schedule.due_retries(now).is_empty(),
             "pushed out until the session reports"
         );
-        schedule.started(a);
+        schedule.started(a, now);
         let second = schedule.finished(a, Outcome::Failed, Presence::Connected, now);
         assert_eq!(
             second,
@@ -428,7 +516,7 @@ mod tests {
 
         now += SESSION_RETRY_MIN * 2;
         assert_eq!(schedule.due_retries(now), vec![a]);
-        schedule.started(a);
+        schedule.started(a, now);
         schedule.finished(a, Outcome::Complete, Presence::Connected, now);
         now += SESSION_RETRY_MAX;
         assert!(schedule.due_retries(now).is_empty(), "success clears it");
@@ -440,9 +528,9 @@ mod tests {
         let mut schedule = Schedule::new(now);
         let peer = PeerId::random();
         let (a, b) = (pair(&peer, 1), pair(&peer, 2));
-        schedule.started(a);
+        schedule.started(a, now);
         schedule.finished(a, Outcome::Failed, Presence::Gone, now);
-        schedule.started(b);
+        schedule.started(b, now);
         schedule.finished(b, Outcome::Failed, Presence::Connected, now);
         schedule.forget_peer(&peer);
         now += SESSION_RETRY_MAX;
@@ -457,7 +545,7 @@ mod tests {
         assert!(schedule.provider_lookup_due(start), "first lookup at once");
         assert!(!schedule.provider_lookup_due(start));
         assert!(!schedule.anti_entropy_due(start));
-        assert_eq!(schedule.next_wake(), start + LONELY_LOOKUP_MIN);
+        assert_eq!(schedule.next_wake(start), start + LONELY_LOOKUP_MIN);
 
         now += LONELY_LOOKUP_MIN;
         assert!(schedule.lonely_lookup_due(now));
