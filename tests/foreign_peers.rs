@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, kad, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, kad, ping};
 use meshsync::net::protocol::{self, Hello, PROTOCOL, Response, varint};
+use support::raw::test_swarm;
 use support::{Api, Node, WAIT, wait_until};
+
+/// Longer than any of these tests: connections and requests of the test's peers never time out.
+const LONG: Duration = Duration::from_secs(600);
 
 /// A codec that writes a request's bytes and then holds the stream open without finishing it:
 /// a frame that never completes. It answers the daemon's hello, as a member would, so that it
@@ -87,27 +91,16 @@ async fn stalling_peer(
     streams: usize,
     settled: Arc<AtomicUsize>,
 ) -> (StallingSwarm, PeerId) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
+    let mut swarm = test_swarm(LONG, |_| {
+        request_response::Behaviour::with_codec(
+            StallingCodec { settled },
+            [(PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(LONG)
+                // Room for the daemon's hello besides our own streams.
+                .with_max_concurrent_streams(streams + 8),
         )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                StallingCodec { settled },
-                [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(600))
-                    // Room for the daemon's hello besides our own streams.
-                    .with_max_concurrent_streams(streams + 8),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+    });
     swarm.dial(target.clone()).unwrap();
     loop {
         match swarm.select_next_some().await {
@@ -274,6 +267,22 @@ async fn many_identities_with_half_sent_frames_stay_within_the_total_budget() {
     );
 }
 
+/// Kademlia on `protocol` in `mode`, with a memory store.
+fn kademlia(
+    key: &libp2p::identity::Keypair,
+    protocol: StreamProtocol,
+    mode: kad::Mode,
+) -> kad::Behaviour<kad::store::MemoryStore> {
+    let id = key.public().to_peer_id();
+    let mut kad = kad::Behaviour::with_config(
+        id,
+        kad::store::MemoryStore::new(id),
+        kad::Config::new(protocol),
+    );
+    kad.set_mode(Some(mode));
+    kad
+}
+
 /// What a plain libp2p node runs: identify, ping, and the public DHT's Kademlia protocol.
 #[derive(NetworkBehaviour)]
 struct Plain {
@@ -293,34 +302,18 @@ async fn a_plain_libp2p_peer_is_not_redialled_nor_handed_out() {
         .unwrap();
     a.start();
     let target: Multiaddr = a.listen_addr().parse().unwrap();
-    let mut plain = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(
-                id,
-                kad::store::MemoryStore::new(id),
-                kad::Config::new(StreamProtocol::new("/ipfs/kad/1.0.0")),
-            );
-            kad.set_mode(Some(kad::Mode::Server));
-            Plain {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/ipfs/id/1.0.0".into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::default(),
-                kad,
-            }
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+    let mut plain = test_swarm(LONG, |key| Plain {
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/ipfs/id/1.0.0".into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
+        kad: kademlia(
+            key,
+            StreamProtocol::new("/ipfs/kad/1.0.0"),
+            kad::Mode::Server,
+        ),
+    });
     plain
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
@@ -352,26 +345,9 @@ async fn a_plain_libp2p_peer_is_not_redialled_nor_handed_out() {
     );
 
     // A meshsync DHT client asks the daemon for the peers closest to the plain node's id.
-    let mut client = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(
-                id,
-                kad::store::MemoryStore::new(id),
-                kad::Config::new(meshsync::net::swarm::KAD_PROTOCOL),
-            );
-            kad.set_mode(Some(kad::Mode::Client));
-            kad
-        })
-        .unwrap()
-        .build();
+    let mut client = test_swarm(LONG, |key| {
+        kademlia(key, meshsync::net::swarm::KAD_PROTOCOL, kad::Mode::Client)
+    });
     client
         .behaviour_mut()
         .add_address(&a.peer_id.parse().unwrap(), target);

@@ -296,13 +296,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin + Send,
 {
-    let len = read_varint(io).await?;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {limit} bytes"),
-        ));
-    }
+    let len = read_frame_len(io, limit).await?;
     let over_budget = |e: BudgetError| io::Error::new(io::ErrorKind::OutOfMemory, e);
     let mut buf: Vec<u8> = Vec::new();
     let mut reserved = 0;
@@ -346,13 +340,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin + Send,
 {
-    let len = read_varint(io).await?;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {limit} bytes"),
-        ));
-    }
+    let len = read_frame_len(io, limit).await?;
     // `take` + `read_to_end` grows the buffer as bytes arrive, so a peer that announces a large
     // frame and sends nothing costs us nothing.
     let mut buf = Vec::new();
@@ -385,6 +373,21 @@ where
     io.write_all(&varint(buf.len())).await?;
     io.write_all(&buf).await?;
     io.flush().await
+}
+
+/// Reads a frame's length prefix and refuses a frame over `limit` before any of it is read.
+async fn read_frame_len<R: AsyncRead + Unpin + Send>(
+    io: &mut R,
+    limit: usize,
+) -> io::Result<usize> {
+    let len = read_varint(io).await?;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {limit} bytes"),
+        ));
+    }
+    Ok(len)
 }
 
 /// Longest length prefix: 5 bytes of 7 bits cover every `u32`.
@@ -621,17 +624,15 @@ mod tests {
     #[tokio::test]
     async fn hello_round_trips() {
         let mut buf = Vec::new();
-        write_frame(
-            &mut Cursor::new(&mut buf),
-            &Request::Hello(Hello::ours()),
-            MAX_REQUEST_BYTES,
-        )
-        .await
-        .unwrap();
+        // One hello: two carry different wall clocks.
+        let hello = Request::Hello(Hello::ours());
+        write_frame(&mut Cursor::new(&mut buf), &hello, MAX_REQUEST_BYTES)
+            .await
+            .unwrap();
         let back: Request = read_frame(&mut Cursor::new(buf), MAX_REQUEST_BYTES)
             .await
             .unwrap();
-        assert_eq!(back, Request::Hello(Hello::ours()));
+        assert_eq!(back, hello);
     }
 
     #[tokio::test]

@@ -85,9 +85,13 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Connects a raw peer to `target` and returns its swarm and the daemon's peer id.
-pub async fn raw_peer(target: Multiaddr) -> (RawSwarm, libp2p::PeerId) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+/// A swarm with a fresh identity on TCP, Noise and Yamux (as the daemon speaks), running
+/// `behaviour`; connections stay up for `idle` without streams.
+pub fn test_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    idle: Duration,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -95,18 +99,23 @@ pub async fn raw_peer(target: Multiaddr) -> (RawSwarm, libp2p::PeerId) {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(PROTOCOL, ProtocolSupport::Full)],
-                // Longer than the daemon's own request timeout, so that a test can hold a
-                // daemon's request unanswered until the daemon gives up on it.
-                request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
-            )
-        })
+        .with_behaviour(|key| behaviour(key))
         .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build()
+}
+
+/// Connects a raw peer to `target` and returns its swarm and the daemon's peer id.
+pub async fn raw_peer(target: Multiaddr) -> (RawSwarm, libp2p::PeerId) {
+    let mut swarm = test_swarm(Duration::from_secs(60), |_| {
+        request_response::Behaviour::with_codec(
+            RawCodec,
+            [(PROTOCOL, ProtocolSupport::Full)],
+            // Longer than the daemon's own request timeout, so that a test can hold a
+            // daemon's request unanswered until the daemon gives up on it.
+            request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
+        )
+    });
     swarm.dial(target).unwrap();
     loop {
         match swarm.select_next_some().await {
