@@ -33,7 +33,7 @@ pub const MAX_CONCURRENT_SESSIONS: usize = 16;
 /// same entries from another member. Past this, sessions with other members may run beside
 /// it (a member that stopped answering must not hold up the others until its requests time
 /// out), up to [`MAX_SESSIONS_PER_SHARE`].
-pub const SESSION_SOLO: Duration = Duration::from_secs(2);
+pub const SESSION_SOLO: Duration = Duration::from_secs(5);
 /// Most sessions one share runs at once, each with another member.
 pub const MAX_SESSIONS_PER_SHARE: usize = 4;
 /// First wait before retrying a failed session; doubles per failure in a row.
