@@ -599,15 +599,7 @@ mod tests {
     #[test]
     fn a_member_slow_to_answer_does_not_hold_back_wants_for_another() {
         tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let (commands, mut net) = mpsc::channel(64);
-            let (slow, quick) = (PeerId::random(), PeerId::random());
-            let (_members_tx, members) = watch::channel(vec![slow, quick]);
-            let fetcher = Fetcher::spawn(
-                [7; 32],
-                NetClient::from_channel(commands),
-                members,
-                Arc::new(Counters::default()),
-            );
+            let (slow, quick, _members_tx, mut net, fetcher) = two_members();
             let mut seed = 0;
             let mut unanswered = Vec::new();
             for _ in 0..EAGER_BATCHES {
@@ -630,16 +622,46 @@ mod tests {
                 (quick, vec![want.hash]),
                 "the quick member is asked at once"
             );
-            let answer = vec![Some(serde_bytes::ByteBuf::from(bytes.clone()))];
-            reply.send(Ok(Response::Chunks(answer))).unwrap();
-            let got = fetching.await.unwrap().expect("answered");
-            assert_eq!(got.bytes(), &bytes[..]);
+            answer_and_check(reply, fetching, &bytes).await;
             drop(unanswered);
         });
     }
 
-    /// Two members, `stuck` never answering: returns the fetcher, the members' sender, the
-    /// requests, and a chunk for `stuck` being fetched.
+    /// A fetcher with two members: returns them, the members' sender, the requests it makes,
+    /// and the fetcher.
+    fn two_members() -> (
+        PeerId,
+        PeerId,
+        watch::Sender<Vec<PeerId>>,
+        mpsc::Receiver<Command>,
+        Fetcher,
+    ) {
+        let (commands, net) = mpsc::channel(64);
+        let (first, second) = (PeerId::random(), PeerId::random());
+        let (members_tx, members) = watch::channel(vec![first, second]);
+        let fetcher = Fetcher::spawn(
+            [7; 32],
+            NetClient::from_channel(commands),
+            members,
+            Arc::new(Counters::default()),
+        );
+        (first, second, members_tx, net, fetcher)
+    }
+
+    /// Answers `reply` with `bytes` and checks that `fetching` gets them.
+    async fn answer_and_check(
+        reply: oneshot::Sender<Result<Response, NetError>>,
+        fetching: tokio::task::JoinHandle<Result<CheckedChunk, FetchError>>,
+        bytes: &[u8],
+    ) {
+        let answer = vec![Some(serde_bytes::ByteBuf::from(bytes.to_vec()))];
+        reply.send(Ok(Response::Chunks(answer))).unwrap();
+        let got = fetching.await.unwrap().expect("answered");
+        assert_eq!(got.bytes(), bytes);
+    }
+
+    /// Two members, `stuck` never answering: returns them, the members' sender, the requests,
+    /// and a chunk for `stuck` being fetched.
     #[allow(clippy::type_complexity)]
     fn stuck_and_quick() -> (
         PeerId,
@@ -649,15 +671,7 @@ mod tests {
         tokio::task::JoinHandle<Result<CheckedChunk, FetchError>>,
         (ChunkRef, Vec<u8>),
     ) {
-        let (commands, net) = mpsc::channel(64);
-        let (stuck, quick) = (PeerId::random(), PeerId::random());
-        let (members_tx, members) = watch::channel(vec![stuck, quick]);
-        let fetcher = Fetcher::spawn(
-            [7; 32],
-            NetClient::from_channel(commands),
-            members,
-            Arc::new(Counters::default()),
-        );
+        let (stuck, quick, members_tx, net, fetcher) = two_members();
         let mut seed = 0;
         let (want, bytes) = chunk_for(0, &mut seed);
         let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
@@ -680,10 +694,7 @@ mod tests {
             asked_at.elapsed() >= HEDGE_AFTER_MIN,
             "not before the deadline"
         );
-        reply
-            .send(Ok(Response::Chunks(vec![Some(bytes.clone().into())])))
-            .unwrap();
-        assert_eq!(fetching.await.unwrap().unwrap().bytes(), &bytes[..]);
+        answer_and_check(reply, fetching, &bytes).await;
         drop(unanswered);
     }
 
@@ -700,10 +711,7 @@ mod tests {
             left_at.elapsed() < HEDGE_AFTER_MIN,
             "not waiting for the deadline"
         );
-        reply
-            .send(Ok(Response::Chunks(vec![Some(bytes.clone().into())])))
-            .unwrap();
-        assert_eq!(fetching.await.unwrap().unwrap().bytes(), &bytes[..]);
+        answer_and_check(reply, fetching, &bytes).await;
         drop(unanswered);
     }
 }
