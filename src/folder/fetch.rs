@@ -13,6 +13,10 @@
 //! split a 256 MiB file into about 1,300 requests, most of them for one chunk. Counting per
 //! member keeps a member that is slow to answer from holding back the wants bound for others.
 //!
+//! How many bytes are out to one member at once, and how long a member that failed waits
+//! before it is asked again, is [`Pacing`]'s call: it sizes each member's window to what the
+//! member delivers, so a request on a slow link is answered in seconds instead of timing out.
+//!
 //! Every chunk is checked against its hash. A chunk that does not match is discarded, counted,
 //! reported as a strike against the member, and asked of another member; so is one the member
 //! did not send. After [`MAX_ATTEMPTS`] the want fails, and the download retries later.
@@ -26,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::model::{CheckedChunk, ChunkRef};
+use super::pacing::Pacing;
 use super::status::Counters;
 use crate::net::NetClient;
 use crate::net::protocol::{MAX_CHUNKS_PER_REQUEST, Request, Response};
@@ -43,10 +48,11 @@ pub const EAGER_BATCHES: usize = 2;
 pub const MIN_BATCH_BYTES: usize = 1024 * 1024;
 /// Members asked for one chunk before its download fails (and is retried later).
 pub const MAX_ATTEMPTS: usize = 6;
-/// A request unanswered for [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`] is taken as
-/// stuck when another member could be asked: its chunks are asked of that one instead (a
-/// frozen or cut-off member would otherwise hold them until it is found dead or the request
-/// times out). A slow link that delivers above that rate is never second-guessed.
+/// A request unanswered for [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`] (or at half
+/// the member's measured rate, if that is slower) is taken as stuck when another member could
+/// be asked: its chunks are asked of that one instead (a frozen or cut-off member would
+/// otherwise hold them until it is found dead or the request times out). A member that
+/// delivers at the rate it was measured at is never second-guessed.
 pub const HEDGE_AFTER_MIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// See [`HEDGE_AFTER_MIN`]: the rate below which a request counts as stuck (bytes/s).
 pub const HEDGE_RATE: u64 = 256 * 1024;
@@ -168,6 +174,7 @@ impl Fetcher {
             batches: JoinSet::new(),
             asked: HashMap::new(),
             suspect: HashSet::new(),
+            pacing: Pacing::default(),
         };
         tokio::spawn(task.run(rx));
         Fetcher { wants }
@@ -203,6 +210,7 @@ struct FetchTask {
     /// Members with a request found stuck, asked nothing new while another member can be,
     /// until one of their answers arrives.
     suspect: HashSet<PeerId>,
+    pacing: Pacing,
 }
 
 /// One request out.
@@ -214,11 +222,22 @@ struct Asked {
 }
 
 impl Asked {
-    /// When it counts as stuck: [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`].
-    fn stuck_at(&self) -> tokio::time::Instant {
-        let bytes: u64 = self.wants.iter().map(|w| u64::from(w.chunk.len)).sum();
-        self.since + HEDGE_AFTER_MIN + std::time::Duration::from_millis(bytes * 1000 / HEDGE_RATE)
+    /// The bytes of chunks it asks for.
+    fn bytes(&self) -> u64 {
+        bytes_of(&self.wants)
     }
+
+    /// When it counts as stuck: [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`], or at
+    /// half the member's measured `rate` where that is slower.
+    fn stuck_at(&self, rate: Option<f64>) -> tokio::time::Instant {
+        let hedge_rate = rate.map_or(HEDGE_RATE as f64, |r| (r / 2.0).min(HEDGE_RATE as f64));
+        let secs = self.bytes() as f64 / hedge_rate.max(1.0);
+        self.since + HEDGE_AFTER_MIN + std::time::Duration::from_secs_f64(secs.min(3600.0))
+    }
+}
+
+fn bytes_of(wants: &[Want]) -> u64 {
+    wants.iter().map(|w| u64::from(w.chunk.len)).sum()
 }
 
 impl FetchTask {
@@ -232,7 +251,10 @@ impl FetchTask {
             }
             tokio::select! {
                 Ok(()) = self.members.changed() => self.abandon_gone_members(),
-                _ = hedge.tick(), if !self.asked.is_empty() => self.hedge_stuck(),
+                // Also while wants wait for a member that is held back after a failure.
+                _ = hedge.tick(), if !self.asked.is_empty() || !self.queue.is_empty() => {
+                    self.hedge_stuck()
+                }
                 want = rx.recv(), if !closed => match want {
                     Some(want) => {
                         self.queue.push_back(want);
@@ -251,6 +273,8 @@ impl FetchTask {
                     }
                     Err(e) => {
                         if let Some(asked) = self.asked.remove(&e.id()) {
+                            let now = tokio::time::Instant::now();
+                            self.pacing.failed(asked.peer, asked.bytes(), now);
                             let why = MemberFailure::Request {
                                 peer: asked.peer,
                                 message: e.to_string(),
@@ -269,6 +293,7 @@ impl FetchTask {
     fn abandon_gone_members(&mut self) {
         let members = self.members.borrow().clone();
         self.suspect.retain(|p| members.contains(p));
+        self.pacing.retain(&members);
         let gone: Vec<tokio::task::Id> = self
             .asked
             .iter()
@@ -296,7 +321,9 @@ impl FetchTask {
         let stuck_peers: HashSet<PeerId> = self
             .asked
             .values()
-            .filter(|a| a.stuck_at() <= now && members.iter().any(|m| *m != a.peer))
+            .filter(|a| {
+                a.stuck_at(self.pacing.rate(&a.peer)) <= now && members.iter().any(|m| *m != a.peer)
+            })
             .map(|a| a.peer)
             .collect();
         let stuck: Vec<tokio::task::Id> = self
@@ -308,6 +335,7 @@ impl FetchTask {
         for id in stuck {
             if let Some(asked) = self.asked.remove(&id) {
                 asked.abort.abort();
+                self.pacing.shrink(asked.peer, asked.bytes());
                 tracing::debug!(peer = %asked.peer, "chunk request stuck; asking another member");
                 self.suspect.insert(asked.peer);
                 for mut want in asked.wants {
@@ -339,10 +367,12 @@ impl FetchTask {
                 }
                 return;
             }
-            // Suspects are left out while anyone else can be asked.
+            // Suspects, and members held back after a failure, are left out while anyone else
+            // can be asked.
+            let now = tokio::time::Instant::now();
             let trusted: Vec<PeerId> = members
                 .iter()
-                .filter(|m| !self.suspect.contains(m))
+                .filter(|m| !self.suspect.contains(m) && !self.pacing.held_back(m, now))
                 .copied()
                 .collect();
             let members = if trusted.is_empty() { members } else { trusted };
@@ -356,19 +386,21 @@ impl FetchTask {
                 }
             }
             let ready = |peer: &PeerId| {
+                let room = self.pacing.room(peer, now) as usize;
                 let out = self.asked.values().filter(|a| a.peer == *peer).count();
-                out < EAGER_BATCHES || waiting[peer] >= MIN_BATCH_BYTES
+                room > 0 && (out < EAGER_BATCHES || waiting[peer] >= MIN_BATCH_BYTES.min(room))
             };
             // The member of the oldest want that may be asked now.
             let Some(peer) = picked.iter().flatten().copied().find(ready) else {
                 return;
             };
+            let budget = BATCH_BUDGET.min(self.pacing.room(&peer, now) as usize);
             let mut bytes = 0;
             let mut batch = Vec::new();
             let mut rest = VecDeque::with_capacity(self.queue.len());
             for (want, to) in self.queue.drain(..).zip(picked) {
                 let fits = batch.len() < MAX_CHUNKS_PER_REQUEST
-                    && (batch.is_empty() || bytes + want.chunk.len as usize <= BATCH_BUDGET);
+                    && (batch.is_empty() || bytes + want.chunk.len as usize <= budget);
                 if fits && to == Some(peer) {
                     bytes += want.chunk.len as usize;
                     batch.push(want);
@@ -377,6 +409,7 @@ impl FetchTask {
                 }
             }
             self.queue = rest;
+            self.pacing.sent(peer, bytes as u64, now);
             let request = Request::GetChunks {
                 share: serde_bytes::ByteArray::new(self.share),
                 hashes: batch
@@ -411,21 +444,28 @@ impl FetchTask {
         wants: Vec<Want>,
         result: Result<Response, MemberFailure>,
     ) {
+        let asked = bytes_of(&wants);
+        let now = tokio::time::Instant::now();
         let chunks = match result {
-            Ok(Response::Chunks(chunks)) if chunks.len() == wants.len() => chunks,
-            Ok(Response::Chunks(chunks)) => {
-                let what = format!("{} chunks for {} asked", chunks.len(), wants.len());
-                return self.retry(wants, MemberFailure::Unexpected { peer, what });
+            Ok(Response::Chunks(chunks)) if chunks.len() == wants.len() => {
+                let delivered = chunks.iter().flatten().map(|c| c.len() as u64).sum();
+                self.pacing.answered(peer, asked, delivered, now);
+                chunks
             }
-            Ok(Response::Error(message)) => {
-                return self.retry(wants, MemberFailure::Refused { peer, message });
+            Err(e @ MemberFailure::Request { .. }) => {
+                self.pacing.failed(peer, asked, now);
+                return self.retry(wants, e);
+            }
+            Err(e) => {
+                self.pacing.shrink(peer, asked);
+                return self.retry(wants, e);
             }
             Ok(other) => {
-                let what = format!("{other:?}");
-                return self.retry(wants, MemberFailure::Unexpected { peer, what });
+                self.pacing.shrink(peer, asked);
+                return self.unusable(peer, wants, other);
             }
-            Err(e) => return self.retry(wants, e),
         };
+
         let mut missing = Vec::new();
         let mut lies = 0;
         for (want, bytes) in wants.into_iter().zip(chunks) {
@@ -461,6 +501,22 @@ impl FetchTask {
             };
             self.retry(missing, why);
         }
+    }
+
+    /// Puts back the wants of an answer that is not their chunks.
+    fn unusable(&mut self, peer: PeerId, wants: Vec<Want>, answer: Response) {
+        let why = match answer {
+            Response::Chunks(chunks) => MemberFailure::Unexpected {
+                peer,
+                what: format!("{} chunks for {} asked", chunks.len(), wants.len()),
+            },
+            Response::Error(message) => MemberFailure::Refused { peer, message },
+            other => MemberFailure::Unexpected {
+                peer,
+                what: format!("{other:?}"),
+            },
+        };
+        self.retry(wants, why);
     }
 
     /// Puts wants back in the queue for another member, or fails those asked too often.
@@ -556,9 +612,11 @@ mod tests {
             members,
             Arc::new(Counters::default()),
         );
-        let chunks: Vec<(ChunkRef, Vec<u8>)> = (0..=(MIN_BATCH_BYTES / CHUNK) as u8 + 1)
-            .map(chunk)
-            .collect();
+        // A full batch: MIN_BATCH_BYTES, or what is left of a new member's window.
+        let room = super::super::pacing::INITIAL_WINDOW as usize - EAGER_BATCHES * CHUNK;
+        let full = MIN_BATCH_BYTES.min(room) / CHUNK;
+        let chunks: Vec<(ChunkRef, Vec<u8>)> =
+            (0..(EAGER_BATCHES + full) as u8).map(chunk).collect();
         let bytes_of: HashMap<[u8; 32], Vec<u8>> =
             chunks.iter().map(|(c, b)| (c.hash, b.clone())).collect();
         let mut fetches = JoinSet::new();
@@ -578,7 +636,7 @@ mod tests {
         let (_, hashes, reply) = next_request(&mut net).await;
         assert_eq!(
             hashes.len(),
-            MIN_BATCH_BYTES / CHUNK,
+            full,
             "the queued wants go out together once they make a batch"
         );
         asked.push((hashes, reply));

@@ -20,6 +20,7 @@ mod local_changes;
 mod mass_delete;
 mod materialise;
 pub mod model;
+pub mod pacing;
 mod plan;
 mod problems;
 mod queue;

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::activity::Activity;
 use super::client::{Command, GuardStatus, NetError, NetEvent, NetStatus, PeerStatus};
 use super::guard;
 use super::hello::HelloRetries;
@@ -97,6 +98,9 @@ pub(super) struct NetActor {
     pub(super) taken_for_gone: HashSet<PeerId>,
     /// Per open connection that answers pings, its peer and when it last did (or opened).
     pub(super) alive: HashMap<ConnectionId, (PeerId, std::time::Instant)>,
+    /// When each connected peer last sent any bytes: a link busy with data is alive even when
+    /// its pings wait behind the data.
+    pub(super) activity: Activity,
     /// Connection lines at info, once a minute per remote address and direction.
     pub(super) connection_lines: LogLimiter<(std::net::IpAddr, &'static str)>,
     /// When freed memory is next given back to the system, if it is to be.
@@ -109,6 +113,7 @@ impl NetActor {
         swarm: Swarm<Behaviour>,
         config: &super::NetConfig,
         book: PeerBook,
+        activity: Activity,
         commands: mpsc::Receiver<Command>,
         events: mpsc::UnboundedSender<NetEvent>,
     ) -> NetActor {
@@ -138,6 +143,7 @@ impl NetActor {
             connection_lines: LogLimiter::with_burst(CONNECTION_LINES_PER_ADDRESS),
             taken_for_gone: HashSet::new(),
             alive: HashMap::new(),
+            activity,
             trim_at: None,
         }
     }
@@ -381,6 +387,8 @@ impl NetActor {
             Err(ping::Failure::Unsupported) => {
                 self.alive.remove(&connection);
             }
+            // A pong stuck behind a transfer on a slow link: the data says the peer is there.
+            Err(_) if self.heard_lately(&peer) => {}
             Err(e) => self.connection_is_dead(peer, connection, &e.to_string()),
         }
     }
@@ -388,18 +396,32 @@ impl NetActor {
     /// Closes connections that answered no ping for [`LIVENESS_TIMEOUT`]. libp2p's ping says so
     /// only at its second failure, the first one free and the second waiting out a stream
     /// negotiation (about 18 s in all); a frozen or cut-off peer must stop being asked sooner.
+    ///
+    /// Bytes from the peer count as an answer ([`super::activity`]).
     pub(super) fn check_liveness(&mut self) {
         let now = std::time::Instant::now();
+        let roles = &self.connection_roles;
+        self.activity
+            .prune(|peer| roles.contains_key(peer), LIVENESS_TIMEOUT, now);
         let dead: Vec<(ConnectionId, PeerId)> = self
             .alive
             .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) > LIVENESS_TIMEOUT)
+            .filter(|(_, (peer, at))| {
+                now.duration_since(*at) > LIVENESS_TIMEOUT
+                    && !self.activity.heard_within(peer, LIVENESS_TIMEOUT, now)
+            })
             .map(|(c, (p, _))| (*c, *p))
             .collect();
         for (connection, peer) in dead {
             self.alive.remove(&connection);
             self.connection_is_dead(peer, connection, "no ping answered");
         }
+    }
+
+    /// Whether `peer` sent any bytes within [`LIVENESS_TIMEOUT`].
+    fn heard_lately(&self, peer: &PeerId) -> bool {
+        self.activity
+            .heard_within(peer, LIVENESS_TIMEOUT, std::time::Instant::now())
     }
 
     /// A connection is dead: it is closed, and if it was the peer's only one, the rest of the

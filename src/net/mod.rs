@@ -20,11 +20,13 @@
 //! - `connections`: connections opening and closing, duplicates closed.
 //! - `discovery`: static peers, share-token addresses, mDNS, identify, Kademlia.
 //! - `requests`: our protocol on the swarm side: `pending_*` maps, inbound requests, hello.
+//! - `activity`: when each peer last sent any bytes (liveness besides pings).
 //! - [`guard`]: per-peer and global limits on what peers make us do; strikes and bans.
 //! - [`peers`]: the peer book (pure).
 //! - [`protocol`]: the wire protocol.
 //! - [`transport`]: TCP, pre-shared key, Noise, Yamux.
 
+mod activity;
 mod actor;
 mod admission;
 pub mod budget;
@@ -94,7 +96,8 @@ pub fn spawn(
     keypair: Keypair,
     config: NetConfig,
 ) -> Result<(NetClient, mpsc::UnboundedReceiver<NetEvent>), NetError> {
-    let mut swarm = swarm::build(keypair, &config)?;
+    let activity = activity::Activity::default();
+    let mut swarm = swarm::build(keypair, &config, &activity)?;
     swarm::listen(&mut swarm, &config.listen)?;
     let book = discovery::seed(&mut swarm, &config);
     for peer in &config.blocked_peers {
@@ -102,7 +105,7 @@ pub fn spawn(
     }
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (events, events_rx) = mpsc::unbounded_channel();
-    let actor = NetActor::new(swarm, &config, book, rx, events);
+    let actor = NetActor::new(swarm, &config, book, activity, rx, events);
     tokio::spawn(actor.run());
     Ok((NetClient::new(tx), events_rx))
 }

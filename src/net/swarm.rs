@@ -14,6 +14,7 @@ use libp2p::{
 };
 use tracing::warn;
 
+use super::activity::Activity;
 use super::admission::Admission;
 use super::budget::InboundBudget;
 use super::protocol::{self, PROTOCOL};
@@ -91,11 +92,16 @@ pub struct Behaviour {
 
 /// Builds the swarm for `keypair` with the transport and behaviours `config` asks for. Listens
 /// nowhere yet (see [`listen`]).
-pub fn build(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+pub fn build(
+    keypair: Keypair,
+    config: &NetConfig,
+    activity: &Activity,
+) -> Result<Swarm<Behaviour>, NetError> {
     let psk = config.psk;
+    let activity = activity.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_other_transport(|key| transport::build(key, psk))
+        .with_other_transport(|key| transport::build(key, psk, activity))
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|key| behaviour(key, config))
         .map_err(|e| NetError::Transport(e.to_string()))?

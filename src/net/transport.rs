@@ -11,18 +11,22 @@ use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{PeerId, Transport, identity::Keypair, noise, tcp, yamux};
 
+use super::activity::{Activity, Counted};
+
 /// Streams of any protocol open at once on one connection (Yamux's limit). A peer that opens
 /// more has its connection closed by Yamux; a peer that stays below never meets the limit of
 /// our own protocol (`swarm::MAX_CONCURRENT_STREAMS`), whose refusals could not be attributed.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 128;
 
 /// Builds the transport, with the pre-shared-key layer when `psk` is given.
+/// What the peer sends is noted in `activity` (see [`super::activity`]).
 pub fn build(
     key: &Keypair,
     psk: Option<PreSharedKey>,
+    activity: Activity,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-    let noise = noise::Config::new(key)?;
+    let noise = Counted::new(noise::Config::new(key)?, activity);
     let transport = match psk {
         Some(psk) => tcp
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))

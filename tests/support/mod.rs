@@ -6,6 +6,7 @@
 //! so a failing test shows what the daemons saw.
 #![allow(dead_code)]
 
+pub mod netlab;
 pub mod raw;
 
 use std::collections::BTreeSet;
@@ -77,18 +78,19 @@ pub struct Node {
 impl Node {
     /// Initialises a home for a loopback node, with extra `init` arguments.
     pub fn init(extra: &[&str]) -> Node {
+        let mut args = vec!["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        Node::init_in(Vec::new(), &args)
+    }
+
+    /// Initialises a fresh home with `init` arguments `args` (the API on 127.0.0.1, port 0),
+    /// for a node that runs inside `wrapper` (e.g. `ip netns exec NS`).
+    pub fn init_in(wrapper: Vec<String>, args: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let home = dir.path().join("home");
-        let mut args = vec![
-            "init",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--no-mdns",
-        ];
-        args.extend_from_slice(extra);
-        let out = meshsync(&home, &args);
+        let mut all = vec!["init", "--api", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let out = meshsync(&home, &all);
         assert!(
             out.status.success(),
             "init failed: {}",
@@ -98,7 +100,7 @@ impl Node {
         Node {
             home,
             peer_id,
-            wrapper: Vec::new(),
+            wrapper,
             child: None,
             _dir: Some(dir),
         }
@@ -398,6 +400,13 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        // For looking into a run that passed but was slow: MESHSYNC_KEEP_LOGS=DIR keeps every
+        // daemon's log there, named by peer id.
+        if let Some(dir) = std::env::var_os("MESHSYNC_KEEP_LOGS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(self.log_path(), dir.join(format!("{}.log", self.peer_id)));
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
