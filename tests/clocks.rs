@@ -140,3 +140,50 @@ fn skewed_clocks_agree_on_every_winner_without_flooding_the_log() {
         );
     }
 }
+
+/// A peer's clock offset is measured again while connected, not only when it connects: a clock
+/// running at twice the speed (1 s ahead more every second) shows a growing offset.
+#[test]
+fn a_drifting_clock_is_seen_drifting() {
+    if !faketime_runs() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install faketime (.ci/run)"
+        );
+        eprintln!("SKIPPED: faketime is not installed");
+        return;
+    }
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    // Only the wall clock runs fast; the daemon's timers keep real time.
+    b.wrapper = [
+        "env",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "faketime",
+        "-f",
+        "+0 x2",
+    ]
+    .map(String::from)
+    .to_vec();
+    b.start();
+    let offset_of_b = || {
+        a.status()["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer_id"] == b.peer_id.as_str())
+            .and_then(|p| p["clock_offset_ms"].as_f64())
+    };
+    wait_until("A to measure B's clock", WAIT, || offset_of_b().is_some());
+    let first = offset_of_b().unwrap();
+    // Measured again every 30 s (`net::CLOCK_CHECK_INTERVAL`); by then B is 30 s further ahead.
+    let bound = meshsync::net::CLOCK_CHECK_INTERVAL * 2 + WAIT;
+    wait_until("A to see B's clock drift ahead", bound, || {
+        offset_of_b().is_some_and(|now| now > first + 10_000.0)
+    });
+    eprintln!(
+        "B's offset as A sees it: first {first} ms, later {} ms",
+        offset_of_b().unwrap()
+    );
+}

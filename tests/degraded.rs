@@ -216,7 +216,7 @@ fn a_sync_completes_at_30_percent_loss() {
     )
     .unwrap();
     // Generous: the point is that it completes at all.
-    let bound = Duration::from_secs(600);
+    let bound = Duration::from_secs(900);
     let mut small_at = None;
     wait_until("the sync to complete at 30 % loss", bound, || {
         let small = (0..500u64).all(|i| {

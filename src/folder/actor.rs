@@ -163,6 +163,7 @@ pub fn spawn(
         state_writer,
         state_writer_task: Some(state_writer_task),
         refused: 0,
+        retry_lines: crate::quiet::LogLimiter::default(),
         last_error: None,
         rate: RateMeter::default(),
     };
@@ -235,6 +236,9 @@ pub(super) struct FolderActor {
     pub(super) state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
     pub(super) state_writer_task: Option<tokio::task::JoinHandle<()>>,
     pub(super) refused: u64,
+    /// Failed downloads are said once per reason and minute, not once per file: with no member
+    /// reachable, every queued file fails at once.
+    pub(super) retry_lines: crate::quiet::LogLimiter<String>,
     /// The last error and when it happened, for `status`.
     pub(super) last_error: Option<(String, std::time::SystemTime)>,
     pub(super) rate: RateMeter,

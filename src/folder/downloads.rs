@@ -148,7 +148,11 @@ impl FolderActor {
                 // Said once for the whole condition, not once per file and retry.
                 self.disk.failed(&error.to_string(), &self.name)
             } else {
-                warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {error}");
+                let reason = error.to_string();
+                if let Some(unsaid) = self.retry_lines.allow(&reason, std::time::Instant::now()) {
+                    let more = crate::quiet::and_more(unsaid);
+                    warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {reason}{more}");
+                }
                 DOWNLOAD_RETRY
             };
             self.queue.retry_at(done.path, Instant::now() + wait);

@@ -58,6 +58,11 @@ pub(super) struct NetActor {
         HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     /// Our hello requests, per peer; the peer is announced once its hello arrives.
     pub(super) hello_requests: HashMap<OutboundRequestId, (PeerId, std::time::Instant)>,
+    /// Hellos sent again to measure a connected peer's clock offset anew, with when they were
+    /// sent; at most one per connected peer every [`super::requests::CLOCK_CHECK_INTERVAL`].
+    pub(super) clock_checks: HashMap<OutboundRequestId, std::time::Instant>,
+    /// When the clocks of connected peers are next measured.
+    pub(super) next_clock_check: Instant,
     /// Hellos said again to a peer since its last answer (see `hello_failed`).
     pub(super) hello_retries: HelloRetries,
     /// Our own peer id.
@@ -123,6 +128,8 @@ impl NetActor {
             events,
             pending_requests: HashMap::new(),
             hello_requests: HashMap::new(),
+            clock_checks: HashMap::new(),
+            next_clock_check: Instant::now() + super::requests::CLOCK_CHECK_INTERVAL,
             hello_retries: HelloRetries::default(),
             local_id: *swarm.local_peer_id(),
             swarm,
@@ -183,7 +190,10 @@ impl NetActor {
                 _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
                 _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
                 _ = tokio::time::sleep_until(trim_at) => self.trim_memory(),
-                _ = liveness.tick() => self.check_liveness(),
+                _ = liveness.tick() => {
+                    self.check_liveness();
+                    self.check_clocks();
+                }
             }
         }
     }

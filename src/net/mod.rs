@@ -50,7 +50,7 @@ pub use client::{
 pub use guard::Reply;
 pub use hello::MAX_HELLO_RETRIES;
 pub use peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
-pub use requests::CLOCK_OFFSET_WARNING;
+pub use requests::{CLOCK_CHECK_INTERVAL, CLOCK_OFFSET_WARNING};
 pub use swarm::{
     Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT, KAD_PROTOCOL,
     MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,

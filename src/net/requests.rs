@@ -21,6 +21,9 @@ use crate::quiet::and_more;
 
 /// A peer's clock this far from ours is worth a warning (once per peer).
 pub const CLOCK_OFFSET_WARNING: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the clock offset of every connected peer is measured again (a hello each way):
+/// a clock that is set or drifts after we met is seen within this time.
+pub const CLOCK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl NetActor {
     /// Sends `request` to a connected `peer`; the answer goes to `reply` when it comes.
@@ -139,6 +142,10 @@ impl NetActor {
     ) {
         if let Some(reply) = self.pending_requests.remove(&request_id) {
             let _ = reply.send(Ok(response));
+        } else if let Some(sent) = self.clock_checks.remove(&request_id) {
+            if let Response::Hello(hello) = response {
+                self.note_clock_offset(peer, &hello, sent);
+            }
         } else if let Some((_, sent)) = self.hello_requests.remove(&request_id) {
             match response {
                 Response::Hello(hello) => {
@@ -178,6 +185,8 @@ impl NetActor {
         error: &request_response::OutboundFailure,
     ) {
         debug!(%peer, "request failed: {error}");
+        // A clock check that failed is simply made again next time.
+        self.clock_checks.remove(&request_id);
         if self.hello_requests.remove(&request_id).is_some() {
             if matches!(
                 error,
@@ -226,6 +235,33 @@ impl NetActor {
             .send_request(&peer, Request::Hello(Hello::ours()));
         self.hello_requests
             .insert(id, (peer, std::time::Instant::now()));
+    }
+
+    /// Measures the clocks of the peers that answered our hello again, every
+    /// [`CLOCK_CHECK_INTERVAL`]. Checks still unanswered are not repeated.
+    pub(super) fn check_clocks(&mut self) {
+        let now = tokio::time::Instant::now();
+        if now < self.next_clock_check {
+            return;
+        }
+        self.next_clock_check = now + CLOCK_CHECK_INTERVAL;
+        if !self.clock_checks.is_empty() {
+            return;
+        }
+        let peers: Vec<PeerId> = self
+            .met
+            .iter()
+            .filter(|p| self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in peers {
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, Request::Hello(Hello::ours()));
+            self.clock_checks.insert(id, std::time::Instant::now());
+        }
     }
 
     /// Records how far `peer`'s clock is from ours, from its answer to the hello we sent at
