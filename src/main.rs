@@ -700,13 +700,17 @@ async fn shutdown_signal() {
 /// says what happened, once per peer.
 const DEFAULT_LOG_FILTER: &str = "meshsync=info,warn,yamux=off";
 
+/// Logs to stderr; colours only when stderr is a terminal (a log file or journal gets plain
+/// text, not escape codes).
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -21,9 +21,10 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Time a daemon gets to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Path of the binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_meshsync")
+/// Path of the binary under test: this build's, or `MESHSYNC_TEST_BIN` (to run a test against
+/// another build, e.g. to see it fail on the commit before a fix).
+pub fn bin() -> String {
+    std::env::var("MESHSYNC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_meshsync").into())
 }
 
 /// Runs `meshsync --home HOME args...` to completion.
