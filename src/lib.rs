@@ -9,7 +9,8 @@
 //! - Base: [`config`] (`config.toml`, a raw layer validated into [`config::Config`]), [`home`]
 //!   (identity key, API token, config, `api.addr`), [`share`] (tokens, membership proofs, write
 //!   signatures), [`cbor`] (the one CBOR helper), [`atomic_write`] (small files replaced
-//!   atomically), [`backoff`] (the doubling wait of retry loops).
+//!   atomically), [`backoff`] (the doubling wait of retry loops), [`quiet`] (warnings said once
+//!   per condition), [`timefmt`] (times as status shows them).
 //! - Pure core: [`merge`] (version vectors, clocks, the multi-value register) and [`reconcile`]
 //!   (Merkle summaries and set reconciliation). No I/O.
 //! - [`store`]: the one database, on its own thread: entries, summaries, and the pages and local
@@ -39,3 +40,4 @@ pub mod quiet;
 pub mod reconcile;
 pub mod share;
 pub mod store;
+pub mod timefmt;

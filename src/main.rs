@@ -769,6 +769,21 @@ fn print_shares(shares: &[ShareStatus]) {
             share.bytes_received,
             share.id
         );
+        let connected = share.member_status.iter().filter(|m| m.connected).count();
+        let known = share.member_status.len().max(connected);
+        let state = serde_json::to_value(share.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let reason = share
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!("    {state}{reason} ({connected} of {known} members connected)");
+        if let Some(error) = &share.last_error {
+            println!("    last error at {}: {}", error.at, error.message);
+        }
         if share.read_only {
             println!(
                 "    read-only member: {} local edits not shared",

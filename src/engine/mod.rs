@@ -565,6 +565,12 @@ impl EngineActor {
         c.bytes_sent += report.bytes_sent;
         c.bytes_received += report.bytes_received;
         c.sessions += 1;
+        if let Some(error) = &report.error {
+            c.last_error = Some((
+                format!("session with {peer}: {error}"),
+                std::time::SystemTime::now(),
+            ));
+        }
         let outcome = match (&report.error, report.complete) {
             (Some(_), _) => Outcome::Failed,
             (None, true) => Outcome::Complete,

@@ -213,6 +213,12 @@ impl Schedule {
         self.running.len()
     }
 
+    /// Whether a session of `share` runs or waits to run.
+    pub fn busy_with(&self, share: &ShareId) -> bool {
+        self.running.keys().any(|(_, s)| s == share)
+            || self.wanted.iter().any(|((_, s), _)| s == share)
+    }
+
     /// A session ended: records a failure for backoff, or says whether to run it again.
     pub fn finished(
         &mut self,

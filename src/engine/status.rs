@@ -7,12 +7,15 @@
 //! holds up the engine loop. The JSON field names are a contract for users' scripts.
 
 use std::collections::VecDeque;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::EngineActor;
+use super::membership::MemberStatus;
 use super::session::SessionReport;
+use crate::folder::status::FolderState;
 use crate::folder::{FolderHandle, FolderStatus};
 use crate::store::{ShareId, ShareKind, ShareState, StoreHandle};
 
@@ -62,6 +65,12 @@ pub struct ShareStatus {
     /// Every member known here: connected, or since when it is gone.
     #[serde(default)]
     pub member_status: Vec<super::membership::MemberStatus>,
+    /// Where the share stands (for records and folders alike).
+    pub state: SyncState,
+    /// Why, where there is a why (null otherwise).
+    pub reason: Option<String>,
+    /// The last error (null when there was none).
+    pub last_error: Option<LastError>,
 }
 
 /// What `status` shows about syncing.
@@ -74,7 +83,7 @@ pub struct EngineStatus {
 }
 
 /// Traffic and session counts of one share, since the daemon started.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Counters {
     /// Bytes sent for the share.
     pub bytes_sent: u64,
@@ -84,6 +93,77 @@ pub struct Counters {
     pub sessions: u64,
     /// Entries refused from members that may not write.
     pub refused_entries: u64,
+    /// The last session that failed: what went wrong, and when.
+    pub last_error: Option<(String, SystemTime)>,
+}
+
+/// Where a share stands, in a word; `reason` in [`ShareStatus`] says why where there is a why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncState {
+    /// Reading the folder.
+    Scanning,
+    /// Exchanging entries or fetching and writing changes.
+    Syncing,
+    /// Nothing to do, with at least one member connected.
+    InSync,
+    /// No member is reachable: nothing can sync until one is.
+    Waiting,
+    /// Stopped (the folder's root or marker is gone).
+    Paused,
+    /// Held by the mass-deletion breaker until the user decides.
+    Held,
+    /// Work waits on a condition checked again by itself (a full disk).
+    Error,
+}
+
+/// The last error of a share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LastError {
+    /// What went wrong.
+    pub message: String,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+}
+
+/// Where a share stands and why: the folder's own state first where it is one that waits or
+/// works on the disk, then whether any member is there to sync with, then whether a session
+/// runs. `members` are all members known, `connected` says whether one is connected now.
+pub fn sync_state(
+    folder: Option<&FolderStatus>,
+    session_busy: bool,
+    members: &[MemberStatus],
+    connected: bool,
+) -> (SyncState, Option<String>) {
+    if let Some(folder) = folder {
+        let own = match folder.state {
+            FolderState::Scanning => Some(SyncState::Scanning),
+            FolderState::Paused => Some(SyncState::Paused),
+            FolderState::Held => Some(SyncState::Held),
+            FolderState::Error => Some(SyncState::Error),
+            FolderState::Syncing | FolderState::Idle => None,
+        };
+        if let Some(own) = own {
+            return (own, folder.reason.clone());
+        }
+    }
+    if !connected {
+        let last_seen = members.iter().filter_map(|m| m.last_seen_ms).max();
+        let reason = match last_seen {
+            Some(ms) => format!(
+                "no member reachable since {}",
+                crate::timefmt::rfc3339_ms(ms)
+            ),
+            None => "no other member has connected yet".to_owned(),
+        };
+        return (SyncState::Waiting, Some(reason));
+    }
+    let folder_busy = folder.is_some_and(|f| f.state == FolderState::Syncing);
+    if folder_busy || session_busy {
+        (SyncState::Syncing, None)
+    } else {
+        (SyncState::InSync, None)
+    }
 }
 
 /// Remembers a finished session, forgetting the oldest beyond [`RECENT_SESSIONS`].
@@ -135,20 +215,28 @@ impl EngineActor {
             (summary.len(), summary.root())
         };
         let id = state.meta.id;
-        let counters = self.counters.get(&id).copied().unwrap_or_default();
+        let counters = self.counters.get(&id).cloned().unwrap_or_default();
         // Sorted as strings, as shown.
         let listed = |peers: Vec<libp2p::PeerId>| {
             let mut peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
             peers.sort();
             peers
         };
+        let member_status = self.roster.member_status(&id);
+        let members = listed(self.roster.members_of(&id));
+        let (sync, reason) = sync_state(
+            None,
+            self.schedule.busy_with(&id),
+            &member_status,
+            !members.is_empty(),
+        );
         ShareStatus {
             id: hex::encode(id),
             name: state.meta.name.clone(),
             kind: state.meta.kind,
             entries,
             root: hex::encode(root),
-            members: listed(self.roster.members_of(&id)),
+            members,
             writers: listed(self.roster.writers_of(&id)),
             read_only: !state.meta.writable(),
             unshared: 0,
@@ -158,7 +246,13 @@ impl EngineActor {
             bytes_received: counters.bytes_received,
             sessions: counters.sessions,
             folder: None,
-            member_status: self.roster.member_status(&id),
+            member_status,
+            state: sync,
+            reason,
+            last_error: counters.last_error.map(|(message, at)| LastError {
+                message,
+                at: crate::timefmt::rfc3339(at),
+            }),
         }
     }
 }
@@ -172,6 +266,20 @@ async fn complete(
     for (share, pending) in status.shares.iter_mut().zip(pending) {
         if let Some(folder) = pending.folder {
             share.folder = folder.status().await;
+            if let Some(folder) = &share.folder {
+                let session_busy = share.state == SyncState::Syncing;
+                let connected = !share.members.is_empty();
+                (share.state, share.reason) =
+                    sync_state(Some(folder), session_busy, &share.member_status, connected);
+                // The folder's own error is about its files: newer than a session's, usually,
+                // and what the user can act on.
+                if let (Some(message), Some(at)) = (&folder.last_error, &folder.last_error_at) {
+                    share.last_error = Some(LastError {
+                        message: message.clone(),
+                        at: at.clone(),
+                    });
+                }
+            }
         }
         if let Some(id) = pending.count_unshared {
             share.unshared = match store.count_authored(id).await {

@@ -459,7 +459,10 @@ impl FolderActor {
                 .collect(),
             scans: self.scans_run,
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
-            last_error_at: self.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
+            last_error_at: self
+                .last_error
+                .as_ref()
+                .map(|(_, at)| crate::timefmt::rfc3339(*at)),
         }
     }
 
@@ -749,16 +752,6 @@ impl FolderActor {
             Err(broadcast::error::RecvError::Closed) => {}
         }
     }
-}
-
-/// A time as RFC 3339 in UTC, with milliseconds.
-fn rfc3339(at: std::time::SystemTime) -> String {
-    let at = time::OffsetDateTime::from(at);
-    let at = at
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Creates the folder (if needed) and its marker directory, for a share being created or joined.

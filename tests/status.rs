@@ -1,0 +1,97 @@
+//! What `status` says a share is doing, black box: every share, records or folder, has `state`,
+//! `reason` (null when there is none) and `last_error` (null or `{message, at}`), and they tell
+//! the truth: waiting while no member is reachable, in-sync once everything is exchanged,
+//! paused when the folder is gone.
+
+mod support;
+
+use serde_json::Value;
+use support::{Api, FolderShare, Node, WAIT, wait_until};
+
+/// The share named `name` in `node`'s `status --json`.
+fn share(node: &Node, name: &str) -> Value {
+    node.status()["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no share {name}"))
+}
+
+#[test]
+fn a_records_share_says_waiting_in_sync_and_waiting_again_when_its_member_goes() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let token = a.create_records_share("notes");
+    let alone = share(&a, "notes");
+    assert_eq!(alone["state"], "waiting", "{alone}");
+    assert!(
+        alone["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no other member")),
+        "{alone}"
+    );
+    assert!(alone["last_error"].is_null(), "present and null: {alone}");
+
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    b.join_records_share(&token, "notes");
+    Api::of(&a).put("notes", "k", "v");
+    wait_until("both to be in sync", WAIT, || {
+        let (on_a, on_b) = (share(&a, "notes"), share(&b, "notes"));
+        on_a["state"] == "in-sync"
+            && on_b["state"] == "in-sync"
+            && on_a["root"] == on_b["root"]
+            && on_a["reason"].is_null()
+    });
+    let human = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains("in-sync (1 of 1 members connected)"),
+        "{human}"
+    );
+
+    assert!(b.stop());
+    wait_until("A to say it is waiting for a member", WAIT, || {
+        share(&a, "notes")["state"] == "waiting"
+    });
+    let waiting = share(&a, "notes");
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no member reachable since 20")),
+        "{waiting}"
+    );
+    let human = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains("waiting: no member reachable since"),
+        "{human}"
+    );
+}
+
+#[test]
+fn a_folder_share_says_in_sync_then_paused_with_the_reason_when_its_folder_goes() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let folder = FolderShare::among(&[&a, &b]);
+    std::fs::write(folder.dirs[0].join("hello.txt"), "hi").unwrap();
+    folder.wait_identical();
+    wait_until("both folders to say in-sync", WAIT, || {
+        [&a, &b]
+            .iter()
+            .all(|n| share(n, &folder.name)["state"] == "in-sync")
+    });
+    let status = share(&a, &folder.name);
+    assert!(status["last_error"].is_null(), "{status}");
+
+    std::fs::remove_dir_all(&folder.dirs[1]).unwrap();
+    wait_until("B to say its folder is paused", WAIT, || {
+        share(&b, &folder.name)["state"] == "paused"
+    });
+    let paused = share(&b, &folder.name);
+    assert!(paused["reason"].as_str().is_some(), "{paused}");
+    // Nothing of it was sent as deletes: A keeps its file.
+    assert!(folder.dirs[0].join("hello.txt").exists());
+}
