@@ -54,8 +54,8 @@ def row(what, measured, goal, ok):
 
 m = re.search(r"partition 2\|3: records on the healthy side after (\S+), files after (\S+); converged (\S+) after healing", text)
 records, files, healed = (secs(x) for x in m.groups())
-row("partition 2|3: a record reaches the other 3-side peers", f"{records:.2f} s", "≤ 5 s", records <= 5)
-row("partition 2|3: 2 MiB + a small file reach the other 3-side peers", f"{files:.2f} s", "≤ 5 s", files <= 5)
+row("partition 2 \\| 3: a record reaches the other 3-side peers", f"{records:.2f} s", "≤ 5 s", records <= 5)
+row("partition 2 \\| 3: 2 MiB + a small file reach the other 3-side peers", f"{files:.2f} s", "≤ 5 s", files <= 5)
 row("partition healed: everything converges", f"{healed:.2f} s", "≤ 15 s", healed <= 15)
 for kbit, goal in ((320, 1.3), (1600, 1.2)):
     m = re.search(rf"4 MiB over {kbit} kbit/s: (\S+) \(ideal (\S+), ([\d.]+)x\)", text)

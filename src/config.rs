@@ -573,6 +573,41 @@ pub fn add_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigError>
     append_to_list(path, "blocked_peers", &peer.to_string())
 }
 
+/// Removes a peer id from `blocked_peers`; returns false if it was not there.
+pub fn remove_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
+    remove_from_list(path, "blocked_peers", &peer.to_string())
+}
+
+/// Removes `value` from the list `key` of the config file, keeping its comments, and replaces
+/// the file atomically. Returns false if the value was not there (the file is then untouched).
+fn remove_from_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigError> {
+    let update_error = |message: String| ConfigError::Update {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| update_error(e.to_string()))?;
+    let Some(item) = doc.get_mut(key) else {
+        return Ok(false);
+    };
+    let list = item
+        .as_array_mut()
+        .ok_or_else(|| update_error(format!("`{key}` is not a list")))?;
+    let before = list.len();
+    list.retain(|v| v.as_str() != Some(value));
+    if list.len() == before {
+        return Ok(false);
+    }
+    crate::atomic_write::write_atomically(path, doc.to_string().as_bytes(), None)
+        .map_err(|e| update_error(e.to_string()))?;
+    Ok(true)
+}
+
 /// Appends `value` to the list `key` of the config file, keeping its comments, and replaces the
 /// file atomically. Returns false if the value was already there.
 fn append_to_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigError> {

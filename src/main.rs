@@ -10,7 +10,7 @@ use meshsync::api::folders::{RestoreRequest, ResumeRequest};
 use meshsync::api::records::{
     CreateShare, JoinShare, JsonValue, KeyOnly, ListedRecord, RecordInput, RecordView,
 };
-use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status};
+use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status, UnblockPeer};
 use meshsync::client::ApiClient;
 use meshsync::config::Config;
 use meshsync::engine::{CreatedShare, ShareStatus, TrustChange};
@@ -274,6 +274,11 @@ enum PeerCommand {
         /// The peer id.
         peer_id: String,
     },
+    /// Stop refusing a blocked peer (removed from `blocked_peers`).
+    Unblock {
+        /// The peer id.
+        peer_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -394,7 +399,7 @@ fn run_peers(home: &Home, json: bool) -> Result<()> {
     }
 }
 
-/// `peer add` and `peer block`.
+/// `peer add`, `peer block` and `peer unblock`.
 fn run_peer(home: &Home, command: PeerCommand) -> Result<()> {
     let client = ApiClient::for_home(home)?;
     match command {
@@ -410,6 +415,20 @@ fn run_peer(home: &Home, command: PeerCommand) -> Result<()> {
                 println!("blocked {}", answer.peer_id);
             } else {
                 println!("{} was already blocked", answer.peer_id);
+            }
+        }
+        PeerCommand::Unblock { peer_id } => {
+            let answer: UnblockPeer = client.post(
+                "/v1/peers/unblock",
+                &UnblockPeer {
+                    peer_id,
+                    unblocked: false,
+                },
+            )?;
+            if answer.unblocked {
+                println!("unblocked {}", answer.peer_id);
+            } else {
+                println!("{} was not blocked", answer.peer_id);
             }
         }
         PeerCommand::Add { multiaddr } => {

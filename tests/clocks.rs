@@ -28,15 +28,24 @@ fn cpu_seconds(node: &Node) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Whether the test can run: `faketime` runs here (CI must have it; elsewhere the test says
+/// SKIPPED).
+fn faketime_or_skip() -> bool {
+    if faketime_runs() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install faketime (.ci/run)"
+    );
+    eprintln!("SKIPPED: faketime is not installed");
+    false
+}
+
 #[test]
 fn skewed_clocks_agree_on_every_winner_without_flooding_the_log() {
     const OFFSETS: [u64; 3] = [0, 200, 400];
-    if !faketime_runs() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install faketime (.ci/run)"
-        );
-        eprintln!("SKIPPED: faketime is not installed");
+    if !faketime_or_skip() {
         return;
     }
     let mut nodes: Vec<Node> = Vec::new();
@@ -145,12 +154,7 @@ fn skewed_clocks_agree_on_every_winner_without_flooding_the_log() {
 /// running at twice the speed (1 s ahead more every second) shows a growing offset.
 #[test]
 fn a_drifting_clock_is_seen_drifting() {
-    if !faketime_runs() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install faketime (.ci/run)"
-        );
-        eprintln!("SKIPPED: faketime is not installed");
+    if !faketime_or_skip() {
         return;
     }
     let mut a = Node::init(&[]);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::netlab::NetLab;
-use support::{Node, WAIT, wait_until};
+use support::{FolderShare, Mesh, Node, WAIT, wait_until};
 
 /// Whether `dir/name` holds exactly `len` bytes.
 fn has_file(dir: &Path, name: &str, len: usize) -> bool {
@@ -54,18 +54,27 @@ fn share_records(nodes: &[Node], name: &str) {
     );
 }
 
+/// A LAN of `hosts` hosts for `test` with a daemon on each, all connected, sharing a folder
+/// (None where the test is skipped).
+fn lab_sharing_a_folder(test: &str, hosts: usize) -> Option<(NetLab, Mesh, FolderShare)> {
+    let lab = NetLab::for_test(test, hosts, true)?;
+    let mesh = lab.mesh();
+    mesh.wait_fully_connected();
+    let folder = mesh.share_folder();
+    Some((lab, mesh, folder))
+}
+
 /// While the LAN is split 2 | 3, a file and a record written on the 3-side reach the other two
 /// 3-side peers (and the 2-side's reach its other peer) in seconds: nothing waits on the members
 /// that went silent. Before liveness and hedging, this took 31-51 s for files and 9-20 s for
 /// records, in batches every ~10 s. After healing, everything converges.
 #[test]
 fn a_partition_does_not_slow_the_healthy_side() {
-    let Some(lab) = NetLab::for_test("a_partition_does_not_slow_the_healthy_side", 5, true) else {
+    let Some((lab, mesh, folder)) =
+        lab_sharing_a_folder("a_partition_does_not_slow_the_healthy_side", 5)
+    else {
         return;
     };
-    let mesh = lab.mesh();
-    mesh.wait_fully_connected();
-    let folder = mesh.share_folder();
     share_records(&mesh.nodes, "notes");
     std::fs::write(folder.dirs[0].join("before.txt"), "everyone has this").unwrap();
     kv_put(&mesh.nodes[0], "notes", "before", "everyone");
@@ -144,10 +153,7 @@ fn a_partition_does_not_slow_the_healthy_side() {
 /// Sends a 4 MiB file from host 0 to host 1 over a link limited to `kbit` kbit/s each way;
 /// returns how long it took and the ideal time (its bytes at the link's rate).
 fn transfer_over(kbit: u32, test: &str) -> Option<(Duration, Duration)> {
-    let lab = NetLab::for_test(test, 2, true)?;
-    let mesh = lab.mesh();
-    mesh.wait_fully_connected();
-    let folder = mesh.share_folder();
+    let (lab, _mesh, folder) = lab_sharing_a_folder(test, 2)?;
     lab.rate(1, kbit);
     const SIZE: usize = 4 * 1024 * 1024;
     let ideal = Duration::from_secs_f64(SIZE as f64 * 8.0 / (f64::from(kbit) * 1000.0));
@@ -193,12 +199,10 @@ fn a_big_file_crosses_a_1600_kbit_link() {
 /// asked again after a wait that grows. Before, at 30 % loss a 64 MiB file never arrived.
 #[test]
 fn a_sync_completes_at_30_percent_loss() {
-    let Some(lab) = NetLab::for_test("a_sync_completes_at_30_percent_loss", 2, true) else {
+    let Some((lab, _mesh, folder)) = lab_sharing_a_folder("a_sync_completes_at_30_percent_loss", 2)
+    else {
         return;
     };
-    let mesh = lab.mesh();
-    mesh.wait_fully_connected();
-    let folder = mesh.share_folder();
     std::fs::write(folder.dirs[0].join("before.txt"), "before the loss").unwrap();
     folder.wait_identical();
     lab.loss(1, 30);

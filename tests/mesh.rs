@@ -399,7 +399,7 @@ fn sigterm_stops_cleanly_and_removes_api_addr() {
 }
 
 #[test]
-fn a_blocked_peer_is_disconnected_and_stays_out() {
+fn a_blocked_peer_is_disconnected_and_stays_out_until_unblocked() {
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
     let b = mesh.nodes[1].peer_id.clone();
@@ -431,6 +431,28 @@ fn a_blocked_peer_is_disconnected_and_stays_out() {
     let out = mesh.nodes[0].cli(&["peer", "block", "not-a-peer-id"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer id"));
+
+    // Unblocked: B's next redial gets in, and the config forgets the block.
+    let out = mesh.nodes[0].cli(&["peer", "unblock", &b]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("unblocked {b}")
+    );
+    wait_until("B to be let in again", WAIT, || {
+        mesh.nodes[0].connected_peers().contains(&b)
+    });
+    let config = std::fs::read_to_string(mesh.nodes[0].home.join("config.toml")).unwrap();
+    assert!(!config.contains(&b), "{config}");
+    let out = mesh.nodes[0].cli(&["peer", "unblock", &b]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{b} was not blocked")
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! | GET    | `/v1/peers`   |                   | list of [`crate::net::PeerStatus`] |
 //! | POST   | `/v1/peers`   | `{"addr": "..."}` | [`PeerAdded`]                  |
 //! | POST   | `/v1/peers/block` | `{"peer_id": "..."}` | [`BlockPeer`]              |
+//! | POST   | `/v1/peers/unblock` | `{"peer_id": "..."}` | [`UnblockPeer`]          |
 //!
 //! Shares and records are in [`records`].
 //!
@@ -117,6 +118,16 @@ pub struct BlockPeer {
     pub blocked: bool,
 }
 
+/// Body of `POST /v1/peers/unblock`, and its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnblockPeer {
+    /// The peer id to stop refusing.
+    pub peer_id: String,
+    /// In the answer: false if it was not blocked.
+    #[serde(default)]
+    pub unblocked: bool,
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -149,6 +160,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers).post(add_peer))
         .route("/v1/peers/block", post(block_peer))
+        .route("/v1/peers/unblock", post(unblock_peer))
         .merge(records::routes())
         .merge(folders::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -298,6 +310,34 @@ async fn block_peer(
     Ok(Json(BlockPeer {
         peer_id: peer.to_string(),
         blocked: added || newly,
+    }))
+}
+
+async fn unblock_peer(
+    State(state): State<ApiState>,
+    Json(body): Json<UnblockPeer>,
+) -> Result<Json<UnblockPeer>, ApiError> {
+    let peer: libp2p::PeerId = body.peer_id.trim().parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a peer id ({e})", body.peer_id),
+        )
+    })?;
+    // Forget first, so the unblock survives a restart.
+    let path = state.config_path.clone();
+    let removed =
+        tokio::task::spawn_blocking(move || crate::config::remove_blocked_peer(&path, &peer))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let was = state
+        .net
+        .unblock_peer(peer)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(UnblockPeer {
+        peer_id: peer.to_string(),
+        unblocked: removed || was,
     }))
 }
 

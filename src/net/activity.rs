@@ -25,6 +25,9 @@ use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade,
 /// When each connected peer's connections last delivered bytes; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Activity {
+    /// A lock, not the actor: entries are made in connection upgrades, which run on the
+    /// connections' own tasks before the actor hears of them. Held for one map operation, never
+    /// across an `.await`; the hot path (a read) touches only the entry's atomic.
     peers: Arc<Mutex<HashMap<PeerId, Heard>>>,
     epoch: Instant,
 }

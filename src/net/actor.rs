@@ -238,6 +238,9 @@ impl NetActor {
                 let newly = self.block_peer(peer);
                 let _ = reply.send(newly);
             }
+            Command::UnblockPeer { peer, reply } => {
+                let _ = reply.send(self.unblock_peer(peer));
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }
@@ -265,6 +268,19 @@ impl NetActor {
             info!(%peer, "blocked");
         }
         newly
+    }
+
+    /// Stops refusing `peer`, unless it is banned for lies (that ends by itself); returns
+    /// whether it was blocked.
+    fn unblock_peer(&mut self, peer: PeerId) -> bool {
+        let was = self.blocked.remove(&peer);
+        if !self.strikes.banned().any(|p| *p == peer) {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        if was {
+            info!(%peer, "unblocked");
+        }
+        was
     }
 
     fn status(&self) -> NetStatus {

@@ -167,6 +167,13 @@ pub enum Command {
         /// `true` if newly blocked.
         reply: oneshot::Sender<bool>,
     },
+    /// Stop refusing a blocked peer (a ban for lies still runs out by itself).
+    UnblockPeer {
+        /// The peer.
+        peer: PeerId,
+        /// `true` if it was blocked.
+        reply: oneshot::Sender<bool>,
+    },
     /// A peer sent something provably false (content not matching its hash); enough strikes
     /// disconnect and ban it for a while.
     Strike {
@@ -270,6 +277,13 @@ impl NetClient {
     pub async fn block_peer(&self, peer: PeerId) -> Result<bool, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::BlockPeer { peer, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops refusing a peer blocked with [`NetClient::block_peer`]; returns whether it was.
+    pub async fn unblock_peer(&self, peer: PeerId) -> Result<bool, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::UnblockPeer { peer, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
