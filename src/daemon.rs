@@ -19,6 +19,7 @@ use tracing::info;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::engine::{self, EngineHandle};
+use crate::events::Events;
 use crate::home::{Home, HomeError};
 use crate::net::{self, NetClient, NetConfig, NetError, NetEvent};
 use crate::store::{StoreError, StoreHandle};
@@ -97,14 +98,21 @@ pub async fn run(
     let store = open_store(&home, peer_id).await?;
     let (net, net_events) = start_net(keypair, &config)?;
     let folder_settings = config.folders.clone();
+    let events = Events::default();
     let engine = engine::spawn(
         peer_id,
         store.clone(),
         net.clone(),
         net_events,
         folder_settings,
+        events.clone(),
     );
-    let running = Running { net, engine, store };
+    let running = Running {
+        net,
+        engine,
+        store,
+        events,
+    };
 
     home.write_api_addr(bound)?;
     info!("control API on http://{bound}");
@@ -123,6 +131,7 @@ struct Running {
     net: NetClient,
     engine: EngineHandle,
     store: StoreHandle,
+    events: Events,
 }
 
 impl Running {
@@ -210,6 +219,7 @@ async fn serve_api(
         net: running.net.clone(),
         engine: running.engine.clone(),
         store: running.store.clone(),
+        events: running.events.clone(),
         token: Arc::from(token),
         config_path: config.path.clone(),
         bound,

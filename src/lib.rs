@@ -10,7 +10,8 @@
 //!   (identity key, API token, config, `api.addr`), [`share`] (tokens, membership proofs, write
 //!   signatures), [`cbor`] (the one CBOR helper), [`atomic_write`] (small files replaced
 //!   atomically), [`backoff`] (the doubling wait of retry loops), [`quiet`] (warnings said once
-//!   per condition), [`timefmt`] (times as status shows them).
+//!   per condition), [`timefmt`] (times as status shows them), [`events`] (the bounded stream of
+//!   what happened, that the engine and folders write and the API reads).
 //! - Pure core: [`merge`] (version vectors, clocks, the multi-value register) and [`reconcile`]
 //!   (Merkle summaries and set reconciliation). No I/O.
 //! - [`store`]: the one database, on its own thread: entries, summaries, and the pages and local
@@ -32,6 +33,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod events;
 pub mod folder;
 pub mod home;
 pub mod merge;

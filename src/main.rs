@@ -82,6 +82,19 @@ enum CliCommand {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Follow what happens (files and records changed, conflicts, peers, share states,
+    /// errors) until interrupted.
+    Events {
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this share's events.
+        #[arg(long)]
+        share: Option<String>,
+        /// First replay the events the daemon still holds after this id (0: all it holds).
+        #[arg(long, value_name = "ID")]
+        since: Option<u64>,
+    },
     /// Private mesh keys (libp2p pre-shared keys).
     Psk {
         #[command(subcommand)]
@@ -178,12 +191,24 @@ enum ShareCommand {
         #[arg(required = true)]
         peers: Vec<String>,
     },
-    /// Decide for a folder share held by the mass-deletion breaker (state `held` in `status`).
+    /// Stop exchanging anything with the share's members (a folder is neither scanned nor
+    /// written) until `share resume`.
+    Pause {
+        /// Share name or id.
+        share: String,
+    },
+    /// Stop syncing a share and forget its state here; a folder's files stay.
+    Leave {
+        /// Share name or id.
+        share: String,
+    },
+    /// Resume a paused share; or, with a flag, decide for a folder share held by the
+    /// mass-deletion breaker (state `held` in `status`).
     Resume {
         /// Share name or id.
         share: String,
         /// The deletes were meant: send them to the members.
-        #[arg(long, conflicts_with = "restore", required_unless_present = "restore")]
+        #[arg(long, conflicts_with = "restore")]
         accept_deletes: bool,
         /// They were not: fetch the deleted files back from the members.
         #[arg(long)]
@@ -338,6 +363,7 @@ fn run(cli: Cli) -> Result<()> {
         CliCommand::Peers { json } => run_peers(&home, json),
         CliCommand::Share { command } => run_share(&home, command),
         CliCommand::Kv { command } => run_kv(&home, command),
+        CliCommand::Events { json, share, since } => run_events(&home, json, share, since),
         CliCommand::Peer { command } => run_peer(&home, command),
     }
 }
@@ -541,6 +567,25 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
                 restored["at"].as_str().unwrap_or_default()
             );
         }
+        ShareCommand::Pause { share } => {
+            let answer: serde_json::Value = client.post(
+                &format!("/v1/shares/{}/pause", path_segment(&share)),
+                &serde_json::json!({}),
+            )?;
+            if answer["changed"] == true {
+                println!("share `{share}` paused; `meshsync share resume {share}` resumes it");
+            } else {
+                println!("share `{share}` was already paused");
+            }
+        }
+        ShareCommand::Leave { share } => {
+            let answer: serde_json::Value = client.post(
+                &format!("/v1/shares/{}/leave", path_segment(&share)),
+                &serde_json::json!({}),
+            )?;
+            let name = answer["share"].as_str().unwrap_or(&share);
+            println!("left share `{name}`; its files stay where they are");
+        }
         ShareCommand::Resume {
             share,
             accept_deletes,
@@ -555,7 +600,13 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
                 &request,
             )?;
             let paths = answer["paths"].as_u64().unwrap_or(0);
-            if accept_deletes {
+            if !accept_deletes && !restore {
+                if answer["changed"] == true {
+                    println!("share `{share}` resumed");
+                } else {
+                    println!("share `{share}` was not paused");
+                }
+            } else if accept_deletes {
                 println!("share `{share}` resumed: sending {paths} deletes");
             } else {
                 println!("share `{share}` resumed: fetching {paths} deleted paths back");
@@ -680,6 +731,38 @@ fn run_kv(home: &Home, command: KvCommand) -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// Prints the daemon's events as they come: the SSE stream's `data:` lines, as JSON or as text.
+fn run_events(home: &Home, json: bool, share: Option<String>, since: Option<u64>) -> Result<()> {
+    use std::io::Write;
+    let client = ApiClient::for_home(home)?;
+    let mut query = Vec::new();
+    if let Some(share) = share {
+        query.push(format!("share={}", url_encode(&share)));
+    }
+    if let Some(since) = since {
+        query.push(format!("since={since}"));
+    }
+    let path = format!("/v1/events?{}", query.join("&"));
+    let stdout = std::io::stdout();
+    client.stream_lines(&path, |line| {
+        let Some(data) = line.strip_prefix("data:") else {
+            return true;
+        };
+        let data = data.trim_start();
+        let text = if json {
+            data.to_owned()
+        } else {
+            match serde_json::from_str::<meshsync::events::Event>(data) {
+                Ok(event) => event.line(),
+                Err(_) => data.to_owned(),
+            }
+        };
+        let mut out = stdout.lock();
+        writeln!(out, "{text}").and_then(|_| out.flush()).is_ok()
+    })?;
     Ok(())
 }
 

@@ -384,6 +384,7 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         writers: *token.writers,
         write_key: Some(write_key),
         trusted_peers: Vec::new(),
+        paused: false,
     };
     let symlink = FileMeta {
         kind: EntryKind::Symlink,

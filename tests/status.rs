@@ -95,3 +95,59 @@ fn a_folder_share_says_in_sync_then_paused_with_the_reason_when_its_folder_goes(
     // Nothing of it was sent as deletes: A keeps its file.
     assert!(folder.dirs[0].join("hello.txt").exists());
 }
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_agree_with_status() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let token = a.create_records_share("notes");
+    b.join_records_share(&token, "notes");
+    Api::of(&a).put("notes", "k", "v");
+    wait_until("A to be in sync", WAIT, || {
+        share(&a, "notes")["state"] == "in-sync" && share(&b, "notes")["entries"] == 1
+    });
+
+    // Without the token: refused like the rest of the API.
+    let anonymous: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let refused = anonymous
+        .get(format!("http://{}/metrics", a.api_addr()))
+        .call()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+
+    let (code, body) = Api::of(&a).get("/metrics");
+    assert_eq!(code, 200);
+    let text = body.as_str().expect("text, not JSON").to_owned();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    assert!(!scrape.samples.is_empty());
+    for sample in &scrape.samples {
+        assert!(sample.metric.starts_with("meshsync_"), "{}", sample.metric);
+    }
+    let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{metric}: {other:?}"),
+        }
+    };
+    assert_eq!(value("meshsync_peers_connected", &[]), 1.0);
+    let in_sync = [("share", "notes"), ("state", "in-sync")];
+    assert_eq!(value("meshsync_share_state", &in_sync), 1.0);
+    let waiting = [("share", "notes"), ("state", "waiting")];
+    assert_eq!(value("meshsync_share_state", &waiting), 0.0);
+    assert_eq!(value("meshsync_share_entries", &[("share", "notes")]), 1.0);
+    assert!(value("meshsync_share_sent_bytes_total", &[("share", "notes")]) > 0.0);
+    assert!(value("meshsync_resident_memory_bytes", &[]) > 1e6);
+}

@@ -4,6 +4,7 @@
 //! | method | path | body / query | answer |
 //! |---|---|---|---|
 //! | POST | `/v1/shares/{share}/resume` | `{"accept_deletes": true}` or `{"restore": true}` | `{"share", "resumed", "paths"}`; 400 if not held |
+//! | POST | `/v1/shares/{share}/resume` | `{}` | resumes a paused share: `{"share", "paused": false, "changed"}` |
 //! | GET | `/v1/shares/{share}/versions` | `?path=P` (optional) | `[{"path", "at", "size", "kept_at"}…]`, oldest first |
 //! | POST | `/v1/shares/{share}/restore` | `{"path", "at"}` (`at`: RFC 3339, optional) | the version restored; 404 if none |
 
@@ -47,10 +48,19 @@ async fn share_resume(
     let choice = match (request.accept_deletes, request.restore) {
         (true, false) => Resume::AcceptDeletes,
         (false, true) => Resume::Restore,
-        _ => {
+        (false, false) => {
+            // No breaker decision: resume a share the user paused.
+            let changed = state.engine.set_paused(share.clone(), false).await?;
+            return Ok(Json(serde_json::json!({
+                "share": share,
+                "paused": false,
+                "changed": changed,
+            })));
+        }
+        (true, true) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "say exactly one of accept_deletes and restore",
+                "say at most one of accept_deletes and restore",
             ));
         }
     };

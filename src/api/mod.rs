@@ -34,7 +34,9 @@ use crate::engine::{EngineHandle, SessionReport, ShareStatus};
 use crate::net::{NetClient, NetStatus, PeerStatus};
 use crate::store::StoreHandle;
 
+pub mod events;
 pub mod folders;
+pub mod metrics;
 pub mod records;
 
 /// Largest request body: a batch put of many records.
@@ -49,6 +51,8 @@ pub struct ApiState {
     pub engine: EngineHandle,
     /// The store.
     pub store: StoreHandle,
+    /// What happened, for `GET /v1/events`.
+    pub events: crate::events::Events,
     /// The bearer token every request must carry.
     pub token: Arc<str>,
     /// The config file, where `peer add` remembers peers.
@@ -163,6 +167,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers/unblock", post(unblock_peer))
         .merge(records::routes())
         .merge(folders::routes())
+        .merge(events::routes())
+        .merge(metrics::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
@@ -236,13 +242,18 @@ async fn net_status(state: &ApiState) -> Result<NetStatus, ApiError> {
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
-    let net = net_status(&state).await?;
+    Ok(Json(gather_status(&state).await?))
+}
+
+/// What `GET /v1/status` answers, from the network task and the engine.
+async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
+    let net = net_status(state).await?;
     let engine = state
         .engine
         .status()
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Ok(Json(Status {
+    Ok(Status {
         peer_id: net.peer_id,
         version: env!("CARGO_PKG_VERSION").into(),
         listen_addrs: net.listen_addrs,
@@ -255,7 +266,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         api: state.bound.to_string(),
         shares: engine.shares,
         sessions: engine.sessions,
-    }))
+    })
 }
 
 async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerStatus>>, ApiError> {

@@ -11,6 +11,8 @@
 //! | GET | `/v1/shares` | | list of shares with members and byte counters |
 //! | GET | `/v1/shares/{share}/token` | `?read_only=true` | `{"token", "read_only"}` (with current addresses) |
 //! | POST | `/v1/shares/{share}/trust` | `{"add": [peer id…], "remove": [peer id…]}` | `{"trusted_peers"}` (empty: anyone with a token) |
+//! | POST | `/v1/shares/{share}/pause` | | `{"share", "paused": true, "changed"}` (`changed` false if it already was) |
+//! | POST | `/v1/shares/{share}/leave` | | `{"share", "left": true}`: no longer synced, its state forgotten; a folder's files stay |
 //! | POST | `/v1/kv/{share}/put` | `{"key", "value" \| "value_base64"}` | `{"ok": true}` |
 //! | POST | `/v1/kv/{share}/batch` | `{"records": [{"key", "value" \| "value_base64"}…]}` | `{"count"}` |
 //! | POST | `/v1/kv/{share}/del` | `{"key"}` | `{"ok": true}` |
@@ -44,6 +46,8 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/shares/join", post(join_share))
         .route("/v1/shares/{share}/token", get(share_token))
         .route("/v1/shares/{share}/trust", post(share_trust))
+        .route("/v1/shares/{share}/pause", post(share_pause))
+        .route("/v1/shares/{share}/leave", post(share_leave))
         .route("/v1/kv/{share}/put", post(put))
         .route("/v1/kv/{share}/batch", post(batch))
         .route("/v1/kv/{share}/del", post(del))
@@ -431,6 +435,26 @@ async fn list(
         })
         .collect();
     Ok(Json(listed))
+}
+
+async fn share_pause(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let changed = state.engine.set_paused(share.clone(), true).await?;
+    Ok(Json(serde_json::json!({
+        "share": share,
+        "paused": true,
+        "changed": changed,
+    })))
+}
+
+async fn share_leave(
+    State(state): State<ApiState>,
+    Path(share): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = state.engine.leave(share).await?;
+    Ok(Json(serde_json::json!({ "share": name, "left": true })))
 }
 
 fn watch_line(change: &Change) -> Option<String> {

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 
 use super::{EngineActor, TaskResult};
 use crate::net::protocol::{
-    ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, Request, WireEntry, frame_len,
+    ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, NOT_A_MEMBER, Request, Response, WireEntry,
+    frame_len,
 };
 use crate::store::{Change, Origin, ShareId};
 
@@ -178,6 +179,11 @@ impl EngineActor {
         let now = Instant::now();
         match change {
             Ok(change) => {
+                if let Some(share) = self.store.share(&change.share)
+                    && let Some(event) = super::share_events::record_event(&share, &change)
+                {
+                    self.events.emit(event);
+                }
                 let local =
                     (change.origin == Origin::Local).then(|| (change.key.clone(), change.clone()));
                 self.announce.changed(change.share, local, now);
@@ -236,16 +242,18 @@ impl EngineActor {
                 let request = request.clone();
                 self.tasks.spawn(async move {
                     let sent = frame_len(&request) as u64;
-                    let received = net
-                        .request(peer, request)
-                        .await
-                        .map(|r| frame_len(&r) as u64)
-                        .unwrap_or(0);
+                    let answer = net.request(peer, request).await;
+                    let received = answer.as_ref().map(|r| frame_len(r) as u64).unwrap_or(0);
+                    let not_a_member = matches!(
+                        &answer,
+                        Ok(Response::Error(message)) if message == NOT_A_MEMBER
+                    );
                     TaskResult::Announced {
                         share,
                         peer,
                         sent,
                         received,
+                        not_a_member,
                     }
                 });
             }
@@ -254,11 +262,20 @@ impl EngineActor {
     }
 
     /// An announcement finished.
-    pub(super) fn on_announced(&mut self, share: ShareId, peer: PeerId, sent: u64, received: u64) {
+    pub(super) fn on_announced(
+        &mut self,
+        (share, peer): (ShareId, PeerId),
+        sent: u64,
+        received: u64,
+        not_a_member: bool,
+    ) {
         self.announce.delivered(peer, Instant::now());
         let c = self.counters(share);
         c.bytes_sent += sent;
         c.bytes_received += received;
+        if not_a_member {
+            self.on_not_a_member(peer, share);
+        }
     }
 }
 

@@ -45,6 +45,15 @@ pub enum AuthOutcome {
     NoAnswer,
 }
 
+/// Whose membership check a proof answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Proof {
+    /// We asked and the peer proved: it had admitted us before it answered.
+    OurAsk,
+    /// The peer asked and proved with its ask: it admits us only once it reads our answer.
+    TheirAsk,
+}
+
 /// What [`Roster::admit`] changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admitted {
@@ -106,6 +115,25 @@ impl Roster {
 
     /// The peer disconnected at `now_ms`: it is no member of anything any more, and is
     /// remembered as gone from the shares it was a member of.
+    /// `peer` is no member of `share` any more (it is still connected).
+    pub fn remove_member(&mut self, peer: &PeerId, share: &ShareId) {
+        for set in [self.members.get_mut(share), self.writers.get_mut(share)]
+            .into_iter()
+            .flatten()
+        {
+            set.remove(peer);
+        }
+    }
+
+    /// Forgets everything about the share's members (it is paused or left).
+    pub fn forget_share(&mut self, share: &ShareId) {
+        self.members.remove(share);
+        self.writers.remove(share);
+        self.gone.remove(share);
+        self.auth_in_flight.retain(|(_, s)| s != share);
+        self.auth_retries.retain(|(_, s), _| s != share);
+    }
+
     pub fn disconnect(&mut self, peer: &PeerId, now_ms: u64) {
         self.connected.remove(peer);
         self.auth_retries.retain(|(p, _), _| p != peer);
@@ -327,7 +355,7 @@ impl EngineActor {
             let c = self.counters(share);
             c.bytes_sent += sent;
             c.bytes_received += received;
-            self.on_member(peer, share, access);
+            self.on_member(peer, share, access, Proof::OurAsk);
         } else if again {
             debug!(%peer, "membership check failed to get an answer; asking again");
             self.start_auth(peer, share);
@@ -379,11 +407,11 @@ impl EngineActor {
         } else {
             Access::Read
         };
-        self.on_member(peer, meta.id, access);
+        self.on_member(peer, meta.id, access, Proof::TheirAsk);
     }
 
-    /// The peer proved membership of the share.
-    fn on_member(&mut self, peer: PeerId, share: ShareId, access: Access) {
+    /// The peer proved membership of the share, in answer to our ask or in its own.
+    fn on_member(&mut self, peer: PeerId, share: ShareId, access: Access, proof: Proof) {
         if !self.roster.is_connected(&peer) {
             return;
         }
@@ -402,10 +430,35 @@ impl EngineActor {
             };
             info!(%peer, share = %state.meta.name, "peer is a {role} member");
         }
-        // One session per new pair is enough (it pulls and pushes): the smaller id starts it.
-        if admitted != Admitted::Unchanged && self.local < peer {
+        // One session per new pair is enough (it pulls and pushes). The asker starts it: only
+        // the asker knows that both sides admitted the other (the answerer admits before it
+        // answers), and an answerer starting one raced the asker's reading of the answer and
+        // was refused as "not a member". Where both asked, the smaller id starts it.
+        let start = match (proof, admitted) {
+            (Proof::OurAsk, Admitted::NewMember | Admitted::NowWriter) => true,
+            (Proof::OurAsk, Admitted::Unchanged) | (Proof::TheirAsk, Admitted::NowWriter) => {
+                self.local < peer
+            }
+            (Proof::TheirAsk, _) => false,
+        };
+        if start {
             self.want_session(peer, share, SyncReason::NewMember);
         }
+    }
+
+    /// The peer answered that we are not a member of the share: it paused or left it (or has
+    /// not read our proof yet). It is no member here either until it proves membership again;
+    /// we ask it once, and a peer that resumes asks us itself.
+    pub(super) fn on_not_a_member(&mut self, peer: PeerId, share: ShareId) {
+        if !self.roster.is_member(&share, &peer) {
+            return;
+        }
+        self.roster.remove_member(&peer, &share);
+        self.publish_members();
+        if let Some(state) = self.store.share(&share) {
+            info!(%peer, share = %state.meta.name, "peer is no longer a member (it paused or left the share)");
+        }
+        self.start_auth(peer, share);
     }
 
     /// The share's allowlist changed: members no longer admitted stop getting anything at once;

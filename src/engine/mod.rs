@@ -28,6 +28,8 @@ pub mod membership;
 pub mod schedule;
 mod serve;
 pub mod session;
+mod share_control;
+mod share_events;
 pub mod shares;
 pub mod status;
 
@@ -43,6 +45,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::FolderSettings;
+use crate::events::{Event, EventType, Events};
 use crate::folder::{FolderHandle, Resume};
 use crate::net::{NetClient, NetEvent};
 use crate::share;
@@ -178,6 +181,15 @@ enum Command {
         choice: Resume,
         reply: oneshot::Sender<Result<u64, EngineError>>,
     },
+    SetPaused {
+        share: String,
+        paused: bool,
+        reply: oneshot::Sender<Result<bool, EngineError>>,
+    },
+    Leave {
+        share: String,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    },
     Status {
         reply: oneshot::Sender<EngineStatus>,
     },
@@ -275,6 +287,21 @@ impl EngineHandle {
         .await?
     }
 
+    /// Pauses (`paused`) or resumes a share; false if it already was so.
+    pub async fn set_paused(&self, share: String, paused: bool) -> Result<bool, EngineError> {
+        self.call(|reply| Command::SetPaused {
+            share,
+            paused,
+            reply,
+        })
+        .await?
+    }
+
+    /// Leaves a share (its files stay); returns its name.
+    pub async fn leave(&self, share: String) -> Result<String, EngineError> {
+        self.call(|reply| Command::Leave { share, reply }).await?
+    }
+
     /// Shares and sessions.
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
         self.call(|reply| Command::Status { reply }).await
@@ -302,6 +329,8 @@ enum TaskResult {
         peer: PeerId,
         sent: u64,
         received: u64,
+        /// The member answered that we are not a member (it paused or left the share).
+        not_a_member: bool,
     },
     /// Entries pushed to us were merged; reconcile if the roots still differ.
     Merged {
@@ -321,6 +350,7 @@ pub fn spawn(
     net: NetClient,
     net_events: mpsc::UnboundedReceiver<NetEvent>,
     folder_settings: FolderSettings,
+    events: Events,
 ) -> EngineHandle {
     let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
     let changes = store.subscribe();
@@ -342,12 +372,15 @@ pub fn spawn(
         counters: HashMap::new(),
         serve_rate: crate::net::guard::ServeRate::default(),
         recent: VecDeque::new(),
+        events: events.clone(),
     };
     for state in actor.store.shares() {
         actor.start_folder(&state.meta);
     }
     tokio::spawn(actor.run());
-    EngineHandle { commands: tx }
+    let handle = EngineHandle { commands: tx };
+    tokio::spawn(share_events::watch_states(handle.clone(), events));
+    handle
 }
 
 struct EngineActor {
@@ -376,6 +409,8 @@ struct EngineActor {
     serve_rate: crate::net::guard::ServeRate,
     /// The most recent sessions, for `status`.
     recent: VecDeque<SessionReport>,
+    /// What happened, for `GET /v1/events`.
+    events: Events,
 }
 
 impl EngineActor {
@@ -466,6 +501,18 @@ impl EngineActor {
                 choice,
                 reply,
             } => self.on_resume(&share, choice, reply),
+            Command::SetPaused {
+                share,
+                paused,
+                reply,
+            } => {
+                let result = self.set_paused(&share, paused).await;
+                let _ = reply.send(result);
+            }
+            Command::Leave { share, reply } => {
+                let result = self.leave(&share).await;
+                let _ = reply.send(result);
+            }
             Command::Status { reply } => self.on_status(reply),
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
@@ -474,12 +521,16 @@ impl EngineActor {
     fn on_net_event(&mut self, event: NetEvent) {
         match event {
             NetEvent::PeerConnected(peer) => {
+                self.events
+                    .emit(Event::new(EventType::PeerConnected, None).peer(peer.to_string()));
                 self.roster.connect(peer);
                 for state in self.store.shares() {
                     self.start_auth(peer, state.meta.id);
                 }
             }
             NetEvent::PeerDisconnected(peer) => {
+                self.events
+                    .emit(Event::new(EventType::PeerDisconnected, None).peer(peer.to_string()));
                 self.roster
                     .disconnect(&peer, crate::net::protocol::wall_clock_ms());
                 self.publish_members();
@@ -510,7 +561,8 @@ impl EngineActor {
                 peer,
                 sent,
                 received,
-            } => self.on_announced(share, peer, sent, received),
+                not_a_member,
+            } => self.on_announced((share, peer), sent, received, not_a_member),
             TaskResult::Merged {
                 peer,
                 share,
@@ -561,11 +613,15 @@ impl EngineActor {
     }
 
     fn on_session_done(&mut self, peer: PeerId, share: ShareId, report: SessionReport) {
+        if report.not_a_member {
+            // Not a failure to retry: the peer paused or left the share.
+            self.on_not_a_member(peer, share);
+        }
         let c = self.counters(share);
         c.bytes_sent += report.bytes_sent;
         c.bytes_received += report.bytes_received;
         c.sessions += 1;
-        if let Some(error) = &report.error {
+        if let Some(error) = report.error.as_ref().filter(|_| !report.not_a_member) {
             c.last_error = Some((
                 format!("session with {peer}: {error}"),
                 std::time::SystemTime::now(),

@@ -16,8 +16,8 @@ use crate::folder::FolderHandle;
 use crate::net::Reply;
 use crate::net::protocol::{
     CHUNKS_RESPONSE_BUDGET, ENTRIES_RESPONSE_BUDGET, MAX_CHUNKS_PER_REQUEST,
-    MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST, Request, Response, WireEntry, WireHash,
-    frame_len,
+    MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST, NOT_A_MEMBER, Request, Response, WireEntry,
+    WireHash, frame_len,
 };
 use crate::store::{ShareId, ShareState};
 
@@ -83,7 +83,7 @@ impl EngineActor {
     /// Refusal for anything about a share the peer has not proved membership of. It is the same
     /// whether the share exists here or not.
     fn refuse(&mut self, channel: Reply) {
-        self.respond(None, channel, Response::Error("not a member".into()));
+        self.respond(None, channel, Response::Error(NOT_A_MEMBER.into()));
     }
 
     /// The share, if `peer` proved membership of it (counting the request's bytes for it).

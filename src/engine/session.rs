@@ -10,8 +10,8 @@ use libp2p::PeerId;
 use serde::Serialize;
 
 use crate::net::protocol::{
-    ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST, Request, Response,
-    WireEntry, frame_len,
+    ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, MAX_IDS_PER_REQUEST, NOT_A_MEMBER, Request,
+    Response, WireEntry, frame_len,
 };
 use crate::net::{NetClient, NetError};
 use crate::reconcile::{self, Id, Initiator, Step};
@@ -63,6 +63,9 @@ pub struct SessionReport {
     pub complete: bool,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Set when the peer answered that we are not a member: it paused or left the share.
+    #[serde(skip)]
+    pub not_a_member: bool,
 }
 
 /// Why a session failed.
@@ -83,6 +86,9 @@ pub enum SessionError {
     /// Too slow.
     #[error("session took longer than {SESSION_TIMEOUT:?}")]
     Timeout,
+    /// The peer is no longer a member of the share (it paused or left it).
+    #[error("peer is not a member of the share (any more)")]
+    NotAMember,
 }
 
 struct Counters {
@@ -103,6 +109,7 @@ impl Counters {
         self.received += frame_len(&response) as u64;
         self.round_trips += 1;
         match response {
+            Response::Error(message) if message == NOT_A_MEMBER => Err(SessionError::NotAMember),
             Response::Error(message) => Err(SessionError::Protocol(format!("an error: {message}"))),
             other => Ok(other),
         }
@@ -142,6 +149,7 @@ pub async fn run(
         pushed: 0,
         complete: false,
         error: None,
+        not_a_member: false,
     };
     let result = tokio::time::timeout(
         SESSION_TIMEOUT,
@@ -150,6 +158,7 @@ pub async fn run(
     .await
     .unwrap_or(Err(SessionError::Timeout));
     if let Err(e) = result {
+        report.not_a_member = matches!(e, SessionError::NotAMember);
         report.error = Some(e.to_string());
     }
     report.round_trips = counters.round_trips;

@@ -92,6 +92,7 @@ impl EngineActor {
             writers: share::writer_public(&write_key),
             write_key: Some(write_key),
             trusted_peers: Vec::new(),
+            paused: false,
         };
         self.store.create_share(meta.clone()).await?;
         info!(share = %name, "created share {}", hex::encode(id));
@@ -129,6 +130,7 @@ impl EngineActor {
             writers: *token.writers,
             write_key: token.write.map(|k| *k),
             trusted_peers: Vec::new(),
+            paused: false,
         };
         self.store.create_share(meta.clone()).await?;
         info!(
@@ -240,7 +242,7 @@ impl EngineActor {
 
     /// Starts the folder actor of a folder share.
     pub(super) fn start_folder(&mut self, meta: &ShareMeta) {
-        if meta.kind != ShareKind::Folder || self.folders.contains_key(&meta.id) {
+        if meta.kind != ShareKind::Folder || meta.paused || self.folders.contains_key(&meta.id) {
             return;
         }
         let (tx, rx) = watch::channel(self.roster.members_of(&meta.id));
@@ -251,7 +253,8 @@ impl EngineActor {
             breaker_remote: self.folder_settings.breaker_remote_for(&meta.name),
         };
         let (store, net) = (self.store.clone(), self.net.clone());
-        match crate::folder::spawn(meta, self.local, store, net, rx, policy) {
+        let events = self.events.clone();
+        match crate::folder::spawn(meta, self.local, store, net, rx, policy, events) {
             Ok(handle) => {
                 self.folders.insert(meta.id, handle);
                 self.member_watch.insert(meta.id, tx);

@@ -224,12 +224,21 @@ impl EngineActor {
         };
         let member_status = self.roster.member_status(&id);
         let members = listed(self.roster.members_of(&id));
-        let (sync, reason) = sync_state(
-            None,
-            self.schedule.busy_with(&id),
-            &member_status,
-            !members.is_empty(),
-        );
+        let (sync, reason) = if state.meta.paused {
+            let reason = super::share_control::paused_reason(&state.meta.name);
+            (SyncState::Paused, Some(reason))
+        } else {
+            sync_state(
+                None,
+                self.schedule.busy_with(&id),
+                &member_status,
+                !members.is_empty(),
+            )
+        };
+        let folder = match (&state.meta.path, state.meta.paused) {
+            (Some(path), true) => Some(FolderStatus::stopped(path, reason.clone())),
+            _ => None,
+        };
         ShareStatus {
             id: hex::encode(id),
             name: state.meta.name.clone(),
@@ -245,7 +254,7 @@ impl EngineActor {
             bytes_sent: counters.bytes_sent,
             bytes_received: counters.bytes_received,
             sessions: counters.sessions,
-            folder: None,
+            folder,
             member_status,
             state: sync,
             reason,

@@ -49,6 +49,7 @@ use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::watch::{self as watcher, Watch, WatchEvent};
 use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
+use crate::events::Events;
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
 use crate::store::{Change, Origin, ShareMeta, StoreHandle};
@@ -97,6 +98,7 @@ pub fn spawn(
     net: NetClient,
     members: watch::Receiver<Vec<PeerId>>,
     policy: Policy,
+    events: Events,
 ) -> Result<FolderHandle, FolderError> {
     let root = meta
         .path
@@ -166,6 +168,7 @@ pub fn spawn(
         retry_lines: crate::quiet::LogLimiter::default(),
         last_error: None,
         rate: RateMeter::default(),
+        events,
     };
     tokio::spawn(actor.run());
     Ok(FolderHandle { commands: tx })
@@ -242,6 +245,8 @@ pub(super) struct FolderActor {
     /// The last error and when it happened, for `status`.
     pub(super) last_error: Option<(String, std::time::SystemTime)>,
     pub(super) rate: RateMeter,
+    /// Where file changes and conflicts are reported ([`super::report`]).
+    pub(super) events: Events,
 }
 
 /// A finished scan, full or partial.

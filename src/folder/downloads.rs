@@ -161,6 +161,12 @@ impl FolderActor {
         if done.not_empty {
             return;
         }
+        if let Some(copy) = &done.conflict_copy {
+            self.report_conflict(&done.path, copy, done.author);
+        }
+        let before = self.synced.get(&done.path).map(|s| &s.record.meta);
+        let after = done.synced.as_ref().map(|s| &s.record.meta);
+        self.report_path(&done.path, before, after, done.author);
         if done.synced.is_none()
             && let Some((parent, _)) = done.path.rsplit_once('/')
         {

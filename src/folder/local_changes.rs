@@ -179,6 +179,10 @@ impl FolderActor {
             return;
         }
         for (path, record) in &changes {
+            let before = self.synced.get(path).map(|s| &s.record.meta);
+            self.report_path(path, before, record.as_ref().map(|r| &r.meta), None);
+        }
+        for (path, record) in &changes {
             match record {
                 Some(r) => {
                     debug!(folder = %self.name, path = %path, kind = ?r.meta.kind, "local change")

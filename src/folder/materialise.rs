@@ -37,6 +37,10 @@ pub(super) struct Materialised {
     pub(super) error: Option<MaterialiseError>,
     /// Pages learned while fetching.
     pub(super) new_chunks: Vec<(Hash, ChunkLocation)>,
+    /// Who wrote the version now on disk (the winner's author), when a peer did.
+    pub(super) author: Option<PeerId>,
+    /// Where our losing version was kept, when it lost a conflict.
+    pub(super) conflict_copy: Option<String>,
 }
 
 /// The scan record of a path we just wrote with `meta`, so the scanner does not take our own
@@ -88,6 +92,8 @@ pub(super) async fn materialise(
         conflict: false,
         error: None,
         new_chunks: Vec::new(),
+        author: None,
+        conflict_copy: None,
     };
     if let Err(e) = materialise_into(&shared, &store, known, &local, &local_key, &mut outcome).await
     {
@@ -117,6 +123,7 @@ async fn materialise_into(
     let Some(winner) = plan::effective_winner(&register).cloned() else {
         return Ok(());
     };
+    outcome.author = PeerId::from_bytes(winner.origin().as_bytes()).ok();
     let desired = plan::desired(&register);
     let on_disk = outcome.synced.as_ref().map(|s| s.record.meta.clone());
     match (&desired, on_disk.as_ref().map(plan::normalised)) {
@@ -130,7 +137,7 @@ async fn materialise_into(
     {
         // Our own version lost a conflict and its content is what is on disk: keep it aside.
         let millis = ours.hlc().millis;
-        keep_conflict_copy(shared, &path, millis, local).await?;
+        outcome.conflict_copy = Some(keep_conflict_copy(shared, &path, millis, local).await?);
         outcome.synced = None;
     }
     let expect = plan::expect_for(outcome.synced.as_ref());
@@ -173,7 +180,7 @@ async fn keep_conflict_copy(
     path: &str,
     ours_millis: u64,
     local: &PeerId,
-) -> Result<(), MaterialiseError> {
+) -> Result<String, MaterialiseError> {
     let conflict_rel = write::conflict_name(path, ours_millis, &conflict::peer_tag(local));
     let root = shared.root.clone();
     let (from, to) = (path.to_owned(), conflict_rel.clone());
@@ -181,7 +188,7 @@ async fn keep_conflict_copy(
         .await?
         .map_err(MaterialiseError::ConflictCopy)?;
     info!(path = %path, "kept our conflicting version as {conflict_rel}");
-    Ok(())
+    Ok(conflict_rel)
 }
 
 /// Removes what a peer deleted: a file goes to the trash (if it is still what we last synced),

@@ -25,6 +25,7 @@ mod plan;
 mod problems;
 mod queue;
 pub mod received;
+mod report;
 pub mod scan;
 mod serve;
 mod settle;

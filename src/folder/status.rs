@@ -120,6 +120,32 @@ impl RateMeter {
     }
 }
 
+impl FolderStatus {
+    /// The status of a folder whose actor is not running (its share is paused by the user).
+    pub fn stopped(path: &std::path::Path, reason: Option<String>) -> Self {
+        FolderStatus {
+            path: path.display().to_string(),
+            state: FolderState::Paused,
+            reason,
+            needed_files: 0,
+            needed_bytes: 0,
+            fetched_bytes: 0,
+            served_bytes: 0,
+            rate_bytes_per_sec: 0.0,
+            bad_chunks: 0,
+            refused: 0,
+            local_entries: 0,
+            deletes_waiting: 0,
+            unsyncable: Vec::new(),
+            unsyncable_count: 0,
+            changing: Vec::new(),
+            scans: 0,
+            last_error: None,
+            last_error_at: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,9 @@ pub const MAX_CHUNKS_PER_REQUEST: usize = 1024;
 pub const CHUNKS_RESPONSE_BUDGET: usize = 6 * 1024 * 1024;
 /// Bytes of entries pushed inside one [`Request::Announce`]; more are left to reconciliation.
 pub const ANNOUNCE_PUSH_BUDGET: usize = 256 * 1024;
+/// The [`Response::Error`] for anything about a share the asker is not (or no longer) a member
+/// of here: the asker drops us from that share's members and asks us to prove membership again.
+pub const NOT_A_MEMBER: &str = "not a member";
 
 /// A share id on the wire.
 pub type WireShareId = serde_bytes::ByteArray<32>;

@@ -16,6 +16,10 @@ pub(super) enum Action {
         meta: ShareMeta,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    RemoveShare {
+        share: ShareId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     CountAuthored {
         share: ShareId,
         reply: oneshot::Sender<Result<u64, StoreError>>,

@@ -270,6 +270,15 @@ impl StoreActor {
                     Action::UpdateShare { meta, reply } => {
                         Pending::Unit(reply, self.update_share(&mut share_table, meta))
                     }
+                    Action::RemoveShare { share, reply } => {
+                        let rows = [
+                            &mut *tx.records,
+                            &mut *tx.index,
+                            &mut page_table,
+                            &mut local_state_table,
+                        ];
+                        Pending::Unit(reply, self.remove_share(&mut share_table, rows, share))
+                    }
                     Action::Put {
                         share,
                         records: items,
@@ -356,6 +365,26 @@ impl StoreActor {
         let bytes = crate::cbor::encode(&meta).map_err(StoreError::Encode)?;
         table.insert(meta.id.as_slice(), bytes.as_slice())?;
         state.meta = meta;
+        Ok(())
+    }
+
+    /// Deletes the share's row and every row keyed by its id in `rows` (entries, index, pages,
+    /// local state); the in-memory view forgets it at once (reloaded if the commit fails).
+    fn remove_share(
+        &self,
+        table: &mut redb::Table<&[u8], &[u8]>,
+        rows: [&mut redb::Table<&[u8], &[u8]>; 4],
+        share: ShareId,
+    ) -> Result<(), StoreError> {
+        if table.remove(share.as_slice())?.is_none() {
+            return Err(StoreError::UnknownShare(hex::encode(share)));
+        }
+        let start = share.to_vec();
+        let end = next_prefix(&start);
+        for rows in rows {
+            rows.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        }
+        self.shares.write().expect("shares lock").remove(&share);
         Ok(())
     }
 

@@ -164,6 +164,12 @@ impl StoreHandle {
         self.call(|reply| Action::UpdateShare { meta, reply }).await
     }
 
+    /// Forgets a share: its metadata, entries, pages and local state, in one transaction.
+    pub async fn remove_share(&self, share: ShareId) -> Result<(), StoreError> {
+        self.call(|reply| Action::RemoveShare { share, reply })
+            .await
+    }
+
     /// How many records of a share hold a version written here: on a read-only member, the
     /// local edits that no other member will take. Reads the whole share.
     pub async fn count_authored(&self, share: ShareId) -> Result<u64, StoreError> {

@@ -191,6 +191,10 @@ pub struct ShareMeta {
     /// Peer ids allowed to be members of this share here; empty: anyone holding a token.
     #[serde(default)]
     pub trusted_peers: Vec<String>,
+    /// Paused by the user (`meshsync share pause`): nothing is exchanged with members and a
+    /// folder is not scanned or written until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl std::fmt::Debug for ShareMeta {
@@ -203,6 +207,7 @@ impl std::fmt::Debug for ShareMeta {
             .field("writable", &self.writable())
             .field("path", &self.path)
             .field("trusted_peers", &self.trusted_peers)
+            .field("paused", &self.paused)
             .finish_non_exhaustive()
     }
 }
@@ -213,9 +218,12 @@ impl ShareMeta {
         self.write_key.is_some()
     }
 
-    /// Whether `peer` may be a member of this share here (its per-share allowlist).
+    /// Whether `peer` may be a member of this share here (its per-share allowlist; nobody
+    /// while the share is paused).
     pub fn admits(&self, peer: &libp2p::PeerId) -> bool {
-        self.trusted_peers.is_empty() || self.trusted_peers.iter().any(|p| *p == peer.to_string())
+        !self.paused
+            && (self.trusted_peers.is_empty()
+                || self.trusted_peers.iter().any(|p| *p == peer.to_string()))
     }
 }
 

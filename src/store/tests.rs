@@ -19,6 +19,7 @@ fn meta(name: &str) -> ShareMeta {
         writers: [0; 32],
         write_key: None,
         trusted_peers: vec![],
+        paused: false,
     }
 }
 
@@ -284,4 +285,40 @@ async fn pages_must_match_their_hash_and_a_newer_schema_is_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a newer schema must be refused"),
     }
+}
+
+#[tokio::test]
+async fn a_removed_share_leaves_nothing_behind_and_others_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = libp2p::PeerId::random();
+    let (gone, kept) = (meta("gone"), meta("kept"));
+    {
+        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+        for share in [&gone, &kept] {
+            store.create_share(share.clone()).await.unwrap();
+            store
+                .put(share.id, vec![(b"k".to_vec(), value("v"))])
+                .await
+                .unwrap();
+            store
+                .save_local_state(share.id, vec![(b"k".to_vec(), Some(b"state".to_vec()))])
+                .await
+                .unwrap();
+        }
+        store.remove_share(gone.id).await.unwrap();
+        assert!(store.share(&gone.id).is_none());
+        assert!(matches!(
+            store.remove_share(gone.id).await,
+            Err(StoreError::UnknownShare(_))
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    assert!(store.resolve("gone").is_err(), "forgotten after a reopen");
+    // Joined again, it starts empty: no entries, no local state.
+    store.create_share(gone.clone()).await.unwrap();
+    assert!(store.list(gone.id, Vec::new()).await.unwrap().is_empty());
+    assert!(store.local_state(gone.id).await.unwrap().is_empty());
+    assert_eq!(store.list(kept.id, Vec::new()).await.unwrap().len(), 1);
+    assert_eq!(store.local_state(kept.id).await.unwrap().len(), 1);
 }
