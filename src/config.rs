@@ -578,9 +578,28 @@ pub fn remove_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigErr
     remove_from_list(path, "blocked_peers", &peer.to_string())
 }
 
+/// Removes from `peers` every address that is `target` or ends in `/p2p/<target>`; returns the
+/// addresses removed.
+pub fn remove_static_peers(path: &Path, target: &str) -> Result<Vec<String>, ConfigError> {
+    let suffix = format!("/p2p/{target}");
+    remove_matching(path, "peers", |addr| {
+        addr == target || addr.ends_with(&suffix)
+    })
+}
+
 /// Removes `value` from the list `key` of the config file, keeping its comments, and replaces
 /// the file atomically. Returns false if the value was not there (the file is then untouched).
 fn remove_from_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigError> {
+    Ok(!remove_matching(path, key, |v| v == value)?.is_empty())
+}
+
+/// Removes the strings of the list `key` that `matches` picks, keeping the file's comments,
+/// and replaces the file atomically; returns what it removed (nothing: the file is untouched).
+fn remove_matching(
+    path: &Path,
+    key: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, ConfigError> {
     let update_error = |message: String| ConfigError::Update {
         path: path.to_owned(),
         message,
@@ -593,19 +612,25 @@ fn remove_from_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigE
         .parse()
         .map_err(|e: toml_edit::TomlError| update_error(e.to_string()))?;
     let Some(item) = doc.get_mut(key) else {
-        return Ok(false);
+        return Ok(Vec::new());
     };
     let list = item
         .as_array_mut()
         .ok_or_else(|| update_error(format!("`{key}` is not a list")))?;
-    let before = list.len();
-    list.retain(|v| v.as_str() != Some(value));
-    if list.len() == before {
-        return Ok(false);
+    let mut removed = Vec::new();
+    list.retain(|v| match v.as_str() {
+        Some(text) if matches(text) => {
+            removed.push(text.to_owned());
+            false
+        }
+        _ => true,
+    });
+    if removed.is_empty() {
+        return Ok(removed);
     }
     crate::atomic_write::write_atomically(path, doc.to_string().as_bytes(), None)
         .map_err(|e| update_error(e.to_string()))?;
-    Ok(true)
+    Ok(removed)
 }
 
 /// Appends `value` to the list `key` of the config file, keeping its comments, and replaces the

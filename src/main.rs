@@ -10,7 +10,7 @@ use meshsync::api::folders::{RestoreRequest, ResumeRequest};
 use meshsync::api::records::{
     CreateShare, JoinShare, JsonValue, KeyOnly, ListedRecord, RecordInput, RecordView,
 };
-use meshsync::api::{AddPeer, BlockPeer, PeerAdded, Status, UnblockPeer};
+use meshsync::api::{AddPeer, BlockPeer, PeerAdded, PeerRemoved, RemovePeer, Status, UnblockPeer};
 use meshsync::client::ApiClient;
 use meshsync::config::Config;
 use meshsync::engine::{CreatedShare, ShareStatus, TrustChange};
@@ -124,20 +124,34 @@ struct ShareTarget {
     folder: Option<PathBuf>,
 }
 
+/// The local name of a folder share, when its directory's name will not do (two folders of
+/// the same name).
+#[derive(Debug, clap::Args)]
+struct FolderName {
+    /// Local name of the folder share (default: the folder's directory name).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
 impl ShareTarget {
-    /// Kind, local name and (for folders) absolute path. A folder share is named after its
-    /// directory.
-    fn resolve(self) -> Result<(ShareKind, String, Option<PathBuf>)> {
+    /// Kind, local name and (for folders) absolute path. A folder share is named `name`, or
+    /// after its directory.
+    fn resolve(self, name: FolderName) -> Result<(ShareKind, String, Option<PathBuf>)> {
         match (self.records, self.folder) {
+            (Some(_), None) if name.name.is_some() => {
+                anyhow::bail!("--name is for folder shares; a records share is named by --records")
+            }
             (Some(name), None) => Ok((ShareKind::Records, name, None)),
             (None, Some(path)) => {
                 let absolute = std::path::absolute(&path)
                     .with_context(|| format!("cannot resolve {}", path.display()))?;
-                let name = absolute
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| "root".into());
+                let name = name.name.unwrap_or_else(|| {
+                    absolute
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| "root".into())
+                });
                 Ok((ShareKind::Folder, name, Some(absolute)))
             }
             _ => anyhow::bail!("give either --records NAME or --folder PATH"),
@@ -151,6 +165,8 @@ enum ShareCommand {
     Create {
         #[command(flatten)]
         what: ShareTarget,
+        #[command(flatten)]
+        name: FolderName,
     },
     /// Join a share from a token.
     Join {
@@ -158,6 +174,8 @@ enum ShareCommand {
         token: String,
         #[command(flatten)]
         what: ShareTarget,
+        #[command(flatten)]
+        name: FolderName,
     },
     /// List shares.
     List {
@@ -304,6 +322,11 @@ enum PeerCommand {
         /// The peer id.
         peer_id: String,
     },
+    /// Stop dialling a static peer and remove it from `peers` in the config.
+    Remove {
+        /// A configured address, or a peer id (every address ending in `/p2p/<id>`).
+        peer: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -443,6 +466,12 @@ fn run_peer(home: &Home, command: PeerCommand) -> Result<()> {
                 println!("{} was already blocked", answer.peer_id);
             }
         }
+        PeerCommand::Remove { peer } => {
+            let answer: PeerRemoved = client.post("/v1/peers/remove", &RemovePeer { peer })?;
+            for addr in answer.removed {
+                println!("removed {addr}");
+            }
+        }
         PeerCommand::Unblock { peer_id } => {
             let answer: UnblockPeer = client.post(
                 "/v1/peers/unblock",
@@ -472,8 +501,8 @@ fn run_peer(home: &Home, command: PeerCommand) -> Result<()> {
 fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
     let client = ApiClient::for_home(home)?;
     match command {
-        ShareCommand::Create { what } => {
-            let (kind, name, path) = what.resolve()?;
+        ShareCommand::Create { what, name } => {
+            let (kind, name, path) = what.resolve(name)?;
             let created: CreatedShare =
                 client.post("/v1/shares", &CreateShare { name, kind, path })?;
             let flag = match kind {
@@ -489,8 +518,8 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
             eprintln!("join it on another machine with: meshsync share join <token> {flag}");
             println!("{}", created.token.unwrap_or_default());
         }
-        ShareCommand::Join { token, what } => {
-            let (kind, name, path) = what.resolve()?;
+        ShareCommand::Join { token, what, name } => {
+            let (kind, name, path) = what.resolve(name)?;
             let joined: CreatedShare = client.post(
                 "/v1/shares/join",
                 &JoinShare {

@@ -374,6 +374,31 @@ fn peer_add_dials_and_remembers() {
     wait_until("b to reconnect to a", WAIT, || {
         b.connected_peers().contains(&a.peer_id)
     });
+
+    // Removed by its peer id: out of the config and no longer dialled, also after a restart.
+    let out = b.cli(&["peer", "remove", &a.peer_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&addr));
+    let config = std::fs::read_to_string(b.home.join("config.toml")).unwrap();
+    assert!(!config.contains(&addr), "{config}");
+    assert!(config.contains("# Static peers"), "comments kept");
+    assert_eq!(b.status()["static_peers"], serde_json::json!([]));
+    let out = b.cli(&["peer", "remove", &a.peer_id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no configured peer"));
+    assert!(b.stop());
+    b.start();
+    let status = b.status();
+    assert_eq!(status["static_peers"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["static_peer_status"],
+        serde_json::json!([]),
+        "{status}"
+    );
 }
 
 #[test]

@@ -80,6 +80,37 @@ fn a_paused_share_exchanges_nothing_and_catches_up_when_resumed() {
 }
 
 #[test]
+fn two_folders_of_the_same_name_are_shared_under_names_of_their_own() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let base = a.home.parent().unwrap().to_owned();
+    let (work, home) = (base.join("work/docs"), base.join("home/docs"));
+    cli_ok(&a, &["share", "create", "--folder", work.to_str().unwrap()]);
+    let out = a.cli(&["share", "create", "--folder", home.to_str().unwrap()]);
+    assert!(!out.status.success(), "the same name twice is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("docs"));
+    let named = [
+        "share",
+        "create",
+        "--folder",
+        home.to_str().unwrap(),
+        "--name",
+        "home-docs",
+    ];
+    cli_ok(&a, &named);
+    assert_eq!(
+        share(&a, "docs").unwrap()["folder"]["path"],
+        work.to_str().unwrap()
+    );
+    assert_eq!(
+        share(&a, "home-docs").unwrap()["folder"]["path"],
+        home.to_str().unwrap()
+    );
+    let out = a.cli(&["share", "create", "--records", "r", "--name", "x"]);
+    assert!(!out.status.success(), "--name is for folders");
+}
+
+#[test]
 fn a_share_left_is_forgotten_its_files_stay_and_it_can_be_joined_again() {
     let mut a = Node::init(&[]);
     a.start();

@@ -132,6 +132,20 @@ pub struct UnblockPeer {
     pub unblocked: bool,
 }
 
+/// Body of `POST /v1/peers/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovePeer {
+    /// A configured address, or a peer id (every address ending in `/p2p/<id>`).
+    pub peer: String,
+}
+
+/// Answer to `POST /v1/peers/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerRemoved {
+    /// The addresses no longer configured or dialled.
+    pub removed: Vec<String>,
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -165,6 +179,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers).post(add_peer))
         .route("/v1/peers/block", post(block_peer))
         .route("/v1/peers/unblock", post(unblock_peer))
+        .route("/v1/peers/remove", post(remove_peer))
         .merge(records::routes())
         .merge(folders::routes())
         .merge(events::routes())
@@ -350,6 +365,41 @@ async fn unblock_peer(
         peer_id: peer.to_string(),
         unblocked: removed || was,
     }))
+}
+
+/// Forgets a static peer: out of `peers` in the config (so a restart does not bring it back)
+/// and no longer dialled. An open connection stays; `block` refuses a peer.
+async fn remove_peer(
+    State(state): State<ApiState>,
+    Json(body): Json<RemovePeer>,
+) -> Result<Json<PeerRemoved>, ApiError> {
+    let target = body.peer.trim().to_owned();
+    let path = state.config_path.clone();
+    let in_config = {
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || crate::config::remove_static_peers(&path, &target))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    let dialled = state
+        .net
+        .remove_static(target.clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let mut removed = in_config;
+    for addr in dialled {
+        if !removed.contains(&addr) {
+            removed.push(addr);
+        }
+    }
+    if removed.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no configured peer is `{target}` (give an address from `peers` or a peer id)"),
+        ));
+    }
+    Ok(Json(PeerRemoved { removed }))
 }
 
 #[cfg(test)]

@@ -241,6 +241,12 @@ impl NetActor {
             Command::UnblockPeer { peer, reply } => {
                 let _ = reply.send(self.unblock_peer(peer));
             }
+            Command::RemoveStatic { target, reply } => {
+                let removed = self.book.remove_static(|addr, peer| {
+                    addr.to_string() == target || peer.is_some_and(|p| p.to_string() == target)
+                });
+                let _ = reply.send(removed.iter().map(ToString::to_string).collect());
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }

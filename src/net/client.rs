@@ -167,6 +167,13 @@ pub enum Command {
         /// `true` if newly blocked.
         reply: oneshot::Sender<bool>,
     },
+    /// Stop dialling the static peers with this address or peer id.
+    RemoveStatic {
+        /// An address or a peer id, as the user gave it.
+        target: String,
+        /// The addresses no longer dialled.
+        reply: oneshot::Sender<Vec<String>>,
+    },
     /// Stop refusing a blocked peer (a ban for lies still runs out by itself).
     UnblockPeer {
         /// The peer.
@@ -284,6 +291,14 @@ impl NetClient {
     pub async fn unblock_peer(&self, peer: PeerId) -> Result<bool, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::UnblockPeer { peer, reply }).await?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops dialling the static peers whose address is `target` or whose peer id it is;
+    /// returns their addresses.
+    pub async fn remove_static(&self, target: String) -> Result<Vec<String>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::RemoveStatic { target, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 

@@ -127,6 +127,23 @@ impl PeerBook {
         true
     }
 
+    /// Stops dialling the static targets `matches` picks (by address and known peer id);
+    /// returns their addresses.
+    pub fn remove_static(
+        &mut self,
+        matches: impl Fn(&Multiaddr, Option<&PeerId>) -> bool,
+    ) -> Vec<Multiaddr> {
+        let mut removed = Vec::new();
+        self.statics.retain(|s| {
+            let hit = matches(&s.addr, s.peer_id.as_ref());
+            if hit {
+                removed.push(s.addr.clone());
+            }
+            !hit
+        });
+        removed
+    }
+
     /// Static addresses due for a dial at `now` whose peer is not connected. The caller dials each
     /// and reports the connection id with [`PeerBook::static_dialing`].
     pub fn due_static_dials(&self, now: Instant) -> Vec<(usize, Multiaddr)> {
