@@ -10,6 +10,7 @@ use meshsync::api::folders::{RestoreRequest, ResumeRequest};
 use meshsync::api::records::{
     CreateShare, JoinShare, JsonValue, KeyOnly, ListedRecord, RecordInput, RecordView,
 };
+use meshsync::api::text;
 use meshsync::api::{AddPeer, BlockPeer, PeerAdded, PeerRemoved, RemovePeer, Status, UnblockPeer};
 use meshsync::client::ApiClient;
 use meshsync::config::Config;
@@ -332,12 +333,26 @@ enum PeerCommand {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if !matches!(cli.command, CliCommand::Run { .. }) {
+        die_quietly_on_a_closed_pipe();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshsync: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `meshsync status | head` made `println!` panic once `head` had
+/// read enough. A command that prints restores the default: the process ends quietly, like
+/// every other Unix tool. (The daemon keeps ignoring it: a peer closing a socket is no reason to
+/// die.)
+fn die_quietly_on_a_closed_pipe() {
+    // SAFETY: setting a signal's disposition to the default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -852,6 +867,13 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 }
 
 fn print_status(status: &Status) {
+    // The answer first: where each share stands.
+    for share in &status.shares {
+        println!("{}", text::headline(share));
+    }
+    if !status.shares.is_empty() {
+        println!();
+    }
     println!("peer id:  {}", status.peer_id);
     println!("version:  {}", status.version);
     println!("api:      http://{}", status.api);
@@ -891,13 +913,13 @@ fn print_status(status: &Status) {
 fn print_shares(shares: &[ShareStatus]) {
     for share in shares {
         println!(
-            "  {:<20} {:<7} {} entries, {} members, {} B sent, {} B received  ({})",
+            "  {:<20} {:<7} {} entries, {} members, {} sent, {} received  ({})",
             share.name,
             kind_name(share.kind),
             share.entries,
             share.members.len(),
-            share.bytes_sent,
-            share.bytes_received,
+            text::bytes(share.bytes_sent),
+            text::bytes(share.bytes_received),
             share.id
         );
         let connected = share.member_status.iter().filter(|m| m.connected).count();
@@ -941,8 +963,11 @@ fn print_shares(shares: &[ShareStatus]) {
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
             println!(
-                "    {}: {state}{reason}; {} files / {} B still needed, {:.0} B/s",
-                folder.path, folder.needed_files, folder.needed_bytes, folder.rate_bytes_per_sec
+                "    {}: {state}{reason}; {} files / {} still needed, {}/s",
+                folder.path,
+                folder.needed_files,
+                text::bytes(folder.needed_bytes),
+                text::bytes(folder.rate_bytes_per_sec as u64)
             );
         }
     }

@@ -248,6 +248,18 @@ fn a_full_disk_frees_old_versions_first_and_recovers_by_itself() {
         !b.join("big3").exists(),
         "nothing partial at the final path"
     );
+    // The share says it too, for records and folders alike, and so does the human status.
+    let shares = node_b.status()["shares"].clone();
+    let whole = &shares[0];
+    assert_eq!(whole["state"], "error", "{whole}");
+    assert!(
+        whole["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("disk full — ")),
+        "{whole}"
+    );
+    let human = String::from_utf8(node_b.cli(&["status"]).stdout).unwrap();
+    assert!(human.contains("disk full"), "{human}");
     // Space freed outside the folder: B completes without anyone asking it to.
     fs::remove_file(&junk).unwrap();
     share.wait_identical();

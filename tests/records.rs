@@ -431,3 +431,32 @@ fn members_find_each_other_through_the_dht_without_token_addresses() {
     );
     assert!(a.stop() && b.stop() && c.stop());
 }
+
+/// `meshsync kv list | head` ends quietly when `head` has read enough (it panicked on the
+/// closed pipe, printing a backtrace).
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    let mut node = Node::init(&[]);
+    node.start();
+    node.create_records_share("big");
+    // 300 KiB of listing, far beyond what a pipe buffers.
+    let records: Vec<Value> = (0..3000)
+        .map(|i| json!({"key": format!("key-{i:05}-{}", "x".repeat(90)), "value": "v"}))
+        .collect();
+    let (code, body) = Api::of(&node).post("/v1/kv/big/batch", &json!({ "records": records }));
+    assert_eq!(code, 200, "{body}");
+    let script = format!(
+        "{} --home {} kv list big | head -c 10 >/dev/null",
+        support::bin(),
+        node.home.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(node.stop());
+}

@@ -50,6 +50,10 @@ fn a_records_share_says_waiting_in_sync_and_waiting_again_when_its_member_goes()
         human.contains("in-sync (1 of 1 members connected)"),
         "{human}"
     );
+    assert!(
+        human.starts_with("notes: in sync with 1 of 1 member\n"),
+        "the answer comes first: {human}"
+    );
 
     assert!(b.stop());
     wait_until("A to say it is waiting for a member", WAIT, || {
@@ -65,6 +69,10 @@ fn a_records_share_says_waiting_in_sync_and_waiting_again_when_its_member_goes()
     let human = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
     assert!(
         human.contains("waiting: no member reachable since"),
+        "{human}"
+    );
+    assert!(
+        human.starts_with("notes: waiting — no member reachable since 20"),
         "{human}"
     );
 }
@@ -150,4 +158,84 @@ fn metrics_parse_as_prometheus_text_and_agree_with_status() {
     assert_eq!(value("meshsync_share_entries", &[("share", "notes")]), 1.0);
     assert!(value("meshsync_share_sent_bytes_total", &[("share", "notes")]) > 0.0);
     assert!(value("meshsync_resident_memory_bytes", &[]) > 1e6);
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    fn remount(&self, mode: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.0)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_folder_on_a_read_only_file_system_says_error_with_the_reason_and_recovers() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let disk = Tmpfs::mount(&b.home.parent().unwrap().join("disk"));
+    let dirs = vec![
+        a.home.parent().unwrap().join("folder"),
+        disk.0.join("folder"),
+    ];
+    let folder = FolderShare::among_at(&[&a, &b], dirs);
+    std::fs::write(folder.dirs[0].join("one.txt"), "1").unwrap();
+    folder.wait_identical();
+
+    disk.remount("ro");
+    std::fs::write(folder.dirs[0].join("two.txt"), "2").unwrap();
+    wait_until("B to say its folder cannot be written", WAIT, || {
+        let status = share(&b, &folder.name);
+        status["state"] == "error"
+            && status["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("read-only file system"))
+    });
+    let status = share(&b, &folder.name);
+    assert!(status["last_error"]["at"].as_str().is_some(), "{status}");
+    let human = String::from_utf8(b.cli(&["status"]).stdout).unwrap();
+    assert!(human.contains("read-only file system"), "{human}");
+    assert!(!folder.dirs[1].join("two.txt").exists());
+
+    disk.remount("rw");
+    folder.wait_identical();
+    wait_until("B to be in sync again", WAIT, || {
+        share(&b, &folder.name)["state"] == "in-sync"
+    });
+    assert!(b.stop());
 }

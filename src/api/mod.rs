@@ -38,6 +38,7 @@ pub mod events;
 pub mod folders;
 pub mod metrics;
 pub mod records;
+pub mod text;
 
 /// Largest request body: a batch put of many records.
 pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;

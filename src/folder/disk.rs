@@ -26,6 +26,9 @@ pub(super) struct DiskGuard {
     backoff: Backoff,
     /// Set while downloads wait for space: what `status` says.
     full: Option<String>,
+    /// Set while the file system refuses our writes (read-only, permissions), until a write
+    /// succeeds again: what `status` says.
+    unwritable: Option<String>,
 }
 
 impl DiskGuard {
@@ -34,12 +37,34 @@ impl DiskGuard {
             floor,
             backoff: Backoff::new(DISK_RETRY_MIN, DISK_RETRY_MAX),
             full: None,
+            unwritable: None,
         }
     }
 
-    /// Why downloads wait, while they do.
+    /// Why downloads wait, while they do: the disk is full, or refuses writes.
     pub(super) fn full(&self) -> Option<&str> {
-        self.full.as_deref()
+        self.unwritable.as_deref().or(self.full.as_deref())
+    }
+
+    /// A write was refused by the file system (`what`: read-only, permission denied); said
+    /// once until a write succeeds again. Returns the wait before trying again.
+    pub(super) fn refused(&mut self, what: &str, error: &str, folder: &str) -> Duration {
+        if self.unwritable.is_none() {
+            warn!(
+                folder,
+                "{what}: {error}; downloads wait until it can be written"
+            );
+        }
+        self.unwritable = Some(format!("{what} — {error}"));
+        self.backoff.next()
+    }
+
+    /// A download was written: the file system takes our writes (again).
+    pub(super) fn wrote(&mut self, folder: &str) {
+        if self.unwritable.take().is_some() {
+            info!(folder, "the folder can be written again: downloads resume");
+            self.backoff.reset();
+        }
     }
 
     /// Whether a file of `size` bytes may be written under `root` now, with `reserved` bytes

@@ -147,6 +147,8 @@ impl FolderActor {
             let wait = if error.is_disk_full() {
                 // Said once for the whole condition, not once per file and retry.
                 self.disk.failed(&error.to_string(), &self.name)
+            } else if let Some(what) = error.blocks_writes() {
+                self.disk.refused(what, &error.to_string(), &self.name)
             } else {
                 let reason = error.to_string();
                 if let Some(unsaid) = self.retry_lines.allow(&reason, std::time::Instant::now()) {
@@ -158,6 +160,7 @@ impl FolderActor {
             self.queue.retry_at(done.path, Instant::now() + wait);
             return;
         }
+        self.disk.wrote(&self.name);
         if done.not_empty {
             return;
         }

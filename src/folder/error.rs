@@ -63,6 +63,24 @@ impl MaterialiseError {
         )
     }
 
+    /// A refusal of the folder's file system that stops every write, not just this one (it is
+    /// mounted read-only, or we may not write there): what it is, if this is one.
+    pub fn blocks_writes(&self) -> Option<&'static str> {
+        let source = match self {
+            MaterialiseError::Write(write::WriteError::Io { source, .. })
+            | MaterialiseError::ConflictCopy(write::WriteError::Io { source, .. }) => source,
+            _ => return None,
+        };
+        let errno = rustix::io::Errno::from_io_error(source)?;
+        if errno == rustix::io::Errno::ROFS {
+            Some("read-only file system")
+        } else if errno == rustix::io::Errno::ACCESS || errno == rustix::io::Errno::PERM {
+            Some("permission denied")
+        } else {
+            None
+        }
+    }
+
     /// Whether the entry itself is refused (an unsafe path from a peer): counted, not retried.
     pub fn is_refusal(&self) -> bool {
         matches!(

@@ -126,7 +126,7 @@ pub enum WriteError {
         source: io::Error,
     },
     /// Another I/O error.
-    #[error("cannot {action} {path}")]
+    #[error("cannot {action} {path}: {source}")]
     Io {
         /// What was being done.
         action: &'static str,
