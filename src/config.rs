@@ -80,11 +80,16 @@ pub enum ConfigError {
     },
 }
 
+/// A device name (`name`) has at most this many characters; a peer's is cut to it.
+pub const MAX_NAME_CHARS: usize = 64;
+
 /// `config.toml` as written, before validation. Every field has a default, so an empty file is a
 /// valid configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
+    /// This device's name, shown to peers; empty: none.
+    pub name: String,
     /// Multiaddrs the peer-to-peer listener binds to.
     pub listen: Vec<String>,
     /// `IP:PORT` of the control API; port 0 picks a free port (written to `api.addr`).
@@ -134,6 +139,7 @@ pub struct RawConfig {
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
+            name: String::new(),
             listen: vec![
                 format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
                 format!("/ip6/::/tcp/{DEFAULT_P2P_PORT}"),
@@ -175,6 +181,8 @@ pub struct BootstrapPeer {
 pub struct Config {
     /// Where the config came from (for messages and for `peer add`).
     pub path: PathBuf,
+    /// This device's name, said to peers in the hello (`None`: peers show only its id).
+    pub name: Option<String>,
     /// Peer-to-peer listen addresses.
     pub listen: Vec<Multiaddr>,
     /// Control API socket address.
@@ -249,6 +257,17 @@ impl RawConfig {
             ));
         }
         let listen = parse_addrs("listen", &self.listen, path)?;
+        let name = self.name.trim();
+        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name".into(),
+                format!(
+                    "at most {} characters, none of them control characters",
+                    MAX_NAME_CHARS
+                ),
+            ));
+        }
+        let name = (!name.is_empty()).then(|| name.to_owned());
         let api: SocketAddr = self
             .api
             .parse()
@@ -343,6 +362,7 @@ impl RawConfig {
         };
         Ok(Config {
             path: path.to_owned(),
+            name,
             listen,
             api,
             peers,
@@ -429,6 +449,11 @@ pub fn render(raw: &RawConfig) -> String {
 # Multiaddrs the peer-to-peer (TCP, Noise, Yamux) listener binds to. Port 0 picks a free port.
 # Default: {default_listen}
 listen = {listen}
+
+# This device's name: peers show it beside its peer id (status, peers). At most 64 characters.
+# `meshsync init --name NAME` sets it.
+# Default: ""
+name = {name}
 
 # IP:PORT of the local control API used by the CLI and scripts (HTTP, bearer token in `api-token`).
 # Port 0 picks a free port and writes the real address to `api.addr` in the home directory.
@@ -528,6 +553,7 @@ inbound_buffer_per_peer = {inbound_peer}
 # [shares."photos"]
 # breaker_percent = 20
 {shares}"#,
+        name = toml::Value::String(raw.name.clone()),
         default_listen = list(&defaults.listen),
         listen = list(&raw.listen),
         default_api = defaults.api,
@@ -694,6 +720,7 @@ mod tests {
     #[test]
     fn rendered_config_round_trips() {
         let raw = RawConfig {
+            name: "Ada's \"laptop\"".into(),
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             api: "127.0.0.1:0".into(),
             api_allow_remote: false,

@@ -197,6 +197,7 @@ fn start_net(
                 total: config.inbound_buffer_total,
                 per_peer: config.inbound_buffer_per_peer,
             },
+            name: config.name.clone(),
         },
     )?;
     Ok(started)
@@ -222,6 +223,7 @@ async fn serve_api(
         events: running.events.clone(),
         token: Arc::from(token),
         config_path: config.path.clone(),
+        name: config.name.clone(),
         bound,
     });
     axum::serve(listener, app)

@@ -100,6 +100,8 @@ pub struct InitOptions {
     pub peers: Vec<String>,
     /// `--no-mdns`.
     pub no_mdns: bool,
+    /// `--name`: this device's name.
+    pub name: Option<String>,
 }
 
 /// What `init` did.
@@ -182,6 +184,9 @@ impl Home {
         }
         raw.peers = options.peers.clone();
         raw.mdns = !options.no_mdns;
+        if let Some(name) = &options.name {
+            raw.name = name.clone();
+        }
         raw.clone().validate(&config_path)?;
 
         fs::create_dir_all(&self.dir).map_err(|source| HomeError::Io {
@@ -312,6 +317,7 @@ mod tests {
             api: Some("127.0.0.1:0".into()),
             peers: vec![],
             no_mdns: true,
+            name: None,
         }
     }
 

@@ -47,6 +47,9 @@ enum CliCommand {
         /// Disable mDNS discovery.
         #[arg(long)]
         no_mdns: bool,
+        /// This device's name, shown to peers beside its id (`name` in the config).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
     },
     /// Print this node's peer ID (no daemon needed).
     Id,
@@ -308,10 +311,14 @@ enum KvCommand {
 
 #[derive(Debug, Subcommand)]
 enum PeerCommand {
-    /// Dial a peer now and remember it as a static peer in the config.
+    /// Dial a peer now and remember it as a static peer in the config; waits (up to 15 s) to
+    /// say whether it answered.
     Add {
         /// The peer's multiaddr, e.g. /ip4/192.0.2.7/tcp/7465/p2p/12D3Koo...
         multiaddr: String,
+        /// Only store and dial it; do not wait for an answer.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Disconnect a peer and refuse it from now on (remembered in `blocked_peers`).
     Block {
@@ -382,6 +389,7 @@ fn run(cli: Cli) -> Result<()> {
             api,
             peers,
             no_mdns,
+            name,
         } => run_init(
             &home,
             &InitOptions {
@@ -389,6 +397,7 @@ fn run(cli: Cli) -> Result<()> {
                 api,
                 peers,
                 no_mdns,
+                name,
             },
         ),
         CliCommand::Psk { command } => run_psk(command),
@@ -501,16 +510,51 @@ fn run_peer(home: &Home, command: PeerCommand) -> Result<()> {
                 println!("{} was not blocked", answer.peer_id);
             }
         }
-        PeerCommand::Add { multiaddr } => {
+        PeerCommand::Add { multiaddr, no_wait } => {
             let added: PeerAdded = client.post("/v1/peers", &AddPeer { addr: multiaddr })?;
             if added.added {
                 println!("added static peer {}", added.addr);
             } else {
                 println!("{} was already a static peer; dialling it", added.addr);
             }
+            if !no_wait {
+                wait_for_answer(&client, &added.addr)?;
+            }
         }
     }
     Ok(())
+}
+
+/// How long `peer add` waits for the new peer to answer.
+const PEER_ADD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until the static peer at `addr` is connected (and says so) or its dial failed (an
+/// error, so that a wrong address is not met with silence; it stays configured).
+fn wait_for_answer(client: &ApiClient, addr: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let status: Status = client.get("/v1/status")?;
+        let target = status.static_peer_status.iter().find(|p| p.addr == addr);
+        match target {
+            Some(peer) if peer.connected => {
+                let id = addr.rsplit("/p2p/").next().filter(|id| *id != addr);
+                println!(
+                    "connected{}",
+                    id.map(|id| format!(" to {id}")).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            Some(peer) if peer.failed_dials > 0 => anyhow::bail!(
+                "{addr} did not answer ({}); it stays configured and is dialled again with                  backoff (`meshsync peer remove {addr}` forgets it)",
+                peer.last_error.as_deref().unwrap_or("no reason given")
+            ),
+            _ if started.elapsed() > PEER_ADD_WAIT => anyhow::bail!(
+                "{addr} did not answer within {} s; it stays configured and is dialled again",
+                PEER_ADD_WAIT.as_secs()
+            ),
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }
 
 fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
@@ -842,9 +886,10 @@ async fn shutdown_signal() {
 }
 
 /// What is logged without `RUST_LOG`: our info lines, everyone's warnings, except Yamux's
-/// per-connection errors (a peer over the stream limit); our own line on the connection's end
-/// says what happened, once per peer.
-const DEFAULT_LOG_FILTER: &str = "meshsync=info,warn,yamux=off";
+/// per-connection errors (a peer over the stream limit; our own line on the connection's end
+/// says what happened, once per peer) and Kademlia's warnings (its automatic bootstrap warns
+/// every few minutes while no peer is known, the normal state of a daemon alone on its LAN).
+const DEFAULT_LOG_FILTER: &str = "meshsync=info,warn,yamux=off,libp2p_kad=error";
 
 /// Logs to stderr; colours only when stderr is a terminal (a log file or journal gets plain
 /// text, not escape codes).
@@ -875,6 +920,9 @@ fn print_status(status: &Status) {
         println!();
     }
     println!("peer id:  {}", status.peer_id);
+    if let Some(name) = &status.name {
+        println!("name:     {name}");
+    }
     println!("version:  {}", status.version);
     println!("api:      http://{}", status.api);
     println!("mdns:     {}", if status.mdns { "on" } else { "off" });
@@ -983,8 +1031,13 @@ fn print_peers(peers: &[PeerStatus]) {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        let name = peer
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         println!(
-            "  {}  {:<9} rtt {:<9} {}",
+            "  {}{name}  {:<9} rtt {:<9} {}",
             peer.peer_id,
             found,
             rtt,

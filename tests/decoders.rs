@@ -317,7 +317,7 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
     ];
     let share = ByteArray::new(hash("share", 0));
     let requests = [
-        protocol::Request::Hello(Hello::ours()),
+        protocol::Request::Hello(Hello::ours(None)),
         protocol::Request::Auth {
             nonce: ByteArray::new(hash("nonce", 0)),
             tag: ByteArray::new(hash("tag", 0)),
@@ -350,7 +350,7 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         },
     ];
     let responses = [
-        protocol::Response::Hello(Hello::ours()),
+        protocol::Response::Hello(Hello::ours(None)),
         protocol::Response::Auth(Some(AuthProof {
             member: ByteArray::new(hash("proof", 0)),
             writer: None,

@@ -79,7 +79,7 @@ impl request_response::Codec for StallingCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        protocol::write_frame(io, &Response::Hello(Hello::ours()), 1 << 20).await
+        protocol::write_frame(io, &Response::Hello(Hello::ours(None)), 1 << 20).await
     }
 }
 

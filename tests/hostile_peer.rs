@@ -24,7 +24,7 @@ async fn garbage_on_the_protocol_does_not_hurt_the_daemon() {
 
     let (mut swarm, daemon) = raw_peer(target).await;
 
-    let valid_hello = frame(&protocol::encode(&Request::Hello(Hello::ours())).unwrap());
+    let valid_hello = frame(&protocol::encode(&Request::Hello(Hello::ours(None))).unwrap());
     let mut truncated = valid_hello.clone();
     truncated.truncate(valid_hello.len() - 2);
     let garbage: Vec<Vec<u8>> = vec![

@@ -349,6 +349,11 @@ fn peer_add_dials_and_remembers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("connected to {}", a.peer_id)),
+        "{said}"
+    );
     wait_until("b to connect to a", WAIT, || {
         b.connected_peers().contains(&a.peer_id)
     });
@@ -359,6 +364,18 @@ fn peer_add_dials_and_remembers() {
         serde_json::from_slice(&b.cli(&["peers", "--json"]).stdout).unwrap();
     assert_eq!(peers[0]["peer_id"], a.peer_id.as_str());
     assert_eq!(peers[0]["found_by"], "static");
+
+    // A wrong address is an error, not silence (it stays configured, and is said so).
+    let nobody = "/ip4/127.0.0.1/tcp/1";
+    let out = b.cli(&["peer", "add", nobody]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    let out = b.cli(&["peer", "remove", nobody]);
+    assert!(out.status.success());
+    let out = b.cli(&["peer", "add", "--no-wait", nobody]);
+    assert!(out.status.success(), "--no-wait only stores and dials it");
+    assert!(b.cli(&["peer", "remove", nobody]).status.success());
 
     let out = b.cli(&["peer", "add", "not/a/multiaddr"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -551,4 +568,56 @@ fn an_unreachable_static_peer_shows_why_in_status() {
         human.contains(&format!("static peer {addr} not connected")),
         "{human}"
     );
+}
+
+/// Device names: `init --name` sets this device's; peers learn it in the hello and show it in
+/// `status` (ours, and each member's), `peers`, and the human output. A bad name is refused
+/// with the key named.
+#[test]
+fn device_names_are_shown_to_peers() {
+    let mut a = Node::init(&["--name", "laptop"]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr(), "--name", "desk top"]);
+    b.start();
+    let token = a.create_records_share("notes");
+    b.join_records_share(&token, "notes");
+    wait_until("A to see B as a member", WAIT, || {
+        a.share_members("notes").contains(&b.peer_id)
+    });
+    let status = a.status();
+    assert_eq!(status["name"], "laptop", "{status}");
+    let peer = &status["peers"][0];
+    assert_eq!(peer["peer_id"], b.peer_id.as_str());
+    assert_eq!(peer["name"], "desk top", "{peer}");
+    let member = &status["shares"][0]["member_status"][0];
+    assert_eq!(member["name"], "desk top", "{member}");
+    assert!(member["last_seen"].is_null(), "connected: {member}");
+    let human = String::from_utf8(a.cli(&["peers"]).stdout).unwrap();
+    assert!(human.contains("desk top"), "{human}");
+
+    // Gone: last_seen is a time.
+    assert!(b.stop());
+    wait_until("A to see B gone", WAIT, || {
+        a.status()["shares"][0]["member_status"][0]["connected"] == false
+    });
+    let member = a.status()["shares"][0]["member_status"][0].clone();
+    assert!(
+        member["last_seen"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20") && t.ends_with('Z')),
+        "{member}"
+    );
+
+    let bad = Node::init(&[]);
+    let config = bad.home.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("name = \"\"", "name = \"tab\\there\""),
+    )
+    .unwrap();
+    let out = bad.cli(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`name`"), "{stderr}");
 }

@@ -239,3 +239,43 @@ fn a_folder_on_a_read_only_file_system_says_error_with_the_reason_and_recovers()
     });
     assert!(b.stop());
 }
+
+/// The log a user gets (no `RUST_LOG`) through an ordinary session — start, join, sync records
+/// and files, a peer leaving — has no warnings and no colour codes (it is not a terminal).
+#[test]
+fn an_ordinary_session_logs_no_warnings_and_no_colour_codes() {
+    let mut a = Node::init(&[]);
+    a.start_with_default_log();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start_with_default_log();
+    let folder = FolderShare::among(&[&a, &b]);
+    let token = a.create_records_share("notes");
+    b.join_records_share(&token, "notes");
+    Api::of(&a).put("notes", "k", "v");
+    std::fs::write(folder.dirs[0].join("f.txt"), "f").unwrap();
+    folder.wait_identical();
+    wait_until("the record on B", WAIT, || {
+        Api::of(&b).list("notes").to_string().contains("\"k\"")
+    });
+    assert!(b.stop());
+    wait_until("A to see B gone", WAIT, || {
+        share(&a, "notes")["state"] == "waiting"
+    });
+    assert!(a.stop());
+    for (who, log) in [("A", a.log()), ("B", b.log())] {
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+        assert!(
+            warnings.is_empty(),
+            "{who} warned:\n{}",
+            warnings.join("\n")
+        );
+        assert!(
+            !log.contains('\u{1b}'),
+            "{who}'s log has colour codes:\n{log}"
+        );
+        assert!(
+            log.contains(" INFO "),
+            "{who} logged nothing at all:\n{log}"
+        );
+    }
+}

@@ -397,7 +397,7 @@ fn entries() -> Vec<WireEntry> {
 pub fn wire_requests() -> Vec<(&'static str, protocol::Request)> {
     let (_, round) = first_round();
     vec![
-        ("req-hello", protocol::Request::Hello(Hello::ours())),
+        ("req-hello", protocol::Request::Hello(Hello::ours(None))),
         (
             "req-auth",
             protocol::Request::Auth {
@@ -466,7 +466,7 @@ pub fn wire_responses() -> Vec<(&'static str, protocol::Response)> {
     let (_, round) = first_round();
     let reply = reconcile::respond(&crate::SUMMARIES.1, &round).unwrap();
     vec![
-        ("res-hello", protocol::Response::Hello(Hello::ours())),
+        ("res-hello", protocol::Response::Hello(Hello::ours(None))),
         (
             "res-auth",
             protocol::Response::Auth(Some(AuthProof {

@@ -58,6 +58,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     /// The config file, where `peer add` remembers peers.
     pub config_path: PathBuf,
+    /// This device's name, for `status`.
+    pub name: Option<String>,
     /// The address the API is bound to, for the origin check.
     pub bound: SocketAddr,
     /// Becomes true when the daemon starts shutting down; streamed answers end then.
@@ -69,6 +71,9 @@ pub struct ApiState {
 pub struct Status {
     /// Our peer id.
     pub peer_id: String,
+    /// This device's name (`name` in the config; null if none).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Software version.
     pub version: String,
     /// Dialable listen addresses, each ending in `/p2p/<peer_id>`.
@@ -269,8 +274,18 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
         .status()
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let names: std::collections::HashMap<&str, &str> = net
+        .peers
+        .iter()
+        .filter_map(|p| Some((p.peer_id.as_str(), p.name.as_deref()?)))
+        .collect();
+    let mut shares = engine.shares;
+    for member in shares.iter_mut().flat_map(|s| s.member_status.iter_mut()) {
+        member.name = names.get(member.peer_id.as_str()).map(|n| (*n).to_owned());
+    }
     Ok(Status {
         peer_id: net.peer_id,
+        name: state.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         listen_addrs: net.listen_addrs,
         peers: net.peers,
@@ -280,7 +295,7 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
         guards: net.guards,
         static_peer_status: net.static_peer_status,
         api: state.bound.to_string(),
-        shares: engine.shares,
+        shares,
         sessions: engine.sessions,
     })
 }

@@ -105,6 +105,13 @@ pub struct MemberStatus {
     pub connected: bool,
     /// When it was last connected, in milliseconds since the Unix epoch; absent while it is.
     pub last_seen_ms: Option<u64>,
+    /// The same time in RFC 3339 (UTC); null while it is connected.
+    #[serde(default)]
+    pub last_seen: Option<String>,
+    /// Its device name, while it is connected and has one (filled in by the API from the
+    /// network's view of the peer).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl Roster {
@@ -165,6 +172,8 @@ impl Roster {
                 peer_id: peer.to_string(),
                 connected: true,
                 last_seen_ms: None,
+                last_seen: None,
+                name: None,
             })
             .chain(
                 self.gone
@@ -176,6 +185,8 @@ impl Roster {
                         peer_id: peer.to_string(),
                         connected: false,
                         last_seen_ms: Some(*at),
+                        last_seen: Some(crate::timefmt::rfc3339_ms(*at)),
+                        name: None,
                     }),
             )
             .collect();
@@ -290,13 +301,17 @@ fn sorted(set: Option<&HashSet<PeerId>>) -> Vec<PeerId> {
 impl EngineActor {
     /// Asks the peer to prove membership of the share (and proves ours in the same exchange).
     pub(super) fn start_auth(&mut self, peer: PeerId, share: ShareId) {
+        if !self.roster.is_member(&share, &peer) {
+            self.ask_membership(peer, share);
+        }
+    }
+
+    /// Asks `peer` to prove membership of `share`, member or not (one ask at a time).
+    fn ask_membership(&mut self, peer: PeerId, share: ShareId) {
         let Some(state) = self.store.share(&share) else {
             return;
         };
-        if !state.meta.admits(&peer)
-            || self.roster.is_member(&share, &peer)
-            || !self.roster.begin_auth((peer, share))
-        {
+        if !state.meta.admits(&peer) || !self.roster.begin_auth((peer, share)) {
             return;
         }
         let net = self.net.clone();
@@ -351,6 +366,14 @@ impl EngineActor {
         received: u64,
     ) {
         let again = self.roster.auth_done((peer, share), outcome);
+        if outcome == AuthOutcome::Unproved && self.roster.is_member(&share, &peer) {
+            // Asked again after it refused something as "not a member": it paused or left.
+            self.roster.remove_member(&peer, &share);
+            self.publish_members();
+            if let Some(state) = self.store.share(&share) {
+                info!(%peer, share = %state.meta.name, "peer is no longer a member (it paused or left the share)");
+            }
+        }
         if let AuthOutcome::Proved(access) = outcome {
             let c = self.counters(share);
             c.bytes_sent += sent;
@@ -446,19 +469,14 @@ impl EngineActor {
         }
     }
 
-    /// The peer answered that we are not a member of the share: it paused or left it (or has
-    /// not read our proof yet). It is no member here either until it proves membership again;
-    /// we ask it once, and a peer that resumes asks us itself.
+    /// The peer answered that we are not a member of the share: it paused or left it, or it
+    /// has not yet read the proof we answered its own check with (a request of ours can
+    /// overtake it). We ask it to prove membership again: if it cannot, it is no member here
+    /// either ([`Self::on_auth_done`]); a peer that resumes asks us itself.
     pub(super) fn on_not_a_member(&mut self, peer: PeerId, share: ShareId) {
-        if !self.roster.is_member(&share, &peer) {
-            return;
+        if self.roster.is_member(&share, &peer) {
+            self.ask_membership(peer, share);
         }
-        self.roster.remove_member(&peer, &share);
-        self.publish_members();
-        if let Some(state) = self.store.share(&share) {
-            info!(%peer, share = %state.meta.name, "peer is no longer a member (it paused or left the share)");
-        }
-        self.start_auth(peer, share);
     }
 
     /// The share's allowlist changed: members no longer admitted stop getting anything at once;

@@ -640,7 +640,9 @@ impl EngineActor {
         let after = self
             .schedule
             .finished((peer, share), outcome, presence, Instant::now());
-        if let (AfterSession::Failed { backoff }, Some(error)) = (after, &report.error) {
+        if report.not_a_member {
+            debug!(%peer, share = %report.share, "session refused: not a member (asked again)");
+        } else if let (AfterSession::Failed { backoff }, Some(error)) = (after, &report.error) {
             warn!(%peer, share = %report.share, "sync session failed (retry in {backoff:?}): {error}");
         } else if report.need + report.offer > 0 {
             debug!(

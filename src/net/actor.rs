@@ -67,6 +67,8 @@ pub(super) struct NetActor {
     pub(super) hello_retries: HelloRetries,
     /// Our own peer id.
     pub(super) local_id: PeerId,
+    /// Our device name, said in our hello.
+    pub(super) name: Option<String>,
     /// Where [`Command`]s arrive.
     commands: mpsc::Receiver<Command>,
     /// Known peers: static, discovered, connected.
@@ -132,6 +134,7 @@ impl NetActor {
             next_clock_check: Instant::now() + super::requests::CLOCK_CHECK_INTERVAL,
             hello_retries: HelloRetries::default(),
             local_id: *swarm.local_peer_id(),
+            name: config.name.clone(),
             swarm,
             commands,
             book,
@@ -308,6 +311,7 @@ impl NetActor {
                     .map(|c| c.remote.to_string())
                     .collect(),
                 agent: p.agent.clone(),
+                name: p.name.clone(),
                 rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 clock_offset_ms: p.clock_offset_ms.map(|ms| ms as f64),
                 answered: self.answered.get(&id).copied().unwrap_or(0),

@@ -101,6 +101,9 @@ pub struct PeerStatus {
     pub addrs: Vec<String>,
     /// Its software, from the hello exchange.
     pub agent: Option<String>,
+    /// Its device name, from the hello exchange (null if it has none).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Last ping round trip in milliseconds.
     pub rtt_ms: Option<f64>,
     /// How far its clock is ahead of ours in milliseconds (negative: behind), measured in the

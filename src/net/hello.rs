@@ -49,6 +49,20 @@ impl HelloRetries {
     }
 }
 
+/// The device name of a peer's hello: control characters dropped, cut to
+/// [`protocol::MAX_NAME_CHARS`]; `None` if nothing is left.
+pub fn checked_name(hello: &Hello) -> Option<String> {
+    let name: String = hello
+        .name
+        .as_deref()?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(protocol::MAX_NAME_CHARS)
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// The agent of a peer's hello, cut to [`protocol::MAX_AGENT_CHARS`]; `Err` with it when the
 /// peer speaks another protocol version than [`PROTOCOL_VERSION`].
 pub fn checked_agent(hello: &Hello) -> Result<String, String> {
@@ -103,7 +117,22 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             agent: long.clone(),
             wall_ms: None,
+            name: Some(format!(" lap\u{7}top{long} ")),
         };
+        let name = checked_name(&ours).unwrap();
+        assert!(name.starts_with("laptopxxx"), "{name}");
+        assert_eq!(
+            name.chars().count(),
+            protocol::MAX_NAME_CHARS - 1,
+            "cut, then trimmed"
+        );
+        assert_eq!(
+            checked_name(&Hello {
+                name: Some(" \n".into()),
+                ..ours.clone()
+            }),
+            None
+        );
         assert_eq!(
             checked_agent(&ours).unwrap().chars().count(),
             protocol::MAX_AGENT_CHARS
@@ -112,6 +141,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION + 1,
             agent: "meshsync/9".into(),
             wall_ms: None,
+            name: None,
         };
         assert_eq!(checked_agent(&other), Err("meshsync/9".into()));
     }

@@ -84,6 +84,8 @@ pub struct NetConfig {
     pub psk: Option<libp2p::pnet::PreSharedKey>,
     /// Bounds of the bytes buffered for request frames still arriving.
     pub inbound_buffer: budget::Limits,
+    /// Our device name, said in our hello.
+    pub name: Option<String>,
 }
 
 /// Builds the swarm, binds the listeners and starts the network task. Returns the handle and the

@@ -64,6 +64,8 @@ pub struct KnownPeer {
     pub connections: BTreeMap<ConnectionId, OpenConnection>,
     /// Agent string from its hello, once received.
     pub agent: Option<String>,
+    /// Device name from its hello, if it has one.
+    pub name: Option<String>,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
     /// How far its clock is ahead of ours (negative: behind), in milliseconds, from the hello.
@@ -229,6 +231,7 @@ impl PeerBook {
             addrs: Vec::new(),
             connections: BTreeMap::new(),
             agent: None,
+            name: None,
             rtt: None,
             clock_offset_ms: None,
         });
@@ -329,10 +332,11 @@ impl PeerBook {
         self.peers.get(peer)?.agent.clone()
     }
 
-    /// Records the agent of `peer`'s hello.
-    pub fn set_agent(&mut self, peer: &PeerId, agent: String) {
+    /// Records the agent and device name of `peer`'s hello.
+    pub fn set_agent(&mut self, peer: &PeerId, agent: String, name: Option<String>) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.agent = Some(agent);
+            p.name = name;
         }
     }
 

@@ -241,15 +241,23 @@ pub struct Hello {
     /// receiver can tell how far apart their clocks are. Absent from older peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_ms: Option<u64>,
+    /// The sender's device name (`name` in its config), for people to tell peers apart.
+    /// Absent from older peers and peers without a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
+/// A peer's device name is cut to this many characters.
+pub use crate::config::MAX_NAME_CHARS;
+
 impl Hello {
-    /// Our own hello, stamped with our wall clock now.
-    pub fn ours() -> Hello {
+    /// Our own hello, with our device name, stamped with our wall clock now.
+    pub fn ours(name: Option<String>) -> Hello {
         Hello {
             protocol_version: PROTOCOL_VERSION,
             agent: agent_version(),
             wall_ms: Some(wall_clock_ms()),
+            name,
         }
     }
 }
@@ -628,7 +636,7 @@ mod tests {
     async fn hello_round_trips() {
         let mut buf = Vec::new();
         // One hello: two carry different wall clocks.
-        let hello = Request::Hello(Hello::ours());
+        let hello = Request::Hello(Hello::ours(None));
         write_frame(&mut Cursor::new(&mut buf), &hello, MAX_REQUEST_BYTES)
             .await
             .unwrap();
@@ -737,7 +745,7 @@ mod tests {
             framed(&[]),
             vec![0, 0],
             {
-                let mut b = framed(&encode(&Request::Hello(Hello::ours())).unwrap());
+                let mut b = framed(&encode(&Request::Hello(Hello::ours(None))).unwrap());
                 b.truncate(b.len() - 3);
                 b
             },

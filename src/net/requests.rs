@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::actor::NetActor;
 use super::client::{NetError, NetEvent};
 use super::guard::Reply;
-use super::hello::{HelloRetry, checked_agent};
+use super::hello::{HelloRetry, checked_agent, checked_name};
 use super::protocol::{self, Hello, PROTOCOL_VERSION, Request, Response};
 use crate::quiet::and_more;
 
@@ -107,7 +107,7 @@ impl NetActor {
         let response = match request {
             Request::Hello(hello) => {
                 self.on_hello(peer, hello);
-                Response::Hello(Hello::ours())
+                Response::Hello(Hello::ours(self.name.clone()))
             }
             request => match self.in_flight.acquire(peer) {
                 Some(slot) => {
@@ -232,7 +232,7 @@ impl NetActor {
             .swarm
             .behaviour_mut()
             .sync
-            .send_request(&peer, Request::Hello(Hello::ours()));
+            .send_request(&peer, Request::Hello(Hello::ours(self.name.clone())));
         self.hello_requests
             .insert(id, (peer, std::time::Instant::now()));
     }
@@ -259,7 +259,7 @@ impl NetActor {
                 .swarm
                 .behaviour_mut()
                 .sync
-                .send_request(&peer, Request::Hello(Hello::ours()));
+                .send_request(&peer, Request::Hello(Hello::ours(self.name.clone())));
             self.clock_checks.insert(id, std::time::Instant::now());
         }
     }
@@ -296,7 +296,7 @@ impl NetActor {
     fn on_hello(&mut self, peer: PeerId, hello: Hello) -> bool {
         match checked_agent(&hello) {
             Ok(agent) => {
-                self.book.set_agent(&peer, agent);
+                self.book.set_agent(&peer, agent, checked_name(&hello));
                 true
             }
             Err(agent) => {

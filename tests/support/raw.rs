@@ -150,7 +150,7 @@ pub async fn ask(swarm: &mut RawSwarm, daemon: libp2p::PeerId, request: &Request
                     request_response::Message::Request { channel, .. } => {
                         // Answer the daemon's own hello properly, so it talks to us as a peer.
                         let hello =
-                            frame(&protocol::encode(&Response::Hello(Hello::ours())).unwrap());
+                            frame(&protocol::encode(&Response::Hello(Hello::ours(None))).unwrap());
                         let _ = swarm.behaviour_mut().send_response(channel, hello);
                     }
                     _ => {}
@@ -269,7 +269,7 @@ impl Driven {
                                 request_response::Message::Request { request, channel, .. } => {
                                     let prefix = request.iter().position(|b| b & 0x80 == 0).map_or(0, |p| p + 1);
                                     let response = match protocol::decode::<Request>(&request[prefix.min(request.len())..]) {
-                                        Ok(Request::Hello(_)) => Some(Response::Hello(Hello::ours())),
+                                        Ok(Request::Hello(_)) => Some(Response::Hello(Hello::ours(None))),
                                         Ok(request) => answer(request),
                                         Err(e) => Some(Response::Error(e.to_string())),
                                     };
