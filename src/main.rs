@@ -960,11 +960,16 @@ fn print_status(status: &Status) {
 
 fn print_shares(shares: &[ShareStatus]) {
     for share in shares {
+        let entries = match (share.files, share.directories, share.deleted) {
+            (Some(files), Some(directories), Some(deleted)) => {
+                format!("{files} files, {directories} directories, {deleted} deleted")
+            }
+            _ => format!("{} entries", share.entries),
+        };
         println!(
-            "  {:<20} {:<7} {} entries, {} members, {} sent, {} received  ({})",
+            "  {:<20} {:<7} {entries}, {} members, {} sent, {} received  ({})",
             share.name,
             kind_name(share.kind),
-            share.entries,
             share.members.len(),
             text::bytes(share.bytes_sent),
             text::bytes(share.bytes_received),

@@ -279,3 +279,30 @@ fn an_ordinary_session_logs_no_warnings_and_no_colour_codes() {
         );
     }
 }
+
+/// A folder share counts its files, directories and deleted entries apart (`entries` counts
+/// them all).
+#[test]
+fn a_folder_share_counts_files_directories_and_deleted_entries_apart() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let folder = FolderShare::among(&[&a, &b]);
+    let dir = &folder.dirs[0];
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for name in ["one", "two", "sub/three", "gone"] {
+        std::fs::write(dir.join(name), name).unwrap();
+    }
+    folder.wait_identical();
+    std::fs::remove_file(dir.join("gone")).unwrap();
+    folder.wait_identical();
+    for node in [&a, &b] {
+        wait_until("the counts to settle", WAIT, || {
+            let s = share(node, &folder.name);
+            s["files"] == 3 && s["directories"] == 1 && s["deleted"] == 1 && s["entries"] == 5
+        });
+    }
+    let status = share(&b, &folder.name);
+    assert_eq!(status["folder"]["files"], 3, "{status}");
+}

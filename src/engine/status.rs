@@ -71,6 +71,16 @@ pub struct ShareStatus {
     pub reason: Option<String>,
     /// The last error (null when there was none).
     pub last_error: Option<LastError>,
+    /// For folder shares: regular files synced here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// For folder shares: directories synced here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directories: Option<u64>,
+    /// For folder shares: entries that are no file, directory or symlink here — deletions
+    /// (tombstones), and while syncing also entries not yet written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
 }
 
 /// What `status` shows about syncing.
@@ -262,6 +272,9 @@ impl EngineActor {
                 message,
                 at: crate::timefmt::rfc3339(at),
             }),
+            files: None,
+            directories: None,
+            deleted: None,
         }
     }
 }
@@ -276,6 +289,10 @@ async fn complete(
         if let Some(folder) = pending.folder {
             share.folder = folder.status().await;
             if let Some(folder) = &share.folder {
+                let live = folder.files + folder.directories + folder.symlinks;
+                share.files = Some(folder.files);
+                share.directories = Some(folder.directories);
+                share.deleted = Some(share.entries.saturating_sub(live));
                 let session_busy = share.state == SyncState::Syncing;
                 let connected = !share.members.is_empty();
                 (share.state, share.reason) =

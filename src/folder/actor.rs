@@ -46,6 +46,7 @@ use super::settle::Settle;
 use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
+use super::synced_paths::SyncedPaths;
 use super::watch::{self as watcher, Watch, WatchEvent};
 use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
@@ -132,7 +133,7 @@ pub fn spawn(
         sources,
         commands: rx,
         changes,
-        synced: BTreeMap::new(),
+        synced: SyncedPaths::default(),
         state_loaded: false,
         instance: None,
         paused: None,
@@ -186,7 +187,7 @@ pub(super) struct FolderActor {
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) changes: broadcast::Receiver<Arc<Change>>,
     /// Per path: what we last synced there.
-    pub(super) synced: BTreeMap<String, Synced>,
+    pub(super) synced: SyncedPaths,
     /// Whether `synced` was loaded. Until it is, nothing is scanned: every file would look new.
     pub(super) state_loaded: bool,
     /// The id of the folder `synced` describes ([`instance`]); `None` until one is recorded.
@@ -344,7 +345,7 @@ impl FolderActor {
         match state::load(&self.store, self.sources.share).await {
             Ok(loaded) => {
                 debug!(folder = %self.name, "folder state: {} synced paths", loaded.synced.len());
-                self.synced = loaded.synced;
+                self.synced = loaded.synced.into();
                 self.instance = loaded.instance;
                 self.state_loaded = true;
             }
@@ -445,6 +446,9 @@ impl FolderActor {
             bad_chunks: self.sources.counters.bad_chunks.load(Relaxed),
             refused: self.refused,
             local_entries: self.synced.len() as u64,
+            files: self.synced.counts().files,
+            directories: self.synced.counts().directories,
+            symlinks: self.synced.counts().symlinks,
             deletes_waiting: self.deletes.len() as u64,
             unsyncable_count: self.unsyncable.len() as u64,
             unsyncable: self

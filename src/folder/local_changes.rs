@@ -56,7 +56,7 @@ impl FolderActor {
                      another disk): treating it as newly joined; nothing it lacks is deleted \
                      elsewhere, it is fetched from members instead"
                 );
-                let forget: Vec<String> = std::mem::take(&mut self.synced).into_keys().collect();
+                let forget: Vec<String> = self.synced.take().into_keys().collect();
                 self.deletes.clear();
                 self.unsaved.clear();
                 self.sources
@@ -295,9 +295,9 @@ impl FolderActor {
                 self.save_later(vec![(path.clone(), Some(synced))]);
             } else if known != Some(scanned) {
                 writes.push((path.clone(), Some(record.clone())));
-            } else if let Some(s) = self.synced.get_mut(path) {
+            } else {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
-                s.record = record.clone();
+                self.synced.restat(path, record.clone());
             }
             self.deletes.release(path);
         }

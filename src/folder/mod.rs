@@ -32,6 +32,7 @@ mod settle;
 mod source;
 pub mod state;
 pub mod status;
+mod synced_paths;
 pub mod versions;
 mod watch;
 pub mod write;
@@ -42,6 +43,7 @@ pub use handle::FolderHandle;
 pub use handle::Resume;
 pub use state::Synced;
 pub use status::{FolderState, FolderStatus};
+pub use synced_paths::KindCounts;
 
 use crate::merge::Payload;
 use crate::merge::RecordRegister;

@@ -51,6 +51,15 @@ pub struct FolderStatus {
     pub refused: u64,
     /// Files on disk and entries tracked.
     pub local_entries: u64,
+    /// Of those, regular files.
+    #[serde(default)]
+    pub files: u64,
+    /// Directories.
+    #[serde(default)]
+    pub directories: u64,
+    /// Symbolic links.
+    #[serde(default)]
+    pub symlinks: u64,
     /// Local deletes found but not yet sent: they wait until deleting has stopped for a moment
     /// and the folder is still there, so that removing or unmounting the whole folder sends none.
     #[serde(default)]
@@ -135,6 +144,9 @@ impl FolderStatus {
             bad_chunks: 0,
             refused: 0,
             local_entries: 0,
+            files: 0,
+            directories: 0,
+            symlinks: 0,
             deletes_waiting: 0,
             unsyncable: Vec::new(),
             unsyncable_count: 0,
@@ -164,6 +176,9 @@ mod tests {
             bad_chunks: 0,
             refused: 0,
             local_entries: 0,
+            files: 0,
+            directories: 0,
+            symlinks: 0,
             deletes_waiting: 0,
             unsyncable: Vec::new(),
             unsyncable_count: 0,
