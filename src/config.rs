@@ -359,6 +359,7 @@ impl RawConfig {
                 max_percent: self.versions_max_percent,
             },
             shares: self.shares,
+            device_name: name.clone(),
         };
         Ok(Config {
             path: path.to_owned(),

@@ -115,8 +115,17 @@ fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
             node.share_root(&share.name) != before
         });
     };
+    // Device names, set while each is down: conflict copies are tagged with their device's.
+    let name = |node: &Node, name: &str| {
+        let config = node.home.join("config.toml");
+        let text = fs::read_to_string(&config).unwrap();
+        let named = text.replace("\nname = \"\"\n", &format!("\nname = \"{name}\"\n"));
+        assert_ne!(text, named);
+        fs::write(&config, named).unwrap();
+    };
     mesh.nodes[0].pin_listen_port();
     mesh.nodes[1].stop();
+    name(&mesh.nodes[1], "dev b");
     recorded(&mesh.nodes[0], &|| {
         fs::write(share.dirs[0].join("doc.txt"), "edited on A").unwrap()
     });
@@ -124,6 +133,7 @@ fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
         fs::remove_file(share.dirs[0].join("gone.txt")).unwrap()
     });
     mesh.nodes[0].stop();
+    name(&mesh.nodes[0], "dev a");
     mesh.nodes[1].start();
     recorded(&mesh.nodes[1], &|| {
         fs::write(share.dirs[1].join("doc.txt"), "edited on B").unwrap()
@@ -146,6 +156,16 @@ fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
     let mut both = [winner.as_str(), loser.as_str()];
     both.sort();
     assert_eq!(both, ["edited on A", "edited on B"]);
+    let tag = if loser == "edited on A" {
+        "-deva.txt"
+    } else {
+        "-devb.txt"
+    };
+    assert!(
+        conflicts[0].ends_with(tag),
+        "{} is tagged with its device's name",
+        conflicts[0]
+    );
     // The delete lost to the concurrent edit.
     assert_eq!(
         fs::read_to_string(share.dirs[0].join("gone.txt")).unwrap(),

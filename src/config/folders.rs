@@ -119,6 +119,8 @@ pub struct FolderSettings {
     pub(super) min_free_disk: MinFreeDisk,
     pub(super) versions: VersionsPolicy,
     pub(super) shares: BTreeMap<String, RawShareSettings>,
+    /// This device's name, which our conflict copies are named after.
+    pub(super) device_name: Option<String>,
 }
 
 impl Default for FolderSettings {
@@ -136,11 +138,17 @@ impl Default for FolderSettings {
                 max_percent: DEFAULT_VERSIONS_PERCENT,
             },
             shares: BTreeMap::new(),
+            device_name: None,
         }
     }
 }
 
 impl FolderSettings {
+    /// This device's name (`name` in the config), if it has one.
+    pub fn device_name(&self) -> Option<&str> {
+        self.device_name.as_deref()
+    }
+
     /// Whether peers' mass deletes are held too in the share named `share`.
     pub fn breaker_remote_for(&self, share: &str) -> bool {
         self.shares

@@ -251,6 +251,7 @@ impl EngineActor {
             min_free_disk: self.folder_settings.min_free_disk_for(&meta.name),
             versions: self.folder_settings.versions_for(&meta.name),
             breaker_remote: self.folder_settings.breaker_remote_for(&meta.name),
+            device_name: self.folder_settings.device_name().map(str::to_owned),
         };
         let (store, net) = (self.store.clone(), self.net.clone());
         let events = self.events.clone();

@@ -78,7 +78,7 @@ pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
 /// What the configuration says for one folder share.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// The mass-deletion breaker's limit.
     pub breaker: BreakerLimit,
@@ -88,6 +88,8 @@ pub struct Policy {
     pub versions: VersionsPolicy,
     /// Whether peers' mass deletes are held too.
     pub breaker_remote: bool,
+    /// This device's name, which our conflict copies are tagged with.
+    pub device_name: Option<String>,
 }
 
 /// Starts the actor for a folder share. Its synced state is loaded from the store by the actor
@@ -122,6 +124,7 @@ pub fn spawn(
         chunks: Arc::default(),
         counters,
         fetcher,
+        conflict_tag: super::conflict::device_tag(&local, policy.device_name.as_deref()),
     };
     let (state_writer, state_writer_task) =
         state::spawn_writer(store.clone(), meta.id, meta.name.clone());

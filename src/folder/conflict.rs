@@ -38,6 +38,21 @@ pub fn rename_to_conflict_copy(
     Ok(())
 }
 
+/// The tag in our conflict copies' names: this device's name (what of it is ASCII letters,
+/// digits, `-` and `_`), so people see whose version it was; else [`peer_tag`].
+pub fn device_tag(local: &libp2p::PeerId, name: Option<&str>) -> String {
+    let name: String = name
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    if name.is_empty() {
+        peer_tag(local)
+    } else {
+        name
+    }
+}
+
 /// The peer tag in our conflict copies' names: the last 8 characters of our peer id.
 pub fn peer_tag(local: &libp2p::PeerId) -> String {
     let id = local.to_string();
@@ -106,6 +121,14 @@ fn utc_stamp(when_millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_name_tags_conflict_copies_else_the_peer_id() {
+        let peer = libp2p::PeerId::random();
+        assert_eq!(device_tag(&peer, Some("Ada's laptop")), "Adaslaptop");
+        assert_eq!(device_tag(&peer, Some("ノート")), peer_tag(&peer));
+        assert_eq!(device_tag(&peer, None), peer_tag(&peer));
+    }
 
     #[test]
     fn the_peer_tag_is_the_end_of_the_peer_id() {

@@ -87,10 +87,9 @@ impl FolderActor {
             let store = self.store.clone();
             let synced = self.synced.get(&path).cloned();
             let known = self.latest.remove(&path);
-            let local = self.local;
             let local_key = self.local_key.clone();
             self.downloads.spawn(async move {
-                materialise(sources, store, path, known, synced, local, local_key).await
+                materialise(sources, store, path, known, synced, local_key).await
             });
         }
     }

@@ -9,7 +9,6 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::assemble::fill;
-use super::conflict;
 use super::error::{MaterialiseError, WriteFailure};
 use super::model::{self, CheckedChunk, EntryKind, FileMeta, Hash};
 use super::plan::{self, Desired};
@@ -82,7 +81,6 @@ pub(super) async fn materialise(
     path: String,
     known: Option<RecordRegister>,
     synced: Option<Synced>,
-    local: PeerId,
     local_key: PeerKey,
 ) -> Materialised {
     let mut outcome = Materialised {
@@ -95,8 +93,7 @@ pub(super) async fn materialise(
         author: None,
         conflict_copy: None,
     };
-    if let Err(e) = materialise_into(&shared, &store, known, &local, &local_key, &mut outcome).await
-    {
+    if let Err(e) = materialise_into(&shared, &store, known, &local_key, &mut outcome).await {
         outcome.error = Some(e);
     }
     outcome
@@ -107,7 +104,6 @@ async fn materialise_into(
     shared: &Sources,
     store: &StoreHandle,
     known: Option<RecordRegister>,
-    local: &PeerId,
     local_key: &PeerKey,
     outcome: &mut Materialised,
 ) -> Result<(), MaterialiseError> {
@@ -137,7 +133,7 @@ async fn materialise_into(
     {
         // Our own version lost a conflict and its content is what is on disk: keep it aside.
         let millis = ours.hlc().millis;
-        outcome.conflict_copy = Some(keep_conflict_copy(shared, &path, millis, local).await?);
+        outcome.conflict_copy = Some(keep_conflict_copy(shared, &path, millis).await?);
         outcome.synced = None;
     }
     let expect = plan::expect_for(outcome.synced.as_ref());
@@ -179,9 +175,8 @@ async fn keep_conflict_copy(
     shared: &Sources,
     path: &str,
     ours_millis: u64,
-    local: &PeerId,
 ) -> Result<String, MaterialiseError> {
-    let conflict_rel = write::conflict_name(path, ours_millis, &conflict::peer_tag(local));
+    let conflict_rel = write::conflict_name(path, ours_millis, &shared.conflict_tag);
     let root = shared.root.clone();
     let (from, to) = (path.to_owned(), conflict_rel.clone());
     tokio::task::spawn_blocking(move || write::rename_to_conflict_copy(&root, &from, &to))

@@ -53,6 +53,8 @@ pub(super) struct Sources {
     pub(super) counters: Arc<Counters>,
     /// Fetches chunks from members, many per request.
     pub(super) fetcher: Fetcher,
+    /// What our conflict copies are tagged with ([`super::conflict::device_tag`]).
+    pub(super) conflict_tag: String,
 }
 
 /// The chunks of `rel`, laid end to end, as places to find them.
