@@ -69,6 +69,12 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// The link that opens the daemon's status page already holding the token (in the URL's
+    /// fragment, which the browser keeps to itself).
+    pub fn page_link(&self) -> String {
+        format!("http://{}/#token={}", self.addr, self.token)
+    }
+
     /// Finds the API of the daemon running for `home`: the address it wrote at start if there
     /// is one, else the configured one.
     pub fn for_home(home: &Home) -> Result<ApiClient, ClientError> {

@@ -53,6 +53,9 @@ enum CliCommand {
     },
     /// Print this node's peer ID (no daemon needed).
     Id,
+    /// Print the link to the daemon's status page, with the API token in it (open it in a
+    /// browser on this machine; anyone with the link controls the daemon).
+    Open,
     /// Run the daemon in the foreground until SIGINT or SIGTERM.
     Run {
         /// Disable mDNS discovery for this run, whatever the config says.
@@ -401,6 +404,13 @@ fn run(cli: Cli) -> Result<()> {
             },
         ),
         CliCommand::Psk { command } => run_psk(command),
+        CliCommand::Open => {
+            let client = ApiClient::for_home(&home)?;
+            // Checks that the daemon answers, so the link is not dead on arrival.
+            let _: serde_json::Value = client.get("/health")?;
+            println!("{}", client.page_link());
+            Ok(())
+        }
         CliCommand::Id => {
             println!("{}", home.load_identity()?.public().to_peer_id());
             Ok(())

@@ -37,6 +37,7 @@ use crate::store::StoreHandle;
 pub mod events;
 pub mod folders;
 pub mod metrics;
+mod page;
 pub mod records;
 pub mod text;
 
@@ -178,7 +179,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API's routes, with authentication applied to all but `/health`.
+/// The API's routes, with authentication applied to all but `/health` and the status page.
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/v1/status", get(status))
@@ -193,6 +194,7 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
+        .merge(page::routes())
         .merge(protected)
         .layer(middleware::from_fn_with_state(
             state.clone(),
