@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
+mod edit;
 mod folders;
 mod size;
+
+pub use edit::{add_blocked_peer, add_static_peer, remove_blocked_peer, remove_static_peers};
 
 pub use folders::{
     BreakerLimit, DEFAULT_BREAKER_MIN_FILES, DEFAULT_BREAKER_PERCENT, DEFAULT_VERSIONS_DAYS,
@@ -587,105 +590,6 @@ inbound_buffer_per_peer = {inbound_peer}
         min_files = raw.breaker_min_files,
         shares = render_shares(&raw.shares),
     )
-}
-
-/// Appends a static peer to the `peers` list of the config file, keeping its comments, and
-/// replaces the file atomically. Returns false if the address was already there.
-pub fn add_static_peer(path: &Path, addr: &Multiaddr) -> Result<bool, ConfigError> {
-    append_to_list(path, "peers", &addr.to_string())
-}
-
-/// Appends a peer id to `blocked_peers`; returns false if it was already there.
-pub fn add_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
-    append_to_list(path, "blocked_peers", &peer.to_string())
-}
-
-/// Removes a peer id from `blocked_peers`; returns false if it was not there.
-pub fn remove_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
-    remove_from_list(path, "blocked_peers", &peer.to_string())
-}
-
-/// Removes from `peers` every address that is `target` or ends in `/p2p/<target>`; returns the
-/// addresses removed.
-pub fn remove_static_peers(path: &Path, target: &str) -> Result<Vec<String>, ConfigError> {
-    let suffix = format!("/p2p/{target}");
-    remove_matching(path, "peers", |addr| {
-        addr == target || addr.ends_with(&suffix)
-    })
-}
-
-/// Removes `value` from the list `key` of the config file, keeping its comments, and replaces
-/// the file atomically. Returns false if the value was not there (the file is then untouched).
-fn remove_from_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigError> {
-    Ok(!remove_matching(path, key, |v| v == value)?.is_empty())
-}
-
-/// Removes the strings of the list `key` that `matches` picks, keeping the file's comments,
-/// and replaces the file atomically; returns what it removed (nothing: the file is untouched).
-fn remove_matching(
-    path: &Path,
-    key: &str,
-    matches: impl Fn(&str) -> bool,
-) -> Result<Vec<String>, ConfigError> {
-    let update_error = |message: String| ConfigError::Update {
-        path: path.to_owned(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| update_error(e.to_string()))?;
-    let Some(item) = doc.get_mut(key) else {
-        return Ok(Vec::new());
-    };
-    let list = item
-        .as_array_mut()
-        .ok_or_else(|| update_error(format!("`{key}` is not a list")))?;
-    let mut removed = Vec::new();
-    list.retain(|v| match v.as_str() {
-        Some(text) if matches(text) => {
-            removed.push(text.to_owned());
-            false
-        }
-        _ => true,
-    });
-    if removed.is_empty() {
-        return Ok(removed);
-    }
-    crate::atomic_write::write_atomically(path, doc.to_string().as_bytes(), None)
-        .map_err(|e| update_error(e.to_string()))?;
-    Ok(removed)
-}
-
-/// Appends `value` to the list `key` of the config file, keeping its comments, and replaces the
-/// file atomically. Returns false if the value was already there.
-fn append_to_list(path: &Path, key: &str, value: &str) -> Result<bool, ConfigError> {
-    let update_error = |message: String| ConfigError::Update {
-        path: path.to_owned(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| update_error(e.to_string()))?;
-    let list = doc
-        .entry(key)
-        .or_insert_with(|| toml_edit::value(toml_edit::Array::new()))
-        .as_array_mut()
-        .ok_or_else(|| update_error(format!("`{key}` is not a list")))?;
-    if list.iter().any(|v| v.as_str() == Some(value)) {
-        return Ok(false);
-    }
-    list.push(value);
-    crate::atomic_write::write_atomically(path, doc.to_string().as_bytes(), None)
-        .map_err(|e| update_error(e.to_string()))?;
-    Ok(true)
 }
 
 #[cfg(test)]

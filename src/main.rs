@@ -466,7 +466,7 @@ fn run_status(home: &Home, json: bool) -> Result<()> {
     if json {
         print_json(&status)
     } else {
-        print_status(&status);
+        print!("{}", text::status(&status));
         Ok(())
     }
 }
@@ -477,7 +477,7 @@ fn run_peers(home: &Home, json: bool) -> Result<()> {
     if json {
         print_json(&peers)
     } else {
-        print_peers(&peers);
+        print!("{}", text::peers(&peers));
         Ok(())
     }
 }
@@ -580,7 +580,7 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
             };
             eprintln!(
                 "created {} share `{}` ({})",
-                kind_name(kind),
+                text::kind_name(kind),
                 created.name,
                 created.id
             );
@@ -600,7 +600,7 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
             )?;
             println!(
                 "joined {} share `{}` ({})",
-                kind_name(kind),
+                text::kind_name(kind),
                 joined.name,
                 joined.id
             );
@@ -610,7 +610,7 @@ fn run_share(home: &Home, command: ShareCommand) -> Result<()> {
             if json {
                 return print_json(&shares);
             }
-            print_shares(&shares);
+            print!("{}", text::shares(&shares));
         }
         ShareCommand::Token { share, read_only } => {
             let answer: serde_json::Value = client.get(&format!(
@@ -727,13 +727,6 @@ fn print_trusted(client: &ApiClient, share: &str, change: &TrustChange) -> Resul
         println!("share `{share}` admits only: {}", trusted.join(" "));
     }
     Ok(())
-}
-
-fn kind_name(kind: ShareKind) -> &'static str {
-    match kind {
-        ShareKind::Records => "records",
-        ShareKind::Folder => "folder",
-    }
 }
 
 fn path_segment(text: &str) -> String {
@@ -919,146 +912,6 @@ fn init_logging() {
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-fn print_status(status: &Status) {
-    // The answer first: where each share stands.
-    for share in &status.shares {
-        println!("{}", text::headline(share));
-    }
-    if !status.shares.is_empty() {
-        println!();
-    }
-    println!("peer id:  {}", status.peer_id);
-    if let Some(name) = &status.name {
-        println!("name:     {name}");
-    }
-    println!("version:  {}", status.version);
-    println!("api:      http://{}", status.api);
-    println!("mdns:     {}", if status.mdns { "on" } else { "off" });
-    println!("listening on:");
-    for addr in &status.listen_addrs {
-        println!("  {addr}");
-    }
-    println!("peers ({} connected):", status.peers.len());
-    print_peers(&status.peers);
-    for peer in status.static_peer_status.iter().filter(|p| !p.connected) {
-        let next = peer
-            .next_dial_in_ms
-            .map(|ms| format!(", next try in {:.1} s", ms as f64 / 1000.0))
-            .unwrap_or_default();
-        println!(
-            "  static peer {} not connected: {} failed dials{}{next}",
-            peer.addr,
-            peer.failed_dials,
-            peer.last_error
-                .as_deref()
-                .map(|e| format!(" (last: {e})"))
-                .unwrap_or_default(),
-        );
-    }
-    let guards = &status.guards;
-    if guards.refused_connections > 0 || guards.inbound_evictions > 0 {
-        println!(
-            "  guards: {} connections refused (too many from one address), {} half-received requests dropped for others'",
-            guards.refused_connections, guards.inbound_evictions
-        );
-    }
-    println!("shares ({}):", status.shares.len());
-    print_shares(&status.shares);
-}
-
-fn print_shares(shares: &[ShareStatus]) {
-    for share in shares {
-        let entries = match (share.files, share.directories, share.deleted) {
-            (Some(files), Some(directories), Some(deleted)) => {
-                format!("{files} files, {directories} directories, {deleted} deleted")
-            }
-            _ => format!("{} entries", share.entries),
-        };
-        println!(
-            "  {:<20} {:<7} {entries}, {} members, {} sent, {} received  ({})",
-            share.name,
-            kind_name(share.kind),
-            share.members.len(),
-            text::bytes(share.bytes_sent),
-            text::bytes(share.bytes_received),
-            share.id
-        );
-        let connected = share.member_status.iter().filter(|m| m.connected).count();
-        let known = share.member_status.len().max(connected);
-        let state = serde_json::to_value(share.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let reason = share
-            .reason
-            .as_deref()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
-        println!("    {state}{reason} ({connected} of {known} members connected)");
-        if let Some(error) = &share.last_error {
-            println!("    last error at {}: {}", error.at, error.message);
-        }
-        if share.read_only {
-            println!(
-                "    read-only member: {} local edits not shared",
-                share.unshared
-            );
-        }
-        if share.refused_entries > 0 {
-            println!(
-                "    refused {} entries from members that may not write",
-                share.refused_entries
-            );
-        }
-        if !share.trusted_peers.is_empty() {
-            println!("    admits only: {}", share.trusted_peers.join(" "));
-        }
-        if let Some(folder) = &share.folder {
-            let state = serde_json::to_value(&folder.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let reason = folder
-                .reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default();
-            println!(
-                "    {}: {state}{reason}; {} files / {} still needed, {}/s",
-                folder.path,
-                folder.needed_files,
-                text::bytes(folder.needed_bytes),
-                text::bytes(folder.rate_bytes_per_sec as u64)
-            );
-        }
-    }
-}
-
-fn print_peers(peers: &[PeerStatus]) {
-    for peer in peers {
-        let rtt = peer
-            .rtt_ms
-            .map(|ms| format!("{ms:.1} ms"))
-            .unwrap_or_else(|| "-".into());
-        let found = serde_json::to_value(peer.found_by)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let name = peer
-            .name
-            .as_deref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        println!(
-            "  {}{name}  {:<9} rtt {:<9} {}",
-            peer.peer_id,
-            found,
-            rtt,
-            peer.addrs.join(", ")
-        );
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ mod support;
 use std::fs;
 
 use support::{
-    FolderShare, Mesh, Node, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
+    FolderShare, Mesh, Node, Tmpfs, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
 };
 
 const DIRS: usize = 10;
@@ -158,35 +158,6 @@ fn a_file_that_never_settles_still_syncs_while_it_changes() {
         WAIT,
         || share.status(&mesh.nodes[0])["changing"] == serde_json::json!([]),
     );
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(at).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// A receiver on a small file system: old versions give way first, and a full disk waits, says

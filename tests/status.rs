@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Api, FolderShare, Node, WAIT, wait_until};
+use support::{Api, FolderShare, Node, Tmpfs, WAIT, wait_until};
 
 /// The share named `name` in `node`'s `status --json`.
 fn share(node: &Node, name: &str) -> Value {
@@ -160,58 +160,16 @@ fn metrics_parse_as_prometheus_text_and_agree_with_status() {
     assert!(value("meshsync_resident_memory_bytes", &[]) > 1e6);
 }
 
-/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_owned())
-    }
-
-    fn remount(&self, mode: &str) {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(&self.0)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_folder_on_a_read_only_file_system_says_error_with_the_reason_and_recovers() {
     let mut a = Node::init(&[]);
     a.start();
     let mut b = Node::init(&["--peer", &a.listen_addr()]);
     b.start();
-    let disk = Tmpfs::mount(&b.home.parent().unwrap().join("disk"));
+    let disk = Tmpfs::mount(&b.home.parent().unwrap().join("disk"), "16m");
     let dirs = vec![
         a.home.parent().unwrap().join("folder"),
-        disk.0.join("folder"),
+        disk.path().join("folder"),
     ];
     let folder = FolderShare::among_at(&[&a, &b], dirs);
     std::fs::write(folder.dirs[0].join("one.txt"), "1").unwrap();

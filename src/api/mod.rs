@@ -256,12 +256,35 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
 }
 
-async fn net_status(state: &ApiState) -> Result<NetStatus, ApiError> {
-    state
-        .net
-        .status()
+/// Runs a change to `config.toml` on a blocking thread (it reads and replaces the file).
+async fn change_config<T: Send + 'static>(
+    state: &ApiState,
+    change: impl FnOnce(&std::path::Path) -> Result<T, crate::config::ConfigError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = state.config_path.clone();
+    tokio::task::spawn_blocking(move || change(&path))
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The network task is gone (the daemon is stopping).
+fn net_gone(e: crate::net::NetError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// A peer id from a request body, or a clear 400.
+fn peer_id_from(text: &str) -> Result<libp2p::PeerId, ApiError> {
+    text.trim().parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{text}` is not a peer id ({e})"),
+        )
+    })
+}
+
+async fn net_status(state: &ApiState) -> Result<NetStatus, ApiError> {
+    state.net.status().await.map_err(net_gone)
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
@@ -313,12 +336,11 @@ async fn add_peer(
     let addr = crate::config::parse_multiaddr(body.addr.trim())
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     // Remember first: a peer that is dialled but not saved would silently vanish on restart.
-    let path = state.config_path.clone();
     let saved = addr.clone();
-    tokio::task::spawn_blocking(move || crate::config::add_static_peer(&path, &saved))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    change_config(&state, move |path| {
+        crate::config::add_static_peer(path, &saved)
+    })
+    .await?;
     let added = state
         .net
         .add_static_peer(addr.clone())
@@ -334,23 +356,13 @@ async fn block_peer(
     State(state): State<ApiState>,
     Json(body): Json<BlockPeer>,
 ) -> Result<Json<BlockPeer>, ApiError> {
-    let peer: libp2p::PeerId = body.peer_id.trim().parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("`{}` is not a peer id ({e})", body.peer_id),
-        )
-    })?;
+    let peer = peer_id_from(&body.peer_id)?;
     // Remember first, so a block survives a restart even if the daemon stops right after.
-    let path = state.config_path.clone();
-    let added = tokio::task::spawn_blocking(move || crate::config::add_blocked_peer(&path, &peer))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let newly = state
-        .net
-        .block_peer(peer)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let added = change_config(&state, move |path| {
+        crate::config::add_blocked_peer(path, &peer)
+    })
+    .await?;
+    let newly = state.net.block_peer(peer).await.map_err(net_gone)?;
     Ok(Json(BlockPeer {
         peer_id: peer.to_string(),
         blocked: added || newly,
@@ -361,24 +373,13 @@ async fn unblock_peer(
     State(state): State<ApiState>,
     Json(body): Json<UnblockPeer>,
 ) -> Result<Json<UnblockPeer>, ApiError> {
-    let peer: libp2p::PeerId = body.peer_id.trim().parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("`{}` is not a peer id ({e})", body.peer_id),
-        )
-    })?;
+    let peer = peer_id_from(&body.peer_id)?;
     // Forget first, so the unblock survives a restart.
-    let path = state.config_path.clone();
-    let removed =
-        tokio::task::spawn_blocking(move || crate::config::remove_blocked_peer(&path, &peer))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let was = state
-        .net
-        .unblock_peer(peer)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let removed = change_config(&state, move |path| {
+        crate::config::remove_blocked_peer(path, &peer)
+    })
+    .await?;
+    let was = state.net.unblock_peer(peer).await.map_err(net_gone)?;
     Ok(Json(UnblockPeer {
         peer_id: peer.to_string(),
         unblocked: removed || was,
@@ -392,19 +393,18 @@ async fn remove_peer(
     Json(body): Json<RemovePeer>,
 ) -> Result<Json<PeerRemoved>, ApiError> {
     let target = body.peer.trim().to_owned();
-    let path = state.config_path.clone();
     let in_config = {
         let target = target.clone();
-        tokio::task::spawn_blocking(move || crate::config::remove_static_peers(&path, &target))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        change_config(&state, move |path| {
+            crate::config::remove_static_peers(path, &target)
+        })
+        .await?
     };
     let dialled = state
         .net
         .remove_static(target.clone())
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(net_gone)?;
     let mut removed = in_config;
     for addr in dialled {
         if !removed.contains(&addr) {

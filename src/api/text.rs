@@ -2,8 +2,13 @@
 //! why?", and sizes and rates in human units. The CLI prints these; they are pure functions of
 //! the status the API gives, so scripts read `--json` instead.
 
+use std::fmt::Write as _;
+
+use super::Status;
 use crate::engine::ShareStatus;
 use crate::engine::status::SyncState;
+use crate::net::PeerStatus;
+use crate::store::ShareKind;
 
 /// `bytes` in the largest binary unit that keeps a number ≥ 1: `512 B`, `1.5 KiB`, `3.4 GiB`.
 pub fn bytes(bytes: u64) -> String {
@@ -78,6 +83,173 @@ pub fn headline(share: &ShareStatus) -> String {
         SyncState::Held => why("held"),
         SyncState::Error => why("error"),
     }
+}
+
+/// A share kind as the CLI says it.
+pub fn kind_name(kind: ShareKind) -> &'static str {
+    match kind {
+        ShareKind::Records => "records",
+        ShareKind::Folder => "folder",
+    }
+}
+
+/// `meshsync status` as text: the answer first (one line per share), then the details.
+pub fn status(status: &Status) -> String {
+    let mut out = String::new();
+    // The answer first: where each share stands.
+    for share in &status.shares {
+        let _ = writeln!(out, "{}", headline(share));
+    }
+    if !status.shares.is_empty() {
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "peer id:  {}", status.peer_id);
+    if let Some(name) = &status.name {
+        let _ = writeln!(out, "name:     {name}");
+    }
+    let _ = writeln!(out, "version:  {}", status.version);
+    let _ = writeln!(out, "api:      http://{}", status.api);
+    let _ = writeln!(out, "mdns:     {}", if status.mdns { "on" } else { "off" });
+    let _ = writeln!(out, "listening on:");
+    for addr in &status.listen_addrs {
+        let _ = writeln!(out, "  {addr}");
+    }
+    let _ = writeln!(out, "peers ({} connected):", status.peers.len());
+    out.push_str(&peers(&status.peers));
+    for peer in status.static_peer_status.iter().filter(|p| !p.connected) {
+        let next = peer
+            .next_dial_in_ms
+            .map(|ms| format!(", next try in {:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  static peer {} not connected: {} failed dials{}{next}",
+            peer.addr,
+            peer.failed_dials,
+            peer.last_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default(),
+        );
+    }
+    let guards = &status.guards;
+    if guards.refused_connections > 0 || guards.inbound_evictions > 0 {
+        let _ = writeln!(
+            out,
+            "  guards: {} connections refused (too many from one address), {} half-received requests dropped for others'",
+            guards.refused_connections, guards.inbound_evictions
+        );
+    }
+    let _ = writeln!(out, "shares ({}):", status.shares.len());
+    out.push_str(&shares(&status.shares));
+    out
+}
+
+/// `meshsync share list` as text, and the shares part of [`status`].
+pub fn shares(shares: &[ShareStatus]) -> String {
+    let mut out = String::new();
+    for share in shares {
+        let entries = match (share.files, share.directories, share.deleted) {
+            (Some(files), Some(directories), Some(deleted)) => {
+                format!("{files} files, {directories} directories, {deleted} deleted")
+            }
+            _ => format!("{} entries", share.entries),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<7} {entries}, {} members, {} sent, {} received  ({})",
+            share.name,
+            kind_name(share.kind),
+            share.members.len(),
+            bytes(share.bytes_sent),
+            bytes(share.bytes_received),
+            share.id
+        );
+        let connected = share.member_status.iter().filter(|m| m.connected).count();
+        let known = share.member_status.len().max(connected);
+        let state = serde_json::to_value(share.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let reason = share
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {state}{reason} ({connected} of {known} members connected)"
+        );
+        if let Some(error) = &share.last_error {
+            let _ = writeln!(out, "    last error at {}: {}", error.at, error.message);
+        }
+        if share.read_only {
+            let _ = writeln!(
+                out,
+                "    read-only member: {} local edits not shared",
+                share.unshared
+            );
+        }
+        if share.refused_entries > 0 {
+            let _ = writeln!(
+                out,
+                "    refused {} entries from members that may not write",
+                share.refused_entries
+            );
+        }
+        if !share.trusted_peers.is_empty() {
+            let _ = writeln!(out, "    admits only: {}", share.trusted_peers.join(" "));
+        }
+        if let Some(folder) = &share.folder {
+            let state = serde_json::to_value(&folder.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let reason = folder
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {}: {state}{reason}; {} files / {} still needed, {}/s",
+                folder.path,
+                folder.needed_files,
+                bytes(folder.needed_bytes),
+                bytes(folder.rate_bytes_per_sec as u64)
+            );
+        }
+    }
+    out
+}
+
+/// `meshsync peers` as text, and the peers part of [`status`].
+pub fn peers(peers: &[PeerStatus]) -> String {
+    let mut out = String::new();
+    for peer in peers {
+        let rtt = peer
+            .rtt_ms
+            .map(|ms| format!("{ms:.1} ms"))
+            .unwrap_or_else(|| "-".into());
+        let found = serde_json::to_value(peer.found_by)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let name = peer
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}{name}  {:<9} rtt {:<9} {}",
+            peer.peer_id,
+            found,
+            rtt,
+            peer.addrs.join(", ")
+        );
+    }
+    out
 }
 
 #[cfg(test)]

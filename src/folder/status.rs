@@ -165,27 +165,8 @@ mod tests {
     #[test]
     fn last_error_is_always_present_null_when_none() {
         let status = FolderStatus {
-            path: "/f".into(),
             state: FolderState::Idle,
-            reason: None,
-            needed_files: 0,
-            needed_bytes: 0,
-            fetched_bytes: 0,
-            served_bytes: 0,
-            rate_bytes_per_sec: 0.0,
-            bad_chunks: 0,
-            refused: 0,
-            local_entries: 0,
-            files: 0,
-            directories: 0,
-            symlinks: 0,
-            deletes_waiting: 0,
-            unsyncable: Vec::new(),
-            unsyncable_count: 0,
-            changing: Vec::new(),
-            scans: 0,
-            last_error: None,
-            last_error_at: None,
+            ..FolderStatus::stopped(std::path::Path::new("/f"), None)
         };
         let json = serde_json::to_value(&status).unwrap();
         assert!(
