@@ -86,6 +86,9 @@ pub struct Roster {
     /// from.
     writers: HashMap<ShareId, HashSet<PeerId>>,
     auth_in_flight: HashSet<Pair>,
+    /// Checks in flight that ask a member again after it refused something as "not a member":
+    /// only their "unproved" drops it (an older check's answer may predate its proof).
+    rechecks: HashSet<Pair>,
     /// Membership checks asked again after getting no answer, per peer and share.
     auth_retries: HashMap<Pair, u32>,
     /// Members that were connected and are not any more, per share, with when they went
@@ -138,12 +141,14 @@ impl Roster {
         self.writers.remove(share);
         self.gone.remove(share);
         self.auth_in_flight.retain(|(_, s)| s != share);
+        self.rechecks.retain(|(_, s)| s != share);
         self.auth_retries.retain(|(_, s), _| s != share);
     }
 
     pub fn disconnect(&mut self, peer: &PeerId, now_ms: u64) {
         self.connected.remove(peer);
         self.auth_retries.retain(|(p, _), _| p != peer);
+        self.rechecks.retain(|(p, _)| p != peer);
         for (share, members) in &mut self.members {
             if members.remove(peer) {
                 let gone = self.gone.entry(*share).or_default();
@@ -273,6 +278,12 @@ impl Roster {
     /// A check we asked for ended; true if it should be asked again.
     pub fn auth_done(&mut self, pair: Pair, outcome: AuthOutcome) -> bool {
         self.auth_in_flight.remove(&pair);
+        let recheck = self.rechecks.remove(&pair);
+        if outcome == AuthOutcome::Unproved && recheck {
+            // Asked again after it said "not a member", it cannot prove membership: it
+            // paused or left the share.
+            self.remove_member(&pair.0, &pair.1);
+        }
         match outcome {
             AuthOutcome::Proved(_) => {
                 self.auth_retries.remove(&pair);
@@ -306,13 +317,20 @@ impl EngineActor {
         }
     }
 
-    /// Asks `peer` to prove membership of `share`, member or not (one ask at a time).
-    fn ask_membership(&mut self, peer: PeerId, share: ShareId) {
+    /// Marks the ask just started for `pair` as a re-check of a member (see
+    /// [`Roster::auth_done`]).
+    fn mark_recheck(&mut self, pair: Pair) {
+        self.roster.rechecks.insert(pair);
+    }
+
+    /// Asks `peer` to prove membership of `share`, member or not (one ask at a time); false if
+    /// no ask was started.
+    fn ask_membership(&mut self, peer: PeerId, share: ShareId) -> bool {
         let Some(state) = self.store.share(&share) else {
-            return;
+            return false;
         };
         if !state.meta.admits(&peer) || !self.roster.begin_auth((peer, share)) {
-            return;
+            return false;
         }
         let net = self.net.clone();
         let local = self.local;
@@ -355,6 +373,7 @@ impl EngineActor {
                 received,
             }
         });
+        true
     }
 
     /// A membership check we asked for ended.
@@ -365,10 +384,9 @@ impl EngineActor {
         sent: u64,
         received: u64,
     ) {
+        let was_member = self.roster.is_member(&share, &peer);
         let again = self.roster.auth_done((peer, share), outcome);
-        if outcome == AuthOutcome::Unproved && self.roster.is_member(&share, &peer) {
-            // Asked again after it refused something as "not a member": it paused or left.
-            self.roster.remove_member(&peer, &share);
+        if was_member && !self.roster.is_member(&share, &peer) {
             self.publish_members();
             if let Some(state) = self.store.share(&share) {
                 info!(%peer, share = %state.meta.name, "peer is no longer a member (it paused or left the share)");
@@ -474,8 +492,8 @@ impl EngineActor {
     /// overtake it). We ask it to prove membership again: if it cannot, it is no member here
     /// either ([`Self::on_auth_done`]); a peer that resumes asks us itself.
     pub(super) fn on_not_a_member(&mut self, peer: PeerId, share: ShareId) {
-        if self.roster.is_member(&share, &peer) {
-            self.ask_membership(peer, share);
+        if self.roster.is_member(&share, &peer) && self.ask_membership(peer, share) {
+            self.mark_recheck((peer, share));
         }
     }
 
@@ -529,6 +547,24 @@ mod tests {
             roster.admit(peer, SHARE, Access::Write),
             Admitted::Unchanged
         );
+    }
+
+    #[test]
+    fn only_a_recheck_that_is_not_proved_drops_a_member() {
+        let mut roster = Roster::default();
+        let peer = PeerId::random();
+        roster.connect(peer);
+        // An ask sent before the peer joined comes back unproved after it proved itself.
+        assert!(roster.begin_auth((peer, SHARE)));
+        roster.admit(peer, SHARE, Access::Write);
+        roster.auth_done((peer, SHARE), AuthOutcome::Unproved);
+        assert!(roster.is_member(&SHARE, &peer), "a stale answer drops nobody");
+        // Asked again after it said "not a member": unproved now means it left.
+        assert!(roster.begin_auth((peer, SHARE)));
+        roster.rechecks.insert((peer, SHARE));
+        roster.auth_done((peer, SHARE), AuthOutcome::Unproved);
+        assert!(!roster.is_member(&SHARE, &peer));
+        assert!(!roster.is_writer(&SHARE, &peer));
     }
 
     #[test]
