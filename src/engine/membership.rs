@@ -558,7 +558,10 @@ mod tests {
         assert!(roster.begin_auth((peer, SHARE)));
         roster.admit(peer, SHARE, Access::Write);
         roster.auth_done((peer, SHARE), AuthOutcome::Unproved);
-        assert!(roster.is_member(&SHARE, &peer), "a stale answer drops nobody");
+        assert!(
+            roster.is_member(&SHARE, &peer),
+            "a stale answer drops nobody"
+        );
         // Asked again after it said "not a member": unproved now means it left.
         assert!(roster.begin_auth((peer, SHARE)));
         roster.rechecks.insert((peer, SHARE));

@@ -191,6 +191,8 @@ enum Command {
         reply: oneshot::Sender<Result<String, EngineError>>,
     },
     Status {
+        /// Whether read-only shares' unshared local edits are counted (reads the whole share).
+        count_unshared: bool,
         reply: oneshot::Sender<EngineStatus>,
     },
     Shutdown {
@@ -304,7 +306,21 @@ impl EngineHandle {
 
     /// Shares and sessions.
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
-        self.call(|reply| Command::Status { reply }).await
+        self.call(|reply| Command::Status {
+            count_unshared: true,
+            reply,
+        })
+        .await
+    }
+
+    /// [`EngineHandle::status`] without what is costly to gather (read-only shares' unshared
+    /// edits, which needs a read of the whole share): for the state poll that runs every second.
+    pub async fn states(&self) -> Result<EngineStatus, EngineError> {
+        self.call(|reply| Command::Status {
+            count_unshared: false,
+            reply,
+        })
+        .await
     }
 
     /// Stops the engine.
@@ -513,7 +529,10 @@ impl EngineActor {
                 let result = self.leave(&share).await;
                 let _ = reply.send(result);
             }
-            Command::Status { reply } => self.on_status(reply),
+            Command::Status {
+                count_unshared,
+                reply,
+            } => self.on_status(reply, count_unshared),
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }

@@ -67,7 +67,7 @@ pub(super) async fn watch_states(engine: EngineHandle, events: Events) {
     let mut seen: HashMap<String, Seen> = HashMap::new();
     loop {
         tokio::time::sleep(STATE_POLL).await;
-        let Ok(status) = engine.status().await else {
+        let Ok(status) = engine.states().await else {
             return;
         };
         let mut now = HashMap::with_capacity(status.shares.len());

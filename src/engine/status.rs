@@ -194,7 +194,7 @@ struct Pending {
 
 impl EngineActor {
     /// Answers a status request: the engine's part now, the rest from a task of its own.
-    pub(super) fn on_status(&self, reply: oneshot::Sender<EngineStatus>) {
+    pub(super) fn on_status(&self, reply: oneshot::Sender<EngineStatus>, count_unshared: bool) {
         let (shares, pending): (Vec<ShareStatus>, Vec<Pending>) = self
             .store
             .shares()
@@ -202,7 +202,8 @@ impl EngineActor {
             .map(|state| {
                 let pending = Pending {
                     folder: self.folders.get(&state.meta.id).cloned(),
-                    count_unshared: (!state.meta.writable()).then_some(state.meta.id),
+                    count_unshared: (count_unshared && !state.meta.writable())
+                        .then_some(state.meta.id),
                 };
                 (self.share_status(&state), pending)
             })
