@@ -55,6 +55,13 @@ pub(crate) enum CliCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Keep watching: progress bars on a terminal; elsewhere, each share's status line
+        /// printed (with the time) whenever it changes. Runs until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// Seconds between updates with --watch.
+        #[arg(long, default_value_t = 1.0, requires = "watch")]
+        interval: f64,
     },
     /// List connected peers.
     Peers {

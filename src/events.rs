@@ -11,7 +11,7 @@
 //!
 //! Emitting never waits and never fails: an event nobody reads is just dropped from the ring.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -74,6 +74,10 @@ pub struct Event {
     /// The peer it is about or that caused it; `local` for a change made on this machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// That peer's device name, when it has one and is or was connected since the daemon
+    /// started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_name: Option<String>,
     /// For paths: `file`, `directory` or `symlink`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
@@ -99,6 +103,7 @@ impl Event {
             path: None,
             key: None,
             peer: None,
+            peer_name: None,
             entry: None,
             state: None,
             message: None,
@@ -157,8 +162,10 @@ impl Event {
         for value in [&self.path, &self.key, &self.state].into_iter().flatten() {
             line.push_str(&format!("  {value}"));
         }
-        if let Some(peer) = &self.peer {
-            line.push_str(&format!("  by {peer}"));
+        match (&self.peer, &self.peer_name) {
+            (Some(peer), Some(name)) => line.push_str(&format!("  by {name} ({peer})")),
+            (Some(peer), None) => line.push_str(&format!("  by {peer}")),
+            _ => {}
         }
         if let Some(message) = &self.message {
             line.push_str(&format!(": {message}"));
@@ -179,7 +186,13 @@ pub struct Events {
 struct Inner {
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<Event>>,
+    /// Device names of peers by peer id, at most [`MAX_PEER_NAMES`]. A lock, not an actor:
+    /// held for one map operation, never across an await.
+    names: Mutex<HashMap<String, String>>,
 }
+
+/// Peer names remembered for events (beyond it, an arbitrary one is forgotten).
+pub const MAX_PEER_NAMES: usize = 1024;
 
 struct Ring {
     next_id: u64,
@@ -195,6 +208,7 @@ impl Default for Events {
                     events: VecDeque::with_capacity(EVENT_BUFFER),
                 }),
                 live: broadcast::channel(LIVE_CAPACITY).0,
+                names: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -218,8 +232,33 @@ pub struct Subscription {
 }
 
 impl Events {
+    /// Remembers a peer's device name (or that it has none), for the events about it.
+    pub fn name_peer(&self, peer: &str, name: Option<&str>) {
+        let mut names = self.inner.names.lock().unwrap_or_else(|e| e.into_inner());
+        match name {
+            Some(name) => {
+                if names.len() >= MAX_PEER_NAMES
+                    && !names.contains_key(peer)
+                    && let Some(any) = names.keys().next().cloned()
+                {
+                    names.remove(&any);
+                }
+                names.insert(peer.to_owned(), name.to_owned());
+            }
+            None => {
+                names.remove(peer);
+            }
+        }
+    }
+
     /// Records `event` (its id and time are set here) and passes it to live readers.
     pub fn emit(&self, mut event: Event) {
+        if event.peer_name.is_none()
+            && let Some(peer) = &event.peer
+        {
+            let names = self.inner.names.lock().unwrap_or_else(|e| e.into_inner());
+            event.peer_name = names.get(peer).cloned();
+        }
         let mut ring = self.lock();
         event.id = ring.next_id;
         event.time = crate::timefmt::rfc3339(SystemTime::now());

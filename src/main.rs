@@ -2,8 +2,9 @@
 //! and thin clients of the control API for everything else.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use meshsync::api::folders::{RestoreRequest, ResumeRequest};
 use meshsync::api::records::{
@@ -98,7 +99,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         CliCommand::Run { no_mdns } => run_daemon(home, no_mdns),
-        CliCommand::Status { json } => run_status(&home, json),
+        CliCommand::Status {
+            json,
+            watch,
+            interval,
+        } => {
+            if watch {
+                run_watch(&home, interval)
+            } else {
+                run_status(&home, json)
+            }
+        }
         CliCommand::Peers { json } => run_peers(&home, json),
         CliCommand::Share { command } => run_share(&home, command),
         CliCommand::Kv { command } => run_kv(&home, command),
@@ -151,6 +162,20 @@ fn run_status(home: &Home, json: bool) -> Result<()> {
         print!("{}", text::status(&status));
         Ok(())
     }
+}
+
+/// `status --watch`.
+fn run_watch(home: &Home, interval: f64) -> Result<()> {
+    if !(0.1..=3600.0).contains(&interval) {
+        bail!("--interval must be between 0.1 and 3600 seconds, not {interval}");
+    }
+    let client = ApiClient::for_home(home)?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    meshsync::api::watch::run(
+        || Ok(client.get("/v1/status")?),
+        Duration::from_secs_f64(interval),
+        terminal,
+    )
 }
 
 /// `peers`.

@@ -4,12 +4,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `at` as RFC 3339 in UTC, with milliseconds (`2026-12-02T17:30:00.123Z`).
 pub fn rfc3339(at: SystemTime) -> String {
+    // Always three digits of milliseconds, so that times line up in columns (the
+    // well-known RFC 3339 format drops trailing zeros).
     let at = time::OffsetDateTime::from(at);
-    let at = at
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
 }
 
 /// [`rfc3339`] of a time given in milliseconds since the Unix epoch.
@@ -24,5 +31,7 @@ mod tests {
     #[test]
     fn utc_to_the_millisecond() {
         assert_eq!(rfc3339_ms(1_796_000_000_123), "2026-11-30T00:53:20.123Z");
+        assert_eq!(rfc3339_ms(1_796_000_000_760), "2026-11-30T00:53:20.760Z");
+        assert_eq!(rfc3339_ms(1_796_000_000_000), "2026-11-30T00:53:20.000Z");
     }
 }

@@ -5,53 +5,30 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-
 use serde_json::Value;
-use support::{Api, FolderShare, Node, WAIT, bin, wait_until};
+use support::{Api, FolderShare, LineReader, Node, WAIT, wait_until};
 
-/// A running `meshsync events` whose lines are collected; killed when dropped.
-struct EventReader {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+/// A running `meshsync events`; killed when dropped.
+struct EventReader(LineReader);
 
 impl EventReader {
     fn start(node: &Node, args: &[&str]) -> EventReader {
-        let mut child = Command::new(bin())
-            .arg("--home")
-            .arg(&node.home)
-            .arg("events")
-            .args(args)
-            .env_remove("MESHSYNC_HOME")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot run meshsync events");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        EventReader { child, lines }
+        let args: Vec<&str> = std::iter::once("events")
+            .chain(args.iter().copied())
+            .collect();
+        EventReader(LineReader::start(node, &args))
     }
 
     fn events(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
+        self.0
+            .lines()
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     }
 
     fn text(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.0.text()
     }
 
     /// Waits for an event with these fields; returns its id.
@@ -69,18 +46,11 @@ impl EventReader {
     }
 }
 
-impl Drop for EventReader {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn every_change_of_a_scripted_sequence_arrives_in_order_with_who_made_it() {
     let mut a = Node::init(&[]);
     a.start();
-    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    let mut b = Node::init(&["--peer", &a.listen_addr(), "--name", "desk"]);
     b.start();
     let folder = FolderShare::among(&[&a, &b]);
     let token = a.create_records_share("notes");
@@ -104,7 +74,12 @@ fn every_change_of_a_scripted_sequence_arrives_in_order_with_who_made_it() {
     Api::of(&b).put("notes", "k", "v1");
     let put = reader.wait_for(&[("type", "record_put"), ("key", "k"), ("peer", b_id)]);
     assert!(Api::of(&b).del("notes", "k"));
-    let del = reader.wait_for(&[("type", "record_deleted"), ("key", "k"), ("peer", b_id)]);
+    let del = reader.wait_for(&[
+        ("type", "record_deleted"),
+        ("key", "k"),
+        ("peer", b_id),
+        ("peer_name", "desk"),
+    ]);
     std::fs::write(on_a.join("mine.txt"), "local").unwrap();
     let local = reader.wait_for(&[
         ("type", "file_added"),
@@ -119,8 +94,18 @@ fn every_change_of_a_scripted_sequence_arrives_in_order_with_who_made_it() {
     );
     // Each change was reported once, and ids only grow.
     let events = reader.events();
-    let f_events = events.iter().filter(|e| e["path"] == "f.txt").count();
-    assert_eq!(f_events, 3, "{events:?}");
+    let f_events: Vec<&Value> = events.iter().filter(|e| e["path"] == "f.txt").collect();
+    assert_eq!(f_events.len(), 3, "{events:?}");
+    // B's events name it by its device name.
+    assert!(
+        f_events.iter().all(|e| e["peer_name"] == "desk"),
+        "{f_events:?}"
+    );
+    reader.wait_for(&[
+        ("type", "peer_connected"),
+        ("peer", b_id),
+        ("peer_name", "desk"),
+    ]);
     let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert!(events.iter().all(|e| e["time"].as_str().is_some()));
@@ -128,7 +113,9 @@ fn every_change_of_a_scripted_sequence_arrives_in_order_with_who_made_it() {
     // A reader started now replays what the daemon holds, filtered to one share, as text.
     let replay = EventReader::start(&a, &["--since", "0", "--share", "notes"]);
     wait_until("the replay to show the record's delete", WAIT, || {
-        replay.text().contains("record_deleted  [notes]  k  by")
+        replay
+            .text()
+            .contains("record_deleted  [notes]  k  by desk (")
     });
     assert!(!replay.text().contains("f.txt"), "{}", replay.text());
 

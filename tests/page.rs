@@ -188,6 +188,8 @@ fn the_status_page_shows_the_shares_and_a_peers_new_file_live() {
         shares.contains("folder (folder)")
             && shares.contains("notes (records)")
             && shares.matches("in-sync").count() == 2
+            // desk's completion, in both shares
+            && shares.matches("100.0 %").count() == 2
     });
     assert!(browser.text("#title").contains("laptop"));
     assert!(browser.text("#peers").contains("desk"));
@@ -199,6 +201,21 @@ fn the_status_page_shows_the_shares_and_a_peers_new_file_live() {
         events.contains("file_added") && events.contains("from-desk.txt")
     });
     assert_eq!(browser.navigations(), loads, "no reload");
+    // The event names desk by its device name.
+    assert!(
+        browser.text("#events").contains("by desk"),
+        "{}",
+        browser.text("#events")
+    );
+
+    // desk replaces the file: the copy A had is kept, and the page lists it.
+    wait_until("from-desk.txt on A", WAIT, || {
+        folder.dirs[0].join("from-desk.txt").exists()
+    });
+    std::fs::write(folder.dirs[1].join("from-desk.txt"), "hello again").unwrap();
+    wait_until("the replaced copy in the page's versions", WAIT, || {
+        browser.text("#versions").contains("from-desk.txt")
+    });
     // The token never left the tab: it is not in the page's address any more.
     let address = browser.call("Runtime.evaluate", json!({"expression": "location.href"}));
     assert!(!address.to_string().contains("token"), "{address}");

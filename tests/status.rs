@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Api, FolderShare, Node, Tmpfs, WAIT, wait_until};
+use support::{Api, FolderShare, LineReader, Node, Tmpfs, WAIT, wait_until};
 
 /// The share named `name` in `node`'s `status --json`.
 fn share(node: &Node, name: &str) -> Value {
@@ -44,7 +44,11 @@ fn a_records_share_says_waiting_in_sync_and_waiting_again_when_its_member_goes()
             && on_b["state"] == "in-sync"
             && on_a["root"] == on_b["root"]
             && on_a["reason"].is_null()
+            && on_a["member_status"][0]["completion"] == 100.0
     });
+    let member = &share(&a, "notes")["member_status"][0];
+    assert_eq!(member["needed_files"], 0, "{member}");
+    assert_eq!(member["needed_bytes"], 0, "{member}");
     let human = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
     assert!(
         human.contains("in-sync (1 of 1 members connected)"),
@@ -113,8 +117,11 @@ fn metrics_parse_as_prometheus_text_and_agree_with_status() {
     let token = a.create_records_share("notes");
     b.join_records_share(&token, "notes");
     Api::of(&a).put("notes", "k", "v");
-    wait_until("A to be in sync", WAIT, || {
-        share(&a, "notes")["state"] == "in-sync" && share(&b, "notes")["entries"] == 1
+    wait_until("A to be in sync, and to know B is", WAIT, || {
+        let on_a = share(&a, "notes");
+        on_a["state"] == "in-sync"
+            && share(&b, "notes")["entries"] == 1
+            && on_a["member_status"][0]["completion"] == 100.0
     });
 
     // Without the token: refused like the rest of the API.
@@ -158,6 +165,23 @@ fn metrics_parse_as_prometheus_text_and_agree_with_status() {
     assert_eq!(value("meshsync_share_entries", &[("share", "notes")]), 1.0);
     assert!(value("meshsync_share_sent_bytes_total", &[("share", "notes")]) > 0.0);
     assert!(value("meshsync_resident_memory_bytes", &[]) > 1e6);
+    let b_complete = [("share", "notes"), ("peer", b.peer_id.as_str())];
+    assert_eq!(
+        value("meshsync_share_member_completion_percent", &b_complete),
+        100.0
+    );
+    // libp2p's own metrics, under our prefix: B's connection came in (on loopback TCP).
+    let incoming = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "meshsync_libp2p_swarm_connections_incoming_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum::<f64>();
+    assert!(incoming >= 1.0, "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1, "one text, one end");
 }
 
 #[test]
@@ -174,9 +198,24 @@ fn a_folder_on_a_read_only_file_system_says_error_with_the_reason_and_recovers()
     let folder = FolderShare::among_at(&[&a, &b], dirs);
     std::fs::write(folder.dirs[0].join("one.txt"), "1").unwrap();
     folder.wait_identical();
+    // How far A sees B: everything, once B has said so.
+    let b_id = b.peer_id.clone();
+    let b_on_a = |a: &Node| {
+        share(a, &folder.name)["member_status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["peer_id"] == b_id.as_str())
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_until("A to see B complete", WAIT, || {
+        b_on_a(&a)["completion"] == 100.0
+    });
+    assert_eq!(b_on_a(&a)["needed_files"], 0);
 
     disk.remount("ro");
-    std::fs::write(folder.dirs[0].join("two.txt"), "2").unwrap();
+    std::fs::write(folder.dirs[0].join("two.txt"), "22").unwrap();
     wait_until("B to say its folder cannot be written", WAIT, || {
         let status = share(&b, &folder.name);
         status["state"] == "error"
@@ -189,11 +228,25 @@ fn a_folder_on_a_read_only_file_system_says_error_with_the_reason_and_recovers()
     let human = String::from_utf8(b.cli(&["status"]).stdout).unwrap();
     assert!(human.contains("read-only file system"), "{human}");
     assert!(!folder.dirs[1].join("two.txt").exists());
+    // A sees that B lacks the file it cannot write.
+    wait_until("A to see B short of one file", WAIT, || {
+        let b = b_on_a(&a);
+        b["needed_files"] == 1 && b["completion"].as_f64().is_some_and(|c| c < 100.0)
+    });
+    let human = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains(" at ") && human.contains("1 file to go"),
+        "{human}"
+    );
 
     disk.remount("rw");
     folder.wait_identical();
     wait_until("B to be in sync again", WAIT, || {
         share(&b, &folder.name)["state"] == "in-sync"
+    });
+    wait_until("A to see B complete again", WAIT, || {
+        let b = b_on_a(&a);
+        b["completion"] == 100.0 && b["needed_files"] == 0 && b["needed_bytes"] == 0
     });
     assert!(b.stop());
 }
@@ -263,4 +316,51 @@ fn a_folder_share_counts_files_directories_and_deleted_entries_apart() {
     }
     let status = share(&b, &folder.name);
     assert_eq!(status["folder"]["files"], 3, "{status}");
+}
+
+/// `status --watch` into a pipe prints each share's line when it changes, with the time: the
+/// share waiting alone, then in sync once a member joined; a line that did not change is not
+/// printed again.
+#[test]
+fn status_watch_prints_each_change_once_with_the_time() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let token = a.create_records_share("notes");
+    let watch = LineReader::start(&a, &["status", "--watch", "--interval", "0.2"]);
+    wait_until("the watch to say the share waits", WAIT, || {
+        watch.text().contains("notes: waiting")
+    });
+
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    b.join_records_share(&token, "notes");
+    Api::of(&a).put("notes", "k", "v");
+    wait_until("the watch to say the share is in sync", WAIT, || {
+        watch.text().contains("notes: in sync with 1 of 1 member")
+    });
+    // B's own progress line shows too, complete.
+    wait_until("the watch to show B complete", WAIT, || {
+        watch.text().contains(": 100.0 %")
+    });
+    let lines = watch.lines();
+    for line in &lines {
+        let (time, _) = line.split_once(' ').unwrap();
+        assert!(time.starts_with("20") && time.ends_with('Z'), "{line}");
+    }
+    // Several polls ran (0.2 s apart) while waiting, yet each line is new.
+    let shares: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .filter(|l| l.starts_with("notes:"))
+        .collect();
+    for pair in shares.windows(2) {
+        assert_ne!(pair[0], pair[1], "printed twice: {lines:?}");
+    }
+
+    let refused = a.cli(&["status", "--watch", "--interval", "0"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--interval"),
+        "{refused:?}"
+    );
 }

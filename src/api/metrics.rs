@@ -3,12 +3,14 @@
 //! two never disagree. It needs the API token like every endpoint but `/health`; Prometheus
 //! sends it with `authorization: {credentials_file: <home>/api-token}`.
 
+use std::sync::atomic::AtomicU64;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,7 +28,7 @@ pub(super) fn routes() -> Router<ApiState> {
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let status = super::gather_status(&state).await?;
-    let text = render(&status, resident_bytes())
+    let text = render(&status, resident_bytes(), Some(state.net.libp2p_metrics()))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(([("content-type", CONTENT_TYPE)], text).into_response())
 }
@@ -81,8 +83,13 @@ fn state_name(state: SyncState) -> String {
         .unwrap_or_default()
 }
 
-/// The metrics text for `status`, with the process's resident memory if known.
-pub fn render(status: &Status, resident: Option<u64>) -> Result<String, std::fmt::Error> {
+/// The metrics text for `status`, with the process's resident memory if known, followed by
+/// libp2p's own metrics (`meshsync_libp2p_…`) where given.
+pub fn render(
+    status: &Status,
+    resident: Option<u64>,
+    libp2p: Option<&Registry>,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("meshsync");
     gauge(
         &mut registry,
@@ -195,8 +202,21 @@ pub fn render(status: &Status, resident: Option<u64>) -> Result<String, std::fmt
         "folder_unsyncable_paths",
         "Local paths that cannot be synced",
     );
+    let completion = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "share_member_completion_percent",
+        "How much of our view of a share a connected member holds (0 to 100)",
+        completion.clone(),
+    );
     for share in &status.shares {
         let labels: Labels = vec![("share", share.name.clone())];
+        for member in share.member_status.iter().filter(|m| m.connected) {
+            if let Some(percent) = member.completion {
+                let mut with_peer = labels.clone();
+                with_peer.push(("peer", member.peer_id.clone()));
+                completion.get_or_create(&with_peer).set(percent);
+            }
+        }
         for candidate in STATES {
             let mut with_state = labels.clone();
             with_state.push(("state", state_name(candidate)));
@@ -232,7 +252,11 @@ pub fn render(status: &Status, resident: Option<u64>) -> Result<String, std::fmt
         }
     }
     let mut text = String::new();
-    encode(&mut text, &registry)?;
+    encode_registry(&mut text, &registry)?;
+    if let Some(libp2p) = libp2p {
+        encode_registry(&mut text, libp2p)?;
+    }
+    encode_eof(&mut text)?;
     Ok(text)
 }
 

@@ -40,6 +40,7 @@ pub mod metrics;
 mod page;
 pub mod records;
 pub mod text;
+pub mod watch;
 
 /// Largest request body: a batch put of many records.
 pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::Status;
 use crate::engine::ShareStatus;
+use crate::engine::membership::MemberStatus;
 use crate::engine::status::SyncState;
 use crate::net::PeerStatus;
 use crate::store::ShareKind;
@@ -52,9 +53,10 @@ pub fn headline(share: &ShareStatus) -> String {
     };
     match share.state {
         SyncState::InSync => format!(
-            "{}: in sync with {connected} of {known} member{}",
+            "{}: in sync with {connected} of {known} member{}{}",
             share.name,
-            if known == 1 { "" } else { "s" }
+            if known == 1 { "" } else { "s" },
+            behind(share)
         ),
         SyncState::Syncing => {
             let mut line = format!("{}: syncing", share.name);
@@ -83,6 +85,68 @@ pub fn headline(share: &ShareStatus) -> String {
         SyncState::Held => why("held"),
         SyncState::Error => why("error"),
     }
+}
+
+/// `; laptop at 35 % (1.2 GiB in 3 files to go)` for each connected member that has not got
+/// everything we have yet; empty when none lags.
+fn behind(share: &ShareStatus) -> String {
+    let mut out = String::new();
+    for member in share.member_status.iter().filter(|m| m.connected) {
+        if let Some(completion) = member.completion.filter(|c| *c < 100.0) {
+            let _ = write!(
+                out,
+                "; {} at {completion:.1} %{}",
+                member_name(member),
+                to_go(member)
+            );
+        }
+    }
+    out
+}
+
+/// A member as a person knows it: its device name, or the end of its peer id.
+pub fn member_name(member: &MemberStatus) -> String {
+    match &member.name {
+        Some(name) => name.clone(),
+        None => {
+            let id = &member.peer_id;
+            format!("…{}", &id[id.len().saturating_sub(8)..])
+        }
+    }
+}
+
+/// ` (1.2 GiB in 3 files to go)`, or nothing when that is not known.
+pub fn to_go(member: &MemberStatus) -> String {
+    match (member.needed_files, member.needed_bytes) {
+        (Some(files), Some(bytes)) if files > 0 || bytes > 0 => format!(
+            " ({} in {files} file{} to go)",
+            self::bytes(bytes),
+            if files == 1 { "" } else { "s" }
+        ),
+        _ => String::new(),
+    }
+}
+
+/// One line per member of a share: who, whether connected (or since when gone), how far.
+fn members(share: &ShareStatus) -> String {
+    let mut out = String::new();
+    for member in &share.member_status {
+        let presence = match &member.last_seen {
+            Some(at) if !member.connected => format!("gone since {at}"),
+            _ => "connected".to_owned(),
+        };
+        let completion = member
+            .completion
+            .map(|c| format!(", {c:.1} %{}", to_go(member)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    member {} ({}): {presence}{completion}",
+            member_name(member),
+            member.peer_id
+        );
+    }
+    out
 }
 
 /// A share kind as the CLI says it.
@@ -180,6 +244,7 @@ pub fn shares(shares: &[ShareStatus]) -> String {
             out,
             "    {state}{reason} ({connected} of {known} members connected)"
         );
+        out.push_str(&members(share));
         if let Some(error) = &share.last_error {
             let _ = writeln!(out, "    last error at {}: {}", error.at, error.message);
         }

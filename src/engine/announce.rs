@@ -17,6 +17,7 @@ use libp2p::PeerId;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::progress::Progress;
 use super::{EngineActor, TaskResult};
 use crate::net::protocol::{
     ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, NOT_A_MEMBER, Request, Response, WireEntry,
@@ -259,6 +260,32 @@ impl EngineActor {
             }
         }
         self.announce.rearm(Instant::now());
+    }
+
+    /// Tells the share's members our progress with it, each once per change.
+    pub(super) fn tell_progress(&mut self, share: ShareId, ours: Progress) {
+        let members = self.roster.members_of(&share);
+        for peer in self.progress.to_tell(share, ours, &members) {
+            let request = Request::Progress {
+                share: share.into(),
+                root: ours.root.into(),
+                files: ours.files,
+                bytes: ours.bytes,
+            };
+            let net = self.net.clone();
+            self.tasks.spawn(async move {
+                let sent = frame_len(&request) as u64;
+                let answer = net.request(peer, request).await;
+                let received = answer.as_ref().map(|r| frame_len(r) as u64).unwrap_or(0);
+                TaskResult::Told {
+                    peer,
+                    share,
+                    delivered: matches!(answer, Ok(Response::Ack)),
+                    sent,
+                    received,
+                }
+            });
+        }
     }
 
     /// An announcement finished.

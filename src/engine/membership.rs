@@ -100,7 +100,7 @@ pub struct Roster {
 pub const MAX_GONE_MEMBERS: usize = 256;
 
 /// One member of a share as status shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     /// Its peer id.
     pub peer_id: String,
@@ -115,6 +115,16 @@ pub struct MemberStatus {
     /// network's view of the peer).
     #[serde(default)]
     pub name: Option<String>,
+    /// Percent (0 to 100) of our view of the share the member holds: 100 only when it needs
+    /// nothing; null until it has told us its progress (within a second or two of joining).
+    #[serde(default)]
+    pub completion: Option<f64>,
+    /// Files (records, for records shares) of our view it still lacks; null as above.
+    #[serde(default)]
+    pub needed_files: Option<u64>,
+    /// Bytes of content it still has to fetch; null as above.
+    #[serde(default)]
+    pub needed_bytes: Option<u64>,
 }
 
 impl Roster {
@@ -179,6 +189,9 @@ impl Roster {
                 last_seen_ms: None,
                 last_seen: None,
                 name: None,
+                completion: None,
+                needed_files: None,
+                needed_bytes: None,
             })
             .chain(
                 self.gone
@@ -192,11 +205,20 @@ impl Roster {
                         last_seen_ms: Some(*at),
                         last_seen: Some(crate::timefmt::rfc3339_ms(*at)),
                         name: None,
+                        completion: None,
+                        needed_files: None,
+                        needed_bytes: None,
                     }),
             )
             .collect();
         all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         all
+    }
+
+    /// Whether the peer is a member of the share, or was one before it went (and is still
+    /// listed as gone).
+    pub fn knows_member(&self, share: &ShareId, peer: &PeerId) -> bool {
+        self.is_member(share, peer) || self.gone.get(share).is_some_and(|g| g.contains_key(peer))
     }
 
     /// Whether the peer is connected.

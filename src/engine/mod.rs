@@ -19,12 +19,14 @@
 //! - [`membership`]: proving membership both ways, with retries; [`membership::Roster`] is pure.
 //! - `serve`: answering peers' requests, folder content included.
 //! - [`announce`]: batching changes into announcements; [`announce::AnnounceBatcher`] is pure.
+//! - [`progress`]: how far each member has got, as told on the wire; pure.
 //! - [`schedule`]: pure state deciding when to run which session, backoff and periodic rounds.
 //! - [`session`]: one reconciliation session, run as a task.
 //! - [`status`]: what `status` shows, gathered off the loop.
 
 pub mod announce;
 pub mod membership;
+pub mod progress;
 pub mod schedule;
 mod serve;
 pub mod session;
@@ -195,6 +197,11 @@ enum Command {
         count_unshared: bool,
         reply: oneshot::Sender<EngineStatus>,
     },
+    /// Our progress with a share changed (from the state poll).
+    OwnProgress {
+        share: ShareId,
+        progress: progress::Progress,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -323,6 +330,14 @@ impl EngineHandle {
         .await
     }
 
+    /// Our progress with a share, to be told to its members that have not heard it yet.
+    pub async fn own_progress(&self, share: ShareId, progress: progress::Progress) {
+        let _ = self
+            .commands
+            .send(Command::OwnProgress { share, progress })
+            .await;
+    }
+
     /// Stops the engine.
     pub async fn shutdown(&self) {
         let _ = self.call(|reply| Command::Shutdown { reply }).await;
@@ -357,6 +372,14 @@ enum TaskResult {
     },
     /// An answer was sent.
     Answered { share: ShareId, sent: u64 },
+    /// Our progress was told to a member, or not (then it is told again at the next poll).
+    Told {
+        peer: PeerId,
+        share: ShareId,
+        delivered: bool,
+        sent: u64,
+        received: u64,
+    },
 }
 
 /// Starts the engine.
@@ -381,6 +404,7 @@ pub fn spawn(
         net_events,
         changes,
         roster: Roster::default(),
+        progress: progress::ProgressBook::default(),
         schedule: Schedule::new(Instant::now()),
         sessions: JoinSet::new(),
         tasks: JoinSet::new(),
@@ -414,6 +438,8 @@ struct EngineActor {
     changes: broadcast::Receiver<Arc<Change>>,
     /// Connected peers and the shares each proved membership of.
     roster: Roster,
+    /// How far each member has got with each share.
+    progress: progress::ProgressBook,
     /// When to run which session.
     schedule: Schedule,
     sessions: JoinSet<(PeerId, ShareId, SessionReport)>,
@@ -533,13 +559,15 @@ impl EngineActor {
                 count_unshared,
                 reply,
             } => self.on_status(reply, count_unshared),
+            Command::OwnProgress { share, progress } => self.tell_progress(share, progress),
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }
 
     fn on_net_event(&mut self, event: NetEvent) {
         match event {
-            NetEvent::PeerConnected(peer) => {
+            NetEvent::PeerConnected(peer, name) => {
+                self.events.name_peer(&peer.to_string(), name.as_deref());
                 self.events
                     .emit(Event::new(EventType::PeerConnected, None).peer(peer.to_string()));
                 self.roster.connect(peer);
@@ -552,6 +580,10 @@ impl EngineActor {
                     .emit(Event::new(EventType::PeerDisconnected, None).peer(peer.to_string()));
                 self.roster
                     .disconnect(&peer, crate::net::protocol::wall_clock_ms());
+                self.progress.disconnected(&peer);
+                let roster = &self.roster;
+                self.progress
+                    .retain(|(peer, share)| roster.knows_member(share, peer));
                 self.publish_members();
                 self.schedule.forget_peer(&peer);
             }
@@ -594,6 +626,20 @@ impl EngineActor {
             TaskResult::Answered { share, sent } => {
                 self.counters(share).bytes_sent += sent;
             }
+            TaskResult::Told {
+                peer,
+                share,
+                delivered,
+                sent,
+                received,
+            } => {
+                if !delivered {
+                    self.progress.untold(&(peer, share));
+                }
+                let c = self.counters(share);
+                c.bytes_sent += sent;
+                c.bytes_received += received;
+            }
         }
     }
 
@@ -635,6 +681,10 @@ impl EngineActor {
         if report.not_a_member {
             // Not a failure to retry: the peer paused or left the share.
             self.on_not_a_member(peer, share);
+        }
+        if report.error.is_none() {
+            self.progress
+                .session_ended((peer, share), report.offer as u64, Instant::now());
         }
         let c = self.counters(share);
         c.bytes_sent += report.bytes_sent;

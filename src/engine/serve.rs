@@ -7,6 +7,7 @@
 //! paced per peer by [`crate::net::guard::ServeRate`].
 
 use libp2p::PeerId;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::membership::AuthAsk;
@@ -52,6 +53,19 @@ impl EngineActor {
                 count: _,
                 entries,
             } => self.answer_announce(peer, (*share, *root), entries, received, channel),
+            Request::Progress {
+                share,
+                root,
+                files,
+                bytes,
+            } => {
+                let progress = super::progress::Progress {
+                    root: *root,
+                    files,
+                    bytes,
+                };
+                self.answer_progress(peer, *share, progress, received, channel)
+            }
             Request::Reconcile { share, message } => {
                 self.answer_reconcile(peer, *share, &message, received, channel)
             }
@@ -110,6 +124,23 @@ impl EngineActor {
     ) -> Option<FolderHandle> {
         let folder = self.folders.get(share).cloned()?;
         self.member_share(peer, share, received).map(|_| folder)
+    }
+
+    /// A member's progress with a share: remembered for `status`.
+    fn answer_progress(
+        &mut self,
+        peer: PeerId,
+        share: ShareId,
+        progress: super::progress::Progress,
+        received: u64,
+        channel: Reply,
+    ) {
+        if self.member_share(&peer, &share, received).is_none() {
+            return self.refuse(channel);
+        }
+        self.progress
+            .reported((peer, share), progress, Instant::now());
+        self.respond(Some(share), channel, Response::Ack);
     }
 
     /// A member's new root, maybe with the entries that changed: merged (from writers only) in a

@@ -1,11 +1,14 @@
 //! The events the engine itself sees: records that changed (here or at a peer), and shares
 //! whose state, reason or last error changed. Folder actors emit their own file events.
+//!
+//! The same poll hands the engine our progress with each share, which it tells members.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::EngineHandle;
-use super::status::ShareStatus;
+use super::progress::Progress;
+use super::status::{ShareStatus, SyncState};
 use crate::events::{Event, EventType, Events};
 use crate::store::{Change, Origin, ShareKind, ShareState};
 
@@ -78,9 +81,26 @@ pub(super) async fn watch_states(engine: EngineHandle, events: Events) {
                 events.emit(event);
             }
             now.insert(share.id.clone(), current);
+            if let Some((id, progress)) = own_progress(share) {
+                engine.own_progress(id, progress).await;
+            }
         }
         seen = now;
     }
+}
+
+/// Our progress with a share, for its members (none while it is paused).
+fn own_progress(share: &ShareStatus) -> Option<(crate::store::ShareId, Progress)> {
+    if share.state == SyncState::Paused {
+        return None;
+    }
+    let id = hex::decode(&share.id).ok()?.try_into().ok()?;
+    let root = hex::decode(&share.root).ok()?.try_into().ok()?;
+    let (files, bytes) = share
+        .folder
+        .as_ref()
+        .map_or((0, 0), |f| (f.needed_files, f.needed_bytes));
+    Some((id, Progress { root, files, bytes }))
 }
 
 /// The events that say how `share` moved from `before` to `current`.

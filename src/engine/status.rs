@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::EngineActor;
 use super::membership::MemberStatus;
+use super::progress::{MemberNeeds, completion};
 use super::session::SessionReport;
 use crate::folder::status::FolderState;
 use crate::folder::{FolderHandle, FolderStatus};
@@ -233,7 +234,17 @@ impl EngineActor {
             peers.sort();
             peers
         };
-        let member_status = self.roster.member_status(&id);
+        let mut member_status = self.roster.member_status(&id);
+        for member in &mut member_status {
+            let Ok(peer) = member.peer_id.parse::<libp2p::PeerId>() else {
+                continue;
+            };
+            if let Some(needs) = self.progress.needs(&(peer, id), root) {
+                member.needed_files = Some(needs.files);
+                member.needed_bytes = Some(needs.bytes);
+                member.completion = Some(completion(needs, entries, 0));
+            }
+        }
         let members = listed(self.roster.members_of(&id));
         let (sync, reason) = if state.meta.paused {
             let reason = super::share_control::paused_reason(&state.meta.name);
@@ -294,6 +305,14 @@ async fn complete(
                 share.files = Some(folder.files);
                 share.directories = Some(folder.directories);
                 share.deleted = Some(share.entries.saturating_sub(live));
+                // Weighed by the folder's own files and bytes, not entries.
+                for member in &mut share.member_status {
+                    if let (Some(files), Some(bytes)) = (member.needed_files, member.needed_bytes) {
+                        let needs = MemberNeeds { files, bytes };
+                        member.completion =
+                            Some(completion(needs, folder.files, folder.file_bytes));
+                    }
+                }
                 let session_busy = share.state == SyncState::Syncing;
                 let connected = !share.members.is_empty();
                 (share.state, share.reason) =

@@ -452,6 +452,7 @@ impl FolderActor {
             files: self.synced.counts().files,
             directories: self.synced.counts().directories,
             symlinks: self.synced.counts().symlinks,
+            file_bytes: self.synced.counts().file_bytes,
             deletes_waiting: self.deletes.len() as u64,
             unsyncable_count: self.unsyncable.len() as u64,
             unsyncable: self

@@ -123,6 +123,8 @@ impl FolderActor {
     }
 
     pub(super) async fn on_materialised(&mut self, done: Materialised) {
+        // A path that is tried again still needs its bytes.
+        let size = self.queue.file_size(&done.path);
         self.queue.finish(&done.path);
         if done.conflict || done.error.is_some() {
             self.temp_files_maybe = true;
@@ -132,6 +134,7 @@ impl FolderActor {
             // The file changed under us: let the scanner record the local edit first.
             self.dirty_paths.insert(done.path.clone());
             self.scan_soon(Duration::ZERO);
+            self.queue.note_needed(&done.path, size);
             self.queue
                 .retry_at(done.path.clone(), Instant::now() + WATCH_DEBOUNCE * 10);
             return;
@@ -156,6 +159,7 @@ impl FolderActor {
                 }
                 DOWNLOAD_RETRY
             };
+            self.queue.note_needed(&done.path, size);
             self.queue.retry_at(done.path, Instant::now() + wait);
             return;
         }

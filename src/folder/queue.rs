@@ -147,9 +147,11 @@ impl DownloadQueue {
     pub fn finish(&mut self, path: &str) {
         self.in_flight_buffered -= self.in_flight.remove(path).unwrap_or(0);
         self.deletes_in_flight.remove(path);
-        self.needed_bytes.remove(path);
         if self.again.remove(path) {
+            // Its new size was noted when it changed.
             self.push(path.to_owned(), false);
+        } else {
+            self.needed_bytes.remove(path);
         }
     }
 
@@ -216,9 +218,14 @@ impl DownloadQueue {
         }
     }
 
-    /// Paths queued or running.
+    /// Paths queued, running or waiting for a retry (a path that failed is still needed).
     pub fn needed_files(&self) -> u64 {
-        (self.pending.len() + self.pending_deletes.len() + self.in_flight.len()) as u64
+        let waiting = self
+            .retry_at
+            .keys()
+            .filter(|path| !self.pending_set.contains(*path) && !self.in_flight.contains_key(*path))
+            .count();
+        (self.pending.len() + self.pending_deletes.len() + self.in_flight.len() + waiting) as u64
     }
 
     /// Bytes the queued and running files need at most.
@@ -226,7 +233,7 @@ impl DownloadQueue {
         self.needed_bytes.values().sum()
     }
 
-    /// Whether nothing is queued or running.
+    /// Whether nothing is queued, running or waiting for a retry.
     pub fn is_idle(&self) -> bool {
         self.needed_files() == 0
     }
@@ -326,9 +333,15 @@ mod tests {
         let t0 = Instant::now();
         q.push("a".into(), false);
         assert_eq!(started(&mut q).len(), 1);
+        q.note_needed("a", Some(10));
         q.finish("a");
+        q.note_needed("a", Some(10));
         q.retry_at("a".into(), t0 + Duration::from_secs(2));
+        // Still needed while it waits, once, with its bytes.
+        assert_eq!((q.needed_files(), q.needed_bytes()), (1, 10));
+        assert!(!q.is_idle());
         q.push("a".into(), false);
+        assert_eq!(q.needed_files(), 1);
         assert_eq!(q.next(), Some(Next::WaitsForRetry("a".into())));
         assert_eq!(q.next_retry(), Some(t0 + Duration::from_secs(2)));
         q.queue_due_retries(t0 + Duration::from_secs(1));

@@ -60,6 +60,9 @@ pub struct FolderStatus {
     /// Symbolic links.
     #[serde(default)]
     pub symlinks: u64,
+    /// Bytes in the regular files.
+    #[serde(default)]
+    pub file_bytes: u64,
     /// Local deletes found but not yet sent: they wait until deleting has stopped for a moment
     /// and the folder is still there, so that removing or unmounting the whole folder sends none.
     #[serde(default)]
@@ -147,6 +150,7 @@ impl FolderStatus {
             files: 0,
             directories: 0,
             symlinks: 0,
+            file_bytes: 0,
             deletes_waiting: 0,
             unsyncable: Vec::new(),
             unsyncable_count: 0,

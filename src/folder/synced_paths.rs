@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Deref;
 
-use super::model::EntryKind;
+use super::model::{EntryKind, FileMeta};
 use super::state::Synced;
 
 /// The synced paths of one folder; read through `Deref`, changed only through the methods
@@ -25,11 +25,20 @@ pub struct KindCounts {
     pub directories: u64,
     /// Symbolic links.
     pub symlinks: u64,
+    /// Bytes in the regular files.
+    pub file_bytes: u64,
 }
 
 impl KindCounts {
-    fn change(&mut self, kind: EntryKind, up: bool) {
-        let count = match kind {
+    fn change(&mut self, meta: &FileMeta, up: bool) {
+        if meta.kind == EntryKind::File {
+            self.file_bytes = if up {
+                self.file_bytes.saturating_add(meta.size)
+            } else {
+                self.file_bytes.saturating_sub(meta.size)
+            };
+        }
+        let count = match meta.kind {
             EntryKind::File => &mut self.files,
             EntryKind::Dir => &mut self.directories,
             EntryKind::Symlink => &mut self.symlinks,
@@ -54,7 +63,7 @@ impl From<BTreeMap<String, Synced>> for SyncedPaths {
     fn from(map: BTreeMap<String, Synced>) -> Self {
         let mut counts = KindCounts::default();
         for synced in map.values() {
-            counts.change(synced.record.meta.kind, true);
+            counts.change(&synced.record.meta, true);
         }
         SyncedPaths { map, counts }
     }
@@ -67,10 +76,10 @@ impl SyncedPaths {
     }
 
     pub(super) fn insert(&mut self, path: String, synced: Synced) -> Option<Synced> {
-        self.counts.change(synced.record.meta.kind, true);
+        self.counts.change(&synced.record.meta, true);
         let old = self.map.insert(path, synced);
         if let Some(old) = &old {
-            self.counts.change(old.record.meta.kind, false);
+            self.counts.change(&old.record.meta, false);
         }
         old
     }
@@ -78,7 +87,7 @@ impl SyncedPaths {
     pub(super) fn remove(&mut self, path: &str) -> Option<Synced> {
         let old = self.map.remove(path);
         if let Some(old) = &old {
-            self.counts.change(old.record.meta.kind, false);
+            self.counts.change(&old.record.meta, false);
         }
         old
     }
@@ -88,6 +97,8 @@ impl SyncedPaths {
         if let Some(synced) = self.map.get_mut(path)
             && synced.record.meta.kind == record.meta.kind
         {
+            self.counts.change(&synced.record.meta, false);
+            self.counts.change(&record.meta, true);
             synced.record = record;
         }
     }

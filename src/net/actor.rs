@@ -112,6 +112,9 @@ pub(super) struct NetActor {
     pub(super) connection_lines: LogLimiter<(std::net::IpAddr, &'static str)>,
     /// When freed memory is next given back to the system, if it is to be.
     pub(super) trim_at: Option<Instant>,
+    /// libp2p's own metrics (connections, dials, Kademlia, identify, ping), recorded from the
+    /// swarm's events and encoded by `GET /metrics` from [`NetClient::libp2p_metrics`].
+    pub(super) metrics: libp2p::metrics::Metrics,
 }
 
 impl NetActor {
@@ -123,6 +126,7 @@ impl NetActor {
         activity: Activity,
         commands: mpsc::Receiver<Command>,
         events: mpsc::UnboundedSender<NetEvent>,
+        metrics: libp2p::metrics::Metrics,
     ) -> NetActor {
         let mut discovery = Backoff::new(DISCOVERY_INTERVAL_MIN, DISCOVERY_INTERVAL_MAX);
         NetActor {
@@ -155,6 +159,7 @@ impl NetActor {
             alive: HashMap::new(),
             activity,
             trim_at: None,
+            metrics,
         }
     }
 
@@ -352,6 +357,7 @@ impl NetActor {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.record_metrics(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(
@@ -391,6 +397,18 @@ impl NetActor {
             SwarmEvent::ListenerError { error, .. } => warn!("listener error: {error}"),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// Feeds libp2p's metrics the events they know.
+    fn record_metrics(&self, event: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(_) => {}
+            other => self.metrics.record(other),
         }
     }
 

@@ -5,6 +5,8 @@
 //! Everything here is plain data plus a bounded channel, so the rest of the daemon depends on
 //! this file and never on libp2p's swarm types (except [`PeerId`] and [`Multiaddr`]).
 
+use std::sync::Arc;
+
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -202,8 +204,9 @@ pub enum Command {
 /// What the network task tells the rest of the daemon.
 #[derive(Debug)]
 pub enum NetEvent {
-    /// The first connection to a peer is up and it has said hello.
-    PeerConnected(PeerId),
+    /// The first connection to a peer is up and it has said hello (with its device name, if it
+    /// has one).
+    PeerConnected(PeerId, Option<String>),
     /// The last connection to a peer closed.
     PeerDisconnected(PeerId),
     /// A peer sent a request other than hello; answer it with [`NetClient::respond`].
@@ -228,6 +231,8 @@ pub enum NetEvent {
 #[derive(Debug, Clone)]
 pub struct NetClient {
     commands: mpsc::Sender<Command>,
+    /// libp2p's own metrics, kept current by the network task.
+    libp2p_metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 impl NetClient {
@@ -321,13 +326,24 @@ impl NetClient {
     }
 
     /// A client whose commands go to `commands`; the network task holds the other end.
-    pub(super) fn new(commands: mpsc::Sender<Command>) -> NetClient {
-        NetClient { commands }
+    pub(super) fn new(
+        commands: mpsc::Sender<Command>,
+        libp2p_metrics: Arc<prometheus_client::registry::Registry>,
+    ) -> NetClient {
+        NetClient {
+            commands,
+            libp2p_metrics,
+        }
+    }
+
+    /// libp2p's own metrics (swarm, Kademlia, identify, ping), for `GET /metrics`.
+    pub fn libp2p_metrics(&self) -> &prometheus_client::registry::Registry {
+        &self.libp2p_metrics
     }
 
     /// A client whose commands go to `commands`, for tests that play the network themselves.
     #[cfg(test)]
     pub(crate) fn from_channel(commands: mpsc::Sender<Command>) -> NetClient {
-        NetClient { commands }
+        NetClient::new(commands, Arc::default())
     }
 }

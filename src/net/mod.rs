@@ -58,6 +58,8 @@ pub use swarm::{
     REQUEST_TIMEOUT,
 };
 
+use std::sync::Arc;
+
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use tokio::sync::mpsc;
 
@@ -107,7 +109,10 @@ pub fn spawn(
     }
     let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (events, events_rx) = mpsc::unbounded_channel();
-    let actor = NetActor::new(swarm, &config, book, activity, rx, events);
+    // Names come out as `meshsync_libp2p_…`, beside our own `meshsync_…` metrics.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("meshsync");
+    let metrics = libp2p::metrics::Metrics::new(&mut registry);
+    let actor = NetActor::new(swarm, &config, book, activity, rx, events, metrics);
     tokio::spawn(actor.run());
-    Ok((NetClient::new(tx), events_rx))
+    Ok((NetClient::new(tx, Arc::new(registry)), events_rx))
 }

@@ -332,6 +332,11 @@ impl PeerBook {
         self.peers.get(peer)?.agent.clone()
     }
 
+    /// The device name `peer` said in its hello, if any.
+    pub fn name(&self, peer: &PeerId) -> Option<String> {
+        self.peers.get(peer)?.name.clone()
+    }
+
     /// Records the agent and device name of `peer`'s hello.
     pub fn set_agent(&mut self, peer: &PeerId, agent: String, name: Option<String>) {
         if let Some(p) = self.peers.get_mut(peer) {

@@ -32,6 +32,8 @@
 //! - [`Request::Announce`] → [`Response::Ack`]: a member's new summary root for a share, with the
 //!   changed entries themselves when they are few (so most changes arrive in one message).
 //!   Only ever sent to authenticated members of that share.
+//! - [`Request::Progress`] → [`Response::Ack`]: a member's summary root and what it still has
+//!   to fetch, sent when it changes; only to authenticated members.
 //! - [`Request::Reconcile`] → [`Response::Reconcile`]: one round of set reconciliation; the
 //!   payload is [`crate::reconcile`]'s own encoding.
 //! - [`Request::GetEntries`] → [`Response::Entries`]: entries by summary id. Answers are cut at
@@ -133,6 +135,24 @@ pub enum Request {
         /// The changed entries, when they fit [`ANNOUNCE_PUSH_BUDGET`].
         #[serde(rename = "e")]
         entries: Vec<WireEntry>,
+    },
+    /// How far the sender has got with a share: its summary root and what it knows it still
+    /// has to fetch. Sent to members when it changes (at most about once a second), so each
+    /// member can show the others' completion.
+    #[serde(rename = "prog")]
+    Progress {
+        /// The share.
+        #[serde(rename = "s")]
+        share: WireShareId,
+        /// The sender's summary root.
+        #[serde(rename = "r")]
+        root: WireHash,
+        /// Files (folder shares) the sender knows of and has not yet written.
+        #[serde(rename = "f")]
+        files: u64,
+        /// Bytes of content the sender still has to fetch for them.
+        #[serde(rename = "b")]
+        bytes: u64,
     },
     /// One reconciliation message (the [`crate::reconcile`] encoding).
     #[serde(rename = "rec")]

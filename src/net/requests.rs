@@ -167,7 +167,8 @@ impl NetActor {
                             .admission
                             .shunned
                             .connected(&peer, Instant::now());
-                        let _ = self.events.send(NetEvent::PeerConnected(peer));
+                        let name = self.book.name(&peer);
+                        let _ = self.events.send(NetEvent::PeerConnected(peer, name));
                     }
                 }
                 other => {

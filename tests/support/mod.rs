@@ -842,3 +842,55 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A running CLI command (`events`, `status --watch`) whose output lines are collected as they
+/// come; killed when dropped.
+pub struct LineReader {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LineReader {
+    /// Runs `meshsync --home HOME ARGS…` with its standard output read line by line.
+    pub fn start(node: &Node, args: &[&str]) -> LineReader {
+        use std::io::BufRead as _;
+        let mut child = Command::new(bin())
+            .arg("--home")
+            .arg(&node.home)
+            .args(args)
+            .env_remove("MESHSYNC_HOME")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run meshsync");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        LineReader { child, lines }
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The lines so far, joined.
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+impl Drop for LineReader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
