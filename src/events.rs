@@ -36,6 +36,9 @@ pub enum EventType {
     /// Two versions of a file were concurrent; the losing one was kept as `path` (a
     /// `.sync-conflict-…` copy).
     Conflict,
+    /// A peer's change replaced or deleted a file here, and the file as it was is kept in the
+    /// folder's versions (`message` says where; `meshsync share restore` puts it back).
+    VersionKept,
     /// A record was written (or overwritten).
     RecordPut,
     /// A record was deleted.

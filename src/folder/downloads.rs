@@ -173,6 +173,9 @@ impl FolderActor {
         let before = self.synced.get(&done.path).map(|s| &s.record.meta);
         let after = done.synced.as_ref().map(|s| &s.record.meta);
         self.report_path(&done.path, before, after, done.author);
+        if let Some(kept) = &done.kept_version {
+            self.report_version_kept(&done.path, kept, done.author);
+        }
         if done.synced.is_none()
             && let Some((parent, _)) = done.path.rsplit_once('/')
         {

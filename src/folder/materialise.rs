@@ -40,6 +40,17 @@ pub(super) struct Materialised {
     pub(super) author: Option<PeerId>,
     /// Where our losing version was kept, when it lost a conflict.
     pub(super) conflict_copy: Option<String>,
+    /// Where the file this change replaced or deleted was kept (in the versions).
+    pub(super) kept_version: Option<String>,
+}
+
+/// What writing a file learned besides its scan record.
+#[derive(Default)]
+pub(super) struct Found {
+    /// Where chunks are now: in the new file, and in the old one where it was kept.
+    pub(super) chunks: Vec<(Hash, ChunkLocation)>,
+    /// Where the file it replaced was kept.
+    pub(super) kept: Option<String>,
 }
 
 /// The scan record of a path we just wrote with `meta`, so the scanner does not take our own
@@ -92,6 +103,7 @@ pub(super) async fn materialise(
         new_chunks: Vec::new(),
         author: None,
         conflict_copy: None,
+        kept_version: None,
     };
     if let Err(e) = materialise_into(&shared, &store, known, &local_key, &mut outcome).await {
         outcome.error = Some(e);
@@ -143,16 +155,11 @@ async fn materialise_into(
             let replacing =
                 on_disk.filter(|m| m.kind == EntryKind::File && outcome.synced.is_some());
             let mark = received::mark(&path, &meta, winner.vv());
-            let written = write_entry(
-                shared,
-                &path,
-                &meta,
-                expect,
-                replacing,
-                mark,
-                &mut outcome.new_chunks,
-            )
-            .await;
+            let mut found = Found::default();
+            let written =
+                write_entry(shared, &path, &meta, expect, replacing, mark, &mut found).await;
+            outcome.new_chunks.append(&mut found.chunks);
+            outcome.kept_version = found.kept;
             match written {
                 Ok(record) => {
                     let base = winner.vv().clone();
@@ -210,6 +217,7 @@ async fn remove_entry(
             outcome.not_empty = true;
         }
         Ok(Removal::Trashed(trash_rel)) => {
+            outcome.kept_version = Some(trash_rel.clone());
             // Keep its chunks findable: a rename elsewhere in the folder reuses them. Indexed
             // here rather than returned to the actor: a download running concurrently may be
             // looking for these chunks now.
@@ -290,11 +298,12 @@ async fn index_kept(
     shared: &Sources,
     kept: Option<String>,
     replacing: Option<FileMeta>,
-    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+    found: &mut Found,
 ) {
     if let (Some(kept), Some(old)) = (kept, replacing) {
         let moved = source::chunk_locations(&shared.store, shared.share, &kept, &old, None).await;
-        new_chunks.extend(moved);
+        found.chunks.extend(moved);
+        found.kept = Some(kept);
     }
 }
 
@@ -306,7 +315,7 @@ pub(super) async fn write_small_file(
     path: &str,
     meta: &FileMeta,
     (expect, replacing, mark): (Expect, Option<FileMeta>, Option<Vec<u8>>),
-    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+    found: &mut Found,
 ) -> Result<ScanRecord, WriteFailure> {
     let chunks = source::chunk_list(shared, meta).await?;
     let mut fetches = JoinSet::new();
@@ -348,8 +357,10 @@ pub(super) async fn write_small_file(
         Ok((kept, record))
     })
     .await?;
-    index_kept(shared, kept, replacing, new_chunks).await;
-    new_chunks.extend(source::locations_in(path, &chunks, record.stamp()));
+    index_kept(shared, kept, replacing, found).await;
+    found
+        .chunks
+        .extend(source::locations_in(path, &chunks, record.stamp()));
     Ok(record)
 }
 
@@ -361,7 +372,7 @@ pub(super) async fn write_entry(
     expect: Expect,
     replacing: Option<FileMeta>,
     mark: Option<Vec<u8>>,
-    new_chunks: &mut Vec<(Hash, ChunkLocation)>,
+    found: &mut Found,
 ) -> Result<ScanRecord, WriteFailure> {
     let root = shared.root.clone();
     let rel = path.to_owned();
@@ -376,7 +387,7 @@ pub(super) async fn write_entry(
         }
         EntryKind::File if meta.size <= SMALL_FILE_BYTES => {
             let written = (expect, replacing, mark);
-            return write_small_file(shared, path, meta, written, new_chunks).await;
+            return write_small_file(shared, path, meta, written, found).await;
         }
         EntryKind::File => {
             let chunks = source::chunk_list(shared, meta).await?;
@@ -398,8 +409,10 @@ pub(super) async fn write_entry(
                 commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime)
             })
             .await?;
-            index_kept(shared, kept, replacing, new_chunks).await;
-            new_chunks.extend(source::locations_in(&rel, &chunks, None));
+            index_kept(shared, kept, replacing, found).await;
+            found
+                .chunks
+                .extend(source::locations_in(&rel, &chunks, None));
         }
     }
     if matches!(meta.kind, EntryKind::Dir) {

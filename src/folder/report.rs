@@ -73,6 +73,19 @@ impl FolderActor {
         }
     }
 
+    /// Reports that the file at `path`, replaced or deleted by `author`'s change, was kept in
+    /// the versions as `kept`.
+    pub(super) fn report_version_kept(&self, path: &str, kept: &str, author: Option<PeerId>) {
+        let mut event = Event::new(EventType::VersionKept, Some(&self.name))
+            .path(path)
+            .entry("file")
+            .message(format!("the previous {path} was kept as {kept}"));
+        if let Some(peer) = author.filter(|peer| *peer != self.local) {
+            event = event.peer(peer.to_string());
+        }
+        self.events.emit(event);
+    }
+
     /// Reports that our version of `path` lost a conflict and was kept as `copy`.
     pub(super) fn report_conflict(&self, path: &str, copy: &str, winner: Option<PeerId>) {
         let mut event = Event::new(EventType::Conflict, Some(&self.name))
