@@ -102,6 +102,31 @@ pub(crate) enum CliCommand {
         #[command(subcommand)]
         command: PskCommand,
     },
+    /// Scripted multi-peer scenarios with faults (see config/lab/).
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LabCommand {
+    /// Run a scenario: start its peers, run its workload and faults, check the invariants.
+    /// Exit code 0: every invariant held; 1: one was violated; 2: the scenario could not be run
+    /// (bad file, or its daemons could not start); 130: interrupted.
+    Run {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Also write the report as JSON here.
+        #[arg(long, value_name = "REPORT.json")]
+        json: Option<PathBuf>,
+        /// The workload's seed (instead of the file's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to keep the peers' homes (default: a new directory under the temp directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

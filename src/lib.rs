@@ -36,6 +36,7 @@ pub mod engine;
 pub mod events;
 pub mod folder;
 pub mod home;
+pub mod lab;
 pub mod merge;
 pub mod net;
 pub mod quiet;

@@ -2,6 +2,8 @@
 //! and thin clients of the control API for everything else.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -21,11 +23,14 @@ use meshsync::store::ShareKind;
 
 mod cli;
 
-use cli::{Cli, CliCommand, KvCommand, PeerCommand, PskCommand, ShareCommand};
+use cli::{Cli, CliCommand, KvCommand, LabCommand, PeerCommand, PskCommand, ShareCommand};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if let CliCommand::Lab { command } = cli.command {
+        return run_lab(command);
+    }
     if !matches!(cli.command, CliCommand::Run { .. }) {
         die_quietly_on_a_closed_pipe();
     }
@@ -87,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
             },
         ),
         CliCommand::Psk { command } => run_psk(command),
+        CliCommand::Lab { .. } => unreachable!("run by main"),
         CliCommand::Open => {
             let client = ApiClient::for_home(&home)?;
             // Checks that the daemon answers, so the link is not dead on arrival.
@@ -161,6 +167,61 @@ fn run_status(home: &Home, json: bool) -> Result<()> {
     } else {
         print!("{}", text::status(&status));
         Ok(())
+    }
+}
+
+/// `lab run`: exit code 0 passed, 1 an invariant failed, 2 could not run, 130 interrupted.
+fn run_lab(command: LabCommand) -> ExitCode {
+    use meshsync::lab::{self, LabError, scenario::Scenario};
+    let LabCommand::Run {
+        scenario,
+        json,
+        seed,
+        dir,
+    } = command;
+    let fail = |code: u8, message: String| {
+        eprintln!("meshsync lab: {message}");
+        ExitCode::from(code)
+    };
+    let text = match std::fs::read_to_string(&scenario) {
+        Ok(text) => text,
+        Err(e) => return fail(2, format!("cannot read {}: {e}", scenario.display())),
+    };
+    let parsed = match Scenario::parse(&text) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(2, format!("{}: {e}", scenario.display())),
+    };
+    // Ctrl-C ends the run cleanly: the lab stops its daemons and removes what it made.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            return fail(2, format!("cannot handle signals: {e}"));
+        }
+    }
+    let seed = seed.unwrap_or(parsed.seed);
+    let dir = dir.unwrap_or_else(lab::fresh_dir);
+    match lab::run(&parsed, seed, &dir, &stop) {
+        Ok(report) => {
+            print!("{}", report.text());
+            if let Some(path) = json {
+                let written = serde_json::to_vec_pretty(&report)
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| std::fs::write(&path, bytes));
+                if let Err(e) = written {
+                    return fail(2, format!("cannot write {}: {e}", path.display()));
+                }
+            }
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(LabError::Interrupted) => fail(
+            130,
+            "interrupted; everything it started is stopped and removed".into(),
+        ),
+        Err(e) => fail(2, e.to_string()),
     }
 }
 

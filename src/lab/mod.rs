@@ -1,0 +1,626 @@
+//! `meshsync lab`: scripted multi-peer scenarios with faults, for users and for CI.
+//!
+//! A scenario file ([`scenario`]) says which peers to start, which shares they hold, what
+//! operations to run on them ([`workload`]) and what to break when (kill -9 and restart, SIGSTOP
+//! and SIGCONT). The lab starts real daemons — this very binary, each with a home of its own —
+//! runs the timeline, samples the folders for torn files as it goes, brings every peer back,
+//! waits for convergence and checks the invariants ([`check`]); the [`Report`] says what held,
+//! what did not (with evidence) and what it cost. Every process it starts, it stops; its
+//! directory goes too unless an invariant failed (then it is kept as evidence).
+//!
+//! The lab is a client of the daemons, like the CLI: it knows them only through their API, their
+//! files and their exit.
+
+pub mod check;
+pub mod peers;
+pub mod scenario;
+pub mod workload;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
+use serde::Serialize;
+
+use check::Violation;
+use peers::{LabPeer, folder_of, traffic};
+use scenario::{FaultKind, Scenario, ShareKindSpec};
+use workload::Ledger;
+
+/// How often folders are sampled for torn files while the workload runs.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for a share's members to find each other before the workload starts.
+pub const MEMBERS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the lab could not run a scenario (as opposed to a scenario whose invariants failed).
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The scenario file is wrong.
+    #[error("bad scenario: {0}")]
+    Scenario(#[from] scenario::ScenarioError),
+    /// Setting up the peers or shares failed.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// A file operation of the lab itself failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What the lab was doing.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A daemon's API failed where the lab needed it.
+    #[error("the API of {0} failed: {1}")]
+    Api(String, String),
+    /// Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl LabError {
+    fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LabError {
+        move |source| LabError::Io { what, source }
+    }
+}
+
+/// One peer's part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    /// Its name in the scenario.
+    pub name: String,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Bytes it sent for its shares (all its daemons together).
+    pub bytes_sent: u64,
+    /// Bytes it received for its shares.
+    pub bytes_received: u64,
+    /// Reconciliation sessions its last daemon ran.
+    pub sessions: u64,
+}
+
+/// A fault as it was carried out.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    /// Seconds from the start of the workload.
+    pub at_s: f64,
+    /// `kill` or `pause`.
+    pub kind: String,
+    /// The peer.
+    pub peer: String,
+    /// How long it lasted.
+    pub for_s: f64,
+}
+
+/// What a run found; `--json` writes it as it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The workload's seed.
+    pub seed: u64,
+    /// Whether every invariant held.
+    pub passed: bool,
+    /// Seconds from the end of the last operation and fault until every member of every share
+    /// held the same; null if they never did within the scenario's `converge_timeout`.
+    pub converged_after_s: Option<f64>,
+    /// Broken invariants, with evidence.
+    pub violations: Vec<Violation>,
+    /// Per peer.
+    pub peers: Vec<PeerReport>,
+    /// The faults carried out.
+    pub faults: Vec<FaultReport>,
+    /// Operations done, skipped (no peer up, nothing to edit) and refused.
+    pub ops_done: u64,
+    /// See `ops_done`.
+    pub ops_skipped: u64,
+    /// See `ops_done`.
+    pub ops_failed: u64,
+    /// Torn-file samples taken during the run (folders read).
+    pub samples: u64,
+    /// Conflict copies in the converged folders.
+    pub conflicts: u64,
+    /// Seconds the whole run took.
+    pub duration_s: f64,
+    /// Where the peers' homes are, when they were kept (a violation was found).
+    pub kept_dir: Option<String>,
+}
+
+impl Report {
+    /// The report for a person.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let verdict = if self.passed { "PASSED" } else { "FAILED" };
+        let _ = writeln!(out, "lab {} (seed {}): {verdict}", self.scenario, self.seed);
+        match self.converged_after_s {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "  converged {s:.2} s after the last operation and fault"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  did NOT converge");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  {} operations done, {} skipped, {} refused; {} faults; {} torn-file samples; {} conflict copies; {:.1} s in all",
+            self.ops_done,
+            self.ops_skipped,
+            self.ops_failed,
+            self.faults.len(),
+            self.samples,
+            self.conflicts,
+            self.duration_s
+        );
+        for peer in &self.peers {
+            let _ = writeln!(
+                out,
+                "  {:<10} sent {:>10}  received {:>10}  sessions {}",
+                peer.name,
+                crate::api::text::bytes(peer.bytes_sent),
+                crate::api::text::bytes(peer.bytes_received),
+                peer.sessions
+            );
+        }
+        for v in &self.violations {
+            let _ = writeln!(
+                out,
+                "  VIOLATION {} at {:.1} s on {} [{}] {}: {}",
+                v.invariant,
+                v.at_s,
+                v.peer,
+                v.share,
+                v.item.as_deref().unwrap_or("-"),
+                v.detail
+            );
+        }
+        if let Some(dir) = &self.kept_dir {
+            let _ = writeln!(out, "  homes and daemon logs kept in {dir}");
+        }
+        out
+    }
+}
+
+/// A step on the timeline.
+enum Step {
+    Op(usize),
+    FaultStart(usize),
+    FaultEnd(usize),
+}
+
+/// Runs a scenario with peers under `dir` (created, and removed unless a violation is found).
+/// `stop` is set by Ctrl-C: the run ends, everything is stopped and removed.
+pub fn run(
+    scenario: &Scenario,
+    seed: u64,
+    dir: &Path,
+    stop: &AtomicBool,
+) -> Result<Report, LabError> {
+    std::fs::create_dir_all(dir).map_err(LabError::io("create the lab directory"))?;
+    let result = run_in(scenario, seed, dir, stop);
+    let keep = matches!(&result, Ok(report) if !report.passed);
+    if !keep {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn run_in(
+    scenario: &Scenario,
+    seed: u64,
+    dir: &Path,
+    stop: &AtomicBool,
+) -> Result<Report, LabError> {
+    let began = Instant::now();
+    let interrupted = || stop.load(Ordering::Relaxed);
+    let mut peers: Vec<LabPeer> = scenario
+        .topology
+        .peers
+        .iter()
+        .map(|name| LabPeer::init(dir, name))
+        .collect::<Result<_, _>>()?;
+    for a in &peers {
+        for b in peers.iter().filter(|b| b.name != a.name) {
+            a.know(b)?;
+        }
+    }
+    for peer in &mut peers {
+        peer.start()?;
+        if interrupted() {
+            return Err(LabError::Interrupted);
+        }
+    }
+    set_up_shares(scenario, &peers, stop)?;
+
+    let kind_of = |share: &str| {
+        scenario
+            .shares
+            .iter()
+            .find(|s| s.name == share)
+            .map_or(ShareKindSpec::Records, |s| s.kind)
+    };
+    let ops = workload::timeline(&scenario.workloads, kind_of);
+    let mut steps: Vec<(f64, Step)> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (at, _))| (*at, Step::Op(i)))
+        .collect();
+    for (i, fault) in scenario.faults.iter().enumerate() {
+        steps.push((fault.at.as_secs_f64(), Step::FaultStart(i)));
+        steps.push(((fault.at + fault.lasts).as_secs_f64(), Step::FaultEnd(i)));
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+
+    let mut rng = Pcg64::seed_from_u64(seed);
+    let mut ledger = Ledger::default();
+    let mut violations = Vec::new();
+    let mut faults = Vec::new();
+    let mut samples = 0;
+    let start = Instant::now();
+    let mut next_sample = start + SAMPLE_INTERVAL;
+    for (at, step) in &steps {
+        let due = start + Duration::from_secs_f64(*at);
+        while Instant::now() < due {
+            if interrupted() {
+                return Err(LabError::Interrupted);
+            }
+            if Instant::now() >= next_sample {
+                samples += 1;
+                let at_s = start.elapsed().as_secs_f64();
+                violations.extend(sample_torn(scenario, &peers, &ledger, at_s));
+                next_sample = Instant::now() + SAMPLE_INTERVAL;
+            }
+            std::thread::sleep((due - Instant::now().min(due)).min(Duration::from_millis(20)));
+        }
+        match step {
+            Step::Op(i) => workload::run(&ops[*i].1, &peers, seed, &mut rng, &mut ledger),
+            Step::FaultStart(i) => {
+                let fault = &scenario.faults[*i];
+                let peer = peer_mut(&mut peers, &fault.peer);
+                match fault.kind {
+                    FaultKind::Kill => peer.kill(),
+                    FaultKind::Pause => peer.pause(),
+                }
+                faults.push(FaultReport {
+                    at_s: start.elapsed().as_secs_f64(),
+                    kind: format!("{:?}", fault.kind).to_lowercase(),
+                    peer: fault.peer.clone(),
+                    for_s: fault.lasts.as_secs_f64(),
+                });
+            }
+            Step::FaultEnd(i) => {
+                let fault = &scenario.faults[*i];
+                let peer = peer_mut(&mut peers, &fault.peer);
+                match fault.kind {
+                    FaultKind::Kill => peer.start()?,
+                    FaultKind::Pause => peer.resume(),
+                }
+            }
+        }
+    }
+    // Everyone back before convergence is judged.
+    for peer in &mut peers {
+        peer.resume();
+        peer.start()?;
+    }
+    let quiet_since = Instant::now();
+    let converged = wait_converged(scenario, &peers, quiet_since, stop, &mut samples)?;
+    let at_s = start.elapsed().as_secs_f64();
+    let converged_after_s = match &converged {
+        Ok(after) => Some(after.as_secs_f64()),
+        Err(evidence) => {
+            violations.push(evidence.clone());
+            None
+        }
+    };
+    violations.extend(sample_torn(scenario, &peers, &ledger, at_s));
+    violations.extend(final_checks(scenario, &peers, &ledger, seed, at_s));
+    let conflicts = count_conflicts(scenario, &peers);
+    let peer_reports = peers
+        .iter()
+        .map(|p| {
+            let (sent, received, sessions) = match p.status() {
+                Ok(status) => {
+                    let (s, r) = traffic(&status);
+                    (s, r, status.shares.iter().map(|s| s.sessions).sum())
+                }
+                Err(_) => (0, 0, 0),
+            };
+            PeerReport {
+                name: p.name.clone(),
+                peer_id: p.id.to_string(),
+                bytes_sent: sent + p.bytes_before.0,
+                bytes_received: received + p.bytes_before.1,
+                sessions,
+            }
+        })
+        .collect();
+    for peer in &mut peers {
+        peer.stop();
+    }
+    let passed = violations.is_empty();
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        seed,
+        passed,
+        converged_after_s,
+        violations,
+        peers: peer_reports,
+        faults,
+        ops_done: ledger.done,
+        ops_skipped: ledger.skipped,
+        ops_failed: ledger.failed,
+        samples,
+        conflicts,
+        duration_s: began.elapsed().as_secs_f64(),
+        kept_dir: (!passed).then(|| dir.display().to_string()),
+    })
+}
+
+fn peer_mut<'a>(peers: &'a mut [LabPeer], name: &str) -> &'a mut LabPeer {
+    peers
+        .iter_mut()
+        .find(|p| p.name == name)
+        .expect("checked by the scenario")
+}
+
+fn peer<'a>(peers: &'a [LabPeer], name: &str) -> &'a LabPeer {
+    peers
+        .iter()
+        .find(|p| p.name == name)
+        .expect("checked by the scenario")
+}
+
+/// Creates each share on its first member and joins the others, then waits until the creator
+/// sees every other member.
+fn set_up_shares(
+    scenario: &Scenario,
+    peers: &[LabPeer],
+    stop: &AtomicBool,
+) -> Result<(), LabError> {
+    use crate::api::records::{CreateShare, JoinShare};
+    use crate::engine::CreatedShare;
+    use crate::store::ShareKind;
+    let api =
+        |p: &LabPeer, e: crate::client::ClientError| LabError::Api(p.name.clone(), e.to_string());
+    for share in &scenario.shares {
+        let kind = match share.kind {
+            ShareKindSpec::Folder => ShareKind::Folder,
+            ShareKindSpec::Records => ShareKind::Records,
+        };
+        let path_for = |p: &LabPeer| (kind == ShareKind::Folder).then(|| folder_of(p, &share.name));
+        let creator = peer(peers, &share.members[0]);
+        let client = creator.client()?;
+        let created: CreatedShare = client
+            .post(
+                "/v1/shares",
+                &CreateShare {
+                    name: share.name.clone(),
+                    kind,
+                    path: path_for(creator),
+                },
+            )
+            .map_err(|e| api(creator, e))?;
+        let token = |read_only: bool| -> Result<String, LabError> {
+            let answer: serde_json::Value = client
+                .get(&format!(
+                    "/v1/shares/{}/token?read_only={read_only}",
+                    created.id
+                ))
+                .map_err(|e| api(creator, e))?;
+            answer["token"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| LabError::Setup("no token in the answer".into()))
+        };
+        let (rw, ro) = (token(false)?, token(true)?);
+        for name in &share.members[1..] {
+            let member = peer(peers, name);
+            let token = if share.read_only.contains(name) {
+                &ro
+            } else {
+                &rw
+            };
+            let _: CreatedShare = member
+                .client()?
+                .post(
+                    "/v1/shares/join",
+                    &JoinShare {
+                        token: token.clone(),
+                        name: share.name.clone(),
+                        kind,
+                        path: path_for(member),
+                    },
+                )
+                .map_err(|e| api(member, e))?;
+        }
+        let started = Instant::now();
+        loop {
+            let status = creator.status()?;
+            let members = status
+                .shares
+                .iter()
+                .find(|s| s.name == share.name)
+                .map_or(0, |s| s.members.len());
+            if members + 1 >= share.members.len() {
+                break;
+            }
+            if started.elapsed() > MEMBERS_TIMEOUT {
+                return Err(LabError::Setup(format!(
+                    "share {}: {} of {} members found each other within {MEMBERS_TIMEOUT:?}",
+                    share.name,
+                    members + 1,
+                    share.members.len()
+                )));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(LabError::Interrupted);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Torn files on every peer that is up, in every folder share it is a member of.
+fn sample_torn(
+    scenario: &Scenario,
+    peers: &[LabPeer],
+    ledger: &Ledger,
+    at_s: f64,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for share in scenario
+        .shares
+        .iter()
+        .filter(|s| s.kind == ShareKindSpec::Folder)
+    {
+        for name in &share.members {
+            let p = peer(peers, name);
+            if p.is_up() {
+                out.extend(check::torn_files(p, &share.name, ledger, at_s));
+            }
+        }
+    }
+    out
+}
+
+/// What a share looks like on one member, for comparing.
+fn view(share: &scenario::ShareSpec, p: &LabPeer) -> Result<String, String> {
+    match share.kind {
+        ShareKindSpec::Folder => Ok(format!("{:?}", check::tree(&folder_of(p, &share.name)))),
+        ShareKindSpec::Records => check::records(p, &share.name).map(|r| format!("{r:?}")),
+    }
+}
+
+/// Waits until every member of every share holds the same; the time it took, or a violation
+/// naming the first difference.
+fn wait_converged(
+    scenario: &Scenario,
+    peers: &[LabPeer],
+    since: Instant,
+    stop: &AtomicBool,
+    samples: &mut u64,
+) -> Result<Result<Duration, Violation>, LabError> {
+    loop {
+        let mut difference = None;
+        'shares: for share in &scenario.shares {
+            let first = peer(peers, &share.members[0]);
+            let reference = view(share, first);
+            for name in &share.members[1..] {
+                let other = view(share, peer(peers, name));
+                if other != reference || reference.is_err() {
+                    difference = Some((share, name.clone()));
+                    break 'shares;
+                }
+            }
+        }
+        *samples += 1;
+        let Some((share, name)) = difference else {
+            return Ok(Ok(since.elapsed()));
+        };
+        if since.elapsed() > scenario.converge_timeout {
+            let first = peer(peers, &share.members[0]);
+            let detail = match share.kind {
+                ShareKindSpec::Folder => check::first_difference(
+                    &check::tree(&folder_of(first, &share.name)),
+                    &check::tree(&folder_of(peer(peers, &name), &share.name)),
+                )
+                .unwrap_or_default(),
+                ShareKindSpec::Records => "records differ".into(),
+            };
+            return Ok(Err(Violation {
+                invariant: "convergence",
+                peer: name,
+                share: share.name.clone(),
+                item: None,
+                detail: format!(
+                    "not the same as on {} after {:?}: {detail}",
+                    first.name, scenario.converge_timeout
+                ),
+                at_s: since.elapsed().as_secs_f64(),
+            }));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(LabError::Interrupted);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The end-of-run invariants: acknowledged writes kept, nothing at non-members.
+fn final_checks(
+    scenario: &Scenario,
+    peers: &[LabPeer],
+    ledger: &Ledger,
+    seed: u64,
+    at_s: f64,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for share in &scenario.shares {
+        if share.kind == ShareKindSpec::Records
+            && let Some(keys) = ledger.keys.get(&share.name)
+        {
+            for name in &share.members {
+                match check::records(peer(peers, name), &share.name) {
+                    Ok(records) => {
+                        out.extend(check::lost_writes(name, &share.name, &records, keys, at_s));
+                    }
+                    Err(e) => out.push(Violation {
+                        invariant: "lost_write",
+                        peer: name.clone(),
+                        share: share.name.clone(),
+                        item: None,
+                        detail: format!("cannot list the records: {e}"),
+                        at_s,
+                    }),
+                }
+            }
+        }
+        let marker = workload::marker(seed, &share.name);
+        for outsider in peers.iter().filter(|p| !share.members.contains(&p.name)) {
+            if let Some(file) = check::leaked(outsider.home.dir(), &marker) {
+                out.push(Violation {
+                    invariant: "leak",
+                    peer: outsider.name.clone(),
+                    share: share.name.clone(),
+                    item: Some(file),
+                    detail: "data of the share at a peer that is not its member".into(),
+                    at_s,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn count_conflicts(scenario: &Scenario, peers: &[LabPeer]) -> u64 {
+    scenario
+        .shares
+        .iter()
+        .filter(|s| s.kind == ShareKindSpec::Folder)
+        .map(|s| {
+            check::tree(&folder_of(peer(peers, &s.members[0]), &s.name))
+                .keys()
+                .filter(|p| p.contains(".sync-conflict-"))
+                .count() as u64
+        })
+        .sum()
+}
+
+/// A fresh directory for a run under the system's temp directory.
+pub fn fresh_dir() -> PathBuf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::env::temp_dir().join(format!(
+        "meshsync-lab-{}-{}",
+        std::process::id(),
+        now.as_millis()
+    ))
+}

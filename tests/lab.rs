@@ -1,0 +1,150 @@
+//! `meshsync lab`, black box: the shipped loopback scenario passes with a JSON report, bad
+//! scenario files are refused with the reason (exit code 2), and Ctrl-C stops every daemon the
+//! lab started and removes its directory.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{WAIT, bin, wait_until};
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/lab")
+        .join(name)
+}
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("lab")
+        .args(args)
+        .env_remove("MESHSYNC_HOME")
+        .output()
+        .expect("cannot run meshsync lab")
+}
+
+/// Pids of processes whose command line mentions `text`.
+fn processes_mentioning(text: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(text)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_loopback_smoke_scenario_passes_and_reports_json() {
+    let work = tempfile::tempdir().unwrap();
+    let report = work.path().join("report.json");
+    let dir = work.path().join("lab");
+    let out = lab(&[
+        "run",
+        scenario("loopback-smoke.toml").to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PASSED"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    assert!(report["converged_after_s"].as_f64().is_some(), "{report}");
+    assert_eq!(report["violations"], serde_json::json!([]));
+    assert_eq!(report["faults"].as_array().unwrap().len(), 2, "{report}");
+    let peers = report["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 4);
+    for peer in peers {
+        assert!(peer["bytes_sent"].as_u64().unwrap() > 0, "{peer}");
+        assert!(peer["bytes_received"].as_u64().unwrap() > 0, "{peer}");
+    }
+    assert!(report["ops_done"].as_u64().unwrap() > 300, "{report}");
+    // Everything it made is gone: the directory and the daemons.
+    assert!(!dir.exists());
+    assert!(processes_mentioning(dir.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn bad_scenario_files_are_refused_with_the_reason() {
+    let good = std::fs::read_to_string(scenario("loopback-smoke.toml")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let cases = [
+        ("seed = 1", "sede = 1", "unknown field `sede`"),
+        ("at = \"3s\"", "at = \"soonish\"", "bad duration `soonish`"),
+        ("peer = \"c\"", "peer = \"zed\"", "unknown peer `zed`"),
+        ("kind = \"kill\"", "kind = \"meteor\"", "meteor"),
+    ];
+    for (from, to, reason) in cases {
+        assert!(good.contains(from), "{from}");
+        let path = work.path().join("bad.toml");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        let out = lab(&["run", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {stderr}");
+        assert!(stderr.contains(reason), "{to}: {stderr}");
+        assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
+    }
+    let out = lab(&["run", "/nonexistent/scenario.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn ctrl_c_stops_every_daemon_and_removes_the_lab_directory() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("lab");
+    let mut child = Command::new(bin())
+        .args([
+            "lab",
+            "run",
+            scenario("loopback-smoke.toml").to_str().unwrap(),
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Positive evidence that it is in the middle of things: its daemons run.
+    let needle = dir.to_str().unwrap().to_owned();
+    wait_until("the lab's daemons to run", WAIT, || {
+        processes_mentioning(&needle)
+            .iter()
+            .filter(|pid| **pid != child.id())
+            .count()
+            >= 4
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the lab did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(processes_mentioning(&needle).is_empty(), "daemons left");
+    assert!(!dir.exists(), "directory left");
+}
