@@ -32,6 +32,8 @@ use workload::Ledger;
 
 /// How often folders are sampled for torn files while the workload runs.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Violations listed per invariant in a report (the rest are only counted).
+pub const MAX_LISTED_VIOLATIONS: usize = 100;
 /// Longest wait for a share's members to find each other before the workload starts.
 pub const MEMBERS_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -107,8 +109,11 @@ pub struct Report {
     /// Seconds from the end of the last operation and fault until every member of every share
     /// held the same; null if they never did within the scenario's `converge_timeout`.
     pub converged_after_s: Option<f64>,
-    /// Broken invariants, with evidence.
+    /// Broken invariants, with evidence: each (invariant, peer, share, item) once, as first
+    /// seen, at most [`MAX_LISTED_VIOLATIONS`] per invariant.
     pub violations: Vec<Violation>,
+    /// How many distinct violations there were in all.
+    pub violations_total: usize,
     /// Per peer.
     pub peers: Vec<PeerReport>,
     /// The faults carried out.
@@ -179,6 +184,14 @@ impl Report {
                 v.detail
             );
         }
+        if self.violations_total > self.violations.len() {
+            let _ = writeln!(
+                out,
+                "  … {} violations in all ({} listed)",
+                self.violations_total,
+                self.violations.len()
+            );
+        }
         if let Some(dir) = &self.kept_dir {
             let _ = writeln!(out, "  homes and daemon logs kept in {dir}");
         }
@@ -224,15 +237,15 @@ fn run_in(
         .iter()
         .map(|name| LabPeer::init(dir, name))
         .collect::<Result<_, _>>()?;
-    for a in &peers {
-        for b in peers.iter().filter(|b| b.name != a.name) {
-            a.know(b)?;
-        }
-    }
     for peer in &mut peers {
         peer.start()?;
         if interrupted() {
             return Err(LabError::Interrupted);
+        }
+    }
+    for a in &peers {
+        for b in peers.iter().filter(|b| b.name != a.name) {
+            a.know(b)?;
         }
     }
     set_up_shares(scenario, &peers, stop)?;
@@ -344,12 +357,14 @@ fn run_in(
         peer.stop();
     }
     let passed = violations.is_empty();
+    let (violations, violations_total) = condense(violations);
     Ok(Report {
         scenario: scenario.name.clone(),
         seed,
         passed,
         converged_after_s,
         violations,
+        violations_total,
         peers: peer_reports,
         faults,
         ops_done: ledger.done,
@@ -360,6 +375,27 @@ fn run_in(
         duration_s: began.elapsed().as_secs_f64(),
         kept_dir: (!passed).then(|| dir.display().to_string()),
     })
+}
+
+/// Each violation once (a torn file seen by many samples is one), at most
+/// [`MAX_LISTED_VIOLATIONS`] per invariant; and how many distinct ones there were.
+fn condense(all: Vec<Violation>) -> (Vec<Violation>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut per_invariant: std::collections::HashMap<&'static str, usize> = Default::default();
+    let mut total = 0;
+    let mut listed = Vec::new();
+    for v in all {
+        if !seen.insert((v.invariant, v.peer.clone(), v.share.clone(), v.item.clone())) {
+            continue;
+        }
+        total += 1;
+        let count = per_invariant.entry(v.invariant).or_default();
+        *count += 1;
+        if *count <= MAX_LISTED_VIOLATIONS {
+            listed.push(v);
+        }
+    }
+    (listed, total)
 }
 
 fn peer_mut<'a>(peers: &'a mut [LabPeer], name: &str) -> &'a mut LabPeer {
@@ -623,4 +659,30 @@ pub fn fresh_dir() -> PathBuf {
         std::process::id(),
         now.as_millis()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(invariant: &'static str, item: &str) -> Violation {
+        Violation {
+            invariant,
+            peer: "a".into(),
+            share: "docs".into(),
+            item: Some(item.into()),
+            detail: String::new(),
+            at_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn each_violation_is_listed_once_and_each_invariant_at_most_its_cap() {
+        let mut all = vec![violation("torn_file", "x"); 5];
+        all.extend((0..MAX_LISTED_VIOLATIONS + 7).map(|i| violation("lost_write", &i.to_string())));
+        let (listed, total) = condense(all);
+        assert_eq!(total, 1 + MAX_LISTED_VIOLATIONS + 7);
+        assert_eq!(listed.len(), 1 + MAX_LISTED_VIOLATIONS);
+        assert_eq!(listed[0].invariant, "torn_file");
+    }
 }

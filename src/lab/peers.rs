@@ -1,9 +1,10 @@
-//! The lab's daemons: one home and one `meshsync run` process per peer, on loopback, each on a
-//! TCP port of its own that survives restarts (so the others' static addresses stay right).
-//! Every process started here is stopped here, also when the lab is interrupted.
+//! The lab's daemons: one home and one `meshsync run` process per peer, on loopback. Each binds
+//! a port the system picks at its first start (no race with other programs for a port chosen
+//! beforehand), which is then written into its config, so restarts keep it and the others'
+//! static addresses stay right. Every process started here is stopped here, also when the lab
+//! is interrupted.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,8 +28,8 @@ pub struct LabPeer {
     pub home: Home,
     /// Its peer id.
     pub id: PeerId,
-    /// Its fixed listen address.
-    pub addr: Multiaddr,
+    /// Its listen address, once it has started.
+    pub addr: Option<Multiaddr>,
     /// The running daemon, if it runs.
     child: Option<Child>,
     /// Whether it is stopped with SIGSTOP.
@@ -37,23 +38,15 @@ pub struct LabPeer {
     pub bytes_before: (u64, u64),
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the daemon binds it moments later).
-fn free_port() -> Result<u16, LabError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(LabError::io("pick a port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(LabError::io("pick a port"))?
-        .port())
-}
+/// What a new home listens on until its first start picked a port.
+const ANY_PORT: &str = "/ip4/127.0.0.1/tcp/0";
 
 impl LabPeer {
     /// Creates the peer's home under `dir` (not started).
     pub fn init(dir: &Path, name: &str) -> Result<LabPeer, LabError> {
         let home = Home::at(dir.join(name));
-        let port = free_port()?;
-        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
         let options = InitOptions {
-            listen: vec![listen.clone()],
+            listen: vec![ANY_PORT.into()],
             api: Some("127.0.0.1:0".into()),
             peers: Vec::new(),
             no_mdns: true,
@@ -63,25 +56,58 @@ impl LabPeer {
             Ok(InitOutcome::Created(id) | InitOutcome::AlreadyInitialised(id)) => id,
             Err(e) => return Err(LabError::Setup(format!("init {name}: {e}"))),
         };
-        let addr: Multiaddr = format!("{listen}/p2p/{id}")
-            .parse()
-            .map_err(|e| LabError::Setup(format!("address of {name}: {e}")))?;
         Ok(LabPeer {
             name: name.to_owned(),
             home,
             id,
-            addr,
+            addr: None,
             child: None,
             paused: false,
             bytes_before: (0, 0),
         })
     }
 
-    /// Adds another peer's address to this one's static peers.
+    /// Adds another (started) peer's address to this one's static peers, through its API (which
+    /// saves it in the config and dials it).
     pub fn know(&self, other: &LabPeer) -> Result<(), LabError> {
-        crate::config::add_static_peer(&self.home.config_path(), &other.addr)
-            .map(|_| ())
-            .map_err(|e| LabError::Setup(format!("config of {}: {e}", self.name)))
+        let Some(addr) = &other.addr else {
+            return Err(LabError::Setup(format!("{} has not started", other.name)));
+        };
+        let _: serde_json::Value = self
+            .client()?
+            .post(
+                "/v1/peers",
+                &crate::api::AddPeer {
+                    addr: addr.to_string(),
+                },
+            )
+            .map_err(|e| LabError::Api(self.name.clone(), e.to_string()))?;
+        Ok(())
+    }
+
+    /// After the first start: the port the daemon got, kept in its config for restarts.
+    fn pin_port(&mut self) -> Result<(), LabError> {
+        let status = self.status()?;
+        let addr: Multiaddr = status
+            .listen_addrs
+            .iter()
+            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| LabError::Setup(format!("{} listens on no loopback port", self.name)))?;
+        let port = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        });
+        let path = self.home.config_path();
+        let config = std::fs::read_to_string(&path).map_err(LabError::io("read a config"))?;
+        let pinned = config.replace(
+            &format!("\"{ANY_PORT}\""),
+            &format!("\"/ip4/127.0.0.1/tcp/{}\"", port.unwrap_or(0)),
+        );
+        crate::home::write_atomically(&path, pinned.as_bytes(), None)
+            .map_err(|e| LabError::Setup(format!("config of {}: {e}", self.name)))?;
+        self.addr = Some(addr);
+        Ok(())
     }
 
     /// Starts the daemon and waits for its API.
@@ -113,6 +139,9 @@ impl LabPeer {
             if let Ok(client) = self.client()
                 && client.get::<serde_json::Value>("/health").is_ok()
             {
+                if self.addr.is_none() {
+                    self.pin_port()?;
+                }
                 return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
