@@ -96,8 +96,7 @@ pub fn torn_files(peer: &LabPeer, share: &str, ledger: &Ledger, at_s: f64) -> Ve
 
 /// The records of `share` at `peer`, by key (values as the API shows them).
 pub fn records(peer: &LabPeer, share: &str) -> Result<BTreeMap<String, String>, String> {
-    let client = peer.client().map_err(|e| e.to_string())?;
-    let listed: Vec<ListedRecord> = client
+    let listed: Vec<ListedRecord> = peer
         .get(&format!("/v1/kv/{share}/list"))
         .map_err(|e| e.to_string())?;
     Ok(listed

@@ -12,6 +12,7 @@
 //! files and their exit.
 
 pub mod check;
+pub mod netns;
 pub mod peers;
 pub mod scenario;
 pub mod workload;
@@ -27,7 +28,7 @@ use serde::Serialize;
 
 use check::Violation;
 use peers::{LabPeer, folder_of, traffic};
-use scenario::{FaultKind, Scenario, ShareKindSpec};
+use scenario::{Fault, FaultKind, Scenario, ShareKindSpec, TopologyKind};
 use workload::Ledger;
 
 /// How often folders are sampled for torn files while the workload runs.
@@ -61,6 +62,9 @@ pub enum LabError {
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// What the scenario needs cannot be had here (root, network namespaces, nftables).
+    #[error("{0}")]
+    Privileges(String),
 }
 
 impl LabError {
@@ -231,11 +235,26 @@ fn run_in(
 ) -> Result<Report, LabError> {
     let began = Instant::now();
     let interrupted = || stop.load(Ordering::Relaxed);
+    // Declared before the peers, so it is deleted after they stopped.
+    let lan = match scenario.topology.kind {
+        TopologyKind::Loopback => None,
+        TopologyKind::Lan => Some(build_lan(scenario)?),
+    };
     let mut peers: Vec<LabPeer> = scenario
         .topology
         .peers
         .iter()
-        .map(|name| LabPeer::init(dir, name))
+        .enumerate()
+        .map(|(i, name)| {
+            let place = match &lan {
+                None => peers::Place::Loopback,
+                Some(lan) => peers::Place::Namespace {
+                    name: lan.hosts[i].clone(),
+                    address: netns::Lan::address(i),
+                },
+            };
+            LabPeer::init(dir, name, place)
+        })
         .collect::<Result<_, _>>()?;
     for peer in &mut peers {
         peer.start()?;
@@ -243,9 +262,12 @@ fn run_in(
             return Err(LabError::Interrupted);
         }
     }
-    for a in &peers {
-        for b in peers.iter().filter(|b| b.name != a.name) {
-            a.know(b)?;
+    // On a LAN they find each other by mDNS.
+    if lan.is_none() {
+        for a in &peers {
+            for b in peers.iter().filter(|b| b.name != a.name) {
+                a.know(b)?;
+            }
         }
     }
     set_up_shares(scenario, &peers, stop)?;
@@ -294,25 +316,23 @@ fn run_in(
             Step::Op(i) => workload::run(&ops[*i].1, &peers, seed, &mut rng, &mut ledger),
             Step::FaultStart(i) => {
                 let fault = &scenario.faults[*i];
-                let peer = peer_mut(&mut peers, &fault.peer);
-                match fault.kind {
-                    FaultKind::Kill => peer.kill(),
-                    FaultKind::Pause => peer.pause(),
-                }
+                apply_fault(scenario, fault, &mut peers, lan.as_ref(), Edge::Begin)?;
+                let peer = if fault.kind == FaultKind::Partition {
+                    let groups: Vec<String> = fault.groups.iter().map(|g| g.join(",")).collect();
+                    groups.join(" | ")
+                } else {
+                    fault.peer.clone()
+                };
                 faults.push(FaultReport {
                     at_s: start.elapsed().as_secs_f64(),
                     kind: format!("{:?}", fault.kind).to_lowercase(),
-                    peer: fault.peer.clone(),
+                    peer,
                     for_s: fault.lasts.as_secs_f64(),
                 });
             }
             Step::FaultEnd(i) => {
                 let fault = &scenario.faults[*i];
-                let peer = peer_mut(&mut peers, &fault.peer);
-                match fault.kind {
-                    FaultKind::Kill => peer.start()?,
-                    FaultKind::Pause => peer.resume(),
-                }
+                apply_fault(scenario, fault, &mut peers, lan.as_ref(), Edge::End)?;
             }
         }
     }
@@ -398,6 +418,154 @@ fn condense(all: Vec<Violation>) -> (Vec<Violation>, usize) {
     (listed, total)
 }
 
+/// The namespace LAN for a `lan` scenario: root, `ip` and (for network faults) `nft` needed.
+fn build_lan(scenario: &Scenario) -> Result<netns::Lan, LabError> {
+    let missing = |why: String| {
+        LabError::Privileges(format!(
+            "topology \"lan\" needs root, `ip` (iproute2) and nftables: {why}"
+        ))
+    };
+    let network_faults = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.kind, FaultKind::Loss | FaultKind::Partition));
+    if network_faults {
+        netns::Lan::nft_available().map_err(missing)?;
+    }
+    netns::Lan::create(scenario.topology.peers.len()).map_err(missing)
+}
+
+/// The host index of a peer on the LAN.
+fn host(scenario: &Scenario, name: &str) -> usize {
+    scenario
+        .topology
+        .peers
+        .iter()
+        .position(|p| p == name)
+        .expect("checked by the scenario")
+}
+
+/// Whether a fault begins or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edge {
+    Begin,
+    End,
+}
+
+/// Begins or ends a fault.
+fn apply_fault(
+    scenario: &Scenario,
+    fault: &Fault,
+    peers: &mut [LabPeer],
+    lan: Option<&netns::Lan>,
+    edge: Edge,
+) -> Result<(), LabError> {
+    let begin = edge == Edge::Begin;
+    let network = |act: &dyn Fn(&netns::Lan) -> Result<(), String>| match lan {
+        Some(lan) => act(lan).map_err(LabError::Setup),
+        None => Err(LabError::Setup(
+            "a network fault without a namespace LAN".into(),
+        )),
+    };
+    // Not for partitions: they name no peer.
+    let name = fault.peer.as_str();
+    match fault.kind {
+        FaultKind::Kill if begin => peer_mut(peers, name).kill(),
+        FaultKind::Kill => peer_mut(peers, name).start()?,
+        FaultKind::Pause if begin => peer_mut(peers, name).pause(),
+        FaultKind::Pause => peer_mut(peers, name).resume(),
+        FaultKind::Leave if begin => {
+            let p = peer_mut(peers, name);
+            let _: serde_json::Value = p
+                .post(
+                    &format!("/v1/shares/{}/leave", fault.share),
+                    &serde_json::json!({}),
+                )
+                .map_err(|e| LabError::Api(p.name.clone(), e.to_string()))?;
+            p.left.insert(fault.share.clone());
+        }
+        FaultKind::Leave => rejoin(scenario, fault, peers)?,
+        FaultKind::Loss => {
+            let percent = if begin { fault.percent } else { 0 };
+            network(&|lan| lan.loss(host(scenario, &fault.peer), percent))?;
+        }
+        FaultKind::Rate => {
+            let kbit = if begin { fault.kbit } else { 0 };
+            network(&|lan| lan.rate(host(scenario, &fault.peer), kbit))?;
+        }
+        FaultKind::Partition if begin => {
+            let groups: Vec<Vec<usize>> = fault
+                .groups
+                .iter()
+                .map(|g| g.iter().map(|name| host(scenario, name)).collect())
+                .collect();
+            let groups: Vec<&[usize]> = groups.iter().map(Vec::as_slice).collect();
+            network(&|lan| lan.partition(&groups))?;
+        }
+        FaultKind::Partition => network(&|lan| {
+            lan.heal();
+            Ok(())
+        })?,
+    }
+    Ok(())
+}
+
+/// Joins a peer that left a share again, with a token from another member that is up.
+fn rejoin(scenario: &Scenario, fault: &Fault, peers: &mut [LabPeer]) -> Result<(), LabError> {
+    use crate::api::records::JoinShare;
+    use crate::engine::CreatedShare;
+    let share = scenario
+        .shares
+        .iter()
+        .find(|s| s.name == fault.share)
+        .ok_or_else(|| LabError::Setup(format!("no share {}", fault.share)))?;
+    let read_only = share.read_only.contains(&fault.peer);
+    let giver = peers
+        .iter()
+        .find(|p| {
+            share.members.contains(&p.name)
+                && p.name != fault.peer
+                && !share.read_only.contains(&p.name)
+                && p.is_up()
+                && !p.left.contains(&share.name)
+        })
+        .ok_or_else(|| {
+            LabError::Setup(format!(
+                "no member of {} is up to hand {} a token",
+                share.name, fault.peer
+            ))
+        })?;
+    let answer: serde_json::Value = giver
+        .get(&format!(
+            "/v1/shares/{}/token?read_only={read_only}",
+            share.name
+        ))
+        .map_err(|e| LabError::Api(giver.name.clone(), e.to_string()))?;
+    let token = answer["token"]
+        .as_str()
+        .ok_or_else(|| LabError::Setup("no token in the answer".into()))?
+        .to_owned();
+    let p = peer_mut(peers, &fault.peer);
+    let kind = match share.kind {
+        ShareKindSpec::Folder => crate::store::ShareKind::Folder,
+        ShareKindSpec::Records => crate::store::ShareKind::Records,
+    };
+    let path = (share.kind == ShareKindSpec::Folder).then(|| folder_of(p, &share.name));
+    let _: CreatedShare = p
+        .post(
+            "/v1/shares/join",
+            &JoinShare {
+                token,
+                name: share.name.clone(),
+                kind,
+                path,
+            },
+        )
+        .map_err(|e| LabError::Api(p.name.clone(), e.to_string()))?;
+    p.left.remove(&share.name);
+    Ok(())
+}
+
 fn peer_mut<'a>(peers: &'a mut [LabPeer], name: &str) -> &'a mut LabPeer {
     peers
         .iter_mut()
@@ -422,8 +590,7 @@ fn set_up_shares(
     use crate::api::records::{CreateShare, JoinShare};
     use crate::engine::CreatedShare;
     use crate::store::ShareKind;
-    let api =
-        |p: &LabPeer, e: crate::client::ClientError| LabError::Api(p.name.clone(), e.to_string());
+    let api = |p: &LabPeer, e: peers::CallError| LabError::Api(p.name.clone(), e.to_string());
     for share in &scenario.shares {
         let kind = match share.kind {
             ShareKindSpec::Folder => ShareKind::Folder,
@@ -431,8 +598,7 @@ fn set_up_shares(
         };
         let path_for = |p: &LabPeer| (kind == ShareKind::Folder).then(|| folder_of(p, &share.name));
         let creator = peer(peers, &share.members[0]);
-        let client = creator.client()?;
-        let created: CreatedShare = client
+        let created: CreatedShare = creator
             .post(
                 "/v1/shares",
                 &CreateShare {
@@ -443,7 +609,7 @@ fn set_up_shares(
             )
             .map_err(|e| api(creator, e))?;
         let token = |read_only: bool| -> Result<String, LabError> {
-            let answer: serde_json::Value = client
+            let answer: serde_json::Value = creator
                 .get(&format!(
                     "/v1/shares/{}/token?read_only={read_only}",
                     created.id
@@ -463,7 +629,6 @@ fn set_up_shares(
                 &rw
             };
             let _: CreatedShare = member
-                .client()?
                 .post(
                     "/v1/shares/join",
                     &JoinShare {

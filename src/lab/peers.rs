@@ -14,11 +14,37 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use super::LabError;
 use crate::api::Status;
-use crate::client::ApiClient;
+use crate::client::{ApiClient, ClientError};
 use crate::home::{Home, InitOptions, InitOutcome};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Longest wait for a daemon's API after starting it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call to a lab daemon's API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The API answered with an error, or could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The peer's network namespace could not be entered.
+    #[error("cannot enter network namespace {0}: {1}")]
+    Namespace(String, std::io::Error),
+    /// The thread making the call panicked.
+    #[error("the API call panicked")]
+    Panicked,
+}
+
+/// Moves the calling thread into the named network namespace (`ip netns` names).
+fn enter_namespace(name: &str) -> std::io::Result<()> {
+    let file = std::fs::File::open(Path::new("/run/netns").join(name))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&file),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?;
+    Ok(())
+}
 
 /// One peer of the lab.
 pub struct LabPeer {
@@ -30,26 +56,48 @@ pub struct LabPeer {
     pub id: PeerId,
     /// Its listen address, once it has started.
     pub addr: Option<Multiaddr>,
+    /// What its config listens on until its first start picked a port.
+    any_port: String,
+    /// Its network namespace, if it has one.
+    netns: Option<String>,
     /// The running daemon, if it runs.
     child: Option<Child>,
     /// Whether it is stopped with SIGSTOP.
     paused: bool,
     /// Traffic counted by daemons of it that were killed (their counters died with them).
     pub bytes_before: (u64, u64),
+    /// Shares it left (a `leave` fault) and has not joined again.
+    pub left: std::collections::HashSet<String>,
 }
 
-/// What a new home listens on until its first start picked a port.
-const ANY_PORT: &str = "/ip4/127.0.0.1/tcp/0";
+/// Where a peer runs.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// On 127.0.0.1 in the lab's own namespace, without mDNS.
+    Loopback,
+    /// In a network namespace of a [`super::netns::Lan`], at `address`, with mDNS.
+    Namespace {
+        /// The namespace's name.
+        name: String,
+        /// The host's address on the LAN.
+        address: String,
+    },
+}
 
 impl LabPeer {
     /// Creates the peer's home under `dir` (not started).
-    pub fn init(dir: &Path, name: &str) -> Result<LabPeer, LabError> {
+    pub fn init(dir: &Path, name: &str, place: Place) -> Result<LabPeer, LabError> {
         let home = Home::at(dir.join(name));
+        let (address, netns) = match place {
+            Place::Loopback => ("127.0.0.1".to_owned(), None),
+            Place::Namespace { name, address } => (address, Some(name)),
+        };
+        let any_port = format!("/ip4/{address}/tcp/0");
         let options = InitOptions {
-            listen: vec![ANY_PORT.into()],
+            listen: vec![any_port.clone()],
             api: Some("127.0.0.1:0".into()),
             peers: Vec::new(),
-            no_mdns: true,
+            no_mdns: netns.is_none(),
             name: Some(name.to_owned()),
         };
         let id = match home.init(&options) {
@@ -61,9 +109,12 @@ impl LabPeer {
             home,
             id,
             addr: None,
+            any_port,
+            netns,
             child: None,
             paused: false,
             bytes_before: (0, 0),
+            left: Default::default(),
         })
     }
 
@@ -74,7 +125,6 @@ impl LabPeer {
             return Err(LabError::Setup(format!("{} has not started", other.name)));
         };
         let _: serde_json::Value = self
-            .client()?
             .post(
                 "/v1/peers",
                 &crate::api::AddPeer {
@@ -88,12 +138,15 @@ impl LabPeer {
     /// After the first start: the port the daemon got, kept in its config for restarts.
     fn pin_port(&mut self) -> Result<(), LabError> {
         let status = self.status()?;
+        let prefix = self.any_port.trim_end_matches('0');
         let addr: Multiaddr = status
             .listen_addrs
             .iter()
-            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+            .find(|a| a.starts_with(prefix))
             .and_then(|a| a.parse().ok())
-            .ok_or_else(|| LabError::Setup(format!("{} listens on no loopback port", self.name)))?;
+            .ok_or_else(|| {
+                LabError::Setup(format!("{} listens on no port at {prefix}", self.name))
+            })?;
         let port = addr.iter().find_map(|p| match p {
             libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
             _ => None,
@@ -101,8 +154,8 @@ impl LabPeer {
         let path = self.home.config_path();
         let config = std::fs::read_to_string(&path).map_err(LabError::io("read a config"))?;
         let pinned = config.replace(
-            &format!("\"{ANY_PORT}\""),
-            &format!("\"/ip4/127.0.0.1/tcp/{}\"", port.unwrap_or(0)),
+            &format!("\"{}\"", self.any_port),
+            &format!("\"{prefix}{}\"", port.unwrap_or(0)),
         );
         crate::home::write_atomically(&path, pinned.as_bytes(), None)
             .map_err(|e| LabError::Setup(format!("config of {}: {e}", self.name)))?;
@@ -123,10 +176,18 @@ impl LabPeer {
             .open(self.home.dir().join("daemon.log"))
             .map_err(LabError::io("open a daemon log"))?;
         let exe = std::env::current_exe().map_err(LabError::io("find the meshsync binary"))?;
-        let child = Command::new(exe)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .arg("--home")
             .arg(self.home.dir())
-            .args(["run", "--no-mdns"])
+            .arg("run")
             .env_remove("MESHSYNC_HOME")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,9 +197,7 @@ impl LabPeer {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
-            if let Ok(client) = self.client()
-                && client.get::<serde_json::Value>("/health").is_ok()
-            {
+            if self.get::<serde_json::Value>("/health").is_ok() {
                 if self.addr.is_none() {
                     self.pin_port()?;
                 }
@@ -160,9 +219,44 @@ impl LabPeer {
         )))
     }
 
-    /// The API client of the running daemon.
-    pub fn client(&self) -> Result<ApiClient, LabError> {
-        ApiClient::for_home(&self.home).map_err(|e| LabError::Api(self.name.clone(), e.to_string()))
+    /// Runs `call` with a client of the daemon's API, from inside the peer's network namespace
+    /// if it has one (the API listens on that namespace's loopback): in a thread of its own,
+    /// which enters the namespace and ends with the call.
+    fn with_api<T: Send>(
+        &self,
+        call: impl FnOnce(&ApiClient) -> Result<T, ClientError> + Send,
+    ) -> Result<T, CallError> {
+        let home = &self.home;
+        let run = move || -> Result<T, CallError> {
+            let client = ApiClient::for_home(home)?;
+            Ok(call(&client)?)
+        };
+        let Some(ns) = &self.netns else {
+            return run();
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_namespace(ns).map_err(|e| CallError::Namespace(ns.clone(), e))?;
+                    run()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(CallError::Panicked))
+        })
+    }
+
+    /// `GET path` on the daemon's API.
+    pub fn get<T: DeserializeOwned + Send>(&self, path: &str) -> Result<T, CallError> {
+        self.with_api(|client| client.get(path))
+    }
+
+    /// `POST path` with `body` on the daemon's API.
+    pub fn post<B: Serialize + Sync, T: DeserializeOwned + Send>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        self.with_api(|client| client.post(path, body))
     }
 
     /// Whether its daemon runs and is not paused.
@@ -206,8 +300,7 @@ impl LabPeer {
 
     /// Its status.
     pub fn status(&self) -> Result<Status, LabError> {
-        self.client()?
-            .get("/v1/status")
+        self.get("/v1/status")
             .map_err(|e| LabError::Api(self.name.clone(), e.to_string()))
     }
 

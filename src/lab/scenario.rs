@@ -50,8 +50,11 @@ pub struct Topology {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TopologyKind {
-    /// Every peer on 127.0.0.1, each knowing the first as a static peer; no mDNS.
+    /// Every peer on 127.0.0.1, each a static peer of the others; no mDNS.
     Loopback,
+    /// A LAN of network namespaces (needs root): one bridge, one namespace per peer, mDNS on,
+    /// no static peers. Network faults (loss, rate, partition) need it.
+    Lan,
 }
 
 /// A share.
@@ -147,11 +150,25 @@ pub struct Fault {
     pub at: Duration,
     /// What.
     pub kind: FaultKind,
-    /// The peer it hits.
+    /// The peer it hits (all kinds but `partition`).
+    #[serde(default)]
     pub peer: String,
-    /// How long it lasts (the peer restarts or resumes after it).
+    /// How long it lasts (then the peer restarts or resumes, the loss or limit is lifted, the
+    /// partition heals).
     #[serde(rename = "for", with = "duration")]
     pub lasts: Duration,
+    /// For `loss`: percent of packets dropped each way.
+    #[serde(default)]
+    pub percent: u32,
+    /// For `rate`: the link's rate each way, in kbit/s.
+    #[serde(default)]
+    pub kbit: u32,
+    /// For `partition`: groups of peers that hear only each other.
+    #[serde(default)]
+    pub groups: Vec<Vec<String>>,
+    /// For `leave`: the share the peer leaves (and joins again after `for`).
+    #[serde(default)]
+    pub share: String,
 }
 
 /// What a fault does.
@@ -162,6 +179,15 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP, then SIGCONT after `for`.
     Pause,
+    /// Random packet loss on the peer's link (`lan` only).
+    Loss,
+    /// A rate limit on the peer's link (`lan` only).
+    Rate,
+    /// The LAN cut into groups (`lan` only).
+    Partition,
+    /// The peer leaves a share (`meshsync share leave`) and joins it again after `for`, into
+    /// the same folder, with a token from another member.
+    Leave,
 }
 
 /// Why a scenario file cannot be used.
@@ -281,7 +307,48 @@ impl Scenario {
             }
         }
         for fault in &self.faults {
-            known("fault", &fault.peer)?;
+            let what = format!("fault {:?} at {:?}", fault.kind, fault.at).to_lowercase();
+            let network = matches!(
+                fault.kind,
+                FaultKind::Loss | FaultKind::Rate | FaultKind::Partition
+            );
+            if network && self.topology.kind != TopologyKind::Lan {
+                return invalid(format!(
+                    "{what}: network faults need topology kind \"lan\" (network namespaces)"
+                ));
+            }
+            match fault.kind {
+                FaultKind::Partition => {
+                    if fault.groups.len() < 2 {
+                        return invalid(format!("{what}: groups needs at least 2 groups"));
+                    }
+                    let mut seen = HashSet::new();
+                    for name in fault.groups.iter().flatten() {
+                        known(&what, name)?;
+                        if !seen.insert(name.as_str()) {
+                            return invalid(format!("{what}: `{name}` is in two groups"));
+                        }
+                    }
+                }
+                _ => known(&what, &fault.peer)?,
+            }
+            if fault.kind == FaultKind::Loss && !(1..=100).contains(&fault.percent) {
+                return invalid(format!("{what}: percent must be 1 to 100"));
+            }
+            if fault.kind == FaultKind::Leave {
+                let Some(share) = self.shares.iter().find(|s| s.name == fault.share) else {
+                    return invalid(format!("{what}: unknown share `{}`", fault.share));
+                };
+                if !share.members.contains(&fault.peer) {
+                    return invalid(format!(
+                        "{what}: `{}` is not a member of `{}`",
+                        fault.peer, share.name
+                    ));
+                }
+            }
+            if fault.kind == FaultKind::Rate && fault.kbit == 0 {
+                return invalid(format!("{what}: kbit must be above 0"));
+            }
         }
         Ok(())
     }
@@ -457,5 +524,59 @@ mod tests {
         assert!(e.contains("mix takes create"), "{e}");
         let e = error(&SMOKE.replace("kind = \"kill\"", "kind = \"meteor\""));
         assert!(e.contains("meteor"), "{e}");
+        let e = error(&SMOKE.replace("kind = \"kill\"", "kind = \"loss\"\npercent = 10"));
+        assert!(e.contains("need topology kind \"lan\""), "{e}");
+    }
+
+    #[test]
+    fn a_partition_names_known_peers_once_each() {
+        let lan = SMOKE.replace("kind = \"loopback\"", "kind = \"lan\"");
+        let partition = |groups: &str| {
+            lan.replace(
+                "kind = \"kill\"\n        peer = \"c\"",
+                &format!("kind = \"partition\"\n        groups = {groups}"),
+            )
+        };
+        assert!(Scenario::parse(&partition(r#"[["a"], ["b", "c"]]"#)).is_ok());
+        let e = error(&partition(r#"[["a", "b"], ["b", "c"]]"#));
+        assert!(e.contains("`b` is in two groups"), "{e}");
+        let e = error(&partition(r#"[["a"], ["x"]]"#));
+        assert!(e.contains("unknown peer `x`"), "{e}");
+        let e = error(&partition(r#"[["a", "b", "c"]]"#));
+        assert!(e.contains("at least 2 groups"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lab");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let scenario =
+                    Scenario::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                names.push(scenario.name);
+            }
+        }
+        names.sort();
+        for wanted in [
+            "churn",
+            "crashy",
+            "lan5",
+            "loopback-smoke",
+            "lossy",
+            "partition-heal",
+        ] {
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "{wanted} missing: {names:?}"
+            );
+        }
     }
 }

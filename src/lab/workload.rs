@@ -9,9 +9,10 @@ use std::path::Path;
 use rand::RngExt;
 use rand_pcg::Pcg64;
 
-use super::peers::{LabPeer, folder_of};
+use super::peers::{CallError, LabPeer, folder_of};
 use super::scenario::{Mix, ShareKindSpec, Workload};
 use crate::api::records::RecordInput;
+use crate::client::ClientError;
 
 /// A record key's fate as far as the daemons acknowledged it.
 #[derive(Debug, Clone, Default)]
@@ -115,7 +116,7 @@ pub fn run(op: &Op, peers: &[LabPeer], seed: u64, rng: &mut Pcg64, ledger: &mut 
         .peers
         .iter()
         .filter_map(|name| peers.iter().find(|p| &p.name == name))
-        .filter(|p| p.is_up())
+        .filter(|p| p.is_up() && !p.left.contains(&op.workload.share))
         .collect();
     if up.is_empty() {
         ledger.skipped += 1;
@@ -234,21 +235,20 @@ fn record_op(
     let total = w.mix.put + w.mix.del;
     let delete = rng.random_range(0..total.max(1)) >= w.mix.put;
     let value = (!delete).then(|| format!("{}{}:{}", marker(seed, &w.share), op.index, peer.name));
-    let client = peer.client().ok()?;
     let answer: Result<serde_json::Value, _> = match &value {
-        Some(v) => client.post(
+        Some(v) => peer.post(
             &format!("/v1/kv/{}/put", w.share),
             &RecordInput {
                 key: key.clone(),
                 value: crate::api::records::JsonValue::of(v.as_bytes()),
             },
         ),
-        None => client.post(
+        None => peer.post(
             &format!("/v1/kv/{}/del", w.share),
             &crate::api::records::KeyOnly { key: key.clone() },
         ),
     };
-    if let Err(crate::client::ClientError::Api { status: 404, .. }) = &answer {
+    if let Err(CallError::Client(ClientError::Api { status: 404, .. })) = &answer {
         // A delete of a key this peer does not hold (yet): nothing was written.
         return None;
     }
