@@ -347,15 +347,22 @@ impl FetchTask {
         }
     }
 
-    /// The member to ask for `want` next: spread by hash, skipping those that failed it.
-    fn pick(members: &[PeerId], want: &Want) -> Option<PeerId> {
+    /// The member to ask for `want` next, spread by hash: one of the `trusted` members that has
+    /// not failed it; else any member that has not (a suspect or held-back member may be the
+    /// only one that holds it: left out for good, the want would fail on the others until the
+    /// download gives up, every time); else any member.
+    fn pick(trusted: &[PeerId], members: &[PeerId], want: &Want) -> Option<PeerId> {
         let spread = want.chunk.hash[1] as usize;
-        let fresh = || members.iter().filter(|m| !want.failed.contains(m));
-        match fresh().count() {
-            0 if members.is_empty() => None,
-            0 => Some(members[spread % members.len()]),
-            n => fresh().nth(spread % n).copied(),
-        }
+        let fresh = |set: &[PeerId]| -> Vec<PeerId> {
+            set.iter()
+                .filter(|m| !want.failed.contains(m))
+                .copied()
+                .collect()
+        };
+        [fresh(trusted), fresh(members), members.to_vec()]
+            .into_iter()
+            .find(|set| !set.is_empty())
+            .map(|set| set[spread % set.len()])
     }
 
     fn dispatch(&mut self) {
@@ -375,10 +382,12 @@ impl FetchTask {
                 .filter(|m| !self.suspect.contains(m) && !self.pacing.held_back(m, now))
                 .copied()
                 .collect();
-            let members = if trusted.is_empty() { members } else { trusted };
             // Where each queued want goes; members is not empty, so every want has one.
-            let picked: Vec<Option<PeerId>> =
-                self.queue.iter().map(|w| Self::pick(&members, w)).collect();
+            let picked: Vec<Option<PeerId>> = self
+                .queue
+                .iter()
+                .map(|w| Self::pick(&trusted, &members, w))
+                .collect();
             let mut waiting: HashMap<PeerId, usize> = HashMap::new();
             for (want, peer) in self.queue.iter().zip(&picked) {
                 if let Some(peer) = peer {
@@ -751,6 +760,32 @@ mod tests {
         assert!(
             asked_at.elapsed() >= HEDGE_AFTER_MIN,
             "not before the deadline"
+        );
+        answer_and_check(reply, fetching, &bytes).await;
+        drop(unanswered);
+    }
+
+    /// Found by `meshsync lab` (a partition on a namespace LAN): a member whose requests were
+    /// stuck during the partition stayed suspect for good, so a chunk only it held was asked
+    /// of the others until the download gave up, again and again, and the folder never
+    /// converged.
+    #[tokio::test]
+    async fn a_suspect_member_is_asked_again_when_no_other_has_the_chunk() {
+        let (stuck, quick, _members, mut net, fetching, (want, bytes)) = stuck_and_quick();
+        let (to, _, unanswered) = next_request(&mut net).await;
+        assert_eq!(to, stuck);
+        let (to, hashes, reply) = next_request(&mut net).await;
+        assert_eq!(
+            (to, hashes),
+            (quick, vec![want.hash]),
+            "hedged to the other"
+        );
+        reply.send(Ok(Response::Chunks(vec![None]))).unwrap();
+        let (to, hashes, reply) = next_request(&mut net).await;
+        assert_eq!(
+            (to, hashes),
+            (stuck, vec![want.hash]),
+            "the suspect is the only member left that may have it"
         );
         answer_and_check(reply, fetching, &bytes).await;
         drop(unanswered);
