@@ -1,14 +1,26 @@
-//! Times as `status` shows them: RFC 3339 in UTC, to the millisecond.
+//! Times as `status` shows them (RFC 3339 in UTC, to the millisecond) and as file names carry
+//! them (the same without separators).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `at` as RFC 3339 in UTC, with milliseconds (`2026-12-02T17:30:00.123Z`).
 pub fn rfc3339(at: SystemTime) -> String {
-    // Always three digits of milliseconds, so that times line up in columns (the
-    // well-known RFC 3339 format drops trailing zeros).
+    utc(at, "-", ":")
+}
+
+/// `20261202T173000.123Z`: UTC to the millisecond without separators, for file names (sorts
+/// like the time).
+pub fn compact(at: SystemTime) -> String {
+    utc(at, "", "")
+}
+
+/// `at` in UTC with three digits of milliseconds (always, so that times line up in columns;
+/// the well-known RFC 3339 format drops trailing zeros), `d` between the date's fields and `t`
+/// between the time's.
+fn utc(at: SystemTime, d: &str, t: &str) -> String {
     let at = time::OffsetDateTime::from(at);
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{:04}{d}{:02}{d}{:02}T{:02}{t}{:02}{t}{:02}.{:03}Z",
         at.year(),
         u8::from(at.month()),
         at.day(),

@@ -99,17 +99,7 @@ pub(super) fn version_name(rel: &str, at: SystemTime) -> String {
 
 /// `20261202T173000.123Z`: sorts like the time, and is a plain file-name suffix.
 fn stamp(at: SystemTime) -> String {
-    let at = time::OffsetDateTime::from(at);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.millisecond()
-    )
+    crate::timefmt::compact(at)
 }
 
 fn parse_stamp(text: &str) -> Option<SystemTime> {
