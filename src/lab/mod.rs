@@ -235,6 +235,13 @@ fn run_in(
 ) -> Result<Report, LabError> {
     let began = Instant::now();
     let interrupted = || stop.load(Ordering::Relaxed);
+    if !scenario.topology.clock_offsets.is_empty() {
+        netns::run("faketime", &["-f", "+0s", "true"], None).map_err(|e| {
+            LabError::Privileges(format!(
+                "clock offsets need faketime (the Debian package `faketime`): {e}"
+            ))
+        })?;
+    }
     // Declared before the peers, so it is deleted after they stopped.
     let lan = match scenario.topology.kind {
         TopologyKind::Loopback => None,
@@ -253,7 +260,8 @@ fn run_in(
                     address: netns::Lan::address(i),
                 },
             };
-            LabPeer::init(dir, name, place)
+            let clock = scenario.topology.clock_offsets.get(name).copied();
+            LabPeer::init(dir, name, place, clock)
         })
         .collect::<Result<_, _>>()?;
     for peer in &mut peers {
@@ -770,7 +778,15 @@ fn final_checks(
             for name in &share.members {
                 match check::records(peer(peers, name), &share.name) {
                     Ok(records) => {
-                        out.extend(check::lost_writes(name, &share.name, &records, keys, at_s));
+                        let skewed = !scenario.topology.clock_offsets.is_empty();
+                        out.extend(check::lost_writes(
+                            name,
+                            &share.name,
+                            &records,
+                            keys,
+                            skewed,
+                            at_s,
+                        ));
                     }
                     Err(e) => out.push(Violation {
                         invariant: "lost_write",

@@ -60,6 +60,8 @@ pub struct LabPeer {
     any_port: String,
     /// Its network namespace, if it has one.
     netns: Option<String>,
+    /// How far its clock is off, in seconds (its daemon runs under `faketime`).
+    clock_offset: Option<i64>,
     /// The running daemon, if it runs.
     child: Option<Child>,
     /// Whether it is stopped with SIGSTOP.
@@ -86,7 +88,12 @@ pub enum Place {
 
 impl LabPeer {
     /// Creates the peer's home under `dir` (not started).
-    pub fn init(dir: &Path, name: &str, place: Place) -> Result<LabPeer, LabError> {
+    pub fn init(
+        dir: &Path,
+        name: &str,
+        place: Place,
+        clock_offset: Option<i64>,
+    ) -> Result<LabPeer, LabError> {
         let home = Home::at(dir.join(name));
         let (address, netns) = match place {
             Place::Loopback => ("127.0.0.1".to_owned(), None),
@@ -111,6 +118,7 @@ impl LabPeer {
             addr: None,
             any_port,
             netns,
+            clock_offset,
             child: None,
             paused: false,
             bytes_before: (0, 0),
@@ -176,10 +184,18 @@ impl LabPeer {
             .open(self.home.dir().join("daemon.log"))
             .map_err(LabError::io("open a daemon log"))?;
         let exe = std::env::current_exe().map_err(LabError::io("find the meshsync binary"))?;
-        let mut command = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(exe);
+        // `ip netns exec` and `faketime` each exec the next: the pid is the daemon's.
+        let mut prefix: Vec<String> = Vec::new();
+        if let Some(ns) = &self.netns {
+            prefix.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        if let Some(offset) = self.clock_offset {
+            prefix.extend(["faketime".into(), "-f".into(), format!("{offset:+}s")]);
+        }
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(exe);
                 c
             }
             None => Command::new(exe),

@@ -44,6 +44,10 @@ pub struct Topology {
     pub kind: TopologyKind,
     /// Their names, used everywhere else in the file.
     pub peers: Vec<String>,
+    /// Peers whose clock is off, by how many seconds (ahead; negative: behind), for the whole
+    /// run: their daemons run under libfaketime (Debian's `faketime`), nothing else is touched.
+    #[serde(default)]
+    pub clock_offsets: std::collections::BTreeMap<String, i64>,
 }
 
 /// How the peers are connected.
@@ -223,6 +227,16 @@ impl Scenario {
             if !simple_name(name) {
                 return invalid(format!(
                     "topology.peers: `{name}` is not a valid peer name (letters, digits, - and _)"
+                ));
+            }
+        }
+        for (name, offset) in &self.topology.clock_offsets {
+            if !peers.contains(name.as_str()) {
+                return invalid(format!("topology.clock_offsets: unknown peer `{name}`"));
+            }
+            if offset.abs() > 86_400 {
+                return invalid(format!(
+                    "topology.clock_offsets: {name}'s offset {offset} s is beyond a day"
                 ));
             }
         }

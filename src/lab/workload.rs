@@ -21,6 +21,8 @@ pub struct KeyHistory {
     pub acked: Option<Option<String>>,
     /// Values of writes after it that got no acknowledgement (they may or may not have landed).
     pub unacked: Vec<Option<String>>,
+    /// Every value written to the key, acknowledged or not (`None`: a delete).
+    pub written: Vec<Option<String>>,
 }
 
 /// What the operations did, for the invariants and the report.
@@ -258,6 +260,7 @@ fn record_op(
         .or_default()
         .entry(key)
         .or_default();
+    history.written.push(value.clone());
     match answer {
         Ok(_) => {
             history.acked = Some(value);
