@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 
 use support::{Api, Node, WAIT, wait_until};
 
-/// Whether `faketime` (Debian's libfaketime) runs here. CI installs it; elsewhere the test says
+/// Whether libfaketime (Debian's `faketime`) works here. CI installs it; elsewhere the test says
 /// SKIPPED instead of failing.
 fn faketime_runs() -> bool {
-    Command::new("faketime")
-        .args(["-f", "+0s", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
+    meshsync::lab::peers::clock_wrapper(0).is_ok_and(|wrapper| {
+        Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// CPU seconds the process has used (user + system), from `/proc`.
@@ -56,7 +59,10 @@ fn skewed_clocks_agree_on_every_winner_without_flooding_the_log() {
             extra = vec!["--peer", addr.as_str()];
         }
         let mut node = Node::init(&extra);
-        node.wrapper = vec!["faketime".into(), "-f".into(), format!("+{offset}s")];
+        // libfaketime preloaded through `env`, which execs: the pid is the daemon's (the
+        // `faketime` program forks, so stopping it left the daemon running, and the CPU
+        // measured below was the wrapper's).
+        node.wrapper = meshsync::lab::peers::clock_wrapper(offset as i64).unwrap();
         node.start_with_default_log();
         nodes.push(node);
     }
@@ -161,15 +167,8 @@ fn a_drifting_clock_is_seen_drifting() {
     a.start();
     let mut b = Node::init(&["--peer", &a.listen_addr()]);
     // Only the wall clock runs fast; the daemon's timers keep real time.
-    b.wrapper = [
-        "env",
-        "FAKETIME_DONT_FAKE_MONOTONIC=1",
-        "faketime",
-        "-f",
-        "+0 x2",
-    ]
-    .map(String::from)
-    .to_vec();
+    b.wrapper = meshsync::lab::peers::faketime_wrapper("+0 x2").unwrap();
+    b.wrapper.insert(1, "FAKETIME_DONT_FAKE_MONOTONIC=1".into());
     b.start();
     let offset_of_b = || {
         a.status()["peers"]

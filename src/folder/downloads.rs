@@ -122,14 +122,14 @@ impl FolderActor {
         }
     }
 
-    pub(super) async fn on_materialised(&mut self, done: Materialised) {
+    pub(super) async fn on_materialised(&mut self, mut done: Materialised) {
         // A path that is tried again still needs its bytes.
         let size = self.queue.file_size(&done.path);
         self.queue.finish(&done.path);
         if done.conflict || done.error.is_some() {
             self.temp_files_maybe = true;
         }
-        self.add_chunks(done.new_chunks);
+        self.add_chunks(std::mem::take(&mut done.new_chunks));
         if done.conflict {
             // The file changed under us: let the scanner record the local edit first.
             self.dirty_paths.insert(done.path.clone());
@@ -140,6 +140,14 @@ impl FolderActor {
             return;
         }
         if let Some(error) = done.error {
+            if let Some(copy) = &done.conflict_copy {
+                // Our losing version was moved aside before the write failed: the path holds
+                // nothing of ours any more. Left as synced, every retry tried to move it aside
+                // again and failed for good (found by `meshsync lab`).
+                self.report_conflict(&done.path, copy, done.author);
+                self.synced.remove(&done.path);
+                self.save_later(vec![(done.path.clone(), None)]);
+            }
             if error.is_refusal() {
                 self.refused += 1;
                 warn!(folder = %self.name, "{error}");
@@ -167,6 +175,31 @@ impl FolderActor {
         if done.not_empty {
             return;
         }
+        if !done.unchanged {
+            self.took_in(&done).await;
+        }
+        // The winner may have moved on while we worked.
+        match self
+            .store
+            .get(self.sources.share, done.path.clone().into_bytes())
+            .await
+        {
+            Ok(Some(register)) if self.needs_work(&done.path, &register) => {
+                self.queue.push(done.path, false);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(folder = %self.name, path = %done.path, "cannot re-read the entry: {e}")
+            }
+        }
+    }
+
+    /// Records what a materialisation wrote: events, the synced row, the chunks' new place.
+    /// Not for one that wrote nothing: its snapshot of the synced row may be stale by now (a
+    /// scan found the file renamed away meanwhile), and indexing it would point chunks at a
+    /// file that is gone — found by `meshsync lab`: the only copy of a renamed file's content
+    /// could no longer be served, and the folder never converged.
+    async fn took_in(&mut self, done: &Materialised) {
         if let Some(copy) = &done.conflict_copy {
             self.report_conflict(&done.path, copy, done.author);
         }
@@ -182,12 +215,12 @@ impl FolderActor {
             // A directory waiting for its children to go may be empty now.
             self.queue.push(parent.to_owned(), true);
         }
-        let row = match done.synced {
+        let row = match &done.synced {
             Some(synced) => {
                 self.index_chunks(std::iter::once((&done.path, &synced.record)))
                     .await;
                 self.synced.insert(done.path.clone(), synced.clone());
-                Some(synced)
+                Some(synced.clone())
             }
             None => {
                 self.synced.remove(&done.path);
@@ -195,20 +228,6 @@ impl FolderActor {
             }
         };
         self.save_later(vec![(done.path.clone(), row)]);
-        // The winner may have moved on while we worked.
-        match self
-            .store
-            .get(self.sources.share, done.path.clone().into_bytes())
-            .await
-        {
-            Ok(Some(register)) if self.needs_work(&done.path, &register) => {
-                self.queue.push(done.path, false);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(folder = %self.name, path = %done.path, "cannot re-read the entry: {e}")
-            }
-        }
     }
 }
 

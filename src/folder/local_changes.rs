@@ -248,6 +248,18 @@ impl FolderActor {
             self.dirty_paths.extend(result.unstable.iter().cloned());
             self.scan_soon(WATCH_DEBOUNCE * 4);
         }
+        // A synced path gone while a download writes it is looked at again once the download
+        // is done: its delete must not be lost (nor sent for a file the download puts back).
+        let busy: Vec<String> = result
+            .gone
+            .iter()
+            .filter(|p| self.synced.contains_key(*p) && self.queue.is_running(p))
+            .cloned()
+            .collect();
+        if !busy.is_empty() {
+            self.dirty_paths.extend(busy);
+            self.scan_soon(WATCH_DEBOUNCE * 4);
+        }
         if self.held.is_some() {
             // Held by the breaker: nothing is sent. Deletes confirmed meanwhile join the held
             // ones; everything else is found again by the full scan after the user's decision.

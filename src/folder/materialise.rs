@@ -42,6 +42,9 @@ pub(super) struct Materialised {
     pub(super) conflict_copy: Option<String>,
     /// Where the file this change replaced or deleted was kept (in the versions).
     pub(super) kept_version: Option<String>,
+    /// Nothing was done: the path already was what the winner says (or there is no entry).
+    /// `synced` is then only the snapshot taken when the download started, possibly stale.
+    pub(super) unchanged: bool,
 }
 
 /// What writing a file learned besides its scan record.
@@ -104,6 +107,7 @@ pub(super) async fn materialise(
         author: None,
         conflict_copy: None,
         kept_version: None,
+        unchanged: false,
     };
     if let Err(e) = materialise_into(&shared, &store, known, &local_key, &mut outcome).await {
         outcome.error = Some(e);
@@ -125,18 +129,28 @@ async fn materialise_into(
         Some(register) => register,
         None => match store.get(shared.share, path.clone().into_bytes()).await? {
             Some(register) => register,
-            None => return Ok(()),
+            None => {
+                outcome.unchanged = true;
+                return Ok(());
+            }
         },
     };
     let Some(winner) = plan::effective_winner(&register).cloned() else {
+        outcome.unchanged = true;
         return Ok(());
     };
     outcome.author = PeerId::from_bytes(winner.origin().as_bytes()).ok();
     let desired = plan::desired(&register);
     let on_disk = outcome.synced.as_ref().map(|s| s.record.meta.clone());
     match (&desired, on_disk.as_ref().map(plan::normalised)) {
-        (Desired::Present(want), Some(disk)) if *want == disk => return Ok(()),
-        (Desired::Absent, None) => return Ok(()),
+        (Desired::Present(want), Some(disk)) if *want == disk => {
+            outcome.unchanged = true;
+            return Ok(());
+        }
+        (Desired::Absent, None) => {
+            outcome.unchanged = true;
+            return Ok(());
+        }
         _ => {}
     }
     debug!(path = %path, ?desired, present = on_disk.is_some(), "materialising");

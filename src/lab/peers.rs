@@ -36,6 +36,35 @@ pub enum CallError {
     Panicked,
 }
 
+/// The prefix that runs a program with its clock `offset` seconds off: see [`faketime_wrapper`].
+pub fn clock_wrapper(offset: i64) -> Result<Vec<String>, String> {
+    faketime_wrapper(&format!("{offset:+}s"))
+}
+
+/// The prefix that runs a program under libfaketime with `FAKETIME=spec` (`+200s`, `+0 x2`):
+/// `env` with the library preloaded. Not the `faketime` program: it forks and waits, so a
+/// signal to the pid it gives (a stop, a kill) would leave the real process running.
+pub fn faketime_wrapper(spec: &str) -> Result<Vec<String>, String> {
+    let library = ["/usr/lib", "/usr/local/lib", "/usr/lib64"]
+        .iter()
+        .flat_map(|base| {
+            let direct = Path::new(base).join("faketime/libfaketime.so.1");
+            let per_arch = std::fs::read_dir(base)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("faketime/libfaketime.so.1"));
+            std::iter::once(direct).chain(per_arch)
+        })
+        .find(|path| path.is_file())
+        .ok_or("libfaketime.so.1 not found (install the Debian package `faketime`)")?;
+    Ok(vec![
+        "env".into(),
+        format!("LD_PRELOAD={}", library.display()),
+        format!("FAKETIME={spec}"),
+    ])
+}
+
 /// Moves the calling thread into the named network namespace (`ip netns` names).
 fn enter_namespace(name: &str) -> std::io::Result<()> {
     let file = std::fs::File::open(Path::new("/run/netns").join(name))?;
@@ -184,13 +213,14 @@ impl LabPeer {
             .open(self.home.dir().join("daemon.log"))
             .map_err(LabError::io("open a daemon log"))?;
         let exe = std::env::current_exe().map_err(LabError::io("find the meshsync binary"))?;
-        // `ip netns exec` and `faketime` each exec the next: the pid is the daemon's.
+        // `ip netns exec` and `env` each exec the next: the pid is the daemon's, so stopping
+        // and killing it reach the daemon.
         let mut prefix: Vec<String> = Vec::new();
         if let Some(ns) = &self.netns {
             prefix.extend(["ip", "netns", "exec", ns].map(String::from));
         }
         if let Some(offset) = self.clock_offset {
-            prefix.extend(["faketime".into(), "-f".into(), format!("{offset:+}s")]);
+            prefix.extend(clock_wrapper(offset).map_err(LabError::Privileges)?);
         }
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
