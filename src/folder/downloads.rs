@@ -177,6 +177,11 @@ impl FolderActor {
         }
         if !done.unchanged {
             self.took_in(&done).await;
+        } else if !self.synced.contains_key(&done.path)
+            && let Some((parent, _)) = done.path.rsplit_once('/')
+        {
+            // Already gone: a directory waiting for its children to go may be empty now.
+            self.queue.push(parent.to_owned(), true);
         }
         // The winner may have moved on while we worked.
         match self
