@@ -33,6 +33,10 @@ pub enum EventType {
     FileChanged,
     /// A path is gone.
     FileDeleted,
+    /// A file went from `from` to `path`: reported after the `file_added` of the new path and
+    /// the `file_deleted` of the old one, when the same author's add and delete of the same
+    /// content came within [`crate::folder::RENAME_WINDOW`].
+    FileRenamed,
     /// Two versions of a file were concurrent; the losing one was kept as `path` (a
     /// `.sync-conflict-…` copy).
     Conflict,
@@ -81,6 +85,9 @@ pub struct Event {
     /// started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_name: Option<String>,
+    /// For `file_renamed`: the old path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// For paths: `file`, `directory` or `symlink`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
@@ -107,6 +114,7 @@ impl Event {
             key: None,
             peer: None,
             peer_name: None,
+            from: None,
             entry: None,
             state: None,
             message: None,
@@ -164,6 +172,9 @@ impl Event {
         }
         for value in [&self.path, &self.key, &self.state].into_iter().flatten() {
             line.push_str(&format!("  {value}"));
+        }
+        if let Some(from) = &self.from {
+            line.push_str(&format!(" (from {from})"));
         }
         match (&self.peer, &self.peer_name) {
             (Some(peer), Some(name)) => line.push_str(&format!("  by {name} ({peer})")),

@@ -125,6 +125,17 @@ fn every_change_of_a_scripted_sequence_arrives_in_order_with_who_made_it() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert!(events.iter().all(|e| e["time"].as_str().is_some()));
 
+    // A rename on B: the new path's add and the old one's delete, then the rename itself.
+    std::fs::write(on_b.join("g.txt"), "to be renamed").unwrap();
+    reader.wait_for(&[("type", "file_added"), ("path", "g.txt"), ("peer", b_id)]);
+    std::fs::rename(on_b.join("g.txt"), on_b.join("h.txt")).unwrap();
+    reader.wait_for(&[
+        ("type", "file_renamed"),
+        ("path", "h.txt"),
+        ("from", "g.txt"),
+        ("peer", b_id),
+    ]);
+
     // A reader started now replays what the daemon holds, filtered to one share, as text.
     let replay = EventReader::start(&a, &["--since", "0", "--share", "notes"]);
     wait_until("the replay to show the record's delete", WAIT, || {

@@ -173,6 +173,7 @@ pub fn spawn(
         last_error: None,
         rate: RateMeter::default(),
         events,
+        recent_adds: Default::default(),
     };
     tokio::spawn(actor.run());
     Ok(FolderHandle { commands: tx })
@@ -251,6 +252,9 @@ pub(super) struct FolderActor {
     pub(super) rate: RateMeter,
     /// Where file changes and conflicts are reported ([`super::report`]).
     pub(super) events: Events,
+    /// Files recently added, to report renames ([`super::report`]). A lock, not a field to
+    /// borrow mutably: reports are made while other fields are borrowed; held for one lookup.
+    pub(super) recent_adds: std::sync::Mutex<super::report::RecentAdds>,
 }
 
 /// A finished scan, full or partial.

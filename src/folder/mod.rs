@@ -41,6 +41,7 @@ pub use actor::{Policy, prepare_root, spawn};
 pub use error::{FolderError, MaterialiseError};
 pub use handle::FolderHandle;
 pub use handle::Resume;
+pub use report::RENAME_WINDOW;
 pub use state::Synced;
 pub use status::{FolderState, FolderStatus};
 pub use synced_paths::KindCounts;

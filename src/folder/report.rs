@@ -3,6 +3,9 @@
 //! disk), and `conflict` where our losing version was kept aside. Reported once the change is
 //! on disk (a peer's) or recorded (ours), never for a download that failed.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use libp2p::PeerId;
 
 use super::actor::FolderActor;
@@ -55,6 +58,45 @@ fn entry_name(kind: EntryKind) -> &'static str {
     }
 }
 
+/// How close an add and a delete of the same content by the same author must come to be
+/// reported as a rename too.
+pub const RENAME_WINDOW: Duration = Duration::from_secs(10);
+/// Recent adds remembered for that (the oldest are forgotten first).
+pub const MAX_RECENT_ADDS: usize = 256;
+
+/// Files recently added, to tell a rename (an add, then the delete of the same content by the
+/// same author) from an add and a delete.
+#[derive(Debug, Default)]
+pub(super) struct RecentAdds {
+    adds: VecDeque<(String, [u8; 32], Option<PeerId>, Instant)>,
+}
+
+impl RecentAdds {
+    fn added(&mut self, path: &str, hash: [u8; 32], author: Option<PeerId>, now: Instant) {
+        if self.adds.len() >= MAX_RECENT_ADDS {
+            self.adds.pop_front();
+        }
+        self.adds.push_back((path.to_owned(), hash, author, now));
+    }
+
+    /// The path the deleted `path` (with content `hash`) was renamed to, if it was.
+    fn renamed_to(
+        &mut self,
+        path: &str,
+        hash: [u8; 32],
+        author: Option<PeerId>,
+        now: Instant,
+    ) -> Option<String> {
+        self.adds
+            .retain(|(_, _, _, at)| now.duration_since(*at) <= RENAME_WINDOW);
+        let at = self
+            .adds
+            .iter()
+            .position(|(p, h, a, _)| *h == hash && *a == author && p != path)?;
+        self.adds.remove(at).map(|(p, ..)| p)
+    }
+}
+
 impl FolderActor {
     /// Reports `path` going from `before` to `after`, changed by `author` (`None`: here).
     pub(super) fn report_path(
@@ -64,12 +106,30 @@ impl FolderActor {
         after: Option<&FileMeta>,
         author: Option<PeerId>,
     ) {
-        if let Some(event) = path_event(&self.name, path, before, after) {
-            let by = match author {
-                Some(peer) if peer != self.local => peer.to_string(),
-                _ => "local".to_owned(),
-            };
-            self.events.emit(event.peer(by));
+        let Some(event) = path_event(&self.name, path, before, after) else {
+            return;
+        };
+        let author = author.filter(|peer| *peer != self.local);
+        let by = author.map_or_else(|| "local".to_owned(), |peer| peer.to_string());
+        let kind = event.kind;
+        self.events.emit(event.peer(by.clone()));
+        let now = Instant::now();
+        let mut recent = self.recent_adds.lock().unwrap_or_else(|e| e.into_inner());
+        match (kind, before, after) {
+            (EventType::FileAdded, _, Some(new)) if new.kind == EntryKind::File => {
+                recent.added(path, new.hash, author, now);
+            }
+            (EventType::FileDeleted, Some(old), _) if old.kind == EntryKind::File => {
+                if let Some(to) = recent.renamed_to(path, old.hash, author, now) {
+                    let mut renamed = Event::new(EventType::FileRenamed, Some(&self.name))
+                        .path(to)
+                        .entry("file")
+                        .peer(by);
+                    renamed.from = Some(path.to_owned());
+                    self.events.emit(renamed);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -126,6 +186,45 @@ mod tests {
             size: 0,
             ..file(0)
         }
+    }
+
+    #[test]
+    fn a_delete_of_content_the_same_author_just_added_elsewhere_is_a_rename() {
+        let mut recent = RecentAdds::default();
+        let (peer, other) = (Some(PeerId::random()), Some(PeerId::random()));
+        let t0 = Instant::now();
+        recent.added("new", [1; 32], peer, t0);
+        assert_eq!(
+            recent.renamed_to("old", [1; 32], other, t0),
+            None,
+            "another author"
+        );
+        assert_eq!(
+            recent.renamed_to("old", [2; 32], peer, t0),
+            None,
+            "other content"
+        );
+        assert_eq!(
+            recent.renamed_to("new", [1; 32], peer, t0),
+            None,
+            "the same path"
+        );
+        assert_eq!(
+            recent.renamed_to("old", [1; 32], peer, t0).as_deref(),
+            Some("new")
+        );
+        assert_eq!(
+            recent.renamed_to("old2", [1; 32], peer, t0),
+            None,
+            "used once"
+        );
+        recent.added("late", [3; 32], None, t0);
+        let later = t0 + RENAME_WINDOW + Duration::from_millis(1);
+        assert_eq!(
+            recent.renamed_to("x", [3; 32], None, later),
+            None,
+            "too long ago"
+        );
     }
 
     fn kind_of(event: Option<Event>) -> Option<EventType> {
