@@ -126,6 +126,10 @@ pub(crate) enum LabCommand {
         /// Where to keep the peers' homes (default: a new directory under the temp directory).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Keep the peers' homes and daemon logs also when every invariant held (they are
+        /// always kept after a violation).
+        #[arg(long)]
+        keep: bool,
     },
 }
 

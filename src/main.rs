@@ -178,6 +178,7 @@ fn run_lab(command: LabCommand) -> ExitCode {
         json,
         seed,
         dir,
+        keep,
     } = command;
     let fail = |code: u8, message: String| {
         eprintln!("meshsync lab: {message}");
@@ -200,7 +201,7 @@ fn run_lab(command: LabCommand) -> ExitCode {
     }
     let seed = seed.unwrap_or(parsed.seed);
     let dir = dir.unwrap_or_else(lab::fresh_dir);
-    match lab::run(&parsed, seed, &dir, &stop) {
+    match lab::run(&parsed, seed, &dir, keep, &stop) {
         Ok(report) => {
             print!("{}", report.text());
             if let Some(path) = json {

@@ -192,6 +192,12 @@ pub fn render(
         "Chunks refused because they did not match their hash",
     );
     let scans = counters(&mut registry, "folder_scans", "Scans of a folder run");
+    let hashed_files = counters(
+        &mut registry,
+        "folder_hashed_files",
+        "Files read by scans (new or changed since the last scan)",
+    );
+    let hashed_bytes = counters(&mut registry, "folder_hashed_bytes", "Bytes read by scans");
     let deletes_waiting = gauges(
         &mut registry,
         "folder_deletes_waiting",
@@ -243,6 +249,12 @@ pub fn render(
             served.get_or_create(&labels).inc_by(folder.served_bytes);
             bad_chunks.get_or_create(&labels).inc_by(folder.bad_chunks);
             scans.get_or_create(&labels).inc_by(folder.scans);
+            hashed_files
+                .get_or_create(&labels)
+                .inc_by(folder.hashed_files);
+            hashed_bytes
+                .get_or_create(&labels)
+                .inc_by(folder.hashed_bytes);
             deletes_waiting
                 .get_or_create(&labels)
                 .set(clamp(folder.deletes_waiting));

@@ -166,6 +166,8 @@ pub fn spawn(
         unsaved: BTreeMap::new(),
         flush_at: None,
         scans_run: 0,
+        hashed_files: 0,
+        hashed_bytes: 0,
         state_writer,
         state_writer_task: Some(state_writer_task),
         refused: 0,
@@ -241,6 +243,9 @@ pub(super) struct FolderActor {
     pub(super) unsaved: BTreeMap<String, Option<Synced>>,
     pub(super) flush_at: Option<Instant>,
     pub(super) scans_run: u64,
+    /// Files and bytes read by scans since start (an unchanged file is not read again).
+    pub(super) hashed_files: u64,
+    pub(super) hashed_bytes: u64,
     pub(super) state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
     pub(super) state_writer_task: Option<tokio::task::JoinHandle<()>>,
     pub(super) refused: u64,
@@ -273,6 +278,8 @@ pub(super) struct ScanResult {
     pub(super) marks: BTreeMap<String, Vec<u8>>,
     /// Paths not synced this time, and why.
     pub(super) problems: Vec<(String, String)>,
+    /// Files read (and bytes) by this scan: its cost.
+    pub(super) hashed: (u64, u64),
     /// Other warnings of the scan.
     pub(super) warnings: Vec<String>,
 }
@@ -475,6 +482,8 @@ impl FolderActor {
                 .cloned()
                 .collect(),
             scans: self.scans_run,
+            hashed_files: self.hashed_files,
+            hashed_bytes: self.hashed_bytes,
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_at: self
                 .last_error
@@ -513,14 +522,14 @@ impl FolderActor {
         let now = Instant::now();
         // Debounce: every event pushes the scan back a little, up to a bound.
         let scan_at = match event {
-            WatchEvent::Paths(paths) => {
-                let at = self.settle.events(&paths, now);
+            WatchEvent::Paths { paths, still_open } => {
+                let at = self.settle.events(&paths, still_open, now);
                 self.dirty_paths.extend(paths);
                 at
             }
             WatchEvent::Rescan => {
                 self.dirty_all = true;
-                self.settle.events(&[], now)
+                self.settle.events(&[], false, now)
             }
         };
         self.scan_at = Some(scan_at);
@@ -592,10 +601,14 @@ impl FolderActor {
             return;
         }
         let full = self.dirty_all || self.paused.is_some();
-        let mut paths: Vec<String> = std::mem::take(&mut self.dirty_paths)
-            .into_iter()
-            .filter(|p| !self.queue.is_running(p))
-            .collect();
+        // Paths being downloaded wait for their download to end (`on_materialised` asks for
+        // the scan then): dropped here, a local edit made during a download went unseen until
+        // the next full rescan, a minute later (found by `meshsync lab`).
+        let (waiting, mut paths): (Vec<String>, Vec<String>) =
+            std::mem::take(&mut self.dirty_paths)
+                .into_iter()
+                .partition(|p| self.queue.is_running(p));
+        self.dirty_paths.extend(waiting);
         if full {
             // Reads everything, changing files included, as they are now.
             self.settle.clear();
@@ -654,6 +667,7 @@ impl FolderActor {
                 marks,
                 problems: out.problems,
                 warnings: out.warnings,
+                hashed: (out.hashed_files, out.hashed_bytes),
             })
         });
     }

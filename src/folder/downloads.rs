@@ -126,6 +126,10 @@ impl FolderActor {
         // A path that is tried again still needs its bytes.
         let size = self.queue.file_size(&done.path);
         self.queue.finish(&done.path);
+        if self.dirty_paths.contains(&done.path) {
+            // Changed on disk while it was downloaded: its scan waited for this.
+            self.scan_soon(WATCH_DEBOUNCE);
+        }
         if done.conflict || done.error.is_some() {
             self.temp_files_maybe = true;
         }

@@ -236,6 +236,8 @@ impl FolderActor {
     /// deletes of synced paths that are gone.
     pub(super) async fn on_scanned(&mut self, result: ScanResult) {
         self.marks_read |= result.full;
+        self.hashed_files += result.hashed.0;
+        self.hashed_bytes += result.hashed.1;
         if !self.trust_scan(&result).await {
             return;
         }
@@ -285,6 +287,8 @@ impl FolderActor {
         let mut writes: Vec<(String, Option<ScanRecord>)> = Vec::new();
         for (path, record) in &result.updated {
             if self.queue.is_running(path) {
+                // Read again once its download ends: an edit made meanwhile must not be lost.
+                self.dirty_paths.insert(path.clone());
                 continue;
             }
             let known = self
@@ -372,6 +376,7 @@ impl FolderActor {
                 marks: BTreeMap::new(),
                 problems: Vec::new(),
                 warnings: Vec::new(),
+                hashed: (0, 0),
             })
         });
     }

@@ -79,6 +79,13 @@ pub struct FolderStatus {
     pub changing: Vec<String>,
     /// Scans run since start (full and partial).
     pub scans: u64,
+    /// Files read by scans since start (a file is read when it is new or its `lstat` changed;
+    /// a read repeated because the file changed while read counts twice).
+    #[serde(default)]
+    pub hashed_files: u64,
+    /// Bytes read by scans since start.
+    #[serde(default)]
+    pub hashed_bytes: u64,
     /// The last error; `null` when there has been none since start.
     pub last_error: Option<String>,
     /// When it happened (RFC 3339, UTC); `null` with it.
@@ -156,6 +163,8 @@ impl FolderStatus {
             unsyncable_count: 0,
             changing: Vec::new(),
             scans: 0,
+            hashed_files: 0,
+            hashed_bytes: 0,
             last_error: None,
             last_error_at: None,
         }

@@ -13,7 +13,13 @@ pub const WATCH_CHANNEL_CAPACITY: usize = 4096;
 /// What the watcher saw.
 pub(super) enum WatchEvent {
     /// These paths (relative to the root) changed.
-    Paths(Vec<String>),
+    Paths {
+        paths: Vec<String>,
+        /// The change was a file created or written through a descriptor not closed yet: more
+        /// writes are likely to follow (a program truncates, then writes), so the scan waits
+        /// for the close (see `settle`).
+        still_open: bool,
+    },
     /// Events were lost: only a full rescan is safe.
     Rescan,
 }
@@ -67,7 +73,8 @@ fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<
                     _ => {}
                 }
             }
-            (!paths.is_empty()).then_some(WatchEvent::Paths(paths))
+            let still_open = is_write_through_open_file(&event.kind);
+            (!paths.is_empty()).then_some(WatchEvent::Paths { paths, still_open })
         }
         Err(_) => Some(WatchEvent::Rescan),
     }
@@ -86,6 +93,17 @@ fn is_read_only_access(kind: &notify::EventKind) -> bool {
                     AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other
                 )
         )
+    )
+}
+
+/// A file created (`IN_CREATE`: open for writing) or written (`IN_MODIFY`, truncation
+/// included) through a descriptor that stays open until `IN_CLOSE_WRITE`.
+fn is_write_through_open_file(kind: &notify::EventKind) -> bool {
+    use notify::event::{CreateKind, ModifyKind};
+    matches!(
+        kind,
+        notify::EventKind::Create(CreateKind::File)
+            | notify::EventKind::Modify(ModifyKind::Data(_))
     )
 }
 

@@ -210,17 +210,26 @@ enum Step {
     FaultEnd(usize),
 }
 
-/// Runs a scenario with peers under `dir` (created, and removed unless a violation is found).
-/// `stop` is set by Ctrl-C: the run ends, everything is stopped and removed.
+/// Runs a scenario with peers under `dir` (created, and removed unless a violation is found or
+/// `keep` asks for it). `stop` is set by Ctrl-C: the run ends, everything is stopped and
+/// removed.
 pub fn run(
     scenario: &Scenario,
     seed: u64,
     dir: &Path,
+    keep: bool,
     stop: &AtomicBool,
 ) -> Result<Report, LabError> {
     std::fs::create_dir_all(dir).map_err(LabError::io("create the lab directory"))?;
-    let result = run_in(scenario, seed, dir, stop);
-    let keep = matches!(&result, Ok(report) if !report.passed);
+    let mut result = run_in(scenario, seed, dir, stop);
+    let keep = match &mut result {
+        Ok(report) if keep && !stop.load(Ordering::Relaxed) => {
+            report.kept_dir = Some(dir.display().to_string());
+            true
+        }
+        Ok(report) => !report.passed,
+        Err(_) => false,
+    };
     if !keep {
         let _ = std::fs::remove_dir_all(dir);
     }

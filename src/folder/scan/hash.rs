@@ -8,12 +8,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustix::fs::OFlags;
 
 use super::ScanRecord;
-use super::stat::{Stat, is_racy};
+use super::stat::{Seen, Stat, is_racy};
 use crate::folder::content::{
     FileHash, PIPELINE_FROM, Previous, hash_reader, hash_reader_pipelined,
 };
@@ -27,6 +27,12 @@ pub const MAX_HASH_WORKERS: usize = 4;
 /// How many times a file is read before it is reported unstable: the first read and one retry.
 pub const MAX_HASH_ATTEMPTS: u32 = 2;
 
+/// How long a read that caught a file mid-change ([`Seen::mid_change`]) waits before the next.
+pub const MID_CHANGE_WAIT: Duration = Duration::from_millis(50);
+/// How many such waits before what is read is taken as it is: a size change within the same
+/// clock tick as the previous scan's read leaves the change time as it was for good.
+pub const MID_CHANGE_WAITS: u32 = 20;
+
 /// A file to read.
 pub(super) struct Job {
     /// Its normalised relative path.
@@ -35,6 +41,8 @@ pub(super) struct Job {
     pub(super) abs: PathBuf,
     /// Its size when listed: the largest are read first.
     pub(super) size: u64,
+    /// What the previous scan saw of it, if it was a file then.
+    pub(super) seen: Option<Seen>,
 }
 
 /// What reading one file gave.
@@ -77,7 +85,10 @@ pub(super) fn hash_all(
             let Some(job) = jobs.get(i) else {
                 return done;
             };
-            done.push((i, hash_job(&job.abs, previous_chunks(job).as_ref())));
+            done.push((
+                i,
+                hash_job(&job.abs, job.seen, previous_chunks(job).as_ref()),
+            ));
         }
     };
     let mut results: Vec<(usize, Hashed)> = thread::scope(|s| {
@@ -152,13 +163,22 @@ impl Unstable {
     }
 }
 
-/// Reads one file until it reads consistently, at most [`MAX_HASH_ATTEMPTS`] times.
-fn hash_job(abs: &Path, previous: Option<&Previous>) -> Hashed {
-    let (mut reads, mut bytes) = (0, 0);
+/// Reads one file until it reads consistently, at most [`MAX_HASH_ATTEMPTS`] times, and not
+/// in the middle of a change ([`Seen::mid_change`]) unless that lasts [`MID_CHANGE_WAITS`].
+fn hash_job(abs: &Path, seen: Option<Seen>, previous: Option<&Previous>) -> Hashed {
+    let (mut reads, mut bytes, mut waits) = (0, 0, 0);
     loop {
         let started = SystemTime::now();
         reads += 1;
         let outcome = match hash_once(abs, &mut bytes, previous) {
+            Ok((stat, _))
+                if waits < MID_CHANGE_WAITS && seen.is_some_and(|s| s.mid_change(&stat)) =>
+            {
+                waits += 1;
+                reads -= 1;
+                thread::sleep(MID_CHANGE_WAIT);
+                continue;
+            }
             Ok((stat, content)) => {
                 let (described, pages) = model::describe(content.chunks);
                 let meta = FileMeta {
@@ -283,6 +303,63 @@ mod tests {
         assert!(check_stable(&stat, &touched, &touched, 10).is_err());
         let replaced = Stat { ino: 8, ..stat };
         assert!(check_stable(&stat, &stat, &replaced, 10).is_err());
+    }
+
+    /// What a scan would have recorded of the file at `path` when it had `size` bytes, with
+    /// its current change time.
+    fn seen_with_size(path: &Path, size: u64) -> Seen {
+        let stat = Stat::of(&fs::symlink_metadata(path).unwrap());
+        let meta = FileMeta {
+            size,
+            ..stat.bare_meta(EntryKind::File, None)
+        };
+        Seen::of(&stat.record(meta, false)).unwrap()
+    }
+
+    fn described_size(hashed: &Hashed) -> u64 {
+        match &hashed.outcome {
+            Outcome::Done(record, _) => record.meta.size,
+            Outcome::Unstable(why) => panic!("unstable: {why}"),
+        }
+    }
+
+    #[test]
+    fn a_file_caught_mid_truncate_is_read_again_once_its_change_time_moves() {
+        let dir = folder();
+        let path = dir.path().join("doc");
+        // The kernel's window: the new size (0) is set, the times are not yet.
+        fs::write(&path, b"").unwrap();
+        let seen = seen_with_size(&path, 10);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(MID_CHANGE_WAIT * 3);
+                fs::write(&path, b"new content").unwrap();
+            })
+        };
+        let hashed = hash_job(&path, Some(seen), None);
+        writer.join().unwrap();
+        assert_eq!(
+            described_size(&hashed),
+            11,
+            "the empty moment is not described"
+        );
+    }
+
+    #[test]
+    fn a_size_change_that_never_moves_the_change_time_is_taken_after_the_waits() {
+        let dir = folder();
+        let path = dir.path().join("doc");
+        fs::write(&path, b"").unwrap();
+        let started = std::time::Instant::now();
+        let hashed = hash_job(&path, Some(seen_with_size(&path, 10)), None);
+        assert_eq!(described_size(&hashed), 0);
+        assert!(started.elapsed() >= MID_CHANGE_WAIT * MID_CHANGE_WAITS);
+        // Without a previous size, or with the same one, there is no wait.
+        let started = std::time::Instant::now();
+        let hashed = hash_job(&path, Some(seen_with_size(&path, 0)), None);
+        assert_eq!(described_size(&hashed), 0);
+        assert!(started.elapsed() < MID_CHANGE_WAIT * MID_CHANGE_WAITS);
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, written_is_racy};
 pub use walk::is_ignored_builtin;
 
 use hash::{Hashed, Job, Outcome, hash_all};
-use stat::{Stat, reusable};
+use stat::{Seen, Stat, reusable};
 use walk::{Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
 
 /// Most warnings one scan returns; beyond this they are counted in a last summary line, so a
@@ -379,6 +379,7 @@ fn known_files(
                 rel: rel.clone(),
                 abs,
                 size: stat.size,
+                seen: Seen::of(record),
             });
         }
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ignore::WalkBuilder;
 
 use super::hash::Job;
-use super::stat::{Stat, reusable};
+use super::stat::{Seen, Stat, reusable};
 use super::{ScanError, ScanRecord, Warnings};
 use crate::folder::model::{EntryKind, IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
 use crate::folder::write::validate_rel_path;
@@ -286,10 +286,11 @@ impl Walk<'_> {
                 Some(prev) if reusable(prev, &stat) => {
                     found.entries.insert(rel, prev.clone());
                 }
-                _ => found.jobs.push(Job {
+                prev => found.jobs.push(Job {
                     rel,
                     abs: path.to_path_buf(),
                     size: stat.size,
+                    seen: prev.and_then(Seen::of),
                 }),
             }
         } else {

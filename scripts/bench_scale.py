@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Scale benchmark of meshsync folders: one big tree, two daemons on loopback (see
+bench-scale.sh for how to run it).
+
+Phases, each timed, with both daemons' resident memory (now and peak) and CPU time:
+  index    A indexes the generated tree (its first full scan)
+  sync     B joins and receives every file (initial sync A -> B)
+  idle     nothing happens for --idle seconds: RSS after it, CPU spent
+  restart  B is stopped and started: time until its API answers, until it is idle again,
+           files re-read by its scan, RSS after
+  change   1 % of the files are rewritten on A: time until B has every new content
+  delete   a tenth of the top-level subtrees are deleted on A: time until gone on B
+and the size of each daemon's store, per file.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_folders import Api, BenchError, Procs, log, proc_field, wait_until  # noqa: E402
+
+TIMEOUT = 3600
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Tree:
+    """The generated tree: a fixed-seed list of (relative path, size); contents derive from the
+    path and a version number, so a rewrite is known without storing it."""
+
+    def __init__(self, files, mix, seed):
+        rng = random.Random(seed)
+        self.entries = []
+        # Wide and deep: 10 top-level directories, 10 below each, then leaf directories of
+        # about 100 files (1,000 leaves at 10^5 files).
+        leaves = max(1, files // 100)
+        for i in range(files):
+            leaf = i % leaves
+            rel = f"t{leaf % 10}/m{(leaf // 10) % 10}/l{leaf // 100}/f{i}.bin"
+            if mix == "uniform":
+                size = 1024
+            else:
+                roll = rng.random()
+                if roll < 0.98:
+                    size = rng.randint(100, 4096)
+                elif roll < 0.999:
+                    size = rng.randint(16 << 10, 256 << 10)
+                else:
+                    size = rng.randint(1 << 20, 4 << 20)
+            self.entries.append((rel, size))
+        self.bytes = sum(s for _, s in self.entries)
+
+    @staticmethod
+    def content(rel, size, version):
+        head = f"{rel} v{version}\n".encode()
+        block = (head * (4096 // len(head) + 1))[:4096]
+        return (block * (size // 4096 + 1))[:size]
+
+    def write(self, root, which=None, version=0):
+        for rel, size in which if which is not None else self.entries:
+            path = os.path.join(root, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(self.content(rel, size, version))
+
+
+class Daemon:
+    def __init__(self, bench, name):
+        self.bench, self.name = bench, name
+        self.home = os.path.join(bench.workdir, f"home-{name}")
+        self.folder = os.path.join(bench.workdir, name)
+        self.proc = None
+        self.api = None
+        self.peer_id = None
+
+    def cli(self, *args):
+        import subprocess
+        env = dict(os.environ, RUST_LOG="warn")
+        env.pop("MESHSYNC_HOME", None)
+        p = subprocess.run([self.bench.binary, "--home", self.home, *args],
+                           capture_output=True, text=True, env=env, timeout=600)
+        if p.returncode != 0:
+            raise BenchError(f"meshsync {self.name}: {' '.join(args)} failed: {p.stderr.strip()}")
+        return p.stdout
+
+    def init(self, peers=()):
+        args = ["init", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--no-mdns"]
+        for p in peers:
+            args += ["--peer", p]
+        self.peer_id = self.cli(*args).strip()
+
+    def start(self):
+        """Starts the daemon; returns seconds until its API answered."""
+        env = dict(os.environ, RUST_LOG=self.bench.rust_log)
+        env.pop("MESHSYNC_HOME", None)
+        addr_file = os.path.join(self.home, "api.addr")
+        if os.path.exists(addr_file):
+            os.remove(addr_file)
+        t0 = time.perf_counter()
+        self.proc = self.bench.procs.start(
+            [self.bench.binary, "--home", self.home, "run", "--no-mdns"],
+            os.path.join(self.home, "daemon.log"), env=env)
+        token = open(os.path.join(self.home, "api-token")).read().strip()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise BenchError(f"meshsync {self.name} exited; see {self.home}/daemon.log")
+            try:
+                addr = open(addr_file).read().strip()
+            except FileNotFoundError:
+                return False
+            if not addr:
+                return False
+            api = Api(int(addr.rsplit(":", 1)[1]), {"Authorization": f"Bearer {token}"})
+            try:
+                api.request("GET", "/health")
+            except Exception:  # not listening yet
+                api.close()
+                return False
+            self.api = api
+            return True
+
+        wait_until(f"meshsync {self.name} to answer", 120, ready, interval=0.01)
+        return time.perf_counter() - t0
+
+    def stop(self):
+        if self.api:
+            self.api.close()
+            self.api = None
+        if self.proc is not None:
+            self.bench.procs.stop(self.proc, grace=120)
+            self.proc = None
+
+    def folder_share(self):
+        for s in self.api.request("GET", "/v1/status")["shares"]:
+            if s.get("kind") == "folder":
+                return s
+        return None
+
+    def rss_mib(self):
+        kib = proc_field(self.proc.pid, "VmRSS")
+        return None if kib is None else kib / 1024
+
+    def peak_mib(self):
+        kib = proc_field(self.proc.pid, "VmHWM")
+        return None if kib is None else kib / 1024
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def store_bytes(self):
+        total = 0
+        for dirpath, _, names in os.walk(os.path.join(self.home, "state")):
+            for n in names:
+                try:
+                    total += os.path.getsize(os.path.join(dirpath, n))
+                except OSError:
+                    pass
+        return total
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.binary = os.path.abspath(args.binary)
+        self.rust_log = args.log
+        base = args.dir or tempfile.gettempdir()
+        self.workdir = tempfile.mkdtemp(prefix="meshsync-bench-scale-", dir=base)
+        self.procs = Procs(self.workdir)
+        self.tree = Tree(args.files, args.mix, args.seed)
+        self.a = Daemon(self, "A")
+        self.b = Daemon(self, "B")
+        self.rows = []
+        self.result = {"files": args.files, "mix": args.mix, "bytes": self.tree.bytes}
+
+    def row(self, phase, seconds, **extra):
+        entry = {"phase": phase, "seconds": seconds}
+        for d in (self.a, self.b):
+            if d.proc is not None:
+                entry[f"{d.name}_rss_mib"] = d.rss_mib()
+                entry[f"{d.name}_peak_mib"] = d.peak_mib()
+                entry[f"{d.name}_cpu_s"] = d.cpu()
+        entry.update(extra)
+        self.rows.append(entry)
+        log(f"{phase}: {json.dumps(entry)}")
+
+    def idle_both(self, what, timeout=TIMEOUT):
+        def done():
+            for d in (self.a, self.b):
+                if d.proc is None:
+                    continue
+                s = d.folder_share()
+                f = s and s.get("folder")
+                if not f or f["state"] != "idle" or f["needed_files"] or f["needed_bytes"]:
+                    return False
+            return True
+        wait_until(what, timeout, done, interval=0.2)
+
+    def b_has(self, entries, version):
+        for rel, size in entries:
+            try:
+                with open(os.path.join(self.b.folder, rel), "rb") as f:
+                    if f.read() != Tree.content(rel, size, version):
+                        return False
+            except OSError:
+                return False
+        return True
+
+    def run(self):
+        t = self.tree
+        log(f"generating {len(t.entries)} files ({t.bytes / 2**20:.0f} MiB) in {self.workdir}")
+        t.write(self.a.folder)
+        os.sync()
+
+        self.a.init()
+        self.a.start()
+        listen = self.a.api.request("GET", "/v1/status")["listen_addrs"][0]
+        t0 = time.perf_counter()
+        token = self.a.cli("share", "create", "--folder", self.a.folder).strip()
+
+        def indexed():
+            s = self.a.folder_share()
+            f = s and s.get("folder")
+            return f and f["state"] == "idle" and s.get("files", 0) >= len(t.entries)
+        wait_until("A to index the tree", TIMEOUT, indexed, interval=0.2)
+        self.row("index", time.perf_counter() - t0)
+
+        self.b.init(peers=[listen])
+        self.b.start()
+        a_cpu0 = self.a.cpu()
+        t0 = time.perf_counter()
+        self.b.cli("share", "join", token, "--folder", self.b.folder)
+
+        def synced():
+            s = self.b.folder_share()
+            f = s and s.get("folder")
+            return (f and s.get("files", 0) >= len(t.entries) and not f["needed_files"]
+                    and f["state"] == "idle")
+        wait_until("B to receive the tree", TIMEOUT, synced, interval=0.2)
+        seconds = time.perf_counter() - t0
+        sample = random.Random(1).sample(t.entries, min(1000, len(t.entries)))
+        if not self.b_has(sample, 0):
+            raise BenchError("B's files differ from A's after the initial sync")
+        b_cpu = self.b.cpu()
+        self.row("sync", seconds, A_sync_cpu_s=self.a.cpu() - a_cpu0,
+                 B_cpu_ms_per_file=1000 * b_cpu / len(t.entries))
+
+        self.idle_both("both idle after the sync")
+        cpu0 = {d.name: d.cpu() for d in (self.a, self.b)}
+        time.sleep(self.args.idle)
+        idle_cpu = {f"{d.name}_idle_cpu_pct": 100 * (d.cpu() - cpu0[d.name]) / self.args.idle
+                    for d in (self.a, self.b)}
+        self.row("idle", float(self.args.idle), **idle_cpu)
+
+        self.b.stop()
+        answered = self.b.start()
+        t0 = time.perf_counter()
+        self.idle_both("B idle after its restart")
+        s = self.b.folder_share()
+        self.row("restart", time.perf_counter() - t0, B_api_after_s=answered,
+                 B_hashed_files=s["folder"].get("hashed_files"))
+        time.sleep(min(20, self.args.idle))
+        self.row("restart+20s", 0.0)
+
+        changed = random.Random(2).sample(t.entries, max(1, len(t.entries) // 100))
+        t0 = time.perf_counter()
+        t.write(self.a.folder, changed, version=1)
+        wait_until("B to have the changed files", TIMEOUT,
+                   lambda: self.b_has(changed, 1), interval=0.2)
+        self.row("change 1%", time.perf_counter() - t0, changed_files=len(changed))
+        self.idle_both("both idle after the change")
+
+        gone = [f"t{i}" for i in range(0, 10, 10)] if len(t.entries) >= 10 else []
+        t0 = time.perf_counter()
+        for top in gone:
+            shutil.rmtree(os.path.join(self.a.folder, top), ignore_errors=True)
+        wait_until("B to delete the subtree", TIMEOUT,
+                   lambda: not any(os.path.exists(os.path.join(self.b.folder, g)) for g in gone),
+                   interval=0.2)
+        self.row("delete subtree", time.perf_counter() - t0, deleted_dirs=gone)
+        self.idle_both("both idle after the delete")
+        time.sleep(min(60, self.args.idle))
+        self.row("after work + idle", 0.0)
+
+        for d in (self.a, self.b):
+            self.result[f"{d.name}_store_bytes"] = d.store_bytes()
+            self.result[f"{d.name}_store_bytes_per_file"] = d.store_bytes() / len(t.entries)
+        self.result["rows"] = self.rows
+
+    def stop(self):
+        for d in (self.a, self.b):
+            try:
+                d.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {d.name}: {e}")
+        if not self.args.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            log(f"kept {self.workdir}")
+
+    def report(self):
+        n = self.args.files
+        print(f"\nmeshsync scale: {n} files ({self.args.mix}, {self.tree.bytes / 2**20:.0f} MiB)")
+        print(f"{'phase':<18} {'time':>8} {'A RSS':>8} {'A peak':>8} {'B RSS':>8} {'B peak':>8}"
+              f" {'A CPU':>7} {'B CPU':>7}")
+        for r in self.rows:
+            def mib(k):
+                v = r.get(k)
+                return f"{v:.0f}M" if v is not None else "-"
+
+            def sec(k):
+                v = r.get(k)
+                return f"{v:.1f}s" if v is not None else "-"
+            print(f"{r['phase']:<18} {r['seconds']:>7.1f}s {mib('A_rss_mib'):>8} "
+                  f"{mib('A_peak_mib'):>8} {mib('B_rss_mib'):>8} {mib('B_peak_mib'):>8} "
+                  f"{sec('A_cpu_s'):>7} {sec('B_cpu_s'):>7}")
+        for k, v in self.result.items():
+            if k != "rows":
+                print(f"  {k}: {v:.0f}" if isinstance(v, float) else f"  {k}: {v}")
+        for r in self.rows:
+            extra = {k: v for k, v in r.items()
+                     if k not in ("phase", "seconds") and not k.endswith(("_rss_mib",
+                                                                          "_peak_mib",
+                                                                          "_cpu_s"))}
+            if extra:
+                print(f"  {r['phase']}: " + ", ".join(
+                    f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in extra.items()))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--mix", choices=["uniform", "mixed"], default="uniform")
+    ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--idle", type=int, default=60)
+    ap.add_argument("--dir")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--log", default="meshsync=info,warn")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    failed = False
+    try:
+        bench.run()
+    except BenchError as e:
+        log(f"error: {e}")
+        failed = True
+    finally:
+        bench.stop()
+    bench.report()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(bench.result, f, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
