@@ -126,6 +126,10 @@ impl FolderActor {
         // A path that is tried again still needs its bytes.
         let size = self.queue.file_size(&done.path);
         self.queue.finish(&done.path);
+        if self.queue.is_idle() {
+            // A burst of downloads is over: what it buffered goes back to the system.
+            crate::trim::after_busy_period();
+        }
         if self.dirty_paths.contains(&done.path) {
             // Changed on disk while it was downloaded: its scan waited for this.
             self.scan_soon(WATCH_DEBOUNCE);

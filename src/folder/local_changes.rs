@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{FolderActor, ScanResult};
+use super::actor::{FolderActor, ScanResult, rescan_interval};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::MARKER_DIR;
 use super::scan::{self, ScanRecord};
@@ -236,6 +236,16 @@ impl FolderActor {
     /// deletes of synced paths that are gone.
     pub(super) async fn on_scanned(&mut self, result: ScanResult) {
         self.marks_read |= result.full;
+        if result.full {
+            // A full scan held every record twice over; give that memory back once done.
+            crate::trim::after_busy_period();
+            if let Some(started) = self.full_scan_started.take()
+                && self.paused.is_none()
+            {
+                self.next_rescan =
+                    Instant::now() + rescan_interval(started.elapsed(), self.watch.is_some());
+            }
+        }
         self.hashed_files += result.hashed.0;
         self.hashed_bytes += result.hashed.1;
         if !self.trust_scan(&result).await {

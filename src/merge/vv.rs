@@ -100,9 +100,18 @@ pub enum Causality {
 ///
 /// Zero counters are never stored, so two vectors with the same meaning have the same
 /// representation and the same encoding (a CBOR map in key byte order).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct VersionVector(BTreeMap<PeerKey, u64>);
+///
+/// Held as a vector sorted by peer, not a `BTreeMap`: every synced path keeps one, almost
+/// always with one or two peers, and a map's first node alone is ~370 bytes where the vector
+/// needs 32 per peer. Order, equality and the encoding are the map's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VersionVector(Vec<(PeerKey, u64)>);
+
+impl Serialize for VersionVector {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
 
 impl VersionVector {
     /// The empty vector (no writes seen).
@@ -112,7 +121,21 @@ impl VersionVector {
 
     /// The counter of `peer` (0 if it never wrote).
     pub fn get(&self, peer: &PeerKey) -> u64 {
-        self.0.get(peer).copied().unwrap_or(0)
+        self.0
+            .binary_search_by(|(k, _)| k.cmp(peer))
+            .map_or(0, |i| self.0[i].1)
+    }
+
+    /// The counter of `peer`, inserted as 0 if absent (the caller makes it non-zero).
+    fn counter(&mut self, peer: &PeerKey) -> &mut u64 {
+        let i = match self.0.binary_search_by(|(k, _)| k.cmp(peer)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (peer.clone(), 0));
+                i
+            }
+        };
+        &mut self.0[i].1
     }
 
     /// Number of peers with a non-zero counter.
@@ -132,7 +155,7 @@ impl VersionVector {
 
     /// Records one more write by `peer` and returns its new counter.
     pub fn increment(&mut self, peer: &PeerKey) -> Result<u64, MergeError> {
-        let counter = self.0.entry(peer.clone()).or_insert(0);
+        let counter = self.counter(peer);
         *counter = counter
             .checked_add(1)
             .ok_or_else(|| MergeError::CounterOverflow { peer: peer.clone() })?;
@@ -144,15 +167,15 @@ impl VersionVector {
         if n == 0 {
             return;
         }
-        let counter = self.0.entry(peer.clone()).or_insert(0);
+        let counter = self.counter(peer);
         *counter = (*counter).max(n);
     }
 
     /// Pointwise maximum: afterwards `self` has seen everything either vector had seen.
     pub fn join(&mut self, other: &VersionVector) {
-        for (peer, &n) in &other.0 {
-            let mine = self.0.entry(peer.clone()).or_insert(0);
-            *mine = (*mine).max(n);
+        for (peer, n) in &other.0 {
+            let mine = self.counter(peer);
+            *mine = (*mine).max(*n);
         }
     }
 
@@ -240,7 +263,7 @@ impl<'de> Deserialize<'de> for VersionVector {
                         )));
                     }
                 }
-                Ok(VersionVector(out))
+                Ok(VersionVector(out.into_iter().collect()))
             }
         }
         d.deserialize_map(V)
@@ -312,6 +335,22 @@ mod tests {
         let mut bytes = Vec::new();
         ciborium::into_writer(&ciborium::Value::Map(m), &mut bytes).unwrap();
         bytes
+    }
+
+    #[test]
+    fn encodes_as_a_cbor_map_in_peer_order_whatever_the_insertion_order() {
+        let mut v = VersionVector::new();
+        v.raise(&pk(9), 1);
+        v.raise(&pk(1), 2);
+        v.increment(&pk(5)).unwrap();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&v, &mut bytes).unwrap();
+        assert_eq!(
+            bytes,
+            encode_raw(vec![(vec![1], 2), (vec![5], 1), (vec![9], 1)])
+        );
+        assert_eq!(v.get(&pk(5)), 1);
+        assert_eq!(v.get(&pk(4)), 0);
     }
 
     #[test]

@@ -110,8 +110,6 @@ pub(super) struct NetActor {
     pub(super) activity: Activity,
     /// Connection lines at info, once a minute per remote address and direction.
     pub(super) connection_lines: LogLimiter<(std::net::IpAddr, &'static str)>,
-    /// When freed memory is next given back to the system, if it is to be.
-    pub(super) trim_at: Option<Instant>,
     /// libp2p's own metrics (connections, dials, Kademlia, identify, ping), recorded from the
     /// swarm's events and encoded by `GET /metrics` from [`NetClient::libp2p_metrics`].
     pub(super) metrics: libp2p::metrics::Metrics,
@@ -158,7 +156,6 @@ impl NetActor {
             taken_for_gone: HashSet::new(),
             alive: HashMap::new(),
             activity,
-            trim_at: None,
             metrics,
         }
     }
@@ -178,7 +175,6 @@ impl NetActor {
                 .next_expiry()
                 .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
-            let trim_at = self.trim_at.unwrap_or_else(|| Instant::now() + FAR_FUTURE);
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
@@ -197,7 +193,6 @@ impl NetActor {
                 _ = tokio::time::sleep_until(static_due) => self.dial_due_statics(),
                 _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
                 _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
-                _ = tokio::time::sleep_until(trim_at) => self.trim_memory(),
                 _ = liveness.tick() => {
                     self.check_liveness();
                     self.check_clocks();

@@ -15,9 +15,6 @@ use super::client::NetEvent;
 use super::peers::Discovery;
 use crate::quiet::and_more;
 
-/// How long after a peer's last connection closed freed memory is given back to the system.
-pub const TRIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl NetActor {
     pub(super) fn on_connection_established(
         &mut self,
@@ -79,7 +76,9 @@ impl NetActor {
             }
         }
         if num_established == 0 {
-            self.trim_memory_soon();
+            // What the peer made us buffer (up to the inbound budget, and its connection's own
+            // buffers) is freed with the connection; glibc keeps it unless asked.
+            crate::trim::after_busy_period();
             self.hello_retries.forget(&peer);
             self.answered.remove(&peer);
             if !self.taken_for_gone.remove(&peer) {
@@ -109,25 +108,6 @@ impl NetActor {
                 .connection_lines
                 .allow(&(ip, what), std::time::Instant::now()),
             None => Some(0),
-        }
-    }
-
-    /// Plans to give freed memory back to the system [`TRIM_DELAY`] from now (closes that
-    /// come together make one trim): what a peer made us buffer (up to the inbound budget,
-    /// and its connection's own buffers) is freed when its connection closes, but glibc keeps
-    /// it unless asked.
-    fn trim_memory_soon(&mut self) {
-        self.trim_at
-            .get_or_insert_with(|| tokio::time::Instant::now() + TRIM_DELAY);
-    }
-
-    /// Gives freed memory back to the system (see [`Self::trim_memory_soon`]).
-    pub(super) fn trim_memory(&mut self) {
-        self.trim_at = None;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: `malloc_trim` only releases free memory of glibc's own heap.
-        unsafe {
-            libc::malloc_trim(0);
         }
     }
 
