@@ -749,13 +749,14 @@ fn wait_converged(
                 .unwrap_or_default(),
                 ShareKindSpec::Records => "records differ".into(),
             };
+            let states = member_states(share, peers);
             return Ok(Err(Violation {
                 invariant: "convergence",
                 peer: name,
                 share: share.name.clone(),
                 item: None,
                 detail: format!(
-                    "not the same as on {} after {:?}: {detail}",
+                    "not the same as on {} after {:?}: {detail}; {states}",
                     first.name, scenario.converge_timeout
                 ),
                 at_s: since.elapsed().as_secs_f64(),
@@ -766,6 +767,51 @@ fn wait_converged(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// What each member of `share` says of it, for the evidence of a convergence failure: its state,
+/// what it still needs and its last error, in one line; each one's whole status is saved as
+/// `status-at-failure.json` in its home (kept with the logs).
+fn member_states(share: &scenario::ShareSpec, peers: &[LabPeer]) -> String {
+    let states: Vec<String> = share
+        .members
+        .iter()
+        .map(|name| {
+            let p = peer(peers, name);
+            let status = match p.get::<serde_json::Value>("/v1/status") {
+                Ok(status) => status,
+                Err(e) => return format!("{name}: no status ({e})"),
+            };
+            let _ = std::fs::write(
+                p.home.dir().join("status-at-failure.json"),
+                serde_json::to_vec_pretty(&status).unwrap_or_default(),
+            );
+            let Some(s) = status["shares"]
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["name"] == share.name.as_str()))
+            else {
+                return format!("{name}: share not listed");
+            };
+            let f = &s["folder"];
+            let needed = if f.is_object() {
+                format!(
+                    ", {} files / {} B needed",
+                    f["needed_files"], f["needed_bytes"]
+                )
+            } else {
+                String::new()
+            };
+            let error = s["last_error"]["message"]
+                .as_str()
+                .map(|m| format!(", last error: {m}"))
+                .unwrap_or_default();
+            format!(
+                "{name}: {}{needed}{error}",
+                s["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    format!("members: {}", states.join("; "))
 }
 
 /// The end-of-run invariants: acknowledged writes kept, nothing at non-members.
