@@ -369,6 +369,9 @@ impl FolderActor {
             }
             self.start_downloads();
             self.sweep_if_idle();
+            if self.queue.is_idle() && self.queue.next_retry().is_none() {
+                self.disk.nothing_waiting(&self.name);
+            }
         }
     }
 

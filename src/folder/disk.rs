@@ -26,9 +26,16 @@ pub(super) struct DiskGuard {
     backoff: Backoff,
     /// Set while downloads wait for space: what `status` says.
     full: Option<String>,
+    /// The size of the file that found the disk full: a smaller one that fits does
+    /// not end the condition (it made the log say "full", "space again" every 2 s while a
+    /// big file waited, found by `meshsync lab`).
+    full_needed: u64,
     /// Set while the file system refuses our writes (read-only, permissions), until a write
     /// succeeds again: what `status` says.
     unwritable: Option<String>,
+    /// The disk took writes again after refusing them, and the downloads that failed meanwhile
+    /// (each waiting out its own, ever longer, retry) have not been told yet.
+    recovered: bool,
 }
 
 impl DiskGuard {
@@ -37,7 +44,9 @@ impl DiskGuard {
             floor,
             backoff: Backoff::new(DISK_RETRY_MIN, DISK_RETRY_MAX),
             full: None,
+            full_needed: 0,
             unwritable: None,
+            recovered: false,
         }
     }
 
@@ -59,11 +68,18 @@ impl DiskGuard {
         self.backoff.next()
     }
 
+    /// Whether the disk recovered since this was last asked: the downloads waiting for a retry
+    /// after failing for want of space or writability may all go now.
+    pub(super) fn take_recovered(&mut self) -> bool {
+        std::mem::take(&mut self.recovered)
+    }
+
     /// A download was written: the file system takes our writes (again).
     pub(super) fn wrote(&mut self, folder: &str) {
         if self.unwritable.take().is_some() {
             info!(folder, "the folder can be written again: downloads resume");
             self.backoff.reset();
+            self.recovered = true;
         }
     }
 
@@ -97,10 +113,12 @@ impl DiskGuard {
             }
         }
         if available >= needed {
-            if self.full.take().is_some() {
+            if self.full.is_some() && size >= self.full_needed {
+                self.full = None;
                 info!(folder, "disk space available again: downloads resume");
+                self.recovered = true;
+                self.backoff.reset();
             }
-            self.backoff.reset();
             return Ok(available - needed);
         }
         let reason = format!(
@@ -109,12 +127,28 @@ impl DiskGuard {
             (size + reserved + floor).div_ceil(MIB),
             floor.div_ceil(MIB),
         );
+        self.full_needed = if self.full.is_some() {
+            self.full_needed.min(size)
+        } else {
+            size
+        };
         Err(self.report(reason, folder))
+    }
+
+    /// Nothing waits for space any more (what waited was written, or is no longer wanted):
+    /// the condition is over, whatever the disk holds.
+    pub(super) fn nothing_waiting(&mut self, folder: &str) {
+        if self.full.take().is_some() {
+            info!(folder, "no download waits for disk space any more");
+            self.backoff.reset();
+        }
     }
 
     /// A write failed for want of space (the file system filled up under us); returns the wait
     /// before trying again.
     pub(super) fn failed(&mut self, error: &str, folder: &str) -> Duration {
+        // The file system itself ran out: any later download that fits ends the condition.
+        self.full_needed = 0;
         self.report(format!("disk full — {error}"), folder)
     }
 
@@ -124,5 +158,37 @@ impl DiskGuard {
         }
         self.full = Some(reason);
         self.backoff.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_file_that_fits_does_not_end_the_wait_of_a_big_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (available, _) = write::disk_space(root).unwrap();
+        let mut guard = DiskGuard::new(MinFreeDisk::Bytes(0));
+        let huge = available.saturating_mul(2);
+        assert!(guard.room_for(root, huge, 0, "f").is_err());
+        assert!(guard.full().is_some());
+        // A small file still starts, but the disk is not "available again" for the big one.
+        assert!(guard.room_for(root, 1024, 0, "f").is_ok());
+        assert!(guard.full().is_some(), "still full for the big file");
+        assert!(!guard.take_recovered());
+        // The big file is no longer wanted: nothing waits, the condition is over.
+        guard.nothing_waiting("f");
+        assert!(guard.full().is_none());
+
+        // Running out while writing: any download that fits afterwards ends it, and the
+        // downloads that failed meanwhile are told to go.
+        let _ = guard.failed("No space left on device", "f");
+        assert!(guard.full().is_some());
+        assert!(guard.room_for(root, 1024, 0, "f").is_ok());
+        assert!(guard.full().is_none());
+        assert!(guard.take_recovered());
+        assert!(!guard.take_recovered(), "said once");
     }
 }

@@ -112,6 +112,11 @@ impl FolderActor {
         let root = self.sources.root.clone();
         match self.disk.room_for(&root, size, reserved, &self.name) {
             Ok(spare) => {
+                if self.disk.take_recovered() {
+                    // Found by `meshsync lab`: files that failed while the disk was full each
+                    // waited out their own backoff (up to a minute) after space came back.
+                    self.queue.retry_all_by(Instant::now());
+                }
                 *room = Room::Spare(spare);
                 None
             }
@@ -180,6 +185,9 @@ impl FolderActor {
             return;
         }
         self.disk.wrote(&self.name);
+        if self.disk.take_recovered() {
+            self.queue.retry_all_by(Instant::now());
+        }
         if done.not_empty {
             return;
         }

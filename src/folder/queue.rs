@@ -199,6 +199,14 @@ impl DownloadQueue {
         self.retry_at.insert(path, at);
     }
 
+    /// Makes every waiting retry due at `now` at the latest (the cause they waited out is
+    /// gone).
+    pub fn retry_all_by(&mut self, now: Instant) {
+        for at in self.retry_at.values_mut() {
+            *at = (*at).min(now);
+        }
+    }
+
     /// When the next retry is due.
     pub fn next_retry(&self) -> Option<Instant> {
         self.retry_at.values().min().copied()
@@ -253,6 +261,20 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn retries_waiting_for_a_cause_that_is_gone_all_come_due() {
+        let mut q = DownloadQueue::default();
+        let now = Instant::now();
+        q.retry_at("soon".into(), now + Duration::from_secs(2));
+        q.retry_at("late".into(), now + Duration::from_secs(60));
+        q.retry_all_by(now);
+        assert_eq!(q.next_retry(), Some(now));
+        q.queue_due_retries(now);
+        let mut names: Vec<String> = started(&mut q).into_iter().map(|(p, _)| p).collect();
+        names.sort();
+        assert_eq!(names, ["late", "soon"]);
     }
 
     #[test]

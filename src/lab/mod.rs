@@ -12,6 +12,7 @@
 //! files and their exit.
 
 pub mod check;
+pub mod disk;
 pub mod netns;
 pub mod peers;
 pub mod scenario;
@@ -253,6 +254,8 @@ fn run_in(
         TopologyKind::Loopback => None,
         TopologyKind::Lan => Some(build_lan(scenario)?),
     };
+    // Declared before the peers, so they are unmounted after the daemons stopped.
+    let mut disks: Vec<(String, disk::SmallDisk)> = Vec::new();
     let mut peers: Vec<LabPeer> = scenario
         .topology
         .peers
@@ -270,6 +273,11 @@ fn run_in(
             LabPeer::init(dir, name, place, clock)
         })
         .collect::<Result<_, _>>()?;
+    for (name, size) in &scenario.topology.small_disks {
+        let at = peer(&peers, name).home.dir().join("folders");
+        let mounted = disk::SmallDisk::mount(&at, size.0).map_err(LabError::Privileges)?;
+        disks.push((name.clone(), mounted));
+    }
     for peer in &mut peers {
         peer.start()?;
         if interrupted() {
@@ -330,7 +338,14 @@ fn run_in(
             Step::Op(i) => workload::run(&ops[*i].1, &peers, seed, &mut rng, &mut ledger),
             Step::FaultStart(i) => {
                 let fault = &scenario.faults[*i];
-                apply_fault(scenario, fault, &mut peers, lan.as_ref(), Edge::Begin)?;
+                apply_fault(
+                    scenario,
+                    fault,
+                    &mut peers,
+                    lan.as_ref(),
+                    &disks,
+                    Edge::Begin,
+                )?;
                 let peer = if fault.kind == FaultKind::Partition {
                     let groups: Vec<String> = fault.groups.iter().map(|g| g.join(",")).collect();
                     groups.join(" | ")
@@ -339,14 +354,14 @@ fn run_in(
                 };
                 faults.push(FaultReport {
                     at_s: start.elapsed().as_secs_f64(),
-                    kind: format!("{:?}", fault.kind).to_lowercase(),
+                    kind: fault.kind.name().to_owned(),
                     peer,
                     for_s: fault.lasts.as_secs_f64(),
                 });
             }
             Step::FaultEnd(i) => {
                 let fault = &scenario.faults[*i];
-                apply_fault(scenario, fault, &mut peers, lan.as_ref(), Edge::End)?;
+                apply_fault(scenario, fault, &mut peers, lan.as_ref(), &disks, Edge::End)?;
             }
         }
     }
@@ -472,6 +487,7 @@ fn apply_fault(
     fault: &Fault,
     peers: &mut [LabPeer],
     lan: Option<&netns::Lan>,
+    disks: &[(String, disk::SmallDisk)],
     edge: Edge,
 ) -> Result<(), LabError> {
     let begin = edge == Edge::Begin;
@@ -520,6 +536,13 @@ fn apply_fault(
             lan.heal();
             Ok(())
         })?,
+        FaultKind::DiskFull => {
+            let (_, small) = disks
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| LabError::Setup(format!("{name} has no small disk")))?;
+            if begin { small.fill() } else { small.drain() }.map_err(LabError::Setup)?;
+        }
     }
     Ok(())
 }

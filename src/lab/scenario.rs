@@ -48,7 +48,15 @@ pub struct Topology {
     /// run: their daemons run under libfaketime (Debian's `faketime`), nothing else is touched.
     #[serde(default)]
     pub clock_offsets: std::collections::BTreeMap<String, i64>,
+    /// Peers whose shared folders live on a small disk of their own (a tmpfs of this size the
+    /// lab mounts at `<home>/folders`; needs root), for `disk-full` faults.
+    #[serde(default)]
+    pub small_disks: std::collections::BTreeMap<String, Size>,
 }
+
+/// A size in bytes, written as `512`, `64KiB`, `8MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Size(#[serde(with = "size")] pub u64);
 
 /// How the peers are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -192,6 +200,23 @@ pub enum FaultKind {
     /// The peer leaves a share (`meshsync share leave`) and joins it again after `for`, into
     /// the same folder, with a token from another member.
     Leave,
+    /// The peer's small disk (`topology.small_disks`) is filled up, and freed after `for`.
+    DiskFull,
+}
+
+impl FaultKind {
+    /// The kind as scenario files and reports write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Loss => "loss",
+            FaultKind::Rate => "rate",
+            FaultKind::Partition => "partition",
+            FaultKind::Leave => "leave",
+            FaultKind::DiskFull => "disk-full",
+        }
+    }
 }
 
 /// Why a scenario file cannot be used.
@@ -237,6 +262,16 @@ impl Scenario {
             if offset.abs() > 86_400 {
                 return invalid(format!(
                     "topology.clock_offsets: {name}'s offset {offset} s is beyond a day"
+                ));
+            }
+        }
+        for (name, size) in &self.topology.small_disks {
+            if !peers.contains(name.as_str()) {
+                return invalid(format!("topology.small_disks: unknown peer `{name}`"));
+            }
+            if size.0 < 1 << 20 {
+                return invalid(format!(
+                    "topology.small_disks: {name}'s disk must be at least 1MiB"
                 ));
             }
         }
@@ -321,7 +356,7 @@ impl Scenario {
             }
         }
         for fault in &self.faults {
-            let what = format!("fault {:?} at {:?}", fault.kind, fault.at).to_lowercase();
+            let what = format!("fault {} at {:?}", fault.kind.name(), fault.at);
             let network = matches!(
                 fault.kind,
                 FaultKind::Loss | FaultKind::Rate | FaultKind::Partition
@@ -359,6 +394,14 @@ impl Scenario {
                         fault.peer, share.name
                     ));
                 }
+            }
+            if fault.kind == FaultKind::DiskFull
+                && !self.topology.small_disks.contains_key(&fault.peer)
+            {
+                return invalid(format!(
+                    "{what}: `{}` has no small disk to fill (topology.small_disks)",
+                    fault.peer
+                ));
             }
             if fault.kind == FaultKind::Rate && fault.kbit == 0 {
                 return invalid(format!("{what}: kbit must be above 0"));
@@ -558,6 +601,27 @@ mod tests {
         assert!(e.contains("unknown peer `x`"), "{e}");
         let e = error(&partition(r#"[["a", "b", "c"]]"#));
         assert!(e.contains("at least 2 groups"), "{e}");
+    }
+
+    #[test]
+    fn a_disk_full_fault_needs_a_small_disk_of_a_known_peer() {
+        let full = SMOKE.replace("kind = \"kill\"", "kind = \"disk-full\"");
+        let e = error(&full);
+        assert!(e.contains("`c` has no small disk"), "{e}");
+        let with_disk = |disks: &str| {
+            full.replace(
+                "peers = [\"a\", \"b\", \"c\"]",
+                &format!("peers = [\"a\", \"b\", \"c\"]\n        small_disks = {disks}"),
+            )
+        };
+        let s = Scenario::parse(&with_disk(r#"{ c = "32MiB" }"#)).unwrap();
+        assert_eq!(s.topology.small_disks["c"], Size(32 << 20));
+        let e = error(&with_disk(r#"{ zed = "32MiB" }"#));
+        assert!(e.contains("small_disks: unknown peer `zed`"), "{e}");
+        let e = error(&with_disk(r#"{ c = "4KiB" }"#));
+        assert!(e.contains("at least 1MiB"), "{e}");
+        let e = error(&with_disk(r#"{ c = "lots" }"#));
+        assert!(e.contains("bad size `lots`"), "{e}");
     }
 }
 
