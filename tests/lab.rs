@@ -26,6 +26,24 @@ fn lab(args: &[&str]) -> Output {
         .expect("cannot run meshsync lab")
 }
 
+/// The JSON report of a lab run that must pass, or `None` (said on stderr) when the run needs
+/// root or namespaces this machine does not give and `MESHSYNC_REQUIRE_NETNS` is unset.
+fn passed_report(out: &Output, report: &Path) -> Option<Value> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(2)
+        && stderr.contains("needs root")
+        && std::env::var_os("MESHSYNC_REQUIRE_NETNS").is_none()
+    {
+        eprintln!("SKIPPED: {stderr}");
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    Some(report)
+}
+
 /// Pids of processes whose command line mentions `text`.
 fn processes_mentioning(text: &str) -> Vec<u32> {
     let mut found = Vec::new();
@@ -211,18 +229,9 @@ fn a_partition_and_loss_on_a_namespace_lan_heal_and_converge() {
     // The lab names its namespaces after its process id.
     let tag = child.id() % 100_000;
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(2)
-        && stderr.contains("needs root")
-        && std::env::var_os("MESHSYNC_REQUIRE_NETNS").is_none()
-    {
-        eprintln!("SKIPPED: {stderr}");
+    let Some(report) = passed_report(&out, &report) else {
         return;
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(report["passed"], true, "{report}");
+    };
     let faults: Vec<&str> = report["faults"]
         .as_array()
         .unwrap()
@@ -289,18 +298,9 @@ fn a_full_disk_is_filled_and_freed_and_the_peer_catches_up() {
         report.to_str().unwrap(),
         "--keep",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(2)
-        && stderr.contains("needs root")
-        && std::env::var_os("MESHSYNC_REQUIRE_NETNS").is_none()
-    {
-        eprintln!("SKIPPED: {stderr}");
+    let Some(report) = passed_report(&out, &report) else {
         return;
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(report["passed"], true, "{report}");
+    };
     assert_eq!(report["faults"][0]["kind"], "disk-full", "{report}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(
