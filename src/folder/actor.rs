@@ -623,14 +623,19 @@ impl FolderActor {
             return;
         }
         let full = self.dirty_all || self.paused.is_some();
-        // Paths being downloaded wait for their download to end (`on_materialised` asks for
+        // Files being downloaded wait for their download to end (`on_materialised` asks for
         // the scan then): dropped here, a local edit made during a download went unseen until
-        // the next full rescan, a minute later (found by `meshsync lab`).
-        let (waiting, mut paths): (Vec<String>, Vec<String>) =
-            std::mem::take(&mut self.dirty_paths)
-                .into_iter()
-                .partition(|p| self.queue.is_running(p));
-        self.dirty_paths.extend(waiting);
+        // the next full rescan, a minute later (found by `meshsync lab`). A directory being
+        // made is dropped: its events are our own (created, its times set), and a file put in
+        // it has events of its own.
+        let mut paths = Vec::new();
+        for path in std::mem::take(&mut self.dirty_paths) {
+            if !self.queue.is_running(&path) {
+                paths.push(path);
+            } else if !self.sources.root.join(&path).is_dir() {
+                self.dirty_paths.insert(path);
+            }
+        }
         if full {
             // Reads everything, changing files included, as they are now.
             self.settle.clear();

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::actor::{FolderActor, ScanResult, rescan_interval};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
-use super::model::MARKER_DIR;
+use super::model::{EntryKind, MARKER_DIR};
 use super::scan::{self, ScanRecord};
 use super::settle::WATCH_DEBOUNCE;
 use super::state::{self, Synced};
@@ -297,8 +297,11 @@ impl FolderActor {
         let mut writes: Vec<(String, Option<ScanRecord>)> = Vec::new();
         for (path, record) in &result.updated {
             if self.queue.is_running(path) {
-                // Read again once its download ends: an edit made meanwhile must not be lost.
-                self.dirty_paths.insert(path.clone());
+                // A file is read again once its download ends: an edit made meanwhile must not
+                // be lost. (A directory's own changes are ours: see `start_scan`.)
+                if record.meta.kind != EntryKind::Dir {
+                    self.dirty_paths.insert(path.clone());
+                }
                 continue;
             }
             let known = self

@@ -73,7 +73,10 @@ fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<
                     _ => {}
                 }
             }
-            let still_open = is_write_through_open_file(&event.kind);
+            // Writes to an unnamed file (`O_TMPFILE`, as our writer makes them) are reported
+            // on its directory: a directory is never "open for writing".
+            let still_open =
+                is_write_through_open_file(&event.kind) && !event.paths.iter().any(|p| p.is_dir());
             (!paths.is_empty()).then_some(WatchEvent::Paths { paths, still_open })
         }
         Err(_) => Some(WatchEvent::Rescan),
