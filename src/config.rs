@@ -20,7 +20,9 @@ mod edit;
 mod folders;
 mod size;
 
-pub use edit::{add_blocked_peer, add_static_peer, remove_blocked_peer, remove_static_peers};
+pub use edit::{
+    add_blocked_peer, add_bootstrap_peer, add_static_peer, remove_blocked_peer, remove_static_peers,
+};
 
 pub use folders::{
     BreakerLimit, DEFAULT_BREAKER_MIN_FILES, DEFAULT_BREAKER_PERCENT, DEFAULT_VERSIONS_DAYS,

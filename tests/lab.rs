@@ -93,6 +93,9 @@ fn the_loopback_smoke_scenario_passes_and_reports_json() {
         assert!(peer["bytes_received"].as_u64().unwrap() > 0, "{peer}");
     }
     assert!(report["ops_done"].as_u64().unwrap() > 300, "{report}");
+    // A file edited on the killed peer and on the frozen one while another member deleted it
+    // (in each case): the edits survived (the edit_beats_delete invariant held).
+    assert_eq!(report["probes"], 2, "{report}");
     // Everything it made is gone: the directory and the daemons.
     assert!(!dir.exists());
     assert!(processes_mentioning(dir.to_str().unwrap()).is_empty());
@@ -227,7 +230,7 @@ fn a_partition_and_loss_on_a_namespace_lan_heal_and_converge() {
         .spawn()
         .unwrap();
     // The lab names its namespaces after its process id.
-    let tag = child.id() % 100_000;
+    let tag = child.id();
     let out = child.wait_with_output().unwrap();
     let Some(report) = passed_report(&out, &report) else {
         return;
@@ -239,12 +242,104 @@ fn a_partition_and_loss_on_a_namespace_lan_heal_and_converge() {
         .map(|f| f["kind"].as_str().unwrap())
         .collect();
     assert_eq!(faults, ["partition", "loss"]);
-    // The lab's namespaces are gone.
+    // a edited a file while b deleted it, during the partition; the edit held.
+    assert_eq!(report["probes"], 1, "{report}");
+    assert_no_namespaces_of(tag);
+}
+
+/// Whether the lab run with process id `pid` left a namespace behind.
+fn assert_no_namespaces_of(pid: u32) {
+    let tag = pid % 100_000;
     let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
-    for prefix in [format!("msh{tag}x"), format!("mssw{tag}x")] {
+    for prefix in [
+        format!("msh{tag}x"),
+        format!("mssw{tag}x"),
+        format!("msrt{tag}x"),
+    ] {
         assert!(!listed.contains(&prefix), "{prefix} left: {listed}");
     }
+}
+
+/// Two LANs joined by a router: the members on the second LAN know only the first LAN's
+/// bootstrap peer (no member, so no data may reach it) and tokens carry no addresses, so they
+/// can meet the first LAN's members only through the Kademlia DHT. The router drops everything
+/// between the LANs for a while (with an edit against a delete across it); afterwards
+/// everything converges.
+#[test]
+fn two_lans_joined_by_a_router_meet_through_the_dht_and_converge() {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("lans.toml");
+    std::fs::write(
+        &path,
+        r#"
+        name = "lans-short"
+        seed = 8
+        converge_timeout = "90s"
+        [topology]
+        kind = "lans"
+        peers = ["a", "b", "c", "d"]
+        lans = [["a", "b"], ["c", "d"]]
+        bootstrap = ["a"]
+        [[share]]
+        name = "docs"
+        kind = "folder"
+        members = ["b", "c", "d"]
+        [[share]]
+        name = "notes"
+        kind = "records"
+        members = ["d", "b"]
+        [[workload]]
+        share = "docs"
+        peers = ["b", "c", "d"]
+        ops = 90
+        rate = 12
+        mix = { create = 3, edit = 3, delete = 1, rename = 1 }
+        max_file_size = "16KiB"
+        [[workload]]
+        share = "notes"
+        peers = ["b", "d"]
+        ops = 90
+        rate = 12
+        mix = { put = 4, del = 1 }
+        [[fault]]
+        at = "2s"
+        kind = "partition"
+        groups = [["c", "d"], ["a", "b"]]
+        for = "4s"
+        "#,
+    )
+    .unwrap();
+    let report = work.path().join("report.json");
+    let child = Command::new(bin())
+        .args(["lab", "run", path.to_str().unwrap(), "--json"])
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let Some(report) = passed_report(&out, &report) else {
+        return;
+    };
+    let peers = report["peers"].as_array().unwrap();
+    let connected =
+        |name: &str| peers.iter().find(|p| p["name"] == name).unwrap()["connected"].clone();
+    // b and each peer of the second LAN: one found the other through the DHT. a is their
+    // bootstrap peer.
+    for name in ["c", "d"] {
+        let seen = connected(name);
+        assert!(
+            seen["b"] == "kad" || connected("b")[name] == "kad",
+            "{name}: {seen}; b: {}",
+            connected("b")
+        );
+        assert_eq!(seen["a"], "bootstrap", "{name}: {seen}");
+    }
+    assert_eq!(connected("b")["a"], "bootstrap");
+    assert_eq!(report["probes"], 1, "{report}");
+    assert_no_namespaces_of(pid);
 }
 
 /// A `disk-full` fault: one peer's folders live on a small tmpfs the lab mounts; it is filled

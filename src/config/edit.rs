@@ -14,6 +14,12 @@ pub fn add_static_peer(path: &Path, addr: &Multiaddr) -> Result<bool, ConfigErro
     append_to_list(path, "peers", &addr.to_string())
 }
 
+/// Appends a Kademlia bootstrap peer (an address ending in `/p2p/<id>`) to `bootstrap`;
+/// returns false if it was already there.
+pub fn add_bootstrap_peer(path: &Path, addr: &Multiaddr) -> Result<bool, ConfigError> {
+    append_to_list(path, "bootstrap", &addr.to_string())
+}
+
 /// Appends a peer id to `blocked_peers`; returns false if it was already there.
 pub fn add_blocked_peer(path: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
     append_to_list(path, "blocked_peers", &peer.to_string())

@@ -16,9 +16,11 @@ pub mod disk;
 mod faults;
 pub mod netns;
 pub mod peers;
+pub mod probes;
 pub mod scenario;
 pub mod workload;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +91,9 @@ pub struct PeerReport {
     pub bytes_received: u64,
     /// Reconciliation sessions its last daemon ran.
     pub sessions: u64,
+    /// The lab peers its last daemon was connected to at the end, with how it found each
+    /// (`mdns`, `kad`, `static`, `bootstrap`, `inbound`).
+    pub connected: BTreeMap<String, String>,
 }
 
 /// A fault as it was carried out.
@@ -135,6 +140,8 @@ pub struct Report {
     pub samples: u64,
     /// Conflict copies in the converged folders.
     pub conflicts: u64,
+    /// Edit-beats-delete probes carried out (an edit and a concurrent delete of one file).
+    pub probes: u64,
     /// Seconds the whole run took.
     pub duration_s: f64,
     /// Where the peers' homes are, when they were kept (a violation was found).
@@ -160,23 +167,34 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  {} operations done, {} skipped, {} refused; {} faults; {} torn-file samples; {} conflict copies; {:.1} s in all",
+            "  {} operations done, {} skipped, {} refused; {} faults; {} edit-vs-delete probes; {} torn-file samples; {} conflict copies; {:.1} s in all",
             self.ops_done,
             self.ops_skipped,
             self.ops_failed,
             self.faults.len(),
+            self.probes,
             self.samples,
             self.conflicts,
             self.duration_s
         );
         for peer in &self.peers {
+            let connected: Vec<String> = peer
+                .connected
+                .iter()
+                .map(|(name, how)| format!("{name} ({how})"))
+                .collect();
             let _ = writeln!(
                 out,
-                "  {:<10} sent {:>10}  received {:>10}  sessions {}",
+                "  {:<10} sent {:>10}  received {:>10}  sessions {:<5} connected to {}",
                 peer.name,
                 crate::api::text::bytes(peer.bytes_sent),
                 crate::api::text::bytes(peer.bytes_received),
-                peer.sessions
+                peer.sessions,
+                if connected.is_empty() {
+                    "none".to_owned()
+                } else {
+                    connected.join(", ")
+                }
             );
         }
         for v in &self.violations {
@@ -211,6 +229,8 @@ enum Step {
     Op(usize),
     FaultStart(usize),
     FaultEnd(usize),
+    /// The edit-beats-delete probes of a fault.
+    Probe(usize),
 }
 
 /// Runs a scenario with peers under `dir` (created, and removed unless a violation is found or
@@ -254,7 +274,7 @@ fn run_in(
     // Declared before the peers, so it is deleted after they stopped.
     let lan = match scenario.topology.kind {
         TopologyKind::Loopback => None,
-        TopologyKind::Lan => Some(build_lan(scenario)?),
+        TopologyKind::Lan | TopologyKind::Lans => Some(build_lan(scenario)?),
     };
     // Declared before the peers, so they are unmounted after the daemons stopped.
     let mut disks: Vec<(String, disk::SmallDisk)> = Vec::new();
@@ -262,14 +282,16 @@ fn run_in(
         .topology
         .peers
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
+        .map(|name| {
             let place = match &lan {
                 None => peers::Place::Loopback,
-                Some(lan) => peers::Place::Namespace {
-                    name: lan.hosts[i].clone(),
-                    address: netns::Lan::address(i),
-                },
+                Some(lan) => {
+                    let i = host(scenario, name);
+                    peers::Place::Namespace {
+                        name: lan.hosts[i].clone(),
+                        address: lan.address(i),
+                    }
+                }
             };
             let clock = scenario.topology.clock_offsets.get(name).copied();
             LabPeer::init(dir, name, place, clock)
@@ -280,12 +302,24 @@ fn run_in(
         let mounted = disk::SmallDisk::mount(&at, size.0).map_err(LabError::Privileges)?;
         disks.push((name.clone(), mounted));
     }
-    for peer in &mut peers {
-        peer.start()?;
+    // Bootstrap peers first: the others' configs name their addresses.
+    let bootstrap = scenario.topology.bootstrap_peers();
+    peers.sort_by_key(|p| !bootstrap.contains(&p.name.as_str()));
+    for i in 0..peers.len() {
+        if !bootstrap.contains(&peers[i].name.as_str()) {
+            for boot in peers
+                .iter()
+                .filter(|p| bootstrap.contains(&p.name.as_str()))
+            {
+                peers[i].bootstrap_from(boot)?;
+            }
+        }
+        peers[i].start()?;
         if interrupted() {
             return Err(LabError::Interrupted);
         }
     }
+    peers.sort_by_key(|p| position(scenario, &p.name));
     // On a LAN they find each other by mDNS.
     if lan.is_none() {
         for a in &peers {
@@ -309,14 +343,32 @@ fn run_in(
         .enumerate()
         .map(|(i, (at, _))| (*at, Step::Op(i)))
         .collect();
+    let mut probes = probes::plan(scenario);
     for (i, fault) in scenario.faults.iter().enumerate() {
         steps.push((fault.at.as_secs_f64(), Step::FaultStart(i)));
         steps.push(((fault.at + fault.lasts).as_secs_f64(), Step::FaultEnd(i)));
+        if let Some(at) = probes::probe_time(fault)
+            && probes.iter().any(|p| p.fault == i)
+        {
+            steps.push((at, Step::Probe(i)));
+        }
     }
+    // Stable: a probe halfway through a fault comes after what is due at the same time.
     steps.sort_by(|a, b| a.0.total_cmp(&b.0));
 
     let mut rng = Pcg64::seed_from_u64(seed);
     let mut ledger = Ledger::default();
+    // Their own random stream, so they leave the seeded workload as it was.
+    let mut probe_rng = Pcg64::seed_from_u64(seed ^ 0x7072_6f62_6573);
+    probes::create(
+        &probes,
+        scenario,
+        &peers,
+        seed,
+        &mut probe_rng,
+        &mut ledger,
+        stop,
+    )?;
     let mut violations = Vec::new();
     let mut faults = Vec::new();
     let mut samples = 0;
@@ -365,6 +417,19 @@ fn run_in(
                 let fault = &scenario.faults[*i];
                 apply_fault(scenario, fault, &mut peers, lan.as_ref(), &disks, Edge::End)?;
             }
+            Step::Probe(i) => {
+                let at_s = start.elapsed().as_secs_f64();
+                probes::carry_out(
+                    &mut probes,
+                    *i,
+                    scenario,
+                    &peers,
+                    seed,
+                    &mut probe_rng,
+                    &mut ledger,
+                    at_s,
+                );
+            }
         }
     }
     // Everyone back before convergence is judged.
@@ -384,16 +449,27 @@ fn run_in(
     };
     violations.extend(sample_torn(scenario, &peers, &ledger, at_s));
     violations.extend(final_checks(scenario, &peers, &ledger, seed, at_s));
+    violations.extend(probes::check(&probes, scenario, &peers, at_s));
     let conflicts = count_conflicts(scenario, &peers);
     let peer_reports = peers
         .iter()
         .map(|p| {
-            let (sent, received, sessions) = match p.status() {
+            let (sent, received, sessions, connected) = match p.status() {
                 Ok(status) => {
                     let (s, r) = traffic(&status);
-                    (s, r, status.shares.iter().map(|s| s.sessions).sum())
+                    let connected = status
+                        .peers
+                        .iter()
+                        .filter_map(|c| {
+                            let name = &peers.iter().find(|o| o.id.to_string() == c.peer_id)?.name;
+                            let how = serde_json::to_value(c.found_by).ok()?;
+                            Some((name.clone(), how.as_str()?.to_owned()))
+                        })
+                        .collect();
+                    let sessions = status.shares.iter().map(|s| s.sessions).sum();
+                    (s, r, sessions, connected)
                 }
-                Err(_) => (0, 0, 0),
+                Err(_) => (0, 0, 0, BTreeMap::new()),
             };
             PeerReport {
                 name: p.name.clone(),
@@ -401,6 +477,7 @@ fn run_in(
                 bytes_sent: sent + p.bytes_before.0,
                 bytes_received: received + p.bytes_before.1,
                 sessions,
+                connected,
             }
         })
         .collect();
@@ -423,6 +500,7 @@ fn run_in(
         ops_failed: ledger.failed,
         samples,
         conflicts,
+        probes: probes.iter().filter(|p| p.done.is_some()).count() as u64,
         duration_s: began.elapsed().as_secs_f64(),
         kept_dir: (!passed).then(|| dir.display().to_string()),
     })
@@ -453,7 +531,7 @@ fn condense(all: Vec<Violation>) -> (Vec<Violation>, usize) {
 fn build_lan(scenario: &Scenario) -> Result<netns::Lan, LabError> {
     let missing = |why: String| {
         LabError::Privileges(format!(
-            "topology \"lan\" needs root, `ip` (iproute2) and nftables: {why}"
+            "namespaced topologies need root, `ip` (iproute2) and nftables: {why}"
         ))
     };
     let network_faults = scenario
@@ -463,11 +541,27 @@ fn build_lan(scenario: &Scenario) -> Result<netns::Lan, LabError> {
     if network_faults {
         netns::Lan::nft_available().map_err(missing)?;
     }
-    netns::Lan::create(scenario.topology.peers.len()).map_err(missing)
+    match scenario.topology.kind {
+        TopologyKind::Lans => {
+            let sizes: Vec<usize> = scenario.topology.lans.iter().map(Vec::len).collect();
+            netns::Lan::create_routed(&sizes).map_err(missing)
+        }
+        _ => netns::Lan::create(scenario.topology.peers.len()).map_err(missing),
+    }
 }
 
-/// The host index of a peer on the LAN.
+/// The host index of a peer on the LAN(s).
 fn host(scenario: &Scenario, name: &str) -> usize {
+    scenario
+        .topology
+        .host_order()
+        .iter()
+        .position(|p| *p == name)
+        .expect("checked by the scenario")
+}
+
+/// Where a peer is listed in `topology.peers`.
+fn position(scenario: &Scenario, name: &str) -> usize {
     scenario
         .topology
         .peers
@@ -530,7 +624,13 @@ fn set_up_shares(
                 .map(str::to_owned)
                 .ok_or_else(|| LabError::Setup("no token in the answer".into()))
         };
-        let (rw, ro) = (token(false)?, token(true)?);
+        let (mut rw, mut ro) = (token(false)?, token(true)?);
+        if scenario.topology.kind == TopologyKind::Lans {
+            // Members across the router must find each other through the DHT alone.
+            for token in [&mut rw, &mut ro] {
+                *token = without_addresses(token)?;
+            }
+        }
         for name in &share.members[1..] {
             let member = peer(peers, name);
             let token = if share.read_only.contains(name) {
@@ -576,6 +676,14 @@ fn set_up_shares(
         }
     }
     Ok(())
+}
+
+/// A share token with its creator's addresses taken out.
+fn without_addresses(token: &str) -> Result<String, LabError> {
+    let mut parsed = crate::share::Token::parse(token)
+        .map_err(|e| LabError::Setup(format!("a token from the daemon: {e}")))?;
+    parsed.addrs.clear();
+    Ok(parsed.encode())
 }
 
 /// Torn files on every peer that is up, in every folder share it is a member of.

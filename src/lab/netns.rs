@@ -1,9 +1,12 @@
 //! A LAN of network namespaces: one namespace holding a bridge (the switch), one namespace per
 //! host joined to it by a veth pair (`eth0` in the host, `p<i>` on the switch), host `i` at
-//! `10.213.0.<i+1>`, with a multicast route so mDNS works between hosts. Faults are made the way
-//! a real network has them, inside the namespaces only: partitions and loss with nftables, rate
-//! limits with `tc tbf` on both ends of a host's link. Nothing touches the root namespace;
-//! everything is deleted on drop. Needs root, `ip` (iproute2) and, for faults, `nft`.
+//! `10.213.0.<i+1>`, with a multicast route so mDNS works between hosts. Or several such LANs
+//! (LAN `k` on `10.213.k.0/24`) joined by a router namespace that forwards between them
+//! (`10.213.k.254` on each), as two offices joined by a router are: unicast crosses it,
+//! multicast (mDNS) does not. Faults are made the way a real network has them, inside the
+//! namespaces only: partitions and loss with nftables, rate limits with `tc tbf` on both ends of
+//! a host's link. Nothing touches the root namespace; everything is deleted on drop. Needs root,
+//! `ip` (iproute2) and, for faults, `nft`.
 //!
 //! The lab's namespaced topology and the daemon's own fault tests (`tests/support/netlab.rs`)
 //! both build their LANs here.
@@ -11,11 +14,16 @@
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Namespaces, bridge and veth pairs; deleted on drop.
+/// Namespaces, bridges, router and veth pairs; deleted on drop.
 pub struct Lan {
-    switch: String,
+    /// One switch namespace per LAN.
+    switches: Vec<String>,
+    /// The router namespace, when there are several LANs.
+    router: Option<String>,
     /// The host namespaces, in host order.
     pub hosts: Vec<String>,
+    /// Per host: its LAN and its address.
+    places: Vec<(usize, String)>,
 }
 
 /// The nftables table a partition lives in (one per host namespace).
@@ -65,48 +73,122 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Lan {
     /// Builds a LAN of `hosts` hosts. On failure, what was built is deleted again.
     pub fn create(hosts: usize) -> Result<Lan, String> {
+        Self::create_routed(&[hosts])
+    }
+
+    /// Builds one LAN per entry of `sizes` (that many hosts each; hosts numbered across them
+    /// in order) and, if there are two or more, a router joining them. On failure, what was
+    /// built is deleted again.
+    pub fn create_routed(sizes: &[usize]) -> Result<Lan, String> {
         static LANS: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
             "{}x{}",
             std::process::id() % 100_000,
             LANS.fetch_add(1, Ordering::Relaxed)
         );
+        if sizes.len() > 250 {
+            return Err("at most 250 LANs".into());
+        }
         let mut lan = Lan {
-            switch: format!("mssw{tag}"),
+            switches: Vec::new(),
+            router: None,
             hosts: Vec::new(),
+            places: Vec::new(),
         };
-        ip(&["netns", "add", &lan.switch])?;
-        ip(&["-n", &lan.switch, "link", "set", "lo", "up"])?;
-        ip(&["-n", &lan.switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &lan.switch, "link", "set", "br0", "up"])?;
-        for i in 0..hosts {
-            let ns = format!("msh{tag}-{i}");
-            ip(&["netns", "add", &ns])?;
-            lan.hosts.push(ns.clone());
-            let port = format!("p{i}");
-            ip(&[
-                "-n",
-                &lan.switch,
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &lan.switch, "link", "set", &port, "master", "br0"])?;
-            ip(&["-n", &lan.switch, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            let addr = format!("{}/24", Self::address(i));
-            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        let routed = sizes.len() > 1;
+        if routed {
+            let router = format!("msrt{tag}");
+            ip(&["netns", "add", &router])?;
+            lan.router = Some(router.clone());
+            ip(&["-n", &router, "link", "set", "lo", "up"])?;
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &router,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.ip_forward=1",
+                ],
+                None,
+            )?;
+        }
+        for (net, &size) in sizes.iter().enumerate() {
+            if size > 250 {
+                return Err(format!("LAN {net}: at most 250 hosts"));
+            }
+            let switch = if routed {
+                format!("mssw{tag}-{net}")
+            } else {
+                format!("mssw{tag}")
+            };
+            ip(&["netns", "add", &switch])?;
+            lan.switches.push(switch.clone());
+            ip(&["-n", &switch, "link", "set", "lo", "up"])?;
+            ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+            if let Some(router) = &lan.router {
+                let leg = format!("r{net}");
+                ip(&[
+                    "-n", &switch, "link", "add", "rtr", "type", "veth", "peer", "name", &leg,
+                    "netns", router,
+                ])?;
+                ip(&["-n", &switch, "link", "set", "rtr", "master", "br0"])?;
+                ip(&["-n", &switch, "link", "set", "rtr", "up"])?;
+                let addr = format!("{}/24", Self::gateway(net));
+                ip(&["-n", router, "addr", "add", &addr, "dev", &leg])?;
+                ip(&["-n", router, "link", "set", &leg, "up"])?;
+            }
+            for _ in 0..size {
+                let i = lan.hosts.len();
+                let ns = format!("msh{tag}-{i}");
+                ip(&["netns", "add", &ns])?;
+                lan.hosts.push(ns.clone());
+                let address = format!(
+                    "10.213.{net}.{}",
+                    lan.places.iter().filter(|p| p.0 == net).count() + 1
+                );
+                lan.places.push((net, address.clone()));
+                let port = format!("p{i}");
+                ip(&[
+                    "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ])?;
+                ip(&["-n", &switch, "link", "set", &port, "master", "br0"])?;
+                ip(&["-n", &switch, "link", "set", &port, "up"])?;
+                ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{address}/24"),
+                    "dev",
+                    "eth0",
+                ])?;
+                ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+                ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+                if routed {
+                    ip(&[
+                        "-n",
+                        &ns,
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &Self::gateway(net),
+                    ])?;
+                }
+            }
         }
         Ok(lan)
+    }
+
+    /// The router's address on LAN `net`.
+    fn gateway(net: usize) -> String {
+        format!("10.213.{net}.254")
     }
 
     /// Whether nftables can be used (for partitions and loss).
@@ -115,8 +197,13 @@ impl Lan {
     }
 
     /// Host `i`'s address.
-    pub fn address(i: usize) -> String {
-        format!("10.213.0.{}", i + 1)
+    pub fn address(&self, i: usize) -> String {
+        self.places[i].1.clone()
+    }
+
+    /// The LAN host `i` is on (0 unless there are several).
+    pub fn lan_of(&self, i: usize) -> usize {
+        self.places[i].0
     }
 
     /// The prefix that runs a command in host `i`'s namespace.
@@ -140,7 +227,7 @@ impl Lan {
         for group in groups {
             let others: Vec<String> = (0..self.hosts.len())
                 .filter(|h| !group.contains(h))
-                .map(Self::address)
+                .map(|h| self.address(h))
                 .collect();
             if others.is_empty() {
                 continue;
@@ -186,7 +273,8 @@ impl Lan {
     /// the limit.
     pub fn rate(&self, host: usize, kbit: u32) -> Result<(), String> {
         let port = format!("p{host}");
-        for (ns, dev) in [(&self.hosts[host], "eth0"), (&self.switch, port.as_str())] {
+        let switch = &self.switches[self.lan_of(host)];
+        for (ns, dev) in [(&self.hosts[host], "eth0"), (switch, port.as_str())] {
             if kbit == 0 {
                 let _ = run(
                     "ip",
@@ -213,7 +301,7 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
+        for ns in self.hosts.iter().chain(&self.switches).chain(&self.router) {
             let _ = ip(&["netns", "del", ns]);
         }
     }

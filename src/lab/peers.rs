@@ -172,6 +172,17 @@ impl LabPeer {
         Ok(())
     }
 
+    /// Makes another (started) peer one of this one's Kademlia bootstrap peers, in its config:
+    /// for its next start.
+    pub fn bootstrap_from(&self, other: &LabPeer) -> Result<(), LabError> {
+        let Some(addr) = &other.addr else {
+            return Err(LabError::Setup(format!("{} has not started", other.name)));
+        };
+        crate::config::add_bootstrap_peer(&self.home.config_path(), addr)
+            .map_err(|e| LabError::Setup(format!("config of {}: {e}", self.name)))?;
+        Ok(())
+    }
+
     /// After the first start: the port the daemon got, kept in its config for restarts.
     fn pin_port(&mut self) -> Result<(), LabError> {
         let status = self.status()?;

@@ -52,6 +52,43 @@ pub struct Topology {
     /// lab mounts at `<home>/folders`; needs root), for `disk-full` faults.
     #[serde(default)]
     pub small_disks: std::collections::BTreeMap<String, Size>,
+    /// For kind `lans`: the peers of each LAN (every peer on exactly one).
+    #[serde(default)]
+    pub lans: Vec<Vec<String>>,
+    /// For kind `lans`: the peers every other peer has as its Kademlia bootstrap peers (by
+    /// default the first peer of the first LAN).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+}
+
+impl Topology {
+    /// Whether the peers run in network namespaces (network faults need it).
+    pub fn namespaced(&self) -> bool {
+        matches!(self.kind, TopologyKind::Lan | TopologyKind::Lans)
+    }
+
+    /// The peers in the order of their hosts: LAN by LAN for `lans`, else as listed.
+    pub fn host_order(&self) -> Vec<&str> {
+        match self.kind {
+            TopologyKind::Lans => self.lans.iter().flatten().map(String::as_str).collect(),
+            _ => self.peers.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The Kademlia bootstrap peers of a `lans` topology (none for the others).
+    pub fn bootstrap_peers(&self) -> Vec<&str> {
+        match self.kind {
+            TopologyKind::Lans if self.bootstrap.is_empty() => self
+                .lans
+                .first()
+                .and_then(|lan| lan.first())
+                .map(String::as_str)
+                .into_iter()
+                .collect(),
+            TopologyKind::Lans => self.bootstrap.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A size in bytes, written as `512`, `64KiB`, `8MiB`.
@@ -67,6 +104,10 @@ pub enum TopologyKind {
     /// A LAN of network namespaces (needs root): one bridge, one namespace per peer, mDNS on,
     /// no static peers. Network faults (loss, rate, partition) need it.
     Lan,
+    /// Several such LANs (`topology.lans`) joined by a router namespace: mDNS finds the peers
+    /// of one LAN, and the peers of the others only through the Kademlia DHT, bootstrapped
+    /// from `topology.bootstrap`. Share tokens carry no addresses here.
+    Lans,
 }
 
 /// A share.
@@ -285,6 +326,7 @@ impl Scenario {
                 )))
             }
         };
+        self.check_lans(&known)?;
         let mut shares = HashSet::new();
         for share in &self.shares {
             if !simple_name(&share.name) || !shares.insert(share.name.as_str()) {
@@ -361,9 +403,9 @@ impl Scenario {
                 fault.kind,
                 FaultKind::Loss | FaultKind::Rate | FaultKind::Partition
             );
-            if network && self.topology.kind != TopologyKind::Lan {
+            if network && !self.topology.namespaced() {
                 return invalid(format!(
-                    "{what}: network faults need topology kind \"lan\" (network namespaces)"
+                    "{what}: network faults need topology kind \"lan\" or \"lans\" (network namespaces)"
                 ));
             }
             match fault.kind {
@@ -406,6 +448,41 @@ impl Scenario {
             if fault.kind == FaultKind::Rate && fault.kbit == 0 {
                 return invalid(format!("{what}: kbit must be above 0"));
             }
+        }
+        Ok(())
+    }
+
+    /// `topology.lans` and `topology.bootstrap`: for kind `lans` only; every peer on exactly
+    /// one LAN, at least two LANs.
+    fn check_lans(
+        &self,
+        known: &dyn Fn(&str, &str) -> Result<(), ScenarioError>,
+    ) -> Result<(), ScenarioError> {
+        let invalid = |m: String| Err(ScenarioError::Invalid(m));
+        let topology = &self.topology;
+        if topology.kind != TopologyKind::Lans {
+            if !topology.lans.is_empty() || !topology.bootstrap.is_empty() {
+                return invalid(
+                    "topology.lans and topology.bootstrap go with kind \"lans\" only".into(),
+                );
+            }
+            return Ok(());
+        }
+        if topology.lans.len() < 2 || topology.lans.iter().any(Vec::is_empty) {
+            return invalid("topology.lans: at least 2 LANs, each with a peer".into());
+        }
+        let mut placed = HashSet::new();
+        for name in topology.lans.iter().flatten() {
+            known("topology.lans", name)?;
+            if !placed.insert(name.as_str()) {
+                return invalid(format!("topology.lans: `{name}` is on two LANs"));
+            }
+        }
+        if let Some(name) = topology.peers.iter().find(|p| !placed.contains(p.as_str())) {
+            return invalid(format!("topology.lans: `{name}` is on no LAN"));
+        }
+        for name in &topology.bootstrap {
+            known("topology.bootstrap", name)?;
         }
         Ok(())
     }
@@ -622,6 +699,40 @@ mod tests {
         assert!(e.contains("at least 1MiB"), "{e}");
         let e = error(&with_disk(r#"{ c = "lots" }"#));
         assert!(e.contains("bad size `lots`"), "{e}");
+    }
+
+    #[test]
+    fn lans_place_every_peer_on_one_lan() {
+        let lans = |extra: &str| {
+            SMOKE.replace(
+                "kind = \"loopback\"",
+                &format!("kind = \"lans\"\n        {extra}"),
+            )
+        };
+        let s = Scenario::parse(&lans(r#"lans = [["a", "b"], ["c"]]"#)).unwrap();
+        assert_eq!(s.topology.host_order(), ["a", "b", "c"]);
+        assert_eq!(s.topology.bootstrap_peers(), ["a"]);
+        let s = Scenario::parse(&lans(
+            "lans = [[\"c\"], [\"b\", \"a\"]]\n        bootstrap = [\"b\"]",
+        ))
+        .unwrap();
+        assert_eq!(s.topology.host_order(), ["c", "b", "a"]);
+        assert_eq!(s.topology.bootstrap_peers(), ["b"]);
+        let e = error(&lans(r#"lans = [["a", "b"]]"#));
+        assert!(e.contains("at least 2 LANs"), "{e}");
+        let e = error(&lans(r#"lans = [["a", "b"], ["b", "c"]]"#));
+        assert!(e.contains("`b` is on two LANs"), "{e}");
+        let e = error(&lans(r#"lans = [["a"], ["b"]]"#));
+        assert!(e.contains("`c` is on no LAN"), "{e}");
+        let e = error(&lans(
+            "lans = [[\"a\"], [\"b\", \"c\"]]\n        bootstrap = [\"zed\"]",
+        ));
+        assert!(e.contains("topology.bootstrap: unknown peer `zed`"), "{e}");
+        let e = error(&SMOKE.replace(
+            "peers = [\"a\", \"b\", \"c\"]",
+            "peers = [\"a\", \"b\", \"c\"]\n        lans = [[\"a\"], [\"b\", \"c\"]]",
+        ));
+        assert!(e.contains("kind \"lans\" only"), "{e}");
     }
 }
 

@@ -161,7 +161,7 @@ fn lab_files(dir: &Path) -> Vec<String> {
 }
 
 /// Random content for a file, starting with the share's marker.
-fn content(seed: u64, share: &str, size: u64, rng: &mut Pcg64) -> Vec<u8> {
+pub(super) fn content(seed: u64, share: &str, size: u64, rng: &mut Pcg64) -> Vec<u8> {
     let mut bytes = marker(seed, share).into_bytes();
     let size = (size as usize).max(bytes.len());
     let start = bytes.len();

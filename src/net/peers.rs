@@ -252,7 +252,11 @@ impl PeerBook {
         dialed_for: Option<Discovery>,
     ) {
         let via = if self.bind_static(connection, peer) {
-            Discovery::Static
+            // Bootstrap peers are dialled as static ones, but were configured as bootstrap.
+            match self.peers.get(&peer) {
+                Some(known) if known.found_by == Discovery::Bootstrap => Discovery::Bootstrap,
+                _ => Discovery::Static,
+            }
         } else {
             dialed_for.unwrap_or(Discovery::Inbound)
         };
@@ -502,6 +506,23 @@ mod tests {
         assert!(
             !book.discovered(peer, &[], Discovery::Kad),
             "connected peers need no dial"
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_peer_is_shown_as_one_though_dialled_as_static() {
+        let t0 = Instant::now();
+        let mut book = PeerBook::default();
+        let peer = PeerId::random();
+        let boot: Multiaddr = format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}").parse().unwrap();
+        book.discovered(peer, std::slice::from_ref(&boot), Discovery::Bootstrap);
+        book.add_static(boot, t0);
+        let c = ConnectionId::new_unchecked(1);
+        book.static_dialing(0, c);
+        book.connected(peer, c, addr(9), true, None);
+        assert_eq!(
+            book.connected_peers()[&peer].connections[&c].via,
+            Discovery::Bootstrap
         );
     }
 }

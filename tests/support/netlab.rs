@@ -51,7 +51,7 @@ impl NetLab {
     /// A node on host `i` with mDNS off, listening on the host's address; `extra` goes to
     /// `init`. Not started.
     pub fn node(&self, i: usize, extra: &[&str]) -> Node {
-        let listen = format!("/ip4/{}/tcp/0", Lan::address(i));
+        let listen = format!("/ip4/{}/tcp/0", self.address(i));
         let mut args = vec!["--listen", &listen, "--no-mdns"];
         args.extend_from_slice(extra);
         Node::init_in(self.wrapper(i), &args)
