@@ -173,6 +173,72 @@ fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
     );
 }
 
+/// After a conflict, the copy of the losing version is deleted, then the file itself: both
+/// stay gone everywhere. Found by `meshsync lab` (two LANs, 1 run in ~15): the losing version
+/// stayed a live concurrent version of the path after it was kept as a copy, so the delete (by
+/// a peer that had only seen the winner) lost to it as "an edit", and every member then wanted
+/// its content back — which existed nowhere any more: the folder never converged.
+#[test]
+fn a_deleted_conflict_copy_and_file_stay_deleted() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = {
+        let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    fs::write(share.dirs[0].join("doc.txt"), "original").unwrap();
+    share.wait_identical();
+    wait_until("both to hold the same summary", WAIT, || {
+        mesh.nodes[0].share_root(&share.name) == mesh.nodes[1].share_root(&share.name)
+    });
+    let recorded = |node: &Node, edit: &dyn Fn()| {
+        let before = node.share_root(&share.name);
+        edit();
+        wait_until("the edit to be recorded", WAIT, || {
+            node.share_root(&share.name) != before
+        });
+    };
+    // Concurrent edits: each made while the other side is down.
+    mesh.nodes[0].pin_listen_port();
+    mesh.nodes[1].stop();
+    recorded(&mesh.nodes[0], &|| {
+        fs::write(share.dirs[0].join("doc.txt"), "edited on A").unwrap()
+    });
+    mesh.nodes[0].stop();
+    mesh.nodes[1].start();
+    recorded(&mesh.nodes[1], &|| {
+        fs::write(share.dirs[1].join("doc.txt"), "edited on B").unwrap()
+    });
+    mesh.nodes[0].start();
+    mesh.wait_fully_connected();
+    let paths = share.wait_identical();
+    let copy = paths
+        .iter()
+        .find(|p| p.contains(".sync-conflict-"))
+        .unwrap_or_else(|| panic!("a conflict copy: {paths:?}"))
+        .clone();
+
+    fs::remove_file(share.dirs[0].join(&copy)).unwrap();
+    wait_until("the copy to be gone on both", WAIT, || {
+        !share.dirs[1].join(&copy).exists()
+    });
+    fs::remove_file(share.dirs[1].join("doc.txt")).unwrap();
+    wait_until("doc.txt to be gone on A", WAIT, || {
+        !share.dirs[0].join("doc.txt").exists()
+    });
+    wait_until("both in sync with nothing needed", WAIT, || {
+        mesh.nodes.iter().all(|node| {
+            let status = share.status(node);
+            status["state"] == "idle" && status["needed_files"] == 0
+        })
+    });
+    // Nothing came back, on either.
+    for dir in &share.dirs {
+        assert!(!dir.join("doc.txt").exists(), "{}", dir.display());
+        assert!(!dir.join(&copy).exists(), "{}", dir.display());
+    }
+}
+
 #[test]
 fn big_file_edits_move_only_the_changed_chunks() {
     let mesh = Mesh::full_static(2);

@@ -11,10 +11,11 @@ use tracing::warn;
 use super::actor::{DOWNLOAD_RETRY, FolderActor};
 use super::materialise::{Materialised, materialise};
 use super::model::EntryKind;
+use super::model::FileMeta;
 use super::plan::{self, Desired};
 use super::queue::Next;
 use super::settle::WATCH_DEBOUNCE;
-use crate::merge::RecordRegister;
+use crate::merge::{RecordRegister, VersionVector};
 
 impl FolderActor {
     /// Queues every store entry whose effective winner is not what is on disk.
@@ -193,6 +194,11 @@ impl FolderActor {
         }
         if !done.unchanged {
             self.took_in(&done).await;
+            if let Some(base) = done.resolved.take() {
+                self.resolve_conflict(&done.path, base).await;
+            }
+        } else if let Some(base) = done.rebase.take() {
+            self.rebase(&done.path, base);
         } else if !self.synced.contains_key(&done.path)
             && let Some((parent, _)) = done.path.rsplit_once('/')
         {
@@ -213,6 +219,37 @@ impl FolderActor {
                 warn!(folder = %self.name, path = %done.path, "cannot re-read the entry: {e}")
             }
         }
+    }
+
+    /// The path holds exactly what a newer version describes (same content and times): our
+    /// next edit of it builds on that version, not on the one it replaced. Without this, an
+    /// edit or delete made here would be concurrent with a version whose content it had on
+    /// disk all along.
+    fn rebase(&mut self, path: &str, (seen, meta): (VersionVector, FileMeta)) {
+        let Some(mut synced) = self.synced.get(path).cloned() else {
+            return;
+        };
+        // Unless a scan found it changed since the materialisation looked.
+        if plan::normalised(&synced.record.meta) != meta || synced.base.dominates(&seen) {
+            return;
+        }
+        synced.base.join(&seen);
+        self.synced.insert(path.to_owned(), synced.clone());
+        self.save_later(vec![(path.to_owned(), Some(synced))]);
+    }
+
+    /// Our losing version of `path` was kept as a conflict copy and the winner written in its
+    /// place: we record the winner's content as our own write on `base` (the winner's vector
+    /// joined with our losing version's), which supersedes both everywhere. See
+    /// `Materialised::resolved`.
+    async fn resolve_conflict(&mut self, path: &str, base: VersionVector) {
+        let Some(mut synced) = self.synced.get(path).cloned() else {
+            return;
+        };
+        let record = synced.record.clone();
+        synced.base = base;
+        self.synced.insert(path.to_owned(), synced);
+        self.put_local(vec![(path.to_owned(), Some(record))]).await;
     }
 
     /// Records what a materialisation wrote: events, the synced row, the chunks' new place.

@@ -18,7 +18,7 @@ use super::state::Synced;
 use super::status::Counters;
 use super::write::{self, Expect};
 use super::{received, versions};
-use crate::merge::{PeerKey, RecordRegister};
+use crate::merge::{PeerKey, RecordRegister, VersionVector};
 use crate::store::StoreHandle;
 
 /// Files up to this size are fetched whole into memory and written in one blocking call.
@@ -45,6 +45,17 @@ pub(super) struct Materialised {
     /// Nothing was done: the path already was what the winner says (or there is no entry).
     /// `synced` is then only the snapshot taken when the download started, possibly stale.
     pub(super) unchanged: bool,
+    /// When the path already held exactly what the winner describes: the winner's vector and
+    /// description. Our next edit of the path builds on it too (it has seen the winner: it is
+    /// on disk).
+    pub(super) rebase: Option<(VersionVector, FileMeta)>,
+    /// When our losing version was kept as a conflict copy and the winner written in its
+    /// place: the winner's vector joined with our losing version's. The actor records the
+    /// winner's content as our own write on it, so our kept version stops being a live
+    /// concurrent version of the path. Left live, a later delete by someone who had seen only
+    /// the winner lost to it as "an edit beats a delete", and every member wanted its content
+    /// back — gone from everywhere once the copy was edited or deleted (found by `meshsync lab`).
+    pub(super) resolved: Option<VersionVector>,
 }
 
 /// What writing a file learned besides its scan record.
@@ -108,6 +119,8 @@ pub(super) async fn materialise(
         conflict_copy: None,
         kept_version: None,
         unchanged: false,
+        rebase: None,
+        resolved: None,
     };
     if let Err(e) = materialise_into(&shared, &store, known, &local_key, &mut outcome).await {
         outcome.error = Some(e);
@@ -145,6 +158,7 @@ async fn materialise_into(
     match (&desired, on_disk.as_ref().map(plan::normalised)) {
         (Desired::Present(want), Some(disk)) if *want == disk => {
             outcome.unchanged = true;
+            outcome.rebase = Some((winner.vv().clone(), want.clone()));
             return Ok(());
         }
         (Desired::Absent, None) => {
@@ -154,13 +168,17 @@ async fn materialise_into(
         _ => {}
     }
     debug!(path = %path, ?desired, present = on_disk.is_some(), "materialising");
+    let mut resolved = None;
     if let (Desired::Present(want), Some(disk)) = (&desired, &on_disk)
         && let Some(ours) = plan::losing_local_version(&register, &winner, local_key, want, disk)
     {
         // Our own version lost a conflict and its content is what is on disk: keep it aside.
         let millis = ours.hlc().millis;
+        let mut both = winner.vv().clone();
+        both.join(ours.vv());
         outcome.conflict_copy = Some(keep_conflict_copy(shared, &path, millis).await?);
         outcome.synced = None;
+        resolved = Some(both);
     }
     let expect = plan::expect_for(outcome.synced.as_ref());
     match desired {
@@ -178,6 +196,7 @@ async fn materialise_into(
                 Ok(record) => {
                     let base = winner.vv().clone();
                     outcome.synced = Some(Synced { record, base });
+                    outcome.resolved = resolved;
                     Ok(())
                 }
                 Err(WriteFailure::Conflict) => {
