@@ -6,16 +6,16 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::actor::{DOWNLOAD_RETRY, FolderActor};
 use super::materialise::{Materialised, materialise};
 use super::model::EntryKind;
-use super::model::FileMeta;
 use super::plan::{self, Desired};
 use super::queue::Next;
 use super::settle::WATCH_DEBOUNCE;
-use crate::merge::{RecordRegister, VersionVector};
+use crate::merge::{Payload, RecordRegister, VersionVector};
+use crate::store::LocalWrite;
 
 impl FolderActor {
     /// Queues every store entry whose effective winner is not what is on disk.
@@ -129,6 +129,10 @@ impl FolderActor {
     }
 
     pub(super) async fn on_materialised(&mut self, mut done: Materialised) {
+        let resolved = done.resolved.take();
+        if let Some(kept) = &resolved {
+            self.withdraw_kept_version(&done.path, kept.clone()).await;
+        }
         // A path that is tried again still needs its bytes.
         let size = self.queue.file_size(&done.path);
         self.queue.finish(&done.path);
@@ -194,11 +198,14 @@ impl FolderActor {
         }
         if !done.unchanged {
             self.took_in(&done).await;
-            if let Some(base) = done.resolved.take() {
-                self.resolve_conflict(&done.path, base).await;
+            if let Some(kept) = resolved
+                && let Some(mut synced) = self.synced.get(&done.path).cloned()
+            {
+                // Our next edit of the path has seen our kept version too.
+                synced.base.join(&kept);
+                self.synced.insert(done.path.clone(), synced.clone());
+                self.save_later(vec![(done.path.clone(), Some(synced))]);
             }
-        } else if let Some(base) = done.rebase.take() {
-            self.rebase(&done.path, base);
         } else if !self.synced.contains_key(&done.path)
             && let Some((parent, _)) = done.path.rsplit_once('/')
         {
@@ -221,35 +228,25 @@ impl FolderActor {
         }
     }
 
-    /// The path holds exactly what a newer version describes (same content and times): our
-    /// next edit of it builds on that version, not on the one it replaced. Without this, an
-    /// edit or delete made here would be concurrent with a version whose content it had on
-    /// disk all along.
-    fn rebase(&mut self, path: &str, (seen, meta): (VersionVector, FileMeta)) {
-        let Some(mut synced) = self.synced.get(path).cloned() else {
-            return;
-        };
-        // Unless a scan found it changed since the materialisation looked.
-        if plan::normalised(&synced.record.meta) != meta || synced.base.dominates(&seen) {
-            return;
-        }
-        synced.base.join(&seen);
-        self.synced.insert(path.to_owned(), synced.clone());
-        self.save_later(vec![(path.to_owned(), Some(synced))]);
-    }
-
-    /// Our losing version of `path` was kept as a conflict copy and the winner written in its
-    /// place: we record the winner's content as our own write on `base` (the winner's vector
-    /// joined with our losing version's), which supersedes both everywhere. See
+    /// Our losing version of `path`, with vector `kept`, was kept as a conflict copy: we
+    /// record a delete of the path based on that version alone. It supersedes our kept
+    /// version and is concurrent with the winner, which an edit beats a delete keeps. See
     /// `Materialised::resolved`.
-    async fn resolve_conflict(&mut self, path: &str, base: VersionVector) {
-        let Some(mut synced) = self.synced.get(path).cloned() else {
-            return;
+    async fn withdraw_kept_version(&mut self, path: &str, kept: VersionVector) {
+        let write = LocalWrite {
+            key: path.as_bytes().to_vec(),
+            payload: Payload::Tombstone,
+            base: Some(kept),
         };
-        let record = synced.record.clone();
-        synced.base = base;
-        self.synced.insert(path.to_owned(), synced);
-        self.put_local(vec![(path.to_owned(), Some(record))]).await;
+        match self.store.put_writes(self.sources.share, vec![write]).await {
+            Ok(()) => {
+                debug!(folder = %self.name, path = %path, "our version kept as a conflict copy is withdrawn here")
+            }
+            Err(e) => {
+                self.note_error(format!("cannot record local changes: {e}"));
+                warn!(folder = %self.name, path = %path, "cannot withdraw our version kept as a conflict copy: {e}");
+            }
+        }
     }
 
     /// Records what a materialisation wrote: events, the synced row, the chunks' new place.

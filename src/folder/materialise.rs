@@ -45,16 +45,13 @@ pub(super) struct Materialised {
     /// Nothing was done: the path already was what the winner says (or there is no entry).
     /// `synced` is then only the snapshot taken when the download started, possibly stale.
     pub(super) unchanged: bool,
-    /// When the path already held exactly what the winner describes: the winner's vector and
-    /// description. Our next edit of the path builds on it too (it has seen the winner: it is
-    /// on disk).
-    pub(super) rebase: Option<(VersionVector, FileMeta)>,
-    /// When our losing version was kept as a conflict copy and the winner written in its
-    /// place: the winner's vector joined with our losing version's. The actor records the
-    /// winner's content as our own write on it, so our kept version stops being a live
-    /// concurrent version of the path. Left live, a later delete by someone who had seen only
-    /// the winner lost to it as "an edit beats a delete", and every member wanted its content
-    /// back — gone from everywhere once the copy was edited or deleted (found by `meshsync lab`).
+    /// When our losing version was kept as a conflict copy (whether or not the winner could be
+    /// written in its place): that version's vector. The actor records a delete of the path
+    /// on it, which withdraws our kept version there and nothing else (the winner is
+    /// concurrent with it and stays). Left live, our kept version came back whenever the
+    /// winner was deleted by someone who had seen only the winner ("an edit beats a delete"),
+    /// and every member wanted its content — gone from everywhere once the copy was edited or
+    /// deleted, so the folder never converged (found by `meshsync lab`).
     pub(super) resolved: Option<VersionVector>,
 }
 
@@ -119,7 +116,6 @@ pub(super) async fn materialise(
         conflict_copy: None,
         kept_version: None,
         unchanged: false,
-        rebase: None,
         resolved: None,
     };
     if let Err(e) = materialise_into(&shared, &store, known, &local_key, &mut outcome).await {
@@ -158,7 +154,6 @@ async fn materialise_into(
     match (&desired, on_disk.as_ref().map(plan::normalised)) {
         (Desired::Present(want), Some(disk)) if *want == disk => {
             outcome.unchanged = true;
-            outcome.rebase = Some((winner.vv().clone(), want.clone()));
             return Ok(());
         }
         (Desired::Absent, None) => {
@@ -168,17 +163,15 @@ async fn materialise_into(
         _ => {}
     }
     debug!(path = %path, ?desired, present = on_disk.is_some(), "materialising");
-    let mut resolved = None;
     if let (Desired::Present(want), Some(disk)) = (&desired, &on_disk)
         && let Some(ours) = plan::losing_local_version(&register, &winner, local_key, want, disk)
     {
         // Our own version lost a conflict and its content is what is on disk: keep it aside.
         let millis = ours.hlc().millis;
-        let mut both = winner.vv().clone();
-        both.join(ours.vv());
+        let kept = ours.vv().clone();
         outcome.conflict_copy = Some(keep_conflict_copy(shared, &path, millis).await?);
         outcome.synced = None;
-        resolved = Some(both);
+        outcome.resolved = Some(kept);
     }
     let expect = plan::expect_for(outcome.synced.as_ref());
     match desired {
@@ -196,7 +189,6 @@ async fn materialise_into(
                 Ok(record) => {
                     let base = winner.vv().clone();
                     outcome.synced = Some(Synced { record, base });
-                    outcome.resolved = resolved;
                     Ok(())
                 }
                 Err(WriteFailure::Conflict) => {
