@@ -44,6 +44,20 @@ fn passed_report(out: &Output, report: &Path) -> Option<Value> {
     Some(report)
 }
 
+/// Runs a scenario with a JSON report; the lab's process id (it names its namespaces after it)
+/// and its output.
+fn lab_with_pid(scenario: &Path, report: &Path) -> (u32, Output) {
+    let child = Command::new(bin())
+        .args(["lab", "run", scenario.to_str().unwrap(), "--json"])
+        .arg(report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
 /// Pids of processes whose command line mentions `text`.
 fn processes_mentioning(text: &str) -> Vec<u32> {
     let mut found = Vec::new();
@@ -222,16 +236,7 @@ fn a_partition_and_loss_on_a_namespace_lan_heal_and_converge() {
     )
     .unwrap();
     let report = work.path().join("report.json");
-    let child = Command::new(bin())
-        .args(["lab", "run", path.to_str().unwrap(), "--json"])
-        .arg(&report)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The lab names its namespaces after its process id.
-    let tag = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (tag, out) = lab_with_pid(&path, &report);
     let Some(report) = passed_report(&out, &report) else {
         return;
     };
@@ -311,15 +316,7 @@ fn two_lans_joined_by_a_router_meet_through_the_dht_and_converge() {
     )
     .unwrap();
     let report = work.path().join("report.json");
-    let child = Command::new(bin())
-        .args(["lab", "run", path.to_str().unwrap(), "--json"])
-        .arg(&report)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = lab_with_pid(&path, &report);
     let Some(report) = passed_report(&out, &report) else {
         return;
     };

@@ -19,7 +19,7 @@ use super::check::{Violation, tree};
 use super::peers::{LabPeer, folder_of};
 use super::scenario::{Fault, FaultKind, Scenario, ShareKindSpec, ShareSpec};
 use super::workload::{Ledger, content};
-use super::{LabError, MEMBERS_TIMEOUT};
+use super::{LabError, MEMBERS_TIMEOUT, peer};
 
 /// Where in each folder share the probe files are.
 pub const PROBE_DIR: &str = "lab-probes";
@@ -133,7 +133,7 @@ pub fn create(
     let mut waiting = Vec::new();
     for probe in probes {
         let share = share_of(scenario, &probe.share);
-        let creator = find(peers, &share.members[0]);
+        let creator = peer(peers, &share.members[0]);
         let bytes = content(seed, &share.name, PROBE_SIZE, rng);
         let hash = blake3::hash(&bytes);
         ledger.contents.insert(*hash.as_bytes());
@@ -143,7 +143,7 @@ pub fn create(
     let started = Instant::now();
     for (probe, hash) in waiting {
         for name in &share_of(scenario, &probe.share).members {
-            let root = folder_of(find(peers, name), &probe.share);
+            let root = folder_of(peer(peers, name), &probe.share);
             while tree(&root.join(PROBE_DIR))
                 .get(probe.path.trim_start_matches(&format!("{PROBE_DIR}/")))
                 != Some(&hash)
@@ -184,7 +184,7 @@ pub fn carry_out(
             continue;
         };
         let holder = |name: &String| {
-            let p = find(peers, name);
+            let p = peer(peers, name);
             (!p.left.contains(&share.name) && folder_of(p, &share.name).join(&probe.path).is_file())
                 .then_some(p)
         };
@@ -227,7 +227,7 @@ pub fn check(
         };
         let share = share_of(scenario, &probe.share);
         for name in &share.members {
-            let p = find(peers, name);
+            let p = peer(peers, name);
             if p.left.contains(&share.name) {
                 continue;
             }
@@ -266,13 +266,6 @@ fn share_of<'a>(scenario: &'a Scenario, name: &str) -> &'a ShareSpec {
         .iter()
         .find(|s| s.name == name)
         .expect("probes are planned from the scenario's shares")
-}
-
-fn find<'a>(peers: &'a [LabPeer], name: &str) -> &'a LabPeer {
-    peers
-        .iter()
-        .find(|p| p.name == name)
-        .expect("checked by the scenario")
 }
 
 #[cfg(test)]
