@@ -379,8 +379,21 @@ impl Node {
         since_ms: u64,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_session_within(what, peer, share, since_ms, check, WAIT)
+    }
+
+    /// [`Node::wait_session`] with its own deadline.
+    pub fn wait_session_within(
+        &self,
+        what: &str,
+        peer: &str,
+        share: &str,
+        since_ms: u64,
+        check: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
         let mut found = None;
-        wait_until(what, WAIT, || {
+        wait_until(what, timeout, || {
             found = self.status()["sessions"]
                 .as_array()
                 .expect("sessions is a list")
