@@ -767,3 +767,46 @@ fn a_restarted_daemon_reads_no_unchanged_file_again() {
         assert_eq!(counts(node).2, 0, "nothing is read again after a restart");
     }
 }
+
+/// A directory moved into the folder with a file its program is still writing (found by the
+/// lab: peers briefly held a file with content the workload never wrote). The directory's scan
+/// leaves that file until its writer is done; peers only ever get its complete content.
+#[test]
+fn a_file_still_being_written_in_a_new_directory_is_sent_only_complete() {
+    use std::io::Write;
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let (a, b) = (&share.dirs[0], &share.dirs[1]);
+    // Made beside the folder (same filesystem) and moved in by one rename: the daemon hears of
+    // the directory, and finds its files only by walking it.
+    let staged = a.with_file_name("staged-dir");
+    fs::create_dir(&staged).unwrap();
+    fs::write(staged.join("done.txt"), "done").unwrap();
+    let mut saving = fs::File::create(staged.join("saving.bin")).unwrap();
+    let mut written = b"first part; ".to_vec();
+    saving.write_all(&written).unwrap();
+    fs::rename(&staged, a.join("new")).unwrap();
+    // The save goes on, a little at a time, until B holds the directory's finished file and
+    // has nothing left to fetch: the scan that found both has been sent.
+    wait_until("done.txt at B, with nothing more to fetch", WAIT, || {
+        saving.write_all(b"more; ").unwrap();
+        written.extend_from_slice(b"more; ");
+        let status = share.status(&mesh.nodes[1]);
+        b.join("new/done.txt").exists() && status["state"] == "idle" && status["needed_files"] == 0
+    });
+    assert!(
+        !b.join("new/saving.bin").exists(),
+        "a file still being written reached B: {:?}",
+        fs::read(b.join("new/saving.bin"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    );
+    saving.write_all(b"the end").unwrap();
+    written.extend_from_slice(b"the end");
+    drop(saving);
+    wait_until("the complete file at B", WAIT, || {
+        fs::read(b.join("new/saving.bin")).ok().as_deref() == Some(&written[..])
+    });
+    share.wait_identical();
+}

@@ -364,3 +364,94 @@ fn status_watch_prints_each_change_once_with_the_time() {
         "{refused:?}"
     );
 }
+
+/// A folder with more directories than the kernel lets the daemon watch (its user namespace's
+/// `max_inotify_watches`, set low; no effect outside it): `status` says it is not watched and
+/// why, the log says it once, changes still sync by rescans, and once the limit is raised the
+/// folder is watched again by itself.
+#[test]
+fn a_folder_over_the_inotify_watch_limit_says_so_syncs_by_rescans_and_recovers() {
+    let in_userns = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !in_userns {
+        assert!(
+            std::env::var_os("MESHSYNC_REQUIRE_NETNS").is_none(),
+            "user namespaces are required here"
+        );
+        eprintln!("skipped: cannot create a user namespace");
+        return;
+    }
+    const LIMIT: &str = "40";
+    let wrapper: Vec<String> = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        &format!("echo {LIMIT} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut a = Node::init_in(wrapper, &["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let share = FolderShare::among(&[&a, &b]);
+    let (dir_a, dir_b) = (&share.dirs[0], &share.dirs[1]);
+    let folder = |node: &Node| share.status(node);
+    wait_until("A's folder to be watched", WAIT, || {
+        folder(&a)["watching"] == true && folder(&a)["watch_problem"].is_null()
+    });
+
+    // More directories than the limit allows.
+    for i in 0..60 {
+        let sub = dir_a.join(format!("d{i:02}"));
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("f.txt"), format!("file {i}")).unwrap();
+    }
+    wait_until("A to say it is not watched, and why", WAIT, || {
+        let f = folder(&a);
+        f["watching"] == false
+            && f["watch_problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("inotify watch limit") && p.contains(LIMIT))
+    });
+    let text = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("not watched"), "{text}");
+    wait_until("every file at B (a full rescan found them)", WAIT, || {
+        (0..60).all(|i| dir_b.join(format!("d{i:02}/f.txt")).exists())
+    });
+
+    // Written after that rescan: only the next one finds it (it tries to watch first, and
+    // fails again the same way).
+    std::fs::write(dir_a.join("d07/later.txt"), "later").unwrap();
+    wait_until("later.txt at B", WAIT, || {
+        dir_b.join("d07/later.txt").exists()
+    });
+    assert_eq!(
+        a.log_lines_with(&["inotify watch limit"]),
+        1,
+        "said once, not at every try:\n{}",
+        a.log()
+    );
+
+    // The user raises the limit in the daemon's namespace: watched again at the next try.
+    let pid = a.pid().unwrap().to_string();
+    let raised = std::process::Command::new("nsenter")
+        .args(["--user", "--target", &pid, "sh", "-c"])
+        .arg("echo 100000 > /proc/sys/user/max_inotify_watches")
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    wait_until("A to be watched again", WAIT * 2, || {
+        folder(&a)["watching"] == true && folder(&a)["watch_problem"].is_null()
+    });
+    a.wait_for_log("the recovery said", &["watched again"], 0);
+    // And a change is seen as it happens again (well before the next full rescan).
+    std::fs::write(dir_a.join("d59/now.txt"), "now").unwrap();
+    wait_until("now.txt at B", WAIT, || dir_b.join("d59/now.txt").exists());
+    a.stop();
+    b.stop();
+}

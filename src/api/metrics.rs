@@ -208,6 +208,11 @@ pub fn render(
         "folder_unsyncable_paths",
         "Local paths that cannot be synced",
     );
+    let watching = gauges(
+        &mut registry,
+        "folder_watching",
+        "1 while a file watcher sees the folder's changes as they happen, 0 while only rescans do",
+    );
     let completion = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "share_member_completion_percent",
@@ -261,6 +266,9 @@ pub fn render(
             unsyncable
                 .get_or_create(&labels)
                 .set(clamp(folder.unsyncable_count));
+            watching
+                .get_or_create(&labels)
+                .set(i64::from(folder.watching));
         }
     }
     let mut text = String::new();

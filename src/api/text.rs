@@ -283,6 +283,9 @@ pub fn shares(shares: &[ShareStatus]) -> String {
                 bytes(folder.needed_bytes),
                 bytes(folder.rate_bytes_per_sec as u64)
             );
+            if let Some(problem) = &folder.watch_problem {
+                let _ = writeln!(out, "    {problem}");
+            }
         }
     }
     out

@@ -42,12 +42,12 @@ use super::materialise::Materialised;
 use super::model::{ChunkRef, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::queue::DownloadQueue;
 use super::scan::{self, ScanRecord};
-use super::settle::Settle;
+use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
 use super::state::{self, Synced};
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::SyncedPaths;
-use super::watch::{self as watcher, Watch, WatchEvent};
+use super::watch::{WatchEvent, Watching};
 use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
@@ -63,11 +63,18 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
 pub const RESCAN_COST_FACTOR: u32 = 200;
 /// The longest wait between full rescans while the watcher runs.
 pub const MAX_RESCAN_INTERVAL: Duration = Duration::from_secs(3600);
-/// The wait before the next full rescan, after one that took `took`: [`RESCAN_INTERVAL`]
-/// without a watcher (rescans are then all there is), else scaled to the folder's size.
+/// Without a watcher, rescans are all there is to find changes: they come as often as
+/// [`RESCAN_INTERVAL`], paced to cost at most 5 % of the time (one rescan's duration times this).
+pub const UNWATCHED_RESCAN_COST_FACTOR: u32 = 20;
+/// The longest wait between full rescans without a watcher.
+pub const MAX_UNWATCHED_RESCAN_INTERVAL: Duration = Duration::from_secs(600);
+/// The wait before the next full rescan, after one that took `took`: scaled to the folder's
+/// size, and more often without a watcher (rescans are then all there is).
 pub fn rescan_interval(took: Duration, watching: bool) -> Duration {
     if !watching {
-        return RESCAN_INTERVAL;
+        return took
+            .saturating_mul(UNWATCHED_RESCAN_COST_FACTOR)
+            .clamp(RESCAN_INTERVAL, MAX_UNWATCHED_RESCAN_INTERVAL);
     }
     took.saturating_mul(RESCAN_COST_FACTOR)
         .clamp(RESCAN_INTERVAL, MAX_RESCAN_INTERVAL)
@@ -170,7 +177,7 @@ pub fn spawn(
         temp_files_maybe: true,
         deletes: DeleteHold::default(),
         scanning: false,
-        watch: None,
+        watching: Watching::default(),
         dirty_paths: BTreeSet::new(),
         dirty_all: true,
         scan_at: Some(Instant::now()),
@@ -245,7 +252,7 @@ pub(super) struct FolderActor {
     /// Local deletes waiting for the deleting to stop ([`super::delete_hold`]).
     pub(super) deletes: DeleteHold,
     pub(super) scanning: bool,
-    pub(super) watch: Option<Watch>,
+    pub(super) watching: Watching,
     pub(super) dirty_paths: BTreeSet<String>,
     pub(super) dirty_all: bool,
     pub(super) scan_at: Option<Instant>,
@@ -290,6 +297,8 @@ pub(super) struct ScanResult {
     pub(super) gone: Vec<String>,
     pub(super) pages: Vec<(PageRef, Vec<ChunkRef>)>,
     pub(super) unstable: Vec<String>,
+    /// Files left unread because they were written just now (see [`scan::ScanOutput::fresh`]).
+    pub(super) fresh: Vec<String>,
     /// Whether this is the check of held deletes: its `gone` paths are sent, not held.
     pub(super) confirms_deletes: bool,
     /// Received files' marks, of the files that differ from what was synced at their paths
@@ -342,7 +351,7 @@ impl FolderActor {
                     Some(command) => self.on_command(command),
                     None => return,
                 },
-                Some(event) = watcher::next_event(&mut self.watch) => self.on_watch(event),
+                Some(event) = self.watching.next_event() => self.on_watch(event),
                 change = self.changes.recv() => self.on_change(change),
                 Some(done) = self.scans.join_next() => {
                     self.scanning = false;
@@ -503,6 +512,8 @@ impl FolderActor {
                 .take(MAX_CHANGING_LISTED)
                 .cloned()
                 .collect(),
+            watching: self.watching.is_on(),
+            watch_problem: self.watching.problem().map(str::to_owned),
             scans: self.scans_run,
             hashed_files: self.hashed_files,
             hashed_bytes: self.hashed_bytes,
@@ -531,7 +542,7 @@ impl FolderActor {
         self.paused = Some(reason);
         self.deletes.clear();
         self.settle.clear();
-        self.watch = None;
+        self.watching.stop();
         self.next_rescan = Instant::now() + PAUSED_CHECK_INTERVAL;
     }
 
@@ -552,6 +563,12 @@ impl FolderActor {
             WatchEvent::Rescan => {
                 self.dirty_all = true;
                 self.settle.events(&[], false, now)
+            }
+            WatchEvent::LimitReached(why) => {
+                // What changed under the directories it could not watch is found by walking.
+                self.watching.failed(why, &self.name);
+                self.dirty_all = true;
+                now
             }
         };
         self.scan_at = Some(scan_at);
@@ -608,13 +625,7 @@ impl FolderActor {
     }
 
     pub(super) fn ensure_watcher(&mut self) {
-        if self.watch.is_some() {
-            return;
-        }
-        match watcher::start(&self.sources.root) {
-            Ok(watch) => self.watch = Some(watch),
-            Err(e) => warn!(folder = %self.name, "cannot watch, relying on rescans: {e}"),
-        }
+        self.watching.ensure(&self.sources.root, &self.name);
     }
 
     fn start_scan(&mut self) {
@@ -675,7 +686,9 @@ impl FolderActor {
             let out = if full {
                 scan::scan_all_reusing(&root, &previous, &chunk_lists)
             } else {
-                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists)
+                // A new directory's files may still be being written.
+                let recent = Some(settle::OPEN_WRITE_QUIET);
+                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists, recent)
             }?;
             // The candidates for having been received just before a crash ([`received`]).
             let marks = if read_marks {
@@ -691,6 +704,7 @@ impl FolderActor {
                 gone: out.gone,
                 pages: out.pages,
                 unstable: out.unstable,
+                fresh: out.fresh,
                 confirms_deletes: false,
                 marks,
                 problems: out.problems,
@@ -832,6 +846,11 @@ mod tests {
         // A million: at most hourly.
         assert_eq!(rescan_interval(ms(60_000), true), MAX_RESCAN_INTERVAL);
         // Without a watcher, rescans are all there is.
-        assert_eq!(rescan_interval(ms(60_000), false), RESCAN_INTERVAL);
+        assert_eq!(rescan_interval(ms(1500), false), RESCAN_INTERVAL);
+        assert_eq!(rescan_interval(ms(6000), false), Duration::from_secs(120));
+        assert_eq!(
+            rescan_interval(ms(3_600_000), false),
+            MAX_UNWATCHED_RESCAN_INTERVAL
+        );
     }
 }

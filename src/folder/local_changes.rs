@@ -16,7 +16,7 @@ use super::actor::{FolderActor, ScanResult, rescan_interval};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
 use super::scan::{self, ScanRecord};
-use super::settle::WATCH_DEBOUNCE;
+use super::settle::{self, WATCH_DEBOUNCE};
 use super::state::{self, Synced};
 use super::{plan, received};
 use crate::merge::Payload;
@@ -243,7 +243,11 @@ impl FolderActor {
                 && self.paused.is_none()
             {
                 self.next_rescan =
-                    Instant::now() + rescan_interval(started.elapsed(), self.watch.is_some());
+                    Instant::now() + rescan_interval(started.elapsed(), self.watching.is_on());
+                // A folder that could not be watched tries again with the next full rescan.
+                if let Some(retry) = self.watching.retry_at() {
+                    self.next_rescan = self.next_rescan.min(retry);
+                }
             }
         }
         self.hashed_files += result.hashed.0;
@@ -259,6 +263,12 @@ impl FolderActor {
         if !result.unstable.is_empty() {
             self.dirty_paths.extend(result.unstable.iter().cloned());
             self.scan_soon(WATCH_DEBOUNCE * 4);
+        }
+        if !result.fresh.is_empty() {
+            // Read once their writer is done: their close, or quiet for the open-write wait.
+            self.settle.written_unseen(&result.fresh, Instant::now());
+            self.dirty_paths.extend(result.fresh.iter().cloned());
+            self.scan_soon(settle::OPEN_WRITE_QUIET);
         }
         // A synced path gone while a download writes it is looked at again once the download
         // is done: its delete must not be lost (nor sent for a file the download puts back).
@@ -385,6 +395,7 @@ impl FolderActor {
                 gone,
                 pages: Vec::new(),
                 unstable: back,
+                fresh: Vec::new(),
                 confirms_deletes: true,
                 marks: BTreeMap::new(),
                 problems: Vec::new(),

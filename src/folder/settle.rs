@@ -97,6 +97,19 @@ impl Settle {
         (now + WATCH_DEBOUNCE).min(first + SETTLE_MAX)
     }
 
+    /// Files found written just now while their directory was scanned, with no event of their
+    /// own yet (see [`crate::folder::scan::ScanOutput::fresh`]): they wait as if still open
+    /// for writing. A path with pending events keeps them (its close may have arrived).
+    pub(super) fn written_unseen(&mut self, paths: &[String], now: Instant) {
+        for path in paths {
+            self.events.entry(path.clone()).or_insert(Pending {
+                first: now,
+                last: now,
+                still_open: true,
+            });
+        }
+    }
+
     /// A scan starts with `paths`: splits off the changing paths read too recently.
     pub(super) fn split(&mut self, paths: Vec<String>, now: Instant) -> Split {
         self.first = None;
@@ -222,6 +235,21 @@ mod tests {
         s.events(&p("doc"), false, t2);
         assert!(s.split(p("doc"), t2).now.is_empty());
         assert_eq!(s.split(p("doc"), t2 + WATCH_DEBOUNCE).now, p("doc"));
+    }
+
+    #[test]
+    fn a_file_found_written_just_now_waits_like_an_open_one_unless_closed_since() {
+        let t0 = Instant::now();
+        let mut s = Settle::default();
+        s.written_unseen(&p("found"), t0);
+        let split = s.split(p("found"), t0 + WATCH_DEBOUNCE);
+        assert_eq!(split.later, p("found"));
+        assert_eq!(split.due, Some(t0 + OPEN_WRITE_QUIET));
+        assert_eq!(s.split(p("found"), t0 + OPEN_WRITE_QUIET).now, p("found"));
+        // Its close arrived before the scan said it was fresh: read once quiet, as usual.
+        s.events(&p("closed"), false, t0);
+        s.written_unseen(&p("closed"), t0);
+        assert_eq!(s.split(p("closed"), t0 + WATCH_DEBOUNCE).now, p("closed"));
     }
 
     #[test]

@@ -77,6 +77,14 @@ pub struct FolderStatus {
     /// (at most 100 listed).
     #[serde(default)]
     pub changing: Vec<String>,
+    /// Whether changes are seen as they happen (a file watcher runs); without, a change is
+    /// found by the next full rescan.
+    #[serde(default)]
+    pub watching: bool,
+    /// Why the folder is not watched (the kernel's inotify limit, and how to raise it);
+    /// `null` when it is, or when it is paused.
+    #[serde(default)]
+    pub watch_problem: Option<String>,
     /// Scans run since start (full and partial).
     pub scans: u64,
     /// Files read by scans since start (a file is read when it is new or its `lstat` changed;
@@ -162,6 +170,8 @@ impl FolderStatus {
             unsyncable: Vec::new(),
             unsyncable_count: 0,
             changing: Vec::new(),
+            watching: false,
+            watch_problem: None,
             scans: 0,
             hashed_files: 0,
             hashed_bytes: 0,

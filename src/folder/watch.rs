@@ -1,14 +1,30 @@
 //! The file watcher: turns inotify events into paths to rescan, or into "rescan everything"
 //! when events were lost or too many arrived to track one by one.
+//!
+//! A folder with more directories than the kernel lets one user watch
+//! (`fs.inotify.max_user_watches`), or a daemon out of inotify instances, cannot be watched:
+//! a watch that covers only part of the tree would leave the rest unseen while the folder
+//! trusts its watcher to rescan rarely. Such a folder is not watched at all, says why in
+//! `status` (once in the log), is rescanned whole at a paced interval instead, and tries to
+//! watch again after [`WATCH_RETRY_MIN`], doubling to [`WATCH_RETRY_MAX`] (each try walks
+//! the tree's directories).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use super::scan;
+use crate::backoff::Backoff;
 
 /// Watcher events buffered before the actor falls back to a full rescan.
 pub const WATCH_CHANNEL_CAPACITY: usize = 4096;
+/// The first wait before a folder that could not be watched is tried again.
+pub const WATCH_RETRY_MIN: Duration = Duration::from_secs(10);
+/// The longest wait between tries.
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// What the watcher saw.
 pub(super) enum WatchEvent {
@@ -22,6 +38,9 @@ pub(super) enum WatchEvent {
     },
     /// Events were lost: only a full rescan is safe.
     Rescan,
+    /// The kernel refused to watch a new directory (its limit of watches): the watch no longer
+    /// covers the folder. Why, for the user.
+    LimitReached(String),
 }
 
 /// A running watcher of a folder and the events it sends.
@@ -56,6 +75,9 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
 fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<WatchEvent> {
     match result {
         Ok(event) if event.need_rescan() => Some(WatchEvent::Rescan),
+        Err(err) if matches!(err.kind, notify::ErrorKind::MaxFilesWatch) => {
+            Some(WatchEvent::LimitReached(describe_failure(&err)))
+        }
         // Opening or reading a file changes nothing; reacting to it would make every scan
         // (which opens everything) trigger the next one. A close after writing does matter:
         // the file is complete.
@@ -110,10 +132,122 @@ fn is_write_through_open_file(kind: &notify::EventKind) -> bool {
     )
 }
 
-/// The next event of a watch, or never when there is none (for `select!`).
-pub(super) async fn next_event(watch: &mut Option<Watch>) -> Option<WatchEvent> {
-    match watch {
-        Some(watch) => watch.events.recv().await,
-        None => std::future::pending().await,
+/// Why a folder cannot be watched, for `status` and the log; for the kernel's limits, which
+/// one and how to raise it.
+pub(super) fn describe_failure(err: &notify::Error) -> String {
+    let too_many_open = matches!(&err.kind, notify::ErrorKind::Io(io)
+        if io.raw_os_error() == Some(libc::EMFILE));
+    if matches!(err.kind, notify::ErrorKind::MaxFilesWatch) {
+        format!(
+            "not watched: the inotify watch limit is reached ({}); changes are found by full \
+             rescans instead. Raise it: sysctl fs.inotify.max_user_watches=1048576",
+            inotify_limit("watches")
+        )
+    } else if too_many_open {
+        format!(
+            "not watched: no inotify instance left ({}) or too many open files; changes are \
+             found by full rescans instead. Raise it: sysctl fs.inotify.max_user_instances=1024",
+            inotify_limit("instances")
+        )
+    } else {
+        format!("not watched ({err}); changes are found by full rescans instead")
+    }
+}
+
+/// The kernel's limit of inotify `watches` or `instances` per user, as the lowest of the
+/// system-wide setting and this user namespace's, named by its sysctl.
+fn inotify_limit(what: &str) -> String {
+    let read = |path: String| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    };
+    let global = read(format!("/proc/sys/fs/inotify/max_user_{what}"));
+    let here = read(format!("/proc/sys/user/max_inotify_{what}"));
+    match (global, here) {
+        (Some(g), Some(h)) if h < g => format!("user.max_inotify_{what} = {h}"),
+        (Some(g), _) => format!("fs.inotify.max_user_{what} = {g}"),
+        (None, Some(h)) => format!("user.max_inotify_{what} = {h}"),
+        (None, None) => format!("fs.inotify.max_user_{what}"),
+    }
+}
+
+/// A folder's watcher, or why it has none and when to try again.
+pub(super) struct Watching {
+    watch: Option<Watch>,
+    /// Why the folder is not watched, once a try failed; cleared when one succeeds.
+    problem: Option<String>,
+    retry: Backoff,
+    retry_at: Option<Instant>,
+}
+
+impl Default for Watching {
+    fn default() -> Self {
+        Watching {
+            watch: None,
+            problem: None,
+            retry: Backoff::new(WATCH_RETRY_MIN, WATCH_RETRY_MAX),
+            retry_at: None,
+        }
+    }
+}
+
+impl Watching {
+    /// Whether the folder's changes are seen as they happen.
+    pub(super) fn is_on(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// Why the folder is not watched, if a try failed.
+    pub(super) fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+
+    /// When a folder that could not be watched is tried again.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| self.watch.is_none())
+    }
+
+    /// Watches `root` unless it is watched already or the last failed try is too recent.
+    pub(super) fn ensure(&mut self, root: &Path, folder: &str) {
+        if self.watch.is_some() || self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match start(root) {
+            Ok(watch) => {
+                self.watch = Some(watch);
+                self.retry.reset();
+                self.retry_at = None;
+                if self.problem.take().is_some() {
+                    info!(folder, "watched again: changes are seen as they happen");
+                }
+            }
+            Err(err) => self.failed(describe_failure(&err), folder),
+        }
+    }
+
+    /// The watch broke or could not start, for `why`: not watched until the next try. Said
+    /// once per cause.
+    pub(super) fn failed(&mut self, why: String, folder: &str) {
+        self.watch = None;
+        self.retry_at = Some(Instant::now() + self.retry.next());
+        if self.problem.as_ref() != Some(&why) {
+            warn!(folder, "{why}");
+        }
+        self.problem = Some(why);
+    }
+
+    /// Stops watching (the folder paused); the next [`Watching::ensure`] starts again.
+    pub(super) fn stop(&mut self) {
+        self.watch = None;
+        self.retry_at = None;
+    }
+
+    /// The next event of the watch, or never when there is none (for `select!`).
+    pub(super) async fn next_event(&mut self) -> Option<WatchEvent> {
+        match &mut self.watch {
+            Some(watch) => watch.events.recv().await,
+            None => std::future::pending().await,
+        }
     }
 }

@@ -69,6 +69,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +133,12 @@ pub struct ScanOutput {
     /// folder, when the root's `.meshignore` cannot be read). The caller keeps its previous state
     /// for them and rescans them later.
     pub unstable: Vec<String>,
+    /// Changed files under a requested directory (not requested themselves) that were left
+    /// unread because they were written within the `recent_writes` window given to
+    /// [`scan_paths_reusing`]: their writer may still be at work (a program that saves in place
+    /// truncates, then writes), and read now they could go out empty or half-written. Their
+    /// previous state stands, as for `unstable`; the caller reads them once they settle.
+    pub fresh: Vec<String>,
     /// Chunk-list pages of the files hashed by this scan (empty for inline content and for files
     /// reused from `previous`, whose pages the caller already stored).
     pub pages: Vec<(PageRef, Vec<ChunkRef>)>,
@@ -225,7 +232,14 @@ pub fn scan_all_reusing(
     previous: &BTreeMap<String, ScanRecord>,
     chunk_lists: ChunkLists,
 ) -> Result<ScanOutput, ScanError> {
-    scan(root, Scope::All, previous, Known::default(), chunk_lists)
+    scan(
+        root,
+        Scope::All,
+        previous,
+        Known::default(),
+        chunk_lists,
+        None,
+    )
 }
 
 /// The extended attribute `name` (up to `max` bytes) of each scanned file that differs from its
@@ -290,15 +304,19 @@ pub fn scan_paths(
     paths: &[String],
     previous: &BTreeMap<String, ScanRecord>,
 ) -> Result<ScanOutput, ScanError> {
-    scan_paths_reusing(root, paths, previous, &|_| None)
+    scan_paths_reusing(root, paths, previous, &|_| None, None)
 }
 
-/// [`scan_paths`], finding the chunks of changed large files' previous versions again.
+/// [`scan_paths`], finding the chunks of changed large files' previous versions again. With
+/// `recent_writes`, a changed file found by walking a requested directory (not requested
+/// itself) whose change time is within that window of now is not read but listed in
+/// [`ScanOutput::fresh`]: a watcher reports a new directory, not the files being written in it.
 pub fn scan_paths_reusing(
     root: &Path,
     paths: &[String],
     previous: &BTreeMap<String, ScanRecord>,
     chunk_lists: ChunkLists,
+    recent_writes: Option<Duration>,
 ) -> Result<ScanOutput, ScanError> {
     let mut requested = BTreeSet::new();
     for path in paths {
@@ -318,7 +336,15 @@ pub fn scan_paths_reusing(
     }
     let known = known_files(root, &requested, previous)?;
     requested.retain(|rel| !known.covers(rel));
-    scan(root, Scope::Paths(requested), previous, known, chunk_lists)
+    let fresh_since = recent_writes.and_then(|window| SystemTime::now().checked_sub(window));
+    scan(
+        root,
+        Scope::Paths(requested),
+        previous,
+        known,
+        chunk_lists,
+        fresh_since,
+    )
 }
 
 /// Requested files that need no walk: files we have a record of, still regular files, with no
@@ -394,10 +420,11 @@ fn scan(
     previous: &BTreeMap<String, ScanRecord>,
     known: Known,
     chunk_lists: ChunkLists,
+    fresh_since: Option<SystemTime>,
 ) -> Result<ScanOutput, ScanError> {
     let (base, root_id) = check_root(root)?;
     let scope = Arc::new(scope);
-    let mut found = walk::walk(root, &base, &scope, previous)?;
+    let mut found = walk::walk(root, &base, &scope, previous, fresh_since)?;
     found.entries.extend(known.reused);
     found.jobs.extend(known.jobs);
 
@@ -418,18 +445,22 @@ fn scan(
     let Walked {
         mut entries,
         unstable,
+        fresh,
         warnings,
         ..
     } = found;
-    out.gone = settle(&scope, previous, &mut entries, &unstable);
+    let unknown: BTreeSet<String> = unstable.union(&fresh).cloned().collect();
+    out.gone = settle(&scope, previous, &mut entries, &unknown);
     out.entries = entries;
     out.unstable = unstable.into_iter().collect();
+    out.fresh = fresh.into_iter().collect();
     (out.warnings, out.problems) = warnings.finish();
     tracing::debug!(
         root = %root.display(),
         entries = out.entries.len(),
         gone = out.gone.len(),
         unstable = out.unstable.len(),
+        fresh = out.fresh.len(),
         hashed_files = out.hashed_files,
         hashed_bytes = out.hashed_bytes,
         "scanned folder"
@@ -553,7 +584,7 @@ mod tests {
             Some(chunks_of(meta, &first.pages))
         };
         let paths = ["big".to_owned(), "small".to_owned()];
-        let reusing = scan_paths_reusing(root, &paths, &first.entries, &lists).unwrap();
+        let reusing = scan_paths_reusing(root, &paths, &first.entries, &lists, None).unwrap();
         // Only the large file is worth a lookup.
         assert_eq!(*asked.lock().unwrap(), [6 << 20]);
         let plain = scan_paths(root, &paths, &first.entries).unwrap();
@@ -703,6 +734,33 @@ mod tests {
             out.entries["a/1"].meta.size == 7,
             "the walk saw the change under `a`"
         );
+    }
+
+    #[test]
+    fn files_written_just_now_under_a_requested_directory_are_left_unread() {
+        let dir = folder();
+        let root = dir.path();
+        write(root, "d/old", b"old");
+        settle();
+        let full = scan_all(root, &BTreeMap::new()).unwrap();
+        write(root, "d/new", b"half of a sa");
+        write(root, "d/old", b"being rewritten");
+        let window = Some(Duration::from_secs(60));
+        let paths = ["d".to_owned()];
+        let out = scan_paths_reusing(root, &paths, &full.entries, &|_| None, window).unwrap();
+        assert_eq!(out.fresh, ["d/new", "d/old"]);
+        assert_eq!(out.hashed_files, 0);
+        // Neither described nor gone: the caller keeps what it had, as for unstable paths.
+        assert_eq!(keys(&out), ["d"]);
+        assert!(out.gone.is_empty() && out.unstable.is_empty());
+        // A file requested by itself (its own events said it is done) is read, fresh or not.
+        let paths = ["d".to_owned(), "d/new".to_owned()];
+        let out = scan_paths_reusing(root, &paths, &full.entries, &|_| None, window).unwrap();
+        assert_eq!(out.fresh, ["d/old"]);
+        assert_eq!(out.entries["d/new"].meta.size, 12);
+        // Without the window (and in full scans) everything is read as it is.
+        let out = scan_paths(root, &["d".to_owned()], &full.entries).unwrap();
+        assert!(out.fresh.is_empty() && out.hashed_files == 2);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ignore::WalkBuilder;
 
@@ -117,6 +118,9 @@ pub(super) struct Walked {
     pub(super) unstable: BTreeSet<String>,
     /// Files to read.
     pub(super) jobs: Vec<Job>,
+    /// Changed files found under a requested directory, written too recently to be read
+    /// (see [`ScanOutput::fresh`](super::ScanOutput::fresh)).
+    pub(super) fresh: BTreeSet<String>,
     /// What was skipped and why.
     pub(super) warnings: Warnings,
 }
@@ -129,16 +133,19 @@ pub(super) fn walk(
     base: &Path,
     scope: &Arc<Scope>,
     previous: &BTreeMap<String, ScanRecord>,
+    fresh_since: Option<SystemTime>,
 ) -> Result<Walked, ScanError> {
     let mut walk = Walk {
         root,
         base,
         scope,
         previous,
+        fresh_since,
         found: Walked {
             entries: BTreeMap::new(),
             unstable: BTreeSet::new(),
             jobs: Vec::new(),
+            fresh: BTreeSet::new(),
             warnings: Warnings::default(),
         },
         skipped: Vec::new(),
@@ -165,6 +172,9 @@ struct Walk<'a> {
     scope: &'a Scope,
     /// The caller's records from the last scan.
     previous: &'a BTreeMap<String, ScanRecord>,
+    /// Changed files found by walking a requested directory (not requested themselves) whose
+    /// change time is this recent are left unread: their writer may still be at work.
+    fresh_since: Option<SystemTime>,
     /// What it found so far.
     found: Walked,
     /// Paths skipped with their subtree (non-UTF-8, refused by peers): one warning each.
@@ -282,9 +292,22 @@ impl Walk<'_> {
                 }
             }
         } else if kind.is_file() {
+            let written_since = |since: SystemTime| {
+                let ctime = UNIX_EPOCH
+                    + Duration::new(u64::try_from(stat.ctime.0).unwrap_or(0), stat.ctime.1);
+                ctime >= since
+            };
+            // A `.meshignore` is read for its rules now anyway: its entry must say the same.
+            let is_rules = rel.rsplit('/').next() == Some(IGNORE_FILE);
+            let fresh = self.fresh_since.is_some_and(written_since)
+                && !is_rules
+                && matches!(self.scope, Scope::Paths(set) if !set.contains(&rel));
             match self.previous.get(&rel) {
                 Some(prev) if reusable(prev, &stat) => {
                     found.entries.insert(rel, prev.clone());
+                }
+                _ if fresh => {
+                    found.fresh.insert(rel);
                 }
                 prev => found.jobs.push(Job {
                     rel,
