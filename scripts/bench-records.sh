@@ -6,7 +6,7 @@
 #   scripts/bench-records.sh --quick    # skip the 10^6-record parts (about 2 minutes)
 #   scripts/bench-records.sh --no-build # use target/release/meshsync as it is
 #   scripts/bench-records.sh --json=FILE  # also write the raw daemon results as JSON
-#   scripts/bench-records.sh --only=idle,latency,throughput,reconcile  # some parts only
+#   scripts/bench-records.sh --only=idle,latency,throughput,fanout,reconcile  # some parts only
 #
 # Every daemon runs on 127.0.0.1 with --no-mdns in a fresh home under a temporary directory,
 # which is removed at the end; every daemon started is stopped, also on failure or Ctrl-C.

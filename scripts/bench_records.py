@@ -7,6 +7,8 @@ table first; this runs the parts that need daemons and prints markdown:
   * reconciliation cost through real daemons (wire bytes from `status --json` sessions)
   * latency: put on A -> seen by the watch stream on B
   * throughput: 100,000 records put on A, replicated to two peers
+  * fanout: a records share across 32 daemons; puts on one, seen on the 31 others' watch
+    streams (p50/p99 over every put and peer), bytes per change per peer, idle CPU of all 32
   * scale: RSS and start-up time of a daemon holding n records; idle RSS
 
 Every daemon runs with --no-mdns on 127.0.0.1 (port 0) in a fresh home under WORKDIR. Every
@@ -442,6 +444,157 @@ class Bench:
         }
         self.retire(a, b)
 
+    # ---- 5. fan-out to 32 daemons ----
+
+    def fanout(self, n=32, count=60, spacing=0.25, idle_s=30):
+        log(f"fanout: {n} daemons in one records share; {count} puts on the first, "
+            f"{spacing * 1000:.0f} ms apart, watched on the {n - 1} others")
+        first = self.daemon("fan-00")
+        first.start()
+        addr = first.listen_addr()
+        nodes = [first]
+        for i in range(1, n):
+            d = self.daemon(f"fan-{i:02d}", peers=[addr])
+            d.start()
+            nodes.append(d)
+        token = first.cli("share", "create", "--records", "data").strip()
+        for d in nodes[1:]:
+            d.cli("share", "join", token, "--records", "data")
+        started = time.monotonic()
+        wait_until(f"all {n} daemons to see the {n - 1} others as members", 300,
+                   lambda: all(len(d.share()["members"]) >= n - 1 for d in nodes), interval=0.5)
+        members_s = time.monotonic() - started
+        # Connections are made as members are learnt; let them and the first sessions settle.
+        time.sleep(3)
+
+        seen = {}
+        errors = []
+        stop = threading.Event()
+        conns = []
+        ready = threading.Semaphore(0)
+
+        def watcher(d):
+            addr = open(os.path.join(d.home, "api.addr")).read().strip()
+            token = open(os.path.join(d.home, "api-token")).read().strip()
+            host, port = addr.rsplit(":", 1)
+            try:
+                conn = http.client.HTTPConnection(host, int(port), timeout=120)
+                conns.append(conn)
+                conn.request("GET", "/v1/kv/data/watch?prefix=fan-",
+                             headers={"Authorization": f"Bearer {token}"})
+                resp = conn.getresponse()
+                ready.release()
+                if resp.status != 200:
+                    errors.append(f"{d.name}: watch answered {resp.status}")
+                    return
+                while not stop.is_set():
+                    line = resp.readline()
+                    now = time.perf_counter()
+                    if not line:
+                        break
+                    try:
+                        view = json.loads(line)
+                    except ValueError:
+                        continue
+                    if "lagged" in view:
+                        errors.append(f"{d.name}: watch lagged")
+                        continue
+                    seen.setdefault((d.name, view["key"]), now)
+            except Exception as e:  # reported below
+                if not stop.is_set():
+                    errors.append(f"{d.name}: watch failed: {e!r}")
+                ready.release()
+
+        threads = [threading.Thread(target=watcher, args=(d,), daemon=True) for d in nodes[1:]]
+        for t in threads:
+            t.start()
+        for _ in threads:
+            ready.acquire(timeout=30)
+        time.sleep(0.5)
+
+        def share_bytes():
+            total = 0
+            for d in nodes:
+                sh = d.share()
+                total += sh["bytes_sent"]
+            return total
+
+        bytes_before = share_bytes()
+        sent = {}
+        next_at = time.perf_counter()
+        for i in range(count):
+            next_at += spacing
+            key = f"fan-{i:05d}"
+            sent[key] = time.perf_counter()
+            first.api.post("/v1/kv/data/put", {"key": key, "value": f"value {i}"})
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        others = [d.name for d in nodes[1:]]
+        try:
+            wait_until("every put on every other daemon's watch stream", 60,
+                       lambda: all((o, k) in seen for o in others for k in sent))
+        except BenchError:
+            pass
+        # Gossip and sessions triggered by the puts end within a few seconds.
+        time.sleep(3)
+        bytes_after = share_bytes()
+        stop.set()
+        import socket
+        for conn in conns:
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for t in threads:
+            t.join(5)
+
+        lat = sorted((seen[(o, k)] - sent[k]) * 1000 for o in others for k in sent
+                     if (o, k) in seen)
+        missing = count * len(others) - len(lat)
+        if not lat:
+            raise BenchError(f"no put reached any watch stream: {errors[:5]}")
+
+        def pct(xs, p):
+            return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+        # Idle: every daemon's CPU time over `idle_s` seconds, from /proc.
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu_ticks():
+            total = 0
+            for d in nodes:
+                with open(f"/proc/{d.proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            return total
+
+        time.sleep(5)
+        c0, t0 = cpu_ticks(), time.monotonic()
+        time.sleep(idle_s)
+        c1, t1 = cpu_ticks(), time.monotonic()
+        rss = sorted(d.rss_kib() for d in nodes)
+        self.results["fanout"] = {
+            "daemons": n,
+            "puts": count,
+            "members_s": members_s,
+            "deliveries": len(lat),
+            "missing": missing,
+            "median_ms": statistics.median(lat),
+            "p90_ms": pct(lat, 90),
+            "p99_ms": pct(lat, 99),
+            "max_ms": lat[-1],
+            "bytes_per_change_per_peer": (bytes_after - bytes_before) / (count * len(others)),
+            "bytes_during_puts": bytes_after - bytes_before,
+            "idle_cpu_percent": 100 * (c1 - c0) / tick / (t1 - t0),
+            "idle_s": t1 - t0,
+            "rss_median_kib": rss[len(rss) // 2],
+            "rss_total_kib": sum(rss),
+            "errors": errors[:5],
+        }
+        self.retire(*nodes)
+
     # ---- 4. throughput ----
 
     def throughput(self, n=100_000):
@@ -622,6 +775,25 @@ class Bench:
                 out.append("")
                 out.append(f"Watch stream errors: {l['errors']}")
             out.append("")
+        if "fanout" in r:
+            f = r["fanout"]
+            out.append(f"### Fan-out, put on one of {f['daemons']} daemons → line on each of the "
+                       f"{f['daemons'] - 1} others' watch streams")
+            out.append("")
+            out.append("| puts | deliveries (missing) | median | p90 | p99 | max | bytes per change "
+                       "per peer (all daemons' share traffic) | idle CPU, all daemons | RSS median "
+                       "/ total | members known after |")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            out.append(f"| {f['puts']} | {f['deliveries']} ({f['missing']}) | "
+                       f"{f['median_ms']:.1f} ms | {f['p90_ms']:.1f} ms | {f['p99_ms']:.1f} ms | "
+                       f"{f['max_ms']:.1f} ms | {f['bytes_per_change_per_peer']:.0f} B | "
+                       f"{f['idle_cpu_percent']:.2f} % of one core over {f['idle_s']:.0f} s | "
+                       f"{f['rss_median_kib'] / 1024:.1f} / {f['rss_total_kib'] / 1024:.0f} MiB | "
+                       f"{f['members_s']:.1f} s |")
+            if f["errors"]:
+                out.append("")
+                out.append(f"Watch stream errors: {f['errors']}")
+            out.append("")
         if "throughput" in r:
             t = r["throughput"]
             out.append("### Throughput, 100,000 records put on A, replicated to B and C")
@@ -713,6 +885,14 @@ class Bench:
             add("latency put on A → watch on B", "median < 20 ms, p99 < 100 ms",
                 f"median {l['median_ms']:.1f} ms, p99 {l['p99_ms']:.1f} ms ({l['seen']}/{l['puts']} seen)",
                 l["median_ms"] < 20 and l["p99_ms"] < 100 and l["seen"] == l["puts"])
+        if "fanout" in self.results:
+            f = self.results["fanout"]
+            add(f"fan-out put → {f['daemons'] - 1} peers' watch streams", "p99 ≤ 250 ms",
+                f"median {f['median_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms "
+                f"({f['deliveries']} of {f['deliveries'] + f['missing']} delivered)",
+                f["p99_ms"] <= 250 and f["missing"] == 0)
+            add(f"{f['daemons']} daemons idle", "≤ 2 % of one core in total",
+                f"{f['idle_cpu_percent']:.2f} %", f["idle_cpu_percent"] <= 2)
         if "throughput" in self.results:
             t = self.results["throughput"]
             add("throughput 100k records to 2 peers", "≥ 20,000 records/s",
@@ -767,10 +947,11 @@ def main():
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--pure-json", help="rows of the pure cost table (reconcile_costs --json)")
     p.add_argument("--pure-md", help="the pure cost table as markdown, printed with the rest")
-    p.add_argument("--only", help="comma-separated parts: idle,latency,throughput,reconcile")
+    p.add_argument("--only",
+                   help="comma-separated parts: idle,latency,throughput,fanout,reconcile")
     args = p.parse_args()
     bench = Bench(args)
-    parts = (args.only or "idle,latency,throughput,reconcile").split(",")
+    parts = (args.only or "idle,latency,throughput,fanout,reconcile").split(",")
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -784,6 +965,8 @@ def main():
             bench.latency()
         if "throughput" in parts:
             bench.throughput()
+        if "fanout" in parts:
+            bench.fanout()
         if "reconcile" in parts:
             bench.reconcile(100_000)
             if not args.quick:
