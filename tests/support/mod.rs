@@ -479,17 +479,59 @@ impl Mesh {
         self.nodes.iter().map(|n| n.peer_id.clone()).collect()
     }
 
-    /// Waits until every node is connected to every other node.
+    /// Waits until every node is connected to every other node. On a timeout the panic names
+    /// the pairs not connected, with each such node's last lines about dials and connections.
     pub fn wait_fully_connected(&self) {
         let ids = self.ids();
-        wait_until("every node to be connected to every other", WAIT, || {
-            self.nodes.iter().all(|node| {
-                let peers = node.connected_peers();
-                ids.iter()
-                    .filter(|id| **id != node.peer_id)
-                    .all(|id| peers.contains(id))
-            })
-        });
+        let missing = || -> Vec<(usize, Vec<String>)> {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, node)| {
+                    let peers = node.connected_peers();
+                    let absent: Vec<String> = ids
+                        .iter()
+                        .filter(|id| **id != node.peer_id && !peers.contains(*id))
+                        .cloned()
+                        .collect();
+                    (!absent.is_empty()).then_some((i, absent))
+                })
+                .collect()
+        };
+        let start = Instant::now();
+        loop {
+            let absent = missing();
+            if absent.is_empty() {
+                return;
+            }
+            if start.elapsed() > WAIT {
+                let mut report = String::new();
+                for (i, peers) in absent {
+                    let node = &self.nodes[i];
+                    report += &format!(
+                        "\nnode {i} ({}) is not connected to {peers:?}; its log:\n",
+                        node.peer_id
+                    );
+                    let log = node.log();
+                    let lines: Vec<&str> = log
+                        .lines()
+                        .filter(|l| {
+                            ["dial", "connect", "refus", "WARN"]
+                                .iter()
+                                .any(|w| l.contains(w))
+                        })
+                        .collect();
+                    for line in &lines[lines.len().saturating_sub(30)..] {
+                        report += line;
+                        report.push('\n');
+                    }
+                }
+                panic!(
+                    "timed out after {WAIT:?} waiting for every node to be connected to every other:{report}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
