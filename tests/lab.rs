@@ -105,6 +105,8 @@ fn the_loopback_smoke_scenario_passes_and_reports_json() {
     for peer in peers {
         assert!(peer["bytes_sent"].as_u64().unwrap() > 0, "{peer}");
         assert!(peer["bytes_received"].as_u64().unwrap() > 0, "{peer}");
+        let (sessions, rounds) = (peer["sessions"].as_u64(), peer["rounds"].as_u64());
+        assert!(sessions > Some(0) && rounds > Some(0), "{peer}");
     }
     assert!(report["ops_done"].as_u64().unwrap() > 300, "{report}");
     // A file edited on the killed peer and on the frozen one while another member deleted it

@@ -690,6 +690,7 @@ impl EngineActor {
         c.bytes_sent += report.bytes_sent;
         c.bytes_received += report.bytes_received;
         c.sessions += 1;
+        c.rounds += u64::from(report.rounds);
         if let Some(error) = report.error.as_ref().filter(|_| !report.not_a_member) {
             c.last_error = Some((
                 format!("session with {peer}: {error}"),

@@ -60,6 +60,9 @@ pub struct ShareStatus {
     pub bytes_received: u64,
     /// Sessions run for this share.
     pub sessions: u64,
+    /// Reconciliation rounds those sessions took (round trips comparing summaries).
+    #[serde(default)]
+    pub rounds: u64,
     /// For folder shares: what the folder is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<FolderStatus>,
@@ -102,6 +105,8 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Sessions run.
     pub sessions: u64,
+    /// Reconciliation rounds (round trips comparing summaries) those sessions took.
+    pub rounds: u64,
     /// Entries refused from members that may not write.
     pub refused_entries: u64,
     /// The last session that failed: what went wrong, and when.
@@ -276,6 +281,7 @@ impl EngineActor {
             bytes_sent: counters.bytes_sent,
             bytes_received: counters.bytes_received,
             sessions: counters.sessions,
+            rounds: counters.rounds,
             folder,
             member_status,
             state: sync,

@@ -308,7 +308,7 @@ fn run_in(
     let peer_reports = peers
         .iter()
         .map(|p| {
-            let (sent, received, sessions, connected) = match p.status() {
+            let (sent, received, (sessions, rounds), connected) = match p.status() {
                 Ok(status) => {
                     let (s, r) = traffic(&status);
                     let connected = status
@@ -321,9 +321,10 @@ fn run_in(
                         })
                         .collect();
                     let sessions = status.shares.iter().map(|s| s.sessions).sum();
-                    (s, r, sessions, connected)
+                    let rounds = status.shares.iter().map(|s| s.rounds).sum();
+                    (s, r, (sessions, rounds), connected)
                 }
-                Err(_) => (0, 0, 0, BTreeMap::new()),
+                Err(_) => (0, 0, (0, 0), BTreeMap::new()),
             };
             PeerReport {
                 name: p.name.clone(),
@@ -331,6 +332,7 @@ fn run_in(
                 bytes_sent: sent + p.bytes_before.0,
                 bytes_received: received + p.bytes_before.1,
                 sessions,
+                rounds,
                 connected,
             }
         })

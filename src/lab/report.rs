@@ -20,6 +20,8 @@ pub struct PeerReport {
     pub bytes_received: u64,
     /// Reconciliation sessions its last daemon ran.
     pub sessions: u64,
+    /// Reconciliation rounds those sessions took.
+    pub rounds: u64,
     /// The lab peers its last daemon was connected to at the end, with how it found each
     /// (`mdns`, `kad`, `static`, `bootstrap`, `inbound`).
     pub connected: BTreeMap<String, String>,
@@ -114,11 +116,12 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 out,
-                "  {:<10} sent {:>10}  received {:>10}  sessions {:<5} connected to {}",
+                "  {:<10} sent {:>10}  received {:>10}  sessions {:<5} rounds {:<5} connected to {}",
                 peer.name,
                 crate::api::text::bytes(peer.bytes_sent),
                 crate::api::text::bytes(peer.bytes_received),
                 peer.sessions,
+                peer.rounds,
                 if connected.is_empty() {
                     "none".to_owned()
                 } else {
