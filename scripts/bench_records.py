@@ -366,19 +366,8 @@ class Bench:
                     stream_ready.set()
                     return
                 stream_ready.set()
-                while not stop.is_set():
-                    line = resp.readline()
-                    now = time.perf_counter()
-                    if not line:
-                        break
-                    try:
-                        view = json.loads(line)
-                    except ValueError:
-                        continue
-                    if "lagged" in view:
-                        errors.append(f"watch lagged: {view}")
-                        continue
-                    seen.setdefault(view["key"], now)
+                read_watch_stream(resp, stop, lambda key, now: seen.setdefault(key, now),
+                                  errors, b.name)
                 conn.close()
             except Exception as e:  # reported below
                 if not stop.is_set():
@@ -487,19 +476,9 @@ class Bench:
                 if resp.status != 200:
                     errors.append(f"{d.name}: watch answered {resp.status}")
                     return
-                while not stop.is_set():
-                    line = resp.readline()
-                    now = time.perf_counter()
-                    if not line:
-                        break
-                    try:
-                        view = json.loads(line)
-                    except ValueError:
-                        continue
-                    if "lagged" in view:
-                        errors.append(f"{d.name}: watch lagged")
-                        continue
-                    seen.setdefault((d.name, view["key"]), now)
+                read_watch_stream(resp, stop,
+                                  lambda key, now: seen.setdefault((d.name, key), now),
+                                  errors, d.name)
             except Exception as e:  # reported below
                 if not stop.is_set():
                     errors.append(f"{d.name}: watch failed: {e!r}")
@@ -911,6 +890,24 @@ class Bench:
             return []
         return ["### Targets", "", "| what | target | measured | verdict |", "|---|---|---|---|",
                 *rows, ""]
+
+
+def read_watch_stream(resp, stop, on_key, errors, who):
+    """Reads a `kv watch` stream line by line until `stop` is set or the stream ends, calling
+    on_key(key, time it was read) for each line; lag notices go to `errors`."""
+    while not stop.is_set():
+        line = resp.readline()
+        now = time.perf_counter()
+        if not line:
+            break
+        try:
+            view = json.loads(line)
+        except ValueError:
+            continue
+        if "lagged" in view:
+            errors.append(f"{who}: watch lagged: {view}")
+            continue
+        on_key(view["key"], now)
 
 
 def settle(*daemons, since_ms=None, quiet=1.0, timeout=120):
