@@ -41,6 +41,17 @@ fn passed_report(out: &Output, report: &Path) -> Option<Value> {
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let report: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     assert_eq!(report["passed"], true, "{report}");
+    // Where namespaces or root were missing the lab ran without them (see the report's
+    // `skipped`): not the scenario the test is about.
+    let skipped = &report["skipped"];
+    if skipped.as_array().is_some_and(|s| !s.is_empty()) {
+        assert!(
+            std::env::var_os("MESHSYNC_REQUIRE_NETNS").is_none(),
+            "the lab left out what the test needs: {skipped}"
+        );
+        eprintln!("SKIPPED: the lab left out {skipped}");
+        return None;
+    }
     Some(report)
 }
 
@@ -407,4 +418,89 @@ fn a_full_disk_is_filled_and_freed_and_the_peer_catches_up() {
     let log = std::fs::read_to_string(dir.join("b/daemon.log")).unwrap();
     assert!(log.contains("disk full"), "{log}");
     assert!(log.contains("disk space available again"), "{log}");
+}
+
+/// Without root the lab still runs a `lan` scenario: on loopback, without the faults that need
+/// network namespaces, and says what it left out (the kill still happens). Run as `nobody`
+/// (`setpriv`) in a directory it owns.
+#[test]
+fn without_root_a_lan_scenario_runs_on_loopback_and_says_what_it_skipped() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: switching to an unprivileged user needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let work = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(work.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let path = work.path().join("lan.toml");
+    std::fs::write(
+        &path,
+        r#"
+        name = "lan-without-root"
+        seed = 3
+        converge_timeout = "60s"
+        [topology]
+        kind = "lan"
+        peers = ["a", "b", "c"]
+        [[share]]
+        name = "docs"
+        kind = "folder"
+        members = ["a", "b", "c"]
+        [[workload]]
+        share = "docs"
+        peers = ["a", "c"]
+        ops = 30
+        rate = 10
+        mix = { create = 3, edit = 2, delete = 1 }
+        max_file_size = "8KiB"
+        [[fault]]
+        at = "1s"
+        kind = "partition"
+        groups = [["a"], ["b", "c"]]
+        for = "1s"
+        [[fault]]
+        at = "1500ms"
+        kind = "kill"
+        peer = "b"
+        for = "1s"
+        "#,
+    )
+    .unwrap();
+    let report = work.path().join("report.json");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["lab", "run"])
+        .arg(&path)
+        .arg("--json")
+        .arg(&report)
+        .arg("--dir")
+        .arg(work.path().join("lab"))
+        .env("HOME", work.path())
+        .env_remove("MESHSYNC_HOME")
+        .output()
+        .expect("cannot run setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        skipped[0].starts_with("topology: ran on loopback instead"),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped[1].starts_with("fault partition at 1.0 s: skipped"),
+        "{skipped:?}"
+    );
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    let faults = report["faults"].as_array().unwrap();
+    assert!(faults.len() == 1 && faults[0]["kind"] == "kill", "{report}");
+    assert!(stdout.contains("SKIPPED fault partition"), "{stdout}");
 }

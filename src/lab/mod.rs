@@ -13,6 +13,7 @@
 
 pub mod check;
 pub mod disk;
+mod fallback;
 mod faults;
 pub mod netns;
 pub mod peers;
@@ -109,6 +110,13 @@ pub fn run(
     };
     if !keep {
         let _ = std::fs::remove_dir_all(dir);
+    } else if let Ok(report) = &result {
+        // Beside the homes and logs it concerns: the caller's `--json` may be gone by the time
+        // someone looks (a test's temporary directory).
+        let _ = std::fs::write(dir.join("report.txt"), report.text());
+        if let Ok(json) = serde_json::to_vec_pretty(report) {
+            let _ = std::fs::write(dir.join("report.json"), json);
+        }
     }
     result
 }
@@ -121,15 +129,28 @@ fn run_in(
 ) -> Result<Report, LabError> {
     let began = Instant::now();
     let interrupted = || stop.load(Ordering::Relaxed);
-    if !scenario.topology.clock_offsets.is_empty() {
-        peers::clock_wrapper(0)
-            .map_err(|e| LabError::Privileges(format!("clock offsets need libfaketime: {e}")))?;
+    // What this machine cannot do is left out and said (see `fallback`).
+    let mut adapted = scenario.clone();
+    let mut skipped = Vec::new();
+    if !adapted.topology.clock_offsets.is_empty()
+        && let Err(e) = peers::clock_wrapper(0)
+    {
+        let why = format!("needs libfaketime: {e}");
+        fallback::without_clock_offsets(&mut adapted, &why, &mut skipped);
     }
     // Declared before the peers, so it is deleted after they stopped.
-    let lan = match scenario.topology.kind {
+    let lan = match adapted.topology.kind {
         TopologyKind::Loopback => None,
-        TopologyKind::Lan | TopologyKind::Lans => Some(build_lan(scenario)?),
+        TopologyKind::Lan | TopologyKind::Lans => match build_lan(&adapted) {
+            Ok(lan) => Some(lan),
+            Err(LabError::Privileges(why)) => {
+                fallback::on_loopback(&mut adapted, &why, &mut skipped);
+                None
+            }
+            Err(e) => return Err(e),
+        },
     };
+    let mut scenario = &adapted;
     // Declared before the peers, so they are unmounted after the daemons stopped.
     let mut disks: Vec<(String, disk::SmallDisk)> = Vec::new();
     let mut peers: Vec<LabPeer> = scenario
@@ -151,11 +172,26 @@ fn run_in(
             LabPeer::init(dir, name, place, clock)
         })
         .collect::<Result<_, _>>()?;
+    let mut disks_refused = None;
     for (name, size) in &scenario.topology.small_disks {
         let at = peer(&peers, name).home.dir().join("folders");
-        let mounted = disk::SmallDisk::mount(&at, size.0).map_err(LabError::Privileges)?;
-        disks.push((name.clone(), mounted));
+        match disk::SmallDisk::mount(&at, size.0) {
+            Ok(mounted) => disks.push((name.clone(), mounted)),
+            Err(why) => {
+                disks_refused = Some(why);
+                break;
+            }
+        }
     }
+    let without_disks;
+    if let Some(why) = disks_refused {
+        disks.clear();
+        let mut changed = scenario.clone();
+        fallback::without_small_disks(&mut changed, &why, &mut skipped);
+        without_disks = changed;
+        scenario = &without_disks;
+    }
+
     // Bootstrap peers first: the others' configs name their addresses.
     let bootstrap = scenario.topology.bootstrap_peers();
     peers.sort_by_key(|p| !bootstrap.contains(&p.name.as_str()));
@@ -359,6 +395,7 @@ fn run_in(
         probes: probes.iter().filter(|p| p.done.is_some()).count() as u64,
         duration_s: began.elapsed().as_secs_f64(),
         kept_dir: (!passed).then(|| dir.display().to_string()),
+        skipped,
     })
 }
 

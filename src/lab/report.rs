@@ -77,6 +77,9 @@ pub struct Report {
     pub duration_s: f64,
     /// Where the peers' homes are, when they were kept (a violation was found).
     pub kept_dir: Option<String>,
+    /// What the scenario asked for that this machine could not do, and was left out (no root
+    /// for namespaces or small disks, no libfaketime): empty when everything ran.
+    pub skipped: Vec<String>,
 }
 
 impl Report {
@@ -148,6 +151,9 @@ impl Report {
                 self.violations_total,
                 self.violations.len()
             );
+        }
+        for line in &self.skipped {
+            let _ = writeln!(out, "  SKIPPED {line}");
         }
         if let Some(dir) = &self.kept_dir {
             let _ = writeln!(out, "  homes and daemon logs kept in {dir}");
