@@ -550,6 +550,7 @@ class Bench:
             return total
 
         time.sleep(5)
+        log(f"fanout: measuring idle CPU of the {n} daemons for {idle_s} s")
         c0, t0 = cpu_ticks(), time.monotonic()
         time.sleep(idle_s)
         c1, t1 = cpu_ticks(), time.monotonic()

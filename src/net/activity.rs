@@ -70,6 +70,12 @@ impl Activity {
             .is_some_and(|heard| heard.within(within, now))
     }
 
+    /// When `peer` last sent anything, if it has since its entry was made.
+    pub fn last_heard(&self, peer: &PeerId) -> Option<Instant> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(peer).and_then(Heard::at)
+    }
+
     /// Drops the entries of peers that are not `connected` and sent nothing within `within`,
     /// so the table holds the connected peers and those that were handshaking lately (whose
     /// entries, made before the connection is reported, must survive until it is).
@@ -91,12 +97,14 @@ impl Activity {
 
 impl Heard {
     fn within(&self, within: Duration, now: Instant) -> bool {
+        self.at()
+            .is_some_and(|at| now.saturating_duration_since(at) <= within)
+    }
+
+    fn at(&self) -> Option<Instant> {
         match self.at.load(Relaxed) {
-            0 => false,
-            at => {
-                let at = self.epoch + Duration::from_millis(at - 1);
-                now.saturating_duration_since(at) <= within
-            }
+            0 => None,
+            at => Some(self.epoch + Duration::from_millis(at - 1)),
         }
     }
 

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{PeerId, Swarm, identify, mdns, ping};
+use libp2p::{PeerId, Swarm, identify, mdns};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -24,9 +24,11 @@ use super::activity::Activity;
 use super::client::{Command, GuardStatus, NetError, NetEvent, NetStatus, PeerStatus};
 use super::guard;
 use super::hello::HelloRetries;
+use super::liveness;
 use super::peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 use super::peers::{Discovery, PeerBook};
 use super::protocol::Response;
+use super::silence::{LIVENESS_TIMEOUT, Silence};
 use super::swarm::{Behaviour, BehaviourEvent};
 use crate::backoff::Backoff;
 use crate::quiet::LogLimiter;
@@ -35,10 +37,8 @@ use crate::quiet::LogLimiter;
 /// few peers one machine runs (or a loopback demo), not for a host making up identities.
 pub const CONNECTION_LINES_PER_ADDRESS: u32 = 4;
 
-/// A connection that answered no ping for this long is taken for dead: a few missed pings
-/// (`swarm::PING_INTERVAL`), with room for a ping queued behind a busy link's data.
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often connections are checked against [`LIVENESS_TIMEOUT`].
+/// How often connections are checked against the silence rule ([`super::silence`]): pinged
+/// when quiet, closed when dead.
 pub const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 /// How far away a timer with nothing to wait for is set, so the loop's `select!` has a deadline
@@ -103,8 +103,8 @@ pub(super) struct NetActor {
     /// Peers told to the rest of the daemon as gone when their pings failed, before their
     /// connection finished closing (which waits on them).
     pub(super) taken_for_gone: HashSet<PeerId>,
-    /// Per open connection that answers pings, its peer and when it last did (or opened).
-    pub(super) alive: HashMap<ConnectionId, (PeerId, std::time::Instant)>,
+    /// Open connections that answer pings, under the silence rule.
+    pub(super) silence: Silence,
     /// When each connected peer last sent any bytes: a link busy with data is alive even when
     /// its pings wait behind the data.
     pub(super) activity: Activity,
@@ -154,7 +154,7 @@ impl NetActor {
             quiet: LogLimiter::default(),
             connection_lines: LogLimiter::with_burst(CONNECTION_LINES_PER_ADDRESS),
             taken_for_gone: HashSet::new(),
-            alive: HashMap::new(),
+            silence: Silence::default(),
             activity,
             metrics,
         }
@@ -401,7 +401,6 @@ impl NetActor {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.record(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.metrics.record(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.record(e),
             SwarmEvent::Behaviour(_) => {}
             other => self.metrics.record(other),
         }
@@ -415,13 +414,13 @@ impl NetActor {
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => self.on_mdns_discovered(list),
-            BehaviourEvent::Ping(event) => self.on_ping(event),
+            BehaviourEvent::Liveness(event) => self.on_ping(event),
             _ => {}
         }
     }
 
-    fn on_ping(&mut self, event: ping::Event) {
-        let ping::Event {
+    fn on_ping(&mut self, event: liveness::Event) {
+        let liveness::Event {
             peer,
             connection,
             result,
@@ -429,22 +428,20 @@ impl NetActor {
         match result {
             Ok(rtt) => {
                 self.book.set_rtt(&peer, rtt);
-                self.alive
-                    .insert(connection, (peer, std::time::Instant::now()));
+                self.silence.answered(connection, std::time::Instant::now());
             }
-            // A peer without ping is odd but alive; only silence means the link is dead.
-            Err(ping::Failure::Unsupported) => {
-                self.alive.remove(&connection);
-            }
-            // A pong stuck behind a transfer on a slow link: the data says the peer is there.
+            // A peer without ping is odd but alive; only its closing ends the connection.
+            Err(liveness::Failure::Unsupported) => self.silence.forget(connection),
+            // A ping stream reset while the connection still carries data: the data says the
+            // peer is there, and the silence rule judges it.
             Err(_) if self.heard_lately(&peer) => {}
             Err(e) => self.connection_is_dead(peer, connection, &e.to_string()),
         }
     }
 
-    /// Closes connections that answered no ping for [`LIVENESS_TIMEOUT`]. libp2p's ping says so
-    /// only at its second failure, the first one free and the second waiting out a stream
-    /// negotiation (about 18 s in all); a frozen or cut-off peer must stop being asked sooner.
+    /// Pings connections that went quiet and closes those silent for [`LIVENESS_TIMEOUT`].
+    /// libp2p's own ping said a link was dead only at its second failure (about 18 s in all);
+    /// a frozen or cut-off peer must stop being asked sooner.
     ///
     /// Bytes from the peer count as an answer ([`super::activity`]).
     pub(super) fn check_liveness(&mut self) {
@@ -452,18 +449,13 @@ impl NetActor {
         let roles = &self.connection_roles;
         self.activity
             .prune(|peer| roles.contains_key(peer), LIVENESS_TIMEOUT, now);
-        let dead: Vec<(ConnectionId, PeerId)> = self
-            .alive
-            .iter()
-            .filter(|(_, (peer, at))| {
-                now.duration_since(*at) > LIVENESS_TIMEOUT
-                    && !self.activity.heard_within(peer, LIVENESS_TIMEOUT, now)
-            })
-            .map(|(c, (p, _))| (*c, *p))
-            .collect();
-        for (connection, peer) in dead {
-            self.alive.remove(&connection);
-            self.connection_is_dead(peer, connection, "no ping answered");
+        let activity = &self.activity;
+        let verdict = self.silence.check(now, |peer| activity.last_heard(peer));
+        for (peer, connection) in verdict.ping {
+            self.swarm.behaviour_mut().liveness.ping(peer, connection);
+        }
+        for (peer, connection) in verdict.dead {
+            self.connection_is_dead(peer, connection, "nothing heard, not even a ping's answer");
         }
     }
 

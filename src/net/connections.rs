@@ -44,8 +44,8 @@ impl NetActor {
         // A new connection of a peer taken for gone: its old one still closing no longer stands
         // for it, and its hello makes it connected again.
         self.taken_for_gone.remove(&peer);
-        self.alive
-            .insert(connection, (peer, std::time::Instant::now()));
+        self.silence
+            .opened(peer, connection, dialed, std::time::Instant::now());
         if num_established == 1 {
             // Said at info once the peer answers our hello (a stranger's connections could
             // fill the log).
@@ -65,7 +65,7 @@ impl NetActor {
         cause: Option<libp2p::swarm::ConnectionError>,
     ) {
         self.discovered_dials.remove(&connection);
-        self.alive.remove(&connection);
+        self.silence.forget(connection);
         let ip = self.book.remote_ip(&peer);
         self.book
             .disconnected(peer, connection, Instant::now().into_std());

@@ -21,6 +21,8 @@
 //! - `discovery`: static peers, share-token addresses, mDNS, identify, Kademlia.
 //! - `requests`: our protocol on the swarm side: `pending_*` maps, inbound requests, hello.
 //! - `activity`: when each peer last sent any bytes (liveness besides pings).
+//! - `silence`: when a quiet connection is pinged and when a silent one is dead.
+//! - `liveness`: the pings themselves, sent only when `silence` asks for them.
 //! - [`guard`]: per-peer and global limits on what peers make us do; strikes and bans.
 //! - [`peers`]: the peer book (pure).
 //! - [`protocol`]: the wire protocol.
@@ -35,15 +37,17 @@ mod connections;
 mod discovery;
 pub mod guard;
 mod hello;
+mod liveness;
 pub mod peers;
 pub mod protocol;
 mod requests;
 mod shunned;
+mod silence;
 pub mod swarm;
 mod sync;
 pub mod transport;
 
-pub use actor::{CONNECTION_LINES_PER_ADDRESS, LIVENESS_TIMEOUT};
+pub use actor::CONNECTION_LINES_PER_ADDRESS;
 pub use client::{
     COMMAND_CHANNEL_CAPACITY, Command, NetClient, NetError, NetEvent, NetStatus, PeerStatus,
 };
@@ -51,11 +55,11 @@ pub use guard::Reply;
 pub use hello::MAX_HELLO_RETRIES;
 pub use peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 pub use requests::{CLOCK_CHECK_INTERVAL, CLOCK_OFFSET_WARNING};
+pub use silence::{LIVENESS_TIMEOUT, QUIET_BEFORE_PING, RTT_REFRESH};
 pub use swarm::{
     Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT, KAD_PROTOCOL,
     MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
-    MAX_MEMORY_FOR_NEW_CONNECTIONS, MAX_PENDING_INCOMING, PING_INTERVAL, PING_TIMEOUT,
-    REQUEST_TIMEOUT,
+    MAX_MEMORY_FOR_NEW_CONNECTIONS, MAX_PENDING_INCOMING, REQUEST_TIMEOUT,
 };
 
 use std::sync::Arc;

@@ -10,13 +10,14 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity::Keypair, kad, mdns, memory_connection_limits, ping, request_response,
+    identity::Keypair, kad, mdns, memory_connection_limits, request_response,
 };
 use tracing::warn;
 
 use super::activity::Activity;
 use super::admission::Admission;
 use super::budget::InboundBudget;
+use super::liveness::Liveness;
 use super::protocol::{self, PROTOCOL};
 use super::sync::SyncProtocol;
 use super::transport::{self, MAX_STREAMS_PER_CONNECTION};
@@ -41,16 +42,6 @@ pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Time a connection with no open streams stays up. Long, because peers of a sync mesh talk
 /// often and a live connection is what makes changes arrive in milliseconds.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How often connections are pinged; a failed ping closes the connection so that static peers
-/// are redialled instead of hanging on a dead socket, and nothing more is asked of the peer.
-/// A ping is a few dozen bytes: every 2 s costs nothing and finds a frozen, partitioned or
-/// unplugged peer within [`PING_INTERVAL`] + [`PING_TIMEOUT`] (it took a minute with libp2p's
-/// defaults, while requests to it waited out their own timeouts).
-pub const PING_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a ping may go unanswered before the connection is taken for dead. Far above any
-/// round trip of a working link, even a slow and busy one (a ping waits behind at most one
-/// Yamux frame of another stream).
-pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
 /// Time after which a request without a response fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent inbound plus outbound streams of our protocol per connection: as many as Yamux
@@ -84,8 +75,9 @@ pub struct Behaviour {
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Learns the addresses peers listen on (fed into Kademlia).
     identify: identify::Behaviour,
-    /// Measures round trips and notices dead links.
-    ping: ping::Behaviour,
+    /// Pings connections that have gone quiet, when the actor asks ([`super::silence`]), and
+    /// answers the peers' pings.
+    pub(super) liveness: Liveness,
     /// Local-network discovery, when enabled.
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -141,11 +133,7 @@ fn behaviour(
         sync: SyncProtocol::new(sync_behaviour(budget.clone()), budget),
         kad: kad_behaviour(peer_id),
         identify,
-        ping: ping::Behaviour::new(
-            ping::Config::new()
-                .with_interval(PING_INTERVAL)
-                .with_timeout(PING_TIMEOUT),
-        ),
+        liveness: Liveness::default(),
         mdns: mdns.into(),
     })
 }
