@@ -7,6 +7,8 @@
 #   scripts/bench-records.sh --no-build # use target/release/meshsync as it is
 #   scripts/bench-records.sh --json=FILE  # also write the raw daemon results as JSON
 #   scripts/bench-records.sh --only=idle,latency,throughput,fanout,reconcile  # some parts only
+#   scripts/bench-records.sh --fanout-settle=S  # idle CPU of the 32 measured S s after the puts
+#                                               # (30 by default; 1200 for the settled mesh)
 #
 # Every daemon runs on 127.0.0.1 with --no-mdns in a fresh home under a temporary directory,
 # which is removed at the end; every daemon started is stopped, also on failure or Ctrl-C.
@@ -20,13 +22,15 @@ quick=0
 build=1
 json=""
 only=""
+settle=""
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
         --no-build) build=0 ;;
         --json=*) json="${arg#--json=}" ;;
         --only=*) only="${arg#--only=}" ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --fanout-settle=*) settle="${arg#--fanout-settle=}" ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -79,6 +83,7 @@ helper_args=(--binary "$bin" --workdir "$workdir" --pure-json "$workdir/pure.jso
 [[ $quick == 1 ]] && helper_args+=(--quick)
 [[ -n "$json" ]] && helper_args+=(--json "$json")
 [[ -n "$only" ]] && helper_args+=(--only "$only")
+[[ -n "$settle" ]] && helper_args+=(--fanout-settle "$settle")
 python3 "$here/bench_records.py" "${helper_args[@]}" > "$workdir/daemons.md" &
 helper_pid=$!
 status=0

@@ -435,7 +435,7 @@ class Bench:
 
     # ---- 5. fan-out to 32 daemons ----
 
-    def fanout(self, n=32, count=60, spacing=0.25, idle_s=30):
+    def fanout(self, n=32, count=60, spacing=0.25, idle_s=30, settle_s=30):
         log(f"fanout: {n} daemons in one records share; {count} puts on the first, "
             f"{spacing * 1000:.0f} ms apart, watched on the {n - 1} others")
         first = self.daemon("fan-00")
@@ -538,7 +538,9 @@ class Bench:
         def pct(xs, p):
             return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
-        # Idle: every daemon's CPU time over `idle_s` seconds, from /proc.
+        # Idle: every daemon's CPU time over `idle_s` seconds, from /proc, once the work of the
+        # puts has died down (`settle_s` after the last one: the announcements' tail, sessions
+        # and allocator trims); the settling time itself is reported as "after the puts".
         tick = os.sysconf("SC_CLK_TCK")
 
         def cpu_ticks():
@@ -549,7 +551,8 @@ class Bench:
                 total += int(fields[11]) + int(fields[12])
             return total
 
-        time.sleep(5)
+        a0, s0 = cpu_ticks(), time.monotonic()
+        time.sleep(settle_s)
         log(f"fanout: measuring idle CPU of the {n} daemons for {idle_s} s")
         c0, t0 = cpu_ticks(), time.monotonic()
         time.sleep(idle_s)
@@ -569,6 +572,8 @@ class Bench:
             "bytes_during_puts": bytes_after - bytes_before,
             "idle_cpu_percent": 100 * (c1 - c0) / tick / (t1 - t0),
             "idle_s": t1 - t0,
+            "settle_cpu_percent": 100 * (c0 - a0) / tick / (t0 - s0),
+            "settle_s": t0 - s0,
             "rss_median_kib": rss[len(rss) // 2],
             "rss_total_kib": sum(rss),
             "errors": errors[:5],
@@ -761,12 +766,13 @@ class Bench:
                        f"{f['daemons'] - 1} others' watch streams")
             out.append("")
             out.append("| puts | deliveries (missing) | median | p90 | p99 | max | bytes per change "
-                       "per peer (all daemons' share traffic) | idle CPU, all daemons | RSS median "
+                       "per peer (all daemons' share traffic) | CPU of all daemons after the puts | idle CPU, all daemons, after that | RSS median "
                        "/ total | members known after |")
-            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             out.append(f"| {f['puts']} | {f['deliveries']} ({f['missing']}) | "
                        f"{f['median_ms']:.1f} ms | {f['p90_ms']:.1f} ms | {f['p99_ms']:.1f} ms | "
                        f"{f['max_ms']:.1f} ms | {f['bytes_per_change_per_peer']:.0f} B | "
+                       f"{f['settle_cpu_percent']:.2f} % of one core over {f['settle_s']:.0f} s | "
                        f"{f['idle_cpu_percent']:.2f} % of one core over {f['idle_s']:.0f} s | "
                        f"{f['rss_median_kib'] / 1024:.1f} / {f['rss_total_kib'] / 1024:.0f} MiB | "
                        f"{f['members_s']:.1f} s |")
@@ -943,6 +949,8 @@ def main():
     p.add_argument("--workdir", required=True)
     p.add_argument("--quick", action="store_true", help="skip the 10^6-record parts")
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--fanout-settle", type=float, default=30,
+                   help="seconds between the last fan-out put and the idle CPU measurement")
     p.add_argument("--pure-json", help="rows of the pure cost table (reconcile_costs --json)")
     p.add_argument("--pure-md", help="the pure cost table as markdown, printed with the rest")
     p.add_argument("--only",
@@ -964,7 +972,7 @@ def main():
         if "throughput" in parts:
             bench.throughput()
         if "fanout" in parts:
-            bench.fanout()
+            bench.fanout(settle_s=args.fanout_settle)
         if "reconcile" in parts:
             bench.reconcile(100_000)
             if not args.quick:

@@ -133,8 +133,6 @@ impl Roster {
         self.connected.insert(peer);
     }
 
-    /// The peer disconnected at `now_ms`: it is no member of anything any more, and is
-    /// remembered as gone from the shares it was a member of.
     /// `peer` is no member of `share` any more (it is still connected).
     pub fn remove_member(&mut self, peer: &PeerId, share: &ShareId) {
         for set in [self.members.get_mut(share), self.writers.get_mut(share)]
@@ -155,6 +153,16 @@ impl Roster {
         self.auth_retries.retain(|(_, s), _| s != share);
     }
 
+    /// Whether a member of some share disconnected at or after `since_ms` and is not back.
+    pub fn missing_since(&self, since_ms: u64) -> bool {
+        self.gone.iter().any(|(share, gone)| {
+            gone.iter()
+                .any(|(peer, at)| *at >= since_ms && !self.is_member(share, peer))
+        })
+    }
+
+    /// The peer disconnected at `now_ms`: it is no member of anything any more, and is
+    /// remembered as gone from the shares it was a member of.
     pub fn disconnect(&mut self, peer: &PeerId, now_ms: u64) {
         self.connected.remove(peer);
         self.auth_retries.retain(|(p, _), _| p != peer);
@@ -177,41 +185,44 @@ impl Roster {
 
     /// Every member of the share this daemon knows: connected ones, and those gone since it
     /// started, sorted by peer id.
+    #[cfg(test)]
     pub fn member_status(&self, share: &ShareId) -> Vec<MemberStatus> {
-        let mut all: Vec<MemberStatus> = self
-            .members
+        self.member_status_named(share, &mut PeerId::to_string)
+            .into_iter()
+            .map(|(_, status)| status)
+            .collect()
+    }
+
+    /// [`Roster::member_status`] with each member's peer id, its text from `name_of` (which
+    /// may remember the texts: a peer id's base58 text costs more than the rest of a status).
+    pub fn member_status_named(
+        &self,
+        share: &ShareId,
+        name_of: &mut dyn FnMut(&PeerId) -> String,
+    ) -> Vec<(PeerId, MemberStatus)> {
+        let status = |peer_id: String, last_seen_ms: Option<u64>| MemberStatus {
+            peer_id,
+            connected: last_seen_ms.is_none(),
+            last_seen_ms,
+            last_seen: last_seen_ms.map(crate::timefmt::rfc3339_ms),
+            name: None,
+            completion: None,
+            needed_files: None,
+            needed_bytes: None,
+        };
+        let connected = self.members.get(share).into_iter().flatten();
+        let gone = self
+            .gone
             .get(share)
             .into_iter()
             .flatten()
-            .map(|peer| MemberStatus {
-                peer_id: peer.to_string(),
-                connected: true,
-                last_seen_ms: None,
-                last_seen: None,
-                name: None,
-                completion: None,
-                needed_files: None,
-                needed_bytes: None,
-            })
-            .chain(
-                self.gone
-                    .get(share)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(peer, _)| !self.is_member(share, peer))
-                    .map(|(peer, at)| MemberStatus {
-                        peer_id: peer.to_string(),
-                        connected: false,
-                        last_seen_ms: Some(*at),
-                        last_seen: Some(crate::timefmt::rfc3339_ms(*at)),
-                        name: None,
-                        completion: None,
-                        needed_files: None,
-                        needed_bytes: None,
-                    }),
-            )
+            .filter(|(peer, _)| !self.is_member(share, peer));
+        let mut all: Vec<(PeerId, MemberStatus)> = connected
+            .map(|peer| (*peer, None))
+            .chain(gone.map(|(peer, at)| (*peer, Some(*at))))
+            .map(|(peer, at)| (peer, status(name_of(&peer), at)))
             .collect();
-        all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        all.sort_by(|(_, a), (_, b)| a.peer_id.cmp(&b.peer_id));
         all
     }
 

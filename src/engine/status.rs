@@ -6,7 +6,7 @@
 //! gathered in a task of its own, which answers the caller, so a slow folder or store never
 //! holds up the engine loop. The JSON field names are a contract for users' scripts.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -233,24 +233,36 @@ impl EngineActor {
         };
         let id = state.meta.id;
         let counters = self.counters.get(&id).cloned().unwrap_or_default();
+        // Each peer id's text made once per status: they are listed up to three times, and
+        // base58 costs more than the rest (the state poll asks every second).
+        let mut names: HashMap<libp2p::PeerId, String> = HashMap::new();
+        let mut name_of = |peer: &libp2p::PeerId| -> String {
+            names
+                .entry(*peer)
+                .or_insert_with(|| peer.to_string())
+                .clone()
+        };
+        let member_status: Vec<MemberStatus> = self
+            .roster
+            .member_status_named(&id, &mut name_of)
+            .into_iter()
+            .map(|(peer, mut member)| {
+                if let Some(needs) = self.progress.needs(&(peer, id), root) {
+                    member.needed_files = Some(needs.files);
+                    member.needed_bytes = Some(needs.bytes);
+                    member.completion = Some(completion(needs, entries, 0));
+                }
+                member
+            })
+            .collect();
         // Sorted as strings, as shown.
-        let listed = |peers: Vec<libp2p::PeerId>| {
-            let mut peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        let mut listed = |peers: Vec<libp2p::PeerId>| {
+            let mut peers: Vec<String> = peers.iter().map(&mut name_of).collect();
             peers.sort();
             peers
         };
-        let mut member_status = self.roster.member_status(&id);
-        for member in &mut member_status {
-            let Ok(peer) = member.peer_id.parse::<libp2p::PeerId>() else {
-                continue;
-            };
-            if let Some(needs) = self.progress.needs(&(peer, id), root) {
-                member.needed_files = Some(needs.files);
-                member.needed_bytes = Some(needs.bytes);
-                member.completion = Some(completion(needs, entries, 0));
-            }
-        }
         let members = listed(self.roster.members_of(&id));
+        let writers = listed(self.roster.writers_of(&id));
         let (sync, reason) = if state.meta.paused {
             let reason = super::share_control::paused_reason(&state.meta.name);
             (SyncState::Paused, Some(reason))
@@ -273,7 +285,7 @@ impl EngineActor {
             entries,
             root: hex::encode(root),
             members,
-            writers: listed(self.roster.writers_of(&id)),
+            writers,
             read_only: !state.meta.writable(),
             unshared: 0,
             trusted_peers: state.meta.trusted_peers.clone(),

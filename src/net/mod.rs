@@ -54,7 +54,9 @@ pub use client::{
 pub use guard::Reply;
 pub use hello::MAX_HELLO_RETRIES;
 pub use peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
-pub use requests::{CLOCK_CHECK_INTERVAL, CLOCK_OFFSET_WARNING};
+pub use requests::{
+    CLOCK_CHECK_INTERVAL, CLOCK_CHECK_SETTLED, CLOCK_OFFSET_WARNING, CLOCK_SETTLED_WITHIN,
+};
 pub use silence::{LIVENESS_TIMEOUT, QUIET_BEFORE_PING, RTT_REFRESH};
 pub use swarm::{
     Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT, KAD_PROTOCOL,
