@@ -60,8 +60,8 @@ use status::Counters;
 pub use announce::{ANNOUNCE_DELAY, MAX_ANNOUNCES_IN_FLIGHT};
 pub use membership::MAX_AUTH_RETRIES;
 pub use schedule::{
-    ANTI_ENTROPY_INTERVAL, LONELY_LOOKUP_MIN, MAX_CONCURRENT_SESSIONS, PROVIDER_LOOKUP_INTERVAL,
-    SESSION_RETRY_MAX, SESSION_RETRY_MIN,
+    ANTI_ENTROPY_INTERVAL, LONELY_LOOKUP_MIN, MAX_CONCURRENT_SESSIONS, MISSING_LATELY,
+    PROVIDER_LOOKUP_INTERVAL, PROVIDER_LOOKUP_QUIET, SESSION_RETRY_MAX, SESSION_RETRY_MIN,
 };
 pub use session::SessionReport;
 pub use shares::{CreatedShare, TrustChange};
@@ -751,7 +751,7 @@ impl EngineActor {
             self.look_up_lonely_shares();
         }
         let missing_since = crate::net::protocol::wall_clock_ms()
-            .saturating_sub(schedule::MISSING_LATELY.as_millis() as u64);
+            .saturating_sub(MISSING_LATELY.as_millis() as u64);
         let members_missing = self.roster.missing_since(missing_since);
         if self.schedule.provider_lookup_due(now, members_missing) {
             self.refresh_providers();
