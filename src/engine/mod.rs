@@ -750,8 +750,8 @@ impl EngineActor {
         if self.schedule.lonely_lookup_due(now) {
             self.look_up_lonely_shares();
         }
-        let missing_since = crate::net::protocol::wall_clock_ms()
-            .saturating_sub(MISSING_LATELY.as_millis() as u64);
+        let missing_since =
+            crate::net::protocol::wall_clock_ms().saturating_sub(MISSING_LATELY.as_millis() as u64);
         let members_missing = self.roster.missing_since(missing_since);
         if self.schedule.provider_lookup_due(now, members_missing) {
             self.refresh_providers();

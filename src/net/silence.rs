@@ -156,15 +156,21 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_busy_connection_is_never_pinged() {
+    /// A table watching one connection, opened now by the dialing side (`dialed`) or not.
+    fn one_connection(dialed: bool) -> (PeerId, ConnectionId, Instant, Silence) {
         let (peer, connection, start) = (
             PeerId::random(),
             ConnectionId::new_unchecked(1),
             Instant::now(),
         );
         let mut silence = Silence::default();
-        silence.opened(peer, connection, true, start);
+        silence.opened(peer, connection, dialed, start);
+        (peer, connection, start, silence)
+    }
+
+    #[test]
+    fn a_busy_connection_is_never_pinged() {
+        let (_, connection, start, mut silence) = one_connection(true);
         // Bytes arrive every second; only the round-trip refresh pings, once a minute.
         let mut pinged = Vec::new();
         for s in 1..=130 {
@@ -214,13 +220,7 @@ mod tests {
 
     #[test]
     fn a_silent_peer_is_pinged_then_taken_for_dead() {
-        let (peer, connection, start) = (
-            PeerId::random(),
-            ConnectionId::new_unchecked(1),
-            Instant::now(),
-        );
-        let mut silence = Silence::default();
-        silence.opened(peer, connection, false, start);
+        let (peer, connection, start, mut silence) = one_connection(false);
         // Heard last at second 3, then nothing: the listener pings at 3 + 7, dead after 3 + 10.
         let verdicts = run(&mut silence, start, 4..=20, |_| Some(3));
         assert_eq!(
@@ -247,13 +247,7 @@ mod tests {
 
     #[test]
     fn an_answer_counts_as_a_sign_of_life() {
-        let (peer, connection, start) = (
-            PeerId::random(),
-            ConnectionId::new_unchecked(1),
-            Instant::now(),
-        );
-        let mut silence = Silence::default();
-        silence.opened(peer, connection, true, start);
+        let (_, connection, start, mut silence) = one_connection(true);
         // Bytes never counted (say the activity table lost the peer), answers do.
         for s in 1..=40 {
             let verdict = silence.check(start + secs(s), |_| None);
