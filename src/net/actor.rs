@@ -53,9 +53,10 @@ pub(super) struct NetActor {
     pub(super) trusted: HashSet<PeerId>,
     /// Where [`NetEvent`]s go.
     pub(super) events: mpsc::UnboundedSender<NetEvent>,
-    /// Requests sent for other parts of the daemon, waiting for their answer.
+    /// Requests sent for other parts of the daemon, with the peer asked, waiting for their
+    /// answer.
     pub(super) pending_requests:
-        HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+        HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, NetError>>)>,
     /// Our hello requests, per peer; the peer is announced once its hello arrives.
     pub(super) hello_requests: HashMap<OutboundRequestId, (PeerId, std::time::Instant)>,
     /// Hellos sent again to measure a connected peer's clock offset anew, with when they were
@@ -450,7 +451,12 @@ impl NetActor {
         self.activity
             .prune(|peer| roles.contains_key(peer), LIVENESS_TIMEOUT, now);
         let activity = &self.activity;
-        let verdict = self.silence.check(now, |peer| activity.last_heard(peer));
+        let waiting_on: HashSet<PeerId> = self.pending_requests.values().map(|(p, _)| *p).collect();
+        let verdict = self.silence.check(
+            now,
+            |peer| activity.last_heard(peer),
+            |peer| waiting_on.contains(peer),
+        );
         for (peer, connection) in verdict.ping {
             self.swarm.behaviour_mut().liveness.ping(peer, connection);
         }

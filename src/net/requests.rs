@@ -49,7 +49,7 @@ impl NetActor {
             return;
         }
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-        self.pending_requests.insert(id, reply);
+        self.pending_requests.insert(id, (peer, reply));
     }
 
     /// Answers an inbound request (which frees its in-flight slot).
@@ -148,7 +148,7 @@ impl NetActor {
         request_id: request_response::OutboundRequestId,
         response: Response,
     ) {
-        if let Some(reply) = self.pending_requests.remove(&request_id) {
+        if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
             let _ = reply.send(Ok(response));
         } else if let Some(sent) = self.clock_checks.remove(&request_id) {
             if let Response::Hello(hello) = response {
@@ -206,7 +206,7 @@ impl NetActor {
                 self.hello_failed(peer);
             }
         }
-        if let Some(reply) = self.pending_requests.remove(&request_id) {
+        if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
             let _ = reply.send(Err(NetError::Request {
                 peer,
                 message: error.to_string(),
