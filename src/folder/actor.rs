@@ -44,7 +44,7 @@ use super::queue::DownloadQueue;
 use super::scan::{self, ScanRecord};
 use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
-use super::state::{self, Synced};
+use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::SyncedPaths;
 use super::watch::{WatchEvent, Watching};
@@ -53,7 +53,7 @@ use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
-use crate::store::{Change, Origin, ShareMeta, StoreHandle};
+use crate::store::{Change, Origin, ShareMeta, StoreError, StoreHandle};
 
 /// Full rescans catch whatever the watcher missed: at most this often.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
@@ -86,6 +86,12 @@ pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
 /// How often the synced-state rows are written (one store write for everything since).
 pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Registers of queued paths kept from the changes that queued them, at most: a download
+/// started without one reads it from the store (a share joined with 100,000 files held one
+/// register per file, ~40 MiB, until each was downloaded).
+pub const LATEST_REGISTERS_KEPT: usize = 4096;
+/// How long a scan waits when the synced state cannot be read from the store.
+pub const STATE_UNREADABLE_RETRY: Duration = Duration::from_secs(10);
 /// At most this many unsyncable paths are listed in `status` (all are counted).
 pub const MAX_UNSYNCABLE_LISTED: usize = 100;
 /// At most this many files that keep changing are listed in `status`.
@@ -149,8 +155,10 @@ pub fn spawn(
         fetcher,
         conflict_tag: super::conflict::device_tag(&local, policy.device_name.as_deref()),
     };
+    let (committed_tx, committed) = tokio::sync::watch::channel(0);
     let (state_writer, state_writer_task) =
-        state::spawn_writer(store.clone(), meta.id, meta.name.clone());
+        state::spawn_writer(store.clone(), meta.id, meta.name.clone(), committed_tx);
+    let synced = SyncedPaths::new(store.local_state_reader(meta.id), committed);
     let actor = FolderActor {
         name: meta.name.clone(),
         local,
@@ -159,7 +167,7 @@ pub fn spawn(
         sources,
         commands: rx,
         changes,
-        synced: SyncedPaths::default(),
+        synced,
         state_loaded: false,
         instance: None,
         paused: None,
@@ -186,7 +194,6 @@ pub fn spawn(
         latest: HashMap::new(),
         downloads: JoinSet::new(),
         scans: JoinSet::new(),
-        unsaved: BTreeMap::new(),
         flush_at: None,
         scans_run: 0,
         full_scan_started: None,
@@ -263,8 +270,6 @@ pub(super) struct FolderActor {
     pub(super) latest: HashMap<String, RecordRegister>,
     pub(super) downloads: JoinSet<Materialised>,
     pub(super) scans: JoinSet<Result<ScanResult, scan::ScanError>>,
-    /// Synced-state rows not yet written (latest per path).
-    pub(super) unsaved: BTreeMap<String, Option<Synced>>,
     pub(super) flush_at: Option<Instant>,
     pub(super) scans_run: u64,
     /// When the full scan running now started.
@@ -272,7 +277,7 @@ pub(super) struct FolderActor {
     /// Files and bytes read by scans since start (an unchanged file is not read again).
     pub(super) hashed_files: u64,
     pub(super) hashed_bytes: u64,
-    pub(super) state_writer: mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>,
+    pub(super) state_writer: state::RowSender,
     pub(super) state_writer_task: Option<tokio::task::JoinHandle<()>>,
     pub(super) refused: u64,
     /// Failed downloads are said once per reason and minute, not once per file: with no member
@@ -376,6 +381,9 @@ impl FolderActor {
                     self.remote_deletes.take_due(Instant::now());
                 }
             }
+            if self.flush_at.is_none() && self.synced.has_unsent() {
+                self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
+            }
             self.start_downloads();
             self.sweep_if_idle();
             if self.queue.is_idle() && self.queue.next_retry().is_none() {
@@ -387,10 +395,14 @@ impl FolderActor {
     /// Loads what was synced at each path. If the store cannot say, the folder stays paused
     /// with the reason in `status`: scanning without it would take every file for a new edit.
     async fn load_state(&mut self) {
-        match state::load(&self.store, self.sources.share).await {
+        let stored = self.store.local_state_reader(self.sources.share);
+        let loaded = tokio::task::spawn_blocking(move || state::load(&stored))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Invalid(format!("counting crashed: {e}"))));
+        match loaded {
             Ok(loaded) => {
-                debug!(folder = %self.name, "folder state: {} synced paths", loaded.synced.len());
-                self.synced = loaded.synced.into();
+                self.synced.set_counts(loaded.counts);
+                debug!(folder = %self.name, "folder state: {} synced paths", self.synced.len());
                 self.instance = loaded.instance;
                 self.state_loaded = true;
             }
@@ -490,7 +502,7 @@ impl FolderActor {
             rate_bytes_per_sec: self.rate.rate(fetched),
             bad_chunks: self.sources.counters.bad_chunks.load(Relaxed),
             refused: self.refused,
-            local_entries: self.synced.len() as u64,
+            local_entries: self.synced.len(),
             files: self.synced.counts().files,
             directories: self.synced.counts().directories,
             symlinks: self.synced.counts().symlinks,
@@ -665,6 +677,16 @@ impl FolderActor {
             // still seen, instead of waiting for the next full rescan (up to a minute).
             self.ensure_watcher();
         }
+        let previous = match self.synced.snapshot() {
+            Ok(previous) => previous,
+            Err(e) => {
+                // Without what was synced, every file would look new: try again later.
+                self.note_error(format!("cannot read the folder's synced state: {e}"));
+                self.dirty_paths.extend(paths);
+                self.scan_soon(STATE_UNREADABLE_RETRY);
+                return;
+            }
+        };
         self.dirty_all = false;
         self.scanning = true;
         self.scans_run += 1;
@@ -672,11 +694,6 @@ impl FolderActor {
         debug!(folder = %self.name, full, paths = paths.len(), first = ?paths.first(), "scan");
         let root = self.sources.root.clone();
         let (store, share) = (self.store.clone(), self.sources.share);
-        let previous = if full {
-            self.all_records()
-        } else {
-            self.previous_records(&paths)
-        };
         let read_marks = full && !self.marks_read;
         self.scans.spawn_blocking(move || {
             // Read before the walk: a folder replaced during the walk then fails the check.
@@ -714,63 +731,16 @@ impl FolderActor {
         });
     }
 
-    /// Every synced record, as a full scan needs them.
-    fn all_records(&self) -> BTreeMap<String, ScanRecord> {
-        self.synced
-            .iter()
-            .map(|(k, v)| (k.clone(), v.record.clone()))
-            .collect()
-    }
-
-    /// The synced records a scan of `paths` needs: each path's own and, for directories, those
-    /// beneath it. Copying only these (not every record of the folder) keeps a stream of
-    /// watcher events on a big folder from costing a copy of its whole index per scan.
-    fn previous_records(&self, paths: &[String]) -> BTreeMap<String, ScanRecord> {
-        let mut out = BTreeMap::new();
-        for path in paths {
-            // A `.meshignore` widens the scan to its directory (see `scan::scan_paths`).
-            let scope = match path.rsplit_once('/') {
-                Some((parent, super::model::IGNORE_FILE)) => parent,
-                None if path == super::model::IGNORE_FILE => "",
-                _ => path.trim_end_matches('/'),
-            };
-            if scope.is_empty() {
-                return self.all_records();
-            }
-            if let Some(synced) = self.synced.get(scope) {
-                out.insert(scope.to_owned(), synced.record.clone());
-            }
-            // Everything under `scope/`: '0' is the character right after '/'.
-            let (below, end) = (format!("{scope}/"), format!("{scope}0"));
-            for (k, v) in self.synced.range(below..end) {
-                out.insert(k.clone(), v.record.clone());
-            }
-        }
-        out
-    }
-
-    /// Queues rows of the synced-state table for the next flush. The table is a cache: after a
-    /// crash, a path it forgot is re-adopted by the next scan when it matches the share, so it
-    /// is written in batches off the actor's loop rather than once per file.
-    pub(super) fn save_later(&mut self, rows: Vec<(String, Option<Synced>)>) {
-        if rows.is_empty() {
-            return;
-        }
-        self.unsaved.extend(rows);
-        if self.flush_at.is_none() {
-            self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
-        }
-    }
-
-    fn flush_synced(&mut self) {
+    /// Hands the synced-state rows changed since the last flush to the writer. The table is a
+    /// cache: after a crash, a path it forgot is re-adopted by the next scan when it matches the
+    /// share, so it is written in batches off the actor's loop rather than once per file.
+    pub(super) fn flush_synced(&mut self) {
         self.flush_at = None;
-        let rows: Vec<(String, Option<Synced>)> =
-            std::mem::take(&mut self.unsaved).into_iter().collect();
-        if rows.is_empty() {
+        let Some(batch) = self.synced.take_unsent() else {
             return;
-        }
+        };
         // One writer task keeps flushes in order.
-        if self.state_writer.send(rows).is_err() {
+        if self.state_writer.send(batch).is_err() {
             self.note_error("the folder state writer has stopped");
         }
     }
@@ -809,7 +779,12 @@ impl FolderActor {
                 if matches!(change.origin, Origin::Remote(_))
                     && let Ok(path) = String::from_utf8(change.key.clone())
                 {
-                    self.latest.insert(path.clone(), change.register.clone());
+                    if self.latest.len() < LATEST_REGISTERS_KEPT {
+                        self.latest.insert(path.clone(), change.register.clone());
+                    } else {
+                        // Read from the store when its download starts instead.
+                        self.latest.remove(&path);
+                    }
                     self.queue_remote(path, &change.register);
                 } else if let Ok(path) = std::str::from_utf8(&change.key) {
                     // Our own write: the register a queued download would use is outdated.

@@ -110,7 +110,7 @@ fn write_chunks(
         }
         if let Some(location) = location {
             let copied =
-                match reader.read(&root.join(&location.path), location.offset, location.len) {
+                match reader.read(&root.join(&*location.path), location.offset, location.len) {
                     Ok(Some((bytes, file))) => {
                         let written = if location.stamp.is_some_and(|s| s.matches(file)) {
                             assembly.write_vouched(index, &bytes)
@@ -207,7 +207,7 @@ mod tests {
             path: "old".into(),
             offset: at[i],
             len: chunks[i].len,
-            stamp,
+            stamp: stamp.map(|s| s.digest()),
         }
     }
 

@@ -17,30 +17,46 @@ use super::settle::WATCH_DEBOUNCE;
 use crate::merge::{Payload, RecordRegister, VersionVector};
 use crate::store::LocalWrite;
 
+/// Entries read from the store at once when every entry is compared with the disk.
+pub const LIST_PAGE: usize = 1000;
+
 impl FolderActor {
-    /// Queues every store entry whose effective winner is not what is on disk.
+    /// Queues every store entry whose effective winner is not what is on disk, reading the
+    /// entries [`LIST_PAGE`] at a time.
     pub(super) async fn queue_all_remote(&mut self) {
-        let entries = match self.store.list(self.sources.share, Vec::new()).await {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.note_error(format!("cannot list the share's entries: {e}"));
-                warn!(folder = %self.name, "cannot list the share's entries: {e}");
-                return;
-            }
-        };
-        for (key, register) in entries {
-            let Ok(path) = String::from_utf8(key) else {
-                continue;
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_page(self.sources.share, Vec::new(), after.take(), LIST_PAGE)
+                .await;
+            let entries = match page {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.note_error(format!("cannot list the share's entries: {e}"));
+                    warn!(folder = %self.name, "cannot list the share's entries: {e}");
+                    return;
+                }
             };
-            if self.needs_work(&path, &register) {
-                self.queue_remote(path, &register);
+            let full = entries.len() == LIST_PAGE;
+            after = entries.last().map(|(key, _)| key.clone());
+            for (key, register) in entries {
+                let Ok(path) = String::from_utf8(key) else {
+                    continue;
+                };
+                if self.needs_work(&path, &register) {
+                    self.queue_remote(path, &register);
+                }
+            }
+            if !full {
+                return;
             }
         }
     }
 
     pub(super) fn needs_work(&self, path: &str, register: &RecordRegister) -> bool {
-        let on_disk = self.synced.get(path).map(|s| &s.record.meta);
-        plan::needs_work(register, on_disk)
+        let on_disk = self.synced.get(path).map(|s| s.record.meta);
+        plan::needs_work(register, on_disk.as_ref())
     }
 
     /// Queues a path whose entry changed to `register`, noting how much it will fetch.
@@ -86,7 +102,7 @@ impl FolderActor {
             };
             let sources = self.sources.clone();
             let store = self.store.clone();
-            let synced = self.synced.get(&path).cloned();
+            let synced = self.synced.get(&path);
             let known = self.latest.remove(&path);
             let local_key = self.local_key.clone();
             self.downloads.spawn(async move {
@@ -138,6 +154,9 @@ impl FolderActor {
         self.queue.finish(&done.path);
         if self.queue.is_idle() {
             // A burst of downloads is over: what it buffered goes back to the system.
+            self.queue.release_spare_room();
+            self.latest.shrink_to_fit();
+            self.settle.release_spare_room();
             crate::trim::after_busy_period();
         }
         if self.dirty_paths.contains(&done.path) {
@@ -164,7 +183,6 @@ impl FolderActor {
                 // again and failed for good (found by `meshsync lab`).
                 self.report_conflict(&done.path, copy, done.author);
                 self.synced.remove(&done.path);
-                self.save_later(vec![(done.path.clone(), None)]);
             }
             if error.is_refusal() {
                 self.refused += 1;
@@ -199,12 +217,11 @@ impl FolderActor {
         if !done.unchanged {
             self.took_in(&done).await;
             if let Some(kept) = resolved
-                && let Some(mut synced) = self.synced.get(&done.path).cloned()
+                && let Some(mut synced) = self.synced.get(&done.path)
             {
                 // Our next edit of the path has seen our kept version too.
                 synced.base.join(&kept);
-                self.synced.insert(done.path.clone(), synced.clone());
-                self.save_later(vec![(done.path.clone(), Some(synced))]);
+                self.synced.insert(done.path.clone(), synced);
             }
         } else if !self.synced.contains_key(&done.path)
             && let Some((parent, _)) = done.path.rsplit_once('/')
@@ -258,9 +275,9 @@ impl FolderActor {
         if let Some(copy) = &done.conflict_copy {
             self.report_conflict(&done.path, copy, done.author);
         }
-        let before = self.synced.get(&done.path).map(|s| &s.record.meta);
+        let before = self.synced.get(&done.path).map(|s| s.record.meta);
         let after = done.synced.as_ref().map(|s| &s.record.meta);
-        self.report_path(&done.path, before, after, done.author);
+        self.report_path(&done.path, before.as_ref(), after, done.author);
         if let Some(kept) = &done.kept_version {
             self.report_version_kept(&done.path, kept, done.author);
         }
@@ -270,19 +287,16 @@ impl FolderActor {
             // A directory waiting for its children to go may be empty now.
             self.queue.push(parent.to_owned(), true);
         }
-        let row = match &done.synced {
+        match &done.synced {
             Some(synced) => {
                 self.index_chunks(std::iter::once((&done.path, &synced.record)))
                     .await;
                 self.synced.insert(done.path.clone(), synced.clone());
-                Some(synced.clone())
             }
             None => {
                 self.synced.remove(&done.path);
-                None
             }
-        };
-        self.save_later(vec![(done.path.clone(), row)]);
+        }
     }
 }
 

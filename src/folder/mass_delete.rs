@@ -25,7 +25,7 @@ impl FolderActor {
             return Vec::new();
         }
         let now = Instant::now();
-        let entries = self.synced.len() as u64;
+        let entries = self.synced.len();
         if let Some(trip) = self.breaker.check(gone.len() as u64, entries, now) {
             let limit = self.breaker.limit();
             let reason = format!(
@@ -60,9 +60,9 @@ impl FolderActor {
         let waiting = 1 + self
             .queue
             .pending_deletes()
-            .filter(|p| self.synced.contains_key(*p))
+            .filter(|p| self.synced.contains_key(p))
             .count() as u64;
-        let entries = self.synced.len() as u64;
+        let entries = self.synced.len();
         let breaker = self.remote_breaker.as_mut().expect("checked above");
         if let Some(trip) = breaker.check(waiting, entries, now) {
             let limit = breaker.limit();
@@ -113,11 +113,9 @@ impl FolderActor {
             Resume::Restore => {
                 // Forgotten as synced here, the paths are missing files the share has: fetched.
                 info!(folder = %self.name, "restoring {count} deleted paths from members");
-                let rows = paths.iter().map(|path| (path.clone(), None)).collect();
                 for path in &paths {
                     self.synced.remove(path);
                 }
-                self.save_later(rows);
                 self.queue_all_remote().await;
             }
         }
@@ -133,7 +131,7 @@ impl FolderActor {
         let paths: Vec<String> = self
             .queue
             .pending_deletes()
-            .filter(|p| self.synced.contains_key(*p))
+            .filter(|p| self.synced.contains_key(p))
             .cloned()
             .collect();
         let count = paths.len() as u64;
@@ -151,7 +149,7 @@ impl FolderActor {
                 info!(folder = %self.name, "putting {count} files peers deleted back everywhere");
                 let writes = paths
                     .iter()
-                    .filter_map(|p| Some((p.clone(), Some(self.synced.get(p)?.record.clone()))))
+                    .filter_map(|p| Some((p.clone(), Some(self.synced.get(p)?.record))))
                     .collect();
                 self.put_local(writes).await;
             }

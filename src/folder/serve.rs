@@ -31,7 +31,7 @@ pub(super) fn read_chunks(
             }
             let l = location?;
             let bytes = reader
-                .read(&root.join(&l.path), l.offset, l.len)
+                .read(&root.join(&*l.path), l.offset, l.len)
                 .ok()
                 .flatten()
                 .map(|(bytes, _)| bytes)

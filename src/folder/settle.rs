@@ -156,6 +156,12 @@ impl Settle {
     pub(super) fn clear(&mut self) {
         *self = Self::default();
     }
+
+    /// Gives back the room its map of events grew to in a burst (see
+    /// `DownloadQueue::release_spare_room`).
+    pub(super) fn release_spare_room(&mut self) {
+        self.events.shrink_to_fit();
+    }
 }
 
 #[cfg(test)]

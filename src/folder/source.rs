@@ -25,15 +25,16 @@ pub const LOCAL_CHUNK_RETRY_DELAY: std::time::Duration = std::time::Duration::fr
 /// Tries per page across members before a download fails (and is retried later).
 pub const MAX_PAGE_ATTEMPTS: usize = 6;
 
-/// Where a chunk can be read locally.
+/// Where a chunk can be read locally. One per chunk of every local file: kept small (the
+/// path shared by a file's chunks, the stamp as a digest), 56 bytes plus the path's.
 #[derive(Debug, Clone)]
 pub(super) struct ChunkLocation {
-    pub(super) path: String,
+    pub(super) path: Arc<str>,
     pub(super) offset: u64,
     pub(super) len: u32,
     /// The file's stamp when it was described: while the file still has it, a copy of the chunk
     /// is written without hashing it first (the whole file is checked anyway).
-    pub(super) stamp: Option<scan::Stamp>,
+    pub(super) stamp: Option<scan::StampDigest>,
 }
 
 /// Chunk hash → a local place holding it. The actor updates it after scans and downloads;
@@ -64,11 +65,13 @@ pub(super) fn locations_in(
     stamp: Option<scan::Stamp>,
 ) -> Vec<(Hash, ChunkLocation)> {
     let mut offset = 0u64;
+    let path: Arc<str> = Arc::from(rel);
+    let stamp = stamp.map(|s| s.digest());
     chunks
         .iter()
         .map(|chunk| {
             let location = ChunkLocation {
-                path: rel.to_owned(),
+                path: path.clone(),
                 offset,
                 len: chunk.len,
                 stamp,
@@ -156,7 +159,7 @@ pub(super) async fn fetch_chunk(
             break;
         }
         tried = Some(location.clone());
-        let path = shared.root.join(&location.path);
+        let path = shared.root.join(&*location.path);
         let hash = chunk.hash;
         let local = tokio::task::spawn_blocking(move || {
             write::read_chunk(&path, location.offset, location.len, &hash)

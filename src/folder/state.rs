@@ -2,17 +2,18 @@
 //! each path (the share's local-state rows) and chunk-list pages. Every read and write of it goes
 //! through here; nothing here touches the database directly.
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tracing::warn;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
 
 use super::instance::InstanceId;
 use super::model::{ChunkRef, Content, FileMeta, Hash, PageRef};
 use super::scan::ScanRecord;
+use super::synced_paths::KindCounts;
 use crate::merge::VersionVector;
-use crate::store::local_state::LocalStateRow;
+use crate::store::local_state::{LocalStateReader, LocalStateRow};
 use crate::store::{ShareId, StoreError, StoreHandle};
 
 /// What a synced path is known to be: the value of the folder's local-state row for the path.
@@ -28,45 +29,49 @@ pub struct Synced {
 /// may contain, so it never collides with a path's row.
 const INSTANCE_KEY: &[u8] = b"\0instance";
 
-/// What the store knows about a folder: every path's synced state, and the id of the folder
-/// that was synced.
+/// What the store knows about a folder, counted at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Per path: what was last synced there.
-    pub synced: BTreeMap<String, Synced>,
+    /// The synced paths by kind.
+    pub counts: KindCounts,
     /// The id of the folder those paths were synced in ([`super::instance`]).
     pub instance: Option<InstanceId>,
 }
 
-/// Loads the folder's state. A row that does not decode is skipped (and counted in the log):
+/// Counts the folder's synced paths and reads its id, reading every row once (blocking: call it
+/// off the async threads). A row that does not decode is not counted (and counted in the log):
 /// the path is then unknown, and the next scan re-adopts it if it matches the share.
-pub async fn load(store: &StoreHandle, share: ShareId) -> Result<Loaded, StoreError> {
-    let rows = store.local_state(share).await?;
-    let mut map = BTreeMap::new();
-    let mut instance = None;
+pub fn load(stored: &LocalStateReader) -> Result<Loaded, StoreError> {
+    let mut loaded = Loaded::default();
     let mut damaged = 0usize;
-    for (key, value) in rows {
+    stored.snapshot()?.for_each_with_prefix(b"", |key, value| {
         if key == INSTANCE_KEY {
-            instance = InstanceId::try_from(value.as_slice()).ok();
-            continue;
-        }
-        match (
-            String::from_utf8(key),
-            crate::cbor::decode::<Synced>(&value),
-        ) {
-            (Ok(path), Ok(synced)) => {
-                map.insert(path, synced);
+            loaded.instance = InstanceId::try_from(value).ok();
+        } else if path_of_key(key).is_some() {
+            match decode_synced(value) {
+                Some(synced) => loaded.counts.add(&synced.record.meta),
+                None => damaged += 1,
             }
-            _ => damaged += 1,
         }
-    }
+        true
+    })?;
     if damaged > 0 {
         warn!("{damaged} synced-state rows did not decode; those paths are rescanned");
     }
-    Ok(Loaded {
-        synced: map,
-        instance,
-    })
+    Ok(loaded)
+}
+
+/// The path a local-state row is about, if it is about one (not the folder's id).
+pub fn path_of_key(key: &[u8]) -> Option<String> {
+    if key.first() == Some(&0) {
+        return None;
+    }
+    String::from_utf8(key.to_vec()).ok()
+}
+
+/// A path's row, if it decodes.
+pub fn decode_synced(bytes: &[u8]) -> Option<Synced> {
+    crate::cbor::decode(bytes).ok()
 }
 
 /// Records the folder's id, and forgets every synced path in `forget` (all of them when the
@@ -85,30 +90,67 @@ pub async fn record_instance(
     store.save_local_state(share, rows).await
 }
 
-/// Batches of synced-state rows for the writer task.
-pub type RowSender = mpsc::UnboundedSender<Vec<(String, Option<Synced>)>>;
+/// A numbered batch of synced-state rows for the writer task: per path, its new state or none.
+pub type RowBatch = (u64, Vec<(String, Option<Synced>)>);
+/// Where the folder hands batches to the writer task.
+pub type RowSender = mpsc::UnboundedSender<RowBatch>;
+
+/// How long the writer waits before trying a failed batch again, at first (doubling)...
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// ... and at most.
+pub const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Once the folder stops, a batch that keeps failing is given up after this many tries (the
+/// rows are a cache of what was synced: a path they miss is re-adopted by the next scan).
+pub const TRIES_AT_STOP: u32 = 3;
 
 /// Starts the task that writes synced-state rows in the order they are handed to it, so the
-/// folder's loop never waits for a commit. The task ends when the sender is dropped, after
-/// writing what it was given.
+/// folder's loop never waits for a commit, and publishes the number of the last batch committed
+/// on `committed`. A batch that fails is tried again until it is written: the folder forgets
+/// its copy of the rows only once they are committed. The task ends when the sender is dropped,
+/// after writing what it was given.
 pub fn spawn_writer(
     store: StoreHandle,
     share: ShareId,
     folder: String,
+    committed: watch::Sender<u64>,
 ) -> (RowSender, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(String, Option<Synced>)>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<RowBatch>();
     let task = tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            let rows = match encode_rows(batch) {
+        while let Some((batch, rows)) = rx.recv().await {
+            let rows = match encode_rows(rows) {
                 Ok(rows) => rows,
                 Err(e) => {
                     warn!(folder = %folder, "cannot encode folder state: {e}");
+                    committed.send_replace(batch);
                     continue;
                 }
             };
-            if let Err(e) = store.save_local_state(share, rows).await {
-                warn!(folder = %folder, "cannot save folder state: {e}");
+            let (mut wait, mut tries, mut said) = (RETRY_FIRST, 0u32, false);
+            loop {
+                match store.save_local_state(share, rows.clone()).await {
+                    Ok(()) => {
+                        if said {
+                            info!(folder = %folder, "folder state saved again");
+                        }
+                        break;
+                    }
+                    Err(StoreError::Stopped) => return,
+                    Err(e) => {
+                        tries += 1;
+                        if rx.is_closed() && tries >= TRIES_AT_STOP {
+                            warn!(folder = %folder, "folder state not saved at stop: {e}");
+                            break;
+                        }
+                        if !said {
+                            warn!(folder = %folder, "cannot save folder state (retrying): {e}");
+                            said = true;
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_MAX);
+                    }
+                }
             }
+            committed.send_replace(batch);
         }
     });
     (tx, task)

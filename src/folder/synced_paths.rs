@@ -1,19 +1,44 @@
-//! What was last synced at each path, with counts by kind kept as it changes, so `status` can
-//! say how many files and directories a folder holds without walking every path each time it
-//! is asked (the state poll asks every second).
+//! What was last synced at each path. It lives in the store (the folder's local-state rows) and
+//! is read from there as it is needed; only the changes the store has not committed yet are held
+//! here, over the stored rows. So a folder of a million files does not keep a million records in
+//! memory, and a scan reads its previous records from a snapshot instead of a copy.
+//!
+//! Counts by kind are kept as paths change, so `status` can say how many files and directories
+//! a folder holds without walking every path each time it is asked (the state poll asks every
+//! second).
 
 use std::collections::BTreeMap;
-use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+use tracing::warn;
 
 use super::model::{EntryKind, FileMeta};
-use super::state::Synced;
+use super::scan::{PreviousRecords, ScanRecord};
+use super::state::{self, Synced};
+use crate::store::StoreError;
+use crate::store::local_state::{LocalStateReader, LocalStateSnapshot};
 
-/// The synced paths of one folder; read through `Deref`, changed only through the methods
-/// below, which keep the counts.
-#[derive(Debug, Default)]
+/// The synced paths of one folder.
 pub(super) struct SyncedPaths {
-    map: BTreeMap<String, Synced>,
+    stored: LocalStateReader,
+    /// Changes not yet known to be committed: the newest per path, and the batch that carries
+    /// it to the writer (0: not handed over yet).
+    unsaved: BTreeMap<String, Unsaved>,
+    /// Whether `unsaved` holds changes not handed to the writer yet.
+    unsent: bool,
+    /// The last batch handed to the writer.
+    sent: u64,
+    /// The last batch the writer committed.
+    committed: watch::Receiver<u64>,
     counts: KindCounts,
+    /// Whether a failed read was logged (once: the next ones say the same).
+    read_failure_said: AtomicBool,
+}
+
+struct Unsaved {
+    synced: Option<Synced>,
+    batch: u64,
 }
 
 /// How many synced paths are files, directories and symlinks.
@@ -30,6 +55,11 @@ pub struct KindCounts {
 }
 
 impl KindCounts {
+    /// Counts one more path described by `meta`.
+    pub(super) fn add(&mut self, meta: &FileMeta) {
+        self.change(meta, true);
+    }
+
     fn change(&mut self, meta: &FileMeta, up: bool) {
         if meta.kind == EntryKind::File {
             self.file_bytes = if up {
@@ -51,61 +81,351 @@ impl KindCounts {
     }
 }
 
-impl Deref for SyncedPaths {
-    type Target = BTreeMap<String, Synced>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.map
-    }
-}
-
-impl From<BTreeMap<String, Synced>> for SyncedPaths {
-    fn from(map: BTreeMap<String, Synced>) -> Self {
-        let mut counts = KindCounts::default();
-        for synced in map.values() {
-            counts.change(&synced.record.meta, true);
-        }
-        SyncedPaths { map, counts }
-    }
-}
-
 impl SyncedPaths {
+    /// Reads the rows through `stored`; `committed` is the writer's last committed batch.
+    pub(super) fn new(stored: LocalStateReader, committed: watch::Receiver<u64>) -> Self {
+        SyncedPaths {
+            stored,
+            unsaved: BTreeMap::new(),
+            unsent: false,
+            sent: 0,
+            committed,
+            counts: KindCounts::default(),
+            read_failure_said: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the counts of the stored rows, once they are counted at start.
+    pub(super) fn set_counts(&mut self, counts: KindCounts) {
+        self.counts = counts;
+    }
+
     /// The counts by kind.
     pub(super) fn counts(&self) -> KindCounts {
         self.counts
     }
 
+    /// How many paths are synced.
+    pub(super) fn len(&self) -> u64 {
+        self.counts.files + self.counts.directories + self.counts.symlinks
+    }
+
+    /// What was synced at `path`. A row the store cannot read counts as none: the path is then
+    /// unknown, which never deletes anything (a scan re-adopts it if it matches the share).
+    pub(super) fn get(&self, path: &str) -> Option<Synced> {
+        if let Some(unsaved) = self.unsaved.get(path) {
+            return unsaved.synced.clone();
+        }
+        let row = self
+            .stored
+            .snapshot()
+            .and_then(|snapshot| snapshot.get(path.as_bytes()));
+        match row {
+            Ok(row) => row.and_then(|bytes| state::decode_synced(&bytes)),
+            Err(e) => {
+                self.read_failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Whether something was synced at `path`.
+    pub(super) fn contains_key(&self, path: &str) -> bool {
+        self.get(path).is_some()
+    }
+
     pub(super) fn insert(&mut self, path: String, synced: Synced) -> Option<Synced> {
-        self.counts.change(&synced.record.meta, true);
-        let old = self.map.insert(path, synced);
+        let old = self.get(&path);
         if let Some(old) = &old {
             self.counts.change(&old.record.meta, false);
         }
+        self.counts.change(&synced.record.meta, true);
+        self.set(path, Some(synced));
         old
     }
 
     pub(super) fn remove(&mut self, path: &str) -> Option<Synced> {
-        let old = self.map.remove(path);
+        let old = self.get(path);
         if let Some(old) = &old {
             self.counts.change(&old.record.meta, false);
+            self.set(path.to_owned(), None);
         }
         old
     }
 
-    /// Replaces the stat data of a path whose content and kind did not change.
-    pub(super) fn restat(&mut self, path: &str, record: super::scan::ScanRecord) {
-        if let Some(synced) = self.map.get_mut(path)
+    /// Replaces the stat data of a path whose content and kind did not change (written only
+    /// when it differs: a full scan passes every unchanged path through here).
+    pub(super) fn restat(&mut self, path: &str, record: ScanRecord) {
+        if let Some(mut synced) = self.get(path)
             && synced.record.meta.kind == record.meta.kind
+            && synced.record != record
         {
-            self.counts.change(&synced.record.meta, false);
-            self.counts.change(&record.meta, true);
             synced.record = record;
+            self.insert(path.to_owned(), synced);
         }
     }
 
-    /// Empties it, returning what it held.
-    pub(super) fn take(&mut self) -> BTreeMap<String, Synced> {
+    fn set(&mut self, path: String, synced: Option<Synced>) {
+        self.unsaved.insert(path, Unsaved { synced, batch: 0 });
+        self.unsent = true;
+    }
+
+    /// Whether some change waits to be handed to the writer.
+    pub(super) fn has_unsent(&self) -> bool {
+        self.unsent
+    }
+
+    /// The changes not handed to the writer yet, as the next batch and its number; forgets the
+    /// changes the writer has committed since the last call.
+    pub(super) fn take_unsent(&mut self) -> Option<state::RowBatch> {
+        self.unsent = false;
+        let committed = *self.committed.borrow();
+        self.unsaved
+            .retain(|_, u| u.batch == 0 || u.batch > committed);
+        let batch = self.sent + 1;
+        let rows: Vec<(String, Option<Synced>)> = self
+            .unsaved
+            .iter_mut()
+            .filter(|(_, u)| u.batch == 0)
+            .map(|(path, u)| {
+                u.batch = batch;
+                (path.clone(), u.synced.clone())
+            })
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        self.sent = batch;
+        Some((batch, rows))
+    }
+
+    /// Waits until the writer has committed every batch handed to it.
+    pub(super) async fn all_committed(&mut self) {
+        let sent = self.sent;
+        // An error means the writer stopped: nothing more will be committed.
+        let _ = self.committed.wait_for(|&done| done >= sent).await;
+    }
+
+    /// Forgets every path (the folder was replaced), returning the stored paths, whose rows the
+    /// caller removes. Call once everything handed to the writer is committed
+    /// ([`Self::all_committed`]): a batch committed later would bring rows back.
+    pub(super) fn forget_all(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut paths = Vec::new();
+        self.stored
+            .snapshot()?
+            .for_each_with_prefix(b"", |key, _| {
+                if let Some(path) = state::path_of_key(key) {
+                    paths.push(path);
+                }
+                true
+            })?;
+        self.unsaved.clear();
+        self.unsent = false;
         self.counts = KindCounts::default();
-        std::mem::take(&mut self.map)
+        Ok(paths)
+    }
+
+    /// A consistent view of every synced record, for a scan running beside the folder's loop.
+    pub(super) fn snapshot(&self) -> Result<SyncedSnapshot, StoreError> {
+        // Copied before the stored view is taken: a change the writer commits in between is
+        // then in the copy, and one already committed is in the view.
+        let unsaved = self
+            .unsaved
+            .iter()
+            .map(|(path, u)| (path.clone(), u.synced.as_ref().map(|s| s.record.clone())))
+            .collect();
+        Ok(SyncedSnapshot {
+            unsaved,
+            stored: self.stored.snapshot()?,
+        })
+    }
+
+    fn read_failed(&self, e: &StoreError) {
+        if !self.read_failure_said.swap(true, Ordering::Relaxed) {
+            warn!("cannot read the folder's synced state: {e}; those paths count as unknown");
+        }
+    }
+}
+
+/// What was synced, as one moment saw it: see [`SyncedPaths::snapshot`].
+pub(super) struct SyncedSnapshot {
+    unsaved: BTreeMap<String, Option<ScanRecord>>,
+    stored: LocalStateSnapshot,
+}
+
+impl PreviousRecords for SyncedSnapshot {
+    fn record(&self, rel: &str) -> Option<ScanRecord> {
+        if let Some(record) = self.unsaved.get(rel) {
+            return record.clone();
+        }
+        // A row that cannot be read is unknown: the scan reads the file as new, and it is
+        // adopted if it matches the share.
+        let row = self.stored.get(rel.as_bytes()).ok().flatten()?;
+        state::decode_synced(&row).map(|s| s.record)
+    }
+
+    fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str)) {
+        // A row that cannot be read is left out: the path is then not found gone, and nothing
+        // is deleted for it.
+        let mut stored = |rel: String| {
+            if !self.unsaved.contains_key(&rel) {
+                visit(&rel);
+            }
+        };
+        let prefix = if dir.is_empty() {
+            Vec::new()
+        } else {
+            if self.stored.contains(dir.as_bytes()).unwrap_or(false) {
+                stored(dir.to_owned());
+            }
+            format!("{dir}/").into_bytes()
+        };
+        let _ = self.stored.for_each_with_prefix(&prefix, |key, _| {
+            if let Some(rel) = state::path_of_key(key) {
+                stored(rel);
+            }
+            true
+        });
+        // By range, not by a walk of every change: a scan asks this once per requested path.
+        let unsaved: Box<dyn Iterator<Item = (&String, &Option<ScanRecord>)>> = if dir.is_empty() {
+            Box::new(self.unsaved.iter())
+        } else {
+            let own = self.unsaved.get_key_value(dir);
+            let below = format!("{dir}/")..format!("{dir}0");
+            Box::new(own.into_iter().chain(self.unsaved.range(below)))
+        };
+        for (rel, record) in unsaved {
+            if record.is_some() {
+                visit(rel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::model::{ChunkRef, Content};
+    use crate::merge::VersionVector;
+    use crate::store::{ShareKind, ShareMeta, StoreHandle};
+
+    fn synced(kind: EntryKind, byte: u8) -> Synced {
+        let hash = *blake3::hash(&[byte]).as_bytes();
+        let file = kind == EntryKind::File;
+        Synced {
+            record: ScanRecord {
+                meta: FileMeta {
+                    kind,
+                    mode: 0o644,
+                    mtime_secs: 1_000,
+                    mtime_nanos: 0,
+                    size: u64::from(file),
+                    hash: if file { hash } else { [0; 32] },
+                    content: if file {
+                        Content::Inline(vec![ChunkRef { hash, len: 1 }])
+                    } else {
+                        Content::Empty
+                    },
+                    target: None,
+                },
+                ctime_secs: 1_000,
+                ctime_nanos: 0,
+                inode: u64::from(byte),
+                dev: 1,
+                racy: false,
+            },
+            base: VersionVector::default(),
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, StoreHandle, crate::store::ShareId) {
+        let dir = tempfile::tempdir().unwrap();
+        let accept = |_: ShareKind, _: &[u8], _: &crate::store::RecordRegister| Ok(());
+        let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept).unwrap();
+        let (id, secret) = crate::share::new_share();
+        let meta = ShareMeta {
+            id,
+            name: "f".into(),
+            kind: ShareKind::Folder,
+            secret,
+            seed_addrs: vec![],
+            path: None,
+            writers: [0; 32],
+            write_key: None,
+            trusted_peers: vec![],
+            paused: false,
+        };
+        store.create_share(meta).await.unwrap();
+        (dir, store, id)
+    }
+
+    fn paths_within(snapshot: &SyncedSnapshot, dir: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        snapshot.for_each_path_within(dir, &mut |rel| out.push(rel.to_owned()));
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn changes_are_read_back_before_and_after_the_writer_commits_them() {
+        let (_dir, store, share) = store().await;
+        let (committed_tx, committed) = watch::channel(0);
+        let (writer, task) = state::spawn_writer(store.clone(), share, "f".into(), committed_tx);
+        let mut paths = SyncedPaths::new(store.local_state_reader(share), committed);
+
+        paths.insert("a".into(), synced(EntryKind::File, 1));
+        paths.insert("d".into(), synced(EntryKind::Dir, 2));
+        paths.insert("d/x".into(), synced(EntryKind::File, 3));
+        paths.insert("dx".into(), synced(EntryKind::File, 4));
+        assert_eq!(paths.len(), 4);
+        assert_eq!(paths.counts().files, 3);
+        assert_eq!(paths.get("d/x"), Some(synced(EntryKind::File, 3)));
+        let before = paths.snapshot().unwrap();
+        assert_eq!(paths_within(&before, "d"), ["d", "d/x"]);
+
+        // Handed over and committed: read from the store from now on, no longer held here.
+        let batch = paths.take_unsent().unwrap();
+        assert_eq!(batch.1.len(), 4);
+        writer.send(batch).unwrap();
+        paths.all_committed().await;
+        paths.remove("a");
+        paths.restat("dx", synced(EntryKind::File, 4).record);
+        let batch = paths.take_unsent().unwrap();
+        assert_eq!(
+            batch.1.len(),
+            1,
+            "only the delete is new; an unchanged restat writes nothing"
+        );
+        assert_eq!(
+            paths.unsaved.len(),
+            1,
+            "committed rows are no longer held in memory"
+        );
+        assert_eq!(paths.get("d/x"), Some(synced(EntryKind::File, 3)));
+        assert_eq!(
+            paths.get("a"),
+            None,
+            "the delete, not yet committed, hides the stored row"
+        );
+        assert!(!paths.contains_key("a"));
+        assert_eq!(paths.len(), 3);
+        let now = paths.snapshot().unwrap();
+        assert_eq!(paths_within(&now, ""), ["d", "d/x", "dx"]);
+        assert_eq!(now.record("d/x"), Some(synced(EntryKind::File, 3).record));
+        assert_eq!(now.record("a"), None);
+        // The earlier snapshot still sees the folder as it was.
+        assert_eq!(paths_within(&before, ""), ["a", "d", "d/x", "dx"]);
+
+        writer.send(batch).unwrap();
+        paths.all_committed().await;
+        drop(writer);
+        task.await.unwrap();
+        // As a restart finds them.
+        let loaded = state::load(&store.local_state_reader(share)).unwrap();
+        assert_eq!(loaded.counts, paths.counts());
+        let mut forgotten = paths.forget_all().unwrap();
+        forgotten.sort();
+        assert_eq!(forgotten, ["d", "d/x", "dx"]);
+        assert_eq!(paths.len(), 0);
     }
 }

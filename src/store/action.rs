@@ -48,6 +48,10 @@ pub(super) enum Action {
     List {
         share: ShareId,
         prefix: Vec<u8>,
+        /// Only keys after this one.
+        after: Option<Vec<u8>>,
+        /// At most this many entries.
+        limit: usize,
         reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
     },
     ByIds {

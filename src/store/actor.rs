@@ -22,7 +22,7 @@ use crate::reconcile::{Digest, Id, Summary};
 /// The state of the store thread.
 pub(super) struct StoreActor {
     pub(super) validate_remote: EntryValidator,
-    pub(super) db: Database,
+    pub(super) db: Arc<Database>,
     pub(super) shares: Shares,
     pub(super) clock: HlcClock,
     pub(super) local: PeerKey,
@@ -123,9 +123,11 @@ impl StoreActor {
             Action::List {
                 share,
                 prefix,
+                after,
+                limit,
                 reply,
             } => {
-                let _ = reply.send(self.list(&share, &prefix));
+                let _ = reply.send(self.list(&share, &prefix, after.as_deref(), limit));
             }
             Action::ByIds { share, ids, reply } => {
                 let _ = reply.send(self.by_ids(&share, &ids));
@@ -152,13 +154,24 @@ impl StoreActor {
         }
     }
 
-    fn list(&self, share: &ShareId, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    fn list(
+        &self,
+        share: &ShareId,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         let start = join_key(share, prefix);
         let end = next_prefix(&start);
+        // The smallest key after `after` is `after` followed by a zero byte.
+        let start = match after.map(|after| join_key(share, &[after, &[0]].concat())) {
+            Some(after) if after > start => after,
+            _ => start,
+        };
         let mut out = Vec::new();
-        for row in table.range(start.as_slice()..end.as_slice())? {
+        for row in table.range(start.as_slice()..end.as_slice())?.take(limit) {
             let (k, v) = row?;
             out.push((k.value()[32..].to_vec(), decode_register(v.value())?));
         }

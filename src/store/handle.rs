@@ -1,7 +1,7 @@
 //! The cloneable handle to the store thread: every call sends an [`Action`] and awaits its answer.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use redb::Database;
@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::action::Action;
 use super::actor::StoreActor;
-use super::local_state::{LocalStateRow, LocalStateRows};
+use super::local_state::{LocalStateReader, LocalStateRow, LocalStateRows};
 use super::{
     CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister, STORE_CACHE_BYTES,
     STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares, StoreError, schema,
@@ -38,6 +38,9 @@ impl PendingWrite {
 #[derive(Clone)]
 pub struct StoreHandle {
     pub(super) actions: mpsc::Sender<Action>,
+    /// For [`LocalStateReader`]s, which read without the store thread. Weak: the store thread
+    /// holds the database, and closes it cleanly when it stops, whoever still holds a handle.
+    db: Weak<Database>,
     shares: Shares,
     changes: broadcast::Sender<Arc<Change>>,
 }
@@ -83,9 +86,10 @@ impl StoreHandle {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let db = Arc::new(db);
         let actor = StoreActor {
             validate_remote,
-            db,
+            db: db.clone(),
             shares: shares.clone(),
             clock,
             local: local_key,
@@ -99,6 +103,7 @@ impl StoreHandle {
             .map_err(StoreError::Thread)?;
         Ok(StoreHandle {
             actions: tx,
+            db: Arc::downgrade(&db),
             shares,
             changes,
         })
@@ -246,9 +251,23 @@ impl StoreHandle {
 
     /// All entries whose key starts with `prefix`, in key order.
     pub async fn list(&self, share: ShareId, prefix: Vec<u8>) -> Result<Vec<Entry>, StoreError> {
+        self.list_page(share, prefix, None, usize::MAX).await
+    }
+
+    /// The first `limit` entries whose key starts with `prefix` and comes after `after`, in key
+    /// order: a long listing a page at a time, without holding every entry at once.
+    pub async fn list_page(
+        &self,
+        share: ShareId,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
         self.call(|reply| Action::List {
             share,
             prefix,
+            after,
+            limit,
             reply,
         })
         .await
@@ -326,7 +345,12 @@ impl StoreHandle {
             .await
     }
 
-    /// Every row of a share's local state, in key order.
+    /// Reads a share's local state from any thread, as last committed.
+    pub fn local_state_reader(&self, share: ShareId) -> LocalStateReader {
+        LocalStateReader::new(self.db.clone(), share)
+    }
+
+    /// Every local-state row of a share (see [`Self::local_state_reader`] to read a few).
     pub async fn local_state(&self, share: ShareId) -> Result<LocalStateRows, StoreError> {
         self.call(|reply| Action::LocalState { share, reply }).await
     }

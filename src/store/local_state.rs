@@ -4,7 +4,9 @@
 //! Rows are written in the store thread's batches, so they commit together with record writes
 //! that arrive at the same time.
 
-use redb::{ReadableDatabase, Table};
+use std::sync::Weak;
+
+use redb::{ReadOnlyTable, ReadableDatabase, Table};
 
 use super::schema::LOCAL_STATE;
 use super::{ShareId, StoreError, join_key, next_prefix};
@@ -46,4 +48,69 @@ pub(super) fn read_all(db: &redb::Database, share: &ShareId) -> Result<LocalStat
         out.push((k.value()[32..].to_vec(), v.value().to_vec()));
     }
     Ok(out)
+}
+
+/// Reads one share's local-state rows from any thread, without going through the store thread,
+/// so an owner can keep its rows on disk and read them as it needs them instead of holding
+/// them all in memory. Each read sees the rows as last committed.
+#[derive(Clone)]
+pub struct LocalStateReader {
+    /// Weak, as in the handle: reads after the store stopped fail with `Stopped`.
+    db: Weak<redb::Database>,
+    share: ShareId,
+}
+
+impl LocalStateReader {
+    pub(super) fn new(db: Weak<redb::Database>, share: ShareId) -> Self {
+        LocalStateReader { db, share }
+    }
+
+    /// A consistent view of the committed rows, for several reads. It pins the database pages
+    /// it sees: hold it for one piece of work (a scan), not for the life of the owner.
+    pub fn snapshot(&self) -> Result<LocalStateSnapshot, StoreError> {
+        let db = self.db.upgrade().ok_or(StoreError::Stopped)?;
+        let txn = db.begin_read()?;
+        Ok(LocalStateSnapshot {
+            table: txn.open_table(LOCAL_STATE)?,
+            share: self.share,
+        })
+    }
+}
+
+/// See [`LocalStateReader::snapshot`].
+pub struct LocalStateSnapshot {
+    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    share: ShareId,
+}
+
+impl LocalStateSnapshot {
+    /// The row at `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = join_key(&self.share, key);
+        Ok(self.table.get(key.as_slice())?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether there is a row at `key`.
+    pub fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let key = join_key(&self.share, key);
+        Ok(self.table.get(key.as_slice())?.is_some())
+    }
+
+    /// Calls `visit` with every row whose key starts with `prefix`, in key order, until it
+    /// returns `false`.
+    pub fn for_each_with_prefix(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let start = join_key(&self.share, prefix);
+        let end = next_prefix(&start);
+        for row in self.table.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            if !visit(&k.value()[32..], v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }

@@ -322,3 +322,71 @@ async fn a_removed_share_leaves_nothing_behind_and_others_untouched() {
     assert_eq!(store.list(kept.id, Vec::new()).await.unwrap().len(), 1);
     assert_eq!(store.local_state(kept.id).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_listing_read_page_by_page_gives_every_entry_once_and_local_state_reads_see_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept_any).unwrap();
+    let share = meta("s");
+    store.create_share(share.clone()).await.unwrap();
+    // "a" is a prefix of "a\0" and "ab": a page ending at "a" must still give both.
+    let mut keys: Vec<Vec<u8>> = (0..25).map(|i| format!("k{i:02}").into_bytes()).collect();
+    keys.extend([b"a".to_vec(), b"a\0".to_vec(), b"ab".to_vec()]);
+    let records = keys.iter().map(|k| (k.clone(), value("v"))).collect();
+    store.put(share.id, records).await.unwrap();
+    for limit in [1, 2, 7, 28, 100] {
+        let (mut after, mut seen) = (None, Vec::new());
+        loop {
+            let page = store
+                .list_page(share.id, Vec::new(), after.take(), limit)
+                .await
+                .unwrap();
+            assert!(page.len() <= limit);
+            let full = page.len() == limit;
+            after = page.last().map(|(k, _)| k.clone());
+            seen.extend(page.into_iter().map(|(k, _)| k));
+            if !full {
+                break;
+            }
+        }
+        let mut expected = keys.clone();
+        expected.sort();
+        assert_eq!(seen, expected, "pages of {limit}");
+    }
+    let only_k = store
+        .list_page(share.id, b"k".to_vec(), Some(b"k20".to_vec()), 100)
+        .await
+        .unwrap();
+    assert_eq!(only_k.len(), 4);
+
+    let reader = store.local_state_reader(share.id);
+    assert_eq!(reader.snapshot().unwrap().get(b"p").unwrap(), None);
+    let before = reader.snapshot().unwrap();
+    store
+        .save_local_state(share.id, vec![(b"p".to_vec(), Some(b"x".to_vec()))])
+        .await
+        .unwrap();
+    // A snapshot sees what was committed when it was taken; a new one sees the write.
+    assert_eq!(before.get(b"p").unwrap(), None);
+    let after = reader.snapshot().unwrap();
+    assert_eq!(after.get(b"p").unwrap(), Some(b"x".to_vec()));
+    assert!(after.contains(b"p").unwrap());
+    let mut rows = Vec::new();
+    after
+        .for_each_with_prefix(b"", |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    assert_eq!(rows, vec![(b"p".to_vec(), b"x".to_vec())]);
+    drop((before, after));
+
+    // Handles and readers left behind do not keep the database open once the store stops: it
+    // is closed cleanly, and opens again.
+    let kept = store.clone();
+    store.shutdown().await;
+    assert!(matches!(reader.snapshot(), Err(StoreError::Stopped)));
+    let again = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept_any).unwrap();
+    again.shutdown().await;
+    drop(kept);
+}

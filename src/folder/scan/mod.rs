@@ -77,7 +77,7 @@ use crate::folder::content::{PIPELINE_FROM, Previous};
 use crate::folder::model::{self, ChunkRef, EntryKind, FileMeta, IGNORE_FILE, MARKER_DIR, PageRef};
 
 pub use hash::{MAX_HASH_ATTEMPTS, MAX_HASH_WORKERS};
-pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, written_is_racy};
+pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, StampDigest, written_is_racy};
 pub use walk::is_ignored_builtin;
 
 use hash::{Hashed, Job, Outcome, hash_all};
@@ -217,19 +217,50 @@ pub enum ScanError {
 /// did not change, instead of cut again (see [`crate::folder::content::Previous`]).
 pub type ChunkLists<'a> = &'a (dyn Fn(&FileMeta) -> Option<Vec<ChunkRef>> + Sync);
 
+/// What a scan compares the folder with: the records of the last scan (or of what was synced),
+/// by path. A map serves; the folder reads them from its store as the scan asks, so a scan of a
+/// big tree does not need a copy of every record in memory.
+pub trait PreviousRecords {
+    /// The record at `rel`, if there is one.
+    fn record(&self, rel: &str) -> Option<ScanRecord>;
+    /// Calls `visit` with every path that has a record and is `dir` or beneath it (`""`: every
+    /// path).
+    fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str));
+}
+
+impl PreviousRecords for BTreeMap<String, ScanRecord> {
+    fn record(&self, rel: &str) -> Option<ScanRecord> {
+        self.get(rel).cloned()
+    }
+
+    fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str)) {
+        if dir.is_empty() {
+            self.keys().for_each(|rel| visit(rel));
+            return;
+        }
+        if self.contains_key(dir) {
+            visit(dir);
+        }
+        // Everything under `dir/`: '0' is the character right after '/'.
+        for rel in self
+            .range(format!("{dir}/")..format!("{dir}0"))
+            .map(|(k, _)| k)
+        {
+            visit(rel);
+        }
+    }
+}
+
 /// Scans the whole folder at `root`. `previous` is the last scan's `entries` (empty the first
 /// time): files it describes that have not changed are reused instead of re-read.
-pub fn scan_all(
-    root: &Path,
-    previous: &BTreeMap<String, ScanRecord>,
-) -> Result<ScanOutput, ScanError> {
+pub fn scan_all(root: &Path, previous: &dyn PreviousRecords) -> Result<ScanOutput, ScanError> {
     scan_all_reusing(root, previous, &|_| None)
 }
 
 /// [`scan_all`], finding the chunks of changed large files' previous versions again.
 pub fn scan_all_reusing(
     root: &Path,
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
     chunk_lists: ChunkLists,
 ) -> Result<ScanOutput, ScanError> {
     scan(
@@ -247,7 +278,7 @@ pub fn scan_all_reusing(
 pub fn attributes_of_changed_files(
     root: &Path,
     scanned: &BTreeMap<String, ScanRecord>,
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
     name: &str,
     max: usize,
 ) -> BTreeMap<String, Vec<u8>> {
@@ -255,7 +286,7 @@ pub fn attributes_of_changed_files(
         .iter()
         .filter(|(path, record)| {
             record.meta.kind == EntryKind::File
-                && previous.get(*path).map(|p| &p.meta) != Some(&record.meta)
+                && previous.record(path).map(|p| p.meta).as_ref() != Some(&record.meta)
         })
         .filter_map(|(path, _)| {
             let value = crate::folder::write::attribute(&root.join(path), name, max);
@@ -302,7 +333,7 @@ fn present_unfollowed(base: &Path, rel: &str) -> bool {
 pub fn scan_paths(
     root: &Path,
     paths: &[String],
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
 ) -> Result<ScanOutput, ScanError> {
     scan_paths_reusing(root, paths, previous, &|_| None, None)
 }
@@ -314,7 +345,7 @@ pub fn scan_paths(
 pub fn scan_paths_reusing(
     root: &Path,
     paths: &[String],
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
     chunk_lists: ChunkLists,
     recent_writes: Option<Duration>,
 ) -> Result<ScanOutput, ScanError> {
@@ -369,10 +400,10 @@ impl Known {
 fn known_files(
     root: &Path,
     requested: &BTreeSet<String>,
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
 ) -> Result<Known, ScanError> {
     let mut known = Known::default();
-    let candidates: Vec<(&String, &ScanRecord)> = requested
+    let candidates: Vec<(&String, ScanRecord)> = requested
         .iter()
         .filter(|rel| !rel.is_empty())
         .filter(|rel| {
@@ -380,7 +411,7 @@ fn known_files(
                 .skip(1)
                 .any(|a| requested.contains(a))
         })
-        .filter_map(|rel| previous.get(rel).map(|record| (rel, record)))
+        .filter_map(|rel| previous.record(rel).map(|record| (rel, record)))
         .filter(|(_, record)| record.meta.kind == EntryKind::File)
         .collect();
     if candidates.is_empty() {
@@ -398,14 +429,14 @@ fn known_files(
             continue;
         }
         let stat = Stat::of(&md);
-        if reusable(record, &stat) {
-            known.reused.insert(rel.clone(), record.clone());
+        if reusable(&record, &stat) {
+            known.reused.insert(rel.clone(), record);
         } else if record.inode == stat.ino && record.dev == stat.dev {
             known.jobs.push(Job {
                 rel: rel.clone(),
                 abs,
                 size: stat.size,
-                seen: Seen::of(record),
+                seen: Seen::of(&record),
             });
         }
     }
@@ -417,7 +448,7 @@ fn known_files(
 fn scan(
     root: &Path,
     scope: Scope,
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
     known: Known,
     chunk_lists: ChunkLists,
     fresh_since: Option<SystemTime>,
@@ -429,13 +460,18 @@ fn scan(
     found.jobs.extend(known.jobs);
 
     let mut out = ScanOutput::default();
+    let jobs = std::mem::take(&mut found.jobs);
+    // Looked up before hashing, which runs on several threads: `previous` may be a view of a
+    // database that is not shared across threads. Only large files are given their chunks.
+    let large_previous: BTreeMap<String, ScanRecord> = jobs
+        .iter()
+        .filter(|job| job.size >= PIPELINE_FROM)
+        .filter_map(|job| Some((job.rel.clone(), previous.record(&job.rel)?)))
+        .collect();
     let previous_chunks = |job: &Job| {
-        let record = previous
-            .get(&job.rel)
-            .filter(|_| job.size >= PIPELINE_FROM)?;
+        let record = large_previous.get(&job.rel)?;
         chunk_lists(&record.meta).map(Previous::new)
     };
-    let jobs = std::mem::take(&mut found.jobs);
     for (job, hashed) in hash_all(jobs, &previous_chunks) {
         add_hashed(&mut found, &mut out, job, hashed);
     }
@@ -501,7 +537,7 @@ fn add_hashed(found: &mut Walked, out: &mut ScanOutput, job: Job, hashed: Hashed
 /// `unstable` paths.
 fn settle(
     scope: &Scope,
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
     entries: &mut BTreeMap<String, ScanRecord>,
     unstable: &BTreeSet<String>,
 ) -> Vec<String> {
@@ -509,14 +545,24 @@ fn settle(
     if !unstable.is_empty() {
         entries.retain(|rel, _| !under_unstable(rel));
     }
-    let mut gone: BTreeSet<&String> = previous.keys().filter(|rel| scope.covers(rel)).collect();
-    if let Scope::Paths(requested) = scope {
-        gone.extend(requested.iter().filter(|r| !r.is_empty()));
+    let mut gone = BTreeSet::new();
+    let mut visit = |rel: &str| {
+        if !entries.contains_key(rel) && !under_unstable(rel) {
+            gone.insert(rel.to_owned());
+        }
+    };
+    match scope {
+        Scope::All => previous.for_each_path_within("", &mut visit),
+        Scope::Paths(requested) => {
+            for rel in requested {
+                previous.for_each_path_within(rel, &mut visit);
+                if !rel.is_empty() {
+                    visit(rel);
+                }
+            }
+        }
     }
-    gone.into_iter()
-        .filter(|rel| !entries.contains_key(*rel) && !under_unstable(rel))
-        .cloned()
-        .collect()
+    gone.into_iter().collect()
 }
 
 /// Warnings, capped at [`MAX_WARNINGS`]. Not logged here: a full scan every minute would

@@ -15,7 +15,7 @@ use ignore::WalkBuilder;
 
 use super::hash::Job;
 use super::stat::{Seen, Stat, reusable};
-use super::{ScanError, ScanRecord, Warnings};
+use super::{PreviousRecords, ScanError, ScanRecord, Warnings};
 use crate::folder::model::{EntryKind, IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
 use crate::folder::write::validate_rel_path;
 
@@ -132,7 +132,7 @@ pub(super) fn walk(
     root: &Path,
     base: &Path,
     scope: &Arc<Scope>,
-    previous: &BTreeMap<String, ScanRecord>,
+    previous: &dyn PreviousRecords,
     fresh_since: Option<SystemTime>,
 ) -> Result<Walked, ScanError> {
     let mut walk = Walk {
@@ -171,7 +171,7 @@ struct Walk<'a> {
     /// What the caller asked for.
     scope: &'a Scope,
     /// The caller's records from the last scan.
-    previous: &'a BTreeMap<String, ScanRecord>,
+    previous: &'a dyn PreviousRecords,
     /// Changed files found by walking a requested directory (not requested themselves) whose
     /// change time is this recent are left unread: their writer may still be at work.
     fresh_since: Option<SystemTime>,
@@ -302,9 +302,9 @@ impl Walk<'_> {
             let fresh = self.fresh_since.is_some_and(written_since)
                 && !is_rules
                 && matches!(self.scope, Scope::Paths(set) if !set.contains(&rel));
-            match self.previous.get(&rel) {
-                Some(prev) if reusable(prev, &stat) => {
-                    found.entries.insert(rel, prev.clone());
+            match self.previous.record(&rel) {
+                Some(prev) if reusable(&prev, &stat) => {
+                    found.entries.insert(rel, prev);
                 }
                 _ if fresh => {
                     found.fresh.insert(rel);
@@ -313,7 +313,7 @@ impl Walk<'_> {
                     rel,
                     abs: path.to_path_buf(),
                     size: stat.size,
-                    seen: prev.and_then(Seen::of),
+                    seen: prev.as_ref().and_then(Seen::of),
                 }),
             }
         } else {
