@@ -307,7 +307,7 @@ mod tests {
     use super::*;
     use crate::folder::model::{ChunkRef, Content};
     use crate::merge::VersionVector;
-    use crate::store::{ShareKind, ShareMeta, StoreHandle};
+    use crate::store::{ShareKind, StoreHandle};
 
     fn synced(kind: EntryKind, byte: u8) -> Synced {
         let hash = *blake3::hash(&[byte]).as_bytes();
@@ -342,19 +342,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let accept = |_: ShareKind, _: &[u8], _: &crate::store::RecordRegister| Ok(());
         let store = StoreHandle::open(dir.path(), libp2p::PeerId::random(), accept).unwrap();
-        let (id, secret) = crate::share::new_share();
-        let meta = ShareMeta {
-            id,
-            name: "f".into(),
-            kind: ShareKind::Folder,
-            secret,
-            seed_addrs: vec![],
-            path: None,
-            writers: [0; 32],
-            write_key: None,
-            trusted_peers: vec![],
-            paused: false,
-        };
+        let meta = crate::store::tests::new_test_share("f", ShareKind::Folder);
+        let id = meta.id;
         store.create_share(meta).await.unwrap();
         (dir, store, id)
     }

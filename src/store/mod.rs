@@ -355,4 +355,4 @@ pub type EntryValidator = fn(ShareKind, &[u8], &RecordRegister) -> Result<(), In
 pub struct InvalidEntry(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

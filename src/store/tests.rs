@@ -8,11 +8,16 @@ fn accept_any(_: ShareKind, _: &[u8], _: &RecordRegister) -> Result<(), InvalidE
 }
 
 fn meta(name: &str) -> ShareMeta {
+    new_test_share(name, ShareKind::Records)
+}
+
+/// A new share of `kind` named `name`, for tests here and in the store's users.
+pub(crate) fn new_test_share(name: &str, kind: ShareKind) -> ShareMeta {
     let (id, secret) = crate::share::new_share();
     ShareMeta {
         id,
         name: name.into(),
-        kind: ShareKind::Records,
+        kind,
         secret,
         seed_addrs: vec![],
         path: None,
