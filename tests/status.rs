@@ -455,3 +455,101 @@ fn a_folder_over_the_inotify_watch_limit_says_so_syncs_by_rescans_and_recovers()
     a.stop();
     b.stop();
 }
+
+/// The disk under a daemon's store fills up: every share says so (state `error`, the reason
+/// naming the store and the cause), the condition is logged once, writes through the API get a
+/// clear error, and once space is freed the daemon reopens its store and catches up by itself.
+#[test]
+fn a_full_disk_under_the_store_says_error_once_and_recovers_by_itself() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    let disk = Tmpfs::mount(&b.home.join("state"), "64m");
+    b.start();
+    let token = a.create_records_share("notes");
+    b.join_records_share(&token, "notes");
+    let folder = FolderShare::among(&[&a, &b]);
+    let (api_a, api_b) = (Api::of(&a), Api::of(&b));
+    api_a.put("notes", "first", "1");
+    wait_until("B to get the first record", WAIT, || {
+        b.kv_list_json("notes").to_string().contains("first")
+    });
+    std::fs::write(folder.dirs[0].join("one.txt"), "1").unwrap();
+    folder.wait_identical();
+
+    // Fill what the store's file system has left.
+    let junk = disk.path().join("junk");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&junk).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let warnings_before = b.log_lines_with(&["WARN"]);
+    // A's records go on until one of B's commits needs space it does not have.
+    let value = "x".repeat(16 * 1024);
+    let mut sent = 0;
+    wait_until("B to say its store cannot be written", WAIT, || {
+        api_a.put("notes", &format!("full{sent}"), &value);
+        sent += 1;
+        let status = share(&b, "notes");
+        status["state"] == "error"
+            && status["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("store") && r.contains("No space left"))
+    });
+    std::fs::write(folder.dirs[0].join("two.txt"), "22").unwrap();
+    let on_folder = share(&b, &folder.name);
+    assert_eq!(
+        on_folder["state"], "error",
+        "every share says it: {on_folder}"
+    );
+    let human = String::from_utf8(b.cli(&["status"]).stdout).unwrap();
+    assert!(human.contains("No space left"), "{human}");
+    let (code, body) = api_b.post(
+        "/v1/kv/notes/put",
+        &serde_json::json!({"key": "on-b", "value": "1"}),
+    );
+    assert!(
+        code >= 500 && body.to_string().contains("store"),
+        "a write on B gets a clear error: {code} {body}"
+    );
+
+    let listing = b.cli(&["kv", "list", "notes"]);
+    assert!(
+        !listing.status.success()
+            && String::from_utf8_lossy(&listing.stderr).contains("No space left"),
+        "reads say why while the store is closed: {listing:?}"
+    );
+
+    std::fs::remove_file(&junk).unwrap();
+    let last = format!("full{}", sent - 1);
+    wait_until("B to catch up by itself", WAIT, || {
+        let listing = b.cli(&["kv", "list", "notes", "--json"]);
+        listing.status.success() && String::from_utf8_lossy(&listing.stdout).contains(&last)
+    });
+    folder.wait_identical();
+    wait_until("B to be in sync again", WAIT, || {
+        share(&b, "notes")["state"] == "in-sync"
+    });
+    api_b.put("notes", "on-b", "1");
+    wait_until("B's write to reach A", WAIT, || {
+        a.kv_list_json("notes").to_string().contains("on-b")
+    });
+    let warnings: Vec<String> = b
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .skip(warnings_before)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "the full disk is logged once, not once per write: {warnings:#?}"
+    );
+    assert!(b.stop());
+    assert!(a.stop());
+    drop(disk);
+}

@@ -712,6 +712,8 @@ impl EngineActor {
             .finished((peer, share), outcome, presence, Instant::now());
         if report.not_a_member {
             debug!(%peer, share = %report.share, "session refused: not a member (asked again)");
+        } else if report.store_failed {
+            debug!(%peer, share = %report.share, "sync session failed on our store (retried)");
         } else if let (AfterSession::Failed { backoff }, Some(error)) = (after, &report.error) {
             warn!(%peer, share = %report.share, "sync session failed (retry in {backoff:?}): {error}");
         } else if report.need + report.offer > 0 {

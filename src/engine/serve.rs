@@ -190,6 +190,7 @@ impl EngineActor {
             // entries are here and does not send them again.
             let response = match store.merge(share, entries, peer).await {
                 Ok(_) => Response::Ack,
+                Err(e) if e.is_logged_by_store() => Response::Error("cannot merge".into()),
                 Err(e) => {
                     warn!(%peer, "cannot merge announced entries: {e}");
                     Response::Error("cannot merge".into())

@@ -66,6 +66,9 @@ pub struct SessionReport {
     /// Set when the peer answered that we are not a member: it paused or left the share.
     #[serde(skip)]
     pub not_a_member: bool,
+    /// Set when our own store failed, which the store says itself (once).
+    #[serde(skip)]
+    pub store_failed: bool,
 }
 
 /// Why a session failed.
@@ -150,6 +153,7 @@ pub async fn run(
         complete: false,
         error: None,
         not_a_member: false,
+        store_failed: false,
     };
     let result = tokio::time::timeout(
         SESSION_TIMEOUT,
@@ -159,6 +163,7 @@ pub async fn run(
     .unwrap_or(Err(SessionError::Timeout));
     if let Err(e) = result {
         report.not_a_member = matches!(e, SessionError::NotAMember);
+        report.store_failed = matches!(&e, SessionError::Store(s) if s.is_logged_by_store());
         report.error = Some(e.to_string());
     }
     report.round_trips = counters.round_trips;

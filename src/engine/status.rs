@@ -348,11 +348,20 @@ async fn complete(
         if let Some(id) = pending.count_unshared {
             share.unshared = match store.count_authored(id).await {
                 Ok(count) => count,
+                // Said once by the store, not once per status request.
+                Err(e) if e.is_logged_by_store() => 0,
                 Err(e) => {
                     tracing::warn!(share = %share.name, "cannot count local edits for status: {e}");
                     0
                 }
             };
+        }
+        // Nothing of any share is stored or synced while the store cannot be written.
+        if let Some(problem) = store.problem()
+            && share.state != SyncState::Paused
+        {
+            share.state = SyncState::Error;
+            share.reason = Some(problem);
         }
     }
     status

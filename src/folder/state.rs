@@ -141,7 +141,8 @@ pub fn spawn_writer(
                             warn!(folder = %folder, "folder state not saved at stop: {e}");
                             break;
                         }
-                        if !said {
+                        // A store that cannot be written has said so itself, once.
+                        if !said && !e.is_logged_by_store() {
                             warn!(folder = %folder, "cannot save folder state (retrying): {e}");
                             said = true;
                         }

@@ -1,5 +1,7 @@
 //! The messages the handle sends to the store thread, each with the channel for its answer.
 
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
 use super::local_state::{LocalStateRow, LocalStateRows};
@@ -96,5 +98,45 @@ impl Action {
                 | Action::Page { .. }
                 | Action::LocalState { .. }
         )
+    }
+
+    /// Answers the action with `error`: the batch it came in could not be applied, or the
+    /// database cannot be reached.
+    pub(super) fn fail(self, error: &Arc<StoreError>) {
+        let failed = || StoreError::BatchFailed(error.clone());
+        match self {
+            Action::CreateShare { reply, .. }
+            | Action::UpdateShare { reply, .. }
+            | Action::RemoveShare { reply, .. }
+            | Action::Put { reply, .. }
+            | Action::PutPages { reply, .. }
+            | Action::SaveLocalState { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::CountAuthored { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::Merge { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::Get { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::GetMany { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::List { reply, .. } | Action::ByIds { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::Page { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::LocalState { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Action::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
     }
 }

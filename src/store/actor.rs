@@ -3,13 +3,17 @@
 
 use crate::quiet::LogLimiter;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::action::Action;
+use super::database::{self, DbSlot, FAILURE_QUIET, REOPEN_EVERY};
 use super::schema::{INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
 use super::{
     Change, Entry, EntryValidator, LocalWrite, MAX_ACTIONS_PER_COMMIT, MAX_VALUE_BYTES, Origin,
@@ -22,7 +26,17 @@ use crate::reconcile::{Digest, Id, Summary};
 /// The state of the store thread.
 pub(super) struct StoreActor {
     pub(super) validate_remote: EntryValidator,
-    pub(super) db: Arc<Database>,
+    /// `None` after an I/O failure, until it is reopened.
+    pub(super) db: Option<Arc<Database>>,
+    /// Where handles and readers find `db`.
+    pub(super) slot: Arc<DbSlot>,
+    /// The database file, for reopening it.
+    pub(super) path: PathBuf,
+    /// When to try reopening a failed database next.
+    pub(super) next_reopen: Instant,
+    /// When the database last failed, and whether that failure was logged (and its recovery
+    /// should be).
+    pub(super) last_failure: Option<(Instant, bool)>,
     pub(super) shares: Shares,
     pub(super) clock: HlcClock,
     pub(super) local: PeerKey,
@@ -31,6 +45,12 @@ pub(super) struct StoreActor {
     pub(super) future_entries: u64,
     /// Warnings a peer's entries cause, said once per peer and condition a minute.
     pub(super) quiet: LogLimiter<(libp2p::PeerId, &'static str)>,
+}
+
+impl Drop for StoreActor {
+    fn drop(&mut self) {
+        self.slot.stop();
+    }
 }
 
 /// A write applied in the current transaction, answered after the commit.
@@ -74,7 +94,26 @@ impl Pending {
 
 impl StoreActor {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Action>) {
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = if self.db.is_some() {
+                match rx.blocking_recv() {
+                    Some(action) => action,
+                    None => return,
+                }
+            } else {
+                // Closed after a failure: tried again while nothing is asked, too, so that
+                // `status` clears by itself once the disk has room again.
+                match rx.try_recv() {
+                    Ok(action) => action,
+                    Err(TryRecvError::Empty) => {
+                        std::thread::sleep(REOPEN_EVERY / 10);
+                        self.reopen_if_due();
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            };
+            self.reopen_if_due();
             if let Action::Shutdown { reply } = first {
                 drop(self);
                 let _ = reply.send(());
@@ -136,17 +175,17 @@ impl StoreActor {
                 let _ = reply.send(self.count_authored(&share));
             }
             Action::Page { share, hash, reply } => {
-                let _ = reply.send(pages::read(&self.db, &share, &hash));
+                let _ = reply.send(self.db().and_then(|db| pages::read(db, &share, &hash)));
             }
             Action::LocalState { share, reply } => {
-                let _ = reply.send(local_state::read_all(&self.db, &share));
+                let _ = reply.send(self.db().and_then(|db| local_state::read_all(db, &share)));
             }
             _ => unreachable!("only reads here"),
         }
     }
 
     fn get(&self, share: &ShareId, key: &[u8]) -> Result<Option<RecordRegister>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         match table.get(join_key(share, key).as_slice())? {
             Some(v) => Ok(Some(decode_register(v.value())?)),
@@ -161,7 +200,7 @@ impl StoreActor {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         let start = join_key(share, prefix);
         let end = next_prefix(&start);
@@ -179,7 +218,7 @@ impl StoreActor {
     }
 
     fn count_authored(&self, share: &ShareId) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         let start = join_key(share, &[]);
         let end = next_prefix(&start);
@@ -199,7 +238,7 @@ impl StoreActor {
     }
 
     fn by_ids(&self, share: &ShareId, ids: &[Id]) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let index = txn.open_table(INDEX)?;
         let records = txn.open_table(RECORDS)?;
         let mut out = Vec::with_capacity(ids.len());
@@ -215,6 +254,97 @@ impl StoreActor {
         Ok(out)
     }
 
+    /// The open database, or why there is none.
+    fn db(&self) -> Result<&Database, StoreError> {
+        match &self.db {
+            Some(db) => Ok(db),
+            None => {
+                Err(StoreError::Unavailable(self.slot.problem().unwrap_or_else(
+                    || "the store is being reopened".to_owned(),
+                )))
+            }
+        }
+    }
+
+    /// Reloads the in-memory view (shares, summaries, clock) from the committed state.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let clock = load(self.db()?, &self.shares)?;
+        self.clock = HlcClock::resume(self.clock.last().max(clock.last()), wall_millis());
+        Ok(())
+    }
+
+    /// redb takes no more operations after an I/O error until it is reopened: close it, say so
+    /// once, and try to reopen it now and every [`REOPEN_EVERY`] until that works.
+    fn close_after_failure(&mut self, error: &StoreError) {
+        let cause = match error {
+            StoreError::BatchFailed(inner) => inner.to_string(),
+            other => other.to_string(),
+        };
+        let problem = format!("cannot write the store {}: {cause}", self.path.display());
+        let now = Instant::now();
+        let again = self
+            .last_failure
+            .is_some_and(|(at, _)| now.duration_since(at) < FAILURE_QUIET);
+        let said = !again && self.slot.problem().is_none();
+        if said {
+            warn!(
+                "{problem}; nothing is stored or synced until it can be written again (tried \
+                 every {REOPEN_EVERY:?})"
+            );
+        }
+        let said_before = self.last_failure.is_some_and(|(_, said)| said) && again;
+        self.last_failure = Some((now, said || said_before));
+        self.slot.close(problem);
+        self.db = None;
+        self.next_reopen = now + REOPEN_EVERY;
+    }
+
+    /// Reopens a database closed by [`Self::close_after_failure`], once due. The file comes back
+    /// as last committed (redb repairs what an interrupted write left).
+    fn reopen_if_due(&mut self) {
+        if self.db.is_some() || Instant::now() < self.next_reopen {
+            return;
+        }
+        self.next_reopen = Instant::now() + REOPEN_EVERY;
+        match database::open(&self.path) {
+            Ok(db) => {
+                let db = Arc::new(db);
+                self.db = Some(db.clone());
+                // A write proves it: opening only reads.
+                if let Err(e) = self.reload().and_then(|()| self.write_clock()) {
+                    debug!("store reopened but not writable yet: {e}");
+                    self.db = None;
+                    return;
+                }
+                self.slot.set(&db);
+                let said = self
+                    .last_failure
+                    .as_mut()
+                    .map(|(_, said)| std::mem::take(said));
+                if self.slot.recovered() && said == Some(true) {
+                    info!(
+                        "store reopened: {} can be written again",
+                        self.path.display()
+                    );
+                }
+            }
+            // Still full, or a reader still holds the old file: the next try comes.
+            Err(e) => debug!("store not reopened yet: {e}"),
+        }
+    }
+
+    /// Commits the clock alone: the smallest write there is.
+    fn write_clock(&self) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let clock = crate::cbor::encode(&self.clock.last()).map_err(StoreError::Encode)?;
+            meta.insert("hlc", clock.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Applies a batch of writes in one transaction, commits it durably, then answers every
     /// writer and publishes the changes. If the commit fails, every writer of the batch hears so
     /// and nothing of it is visible.
@@ -222,7 +352,13 @@ impl StoreActor {
         let mut pending = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
         let mut summary_updates: Vec<(ShareId, Id, Digest)> = Vec::new();
-        let result = self.apply(actions, &mut pending, &mut changes, &mut summary_updates);
+        let mut actions = actions.into_iter();
+        let result = self.apply(
+            &mut actions,
+            &mut pending,
+            &mut changes,
+            &mut summary_updates,
+        );
         match result {
             Ok(()) => {
                 self.apply_summary_updates(summary_updates);
@@ -236,18 +372,25 @@ impl StoreActor {
             Err(e) => {
                 // Nothing was committed: every writer in this batch hears about it and nothing
                 // they wrote is visible, so no acknowledged write can be lost.
-                warn!("store commit failed: {e}");
                 let e = Arc::new(e);
+                let reopen = e.needs_reopen();
+                if reopen {
+                    // Said before the writers hear it, so the cause comes first in the log.
+                    self.close_after_failure(&e);
+                }
                 for p in pending {
                     p.fail(&e);
                 }
+                for action in actions {
+                    action.fail(&e);
+                }
+                if reopen || matches!(*e, StoreError::Unavailable(_)) {
+                    return;
+                }
+                warn!("store commit failed: {e}");
                 // The in-memory view may have run ahead of the aborted transaction; reload it.
-                match load(&self.db, &self.shares) {
-                    Ok(clock) => {
-                        self.clock =
-                            HlcClock::resume(self.clock.last().max(clock.last()), wall_millis())
-                    }
-                    Err(e) => warn!("cannot reload the store after a failed commit: {e}"),
+                if let Err(e) = self.reload() {
+                    warn!("cannot reload the store after a failed commit: {e}");
                 }
             }
         }
@@ -257,19 +400,19 @@ impl StoreActor {
     /// an error returned here aborts the whole batch.
     fn apply(
         &mut self,
-        actions: Vec<Action>,
+        actions: &mut std::vec::IntoIter<Action>,
         pending: &mut Vec<Pending>,
         changes: &mut Vec<Change>,
         summary_updates: &mut Vec<(ShareId, Id, Digest)>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut records = txn.open_table(RECORDS)?;
             let mut index = txn.open_table(INDEX)?;
             let mut share_table = txn.open_table(SHARES)?;
             let mut page_table = txn.open_table(PAGES)?;
             let mut local_state_table = txn.open_table(LOCAL_STATE)?;
-            for action in actions {
+            for action in actions.by_ref() {
                 let mut tx = Tables {
                     records: &mut records,
                     index: &mut index,

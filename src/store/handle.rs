@@ -1,19 +1,19 @@
 //! The cloneable handle to the store thread: every call sends an [`Action`] and awaits its answer.
 
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
-use redb::Database;
 use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::info;
 
 use super::action::Action;
 use super::actor::StoreActor;
+use super::database::{self, DbSlot};
 use super::local_state::{LocalStateReader, LocalStateRow, LocalStateRows};
 use super::{
-    CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister, STORE_CACHE_BYTES,
+    CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister,
     STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares, StoreError, schema,
 };
 use crate::merge::{Payload, PeerKey};
@@ -40,7 +40,7 @@ pub struct StoreHandle {
     pub(super) actions: mpsc::Sender<Action>,
     /// For [`LocalStateReader`]s, which read without the store thread. Weak: the store thread
     /// holds the database, and closes it cleanly when it stops, whoever still holds a handle.
-    db: Weak<Database>,
+    slot: Arc<DbSlot>,
     shares: Shares,
     changes: broadcast::Sender<Arc<Change>>,
 }
@@ -61,13 +61,7 @@ impl StoreHandle {
         })?;
         let path = dir.join("meshsync.redb");
         let started = Instant::now();
-        let db = Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Open {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let db = database::open(&path)?;
         schema::prepare(&db, dir)?;
         let shares: Shares = Arc::default();
         let clock = schema::load(&db, &shares)?;
@@ -87,9 +81,15 @@ impl StoreHandle {
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let db = Arc::new(db);
+        let slot = Arc::new(DbSlot::default());
+        slot.set(&db);
         let actor = StoreActor {
             validate_remote,
-            db: db.clone(),
+            db: Some(db),
+            slot: slot.clone(),
+            path,
+            next_reopen: Instant::now(),
+            last_failure: None,
             shares: shares.clone(),
             clock,
             local: local_key,
@@ -103,10 +103,16 @@ impl StoreHandle {
             .map_err(StoreError::Thread)?;
         Ok(StoreHandle {
             actions: tx,
-            db: Arc::downgrade(&db),
+            slot,
             shares,
             changes,
         })
+    }
+
+    /// Why the store cannot be used now (its disk is full, say), if it cannot: it is being
+    /// reopened until it works.
+    pub fn problem(&self) -> Option<String> {
+        self.slot.problem()
     }
 
     /// Subscribes to every change, local or remote.
@@ -347,7 +353,7 @@ impl StoreHandle {
 
     /// Reads a share's local state from any thread, as last committed.
     pub fn local_state_reader(&self, share: ShareId) -> LocalStateReader {
-        LocalStateReader::new(self.db.clone(), share)
+        LocalStateReader::new(self.slot.clone(), share)
     }
 
     /// Every local-state row of a share (see [`Self::local_state_reader`] to read a few).

@@ -4,10 +4,11 @@
 //! Rows are written in the store thread's batches, so they commit together with record writes
 //! that arrive at the same time.
 
-use std::sync::Weak;
+use std::sync::Arc;
 
 use redb::{ReadOnlyTable, ReadableDatabase, Table};
 
+use super::database::DbSlot;
 use super::schema::LOCAL_STATE;
 use super::{ShareId, StoreError, join_key, next_prefix};
 
@@ -55,20 +56,21 @@ pub(super) fn read_all(db: &redb::Database, share: &ShareId) -> Result<LocalStat
 /// them all in memory. Each read sees the rows as last committed.
 #[derive(Clone)]
 pub struct LocalStateReader {
-    /// Weak, as in the handle: reads after the store stopped fail with `Stopped`.
-    db: Weak<redb::Database>,
+    /// Reaches the database weakly, as the handle does: reads after the store stopped fail
+    /// with `Stopped`, and while it is being reopened with `Unavailable`.
+    db: Arc<DbSlot>,
     share: ShareId,
 }
 
 impl LocalStateReader {
-    pub(super) fn new(db: Weak<redb::Database>, share: ShareId) -> Self {
+    pub(super) fn new(db: Arc<DbSlot>, share: ShareId) -> Self {
         LocalStateReader { db, share }
     }
 
     /// A consistent view of the committed rows, for several reads. It pins the database pages
     /// it sees: hold it for one piece of work (a scan), not for the life of the owner.
     pub fn snapshot(&self) -> Result<LocalStateSnapshot, StoreError> {
-        let db = self.db.upgrade().ok_or(StoreError::Stopped)?;
+        let db = self.db.get()?;
         let txn = db.begin_read()?;
         Ok(LocalStateSnapshot {
             table: txn.open_table(LOCAL_STATE)?,

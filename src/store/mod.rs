@@ -22,6 +22,7 @@
 
 mod action;
 mod actor;
+mod database;
 pub mod handle;
 pub mod local_state;
 pub mod pages;
@@ -148,6 +149,9 @@ pub enum StoreError {
     /// The store thread is gone.
     #[error("the store has stopped")]
     Stopped,
+    /// The database failed and is not reopened yet; says why.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
