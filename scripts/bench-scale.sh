@@ -5,11 +5,13 @@
 #   scripts/bench-scale.sh --files=1000000        # a million (needs ~10 GB free and an hour)
 #   scripts/bench-scale.sh --mix=mixed            # sizes 100 B-4 KiB, some 16-256 KiB, 0.1 % 1-4 MiB
 #   scripts/bench-scale.sh --idle=60 --json=FILE --keep --no-build --dir=DIR
+#   scripts/bench-scale.sh --syncthing=no         # skip the side-by-side Syncthing run
 #
 # Phases (see scripts/bench_scale.py): A indexes the tree; B joins and receives it; both idle;
 # B restarts (time to API, rescan); 1 % of the files rewritten on A; a tenth of the tree deleted
 # on A. For each: time, RSS now and peak (VmHWM), CPU seconds of both daemons; at the end the
-# store's size per file. Everything listens on 127.0.0.1 (no mDNS); every process started is
+# store's size per file. Then Syncthing (Debian package `syncthing`, if installed; up to 200,000
+# files) indexes and syncs the same tree, side by side in the same run. Everything listens on 127.0.0.1 (no mDNS); every process started is
 # stopped and the work directory removed on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -22,9 +24,9 @@ args=()
 for arg in "$@"; do
     case "$arg" in
         --no-build) build=0 ;;
-        --files=*|--mix=*|--idle=*|--json=*|--dir=*|--seed=*|--log=*) args+=("--${arg#--}") ;;
+        --files=*|--mix=*|--idle=*|--json=*|--dir=*|--seed=*|--log=*|--syncthing=*) args+=("--${arg#--}") ;;
         --keep) args+=("--keep") ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done

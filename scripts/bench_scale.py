@@ -10,7 +10,9 @@ Phases, each timed, with both daemons' resident memory (now and peak) and CPU ti
            files re-read by its scan, RSS after
   change   1 % of the files are rewritten on A: time until B has every new content
   delete   a tenth of the top-level subtrees are deleted on A: time until gone on B
-and the size of each daemon's store, per file.
+and the size of each daemon's store, per file. Then, side by side in the same run (if the
+Debian package is installed; --syncthing=no skips it), Syncthing indexes the same tree afresh
+and syncs it A -> B: time, peak RSS and CPU of both, RSS after --idle seconds.
 """
 
 import argparse
@@ -22,9 +24,11 @@ import signal
 import sys
 import tempfile
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_folders import Api, BenchError, Procs, log, proc_field, wait_until  # noqa: E402
+from bench_folders import (  # noqa: E402
+    Api, BenchError, Procs, Syncthing, descendants, log, proc_field, wait_until)
 
 TIMEOUT = 3600
 
@@ -188,6 +192,7 @@ class Bench:
         self.b = Daemon(self, "B")
         self.rows = []
         self.result = {"files": args.files, "mix": args.mix, "bytes": self.tree.bytes}
+        self.syncthing = None
 
     def row(self, phase, seconds, **extra):
         entry = {"phase": phase, "seconds": seconds}
@@ -302,6 +307,78 @@ class Bench:
             self.result[f"{d.name}_store_bytes"] = d.store_bytes()
             self.result[f"{d.name}_store_bytes_per_file"] = d.store_bytes() / len(t.entries)
         self.result["rows"] = self.rows
+        if self.args.syncthing == "yes":
+            for d in (self.a, self.b):
+                d.stop()
+            self.run_syncthing()
+
+    def run_syncthing(self):
+        """The initial sync of the same tree with Syncthing, on the same machine, after
+        meshsync's daemons have stopped: index on A, then B unpaused and receiving."""
+        t = self.tree
+        shim = types.SimpleNamespace(
+            wl=types.SimpleNamespace(files=len(t.entries)), workdir=self.workdir,
+            procs=self.procs)
+        st = Syncthing(shim)
+        self.syncthing = st
+        log(f"syncthing: writing the tree afresh in {st.a_dir}")
+        t.write(st.a_dir)
+        os.makedirs(os.path.join(st.a_dir, ".stfolder"))
+        os.makedirs(os.path.join(st.b_dir, ".stfolder"))
+        os.sync()
+        st.configure()
+
+        def cpu(node):
+            return sum(cpu_seconds(pid) or 0 for pid in descendants(st.procs[node].pid))
+
+        def rss(node, field):
+            return max((proc_field(pid, field) or 0)
+                       for pid in descendants(st.procs[node].pid)) / 1024
+
+        out = {}
+        t0 = time.perf_counter()
+        st.start("A")
+
+        def indexed():
+            s = st.db_status("A")
+            return s["state"] == "idle" and s["localFiles"] >= len(t.entries)
+        wait_until("syncthing A to index the tree", TIMEOUT, indexed, interval=0.2)
+        out["index_s"] = time.perf_counter() - t0
+        out["A_index_peak_mib"] = rss("A", "VmHWM")
+        st.start("B")
+
+        def connected():
+            c = st.get("B", "/rest/system/connections")["connections"]
+            return c.get(st.ids["A"], {}).get("connected")
+        wait_until("syncthing B to connect to A", 120, connected, interval=0.1)
+        a_cpu0, b_cpu0 = cpu("A"), cpu("B")
+        t0 = time.perf_counter()
+        st.start_w1()
+
+        def synced():
+            s = st.db_status("B")
+            return (s["state"] == "idle" and not s["needFiles"]
+                    and s["localFiles"] >= len(t.entries))
+        wait_until("syncthing B to receive the tree", TIMEOUT, synced, interval=0.2)
+        out["sync_s"] = time.perf_counter() - t0
+        sample = random.Random(1).sample(t.entries, min(1000, len(t.entries)))
+        for rel, size in sample:
+            with open(os.path.join(st.b_dir, rel), "rb") as f:
+                if f.read() != Tree.content(rel, size, 0):
+                    raise BenchError(f"syncthing: B's {rel} differs from A's")
+        out["A_sync_cpu_s"] = cpu("A") - a_cpu0
+        out["B_sync_cpu_s"] = cpu("B") - b_cpu0
+        out["B_cpu_ms_per_file"] = 1000 * out["B_sync_cpu_s"] / len(t.entries)
+        for node in "AB":
+            out[f"{node}_peak_mib"] = rss(node, "VmHWM")
+        time.sleep(self.args.idle)
+        for node in "AB":
+            out[f"{node}_rss_after_idle_mib"] = rss(node, "VmRSS")
+        log(f"syncthing: {json.dumps(out)}")
+        self.result["syncthing"] = out
+        st.stop()
+        self.syncthing = None
+        shutil.rmtree(st.dir, ignore_errors=True)
 
     def stop(self):
         for d in (self.a, self.b):
@@ -309,6 +386,11 @@ class Bench:
                 d.stop()
             except Exception as e:  # keep stopping the others
                 log(f"stopping {d.name}: {e}")
+        if self.syncthing is not None:
+            try:
+                self.syncthing.stop()
+            except Exception as e:
+                log(f"stopping syncthing: {e}")
         if not self.args.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
@@ -331,8 +413,30 @@ class Bench:
                   f"{mib('A_peak_mib'):>8} {mib('B_rss_mib'):>8} {mib('B_peak_mib'):>8} "
                   f"{sec('A_cpu_s'):>7} {sec('B_cpu_s'):>7}")
         for k, v in self.result.items():
-            if k != "rows":
+            if k not in ("rows", "syncthing"):
                 print(f"  {k}: {v:.0f}" if isinstance(v, float) else f"  {k}: {v}")
+        st = self.result.get("syncthing")
+        if st:
+            ours = {r["phase"]: r for r in self.rows}
+            index, sync = ours.get("index", {}), ours.get("sync", {})
+            idle = ours.get("idle", {})
+            print(f"\nside by side, same tree, same run (Syncthing after meshsync stopped)")
+            print(f"{'':<28} {'meshsync':>10} {'syncthing':>10}")
+            pairs = [
+                ("index on A (s)", index.get("seconds"), st["index_s"]),
+                ("initial sync A->B (s)", sync.get("seconds"), st["sync_s"]),
+                ("A CPU in the sync (s)", sync.get("A_sync_cpu_s"), st["A_sync_cpu_s"]),
+                ("B CPU per file (ms)", sync.get("B_cpu_ms_per_file"), st["B_cpu_ms_per_file"]),
+                ("A peak RSS (MiB)", sync.get("A_peak_mib"), st["A_peak_mib"]),
+                ("B peak RSS (MiB)", sync.get("B_peak_mib"), st["B_peak_mib"]),
+                (f"A RSS after {self.args.idle} s idle (MiB)", idle.get("A_rss_mib"),
+                 st["A_rss_after_idle_mib"]),
+                (f"B RSS after {self.args.idle} s idle (MiB)", idle.get("B_rss_mib"),
+                 st["B_rss_after_idle_mib"]),
+            ]
+            for name, m, s_ in pairs:
+                m_text = f"{m:.2f}" if m is not None else "-"
+                print(f"{name:<28} {m_text:>10} {s_:>10.2f}")
         for r in self.rows:
             extra = {k: v for k, v in r.items()
                      if k not in ("phase", "seconds") and not k.endswith(("_rss_mib",
@@ -355,7 +459,12 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--log", default="meshsync=info,warn")
     ap.add_argument("--json")
+    ap.add_argument("--syncthing", choices=["auto", "yes", "no"], default="auto")
     args = ap.parse_args()
+    if args.syncthing == "auto":
+        args.syncthing = "yes" if shutil.which("syncthing") and args.files <= 200_000 else "no"
+        if args.syncthing == "no":
+            log("no side-by-side Syncthing run (not installed, or more than 200,000 files)")
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     failed = False

@@ -773,7 +773,37 @@ impl FolderActor {
         index.extend(entries);
     }
 
-    fn on_change(&mut self, change: Result<Arc<Change>, broadcast::error::RecvError>) {
+    /// Between the batches of a long piece of work (a big scan's writes): hands the synced
+    /// rows so far to the writer, and takes the store's change notices out of the channel.
+    /// Left there until the work ends, a big scan's own notices (each holds a register) pile
+    /// up, and past the channel's size they overflow it, which costs a full rescan. Our own
+    /// writes' notices are taken now; others' go to `deferred`, for [`Self::on_changes`] after
+    /// the work, where the run loop would have taken them.
+    pub(super) fn between_batches(&mut self, deferred: &mut Vec<ChangeNotice>) {
+        self.flush_synced();
+        loop {
+            let notice = match self.changes.try_recv() {
+                Ok(change) => Ok(change),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(_) => break,
+            };
+            match notice {
+                Ok(change) if matches!(change.origin, Origin::Local) => self.on_change(Ok(change)),
+                other => deferred.push(other),
+            }
+        }
+    }
+
+    /// Takes change notices set aside by [`Self::between_batches`].
+    pub(super) fn on_changes(&mut self, notices: Vec<ChangeNotice>) {
+        for notice in notices {
+            self.on_change(notice);
+        }
+    }
+
+    fn on_change(&mut self, change: ChangeNotice) {
         match change {
             Ok(change) if change.share == self.sources.share => {
                 if matches!(change.origin, Origin::Remote(_))
@@ -801,6 +831,9 @@ impl FolderActor {
         }
     }
 }
+
+/// A notice from the store's change channel.
+pub(super) type ChangeNotice = Result<Arc<Change>, broadcast::error::RecvError>;
 
 /// Creates the folder (if needed) and its marker directory, for a share being created or joined.
 pub fn prepare_root(root: &Path) -> std::io::Result<()> {

@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{FolderActor, ScanResult, rescan_interval};
+use super::actor::{ChangeNotice, FolderActor, ScanResult, rescan_interval};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
 use super::scan::{self, ScanRecord};
@@ -25,6 +25,9 @@ use crate::store::LocalWrite;
 /// How long a re-created folder waits for its synced state to be saved before it is forgotten;
 /// past that the folder pauses (the store is failing) instead of hanging.
 pub const STATE_WRITE_WAIT: Duration = Duration::from_secs(60);
+
+/// How many of a scan's changes go to the store in one write (see `on_scanned`).
+pub const SCAN_WRITE_BATCH: usize = 1000;
 
 impl FolderActor {
     /// Whether `result` looked at the folder we synced, so that what it did not find may be
@@ -239,8 +242,11 @@ impl FolderActor {
                 }
                 (Some(_), None) => {}
             }
-            // A concurrent remote version may now be the winner: materialise it.
-            self.queue.push(path, false);
+            // A concurrent remote version may now be the winner: materialise it. (With ours
+            // alone there is nothing to do: a big scan would queue every path for nothing.)
+            if register.versions().len() > 1 {
+                self.queue.push(path, false);
+            }
         }
     }
 }
@@ -319,7 +325,8 @@ impl FolderActor {
                 }
             }
         };
-        let mut writes: Vec<(String, Option<ScanRecord>)> = Vec::new();
+        // Paths only: the records stay in `result` until their batch is written.
+        let mut changed: Vec<&String> = Vec::new();
         for (path, record) in &result.updated {
             if self.queue.is_running(path) {
                 // A file is read again once its download ends: an edit made meanwhile must not
@@ -347,7 +354,7 @@ impl FolderActor {
                 };
                 self.synced.insert(path.clone(), synced);
             } else if known != Some(scanned) {
-                writes.push((path.clone(), Some(record.clone())));
+                changed.push(path);
             } else {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
                 self.synced.restat(path, record.clone());
@@ -355,20 +362,34 @@ impl FolderActor {
             self.deletes.release(path);
         }
         let gone = self.sendable_gone(&result.gone);
-        if result.confirms_deletes {
-            writes.extend(self.deletes_to_send(gone));
+        let deletes = if result.confirms_deletes {
+            self.deletes_to_send(gone)
         } else {
             self.deletes.hold(gone, Instant::now());
+            Vec::new()
+        };
+        // In batches of SCAN_WRITE_BATCH, in path order: the first scan of a big tree would
+        // otherwise hold every version, register and synced row at once, and the store one
+        // transaction's worth of dirty pages for all of them (~3.5 KiB a file at the peak).
+        // Path order commits a directory's entry no later than the entries under it; a peer
+        // that still gets a file first (its session reads our tree in several round trips)
+        // creates the directory for it, and a directory version never beats a newer delete
+        // (`plan::effective_winner`). Deletes come parents first: a peer leaves a directory
+        // whose children are still there and removes it with the last of them.
+        let mut deferred = Vec::new();
+        for paths in changed.chunks(SCAN_WRITE_BATCH) {
+            let batch = paths
+                .iter()
+                .map(|path| ((*path).clone(), result.updated.get(*path).cloned()))
+                .collect();
+            self.write_scanned(batch, &mut deferred).await;
         }
-        // In one write, not in batches, though the first scan of a big tree then holds every
-        // version, register and synced row at once (3.5 KiB a file at its peak): in batches, a
-        // peer received a file before its directory's entry more often, created the directory
-        // for it, took it for its own new directory, and that version outlived the directory's
-        // later delete (`a_removed_tree_of_many_directories_stays_removed` failed 2 runs of 4).
-        let writes = self.adopt_identical(writes).await;
-        if !writes.is_empty() {
-            self.put_local(writes).await;
+        let mut deletes = deletes.into_iter().peekable();
+        while deletes.peek().is_some() {
+            let batch = deletes.by_ref().take(SCAN_WRITE_BATCH).collect();
+            self.write_scanned(batch, &mut deferred).await;
         }
+        self.on_changes(deferred);
         if let Some(pending) = pages_written
             && let Err(e) = pending.done().await
         {
@@ -379,6 +400,19 @@ impl FolderActor {
         if result.full {
             self.queue_all_remote().await;
         }
+    }
+
+    /// Writes one batch of a scan's changes, then takes what waits between batches.
+    async fn write_scanned(
+        &mut self,
+        batch: Vec<(String, Option<ScanRecord>)>,
+        deferred: &mut Vec<ChangeNotice>,
+    ) {
+        let batch = self.adopt_identical(batch).await;
+        if !batch.is_empty() {
+            self.put_local(batch).await;
+        }
+        self.between_batches(deferred);
     }
 
     /// Of the paths a scan found gone, those a delete may be sent for: synced here, and not
