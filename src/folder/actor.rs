@@ -791,6 +791,12 @@ impl FolderActor {
             };
             match notice {
                 Ok(change) if matches!(change.origin, Origin::Local) => self.on_change(Ok(change)),
+                _ if deferred.len() >= DEFERRED_NOTICES_MAX => {
+                    // As if the channel had overflowed: everything is compared again afterwards.
+                    if !matches!(deferred.last(), Some(Err(_))) {
+                        deferred.push(Err(broadcast::error::RecvError::Lagged(1)));
+                    }
+                }
                 other => deferred.push(other),
             }
         }
@@ -831,6 +837,10 @@ impl FolderActor {
         }
     }
 }
+
+/// Others' change notices set aside while a scan's changes are written, at most; past it the
+/// folder compares every entry with the disk afterwards, as when the channel overflows.
+pub const DEFERRED_NOTICES_MAX: usize = 4096;
 
 /// A notice from the store's change channel.
 pub(super) type ChangeNotice = Result<Arc<Change>, broadcast::error::RecvError>;
