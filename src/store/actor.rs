@@ -258,11 +258,7 @@ impl StoreActor {
     fn db(&self) -> Result<&Database, StoreError> {
         match &self.db {
             Some(db) => Ok(db),
-            None => {
-                Err(StoreError::Unavailable(self.slot.problem().unwrap_or_else(
-                    || "the store is being reopened".to_owned(),
-                )))
-            }
+            None => Err(self.slot.unavailable()),
         }
     }
 

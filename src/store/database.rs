@@ -50,9 +50,15 @@ impl DbSlot {
         if self.stopped.load(Ordering::Acquire) {
             return Err(StoreError::Stopped);
         }
-        Err(StoreError::Unavailable(self.problem().unwrap_or_else(
-            || "the store is being reopened".to_owned(),
-        )))
+        Err(self.unavailable())
+    }
+
+    /// The error for a database that is closed while the store runs.
+    pub(super) fn unavailable(&self) -> StoreError {
+        StoreError::Unavailable(
+            self.problem()
+                .unwrap_or_else(|| "the store is being reopened".to_owned()),
+        )
     }
 
     /// Makes `db` the one readers reach.
