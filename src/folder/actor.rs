@@ -86,6 +86,12 @@ pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
 /// How often the synced-state rows are written (one store write for everything since).
 pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// ... or as soon as this many changed rows wait for it.
+pub const SYNCED_FLUSH_ROWS: usize = 1000;
+/// Synced-state rows held in memory until the store has committed them, at most: past it no
+/// download starts until the writer catches up (receiving a million files, the rows once waited
+/// for the end of the whole sync, ~1.6 KiB each).
+pub const SYNCED_HELD_MAX: usize = 8192;
 /// Registers of queued paths kept from the changes that queued them, at most: a download
 /// started without one reads it from the store (a share joined with 100,000 files held one
 /// register per file, ~40 MiB, until each was downloaded).
@@ -374,12 +380,22 @@ impl FolderActor {
                 _ = tokio::time::sleep_until(scan_at) => self.start_scan(),
                 _ = tokio::time::sleep_until(retry_at) => self.queue.queue_due_retries(Instant::now()),
                 _ = tokio::time::sleep_until(flush_at) => self.flush_synced(),
+                () = self.synced.next_commit(), if self.synced.held() >= SYNCED_HELD_MAX => {
+                    self.synced.forget_committed();
+                }
                 _ = tokio::time::sleep_until(rescan_at) => self.on_rescan_due(),
                 _ = tokio::time::sleep_until(deletes_at) => self.check_held_deletes(),
                 _ = tokio::time::sleep_until(remote_deletes_at) => {
                     // Their wait is over: `start_downloads` below starts them.
                     self.remote_deletes.take_due(Instant::now());
                 }
+            }
+            // Checked here too: while downloads keep finishing, the biased select never gets
+            // to the flush timer, and the rows would wait for the end of the whole sync.
+            if self.synced.unsent() >= SYNCED_FLUSH_ROWS
+                || self.flush_at.is_some_and(|at| at <= Instant::now())
+            {
+                self.flush_synced();
             }
             if self.flush_at.is_none() && self.synced.has_unsent() {
                 self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);

@@ -79,6 +79,14 @@ impl FolderActor {
         if self.paused.is_some() || self.held.is_some() {
             return;
         }
+        if self.synced.held() >= super::actor::SYNCED_HELD_MAX {
+            self.synced.forget_committed();
+            if self.synced.held() >= super::actor::SYNCED_HELD_MAX {
+                // The store's writer is behind: what downloads finish would pile up in
+                // memory. The run loop waits for its next commit.
+                return;
+            }
+        }
         // What the disk said, for the rest of this round (see `no_room_for`).
         let mut room = Room::Unknown;
         while let Some(next) = self.queue.next() {

@@ -25,8 +25,8 @@ pub(super) struct SyncedPaths {
     /// Changes not yet known to be committed: the newest per path, and the batch that carries
     /// it to the writer (0: not handed over yet).
     unsaved: BTreeMap<String, Unsaved>,
-    /// Whether `unsaved` holds changes not handed to the writer yet.
-    unsent: bool,
+    /// How many changes in `unsaved` are not handed to the writer yet.
+    unsent: usize,
     /// The last batch handed to the writer.
     sent: u64,
     /// The last batch the writer committed.
@@ -87,7 +87,7 @@ impl SyncedPaths {
         SyncedPaths {
             stored,
             unsaved: BTreeMap::new(),
-            unsent: false,
+            unsent: 0,
             sent: 0,
             committed,
             counts: KindCounts::default(),
@@ -166,22 +166,48 @@ impl SyncedPaths {
     }
 
     fn set(&mut self, path: String, synced: Option<Synced>) {
-        self.unsaved.insert(path, Unsaved { synced, batch: 0 });
-        self.unsent = true;
+        let before = self.unsaved.insert(path, Unsaved { synced, batch: 0 });
+        if before.is_none_or(|u| u.batch != 0) {
+            self.unsent += 1;
+        }
     }
 
     /// Whether some change waits to be handed to the writer.
     pub(super) fn has_unsent(&self) -> bool {
+        self.unsent > 0
+    }
+
+    /// How many changes wait to be handed to the writer.
+    pub(super) fn unsent(&self) -> usize {
         self.unsent
+    }
+
+    /// How many changes are held in memory: not handed to the writer yet, or handed and not
+    /// known to be committed (as of the last [`Self::forget_committed`] or [`Self::take_unsent`]).
+    pub(super) fn held(&self) -> usize {
+        self.unsaved.len()
+    }
+
+    /// Forgets the changes the writer has committed: reads find them in the store now.
+    pub(super) fn forget_committed(&mut self) {
+        let committed = *self.committed.borrow_and_update();
+        self.unsaved
+            .retain(|_, u| u.batch == 0 || u.batch > committed);
+    }
+
+    /// Waits until the writer commits another batch (forever, if it has stopped: then nothing
+    /// will be committed again, which the folder reports).
+    pub(super) async fn next_commit(&mut self) {
+        if self.committed.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The changes not handed to the writer yet, as the next batch and its number; forgets the
     /// changes the writer has committed since the last call.
     pub(super) fn take_unsent(&mut self) -> Option<state::RowBatch> {
-        self.unsent = false;
-        let committed = *self.committed.borrow();
-        self.unsaved
-            .retain(|_, u| u.batch == 0 || u.batch > committed);
+        self.unsent = 0;
+        self.forget_committed();
         let batch = self.sent + 1;
         let rows: Vec<(String, Option<Synced>)> = self
             .unsaved
@@ -220,7 +246,7 @@ impl SyncedPaths {
                 true
             })?;
         self.unsaved.clear();
-        self.unsent = false;
+        self.unsent = 0;
         self.counts = KindCounts::default();
         Ok(paths)
     }
@@ -416,5 +442,48 @@ mod tests {
         forgotten.sort();
         assert_eq!(forgotten, ["d", "d/x", "dx"]);
         assert_eq!(paths.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn held_changes_are_counted_and_forgotten_once_committed() {
+        let (_dir, store, share) = store().await;
+        let (committed_tx, committed) = watch::channel(0);
+        let (writer, task) = state::spawn_writer(store.clone(), share, "f".into(), committed_tx);
+        let mut paths = SyncedPaths::new(store.local_state_reader(share), committed);
+
+        paths.insert("a".into(), synced(EntryKind::File, 1));
+        paths.insert("b".into(), synced(EntryKind::File, 2));
+        paths.insert("a".into(), synced(EntryKind::File, 3));
+        assert_eq!(
+            paths.unsent(),
+            2,
+            "a path changed twice is one row to write"
+        );
+        assert_eq!(paths.held(), 2);
+        let batch = paths.take_unsent().unwrap();
+        assert_eq!(paths.unsent(), 0);
+        assert_eq!(
+            paths.held(),
+            2,
+            "handed over, not committed yet: still held"
+        );
+        paths.insert("a".into(), synced(EntryKind::File, 4));
+        assert_eq!(
+            paths.unsent(),
+            1,
+            "a handed-over path changed again is a new row"
+        );
+
+        writer.send(batch).unwrap();
+        // Wakes on the commit, after which only the newer change to `a` is held.
+        tokio::time::timeout(std::time::Duration::from_secs(60), paths.next_commit())
+            .await
+            .expect("the writer commits");
+        paths.forget_committed();
+        assert_eq!(paths.held(), 1);
+        assert_eq!(paths.get("b"), Some(synced(EntryKind::File, 2)));
+        assert_eq!(paths.get("a"), Some(synced(EntryKind::File, 4)));
+        drop(writer);
+        task.await.unwrap();
     }
 }
