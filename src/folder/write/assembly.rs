@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
+use super::dir_sync::sync_dir;
 use super::ops::{check_expect, parent_of, publish, system_time};
-use super::path::sync_dir;
 use super::path::{ensure_parents, resolve};
 use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
 use crate::folder::model::{CHUNK_MAX, CheckedChunk, ChunkRef, Hash, TEMP_PREFIX};

@@ -57,6 +57,7 @@
 //! - `ops`: directories, symlinks, removal, metadata, and the compare-rename-fsync steps every
 //!   write shares;
 //! - `read`: chunks read back out of local files ([`read_chunk`], [`LocalReader`]);
+//! - `dir_sync`: directory fsyncs, shared by the writers finishing in one directory at once;
 //! - `sweep`: removing stale temp files ([`sweep_temp_files`]);
 //! - `sys`: the system calls `std` lacks, through `rustix`.
 //!
@@ -67,6 +68,7 @@
 //! [`TEMP_PREFIX`]: crate::folder::model::TEMP_PREFIX
 
 mod assembly;
+mod dir_sync;
 mod ops;
 mod path;
 mod read;
@@ -91,9 +93,9 @@ pub use path::{MAX_COMPONENT_BYTES, PathError, PathRefusal, resolve, validate_re
 pub use read::{LocalReader, read_chunk};
 pub use sweep::sweep_temp_files;
 
+pub(crate) use dir_sync::sync_dir;
 pub(crate) use ops::parent_of;
 pub(crate) use path::ensure_parents;
-pub(crate) use path::sync_dir;
 pub(crate) use sys::rename_noreplace;
 pub(crate) use sys::{attribute, disk_space};
 

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::io::Errno;
 
-use super::path::{ensure_parents, resolve, sync_dir};
+use super::dir_sync::sync_dir;
+use super::path::{ensure_parents, resolve};
 use super::{
     Expect, MODE_MASK, PARENT_DIR_MODE, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys,
 };

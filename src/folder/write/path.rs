@@ -4,15 +4,13 @@
 //! [`ensure_parents`]).
 
 use std::fmt;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use rustix::io::Errno;
-use tracing::debug;
-
-use super::{PARENT_DIR_MODE, WriteError, io_error, sys};
+use super::dir_sync::sync_dir;
+use super::{PARENT_DIR_MODE, WriteError, io_error};
 use crate::folder::model::{MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
 
 /// Longest single path component accepted, in bytes: the `NAME_MAX` of ext4, XFS, btrfs and
@@ -248,21 +246,6 @@ fn check_ancestor(rel: &str, path: &Path, meta: &Metadata) -> Result<(), PathErr
         })
     } else {
         Ok(())
-    }
-}
-
-/// Fsyncs a directory so that the entries just created, renamed or removed in it survive a crash.
-/// File systems that cannot fsync a directory (`EINVAL`, some FUSE ones) are tolerated: there is
-/// nothing more we could do on them.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), WriteError> {
-    let result = File::open(dir).and_then(|d| d.sync_all());
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if sys::is_errno(&e, Errno::INVAL) => {
-            debug!(path = %dir.display(), "directory fsync not supported");
-            Ok(())
-        }
-        Err(e) => Err(io_error("fsync directory", dir, e)),
     }
 }
 
