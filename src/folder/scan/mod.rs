@@ -88,6 +88,11 @@ use walk::{Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root
 /// tree of millions of unreadable files cannot grow the result without bound.
 pub const MAX_WARNINGS: usize = 1000;
 
+/// Files read per round of a scan: each round's results become entries before the next round
+/// starts. Read all at once, the first scan of a tree held every file's result twice at its
+/// peak (~530 bytes a file more; 159 MiB at 300,000 files).
+pub const HASH_ROUND: usize = 4096;
+
 /// What the scanner remembers about one entry between scans. The caller persists these (CBOR) and
 /// passes them back as `previous`, so unchanged files are not re-read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,7 +465,7 @@ fn scan(
     found.jobs.extend(known.jobs);
 
     let mut out = ScanOutput::default();
-    let jobs = std::mem::take(&mut found.jobs);
+    let mut jobs = std::mem::take(&mut found.jobs);
     // Looked up before hashing, which runs on several threads: `previous` may be a view of a
     // database that is not shared across threads. Only large files are given their chunks.
     let large_previous: BTreeMap<String, ScanRecord> = jobs
@@ -472,8 +477,16 @@ fn scan(
         let record = large_previous.get(&job.rel)?;
         chunk_lists(&record.meta).map(Previous::new)
     };
-    for (job, hashed) in hash_all(jobs, &previous_chunks) {
-        add_hashed(&mut found, &mut out, job, hashed);
+    // Smallest first, so that each round takes the largest left off the end.
+    jobs.sort_by_key(|job| job.size);
+    while !jobs.is_empty() {
+        let round = jobs.split_off(jobs.len().saturating_sub(HASH_ROUND));
+        if jobs.capacity() > 4 * jobs.len().max(HASH_ROUND) {
+            jobs.shrink_to_fit();
+        }
+        for (job, hashed) in hash_all(round, &previous_chunks) {
+            add_hashed(&mut found, &mut out, job, hashed);
+        }
     }
 
     recheck_root(root, &base, root_id)?;
@@ -640,6 +653,35 @@ mod tests {
             plain.entries["big"].meta.hash,
             *blake3::hash(&data).as_bytes()
         );
+    }
+
+    #[test]
+    fn a_tree_of_more_files_than_one_round_is_read_whole_and_once() {
+        let dir = folder();
+        let root = dir.path();
+        let files = HASH_ROUND + HASH_ROUND / 2 + 3;
+        for i in 0..files {
+            // Sizes spread over the rounds: every size occurs in several of them.
+            write(
+                root,
+                &format!("d{}/f{i}", i % 7),
+                &random(i as u64, 1 + i % 300),
+            );
+        }
+        settle();
+        let out = scan_all(root, &BTreeMap::new()).unwrap();
+        assert_eq!(out.hashed_files, files as u64, "each file read once");
+        let described = out
+            .entries
+            .values()
+            .filter(|r| r.meta.kind == EntryKind::File)
+            .count();
+        assert_eq!(described, files);
+        for i in [0, HASH_ROUND - 1, HASH_ROUND, files - 1] {
+            let record = &out.entries[&format!("d{}/f{i}", i % 7)];
+            let data = random(i as u64, 1 + i % 300);
+            assert_eq!(record.meta.hash, *blake3::hash(&data).as_bytes(), "f{i}");
+        }
     }
 
     #[test]
