@@ -254,7 +254,7 @@ impl FolderActor {
 impl FolderActor {
     /// Turns a scan into local writes: changed paths (based on what was synced there) and
     /// deletes of synced paths that are gone.
-    pub(super) async fn on_scanned(&mut self, result: ScanResult) {
+    pub(super) async fn on_scanned(&mut self, mut result: ScanResult) {
         self.marks_read |= result.full;
         if result.full {
             // A full scan held every record; give that memory back once done.
@@ -312,55 +312,69 @@ impl FolderActor {
             }
             return;
         }
-        // Queued before the local writes below, so they commit in the same batch.
-        let pages_written = if result.pages.is_empty() {
-            None
-        } else {
+        // Committed first: a changed file's chunk list is read back from its pages when its
+        // chunks are indexed, batch by batch below.
+        if !result.pages.is_empty() {
             let pages = state::encoded_pages(&result.pages);
-            match self.store.put_pages(self.sources.share, pages).await {
-                Ok(pending) => Some(pending),
-                Err(e) => {
-                    self.note_error(format!("cannot store chunk lists: {e}"));
-                    None
-                }
+            let written = match self.store.put_pages(self.sources.share, pages).await {
+                Ok(pending) => pending.done().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                self.note_error(format!("cannot store chunk lists: {e}"));
             }
-        };
-        // Paths only: the records stay in `result` until their batch is written.
-        let mut changed: Vec<&String> = Vec::new();
-        for (path, record) in &result.updated {
-            if self.queue.is_running(path) {
+        }
+        // The scan's entries are taken one by one, in path order, and written (and their chunks
+        // indexed) SCAN_WRITE_BATCH at a time: the first scan of a big tree would otherwise
+        // hold every entry until the last was written, beside every version, register and
+        // synced row, the chunk index, and the store one transaction's worth of dirty pages
+        // for all of them. Path order commits a directory's entry no later than the entries
+        // under it; a peer that still gets a file first (its session reads our tree in several
+        // round trips) creates the directory for it, and a directory version never beats a
+        // newer delete (`plan::effective_winner`).
+        let mut deferred = Vec::new();
+        let mut changed: Vec<(String, Option<ScanRecord>)> = Vec::new();
+        let mut aside: Vec<(String, ScanRecord)> = Vec::new();
+        for (path, record) in std::mem::take(&mut result.updated) {
+            if self.queue.is_running(&path) {
                 // A file is read again once its download ends: an edit made meanwhile must not
                 // be lost. (A directory's own changes are ours: see `start_scan`.)
                 if record.meta.kind != EntryKind::Dir {
-                    self.dirty_paths.insert(path.clone());
+                    self.dirty_paths.insert(path);
                 }
                 continue;
             }
+            self.deletes.release(&path);
             let known = self
                 .synced
-                .get(path)
+                .get(&path)
                 .map(|s| plan::normalised(&s.record.meta));
             let scanned = plan::normalised(&record.meta);
             let received = result
                 .marks
-                .get(path)
-                .and_then(|mark| received::received_version(mark, path, &scanned));
+                .get(&path)
+                .and_then(|mark| received::received_version(mark, &path, &scanned));
             if let Some(base) = received.filter(|_| known.as_ref() != Some(&scanned)) {
                 // Written here before a crash, its synced row not saved: received, no edit.
                 debug!(folder = %self.name, path = %path, "adopted as received before a restart");
-                let synced = Synced {
-                    record: record.clone(),
-                    base,
-                };
-                self.synced.insert(path.clone(), synced);
+                aside.push((path.clone(), record.clone()));
+                self.synced.insert(path, Synced { record, base });
             } else if known != Some(scanned) {
-                changed.push(path);
+                changed.push((path, Some(record)));
             } else {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
-                self.synced.restat(path, record.clone());
+                aside.push((path.clone(), record.clone()));
+                self.synced.restat(&path, record);
             }
-            self.deletes.release(path);
+            if changed.len() + aside.len() >= SCAN_WRITE_BATCH {
+                self.index_and_write(&mut changed, &mut aside, &mut deferred)
+                    .await;
+            }
         }
+        self.index_and_write(&mut changed, &mut aside, &mut deferred)
+            .await;
+        // Deletes come parents first, in batches too: a peer leaves a directory whose children
+        // are still there and removes it with the last of them.
         let gone = self.sendable_gone(&result.gone);
         let deletes = if result.confirms_deletes {
             self.deletes_to_send(gone)
@@ -368,37 +382,33 @@ impl FolderActor {
             self.deletes.hold(gone, Instant::now());
             Vec::new()
         };
-        // In batches of SCAN_WRITE_BATCH, in path order: the first scan of a big tree would
-        // otherwise hold every version, register and synced row at once, and the store one
-        // transaction's worth of dirty pages for all of them (~3.5 KiB a file at the peak).
-        // Path order commits a directory's entry no later than the entries under it; a peer
-        // that still gets a file first (its session reads our tree in several round trips)
-        // creates the directory for it, and a directory version never beats a newer delete
-        // (`plan::effective_winner`). Deletes come parents first: a peer leaves a directory
-        // whose children are still there and removes it with the last of them.
-        let mut deferred = Vec::new();
-        for paths in changed.chunks(SCAN_WRITE_BATCH) {
-            let batch = paths
-                .iter()
-                .map(|path| ((*path).clone(), result.updated.get(*path).cloned()))
-                .collect();
-            self.write_scanned(batch, &mut deferred).await;
-        }
         let mut deletes = deletes.into_iter().peekable();
         while deletes.peek().is_some() {
             let batch = deletes.by_ref().take(SCAN_WRITE_BATCH).collect();
             self.write_scanned(batch, &mut deferred).await;
         }
         self.on_changes(deferred);
-        if let Some(pending) = pages_written
-            && let Err(e) = pending.done().await
-        {
-            self.note_error(format!("cannot store chunk lists: {e}"));
-        }
-        // After the pages are committed: paged files' chunk lists are read back from them.
-        self.index_chunks(result.updated.iter()).await;
         if result.full {
             self.queue_all_remote().await;
+        }
+    }
+
+    /// Indexes the chunks of one batch of a scan's entries (`changed` and those set `aside`,
+    /// which are not written), then writes the changed ones; both are left empty.
+    async fn index_and_write(
+        &mut self,
+        changed: &mut Vec<(String, Option<ScanRecord>)>,
+        aside: &mut Vec<(String, ScanRecord)>,
+        deferred: &mut Vec<ChangeNotice>,
+    ) {
+        let written = changed
+            .iter()
+            .filter_map(|(path, record)| Some((path, record.as_ref()?)));
+        self.index_chunks(written.chain(aside.iter().map(|(path, record)| (path, record))))
+            .await;
+        aside.clear();
+        if !changed.is_empty() {
+            self.write_scanned(std::mem::take(changed), deferred).await;
         }
     }
 

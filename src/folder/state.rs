@@ -39,17 +39,24 @@ pub struct Loaded {
 }
 
 /// Counts the folder's synced paths and reads its id, reading every row once (blocking: call it
-/// off the async threads). A row that does not decode is not counted (and counted in the log):
-/// the path is then unknown, and the next scan re-adopts it if it matches the share.
-pub fn load(stored: &LocalStateReader) -> Result<Loaded, StoreError> {
+/// off the async threads), and hands each path's row to `each_row`. A row that does not decode
+/// is not counted (and counted in the log): the path is then unknown, and the next scan
+/// re-adopts it if it matches the share.
+pub fn load(
+    stored: &LocalStateReader,
+    each_row: &mut dyn FnMut(&str, &Synced),
+) -> Result<Loaded, StoreError> {
     let mut loaded = Loaded::default();
     let mut damaged = 0usize;
     stored.snapshot()?.for_each_with_prefix(b"", |key, value| {
         if key == INSTANCE_KEY {
             loaded.instance = InstanceId::try_from(value).ok();
-        } else if path_of_key(key).is_some() {
+        } else if let Some(path) = path_of_key(key) {
             match decode_synced(value) {
-                Some(synced) => loaded.counts.add(&synced.record.meta),
+                Some(synced) => {
+                    loaded.counts.add(&synced.record.meta);
+                    each_row(&path, &synced);
+                }
                 None => damaged += 1,
             }
         }

@@ -280,6 +280,12 @@ pub(super) struct SyncedSnapshot {
 }
 
 impl PreviousRecords for SyncedSnapshot {
+    /// The folder keeps what was synced; the chunks of unchanged files were indexed when the
+    /// folder started ([`super::state::load`]) or when they changed.
+    fn omit_unchanged(&self) -> bool {
+        true
+    }
+
     fn record(&self, rel: &str) -> Option<ScanRecord> {
         if let Some(record) = self.unsaved.get(rel) {
             return record.clone();
@@ -436,8 +442,21 @@ mod tests {
         drop(writer);
         task.await.unwrap();
         // As a restart finds them.
-        let loaded = state::load(&store.local_state_reader(share)).unwrap();
+        let mut rows = Vec::new();
+        let loaded = state::load(&store.local_state_reader(share), &mut |path, synced| {
+            rows.push((path.to_owned(), synced.clone()));
+        })
+        .unwrap();
         assert_eq!(loaded.counts, paths.counts());
+        // Every path's row is handed out once, as stored.
+        assert_eq!(
+            rows,
+            [
+                ("d".to_owned(), synced(EntryKind::Dir, 2)),
+                ("d/x".to_owned(), synced(EntryKind::File, 3)),
+                ("dx".to_owned(), synced(EntryKind::File, 4)),
+            ]
+        );
         let mut forgotten = paths.forget_all().unwrap();
         forgotten.sort();
         assert_eq!(forgotten, ["d", "d/x", "dx"]);

@@ -64,7 +64,7 @@ mod stat;
 mod testkit;
 mod walk;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -82,7 +82,7 @@ pub use walk::is_ignored_builtin;
 
 use hash::{Hashed, Job, Outcome, hash_all};
 use stat::{Seen, Stat, reusable};
-use walk::{Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
+use walk::{PathDigest, Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
 
 /// Most warnings one scan returns; beyond this they are counted in a last summary line, so a
 /// tree of millions of unreadable files cannot grow the result without bound.
@@ -128,8 +128,11 @@ pub struct ScanRecord {
 /// or none of these (not known before and still absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanOutput {
-    /// Every entry in scope, keyed by normalised relative path, changed or not.
+    /// Every entry in scope, keyed by normalised relative path, changed or not; without the
+    /// files found unchanged when `previous` asks for that ([`PreviousRecords::omit_unchanged`]).
     pub entries: BTreeMap<String, ScanRecord>,
+    /// Files found unchanged and left out of `entries`.
+    pub unchanged: u64,
     /// Paths in scope that were in `previous` (or requested) and now have no entry.
     pub gone: Vec<String>,
     /// Paths that exist but could not be described this time: files that kept changing while
@@ -231,6 +234,12 @@ pub trait PreviousRecords {
     /// Calls `visit` with every path that has a record and is `dir` or beneath it (`""`: every
     /// path).
     fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str));
+    /// Whether files found unchanged since their record (reused without reading them) are left
+    /// out of [`ScanOutput::entries`]: a caller that keeps the records itself needs only what
+    /// changed, and a full scan of a big tree then does not hold every entry at once.
+    fn omit_unchanged(&self) -> bool {
+        false
+    }
 }
 
 impl PreviousRecords for BTreeMap<String, ScanRecord> {
@@ -493,13 +502,15 @@ fn scan(
 
     let Walked {
         mut entries,
+        unchanged,
         unstable,
         fresh,
         warnings,
         ..
     } = found;
     let unknown: BTreeSet<String> = unstable.union(&fresh).cloned().collect();
-    out.gone = settle(&scope, previous, &mut entries, &unknown);
+    out.unchanged = unchanged.len() as u64;
+    out.gone = settle(&scope, previous, &mut entries, &unchanged, &unknown);
     out.entries = entries;
     out.unstable = unstable.into_iter().collect();
     out.fresh = fresh.into_iter().collect();
@@ -507,6 +518,7 @@ fn scan(
     tracing::debug!(
         root = %root.display(),
         entries = out.entries.len(),
+        unchanged = out.unchanged,
         gone = out.gone.len(),
         unstable = out.unstable.len(),
         fresh = out.fresh.len(),
@@ -552,6 +564,7 @@ fn settle(
     scope: &Scope,
     previous: &dyn PreviousRecords,
     entries: &mut BTreeMap<String, ScanRecord>,
+    unchanged: &HashSet<PathDigest>,
     unstable: &BTreeSet<String>,
 ) -> Vec<String> {
     let under_unstable = |rel: &str| ancestors_or_self(rel).any(|a| unstable.contains(a));
@@ -560,7 +573,10 @@ fn settle(
     }
     let mut gone = BTreeSet::new();
     let mut visit = |rel: &str| {
-        if !entries.contains_key(rel) && !under_unstable(rel) {
+        if !entries.contains_key(rel)
+            && !unchanged.contains(&PathDigest::of(rel))
+            && !under_unstable(rel)
+        {
             gone.insert(rel.to_owned());
         }
     };
@@ -682,6 +698,48 @@ mod tests {
             let data = random(i as u64, 1 + i % 300);
             assert_eq!(record.meta.hash, *blake3::hash(&data).as_bytes(), "f{i}");
         }
+    }
+
+    /// Previous records of a caller that keeps them itself.
+    struct KeptElsewhere(BTreeMap<String, ScanRecord>);
+
+    impl PreviousRecords for KeptElsewhere {
+        fn record(&self, rel: &str) -> Option<ScanRecord> {
+            self.0.record(rel)
+        }
+        fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str)) {
+            self.0.for_each_path_within(dir, visit)
+        }
+        fn omit_unchanged(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn unchanged_files_can_be_left_out_and_are_still_not_taken_for_gone() {
+        let dir = folder();
+        let root = dir.path();
+        for name in ["a", "b", "d/c", "d/e"] {
+            write(root, name, name.as_bytes());
+        }
+        settle();
+        let first = scan_all(root, &BTreeMap::new()).unwrap();
+        fs::write(root.join("b"), b"changed").unwrap();
+        fs::remove_file(root.join("d/e")).unwrap();
+        write(root, "new", b"new");
+        settle();
+        let previous = KeptElsewhere(first.entries.clone());
+        let out = scan_all(root, &previous).unwrap();
+        // Left out: the unchanged files `a` and `d/c`; directories are always described.
+        assert_eq!(keys(&out), ["b", "d", "new"]);
+        assert_eq!(out.unchanged, 2);
+        assert_eq!(out.gone, ["d/e"], "unchanged files are not gone");
+        assert_eq!(out.hashed_files, 2);
+        // A partial scan of a directory says the same of what it covers.
+        let paths = ["d".to_owned()];
+        let part = scan_paths(root, &paths, &previous).unwrap();
+        assert_eq!(keys(&part), ["d"]);
+        assert_eq!(part.gone, ["d/e"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! rules), what each entry the walker yields becomes (an entry, a file to read, a warning, an
 //! unstable path), and the checks that the root is still the folder before and after.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -110,10 +110,27 @@ pub(super) fn ancestors_or_self(rel: &str) -> impl Iterator<Item = &str> {
         .chain((!rel.is_empty()).then_some(""))
 }
 
+/// A path's 128-bit BLAKE3 digest: what a scan keeps of a file it found unchanged. Two paths
+/// with one digest would only make a gone file look present, which sends no delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct PathDigest(u128);
+
+impl PathDigest {
+    pub(super) fn of(rel: &str) -> Self {
+        let hash = blake3::hash(rel.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&hash.as_bytes()[..16]);
+        PathDigest(u128::from_le_bytes(first))
+    }
+}
+
 /// What a walk found, and then what reading its files added.
 pub(super) struct Walked {
     /// Directories, symlinks, reused files (and, once read, the files read).
     pub(super) entries: BTreeMap<String, ScanRecord>,
+    /// Files found unchanged and left out of `entries` (when `previous` asks for that): only
+    /// their paths' digests, for telling what is gone.
+    pub(super) unchanged: HashSet<PathDigest>,
     /// Paths unknown this time (see [`ScanOutput::unstable`](super::ScanOutput::unstable)).
     pub(super) unstable: BTreeSet<String>,
     /// Files to read.
@@ -143,6 +160,7 @@ pub(super) fn walk(
         fresh_since,
         found: Walked {
             entries: BTreeMap::new(),
+            unchanged: HashSet::new(),
             unstable: BTreeSet::new(),
             jobs: Vec::new(),
             fresh: BTreeSet::new(),
@@ -304,7 +322,11 @@ impl Walk<'_> {
                 && matches!(self.scope, Scope::Paths(set) if !set.contains(&rel));
             match self.previous.record(&rel) {
                 Some(prev) if reusable(&prev, &stat) => {
-                    found.entries.insert(rel, prev);
+                    if self.previous.omit_unchanged() {
+                        found.unchanged.insert(PathDigest::of(&rel));
+                    } else {
+                        found.entries.insert(rel, prev);
+                    }
                 }
                 _ if fresh => {
                     found.fresh.insert(rel);
