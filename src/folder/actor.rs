@@ -84,8 +84,6 @@ pub fn rescan_interval(took: Duration, watching: bool) -> Duration {
 pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Wait before retrying a failed download.
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
-/// Chunk locations added to the index under one lock, while the index is built at start.
-pub const CHUNKS_INDEXED_AT_ONCE: usize = 4096;
 /// How often the synced-state rows are written (one store write for everything since).
 pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// ... or as soon as this many changed rows wait for it.
@@ -417,28 +415,7 @@ impl FolderActor {
         let (store, share) = (self.store.clone(), self.sources.share);
         let index = self.sources.chunks.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            // The chunks of every synced file, indexed now: scans report only what changed.
-            let mut found = Vec::new();
-            let add = |found: &mut Vec<_>| {
-                index
-                    .write()
-                    .expect("chunk index lock")
-                    .extend(found.drain(..));
-            };
-            let loaded = state::load(&stored, &mut |path, synced| {
-                let meta = &synced.record.meta;
-                if meta.kind != super::model::EntryKind::File {
-                    return;
-                }
-                if let Some(chunks) = state::blocking_stored_chunk_list(&store, share, meta) {
-                    found.extend(source::locations_in(path, &chunks, synced.record.stamp()));
-                }
-                if found.len() >= CHUNKS_INDEXED_AT_ONCE {
-                    add(&mut found);
-                }
-            });
-            add(&mut found);
-            loaded
+            source::load_indexing_chunks(&stored, &store, share, &index)
         })
         .await
         .unwrap_or_else(|e| Err(StoreError::Invalid(format!("counting crashed: {e}"))));

@@ -82,6 +82,41 @@ pub(super) fn locations_in(
         .collect()
 }
 
+/// Chunk locations added to the index under one lock, while the index is built at start.
+pub const CHUNKS_INDEXED_AT_ONCE: usize = 4096;
+
+/// [`state::load`], indexing the chunks of every synced file on the way (blocking: call it off
+/// the async threads). Scans report only what changed, so this is where unchanged files' chunks
+/// come from.
+pub(super) fn load_indexing_chunks(
+    stored: &crate::store::local_state::LocalStateReader,
+    store: &StoreHandle,
+    share: ShareId,
+    index: &ChunkIndex,
+) -> Result<state::Loaded, crate::store::StoreError> {
+    let mut found = Vec::new();
+    let add = |found: &mut Vec<_>| {
+        index
+            .write()
+            .expect("chunk index lock")
+            .extend(found.drain(..));
+    };
+    let loaded = state::load(stored, &mut |path, synced| {
+        let meta = &synced.record.meta;
+        if meta.kind != super::model::EntryKind::File {
+            return;
+        }
+        if let Some(chunks) = state::blocking_stored_chunk_list(store, share, meta) {
+            found.extend(locations_in(path, &chunks, synced.record.stamp()));
+        }
+        if found.len() >= CHUNKS_INDEXED_AT_ONCE {
+            add(&mut found);
+        }
+    });
+    add(&mut found);
+    loaded
+}
+
 /// The places of `meta`'s chunks in the file `path`, from the chunk list we store (none if a
 /// page is missing).
 pub(super) async fn chunk_locations(

@@ -380,6 +380,20 @@ mod tests {
         (dir, store, id)
     }
 
+    /// A folder's synced paths and the writer task that commits them.
+    fn writer_and_paths(
+        store: &StoreHandle,
+        share: crate::store::ShareId,
+    ) -> (state::RowSender, tokio::task::JoinHandle<()>, SyncedPaths) {
+        let (committed_tx, committed) = watch::channel(0);
+        let (writer, task) = state::spawn_writer(store.clone(), share, "f".into(), committed_tx);
+        (
+            writer,
+            task,
+            SyncedPaths::new(store.local_state_reader(share), committed),
+        )
+    }
+
     fn paths_within(snapshot: &SyncedSnapshot, dir: &str) -> Vec<String> {
         let mut out = Vec::new();
         snapshot.for_each_path_within(dir, &mut |rel| out.push(rel.to_owned()));
@@ -390,9 +404,7 @@ mod tests {
     #[tokio::test]
     async fn changes_are_read_back_before_and_after_the_writer_commits_them() {
         let (_dir, store, share) = store().await;
-        let (committed_tx, committed) = watch::channel(0);
-        let (writer, task) = state::spawn_writer(store.clone(), share, "f".into(), committed_tx);
-        let mut paths = SyncedPaths::new(store.local_state_reader(share), committed);
+        let (writer, task, mut paths) = writer_and_paths(&store, share);
 
         paths.insert("a".into(), synced(EntryKind::File, 1));
         paths.insert("d".into(), synced(EntryKind::Dir, 2));
@@ -466,9 +478,7 @@ mod tests {
     #[tokio::test]
     async fn held_changes_are_counted_and_forgotten_once_committed() {
         let (_dir, store, share) = store().await;
-        let (committed_tx, committed) = watch::channel(0);
-        let (writer, task) = state::spawn_writer(store.clone(), share, "f".into(), committed_tx);
-        let mut paths = SyncedPaths::new(store.local_state_reader(share), committed);
+        let (writer, task, mut paths) = writer_and_paths(&store, share);
 
         paths.insert("a".into(), synced(EntryKind::File, 1));
         paths.insert("b".into(), synced(EntryKind::File, 2));
