@@ -90,6 +90,34 @@ fn a_thousand_file_tree_syncs() {
     assert_eq!(paths.len(), 1020);
 }
 
+/// More files than a receiver keeps by path in its download queue (8,192): the rest wait as
+/// digests and are found again in a listing of its store. A file moved among them is deleted
+/// only once every creation, listed or not, is done.
+#[test]
+fn more_files_than_the_download_window_all_arrive_and_a_move_among_them_completes() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    fs::write(share.dirs[0].join("old.txt"), b"moved among many").unwrap();
+    share.wait_identical();
+    for d in 0..100 {
+        let dir = share.dirs[0].join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    fs::rename(share.dirs[0].join("old.txt"), share.dirs[0].join("new.txt")).unwrap();
+    let paths = share.wait_identical_within(Duration::from_secs(600));
+    assert_eq!(paths.len(), 100 * 100 + 100 + 1);
+    assert!(paths.contains("new.txt") && !paths.contains("old.txt"));
+    assert!(
+        nodes[1].log_lines_with(&["listed from the store"]) > 0,
+        "the receiver's queue never went past its window: the test shows nothing"
+    );
+}
+
 #[test]
 fn concurrent_edits_leave_one_conflict_copy_and_edits_beat_deletes() {
     let mut mesh = Mesh::full_static(2);

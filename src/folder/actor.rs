@@ -400,6 +400,7 @@ impl FolderActor {
             if self.flush_at.is_none() && self.synced.has_unsent() {
                 self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
             }
+            self.fill_queue_window().await;
             self.start_downloads();
             self.sweep_if_idle();
             if self.queue.is_idle() && self.queue.next_retry().is_none() {

@@ -54,6 +54,38 @@ impl FolderActor {
         }
     }
 
+    /// Brings files queued beyond the download queue's window into it while it has room, from
+    /// a listing of the store resumed where the last one stopped, [`LIST_PAGE`] entries at a
+    /// time. If the store cannot list them, they are left to the next full scan, which
+    /// compares every entry with the disk again.
+    pub(super) async fn fill_queue_window(&mut self) {
+        while let Some(after) = self.queue.wants_listing() {
+            let page = self
+                .store
+                .list_page(self.sources.share, Vec::new(), after.clone(), LIST_PAGE)
+                .await;
+            let entries = match page {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.note_error(format!("cannot list the share's entries: {e}"));
+                    warn!(folder = %self.name, "cannot list the share's entries: {e}");
+                    self.queue.forget_unlisted();
+                    self.dirty_all = true;
+                    self.scan_soon(DOWNLOAD_RETRY);
+                    return;
+                }
+            };
+            let ended = entries.len() < LIST_PAGE;
+            let keys = entries.into_iter().map(|(key, _)| key).collect();
+            let before = self.queue.past_window();
+            self.queue.take_listed(after, keys, ended);
+            let after = self.queue.past_window();
+            if after < before {
+                debug!(folder = %self.name, "{} queued files listed from the store, {after} still past the window", before - after);
+            }
+        }
+    }
+
     pub(super) fn needs_work(&self, path: &str, register: &RecordRegister) -> bool {
         let on_disk = self.synced.get(path).map(|s| s.record.meta);
         plan::needs_work(register, on_disk.as_ref())

@@ -21,6 +21,7 @@ mod mass_delete;
 mod materialise;
 pub mod model;
 pub mod pacing;
+mod path_digest;
 mod plan;
 mod problems;
 mod queue;

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::assemble::MAX_CHUNKS_IN_FLIGHT;
 use super::materialise::SMALL_FILE_BYTES;
 use super::model;
+use super::path_digest::PathDigest;
 
 /// Files materialised at once. Many small files are bound by fsync latency, not bandwidth, and
 /// the file system commits concurrent fsyncs together: creating, fsyncing and renaming 10,000
@@ -43,16 +44,28 @@ pub enum Next {
     WaitsForRetry(String),
 }
 
+/// Files to create or change kept by path, in order, at most; past it a queued path is kept as
+/// its 16-byte digest and found again in a listing of the store when the window has room
+/// (see [`DownloadQueue::wants_listing`]). A peer's first sync of a million files queued a
+/// million paths three times over (queue, set, sizes: ~230 bytes a path).
+pub const QUEUE_WINDOW: usize = 8192;
+
 /// Paths to materialise, running downloads, and retries.
 #[derive(Default)]
 pub struct DownloadQueue {
-    /// Paths to create or change, in order, without duplicates.
+    /// Paths to create or change, in order, without duplicates; at most [`QUEUE_WINDOW`].
     pending: VecDeque<String>,
-    /// Deletions, started once no creation is pending or running, so a file that moved is
-    /// created from the old copy's chunks before the old copy goes to the trash.
+    /// Deletions, started once no creation is queued or running, so a file that moved is
+    /// created from the old copy's chunks before the old copy goes to the trash. Kept whole:
+    /// the breaker for peers' deletes counts them and a restore names each.
     pending_deletes: VecDeque<String>,
     /// Everything in `pending` and `pending_deletes`.
-    pending_set: HashSet<String>,
+    pending_set: HashSet<PathDigest>,
+    /// Files queued beyond the window, not in `pending`.
+    unlisted: HashSet<PathDigest>,
+    /// Where a listing of the store finds every path in `unlisted`: the key they all come
+    /// after (`None`: the first). Set whenever `unlisted` is not empty.
+    listed_after: Option<Option<Vec<u8>>>,
     /// Running downloads, with what each may buffer (see [`DOWNLOAD_BUFFER_BUDGET`]).
     in_flight: HashMap<String, u64>,
     /// The sum of those buffers.
@@ -64,7 +77,7 @@ pub struct DownloadQueue {
     /// Failed paths and when to try them again.
     retry_at: HashMap<String, Instant>,
     /// Bytes each queued file will need at most (chunks found locally are not fetched).
-    needed_bytes: HashMap<String, u64>,
+    needed_bytes: HashMap<PathDigest, u64>,
 }
 
 impl DownloadQueue {
@@ -74,6 +87,7 @@ impl DownloadQueue {
         self.pending.shrink_to_fit();
         self.pending_deletes.shrink_to_fit();
         self.pending_set.shrink_to_fit();
+        self.unlisted.shrink_to_fit();
         self.in_flight.shrink_to_fit();
         self.deletes_in_flight.shrink_to_fit();
         self.again.shrink_to_fit();
@@ -81,25 +95,101 @@ impl DownloadQueue {
         self.needed_bytes.shrink_to_fit();
     }
 
-    /// Queues a path (once); a deletion goes to the deletions' queue.
+    /// Queues a path (once); a deletion goes to the deletions' queue, a file past the window
+    /// is left to a listing of the store.
     pub fn push(&mut self, path: String, delete: bool) {
-        if self.pending_set.insert(path.clone()) {
-            if delete {
-                self.pending_deletes.push_back(path);
-            } else {
-                self.pending.push_back(path);
-            }
+        let digest = PathDigest::of(&path);
+        if self.pending_set.contains(&digest) || self.unlisted.contains(&digest) {
+            return;
         }
+        if delete {
+            self.pending_set.insert(digest);
+            self.pending_deletes.push_back(path);
+        } else if self.pending.len() < QUEUE_WINDOW {
+            self.pending_set.insert(digest);
+            self.pending.push_back(path);
+        } else {
+            self.unlisted.insert(digest);
+            let from = Some(key_before(&path));
+            self.listed_after = match self.listed_after.take() {
+                Some(after) => Some(after.min(from)),
+                None => Some(from),
+            };
+        }
+    }
+
+    /// Where a listing of the store should resume to bring files queued beyond the window into
+    /// it (the key to list after; `None`: from the first), once the window is half empty.
+    pub fn wants_listing(&self) -> Option<Option<Vec<u8>>> {
+        if self.unlisted.is_empty() || self.pending.len() > QUEUE_WINDOW / 2 {
+            return None;
+        }
+        self.listed_after.clone()
+    }
+
+    /// Takes the keys of one page of the store's entries, listed after `after` (as
+    /// [`Self::wants_listing`] said), in key order: the paths queued beyond the window among
+    /// them join it while it has room. `ended`: the listing has no more entries.
+    pub fn take_listed(&mut self, after: Option<Vec<u8>>, keys: Vec<Vec<u8>>, ended: bool) {
+        // A path pushed beyond the window meanwhile may have moved the listing back.
+        let moved_back = self.listed_after.clone().filter(|now| *now != after);
+        let last = keys.last().cloned();
+        // Where to resume if the window fills before the page ends.
+        let mut full_at = None;
+        for key in keys {
+            let Ok(path) = String::from_utf8(key) else {
+                continue;
+            };
+            let digest = PathDigest::of(&path);
+            if !self.unlisted.contains(&digest) {
+                continue;
+            }
+            if self.pending.len() >= QUEUE_WINDOW {
+                full_at = Some(key_before(&path));
+                break;
+            }
+            self.unlisted.remove(&digest);
+            self.pending_set.insert(digest);
+            self.pending.push_back(path);
+        }
+        self.listed_after = match (moved_back, full_at) {
+            (Some(back), _) => Some(back),
+            (None, Some(full_at)) => Some(Some(full_at)),
+            (None, None) if ended => None,
+            (None, None) => Some(last),
+        };
+        if self.listed_after.is_none() {
+            // Left over: queued, yet not in the store (an entry it no longer has).
+            self.forget_unlisted();
+        }
+        if self.unlisted.is_empty() {
+            self.listed_after = None;
+        }
+    }
+
+    /// How many files are queued beyond the window.
+    pub fn past_window(&self) -> usize {
+        self.unlisted.len()
+    }
+
+    /// Forgets the files queued beyond the window (the store cannot list them now): a full
+    /// comparison of the store with the disk queues them again.
+    pub fn forget_unlisted(&mut self) {
+        for digest in self.unlisted.drain() {
+            self.needed_bytes.remove(&digest);
+        }
+        self.listed_after = None;
     }
 
     /// Remembers how many bytes a queued path needs: `Some(size)` for a file, `None` otherwise.
     pub fn note_needed(&mut self, path: &str, file_size: Option<u64>) {
+        let digest = PathDigest::of(path);
         match file_size {
             Some(size) => {
-                self.needed_bytes.insert(path.to_owned(), size);
+                self.needed_bytes.insert(digest, size);
             }
             None => {
-                self.needed_bytes.remove(path);
+                self.needed_bytes.remove(&digest);
             }
         }
     }
@@ -109,20 +199,22 @@ impl DownloadQueue {
         self.in_flight.contains_key(path)
     }
 
-    /// The next thing to do, or `None` when nothing may start now (nothing queued, too many
-    /// running, or the memory budget is used up).
+    /// The next thing to do, or `None` when nothing may start now (nothing in the window, too
+    /// many running, or the memory budget is used up).
     pub fn next(&mut self) -> Option<Next> {
         loop {
             if self.in_flight.len() >= MAX_CONCURRENT_DOWNLOADS {
                 return None;
             }
-            let creations_running = self.in_flight.len() > self.deletes_in_flight.len();
+            let creations_waiting =
+                self.in_flight.len() > self.deletes_in_flight.len() || !self.unlisted.is_empty();
             let (path, delete) = match self.pending.pop_front() {
                 Some(path) => (path, false),
-                None if !creations_running => (self.pending_deletes.pop_front()?, true),
+                None if !creations_waiting => (self.pending_deletes.pop_front()?, true),
                 None => return None,
             };
-            self.pending_set.remove(&path);
+            let digest = PathDigest::of(&path);
+            self.pending_set.remove(&digest);
             if self.in_flight.contains_key(&path) {
                 self.again.insert(path);
                 continue;
@@ -132,14 +224,14 @@ impl DownloadQueue {
             }
             let buffer = self
                 .needed_bytes
-                .get(&path)
+                .get(&digest)
                 .copied()
                 .map_or(0, download_buffer);
             if !self.in_flight.is_empty()
                 && self.in_flight_buffered + buffer > DOWNLOAD_BUFFER_BUDGET
             {
                 // Back to the front: it starts when enough of the running downloads finish.
-                self.pending_set.insert(path.clone());
+                self.pending_set.insert(digest);
                 if delete {
                     self.pending_deletes.push_front(path);
                 } else {
@@ -164,7 +256,7 @@ impl DownloadQueue {
             // Its new size was noted when it changed.
             self.push(path.to_owned(), false);
         } else {
-            self.needed_bytes.remove(path);
+            self.needed_bytes.remove(&PathDigest::of(path));
         }
     }
 
@@ -184,7 +276,7 @@ impl DownloadQueue {
     pub fn unstart_delete(&mut self, path: String) {
         self.in_flight_buffered -= self.in_flight.remove(&path).unwrap_or(0);
         self.deletes_in_flight.remove(&path);
-        if self.pending_set.insert(path.clone()) {
+        if self.pending_set.insert(PathDigest::of(&path)) {
             self.pending_deletes.push_front(path);
         }
     }
@@ -196,17 +288,16 @@ impl DownloadQueue {
 
     /// The size of the file a queued or running path needs, if it is one.
     pub fn file_size(&self, path: &str) -> Option<u64> {
-        self.needed_bytes.get(path).copied()
+        self.needed_bytes.get(&PathDigest::of(path)).copied()
     }
 
     /// The bytes the running downloads will write at most.
     pub fn running_bytes(&self) -> u64 {
         self.in_flight
             .keys()
-            .filter_map(|path| self.needed_bytes.get(path))
+            .filter_map(|path| self.needed_bytes.get(&PathDigest::of(path)))
             .sum()
     }
-
     /// Tries `path` again at `at` (it is not started before).
     pub fn retry_at(&mut self, path: String, at: Instant) {
         self.retry_at.insert(path, at);
@@ -244,9 +335,15 @@ impl DownloadQueue {
         let waiting = self
             .retry_at
             .keys()
-            .filter(|path| !self.pending_set.contains(*path) && !self.in_flight.contains_key(*path))
+            .filter(|path| {
+                let digest = PathDigest::of(path);
+                !self.pending_set.contains(&digest)
+                    && !self.unlisted.contains(&digest)
+                    && !self.in_flight.contains_key(*path)
+            })
             .count();
-        (self.pending.len() + self.pending_deletes.len() + self.in_flight.len() + waiting) as u64
+        let queued = self.pending.len() + self.pending_deletes.len() + self.unlisted.len();
+        (queued + self.in_flight.len() + waiting) as u64
     }
 
     /// Bytes the queued and running files need at most.
@@ -260,9 +357,17 @@ impl DownloadQueue {
     }
 }
 
+/// A key that comes before `path` and after every key that does, but for those that start with
+/// `path` less its last byte (listed again, and passed over: harmless).
+fn key_before(path: &str) -> Vec<u8> {
+    let bytes = path.as_bytes();
+    bytes[..bytes.len().saturating_sub(1)].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     fn started(queue: &mut DownloadQueue) -> Vec<(String, bool)> {
@@ -274,6 +379,148 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A store's keys, listed as the store lists them: after `after`, `limit` at a time.
+    fn list(
+        keys: &BTreeSet<String>,
+        after: &Option<Vec<u8>>,
+        limit: usize,
+    ) -> (Vec<Vec<u8>>, bool) {
+        let page: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .filter(|k| after.as_ref().is_none_or(|after| k > after))
+            .take(limit)
+            .collect();
+        let ended = page.len() < limit;
+        (page, ended)
+    }
+
+    /// Runs and finishes downloads until the queue asks for a listing or has nothing to start.
+    fn run_until_listing_wanted(q: &mut DownloadQueue) -> Vec<(String, bool)> {
+        let mut done = Vec::new();
+        while q.wants_listing().is_none() {
+            let batch = started(q);
+            if batch.is_empty() {
+                break;
+            }
+            for (path, delete) in batch {
+                q.finish(&path);
+                done.push((path, delete));
+            }
+        }
+        done
+    }
+
+    /// Lists the store into the queue as the folder does, then runs and finishes everything.
+    fn run_with_store(q: &mut DownloadQueue, store: &BTreeSet<String>) -> Vec<(String, bool)> {
+        let mut done = Vec::new();
+        loop {
+            while let Some(after) = q.wants_listing() {
+                let (keys, ended) = list(store, &after, 1000);
+                q.take_listed(after, keys, ended);
+            }
+            let batch = started(q);
+            if batch.is_empty() {
+                return done;
+            }
+            for (path, delete) in batch {
+                q.finish(&path);
+                done.push((path, delete));
+            }
+        }
+    }
+
+    #[test]
+    fn files_past_the_window_are_found_again_in_the_store_and_deletions_wait_for_them() {
+        let total = QUEUE_WINDOW + 3000;
+        let name = |i: usize| format!("d/f{i:06}");
+        let mut store: BTreeSet<String> = (0..total).map(name).collect();
+        store.extend(["a/unrelated".to_owned(), "old".to_owned()]);
+        let mut q = DownloadQueue::default();
+        q.push("old".into(), true);
+        for i in 0..total {
+            q.note_needed(&name(i), Some(10));
+            q.push(name(i), false);
+            q.push(name(i), false);
+        }
+        assert_eq!(
+            q.pending.len(),
+            QUEUE_WINDOW,
+            "the window holds paths, no more"
+        );
+        assert_eq!(
+            q.needed_files(),
+            total as u64 + 1,
+            "every queued path counts"
+        );
+        assert_eq!(q.needed_bytes(), total as u64 * 10);
+        assert_eq!(q.wants_listing(), None, "the window is full");
+
+        let mut done = run_until_listing_wanted(&mut q);
+        assert!(q.pending.len() <= QUEUE_WINDOW / 2);
+        assert_eq!(
+            q.wants_listing(),
+            Some(Some(b"d/f00819".to_vec())),
+            "from just before the first path left out"
+        );
+        // Without the listing, the window runs dry, and the deletion still waits.
+        while let Some(Next::Start { path, delete }) = q.next() {
+            assert!(!delete, "{path} deleted while creations wait in the store");
+            q.finish(&path);
+            done.push((path, delete));
+        }
+        assert_eq!(q.needed_files(), (total - QUEUE_WINDOW) as u64 + 1);
+
+        done.extend(run_with_store(&mut q, &store));
+        assert_eq!(done.len(), total + 1, "each once");
+        assert_eq!(
+            done.last(),
+            Some(&("old".to_owned(), true)),
+            "the deletion last"
+        );
+        let created: BTreeSet<&String> = done.iter().filter(|(_, d)| !d).map(|(p, _)| p).collect();
+        assert_eq!(created.len(), total);
+        assert!(q.is_idle());
+        assert_eq!((q.needed_bytes(), q.wants_listing()), (0, None));
+    }
+
+    #[test]
+    fn a_path_queued_behind_a_listing_in_progress_moves_it_back() {
+        let name = |i: usize| format!("m{i:06}");
+        let mut q = DownloadQueue::default();
+        for i in 0..QUEUE_WINDOW + 10 {
+            q.push(name(i), false);
+        }
+        let mut store: BTreeSet<String> = (0..QUEUE_WINDOW + 10).map(name).collect();
+        run_until_listing_wanted(&mut q);
+        let after = q.wants_listing().expect("room in the window");
+        let (keys, ended) = list(&store, &after, 3);
+        // Meanwhile the window fills up again, and a path before the listing is queued past it.
+        for i in 0..QUEUE_WINDOW {
+            q.push(format!("n{i:06}"), false);
+        }
+        q.push("a".into(), false);
+        store.insert("a".into());
+        q.take_listed(after, keys, ended);
+        assert_eq!(q.listed_after, Some(Some(Vec::new())), "back to before `a`");
+        let done = run_with_store(&mut q, &store);
+        assert!(done.contains(&("a".to_owned(), false)));
+        assert!(q.is_idle());
+    }
+
+    #[test]
+    fn a_queued_path_the_store_no_longer_has_is_forgotten_when_its_listing_ends() {
+        let mut q = DownloadQueue::default();
+        for i in 0..=QUEUE_WINDOW {
+            q.note_needed(&format!("p{i:06}"), Some(7));
+            q.push(format!("p{i:06}"), false);
+        }
+        let done = run_with_store(&mut q, &BTreeSet::new());
+        assert_eq!(done.len(), QUEUE_WINDOW);
+        assert!(q.is_idle());
+        assert_eq!(q.needed_bytes(), 0);
     }
 
     #[test]

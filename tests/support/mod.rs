@@ -766,15 +766,20 @@ impl FolderShare {
     /// Waits until every folder holds exactly the same tree (paths, kinds, contents, link
     /// targets), ignoring our marker directory.
     pub fn wait_identical(&self) -> BTreeSet<String> {
+        self.wait_identical_within(WAIT)
+    }
+
+    /// [`FolderShare::wait_identical`] with its own deadline, for big trees.
+    pub fn wait_identical_within(&self, deadline: Duration) -> BTreeSet<String> {
         let start = Instant::now();
         loop {
             let trees: Vec<Vec<(String, String)>> = self.dirs.iter().map(|d| tree(d)).collect();
             if trees.windows(2).all(|w| w[0] == w[1]) {
                 return trees[0].iter().map(|(p, _)| p.clone()).collect();
             }
-            if start.elapsed() > WAIT {
+            if start.elapsed() > deadline {
                 panic!(
-                    "folders did not converge within {WAIT:?}:\n{}",
+                    "folders did not converge within {deadline:?}:\n{}",
                     trees
                         .iter()
                         .map(|t| format!("{t:?}").chars().take(2000).collect::<String>())

@@ -80,9 +80,10 @@ pub use hash::{MAX_HASH_ATTEMPTS, MAX_HASH_WORKERS};
 pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, StampDigest, written_is_racy};
 pub use walk::is_ignored_builtin;
 
+use super::path_digest::PathDigest;
 use hash::{Hashed, Job, Outcome, hash_all};
 use stat::{Seen, Stat, reusable};
-use walk::{PathDigest, Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
+use walk::{Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
 
 /// Most warnings one scan returns; beyond this they are counted in a last summary line, so a
 /// tree of millions of unreadable files cannot grow the result without bound.

@@ -17,6 +17,7 @@ use super::hash::Job;
 use super::stat::{Seen, Stat, reusable};
 use super::{PreviousRecords, ScanError, ScanRecord, Warnings};
 use crate::folder::model::{EntryKind, IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
+use crate::folder::path_digest::PathDigest;
 use crate::folder::write::validate_rel_path;
 
 /// Whether a relative path is excluded whatever the `.meshignore` files say: the root's
@@ -110,26 +111,13 @@ pub(super) fn ancestors_or_self(rel: &str) -> impl Iterator<Item = &str> {
         .chain((!rel.is_empty()).then_some(""))
 }
 
-/// A path's 128-bit BLAKE3 digest: what a scan keeps of a file it found unchanged. Two paths
-/// with one digest would only make a gone file look present, which sends no delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct PathDigest(u128);
-
-impl PathDigest {
-    pub(super) fn of(rel: &str) -> Self {
-        let hash = blake3::hash(rel.as_bytes());
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&hash.as_bytes()[..16]);
-        PathDigest(u128::from_le_bytes(first))
-    }
-}
-
 /// What a walk found, and then what reading its files added.
 pub(super) struct Walked {
     /// Directories, symlinks, reused files (and, once read, the files read).
     pub(super) entries: BTreeMap<String, ScanRecord>,
     /// Files found unchanged and left out of `entries` (when `previous` asks for that): only
-    /// their paths' digests, for telling what is gone.
+    /// their paths' digests, for telling what is gone. Two paths with one digest would only
+    /// make a gone file look present, which sends no delete.
     pub(super) unchanged: HashSet<PathDigest>,
     /// Paths unknown this time (see [`ScanOutput::unstable`](super::ScanOutput::unstable)).
     pub(super) unstable: BTreeSet<String>,
