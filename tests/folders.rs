@@ -90,27 +90,44 @@ fn a_thousand_file_tree_syncs() {
     assert_eq!(paths.len(), 1020);
 }
 
-/// More files than a receiver keeps by path in its download queue (8,192): the rest wait as
-/// digests and are found again in a listing of its store. A file moved among them is deleted
-/// only once every creation, listed or not, is done.
+/// A folder's first scan of more files than it keeps in memory (16,384: the rest go to a
+/// temporary file), received by a peer that queues more than it keeps by path (8,192: the rest
+/// wait as digests and are found again in a listing of its store). Then a file moved among
+/// thousands of new ones: its old path is deleted only once every creation is done.
 #[test]
-fn more_files_than_the_download_window_all_arrive_and_a_move_among_them_completes() {
+fn a_big_first_scan_and_a_big_download_queue_lose_nothing() {
     let mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
+    let folder_a = mesh.nodes[0].home.parent().unwrap().join("folder");
+    let write_tree = |root: &std::path::Path, prefix: &str, dirs: usize| {
+        for d in 0..dirs {
+            let dir = root.join(format!("{prefix}{d:03}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..100 {
+                fs::write(dir.join(format!("f{f:02}")), format!("{prefix}{d}/{f}")).unwrap();
+            }
+        }
+    };
+    write_tree(&folder_a, "d", 170);
+    fs::write(folder_a.join("old.txt"), b"moved among many").unwrap();
     let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
     let share = FolderShare::among(&nodes);
-    fs::write(share.dirs[0].join("old.txt"), b"moved among many").unwrap();
-    share.wait_identical();
-    for d in 0..100 {
-        let dir = share.dirs[0].join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..100 {
-            fs::write(dir.join(format!("f{f:02}")), format!("{d}/{f}")).unwrap();
-        }
-    }
+    let paths = share.wait_identical_within(Duration::from_secs(600));
+    assert_eq!(paths.len(), 170 * 100 + 170 + 1);
+    let spilled = nodes[0]
+        .log()
+        .lines()
+        .filter(|l| l.contains("scanned folder") && !l.contains("spilled=0 "))
+        .count();
+    assert!(
+        spilled > 0,
+        "the first scan spilled nothing: the test shows nothing"
+    );
+
+    write_tree(&share.dirs[0], "e", 100);
     fs::rename(share.dirs[0].join("old.txt"), share.dirs[0].join("new.txt")).unwrap();
     let paths = share.wait_identical_within(Duration::from_secs(600));
-    assert_eq!(paths.len(), 100 * 100 + 100 + 1);
+    assert_eq!(paths.len(), 270 * 100 + 270 + 1);
     assert!(paths.contains("new.txt") && !paths.contains("old.txt"));
     assert!(
         nodes[1].log_lines_with(&["listed from the store"]) > 0,

@@ -305,6 +305,8 @@ pub(super) struct ScanResult {
     pub(super) instance: std::io::Result<Option<InstanceId>>,
     pub(super) full: bool,
     pub(super) updated: BTreeMap<String, ScanRecord>,
+    /// More of them, kept in a temporary file by a big scan.
+    pub(super) spilled: Option<scan::SpilledEntries>,
     pub(super) gone: Vec<String>,
     pub(super) pages: Vec<(PageRef, Vec<ChunkRef>)>,
     pub(super) unstable: Vec<String>,
@@ -721,17 +723,20 @@ impl FolderActor {
             let instance = instance::read(&root);
             let chunk_lists =
                 |meta: &FileMeta| state::blocking_stored_chunk_list(&store, share, meta);
+            // On the folder's disk, beside what it syncs (see `scan::SpilledEntries`).
+            let spill_in = root.join(MARKER_DIR);
+            let spill_in = Some(spill_in.as_path());
             let out = if full {
-                scan::scan_all_reusing(&root, &previous, &chunk_lists)
+                scan::scan_all_reusing(&root, &previous, &chunk_lists, spill_in)
             } else {
                 // A new directory's files may still be being written.
                 let recent = Some(settle::OPEN_WRITE_QUIET);
-                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists, recent)
+                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists, recent, spill_in)
             }?;
             // The candidates for having been received just before a crash ([`received`]).
             let marks = if read_marks {
                 let (name, max) = (received::ATTRIBUTE, received::MAX_MARK_BYTES);
-                scan::attributes_of_changed_files(&root, &out.entries, &previous, name, max)
+                scan::attributes_of_changed_files(&root, &out, &previous, name, max)?
             } else {
                 BTreeMap::new()
             };
@@ -739,6 +744,7 @@ impl FolderActor {
                 instance,
                 full,
                 updated: out.entries,
+                spilled: out.spilled,
                 gone: out.gone,
                 pages: out.pages,
                 unstable: out.unstable,

@@ -12,7 +12,9 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{ChangeNotice, FolderActor, ScanResult, rescan_interval};
+use super::actor::{
+    ChangeNotice, FolderActor, STATE_UNREADABLE_RETRY, ScanResult, rescan_interval,
+};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
 use super::scan::{self, ScanRecord};
@@ -335,7 +337,30 @@ impl FolderActor {
         let mut deferred = Vec::new();
         let mut changed: Vec<(String, Option<ScanRecord>)> = Vec::new();
         let mut aside: Vec<(String, ScanRecord)> = Vec::new();
-        for (path, record) in std::mem::take(&mut result.updated) {
+        // A big scan's spilled entries follow the others: its directories are all among those,
+        // so they still come before what is in them. Read on this thread: a batch is a few
+        // hundred KiB of a file just written, in the page cache.
+        let spill_file = result.spilled.take();
+        let mut spilled = match spill_file.as_ref().map(|s| s.read()).transpose() {
+            Ok(reader) => reader,
+            Err(e) => {
+                self.spill_unreadable(&e);
+                None
+            }
+        };
+        let mut in_memory = std::mem::take(&mut result.updated).into_iter();
+        loop {
+            let (path, record) = match in_memory.next() {
+                Some(entry) => entry,
+                None => match spilled.as_mut().and_then(Iterator::next) {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => {
+                        self.spill_unreadable(&e);
+                        break;
+                    }
+                    None => break,
+                },
+            };
             if self.queue.is_running(&path) {
                 // A file is read again once its download ends: an edit made meanwhile must not
                 // be lost. (A directory's own changes are ours: see `start_scan`.)
@@ -427,6 +452,16 @@ impl FolderActor {
 
     /// Of the paths a scan found gone, those a delete may be sent for: synced here, and not
     /// being written by a download.
+    /// The entries a scan kept in its temporary file cannot be read back: those not written
+    /// yet are found again by a full scan soon (none of them was taken for gone).
+    fn spill_unreadable(&mut self, e: &std::io::Error) {
+        let what = format!("cannot read back the scan's entries from its temporary file: {e}");
+        warn!(folder = %self.name, "{what}; scanning again");
+        self.note_error(what);
+        self.dirty_all = true;
+        self.scan_soon(STATE_UNREADABLE_RETRY);
+    }
+
     fn sendable_gone(&self, gone: &[String]) -> Vec<String> {
         gone.iter()
             .filter(|path| self.synced.contains_key(path) && !self.queue.is_running(path))
@@ -455,6 +490,7 @@ impl FolderActor {
                 instance,
                 full: false,
                 updated: BTreeMap::new(),
+                spilled: None,
                 gone,
                 pages: Vec::new(),
                 unstable: back,

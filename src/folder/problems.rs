@@ -28,6 +28,9 @@ impl FolderActor {
             for path in result.updated.keys().chain(&result.gone) {
                 self.unsyncable.remove(path);
             }
+            if let Some(spilled) = &result.spilled {
+                self.unsyncable.retain(|path, _| !spilled.contains(path));
+            }
         }
         for (path, reason) in &result.problems {
             if self.unsyncable.get(path) == Some(reason) {

@@ -5,7 +5,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime};
@@ -37,8 +37,6 @@ pub const MID_CHANGE_WAITS: u32 = 20;
 pub(super) struct Job {
     /// Its normalised relative path.
     pub(super) rel: String,
-    /// Where it is on disk.
-    pub(super) abs: PathBuf,
     /// Its size when listed: the largest are read first.
     pub(super) size: u64,
     /// What the previous scan saw of it, if it was a file then.
@@ -63,10 +61,11 @@ pub(super) struct Hashed {
     pub(super) bytes: u64,
 }
 
-/// Reads `jobs` on up to [`MAX_HASH_WORKERS`] threads (the calling one included), largest first
+/// Reads `jobs` (their paths relative to `base`) on up to [`MAX_HASH_WORKERS`] threads (the calling one included), largest first
 /// so one big file does not start last.
 pub(super) fn hash_all(
     mut jobs: Vec<Job>,
+    base: &Path,
     previous_chunks: &(dyn Fn(&Job) -> Option<Previous> + Sync),
 ) -> Vec<(Job, Hashed)> {
     if jobs.is_empty() {
@@ -87,7 +86,11 @@ pub(super) fn hash_all(
             };
             done.push((
                 i,
-                hash_job(&job.abs, job.seen, previous_chunks(job).as_ref()),
+                hash_job(
+                    &base.join(&job.rel),
+                    job.seen,
+                    previous_chunks(job).as_ref(),
+                ),
             ));
         }
     };

@@ -59,12 +59,13 @@
 //! [`validate_rel_path`]: crate::folder::write::validate_rel_path
 
 mod hash;
+mod spill;
 mod stat;
 #[cfg(test)]
 mod testkit;
 mod walk;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -77,11 +78,13 @@ use crate::folder::content::{PIPELINE_FROM, Previous};
 use crate::folder::model::{self, ChunkRef, EntryKind, FileMeta, IGNORE_FILE, MARKER_DIR, PageRef};
 
 pub use hash::{MAX_HASH_ATTEMPTS, MAX_HASH_WORKERS};
+pub use spill::{SPILL_FROM, SpillReader, SpilledEntries};
 pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, StampDigest, written_is_racy};
 pub use walk::is_ignored_builtin;
 
 use super::path_digest::PathDigest;
 use hash::{Hashed, Job, Outcome, hash_all};
+use spill::Spilling;
 use stat::{Seen, Stat, reusable};
 use walk::{Scope, Walked, ancestors_or_self, check_root, normalise, recheck_root};
 
@@ -127,11 +130,15 @@ pub struct ScanRecord {
 /// its description), in `gone` (known before or requested, and now has no entry: deleted, or now
 /// ignored or unrepresentable), under a path in `unstable` (unknown this time: keep what you had),
 /// or none of these (not known before and still absent).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct ScanOutput {
     /// Every entry in scope, keyed by normalised relative path, changed or not; without the
-    /// files found unchanged when `previous` asks for that ([`PreviousRecords::omit_unchanged`]).
+    /// files found unchanged when `previous` asks for that ([`PreviousRecords::omit_unchanged`]),
+    /// and without those in `spilled`.
     pub entries: BTreeMap<String, ScanRecord>,
+    /// The files read past [`SPILL_FROM`], kept in a temporary file when the scan was given a
+    /// directory for one (`spill_in`): entries as those in `entries` are.
+    pub spilled: Option<SpilledEntries>,
     /// Files found unchanged and left out of `entries`.
     pub unchanged: u64,
     /// Paths in scope that were in `previous` (or requested) and now have no entry.
@@ -209,6 +216,15 @@ pub enum ScanError {
         #[source]
         source: ignore::Error,
     },
+    /// The entries a scan kept in its temporary file cannot be read back.
+    #[error("cannot read back the entries a scan of {root} kept in a temporary file")]
+    Spill {
+        /// The root as configured.
+        root: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: io::Error,
+    },
     /// A path given to [`scan_paths`] is not a normalised relative path.
     #[error("invalid relative path {path:?} for folder {root}: {reason}")]
     InvalidPath {
@@ -269,14 +285,16 @@ impl PreviousRecords for BTreeMap<String, ScanRecord> {
 /// Scans the whole folder at `root`. `previous` is the last scan's `entries` (empty the first
 /// time): files it describes that have not changed are reused instead of re-read.
 pub fn scan_all(root: &Path, previous: &dyn PreviousRecords) -> Result<ScanOutput, ScanError> {
-    scan_all_reusing(root, previous, &|_| None)
+    scan_all_reusing(root, previous, &|_| None, None)
 }
 
-/// [`scan_all`], finding the chunks of changed large files' previous versions again.
+/// [`scan_all`], finding the chunks of changed large files' previous versions again, and
+/// keeping the files read past [`SPILL_FROM`] in a temporary file in `spill_in`, if given.
 pub fn scan_all_reusing(
     root: &Path,
     previous: &dyn PreviousRecords,
     chunk_lists: ChunkLists,
+    spill_in: Option<&Path>,
 ) -> Result<ScanOutput, ScanError> {
     scan(
         root,
@@ -285,29 +303,42 @@ pub fn scan_all_reusing(
         Known::default(),
         chunk_lists,
         None,
+        spill_in,
     )
 }
 
 /// The extended attribute `name` (up to `max` bytes) of each scanned file that differs from its
-/// `previous` record (changed, or new), where it has one.
+/// `previous` record (changed, or new), where it has one; spilled entries included.
 pub fn attributes_of_changed_files(
     root: &Path,
-    scanned: &BTreeMap<String, ScanRecord>,
+    scanned: &ScanOutput,
     previous: &dyn PreviousRecords,
     name: &str,
     max: usize,
-) -> BTreeMap<String, Vec<u8>> {
-    scanned
-        .iter()
-        .filter(|(path, record)| {
-            record.meta.kind == EntryKind::File
-                && previous.record(path).map(|p| p.meta).as_ref() != Some(&record.meta)
-        })
-        .filter_map(|(path, _)| {
-            let value = crate::folder::write::attribute(&root.join(path), name, max);
-            Some((path.clone(), value.ok()??))
-        })
-        .collect()
+) -> Result<BTreeMap<String, Vec<u8>>, ScanError> {
+    let mut found = BTreeMap::new();
+    let mut look = |path: &str, record: &ScanRecord| {
+        if record.meta.kind == EntryKind::File
+            && previous.record(path).map(|p| p.meta).as_ref() != Some(&record.meta)
+            && let Ok(Some(value)) = crate::folder::write::attribute(&root.join(path), name, max)
+        {
+            found.insert(path.to_owned(), value);
+        }
+    };
+    for (path, record) in &scanned.entries {
+        look(path, record);
+    }
+    if let Some(spilled) = &scanned.spilled {
+        let spill_error = |source| ScanError::Spill {
+            root: root.to_path_buf(),
+            source,
+        };
+        for entry in spilled.read().map_err(spill_error)? {
+            let (path, record) = entry.map_err(spill_error)?;
+            look(&path, &record);
+        }
+    }
+    Ok(found)
 }
 
 /// Of `paths` (relative paths a scan found gone), those still gone now, after checking that the
@@ -350,19 +381,21 @@ pub fn scan_paths(
     paths: &[String],
     previous: &dyn PreviousRecords,
 ) -> Result<ScanOutput, ScanError> {
-    scan_paths_reusing(root, paths, previous, &|_| None, None)
+    scan_paths_reusing(root, paths, previous, &|_| None, None, None)
 }
 
 /// [`scan_paths`], finding the chunks of changed large files' previous versions again. With
 /// `recent_writes`, a changed file found by walking a requested directory (not requested
 /// itself) whose change time is within that window of now is not read but listed in
 /// [`ScanOutput::fresh`]: a watcher reports a new directory, not the files being written in it.
+/// With `spill_in`, as [`scan_all_reusing`].
 pub fn scan_paths_reusing(
     root: &Path,
     paths: &[String],
     previous: &dyn PreviousRecords,
     chunk_lists: ChunkLists,
     recent_writes: Option<Duration>,
+    spill_in: Option<&Path>,
 ) -> Result<ScanOutput, ScanError> {
     let mut requested = BTreeSet::new();
     for path in paths {
@@ -390,6 +423,7 @@ pub fn scan_paths_reusing(
         known,
         chunk_lists,
         fresh_since,
+        spill_in,
     )
 }
 
@@ -449,7 +483,6 @@ fn known_files(
         } else if record.inode == stat.ino && record.dev == stat.dev {
             known.jobs.push(Job {
                 rel: rel.clone(),
-                abs,
                 size: stat.size,
                 seen: Seen::of(&record),
             });
@@ -467,8 +500,10 @@ fn scan(
     known: Known,
     chunk_lists: ChunkLists,
     fresh_since: Option<SystemTime>,
+    spill_in: Option<&Path>,
 ) -> Result<ScanOutput, ScanError> {
     let (base, root_id) = check_root(root)?;
+    let mut spilling = Spilling::new(spill_in);
     let scope = Arc::new(scope);
     let mut found = walk::walk(root, &base, &scope, previous, fresh_since)?;
     found.entries.extend(known.reused);
@@ -494,13 +529,15 @@ fn scan(
         if jobs.capacity() > 4 * jobs.len().max(HASH_ROUND) {
             jobs.shrink_to_fit();
         }
-        for (job, hashed) in hash_all(round, &previous_chunks) {
-            add_hashed(&mut found, &mut out, job, hashed);
+        for (job, hashed) in hash_all(round, &base, &previous_chunks) {
+            add_hashed(&mut found, &mut out, job, hashed, &mut spilling);
         }
     }
 
     recheck_root(root, &base, root_id)?;
 
+    let unknown: BTreeSet<String> = found.unstable.union(&found.fresh).cloned().collect();
+    out.spilled = spilling.finish(&unknown, &mut found.entries, &mut found.warnings);
     let Walked {
         mut entries,
         unchanged,
@@ -509,9 +546,15 @@ fn scan(
         warnings,
         ..
     } = found;
-    let unknown: BTreeSet<String> = unstable.union(&fresh).cloned().collect();
     out.unchanged = unchanged.len() as u64;
-    out.gone = settle(&scope, previous, &mut entries, &unchanged, &unknown);
+    let present = |digest: &PathDigest| {
+        unchanged.contains(digest)
+            || out
+                .spilled
+                .as_ref()
+                .is_some_and(|s| s.contains_digest(digest))
+    };
+    out.gone = settle(&scope, previous, &mut entries, &present, &unknown);
     out.entries = entries;
     out.unstable = unstable.into_iter().collect();
     out.fresh = fresh.into_iter().collect();
@@ -519,6 +562,7 @@ fn scan(
     tracing::debug!(
         root = %root.display(),
         entries = out.entries.len(),
+        spilled = out.spilled.as_ref().map_or(0, SpilledEntries::written),
         unchanged = out.unchanged,
         gone = out.gone.len(),
         unstable = out.unstable.len(),
@@ -532,13 +576,19 @@ fn scan(
 
 /// Adds what reading one file gave to what the scan found: an entry (and its pages), or a
 /// warning and an unstable path.
-fn add_hashed(found: &mut Walked, out: &mut ScanOutput, job: Job, hashed: Hashed) {
+fn add_hashed(
+    found: &mut Walked,
+    out: &mut ScanOutput,
+    job: Job,
+    hashed: Hashed,
+    spilling: &mut Spilling,
+) {
     out.hashed_files += hashed.reads;
     out.hashed_bytes += hashed.bytes;
     match hashed.outcome {
         Outcome::Done(record, pages) => match model::check_meta(&job.rel, &record.meta) {
             Ok(()) => {
-                found.entries.insert(job.rel, record);
+                spilling.put(job.rel, record, &mut found.entries, &mut found.warnings);
                 out.pages.extend(pages);
             }
             Err(why) => found
@@ -559,13 +609,13 @@ fn add_hashed(found: &mut Walked, out: &mut ScanOutput, job: Job, hashed: Hashed
     }
 }
 /// Drops the entries under `unstable` paths (unknown this time) and returns the paths in scope
-/// that were known (in `previous`) or requested and now have no entry, except those under
-/// `unstable` paths.
+/// that were known (in `previous`) or requested and now have no entry (in `entries`, or one
+/// of those `present_elsewhere`: unchanged, spilled), except those under `unstable` paths.
 fn settle(
     scope: &Scope,
     previous: &dyn PreviousRecords,
     entries: &mut BTreeMap<String, ScanRecord>,
-    unchanged: &HashSet<PathDigest>,
+    present_elsewhere: &dyn Fn(&PathDigest) -> bool,
     unstable: &BTreeSet<String>,
 ) -> Vec<String> {
     let under_unstable = |rel: &str| ancestors_or_self(rel).any(|a| unstable.contains(a));
@@ -575,7 +625,7 @@ fn settle(
     let mut gone = BTreeSet::new();
     let mut visit = |rel: &str| {
         if !entries.contains_key(rel)
-            && !unchanged.contains(&PathDigest::of(rel))
+            && !present_elsewhere(&PathDigest::of(rel))
             && !under_unstable(rel)
         {
             gone.insert(rel.to_owned());

@@ -24,7 +24,7 @@ fn large_files_are_given_their_previous_chunks_and_described_the_same() {
         Some(chunks_of(meta, &first.pages))
     };
     let paths = ["big".to_owned(), "small".to_owned()];
-    let reusing = scan_paths_reusing(root, &paths, &first.entries, &lists, None).unwrap();
+    let reusing = scan_paths_reusing(root, &paths, &first.entries, &lists, None, None).unwrap();
     // Only the large file is worth a lookup.
     assert_eq!(*asked.lock().unwrap(), [6 << 20]);
     let plain = scan_paths(root, &paths, &first.entries).unwrap();
@@ -63,6 +63,80 @@ fn a_tree_of_more_files_than_one_round_is_read_whole_and_once() {
         let data = random(i as u64, 1 + i % 300);
         assert_eq!(record.meta.hash, *blake3::hash(&data).as_bytes(), "f{i}");
     }
+}
+
+/// The entries of a scan, those it spilled included.
+fn all_entries(out: &ScanOutput) -> BTreeMap<String, ScanRecord> {
+    let mut all = out.entries.clone();
+    if let Some(spilled) = &out.spilled {
+        for entry in spilled.read().unwrap() {
+            let (rel, record) = entry.unwrap();
+            assert!(all.insert(rel, record).is_none(), "each entry once");
+        }
+    }
+    all
+}
+
+#[test]
+fn files_read_past_the_spill_threshold_are_kept_in_a_file_and_read_back_whole() {
+    let dir = folder();
+    let root = dir.path();
+    let marker = root.join(MARKER_DIR);
+    let files = SPILL_FROM + 700;
+    let name = |i: usize| format!("d{}/f{i}", i % 9);
+    for i in 0..files {
+        write(root, &name(i), &random(i as u64, 1 + i % 200));
+    }
+    settle();
+    let plain = scan_all(root, &BTreeMap::new()).unwrap();
+    assert!(
+        plain.spilled.is_none(),
+        "without a directory for it, nothing spills"
+    );
+    let spilled = scan_all_reusing(root, &BTreeMap::new(), &|_| None, Some(&marker)).unwrap();
+    assert_eq!(
+        spilled.entries.len(),
+        SPILL_FROM,
+        "memory holds the threshold's worth"
+    );
+    assert!(
+        spilled.entries.contains_key("d0"),
+        "directories stay in memory"
+    );
+    let written = spilled.spilled.as_ref().expect("spilled").written();
+    assert_eq!(written as usize, files + 9 - SPILL_FROM);
+    assert_eq!(
+        all_entries(&spilled),
+        plain.entries,
+        "the same entries, each once"
+    );
+    assert_eq!(
+        all_entries(&spilled),
+        all_entries(&spilled),
+        "read again from the start"
+    );
+    assert_eq!(
+        fs::read_dir(&marker).unwrap().count(),
+        0,
+        "the spill file has no name in the folder"
+    );
+
+    // Rewritten files are read again, and spilled; two files are gone: only they are said gone.
+    let previous = plain.entries;
+    for i in 0..files {
+        write(root, &name(i), &random(i as u64 + 1, 1 + i % 200));
+    }
+    fs::remove_file(root.join(name(0))).unwrap();
+    fs::remove_file(root.join(name(files - 1))).unwrap();
+    settle();
+    let again = scan_all_reusing(root, &previous, &|_| None, Some(&marker)).unwrap();
+    assert!(again.spilled.is_some());
+    assert_eq!(again.gone, vec![name(0), name(files - 1)]);
+    let all = all_entries(&again);
+    assert_eq!(all.len(), files - 2 + 9);
+    let i = 5;
+    let data = random(i as u64 + 1, 1 + i % 200);
+    assert_eq!(all[&name(i)].meta.hash, *blake3::hash(&data).as_bytes());
 }
 
 /// Previous records of a caller that keeps them itself.
@@ -258,7 +332,7 @@ fn files_written_just_now_under_a_requested_directory_are_left_unread() {
     write(root, "d/old", b"being rewritten");
     let window = Some(Duration::from_secs(60));
     let paths = ["d".to_owned()];
-    let out = scan_paths_reusing(root, &paths, &full.entries, &|_| None, window).unwrap();
+    let out = scan_paths_reusing(root, &paths, &full.entries, &|_| None, window, None).unwrap();
     assert_eq!(out.fresh, ["d/new", "d/old"]);
     assert_eq!(out.hashed_files, 0);
     // Neither described nor gone: the caller keeps what it had, as for unstable paths.
@@ -266,7 +340,7 @@ fn files_written_just_now_under_a_requested_directory_are_left_unread() {
     assert!(out.gone.is_empty() && out.unstable.is_empty());
     // A file requested by itself (its own events said it is done) is read, fresh or not.
     let paths = ["d".to_owned(), "d/new".to_owned()];
-    let out = scan_paths_reusing(root, &paths, &full.entries, &|_| None, window).unwrap();
+    let out = scan_paths_reusing(root, &paths, &full.entries, &|_| None, window, None).unwrap();
     assert_eq!(out.fresh, ["d/old"]);
     assert_eq!(out.entries["d/new"].meta.size, 12);
     // Without the window (and in full scans) everything is read as it is.

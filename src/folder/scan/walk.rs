@@ -321,7 +321,6 @@ impl Walk<'_> {
                 }
                 prev => found.jobs.push(Job {
                     rel,
-                    abs: path.to_path_buf(),
                     size: stat.size,
                     seen: prev.as_ref().and_then(Seen::of),
                 }),
