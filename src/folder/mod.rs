@@ -7,6 +7,7 @@
 mod actor;
 mod assemble;
 mod breaker;
+mod chunk_map;
 pub mod conflict;
 pub mod content;
 mod delete_hold;

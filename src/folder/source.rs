@@ -2,13 +2,13 @@
 //! (stored or fetched), and members (through the [`super::fetch::Fetcher`]). Every chunk is
 //! verified by hash whichever way it came.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use libp2p::PeerId;
 use tokio::sync::watch;
 
+use super::chunk_map::ChunkMap;
 use super::fetch::{FetchError, Fetcher, MemberFailure};
 use super::model::{CheckedChunk, ChunkRef, Content, FileMeta, Hash};
 use super::scan;
@@ -37,10 +37,10 @@ pub(super) struct ChunkLocation {
     pub(super) stamp: Option<scan::StampDigest>,
 }
 
-/// Chunk hash → a local place holding it. The actor updates it after scans and downloads;
-/// tasks look up a few entries at a time and never hold the lock across an `.await` (a lock
-/// because download tasks on many threads read it between the actor's updates).
-pub(super) type ChunkIndex = Arc<RwLock<HashMap<Hash, ChunkLocation>>>;
+/// Chunk hash → a local place holding it ([`ChunkMap`]). The actor updates it after scans and
+/// downloads; tasks look up a few entries at a time and never hold the lock across an `.await`
+/// (a lock because download tasks on many threads read it between the actor's updates).
+pub(super) type ChunkIndex = Arc<RwLock<ChunkMap>>;
 
 /// Everything a download task needs, shared read-only.
 #[derive(Clone)]
@@ -114,6 +114,7 @@ pub(super) fn load_indexing_chunks(
         }
     });
     add(&mut found);
+    index.write().expect("chunk index lock").merge();
     loaded
 }
 
