@@ -53,7 +53,7 @@ use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
 use crate::merge::{PeerKey, RecordRegister};
 use crate::net::NetClient;
-use crate::store::{Change, Origin, ShareMeta, StoreError, StoreHandle};
+use crate::store::{Change, ShareMeta, StoreError, StoreHandle};
 
 /// Full rescans catch whatever the watcher missed: at most this often.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(60);
@@ -799,78 +799,7 @@ impl FolderActor {
         let mut index = self.sources.chunks.write().expect("chunk index lock");
         index.extend(entries);
     }
-
-    /// Between the batches of a long piece of work (a big scan's writes): hands the synced
-    /// rows so far to the writer, and takes the store's change notices out of the channel.
-    /// Left there until the work ends, a big scan's own notices (each holds a register) pile
-    /// up, and past the channel's size they overflow it, which costs a full rescan. Our own
-    /// writes' notices are taken now; others' go to `deferred`, for [`Self::on_changes`] after
-    /// the work, where the run loop would have taken them.
-    pub(super) fn between_batches(&mut self, deferred: &mut Vec<ChangeNotice>) {
-        self.flush_synced();
-        loop {
-            let notice = match self.changes.try_recv() {
-                Ok(change) => Ok(change),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Err(broadcast::error::RecvError::Lagged(n))
-                }
-                Err(_) => break,
-            };
-            match notice {
-                Ok(change) if matches!(change.origin, Origin::Local) => self.on_change(Ok(change)),
-                _ if deferred.len() >= DEFERRED_NOTICES_MAX => {
-                    // As if the channel had overflowed: everything is compared again afterwards.
-                    if !matches!(deferred.last(), Some(Err(_))) {
-                        deferred.push(Err(broadcast::error::RecvError::Lagged(1)));
-                    }
-                }
-                other => deferred.push(other),
-            }
-        }
-    }
-
-    /// Takes change notices set aside by [`Self::between_batches`].
-    pub(super) fn on_changes(&mut self, notices: Vec<ChangeNotice>) {
-        for notice in notices {
-            self.on_change(notice);
-        }
-    }
-
-    fn on_change(&mut self, change: ChangeNotice) {
-        match change {
-            Ok(change) if change.share == self.sources.share => {
-                if matches!(change.origin, Origin::Remote(_))
-                    && let Ok(path) = String::from_utf8(change.key.clone())
-                {
-                    if self.latest.len() < LATEST_REGISTERS_KEPT {
-                        self.latest.insert(path.clone(), change.register.clone());
-                    } else {
-                        // Read from the store when its download starts instead.
-                        self.latest.remove(&path);
-                    }
-                    self.queue_remote(path, &change.register);
-                } else if let Ok(path) = std::str::from_utf8(&change.key) {
-                    // Our own write: the register a queued download would use is outdated.
-                    self.latest.remove(path);
-                }
-            }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                self.latest.clear();
-                self.dirty_all = true;
-                self.scan_soon(Duration::ZERO);
-            }
-            Err(broadcast::error::RecvError::Closed) => {}
-        }
-    }
 }
-
-/// Others' change notices set aside while a scan's changes are written, at most; past it the
-/// folder compares every entry with the disk afterwards, as when the channel overflows.
-pub const DEFERRED_NOTICES_MAX: usize = 4096;
-
-/// A notice from the store's change channel.
-pub(super) type ChangeNotice = Result<Arc<Change>, broadcast::error::RecvError>;
 
 /// Creates the folder (if needed) and its marker directory, for a share being created or joined.
 pub fn prepare_root(root: &Path) -> std::io::Result<()> {

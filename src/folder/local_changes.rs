@@ -12,11 +12,10 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{
-    ChangeNotice, FolderActor, STATE_UNREADABLE_RETRY, ScanResult, rescan_interval,
-};
+use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult, rescan_interval};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
+use super::notices::ChangeNotice;
 use super::scan::{self, ScanRecord};
 use super::settle::{self, WATCH_DEBOUNCE};
 use super::state::{self, Synced};

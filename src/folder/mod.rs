@@ -21,6 +21,7 @@ mod local_changes;
 mod mass_delete;
 mod materialise;
 pub mod model;
+mod notices;
 pub mod pacing;
 mod path_digest;
 mod plan;
