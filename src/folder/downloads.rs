@@ -15,7 +15,7 @@ use super::plan::{self, Desired};
 use super::queue::Next;
 use super::settle::WATCH_DEBOUNCE;
 use crate::merge::{Payload, RecordRegister, VersionVector};
-use crate::store::LocalWrite;
+use crate::store::{Entry, LocalWrite};
 
 /// Entries read from the store at once when every entry is compared with the disk.
 pub const LIST_PAGE: usize = 1000;
@@ -26,17 +26,8 @@ impl FolderActor {
     pub(super) async fn queue_all_remote(&mut self) {
         let mut after = None;
         loop {
-            let page = self
-                .store
-                .list_page(self.sources.share, Vec::new(), after.take(), LIST_PAGE)
-                .await;
-            let entries = match page {
-                Ok(entries) => entries,
-                Err(e) => {
-                    self.note_error(format!("cannot list the share's entries: {e}"));
-                    warn!(folder = %self.name, "cannot list the share's entries: {e}");
-                    return;
-                }
+            let Some(entries) = self.list_entries_after(after.take()).await else {
+                return;
             };
             let full = entries.len() == LIST_PAGE;
             after = entries.last().map(|(key, _)| key.clone());
@@ -60,20 +51,11 @@ impl FolderActor {
     /// compares every entry with the disk again.
     pub(super) async fn fill_queue_window(&mut self) {
         while let Some(after) = self.queue.wants_listing() {
-            let page = self
-                .store
-                .list_page(self.sources.share, Vec::new(), after.clone(), LIST_PAGE)
-                .await;
-            let entries = match page {
-                Ok(entries) => entries,
-                Err(e) => {
-                    self.note_error(format!("cannot list the share's entries: {e}"));
-                    warn!(folder = %self.name, "cannot list the share's entries: {e}");
-                    self.queue.forget_unlisted();
-                    self.dirty_all = true;
-                    self.scan_soon(DOWNLOAD_RETRY);
-                    return;
-                }
+            let Some(entries) = self.list_entries_after(after.clone()).await else {
+                self.queue.forget_unlisted();
+                self.dirty_all = true;
+                self.scan_soon(DOWNLOAD_RETRY);
+                return;
             };
             let ended = entries.len() < LIST_PAGE;
             let keys = entries.into_iter().map(|(key, _)| key).collect();
@@ -84,6 +66,20 @@ impl FolderActor {
                 debug!(folder = %self.name, "{} queued files listed from the store, {after} still past the window", before - after);
             }
         }
+    }
+
+    /// The share's next [`LIST_PAGE`] entries after `after`, or `None` (said in `status` and
+    /// the log) if the store cannot list them.
+    async fn list_entries_after(&mut self, after: Option<Vec<u8>>) -> Option<Vec<Entry>> {
+        let page = self
+            .store
+            .list_page(self.sources.share, Vec::new(), after, LIST_PAGE)
+            .await;
+        page.map_err(|e| {
+            self.note_error(format!("cannot list the share's entries: {e}"));
+            warn!(folder = %self.name, "cannot list the share's entries: {e}");
+        })
+        .ok()
     }
 
     pub(super) fn needs_work(&self, path: &str, register: &RecordRegister) -> bool {

@@ -70,11 +70,7 @@ impl<'a> Spilling<'a> {
         if self.batch.len() >= WRITE_BATCH
             && let Err(e) = self.write_batch(dir)
         {
-            warnings.push(format!(
-                "cannot write this scan's entries to a temporary file in {}: {e}; they are kept \
-                 in memory",
-                dir.display()
-            ));
+            unwritable(warnings, dir, &e);
             self.keep_batch_in(memory);
             self.dir = None;
         }
@@ -116,11 +112,7 @@ impl<'a> Spilling<'a> {
             && !self.batch.is_empty()
             && let Err(e) = self.write_batch(dir)
         {
-            warnings.push(format!(
-                "cannot write this scan's entries to a temporary file in {}: {e}; they are kept \
-                 in memory",
-                dir.display()
-            ));
+            unwritable(warnings, dir, &e);
         }
         self.keep_batch_in(memory);
         let file = self.file.filter(|_| self.count > 0)?;
@@ -131,6 +123,15 @@ impl<'a> Spilling<'a> {
             unknown: unknown.clone(),
         })
     }
+}
+
+/// Says that the spill file in `dir` cannot be written (what it was to hold stays in memory).
+fn unwritable(warnings: &mut Warnings, dir: &Path, e: &io::Error) {
+    warnings.push(format!(
+        "cannot write this scan's entries to a temporary file in {}: {e}; they are kept in \
+         memory",
+        dir.display()
+    ));
 }
 
 /// The entries a finished scan wrote to its spill file.
