@@ -596,6 +596,9 @@ impl FolderActor {
                 at
             }
             WatchEvent::Rescan => {
+                if !self.dirty_all {
+                    debug!(folder = %self.name, "watch events lost or overflowed: a full rescan");
+                }
                 self.dirty_all = true;
                 self.settle.events(&[], false, now)
             }

@@ -10,6 +10,8 @@
 //! the tree's directories).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -47,7 +49,21 @@ pub(super) enum WatchEvent {
 pub(super) struct Watch {
     /// Kept alive for as long as events are wanted.
     _watcher: notify::RecommendedWatcher,
-    pub(super) events: mpsc::Receiver<WatchEvent>,
+    events: mpsc::Receiver<WatchEvent>,
+    /// Set when an event found the channel full and was dropped; the next event read is
+    /// then a [`WatchEvent::Rescan`] (see [`Watch::next`]).
+    lost: Arc<AtomicBool>,
+}
+
+impl Watch {
+    /// The next event; a full rescan in place of it once any was lost.
+    async fn next(&mut self) -> Option<WatchEvent> {
+        let event = self.events.recv().await?;
+        if self.lost.swap(false, Ordering::AcqRel) {
+            return Some(WatchEvent::Rescan);
+        }
+        Some(event)
+    }
 }
 
 /// Watches `root` recursively.
@@ -55,12 +71,18 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
     use notify::Watcher;
     let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
     let base: PathBuf = root.to_owned();
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_in_handler = Arc::clone(&lost);
     let handler = move |result: notify::Result<notify::Event>| {
         let Some(event) = to_watch_event(&base, result) else {
             return;
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
-            // Too many events to track one by one; a full rescan covers them all.
+            // Too many events to track one by one; a full rescan covers them all. A rescan
+            // event cannot be queued into a full channel, so the loss is marked first: the
+            // events still in the channel are read after it, and the first read turns into
+            // a rescan. If the folder read them all meanwhile, the rescan event goes in.
+            lost_in_handler.store(true, Ordering::Release);
             let _ = tx.try_send(WatchEvent::Rescan);
         }
     };
@@ -69,6 +91,7 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
     Ok(Watch {
         _watcher: watcher,
         events: rx,
+        lost,
     })
 }
 
@@ -246,8 +269,49 @@ impl Watching {
     /// The next event of the watch, or never when there is none (for `select!`).
     pub(super) async fn next_event(&mut self) -> Option<WatchEvent> {
         match &mut self.watch {
-            Some(watch) => watch.events.recv().await,
+            Some(watch) => watch.next().await,
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events the folder did not take in time (more than the channel holds) must still
+    /// end in a full rescan: without one, what they named is found only by the next paced
+    /// full rescan, a minute or more later.
+    #[tokio::test]
+    async fn events_lost_to_a_full_channel_end_in_a_rescan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watching = Watching::default();
+        watching.ensure(dir.path(), "test");
+        assert!(watching.is_on());
+        // Nobody reads while these are made: each file is several events.
+        for i in 0..WATCH_CHANNEL_CAPACITY {
+            std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        // Events come in order: a file made last is seen after the rest, unless its events
+        // were lost too; a rescan must come before it either way.
+        std::fs::write(dir.path().join("last"), b"x").unwrap();
+        let mut rescan = false;
+        let drained = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match watching.next_event().await {
+                    Some(WatchEvent::Rescan) => {
+                        rescan = true;
+                        break;
+                    }
+                    Some(WatchEvent::Paths { paths, .. }) if paths.iter().any(|p| p == "last") => {
+                        break;
+                    }
+                    Some(_) => {}
+                    None => panic!("the watch ended"),
+                }
+            }
+        });
+        let _ = drained.await;
+        assert!(rescan, "no rescan after events were lost");
     }
 }
