@@ -402,6 +402,7 @@ impl FolderActor {
             if self.flush_at.is_none() && self.synced.has_unsent() {
                 self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
             }
+            self.forget_retired_chunks();
             self.fill_queue_window().await;
             self.start_downloads();
             self.sweep_if_idle();
@@ -801,6 +802,20 @@ impl FolderActor {
         }
         let mut index = self.sources.chunks.write().expect("chunk index lock");
         index.extend(entries);
+    }
+
+    /// Takes out of the chunk index the places that paths no longer hold (their synced
+    /// records changed: see [`SyncedPaths::take_retired_chunks`]). Without this the index kept
+    /// a place for every chunk any file ever held while the daemon ran.
+    pub(super) fn forget_retired_chunks(&mut self) {
+        let retired = self.synced.take_retired_chunks();
+        if retired.is_empty() {
+            return;
+        }
+        let mut index = self.sources.chunks.write().expect("chunk index lock");
+        for (hash, path) in &retired {
+            index.forget(hash, path);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! the largest part of a big folder's resident memory.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::model::Hash;
 use super::source::ChunkLocation;
@@ -33,7 +34,21 @@ impl ChunkMap {
             return Some(location);
         }
         let at = self.sorted.binary_search_by(|(h, _)| h.cmp(hash)).ok()?;
-        Some(&self.sorted[at].1)
+        Some(&self.sorted[at].1).filter(|location| !is_forgotten(location))
+    }
+
+    /// Forgets where `hash` is if that is in the file `path` (it no longer holds the chunk); a
+    /// place in another file stays. In the sorted vector the entry is marked, its path freed,
+    /// and dropped at the next merge.
+    pub fn forget(&mut self, hash: &Hash, path: &str) {
+        if self.recent.get(hash).is_some_and(|l| &*l.path == path) {
+            self.recent.remove(hash);
+        }
+        if let Ok(at) = self.sorted.binary_search_by(|(h, _)| h.cmp(hash))
+            && &*self.sorted[at].1.path == path
+        {
+            self.sorted[at].1.path = forgotten_path();
+        }
     }
 
     /// Adds (or moves) entries.
@@ -52,7 +67,7 @@ impl ChunkMap {
     /// How many chunks it knows.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.sorted.len()
+        self.sorted.iter().filter(|(_, l)| !is_forgotten(l)).count()
             + self
                 .recent
                 .keys()
@@ -68,6 +83,7 @@ impl ChunkMap {
             return;
         }
         let recent = std::mem::take(&mut self.recent);
+        self.sorted.retain(|(_, location)| !is_forgotten(location));
         self.sorted.reserve_exact(recent.len());
         self.sorted.extend(recent);
         // Stable: of two entries for one hash, the older comes first...
@@ -84,10 +100,18 @@ impl ChunkMap {
     }
 }
 
+/// The path of a forgotten entry: none.
+fn forgotten_path() -> Arc<str> {
+    Arc::from("")
+}
+
+fn is_forgotten(location: &ChunkLocation) -> bool {
+    location.path.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn location(path: &str, offset: u64) -> ChunkLocation {
         ChunkLocation {
@@ -127,5 +151,38 @@ mod tests {
         assert_eq!(&*map.get(&hash(3)).unwrap().path, "b");
         assert!(map.get(&hash(n)).is_none());
         assert_eq!(map.len(), n as usize);
+    }
+
+    #[test]
+    fn a_chunk_is_forgotten_only_where_it_was_and_gone_for_good_after_a_merge() {
+        let mut map = ChunkMap::default();
+        for i in 0..MERGE_FROM as u32 {
+            map.extend([(hash(i), location("old", u64::from(i)))]);
+        }
+        assert!(map.recent.is_empty(), "merged");
+        map.extend([(hash(1), location("moved", 0))]);
+        map.forget(&hash(0), "old");
+        map.forget(&hash(1), "old");
+        map.forget(&hash(2), "elsewhere");
+        assert!(map.get(&hash(0)).is_none(), "forgotten in the sorted part");
+        assert_eq!(
+            &*map.get(&hash(1)).unwrap().path,
+            "moved",
+            "another file's place stays"
+        );
+        assert_eq!(&*map.get(&hash(2)).unwrap().path, "old");
+        map.forget(&hash(1), "moved");
+        assert!(map.get(&hash(1)).is_none(), "forgotten in the recent part");
+        assert_eq!(map.len(), MERGE_FROM - 2);
+        map.merge();
+        map.merge();
+        map.extend([(hash(7), location("new", 0))]);
+        map.merge();
+        assert_eq!(
+            map.sorted.len(),
+            MERGE_FROM - 2,
+            "the marked entries are gone"
+        );
+        assert!(map.get(&hash(0)).is_none());
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::model::{EntryKind, FileMeta};
+use super::model::{ChunkRef, Content, EntryKind, FileMeta, Hash};
 use super::scan::{PreviousRecords, ScanRecord};
 use super::state::{self, Synced};
 use crate::store::StoreError;
@@ -34,6 +34,10 @@ pub(super) struct SyncedPaths {
     counts: KindCounts,
     /// Whether a failed read was logged (once: the next ones say the same).
     read_failure_said: AtomicBool,
+    /// Chunks listed in a file's synced record that its new record (or none) no longer has,
+    /// with the path: their places in the chunk index are out of date. Taken by
+    /// [`SyncedPaths::take_retired_chunks`].
+    retired: Vec<(Hash, String)>,
 }
 
 struct Unsaved {
@@ -92,6 +96,29 @@ impl SyncedPaths {
             committed,
             counts: KindCounts::default(),
             read_failure_said: AtomicBool::new(false),
+            retired: Vec::new(),
+        }
+    }
+
+    /// The chunks paths no longer hold since the last call (see `retired`).
+    pub(super) fn take_retired_chunks(&mut self) -> Vec<(Hash, String)> {
+        std::mem::take(&mut self.retired)
+    }
+
+    /// Notes the chunks listed in `old` that `new` does not list. Only files whose chunks are
+    /// listed in their record: a large file's list is in pages, read from the store.
+    fn retire_chunks(&mut self, path: &str, old: &FileMeta, new: Option<&FileMeta>) {
+        let Content::Inline(old_chunks) = &old.content else {
+            return;
+        };
+        let kept: &[ChunkRef] = match new.map(|meta| &meta.content) {
+            Some(Content::Inline(chunks)) => chunks,
+            _ => &[],
+        };
+        for chunk in old_chunks {
+            if !kept.iter().any(|k| k.hash == chunk.hash) {
+                self.retired.push((chunk.hash, path.to_owned()));
+            }
         }
     }
 
@@ -138,6 +165,7 @@ impl SyncedPaths {
         let old = self.get(&path);
         if let Some(old) = &old {
             self.counts.change(&old.record.meta, false);
+            self.retire_chunks(&path, &old.record.meta, Some(&synced.record.meta));
         }
         self.counts.change(&synced.record.meta, true);
         self.set(path, Some(synced));
@@ -148,6 +176,7 @@ impl SyncedPaths {
         let old = self.get(path);
         if let Some(old) = &old {
             self.counts.change(&old.record.meta, false);
+            self.retire_chunks(path, &old.record.meta, None);
             self.set(path.to_owned(), None);
         }
         old
@@ -399,6 +428,46 @@ mod tests {
         snapshot.for_each_path_within(dir, &mut |rel| out.push(rel.to_owned()));
         out.sort();
         out
+    }
+
+    #[tokio::test]
+    async fn chunks_a_path_no_longer_holds_are_retired_once() {
+        let (_dir, store, share) = store().await;
+        let (_writer, _task, mut paths) = writer_and_paths(&store, share);
+        let chunk = |byte: u8| *blake3::hash(&[byte]).as_bytes();
+        paths.insert("a".into(), synced(EntryKind::File, 1));
+        assert!(
+            paths.take_retired_chunks().is_empty(),
+            "nothing held before"
+        );
+        let mut two = synced(EntryKind::File, 2);
+        two.record.meta.content = Content::Inline(vec![
+            ChunkRef {
+                hash: chunk(1),
+                len: 1,
+            },
+            ChunkRef {
+                hash: chunk(3),
+                len: 1,
+            },
+        ]);
+        paths.insert("a".into(), two);
+        assert!(
+            paths.take_retired_chunks().is_empty(),
+            "the old chunk is still held"
+        );
+        paths.insert("a".into(), synced(EntryKind::File, 3));
+        assert_eq!(paths.take_retired_chunks(), [(chunk(1), "a".to_owned())]);
+        paths.restat("a", synced(EntryKind::File, 3).record);
+        assert!(paths.take_retired_chunks().is_empty(), "same content");
+        paths.remove("a");
+        assert_eq!(paths.take_retired_chunks(), [(chunk(3), "a".to_owned())]);
+        paths.insert("d".into(), synced(EntryKind::Dir, 4));
+        paths.remove("d");
+        assert!(
+            paths.take_retired_chunks().is_empty(),
+            "a directory has no chunks"
+        );
     }
 
     #[tokio::test]
