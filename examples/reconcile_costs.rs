@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use meshsync::reconcile::simulate::workload::{self, with_differences};
 use meshsync::reconcile::simulate::{SessionStats, run_session};
-use meshsync::reconcile::{Digest, Id, Summary};
+use meshsync::reconcile::{Digest, Id, Prefix, Summary};
 
 /// Bytes per entry of a naive full listing: a 32-byte id and a 32-byte digest.
 const NAIVE_BYTES_PER_ENTRY: u64 = 64;
@@ -32,15 +32,25 @@ fn is_exact(local: &Summary, remote: &Summary, s: &SessionStats) -> bool {
     // merge of the two sorted iterators.
     let mut need = Vec::new();
     let mut offer = Vec::new();
-    let l: BTreeMap<Id, Digest> = local.iter().map(|it| (it.id, it.digest)).collect();
-    for it in remote.iter() {
+    let l: BTreeMap<Id, Digest> = local
+        .items(&Prefix::ROOT, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|it| (it.id, it.digest))
+        .collect();
+    for it in remote.items(&Prefix::ROOT, usize::MAX).unwrap().iter() {
         if l.get(&it.id) != Some(&it.digest) {
             need.push(it.id);
         }
     }
     drop(l);
-    let r: BTreeMap<Id, Digest> = remote.iter().map(|it| (it.id, it.digest)).collect();
-    for it in local.iter() {
+    let r: BTreeMap<Id, Digest> = remote
+        .items(&Prefix::ROOT, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|it| (it.id, it.digest))
+        .collect();
+    for it in local.items(&Prefix::ROOT, usize::MAX).unwrap().iter() {
         if r.get(&it.id) != Some(&it.digest) {
             offer.push(it.id);
         }
@@ -98,7 +108,7 @@ fn main() {
         let started = Instant::now();
         let base = workload::base(n);
         eprintln!(
-            "n = {n}: summary built in {:.0} ms, {} heap bytes",
+            "n = {n}: summary built in {:.0} ms, tree {} heap bytes (items apart)",
             started.elapsed().as_secs_f64() * 1000.0,
             base.heap_bytes()
         );

@@ -7,6 +7,8 @@
 #   scripts/bench-records.sh --no-build # use target/release/meshsync as it is
 #   scripts/bench-records.sh --json=FILE  # also write the raw daemon results as JSON
 #   scripts/bench-records.sh --only=idle,latency,throughput,fanout,reconcile  # some parts only
+#   scripts/bench-records.sh --only=hold --hold=10000000  # one daemon loads and holds 10^7
+#                                                         # records (~15 GB free, ~20 minutes)
 #   scripts/bench-records.sh --fanout-settle=S  # idle CPU of the 32 measured S s after the puts
 #                                               # (30 by default; 1200 for the settled mesh)
 #
@@ -23,6 +25,7 @@ build=1
 json=""
 only=""
 settle=""
+hold=""
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
@@ -30,7 +33,8 @@ for arg in "$@"; do
         --json=*) json="${arg#--json=}" ;;
         --only=*) only="${arg#--only=}" ;;
         --fanout-settle=*) settle="${arg#--fanout-settle=}" ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --hold=*) hold="${arg#--hold=}" ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -84,6 +88,7 @@ helper_args=(--binary "$bin" --workdir "$workdir" --pure-json "$workdir/pure.jso
 [[ -n "$json" ]] && helper_args+=(--json "$json")
 [[ -n "$only" ]] && helper_args+=(--only "$only")
 [[ -n "$settle" ]] && helper_args+=(--fanout-settle "$settle")
+[[ -n "$hold" ]] && helper_args+=(--hold "$hold")
 python3 "$here/bench_records.py" "${helper_args[@]}" > "$workdir/daemons.md" &
 helper_pid=$!
 status=0

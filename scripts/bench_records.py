@@ -696,11 +696,66 @@ class Bench:
         self.results.setdefault("reconcile", []).append(res)
         self.retire(a, b)
 
+    # ---- 7. one daemon holding many records ----
+
+    def hold(self, n):
+        """One daemon loads n records into a records share through the API, then restarts:
+        memory while loading, after it, and after the restart; start-up; the store's size."""
+        log(f"hold: one daemon loads {n} records, then restarts")
+        d = self.daemon(f"hold-{n}")
+        d.start()
+        d.cli("share", "create", "--records", "data")
+        peak_rss = 0
+        load_s = 0.0
+        step = 1_000_000
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            load_s += put_batches(d.api, m, start=start)
+            peak_rss = max(peak_rss, d.rss_kib())
+            log(f"  {start + m} records in {load_s:.0f} s; RSS {d.rss_kib() / 1024:.0f} MiB")
+        res = {
+            "n": n,
+            "load_s": load_s,
+            "load_rate": n / load_s,
+            "rss_loaded_kib": d.rss_kib(),
+            "hwm_loading_kib": d.hwm_kib(),
+        }
+        time.sleep(30)
+        res["rss_loaded_idle_kib"] = d.rss_kib()
+        d.stop()
+        res["startup_s"] = d.start()
+        res["store_opened"] = d.store_opened_line()
+        res["rss_started_kib"] = d.rss_kib()
+        time.sleep(20)
+        res["rss_started_20s_kib"] = d.rss_kib()
+        res["hwm_started_kib"] = d.hwm_kib()
+        res["count"] = d.share()["entries"] if "entries" in d.share() else None
+        res["db_bytes"] = d.db_bytes()
+        log(f"  restarted: API in {res['startup_s']:.2f} s, RSS {res['rss_started_20s_kib'] / 1024:.0f} "
+            f"MiB after 20 s (peak {res['hwm_started_kib'] / 1024:.0f}); store "
+            f"{res['db_bytes'] / n:.0f} B per record")
+        self.results.setdefault("hold", []).append(res)
+        self.retire(d)
+
     # ---- output ----
 
     def markdown(self):
         out = []
         r = self.results
+        if "hold" in r:
+            out.append("### One daemon holding n records (loaded through the API, 20,000 a call)")
+            out.append("")
+            out.append("| n | load | RSS loaded / peak / 30 s later | restart: API after | "
+                       "RSS at start / +20 s / peak | store per record |")
+            out.append("|---:|---:|---|---:|---|---:|")
+            for h in r["hold"]:
+                out.append(
+                    f"| {h['n']:,} | {h['load_s']:.0f} s ({h['load_rate']:,.0f}/s) | "
+                    f"{h['rss_loaded_kib'] / 1024:.0f} / {h['hwm_loading_kib'] / 1024:.0f} / "
+                    f"{h['rss_loaded_idle_kib'] / 1024:.0f} MiB | {h['startup_s']:.2f} s | "
+                    f"{h['rss_started_kib'] / 1024:.0f} / {h['rss_started_20s_kib'] / 1024:.0f} / "
+                    f"{h['hwm_started_kib'] / 1024:.0f} MiB | {h['db_bytes'] / h['n']:.0f} B |")
+            out.append("")
         if "reconcile" in r:
             out.append("### Reconciliation through real daemons (wire bytes: frames of the "
                        "request-response protocol, before Noise encryption)")
@@ -954,7 +1009,10 @@ def main():
     p.add_argument("--pure-json", help="rows of the pure cost table (reconcile_costs --json)")
     p.add_argument("--pure-md", help="the pure cost table as markdown, printed with the rest")
     p.add_argument("--only",
-                   help="comma-separated parts: idle,latency,throughput,fanout,reconcile")
+                   help="comma-separated parts: idle,latency,throughput,fanout,reconcile,hold "
+                        "(hold runs only when asked for)")
+    p.add_argument("--hold", type=int, default=10_000_000,
+                   help="records the hold part loads into one daemon")
     args = p.parse_args()
     bench = Bench(args)
     parts = (args.only or "idle,latency,throughput,fanout,reconcile").split(",")
@@ -977,6 +1035,8 @@ def main():
             bench.reconcile(100_000)
             if not args.quick:
                 bench.reconcile(1_000_000)
+        if "hold" in parts:
+            bench.hold(args.hold)
         ok = True
     except (BenchError, KeyboardInterrupt) as e:
         log(f"FAILED: {e}")

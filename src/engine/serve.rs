@@ -236,6 +236,11 @@ impl EngineActor {
         };
         match answer {
             Ok(bytes) => self.respond(Some(share), channel, Response::Reconcile(bytes.into())),
+            // The store says once why it cannot be read; the peer hears it too.
+            Err(e @ crate::reconcile::ReconcileError::OwnItems(_)) => {
+                debug!(%peer, "cannot answer a reconciliation request: {e}");
+                self.respond(Some(share), channel, Response::Error(e.to_string()));
+            }
             Err(e) => {
                 warn!(%peer, "bad reconciliation request: {e}");
                 self.respond(Some(share), channel, Response::Error(e.to_string()));

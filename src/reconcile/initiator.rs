@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use super::responder::child_summaries;
+use super::summary::ItemSource;
 use super::wire::Fingerprinter;
 use super::{
     Answer, ChildSummaries, Descent, Hash, Hello, Id, IdList, ItemFp, ItemFps, LEAF_MAX,
@@ -78,7 +79,7 @@ impl Initiator {
     /// Starts a session over `local` with a fresh random `salt` (the daemon draws it from its
     /// RNG; reusing a salt only makes a fingerprint collision repeatable) and returns the Hello
     /// to send.
-    pub fn start(local: &Summary, salt: Salt) -> (Initiator, Request) {
+    pub fn start<S: ItemSource>(local: &Summary<S>, salt: Salt) -> (Initiator, Request) {
         let (root, count) = (local.root(), local.len());
         let me = Initiator {
             salt,
@@ -100,9 +101,9 @@ impl Initiator {
     }
 
     /// Feeds the responder's response to the last request. An error ends the session.
-    pub fn on_response(
+    pub fn on_response<S: ItemSource>(
         &mut self,
-        local: &Summary,
+        local: &Summary<S>,
         response: Response,
     ) -> Result<Step, ReconcileError> {
         let result = self.handle(local, response);
@@ -112,7 +113,11 @@ impl Initiator {
         result
     }
 
-    fn handle(&mut self, local: &Summary, response: Response) -> Result<Step, ReconcileError> {
+    fn handle<S: ItemSource>(
+        &mut self,
+        local: &Summary<S>,
+        response: Response,
+    ) -> Result<Step, ReconcileError> {
         let fp = Fingerprinter::new(&self.salt);
         match (self.state, response) {
             (State::Done, _) => return Err(ReconcileError::SessionFinished),
@@ -152,12 +157,12 @@ impl Initiator {
                 });
             }
         }
-        Ok(self.next_step(local, &fp))
+        self.next_step(local, &fp)
     }
 
-    fn on_answer(
+    fn on_answer<S: ItemSource>(
         &mut self,
-        local: &Summary,
+        local: &Summary<S>,
         fp: &Fingerprinter,
         index: usize,
         query: InFlight,
@@ -189,7 +194,7 @@ impl Initiator {
                             if ids.0.len() != fps.0.len() {
                                 return Err(bad("listed ids and fingerprints differ in number"));
                             }
-                            self.on_listed(local, fp, &child, &ids.0, &fps.0);
+                            self.on_listed(local, fp, &child, &ids.0, &fps.0)?;
                         }
                     }
                 }
@@ -226,15 +231,15 @@ impl Initiator {
 
     /// Compares the responder's summaries of the children of `p` with ours and decides, per
     /// differing child, how to continue (see the protocol in the module docs).
-    fn on_children(
+    fn on_children<S: ItemSource>(
         &mut self,
-        local: &Summary,
+        local: &Summary<S>,
         fp: &Fingerprinter,
         p: &Prefix,
         theirs: &ChildSummaries,
         index: usize,
     ) -> Result<(), ReconcileError> {
-        let ours = local.child_summaries(p).ok_or(ReconcileError::BadAnswer {
+        let ours = local.child_summaries(p)?.ok_or(ReconcileError::BadAnswer {
             index,
             reason: "summaries below a full-length prefix",
         })?;
@@ -246,7 +251,8 @@ impl Initiator {
             let Some(child) = p.child(n) else { continue };
             let (local_n, remote_n) = (*count as usize, remote.count);
             if remote_n == 0 {
-                self.offer.extend(local.iter_prefix(&child).map(|it| it.id));
+                let ours = local.items(&child, usize::MAX)?;
+                self.offer.extend(ours.iter().map(|it| it.id));
             } else if (local_n == 0 && remote_n <= MAX_LIST_IDS as u64)
                 || (local_n <= LEAF_MAX && remote_n <= LEAF_MAX as u64)
                 || child.len() > MAX_COMPARE_NIBBLES
@@ -260,17 +266,17 @@ impl Initiator {
     }
 
     /// Exact difference within `child` from the responder's complete listing of it.
-    fn on_listed(
+    fn on_listed<S: ItemSource>(
         &mut self,
-        local: &Summary,
+        local: &Summary<S>,
         fp: &Fingerprinter,
         child: &Prefix,
         ids: &[Id],
         fps: &[ItemFp],
-    ) {
+    ) -> Result<(), ReconcileError> {
         // Both lists are sorted by id: merge-walk them.
         let mut theirs = ids.iter().zip(fps).peekable();
-        for item in local.iter_prefix(child) {
+        for item in local.items(child, usize::MAX)? {
             while let Some((id, _)) = theirs.next_if(|(id, _)| **id < item.id) {
                 self.need.push(*id);
             }
@@ -284,6 +290,7 @@ impl Initiator {
             }
         }
         self.need.extend(theirs.map(|(id, _)| *id));
+        Ok(())
     }
 
     fn push(&mut self, p: Pending) -> Result<(), ReconcileError> {
@@ -294,12 +301,16 @@ impl Initiator {
         Ok(())
     }
 
-    fn next_step(&mut self, local: &Summary, fp: &Fingerprinter) -> Step {
+    fn next_step<S: ItemSource>(
+        &mut self,
+        local: &Summary<S>,
+        fp: &Fingerprinter,
+    ) -> Result<Step, ReconcileError> {
         if self.pending.is_empty() {
-            return self.finish(true);
+            return Ok(self.finish(true));
         }
         if self.rounds >= MAX_ROUNDS {
-            return self.finish(false);
+            return Ok(self.finish(false));
         }
         let mut queries = Vec::with_capacity(self.pending.len().min(MAX_QUERIES_PER_REQUEST));
         while queries.len() < MAX_QUERIES_PER_REQUEST {
@@ -308,26 +319,26 @@ impl Initiator {
             };
             let (query, in_flight) = match pending {
                 Pending::Items(p) => {
-                    let mine: Vec<_> = local.iter_prefix(&p).take(LEAF_MAX + 1).collect();
+                    let mine = local.items(&p, LEAF_MAX + 1)?;
                     // Only if our side grew past LEAF_MAX since we decided to list it.
                     if mine.len() > LEAF_MAX && p.len() <= MAX_COMPARE_NIBBLES {
-                        compare_query(local, fp, p)
+                        compare_query(local, fp, p)?
                     } else {
                         let fps = mine.iter().map(|it| fp.item(&it.id, &it.digest)).collect();
                         let ids = mine.iter().map(|it| it.id).collect();
                         (Query::Items(p, ItemFps(fps)), InFlight::Items(p, ids))
                     }
                 }
-                Pending::Compare(p) => compare_query(local, fp, p),
+                Pending::Compare(p) => compare_query(local, fp, p)?,
             };
             queries.push(query);
             self.in_flight.push(in_flight);
         }
         self.state = State::AwaitRound;
-        Step::Send(Request::Round(Round {
+        Ok(Step::Send(Request::Round(Round {
             salt: self.salt,
             queries,
-        }))
+        })))
     }
 
     fn finish(&mut self, complete: bool) -> Step {
@@ -358,9 +369,13 @@ fn check_ids(range: &Prefix, ids: &IdList) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn compare_query(local: &Summary, fp: &Fingerprinter, p: Prefix) -> (Query, InFlight) {
-    (
-        Query::Compare(p, child_summaries(local, &p, fp)),
+fn compare_query<S: ItemSource>(
+    local: &Summary<S>,
+    fp: &Fingerprinter,
+    p: Prefix,
+) -> Result<(Query, InFlight), ReconcileError> {
+    Ok((
+        Query::Compare(p, child_summaries(local, &p, fp)?),
         InFlight::Compare(p),
-    )
+    ))
 }

@@ -89,7 +89,7 @@ mod tests;
 pub use initiator::{Initiator, Outcome, Step};
 pub use prefix::{MAX_PREFIX_NIBBLES, Prefix};
 pub use responder::{respond, respond_bytes};
-pub use summary::{RangeIter, Summary};
+pub use summary::{ItemSource, ItemsUnreadable, MemoryItems, Summary};
 pub use wire::{
     Answer, ChildSummaries, Descent, Hello, HelloReply, IdList, ItemFps, Mask, Query, RangeFp,
     Request, Response, Round, RoundReply,
@@ -232,4 +232,7 @@ pub enum ReconcileError {
     /// A response arrived after the session finished.
     #[error("the session has already finished")]
     SessionFinished,
+    /// Our own side's items could not be read (the store failed): nothing about the peer.
+    #[error(transparent)]
+    OwnItems(#[from] ItemsUnreadable),
 }

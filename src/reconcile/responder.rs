@@ -3,6 +3,7 @@
 //! Stateless so that the daemon can serve any number of peers with nothing to expire: every
 //! request carries what is needed to answer it (the salt and the prefixes).
 
+use super::summary::ItemSource;
 use super::wire::{Fingerprinter, encoded_len};
 use super::{
     Answer, ChildSummaries, DESCENT_LIST_MAX, Descent, Hello, HelloReply, IdList, ItemFp, ItemFps,
@@ -22,34 +23,55 @@ const ANSWER_BUDGET: usize = MAX_MESSAGE_BYTES - 64 - MAX_QUERIES_PER_REQUEST * 
 /// Fails on a request that breaks the protocol's limits ([`ReconcileError::TooManyQueries`],
 /// [`ReconcileError::BadQuery`]); the reply never exceeds [`MAX_MESSAGE_BYTES`], because
 /// queries that do not fit are answered [`Answer::Deferred`].
-pub fn respond(local: &Summary, request: &Request) -> Result<Response, ReconcileError> {
+pub fn respond<S: ItemSource>(
+    local: &Summary<S>,
+    request: &Request,
+) -> Result<Response, ReconcileError> {
     match request {
-        Request::Hello(hello) => Ok(Response::Hello(hello_reply(local, hello))),
+        Request::Hello(hello) => hello_reply(local, hello).map(Response::Hello),
         Request::Round(round) => round_reply(local, round).map(Response::Round),
     }
 }
 
 /// [`respond`] on encoded messages: decodes (enforcing [`MAX_MESSAGE_BYTES`] and the decoding
 /// bounds), answers and encodes. This is what the daemon's request handler calls.
-pub fn respond_bytes(local: &Summary, request: &[u8]) -> Result<Vec<u8>, ReconcileError> {
+pub fn respond_bytes<S: ItemSource>(
+    local: &Summary<S>,
+    request: &[u8],
+) -> Result<Vec<u8>, ReconcileError> {
     respond(local, &Request::decode(request)?)?.encode()
 }
 
-fn hello_reply(local: &Summary, hello: &Hello) -> HelloReply {
+fn hello_reply<S: ItemSource>(
+    local: &Summary<S>,
+    hello: &Hello,
+) -> Result<HelloReply, ReconcileError> {
     let (root, count) = (local.root(), local.len());
     let differs = root != hello.root || count != hello.count;
-    HelloReply {
+    let children = if differs {
+        Some(child_summaries(
+            local,
+            &Prefix::ROOT,
+            &Fingerprinter::new(&hello.salt),
+        )?)
+    } else {
+        None
+    };
+    Ok(HelloReply {
         root,
         count,
-        children: differs
-            .then(|| child_summaries(local, &Prefix::ROOT, &Fingerprinter::new(&hello.salt))),
-    }
+        children,
+    })
 }
 
 /// Our wire summaries of the children of `p` (`p` shorter than 64 nibbles, checked by callers).
-pub(crate) fn child_summaries(local: &Summary, p: &Prefix, fp: &Fingerprinter) -> ChildSummaries {
-    let children = local.child_summaries(p).unwrap_or([(0, [0; 32]); 16]);
-    fp.children(&children)
+pub(crate) fn child_summaries<S: ItemSource>(
+    local: &Summary<S>,
+    p: &Prefix,
+    fp: &Fingerprinter,
+) -> Result<ChildSummaries, ReconcileError> {
+    let children = local.child_summaries(p)?.unwrap_or([(0, [0; 32]); 16]);
+    Ok(fp.children(&children))
 }
 
 fn validate(index: usize, q: &Query) -> Result<(), ReconcileError> {
@@ -63,7 +85,10 @@ fn validate(index: usize, q: &Query) -> Result<(), ReconcileError> {
     }
 }
 
-fn round_reply(local: &Summary, round: &Round) -> Result<RoundReply, ReconcileError> {
+fn round_reply<S: ItemSource>(
+    local: &Summary<S>,
+    round: &Round,
+) -> Result<RoundReply, ReconcileError> {
     if round.queries.len() > MAX_QUERIES_PER_REQUEST {
         return Err(ReconcileError::TooManyQueries {
             count: round.queries.len(),
@@ -81,7 +106,7 @@ fn round_reply(local: &Summary, round: &Round) -> Result<RoundReply, ReconcileEr
             answers.push(Answer::Deferred);
             continue;
         }
-        let answer = answer(local, &fp, q);
+        let answer = answer(local, &fp, q)?;
         used += encoded_len(&answer)?;
         // The first answer always fits (at most 16 id lists of MAX_LIST_IDS ids, about 530 KB),
         // so every round makes progress.
@@ -95,19 +120,19 @@ fn round_reply(local: &Summary, round: &Round) -> Result<RoundReply, ReconcileEr
 }
 
 /// The cheapest useful description of a differing child (see [`Descent`]).
-fn descent(
-    local: &Summary,
+fn descent<S: ItemSource>(
+    local: &Summary<S>,
     fp: &Fingerprinter,
     nibble: u8,
     child: &Prefix,
     their_count: u64,
     our_count: u64,
-) -> Descent {
-    let ids = || IdList(local.iter_prefix(child).map(|it| it.id).collect());
-    if their_count == 0 && our_count as usize <= MAX_LIST_IDS {
-        Descent::Ids(nibble, ids())
+) -> Result<Descent, ReconcileError> {
+    Ok(if their_count == 0 && our_count as usize <= MAX_LIST_IDS {
+        let items = local.items(child, MAX_LIST_IDS)?;
+        Descent::Ids(nibble, IdList(items.iter().map(|it| it.id).collect()))
     } else if our_count as usize <= DESCENT_LIST_MAX {
-        let items: Vec<_> = local.iter_prefix(child).collect();
+        let items = local.items(child, DESCENT_LIST_MAX)?;
         Descent::Items(
             nibble,
             IdList(items.iter().map(|it| it.id).collect()),
@@ -115,40 +140,42 @@ fn descent(
         )
     } else {
         // `child` is at most 63 nibbles long (Compare prefixes are at most 62).
-        Descent::Children(nibble, child_summaries(local, child, fp))
-    }
+        Descent::Children(nibble, child_summaries(local, child, fp)?)
+    })
 }
 
-fn answer(local: &Summary, fp: &Fingerprinter, q: &Query) -> Answer {
-    match q {
+fn answer<S: ItemSource>(
+    local: &Summary<S>,
+    fp: &Fingerprinter,
+    q: &Query,
+) -> Result<Answer, ReconcileError> {
+    Ok(match q {
         Query::Compare(p, theirs) => {
-            let ours = child_summaries(local, p, fp);
-            let descents = (0..16)
-                .filter(|&n| ours.0[n] != theirs.0[n])
-                .filter_map(|n| {
-                    let child = p.child(n)?;
-                    Some(descent(
-                        local,
-                        fp,
-                        n as u8,
-                        &child,
-                        theirs.0[n].count,
-                        ours.0[n].count,
-                    ))
-                })
-                .collect();
+            let ours = child_summaries(local, p, fp)?;
+            let mut descents = Vec::new();
+            for n in (0..16).filter(|&n| ours.0[n] != theirs.0[n]) {
+                let Some(child) = p.child(n) else { continue };
+                descents.push(descent(
+                    local,
+                    fp,
+                    n as u8,
+                    &child,
+                    theirs.0[n].count,
+                    ours.0[n].count,
+                )?);
+            }
             Answer::Descend(descents)
         }
         Query::Items(p, theirs) => {
-            let (count, _) = local.range_summary(p);
+            let (count, _) = local.range_summary(p)?;
             if count as usize > MAX_LIST_IDS && p.len() < super::MAX_PREFIX_NIBBLES {
-                return Answer::Split(child_summaries(local, p, fp));
+                return Ok(Answer::Split(child_summaries(local, p, fp)?));
             }
             let mut their_sorted: Vec<ItemFp> = theirs.0.clone();
             their_sorted.sort_unstable();
             let mut ours: Vec<ItemFp> = Vec::with_capacity(count as usize);
             let mut need = Vec::new();
-            for item in local.iter_prefix(p).take(MAX_LIST_IDS) {
+            for item in local.items(p, MAX_LIST_IDS)? {
                 let f = fp.item(&item.id, &item.digest);
                 if their_sorted.binary_search(&f).is_err() {
                     need.push(item.id);
@@ -164,5 +191,5 @@ fn answer(local: &Summary, fp: &Fingerprinter, q: &Query) -> Answer {
             }
             Answer::Diff(IdList(need), mask)
         }
-    }
+    })
 }

@@ -1,4 +1,8 @@
-//! The summary tree: a 16-way prefix tree over item ids with a cached hash per node.
+//! The summary tree: a 16-way prefix tree over item ids with a cached hash and count per
+//! node. The items themselves are not in it: they are read, a range at a time, from an
+//! [`ItemSource`] (the store's id index in the daemon, a map in tests).
+
+use std::collections::{BTreeMap, VecDeque};
 
 use super::prefix::nibble_of;
 use super::{Digest, Hash, Id, Item, LEAF_MAX, Prefix};
@@ -10,56 +14,63 @@ const LEAF_TAG: u8 = 0;
 /// First byte hashed for an inner node.
 const INNER_TAG: u8 = 1;
 
-/// Merkle summary of one share's items.
-///
-/// Shape rule, which makes the tree (and so every hash) a function of the item set alone: the
-/// node for a prefix is a leaf listing its items, sorted by id, when the range holds at most
-/// [`LEAF_MAX`] items, and otherwise an inner node with 16 children, one per next nibble. A
-/// leaf hashes its items; an inner node hashes its children's counts and hashes. Because the
-/// rule looks only at the items inside a range, the summary of a range
-/// ([`Summary::range_summary`]) is the same on two peers that hold the same items there,
-/// whatever else they hold, which is what reconciliation compares.
-///
-/// Updates cost `O(log16 n)` hashing (one leaf of at most 32 items plus one 16-child node per
-/// level); [`Summary::from_items`] builds in `O(n log n)` with each node hashed once. It lives
-/// in memory: the daemon rebuilds it from the store at start-up (0.4 s for a million items in a
-/// release build here) and updates it as entries change (about 4.5 µs per insert at a million).
-/// Memory is about 70 bytes per item (measured at a million: 68.5 by [`Summary::heap_bytes`],
-/// 69.8 by resident set growth), 64 of them the item itself.
+/// Our own items could not be read (the store failed); what it said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read this share's entries: {0}")]
+pub struct ItemsUnreadable(pub String);
+
+/// Where a summary's items live, read a range at a time. What it returns must be what the
+/// summary was last told about ([`Summary::refresh`]); a source that changes first (the
+/// store commits, then refreshes the summary) makes answers read in between inconsistent for
+/// that moment only, which reconciliation tolerates as it tolerates any change between rounds.
+pub trait ItemSource {
+    /// Up to `limit` items under `p`, in id order.
+    fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable>;
+}
+
+/// Items held in memory (tests, simulations, benchmarks of the protocol).
 #[derive(Clone, Debug, Default)]
-pub struct Summary {
-    root: Node,
-}
+pub struct MemoryItems(BTreeMap<Id, Digest>);
 
-#[derive(Clone, Debug)]
-struct Node {
-    hash: Hash,
-    count: u64,
-    kind: Kind,
-}
-
-#[derive(Clone, Debug)]
-enum Kind {
-    /// Sorted by id; capacity kept equal to length to save memory.
-    Leaf(Vec<Item>),
-    Inner(Box<[Node; 16]>),
-}
-
-impl Default for Node {
-    fn default() -> Self {
-        Node {
-            hash: EMPTY_HASH,
-            count: 0,
-            kind: Kind::Leaf(Vec::new()),
-        }
+impl ItemSource for MemoryItems {
+    fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
+        Ok(self
+            .0
+            .range(*p.min_id()..)
+            .take_while(|(id, _)| p.contains(id))
+            .take(limit)
+            .map(|(&id, &digest)| Item { id, digest })
+            .collect())
     }
 }
 
-/// What an insert did, so ancestors rehash only when something changed.
-enum Change {
-    Unchanged,
-    Updated(Digest),
-    Inserted,
+/// Merkle summary of one share's items.
+///
+/// Shape rule, which makes the tree (and so every hash) a function of the item set alone: the
+/// node for a prefix is a leaf when the range holds at most [`LEAF_MAX`] items, and otherwise
+/// an inner node with 16 children, one per next nibble. A leaf hashes its items (read from the
+/// source when needed); an inner node hashes its children's counts and hashes. Because the rule
+/// looks only at the items inside a range, the summary of a range
+/// ([`Summary::range_summary`]) is the same on two peers that hold the same items there,
+/// whatever else they hold, which is what reconciliation compares.
+///
+/// Only nodes are in memory, 48 bytes each: about 3 bytes per item at 10^6 items, 5 at 10^7
+/// (leaves hold 2-32 items; ranges below a leaf are read from the source). It held every
+/// item (64 bytes) before, about 70 bytes per item in all, which put 10^7 records past any
+/// reasonable memory budget. A change costs one read of the changed item's leaf (at most
+/// [`LEAF_MAX`] items) and `O(log16 n)` hashing.
+#[derive(Clone, Debug, Default)]
+pub struct Summary<S = MemoryItems> {
+    root: Node,
+    source: S,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Node {
+    hash: Hash,
+    count: u64,
+    /// `None` for a leaf.
+    children: Option<Box<[Node; 16]>>,
 }
 
 fn leaf_hash(items: &[Item]) -> Hash {
@@ -87,183 +98,190 @@ fn inner_hash(count: u64, children: &[Node; 16]) -> Hash {
     *h.finalize().as_bytes()
 }
 
+/// Items in id order, with some read ahead and put back (see [`Node::build`]).
+struct Sorted<I> {
+    put_back: VecDeque<Item>,
+    rest: I,
+}
+
+impl<I: Iterator<Item = Item>> Sorted<I> {
+    fn next_if_in(&mut self, p: &Prefix) -> Option<Item> {
+        let next = match self.put_back.front() {
+            Some(item) => *item,
+            None => {
+                let item = self.rest.next()?;
+                self.put_back.push_back(item);
+                item
+            }
+        };
+        p.contains(&next.id)
+            .then(|| self.put_back.pop_front())
+            .flatten()
+    }
+}
+
 impl Node {
-    fn leaf(items: Vec<Item>) -> Node {
+    fn leaf(items: &[Item]) -> Node {
         Node {
-            hash: leaf_hash(&items),
+            hash: leaf_hash(items),
             count: items.len() as u64,
-            kind: Kind::Leaf(items),
+            children: None,
         }
     }
 
-    /// Builds the subtree at `depth` for sorted, unique `items` that share its prefix.
-    fn build(items: &[Item], depth: usize) -> Node {
-        if items.len() <= LEAF_MAX {
-            return Node::leaf(items.to_vec());
-        }
-        let mut children: Box<[Node; 16]> = Box::default();
-        let mut rest = items;
-        for (n, child) in children.iter_mut().enumerate() {
-            let k = rest.partition_point(|it| nibble_of(&it.id, depth) == n);
-            *child = Node::build(&rest[..k], depth + 1);
-            rest = &rest[k..];
-        }
-        Node {
-            hash: inner_hash(items.len() as u64, &children),
-            count: items.len() as u64,
-            kind: Kind::Inner(children),
-        }
-    }
-
-    fn insert(&mut self, depth: usize, item: Item) -> Change {
-        match &mut self.kind {
-            Kind::Leaf(items) => match items.binary_search_by(|it| it.id.cmp(&item.id)) {
-                Ok(i) => {
-                    let old = items[i].digest;
-                    if old == item.digest {
-                        return Change::Unchanged;
-                    }
-                    items[i].digest = item.digest;
-                    self.hash = leaf_hash(items);
-                    Change::Updated(old)
-                }
-                Err(i) if items.len() < LEAF_MAX => {
-                    items.reserve_exact(1);
-                    items.insert(i, item);
-                    self.count += 1;
-                    self.hash = leaf_hash(items);
-                    Change::Inserted
-                }
-                Err(i) => {
-                    let mut all = Vec::with_capacity(items.len() + 1);
-                    all.extend_from_slice(&items[..i]);
-                    all.push(item);
-                    all.extend_from_slice(&items[i..]);
-                    *self = Node::build(&all, depth);
-                    Change::Inserted
-                }
-            },
-            Kind::Inner(children) => {
-                let change = children[nibble_of(&item.id, depth)].insert(depth + 1, item);
-                match change {
-                    Change::Unchanged => {}
-                    Change::Inserted => {
-                        self.count += 1;
-                        self.hash = inner_hash(self.count, children);
-                    }
-                    Change::Updated(_) => self.hash = inner_hash(self.count, children),
-                }
-                change
+    /// Builds the subtree of `p` from sorted, unique items, taking those under `p`. Holds at
+    /// most [`LEAF_MAX`] + 1 items per level at once, so a summary of any size is built from
+    /// the store without listing it in memory.
+    fn build<I: Iterator<Item = Item>>(sorted: &mut Sorted<I>, p: &Prefix) -> Node {
+        let mut first = Vec::with_capacity(LEAF_MAX + 1);
+        while first.len() <= LEAF_MAX {
+            match sorted.next_if_in(p) {
+                Some(item) => first.push(item),
+                None => return Node::leaf(&first),
             }
         }
+        // More than a leaf holds: the children read them again.
+        for item in first.into_iter().rev() {
+            sorted.put_back.push_front(item);
+        }
+        // A full-length prefix holds one id at most, so `p` has children here.
+        let children: Box<[Node; 16]> = Box::new(std::array::from_fn(|n| {
+            let child = p
+                .child(n)
+                .expect("a range of more than one id is not full length");
+            Node::build(sorted, &child)
+        }));
+        let count = children.iter().map(|c| c.count).sum();
+        Node {
+            hash: inner_hash(count, &children),
+            count,
+            children: Some(children),
+        }
     }
 
-    fn remove(&mut self, depth: usize, id: &Id) -> Option<Digest> {
-        match &mut self.kind {
-            Kind::Leaf(items) => {
-                let i = items.binary_search_by(|it| it.id.cmp(id)).ok()?;
-                let old = items.remove(i).digest;
-                items.shrink_to_fit();
-                self.count -= 1;
-                self.hash = leaf_hash(items);
-                Some(old)
+    /// Brings the nodes on the way to `id` (under `p`, this node's range) up to date with
+    /// the source, which changed there.
+    fn refresh(
+        &mut self,
+        p: &Prefix,
+        id: &Id,
+        source: &impl ItemSource,
+    ) -> Result<(), ItemsUnreadable> {
+        match &mut self.children {
+            None => {
+                let items = source.items(p, LEAF_MAX + 1)?;
+                if items.len() <= LEAF_MAX {
+                    *self = Node::leaf(&items);
+                } else {
+                    *self = Node::from_source(p, source)?;
+                }
             }
-            Kind::Inner(children) => {
-                let old = children[nibble_of(id, depth)].remove(depth + 1, id)?;
-                self.count -= 1;
+            Some(children) => {
+                let n = nibble_of(id, p.len());
+                let child = p.child(n).expect("an inner node is not full length");
+                children[n].refresh(&child, id, source)?;
+                self.count = children.iter().map(|c| c.count).sum();
                 if self.count as usize <= LEAF_MAX {
-                    let mut all = Vec::with_capacity(self.count as usize);
-                    self.collect(&mut all);
-                    *self = Node::leaf(all);
+                    *self = Node::leaf(&source.items(p, LEAF_MAX)?);
                 } else {
                     self.hash = inner_hash(self.count, children);
                 }
-                Some(old)
             }
         }
+        Ok(())
     }
 
-    fn collect(&self, out: &mut Vec<Item>) {
-        match &self.kind {
-            Kind::Leaf(items) => out.extend_from_slice(items),
-            Kind::Inner(children) => children.iter().for_each(|c| c.collect(out)),
-        }
+    fn from_source(p: &Prefix, source: &impl ItemSource) -> Result<Node, ItemsUnreadable> {
+        let items = source.items(p, usize::MAX)?;
+        let mut sorted = Sorted {
+            put_back: VecDeque::new(),
+            rest: items.into_iter(),
+        };
+        Ok(Node::build(&mut sorted, p))
     }
 
     fn heap_bytes(&self) -> usize {
-        match &self.kind {
-            Kind::Leaf(items) => items.capacity() * size_of::<Item>(),
-            Kind::Inner(children) => {
+        match &self.children {
+            None => 0,
+            Some(children) => {
                 size_of::<[Node; 16]>() + children.iter().map(Node::heap_bytes).sum::<usize>()
             }
         }
     }
 }
 
-/// Where a prefix lands in the tree: the node at exactly that depth, or the shallower leaf whose
-/// range contains it.
+/// Where a prefix lands in the tree: the node at exactly that depth, or inside a shallower leaf.
 enum Located<'a> {
     Node(&'a Node),
-    InLeaf(&'a [Item]),
+    InLeaf,
 }
 
-/// The items of sorted `items` that lie under `p` (a contiguous run).
-fn prefix_slice<'a>(items: &'a [Item], p: &Prefix) -> &'a [Item] {
-    let start = items.partition_point(|it| &it.id < p.min_id());
-    let len = items[start..].partition_point(|it| p.contains(&it.id));
-    &items[start..start + len]
-}
-
-impl Summary {
-    /// An empty summary.
+impl Summary<MemoryItems> {
+    /// An empty summary in memory.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Builds a summary in one pass (faster than repeated [`Summary::insert`]); if an id occurs
-    /// more than once, the last digest wins.
+    /// Builds a summary in memory in one pass (faster than repeated [`Summary::insert`]); if
+    /// an id occurs more than once, the last digest wins.
     pub fn from_items(items: impl IntoIterator<Item = Item>) -> Self {
-        let mut items: Vec<Item> = items.into_iter().collect();
-        items.sort_by_key(|it| it.id);
-        // Stable sort keeps input order among equal ids; copy the later digest onto the kept one.
-        items.dedup_by(|later, kept| {
-            let same = later.id == kept.id;
-            if same {
-                kept.digest = later.digest;
-            }
-            same
-        });
-        Summary {
-            root: Node::build(&items, 0),
-        }
+        let map: BTreeMap<Id, Digest> = items.into_iter().map(|it| (it.id, it.digest)).collect();
+        let sorted: Vec<Item> = map
+            .iter()
+            .map(|(&id, &digest)| Item { id, digest })
+            .collect();
+        Summary::from_sorted(MemoryItems(map), sorted)
     }
 
     /// Inserts an item or updates its digest; returns the previous digest.
     pub fn insert(&mut self, id: Id, digest: Digest) -> Option<Digest> {
-        match self.root.insert(0, Item { id, digest }) {
-            Change::Inserted => None,
-            Change::Updated(old) => Some(old),
-            Change::Unchanged => Some(digest),
+        let old = self.source.0.insert(id, digest);
+        if old != Some(digest) {
+            self.refresh(&id)
+                .expect("items in memory are always readable");
         }
+        old
     }
 
     /// Removes an item; returns its digest if it was present.
     pub fn remove(&mut self, id: &Id) -> Option<Digest> {
-        self.root.remove(0, id)
+        let old = self.source.0.remove(id);
+        if old.is_some() {
+            self.refresh(id)
+                .expect("items in memory are always readable");
+        }
+        old
+    }
+}
+
+impl<S: ItemSource> Summary<S> {
+    /// The summary of `source`'s items, given in id order without repeats (as the store
+    /// lists its index), built without holding them all.
+    pub fn from_sorted(source: S, items: impl IntoIterator<Item = Item>) -> Self {
+        let mut sorted = Sorted {
+            put_back: VecDeque::new(),
+            rest: items.into_iter(),
+        };
+        let root = Node::build(&mut sorted, &Prefix::ROOT);
+        Summary { root, source }
+    }
+
+    /// Where its items are read from.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Catches up with a change of the source at `id` (added, changed or gone).
+    pub fn refresh(&mut self, id: &Id) -> Result<(), ItemsUnreadable> {
+        self.root.refresh(&Prefix::ROOT, id, &self.source)
     }
 
     /// The digest of `id`, if present.
-    pub fn get(&self, id: &Id) -> Option<Digest> {
-        match self.locate(&Prefix::of(id, 64)) {
-            Located::Node(node) => match &node.kind {
-                Kind::Leaf(items) => items.first().map(|it| it.digest),
-                Kind::Inner(_) => None,
-            },
-            Located::InLeaf(items) => items
-                .binary_search_by(|it| it.id.cmp(id))
-                .ok()
-                .map(|i| items[i].digest),
-        }
+    pub fn get(&self, id: &Id) -> Result<Option<Digest>, ItemsUnreadable> {
+        let items = self
+            .source
+            .items(&Prefix::of(id, super::MAX_PREFIX_NIBBLES), 1)?;
+        Ok(items.first().map(|it| it.digest))
     }
 
     /// Number of items.
@@ -285,99 +303,67 @@ impl Summary {
     fn locate(&self, p: &Prefix) -> Located<'_> {
         let mut node = &self.root;
         for depth in 0..p.len() {
-            match &node.kind {
-                Kind::Inner(children) => node = &children[nibble_of(p.min_id(), depth)],
-                Kind::Leaf(items) => return Located::InLeaf(prefix_slice(items, p)),
+            match &node.children {
+                Some(children) => node = &children[nibble_of(p.min_id(), depth)],
+                None => return Located::InLeaf,
             }
         }
         Located::Node(node)
     }
 
     /// Count and hash of the items under `p`, equal to what any summary holding exactly those
-    /// items under `p` reports. `O(log n)`, plus hashing at most [`LEAF_MAX`] items when `p`
-    /// lies inside a leaf.
-    pub fn range_summary(&self, p: &Prefix) -> (u64, Hash) {
+    /// items under `p` reports. `O(log n)`, plus reading and hashing at most [`LEAF_MAX`]
+    /// items when `p` lies inside a leaf.
+    pub fn range_summary(&self, p: &Prefix) -> Result<(u64, Hash), ItemsUnreadable> {
         match self.locate(p) {
-            Located::Node(node) => (node.count, node.hash),
-            Located::InLeaf(items) => (items.len() as u64, leaf_hash(items)),
+            Located::Node(node) => Ok((node.count, node.hash)),
+            Located::InLeaf => {
+                let items = self.source.items(p, LEAF_MAX)?;
+                Ok((items.len() as u64, leaf_hash(&items)))
+            }
         }
     }
 
     /// [`Summary::range_summary`] of the 16 children of `p`, in nibble order; `None` if `p` has
     /// all 64 nibbles.
-    pub fn child_summaries(&self, p: &Prefix) -> Option<[(u64, Hash); 16]> {
+    pub fn child_summaries(
+        &self,
+        p: &Prefix,
+    ) -> Result<Option<[(u64, Hash); 16]>, ItemsUnreadable> {
         if p.len() >= super::MAX_PREFIX_NIBBLES {
-            return None;
+            return Ok(None);
         }
-        let items = match self.locate(p) {
-            Located::Node(Node {
-                kind: Kind::Inner(children),
-                ..
-            }) => {
-                return Some(std::array::from_fn(|n| {
-                    (children[n].count, children[n].hash)
-                }));
-            }
-            Located::Node(Node {
-                kind: Kind::Leaf(items),
-                ..
-            }) => items.as_slice(),
-            Located::InLeaf(items) => items,
-        };
-        let mut rest = items;
-        Some(std::array::from_fn(|n| {
+        if let Located::Node(Node {
+            children: Some(children),
+            ..
+        }) = self.locate(p)
+        {
+            return Ok(Some(std::array::from_fn(|n| {
+                (children[n].count, children[n].hash)
+            })));
+        }
+        // A leaf, or inside one: at most LEAF_MAX items.
+        let items = self.source.items(p, LEAF_MAX)?;
+        let mut rest = items.as_slice();
+        Ok(Some(std::array::from_fn(|n| {
             let k = rest.partition_point(|it| nibble_of(&it.id, p.len()) == n);
             let (here, tail) = rest.split_at(k);
             rest = tail;
             (here.len() as u64, leaf_hash(here))
-        }))
+        })))
     }
 
-    /// All items in id order.
-    pub fn iter(&self) -> RangeIter<'_> {
-        self.iter_prefix(&Prefix::ROOT)
-    }
-
-    /// The items under `p`, in id order.
-    pub fn iter_prefix(&self, p: &Prefix) -> RangeIter<'_> {
-        match self.locate(p) {
-            Located::Node(node) => RangeIter {
-                stack: vec![node],
-                current: [].iter(),
-            },
-            Located::InLeaf(items) => RangeIter {
-                stack: Vec::new(),
-                current: items.iter(),
-            },
+    /// Up to `limit` items under `p`, in id order.
+    pub fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
+        if limit == 0 || matches!(self.locate(p), Located::Node(node) if node.count == 0) {
+            return Ok(Vec::new());
         }
+        self.source.items(p, limit)
     }
 
-    /// Heap bytes held by the tree (item storage and node arrays; excludes allocator overhead).
+    /// Heap bytes held by the tree's nodes (excludes allocator overhead and the source).
     pub fn heap_bytes(&self) -> usize {
         self.root.heap_bytes()
-    }
-}
-
-/// Iterator over the items of a range, in id order; see [`Summary::iter_prefix`].
-pub struct RangeIter<'a> {
-    stack: Vec<&'a Node>,
-    current: std::slice::Iter<'a, Item>,
-}
-
-impl<'a> Iterator for RangeIter<'a> {
-    type Item = &'a Item;
-
-    fn next(&mut self) -> Option<&'a Item> {
-        loop {
-            if let Some(it) = self.current.next() {
-                return Some(it);
-            }
-            let node = self.stack.pop()?;
-            match &node.kind {
-                Kind::Leaf(items) => self.current = items.iter(),
-                Kind::Inner(children) => self.stack.extend(children.iter().rev()),
-            }
-        }
     }
 }
 
@@ -420,22 +406,33 @@ mod tests {
         [d; 32]
     }
 
-    /// Checks every cached count and hash and the shape rule.
-    fn check(node: &Node) {
-        match &node.kind {
-            Kind::Leaf(items) => {
+    /// Checks every cached count and hash against the items, and the shape rule.
+    fn check(s: &Summary) {
+        check_node(&s.root, &Prefix::ROOT, &s.source);
+    }
+
+    fn check_node(node: &Node, p: &Prefix, source: &MemoryItems) {
+        match &node.children {
+            None => {
+                let items = source.items(p, usize::MAX).unwrap();
                 assert!(items.len() <= LEAF_MAX);
                 assert!(items.windows(2).all(|w| w[0].id < w[1].id));
                 assert_eq!(node.count, items.len() as u64);
-                assert_eq!(node.hash, leaf_hash(items));
+                assert_eq!(node.hash, leaf_hash(&items));
             }
-            Kind::Inner(children) => {
+            Some(children) => {
                 assert!(node.count as usize > LEAF_MAX);
                 assert_eq!(node.count, children.iter().map(|c| c.count).sum::<u64>());
                 assert_eq!(node.hash, inner_hash(node.count, children));
-                children.iter().for_each(check);
+                for (n, child) in children.iter().enumerate() {
+                    check_node(child, &p.child(n).unwrap(), source);
+                }
             }
         }
+    }
+
+    fn all(s: &Summary) -> Vec<Item> {
+        s.items(&Prefix::ROOT, usize::MAX).unwrap()
     }
 
     proptest! {
@@ -459,15 +456,15 @@ mod tests {
                     }
                 }
             }
-            check(&s.root);
+            check(&s);
             let fresh = Summary::from_items(model.iter().map(|(&id, &digest)| Item { id, digest }));
             prop_assert_eq!(s.root(), fresh.root());
             prop_assert_eq!(s.len(), model.len() as u64);
-            let listed: Vec<(Id, Digest)> = s.iter().map(|it| (it.id, it.digest)).collect();
+            let listed: Vec<(Id, Digest)> = all(&s).iter().map(|it| (it.id, it.digest)).collect();
             let expected: Vec<(Id, Digest)> = model.iter().map(|(a, b)| (*a, *b)).collect();
             prop_assert_eq!(listed, expected);
             for (id, d) in &model {
-                prop_assert_eq!(s.get(id), Some(*d));
+                prop_assert_eq!(s.get(id), Ok(Some(*d)));
             }
         }
 
@@ -488,7 +485,7 @@ mod tests {
             let mut b = Summary::new();
             for it in &v { b.insert(it.id, it.digest); }
             prop_assert_eq!(a.root(), b.root());
-            check(&b.root);
+            check(&b);
         }
 
         /// A range's summary depends only on the items in it, and iteration lists exactly them.
@@ -504,11 +501,11 @@ mod tests {
             let inside: Vec<Item> = all.iter().copied().filter(|it| p.contains(&it.id)).collect();
             let only = Summary::from_items(inside.clone());
             prop_assert_eq!(s.range_summary(&p), only.range_summary(&p));
-            let listed: Vec<Item> = s.iter_prefix(&p).copied().collect();
+            let listed: Vec<Item> = s.items(&p, usize::MAX).unwrap();
             prop_assert_eq!(listed, inside);
-            if let Some(children) = s.child_summaries(&p) {
+            if let Some(children) = s.child_summaries(&p).unwrap() {
                 for (n, c) in children.iter().enumerate() {
-                    prop_assert_eq!(*c, s.range_summary(&p.child(n).unwrap()));
+                    prop_assert_eq!(Ok(*c), s.range_summary(&p.child(n).unwrap()));
                 }
             }
         }
@@ -519,15 +516,15 @@ mod tests {
         let id = [5; 32];
         let s = Summary::from_items([Item { id, digest: dg(1) }, Item { id, digest: dg(2) }]);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.get(&id), Some(dg(2)));
+        assert_eq!(s.get(&id), Ok(Some(dg(2))));
     }
 
     #[test]
     fn empty_summary() {
         let s = Summary::new();
         assert_eq!(s.root(), EMPTY_HASH);
-        assert_eq!(s.iter().count(), 0);
-        assert_eq!(s.get(&[0; 32]), None);
+        assert!(all(&s).is_empty());
+        assert_eq!(s.get(&[0; 32]), Ok(None));
         assert_eq!(Summary::from_items([]).root(), s.root());
     }
 }

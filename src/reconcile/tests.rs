@@ -41,8 +41,18 @@ fn pair_with(n: u64, kinds: std::ops::Range<u64>) -> (Summary, Summary) {
 }
 
 fn check_exact(local: &Summary, remote: &Summary, stats: &SessionStats) {
-    let l: BTreeMap<Id, Digest> = local.iter().map(|it| (it.id, it.digest)).collect();
-    let r: BTreeMap<Id, Digest> = remote.iter().map(|it| (it.id, it.digest)).collect();
+    let l: BTreeMap<Id, Digest> = local
+        .items(&Prefix::ROOT, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|it| (it.id, it.digest))
+        .collect();
+    let r: BTreeMap<Id, Digest> = remote
+        .items(&Prefix::ROOT, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|it| (it.id, it.digest))
+        .collect();
     let (need, offer) = expected(&l, &r);
     assert!(stats.complete);
     assert_eq!(stats.need, need);
@@ -395,7 +405,7 @@ fn million_item_cost_table() {
     );
     let mut incremental = Summary::new();
     let t = std::time::Instant::now();
-    for it in base.iter() {
+    for it in &base.items(&Prefix::ROOT, usize::MAX).unwrap() {
         incremental.insert(it.id, it.digest);
     }
     eprintln!(

@@ -17,11 +17,11 @@ use super::database::{self, DbSlot, FAILURE_QUIET, REOPEN_EVERY};
 use super::schema::{INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
 use super::{
     Change, Entry, EntryValidator, LocalWrite, MAX_ACTIONS_PER_COMMIT, MAX_VALUE_BYTES, Origin,
-    RecordRegister, ShareId, ShareKind, ShareMeta, ShareState, Shares, StoreError, check_entry,
-    join_key, local_state, next_prefix, pages, record_id, wall_millis,
+    RecordRegister, ShareId, ShareKind, ShareMeta, ShareState, ShareSummary, Shares, StoreError,
+    StoredItems, check_entry, join_key, local_state, next_prefix, pages, record_id, wall_millis,
 };
 use crate::merge::{HlcClock, Payload, PeerKey};
-use crate::reconcile::{Digest, Id, Summary};
+use crate::reconcile::{Digest, Id};
 
 /// The state of the store thread.
 pub(super) struct StoreActor {
@@ -264,7 +264,7 @@ impl StoreActor {
 
     /// Reloads the in-memory view (shares, summaries, clock) from the committed state.
     fn reload(&mut self) -> Result<(), StoreError> {
-        let clock = load(self.db()?, &self.shares)?;
+        let clock = load(self.db()?, &self.shares, &self.slot)?;
         self.clock = HlcClock::resume(self.clock.last().max(clock.last()), wall_millis());
         Ok(())
     }
@@ -347,7 +347,7 @@ impl StoreActor {
     fn write(&mut self, actions: Vec<Action>) {
         let mut pending = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
-        let mut summary_updates: Vec<(ShareId, Id, Digest)> = Vec::new();
+        let mut summary_updates: Vec<(ShareId, Id)> = Vec::new();
         let mut actions = actions.into_iter();
         let result = self.apply(
             &mut actions,
@@ -357,7 +357,13 @@ impl StoreActor {
         );
         match result {
             Ok(()) => {
-                self.apply_summary_updates(summary_updates);
+                if let Err(e) = self.apply_summary_updates(summary_updates) {
+                    // The tree no longer matches what is stored: built again from the store.
+                    warn!("cannot update a share's summary after a commit ({e}); reloading it");
+                    if let Err(e) = self.reload() {
+                        warn!("cannot reload the store: {e}");
+                    }
+                }
                 for change in changes {
                     let _ = self.changes.send(Arc::new(change));
                 }
@@ -399,7 +405,7 @@ impl StoreActor {
         actions: &mut std::vec::IntoIter<Action>,
         pending: &mut Vec<Pending>,
         changes: &mut Vec<Change>,
-        summary_updates: &mut Vec<(ShareId, Id, Digest)>,
+        summary_updates: &mut Vec<(ShareId, Id)>,
     ) -> Result<(), StoreError> {
         let txn = self.db()?.begin_write()?;
         {
@@ -463,10 +469,17 @@ impl StoreActor {
         Ok(())
     }
 
-    fn apply_summary_updates(&self, updates: Vec<(ShareId, Id, Digest)>) {
+    /// Brings the summaries up to date with a committed batch (their items are read from the
+    /// store, so only after the commit).
+    fn apply_summary_updates(
+        &self,
+        mut updates: Vec<(ShareId, Id)>,
+    ) -> Result<(), crate::reconcile::ItemsUnreadable> {
+        updates.sort_unstable();
+        updates.dedup();
         let shares = self.shares.read().expect("shares lock");
-        let mut current: Option<(ShareId, std::sync::RwLockWriteGuard<'_, Summary>)> = None;
-        for (share, id, digest) in updates {
+        let mut current: Option<(ShareId, std::sync::RwLockWriteGuard<'_, ShareSummary>)> = None;
+        for (share, id) in updates {
             if current.as_ref().map(|(s, _)| *s) != Some(share) {
                 current = None;
                 if let Some(state) = shares.get(&share) {
@@ -474,9 +487,10 @@ impl StoreActor {
                 }
             }
             if let Some((_, summary)) = current.as_mut() {
-                summary.insert(id, digest);
+                summary.refresh(&id)?;
             }
         }
+        Ok(())
     }
 
     fn create_share(
@@ -495,11 +509,15 @@ impl StoreActor {
         }
         let bytes = crate::cbor::encode(&meta).map_err(StoreError::Encode)?;
         table.insert(meta.id.as_slice(), bytes.as_slice())?;
+        let id = meta.id;
         self.shares.write().expect("shares lock").insert(
-            meta.id,
+            id,
             ShareState {
                 meta,
-                summary: Arc::new(RwLock::new(Summary::new())),
+                summary: Arc::new(RwLock::new(ShareSummary::from_sorted(
+                    StoredItems::new(self.slot.clone(), id),
+                    [],
+                ))),
             },
         );
         Ok(())
@@ -674,7 +692,7 @@ struct Tables<'t, 'a> {
     records: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
     index: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
     changes: &'a mut Vec<Change>,
-    summary_updates: &'a mut Vec<(ShareId, Id, Digest)>,
+    summary_updates: &'a mut Vec<(ShareId, Id)>,
 }
 
 impl Tables<'_, '_> {
@@ -704,7 +722,7 @@ impl Tables<'_, '_> {
         index_value.extend_from_slice(&key);
         self.index
             .insert(join_key(&share, &id).as_slice(), index_value.as_slice())?;
-        self.summary_updates.push((share, id, digest));
+        self.summary_updates.push((share, id));
         self.changes.push(Change {
             share,
             key,

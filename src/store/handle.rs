@@ -64,7 +64,10 @@ impl StoreHandle {
         let db = database::open(&path)?;
         schema::prepare(&db, dir)?;
         let shares: Shares = Arc::default();
-        let clock = schema::load(&db, &shares)?;
+        let db = Arc::new(db);
+        let slot = Arc::new(DbSlot::default());
+        slot.set(&db);
+        let clock = schema::load(&db, &shares, &slot)?;
         let total: u64 = shares
             .read()
             .expect("shares lock")
@@ -80,9 +83,6 @@ impl StoreHandle {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let db = Arc::new(db);
-        let slot = Arc::new(DbSlot::default());
-        slot.set(&db);
         let actor = StoreActor {
             validate_remote,
             db: Some(db),

@@ -24,6 +24,7 @@ mod action;
 mod actor;
 mod database;
 pub mod handle;
+mod id_index;
 pub mod local_state;
 pub mod pages;
 pub mod schema;
@@ -37,9 +38,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::merge::{MergeError, Payload};
-use crate::reconcile::{Id, Summary};
+use crate::reconcile::Id;
 
 pub use handle::StoreHandle;
+pub use id_index::{ShareSummary, StoredItems};
 pub use schema::SCHEMA_VERSION;
 
 /// A share's 32-byte identifier.
@@ -277,7 +279,7 @@ pub struct ShareState {
     pub meta: ShareMeta,
     /// The summary of its entries. The store thread writes it after each commit; readers
     /// (reconciliation, announcements) hold it for microseconds, never across an `.await`.
-    pub summary: Arc<RwLock<Summary>>,
+    pub summary: Arc<RwLock<ShareSummary>>,
 }
 
 type Shares = Arc<RwLock<HashMap<ShareId, ShareState>>>;

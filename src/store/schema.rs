@@ -17,9 +17,10 @@ use std::sync::{Arc, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::info;
 
-use super::{ShareId, ShareMeta, ShareState, Shares, StoreError, next_prefix};
+use super::database::DbSlot;
+use super::id_index::load_summary;
+use super::{ShareId, ShareMeta, ShareState, Shares, StoreError};
 use crate::merge::{Hlc, HlcClock};
-use crate::reconcile::{Digest, Id, Summary};
 
 /// `share` → CBOR [`ShareMeta`].
 pub(super) const SHARES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("shares");
@@ -186,8 +187,13 @@ fn remove_legacy(path: &Path) -> Result<(), StoreError> {
     })
 }
 
-/// Reads shares, rebuilds summaries and resumes the clock.
-pub(super) fn load(db: &Database, shares: &Shares) -> Result<HlcClock, StoreError> {
+/// Reads shares, rebuilds summaries (their items stay in the store, reached through `slot`)
+/// and resumes the clock.
+pub(super) fn load(
+    db: &Database,
+    shares: &Shares,
+    slot: &Arc<DbSlot>,
+) -> Result<HlcClock, StoreError> {
     let txn = db.begin_read()?;
     let share_table = txn.open_table(SHARES)?;
     let index = txn.open_table(INDEX)?;
@@ -196,22 +202,7 @@ pub(super) fn load(db: &Database, shares: &Shares) -> Result<HlcClock, StoreErro
         let (_, value) = row?;
         let meta: ShareMeta = crate::cbor::decode(value.value())
             .map_err(|e| StoreError::Corrupt(format!("share record: {e}")))?;
-        let start = meta.id.to_vec();
-        let end = next_prefix(&meta.id);
-        let mut items = Vec::new();
-        for row in index.range(start.as_slice()..end.as_slice())? {
-            let (k, v) = row?;
-            let (k, v) = (k.value(), v.value());
-            if k.len() != 64 || v.len() < 32 {
-                return Err(StoreError::Corrupt(
-                    "an index row has the wrong length".into(),
-                ));
-            }
-            let id: Id = k[32..].try_into().expect("32 bytes");
-            let digest: Digest = v[..32].try_into().expect("32 bytes");
-            items.push(crate::reconcile::Item { id, digest });
-        }
-        let summary = Summary::from_items(items);
+        let summary = load_summary(&index, &meta.id, slot)?;
         map.insert(
             meta.id,
             ShareState {

@@ -1,0 +1,115 @@
+//! A share's id index (the `index` table, ordered by `share ‖ blake3(key)`) as the items of its
+//! reconciliation summary: the summary keeps only its tree's counts and hashes in memory and
+//! reads a range of items from here when it needs them.
+
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::database::DbSlot;
+use super::schema::INDEX;
+use super::{ShareId, StoreError, join_key};
+use crate::reconcile::{Digest, Id, Item, ItemSource, ItemsUnreadable, Prefix, Summary};
+
+/// A share's summary, its items in the store.
+pub type ShareSummary = Summary<StoredItems>;
+
+/// One share's rows of the id index, read through the database slot (so reads after the store
+/// stopped or while it is reopened fail with its reason rather than keep it open).
+pub struct StoredItems {
+    db: Arc<DbSlot>,
+    share: ShareId,
+}
+
+impl std::fmt::Debug for StoredItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredItems({})", hex::encode(&self.share[..8]))
+    }
+}
+
+impl StoredItems {
+    pub(super) fn new(db: Arc<DbSlot>, share: ShareId) -> Self {
+        StoredItems { db, share }
+    }
+
+    fn read(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(INDEX)?;
+        let start = join_key(&self.share, p.min_id());
+        let mut out = Vec::new();
+        for row in table.range(start.as_slice()..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = row?;
+            let Some(item) = decode_row(&self.share, key.value(), value.value())? else {
+                break;
+            };
+            if !p.contains(&item.id) {
+                break;
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+impl ItemSource for StoredItems {
+    fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
+        self.read(p, limit)
+            .map_err(|e| ItemsUnreadable(e.to_string()))
+    }
+}
+
+/// The item of an index row of `share`; `None` past the share's rows.
+pub(super) fn decode_row(
+    share: &ShareId,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Option<Item>, StoreError> {
+    if !key.starts_with(share) {
+        return Ok(None);
+    }
+    if key.len() != 64 || value.len() < 32 {
+        return Err(StoreError::Corrupt(
+            "an index row has the wrong length".into(),
+        ));
+    }
+    let id: Id = key[32..].try_into().expect("32 bytes");
+    let digest: Digest = value[..32].try_into().expect("32 bytes");
+    Ok(Some(Item { id, digest }))
+}
+
+/// Builds `share`'s summary from its index rows in `table`, streaming (the rows are in id
+/// order); the summary then reads its items through `db`.
+pub(super) fn load_summary(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    share: &ShareId,
+    db: &Arc<DbSlot>,
+) -> Result<ShareSummary, StoreError> {
+    let start = join_key(share, &[0; 32]);
+    let mut failed = None;
+    let mut rows = table.range(start.as_slice()..)?;
+    let items = std::iter::from_fn(|| {
+        let row = match rows.next()? {
+            Ok(row) => row,
+            Err(e) => {
+                failed = Some(StoreError::from(e));
+                return None;
+            }
+        };
+        match decode_row(share, row.0.value(), row.1.value()) {
+            Ok(item) => item,
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        }
+    });
+    let summary = Summary::from_sorted(StoredItems::new(db.clone(), *share), items);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
