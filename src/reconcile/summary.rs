@@ -159,14 +159,18 @@ impl Node {
         }
     }
 
-    /// Brings the nodes on the way to `id` (under `p`, this node's range) up to date with
-    /// the source, which changed there.
+    /// Brings the nodes on the way to `ids` (sorted, all under `p`, this node's range) up to
+    /// date with the source, which changed there: each leaf is read and each node hashed once
+    /// however many of the ids are under it.
     fn refresh(
         &mut self,
         p: &Prefix,
-        id: &Id,
+        ids: &[Id],
         source: &impl ItemSource,
     ) -> Result<(), ItemsUnreadable> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         match &mut self.children {
             None => {
                 let items = source.items(p, LEAF_MAX + 1)?;
@@ -177,9 +181,16 @@ impl Node {
                 }
             }
             Some(children) => {
-                let n = nibble_of(id, p.len());
-                let child = p.child(n).expect("an inner node is not full length");
-                children[n].refresh(&child, id, source)?;
+                let mut rest = ids;
+                for (n, node) in children.iter_mut().enumerate() {
+                    let k = rest.partition_point(|id| nibble_of(id, p.len()) == n);
+                    let (under, tail) = rest.split_at(k);
+                    rest = tail;
+                    if !under.is_empty() {
+                        let child = p.child(n).expect("an inner node is not full length");
+                        node.refresh(&child, under, source)?;
+                    }
+                }
                 self.count = children.iter().map(|c| c.count).sum();
                 if self.count as usize <= LEAF_MAX {
                     *self = Node::leaf(&source.items(p, LEAF_MAX)?);
@@ -273,7 +284,19 @@ impl<S: ItemSource> Summary<S> {
 
     /// Catches up with a change of the source at `id` (added, changed or gone).
     pub fn refresh(&mut self, id: &Id) -> Result<(), ItemsUnreadable> {
-        self.root.refresh(&Prefix::ROOT, id, &self.source)
+        self.root
+            .refresh(&Prefix::ROOT, std::slice::from_ref(id), &self.source)
+    }
+
+    /// Catches up with changes of the source at `ids` (sorted, without repeats), reading from
+    /// `view`: the same items as the source (a snapshot of it, for many reads in one).
+    pub fn refresh_all_from(
+        &mut self,
+        ids: &[Id],
+        view: &impl ItemSource,
+    ) -> Result<(), ItemsUnreadable> {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        self.root.refresh(&Prefix::ROOT, ids, view)
     }
 
     /// The digest of `id`, if present.
@@ -466,6 +489,42 @@ mod tests {
             for (id, d) in &model {
                 prop_assert_eq!(s.get(id), Ok(Some(*d)));
             }
+        }
+
+        /// Many changes to the items caught up in one refresh (as the store does after a
+        /// commit) agree with a fresh build, leaves splitting and merging included.
+        #[test]
+        fn batched_refresh_matches_fresh_build(
+            initial in proptest::collection::btree_map(id_strategy(), any::<u8>(), 0..300),
+            ops in proptest::collection::vec(op(), 0..300),
+        ) {
+            let mut s = Summary::from_items(
+                initial.iter().map(|(&id, &d)| Item { id, digest: dg(d) }),
+            );
+            let mut touched = Vec::new();
+            for op in ops {
+                let items = &mut s.source.0;
+                match op {
+                    Op::Put(id, d) => {
+                        items.insert(id, dg(d));
+                        touched.push(id);
+                    }
+                    Op::Del(i) => {
+                        if items.is_empty() { continue; }
+                        let id = *items.keys().nth(i % items.len()).unwrap();
+                        items.remove(&id);
+                        touched.push(id);
+                    }
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            let view = s.source.clone();
+            s.refresh_all_from(&touched, &view).unwrap();
+            check(&s);
+            let fresh = Summary::from_items(all(&s));
+            prop_assert_eq!(s.root(), fresh.root());
+            prop_assert_eq!(s.len(), fresh.len());
         }
 
         /// The root does not depend on insertion order.

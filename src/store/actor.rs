@@ -21,7 +21,7 @@ use super::{
     StoredItems, check_entry, join_key, local_state, next_prefix, pages, record_id, wall_millis,
 };
 use crate::merge::{HlcClock, Payload, PeerKey};
-use crate::reconcile::{Digest, Id};
+use crate::reconcile::{Digest, Id, ItemsUnreadable};
 
 /// The state of the store thread.
 pub(super) struct StoreActor {
@@ -474,21 +474,22 @@ impl StoreActor {
     fn apply_summary_updates(
         &self,
         mut updates: Vec<(ShareId, Id)>,
-    ) -> Result<(), crate::reconcile::ItemsUnreadable> {
+    ) -> Result<(), ItemsUnreadable> {
         updates.sort_unstable();
         updates.dedup();
         let shares = self.shares.read().expect("shares lock");
-        let mut current: Option<(ShareId, std::sync::RwLockWriteGuard<'_, ShareSummary>)> = None;
-        for (share, id) in updates {
-            if current.as_ref().map(|(s, _)| *s) != Some(share) {
-                current = None;
-                if let Some(state) = shares.get(&share) {
-                    current = Some((share, state.summary.write().expect("summary lock")));
-                }
-            }
-            if let Some((_, summary)) = current.as_mut() {
-                summary.refresh(&id)?;
-            }
+        // Sorted by share, then id: one run of ids per share.
+        for run in updates.chunk_by(|a, b| a.0 == b.0) {
+            let Some(state) = shares.get(&run[0].0) else {
+                continue;
+            };
+            let ids: Vec<Id> = run.iter().map(|(_, id)| *id).collect();
+            let mut summary = state.summary.write().expect("summary lock");
+            let snapshot = summary
+                .source()
+                .snapshot()
+                .map_err(|e| ItemsUnreadable(e.to_string()))?;
+            summary.refresh_all_from(&ids, &snapshot)?;
         }
         Ok(())
     }

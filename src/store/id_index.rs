@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable};
 
 use super::database::DbSlot;
 use super::schema::INDEX;
@@ -32,34 +32,61 @@ impl StoredItems {
         StoredItems { db, share }
     }
 
-    fn read(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, StoreError> {
+    /// The items as committed now, for many reads in one transaction (a read transaction
+    /// each costs about as much as the read itself).
+    pub(super) fn snapshot(&self) -> Result<IndexSnapshot, StoreError> {
         let db = self.db.get()?;
         let txn = db.begin_read()?;
-        let table = txn.open_table(INDEX)?;
-        let start = join_key(&self.share, p.min_id());
-        let mut out = Vec::new();
-        for row in table.range(start.as_slice()..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = row?;
-            let Some(item) = decode_row(&self.share, key.value(), value.value())? else {
-                break;
-            };
-            if !p.contains(&item.id) {
-                break;
-            }
-            out.push(item);
-        }
-        Ok(out)
+        Ok(IndexSnapshot {
+            table: txn.open_table(INDEX)?,
+            share: self.share,
+        })
     }
 }
 
 impl ItemSource for StoredItems {
     fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
-        self.read(p, limit)
+        self.snapshot()
+            .and_then(|snapshot| read(&snapshot.table, &snapshot.share, p, limit))
             .map_err(|e| ItemsUnreadable(e.to_string()))
     }
+}
+
+/// See [`StoredItems::snapshot`]. It pins the pages it sees: held for one batch of reads.
+pub(super) struct IndexSnapshot {
+    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    share: ShareId,
+}
+
+impl ItemSource for IndexSnapshot {
+    fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
+        read(&self.table, &self.share, p, limit).map_err(|e| ItemsUnreadable(e.to_string()))
+    }
+}
+
+/// Up to `limit` of `share`'s items under `p`, in id order.
+fn read(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    share: &ShareId,
+    p: &Prefix,
+    limit: usize,
+) -> Result<Vec<Item>, StoreError> {
+    let start = join_key(share, p.min_id());
+    let mut out = Vec::new();
+    for row in table.range(start.as_slice()..)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = row?;
+        let Some(item) = decode_row(share, key.value(), value.value())? else {
+            break;
+        };
+        if !p.contains(&item.id) {
+            break;
+        }
+        out.push(item);
+    }
+    Ok(out)
 }
 
 /// The item of an index row of `share`; `None` past the share's rows.

@@ -277,8 +277,9 @@ pub struct LocalWrite {
 pub struct ShareState {
     /// Its metadata.
     pub meta: ShareMeta,
-    /// The summary of its entries. The store thread writes it after each commit; readers
-    /// (reconciliation, announcements) hold it for microseconds, never across an `.await`.
+    /// The summary of its entries. The store thread refreshes it after each commit; readers
+    /// (reconciliation, announcements) hold it for one answer (at most a few leaf reads from
+    /// the store), never across an `.await`.
     pub summary: Arc<RwLock<ShareSummary>>,
 }
 
