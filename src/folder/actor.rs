@@ -46,7 +46,7 @@ use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
 use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
-use super::synced_paths::SyncedPaths;
+use super::synced_paths::{RetiredPaged, SyncedPaths};
 use super::watch::{WatchEvent, Watching};
 use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
@@ -403,6 +403,7 @@ impl FolderActor {
                 self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
             }
             self.forget_retired_chunks();
+            self.forget_retired_paged_chunks().await;
             self.fill_queue_window().await;
             self.start_downloads();
             self.sweep_if_idle();
@@ -815,6 +816,31 @@ impl FolderActor {
         let mut index = self.sources.chunks.write().expect("chunk index lock");
         for (hash, path) in &retired {
             index.forget(hash, path);
+        }
+    }
+
+    /// [`Self::forget_retired_chunks`] for files whose chunk lists are in store pages: the old
+    /// and new lists are read, and the places of the chunks only the old one had are
+    /// forgotten. A list that cannot be read leaves its places (a stale place fails its hash
+    /// check when read, and a restart rebuilds the index).
+    pub(super) async fn forget_retired_paged_chunks(&mut self) {
+        let retired = self.synced.take_retired_paged();
+        for RetiredPaged { path, old, new } in retired {
+            let share = self.sources.share;
+            let Some(old_chunks) = state::stored_chunk_list(&self.store, share, &old).await else {
+                continue;
+            };
+            let kept: HashSet<Hash> = match &new {
+                Some(meta) => match state::stored_chunk_list(&self.store, share, meta).await {
+                    Some(chunks) => chunks.iter().map(|c| c.hash).collect(),
+                    None => continue,
+                },
+                None => HashSet::new(),
+            };
+            let mut index = self.sources.chunks.write().expect("chunk index lock");
+            for chunk in old_chunks.iter().filter(|c| !kept.contains(&c.hash)) {
+                index.forget(&chunk.hash, &path);
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tracing::warn;
 
+#[cfg(test)]
+use super::model::PageRef;
 use super::model::{ChunkRef, Content, EntryKind, FileMeta, Hash};
 use super::scan::{PreviousRecords, ScanRecord};
 use super::state::{self, Synced};
@@ -38,6 +40,18 @@ pub(super) struct SyncedPaths {
     /// with the path: their places in the chunk index are out of date. Taken by
     /// [`SyncedPaths::take_retired_chunks`].
     retired: Vec<(Hash, String)>,
+    /// Files whose old or new chunk list is in store pages, replaced (or removed) since the last
+    /// [`SyncedPaths::take_retired_paged`]: which chunks they no longer hold is known only once
+    /// the pages are read, which the folder does (asynchronously).
+    retired_paged: Vec<RetiredPaged>,
+}
+
+/// A file's record whose chunks are listed in pages, replaced by `new` (or removed).
+#[derive(Debug, PartialEq)]
+pub(super) struct RetiredPaged {
+    pub path: String,
+    pub old: FileMeta,
+    pub new: Option<FileMeta>,
 }
 
 struct Unsaved {
@@ -97,6 +111,7 @@ impl SyncedPaths {
             counts: KindCounts::default(),
             read_failure_said: AtomicBool::new(false),
             retired: Vec::new(),
+            retired_paged: Vec::new(),
         }
     }
 
@@ -105,13 +120,31 @@ impl SyncedPaths {
         std::mem::take(&mut self.retired)
     }
 
-    /// Notes the chunks listed in `old` that `new` does not list. Only files whose chunks are
-    /// listed in their record: a large file's list is in pages, read from the store.
+    /// Large files replaced or removed since the last call (see `retired_paged`).
+    pub(super) fn take_retired_paged(&mut self) -> Vec<RetiredPaged> {
+        std::mem::take(&mut self.retired_paged)
+    }
+
+    /// Notes the chunks listed in `old` that `new` does not list; where either list is in
+    /// store pages, notes the pair for the folder to compare once it has read them.
     fn retire_chunks(&mut self, path: &str, old: &FileMeta, new: Option<&FileMeta>) {
+        let new_content = new.map(|meta| &meta.content);
+        if matches!(old.content, Content::Paged(_))
+            || (matches!(new_content, Some(Content::Paged(_))) && old.content != Content::Empty)
+        {
+            if new_content != Some(&old.content) {
+                self.retired_paged.push(RetiredPaged {
+                    path: path.to_owned(),
+                    old: old.clone(),
+                    new: new.cloned(),
+                });
+            }
+            return;
+        }
         let Content::Inline(old_chunks) = &old.content else {
             return;
         };
-        let kept: &[ChunkRef] = match new.map(|meta| &meta.content) {
+        let kept: &[ChunkRef] = match new_content {
             Some(Content::Inline(chunks)) => chunks,
             _ => &[],
         };
@@ -468,6 +501,30 @@ mod tests {
             paths.take_retired_chunks().is_empty(),
             "a directory has no chunks"
         );
+        // A large file's chunk list is in pages: the pair is handed on to be compared.
+        let paged = |byte: u8| {
+            let mut s = synced(EntryKind::File, byte);
+            s.record.meta.content = Content::Paged(vec![PageRef {
+                hash: chunk(byte),
+                chunks: 1,
+                bytes: 1,
+            }]);
+            s
+        };
+        paths.insert("big".into(), paged(5));
+        assert!(paths.take_retired_paged().is_empty(), "nothing held before");
+        paths.insert("big".into(), paged(6));
+        let retired = paths.take_retired_paged();
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].old, paged(5).record.meta);
+        assert_eq!(retired[0].new.as_ref(), Some(&paged(6).record.meta));
+        paths.restat("big", paged(6).record);
+        assert!(paths.take_retired_paged().is_empty(), "same content");
+        paths.remove("big");
+        let retired = paths.take_retired_paged();
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].new, None);
+        assert!(paths.take_retired_chunks().is_empty());
     }
 
     #[tokio::test]
