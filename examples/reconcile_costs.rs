@@ -16,12 +16,11 @@
 //! initiator has, and an item both have with different digests. `d = 1` is measured for each kind
 //! and each role, and the worst case is shown; the others mix the kinds equally.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
+use meshsync::reconcile::Summary;
 use meshsync::reconcile::simulate::workload::{self, with_differences};
 use meshsync::reconcile::simulate::{SessionStats, run_session};
-use meshsync::reconcile::{Digest, Id, Prefix, Summary};
 
 /// Bytes per entry of a naive full listing: a 32-byte id and a 32-byte digest.
 const NAIVE_BYTES_PER_ENTRY: u64 = 64;
@@ -32,27 +31,15 @@ fn is_exact(local: &Summary, remote: &Summary, s: &SessionStats) -> bool {
     // merge of the two sorted iterators.
     let mut need = Vec::new();
     let mut offer = Vec::new();
-    let l: BTreeMap<Id, Digest> = local
-        .items(&Prefix::ROOT, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|it| (it.id, it.digest))
-        .collect();
-    for it in remote.items(&Prefix::ROOT, usize::MAX).unwrap().iter() {
-        if l.get(&it.id) != Some(&it.digest) {
-            need.push(it.id);
+    let (l, r) = (local.item_map(), remote.item_map());
+    for (id, digest) in r {
+        if l.get(id) != Some(digest) {
+            need.push(*id);
         }
     }
-    drop(l);
-    let r: BTreeMap<Id, Digest> = remote
-        .items(&Prefix::ROOT, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|it| (it.id, it.digest))
-        .collect();
-    for it in local.items(&Prefix::ROOT, usize::MAX).unwrap().iter() {
-        if r.get(&it.id) != Some(&it.digest) {
-            offer.push(it.id);
+    for (id, digest) in l {
+        if r.get(id) != Some(digest) {
+            offer.push(*id);
         }
     }
     s.complete && s.need == need && s.offer == offer

@@ -254,6 +254,11 @@ impl Summary<MemoryItems> {
         old
     }
 
+    /// Every item, by id (for checking outcomes in tests and simulations).
+    pub fn item_map(&self) -> &BTreeMap<Id, Digest> {
+        &self.source.0
+    }
+
     /// Removes an item; returns its digest if it was present.
     pub fn remove(&mut self, id: &Id) -> Option<Digest> {
         let old = self.source.0.remove(id);

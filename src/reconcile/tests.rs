@@ -41,19 +41,7 @@ fn pair_with(n: u64, kinds: std::ops::Range<u64>) -> (Summary, Summary) {
 }
 
 fn check_exact(local: &Summary, remote: &Summary, stats: &SessionStats) {
-    let l: BTreeMap<Id, Digest> = local
-        .items(&Prefix::ROOT, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|it| (it.id, it.digest))
-        .collect();
-    let r: BTreeMap<Id, Digest> = remote
-        .items(&Prefix::ROOT, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|it| (it.id, it.digest))
-        .collect();
-    let (need, offer) = expected(&l, &r);
+    let (need, offer) = expected(local.item_map(), remote.item_map());
     assert!(stats.complete);
     assert_eq!(stats.need, need);
     assert_eq!(stats.offer, offer);
@@ -405,8 +393,8 @@ fn million_item_cost_table() {
     );
     let mut incremental = Summary::new();
     let t = std::time::Instant::now();
-    for it in &base.items(&Prefix::ROOT, usize::MAX).unwrap() {
-        incremental.insert(it.id, it.digest);
+    for (id, digest) in base.item_map() {
+        incremental.insert(*id, *digest);
     }
     eprintln!(
         "incremental inserts n={n}: {:?} ({:.2} us/insert), same root: {}",
