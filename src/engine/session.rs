@@ -163,7 +163,15 @@ pub async fn run(
     .unwrap_or(Err(SessionError::Timeout));
     if let Err(e) = result {
         report.not_a_member = matches!(e, SessionError::NotAMember);
-        report.store_failed = matches!(&e, SessionError::Store(s) if s.is_logged_by_store());
+        // The store says once why it cannot be read or written; a session that fails on it
+        // is retried quietly.
+        report.store_failed = match &e {
+            SessionError::Store(s) => s.is_logged_by_store(),
+            SessionError::Reconcile(reconcile::ReconcileError::OwnItems(unreadable)) => {
+                unreadable.said_by_source
+            }
+            _ => false,
+        };
         report.error = Some(e.to_string());
     }
     report.round_trips = counters.round_trips;

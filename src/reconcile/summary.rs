@@ -14,10 +14,16 @@ const LEAF_TAG: u8 = 0;
 /// First byte hashed for an inner node.
 const INNER_TAG: u8 = 1;
 
-/// Our own items could not be read (the store failed); what it said.
+/// Our own items could not be read (the store failed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot read this share's entries: {0}")]
-pub struct ItemsUnreadable(pub String);
+#[error("cannot read this share's entries: {reason}")]
+pub struct ItemsUnreadable {
+    /// What the source said.
+    pub reason: String,
+    /// Whether the source has told the user already (once, for the condition), so that who
+    /// gets this back need not say it again each time.
+    pub said_by_source: bool,
+}
 
 /// Where a summary's items live, read a range at a time. What it returns must be what the
 /// summary was last told about ([`Summary::refresh`]); a source that changes first (the

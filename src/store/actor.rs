@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::action::Action;
 use super::database::{self, DbSlot, FAILURE_QUIET, REOPEN_EVERY};
+use super::id_index;
 use super::schema::{INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
 use super::{
     Change, Entry, EntryValidator, LocalWrite, MAX_ACTIONS_PER_COMMIT, MAX_VALUE_BYTES, Origin,
@@ -499,7 +500,7 @@ impl StoreActor {
             let snapshot = summary
                 .source()
                 .snapshot()
-                .map_err(|e| ItemsUnreadable(e.to_string()))?;
+                .map_err(|e| id_index::unreadable(&e))?;
             summary.refresh_all_from(&ids, &snapshot)?;
         }
         Ok(())

@@ -48,7 +48,7 @@ impl ItemSource for StoredItems {
     fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
         self.snapshot()
             .and_then(|snapshot| read(&snapshot.table, &snapshot.share, p, limit))
-            .map_err(|e| ItemsUnreadable(e.to_string()))
+            .map_err(|e| unreadable(&e))
     }
 }
 
@@ -60,7 +60,15 @@ pub(super) struct IndexSnapshot {
 
 impl ItemSource for IndexSnapshot {
     fn items(&self, p: &Prefix, limit: usize) -> Result<Vec<Item>, ItemsUnreadable> {
-        read(&self.table, &self.share, p, limit).map_err(|e| ItemsUnreadable(e.to_string()))
+        read(&self.table, &self.share, p, limit).map_err(|e| unreadable(&e))
+    }
+}
+
+/// A failed read, for the summary (which knows no store errors).
+pub(super) fn unreadable(error: &StoreError) -> ItemsUnreadable {
+    ItemsUnreadable {
+        reason: error.to_string(),
+        said_by_source: error.is_logged_by_store(),
     }
 }
 
