@@ -49,12 +49,8 @@ fn remote_register(peer: &libp2p::PeerId, millis: u64, text: &str) -> RecordRegi
 /// afresh from the items stored, and one built from the store when it is opened again.
 #[tokio::test]
 async fn the_summary_follows_the_stored_items_through_many_batches_and_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let me = libp2p::PeerId::random();
-    let share = meta("s");
+    let (dir, me, share, store) = new_store_with_share().await;
     let root = {
-        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
-        store.create_share(share.clone()).await.unwrap();
         for batch in 0..20 {
             let records = (0..150)
                 .map(|i| {
@@ -81,20 +77,33 @@ async fn the_summary_follows_the_stored_items_through_many_batches_and_a_reopen(
         );
         summary.root()
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    let store = reopen(store, &dir, me).await;
     let state = store.resolve("s").unwrap();
     assert_eq!(state.summary.read().unwrap().root(), root);
 }
 
-#[tokio::test]
-async fn writes_survive_reopen_with_the_same_summary() {
+/// A store in a new directory with the records share "s"; [`reopen`] opens it again.
+async fn new_store_with_share() -> (tempfile::TempDir, libp2p::PeerId, ShareMeta, StoreHandle) {
     let dir = tempfile::tempdir().unwrap();
     let me = libp2p::PeerId::random();
     let share = meta("s");
+    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    store.create_share(share.clone()).await.unwrap();
+    (dir, me, share, store)
+}
+
+/// Closes `store` and opens its directory again.
+async fn reopen(store: StoreHandle, dir: &tempfile::TempDir, me: libp2p::PeerId) -> StoreHandle {
+    drop(store);
+    // The store thread exits when its handle is dropped; give it a moment to let go.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    StoreHandle::open(dir.path(), me, accept_any).unwrap()
+}
+
+#[tokio::test]
+async fn writes_survive_reopen_with_the_same_summary() {
+    let (dir, me, share, store) = new_store_with_share().await;
     let root = {
-        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
-        store.create_share(share.clone()).await.unwrap();
         let records = (0..100)
             .map(|i| (format!("k{i}").into_bytes(), value("v")))
             .collect();
@@ -108,9 +117,7 @@ async fn writes_survive_reopen_with_the_same_summary() {
         assert_eq!(state.summary.read().unwrap().len(), 100);
         root
     };
-    // The store thread exits when its handle is dropped; give it a moment to let go.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    let store = reopen(store, &dir, me).await;
     let state = store.resolve("s").unwrap();
     assert_eq!(state.summary.read().unwrap().root(), root);
     assert!(
