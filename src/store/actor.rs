@@ -364,7 +364,14 @@ impl StoreActor {
             Ok(()) => {
                 if let Err(e) = self.apply_summary_updates(summary_updates) {
                     // The tree no longer matches what is stored: built again from the store.
-                    warn!("cannot update a share's summary after a commit ({e}); reloading it");
+                    // A store failure it has said already is not said again per commit.
+                    if e.said_by_source {
+                        debug!(
+                            "cannot update a share's summary after a commit ({e}); reloading it"
+                        );
+                    } else {
+                        warn!("cannot update a share's summary after a commit ({e}); reloading it");
+                    }
                     if let Err(e) = self.reload() {
                         warn!("cannot reload the store: {e}");
                     }
