@@ -4,10 +4,13 @@
  * THREADS threads, files spread over DIRS directories as bench-scale.sh spreads them.
  *
  *   fs_floor ROOT FILES THREADS DIRS MODE [SIZE]
- *   MODE 2: fsync the file and the directory; 1: only the file; 0: no fsync at all.
+ *   MODE 2: fsync the file and the directory; 1: only the file; 0: no fsync at all;
+ *   MODE 3: in batches of BATCH files per thread: write every temp file, one syncfs, rename
+ *   them all, one more syncfs (as durable as MODE 2 once the second syncfs returns).
  *
  * Prints wall time, files per second and CPU (user + system) per file, the same measure as
  * bench-scale.sh's B_cpu_ms_per_file. Built and run by scripts/bench-fs-floor.sh. */
+#define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,9 +36,48 @@ static void check(int ok, const char *what, const char *path) {
     }
 }
 
+#define BATCH 256
+
+static void name_file(int i, char *dir, char *temp, char *target) {
+    snprintf(dir, 4096, "%s/d%d", root, i % dirs);
+    snprintf(temp, 4096, "%s/.tmp%d", dir, i);
+    snprintf(target, 4096, "%s/f%d", dir, i);
+}
+
+static void *batch_writer(void *unused) {
+    (void)unused;
+    char dir[4096], temp[4096], target[4096];
+    int rootfd = open(root, O_RDONLY | O_DIRECTORY);
+    check(rootfd >= 0, "open", root);
+    for (;;) {
+        int first = atomic_fetch_add(&next_file, BATCH);
+        if (first >= files) {
+            close(rootfd);
+            return NULL;
+        }
+        int last = first + BATCH < files ? first + BATCH : files;
+        for (int i = first; i < last; i++) {
+            name_file(i, dir, temp, target);
+            int fd = open(temp, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+            check(fd >= 0, "open", temp);
+            check(write(fd, content, size) == (ssize_t)size, "write", temp);
+            check(close(fd) == 0, "close", temp);
+        }
+        check(syncfs(rootfd) == 0, "syncfs", root);
+        for (int i = first; i < last; i++) {
+            name_file(i, dir, temp, target);
+            check(rename(temp, target) == 0, "rename", target);
+        }
+        check(syncfs(rootfd) == 0, "syncfs", root);
+    }
+}
+
 static void *writer(void *unused) {
     (void)unused;
     char dir[4096], temp[4096], target[4096];
+    if (mode == 3) {
+        return batch_writer(unused);
+    }
     for (;;) {
         int i = atomic_fetch_add(&next_file, 1);
         if (i >= files) {
@@ -72,7 +114,7 @@ int main(int argc, char **argv) {
     dirs = atoi(argv[4]);
     mode = atoi(argv[5]);
     size = argc > 6 ? (size_t)atol(argv[6]) : 1024;
-    if (files < 1 || threads < 1 || threads > 4096 || dirs < 1 || mode < 0 || mode > 2) {
+    if (files < 1 || threads < 1 || threads > 4096 || dirs < 1 || mode < 0 || mode > 3) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }

@@ -827,19 +827,14 @@ impl FolderActor {
         let retired = self.synced.take_retired_paged();
         for RetiredPaged { path, old, new } in retired {
             let share = self.sources.share;
-            let Some(old_chunks) = state::stored_chunk_list(&self.store, share, &old).await else {
+            let Some(gone) =
+                state::chunks_only_in_old(&self.store, share, &old, new.as_ref()).await
+            else {
                 continue;
             };
-            let kept: HashSet<Hash> = match &new {
-                Some(meta) => match state::stored_chunk_list(&self.store, share, meta).await {
-                    Some(chunks) => chunks.iter().map(|c| c.hash).collect(),
-                    None => continue,
-                },
-                None => HashSet::new(),
-            };
             let mut index = self.sources.chunks.write().expect("chunk index lock");
-            for chunk in old_chunks.iter().filter(|c| !kept.contains(&c.hash)) {
-                index.forget(&chunk.hash, &path);
+            for hash in &gone {
+                index.forget(hash, &path);
             }
         }
     }

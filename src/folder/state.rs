@@ -2,6 +2,7 @@
 //! each path (the share's local-state rows) and chunk-list pages. Every read and write of it goes
 //! through here; nothing here touches the database directly.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -234,6 +235,34 @@ pub async fn stored_chunk_list(
     Some(all)
 }
 
+/// The chunks `old`'s list has that `new`'s (none if the file is gone) does not: the places of a
+/// replaced or removed file's chunks that the chunk index must forget. `None` if either list
+/// cannot be read from the store.
+pub async fn chunks_only_in_old(
+    store: &StoreHandle,
+    share: ShareId,
+    old: &FileMeta,
+    new: Option<&FileMeta>,
+) -> Option<Vec<Hash>> {
+    let old_chunks = stored_chunk_list(store, share, old).await?;
+    let kept: HashSet<Hash> = match new {
+        Some(meta) => stored_chunk_list(store, share, meta)
+            .await?
+            .iter()
+            .map(|c| c.hash)
+            .collect(),
+        None => HashSet::new(),
+    };
+    let mut only_old: Vec<Hash> = old_chunks
+        .into_iter()
+        .map(|c| c.hash)
+        .filter(|hash| !kept.contains(hash))
+        .collect();
+    only_old.sort_unstable();
+    only_old.dedup();
+    Some(only_old)
+}
+
 fn stored_chunk_list_with(
     meta: &FileMeta,
     mut page: impl FnMut(&Hash) -> Option<Vec<u8>>,
@@ -258,4 +287,100 @@ pub fn encoded_pages(pages: &[(PageRef, Vec<ChunkRef>)]) -> Vec<([u8; 32], Vec<u
         .iter()
         .map(|(page, chunks)| (page.hash, super::model::encode_page(chunks)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::model::{EntryKind, describe};
+    use crate::store::ShareKind;
+    use crate::store::tests::new_test_share;
+
+    fn chunk(i: u32) -> ChunkRef {
+        ChunkRef {
+            hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+            len: 4096,
+        }
+    }
+
+    /// A file made of `chunks`, with its pages stored in `share` unless `store_pages` is false.
+    async fn file_of(
+        store: &StoreHandle,
+        share: ShareId,
+        chunks: Vec<ChunkRef>,
+        store_pages: bool,
+    ) -> FileMeta {
+        let (content, pages) = describe(chunks);
+        if store_pages && !pages.is_empty() {
+            let pending = store.put_pages(share, encoded_pages(&pages)).await.unwrap();
+            pending.done().await.unwrap();
+        }
+        FileMeta {
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            size: 0,
+            hash: [0; 32],
+            content,
+            target: None,
+        }
+    }
+
+    fn hashes(range: std::ops::Range<u32>) -> Vec<Hash> {
+        let mut all: Vec<Hash> = range.map(|i| chunk(i).hash).collect();
+        all.sort_unstable();
+        all
+    }
+
+    #[tokio::test]
+    async fn a_paged_files_replaced_chunks_are_read_from_its_stored_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::open(
+            dir.path(),
+            libp2p::PeerId::random(),
+            crate::folder::validate_remote_entry,
+        )
+        .unwrap();
+        let meta = new_test_share("f", ShareKind::Folder);
+        store.create_share(meta.clone()).await.unwrap();
+        let share = meta.id;
+
+        // 3,000 chunks (several pages); the edit keeps the first 2,000 and replaces the rest.
+        let old = file_of(&store, share, (0..3000).map(chunk).collect(), true).await;
+        assert!(matches!(old.content, Content::Paged(_)));
+        let new = file_of(
+            &store,
+            share,
+            (0..2000).chain(5000..6000).map(chunk).collect(),
+            true,
+        )
+        .await;
+        assert_eq!(
+            chunks_only_in_old(&store, share, &old, Some(&new)).await,
+            Some(hashes(2000..3000))
+        );
+        // Removed: every chunk it had.
+        assert_eq!(
+            chunks_only_in_old(&store, share, &old, None).await,
+            Some(hashes(0..3000))
+        );
+        // Replaced by a small (inline) file sharing some chunks.
+        let small = file_of(&store, share, (2990..3000).map(chunk).collect(), true).await;
+        assert!(matches!(small.content, Content::Inline(_)));
+        assert_eq!(
+            chunks_only_in_old(&store, share, &old, Some(&small)).await,
+            Some(hashes(0..2990))
+        );
+        // A list whose pages the store does not have cannot be compared: nothing is forgotten.
+        let unstored = file_of(&store, share, (7000..9000).map(chunk).collect(), false).await;
+        assert_eq!(
+            chunks_only_in_old(&store, share, &unstored, None).await,
+            None
+        );
+        assert_eq!(
+            chunks_only_in_old(&store, share, &old, Some(&unstored)).await,
+            None
+        );
+    }
 }
