@@ -10,7 +10,8 @@ Phases, each timed, with both daemons' resident memory (now and peak) and CPU ti
            files re-read by its scan, RSS after
   change   1 % of the files are rewritten on A: time until B has every new content
   delete   a tenth of the top-level subtrees are deleted on A: time until gone on B
-and the size of each daemon's store, per file. Then, side by side in the same run (if the
+and the size of each daemon's store, per file (the file, and each table's pages as
+GET /v1/store reads them). Then, side by side in the same run (if the
 Debian package is installed; --syncthing=no skips it), Syncthing indexes the same tree afresh
 and syncs it A -> B: time, peak RSS and CPU of both, RSS after --idle seconds.
 """
@@ -306,6 +307,20 @@ class Bench:
         for d in (self.a, self.b):
             self.result[f"{d.name}_store_bytes"] = d.store_bytes()
             self.result[f"{d.name}_store_bytes_per_file"] = d.store_bytes() / len(t.entries)
+            # What the file holds (GET /v1/store reads every page): bytes in each table's pages
+            # per file of the tree (the deleted tenth still has its tombstones).
+            usage = d.api.request("GET", "/v1/store", timeout=TIMEOUT)
+            self.result[f"{d.name}_store_in_tables_per_file"] = round(
+                usage["tables_bytes"] / len(t.entries))
+            self.result[f"{d.name}_store_tables"] = {
+                table["name"]: {
+                    "rows": table["entries"],
+                    "bytes_per_file": round((table["stored_bytes"] + table["overhead_bytes"]
+                                             + table["fragmented_bytes"]) / len(t.entries)),
+                    "data_bytes_per_file": round(table["stored_bytes"] / len(t.entries)),
+                }
+                for table in usage["tables"] if table["entries"]
+            }
         self.result["rows"] = self.rows
         if self.args.syncthing == "yes":
             for d in (self.a, self.b):

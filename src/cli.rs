@@ -63,6 +63,13 @@ pub(crate) enum CliCommand {
         #[arg(long, default_value_t = 1.0, requires = "watch")]
         interval: f64,
     },
+    /// Show what the daemon's store file holds: rows and bytes per table. Reads every page of
+    /// the store (seconds on a big one).
+    Store {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List connected peers.
     Peers {
         /// Print JSON instead of text.

@@ -19,7 +19,7 @@ use meshsync::config::Config;
 use meshsync::engine::{CreatedShare, ShareStatus, TrustChange};
 use meshsync::home::{Home, InitOptions, InitOutcome};
 use meshsync::net::PeerStatus;
-use meshsync::store::ShareKind;
+use meshsync::store::{ShareKind, StoreUsage};
 
 mod cli;
 
@@ -117,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         CliCommand::Peers { json } => run_peers(&home, json),
+        CliCommand::Store { json } => run_store(&home, json),
         CliCommand::Share { command } => run_share(&home, command),
         CliCommand::Kv { command } => run_kv(&home, command),
         CliCommand::Events { json, share, since } => run_events(&home, json, share, since),
@@ -247,6 +248,16 @@ fn run_peers(home: &Home, json: bool) -> Result<()> {
         print_json(&peers)
     } else {
         print!("{}", text::peers(&peers));
+        Ok(())
+    }
+}
+
+fn run_store(home: &Home, json: bool) -> Result<()> {
+    let usage: StoreUsage = ApiClient::for_home(home)?.get("/v1/store")?;
+    if json {
+        print_json(&usage)
+    } else {
+        print!("{}", text::store_usage(&usage));
         Ok(())
     }
 }

@@ -163,6 +163,35 @@ fn kv_cli_round_trip_and_errors() {
     assert_eq!(body["count"], 500);
     assert_eq!(api.list("notes").as_array().unwrap().len(), 501);
 
+    // `store` says what the store file holds: 501 records and the tombstone of `greeting`, each
+    // with its row in the id index.
+    let usage: Value = serde_json::from_slice(&ok(&["store", "--json"])).unwrap();
+    let table = |name: &str| {
+        usage["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no table {name} in {usage}"))
+            .clone()
+    };
+    assert_eq!(table("records")["entries"], 502, "{usage}");
+    assert_eq!(table("index")["entries"], 502, "{usage}");
+    let in_tables = usage["tables_bytes"].as_u64().unwrap();
+    assert!(
+        table("records")["stored_bytes"].as_u64().unwrap() > 500 * 20,
+        "{usage}"
+    );
+    assert!(
+        in_tables <= usage["file_bytes"].as_u64().unwrap(),
+        "{usage}"
+    );
+    let text = String::from_utf8(ok(&["store"])).unwrap();
+    assert!(
+        text.contains("meshsync.redb") && text.contains("records"),
+        "{text}"
+    );
+
     // A bad token for join is refused clearly.
     let out = node.cli(&["share", "join", "meshsync1-garbage", "--records", "x"]);
     assert_eq!(out.status.code(), Some(1));

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineHandle, SessionReport, ShareStatus};
 use crate::net::{NetClient, NetStatus, PeerStatus};
-use crate::store::StoreHandle;
+use crate::store::{StoreHandle, StoreUsage};
 
 pub mod events;
 pub mod folders;
@@ -188,6 +188,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers/block", post(block_peer))
         .route("/v1/peers/unblock", post(unblock_peer))
         .route("/v1/peers/remove", post(remove_peer))
+        .route("/v1/store", get(store_usage))
         .merge(records::routes())
         .merge(folders::routes())
         .merge(events::routes())
@@ -324,6 +325,12 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
         shares,
         sessions: engine.sessions,
     })
+}
+
+/// `GET /v1/store`: what the store's file holds, table by table (reads every page: slow on a
+/// big store, so it is asked for, never polled).
+async fn store_usage(State(state): State<ApiState>) -> Result<Json<StoreUsage>, ApiError> {
+    Ok(Json(state.store.usage().await?))
 }
 
 async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerStatus>>, ApiError> {

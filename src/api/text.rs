@@ -9,7 +9,7 @@ use crate::engine::ShareStatus;
 use crate::engine::membership::MemberStatus;
 use crate::engine::status::SyncState;
 use crate::net::PeerStatus;
-use crate::store::ShareKind;
+use crate::store::{ShareKind, StoreUsage};
 
 /// `bytes` in the largest binary unit that keeps a number ≥ 1: `512 B`, `1.5 KiB`, `3.4 GiB`.
 pub fn bytes(bytes: u64) -> String {
@@ -317,6 +317,35 @@ pub fn peers(peers: &[PeerStatus]) -> String {
             peer.addrs.join(", ")
         );
     }
+    out
+}
+
+/// `meshsync store`: the file, then a row per table with its rows and bytes, and a line for
+/// what the tables do not use (redb's metadata and free pages kept for reuse).
+pub fn store_usage(usage: &StoreUsage) -> String {
+    let mut out = format!("{}: {}\n", usage.path, bytes(usage.file_bytes));
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>12} {:>11} {:>11} {:>11} {:>11}",
+        "table", "rows", "in pages", "data", "structure", "unused"
+    );
+    for table in &usage.tables {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>12} {:>11} {:>11} {:>11} {:>11}",
+            table.name,
+            table.entries,
+            bytes(table.bytes()),
+            bytes(table.stored_bytes),
+            bytes(table.overhead_bytes),
+            bytes(table.fragmented_bytes)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  not in tables (metadata, free pages): {}",
+        bytes(usage.file_bytes.saturating_sub(usage.tables_bytes))
+    );
     out
 }
 

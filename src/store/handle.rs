@@ -12,6 +12,7 @@ use super::action::Action;
 use super::actor::StoreActor;
 use super::database::{self, DbSlot};
 use super::local_state::{LocalStateReader, LocalStateRow, LocalStateRows};
+use super::usage::{self, StoreUsage};
 use super::{
     CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister,
     STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares, StoreError, schema,
@@ -41,6 +42,8 @@ pub struct StoreHandle {
     /// For [`LocalStateReader`]s, which read without the store thread. Weak: the store thread
     /// holds the database, and closes it cleanly when it stops, whoever still holds a handle.
     slot: Arc<DbSlot>,
+    /// The database file.
+    file: Arc<Path>,
     shares: Shares,
     changes: broadcast::Sender<Arc<Change>>,
 }
@@ -83,6 +86,7 @@ impl StoreHandle {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let file: Arc<Path> = Arc::from(path.as_path());
         let actor = StoreActor {
             validate_remote,
             db: Some(db),
@@ -104,9 +108,28 @@ impl StoreHandle {
         Ok(StoreHandle {
             actions: tx,
             slot,
+            file,
             shares,
             changes,
         })
+    }
+
+    /// What the store's file holds, table by table (see [`super::usage`]). Reads every page,
+    /// on a blocking thread; one such reading at a time, callers queue for it.
+    pub async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+        let _turn = ONE_AT_A_TIME
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        let slot = self.slot.clone();
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = slot.get()?;
+            usage::read(&db, &file)
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)?
     }
 
     /// Why the store cannot be used now (its disk is full, say), if it cannot: it is being

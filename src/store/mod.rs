@@ -10,8 +10,9 @@
 //! kinds of data the store keeps for a share's owner without knowing what they mean: [`pages`],
 //! [`local_state`].
 //!
-//! The summaries live in memory (rebuilt from `index` at start-up) behind a lock per share that
-//! readers hold only for a few microseconds and never across an `.await`.
+//! Each share's summary tree lives in memory (rebuilt from `index` at start-up; its entries are
+//! read back from `index`, [`id_index`]) behind a lock per share that readers hold only briefly
+//! and never across an `.await`. What the file holds, table by table: [`usage`].
 //!
 //! # Layout
 //! - `mod.rs`: the types callers see, limits and errors.
@@ -19,6 +20,8 @@
 //! - `actor`: the store thread (batched writes, reads).
 //! - [`schema`]: tables, schema version, migration, loading at start-up.
 //! - [`pages`], [`local_state`]: reading and writing those two tables (in the store thread).
+//! - `id_index`: a share's (id, digest) items read from `index`, for its summary.
+//! - [`usage`]: bytes and rows per table, for `GET /v1/store`.
 
 mod action;
 mod actor;
@@ -28,6 +31,7 @@ mod id_index;
 pub mod local_state;
 pub mod pages;
 pub mod schema;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +47,7 @@ use crate::reconcile::Id;
 pub use handle::StoreHandle;
 pub use id_index::{ShareSummary, StoredItems};
 pub use schema::SCHEMA_VERSION;
+pub use usage::{StoreUsage, TableUsage};
 
 /// A share's 32-byte identifier.
 pub type ShareId = [u8; 32];
