@@ -248,6 +248,14 @@ class Daemon:
 BATCH_RECORDS = 20_000
 
 
+def per_record(hold, table):
+    """A table's pages per record held, with its data in parentheses, for the hold table."""
+    t = hold["store_tables"].get(table)
+    if t is None:
+        return f"{table} -"
+    return f"{table} {t['bytes'] / hold['n']:.0f} B, data {t['data_bytes'] / hold['n']:.0f} B"
+
+
 def put_batches(api, n, start=0, prefix="key-", value_fn=None, batch=BATCH_RECORDS):
     """Puts keys prefix%08d for i in [start, start+n) in batches; returns seconds taken."""
     value_fn = value_fn or (lambda i: f"value-{i:08d}-" + "x" * 16)
@@ -722,6 +730,16 @@ class Bench:
         }
         time.sleep(30)
         res["rss_loaded_idle_kib"] = d.rss_kib()
+        time.sleep(30)
+        res["rss_loaded_60s_kib"] = d.rss_kib()
+        # Where the store's bytes go (GET /v1/store reads every page).
+        usage = d.api.get("/v1/store")
+        res["store_tables_bytes"] = usage["tables_bytes"]
+        res["store_tables"] = {
+            t["name"]: {"rows": t["entries"], "data_bytes": t["stored_bytes"],
+                        "bytes": t["stored_bytes"] + t["overhead_bytes"] + t["fragmented_bytes"]}
+            for t in usage["tables"] if t["entries"]
+        }
         d.stop()
         res["startup_s"] = d.start()
         res["store_opened"] = d.store_opened_line()
@@ -745,16 +763,20 @@ class Bench:
         if "hold" in r:
             out.append("### One daemon holding n records (loaded through the API, 20,000 a call)")
             out.append("")
-            out.append("| n | load | RSS loaded / peak / 30 s later | restart: API after | "
-                       "RSS at start / +20 s / peak | store per record |")
+            out.append("| n | load | RSS loaded / peak / 30 s / 60 s later | restart: API after | "
+                       "RSS at start / +20 s / peak | store per record: file / in tables "
+                       "(records, index) |")
             out.append("|---:|---:|---|---:|---|---:|")
             for h in r["hold"]:
                 out.append(
                     f"| {h['n']:,} | {h['load_s']:.0f} s ({h['load_rate']:,.0f}/s) | "
                     f"{h['rss_loaded_kib'] / 1024:.0f} / {h['hwm_loading_kib'] / 1024:.0f} / "
-                    f"{h['rss_loaded_idle_kib'] / 1024:.0f} MiB | {h['startup_s']:.2f} s | "
+                    f"{h['rss_loaded_idle_kib'] / 1024:.0f} / {h['rss_loaded_60s_kib'] / 1024:.0f} MiB | "
+                    f"{h['startup_s']:.2f} s | "
                     f"{h['rss_started_kib'] / 1024:.0f} / {h['rss_started_20s_kib'] / 1024:.0f} / "
-                    f"{h['hwm_started_kib'] / 1024:.0f} MiB | {h['db_bytes'] / h['n']:.0f} B |")
+                    f"{h['hwm_started_kib'] / 1024:.0f} MiB | {h['db_bytes'] / h['n']:.0f} / "
+                    f"{h['store_tables_bytes'] / h['n']:.0f} B "
+                    f"({per_record(h, 'records')}, {per_record(h, 'index')}) |")
             out.append("")
         if "reconcile" in r:
             out.append("### Reconciliation through real daemons (wire bytes: frames of the "
