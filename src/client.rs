@@ -176,6 +176,43 @@ impl ApiClient {
         Ok(())
     }
 
+    /// `GET path` of an answer that is a JSON array, however long: `on_item` is called with
+    /// each element as it is read, none held after it (a listing of 10^7 records is gigabytes
+    /// of JSON). No overall timeout: the answer takes as long as it is.
+    pub fn get_each<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        on_item: impl FnMut(T) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        use serde::Deserializer as _;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(format!("http://{}{path}", self.addr))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|_| ClientError::NotRunning {
+                home: self.home.dir().to_owned(),
+                addr: self.addr.to_string(),
+            })?;
+        if response.status().as_u16() != 200 {
+            return self.decode::<serde_json::Value>(Ok(response)).map(|_| ());
+        }
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        let mut items = serde_json::Deserializer::from_reader(reader);
+        items
+            .deserialize_seq(EachItem {
+                on_item,
+                item: std::marker::PhantomData,
+            })
+            .map_err(|e| ClientError::BadAnswer {
+                addr: self.addr,
+                message: e.to_string(),
+            })
+    }
+
     fn decode<T: DeserializeOwned>(
         &self,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
@@ -209,5 +246,30 @@ impl ApiClient {
                 Err(ClientError::Api { status, message })
             }
         }
+    }
+}
+
+/// Reads a JSON array element by element for [`ApiClient::get_each`].
+struct EachItem<T, F> {
+    on_item: F,
+    item: std::marker::PhantomData<T>,
+}
+
+impl<'de, T, F> serde::de::Visitor<'de> for EachItem<T, F>
+where
+    T: serde::Deserialize<'de>,
+    F: FnMut(T) -> std::io::Result<()>,
+{
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut items: A) -> Result<(), A::Error> {
+        while let Some(item) = items.next_element::<T>()? {
+            (self.on_item)(item).map_err(serde::de::Error::custom)?;
+        }
+        Ok(())
     }
 }

@@ -574,17 +574,35 @@ fn run_kv(home: &Home, command: KvCommand) -> Result<()> {
             prefix,
             json,
         } => {
-            let records: Vec<ListedRecord> = client.get(&format!(
+            // Printed as it arrives: a listing can be longer than memory.
+            use std::io::Write;
+            let path = format!(
                 "/v1/kv/{}/list?prefix={}",
                 path_segment(&share),
                 url_encode(&prefix)
-            ))?;
+            );
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut count = 0usize;
+            client.get_each(&path, |record: ListedRecord| {
+                if !json {
+                    return writeln!(out, "{}", record.key);
+                }
+                // The layout `print_json` gives a whole array: elements indented by two.
+                let text = serde_json::to_string_pretty(&record).map_err(std::io::Error::other)?;
+                out.write_all(if count == 0 { b"[\n" } else { b",\n" })?;
+                count += 1;
+                for (n, line) in text.lines().enumerate() {
+                    if n > 0 {
+                        out.write_all(b"\n")?;
+                    }
+                    write!(out, "  {line}")?;
+                }
+                Ok(())
+            })?;
             if json {
-                return print_json(&records);
+                out.write_all(if count == 0 { b"[]\n" } else { b"\n]\n" })?;
             }
-            for record in records {
-                println!("{}", record.key);
-            }
+            out.flush()?;
         }
         KvCommand::Watch { share, prefix } => {
             use std::io::Write;

@@ -17,7 +17,7 @@
 //! | POST | `/v1/kv/{share}/batch` | `{"records": [{"key", "value" \| "value_base64"}…]}` | `{"count"}` |
 //! | POST | `/v1/kv/{share}/del` | `{"key"}` | `{"ok": true}` |
 //! | GET | `/v1/kv/{share}/get?key=K` | | a [`RecordView`] with its conflicts; 404 if absent |
-//! | GET | `/v1/kv/{share}/list?prefix=P` | | `[{"key", "value" \| "value_base64"}…]` in key order |
+//! | GET | `/v1/kv/{share}/list?prefix=P` | | `[{"key", "value" \| "value_base64"}…]` in key order, streamed a page at a time |
 //! | GET | `/v1/kv/{share}/watch?prefix=P` | | one JSON line per change, as it lands (streamed) |
 
 use std::convert::Infallible;
@@ -414,27 +414,112 @@ struct PrefixQuery {
     prefix: String,
 }
 
+/// Records a listing reads from the store at once: what it holds, whatever the share's size
+/// (a listing of 10^7 records held them all, gigabytes, and kept the store thread busy for
+/// its whole length).
+pub const LIST_PAGE_RECORDS: usize = 1000;
+
+/// A record as listed; `None` for a deleted one (its tombstone).
+fn listed(key: &[u8], register: &RecordRegister) -> Option<ListedRecord> {
+    Some(ListedRecord {
+        key: String::from_utf8_lossy(key).into_owned(),
+        value: JsonValue::of(register.value()?),
+    })
+}
+
+/// Where a streamed listing stands.
+struct Listing {
+    store: crate::store::StoreHandle,
+    share: crate::store::ShareId,
+    prefix: Vec<u8>,
+    /// The page read before answering, not sent yet.
+    first: Option<Vec<crate::store::Entry>>,
+    /// The last key sent (or skipped): the next page starts after it.
+    after: Option<Vec<u8>>,
+    /// A record was written already: the next one needs a comma.
+    written: bool,
+    done: bool,
+}
+
+impl Listing {
+    /// The next piece of the answer's JSON array: `[` and the first page's records, then a
+    /// page's records each, the last ending with `]`; an error ends the answer unfinished, so
+    /// the client sees a broken answer, never a short list.
+    async fn next_piece(mut self) -> Option<(Result<Bytes, std::io::Error>, Listing)> {
+        if self.done {
+            return None;
+        }
+        let mut out = Vec::new();
+        let page = match self.first.take() {
+            Some(page) => {
+                out.push(b'[');
+                page
+            }
+            None => {
+                let after = self.after.clone();
+                let read =
+                    self.store
+                        .list_page(self.share, self.prefix.clone(), after, LIST_PAGE_RECORDS);
+                match read.await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        self.done = true;
+                        let error = std::io::Error::other(format!("listing stopped: {e}"));
+                        return Some((Err(error), self));
+                    }
+                }
+            }
+        };
+        let last_page = page.len() < LIST_PAGE_RECORDS;
+        for (key, register) in &page {
+            let Some(record) = listed(key, register) else {
+                continue;
+            };
+            if self.written {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &record).expect("a listed record always encodes");
+            self.written = true;
+        }
+        self.after = page.into_iter().next_back().map(|(key, _)| key);
+        if last_page {
+            out.push(b']');
+            self.done = true;
+        }
+        Some((Ok(Bytes::from(out)), self))
+    }
+}
+
+/// `GET /v1/kv/{share}/list`: a JSON array, streamed [`LIST_PAGE_RECORDS`] at a time, in key
+/// order, each key once. Pages are read one after the other, not from one snapshot: a record
+/// written while a long listing runs shows if its key comes after the page being read.
 async fn list(
     State(state): State<ApiState>,
     Path(share): Path<String>,
     Query(query): Query<PrefixQuery>,
-) -> Result<Json<Vec<ListedRecord>>, ApiError> {
+) -> Result<Response, ApiError> {
     let share = records_share(&state, &share)?;
-    let entries = state
+    let prefix = query.prefix.into_bytes();
+    // The first page before answering: a store that cannot list says so with an error status.
+    let first = state
         .store
-        .list(share.meta.id, query.prefix.into_bytes())
+        .list_page(share.meta.id, prefix.clone(), None, LIST_PAGE_RECORDS)
         .await?;
-    let listed = entries
-        .iter()
-        .filter_map(|(key, register)| {
-            let value = JsonValue::of(register.value()?);
-            Some(ListedRecord {
-                key: String::from_utf8_lossy(key).into_owned(),
-                value,
-            })
-        })
-        .collect();
-    Ok(Json(listed))
+    let listing = Listing {
+        store: state.store.clone(),
+        share: share.meta.id,
+        prefix,
+        first: Some(first),
+        after: None,
+        written: false,
+        done: false,
+    };
+    let pieces = futures::stream::unfold(listing, Listing::next_piece);
+    Ok((
+        [("content-type", "application/json")],
+        Body::from_stream(pieces),
+    )
+        .into_response())
 }
 
 async fn share_pause(

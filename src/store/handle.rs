@@ -278,7 +278,9 @@ impl StoreHandle {
             .await
     }
 
-    /// All entries whose key starts with `prefix`, in key order.
+    /// All entries whose key starts with `prefix`, in key order (tests only: a share's size is
+    /// unbounded, callers page with [`Self::list_page`]).
+    #[cfg(test)]
     pub async fn list(&self, share: ShareId, prefix: Vec<u8>) -> Result<Vec<Entry>, StoreError> {
         self.list_page(share, prefix, None, usize::MAX).await
     }
