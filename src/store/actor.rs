@@ -50,6 +50,9 @@ pub(super) struct StoreActor {
     pub(super) future_entries: u64,
     /// Warnings a peer's entries cause, said once per peer and condition a minute.
     pub(super) quiet: LogLimiter<(libp2p::PeerId, &'static str)>,
+    /// How many records of a share hold a version of ours ([`StoreActor::count_authored`]),
+    /// for the shares asked about: counted once, then kept up to date by each commit.
+    pub(super) authored: HashMap<ShareId, u64>,
 }
 
 impl Drop for StoreActor {
@@ -152,7 +155,7 @@ impl StoreActor {
         }
     }
 
-    fn read(&self, action: Action) {
+    fn read(&mut self, action: Action) {
         match action {
             Action::Get { share, key, reply } => {
                 let _ = reply.send(self.get(&share, &key));
@@ -222,7 +225,19 @@ impl StoreActor {
         Ok(out)
     }
 
-    fn count_authored(&self, share: &ShareId) -> Result<u64, StoreError> {
+    /// How many records of `share` hold a version written here. Read from the whole share the
+    /// first time only (a `status` of a read-only member asked it at each call: seconds of the
+    /// store thread at 10^7 records); then each commit adds its difference.
+    fn count_authored(&mut self, share: &ShareId) -> Result<u64, StoreError> {
+        if let Some(&count) = self.authored.get(share) {
+            return Ok(count);
+        }
+        let count = self.count_authored_in_store(share)?;
+        self.authored.insert(*share, count);
+        Ok(count)
+    }
+
+    fn count_authored_in_store(&self, share: &ShareId) -> Result<u64, StoreError> {
         let txn = self.db()?.begin_read()?;
         let table = txn.open_table(RECORDS)?;
         let start = join_key(share, &[]);
@@ -230,12 +245,7 @@ impl StoreActor {
         let mut count = 0;
         for row in table.range(start.as_slice()..end.as_slice())? {
             let (_, v) = row?;
-            let register = decode_register(v.value())?;
-            if register
-                .versions()
-                .iter()
-                .any(|v| *v.origin() == self.local)
-            {
+            if authored_by(&decode_register(v.value())?, &self.local) {
                 count += 1;
             }
         }
@@ -269,6 +279,8 @@ impl StoreActor {
 
     /// Reloads the in-memory view (shares, summaries, clock) from the committed state.
     fn reload(&mut self) -> Result<(), StoreError> {
+        // Counted again when next asked: the commit whose changes they missed may have failed.
+        self.authored.clear();
         let clock = load(self.db()?, &self.shares, &self.slot)?;
         self.clock = HlcClock::resume(self.clock.last().max(clock.last()), wall_millis());
         Ok(())
@@ -353,15 +365,22 @@ impl StoreActor {
         let mut pending = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
         let mut summary_updates: Vec<(ShareId, Id)> = Vec::new();
+        let mut authored_changes: HashMap<ShareId, i64> = HashMap::new();
         let mut actions = actions.into_iter();
         let result = self.apply(
             &mut actions,
             &mut pending,
             &mut changes,
             &mut summary_updates,
+            &mut authored_changes,
         );
         match result {
             Ok(()) => {
+                for (share, change) in authored_changes {
+                    if let Some(count) = self.authored.get_mut(&share) {
+                        *count = count.saturating_add_signed(change);
+                    }
+                }
                 if let Err(e) = self.apply_summary_updates(summary_updates) {
                     // The tree no longer matches what is stored: built again from the store.
                     // A store failure it has said already is not said again per commit.
@@ -425,7 +444,9 @@ impl StoreActor {
         pending: &mut Vec<Pending>,
         changes: &mut Vec<Change>,
         summary_updates: &mut Vec<(ShareId, Id)>,
+        authored_changes: &mut HashMap<ShareId, i64>,
     ) -> Result<(), StoreError> {
+        let local = self.local.clone();
         let txn = self.db()?.begin_write()?;
         {
             let mut records = txn.open_table(RECORDS)?;
@@ -439,6 +460,8 @@ impl StoreActor {
                     index: &mut index,
                     changes,
                     summary_updates,
+                    local: &local,
+                    authored_changes,
                 };
                 let done = match action {
                     Action::CreateShare { meta, reply } => {
@@ -454,6 +477,7 @@ impl StoreActor {
                             &mut page_table,
                             &mut local_state_table,
                         ];
+                        self.authored.remove(&share);
                         Pending::Unit(reply, self.remove_share(&mut share_table, rows, share))
                     }
                     Action::Put {
@@ -614,12 +638,17 @@ impl StoreActor {
             check_entry(kind, &write.key, value)?;
         }
         // A key written twice in one batch builds on its own earlier version.
-        let mut staged: Vec<(Vec<u8>, RecordRegister)> = Vec::with_capacity(items.len());
+        // Each with whether its stored register held a version of ours.
+        let mut staged: Vec<(Vec<u8>, RecordRegister, bool)> = Vec::with_capacity(items.len());
         let mut position: HashMap<Vec<u8>, usize> = HashMap::new();
         for LocalWrite { key, payload, base } in items {
-            let mut register = match position.get(&key) {
-                Some(&i) => staged[i].1.clone(),
-                None => tx.load(&share, &key)?.unwrap_or_default(),
+            let (mut register, was_ours) = match position.get(&key) {
+                Some(&i) => (staged[i].1.clone(), staged[i].2),
+                None => {
+                    let stored = tx.load(&share, &key)?.unwrap_or_default();
+                    let was_ours = authored_by(&stored, &self.local);
+                    (stored, was_ours)
+                }
             };
             let hlc = self.clock.now(wall_millis());
             let written = match &base {
@@ -635,12 +664,12 @@ impl StoreActor {
                 Some(&i) => staged[i].1 = register,
                 None => {
                     position.insert(key.clone(), staged.len());
-                    staged.push((key, register));
+                    staged.push((key, register, was_ours));
                 }
             }
         }
-        for (key, register) in staged {
-            tx.save(share, key, register, Origin::Local)?;
+        for (key, register, was_ours) in staged {
+            tx.save(share, key, register, was_ours, Origin::Local)?;
         }
         Ok(())
     }
@@ -696,11 +725,12 @@ impl StoreActor {
             }
             let mut register = tx.load(&share, &key)?.unwrap_or_default();
             let before = register.digest().ok();
+            let was_ours = authored_by(&register, &self.local);
             register.merge(&incoming);
             if register.digest().ok() == before {
                 continue;
             }
-            tx.save(share, key, register, Origin::Remote(from))?;
+            tx.save(share, key, register, was_ours, Origin::Remote(from))?;
             changed += 1;
         }
         Ok(changed)
@@ -713,6 +743,9 @@ struct Tables<'t, 'a> {
     index: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
     changes: &'a mut Vec<Change>,
     summary_updates: &'a mut Vec<(ShareId, Id)>,
+    /// This peer, and per share how many more records hold a version of ours after the batch.
+    local: &'a PeerKey,
+    authored_changes: &'a mut HashMap<ShareId, i64>,
 }
 
 impl Tables<'_, '_> {
@@ -723,13 +756,20 @@ impl Tables<'_, '_> {
         }
     }
 
+    /// Stores `register` at `key`; `was_ours` says whether the register it replaces held a
+    /// version of ours.
     fn save(
         &mut self,
         share: ShareId,
         key: Vec<u8>,
         register: RecordRegister,
+        was_ours: bool,
         origin: Origin,
     ) -> Result<(), StoreError> {
+        let is_ours = authored_by(&register, self.local);
+        if is_ours != was_ours {
+            *self.authored_changes.entry(share).or_default() += if is_ours { 1 } else { -1 };
+        }
         let bytes = register
             .to_cbor()
             .map_err(|e| StoreError::Corrupt(format!("cannot encode a register: {e}")))?;
@@ -751,6 +791,11 @@ impl Tables<'_, '_> {
         });
         Ok(())
     }
+}
+
+/// Whether `register` holds a version written by `local`.
+fn authored_by(register: &RecordRegister, local: &PeerKey) -> bool {
+    register.versions().iter().any(|v| v.origin() == local)
 }
 
 fn decode_register(bytes: &[u8]) -> Result<RecordRegister, StoreError> {

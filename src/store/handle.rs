@@ -100,6 +100,7 @@ impl StoreHandle {
             changes: changes.clone(),
             future_entries: 0,
             quiet: Default::default(),
+            authored: Default::default(),
         };
         std::thread::Builder::new()
             .name("meshsync-store".into())
@@ -205,7 +206,8 @@ impl StoreHandle {
     }
 
     /// How many records of a share hold a version written here: on a read-only member, the
-    /// local edits that no other member will take. Reads the whole share.
+    /// local edits that no other member will take. Reads the whole share the first time it is
+    /// asked; then kept up to date by each commit.
     pub async fn count_authored(&self, share: ShareId) -> Result<u64, StoreError> {
         self.call(|reply| Action::CountAuthored { share, reply })
             .await

@@ -445,3 +445,63 @@ async fn a_listing_read_page_by_page_gives_every_entry_once_and_local_state_read
     again.shutdown().await;
     drop(kept);
 }
+
+/// A read-only member's `status` counts its own edits that nobody takes: that was a read of the
+/// whole share at each call (seconds at 10^7 records, with the store thread busy and writes
+/// waiting). It is read once, then kept up to date by each commit: it must always equal a count
+/// made afresh (here: after a reopen).
+#[tokio::test]
+async fn the_count_of_our_own_entries_follows_writes_and_merges() {
+    let (dir, me, share, store) = new_store_with_share().await;
+    let put = |keys: std::ops::Range<u32>| {
+        let records = keys
+            .map(|i| (format!("k{i}").into_bytes(), value("mine")))
+            .collect();
+        store.put(share.id, records)
+    };
+    put(0..10).await.unwrap();
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 10);
+    // New keys count, a rewrite of one of ours does not count twice.
+    put(8..14).await.unwrap();
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
+    // A peer's entry for a key we never wrote is not ours.
+    let peer = libp2p::PeerId::random();
+    let theirs = remote_register(&peer, wall_millis(), "theirs");
+    store
+        .merge(share.id, vec![(b"t".to_vec(), theirs.clone())], peer)
+        .await
+        .unwrap();
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
+    // A peer's edit made on top of ours replaces our version: that key is no longer ours...
+    let mut replaced = store.get(share.id, b"k0".to_vec()).await.unwrap().unwrap();
+    replaced
+        .write_local(
+            &PeerKey::new(peer.to_bytes()).unwrap(),
+            Hlc::new(wall_millis() + 1, 0),
+            value("theirs now"),
+        )
+        .unwrap();
+    store
+        .merge(share.id, vec![(b"k0".to_vec(), replaced)], peer)
+        .await
+        .unwrap();
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 13);
+    // ... and our edit of theirs makes it ours.
+    store
+        .put(share.id, vec![(b"t".to_vec(), value("mine too"))])
+        .await
+        .unwrap();
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
+    // A failed write changes nothing.
+    let too_long = vec![b'k'; crate::store::MAX_KEY_BYTES + 1];
+    let failed = store
+        .put(
+            share.id,
+            vec![(b"k99".to_vec(), value("v")), (too_long, value("v"))],
+        )
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
+    let store = reopen(store, &dir, me).await;
+    assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
+}
