@@ -89,7 +89,7 @@ mod tests;
 pub use initiator::{Initiator, Outcome, Step};
 pub use prefix::{MAX_PREFIX_NIBBLES, Prefix};
 pub use responder::{respond, respond_bytes};
-pub use summary::{ItemSource, ItemsUnreadable, MemoryItems, Summary};
+pub use summary::{ItemSource, ItemsUnreadable, MemoryItems, Subtree, Summary};
 pub use wire::{
     Answer, ChildSummaries, Descent, Hello, HelloReply, IdList, ItemFps, Mask, Query, RangeFp,
     Request, Response, Round, RoundReply,

@@ -227,6 +227,48 @@ impl Node {
     }
 }
 
+/// The part of a summary under one of the root's 16 children (the ids whose first nibble is
+/// `nibble`), built on its own: see [`Summary::from_subtrees`].
+#[derive(Debug)]
+pub struct Subtree {
+    nibble: usize,
+    node: Node,
+}
+
+impl Subtree {
+    /// The root child it is the subtree of.
+    pub fn nibble(&self) -> usize {
+        self.nibble
+    }
+
+    /// How many items it holds.
+    pub fn len(&self) -> u64 {
+        self.node.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.node.count == 0
+    }
+
+    /// Builds the subtree of the ids whose first nibble is `nibble` (0 to 15) from `items`, in
+    /// id order without repeats; it takes items while they are under that nibble and stops at
+    /// the first that is not.
+    pub fn build(nibble: usize, items: impl IntoIterator<Item = Item>) -> Subtree {
+        let p = Prefix::ROOT
+            .child(nibble)
+            .expect("the root's range holds more than one id");
+        let mut sorted = Sorted {
+            put_back: VecDeque::new(),
+            rest: items.into_iter(),
+        };
+        Subtree {
+            nibble,
+            node: Node::build(&mut sorted, &p),
+        }
+    }
+}
+
 /// Where a prefix lands in the tree: the node at exactly that depth, or inside a shallower leaf.
 enum Located<'a> {
     Node(&'a Node),
@@ -286,6 +328,26 @@ impl<S: ItemSource> Summary<S> {
         };
         let root = Node::build(&mut sorted, &Prefix::ROOT);
         Summary { root, source }
+    }
+
+    /// The summary whose root's children are `children`, each built by [`Subtree::build`]
+    /// for its nibble (in nibble order): the same summary [`Self::from_sorted`] builds from
+    /// all their items, built a child at a time (so the children can be built side by side).
+    /// When together they hold no more than a leaf, the root is that leaf, read from `source`.
+    pub fn from_subtrees(source: S, children: [Subtree; 16]) -> Result<Self, ItemsUnreadable> {
+        debug_assert!(children.iter().enumerate().all(|(n, c)| c.nibble == n));
+        let count: u64 = children.iter().map(|c| c.node.count).sum();
+        if count as usize <= LEAF_MAX {
+            let root = Node::from_source(&Prefix::ROOT, &source)?;
+            return Ok(Summary { root, source });
+        }
+        let children: Box<[Node; 16]> = Box::new(children.map(|c| c.node));
+        let root = Node {
+            hash: inner_hash(count, &children),
+            count,
+            children: Some(children),
+        };
+        Ok(Summary { root, source })
     }
 
     /// Where its items are read from.
@@ -536,6 +598,25 @@ mod tests {
             let fresh = Summary::from_items(all(&s));
             prop_assert_eq!(s.root(), fresh.root());
             prop_assert_eq!(s.len(), fresh.len());
+        }
+
+        /// A summary built a root child at a time (as the store builds a share's, side by
+        /// side) is the one built in one pass, small ones (a leaf at the root) included.
+        #[test]
+        fn built_from_subtrees_matches_one_pass(
+            items in proptest::collection::btree_map(id_strategy(), any::<u8>(), 0..600),
+        ) {
+            let source = MemoryItems(items.iter().map(|(&id, &d)| (id, dg(d))).collect());
+            let sorted: Vec<Item> =
+                items.iter().map(|(&id, &d)| Item { id, digest: dg(d) }).collect();
+            let one_pass = Summary::from_sorted(source.clone(), sorted.clone());
+            let subtrees = std::array::from_fn(|n| {
+                Subtree::build(n, sorted.iter().copied().skip_while(|it| nibble_of(&it.id, 0) < n))
+            });
+            let built = Summary::from_subtrees(source, subtrees).unwrap();
+            check(&built);
+            prop_assert_eq!(built.root(), one_pass.root());
+            prop_assert_eq!(built.len(), one_pass.len());
         }
 
         /// The root does not depend on insertion order.

@@ -3,13 +3,16 @@
 //! reads a range of items from here when it needs them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable};
 
 use super::database::DbSlot;
 use super::schema::INDEX;
 use super::{ShareId, StoreError, join_key};
-use crate::reconcile::{Digest, Id, Item, ItemSource, ItemsUnreadable, Prefix, Summary};
+use crate::reconcile::{
+    Digest, Id, Item, ItemSource, ItemsUnreadable, LEAF_MAX, Prefix, Subtree, Summary,
+};
 
 /// A share's summary, its items in the store.
 pub type ShareSummary = Summary<StoredItems>;
@@ -116,14 +119,67 @@ pub(super) fn decode_row(
     Ok(Some(Item { id, digest }))
 }
 
+/// Threads that build a share's summary at start-up, at most (its 16 root children are
+/// built side by side; there are no more than the cores). At 10^7 records the tree was built
+/// in 3.9 s on one thread, reading the index and hashing its leaves.
+pub const LOAD_THREADS: usize = 4;
+
 /// Builds `share`'s summary from its index rows in `table`, streaming (the rows are in id
-/// order); the summary then reads its items through `db`.
-pub(super) fn load_summary(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+/// order), its 16 root children side by side on up to [`LOAD_THREADS`] threads, all reading
+/// the same transaction; the summary then reads its items through `db`.
+pub(super) fn load_summary<T>(
+    table: &T,
     share: &ShareId,
     db: &Arc<DbSlot>,
-) -> Result<ShareSummary, StoreError> {
-    let start = join_key(share, &[0; 32]);
+) -> Result<ShareSummary, StoreError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]> + Sync,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, LOAD_THREADS);
+    let next = AtomicUsize::new(0);
+    let build_some = || -> Result<Vec<Subtree>, StoreError> {
+        let mut built = Vec::new();
+        loop {
+            let nibble = next.fetch_add(1, Ordering::Relaxed);
+            if nibble >= 16 {
+                return Ok(built);
+            }
+            built.push(build_subtree(table, share, nibble)?);
+        }
+    };
+    let mut subtrees: Vec<Subtree> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(build_some)).collect();
+        let mut all = build_some()?;
+        for other in others {
+            all.extend(other.join().expect("a summary builder panicked")?);
+        }
+        Ok::<_, StoreError>(all)
+    })?;
+    let source = StoredItems::new(db.clone(), *share);
+    if subtrees.iter().map(Subtree::len).sum::<u64>() <= LEAF_MAX as u64 {
+        // The root is a leaf: its few items read again from the same transaction.
+        let items = read(table, share, &Prefix::ROOT, usize::MAX)?;
+        return Ok(Summary::from_sorted(source, items));
+    }
+    subtrees.sort_by_key(Subtree::nibble);
+    let subtrees: [Subtree; 16] = subtrees
+        .try_into()
+        .expect("one subtree for each of the 16 nibbles");
+    // Reads nothing: the root has children.
+    Summary::from_subtrees(source, subtrees).map_err(|e| StoreError::Unavailable(e.reason))
+}
+
+/// The subtree of `share`'s ids whose first nibble is `nibble`, from its index rows.
+fn build_subtree(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    share: &ShareId,
+    nibble: usize,
+) -> Result<Subtree, StoreError> {
+    let mut first = [0; 32];
+    first[0] = (nibble as u8) << 4;
+    let start = join_key(share, &first);
     let mut failed = None;
     let mut rows = table.range(start.as_slice()..)?;
     let items = std::iter::from_fn(|| {
@@ -142,9 +198,9 @@ pub(super) fn load_summary(
             }
         }
     });
-    let summary = Summary::from_sorted(StoredItems::new(db.clone(), *share), items);
+    let subtree = Subtree::build(nibble, items);
     match failed {
         Some(e) => Err(e),
-        None => Ok(summary),
+        None => Ok(subtree),
     }
 }
