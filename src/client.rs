@@ -148,21 +148,9 @@ impl ApiClient {
     ) -> Result<(), ClientError> {
         use std::io::BufRead;
         // No overall timeout: a watch runs until stopped.
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut response = agent
-            .get(format!("http://{}{path}", self.addr))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .call()
-            .map_err(|_| ClientError::NotRunning {
-                home: self.home.dir().to_owned(),
-                addr: self.addr.to_string(),
-            })?;
-        if response.status().as_u16() != 200 {
-            return self.decode::<serde_json::Value>(Ok(response)).map(|_| ());
-        }
+        let Some(mut response) = self.get_untimed(path)? else {
+            return Ok(());
+        };
         let reader = std::io::BufReader::new(response.body_mut().as_reader());
         for line in reader.lines() {
             let line = line.map_err(|e| ClientError::BadAnswer {
@@ -185,21 +173,9 @@ impl ApiClient {
         on_item: impl FnMut(T) -> std::io::Result<()>,
     ) -> Result<(), ClientError> {
         use serde::Deserializer as _;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut response = agent
-            .get(format!("http://{}{path}", self.addr))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .call()
-            .map_err(|_| ClientError::NotRunning {
-                home: self.home.dir().to_owned(),
-                addr: self.addr.to_string(),
-            })?;
-        if response.status().as_u16() != 200 {
-            return self.decode::<serde_json::Value>(Ok(response)).map(|_| ());
-        }
+        let Some(mut response) = self.get_untimed(path)? else {
+            return Ok(());
+        };
         let reader = std::io::BufReader::new(response.body_mut().as_reader());
         let mut items = serde_json::Deserializer::from_reader(reader);
         items
@@ -211,6 +187,30 @@ impl ApiClient {
                 addr: self.addr,
                 message: e.to_string(),
             })
+    }
+
+    /// `GET path` with no overall timeout, for answers read as they arrive: the response if the
+    /// daemon answered 200; its error otherwise (`None` if that answer decoded as no error).
+    fn get_untimed(
+        &self,
+        path: &str,
+    ) -> Result<Option<ureq::http::Response<ureq::Body>>, ClientError> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let response = agent
+            .get(format!("http://{}{path}", self.addr))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .map_err(|_| ClientError::NotRunning {
+                home: self.home.dir().to_owned(),
+                addr: self.addr.to_string(),
+            })?;
+        if response.status().as_u16() != 200 {
+            return self.decode::<serde_json::Value>(Ok(response)).map(|_| None);
+        }
+        Ok(Some(response))
     }
 
     fn decode<T: DeserializeOwned>(
