@@ -348,6 +348,12 @@ static VALID: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
                 ByteArray::new(hash("chunk", 1)),
             ],
         },
+        protocol::Request::GetChunkPart {
+            share,
+            hash: ByteArray::new(hash("chunk", 0)),
+            offset: 65_536,
+            len: 16_384,
+        },
     ];
     let responses = [
         protocol::Response::Hello(Hello::ours(None)),

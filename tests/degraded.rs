@@ -187,6 +187,42 @@ fn a_big_file_crosses_a_320_kbit_link() {
     transfer_over(320, "a_big_file_crosses_a_320_kbit_link");
 }
 
+/// Over a link too slow for the largest chunk to cross within one request's timeout (40 kbit/s:
+/// 256 KiB takes 52 s, a request has 30 s), a file made of such a chunk still arrives: the chunk
+/// is fetched in parts sized to what the link delivers. Before, every request for it timed out
+/// and nothing arrived, however long one waited: the slowest link a big file could cross was
+/// ~70 kbit/s.
+#[test]
+fn a_chunk_too_big_for_one_request_crosses_a_40_kbit_link() {
+    let Some((lab, _mesh, folder)) =
+        lab_sharing_a_folder("a_chunk_too_big_for_one_request_crosses_a_40_kbit_link", 2)
+    else {
+        return;
+    };
+    // A file whose one chunk is of the largest size: a run of one byte has no cut point.
+    let content = vec![0x5a; meshsync::folder::model::CHUNK_MAX as usize];
+    let chunks = meshsync::folder::content::hash_reader(&content[..])
+        .unwrap()
+        .chunks;
+    assert_eq!(chunks.len(), 1, "the file is one chunk of the largest size");
+    const KBIT: u32 = 40;
+    lab.rate(1, KBIT);
+    let ideal = Duration::from_secs_f64(content.len() as f64 * 8.0 / (f64::from(KBIT) * 1000.0));
+    let start = Instant::now();
+    std::fs::write(folder.dirs[0].join("chunk.bin"), &content).unwrap();
+    // Generous: several times the ideal time; without parts it never arrives.
+    let bound = ideal * 6 + Duration::from_secs(60);
+    wait_until("the big chunk to cross the 40 kbit/s link", bound, || {
+        has_file(&folder.dirs[1], "chunk.bin", content.len())
+    });
+    let took = start.elapsed();
+    assert_eq!(
+        std::fs::read(folder.dirs[1].join("chunk.bin")).unwrap(),
+        content
+    );
+    eprintln!("one 256 KiB chunk over {KBIT} kbit/s: {took:?} (ideal {ideal:?})");
+}
+
 /// At 1,600 kbit/s the same file arrives too (the ratio to the ideal time is printed; the
 /// benchmark holds it to its goal).
 #[test]

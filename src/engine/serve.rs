@@ -26,6 +26,11 @@ use crate::store::{ShareId, ShareState};
 #[derive(Debug, Clone, Copy)]
 enum ContentKind {
     Chunk,
+    /// `len` bytes of a chunk from `offset`.
+    ChunkPart {
+        offset: u32,
+        len: u32,
+    },
     Page,
 }
 
@@ -71,6 +76,15 @@ impl EngineActor {
             }
             Request::GetChunk { share, hash } => {
                 self.serve_content(peer, *share, *hash, ContentKind::Chunk, received, channel)
+            }
+            Request::GetChunkPart {
+                share,
+                hash,
+                offset,
+                len,
+            } => {
+                let kind = ContentKind::ChunkPart { offset, len };
+                self.serve_content(peer, *share, *hash, kind, received, channel)
             }
             Request::GetPage { share, hash } => {
                 self.serve_content(peer, *share, *hash, ContentKind::Page, received, channel)
@@ -317,18 +331,33 @@ impl EngineActor {
         let pace = self.serve_rate.clone();
         self.tasks.spawn(async move {
             let bytes = match kind {
-                ContentKind::Chunk => folder.serve_chunk(hash).await,
+                ContentKind::Chunk | ContentKind::ChunkPart { .. } => {
+                    folder.serve_chunk(hash).await
+                }
                 ContentKind::Page => folder.serve_page(hash).await,
             };
+            // A part is paced as the whole chunk read for it: asking for tiny parts must not
+            // buy more reads from our disk than whole chunks would.
             if let Some(bytes) = &bytes {
                 let wait = pace.take(peer, bytes.len(), std::time::Instant::now());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
             }
+            let bytes = match kind {
+                ContentKind::ChunkPart { offset, len } => {
+                    bytes.and_then(|chunk| part_of(chunk, offset, len))
+                }
+                _ => bytes,
+            };
             let response = match (kind, bytes) {
-                (ContentKind::Chunk, Some(b)) => Response::Chunk(b.into()),
+                (ContentKind::Chunk | ContentKind::ChunkPart { .. }, Some(b)) => {
+                    Response::Chunk(b.into())
+                }
                 (ContentKind::Page, Some(b)) => Response::Page(b.into()),
+                (ContentKind::ChunkPart { .. }, None) => {
+                    Response::Error("unknown hash, or a part outside the chunk".into())
+                }
                 (_, None) => Response::Error("unknown hash".into()),
             };
             let sent = frame_len(&response) as u64;
@@ -373,5 +402,34 @@ impl EngineActor {
             net.respond(channel, response).await;
             TaskResult::Answered { share, sent }
         });
+    }
+}
+
+/// Bytes `offset..offset + len` of `chunk` (fewer where the chunk ends sooner); `None` for an
+/// empty part, or one that starts at or past the chunk's end or asks for more than
+/// [`CHUNK_PART_MAX`](crate::net::protocol::CHUNK_PART_MAX).
+fn part_of(mut chunk: Vec<u8>, offset: u32, len: u32) -> Option<Vec<u8>> {
+    let (offset, len) = (offset as usize, len as usize);
+    if len == 0 || len > crate::net::protocol::CHUNK_PART_MAX as usize || offset >= chunk.len() {
+        return None;
+    }
+    let end = chunk.len().min(offset + len);
+    chunk.truncate(end);
+    Some(chunk.split_off(offset))
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::part_of;
+
+    #[test]
+    fn a_part_is_the_asked_range_cut_at_the_chunks_end() {
+        let chunk: Vec<u8> = (0..100u8).collect();
+        assert_eq!(part_of(chunk.clone(), 0, 10), Some((0..10).collect()));
+        assert_eq!(part_of(chunk.clone(), 90, 50), Some((90..100).collect()));
+        assert_eq!(part_of(chunk.clone(), 99, 1), Some(vec![99]));
+        assert_eq!(part_of(chunk.clone(), 100, 1), None, "past the end");
+        assert_eq!(part_of(chunk.clone(), 0, 0), None, "empty");
+        assert_eq!(part_of(chunk, u32::MAX, u32::MAX), None, "no overflow");
     }
 }

@@ -17,6 +17,13 @@
 //! before it is asked again, is [`Pacing`]'s call: it sizes each member's window to what the
 //! member delivers, so a request on a slow link is answered in seconds instead of timing out.
 //!
+//! A chunk larger than what a member's link delivers within its window is fetched in parts
+//! ([`Request::GetChunkPart`], from members whose hello offers it), each sized to the window:
+//! a request is answered whole within the network layer's timeout (30 s) or not at all, so
+//! over a link slower than one chunk per timeout (~70 kbit/s for the largest, 256 KiB) a whole
+//! chunk never arrived. The parts come from one member and are kept across its failed requests;
+//! the assembled chunk is checked like any other.
+//!
 //! Every chunk is checked against its hash. A chunk that does not match is discarded, counted,
 //! reported as a strike against the member, and asked of another member; so is one the member
 //! did not send. After [`MAX_ATTEMPTS`] the want fails, and the download retries later.
@@ -33,7 +40,7 @@ use super::model::{CheckedChunk, ChunkRef};
 use super::pacing::Pacing;
 use super::status::Counters;
 use crate::net::NetClient;
-use crate::net::protocol::{MAX_CHUNKS_PER_REQUEST, Request, Response};
+use crate::net::protocol::{CHUNK_PART_MAX, MAX_CHUNKS_PER_REQUEST, Request, Response};
 use crate::store::ShareId;
 
 /// Chunk requests out at once, per folder.
@@ -56,6 +63,11 @@ pub const MAX_ATTEMPTS: usize = 6;
 pub const HEDGE_AFTER_MIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// See [`HEDGE_AFTER_MIN`]: the rate below which a request counts as stuck (bytes/s).
 pub const HEDGE_RATE: u64 = 256 * 1024;
+/// The smallest part of a chunk asked for at once (a window may have less room left).
+pub const PART_MIN: u32 = super::model::CHUNK_MIN;
+
+const _: () = assert!(CHUNK_PART_MAX == super::model::CHUNK_MAX);
+
 /// How often requests out are checked against the hedge deadline.
 pub const HEDGE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -135,6 +147,27 @@ struct Want {
     /// Members that failed it, and how often it was asked.
     failed: Vec<PeerId>,
     attempts: usize,
+    /// What has arrived of it in parts (at most one chunk's bytes).
+    part: Option<Part>,
+}
+
+/// The start of a chunk, fetched in parts from one member: a part from another starts it over,
+/// so a chunk that fails its hash is one member's doing.
+struct Part {
+    from: PeerId,
+    bytes: Vec<u8>,
+}
+
+impl Want {
+    /// Whether its next request is for a part: it is larger than `budget`, or parts of it
+    /// from `peer` have arrived already (the rest is asked of it in parts too).
+    fn in_parts(&self, peer: &PeerId, budget: usize) -> bool {
+        self.chunk.len as usize > budget
+            || self
+                .part
+                .as_ref()
+                .is_some_and(|p| p.from == *peer && !p.bytes.is_empty())
+    }
 }
 
 /// Hands out chunks fetched from members; cheap to clone.
@@ -189,6 +222,7 @@ impl Fetcher {
                 reply,
                 failed: Vec::new(),
                 attempts: 0,
+                part: None,
             })
             .map_err(|_| FetchError::Stopped)?;
         rx.await.map_err(|_| FetchError::Stopped)?
@@ -217,6 +251,8 @@ struct FetchTask {
 struct Asked {
     peer: PeerId,
     wants: Vec<Want>,
+    /// For a request for part of its one want's chunk: the part's offset and length.
+    part: Option<(u32, u32)>,
     since: tokio::time::Instant,
     abort: tokio::task::AbortHandle,
 }
@@ -224,7 +260,10 @@ struct Asked {
 impl Asked {
     /// The bytes of chunks it asks for.
     fn bytes(&self) -> u64 {
-        bytes_of(&self.wants)
+        match self.part {
+            Some((_, len)) => u64::from(len),
+            None => bytes_of(&self.wants),
+        }
     }
 
     /// When it counts as stuck: [`HEDGE_AFTER_MIN`] plus its bytes at [`HEDGE_RATE`], or at
@@ -268,7 +307,13 @@ impl FetchTask {
                     Ok((id, result)) => {
                         if let Some(asked) = self.asked.remove(&id) {
                             self.suspect.remove(&asked.peer);
-                            self.on_answer(asked.peer, asked.wants, result).await;
+                            match asked.part {
+                                Some((offset, len)) => {
+                                    self.on_part(asked.peer, asked.wants, offset, len, result)
+                                        .await
+                                }
+                                None => self.on_answer(asked.peer, asked.wants, result).await,
+                            }
                         }
                     }
                     Err(e) => {
@@ -404,6 +449,15 @@ impl FetchTask {
                 return;
             };
             let budget = BATCH_BUDGET.min(self.pacing.room(&peer, now) as usize);
+            let first = picked
+                .iter()
+                .position(|to| *to == Some(peer))
+                .expect("the member was picked for a want");
+            if self.queue[first].in_parts(&peer, budget) && self.net.takes_chunk_parts(&peer) {
+                let want = self.queue.remove(first).expect("a queued want");
+                self.ask_part(peer, want, budget, now);
+                continue;
+            }
             let mut bytes = 0;
             let mut batch = Vec::new();
             let mut rest = VecDeque::with_capacity(self.queue.len());
@@ -440,11 +494,57 @@ impl FetchTask {
                 Asked {
                     peer,
                     wants: batch,
+                    part: None,
                     since: tokio::time::Instant::now(),
                     abort,
                 },
             );
         }
+    }
+
+    /// Asks `peer` for the next part of `want`'s chunk: `budget` bytes (at least [`PART_MIN`]),
+    /// from where the parts it sent so far end.
+    fn ask_part(&mut self, peer: PeerId, mut want: Want, budget: usize, now: tokio::time::Instant) {
+        let part = want.part.get_or_insert_with(|| Part {
+            from: peer,
+            bytes: Vec::new(),
+        });
+        if part.from != peer {
+            *part = Part {
+                from: peer,
+                bytes: Vec::new(),
+            };
+        }
+        let offset = part.bytes.len() as u32;
+        let len = (budget.max(PART_MIN as usize) as u32)
+            .min(want.chunk.len.saturating_sub(offset))
+            .min(CHUNK_PART_MAX);
+        self.pacing.sent(peer, u64::from(len), now);
+        let request = Request::GetChunkPart {
+            share: serde_bytes::ByteArray::new(self.share),
+            hash: serde_bytes::ByteArray::new(want.chunk.hash),
+            offset,
+            len,
+        };
+        let net = self.net.clone();
+        let abort = self.batches.spawn(async move {
+            net.request(peer, request)
+                .await
+                .map_err(|e| MemberFailure::Request {
+                    peer,
+                    message: e.to_string(),
+                })
+        });
+        self.asked.insert(
+            abort.id(),
+            Asked {
+                peer,
+                wants: vec![want],
+                part: Some((offset, len)),
+                since: now,
+                abort,
+            },
+        );
     }
 
     async fn on_answer(
@@ -512,6 +612,82 @@ impl FetchTask {
         }
     }
 
+    /// An answer to a request for `len` bytes of a chunk from `offset`: the part is added to
+    /// what arrived before, and the chunk checked and handed out once it is whole; until then
+    /// the want goes back to the front of the queue for its next part.
+    async fn on_part(
+        &mut self,
+        peer: PeerId,
+        mut wants: Vec<Want>,
+        offset: u32,
+        len: u32,
+        result: Result<Response, MemberFailure>,
+    ) {
+        let now = tokio::time::Instant::now();
+        let Some(mut want) = wants.pop() else {
+            return;
+        };
+        let end = want.chunk.len;
+        let bytes = match result {
+            // A full part, or the chunk's last (shorter) one.
+            Ok(Response::Chunk(bytes))
+                if !bytes.is_empty()
+                    && bytes.len() <= len as usize
+                    && (bytes.len() == len as usize
+                        || offset as usize + bytes.len() == end as usize) =>
+            {
+                self.pacing
+                    .answered(peer, u64::from(len), bytes.len() as u64, now);
+                bytes.into_vec()
+            }
+            Err(e @ MemberFailure::Request { .. }) => {
+                self.pacing.failed(peer, u64::from(len), now);
+                return self.retry(vec![want], e);
+            }
+            Err(e) => {
+                self.pacing.shrink(peer, u64::from(len));
+                return self.retry(vec![want], e);
+            }
+            Ok(other) => {
+                self.pacing.shrink(peer, u64::from(len));
+                return self.unusable(peer, vec![want], other);
+            }
+        };
+        let part = want.part.get_or_insert_with(|| Part {
+            from: peer,
+            bytes: Vec::new(),
+        });
+        if part.from != peer || part.bytes.len() != offset as usize {
+            // Started over (another member's parts came in between): this answer is stale.
+            self.queue.push_front(want);
+            return;
+        }
+        part.bytes.extend_from_slice(&bytes);
+        if part.bytes.len() < end as usize {
+            self.queue.push_front(want);
+            return;
+        }
+        let whole = want.part.take().map(|p| p.bytes).unwrap_or_default();
+        match CheckedChunk::check(&want.chunk, whole) {
+            Ok(checked) => {
+                self.counters
+                    .fetched
+                    .fetch_add(checked.bytes().len() as u64, Relaxed);
+                let _ = want.reply.send(Ok(checked));
+            }
+            Err(_) => {
+                self.counters.bad_chunks.fetch_add(1, Relaxed);
+                self.net
+                    .strike(
+                        peer,
+                        "sent content that does not match its hash; discarded".into(),
+                    )
+                    .await;
+                self.retry(vec![want], MemberFailure::Lied { peer });
+            }
+        }
+    }
+
     /// Puts back the wants of an answer that is not their chunks.
     fn unusable(&mut self, peer: PeerId, wants: Vec<Want>, answer: Response) {
         let why = match answer {
@@ -562,7 +738,8 @@ mod tests {
     use super::*;
     use crate::net::{Command, NetError};
 
-    const CHUNK: usize = 64 * 1024;
+    // Small enough for both eager requests to fit a new member's window.
+    const CHUNK: usize = 16 * 1024;
 
     fn chunk(i: u8) -> (ChunkRef, Vec<u8>) {
         let bytes = vec![i; CHUNK];
@@ -610,6 +787,171 @@ mod tests {
         assert!(asked.is_err(), "a request went out early: {asked:?}");
     }
 
+    /// A chunk of the largest size, of pseudo-random bytes.
+    fn big_chunk(seed: u8) -> (ChunkRef, Vec<u8>) {
+        let bytes: Vec<u8> = (0..super::super::model::CHUNK_MAX)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+            .collect();
+        let chunk = ChunkRef {
+            hash: *blake3::hash(&bytes).as_bytes(),
+            len: bytes.len() as u32,
+        };
+        (chunk, bytes)
+    }
+
+    /// The next request, which must be for a part: (offset, len, reply).
+    async fn next_part(
+        net: &mut mpsc::Receiver<Command>,
+    ) -> (u32, u32, oneshot::Sender<Result<Response, NetError>>) {
+        let command = tokio::time::timeout(Duration::from_secs(10), net.recv())
+            .await
+            .expect("a request within 10 s")
+            .expect("the fetcher is running");
+        match command {
+            Command::Request {
+                request: Request::GetChunkPart { offset, len, .. },
+                reply,
+                ..
+            } => (offset, len, reply),
+            other => panic!("expected a request for a part, got {other:?}"),
+        }
+    }
+
+    fn timed_out(peer: PeerId) -> Result<Response, NetError> {
+        Err(NetError::Request {
+            peer,
+            message: "Timeout while waiting for a response".into(),
+        })
+    }
+
+    /// One member that answers parts, and a chunk of the largest size, more than a new
+    /// member's window: it comes in parts. What arrived is kept across a failed part, and the
+    /// assembled chunk is checked against its hash.
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_window_is_fetched_in_parts_and_checked() {
+        let (commands, mut net) = mpsc::channel(64);
+        let peer = PeerId::random();
+        let (_members_tx, members) = watch::channel(vec![peer]);
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::spawn(
+            [7; 32],
+            NetClient::from_channel_with_parts(commands, &[peer]),
+            members,
+            counters.clone(),
+        );
+        let (want, bytes) = big_chunk(1);
+        let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
+        let mut offsets = Vec::new();
+        let mut failed_once = false;
+        loop {
+            let (offset, len, reply) = next_part(&mut net).await;
+            assert!(len < want.len && len >= PART_MIN, "{len}");
+            assert!(
+                !offsets.contains(&offset) || failed_once,
+                "no part is asked twice"
+            );
+            if offset > 0 && !failed_once {
+                failed_once = true;
+                reply.send(timed_out(peer)).unwrap();
+                let (again, _, reply) = next_part(&mut net).await;
+                assert_eq!(again, offset, "what arrived before the failure is kept");
+                let end = (offset + len).min(want.len) as usize;
+                let part = bytes[offset as usize..end].to_vec();
+                reply.send(Ok(Response::Chunk(part.into()))).unwrap();
+                offsets.push(offset);
+                if end == want.len as usize {
+                    break;
+                }
+                continue;
+            }
+            let end = (offset + len).min(want.len) as usize;
+            reply
+                .send(Ok(Response::Chunk(
+                    bytes[offset as usize..end].to_vec().into(),
+                )))
+                .unwrap();
+            offsets.push(offset);
+            if end == want.len as usize {
+                break;
+            }
+        }
+        assert!(failed_once && offsets.len() >= 2, "{offsets:?}");
+        let got = fetching.await.unwrap().expect("the chunk arrives");
+        assert_eq!(got.bytes(), &bytes[..]);
+        assert_eq!(counters.fetched.load(Relaxed), u64::from(want.len));
+    }
+
+    /// Parts that assemble into something else than the chunk are discarded, counted and
+    /// struck against the member.
+    #[tokio::test]
+    async fn assembled_parts_that_do_not_match_are_a_strike() {
+        let (commands, mut net) = mpsc::channel(64);
+        let liar = PeerId::random();
+        let (_members_tx, members) = watch::channel(vec![liar]);
+        let counters = Arc::new(Counters::default());
+        let fetcher = Fetcher::spawn(
+            [7; 32],
+            NetClient::from_channel_with_parts(commands, &[liar]),
+            members,
+            counters.clone(),
+        );
+        let (want, bytes) = big_chunk(2);
+        tokio::spawn(async move { fetcher.fetch(want).await });
+        loop {
+            let (offset, len, reply) = next_part(&mut net).await;
+            let end = (offset + len).min(want.len) as usize;
+            let mut part = bytes[offset as usize..end].to_vec();
+            part[0] ^= 1;
+            reply.send(Ok(Response::Chunk(part.into()))).unwrap();
+            if end == want.len as usize {
+                break;
+            }
+        }
+        let strike = tokio::time::timeout(Duration::from_secs(10), net.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(strike, Command::Strike { peer, .. } if peer == liar),
+            "{strike:?}"
+        );
+        assert_eq!(counters.bad_chunks.load(Relaxed), 1);
+        assert_eq!(counters.fetched.load(Relaxed), 0);
+    }
+
+    /// A member whose hello did not offer parts (an older peer, which could not decode the
+    /// request) is asked for whole chunks, however small its window.
+    #[tokio::test]
+    async fn a_member_without_parts_is_asked_for_whole_chunks() {
+        let (commands, mut net) = mpsc::channel(64);
+        let old = PeerId::random();
+        let (_members_tx, members) = watch::channel(vec![old]);
+        let fetcher = Fetcher::spawn(
+            [7; 32],
+            NetClient::from_channel(commands),
+            members,
+            Arc::new(Counters::default()),
+        );
+        let (want, bytes) = big_chunk(3);
+        let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
+        for _ in 0..2 {
+            let (to, hashes, reply) = next_request(&mut net).await;
+            assert_eq!((to, hashes), (old, vec![want.hash]));
+            reply.send(timed_out(old)).unwrap();
+        }
+        let (_, hashes, reply) = next_request(&mut net).await;
+        assert_eq!(
+            hashes,
+            vec![want.hash],
+            "whole, though the window is a quarter of it"
+        );
+        reply
+            .send(Ok(Response::Chunks(vec![Some(bytes.clone().into())])))
+            .unwrap();
+        let got = fetching.await.unwrap().expect("the chunk arrives");
+        assert_eq!(got.bytes(), &bytes[..]);
+    }
+
     #[tokio::test]
     async fn requests_beyond_the_first_wait_for_a_full_batch() {
         let (commands, mut net) = mpsc::channel(64);
@@ -624,6 +966,7 @@ mod tests {
         // A full batch: MIN_BATCH_BYTES, or what is left of a new member's window.
         let room = super::super::pacing::INITIAL_WINDOW as usize - EAGER_BATCHES * CHUNK;
         let full = MIN_BATCH_BYTES.min(room) / CHUNK;
+        assert!(full >= 2, "a batch of several");
         let chunks: Vec<(ChunkRef, Vec<u8>)> =
             (0..(EAGER_BATCHES + full) as u8).map(chunk).collect();
         let bytes_of: HashMap<[u8; 32], Vec<u8>> =

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::activity::Activity;
 use super::client::{Command, GuardStatus, NetError, NetEvent, NetStatus, PeerStatus};
+use super::features::Features;
 use super::guard;
 use super::hello::HelloRetries;
 use super::liveness;
@@ -114,6 +115,8 @@ pub(super) struct NetActor {
     /// libp2p's own metrics (connections, dials, Kademlia, identify, ping), recorded from the
     /// swarm's events and encoded by `GET /metrics` from [`NetClient::libp2p_metrics`].
     pub(super) metrics: libp2p::metrics::Metrics,
+    /// What connected peers' hellos offered, shared with [`NetClient`]s.
+    pub(super) features: Features,
 }
 
 impl NetActor {
@@ -157,6 +160,7 @@ impl NetActor {
             taken_for_gone: HashSet::new(),
             silence: Silence::default(),
             activity,
+            features: Features::default(),
             metrics,
         }
     }

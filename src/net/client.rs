@@ -233,9 +233,15 @@ pub struct NetClient {
     commands: mpsc::Sender<Command>,
     /// libp2p's own metrics, kept current by the network task.
     libp2p_metrics: Arc<prometheus_client::registry::Registry>,
+    features: super::features::Features,
 }
 
 impl NetClient {
+    /// Whether `peer` (connected, past its hello) answers requests for parts of chunks.
+    pub fn takes_chunk_parts(&self, peer: &PeerId) -> bool {
+        self.features.chunk_parts(peer)
+    }
+
     /// The current network state.
     pub async fn status(&self) -> Result<NetStatus, NetError> {
         let (reply, rx) = oneshot::channel();
@@ -329,10 +335,12 @@ impl NetClient {
     pub(super) fn new(
         commands: mpsc::Sender<Command>,
         libp2p_metrics: Arc<prometheus_client::registry::Registry>,
+        features: super::features::Features,
     ) -> NetClient {
         NetClient {
             commands,
             libp2p_metrics,
+            features,
         }
     }
 
@@ -344,6 +352,21 @@ impl NetClient {
     /// A client whose commands go to `commands`, for tests that play the network themselves.
     #[cfg(test)]
     pub(crate) fn from_channel(commands: mpsc::Sender<Command>) -> NetClient {
-        NetClient::new(commands, Arc::default())
+        NetClient::new(commands, Arc::default(), Default::default())
+    }
+
+    /// [`NetClient::from_channel`], with `peers` taken to answer requests for parts of chunks.
+    #[cfg(test)]
+    pub(crate) fn from_channel_with_parts(
+        commands: mpsc::Sender<Command>,
+        peers: &[PeerId],
+    ) -> NetClient {
+        let client = NetClient::from_channel(commands);
+        for peer in peers {
+            client
+                .features
+                .note(*peer, &super::protocol::Hello::ours(None));
+        }
+        client
     }
 }

@@ -80,6 +80,7 @@ impl NetActor {
             // buffers) is freed with the connection; glibc keeps it unless asked.
             crate::trim::after_busy_period();
             self.hello_retries.forget(&peer);
+            self.features.forget(&peer);
             self.answered.remove(&peer);
             if !self.taken_for_gone.remove(&peer) {
                 let _ = self.events.send(NetEvent::PeerDisconnected(peer));

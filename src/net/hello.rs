@@ -118,6 +118,7 @@ mod tests {
             agent: long.clone(),
             wall_ms: None,
             name: Some(format!(" lap\u{7}top{long} ")),
+            chunk_parts: true,
         };
         let name = checked_name(&ours).unwrap();
         assert!(name.starts_with("laptopxxx"), "{name}");
@@ -142,6 +143,7 @@ mod tests {
             agent: "meshsync/9".into(),
             wall_ms: None,
             name: None,
+            chunk_parts: false,
         };
         assert_eq!(checked_agent(&other), Err("meshsync/9".into()));
     }

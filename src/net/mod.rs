@@ -35,6 +35,7 @@ pub mod budget;
 pub mod client;
 mod connections;
 mod discovery;
+pub mod features;
 pub mod guard;
 mod hello;
 mod liveness;
@@ -119,6 +120,7 @@ pub fn spawn(
     let mut registry = prometheus_client::registry::Registry::with_prefix("meshsync");
     let metrics = libp2p::metrics::Metrics::new(&mut registry);
     let actor = NetActor::new(swarm, &config, book, activity, rx, events, metrics);
+    let features = actor.features.clone();
     tokio::spawn(actor.run());
-    Ok((NetClient::new(tx, Arc::new(registry)), events_rx))
+    Ok((NetClient::new(tx, Arc::new(registry), features), events_rx))
 }

@@ -42,6 +42,8 @@
 //!   [`Response::Chunks`], [`Request::GetPage`] → [`Response::Page`]: file content of folder
 //!   shares, by hash, one chunk or many at a time; the asker verifies every byte against the
 //!   hash. Only members get any, whatever hashes they know.
+//! - [`Request::GetChunkPart`] → [`Response::Chunk`]: a range of one chunk, for links too slow
+//!   for a whole chunk within a request's timeout; only to peers whose hello offers it.
 //! - [`Response::Error`]: a request was understood but refused (for example, the asker is not a
 //!   member of the share: the answer is the same whether or not the share exists).
 
@@ -76,6 +78,9 @@ pub const MAX_CHUNKS_PER_REQUEST: usize = 1024;
 /// Bytes of chunks one [`Response::Chunks`] carries at most (beyond one chunk, which is at most
 /// 256 KiB), so that the frame stays under [`MAX_RESPONSE_BYTES`].
 pub const CHUNKS_RESPONSE_BUDGET: usize = 6 * 1024 * 1024;
+/// Most bytes one [`Request::GetChunkPart`] asks for: a whole chunk of the largest size (the
+/// folder's `CHUNK_MAX`, which checks that they agree).
+pub const CHUNK_PART_MAX: u32 = 256 * 1024;
 /// Bytes of entries pushed inside one [`Request::Announce`]; more are left to reconciliation.
 pub const ANNOUNCE_PUSH_BUDGET: usize = 256 * 1024;
 /// The [`Response::Error`] for anything about a share the asker is not (or no longer) a member
@@ -184,6 +189,25 @@ pub enum Request {
         #[serde(rename = "h")]
         hash: WireHash,
     },
+    /// Part of one chunk: `len` bytes from `offset` (fewer at the chunk's end). Asked of a
+    /// member whose link is too slow for the whole chunk to arrive within a request's timeout;
+    /// the asker checks the assembled chunk against its hash. Only sent to peers whose
+    /// [`Hello::chunk_parts`] says they answer it.
+    #[serde(rename = "part")]
+    GetChunkPart {
+        /// The share.
+        #[serde(rename = "s")]
+        share: WireShareId,
+        /// The chunk's hash.
+        #[serde(rename = "h")]
+        hash: WireHash,
+        /// The first byte wanted.
+        #[serde(rename = "o")]
+        offset: u32,
+        /// Bytes wanted (at most [`CHUNK_PART_MAX`]).
+        #[serde(rename = "l")]
+        len: u32,
+    },
     /// Several chunks at once (at most [`MAX_CHUNKS_PER_REQUEST`]), by BLAKE3 hash.
     #[serde(rename = "chunks")]
     GetChunks {
@@ -224,7 +248,8 @@ pub enum Response {
     /// Answer to [`Request::GetEntries`].
     #[serde(rename = "ent")]
     Entries(Vec<WireEntry>),
-    /// Answer to [`Request::GetChunk`]: the chunk's bytes.
+    /// Answer to [`Request::GetChunk`]: the chunk's bytes; to [`Request::GetChunkPart`]: the
+    /// part's.
     #[serde(rename = "chunk")]
     Chunk(serde_bytes::ByteBuf),
     /// Answer to [`Request::GetPage`]: the page's encoding.
@@ -265,6 +290,10 @@ pub struct Hello {
     /// Absent from older peers and peers without a name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Whether the sender answers [`Request::GetChunkPart`]. Absent (false) from older peers,
+    /// which would fail to decode it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chunk_parts: bool,
 }
 
 /// A peer's device name is cut to this many characters.
@@ -278,6 +307,7 @@ impl Hello {
             agent: agent_version(),
             wall_ms: Some(wall_clock_ms()),
             name,
+            chunk_parts: true,
         }
     }
 }

@@ -313,6 +313,7 @@ impl NetActor {
 
     /// Checks a peer's hello; returns whether we can talk to it.
     fn on_hello(&mut self, peer: PeerId, hello: Hello) -> bool {
+        self.features.note(peer, &hello);
         match checked_agent(&hello) {
             Ok(agent) => {
                 self.book.set_agent(&peer, agent, checked_name(&hello));
