@@ -412,6 +412,7 @@ pub fn spawn(
         counters: HashMap::new(),
         serve_rate: crate::net::guard::ServeRate::default(),
         recent: VecDeque::new(),
+        failed_sessions: crate::quiet::LogLimiter::default(),
         events: events.clone(),
     };
     for state in actor.store.shares() {
@@ -451,6 +452,10 @@ struct EngineActor {
     serve_rate: crate::net::guard::ServeRate,
     /// The most recent sessions, for `status`.
     recent: VecDeque<SessionReport>,
+    /// Failed sessions are warned about once a minute per member and share (with the count
+    /// of the unsaid): on a lossy link they fail every few seconds, and a line each was 10-30
+    /// warnings in 5-9 minutes. The last error is in `status` either way.
+    failed_sessions: crate::quiet::LogLimiter<schedule::Pair>,
     /// What happened, for `GET /v1/events`.
     events: Events,
 }
@@ -715,7 +720,20 @@ impl EngineActor {
         } else if report.store_failed {
             debug!(%peer, share = %report.share, "sync session failed on our store (retried)");
         } else if let (AfterSession::Failed { backoff }, Some(error)) = (after, &report.error) {
-            warn!(%peer, share = %report.share, "sync session failed (retry in {backoff:?}): {error}");
+            match self
+                .failed_sessions
+                .allow(&(peer, share), std::time::Instant::now())
+            {
+                Some(unsaid) => warn!(
+                    %peer, share = %report.share,
+                    "sync session failed (retry in {backoff:?}): {error}{}",
+                    crate::quiet::and_more(unsaid)
+                ),
+                None => debug!(
+                    %peer, share = %report.share,
+                    "sync session failed (retry in {backoff:?}): {error}"
+                ),
+            }
         } else if report.need + report.offer > 0 {
             debug!(
                 %peer, share = %report.share,

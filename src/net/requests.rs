@@ -93,6 +93,15 @@ impl NetActor {
                 error,
                 ..
             } => self.on_outbound_failure(peer, request_id, &error),
+            // A request that timed out or whose connection closed is the network's doing (a
+            // lossy link makes them every few seconds), not a bad request.
+            Event::InboundFailure {
+                peer,
+                error:
+                    error @ (request_response::InboundFailure::Timeout
+                    | request_response::InboundFailure::ConnectionClosed),
+                ..
+            } => debug!(%peer, "request from peer not answered: {error}"),
             Event::InboundFailure { peer, error, .. } => {
                 // One line per peer and interval: a peer can fail requests as fast as it can
                 // open streams.
