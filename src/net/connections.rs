@@ -37,8 +37,14 @@ impl NetActor {
             .remove(&connection)
             .or(dialed.then_some(Discovery::Kad));
         let remote = endpoint.get_remote_address().clone();
-        self.book
-            .connected(peer, connection, remote.clone(), dialed, dialed_for);
+        self.book.connected(
+            peer,
+            connection,
+            remote.clone(),
+            dialed,
+            dialed_for,
+            Instant::now().into_std(),
+        );
         let roles = self.connection_roles.entry(peer).or_default();
         roles.push((connection, dialed));
         // A new connection of a peer taken for gone: its old one still closing no longer stands

@@ -17,6 +17,16 @@ use crate::backoff::Backoff;
 pub const REDIAL_BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest wait between redials of a static peer, so a returning peer is found within this.
 pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A static peer's last connection that closed sooner than this after it opened was refused
+/// (the peer closed it as a duplicate of one it still holds, or would not keep it): its next
+/// dial waits at least [`REFUSED_REDIAL_WAIT`], and the backoff is not reset.
+pub const SHORT_LIVED: Duration = Duration::from_secs(5);
+/// The least wait after a refused connection: longer than the liveness rule's 10 s, so a stale
+/// connection the peer holds to us (its close lost on a lossy link) is found dead and dropped
+/// before we dial again. Redialling every second or two kept that stale connection "heard" (a
+/// handshake's bytes count as a sign of life) and the peer closed each new one as its
+/// duplicate: a 30 % loss run stalled for minutes that way.
+pub const REFUSED_REDIAL_WAIT: Duration = Duration::from_secs(15);
 /// First pause between Kademlia lookups of our own id (which is how we find more peers); it
 /// doubles after each lookup up to [`DISCOVERY_INTERVAL_MAX`] and drops back when peers appear.
 pub const DISCOVERY_INTERVAL_MIN: Duration = Duration::from_millis(500);
@@ -88,6 +98,8 @@ struct StaticTarget {
     backoff: Backoff,
     next_dial: Option<Instant>,
     dialing: Option<ConnectionId>,
+    /// When its peer's current connection opened.
+    connected_at: Option<Instant>,
     /// Dials failed in a row, and why the last one did.
     failures: u32,
     last_error: Option<String>,
@@ -127,6 +139,7 @@ impl PeerBook {
             addr,
             peer_id,
             backoff: Backoff::new(REDIAL_BACKOFF_MIN, REDIAL_BACKOFF_MAX),
+            connected_at: None,
             next_dial: Some(now),
             dialing: None,
             failures: 0,
@@ -208,7 +221,7 @@ impl PeerBook {
     }
 
     /// Notes the static peer ids, if `peer` matches a static address; returns whether it is static.
-    fn bind_static(&mut self, connection: ConnectionId, peer: PeerId) -> bool {
+    fn bind_static(&mut self, connection: ConnectionId, peer: PeerId, now: Instant) -> bool {
         let mut is_static = false;
         for s in &mut self.statics {
             if s.dialing == Some(connection) {
@@ -216,7 +229,8 @@ impl PeerBook {
                 s.peer_id.get_or_insert(peer);
             }
             if s.peer_id == Some(peer) {
-                s.backoff.reset();
+                // The backoff is reset when the connection proves to last (see `disconnected`).
+                s.connected_at.get_or_insert(now);
                 s.next_dial = None;
                 s.failures = 0;
                 s.last_error = None;
@@ -258,8 +272,9 @@ impl PeerBook {
         remote: Multiaddr,
         dialed: bool,
         dialed_for: Option<Discovery>,
+        now: Instant,
     ) {
-        let via = if self.bind_static(connection, peer) {
+        let via = if self.bind_static(connection, peer, now) {
             // Bootstrap peers are dialled as static ones, but were configured as bootstrap.
             match self.peers.get(&peer) {
                 Some(known) if known.found_by == Discovery::Bootstrap => Discovery::Bootstrap,
@@ -291,8 +306,22 @@ impl PeerBook {
         }
         entry.rtt = None;
         for s in self.statics.iter_mut().filter(|s| s.peer_id == Some(peer)) {
+            let lasted = s
+                .connected_at
+                .take()
+                .map(|at| now.saturating_duration_since(at));
+            let refused = lasted.is_some_and(|d| d < SHORT_LIVED);
+            if lasted.is_some() && !refused {
+                s.backoff.reset();
+            }
             if s.dialing.is_none() && s.next_dial.is_none() {
-                s.next_dial = Some(now + s.backoff.next());
+                let wait = s.backoff.next();
+                let wait = if refused {
+                    wait.max(REFUSED_REDIAL_WAIT)
+                } else {
+                    wait
+                };
+                s.next_dial = Some(now + wait);
             }
         }
     }
@@ -520,7 +549,7 @@ mod tests {
         let c3 = ConnectionId::new_unchecked(3);
         let peer = PeerId::random();
         book.static_dialing(0, c3);
-        book.connected(peer, c3, addr(1), true, None);
+        book.connected(peer, c3, addr(1), true, None, t0);
         assert!(book.is_connected(&peer));
         let status = &book.static_status(t0)[0];
         assert_eq!(
@@ -535,12 +564,40 @@ mod tests {
             book.connected_peers()[&peer].connections[&c3].via,
             Discovery::Static
         );
-        book.disconnected(peer, c3, t0);
+        let later = t0 + SHORT_LIVED;
+        book.disconnected(peer, c3, later);
         assert_eq!(
-            book.due_static_dials(t0 + REDIAL_BACKOFF_MIN).len(),
+            book.due_static_dials(later + REDIAL_BACKOFF_MIN).len(),
             1,
-            "backoff was reset by the successful connection"
+            "backoff was reset by the connection that lasted"
         );
+    }
+
+    /// A connection the peer closes as soon as it opened (it keeps a stale one of its own to
+    /// us, whose close it never heard) is not dialled again for longer than the liveness rule
+    /// takes to find that stale one dead; dialling every ~2 s kept it "heard" for minutes.
+    #[test]
+    fn a_static_peer_that_closes_new_connections_at_once_is_redialled_after_the_liveness_rule() {
+        let t0 = Instant::now();
+        let mut book = PeerBook::default();
+        book.add_static(addr(1), t0);
+        let peer = PeerId::random();
+        let mut now = t0;
+        for i in 0..3 {
+            let c = ConnectionId::new_unchecked(i);
+            book.static_dialing(0, c);
+            book.connected(peer, c, addr(1), true, None, now);
+            now += Duration::from_millis(2);
+            book.disconnected(peer, c, now);
+            assert!(
+                book.due_static_dials(now + REFUSED_REDIAL_WAIT - Duration::from_millis(1))
+                    .is_empty(),
+                "dial {i} refused: no redial within the liveness rule"
+            );
+            assert!(REFUSED_REDIAL_WAIT > super::super::LIVENESS_TIMEOUT);
+            now += REFUSED_REDIAL_WAIT;
+            assert_eq!(book.due_static_dials(now).len(), 1);
+        }
     }
 
     #[test]
@@ -565,7 +622,7 @@ mod tests {
         assert_eq!(book.addrs(&peer).len(), MAX_ADDRS_PER_PEER);
         book.discovered(peer, &[], Discovery::Kad);
         let c = ConnectionId::new_unchecked(7);
-        book.connected(peer, c, addr(5), true, Some(Discovery::Kad));
+        book.connected(peer, c, addr(5), true, Some(Discovery::Kad), Instant::now());
         assert_eq!(
             book.connected_peers()[&peer].found_by,
             Discovery::Mdns,
@@ -593,7 +650,7 @@ mod tests {
         book.add_static(boot, t0);
         let c = ConnectionId::new_unchecked(1);
         book.static_dialing(0, c);
-        book.connected(peer, c, addr(9), true, None);
+        book.connected(peer, c, addr(9), true, None, t0);
         assert_eq!(
             book.connected_peers()[&peer].connections[&c].via,
             Discovery::Bootstrap
