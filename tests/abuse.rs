@@ -72,6 +72,12 @@ async fn lying_member_is_caught_and_banned() {
                 *seed += 1;
                 Response::Chunk(pseudo_random(64 * 1024, *seed).into())
             }
+            // Parts of a chunk (its hello offers them, as ours does): as many bytes as asked,
+            // none of them right; the assembled chunk fails its hash.
+            Request::GetChunkPart { len, .. } => {
+                *seed += 1;
+                Response::Chunk(pseudo_random(len as usize, *seed).into())
+            }
             Request::GetChunks { hashes, .. } => Response::Chunks(
                 hashes
                     .iter()
