@@ -472,7 +472,6 @@ impl FetchTask {
                 }
             }
             self.queue = rest;
-            self.pacing.sent(peer, bytes as u64, now);
             let request = Request::GetChunks {
                 share: serde_bytes::ByteArray::new(self.share),
                 hashes: batch
@@ -480,26 +479,39 @@ impl FetchTask {
                     .map(|w| serde_bytes::ByteArray::new(w.chunk.hash))
                     .collect(),
             };
-            let net = self.net.clone();
-            let abort = self.batches.spawn(async move {
-                net.request(peer, request)
-                    .await
-                    .map_err(|e| MemberFailure::Request {
-                        peer,
-                        message: e.to_string(),
-                    })
-            });
-            self.asked.insert(
-                abort.id(),
-                Asked {
-                    peer,
-                    wants: batch,
-                    part: None,
-                    since: tokio::time::Instant::now(),
-                    abort,
-                },
-            );
+            self.send(peer, request, batch, None, bytes as u64, now);
         }
+    }
+
+    /// Sends `request` for `wants` (`part`: the offset and length, for a part) to `peer`,
+    /// counts its `bytes` out to it, and keeps it in [`FetchTask::asked`] until it is answered.
+    fn send(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        wants: Vec<Want>,
+        part: Option<(u32, u32)>,
+        bytes: u64,
+        now: tokio::time::Instant,
+    ) {
+        self.pacing.sent(peer, bytes, now);
+        let net = self.net.clone();
+        let abort = self.batches.spawn(async move {
+            net.request(peer, request)
+                .await
+                .map_err(|e| MemberFailure::Request {
+                    peer,
+                    message: e.to_string(),
+                })
+        });
+        let asked = Asked {
+            peer,
+            wants,
+            part,
+            since: now,
+            abort,
+        };
+        self.asked.insert(asked.abort.id(), asked);
     }
 
     /// Asks `peer` for the next part of `want`'s chunk: `budget` bytes (at least [`PART_MIN`]),
@@ -519,31 +531,19 @@ impl FetchTask {
         let len = (budget.max(PART_MIN as usize) as u32)
             .min(want.chunk.len.saturating_sub(offset))
             .min(CHUNK_PART_MAX);
-        self.pacing.sent(peer, u64::from(len), now);
         let request = Request::GetChunkPart {
             share: serde_bytes::ByteArray::new(self.share),
             hash: serde_bytes::ByteArray::new(want.chunk.hash),
             offset,
             len,
         };
-        let net = self.net.clone();
-        let abort = self.batches.spawn(async move {
-            net.request(peer, request)
-                .await
-                .map_err(|e| MemberFailure::Request {
-                    peer,
-                    message: e.to_string(),
-                })
-        });
-        self.asked.insert(
-            abort.id(),
-            Asked {
-                peer,
-                wants: vec![want],
-                part: Some((offset, len)),
-                since: now,
-                abort,
-            },
+        self.send(
+            peer,
+            request,
+            vec![want],
+            Some((offset, len)),
+            u64::from(len),
+            now,
         );
     }
 
