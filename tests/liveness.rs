@@ -90,3 +90,36 @@ fn a_frozen_member_is_shown_gone_and_the_others_keep_syncing() {
         connected(a, c) == Some(true)
     });
 }
+
+/// From the freeze of a member nothing is being asked of: an idle link is pinged after 20 s of
+/// quiet and taken for dead 8 s after an unanswered ping (`net::QUIET_BEFORE_PING`,
+/// `net::PING_ANSWER_WITHIN`), sooner if an anti-entropy round asks the member something;
+/// three times that for a loaded test machine.
+const IDLE_DETECTED: std::time::Duration = std::time::Duration::from_secs(90);
+
+#[test]
+fn an_idle_frozen_member_is_shown_gone_too() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = mesh.share_folder();
+    let (a, b) = (&mesh.nodes[0], &mesh.nodes[1]);
+    std::fs::write(share.dirs[0].join("before.txt"), "both have this").unwrap();
+    share.wait_identical();
+    wait_until("A to show B connected", WAIT, || {
+        member_status(a, &share.name, b).is_some_and(|m| m["connected"] == true)
+    });
+
+    signal(b, "-STOP");
+    let frozen = Instant::now();
+    wait_until(
+        "A to show the idle, frozen B as not connected",
+        IDLE_DETECTED,
+        || member_status(a, &share.name, b).is_some_and(|m| m["connected"] == false),
+    );
+    eprintln!("A showed the idle B gone after {:?}", frozen.elapsed());
+
+    signal(b, "-CONT");
+    wait_until("A to show B connected again", WAIT, || {
+        member_status(a, &share.name, b).is_some_and(|m| m["connected"] == true)
+    });
+}

@@ -1,15 +1,21 @@
-//! When each peer last sent us any bytes, as evidence that its link is alive.
+//! When each connection last delivered any bytes, as evidence that its link is alive.
 //!
 //! Pings share the connection with the data. On a slow link saturated by a transfer, a ping (or
 //! its answer) waits behind seconds of queued bytes and times out, and the liveness check
 //! ([`super::LIVENESS_TIMEOUT`]) took the busiest link for dead: at 320 kbit/s every 11 s, so
-//! a 4 MiB file took 3× its ideal time. Any frame read from the peer (data, window updates, its
-//! own pings) is as good a sign of life as a pong; a frozen or cut-off peer sends none.
+//! a 4 MiB file took 3× its ideal time. Any bytes read from the connection (data, window
+//! updates, the peer's own pings) are as good a sign of life as a pong; a frozen or cut-off
+//! peer sends none.
 //!
-//! [`Counted`] wraps the connection's authenticating upgrade (Noise) and counts what is read
-//! above it, so nothing changes on the wire; [`Activity`] is the table the liveness check reads.
+//! Kept per connection, not per peer: when a peer's close of one connection was lost, its
+//! redials (each closed by us as a duplicate) sent handshake bytes that kept the stale
+//! connection looking alive, and the two sides redialled each other every second or two.
+//!
+//! [`Noted`] wraps each TCP stream (below encryption, so nothing changes on the wire) and is
+//! made by the transport with the connection's endpoint; the swarm later reports the same
+//! endpoint with the connection's id, and [`Activity::established`] binds the two.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,23 +23,32 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
-use libp2p::PeerId;
-use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
+use futures::{AsyncRead, AsyncWrite};
+use libp2p::core::ConnectedPoint;
+use libp2p::swarm::ConnectionId;
 
-/// When each connected peer's connections last delivered bytes; cheap to clone.
+/// When each open connection last delivered bytes; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Activity {
-    /// A lock, not the actor: entries are made in connection upgrades, which run on the
-    /// connections' own tasks before the actor hears of them. Held for one map operation, never
-    /// across an `.await`; the hot path (a read) touches only the entry's atomic.
-    peers: Arc<Mutex<HashMap<PeerId, Heard>>>,
+    /// A lock, not the actor: entries are made by the transport on the connections' own tasks,
+    /// before the actor hears of them. Held for one map operation, never across an `.await`;
+    /// the hot path (a read) touches only the entry's atomic.
+    table: Arc<Mutex<Table>>,
     epoch: Instant,
 }
 
-/// One peer's last-heard time (milliseconds after the table's epoch, plus one; 0 for never),
-/// shared by its connections.
+#[derive(Debug, Default)]
+struct Table {
+    /// Connections still opening, by endpoint, oldest first. Two at once share an endpoint
+    /// only when the same address is dialled twice at the same time; the first established
+    /// takes the oldest, which at worst swaps two new connections of the same peer.
+    opening: HashMap<ConnectedPoint, VecDeque<Heard>>,
+    /// Established connections.
+    open: HashMap<ConnectionId, Heard>,
+}
+
+/// One connection's last-heard time (milliseconds after the table's epoch, plus one; 0 for
+/// never), shared with its stream.
 #[derive(Clone, Debug)]
 pub struct Heard {
     at: Arc<AtomicU64>,
@@ -43,50 +58,89 @@ pub struct Heard {
 impl Default for Activity {
     fn default() -> Activity {
         Activity {
-            peers: Arc::new(Mutex::new(HashMap::new())),
+            table: Arc::new(Mutex::new(Table::default())),
             epoch: Instant::now(),
         }
     }
 }
 
 impl Activity {
-    /// The entry of `peer`, made on its first connection.
-    pub fn heard(&self, peer: PeerId) -> Heard {
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .entry(peer)
-            .or_insert_with(|| Heard {
-                at: Arc::new(AtomicU64::new(0)),
-                epoch: self.epoch,
-            })
-            .clone()
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `peer` sent anything within `within` (before `now`).
-    pub fn heard_within(&self, peer: &PeerId, within: Duration, now: Instant) -> bool {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .get(peer)
-            .is_some_and(|heard| heard.within(within, now))
+    /// `io`, a new connection's stream at `point`, noting its reads.
+    pub fn wrap<T>(&self, io: T, point: ConnectedPoint) -> Noted<T> {
+        let heard = Heard {
+            at: Arc::new(AtomicU64::new(0)),
+            epoch: self.epoch,
+        };
+        let mut table = self.table();
+        table.prune_opening();
+        table
+            .opening
+            .entry(point)
+            .or_default()
+            .push_back(heard.clone());
+        Noted { io, heard }
     }
 
-    /// When `peer` last sent anything, if it has since its entry was made.
-    pub fn last_heard(&self, peer: &PeerId) -> Option<Instant> {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers.get(peer).and_then(Heard::at)
+    /// The swarm established `connection` at `point`: its stream's entry is bound to its id.
+    /// False if no stream was opened there (then only its ping answers show it alive).
+    pub fn established(&self, point: &ConnectedPoint, connection: ConnectionId) -> bool {
+        let mut table = self.table();
+        let Some(waiting) = table.opening.get_mut(point) else {
+            return false;
+        };
+        let heard = loop {
+            match waiting.pop_front() {
+                Some(heard) if heard.in_use() => break Some(heard),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        if waiting.is_empty() {
+            table.opening.remove(point);
+        }
+        match heard {
+            Some(heard) => {
+                table.open.insert(connection, heard);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Drops the entries of peers that are not `connected` and sent nothing within `within`,
-    /// so the table holds the connected peers and those that were handshaking lately (whose
-    /// entries, made before the connection is reported, must survive until it is).
-    pub fn prune(&self, connected: impl Fn(&PeerId) -> bool, within: Duration, now: Instant) {
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers.retain(|peer, heard| connected(peer) || heard.within(within, now));
+    /// `connection` closed.
+    pub fn closed(&self, connection: ConnectionId) {
+        self.table().open.remove(&connection);
     }
 
-    /// Peers in the table.
+    /// When `connection` last delivered bytes, if it has (and its stream was bound to it).
+    pub fn last_heard(&self, connection: ConnectionId) -> Option<Instant> {
+        self.table().open.get(&connection).and_then(Heard::at)
+    }
+
+    /// Calls `f` with a lookup of when each connection last delivered bytes, taking the lock
+    /// once for all of them.
+    pub fn with_last_heard<R>(
+        &self,
+        f: impl FnOnce(&dyn Fn(ConnectionId) -> Option<Instant>) -> R,
+    ) -> R {
+        let table = self.table();
+        f(&|connection| table.open.get(&connection).and_then(Heard::at))
+    }
+
+    /// Whether `connection` delivered bytes within `within` (before `now`).
+    pub fn heard_within(&self, connection: ConnectionId, within: Duration, now: Instant) -> bool {
+        self.last_heard(connection)
+            .is_some_and(|at| now.saturating_duration_since(at) <= within)
+    }
+
+    /// Connections in the table, opening or open.
     pub fn len(&self) -> usize {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let table = self.table();
+        table.open.len() + table.opening.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// Whether the table is empty.
@@ -95,12 +149,18 @@ impl Activity {
     }
 }
 
-impl Heard {
-    fn within(&self, within: Duration, now: Instant) -> bool {
-        self.at()
-            .is_some_and(|at| now.saturating_duration_since(at) <= within)
+impl Table {
+    /// Forgets opening connections whose stream is gone (their handshake failed), so the table
+    /// holds only live ones (bounded by the swarm's connection limits).
+    fn prune_opening(&mut self) {
+        self.opening.retain(|_, waiting| {
+            waiting.retain(Heard::in_use);
+            !waiting.is_empty()
+        });
     }
+}
 
+impl Heard {
     fn at(&self) -> Option<Instant> {
         match self.at.load(Relaxed) {
             0 => None,
@@ -112,9 +172,14 @@ impl Heard {
         let at = self.epoch.elapsed().as_millis() as u64 + 1;
         self.at.store(at, Relaxed);
     }
+
+    /// Whether its stream still exists (the table's copy is the other holder).
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.at) > 1
+    }
 }
 
-/// A connection's byte stream that notes every successful read in its peer's [`Heard`].
+/// A connection's byte stream that notes every successful read in its [`Heard`].
 #[derive(Debug)]
 pub struct Noted<T> {
     io: T,
@@ -155,107 +220,100 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Noted<T> {
     }
 }
 
-/// An authenticating upgrade (Noise) whose output notes reads in [`Activity`]; the same
-/// protocol on the wire.
-#[derive(Clone)]
-pub struct Counted<U> {
-    inner: U,
-    activity: Activity,
-}
-
-impl<U> Counted<U> {
-    /// `inner`, counted in `activity`.
-    pub fn new(inner: U, activity: Activity) -> Counted<U> {
-        Counted { inner, activity }
-    }
-}
-
-impl<U: UpgradeInfo> UpgradeInfo for Counted<U> {
-    type Info = U::Info;
-    type InfoIter = U::InfoIter;
-
-    fn protocol_info(&self) -> Self::InfoIter {
-        self.inner.protocol_info()
-    }
-}
-
-impl<C, D, U> InboundConnectionUpgrade<C> for Counted<U>
-where
-    U: InboundConnectionUpgrade<C, Output = (PeerId, D)>,
-    U::Future: Send + 'static,
-{
-    type Output = (PeerId, Noted<D>);
-    type Error = U::Error;
-    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
-
-    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        let activity = self.activity;
-        self.inner
-            .upgrade_inbound(socket, info)
-            .map_ok(move |(peer, io)| {
-                let heard = activity.heard(peer);
-                (peer, Noted { io, heard })
-            })
-            .boxed()
-    }
-}
-
-impl<C, D, U> OutboundConnectionUpgrade<C> for Counted<U>
-where
-    U: OutboundConnectionUpgrade<C, Output = (PeerId, D)>,
-    U::Future: Send + 'static,
-{
-    type Output = (PeerId, Noted<D>);
-    type Error = U::Error;
-    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
-
-    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
-        let activity = self.activity;
-        self.inner
-            .upgrade_outbound(socket, info)
-            .map_ok(move |(peer, io)| {
-                let heard = activity.heard(peer);
-                (peer, Noted { io, heard })
-            })
-            .boxed()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::AsyncReadExt;
+    use libp2p::core::Endpoint;
+    use libp2p::core::transport::PortUse;
 
-    #[test]
-    fn reads_are_noted_for_the_peer_and_silence_is_not() {
-        let activity = Activity::default();
-        let (talker, silent) = (PeerId::random(), PeerId::random());
-        let mut io = Noted {
-            io: futures::io::Cursor::new(vec![1u8; 8]),
-            heard: activity.heard(talker),
-        };
-        let _ = activity.heard(silent);
-        let now = Instant::now();
-        assert!(!activity.heard_within(&talker, Duration::from_secs(10), now));
+    fn listener(port: u16) -> ConnectedPoint {
+        ConnectedPoint::Listener {
+            local_addr: "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
+            send_back_addr: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
+        }
+    }
+
+    fn dialer() -> ConnectedPoint {
+        ConnectedPoint::Dialer {
+            address: "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::New,
+        }
+    }
+
+    fn read_some<T: AsyncRead + Unpin>(io: &mut Noted<T>) {
         let mut buf = [0u8; 4];
         futures::executor::block_on(io.read_exact(&mut buf)).unwrap();
+    }
+
+    fn bytes() -> futures::io::Cursor<Vec<u8>> {
+        futures::io::Cursor::new(vec![1u8; 8])
+    }
+
+    #[test]
+    fn reads_are_noted_for_their_own_connection_only() {
+        let activity = Activity::default();
+        let (talker, silent) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        let mut talking = activity.wrap(bytes(), listener(5001));
+        let _quiet = activity.wrap(bytes(), listener(5002));
+        assert!(activity.established(&listener(5001), talker));
+        assert!(activity.established(&listener(5002), silent));
         let now = Instant::now();
-        assert!(activity.heard_within(&talker, Duration::from_secs(10), now));
-        assert!(!activity.heard_within(&silent, Duration::from_secs(10), now));
+        assert!(!activity.heard_within(talker, Duration::from_secs(10), now));
+        read_some(&mut talking);
+        let now = Instant::now();
+        assert!(activity.heard_within(talker, Duration::from_secs(10), now));
+        assert!(
+            !activity.heard_within(silent, Duration::from_secs(10), now),
+            "another connection's bytes say nothing of this one"
+        );
         assert!(!activity.heard_within(
-            &talker,
+            talker,
             Duration::from_secs(10),
             now + Duration::from_secs(11)
         ));
-        let later = now + Duration::from_secs(11);
-        activity.prune(|p| *p == talker, Duration::from_secs(10), later);
-        assert_eq!(activity.len(), 1, "the connected peer stays");
-        let _ = activity.heard(silent);
-        activity.prune(|_| false, Duration::from_secs(10), now);
+        activity.closed(talker);
+        assert_eq!(activity.last_heard(talker), None);
+        assert_eq!(activity.len(), 1);
+    }
+
+    #[test]
+    fn bytes_read_while_opening_count_once_established() {
+        let activity = Activity::default();
+        let mut io = activity.wrap(bytes(), dialer());
+        read_some(&mut io);
+        let connection = ConnectionId::new_unchecked(7);
+        activity.established(&dialer(), connection);
+        assert!(activity.last_heard(connection).is_some());
+    }
+
+    #[test]
+    fn a_failed_handshake_is_skipped_and_forgotten() {
+        let activity = Activity::default();
+        let failed = activity.wrap(bytes(), dialer());
+        let mut live = activity.wrap(bytes(), dialer());
+        drop(failed);
+        read_some(&mut live);
+        let connection = ConnectionId::new_unchecked(3);
+        activity.established(&dialer(), connection);
+        assert!(
+            activity.last_heard(connection).is_some(),
+            "bound to the live stream, not the failed one"
+        );
+        assert_eq!(activity.len(), 1);
+        let orphan = activity.wrap(bytes(), listener(6000));
+        drop(orphan);
+        let _next = activity.wrap(bytes(), listener(6001));
         assert_eq!(
             activity.len(),
-            1,
-            "the one heard lately stays, the silent one goes"
+            2,
+            "the orphan was pruned when the next one opened"
         );
+        assert!(!activity.established(&listener(9999), ConnectionId::new_unchecked(4)));
+        assert_eq!(activity.last_heard(ConnectionId::new_unchecked(4)), None);
     }
 }

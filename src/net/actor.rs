@@ -39,8 +39,12 @@ use crate::quiet::LogLimiter;
 pub const CONNECTION_LINES_PER_ADDRESS: u32 = 4;
 
 /// How often connections are checked against the silence rule ([`super::silence`]): pinged
-/// when quiet, closed when dead.
+/// when quiet, closed when dead; while we wait on a peer or a ping of ours is unanswered.
 pub const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// How often they are checked otherwise: nothing is due sooner than an idle link's ping
+/// ([`super::QUIET_BEFORE_PING`], 20 s), which may come this much late. A check a second
+/// was a wake-up a second of every idle daemon.
+pub const IDLE_LIVENESS_CHECK: Duration = Duration::from_secs(5);
 
 /// How far away a timer with nothing to wait for is set, so the loop's `select!` has a deadline
 /// for every branch.
@@ -84,6 +88,8 @@ pub(super) struct NetActor {
     pub(super) discovered_dials: HashMap<ConnectionId, Discovery>,
     /// When the next Kademlia lookup of our own id is due.
     pub(super) next_discovery: Instant,
+    /// When connections are next checked against the silence rule.
+    pub(super) next_liveness_check: Instant,
     /// The pause before the lookup after the one at `next_discovery`.
     pub(super) discovery: Backoff,
     /// Per peer, each open connection and whether we dialled it, for de-duplication.
@@ -148,6 +154,7 @@ impl NetActor {
             max_discovered_peers: config.max_discovered_peers,
             discovered_dials: HashMap::new(),
             next_discovery: Instant::now() + discovery.next(),
+            next_liveness_check: Instant::now() + LIVENESS_CHECK,
             discovery,
             connection_roles: HashMap::new(),
             in_flight: guard::InFlight::default(),
@@ -167,8 +174,6 @@ impl NetActor {
 
     /// The loop: commands first (so shutdown is never starved), then swarm events, then timers.
     pub(super) async fn run(mut self) {
-        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
-        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let static_due = self
                 .book
@@ -198,9 +203,15 @@ impl NetActor {
                 _ = tokio::time::sleep_until(static_due) => self.dial_due_statics(),
                 _ = tokio::time::sleep_until(self.next_discovery) => self.on_discovery_timer(),
                 _ = tokio::time::sleep_until(ban_ends) => self.end_bans(),
-                _ = liveness.tick() => {
+                _ = tokio::time::sleep_until(self.next_liveness_check) => {
                     self.check_liveness();
                     self.check_clocks();
+                    let pace = if self.pending_requests.is_empty() && !self.silence.awaits_answers() {
+                        IDLE_LIVENESS_CHECK
+                    } else {
+                        LIVENESS_CHECK
+                    };
+                    self.next_liveness_check = Instant::now() + pace;
                 }
             }
         }
@@ -439,7 +450,7 @@ impl NetActor {
             Err(liveness::Failure::Unsupported) => self.silence.forget(connection),
             // A ping stream reset while the connection still carries data: the data says the
             // peer is there, and the silence rule judges it.
-            Err(_) if self.heard_lately(&peer) => {}
+            Err(_) if self.heard_lately(connection) => {}
             Err(e) => self.connection_is_dead(peer, connection, &e.to_string()),
         }
     }
@@ -451,16 +462,11 @@ impl NetActor {
     /// Bytes from the peer count as an answer ([`super::activity`]).
     pub(super) fn check_liveness(&mut self) {
         let now = std::time::Instant::now();
-        let roles = &self.connection_roles;
-        self.activity
-            .prune(|peer| roles.contains_key(peer), LIVENESS_TIMEOUT, now);
-        let activity = &self.activity;
         let waiting_on: HashSet<PeerId> = self.pending_requests.values().map(|(p, _)| *p).collect();
-        let verdict = self.silence.check(
-            now,
-            |peer| activity.last_heard(peer),
-            |peer| waiting_on.contains(peer),
-        );
+        let silence = &mut self.silence;
+        let verdict = self
+            .activity
+            .with_last_heard(|heard| silence.check(now, heard, |peer| waiting_on.contains(peer)));
         for (peer, connection) in verdict.ping {
             self.swarm.behaviour_mut().liveness.ping(peer, connection);
         }
@@ -469,10 +475,10 @@ impl NetActor {
         }
     }
 
-    /// Whether `peer` sent any bytes within [`LIVENESS_TIMEOUT`].
-    fn heard_lately(&self, peer: &PeerId) -> bool {
+    /// Whether `connection` delivered any bytes within [`LIVENESS_TIMEOUT`].
+    fn heard_lately(&self, connection: ConnectionId) -> bool {
         self.activity
-            .heard_within(peer, LIVENESS_TIMEOUT, std::time::Instant::now())
+            .heard_within(connection, LIVENESS_TIMEOUT, std::time::Instant::now())
     }
 
     /// A connection is dead: it is closed, and if it was the peer's only one, the rest of the

@@ -29,6 +29,9 @@ impl NetActor {
             self.swarm.close_connection(connection);
             return;
         }
+        if !self.activity.established(&endpoint, connection) {
+            debug!(%peer, "no stream noted for the connection at {endpoint:?}: judged by pings only");
+        }
         let dialed = endpoint.is_dialer();
         // Besides our own dials (static, discovered) only Kademlia dials: its lookups connect to
         // the peers they learn about. Static dials are recognised by the peer book.
@@ -72,6 +75,7 @@ impl NetActor {
     ) {
         self.discovered_dials.remove(&connection);
         self.silence.forget(connection);
+        self.activity.closed(connection);
         let ip = self.book.remote_ip(&peer);
         self.book
             .disconnected(peer, connection, Instant::now().into_std());

@@ -20,7 +20,7 @@
 //! - `connections`: connections opening and closing, duplicates closed.
 //! - `discovery`: static peers, share-token addresses, mDNS, identify, Kademlia.
 //! - `requests`: our protocol on the swarm side: `pending_*` maps, inbound requests, hello.
-//! - `activity`: when each peer last sent any bytes (liveness besides pings).
+//! - `activity`: when each connection last delivered any bytes (liveness besides pings).
 //! - `silence`: when a quiet connection is pinged and when a silent one is dead.
 //! - `liveness`: the pings themselves, sent only when `silence` asks for them.
 //! - [`guard`]: per-peer and global limits on what peers make us do; strikes and bans.
@@ -58,7 +58,9 @@ pub use peers::{DISCOVERY_INTERVAL_MAX, DISCOVERY_INTERVAL_MIN};
 pub use requests::{
     CLOCK_CHECK_INTERVAL, CLOCK_CHECK_SETTLED, CLOCK_OFFSET_WARNING, CLOCK_SETTLED_WITHIN,
 };
-pub use silence::{LIVENESS_TIMEOUT, QUIET_BEFORE_PING, RTT_REFRESH, WAITING_QUIET_BEFORE_PING};
+pub use silence::{
+    LIVENESS_TIMEOUT, PING_ANSWER_WITHIN, QUIET_BEFORE_PING, RTT_REFRESH, WAITING_QUIET_BEFORE_PING,
+};
 pub use swarm::{
     Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT, KAD_PROTOCOL,
     MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,

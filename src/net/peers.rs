@@ -21,11 +21,11 @@ pub const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// (the peer closed it as a duplicate of one it still holds, or would not keep it): its next
 /// dial waits at least [`REFUSED_REDIAL_WAIT`], and the backoff is not reset.
 pub const SHORT_LIVED: Duration = Duration::from_secs(5);
-/// The least wait after a refused connection: longer than the liveness rule's 10 s, so a stale
-/// connection the peer holds to us (its close lost on a lossy link) is found dead and dropped
-/// before we dial again. Redialling every second or two kept that stale connection "heard" (a
-/// handshake's bytes count as a sign of life) and the peer closed each new one as its
-/// duplicate: a 30 % loss run stalled for minutes that way.
+/// The least wait after a refused connection: longer than the liveness rule's 10 s. A peer
+/// that holds a stale connection to us (its close lost on a lossy link) closes each new one as
+/// its duplicate until it finds the stale one dead; redialling every second or two meanwhile
+/// was a storm of handshakes, and (while bytes counted per peer, not per connection) kept the
+/// stale connection "heard": a 30 % loss run stalled for minutes that way.
 pub const REFUSED_REDIAL_WAIT: Duration = Duration::from_secs(15);
 /// First pause between Kademlia lookups of our own id (which is how we find more peers); it
 /// doubles after each lookup up to [`DISCOVERY_INTERVAL_MAX`] and drops back when peers appear.

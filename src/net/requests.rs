@@ -50,6 +50,10 @@ impl NetActor {
         }
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         self.pending_requests.insert(id, (peer, reply));
+        // We wait on the peer now: the silence rule must look every second.
+        self.next_liveness_check = self
+            .next_liveness_check
+            .min(tokio::time::Instant::now() + super::actor::LIVENESS_CHECK);
     }
 
     /// Answers an inbound request (which frees its in-flight slot).

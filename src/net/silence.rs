@@ -1,11 +1,18 @@
 //! When a connection is pinged, and when it is taken for dead: the silence rule.
 //!
-//! Any bytes from a peer are a sign of life ([`super::activity`]), an answered ping too. A
-//! connection is pinged only once its peer has been silent for [`QUIET_BEFORE_PING`] (the
+//! Any bytes on a connection are a sign of life ([`super::activity`]), an answered ping too. A
+//! connection we wait on (a request of ours is out to its peer) is pinged once it has been
+//! silent for [`WAITING_QUIET_BEFORE_PING`]; an idle one only after [`QUIET_BEFORE_PING`] (the
 //! dialing side) or a little longer (the listening side, so that on a quiet link only one side
-//! pings: its ping is the other side's sign of life). A connection silent for
-//! [`LIVENESS_TIMEOUT`] is dead. Every connection is also pinged at least every
+//! pings: its ping is the other side's sign of life). A connection that sends nothing for
+//! [`PING_ANSWER_WITHIN`] after a ping is dead: one we wait on after [`LIVENESS_TIMEOUT`] of
+//! silence, an idle one after about 30 s. Every connection is also pinged at least every
 //! [`RTT_REFRESH`], so each side keeps a round-trip time to show.
+//!
+//! Idle links are pinged slowly because pings were most of what an idle mesh cost: 32 daemons
+//! in one share (496 links) spent about 2 % of a core on pings every 5 s, as much as on all
+//! else together. A dead peer matters once we want something of it, and then it is found as
+//! fast as before.
 //!
 //! Pure state with no I/O: every call takes `now`, so the rule is tested by stepping time.
 
@@ -15,12 +22,17 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use libp2p::swarm::ConnectionId;
 
-/// A connection whose peer sent nothing at all (no data, no ping, no answer) for this long is
-/// taken for dead: a ping sent after [`QUIET_BEFORE_PING`] had seconds to be answered, even
-/// queued behind a slow link's data (and data arriving counts as much as the answer).
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Silence after which the dialing side of a connection pings it.
-pub const QUIET_BEFORE_PING: Duration = Duration::from_secs(5);
+/// A connection that sends nothing at all (no data, no ping, no answer) for this long after we
+/// pinged it is taken for dead: the ping had seconds to be answered, even queued behind a slow
+/// link's data (and data arriving counts as much as the answer).
+pub const PING_ANSWER_WITHIN: Duration = Duration::from_secs(8);
+/// Silence after which a connection we wait on is taken for dead: pinged after
+/// [`WAITING_QUIET_BEFORE_PING`], its answer due within [`PING_ANSWER_WITHIN`].
+pub const LIVENESS_TIMEOUT: Duration =
+    Duration::from_secs(WAITING_QUIET_BEFORE_PING.as_secs() + PING_ANSWER_WITHIN.as_secs());
+/// Silence after which the dialing side of an idle connection pings it (was 5 s: see the
+/// module's comment).
+pub const QUIET_BEFORE_PING: Duration = Duration::from_secs(20);
 /// How much longer the listening side waits before it pings: on a quiet link the dialer's
 /// pings reach it first and keep it from pinging too.
 pub const LISTENER_EXTRA_QUIET: Duration = Duration::from_secs(2);
@@ -44,6 +56,9 @@ struct Watched {
     answered: Instant,
     /// When we last pinged it.
     pinged: Option<Instant>,
+    /// When we pinged it first since its last sign of life: its answer is due
+    /// [`PING_ANSWER_WITHIN`] later.
+    unanswered: Option<Instant>,
 }
 
 impl Watched {
@@ -84,6 +99,7 @@ impl Silence {
                 dialed,
                 answered: now,
                 pinged: None,
+                unanswered: None,
             },
         );
     }
@@ -93,10 +109,16 @@ impl Silence {
         self.connections.remove(&connection);
     }
 
+    /// Whether a ping of ours waits for its answer (and nothing else was heard since).
+    pub fn awaits_answers(&self) -> bool {
+        self.connections.values().any(|w| w.unanswered.is_some())
+    }
+
     /// A ping on `connection` was answered.
     pub fn answered(&mut self, connection: ConnectionId, now: Instant) {
         if let Some(watched) = self.connections.get_mut(&connection) {
             watched.answered = now;
+            watched.unanswered = None;
         }
     }
 
@@ -112,24 +134,30 @@ impl Silence {
         self.connections.is_empty()
     }
 
-    /// Applies the rule at `now`, given when each peer last sent any bytes and whether we wait
-    /// for its answer to a request. Connections found dead are forgotten; those to ping are
-    /// marked pinged.
+    /// Applies the rule at `now`, given when each connection last delivered any bytes and
+    /// whether we wait for its peer's answer to a request. Connections found dead are
+    /// forgotten; those to ping are marked pinged.
     pub fn check(
         &mut self,
         now: Instant,
-        heard: impl Fn(&PeerId) -> Option<Instant>,
+        heard: impl Fn(ConnectionId) -> Option<Instant>,
         waiting_on: impl Fn(&PeerId) -> bool,
     ) -> Verdict {
         let mut verdict = Verdict::default();
         self.connections.retain(|connection, watched| {
             let last_sign =
-                heard(&watched.peer).map_or(watched.answered, |heard| heard.max(watched.answered));
-            let silent = now.saturating_duration_since(last_sign);
-            if silent > LIVENESS_TIMEOUT {
+                heard(*connection).map_or(watched.answered, |heard| heard.max(watched.answered));
+            if watched.unanswered.is_some_and(|pinged| last_sign >= pinged) {
+                watched.unanswered = None;
+            }
+            if watched
+                .unanswered
+                .is_some_and(|pinged| now.saturating_duration_since(pinged) > PING_ANSWER_WITHIN)
+            {
                 verdict.dead.push((watched.peer, *connection));
                 return false;
             }
+            let silent = now.saturating_duration_since(last_sign);
             let quiet = watched.quiet_before_ping(waiting_on(&watched.peer));
             let wants =
                 silent >= quiet || now.saturating_duration_since(watched.answered) >= RTT_REFRESH;
@@ -138,6 +166,7 @@ impl Silence {
                 .is_some_and(|at| now.saturating_duration_since(at) < quiet);
             if wants && !pinged_lately {
                 watched.pinged = Some(now);
+                watched.unanswered.get_or_insert(now);
                 verdict.ping.push((watched.peer, *connection));
             }
             true
@@ -230,26 +259,31 @@ mod tests {
             }
             listener_pings += by_listener.ping.len();
         }
-        assert_eq!((dialer_pings, listener_pings), (11, 0));
+        assert_eq!(
+            (dialer_pings, listener_pings),
+            (2, 0),
+            "the dialer at 20 and 40 s"
+        );
     }
 
     #[test]
     fn a_silent_peer_is_pinged_then_taken_for_dead() {
         let (peer, connection, start, mut silence) = one_connection(false);
-        // Heard last at second 3, then nothing: the listener pings at 3 + 7, dead after 3 + 10.
-        let verdicts = run(&mut silence, start, 4..=20, |_| Some(3));
+        // Heard last at second 3, then nothing: the listener pings at 3 + 22, and with no
+        // answer within 8 s it is dead.
+        let verdicts = run(&mut silence, start, 4..=40, |_| Some(3));
         assert_eq!(
             verdicts,
             [
                 (
-                    10,
+                    25,
                     Verdict {
                         ping: vec![(peer, connection)],
                         dead: vec![]
                     }
                 ),
                 (
-                    14,
+                    34,
                     Verdict {
                         ping: vec![],
                         dead: vec![(peer, connection)]
@@ -274,6 +308,51 @@ mod tests {
             .collect();
         assert_eq!(pings, [3, 5, 7, 9, 11]);
         assert!(silence.is_empty(), "dead after 10 s of silence");
+    }
+
+    #[test]
+    fn an_idle_link_is_pinged_after_20_s_and_dead_8_s_after_an_unanswered_ping() {
+        let (peer, connection, start, mut silence) = one_connection(true);
+        let verdicts = run(&mut silence, start, 1..=40, |_| None);
+        let at = |v: &Verdict| (v.ping.clone(), v.dead.clone());
+        let seen: Vec<_> = verdicts.iter().map(|(s, v)| (*s, at(v))).collect();
+        assert_eq!(
+            seen,
+            [
+                (20, (vec![(peer, connection)], vec![])),
+                (29, (vec![], vec![(peer, connection)])),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unanswered_ping_is_awaited_until_answered() {
+        let (_, connection, start, mut silence) = one_connection(true);
+        assert!(!silence.awaits_answers());
+        let verdict = silence.check(start + QUIET_BEFORE_PING, |_| None, |_| false);
+        assert_eq!(verdict.ping.len(), 1);
+        assert!(silence.awaits_answers(), "the actor then checks every second");
+        silence.answered(connection, start + QUIET_BEFORE_PING + secs(1));
+        assert!(!silence.awaits_answers());
+    }
+
+    #[test]
+    fn bytes_after_a_ping_count_as_its_answer() {
+        let (_, _, start, mut silence) = one_connection(true);
+        // Pinged at 20; its answer never comes but data does at 25: alive, pinged again once
+        // quiet for 20 s more (at 45), dead 8 s after that.
+        let verdicts = run(&mut silence, start, 1..=60, |s| (s >= 25).then_some(25));
+        let pings: Vec<u64> = verdicts
+            .iter()
+            .filter(|(_, v)| !v.ping.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        let dead: Vec<u64> = verdicts
+            .iter()
+            .filter(|(_, v)| !v.dead.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!((pings, dead), (vec![20, 45], vec![54]));
     }
 
     #[test]

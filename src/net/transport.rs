@@ -11,7 +11,7 @@ use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{PeerId, Transport, identity::Keypair, noise, tcp, yamux};
 
-use super::activity::{Activity, Counted};
+use super::activity::Activity;
 
 /// Streams of any protocol open at once on one connection (Yamux's limit). A peer that opens
 /// more has its connection closed by Yamux; a peer that stays below never meets the limit of
@@ -25,8 +25,9 @@ pub fn build(
     psk: Option<PreSharedKey>,
     activity: Activity,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-    let noise = Counted::new(noise::Config::new(key)?, activity);
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .map(move |stream, point| activity.wrap(stream, point));
+    let noise = noise::Config::new(key)?;
     let transport = match psk {
         Some(psk) => tcp
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
