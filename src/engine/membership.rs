@@ -226,6 +226,17 @@ impl Roster {
         all
     }
 
+    /// When a member of the share that is gone was last seen, the latest of them (what
+    /// [`Roster::member_status_named`] lists as `last_seen_ms`).
+    pub fn last_seen_ms(&self, share: &ShareId) -> Option<u64> {
+        self.gone
+            .get(share)?
+            .iter()
+            .filter(|(peer, _)| !self.is_member(share, peer))
+            .map(|(_, at)| *at)
+            .max()
+    }
+
     /// Whether the peer is a member of the share, or was one before it went (and is still
     /// listed as gone).
     pub fn knows_member(&self, share: &ShareId, peer: &PeerId) -> bool {

@@ -193,8 +193,8 @@ enum Command {
         reply: oneshot::Sender<Result<String, EngineError>>,
     },
     Status {
-        /// Whether read-only shares' unshared local edits are counted (reads the whole share).
-        count_unshared: bool,
+        /// How much is gathered.
+        detail: status::Detail,
         reply: oneshot::Sender<EngineStatus>,
     },
     /// Our progress with a share changed (from the state poll).
@@ -314,17 +314,18 @@ impl EngineHandle {
     /// Shares and sessions.
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
         self.call(|reply| Command::Status {
-            count_unshared: true,
+            detail: status::Detail::Full,
             reply,
         })
         .await
     }
 
-    /// [`EngineHandle::status`] without what is costly to gather (read-only shares' unshared
-    /// edits, which needs a read of the whole share): for the state poll that runs every second.
+    /// Each share's state, reason, last error, root and folder progress, with the same values
+    /// as [`EngineHandle::status`] but nothing else (no member lists, no sessions, no count of
+    /// unshared edits): for the state poll that runs every second ([`status::Detail::States`]).
     pub async fn states(&self) -> Result<EngineStatus, EngineError> {
         self.call(|reply| Command::Status {
-            count_unshared: false,
+            detail: status::Detail::States,
             reply,
         })
         .await
@@ -560,10 +561,7 @@ impl EngineActor {
                 let result = self.leave(&share).await;
                 let _ = reply.send(result);
             }
-            Command::Status {
-                count_unshared,
-                reply,
-            } => self.on_status(reply, count_unshared),
+            Command::Status { detail, reply } => self.on_status(reply, detail),
             Command::OwnProgress { share, progress } => self.tell_progress(share, progress),
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }

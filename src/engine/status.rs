@@ -23,6 +23,19 @@ use crate::store::{ShareId, ShareKind, ShareState, StoreHandle};
 /// Finished sessions remembered for `status`.
 pub const RECENT_SESSIONS: usize = 32;
 
+/// How much of the status is gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything `status` shows, read-only shares' unshared local edits counted (a read of
+    /// the whole share).
+    Full,
+    /// Only what a share's state needs and the state poll reports (state, reason, last error,
+    /// root, folder): no member lists, no sessions, nothing counted. The poll runs every second;
+    /// with 31 members, listing them (peer ids as text, sorted) was most of an idle mesh's
+    /// engine time.
+    States,
+}
+
 /// A share as shown by `share list` and `status`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ShareStatus {
@@ -143,12 +156,13 @@ pub struct LastError {
 }
 
 /// Where a share stands and why: the folder's own state first where it is one that waits or
-/// works on the disk, then whether any member is there to sync with, then whether a session
+/// works on the disk, then whether any member is there to sync with (`last_seen_ms`: when one
+/// was last, if none is now), then whether a session
 /// runs. `members` are all members known, `connected` says whether one is connected now.
 pub fn sync_state(
     folder: Option<&FolderStatus>,
     session_busy: bool,
-    members: &[MemberStatus],
+    last_seen_ms: Option<u64>,
     connected: bool,
 ) -> (SyncState, Option<String>) {
     if let Some(folder) = folder {
@@ -164,8 +178,7 @@ pub fn sync_state(
         }
     }
     if !connected {
-        let last_seen = members.iter().filter_map(|m| m.last_seen_ms).max();
-        let reason = match last_seen {
+        let reason = match last_seen_ms {
             Some(ms) => format!(
                 "no member reachable since {}",
                 crate::timefmt::rfc3339_ms(ms)
@@ -196,28 +209,35 @@ struct Pending {
     folder: Option<FolderHandle>,
     /// The share to count unshared local edits of (read-only members).
     count_unshared: Option<ShareId>,
+    /// Whether a member is connected, and if none is, when one was last.
+    connected: bool,
+    last_seen_ms: Option<u64>,
 }
 
 impl EngineActor {
     /// Answers a status request: the engine's part now, the rest from a task of its own.
-    pub(super) fn on_status(&self, reply: oneshot::Sender<EngineStatus>, count_unshared: bool) {
+    pub(super) fn on_status(&self, reply: oneshot::Sender<EngineStatus>, detail: Detail) {
         let (shares, pending): (Vec<ShareStatus>, Vec<Pending>) = self
             .store
             .shares()
             .into_iter()
             .map(|state| {
+                let id = state.meta.id;
                 let pending = Pending {
-                    folder: self.folders.get(&state.meta.id).cloned(),
-                    count_unshared: (count_unshared && !state.meta.writable())
-                        .then_some(state.meta.id),
+                    folder: self.folders.get(&id).cloned(),
+                    count_unshared: (detail == Detail::Full && !state.meta.writable())
+                        .then_some(id),
+                    connected: self.roster.has_members(&id),
+                    last_seen_ms: self.roster.last_seen_ms(&id),
                 };
-                (self.share_status(&state), pending)
+                (self.share_status(&state, &pending, detail), pending)
             })
             .unzip();
-        let status = EngineStatus {
-            shares,
-            sessions: self.recent.iter().cloned().collect(),
+        let sessions = match detail {
+            Detail::Full => self.recent.iter().cloned().collect(),
+            Detail::States => Vec::new(),
         };
+        let status = EngineStatus { shares, sessions };
         let store = self.store.clone();
         tokio::spawn(async move {
             let status = complete(status, pending, store).await;
@@ -226,7 +246,8 @@ impl EngineActor {
     }
 
     /// One share as the engine sees it; `folder` and `unshared` are filled in by [`complete`].
-    fn share_status(&self, state: &ShareState) -> ShareStatus {
+    /// With [`Detail::States`], without its members.
+    fn share_status(&self, state: &ShareState, pending: &Pending, detail: Detail) -> ShareStatus {
         let (entries, root) = {
             let summary = state.summary.read().expect("summary lock");
             (summary.len(), summary.root())
@@ -242,9 +263,13 @@ impl EngineActor {
                 .or_insert_with(|| peer.to_string())
                 .clone()
         };
-        let member_status: Vec<MemberStatus> = self
-            .roster
-            .member_status_named(&id, &mut name_of)
+        let full = detail == Detail::Full;
+        let listed_members = if full {
+            self.roster.member_status_named(&id, &mut name_of)
+        } else {
+            Vec::new()
+        };
+        let member_status: Vec<MemberStatus> = listed_members
             .into_iter()
             .map(|(peer, mut member)| {
                 if let Some(needs) = self.progress.needs(&(peer, id), root) {
@@ -261,8 +286,14 @@ impl EngineActor {
             peers.sort();
             peers
         };
-        let members = listed(self.roster.members_of(&id));
-        let writers = listed(self.roster.writers_of(&id));
+        let (members, writers) = if full {
+            (
+                listed(self.roster.members_of(&id)),
+                listed(self.roster.writers_of(&id)),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let (sync, reason) = if state.meta.paused {
             let reason = super::share_control::paused_reason(&state.meta.name);
             (SyncState::Paused, Some(reason))
@@ -270,8 +301,8 @@ impl EngineActor {
             sync_state(
                 None,
                 self.schedule.busy_with(&id),
-                &member_status,
-                !members.is_empty(),
+                pending.last_seen_ms,
+                pending.connected,
             )
         };
         let folder = match (&state.meta.path, state.meta.paused) {
@@ -332,9 +363,12 @@ async fn complete(
                     }
                 }
                 let session_busy = share.state == SyncState::Syncing;
-                let connected = !share.members.is_empty();
-                (share.state, share.reason) =
-                    sync_state(Some(folder), session_busy, &share.member_status, connected);
+                (share.state, share.reason) = sync_state(
+                    Some(folder),
+                    session_busy,
+                    pending.last_seen_ms,
+                    pending.connected,
+                );
                 // The folder's own error is about its files: newer than a session's, usually,
                 // and what the user can act on.
                 if let (Some(message), Some(at)) = (&folder.last_error, &folder.last_error_at) {
