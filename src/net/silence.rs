@@ -331,7 +331,10 @@ mod tests {
         assert!(!silence.awaits_answers());
         let verdict = silence.check(start + QUIET_BEFORE_PING, |_| None, |_| false);
         assert_eq!(verdict.ping.len(), 1);
-        assert!(silence.awaits_answers(), "the actor then checks every second");
+        assert!(
+            silence.awaits_answers(),
+            "the actor then checks every second"
+        );
         silence.answered(connection, start + QUIET_BEFORE_PING + secs(1));
         assert!(!silence.awaits_answers());
     }
