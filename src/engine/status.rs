@@ -156,9 +156,9 @@ pub struct LastError {
 }
 
 /// Where a share stands and why: the folder's own state first where it is one that waits or
-/// works on the disk, then whether any member is there to sync with (`last_seen_ms`: when one
-/// was last, if none is now), then whether a session
-/// runs. `members` are all members known, `connected` says whether one is connected now.
+/// works on the disk, then whether any member is there to sync with, then whether a session
+/// runs. `connected` says whether a member is connected now; if none is, `last_seen_ms` says
+/// when one last was (the latest of the members that went).
 pub fn sync_state(
     folder: Option<&FolderStatus>,
     session_busy: bool,

@@ -88,10 +88,10 @@ pub(super) struct NetActor {
     pub(super) discovered_dials: HashMap<ConnectionId, Discovery>,
     /// When the next Kademlia lookup of our own id is due.
     pub(super) next_discovery: Instant,
-    /// When connections are next checked against the silence rule.
-    pub(super) next_liveness_check: Instant,
     /// The pause before the lookup after the one at `next_discovery`.
     pub(super) discovery: Backoff,
+    /// When connections are next checked against the silence rule.
+    pub(super) next_liveness_check: Instant,
     /// Per peer, each open connection and whether we dialled it, for de-duplication.
     pub(super) connection_roles: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     /// Inbound requests waiting for our answer, per peer and in total.
