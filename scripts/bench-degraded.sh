@@ -62,10 +62,10 @@ for kbit, goal in ((320, 1.3), (1600, 1.2)):
     took, ideal, ratio = secs(m.group(1)), secs(m.group(2)), float(m.group(3))
     row(f"4 MiB over {kbit} kbit/s (tbf)", f"{took:.1f} s ({ratio:.2f}× ideal {ideal:.1f} s)", f"≤ {goal}× ideal", ratio <= goal)
 if not quick:
-    m = re.search(r"30 % loss: 500 small files after (\S+), all with 16 MiB after (\S+)", text)
-    small, total = secs(m.group(1)), secs(m.group(2))
+    m = re.search(r"30 % loss: 500 small files after (\S+), all with (\d+) MiB after (\S+)", text)
+    small, mib, total = secs(m.group(1)), m.group(2), secs(m.group(3))
     row("30 % loss each way: 500 small files", f"{small:.0f} s", "completes", True)
-    row("30 % loss each way: and a 16 MiB file", f"{total:.0f} s", "completes", True)
+    row(f"30 % loss each way: and a {mib} MiB file", f"{total:.0f} s", "completes", True)
 m = re.search(r"while C was frozen: B had A's files after (\S+); A showed C gone after (\S+)", text)
 synced, gone = secs(m.group(1)), secs(m.group(2))
 row("one of 3 frozen (SIGSTOP): the others sync 20 files", f"{synced:.1f} s", "no slowdown", synced <= 5)

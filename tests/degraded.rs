@@ -230,9 +230,14 @@ fn a_big_file_crosses_a_1600_kbit_link() {
     transfer_over(1600, "a_big_file_crosses_a_1600_kbit_link");
 }
 
-/// With 30 % of the receiver's packets lost each way, a sync of 500 small files and a 16 MiB
+/// With 30 % of the receiver's packets lost each way, a sync of 500 small files and an 8 MiB
 /// file completes: nothing waits on one request forever, and a member whose requests fail is
 /// asked again after a wait that grows. Before, at 30 % loss a 64 MiB file never arrived.
+///
+/// The file was 16 MiB until 2026-12-05: that took 290–890 s here (TCP at this loss has slow
+/// stretches of minutes) and once over the 900 s bound in CI, a timing limit in effect. Half
+/// the bytes keep the point (many requests, each of which may fail) with room to spare;
+/// `scripts/bench-degraded.sh` reports the time.
 #[test]
 fn a_sync_completes_at_30_percent_loss() {
     let born = Instant::now();
@@ -250,7 +255,7 @@ fn a_sync_completes_at_30_percent_loss() {
         let len = 512 + (i as usize * 37) % 4096;
         std::fs::write(dir.join(format!("f{i}.txt")), support::random_bytes(len, i)).unwrap();
     }
-    const BIG: usize = 16 * 1024 * 1024;
+    const BIG: usize = 8 * 1024 * 1024;
     std::fs::write(
         folder.dirs[0].join("big.bin"),
         support::random_bytes(BIG, 99),
@@ -274,9 +279,22 @@ fn a_sync_completes_at_30_percent_loss() {
     lab.loss(1, 0);
     folder.wait_identical();
     eprintln!(
-        "30 % loss: 500 small files after {:?}, all with 16 MiB after {took:?}",
-        small_at.unwrap()
+        "30 % loss: 500 small files after {:?}, all with {} MiB after {took:?}",
+        small_at.unwrap(),
+        BIG >> 20
     );
+    // Failing dials and closing connections cost no more than the work: each daemon used well
+    // under a quarter of a core (a few seconds of CPU in all is usual). A static peer's redial
+    // that failed while the peer had dialled us made the receiver spin a core in its net
+    // actor until the connection closed (`PeerBook::next_static_due`).
+    let wall = born.elapsed();
+    for node in &mesh.nodes {
+        let cpu = node.cpu_time().expect("the daemon's CPU time");
+        assert!(
+            cpu < wall / 4,
+            "{cpu:?} of CPU in {wall:?}: a daemon busy for nothing"
+        );
+    }
     // Sessions fail every few seconds on such a link; each node warns about its one member
     // and share at most once a minute (before: a line per failure, 10-30 in 5-9 minutes).
     let minutes = born.elapsed().as_secs() / 60 + 1;

@@ -147,6 +147,17 @@ impl Node {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// CPU time (user and system) the running daemon has used so far, from `/proc`.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces: the
+        // first is the state (field 3), so utime and stime (14 and 15) are the 12th and 13th.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux counts them in USER_HZ, 100 a second.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// The running daemon's peak resident memory (VmHWM) in bytes, from `/proc`.
     pub fn peak_rss(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
