@@ -1,7 +1,9 @@
-//! The folder layer's errors: why a folder could not start, and why a path could not be made to
-//! match its entry (with the one case a download may meet that is no error: a local change).
+//! The folder layer's errors: why a folder could not start, why a chunk could not be fetched
+//! (and what each member did wrong), and why a path could not be made to match its entry (with
+//! the one case a download may meet that is no error: a local change).
 
-use super::fetch::FetchError;
+use libp2p::PeerId;
+
 use super::write;
 use crate::store::StoreError;
 
@@ -115,6 +117,89 @@ impl From<write::WriteError> for WriteFailure {
         match e {
             write::WriteError::Conflict { .. } => WriteFailure::Conflict,
             other => WriteFailure::Failed(MaterialiseError::Write(other)),
+        }
+    }
+}
+
+/// Why a member did not deliver what it was asked for.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MemberFailure {
+    /// The request itself failed (not connected, timed out, closed).
+    #[error("request to {peer} failed: {message}")]
+    Request {
+        /// The member.
+        peer: PeerId,
+        /// The network layer's account.
+        message: String,
+    },
+    /// The member answered with an error.
+    #[error("{peer} refused: {message}")]
+    Refused {
+        /// The member.
+        peer: PeerId,
+        /// Its message.
+        message: String,
+    },
+    /// The member answered something else than what was asked.
+    #[error("{peer} answered {what}")]
+    Unexpected {
+        /// The member.
+        peer: PeerId,
+        /// What it answered.
+        what: String,
+    },
+    /// The member sent bytes that do not hash to what was asked.
+    #[error("{peer} sent bytes that do not match their hash")]
+    Lied {
+        /// The member.
+        peer: PeerId,
+    },
+    /// The member does not have it.
+    #[error("{peer} does not have it")]
+    Missing {
+        /// The member.
+        peer: PeerId,
+    },
+}
+
+/// Why a chunk or a chunk-list page could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nobody to ask.
+    #[error("no member is connected to fetch from")]
+    NoMember,
+    /// Every try failed; the last failure.
+    #[error("no member delivered it after {attempts} tries; last: {last}")]
+    Exhausted {
+        /// Tries made.
+        attempts: usize,
+        /// The last member's failure.
+        #[source]
+        last: MemberFailure,
+    },
+    /// The folder's fetcher task is gone (the folder is stopping).
+    #[error("the fetcher has stopped")]
+    Stopped,
+    /// A page arrived but is not usable.
+    #[error(transparent)]
+    Page(#[from] super::state::PageError),
+    /// A fetched page could not be stored.
+    #[error("cannot store a fetched chunk list page: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A blocking read of a local copy panicked or was cancelled.
+    #[error("a local chunk read failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl MemberFailure {
+    /// The member that failed.
+    pub fn peer(&self) -> PeerId {
+        match self {
+            MemberFailure::Request { peer, .. }
+            | MemberFailure::Refused { peer, .. }
+            | MemberFailure::Unexpected { peer, .. }
+            | MemberFailure::Lied { peer }
+            | MemberFailure::Missing { peer } => *peer,
         }
     }
 }

@@ -18,11 +18,11 @@
 //! member delivers, so a request on a slow link is answered in seconds instead of timing out.
 //!
 //! A chunk larger than what a member's link delivers within its window is fetched in parts
-//! ([`Request::GetChunkPart`], from members whose hello offers it), each sized to the window:
-//! a request is answered whole within the network layer's timeout (30 s) or not at all, so
-//! over a link slower than one chunk per timeout (~70 kbit/s for the largest, 256 KiB) a whole
-//! chunk never arrived. The parts come from one member and are kept across its failed requests;
-//! the assembled chunk is checked like any other.
+//! ([`Request::GetChunkPart`], from members whose hello offers it), each sized to the window: a
+//! request is answered whole within the network layer's timeout (30 s) or not at all, so over a
+//! link slower than one chunk per timeout (~70 kbit/s for the largest, 256 KiB) a whole chunk
+//! never arrived. The parts come from one member and are kept across its failed requests
+//! ([`super::chunk_part`]); the assembled chunk is checked like any other.
 //!
 //! Every chunk is checked against its hash. A chunk that does not match is discarded, counted,
 //! reported as a strike against the member, and asked of another member; so is one the member
@@ -36,6 +36,8 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::chunk_part::{Added, Part};
+use super::error::{FetchError, MemberFailure};
 use super::model::{CheckedChunk, ChunkRef};
 use super::pacing::Pacing;
 use super::status::Counters;
@@ -71,76 +73,6 @@ const _: () = assert!(CHUNK_PART_MAX == super::model::CHUNK_MAX);
 /// How often requests out are checked against the hedge deadline.
 pub const HEDGE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Why a member did not deliver what it was asked for.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum MemberFailure {
-    /// The request itself failed (not connected, timed out, closed).
-    #[error("request to {peer} failed: {message}")]
-    Request {
-        /// The member.
-        peer: PeerId,
-        /// The network layer's account.
-        message: String,
-    },
-    /// The member answered with an error.
-    #[error("{peer} refused: {message}")]
-    Refused {
-        /// The member.
-        peer: PeerId,
-        /// Its message.
-        message: String,
-    },
-    /// The member answered something else than what was asked.
-    #[error("{peer} answered {what}")]
-    Unexpected {
-        /// The member.
-        peer: PeerId,
-        /// What it answered.
-        what: String,
-    },
-    /// The member sent bytes that do not hash to what was asked.
-    #[error("{peer} sent bytes that do not match their hash")]
-    Lied {
-        /// The member.
-        peer: PeerId,
-    },
-    /// The member does not have it.
-    #[error("{peer} does not have it")]
-    Missing {
-        /// The member.
-        peer: PeerId,
-    },
-}
-
-/// Why a chunk or a chunk-list page could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Nobody to ask.
-    #[error("no member is connected to fetch from")]
-    NoMember,
-    /// Every try failed; the last failure.
-    #[error("no member delivered it after {attempts} tries; last: {last}")]
-    Exhausted {
-        /// Tries made.
-        attempts: usize,
-        /// The last member's failure.
-        #[source]
-        last: MemberFailure,
-    },
-    /// The folder's fetcher task is gone (the folder is stopping).
-    #[error("the fetcher has stopped")]
-    Stopped,
-    /// A page arrived but is not usable.
-    #[error(transparent)]
-    Page(#[from] super::state::PageError),
-    /// A fetched page could not be stored.
-    #[error("cannot store a fetched chunk list page: {0}")]
-    Store(#[from] crate::store::StoreError),
-    /// A blocking read of a local copy panicked or was cancelled.
-    #[error("a local chunk read failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
 struct Want {
     chunk: ChunkRef,
     reply: oneshot::Sender<Result<CheckedChunk, FetchError>>,
@@ -151,13 +83,6 @@ struct Want {
     part: Option<Part>,
 }
 
-/// The start of a chunk, fetched in parts from one member: a part from another starts it over,
-/// so a chunk that fails its hash is one member's doing.
-struct Part {
-    from: PeerId,
-    bytes: Vec<u8>,
-}
-
 impl Want {
     /// Whether its next request is for a part: it is larger than `budget`, or parts of it
     /// from `peer` have arrived already (the rest is asked of it in parts too).
@@ -166,7 +91,7 @@ impl Want {
             || self
                 .part
                 .as_ref()
-                .is_some_and(|p| p.from == *peer && !p.bytes.is_empty())
+                .is_some_and(|p| p.member() == *peer && p.offset() > 0)
     }
 }
 
@@ -174,19 +99,6 @@ impl Want {
 #[derive(Clone)]
 pub struct Fetcher {
     wants: mpsc::UnboundedSender<Want>,
-}
-
-impl MemberFailure {
-    /// The member that failed.
-    pub fn peer(&self) -> PeerId {
-        match self {
-            MemberFailure::Request { peer, .. }
-            | MemberFailure::Refused { peer, .. }
-            | MemberFailure::Unexpected { peer, .. }
-            | MemberFailure::Lied { peer }
-            | MemberFailure::Missing { peer } => *peer,
-        }
-    }
 }
 
 impl Fetcher {
@@ -517,17 +429,7 @@ impl FetchTask {
     /// Asks `peer` for the next part of `want`'s chunk: `budget` bytes (at least [`PART_MIN`]),
     /// from where the parts it sent so far end.
     fn ask_part(&mut self, peer: PeerId, mut want: Want, budget: usize, now: tokio::time::Instant) {
-        let part = want.part.get_or_insert_with(|| Part {
-            from: peer,
-            bytes: Vec::new(),
-        });
-        if part.from != peer {
-            *part = Part {
-                from: peer,
-                bytes: Vec::new(),
-            };
-        }
-        let offset = part.bytes.len() as u32;
+        let offset = Part::for_member(&mut want.part, peer).offset();
         let len = (budget.max(PART_MIN as usize) as u32)
             .min(want.chunk.len.saturating_sub(offset))
             .min(CHUNK_PART_MAX);
@@ -629,13 +531,7 @@ impl FetchTask {
         };
         let end = want.chunk.len;
         let bytes = match result {
-            // A full part, or the chunk's last (shorter) one.
-            Ok(Response::Chunk(bytes))
-                if !bytes.is_empty()
-                    && bytes.len() <= len as usize
-                    && (bytes.len() == len as usize
-                        || offset as usize + bytes.len() == end as usize) =>
-            {
+            Ok(Response::Chunk(bytes)) if Part::is_a_part(bytes.len(), offset, len, end) => {
                 self.pacing
                     .answered(peer, u64::from(len), bytes.len() as u64, now);
                 bytes.into_vec()
@@ -653,21 +549,14 @@ impl FetchTask {
                 return self.unusable(peer, vec![want], other);
             }
         };
-        let part = want.part.get_or_insert_with(|| Part {
-            from: peer,
-            bytes: Vec::new(),
-        });
-        if part.from != peer || part.bytes.len() != offset as usize {
-            // Started over (another member's parts came in between): this answer is stale.
-            self.queue.push_front(want);
-            return;
-        }
-        part.bytes.extend_from_slice(&bytes);
-        if part.bytes.len() < end as usize {
-            self.queue.push_front(want);
-            return;
-        }
-        let whole = want.part.take().map(|p| p.bytes).unwrap_or_default();
+        let whole = match Part::add(&mut want.part, peer, offset, &bytes, end) {
+            Added::Whole(whole) => whole,
+            // Not whole yet, or stale (another member's parts started it over in between).
+            Added::More | Added::Stale => {
+                self.queue.push_front(want);
+                return;
+            }
+        };
         match CheckedChunk::check(&want.chunk, whole) {
             Ok(checked) => {
                 self.counters

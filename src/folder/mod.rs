@@ -8,6 +8,7 @@ mod actor;
 mod assemble;
 mod breaker;
 mod chunk_map;
+mod chunk_part;
 pub mod conflict;
 pub mod content;
 mod delete_hold;

@@ -9,7 +9,8 @@ use libp2p::PeerId;
 use tokio::sync::watch;
 
 use super::chunk_map::ChunkMap;
-use super::fetch::{FetchError, Fetcher, MemberFailure};
+use super::error::{FetchError, MemberFailure};
+use super::fetch::Fetcher;
 use super::model::{CheckedChunk, ChunkRef, Content, FileMeta, Hash};
 use super::scan;
 use super::state;
