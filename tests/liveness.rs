@@ -123,3 +123,73 @@ fn an_idle_frozen_member_is_shown_gone_too() {
         member_status(a, &share.name, b).is_some_and(|m| m["connected"] == true)
     });
 }
+
+/// B is downloading a backlog of files from its only member when that member freezes: once it
+/// is taken for gone, B's downloads wait for a member instead of failing in a loop, and resume
+/// when it is back. Before, every queued file was tried again every 2 s and failed at once ("no
+/// member is connected"), thousands of tries a second while the backlog lasted.
+#[test]
+fn downloads_without_a_member_wait_for_one_instead_of_retrying_in_a_loop() {
+    const FILES: u64 = 12_000;
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let (a, b) = (&mesh.nodes[0], &mesh.nodes[1]);
+    // In A's folder before it is shared, so that B learns of many at once.
+    let folder_a = a.home.parent().unwrap().join("folder");
+    for i in 0..FILES {
+        let dir = folder_a.join(format!("d{}", i % 60));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("f{i}.txt")),
+            support::random_bytes(1024, i),
+        )
+        .unwrap();
+    }
+    let share = mesh.share_folder();
+    wait_until("B to have a backlog to fetch", WAIT, || {
+        share.status(b)["needed_files"].as_u64().unwrap_or(0) >= 2000
+    });
+    signal(a, "-STOP");
+    wait_until("B to show A as not connected", DETECTED, || {
+        member_status(b, &share.name, a).is_some_and(|m| m["connected"] == false)
+    });
+    // Evidence that the downloads met the situation: they found no member to fetch from.
+    b.wait_for_log(
+        "B's downloads to find no member",
+        &["no member is connected to fetch from"],
+        0,
+    );
+    // Enough to show: with 2,000 such files B used more than a core.
+    let needed = share.status(b)["needed_files"].as_u64().unwrap_or(0);
+    assert!(
+        needed >= 1000,
+        "the backlog was fetched before A froze: {needed} left"
+    );
+    let before = b.cpu_time().expect("B's CPU time");
+    let watched = Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let used = b.cpu_time().expect("B's CPU time") - before;
+    let wall = watched.elapsed();
+    eprintln!("B, {needed} files to fetch and no member: {used:?} of CPU in {wall:?}");
+    assert!(
+        used < wall / 4,
+        "B used {used:?} of CPU in {wall:?} with nobody to fetch from"
+    );
+
+    // And it says so.
+    let state = |node: &Node| {
+        node.status()["shares"]
+            .as_array()
+            .and_then(|shares| shares.iter().find(|s| s["name"] == share.name.as_str()))
+            .map(|s| s["state"].clone())
+    };
+    assert_eq!(state(b), Some(serde_json::json!("waiting")));
+
+    signal(a, "-CONT");
+    wait_until("every file at B once A is back", WAIT * 2, || {
+        share.status(b)["needed_files"].as_u64() == Some(0)
+            && share.dirs[1]
+                .join(format!("d59/f{}.txt", FILES - 1))
+                .exists()
+    });
+}

@@ -47,7 +47,7 @@ use super::source::{self, ChunkLocation, Sources};
 use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::{RetiredPaged, SyncedPaths};
-use super::watch::{WatchEvent, Watching};
+use super::watch::{WATCH_RETRY_MIN, WatchEvent, Watching};
 use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
@@ -80,10 +80,32 @@ pub fn rescan_interval(took: Duration, watching: bool) -> Duration {
         .clamp(RESCAN_INTERVAL, MAX_RESCAN_INTERVAL)
 }
 
+/// When the next full rescan is due, after one that took `took` ended at `now`. A folder that
+/// could not be watched is rescanned by the time its watch is tried again (`watch_retry`: the
+/// rescan tries it first), but not sooner than [`WATCH_RETRY_MIN`] from now: a try that fell
+/// due while the scan ran is made as this one ends, and once made it is not due again sooner.
+pub fn next_full_rescan(
+    now: Instant,
+    took: Duration,
+    watching: bool,
+    watch_retry: Option<Instant>,
+) -> Instant {
+    let due = now + rescan_interval(took, watching);
+    match watch_retry {
+        Some(retry) => due.min(retry.max(now + WATCH_RETRY_MIN)),
+        None => due,
+    }
+}
+
 /// How often a paused folder checks whether its root and marker are back.
 pub const PAUSED_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Wait before retrying a failed download.
 pub const DOWNLOAD_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait of a download that found no member connected to fetch from: a member that
+/// connects retries it at once (`FolderActor::on_members`). Retried every
+/// [`DOWNLOAD_RETRY`], a backlog of 2,000 such files cost more than a core (every file tried
+/// and failed again every 2 s, for as long as no member was there).
+pub const NO_MEMBER_RETRY: Duration = Duration::from_secs(600);
 /// How often the synced-state rows are written (one store write for everything since).
 pub const SYNCED_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// ... or as soon as this many changed rows wait for it.
@@ -150,6 +172,7 @@ pub fn spawn(
     let changes = store.subscribe();
     let counters: Arc<Counters> = Arc::default();
     let fetcher = Fetcher::spawn(meta.id, net.clone(), members.clone(), counters.clone());
+    let member_changes = members.clone();
     let sources = Sources {
         root,
         share: meta.id,
@@ -209,6 +232,8 @@ pub fn spawn(
         state_writer_task: Some(state_writer_task),
         refused: 0,
         retry_lines: crate::quiet::LogLimiter::default(),
+        member_changes,
+        awaiting_member: false,
         last_error: None,
         rate: RateMeter::default(),
         events,
@@ -289,6 +314,10 @@ pub(super) struct FolderActor {
     /// Failed downloads are said once per reason and minute, not once per file: with no member
     /// reachable, every queued file fails at once.
     pub(super) retry_lines: crate::quiet::LogLimiter<String>,
+    /// The share's connected members, watched for downloads waiting for one.
+    pub(super) member_changes: watch::Receiver<Vec<PeerId>>,
+    /// Whether downloads wait for a member to connect ([`NO_MEMBER_RETRY`]).
+    pub(super) awaiting_member: bool,
     /// The last error and when it happened, for `status`.
     pub(super) last_error: Option<(String, std::time::SystemTime)>,
     pub(super) rate: RateMeter,
@@ -379,6 +408,7 @@ impl FolderActor {
                         self.on_materialised(done).await;
                     }
                 }
+                Ok(()) = self.member_changes.changed() => self.on_members(),
                 _ = tokio::time::sleep_until(scan_at) => self.start_scan(),
                 _ = tokio::time::sleep_until(retry_at) => self.queue.queue_due_retries(Instant::now()),
                 _ = tokio::time::sleep_until(flush_at) => self.flush_synced(),
@@ -864,6 +894,31 @@ mod tests {
         assert_eq!(
             rescan_interval(ms(3_600_000), false),
             MAX_UNWATCHED_RESCAN_INTERVAL
+        );
+    }
+
+    /// A folder that could not be watched (the inotify limit) tries again with its next full
+    /// rescan. When a scan took longer than the wait before that try, the try was due before
+    /// the scan ended, and the next full scan was due at once: full scans back to back, for as
+    /// long as the try's wait (10 s, doubling to 10 minutes) was shorter than a scan, for good
+    /// on a tree whose scan takes longer than that.
+    #[test]
+    fn a_watch_retry_due_during_a_long_scan_does_not_start_the_next_at_once() {
+        let now = Instant::now();
+        let took = Duration::from_secs(30);
+        let passed = now - Duration::from_secs(20);
+        let next = next_full_rescan(now, took, false, Some(passed));
+        assert!(
+            next >= now + WATCH_RETRY_MIN,
+            "the next full rescan {:?} after this one ended",
+            next.saturating_duration_since(now)
+        );
+        // A try due soon still brings the rescan forward from the paced interval (10 min).
+        let soon = now + Duration::from_secs(15);
+        assert_eq!(next_full_rescan(now, took, false, Some(soon)), soon);
+        assert_eq!(
+            next_full_rescan(now, took, false, None),
+            now + rescan_interval(took, false)
         );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::actor::{DOWNLOAD_RETRY, FolderActor};
+use super::actor::{DOWNLOAD_RETRY, FolderActor, NO_MEMBER_RETRY};
 use super::materialise::{Materialised, materialise};
 use super::model::EntryKind;
 use super::plan::{self, Desired};
@@ -103,6 +103,17 @@ impl FolderActor {
         self.queue.push(path, delete);
     }
 
+    /// The share's connected members changed: downloads that found none to fetch from are
+    /// tried again at once when one is there (with every other waiting retry: those wait
+    /// seconds, and a retry made early fails as it would have).
+    pub(super) fn on_members(&mut self) {
+        let connected = !self.member_changes.borrow_and_update().is_empty();
+        if connected && self.awaiting_member {
+            self.awaiting_member = false;
+            self.queue.retry_all_by(Instant::now());
+        }
+    }
+
     pub(super) fn start_downloads(&mut self) {
         if self.paused.is_some() || self.held.is_some() {
             return;
@@ -124,6 +135,12 @@ impl FolderActor {
                     continue;
                 }
                 Next::Start { path, delete } => {
+                    if !delete && self.awaiting_member && self.member_changes.borrow().is_empty() {
+                        // Nothing to fetch from: the queue waits for a member (`on_members`)
+                        // instead of trying every file and failing.
+                        self.queue.unstart(path);
+                        return;
+                    }
                     if !delete && let Some(wait) = self.no_room_for(&path, &mut room) {
                         self.queue.defer(path, Instant::now() + wait);
                         continue;
@@ -237,7 +254,13 @@ impl FolderActor {
                     let more = crate::quiet::and_more(unsaid);
                     warn!(folder = %self.name, path = %done.path, "cannot sync (retrying): {reason}{more}");
                 }
-                DOWNLOAD_RETRY
+                if error.is_no_member() && self.member_changes.borrow().is_empty() {
+                    // Tried again when one connects (`on_members`), not in a loop meanwhile.
+                    self.awaiting_member = true;
+                    NO_MEMBER_RETRY
+                } else {
+                    DOWNLOAD_RETRY
+                }
             };
             self.queue.note_needed(&done.path, size);
             self.queue.retry_at(done.path, Instant::now() + wait);

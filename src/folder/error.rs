@@ -83,6 +83,11 @@ impl MaterialiseError {
         }
     }
 
+    /// Whether nothing could be fetched because no member is connected.
+    pub fn is_no_member(&self) -> bool {
+        matches!(self, MaterialiseError::Fetch(FetchError::NoMember))
+    }
+
     /// Whether the entry itself is refused (an unsafe path from a peer): counted, not retried.
     pub fn is_refusal(&self) -> bool {
         matches!(

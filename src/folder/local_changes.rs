@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult, rescan_interval};
+use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult, next_full_rescan};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
 use super::notices::ChangeNotice;
@@ -264,12 +264,12 @@ impl FolderActor {
             if let Some(started) = self.full_scan_started.take()
                 && self.paused.is_none()
             {
-                self.next_rescan =
-                    Instant::now() + rescan_interval(started.elapsed(), self.watching.is_on());
-                // A folder that could not be watched tries again with the next full rescan.
-                if let Some(retry) = self.watching.retry_at() {
-                    self.next_rescan = self.next_rescan.min(retry);
-                }
+                self.next_rescan = next_full_rescan(
+                    Instant::now(),
+                    started.elapsed(),
+                    self.watching.is_on(),
+                    self.watching.retry_at(),
+                );
             }
         }
         self.hashed_files += result.hashed.0;

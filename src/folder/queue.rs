@@ -273,6 +273,15 @@ impl DownloadQueue {
         self.retry_at.insert(path, at);
     }
 
+    /// A download (not a deletion) handed out by [`DownloadQueue::next`] is not started after
+    /// all: back to the front of the queue.
+    pub fn unstart(&mut self, path: String) {
+        self.in_flight_buffered -= self.in_flight.remove(&path).map_or(0, |(buffer, _)| buffer);
+        if self.pending_set.insert(PathDigest::of(&path)) {
+            self.pending.push_front(path);
+        }
+    }
+
     /// A deletion handed out by [`DownloadQueue::next`] is not started after all: back to the
     /// front of the deletions.
     pub fn unstart_delete(&mut self, path: String) {
@@ -381,6 +390,26 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_download_not_started_after_all_is_next_again() {
+        let mut q = DownloadQueue::default();
+        q.note_needed("a", Some(10));
+        q.push("a".into(), false);
+        q.push("b".into(), false);
+        let Some(Next::Start { path, delete }) = q.next() else {
+            panic!("a starts");
+        };
+        assert_eq!((path.as_str(), delete, q.running_bytes()), ("a", false, 10));
+        q.unstart(path);
+        assert_eq!(q.running_bytes(), 0, "nothing runs");
+        assert!(!q.is_running("a"));
+        assert_eq!(q.needed_files(), 2, "both still wanted");
+        assert!(
+            matches!(q.next(), Some(Next::Start { path, .. }) if path == "a"),
+            "back at the front"
+        );
     }
 
     #[test]
