@@ -37,7 +37,9 @@ pub const DISCOVERY_INTERVAL_MAX: Duration = Duration::from_secs(600);
 
 /// Addresses remembered per peer; more are dropped oldest-first, so a peer cannot grow our memory.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
-/// Peers remembered in total (connected or not); discovered peers beyond it are not recorded.
+/// Peers remembered that are not connected, at most: past it a newly found one takes the place
+/// of one neither connected nor a static target (or is not recorded, if there is none).
+/// Connected peers are always recorded; they are bounded by the swarm's connection limits.
 pub const MAX_KNOWN_PEERS: usize = 4096;
 
 /// How we first learned about a peer.
@@ -86,6 +88,23 @@ pub struct KnownPeer {
     pub clock_measured: Option<Instant>,
     /// The measurement before that, to tell a drifting clock from a steady one.
     pub clock_previous_ms: Option<i64>,
+}
+
+impl KnownPeer {
+    /// A peer just found, by `how`.
+    fn found(how: Discovery) -> KnownPeer {
+        KnownPeer {
+            found_by: how,
+            addrs: Vec::new(),
+            connections: BTreeMap::new(),
+            agent: None,
+            name: None,
+            rtt: None,
+            clock_offset_ms: None,
+            clock_measured: None,
+            clock_previous_ms: None,
+        }
+    }
 }
 
 /// A configured address to keep a connection to.
@@ -257,24 +276,33 @@ impl PeerBook {
     /// Records a discovered peer and its addresses. Returns true if it is not connected and
     /// should be considered for dialling.
     pub fn discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], how: Discovery) -> bool {
-        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_KNOWN_PEERS {
+        if !self.peers.contains_key(&peer) && !self.make_room() {
             return false;
         }
-        let entry = self.peers.entry(peer).or_insert_with(|| KnownPeer {
-            found_by: how,
-            addrs: Vec::new(),
-            connections: BTreeMap::new(),
-            agent: None,
-            name: None,
-            rtt: None,
-            clock_offset_ms: None,
-            clock_measured: None,
-            clock_previous_ms: None,
-        });
+        let entry = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| KnownPeer::found(how));
         for addr in addrs {
             remember_addr(&mut entry.addrs, addr);
         }
         entry.connections.is_empty()
+    }
+
+    /// Makes room for one more peer in a full book by forgetting one that is neither connected
+    /// nor a static target; false if there is none. A flood of made-up ids then only displaces
+    /// other peers we are not talking to.
+    fn make_room(&mut self) -> bool {
+        if self.peers.len() < MAX_KNOWN_PEERS {
+            return true;
+        }
+        let statics: BTreeSet<PeerId> = self.statics.iter().filter_map(|s| s.peer_id).collect();
+        let spare = self
+            .peers
+            .iter()
+            .find(|(id, p)| p.connections.is_empty() && !statics.contains(id))
+            .map(|(id, _)| *id);
+        spare.is_some_and(|id| self.peers.remove(&id).is_some())
     }
 
     /// A connection is up. `dialed_for` is the discovery that made us dial it (`None` for
@@ -298,14 +326,18 @@ impl PeerBook {
             dialed_for.unwrap_or(Discovery::Inbound)
         };
         self.discovered(peer, &[], via);
-        if let Some(entry) = self.peers.get_mut(&peer) {
-            if dialed {
-                remember_addr(&mut entry.addrs, &remote);
-            }
-            entry
-                .connections
-                .insert(connection, OpenConnection { remote, via });
+        // Recorded even in a full book: connected peers are bounded by the swarm's connection
+        // limits, and one left out was never redialled (a static peer) nor shown connected.
+        let entry = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| KnownPeer::found(via));
+        if dialed {
+            remember_addr(&mut entry.addrs, &remote);
         }
+        entry
+            .connections
+            .insert(connection, OpenConnection { remote, via });
     }
 
     /// A connection closed; when it was the peer's last and the peer is static, a redial is
@@ -554,6 +586,36 @@ mod tests {
         book.disconnected(peer, theirs, later);
         let due = book.next_static_due().expect("a redial once it is gone");
         assert_eq!(book.due_static_dials(due).len(), 1);
+    }
+
+    /// A flood of discovered identities (a DHT full of made-up ids) fills the book; a peer
+    /// that then connects must still be recorded, or a static one is never redialled after its
+    /// connection closes (and shows as not connected while it is).
+    #[test]
+    fn a_full_book_still_records_connections_and_redials_static_peers() {
+        let t0 = Instant::now();
+        let mut book = PeerBook::default();
+        for _ in 0..MAX_KNOWN_PEERS {
+            book.discovered(PeerId::random(), &[addr(9)], Discovery::Kad);
+        }
+        book.add_static(addr(1), t0);
+        let (peer, connection) = (PeerId::random(), ConnectionId::new_unchecked(1));
+        book.static_dialing(0, connection);
+        book.connected(peer, connection, addr(1), true, None, t0);
+        assert!(book.is_connected(&peer), "the connection is recorded");
+        assert!(book.static_status(t0)[0].connected);
+        book.disconnected(peer, connection, t0 + Duration::from_secs(60));
+        assert!(
+            book.next_static_due().is_some(),
+            "a static peer is redialled"
+        );
+        // Newly discovered peers still find room, in place of ones not connected; the book
+        // stays bounded.
+        let newcomer = PeerId::random();
+        assert!(book.discovered(newcomer, &[addr(7)], Discovery::Mdns));
+        assert_eq!(book.addrs(&newcomer), [addr(7)]);
+        assert!(book.peers.len() <= MAX_KNOWN_PEERS);
+        assert_eq!(book.addrs(&peer), [addr(1)], "the static peer is kept");
     }
 
     #[test]
