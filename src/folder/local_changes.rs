@@ -12,10 +12,11 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult, next_full_rescan};
+use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, MARKER_DIR};
 use super::notices::ChangeNotice;
+use super::rescan::next_full_rescan;
 use super::scan::{self, ScanRecord};
 use super::settle::{self, WATCH_DEBOUNCE};
 use super::state::{self, Synced};

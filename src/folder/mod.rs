@@ -30,6 +30,7 @@ mod problems;
 mod queue;
 pub mod received;
 mod report;
+mod rescan;
 pub mod scan;
 mod serve;
 mod settle;
