@@ -10,6 +10,7 @@
 #   scripts/bench-records.sh --only=hold --hold=10000000  # one daemon loads and holds 10^7
 #                                                         # records (~15 GB free, ~20 minutes)
 #   scripts/bench-records.sh --fanout-settle=S  # idle CPU of the 32 measured S s after the puts
+#   scripts/bench-records.sh --fanout-idle=S    # ... over S s (by the minute), 30 by default
 #                                               # (30 by default; 1200 for the settled mesh)
 #
 # Every daemon runs on 127.0.0.1 with --no-mdns in a fresh home under a temporary directory,
@@ -25,6 +26,7 @@ build=1
 json=""
 only=""
 settle=""
+idle=""
 hold=""
 for arg in "$@"; do
     case "$arg" in
@@ -33,6 +35,7 @@ for arg in "$@"; do
         --json=*) json="${arg#--json=}" ;;
         --only=*) only="${arg#--only=}" ;;
         --fanout-settle=*) settle="${arg#--fanout-settle=}" ;;
+        --fanout-idle=*) idle="${arg#--fanout-idle=}" ;;
         --hold=*) hold="${arg#--hold=}" ;;
         -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
@@ -88,6 +91,7 @@ helper_args=(--binary "$bin" --workdir "$workdir" --pure-json "$workdir/pure.jso
 [[ -n "$json" ]] && helper_args+=(--json "$json")
 [[ -n "$only" ]] && helper_args+=(--only "$only")
 [[ -n "$settle" ]] && helper_args+=(--fanout-settle "$settle")
+[[ -n "$idle" ]] && helper_args+=(--fanout-idle "$idle")
 [[ -n "$hold" ]] && helper_args+=(--hold "$hold")
 python3 "$here/bench_records.py" "${helper_args[@]}" > "$workdir/daemons.md" &
 helper_pid=$!

@@ -3,8 +3,12 @@
 //! Store changes are collected for [`ANNOUNCE_DELAY`], then each changed share's new summary
 //! root goes to each of its members, with the changed entries themselves when they are few
 //! (within [`ANNOUNCE_PUSH_BUDGET`] and [`MAX_ENTRIES_PER_MESSAGE`]); a member whose root still
-//! differs reconciles. At most [`MAX_ANNOUNCES_IN_FLIGHT`] announcements are out at once; the
-//! members skipped notice later. A read-only member announces nothing: nobody takes its entries.
+//! differs reconciles. At most [`MAX_ANNOUNCES_IN_FLIGHT`] announcements are out at once. A
+//! member an announcement did not reach (skipped while it had
+//! [`MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER`] out, or failed while it stayed connected) is owed
+//! one: the next anti-entropy round, brought within
+//! [`super::schedule::ANTI_ENTROPY_INTERVAL`], reconciles with it. A read-only member announces
+//! nothing: nobody takes its entries.
 //!
 //! [`AnnounceBatcher`] is the pure part (what is pending, when to flush, the in-flight bound),
 //! generic over the change it holds so it is unit-tested without a store.
@@ -46,6 +50,9 @@ pub struct AnnounceBatcher<C> {
     flush_at: Option<Instant>,
     in_flight: usize,
     in_flight_to: HashMap<PeerId, usize>,
+    /// Members an announcement did not reach, with the share: at most one per member of each
+    /// share, taken by the next anti-entropy round.
+    owed: HashSet<(PeerId, ShareId)>,
 }
 
 impl<C> Default for AnnounceBatcher<C> {
@@ -56,6 +63,7 @@ impl<C> Default for AnnounceBatcher<C> {
             flush_at: None,
             in_flight: 0,
             in_flight_to: HashMap::new(),
+            owed: HashSet::new(),
         }
     }
 }
@@ -139,6 +147,16 @@ impl<C> AnnounceBatcher<C> {
         self.rearm(now);
     }
 
+    /// An announcement of `share` did not reach `member`.
+    pub fn owe(&mut self, member: PeerId, share: ShareId) {
+        self.owed.insert((member, share));
+    }
+
+    /// Takes the members owed an announcement, for the anti-entropy round to reconcile with.
+    pub fn take_owed(&mut self) -> Vec<(PeerId, ShareId)> {
+        self.owed.drain().collect()
+    }
+
     /// After a flush: schedules another if shares are still dirty and a slot is free (a full
     /// set of slots re-arms when one frees, not every few milliseconds meanwhile).
     pub fn rearm(&mut self, now: Instant) {
@@ -188,10 +206,12 @@ impl EngineActor {
                 let local =
                     (change.origin == Origin::Local).then(|| (change.key.clone(), change.clone()));
                 self.announce.changed(change.share, local, now);
+                self.schedule.changed(now);
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 let shares = self.store.shares().into_iter().map(|s| s.meta.id);
                 self.announce.lagged(shares, now);
+                self.schedule.changed(now);
             }
             Err(broadcast::error::RecvError::Closed) => {}
         }
@@ -234,9 +254,10 @@ impl EngineActor {
             for peer in members {
                 match self.announce.reserve(share, peer) {
                     Slot::Taken => {}
-                    // Members we skip notice the new root at the next announcement or
-                    // anti-entropy round and reconcile.
-                    Slot::MemberBusy => continue,
+                    Slot::MemberBusy => {
+                        self.owe_announcement(peer, share);
+                        continue;
+                    }
                     Slot::Full => break,
                 }
                 let net = self.net.clone();
@@ -254,6 +275,7 @@ impl EngineActor {
                         peer,
                         sent,
                         received,
+                        delivered: matches!(answer, Ok(Response::Ack)),
                         not_a_member,
                     }
                 });
@@ -292,8 +314,8 @@ impl EngineActor {
     pub(super) fn on_announced(
         &mut self,
         (share, peer): (ShareId, PeerId),
-        sent: u64,
-        received: u64,
+        (sent, received): (u64, u64),
+        delivered: bool,
         not_a_member: bool,
     ) {
         self.announce.delivered(peer, Instant::now());
@@ -302,7 +324,17 @@ impl EngineActor {
         c.bytes_received += received;
         if not_a_member {
             self.on_not_a_member(peer, share);
+        } else if !delivered && self.roster.is_connected(&peer) {
+            // A member that went away reconciles when it is back (as a new member).
+            self.owe_announcement(peer, share);
         }
+    }
+
+    /// An announcement did not reach `member`: the next anti-entropy round, brought forward,
+    /// reconciles with it.
+    fn owe_announcement(&mut self, member: PeerId, share: ShareId) {
+        self.announce.owe(member, share);
+        self.schedule.changed(Instant::now());
     }
 }
 
@@ -388,6 +420,20 @@ mod tests {
             assert_eq!(batcher.reserve(A, silent), Slot::MemberBusy);
         }
         assert_eq!(batcher.reserve(A, other), Slot::Taken);
+    }
+
+    #[test]
+    fn a_member_missed_is_owed_once_per_share_until_the_round_takes_it() {
+        let mut batcher: AnnounceBatcher<()> = AnnounceBatcher::default();
+        let member = PeerId::random();
+        for _ in 0..3 {
+            batcher.owe(member, A);
+        }
+        batcher.owe(member, B);
+        let mut owed = batcher.take_owed();
+        owed.sort_by_key(|(_, share)| *share);
+        assert_eq!(owed, vec![(member, A), (member, B)]);
+        assert!(batcher.take_owed().is_empty(), "taken once");
     }
 
     #[test]

@@ -60,8 +60,9 @@ use status::Counters;
 pub use announce::{ANNOUNCE_DELAY, MAX_ANNOUNCES_IN_FLIGHT};
 pub use membership::MAX_AUTH_RETRIES;
 pub use schedule::{
-    ANTI_ENTROPY_INTERVAL, LONELY_LOOKUP_MIN, MAX_CONCURRENT_SESSIONS, MISSING_LATELY,
-    PROVIDER_LOOKUP_INTERVAL, PROVIDER_LOOKUP_QUIET, SESSION_RETRY_MAX, SESSION_RETRY_MIN,
+    ANTI_ENTROPY_INTERVAL, ANTI_ENTROPY_QUIET, LONELY_LOOKUP_MIN, MAX_CONCURRENT_SESSIONS,
+    MISSING_LATELY, PROVIDER_LOOKUP_INTERVAL, PROVIDER_LOOKUP_QUIET, SESSION_RETRY_MAX,
+    SESSION_RETRY_MIN,
 };
 pub use session::SessionReport;
 pub use shares::{CreatedShare, TrustChange};
@@ -361,6 +362,8 @@ enum TaskResult {
         peer: PeerId,
         sent: u64,
         received: u64,
+        /// The member acknowledged it.
+        delivered: bool,
         /// The member answered that we are not a member (it paused or left the share).
         not_a_member: bool,
     },
@@ -615,8 +618,9 @@ impl EngineActor {
                 peer,
                 sent,
                 received,
+                delivered,
                 not_a_member,
-            } => self.on_announced((share, peer), sent, received, not_a_member),
+            } => self.on_announced((share, peer), (sent, received), delivered, not_a_member),
             TaskResult::Merged {
                 peer,
                 share,
@@ -688,6 +692,11 @@ impl EngineActor {
         if report.error.is_none() {
             self.progress
                 .session_ended((peer, share), report.offer as u64, Instant::now());
+        }
+        if report.merged + report.pushed > 0 {
+            // Entries flowed: rounds come often again until the mesh is quiet. (A difference
+            // that cannot flow, such as a read-only member's own edits, is no change.)
+            self.schedule.changed(Instant::now());
         }
         let c = self.counters(share);
         c.bytes_sent += report.bytes_sent;
@@ -763,6 +772,11 @@ impl EngineActor {
                 .pick_one_per_share(|| share::random_bytes()[0] as usize);
             for (peer, share) in picks {
                 self.want_session(peer, share, SyncReason::AntiEntropy);
+            }
+            for (peer, share) in self.announce.take_owed() {
+                if self.roster.is_member(&share, &peer) {
+                    self.want_session(peer, share, SyncReason::AnnouncementMissed);
+                }
             }
         }
         if self.schedule.lonely_lookup_due(now) {

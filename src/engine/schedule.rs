@@ -5,7 +5,8 @@
 //! for [`SESSION_SOLO`] (then up to [`MAX_SESSIONS_PER_SHARE`], each with another member), and
 //! [`MAX_CONCURRENT_SESSIONS`] in all, a session asked for while its pair runs runs once more
 //! afterwards, failed sessions back off exponentially, and the periodic rounds (anti-entropy and
-//! DHT lookups) fall due on their own clocks. The engine asks it what to do and tells it what
+//! DHT lookups) fall due on their own clocks; anti-entropy rounds come less often while nothing
+//! changes. The engine asks it what to do and tells it what
 //! happened; it starts the sessions and lookups itself. It never reads a clock: every call that
 //! depends on time takes `now`, so tests step time by hand (no paused runtime needed) and the
 //! engine passes [`tokio::time::Instant::now`], which a paused runtime controls.
@@ -19,8 +20,16 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::store::ShareId;
 
-/// Pause between anti-entropy rounds (a session with one random member of each share).
+/// Pause between anti-entropy rounds (a session with one random member of each share, and with
+/// each member an announcement of ours did not reach) after any change: the store's, a session
+/// that found a difference, an announcement that went astray. It doubles at every round up to
+/// [`ANTI_ENTROPY_QUIET`] while nothing changes.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest pause between anti-entropy rounds, reached after about two and a half minutes without
+/// a change. Announcements carry every change; the rounds only catch one that went astray
+/// unnoticed, and in a quiet mesh every round is a session at both ends for nothing (at 10 s,
+/// about a quarter of a 32-daemon mesh's idle CPU).
+pub const ANTI_ENTROPY_QUIET: Duration = Duration::from_secs(80);
 /// Pause between DHT lookups for other members of our shares (each refreshes our provider
 /// record, looks up the share's providers and dials its seed addresses) while a member that
 /// went missing within [`MISSING_LATELY`] is not back; also how often that is checked.
@@ -71,6 +80,9 @@ pub enum SyncReason {
     Retry,
     /// The periodic anti-entropy round picked this member.
     AntiEntropy,
+    /// An announcement of ours did not reach the member (see [`super::announce`]); the
+    /// anti-entropy round reconciles with it.
+    AnnouncementMissed,
 }
 
 /// What [`Schedule::admit`] decided about a wanted session.
@@ -157,7 +169,8 @@ pub struct Schedule {
     wanted: VecDeque<(Pair, SyncReason)>,
     /// Failed pairs: when to retry, and the waits of their failures in a row.
     retry: HashMap<Pair, Retry>,
-    next_anti_entropy: Instant,
+    /// When the next anti-entropy round is due, and the pauses after it.
+    anti_entropy: (Instant, Backoff),
     next_provider_lookup: Instant,
     /// When the last provider lookup ran.
     last_provider_lookup: Option<Instant>,
@@ -169,11 +182,12 @@ impl Schedule {
     /// A fresh timetable: the first provider lookup is due at once, the first lonely lookup after
     /// [`LONELY_LOOKUP_MIN`], the first anti-entropy round after [`ANTI_ENTROPY_INTERVAL`].
     pub fn new(now: Instant) -> Self {
+        let mut anti_entropy_pauses = Backoff::new(ANTI_ENTROPY_INTERVAL, ANTI_ENTROPY_QUIET);
         Self {
             running: HashMap::new(),
             wanted: VecDeque::new(),
             retry: HashMap::new(),
-            next_anti_entropy: now + ANTI_ENTROPY_INTERVAL,
+            anti_entropy: (now + anti_entropy_pauses.next(), anti_entropy_pauses),
             next_provider_lookup: now,
             last_provider_lookup: None,
             lonely_lookup: lonely_lookups(now),
@@ -294,13 +308,22 @@ impl Schedule {
         self.lonely_lookup = lonely_lookups(now);
     }
 
-    /// True once per [`ANTI_ENTROPY_INTERVAL`]: time for an anti-entropy round.
+    /// True when an anti-entropy round is due: [`ANTI_ENTROPY_INTERVAL`] after the last change,
+    /// then at pauses doubling up to [`ANTI_ENTROPY_QUIET`].
     pub fn anti_entropy_due(&mut self, now: Instant) -> bool {
-        if now < self.next_anti_entropy {
+        if now < self.anti_entropy.0 {
             return false;
         }
-        self.next_anti_entropy = now + ANTI_ENTROPY_INTERVAL;
+        self.anti_entropy.0 = now + self.anti_entropy.1.next();
         true
+    }
+
+    /// Something changed (see [`ANTI_ENTROPY_INTERVAL`]): the next anti-entropy round comes
+    /// within [`ANTI_ENTROPY_INTERVAL`], and the rounds after it at the shortest pauses again.
+    pub fn changed(&mut self, now: Instant) {
+        self.anti_entropy.1.reset();
+        let first = self.anti_entropy.1.next();
+        self.anti_entropy.0 = self.anti_entropy.0.min(now + first);
     }
 
     /// True when shares without a connected member should be looked up; the pause after it
@@ -336,7 +359,8 @@ impl Schedule {
     /// running session stops having it to itself), after `now`.
     pub fn next_wake(&self, now: Instant) -> Instant {
         let rounds = self
-            .next_anti_entropy
+            .anti_entropy
+            .0
             .min(self.next_provider_lookup)
             .min(self.lonely_lookup.0);
         let solo_ends = self
@@ -562,6 +586,44 @@ mod tests {
         schedule.forget_peer(&peer);
         now += SESSION_RETRY_MAX;
         assert!(schedule.due_retries(now).is_empty());
+    }
+
+    /// Steps time a second at a time from `now` until an anti-entropy round is due; the pause.
+    fn next_round(schedule: &mut Schedule, now: &mut Instant) -> Duration {
+        let from = *now;
+        loop {
+            *now += Duration::from_secs(1);
+            if schedule.anti_entropy_due(*now) {
+                return *now - from;
+            }
+            assert!(
+                *now - from <= ANTI_ENTROPY_QUIET,
+                "no round within the longest pause"
+            );
+        }
+    }
+
+    #[test]
+    fn anti_entropy_rounds_back_off_while_quiet_and_return_after_a_change() {
+        let mut now = Instant::now();
+        let mut schedule = Schedule::new(now);
+        let quiet: Vec<u64> = (0..6)
+            .map(|_| next_round(&mut schedule, &mut now).as_secs())
+            .collect();
+        assert_eq!(quiet, [10, 20, 40, 80, 80, 80]);
+
+        // A change 5 s into an 80 s pause: the next round 10 s after it, then short pauses again.
+        now += Duration::from_secs(5);
+        schedule.changed(now);
+        let after: Vec<u64> = (0..3)
+            .map(|_| next_round(&mut schedule, &mut now).as_secs())
+            .collect();
+        assert_eq!(after, [10, 20, 40]);
+
+        // A change just before a round is due does not put the round off.
+        now += Duration::from_secs(79);
+        schedule.changed(now);
+        assert_eq!(next_round(&mut schedule, &mut now).as_secs(), 1);
     }
 
     #[test]

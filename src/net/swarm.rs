@@ -51,6 +51,17 @@ pub const MAX_CONCURRENT_STREAMS: usize = MAX_STREAMS_PER_CONNECTION;
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshsync/kad/1.0.0");
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/meshsync/id/1.0.0";
+/// Pause between Kademlia's own bootstraps (a lookup of our id, then one in each bucket farther
+/// out, to refresh the routing table); libp2p's default is 5 min, tuned for the churn of a
+/// public DHT. Ours finds newcomers with its own lookups of our id
+/// ([`super::DISCOVERY_INTERVAL_MAX`]) and members with provider lookups, so this only keeps
+/// far buckets fresh: over a 32-daemon mesh, each bootstrap asks about 20 peers per bucket.
+pub const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Pause between identify exchanges on a connection after the first (libp2p's default: 5 min).
+/// They only matter when a peer's listen addresses change while it stays connected (a peer whose
+/// address changes usually reconnects, and a reconnect identifies at once); every 5 min over
+/// the 496 connections of a 32-daemon mesh they were 3 exchanges a second.
+pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// The libp2p behaviours we compose.
 #[derive(NetworkBehaviour)]
@@ -114,7 +125,8 @@ fn behaviour(
     let budget = InboundBudget::new(config.inbound_buffer);
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-            .with_agent_version(protocol::agent_version()),
+            .with_agent_version(protocol::agent_version())
+            .with_interval(IDENTIFY_INTERVAL),
     );
     let mdns = if config.mdns {
         Some(mdns::tokio::Behaviour::new(
@@ -172,13 +184,12 @@ fn sync_behaviour(budget: InboundBudget) -> request_response::Behaviour<protocol
     )
 }
 
-/// Kademlia on [`KAD_PROTOCOL`], in server mode.
+/// Kademlia on [`KAD_PROTOCOL`], in server mode, bootstrapping every [`KAD_BOOTSTRAP_INTERVAL`].
 fn kad_behaviour(peer_id: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
-    let mut kad = kad::Behaviour::with_config(
-        peer_id,
-        kad::store::MemoryStore::new(peer_id),
-        kad::Config::new(KAD_PROTOCOL),
-    );
+    let mut config = kad::Config::new(KAD_PROTOCOL);
+    config.set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL));
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
     // Server mode from the start: on a LAN nobody confirms an external address, and a
     // client-mode node would never answer lookups, so nobody would find anybody.
     kad.set_mode(Some(kad::Mode::Server));
