@@ -21,7 +21,6 @@ use libp2p::PeerId;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::progress::Progress;
 use super::{EngineActor, TaskResult};
 use crate::net::protocol::{
     ANNOUNCE_PUSH_BUDGET, MAX_ENTRIES_PER_MESSAGE, NOT_A_MEMBER, Request, Response, WireEntry,
@@ -284,10 +283,14 @@ impl EngineActor {
         self.announce.rearm(Instant::now());
     }
 
-    /// Tells the share's members our progress with it, each once per change.
-    pub(super) fn tell_progress(&mut self, share: ShareId, ours: Progress) {
+    /// Tells the share's members our latest progress with it, each once per change (a member
+    /// that connects is told at once).
+    pub(super) fn tell_progress(&mut self, share: ShareId) {
         let members = self.roster.members_of(&share);
-        for peer in self.progress.to_tell(share, ours, &members) {
+        let Some((ours, untold)) = self.progress.to_tell(share, &members) else {
+            return;
+        };
+        for peer in untold {
             let request = Request::Progress {
                 share: share.into(),
                 root: ours.root.into(),

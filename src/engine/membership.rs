@@ -509,6 +509,7 @@ impl EngineActor {
         let admitted = self.roster.admit(peer, share, access);
         if admitted == Admitted::NewMember {
             self.publish_members();
+            self.tell_progress(share);
             let role = match access {
                 Access::Write => "read-write",
                 Access::Read => "read-only",

@@ -565,7 +565,10 @@ impl EngineActor {
                 let _ = reply.send(result);
             }
             Command::Status { detail, reply } => self.on_status(reply, detail),
-            Command::OwnProgress { share, progress } => self.tell_progress(share, progress),
+            Command::OwnProgress { share, progress } => {
+                self.progress.own(share, progress);
+                self.tell_progress(share);
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }

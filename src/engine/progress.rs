@@ -46,6 +46,8 @@ pub struct ProgressBook {
     offered: HashMap<Pair, (u64, Instant)>,
     /// What we last sent each member about each share.
     sent: HashMap<Pair, Progress>,
+    /// Our own progress with each share, as the state poll last gave it.
+    ours: HashMap<ShareId, Progress>,
 }
 
 impl ProgressBook {
@@ -59,20 +61,32 @@ impl ProgressBook {
         self.offered.insert(pair, (offer, now));
     }
 
-    /// Our progress with `share` is `ours`: the members (of `members`) that have not been told
-    /// it yet; they count as told from now on.
-    pub fn to_tell(&mut self, share: ShareId, ours: Progress, members: &[PeerId]) -> Vec<PeerId> {
-        members
+    /// Our progress with `share` is now `ours`.
+    pub fn own(&mut self, share: ShareId, ours: Progress) {
+        self.ours.insert(share, ours);
+    }
+
+    /// Our latest progress with `share`, and the members (of `members`) that have not been told
+    /// it yet: they count as told from now on. Nothing before the state poll gave our progress.
+    pub fn to_tell(
+        &mut self,
+        share: ShareId,
+        members: &[PeerId],
+    ) -> Option<(Progress, Vec<PeerId>)> {
+        let ours = *self.ours.get(&share)?;
+        let untold = members
             .iter()
             .filter(|peer| {
                 let told = self.sent.insert((**peer, share), ours);
                 told != Some(ours)
             })
             .copied()
-            .collect()
+            .collect();
+        Some((ours, untold))
     }
 
-    /// Telling the member failed: it is told again with the next poll.
+    /// Telling the member failed: it is told again when our progress is next given (at the
+    /// latest [`super::share_events::PROGRESS_REFRESH`] later), or when it connects again.
     pub fn untold(&mut self, pair: &Pair) {
         self.sent.remove(pair);
     }
@@ -106,6 +120,12 @@ impl ProgressBook {
         self.reported.retain(|pair, _| keep(pair));
         self.offered.retain(|pair, _| keep(pair));
         self.sent.retain(|pair, _| keep(pair));
+    }
+
+    /// Forgets everything about `share` (it was left or paused).
+    pub fn forget_share(&mut self, share: &ShareId) {
+        self.retain(|(_, s)| s != share);
+        self.ours.remove(share);
     }
 }
 
@@ -194,11 +214,19 @@ mod tests {
         let mut book = ProgressBook::default();
         let (a, b) = (PeerId::random(), PeerId::random());
         let share = [9; 32];
-        assert_eq!(book.to_tell(share, progress(1, 0, 0), &[a, b]).len(), 2);
-        assert!(book.to_tell(share, progress(1, 0, 0), &[a, b]).is_empty());
-        assert_eq!(book.to_tell(share, progress(1, 1, 10), &[a]), vec![a]);
+        let tell = |book: &mut ProgressBook, members: &[PeerId]| {
+            book.to_tell(share, members).map(|(_, untold)| untold)
+        };
+        assert_eq!(tell(&mut book, &[a, b]), None, "nothing to tell yet");
+        book.own(share, progress(1, 0, 0));
+        assert_eq!(tell(&mut book, &[a, b]).unwrap().len(), 2);
+        assert_eq!(tell(&mut book, &[a, b]), Some(vec![]));
+        book.own(share, progress(1, 1, 10));
+        assert_eq!(tell(&mut book, &[a]), Some(vec![a]));
         book.disconnected(&b);
-        assert_eq!(book.to_tell(share, progress(1, 1, 10), &[a, b]), vec![b]);
+        assert_eq!(tell(&mut book, &[a, b]), Some(vec![b]));
+        book.forget_share(&share);
+        assert_eq!(tell(&mut book, &[a, b]), None, "forgotten with its share");
     }
 
     #[test]

@@ -60,6 +60,6 @@ impl EngineActor {
         }
         self.member_watch.remove(&meta.id);
         self.roster.forget_share(&meta.id);
-        self.progress.retain(|(_, share)| share != &meta.id);
+        self.progress.forget_share(&meta.id);
     }
 }

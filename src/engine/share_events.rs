@@ -1,7 +1,8 @@
 //! The events the engine itself sees: records that changed (here or at a peer), and shares
 //! whose state, reason or last error changed. Folder actors emit their own file events.
 //!
-//! The same poll hands the engine our progress with each share, which it tells members.
+//! The same poll hands the engine our progress with each share when it changed (and every
+//! [`PROGRESS_REFRESH`]), which it tells members.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +16,10 @@ use crate::store::{Change, Origin, ShareKind, ShareState};
 /// How often share states are compared with the last ones seen: a state that lasts shorter
 /// than this may not show as an event.
 pub const STATE_POLL: Duration = Duration::from_secs(1);
+/// How often our progress with a share is handed to the engine while it stays the same, so a
+/// member that could not be told it is told again. (The engine tells a member that connects
+/// itself; handing it over every poll was a wake-up of the engine per share and second.)
+pub const PROGRESS_REFRESH: Duration = Duration::from_secs(30);
 
 /// `record_put` or `record_deleted` for a change to a records share; folder entries are
 /// reported by their folder, once they are on disk.
@@ -68,12 +73,15 @@ fn state_name(share: &ShareStatus) -> String {
 /// until the engine stops.
 pub(super) async fn watch_states(engine: EngineHandle, events: Events) {
     let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut handed: HashMap<crate::store::ShareId, (Progress, tokio::time::Instant)> =
+        HashMap::new();
     loop {
         tokio::time::sleep(STATE_POLL).await;
         let Ok(status) = engine.states().await else {
             return;
         };
         let mut now = HashMap::with_capacity(status.shares.len());
+        let mut handed_now = HashMap::with_capacity(status.shares.len());
         for share in &status.shares {
             let current = Seen::of(share);
             let before = seen.get(&share.id);
@@ -82,10 +90,23 @@ pub(super) async fn watch_states(engine: EngineHandle, events: Events) {
             }
             now.insert(share.id.clone(), current);
             if let Some((id, progress)) = own_progress(share) {
-                engine.own_progress(id, progress).await;
+                let at = tokio::time::Instant::now();
+                let kept = match handed.get(&id) {
+                    Some(&(last, when))
+                        if last == progress && at.duration_since(when) < PROGRESS_REFRESH =>
+                    {
+                        (last, when)
+                    }
+                    _ => {
+                        engine.own_progress(id, progress).await;
+                        (progress, at)
+                    }
+                };
+                handed_now.insert(id, kept);
             }
         }
         seen = now;
+        handed = handed_now;
     }
 }
 
