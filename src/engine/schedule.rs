@@ -22,13 +22,13 @@ use crate::store::ShareId;
 
 /// Pause between anti-entropy rounds (a session with one random member of each share, and with
 /// each member an announcement of ours did not reach) after any change: the store's, a session
-/// that found a difference, an announcement that went astray. It doubles at every round up to
+/// that moved entries, an announcement that went astray. It doubles at every round up to
 /// [`ANTI_ENTROPY_QUIET`] while nothing changes.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest pause between anti-entropy rounds, reached after about two and a half minutes without
 /// a change. Announcements carry every change; the rounds only catch one that went astray
 /// unnoticed, and in a quiet mesh every round is a session at both ends for nothing (at 10 s,
-/// about a quarter of a 32-daemon mesh's idle CPU).
+/// 0.8 % of one core over a 32-daemon mesh, measured by switching the rounds off, 2026-12-04).
 pub const ANTI_ENTROPY_QUIET: Duration = Duration::from_secs(80);
 /// Pause between DHT lookups for other members of our shares (each refreshes our provider
 /// record, looks up the share's providers and dials its seed addresses) while a member that
