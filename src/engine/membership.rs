@@ -94,6 +94,10 @@ pub struct Roster {
     /// Members that were connected and are not any more, per share, with when they went
     /// (milliseconds since the Unix epoch); at most [`MAX_GONE_MEMBERS`] per share.
     gone: HashMap<ShareId, HashMap<PeerId, u64>>,
+    /// The member each share's latest anti-entropy round picked: the next round takes the one
+    /// after it, so every member is reconciled with within as many rounds as there are members
+    /// (a random pick missed one member six rounds running once in 64 tries with two).
+    last_round: HashMap<ShareId, PeerId>,
 }
 
 /// Members remembered per share after they disconnected (the longest gone are forgotten first).
@@ -148,6 +152,7 @@ impl Roster {
         self.members.remove(share);
         self.writers.remove(share);
         self.gone.remove(share);
+        self.last_round.remove(share);
         self.auth_in_flight.retain(|(_, s)| s != share);
         self.rechecks.retain(|(_, s)| s != share);
         self.auth_retries.retain(|(_, s), _| s != share);
@@ -300,18 +305,22 @@ impl Roster {
         }
     }
 
-    /// One random member per share that has any, `random` picking the index.
-    pub fn pick_one_per_share(&self, mut random: impl FnMut() -> usize) -> Vec<Pair> {
-        self.members
-            .iter()
-            .filter_map(|(share, members)| {
-                let members: Vec<&PeerId> = members.iter().collect();
-                if members.is_empty() {
-                    return None;
-                }
-                Some((*members[random() % members.len()], *share))
-            })
-            .collect()
+    /// One member per share that has any, for an anti-entropy round: the members take turns
+    /// in peer-id order, the one after the previous round's pick first.
+    pub fn next_round(&mut self) -> Vec<Pair> {
+        let mut picks = Vec::new();
+        for (share, members) in &self.members {
+            let previous = self.last_round.get(share);
+            let after = members
+                .iter()
+                .filter(|peer| previous.is_some_and(|previous| *peer > previous))
+                .min();
+            if let Some(peer) = after.or_else(|| members.iter().min()) {
+                self.last_round.insert(*share, *peer);
+                picks.push((*peer, *share));
+            }
+        }
+        picks
     }
 
     /// Marks a check as asked; false if one is already in flight.
@@ -722,7 +731,47 @@ mod tests {
         roster.admit(q, SHARE, Access::Read);
         roster.admit(p, [8; 32], Access::Read);
         roster.disconnect(&p, 1);
-        let picks = roster.pick_one_per_share(|| 1);
+        let picks = roster.next_round();
         assert_eq!(picks, vec![(q, SHARE)], "the share left empty is skipped");
+    }
+
+    #[test]
+    fn anti_entropy_rounds_take_every_member_in_turn() {
+        let mut roster = Roster::default();
+        let mut peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        for peer in &peers[..3] {
+            roster.admit(*peer, SHARE, Access::Read);
+        }
+        let picked = |roster: &mut Roster| {
+            let picks = roster.next_round();
+            assert_eq!(picks.len(), 1);
+            picks[0].0
+        };
+        let first: Vec<PeerId> = (0..3).map(|_| picked(&mut roster)).collect();
+        let mut expected = peers[..3].to_vec();
+        expected.sort();
+        assert_eq!(first, expected, "each member once, in order");
+        assert_eq!(
+            picked(&mut roster),
+            expected[0],
+            "then from the start again"
+        );
+
+        // A member that joins or goes meanwhile changes nothing for the others' turns.
+        roster.admit(peers[3], SHARE, Access::Read);
+        roster.disconnect(&expected[1], 1);
+        peers.retain(|peer| *peer != expected[1]);
+        peers.sort();
+        let after = peers.iter().position(|peer| *peer == expected[0]).unwrap();
+        let next: Vec<PeerId> = (0..3).map(|_| picked(&mut roster)).collect();
+        let turns: Vec<PeerId> = (1..=3).map(|i| peers[(after + i) % 3]).collect();
+        assert_eq!(next, turns);
+
+        roster.forget_share(&SHARE);
+        assert!(roster.next_round().is_empty());
+        assert!(
+            roster.last_round.is_empty(),
+            "nothing kept for a forgotten share"
+        );
     }
 }

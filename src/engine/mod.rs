@@ -770,10 +770,7 @@ impl EngineActor {
             self.want_session(peer, share, SyncReason::Retry);
         }
         if self.schedule.anti_entropy_due(now) {
-            let picks = self
-                .roster
-                .pick_one_per_share(|| share::random_bytes()[0] as usize);
-            for (peer, share) in picks {
+            for (peer, share) in self.roster.next_round() {
                 self.want_session(peer, share, SyncReason::AntiEntropy);
             }
             for (peer, share) in self.announce.take_owed() {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::store::ShareId;
 
-/// Pause between anti-entropy rounds (a session with one random member of each share, and with
+/// Pause between anti-entropy rounds (a session with the next member in turn of each share, and with
 /// each member an announcement of ours did not reach) after any change: the store's, a session
 /// that moved entries, an announcement that went astray. It doubles at every round up to
 /// [`ANTI_ENTROPY_QUIET`] while nothing changes.
