@@ -678,7 +678,8 @@ fn run_daemon(home: Home, no_mdns: bool) -> Result<()> {
 /// blocking threads, not on these; the workers carry the network (Noise, Yamux) and the engine.
 /// One per core made them wake each other for every frame of an idle mesh: on 2 cores, one
 /// worker took 32 idle daemons from 2.4–2.7 % of a core to 2.0 %, and a 100,000-file sync from
-/// 36 s to 31 s (peak RSS 148 → 126 MiB), see README's benchmarks.
+/// 36 s to 31 s (peak RSS 148 → 126 MiB), for about 3 % less records throughput; see README's
+/// benchmarks.
 fn async_workers() -> usize {
     let configured = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
