@@ -663,7 +663,7 @@ fn run_daemon(home: Home, no_mdns: bool) -> Result<()> {
         config.mdns = false;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(async_workers())
+        .worker_threads(async_workers()?)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -674,21 +674,25 @@ fn run_daemon(home: Home, no_mdns: bool) -> Result<()> {
 }
 
 /// The runtime's worker threads: half the cores, at least one; `TOKIO_WORKER_THREADS` in the
-/// environment still wins. The heavy work (hashing, the store, the file system) runs on tokio's
+/// environment still wins (anything but a positive number there is an error, as with tokio's
+/// own default). The heavy work (hashing, the store, the file system) runs on tokio's
 /// blocking threads, not on these; the workers carry the network (Noise, Yamux) and the engine.
 /// One per core made them wake each other for every frame of an idle mesh: on 2 cores, one
 /// worker took 32 idle daemons from 2.4–2.7 % of a core to 2.0 %, and a 100,000-file sync from
 /// 36 s to 31 s (peak RSS 148 → 126 MiB), for about 3 % less records throughput; see README's
 /// benchmarks.
-fn async_workers() -> usize {
-    let configured = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|n| n.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0);
-    configured.unwrap_or_else(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        (cores / 2).max(1)
-    })
+fn async_workers() -> Result<usize> {
+    if let Some(set) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        let text = set.to_string_lossy();
+        return match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!(
+                "TOKIO_WORKER_THREADS is `{text}`: it must be a positive number of threads (or unset)"
+            ),
+        };
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok((cores / 2).max(1))
 }
 
 /// Completes on the first SIGINT or SIGTERM.

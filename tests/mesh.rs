@@ -2,9 +2,10 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::Instant;
 
-use support::{Mesh, Node, WAIT, meshsync, wait_until};
+use support::{Mesh, Node, WAIT, bin, meshsync, wait_until};
 
 /// What the daemon's log says about a connection it denied (a blocked peer, or one outside
 /// `trusted_peers`): `incoming connection from … failed: Listen error: Denied: …`.
@@ -239,6 +240,28 @@ fn bad_identity_gives_a_clear_error() {
         stderr.contains("identity.key") && stderr.contains("corrupt"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_bad_worker_thread_count_gives_a_clear_error() {
+    let node = Node::init(&[]);
+    for bad in ["0", "many", "-2"] {
+        let out = Command::new(bin())
+            .arg("--home")
+            .arg(&node.home)
+            .arg("run")
+            .env_remove("MESHSYNC_HOME")
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .expect("cannot run meshsync");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("TOKIO_WORKER_THREADS is `{bad}`")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]
