@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, warn};
 
 use super::dir_sync::sync_dir;
+use super::fs_flush::flush;
 use super::ops::{check_expect, parent_of, publish, system_time};
 use super::path::{ensure_parents, resolve};
 use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
@@ -300,9 +301,18 @@ impl Assembly {
         {
             return Err(self.fail("set mode and mtime of", e));
         }
-        if let Err(e) = self.file.sync_all() {
-            return Err(self.fail("fsync", e));
+        let dev = match self.file.metadata() {
+            Ok(meta) => std::os::unix::fs::MetadataExt::dev(&meta),
+            Err(e) => return Err(self.fail("inspect", e)),
+        };
+        let (file, temp) = (&self.file, &self.temp);
+        let flushed = flush(file, dev, temp, || {
+            file.sync_all().map_err(|e| io_error("fsync", temp, e))
+        });
+        if let Err(WriteError::Io { action, source, .. }) = flushed {
+            return Err(self.fail(action, source));
         }
+        flushed?;
         // Checked last, after the slow steps, to keep the race with local writers short. On a
         // conflict the complete, fsynced temp file stays for a retry.
         check_expect(&self.target, expect_current)?;
@@ -312,7 +322,8 @@ impl Assembly {
             }
             return Err(e);
         }
-        sync_dir(parent_of(&self.target))
+        let parent = parent_of(&self.target);
+        flush(&self.file, dev, parent, || sync_dir(parent))
     }
 
     /// Gives up on this file: removes the temp file (for when the version will never be wanted

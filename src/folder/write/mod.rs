@@ -32,11 +32,12 @@
 //!    chunks it already holds, reserve the full size with `fallocate`;
 //! 3. write each chunk with `pwrite` at its offset after checking its length and BLAKE3;
 //! 4. commit: read the whole temp file back and check its BLAKE3 against the file hash, set mode
-//!    and mtime on the open handle, `fsync` the file;
+//!    and mtime on the open handle, `fsync` the file (or, when other writers wait to flush at the
+//!    same time, one `syncfs` for all of them: `fs_flush`);
 //! 5. compare the target with the caller's [`Expect`] (`lstat`: size, mtime, inode);
 //! 6. `rename` the temp over the target (`renameat2(RENAME_NOREPLACE)` when the target must be
 //!    absent, so even that last race cannot clobber a file);
-//! 7. `fsync` the directory.
+//! 7. `fsync` the directory (or share a `syncfs` the same way).
 //!
 //! # Threat model
 //! Peers are untrusted: their paths, chunk lists, modes and link targets are checked here even if
@@ -58,6 +59,7 @@
 //!   write shares;
 //! - `read`: chunks read back out of local files ([`read_chunk`], [`LocalReader`]);
 //! - `dir_sync`: directory fsyncs, shared by the writers finishing in one directory at once;
+//! - `fs_flush`: one `syncfs` for every writer flushing on a file system at once;
 //! - `sweep`: removing stale temp files ([`sweep_temp_files`]);
 //! - `sys`: the system calls `std` lacks, through `rustix`.
 //!
@@ -69,6 +71,7 @@
 
 mod assembly;
 mod dir_sync;
+mod fs_flush;
 mod ops;
 mod path;
 mod read;

@@ -1,0 +1,367 @@
+//! Flushes shared by every writer finishing on one file system at once (group commit).
+//!
+//! Each received file is made durable twice: its data before the rename that makes it visible,
+//! and its directory entry after. Receiving many small files, up to
+//! [`MAX_CONCURRENT_DOWNLOADS`] writers each asked the disk for two flushes of their own: most
+//! of the receiving daemon's system time. `syncfs` makes durable every change made to the file
+//! system before it started (data, inodes and directory entries alike), so one `syncfs` covers
+//! every writer waiting when it starts, however many files and directories they touched.
+//!
+//! A writer alone does its own flush (`fsync` of its file or directory): `syncfs` would also
+//! wait for unrelated dirty data on the same file system, which a lone edit should not. Only
+//! when several writers wait at once does the one that runs the flush use `syncfs` for all of
+//! them. The guarantee is the one of a private flush: when [`flush`] returns `Ok`, a flush
+//! covering the caller's changes began after the call began and has succeeded.
+//!
+//! [`MAX_CONCURRENT_DOWNLOADS`]: crate::folder::queue::MAX_CONCURRENT_DOWNLOADS
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+
+use super::{WriteError, io_error};
+
+/// The file systems (by device number) someone is flushing, each with its callers' progress. An
+/// entry lives only while a caller is inside [`flush`].
+static FILE_SYSTEMS: LazyLock<Mutex<HashMap<u64, Arc<Group>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+#[derive(Default)]
+struct Group {
+    progress: Mutex<Progress>,
+    done: Condvar,
+}
+
+/// Tickets are handed out in order: caller `n` is covered once a flush that started after it
+/// arrived has finished, that is once `synced >= n` (or, on failure, `failed_upto >= n`).
+#[derive(Default)]
+struct Progress {
+    /// The last ticket handed out.
+    arrived: u64,
+    /// Every ticket up to this one is covered by a successful flush.
+    synced: u64,
+    /// Every ticket above `synced` and up to this one was covered by a flush that failed.
+    failed_upto: u64,
+    /// That failure, for each of those callers to report.
+    failure: Option<(io::ErrorKind, String)>,
+    /// A flush is running.
+    running: bool,
+    /// Callers inside [`flush`] for this file system; the entry goes when the last one leaves.
+    inside: usize,
+}
+
+/// Makes the caller's changes on the file system holding `file` (device `dev`) durable: by
+/// running `alone` when no other caller waits, else by one `syncfs` shared with them. `path`
+/// names what is flushed in a failure.
+pub(crate) fn flush(
+    file: &File,
+    dev: u64,
+    path: &Path,
+    alone: impl FnOnce() -> Result<(), WriteError>,
+) -> Result<(), WriteError> {
+    let group = {
+        let mut groups = lock(&FILE_SYSTEMS);
+        let group = groups.entry(dev).or_default().clone();
+        lock(&group.progress).inside += 1;
+        group
+    };
+    let result = wait_for_flush(&group, file, path, alone);
+    let mut groups = lock(&FILE_SYSTEMS);
+    let mut progress = lock(&group.progress);
+    progress.inside -= 1;
+    if progress.inside == 0 {
+        groups.remove(&dev);
+    }
+    result
+}
+
+fn wait_for_flush(
+    group: &Group,
+    file: &File,
+    path: &Path,
+    alone: impl FnOnce() -> Result<(), WriteError>,
+) -> Result<(), WriteError> {
+    let mut alone = Some(alone);
+    let mut progress = lock(&group.progress);
+    progress.arrived += 1;
+    let ticket = progress.arrived;
+    loop {
+        if progress.synced >= ticket {
+            return Ok(());
+        }
+        if progress.failed_upto >= ticket {
+            let (kind, message) = progress
+                .failure
+                .clone()
+                .unwrap_or((io::ErrorKind::Other, "flush failed".to_owned()));
+            return Err(io_error("flush", path, io::Error::new(kind, message)));
+        }
+        if progress.running {
+            progress = group
+                .done
+                .wait(progress)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        // Everyone who arrived so far made their change before arriving, so a flush that
+        // starts after this point covers them all.
+        let covers = progress.arrived;
+        let settled = progress.synced.max(progress.failed_upto);
+        // Only this caller is waiting: its own flush covers it (and no one else).
+        let own = covers - settled == 1;
+        progress.running = true;
+        drop(progress);
+        #[cfg(test)]
+        let started = tests::tick();
+        let result = match alone.take() {
+            Some(alone) if own => alone(),
+            _ => rustix::fs::syncfs(file).map_err(|e| io_error("syncfs", path, e.into())),
+        };
+        #[cfg(test)]
+        tests::log(file, !own, started);
+        progress = lock(&group.progress);
+        progress.running = false;
+        match &result {
+            Ok(()) => progress.synced = covers,
+            Err(e) => {
+                progress.failed_upto = covers;
+                let kind = match e {
+                    WriteError::Io { source, .. } => source.kind(),
+                    _ => io::ErrorKind::Other,
+                };
+                progress.failure = Some((kind, e.to_string()));
+            }
+        }
+        group.done.notify_all();
+        result?;
+    }
+}
+
+/// Locks `mutex`; its data stays consistent even if a holder panicked (every update is a single
+/// assignment), so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Barrier, mpsc};
+    use std::time::{Duration, Instant};
+
+    /// One clock for the order of events across threads.
+    static CLOCK: AtomicU64 = AtomicU64::new(0);
+    /// Every flush run: the inode of the file it was run with, whether it was a shared
+    /// `syncfs`, when it started and when it ended.
+    static FLUSHES: Mutex<Vec<(u64, bool, u64, u64)>> = Mutex::new(Vec::new());
+
+    pub(super) fn tick() -> u64 {
+        CLOCK.fetch_add(1, Ordering::SeqCst)
+    }
+
+    pub(super) fn log(file: &File, shared: bool, started: u64) {
+        let inode = file.metadata().map_or(0, |m| m.ino());
+        lock(&FLUSHES).push((inode, shared, started, tick()));
+    }
+
+    /// The flushes run with one of `files`: (inode, shared, start, end).
+    fn flushes_with(files: &[File]) -> Vec<(u64, bool, u64, u64)> {
+        let inodes: Vec<u64> = files.iter().map(|f| f.metadata().unwrap().ino()).collect();
+        lock(&FLUSHES)
+            .iter()
+            .filter(|(inode, ..)| inodes.contains(inode))
+            .copied()
+            .collect()
+    }
+
+    /// The flushes run with one of `files`: (shared, start, end).
+    fn flushes_of(files: &[File]) -> Vec<(bool, u64, u64)> {
+        flushes_with(files)
+            .into_iter()
+            .map(|(_, shared, start, end)| (shared, start, end))
+            .collect()
+    }
+
+    /// A device number of the test's own, so that flushes of other tests running at the same
+    /// time (the writer's commits, on the real device) never join its group.
+    fn private_dev() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(u64::MAX / 2);
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn arrived(dev: u64) -> u64 {
+        lock(&FILE_SYSTEMS)
+            .get(&dev)
+            .map_or(0, |group| lock(&group.progress).arrived)
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn files(dir: &Path, n: usize) -> Vec<File> {
+        (0..n)
+            .map(|i| File::create(dir.join(format!("f{i}"))).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_caller_runs_its_own_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = &files(dir.path(), 1)[0];
+        let dev = private_dev();
+        let mut own = 0;
+        flush(file, dev, dir.path(), || {
+            own += 1;
+            file.sync_all()
+                .map_err(|e| io_error("fsync", dir.path(), e))
+        })
+        .unwrap();
+        assert_eq!(own, 1);
+        let flushes = flushes_of(std::slice::from_ref(file));
+        assert_eq!(flushes.len(), 1);
+        assert!(!flushes[0].0, "not a shared syncfs");
+        assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
+    }
+
+    #[test]
+    fn callers_waiting_together_share_one_syncfs_that_began_after_they_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(files(dir.path(), 5));
+        let dev = private_dev();
+        // The first caller's own flush runs until released: the others arrive meanwhile.
+        let (release, released) = mpsc::channel::<()>();
+        let first = {
+            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                flush(&files[0], dev, &path, || {
+                    released.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        wait_until("the first flush to run", || arrived(dev) == 1);
+        let others: Vec<_> = (1..5)
+            .map(|i| {
+                let (files, path) = (files.clone(), dir.path().to_path_buf());
+                std::thread::spawn(move || {
+                    let arrived = tick();
+                    flush(&files[i], dev, &path, || {
+                        panic!("a caller that does not wait alone ran a flush of its own")
+                    })
+                    .map(|()| (arrived, tick()))
+                })
+            })
+            .collect();
+        wait_until("the others to arrive", || arrived(dev) == 5);
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        let calls: Vec<(u64, u64)> = others
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        let shared: Vec<(u64, u64)> = flushes_of(&files)
+            .into_iter()
+            .filter(|(shared, ..)| *shared)
+            .map(|(_, start, end)| (start, end))
+            .collect();
+        assert_eq!(shared.len(), 1, "one syncfs for the four: {shared:?}");
+        let (start, end) = shared[0];
+        for (arrived, returned) in calls {
+            assert!(start > arrived && end < returned, "{arrived}..{returned}");
+        }
+        assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
+    }
+
+    #[test]
+    fn many_concurrent_callers_each_return_after_a_flush_that_began_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads = 16;
+        let all = Arc::new(files(dir.path(), threads));
+        let dev = private_dev();
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (all, barrier, path) = (all.clone(), barrier.clone(), dir.path().to_path_buf());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut calls = Vec::new();
+                    for _ in 0..30 {
+                        let file = &all[i];
+                        std::io::Write::write_all(&mut &*file, b"x").unwrap();
+                        let arrived = tick();
+                        flush(file, dev, &path, || {
+                            file.sync_all().map_err(|e| io_error("fsync", &path, e))
+                        })
+                        .unwrap();
+                        calls.push((i, arrived, tick()));
+                    }
+                    calls
+                })
+            })
+            .collect();
+        let calls: Vec<(usize, u64, u64)> = handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap())
+            .collect();
+        let flushes = flushes_with(&all);
+        for (i, arrived, returned) in &calls {
+            // Covered by a shared syncfs, or by a flush of its own file.
+            let inode = all[*i].metadata().unwrap().ino();
+            let covered = flushes.iter().any(|&(ino, shared, start, end)| {
+                (shared || ino == inode) && start > *arrived && end < *returned
+            });
+            assert!(covered, "a call ({arrived}..{returned}) returned uncovered");
+        }
+        assert!(flushes.len() <= calls.len());
+        assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
+    }
+
+    #[test]
+    fn a_failed_flush_fails_only_the_callers_it_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(files(dir.path(), 2));
+        let dev = private_dev();
+        let (release, released) = mpsc::channel::<()>();
+        let first = {
+            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                flush(&files[0], dev, &path, || {
+                    released.recv().unwrap();
+                    Err(io_error(
+                        "fsync",
+                        &path,
+                        io::Error::other("the disk said no"),
+                    ))
+                })
+            })
+        };
+        wait_until("the first flush to run", || arrived(dev) == 1);
+        let second = {
+            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let mut own = 0;
+                flush(&files[1], dev, &path, || {
+                    own += 1;
+                    Ok(())
+                })
+                .map(|()| own)
+            })
+        };
+        wait_until("the second caller to arrive", || arrived(dev) == 2);
+        release.send(()).unwrap();
+        let error = first.join().unwrap().unwrap_err().to_string();
+        assert!(error.contains("the disk said no"), "{error}");
+        // It arrived after the failed flush began: that flush never covered it, and it was
+        // then alone, so its own flush did.
+        assert_eq!(second.join().unwrap().unwrap(), 1);
+    }
+}
