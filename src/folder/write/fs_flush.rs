@@ -67,7 +67,7 @@ pub(crate) fn flush(
         lock(&group.progress).inside += 1;
         group
     };
-    let result = wait_for_flush(&group, file, path, alone);
+    let result = wait_for_flush(&group, file, dev, path, alone);
     let mut groups = lock(&FILE_SYSTEMS);
     let mut progress = lock(&group.progress);
     progress.inside -= 1;
@@ -80,6 +80,7 @@ pub(crate) fn flush(
 fn wait_for_flush(
     group: &Group,
     file: &File,
+    #[cfg_attr(not(test), allow(unused_variables))] dev: u64,
     path: &Path,
     alone: impl FnOnce() -> Result<(), WriteError>,
 ) -> Result<(), WriteError> {
@@ -120,7 +121,7 @@ fn wait_for_flush(
             _ => rustix::fs::syncfs(file).map_err(|e| io_error("syncfs", path, e.into())),
         };
         #[cfg(test)]
-        tests::log(file, !own, started);
+        tests::log(dev, !own, started);
         progress = lock(&group.progress);
         progress.running = false;
         match &result {
@@ -148,43 +149,35 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Barrier, mpsc};
     use std::time::{Duration, Instant};
 
     /// One clock for the order of events across threads.
     static CLOCK: AtomicU64 = AtomicU64::new(0);
-    /// Every flush run: the inode of the file it was run with, whether it was a shared
-    /// `syncfs`, when it started and when it ended.
+    /// Every flush run: its group's device number, whether it was a shared `syncfs`, when it
+    /// started and when it ended.
     static FLUSHES: Mutex<Vec<(u64, bool, u64, u64)>> = Mutex::new(Vec::new());
 
     pub(super) fn tick() -> u64 {
         CLOCK.fetch_add(1, Ordering::SeqCst)
     }
 
-    pub(super) fn log(file: &File, shared: bool, started: u64) {
-        let inode = file.metadata().map_or(0, |m| m.ino());
-        lock(&FLUSHES).push((inode, shared, started, tick()));
+    pub(super) fn log(dev: u64, shared: bool, started: u64) {
+        lock(&FLUSHES).push((dev, shared, started, tick()));
     }
 
-    /// The flushes run with one of `files`: (inode, shared, start, end).
-    fn flushes_with(files: &[File]) -> Vec<(u64, bool, u64, u64)> {
-        let inodes: Vec<u64> = files.iter().map(|f| f.metadata().unwrap().ino()).collect();
+    /// The flushes run for the group of `dev`: (shared, start, end).
+    fn flushes_of(dev: u64) -> Vec<(bool, u64, u64)> {
         lock(&FLUSHES)
             .iter()
-            .filter(|(inode, ..)| inodes.contains(inode))
-            .copied()
+            .filter(|(of, ..)| *of == dev)
+            .map(|&(_, shared, start, end)| (shared, start, end))
             .collect()
     }
 
-    /// The flushes run with one of `files`: (shared, start, end).
-    fn flushes_of(files: &[File]) -> Vec<(bool, u64, u64)> {
-        flushes_with(files)
-            .into_iter()
-            .map(|(_, shared, start, end)| (shared, start, end))
-            .collect()
-    }
+    /// A caller's arrival, the span of the flush it ran itself (if it did), and its return.
+    type Call = (u64, Option<(u64, u64)>, u64);
 
     /// A device number of the test's own, so that flushes of other tests running at the same
     /// time (the writer's commits, on the real device) never join its group.
@@ -226,7 +219,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(own, 1);
-        let flushes = flushes_of(std::slice::from_ref(file));
+        let flushes = flushes_of(dev);
         assert_eq!(flushes.len(), 1);
         assert!(!flushes[0].0, "not a shared syncfs");
         assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
@@ -268,7 +261,7 @@ mod tests {
             .into_iter()
             .map(|t| t.join().unwrap().unwrap())
             .collect();
-        let shared: Vec<(u64, u64)> = flushes_of(&files)
+        let shared: Vec<(u64, u64)> = flushes_of(dev)
             .into_iter()
             .filter(|(shared, ..)| *shared)
             .map(|(_, start, end)| (start, end))
@@ -298,30 +291,38 @@ mod tests {
                         let file = &all[i];
                         std::io::Write::write_all(&mut &*file, b"x").unwrap();
                         let arrived = tick();
+                        // The span of this caller's own flush, if it ran one.
+                        let mut own = None;
                         flush(file, dev, &path, || {
-                            file.sync_all().map_err(|e| io_error("fsync", &path, e))
+                            let started = tick();
+                            let synced = file.sync_all().map_err(|e| io_error("fsync", &path, e));
+                            own = Some((started, tick()));
+                            synced
                         })
                         .unwrap();
-                        calls.push((i, arrived, tick()));
+                        calls.push((arrived, own, tick()));
                     }
                     calls
                 })
             })
             .collect();
-        let calls: Vec<(usize, u64, u64)> = handles
+        let calls: Vec<Call> = handles
             .into_iter()
             .flat_map(|handle| handle.join().unwrap())
             .collect();
-        let flushes = flushes_with(&all);
-        for (i, arrived, returned) in &calls {
-            // Covered by a shared syncfs, or by a flush of its own file.
-            let inode = all[*i].metadata().unwrap().ino();
-            let covered = flushes.iter().any(|&(ino, shared, start, end)| {
-                (shared || ino == inode) && start > *arrived && end < *returned
-            });
+        let shared: Vec<(u64, u64)> = flushes_of(dev)
+            .into_iter()
+            .filter(|(shared, ..)| *shared)
+            .map(|(_, start, end)| (start, end))
+            .collect();
+        for (arrived, own, returned) in &calls {
+            let covered = own
+                .iter()
+                .chain(&shared)
+                .any(|(start, end)| start > arrived && end < returned);
             assert!(covered, "a call ({arrived}..{returned}) returned uncovered");
         }
-        assert!(flushes.len() <= calls.len());
+        assert!(flushes_of(dev).len() <= calls.len());
         assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
     }
 
