@@ -309,10 +309,12 @@ impl Assembly {
         let flushed = flush(file, dev, temp, || {
             file.sync_all().map_err(|e| io_error("fsync", temp, e))
         });
-        if let Err(WriteError::Io { action, source, .. }) = flushed {
-            return Err(self.fail(action, source));
+        // A full disk also gives the temp file's space back (`fail`).
+        match flushed {
+            Err(WriteError::Io { action, source, .. }) => return Err(self.fail(action, source)),
+            Err(WriteError::DiskFull { source, .. }) => return Err(self.fail("fsync", source)),
+            result => result?,
         }
-        flushed?;
         // Checked last, after the slow steps, to keep the race with local writers short. On a
         // conflict the complete, fsynced temp file stays for a retry.
         check_expect(&self.target, expect_current)?;

@@ -45,11 +45,41 @@ struct Progress {
     /// Every ticket above `synced` and up to this one was covered by a flush that failed.
     failed_upto: u64,
     /// That failure, for each of those callers to report.
-    failure: Option<(io::ErrorKind, String)>,
+    failure: Option<Failure>,
     /// A flush is running.
     running: bool,
     /// Callers inside [`flush`] for this file system; the entry goes when the last one leaves.
     inside: usize,
+}
+
+/// A failed flush, as each caller it covered reports it (naming its own path).
+#[derive(Clone)]
+struct Failure {
+    /// The system's error number, when there is one: a full disk stays a full disk.
+    errno: Option<i32>,
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn of(e: &WriteError) -> Failure {
+        let source = match e {
+            WriteError::Io { source, .. } | WriteError::DiskFull { source, .. } => Some(source),
+            _ => None,
+        };
+        Failure {
+            errno: source.and_then(io::Error::raw_os_error),
+            kind: source.map_or(io::ErrorKind::Other, io::Error::kind),
+            message: e.to_string(),
+        }
+    }
+
+    fn error(&self) -> io::Error {
+        match self.errno {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(self.kind, self.message.clone()),
+        }
+    }
 }
 
 /// Makes the caller's changes on the file system holding `file` (device `dev`) durable: by
@@ -93,11 +123,11 @@ fn wait_for_flush(
             return Ok(());
         }
         if progress.failed_upto >= ticket {
-            let (kind, message) = progress
+            let error = progress
                 .failure
-                .clone()
-                .unwrap_or((io::ErrorKind::Other, "flush failed".to_owned()));
-            return Err(io_error("flush", path, io::Error::new(kind, message)));
+                .as_ref()
+                .map_or_else(|| io::Error::other("flush failed"), Failure::error);
+            return Err(io_error("flush", path, error));
         }
         if progress.running {
             progress = group
@@ -118,7 +148,7 @@ fn wait_for_flush(
         let started = tests::tick();
         let result = match alone.take() {
             Some(alone) if own => alone(),
-            _ => rustix::fs::syncfs(file).map_err(|e| io_error("syncfs", path, e.into())),
+            _ => syncfs(file, dev).map_err(|e| io_error("syncfs", path, e)),
         };
         #[cfg(test)]
         tests::log(dev, !own, started);
@@ -128,16 +158,21 @@ fn wait_for_flush(
             Ok(()) => progress.synced = covers,
             Err(e) => {
                 progress.failed_upto = covers;
-                let kind = match e {
-                    WriteError::Io { source, .. } => source.kind(),
-                    _ => io::ErrorKind::Other,
-                };
-                progress.failure = Some((kind, e.to_string()));
+                progress.failure = Some(Failure::of(e));
             }
         }
         group.done.notify_all();
         result?;
     }
+}
+
+#[cfg_attr(not(test), allow(unused_variables))]
+fn syncfs(file: &File, dev: u64) -> io::Result<()> {
+    #[cfg(test)]
+    if let Some(errno) = lock(&tests::FAILING).get(&dev) {
+        return Err(io::Error::from_raw_os_error(*errno));
+    }
+    rustix::fs::syncfs(file).map_err(io::Error::from)
 }
 
 /// Locks `mutex`; its data stays consistent even if a holder panicked (every update is a single
@@ -152,6 +187,10 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Barrier, mpsc};
     use std::time::{Duration, Instant};
+
+    /// Groups whose shared `syncfs` fails, with this error number.
+    pub(super) static FAILING: LazyLock<Mutex<HashMap<u64, i32>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
 
     /// One clock for the order of events across threads.
     static CLOCK: AtomicU64 = AtomicU64::new(0);
@@ -364,5 +403,50 @@ mod tests {
         // It arrived after the failed flush began: that flush never covered it, and it was
         // then alone, so its own flush did.
         assert_eq!(second.join().unwrap().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_failed_syncfs_fails_every_caller_it_covered_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(files(dir.path(), 4));
+        let dev = private_dev();
+        lock(&FAILING).insert(dev, libc::ENOSPC);
+        let (release, released) = mpsc::channel::<()>();
+        let first = {
+            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                flush(&files[0], dev, &path, || {
+                    released.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        wait_until("the first flush to run", || arrived(dev) == 1);
+        let others: Vec<_> = (1..4)
+            .map(|i| {
+                let (files, path) = (files.clone(), dir.path().join(format!("f{i}")));
+                std::thread::spawn(move || flush(&files[i], dev, &path, || Ok(())))
+            })
+            .collect();
+        wait_until("the others to arrive", || arrived(dev) == 4);
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for (i, other) in (1..4).zip(others) {
+            match other.join().unwrap() {
+                // A full disk stays a full disk, named by each caller's own path.
+                Err(WriteError::DiskFull { path, .. }) => {
+                    assert_eq!(path, dir.path().join(format!("f{i}")));
+                }
+                other => panic!("expected a full disk, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            flushes_of(dev)
+                .iter()
+                .filter(|(shared, ..)| *shared)
+                .count(),
+            1,
+            "one syncfs failed for all three"
+        );
     }
 }
