@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
-use super::dir_sync::sync_dir;
+use super::dir_sync::sync_dir_shared;
 use super::fs_flush::flush;
 use super::ops::{check_expect, parent_of, publish, system_time};
 use super::path::{ensure_parents, resolve};
@@ -305,15 +305,10 @@ impl Assembly {
             Ok(meta) => std::os::unix::fs::MetadataExt::dev(&meta),
             Err(e) => return Err(self.fail("inspect", e)),
         };
-        let (file, temp) = (&self.file, &self.temp);
-        let flushed = flush(file, dev, temp, || {
-            file.sync_all().map_err(|e| io_error("fsync", temp, e))
-        });
-        // A full disk also gives the temp file's space back (`fail`).
-        match flushed {
-            Err(WriteError::Io { action, source, .. }) => return Err(self.fail(action, source)),
-            Err(WriteError::DiskFull { source, .. }) => return Err(self.fail("fsync", source)),
-            result => result?,
+        let file = &self.file;
+        if let Err(e) = flush(file, dev, || file.sync_all()) {
+            // A full disk also gives the temp file's space back.
+            return Err(self.fail("fsync", e));
         }
         // Checked last, after the slow steps, to keep the race with local writers short. On a
         // conflict the complete, fsynced temp file stays for a retry.
@@ -325,7 +320,8 @@ impl Assembly {
             return Err(e);
         }
         let parent = parent_of(&self.target);
-        flush(&self.file, dev, parent, || sync_dir(parent))
+        flush(&self.file, dev, || sync_dir_shared(parent))
+            .map_err(|e| io_error("fsync directory", parent, e))
     }
 
     /// Gives up on this file: removes the temp file (for when the version will never be wanted

@@ -7,128 +7,35 @@
 //! disk). An fsync of a directory makes durable every change made to it before the fsync
 //! started, so a writer whose change is covered by an fsync that started after the change was
 //! made needs no fsync of its own: [`sync_dir`] waits for the next fsync of its directory,
-//! running it itself when none is running. The guarantee is exactly the one of a private fsync:
+//! running it itself when none is running (group commit, [`Groups`]). The guarantee is exactly the one of a private fsync:
 //! when `sync_dir` returns `Ok`, an fsync that began after the call began has succeeded.
 //!
 //! [`MAX_CONCURRENT_DOWNLOADS`]: crate::folder::queue::MAX_CONCURRENT_DOWNLOADS
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use rustix::io::Errno;
 use tracing::debug;
 
+use super::group_commit::Groups;
 use super::{WriteError, io_error, sys};
 
-/// The directories someone is waiting to fsync, each with its callers' progress. An entry lives
-/// only while a caller is inside [`sync_dir`], so the map holds at most one entry per thread
-/// writing at that moment.
-static DIRECTORIES: LazyLock<Mutex<HashMap<PathBuf, Arc<DirState>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-#[derive(Default)]
-struct DirState {
-    progress: Mutex<Progress>,
-    done: Condvar,
-}
-
-/// Tickets are handed out in order: caller `n` is covered once an fsync that started after it
-/// arrived has finished, that is once `synced >= n` (or, on failure, `failed_upto >= n`).
-#[derive(Default)]
-struct Progress {
-    /// Callers that ever arrived: the last ticket handed out.
-    arrived: u64,
-    /// Every ticket up to this one is covered by a successful fsync.
-    synced: u64,
-    /// Every ticket above `synced` and up to this one was covered by an fsync that failed.
-    failed_upto: u64,
-    /// That failure, for each of those callers to report.
-    failure: Option<(io::ErrorKind, String)>,
-    /// An fsync of this directory is running.
-    running: bool,
-    /// Callers inside [`sync_dir`] for this directory; the entry goes when the last one leaves.
-    inside: usize,
-}
+/// The directories someone is waiting to fsync.
+static DIRECTORIES: Groups<PathBuf> = Groups::new();
 
 /// Fsyncs a directory so that the entries just created, renamed or removed in it survive a crash.
 /// File systems that cannot fsync a directory (`EINVAL`, some FUSE ones) are tolerated: there is
 /// nothing more we could do on them. Concurrent callers for one directory share fsyncs (see the
 /// module's documentation).
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WriteError> {
-    let state = {
-        let mut directories = lock(&DIRECTORIES);
-        let state = directories.entry(dir.to_path_buf()).or_default().clone();
-        lock(&state.progress).inside += 1;
-        state
-    };
-    let result = wait_for_fsync(&state, dir);
-    let mut directories = lock(&DIRECTORIES);
-    let mut progress = lock(&state.progress);
-    progress.inside -= 1;
-    if progress.inside == 0 {
-        directories.remove(dir);
-    }
-    result
+    sync_dir_shared(dir).map_err(|e| io_error("fsync directory", dir, e))
 }
 
-/// Takes a ticket and returns once an fsync that started after it has finished, running that
-/// fsync itself if no other caller is.
-fn wait_for_fsync(state: &DirState, dir: &Path) -> Result<(), WriteError> {
-    let mut progress = lock(&state.progress);
-    progress.arrived += 1;
-    let ticket = progress.arrived;
-    loop {
-        if progress.synced >= ticket {
-            return Ok(());
-        }
-        if progress.failed_upto >= ticket {
-            let (kind, message) = progress
-                .failure
-                .clone()
-                .unwrap_or((io::ErrorKind::Other, "fsync failed".to_owned()));
-            return Err(io_error(
-                "fsync directory",
-                dir,
-                io::Error::new(kind, message),
-            ));
-        }
-        if progress.running {
-            progress = state
-                .done
-                .wait(progress)
-                .unwrap_or_else(PoisonError::into_inner);
-            continue;
-        }
-        // Everyone who arrived so far made their change before arriving, so this fsync, which
-        // starts after this point, covers them all.
-        let covers = progress.arrived;
-        progress.running = true;
-        drop(progress);
-        let result = fsync_dir(dir);
-        progress = lock(&state.progress);
-        progress.running = false;
-        match &result {
-            Ok(()) => progress.synced = covers,
-            Err(e) => {
-                progress.failed_upto = covers;
-                progress.failure = Some((e.kind(), e.to_string()));
-            }
-        }
-        state.done.notify_all();
-        if let Err(e) = result {
-            // The others covered by this fsync report the same failure from `failure`.
-            return Err(io_error("fsync directory", dir, e));
-        }
-    }
-}
-
-/// Locks `mutex`; its data stays consistent even if a holder panicked (every update is a single
-/// assignment), so a poisoned lock is used as is.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// [`sync_dir`], with the system's error as it is.
+pub(super) fn sync_dir_shared(dir: &Path) -> io::Result<()> {
+    DIRECTORIES.flush(&dir.to_path_buf(), |_| fsync_dir(dir))
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -136,7 +43,7 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     let started = tests::tick();
     let result = File::open(dir).and_then(|d| d.sync_all());
     #[cfg(test)]
-    lock(&tests::FSYNCS).push((dir.to_path_buf(), started, tests::tick()));
+    tests::lock(&tests::FSYNCS).push((dir.to_path_buf(), started, tests::tick()));
     match result {
         Err(e) if sys::is_errno(&e, Errno::INVAL) => {
             debug!(path = %dir.display(), "directory fsync not supported");
@@ -149,8 +56,12 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use std::sync::Barrier;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Barrier, Mutex, MutexGuard, PoisonError};
+
+    pub(in crate::folder::write) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 
     /// One clock for the order of events across threads.
     static CLOCK: AtomicU64 = AtomicU64::new(0);
@@ -204,7 +115,7 @@ pub(super) mod tests {
         }
         assert!(fsyncs.len() <= calls.len());
         // Nobody is inside any more: the directory's entry is gone.
-        assert!(!lock(&DIRECTORIES).contains_key(dir.path()));
+        assert!(!DIRECTORIES.is_open(&dir.path().to_path_buf()));
     }
 
     #[test]
@@ -223,6 +134,6 @@ pub(super) mod tests {
             let error = handle.join().unwrap().unwrap_err().to_string();
             assert!(error.contains("fsync directory"), "{error}");
         }
-        assert!(!lock(&DIRECTORIES).contains_key(&gone));
+        assert!(!DIRECTORIES.is_open(&gone));
     }
 }

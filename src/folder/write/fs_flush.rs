@@ -1,11 +1,12 @@
-//! Flushes shared by every writer finishing on one file system at once (group commit).
+//! Flushes shared by every writer finishing on one file system at once.
 //!
 //! Each received file is made durable twice: its data before the rename that makes it visible,
 //! and its directory entry after. Receiving many small files, up to
 //! [`MAX_CONCURRENT_DOWNLOADS`] writers each asked the disk for two flushes of their own: most
 //! of the receiving daemon's system time. `syncfs` makes durable every change made to the file
 //! system before it started (data, inodes and directory entries alike), so one `syncfs` covers
-//! every writer waiting when it starts, however many files and directories they touched.
+//! every writer waiting when it starts, however many files and directories they touched
+//! (group commit, [`Groups`]).
 //!
 //! A writer alone does its own flush (`fsync` of its file or directory): `syncfs` would also
 //! wait for unrelated dirty data on the same file system, which a lone edit should not. Only
@@ -15,178 +16,56 @@
 //!
 //! [`MAX_CONCURRENT_DOWNLOADS`]: crate::folder::queue::MAX_CONCURRENT_DOWNLOADS
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::path::Path;
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 
-use super::{WriteError, io_error};
+use super::group_commit::Groups;
 
-/// The file systems (by device number) someone is flushing, each with its callers' progress. An
-/// entry lives only while a caller is inside [`flush`].
-static FILE_SYSTEMS: LazyLock<Mutex<HashMap<u64, Arc<Group>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-#[derive(Default)]
-struct Group {
-    progress: Mutex<Progress>,
-    done: Condvar,
-}
-
-/// Tickets are handed out in order: caller `n` is covered once a flush that started after it
-/// arrived has finished, that is once `synced >= n` (or, on failure, `failed_upto >= n`).
-#[derive(Default)]
-struct Progress {
-    /// The last ticket handed out.
-    arrived: u64,
-    /// Every ticket up to this one is covered by a successful flush.
-    synced: u64,
-    /// Every ticket above `synced` and up to this one was covered by a flush that failed.
-    failed_upto: u64,
-    /// That failure, for each of those callers to report.
-    failure: Option<Failure>,
-    /// A flush is running.
-    running: bool,
-    /// Callers inside [`flush`] for this file system; the entry goes when the last one leaves.
-    inside: usize,
-}
-
-/// A failed flush, as each caller it covered reports it (naming its own path).
-#[derive(Clone)]
-struct Failure {
-    /// The system's error number, when there is one: a full disk stays a full disk.
-    errno: Option<i32>,
-    kind: io::ErrorKind,
-    message: String,
-}
-
-impl Failure {
-    fn of(e: &WriteError) -> Failure {
-        let source = match e {
-            WriteError::Io { source, .. } | WriteError::DiskFull { source, .. } => Some(source),
-            _ => None,
-        };
-        Failure {
-            errno: source.and_then(io::Error::raw_os_error),
-            kind: source.map_or(io::ErrorKind::Other, io::Error::kind),
-            message: e.to_string(),
-        }
-    }
-
-    fn error(&self) -> io::Error {
-        match self.errno {
-            Some(errno) => io::Error::from_raw_os_error(errno),
-            None => io::Error::new(self.kind, self.message.clone()),
-        }
-    }
-}
+/// The file systems someone is flushing, by device number.
+static FILE_SYSTEMS: Groups<u64> = Groups::new();
 
 /// Makes the caller's changes on the file system holding `file` (device `dev`) durable: by
-/// running `alone` when no other caller waits, else by one `syncfs` shared with them. `path`
-/// names what is flushed in a failure.
+/// running `alone` when no other caller waits, else by one `syncfs` shared with them.
 pub(crate) fn flush(
     file: &File,
     dev: u64,
-    path: &Path,
-    alone: impl FnOnce() -> Result<(), WriteError>,
-) -> Result<(), WriteError> {
-    let group = {
-        let mut groups = lock(&FILE_SYSTEMS);
-        let group = groups.entry(dev).or_default().clone();
-        lock(&group.progress).inside += 1;
-        group
-    };
-    let result = wait_for_flush(&group, file, dev, path, alone);
-    let mut groups = lock(&FILE_SYSTEMS);
-    let mut progress = lock(&group.progress);
-    progress.inside -= 1;
-    if progress.inside == 0 {
-        groups.remove(&dev);
-    }
-    result
-}
-
-fn wait_for_flush(
-    group: &Group,
-    file: &File,
-    #[cfg_attr(not(test), allow(unused_variables))] dev: u64,
-    path: &Path,
-    alone: impl FnOnce() -> Result<(), WriteError>,
-) -> Result<(), WriteError> {
-    let mut alone = Some(alone);
-    let mut progress = lock(&group.progress);
-    progress.arrived += 1;
-    let ticket = progress.arrived;
-    loop {
-        if progress.synced >= ticket {
-            return Ok(());
-        }
-        if progress.failed_upto >= ticket {
-            let error = progress
-                .failure
-                .as_ref()
-                .map_or_else(|| io::Error::other("flush failed"), Failure::error);
-            return Err(io_error("flush", path, error));
-        }
-        if progress.running {
-            progress = group
-                .done
-                .wait(progress)
-                .unwrap_or_else(PoisonError::into_inner);
-            continue;
-        }
-        // Everyone who arrived so far made their change before arriving, so a flush that
-        // starts after this point covers them all.
-        let covers = progress.arrived;
-        let settled = progress.synced.max(progress.failed_upto);
-        // Only this caller is waiting: its own flush covers it (and no one else).
-        let own = covers - settled == 1;
-        progress.running = true;
-        drop(progress);
+    alone: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    FILE_SYSTEMS.flush(&dev, |waiting| {
         #[cfg(test)]
         let started = tests::tick();
-        let result = match alone.take() {
-            Some(alone) if own => alone(),
-            _ => syncfs(file, dev).map_err(|e| io_error("syncfs", path, e)),
+        let result = if waiting == 1 {
+            alone()
+        } else {
+            syncfs(file, dev)
         };
         #[cfg(test)]
-        tests::log(dev, !own, started);
-        progress = lock(&group.progress);
-        progress.running = false;
-        match &result {
-            Ok(()) => progress.synced = covers,
-            Err(e) => {
-                progress.failed_upto = covers;
-                progress.failure = Some(Failure::of(e));
-            }
-        }
-        group.done.notify_all();
-        result?;
-    }
+        tests::log(dev, waiting > 1, started);
+        result
+    })
 }
 
 #[cfg_attr(not(test), allow(unused_variables))]
 fn syncfs(file: &File, dev: u64) -> io::Result<()> {
     #[cfg(test)]
-    if let Some(errno) = lock(&tests::FAILING).get(&dev) {
+    if let Some(errno) = tests::lock(&tests::FAILING).get(&dev) {
         return Err(io::Error::from_raw_os_error(*errno));
     }
     rustix::fs::syncfs(file).map_err(io::Error::from)
 }
 
-/// Locks `mutex`; its data stays consistent even if a holder panicked (every update is a single
-/// assignment), so a poisoned lock is used as is.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Barrier, mpsc};
+    use std::sync::{Arc, Barrier, LazyLock, Mutex, MutexGuard, PoisonError, mpsc};
     use std::time::{Duration, Instant};
+
+    pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 
     /// Groups whose shared `syncfs` fails, with this error number.
     pub(super) static FAILING: LazyLock<Mutex<HashMap<u64, i32>>> =
@@ -226,9 +105,7 @@ mod tests {
     }
 
     fn arrived(dev: u64) -> u64 {
-        lock(&FILE_SYSTEMS)
-            .get(&dev)
-            .map_or(0, |group| lock(&group.progress).arrived)
+        FILE_SYSTEMS.arrived(&dev)
     }
 
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -251,17 +128,16 @@ mod tests {
         let file = &files(dir.path(), 1)[0];
         let dev = private_dev();
         let mut own = 0;
-        flush(file, dev, dir.path(), || {
+        flush(file, dev, || {
             own += 1;
             file.sync_all()
-                .map_err(|e| io_error("fsync", dir.path(), e))
         })
         .unwrap();
         assert_eq!(own, 1);
         let flushes = flushes_of(dev);
         assert_eq!(flushes.len(), 1);
         assert!(!flushes[0].0, "not a shared syncfs");
-        assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
+        assert!(!FILE_SYSTEMS.is_open(&dev), "the group is gone");
     }
 
     #[test]
@@ -272,9 +148,9 @@ mod tests {
         // The first caller's own flush runs until released: the others arrive meanwhile.
         let (release, released) = mpsc::channel::<()>();
         let first = {
-            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            let files = files.clone();
             std::thread::spawn(move || {
-                flush(&files[0], dev, &path, || {
+                flush(&files[0], dev, || {
                     released.recv().unwrap();
                     Ok(())
                 })
@@ -283,10 +159,10 @@ mod tests {
         wait_until("the first flush to run", || arrived(dev) == 1);
         let others: Vec<_> = (1..5)
             .map(|i| {
-                let (files, path) = (files.clone(), dir.path().to_path_buf());
+                let files = files.clone();
                 std::thread::spawn(move || {
                     let arrived = tick();
-                    flush(&files[i], dev, &path, || {
+                    flush(&files[i], dev, || {
                         panic!("a caller that does not wait alone ran a flush of its own")
                     })
                     .map(|()| (arrived, tick()))
@@ -310,7 +186,7 @@ mod tests {
         for (arrived, returned) in calls {
             assert!(start > arrived && end < returned, "{arrived}..{returned}");
         }
-        assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
+        assert!(!FILE_SYSTEMS.is_open(&dev), "the group is gone");
     }
 
     #[test]
@@ -322,7 +198,7 @@ mod tests {
         let barrier = Arc::new(Barrier::new(threads));
         let handles: Vec<_> = (0..threads)
             .map(|i| {
-                let (all, barrier, path) = (all.clone(), barrier.clone(), dir.path().to_path_buf());
+                let (all, barrier) = (all.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
                     let mut calls = Vec::new();
@@ -332,9 +208,9 @@ mod tests {
                         let arrived = tick();
                         // The span of this caller's own flush, if it ran one.
                         let mut own = None;
-                        flush(file, dev, &path, || {
+                        flush(file, dev, || {
                             let started = tick();
-                            let synced = file.sync_all().map_err(|e| io_error("fsync", &path, e));
+                            let synced = file.sync_all();
                             own = Some((started, tick()));
                             synced
                         })
@@ -362,7 +238,7 @@ mod tests {
             assert!(covered, "a call ({arrived}..{returned}) returned uncovered");
         }
         assert!(flushes_of(dev).len() <= calls.len());
-        assert!(!lock(&FILE_SYSTEMS).contains_key(&dev), "the group is gone");
+        assert!(!FILE_SYSTEMS.is_open(&dev), "the group is gone");
     }
 
     #[test]
@@ -372,24 +248,20 @@ mod tests {
         let dev = private_dev();
         let (release, released) = mpsc::channel::<()>();
         let first = {
-            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            let files = files.clone();
             std::thread::spawn(move || {
-                flush(&files[0], dev, &path, || {
+                flush(&files[0], dev, || {
                     released.recv().unwrap();
-                    Err(io_error(
-                        "fsync",
-                        &path,
-                        io::Error::other("the disk said no"),
-                    ))
+                    Err(io::Error::other("the disk said no"))
                 })
             })
         };
         wait_until("the first flush to run", || arrived(dev) == 1);
         let second = {
-            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            let files = files.clone();
             std::thread::spawn(move || {
                 let mut own = 0;
-                flush(&files[1], dev, &path, || {
+                flush(&files[1], dev, || {
                     own += 1;
                     Ok(())
                 })
@@ -413,9 +285,9 @@ mod tests {
         lock(&FAILING).insert(dev, libc::ENOSPC);
         let (release, released) = mpsc::channel::<()>();
         let first = {
-            let (files, path) = (files.clone(), dir.path().to_path_buf());
+            let files = files.clone();
             std::thread::spawn(move || {
-                flush(&files[0], dev, &path, || {
+                flush(&files[0], dev, || {
                     released.recv().unwrap();
                     Ok(())
                 })
@@ -424,21 +296,17 @@ mod tests {
         wait_until("the first flush to run", || arrived(dev) == 1);
         let others: Vec<_> = (1..4)
             .map(|i| {
-                let (files, path) = (files.clone(), dir.path().join(format!("f{i}")));
-                std::thread::spawn(move || flush(&files[i], dev, &path, || Ok(())))
+                let files = files.clone();
+                std::thread::spawn(move || flush(&files[i], dev, || Ok(())))
             })
             .collect();
         wait_until("the others to arrive", || arrived(dev) == 4);
         release.send(()).unwrap();
         first.join().unwrap().unwrap();
-        for (i, other) in (1..4).zip(others) {
-            match other.join().unwrap() {
-                // A full disk stays a full disk, named by each caller's own path.
-                Err(WriteError::DiskFull { path, .. }) => {
-                    assert_eq!(path, dir.path().join(format!("f{i}")));
-                }
-                other => panic!("expected a full disk, got {other:?}"),
-            }
+        for other in others {
+            // A full disk stays a full disk (the writer then gives the temp file's space back).
+            let error = other.join().unwrap().unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
         }
         assert_eq!(
             flushes_of(dev)

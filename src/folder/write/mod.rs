@@ -60,6 +60,7 @@
 //! - `read`: chunks read back out of local files ([`read_chunk`], [`LocalReader`]);
 //! - `dir_sync`: directory fsyncs, shared by the writers finishing in one directory at once;
 //! - `fs_flush`: one `syncfs` for every writer flushing on a file system at once;
+//! - `group_commit`: the ticket scheme both share (a flush that began after each caller);
 //! - `sweep`: removing stale temp files ([`sweep_temp_files`]);
 //! - `sys`: the system calls `std` lacks, through `rustix`.
 //!
@@ -72,6 +73,7 @@
 mod assembly;
 mod dir_sync;
 mod fs_flush;
+mod group_commit;
 mod ops;
 mod path;
 mod read;
