@@ -116,6 +116,25 @@ mod tests {
         }
     }
 
+    /// Starts a first caller, with `files[0]`, whose own flush runs until the returned sender
+    /// releases it, then ends with `outcome`; returns once that flush runs.
+    fn first_flush_held(
+        files: &Arc<Vec<File>>,
+        dev: u64,
+        outcome: io::Result<()>,
+    ) -> (std::thread::JoinHandle<io::Result<()>>, mpsc::Sender<()>) {
+        let (release, released) = mpsc::channel::<()>();
+        let files = files.clone();
+        let first = std::thread::spawn(move || {
+            flush(&files[0], dev, || {
+                released.recv().unwrap();
+                outcome
+            })
+        });
+        wait_until("the first flush to run", || arrived(dev) == 1);
+        (first, release)
+    }
+
     fn files(dir: &Path, n: usize) -> Vec<File> {
         (0..n)
             .map(|i| File::create(dir.join(format!("f{i}"))).unwrap())
@@ -145,18 +164,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = Arc::new(files(dir.path(), 5));
         let dev = private_dev();
-        // The first caller's own flush runs until released: the others arrive meanwhile.
-        let (release, released) = mpsc::channel::<()>();
-        let first = {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                flush(&files[0], dev, || {
-                    released.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        wait_until("the first flush to run", || arrived(dev) == 1);
+        // The others arrive while the first caller's own flush runs.
+        let (first, release) = first_flush_held(&files, dev, Ok(()));
         let others: Vec<_> = (1..5)
             .map(|i| {
                 let files = files.clone();
@@ -246,17 +255,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = Arc::new(files(dir.path(), 2));
         let dev = private_dev();
-        let (release, released) = mpsc::channel::<()>();
-        let first = {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                flush(&files[0], dev, || {
-                    released.recv().unwrap();
-                    Err(io::Error::other("the disk said no"))
-                })
-            })
-        };
-        wait_until("the first flush to run", || arrived(dev) == 1);
+        let (first, release) =
+            first_flush_held(&files, dev, Err(io::Error::other("the disk said no")));
         let second = {
             let files = files.clone();
             std::thread::spawn(move || {
@@ -283,17 +283,7 @@ mod tests {
         let files = Arc::new(files(dir.path(), 4));
         let dev = private_dev();
         lock(&FAILING).insert(dev, libc::ENOSPC);
-        let (release, released) = mpsc::channel::<()>();
-        let first = {
-            let files = files.clone();
-            std::thread::spawn(move || {
-                flush(&files[0], dev, || {
-                    released.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        wait_until("the first flush to run", || arrived(dev) == 1);
+        let (first, release) = first_flush_held(&files, dev, Ok(()));
         let others: Vec<_> = (1..4)
             .map(|i| {
                 let files = files.clone();
