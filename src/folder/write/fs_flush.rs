@@ -58,7 +58,6 @@ fn syncfs(file: &File, dev: u64) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::path::Path;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Barrier, LazyLock, Mutex, MutexGuard, PoisonError, mpsc};
     use std::time::{Duration, Instant};
@@ -135,17 +134,20 @@ mod tests {
         (first, release)
     }
 
-    fn files(dir: &Path, n: usize) -> Vec<File> {
-        (0..n)
-            .map(|i| File::create(dir.join(format!("f{i}"))).unwrap())
-            .collect()
+    /// `n` files in a fresh directory (kept open by the returned guard) and a device number of
+    /// the test's own.
+    fn setup(n: usize) -> (tempfile::TempDir, Arc<Vec<File>>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = (0..n)
+            .map(|i| File::create(dir.path().join(format!("f{i}"))).unwrap())
+            .collect();
+        (dir, Arc::new(files), private_dev())
     }
 
     #[test]
     fn a_lone_caller_runs_its_own_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = &files(dir.path(), 1)[0];
-        let dev = private_dev();
+        let (_dir, files, dev) = setup(1);
+        let file = &files[0];
         let mut own = 0;
         flush(file, dev, || {
             own += 1;
@@ -161,9 +163,7 @@ mod tests {
 
     #[test]
     fn callers_waiting_together_share_one_syncfs_that_began_after_they_arrived() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = Arc::new(files(dir.path(), 5));
-        let dev = private_dev();
+        let (_dir, files, dev) = setup(5);
         // The others arrive while the first caller's own flush runs.
         let (first, release) = first_flush_held(&files, dev, Ok(()));
         let others: Vec<_> = (1..5)
@@ -200,10 +200,8 @@ mod tests {
 
     #[test]
     fn many_concurrent_callers_each_return_after_a_flush_that_began_after_them() {
-        let dir = tempfile::tempdir().unwrap();
         let threads = 16;
-        let all = Arc::new(files(dir.path(), threads));
-        let dev = private_dev();
+        let (_dir, all, dev) = setup(threads);
         let barrier = Arc::new(Barrier::new(threads));
         let handles: Vec<_> = (0..threads)
             .map(|i| {
@@ -252,9 +250,7 @@ mod tests {
 
     #[test]
     fn a_failed_flush_fails_only_the_callers_it_covered() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = Arc::new(files(dir.path(), 2));
-        let dev = private_dev();
+        let (_dir, files, dev) = setup(2);
         let (first, release) =
             first_flush_held(&files, dev, Err(io::Error::other("the disk said no")));
         let second = {
@@ -279,9 +275,7 @@ mod tests {
 
     #[test]
     fn a_failed_syncfs_fails_every_caller_it_covered_with_its_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = Arc::new(files(dir.path(), 4));
-        let dev = private_dev();
+        let (_dir, files, dev) = setup(4);
         lock(&FAILING).insert(dev, libc::ENOSPC);
         let (first, release) = first_flush_held(&files, dev, Ok(()));
         let others: Vec<_> = (1..4)
