@@ -286,15 +286,14 @@ fn a_deleted_conflict_copy_and_file_stay_deleted() {
 
 #[test]
 fn big_file_edits_move_only_the_changed_chunks() {
-    let mesh = Mesh::full_static(2);
+    let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
-    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
-    let share = FolderShare::among(&nodes);
+    let share = mesh.share_folder();
     let mut data = random_bytes(64 << 20, 42);
     fs::write(share.dirs[0].join("big.bin"), &data).unwrap();
     share.wait_identical();
-    let fetched = |s: &FolderShare| s.status(&mesh.nodes[1])["fetched_bytes"].as_u64().unwrap();
-    let initial = fetched(&share);
+    let fetched = |s: &FolderShare, b: &Node| s.status(b)["fetched_bytes"].as_u64().unwrap();
+    let initial = fetched(&share, &mesh.nodes[1]);
     assert!(
         initial >= 64 << 20,
         "the first copy moves the whole file: {initial}"
@@ -305,7 +304,7 @@ fn big_file_edits_move_only_the_changed_chunks() {
     data[middle..middle + (1 << 20)].copy_from_slice(&random_bytes(1 << 20, 7));
     fs::write(share.dirs[0].join("big.bin"), &data).unwrap();
     share.wait_identical();
-    let after_overwrite = fetched(&share);
+    let after_overwrite = fetched(&share, &mesh.nodes[1]);
     assert!(
         after_overwrite - initial < 2 << 20,
         "fetched {} bytes",
@@ -316,12 +315,38 @@ fn big_file_edits_move_only_the_changed_chunks() {
     data.insert(0, 0xAB);
     fs::write(share.dirs[0].join("big.bin"), &data).unwrap();
     share.wait_identical();
-    let after_insert = fetched(&share);
+    let after_insert = fetched(&share, &mesh.nodes[1]);
     assert!(
         after_insert - after_overwrite < 512 << 10,
         "fetched {} bytes",
         after_insert - after_overwrite
     );
+
+    // B restarted: where its chunks lie is read from its store, not rebuilt.
+    mesh.nodes[1].pin_listen_port();
+    mesh.nodes[1].stop();
+    mesh.nodes[1].start();
+    mesh.wait_fully_connected();
+    wait_until("B's folder to be back", WAIT, || {
+        share.status(&mesh.nodes[1])["fetched_bytes"].is_u64()
+    });
+    // Its counters start again.
+    let after_insert = fetched(&share, &mesh.nodes[1]);
+
+    // Copied: B builds the copy from the file it has.
+    fs::copy(
+        share.dirs[0].join("big.bin"),
+        share.dirs[0].join("copy.bin"),
+    )
+    .unwrap();
+    share.wait_identical();
+    assert_eq!(
+        fetched(&share, &mesh.nodes[1]),
+        after_insert,
+        "no chunk fetched for a copy of a file B has"
+    );
+    fs::remove_file(share.dirs[0].join("copy.bin")).unwrap();
+    share.wait_identical();
 
     // Renamed: nothing but metadata moves.
     let before = mesh.nodes[1].status()["shares"][0]["bytes_received"]
@@ -334,7 +359,7 @@ fn big_file_edits_move_only_the_changed_chunks() {
     .unwrap();
     share.wait_identical();
     assert_eq!(
-        fetched(&share),
+        fetched(&share, &mesh.nodes[1]),
         after_insert,
         "no chunk fetched for a rename"
     );

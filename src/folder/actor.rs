@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::breaker::Breaker;
 use super::breaker::Held;
+use super::chunk_places::ChunkPlaces;
 use super::delete_hold::DeleteHold;
 use super::disk::DiskGuard;
 use super::error::FolderError;
@@ -47,7 +48,7 @@ use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
 use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
-use super::synced_paths::{RetiredPaged, SyncedPaths};
+use super::synced_paths::SyncedPaths;
 use super::watch::{WatchEvent, Watching};
 use super::{received, serve, versions, write};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
@@ -138,7 +139,7 @@ pub fn spawn(
         net,
         members,
         store: store.clone(),
-        chunks: Arc::default(),
+        chunks: Arc::new(ChunkPlaces::new(store.local_state_reader(meta.id))),
         counters,
         fetcher,
         conflict_tag: super::conflict::device_tag(&local, policy.device_name.as_deref()),
@@ -391,8 +392,6 @@ impl FolderActor {
             if self.flush_at.is_none() && self.synced.has_unsent() {
                 self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
             }
-            self.forget_retired_chunks();
-            self.forget_retired_paged_chunks().await;
             self.fill_queue_window().await;
             self.start_downloads();
             self.sweep_if_idle();
@@ -407,9 +406,15 @@ impl FolderActor {
     async fn load_state(&mut self) {
         let stored = self.store.local_state_reader(self.sources.share);
         let (store, share) = (self.store.clone(), self.sources.share);
-        let index = self.sources.chunks.clone();
+        let (name, runtime) = (self.name.clone(), tokio::runtime::Handle::current());
         let loaded = tokio::task::spawn_blocking(move || {
-            source::load_indexing_chunks(&stored, &store, share, &index)
+            let loaded = state::load(&stored, &mut |_, _| {})?;
+            if !loaded.chunks_indexed {
+                info!(folder = %name, "writing the chunk index into the store (once)");
+                let files = state::build_chunk_index(&stored, &store, share, &runtime)?;
+                info!(folder = %name, "chunk index written: {files} files");
+            }
+            Ok(loaded)
         })
         .await
         .unwrap_or_else(|e| Err(StoreError::Invalid(format!("counting crashed: {e}"))));
@@ -449,15 +454,14 @@ impl FolderActor {
                 budget,
                 reply,
             } => {
-                let locations: Vec<Option<ChunkLocation>> = if self.paused.is_some() {
-                    vec![None; hashes.len()]
-                } else {
-                    let index = self.sources.chunks.read().expect("chunk index lock");
-                    hashes.iter().map(|h| index.get(h).cloned()).collect()
-                };
+                let places = (self.paused.is_none()).then(|| self.sources.chunks.clone());
                 let root = self.sources.root.clone();
                 let counters = self.sources.counters.clone();
                 tokio::task::spawn_blocking(move || {
+                    let locations: Vec<Option<ChunkLocation>> = match places {
+                        Some(places) => places.get_many(&hashes),
+                        None => vec![None; hashes.len()],
+                    };
                     let chunks = serve::read_chunks(&root, &hashes, locations, budget, &counters);
                     let _ = reply.send(chunks);
                 });
@@ -790,42 +794,7 @@ impl FolderActor {
         if entries.is_empty() {
             return;
         }
-        let mut index = self.sources.chunks.write().expect("chunk index lock");
-        index.extend(entries);
-    }
-
-    /// Takes out of the chunk index the places that paths no longer hold (their synced
-    /// records changed: see [`SyncedPaths::take_retired_chunks`]). Without this the index kept
-    /// a place for every chunk any file ever held while the daemon ran.
-    pub(super) fn forget_retired_chunks(&mut self) {
-        let retired = self.synced.take_retired_chunks();
-        if retired.is_empty() {
-            return;
-        }
-        let mut index = self.sources.chunks.write().expect("chunk index lock");
-        for (hash, path) in &retired {
-            index.forget(hash, path);
-        }
-    }
-
-    /// [`Self::forget_retired_chunks`] for files whose chunk lists are in store pages: the old
-    /// and new lists are read, and the places of the chunks only the old one had are
-    /// forgotten. A list that cannot be read leaves its places (a stale place fails its hash
-    /// check when read, and a restart rebuilds the index).
-    pub(super) async fn forget_retired_paged_chunks(&mut self) {
-        let retired = self.synced.take_retired_paged();
-        for RetiredPaged { path, old, new } in retired {
-            let share = self.sources.share;
-            let Some(gone) =
-                state::chunks_only_in_old(&self.store, share, &old, new.as_ref()).await
-            else {
-                continue;
-            };
-            let mut index = self.sources.chunks.write().expect("chunk index lock");
-            for hash in &gone {
-                index.forget(hash, &path);
-            }
-        }
+        self.sources.chunks.add_recent(entries);
     }
 }
 

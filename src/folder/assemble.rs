@@ -29,13 +29,11 @@ pub(super) async fn fill(
     assembly: write::Assembly,
     missing: Vec<usize>,
 ) -> Result<write::Assembly, WriteFailure> {
-    let plan: Vec<(usize, Option<ChunkLocation>)> = {
-        let index = shared.chunks.read().expect("chunk index lock");
-        missing
-            .iter()
-            .map(|&i| (i, index.get(&chunks[i].hash).cloned()))
-            .collect()
-    };
+    // Off the async threads: a big file's chunks are looked up in the store.
+    let places = shared.chunks.clone();
+    let hashes: Vec<_> = missing.iter().map(|&i| chunks[i].hash).collect();
+    let found = tokio::task::spawn_blocking(move || places.get_many(&hashes)).await?;
+    let plan: Vec<(usize, Option<ChunkLocation>)> = missing.into_iter().zip(found).collect();
     let mut queue: VecDeque<usize> = plan
         .iter()
         .filter(|(_, location)| location.is_none())

@@ -80,11 +80,7 @@ impl FolderActor {
                     }
                 };
                 self.deletes.clear();
-                self.sources
-                    .chunks
-                    .write()
-                    .expect("chunk index lock")
-                    .clear();
+                self.sources.chunks.clear_recent();
                 match self.create_instance().await {
                     Ok(id) => self.record_instance(id, forget).await,
                     Err(e) => {

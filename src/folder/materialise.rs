@@ -261,11 +261,7 @@ async fn remove_entry(
                 let moved =
                     source::chunk_locations(&shared.store, shared.share, &trash_rel, &meta, None)
                         .await;
-                shared
-                    .chunks
-                    .write()
-                    .expect("chunk index lock")
-                    .extend(moved);
+                shared.chunks.add_recent(moved);
             }
             outcome.synced = None;
         }

@@ -7,8 +7,8 @@
 mod actor;
 mod assemble;
 mod breaker;
-mod chunk_map;
 mod chunk_part;
+mod chunk_places;
 pub mod conflict;
 pub mod content;
 mod delete_hold;

@@ -3,12 +3,12 @@
 //! verified by hash whichever way it came.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use libp2p::PeerId;
 use tokio::sync::watch;
 
-use super::chunk_map::ChunkMap;
+use super::chunk_places::ChunkPlaces;
 use super::error::{FetchError, MemberFailure};
 use super::fetch::Fetcher;
 use super::model::{CheckedChunk, ChunkRef, Content, FileMeta, Hash};
@@ -26,8 +26,8 @@ pub const LOCAL_CHUNK_RETRY_DELAY: std::time::Duration = std::time::Duration::fr
 /// Tries per page across members before a download fails (and is retried later).
 pub const MAX_PAGE_ATTEMPTS: usize = 6;
 
-/// Where a chunk can be read locally. One per chunk of every local file: kept small (the
-/// path shared by a file's chunks, the stamp as a digest), 56 bytes plus the path's.
+/// Where a chunk can be read locally (see [`ChunkPlaces`]): the path is shared by a file's
+/// chunks, the stamp kept as a digest.
 #[derive(Debug, Clone)]
 pub(super) struct ChunkLocation {
     pub(super) path: Arc<str>,
@@ -38,10 +38,9 @@ pub(super) struct ChunkLocation {
     pub(super) stamp: Option<scan::StampDigest>,
 }
 
-/// Chunk hash → a local place holding it ([`ChunkMap`]). The actor updates it after scans and
-/// downloads; tasks look up a few entries at a time and never hold the lock across an `.await`
-/// (a lock because download tasks on many threads read it between the actor's updates).
-pub(super) type ChunkIndex = Arc<RwLock<ChunkMap>>;
+/// Chunk hash → a local place holding it ([`ChunkPlaces`]): in the store, written with the
+/// synced rows, and recent places in memory, which the actor and downloads add.
+pub(super) type ChunkIndex = Arc<ChunkPlaces>;
 
 /// Everything a download task needs, shared read-only.
 #[derive(Clone)]
@@ -81,42 +80,6 @@ pub(super) fn locations_in(
             (chunk.hash, location)
         })
         .collect()
-}
-
-/// Chunk locations added to the index under one lock, while the index is built at start.
-pub const CHUNKS_INDEXED_AT_ONCE: usize = 4096;
-
-/// [`state::load`], indexing the chunks of every synced file on the way (blocking: call it off
-/// the async threads). Scans report only what changed, so this is where unchanged files' chunks
-/// come from.
-pub(super) fn load_indexing_chunks(
-    stored: &crate::store::local_state::LocalStateReader,
-    store: &StoreHandle,
-    share: ShareId,
-    index: &ChunkIndex,
-) -> Result<state::Loaded, crate::store::StoreError> {
-    let mut found = Vec::new();
-    let add = |found: &mut Vec<_>| {
-        index
-            .write()
-            .expect("chunk index lock")
-            .extend(found.drain(..));
-    };
-    let loaded = state::load(stored, &mut |path, synced| {
-        let meta = &synced.record.meta;
-        if meta.kind != super::model::EntryKind::File {
-            return;
-        }
-        if let Some(chunks) = state::blocking_stored_chunk_list(store, share, meta) {
-            found.extend(locations_in(path, &chunks, synced.record.stamp()));
-        }
-        if found.len() >= CHUNKS_INDEXED_AT_ONCE {
-            add(&mut found);
-        }
-    });
-    add(&mut found);
-    index.write().expect("chunk index lock").merge();
-    loaded
 }
 
 /// The places of `meta`'s chunks in the file `path`, from the chunk list we store (none if a
@@ -182,12 +145,7 @@ pub(super) async fn fetch_chunk(
     // move updates the index right after it.
     let mut tried: Option<ChunkLocation> = None;
     for _ in 0..2 {
-        let location = shared
-            .chunks
-            .read()
-            .expect("chunk index lock")
-            .get(&chunk.hash)
-            .cloned();
+        let location = shared.chunks.get(&chunk.hash);
         let Some(location) = location else { break };
         if tried
             .as_ref()

@@ -1,20 +1,21 @@
 //! The folder's own state beside the share's entries, kept in the store: what was last synced at
-//! each path (the share's local-state rows) and chunk-list pages. Every read and write of it goes
-//! through here; nothing here touches the database directly.
+//! each path (the share's local-state rows), where the chunks of those files lie (the share's
+//! local index, written with them: see [`super::chunk_places`]) and chunk-list pages. Every read
+//! and write of it goes through here; nothing here touches the database directly.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::chunk_places::{self, FilePlaces};
 use super::instance::InstanceId;
-use super::model::{ChunkRef, Content, FileMeta, Hash, PageRef};
-use super::scan::ScanRecord;
+use super::model::{ChunkRef, Content, EntryKind, FileMeta, Hash, PageRef};
+use super::scan::{ScanRecord, StampDigest};
 use super::synced_paths::KindCounts;
 use crate::merge::VersionVector;
-use crate::store::local_state::{LocalStateReader, LocalStateRow};
+use crate::store::local_state::{LocalIndexChange, LocalStateReader, LocalStateRow};
 use crate::store::{ShareId, StoreError, StoreHandle};
 
 /// What a synced path is known to be: the value of the folder's local-state row for the path.
@@ -29,6 +30,13 @@ pub struct Synced {
 /// The local-state row holding the folder's [`InstanceId`]. It starts with a NUL, which no path
 /// may contain, so it never collides with a path's row.
 const INSTANCE_KEY: &[u8] = b"\0instance";
+/// The local-state row saying the share's local index holds the chunk places of every synced
+/// file (written once they are all there); a store from before they were kept there lacks it.
+const CHUNK_INDEX_KEY: &[u8] = b"\0chunk-index";
+/// Its value: the layout of the place rows ([`chunk_places`]).
+const CHUNK_INDEX_VERSION: &[u8] = &[1];
+/// Place rows written at once while [`build_chunk_index`] fills the local index.
+pub const CHUNK_INDEX_ROWS_AT_ONCE: usize = 8192;
 
 /// What the store knows about a folder, counted at start.
 #[derive(Debug, Default)]
@@ -37,6 +45,9 @@ pub struct Loaded {
     pub counts: KindCounts,
     /// The id of the folder those paths were synced in ([`super::instance`]).
     pub instance: Option<InstanceId>,
+    /// Whether the store's local index holds the places of their chunks
+    /// ([`build_chunk_index`] if not).
+    pub chunks_indexed: bool,
 }
 
 /// Counts the folder's synced paths and reads its id, reading every row once (blocking: call it
@@ -52,6 +63,8 @@ pub fn load(
     stored.snapshot()?.for_each_with_prefix(b"", |key, value| {
         if key == INSTANCE_KEY {
             loaded.instance = InstanceId::try_from(value).ok();
+        } else if key == CHUNK_INDEX_KEY {
+            loaded.chunks_indexed = value == CHUNK_INDEX_VERSION;
         } else if let Some(path) = path_of_key(key) {
             match decode_synced(value) {
                 Some(synced) => {
@@ -82,20 +95,161 @@ pub fn decode_synced(bytes: &[u8]) -> Option<Synced> {
     crate::cbor::decode(bytes).ok()
 }
 
-/// Records the folder's id, and forgets every synced path in `forget` (all of them when the
-/// folder was replaced), in one durable write.
+/// Records the folder's id, and forgets every synced path in `forget` (all of them, when the
+/// folder was replaced: the places of their chunks go too), in one durable write.
 pub async fn record_instance(
     store: &StoreHandle,
     share: ShareId,
     id: InstanceId,
     forget: Vec<String>,
 ) -> Result<(), StoreError> {
+    let index = LocalIndexChange {
+        clear: !forget.is_empty(),
+        rows: Vec::new(),
+    };
     let mut rows: Vec<LocalStateRow> = forget
         .into_iter()
         .map(|path| (path.into_bytes(), None))
         .collect();
     rows.push((INSTANCE_KEY.to_vec(), Some(id.to_vec())));
-    store.save_local_state(share, rows).await
+    store.save_local_state(share, rows, index).await
+}
+
+/// Writes the places of every synced file's chunks into the share's local index, then notes
+/// that it is complete; returns how many files it indexed. For a store from before the places
+/// were kept there (and a new share, where it only writes the note). Blocking: call it off the
+/// async threads, before the folder writes any synced row, with `runtime` the daemon's.
+pub fn build_chunk_index(
+    stored: &LocalStateReader,
+    store: &StoreHandle,
+    share: ShareId,
+    runtime: &tokio::runtime::Handle,
+) -> Result<u64, StoreError> {
+    // Rows of an earlier build that did not finish go first.
+    let mut change = LocalIndexChange {
+        clear: true,
+        rows: Vec::new(),
+    };
+    let (mut files, mut failed) = (0u64, None);
+    load(stored, &mut |path, synced| {
+        if failed.is_some() {
+            return;
+        }
+        let Some((chunks, stamp)) = file_chunks(synced, |meta| {
+            blocking_stored_chunk_list(store, share, meta)
+        }) else {
+            return;
+        };
+        let places = FilePlaces {
+            chunks: &chunks,
+            stamp,
+        };
+        change
+            .rows
+            .extend(chunk_places::row_changes(path, None, Some(places)));
+        files += 1;
+        if change.rows.len() >= CHUNK_INDEX_ROWS_AT_ONCE {
+            let batch = std::mem::take(&mut change);
+            if let Err(e) = runtime.block_on(store.save_local_state(share, Vec::new(), batch)) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let note = vec![(CHUNK_INDEX_KEY.to_vec(), Some(CHUNK_INDEX_VERSION.to_vec()))];
+    runtime.block_on(store.save_local_state(share, note, change))?;
+    Ok(files)
+}
+
+/// The chunk list of a synced file (through `list`) and its stamp; `None` for anything else,
+/// or a list the store cannot give.
+fn file_chunks(
+    synced: &Synced,
+    list: impl FnOnce(&FileMeta) -> Option<Vec<ChunkRef>>,
+) -> Option<(Vec<ChunkRef>, Option<StampDigest>)> {
+    let record = &synced.record;
+    if record.meta.kind != EntryKind::File {
+        return None;
+    }
+    Some((list(&record.meta)?, record.stamp().map(|s| s.digest())))
+}
+
+/// The local index rows that change with a batch of synced rows: the places of the chunks of
+/// each file written, and the removal of places its old version (as stored now, before the
+/// batch) had and it does not. Unchanged content with an unchanged stamp changes nothing. A
+/// row or list that cannot be read leaves its old places (a stale place fails its check when
+/// read, and costs a fetch).
+async fn index_change(
+    store: &StoreHandle,
+    share: ShareId,
+    stored: &LocalStateReader,
+    rows: &[(String, Option<Synced>)],
+) -> LocalIndexChange {
+    let olds: Vec<Option<Synced>> = match stored.snapshot() {
+        Ok(snapshot) => rows
+            .iter()
+            .map(|(path, _)| {
+                let bytes = snapshot.get(path.as_bytes()).ok().flatten()?;
+                decode_synced(&bytes)
+            })
+            .collect(),
+        Err(_) => vec![None; rows.len()],
+    };
+    let mut change = LocalIndexChange::default();
+    for ((path, new), old) in rows.iter().zip(olds) {
+        if same_places(old.as_ref(), new.as_ref()) {
+            continue;
+        }
+        let old = match &old {
+            Some(synced) => chunk_list_of(store, share, synced).await,
+            None => None,
+        };
+        let new = match new {
+            Some(synced) => chunk_list_of(store, share, synced).await,
+            None => None,
+        };
+        change
+            .rows
+            .extend(chunk_places::row_changes(path, places(&old), places(&new)));
+    }
+    change
+}
+
+fn places(found: &Option<(Vec<ChunkRef>, Option<StampDigest>)>) -> Option<FilePlaces<'_>> {
+    found.as_ref().map(|(chunks, stamp)| FilePlaces {
+        chunks,
+        stamp: *stamp,
+    })
+}
+
+/// Whether two versions of a path put its chunks in the same places (both absent, or the same
+/// content with the same stamp).
+fn same_places(old: Option<&Synced>, new: Option<&Synced>) -> bool {
+    match (old, new) {
+        (None, None) => true,
+        (Some(old), Some(new)) => {
+            let (old, new) = (&old.record, &new.record);
+            old.meta.kind == new.meta.kind
+                && old.meta.content == new.meta.content
+                && old.stamp().map(|s| s.digest()) == new.stamp().map(|s| s.digest())
+        }
+        _ => false,
+    }
+}
+
+/// [`file_chunks`], reading pages through the store thread.
+async fn chunk_list_of(
+    store: &StoreHandle,
+    share: ShareId,
+    synced: &Synced,
+) -> Option<(Vec<ChunkRef>, Option<StampDigest>)> {
+    if synced.record.meta.kind != EntryKind::File {
+        return None;
+    }
+    let chunks = stored_chunk_list(store, share, &synced.record.meta).await?;
+    file_chunks(synced, |_| Some(chunks))
 }
 
 /// A numbered batch of synced-state rows for the writer task: per path, its new state or none.
@@ -123,8 +277,10 @@ pub fn spawn_writer(
     committed: watch::Sender<u64>,
 ) -> (RowSender, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<RowBatch>();
+    let stored = store.local_state_reader(share);
     let task = tokio::spawn(async move {
         while let Some((batch, rows)) = rx.recv().await {
+            let index = index_change(&store, share, &stored, &rows).await;
             let rows = match encode_rows(rows) {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -135,7 +291,10 @@ pub fn spawn_writer(
             };
             let (mut wait, mut tries, mut said) = (RETRY_FIRST, 0u32, false);
             loop {
-                match store.save_local_state(share, rows.clone()).await {
+                match store
+                    .save_local_state(share, rows.clone(), index.clone())
+                    .await
+                {
                     Ok(()) => {
                         if said {
                             info!(folder = %folder, "folder state saved again");
@@ -235,34 +394,6 @@ pub async fn stored_chunk_list(
     Some(all)
 }
 
-/// The chunks `old`'s list has that `new`'s (none if the file is gone) does not: the places of a
-/// replaced or removed file's chunks that the chunk index must forget. `None` if either list
-/// cannot be read from the store.
-pub async fn chunks_only_in_old(
-    store: &StoreHandle,
-    share: ShareId,
-    old: &FileMeta,
-    new: Option<&FileMeta>,
-) -> Option<Vec<Hash>> {
-    let old_chunks = stored_chunk_list(store, share, old).await?;
-    let kept: HashSet<Hash> = match new {
-        Some(meta) => stored_chunk_list(store, share, meta)
-            .await?
-            .iter()
-            .map(|c| c.hash)
-            .collect(),
-        None => HashSet::new(),
-    };
-    let mut only_old: Vec<Hash> = old_chunks
-        .into_iter()
-        .map(|c| c.hash)
-        .filter(|hash| !kept.contains(hash))
-        .collect();
-    only_old.sort_unstable();
-    only_old.dedup();
-    Some(only_old)
-}
-
 fn stored_chunk_list_with(
     meta: &FileMeta,
     mut page: impl FnMut(&Hash) -> Option<Vec<u8>>,
@@ -287,100 +418,4 @@ pub fn encoded_pages(pages: &[(PageRef, Vec<ChunkRef>)]) -> Vec<([u8; 32], Vec<u
         .iter()
         .map(|(page, chunks)| (page.hash, super::model::encode_page(chunks)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::folder::model::{EntryKind, describe};
-    use crate::store::ShareKind;
-    use crate::store::tests::new_test_share;
-
-    fn chunk(i: u32) -> ChunkRef {
-        ChunkRef {
-            hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
-            len: 4096,
-        }
-    }
-
-    /// A file made of `chunks`, with its pages stored in `share` unless `store_pages` is false.
-    async fn file_of(
-        store: &StoreHandle,
-        share: ShareId,
-        chunks: Vec<ChunkRef>,
-        store_pages: bool,
-    ) -> FileMeta {
-        let (content, pages) = describe(chunks);
-        if store_pages && !pages.is_empty() {
-            let pending = store.put_pages(share, encoded_pages(&pages)).await.unwrap();
-            pending.done().await.unwrap();
-        }
-        FileMeta {
-            kind: EntryKind::File,
-            mode: 0o644,
-            mtime_secs: 0,
-            mtime_nanos: 0,
-            size: 0,
-            hash: [0; 32],
-            content,
-            target: None,
-        }
-    }
-
-    fn hashes(range: std::ops::Range<u32>) -> Vec<Hash> {
-        let mut all: Vec<Hash> = range.map(|i| chunk(i).hash).collect();
-        all.sort_unstable();
-        all
-    }
-
-    #[tokio::test]
-    async fn a_paged_files_replaced_chunks_are_read_from_its_stored_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StoreHandle::open(
-            dir.path(),
-            libp2p::PeerId::random(),
-            crate::folder::validate_remote_entry,
-        )
-        .unwrap();
-        let meta = new_test_share("f", ShareKind::Folder);
-        store.create_share(meta.clone()).await.unwrap();
-        let share = meta.id;
-
-        // 3,000 chunks (several pages); the edit keeps the first 2,000 and replaces the rest.
-        let old = file_of(&store, share, (0..3000).map(chunk).collect(), true).await;
-        assert!(matches!(old.content, Content::Paged(_)));
-        let new = file_of(
-            &store,
-            share,
-            (0..2000).chain(5000..6000).map(chunk).collect(),
-            true,
-        )
-        .await;
-        assert_eq!(
-            chunks_only_in_old(&store, share, &old, Some(&new)).await,
-            Some(hashes(2000..3000))
-        );
-        // Removed: every chunk it had.
-        assert_eq!(
-            chunks_only_in_old(&store, share, &old, None).await,
-            Some(hashes(0..3000))
-        );
-        // Replaced by a small (inline) file sharing some chunks.
-        let small = file_of(&store, share, (2990..3000).map(chunk).collect(), true).await;
-        assert!(matches!(small.content, Content::Inline(_)));
-        assert_eq!(
-            chunks_only_in_old(&store, share, &old, Some(&small)).await,
-            Some(hashes(0..2990))
-        );
-        // A list whose pages the store does not have cannot be compared: nothing is forgotten.
-        let unstored = file_of(&store, share, (7000..9000).map(chunk).collect(), false).await;
-        assert_eq!(
-            chunks_only_in_old(&store, share, &unstored, None).await,
-            None
-        );
-        assert_eq!(
-            chunks_only_in_old(&store, share, &old, Some(&unstored)).await,
-            None
-        );
-    }
 }

@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tracing::warn;
 
-#[cfg(test)]
-use super::model::PageRef;
-use super::model::{ChunkRef, Content, EntryKind, FileMeta, Hash};
+use super::model::{EntryKind, FileMeta};
 use super::scan::{PreviousRecords, ScanRecord};
 use super::state::{self, Synced};
 use crate::store::StoreError;
@@ -36,22 +34,6 @@ pub(super) struct SyncedPaths {
     counts: KindCounts,
     /// Whether a failed read was logged (once: the next ones say the same).
     read_failure_said: AtomicBool,
-    /// Chunks listed in a file's synced record that its new record (or none) no longer has,
-    /// with the path: their places in the chunk index are out of date. Taken by
-    /// [`SyncedPaths::take_retired_chunks`].
-    retired: Vec<(Hash, String)>,
-    /// Files whose old or new chunk list is in store pages, replaced (or removed) since the last
-    /// [`SyncedPaths::take_retired_paged`]: which chunks they no longer hold is known only once
-    /// the pages are read, which the folder does (asynchronously).
-    retired_paged: Vec<RetiredPaged>,
-}
-
-/// A file's record whose chunks are listed in pages, replaced by `new` (or removed).
-#[derive(Debug, PartialEq)]
-pub(super) struct RetiredPaged {
-    pub path: String,
-    pub old: FileMeta,
-    pub new: Option<FileMeta>,
 }
 
 struct Unsaved {
@@ -110,48 +92,6 @@ impl SyncedPaths {
             committed,
             counts: KindCounts::default(),
             read_failure_said: AtomicBool::new(false),
-            retired: Vec::new(),
-            retired_paged: Vec::new(),
-        }
-    }
-
-    /// The chunks paths no longer hold since the last call (see `retired`).
-    pub(super) fn take_retired_chunks(&mut self) -> Vec<(Hash, String)> {
-        std::mem::take(&mut self.retired)
-    }
-
-    /// Large files replaced or removed since the last call (see `retired_paged`).
-    pub(super) fn take_retired_paged(&mut self) -> Vec<RetiredPaged> {
-        std::mem::take(&mut self.retired_paged)
-    }
-
-    /// Notes the chunks listed in `old` that `new` does not list; where either list is in
-    /// store pages, notes the pair for the folder to compare once it has read them.
-    fn retire_chunks(&mut self, path: &str, old: &FileMeta, new: Option<&FileMeta>) {
-        let new_content = new.map(|meta| &meta.content);
-        if matches!(old.content, Content::Paged(_))
-            || (matches!(new_content, Some(Content::Paged(_))) && old.content != Content::Empty)
-        {
-            if new_content != Some(&old.content) {
-                self.retired_paged.push(RetiredPaged {
-                    path: path.to_owned(),
-                    old: old.clone(),
-                    new: new.cloned(),
-                });
-            }
-            return;
-        }
-        let Content::Inline(old_chunks) = &old.content else {
-            return;
-        };
-        let kept: &[ChunkRef] = match new_content {
-            Some(Content::Inline(chunks)) => chunks,
-            _ => &[],
-        };
-        for chunk in old_chunks {
-            if !kept.iter().any(|k| k.hash == chunk.hash) {
-                self.retired.push((chunk.hash, path.to_owned()));
-            }
         }
     }
 
@@ -198,7 +138,6 @@ impl SyncedPaths {
         let old = self.get(&path);
         if let Some(old) = &old {
             self.counts.change(&old.record.meta, false);
-            self.retire_chunks(&path, &old.record.meta, Some(&synced.record.meta));
         }
         self.counts.change(&synced.record.meta, true);
         self.set(path, Some(synced));
@@ -209,7 +148,6 @@ impl SyncedPaths {
         let old = self.get(path);
         if let Some(old) = &old {
             self.counts.change(&old.record.meta, false);
-            self.retire_chunks(path, &old.record.meta, None);
             self.set(path.to_owned(), None);
         }
         old
@@ -461,70 +399,6 @@ mod tests {
         snapshot.for_each_path_within(dir, &mut |rel| out.push(rel.to_owned()));
         out.sort();
         out
-    }
-
-    #[tokio::test]
-    async fn chunks_a_path_no_longer_holds_are_retired_once() {
-        let (_dir, store, share) = store().await;
-        let (_writer, _task, mut paths) = writer_and_paths(&store, share);
-        let chunk = |byte: u8| *blake3::hash(&[byte]).as_bytes();
-        paths.insert("a".into(), synced(EntryKind::File, 1));
-        assert!(
-            paths.take_retired_chunks().is_empty(),
-            "nothing held before"
-        );
-        let mut two = synced(EntryKind::File, 2);
-        two.record.meta.content = Content::Inline(vec![
-            ChunkRef {
-                hash: chunk(1),
-                len: 1,
-            },
-            ChunkRef {
-                hash: chunk(3),
-                len: 1,
-            },
-        ]);
-        paths.insert("a".into(), two);
-        assert!(
-            paths.take_retired_chunks().is_empty(),
-            "the old chunk is still held"
-        );
-        paths.insert("a".into(), synced(EntryKind::File, 3));
-        assert_eq!(paths.take_retired_chunks(), [(chunk(1), "a".to_owned())]);
-        paths.restat("a", synced(EntryKind::File, 3).record);
-        assert!(paths.take_retired_chunks().is_empty(), "same content");
-        paths.remove("a");
-        assert_eq!(paths.take_retired_chunks(), [(chunk(3), "a".to_owned())]);
-        paths.insert("d".into(), synced(EntryKind::Dir, 4));
-        paths.remove("d");
-        assert!(
-            paths.take_retired_chunks().is_empty(),
-            "a directory has no chunks"
-        );
-        // A large file's chunk list is in pages: the pair is handed on to be compared.
-        let paged = |byte: u8| {
-            let mut s = synced(EntryKind::File, byte);
-            s.record.meta.content = Content::Paged(vec![PageRef {
-                hash: chunk(byte),
-                chunks: 1,
-                bytes: 1,
-            }]);
-            s
-        };
-        paths.insert("big".into(), paged(5));
-        assert!(paths.take_retired_paged().is_empty(), "nothing held before");
-        paths.insert("big".into(), paged(6));
-        let retired = paths.take_retired_paged();
-        assert_eq!(retired.len(), 1);
-        assert_eq!(retired[0].old, paged(5).record.meta);
-        assert_eq!(retired[0].new.as_ref(), Some(&paged(6).record.meta));
-        paths.restat("big", paged(6).record);
-        assert!(paths.take_retired_paged().is_empty(), "same content");
-        paths.remove("big");
-        let retired = paths.take_retired_paged();
-        assert_eq!(retired.len(), 1);
-        assert_eq!(retired[0].new, None);
-        assert!(paths.take_retired_chunks().is_empty());
     }
 
     #[tokio::test]

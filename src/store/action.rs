@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::local_state::{LocalStateRow, LocalStateRows};
+use super::local_state::{LocalIndexChange, LocalStateRow, LocalStateRows};
 use super::{Entry, LocalWrite, RecordRegister, ShareId, ShareMeta, StoreError};
 use crate::reconcile::Id;
 
@@ -69,6 +69,7 @@ pub(super) enum Action {
     SaveLocalState {
         share: ShareId,
         rows: Vec<LocalStateRow>,
+        index: LocalIndexChange,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Page {

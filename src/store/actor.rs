@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::action::Action;
 use super::database::{self, DbSlot, FAILURE_QUIET, REOPEN_EVERY};
 use super::id_index;
-use super::schema::{INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
+use super::schema::{INDEX, LOCAL_INDEX, LOCAL_STATE, META, PAGES, RECORDS, SHARES, load};
 use super::{
     Change, Entry, EntryValidator, LocalWrite, MAX_ACTIONS_PER_COMMIT, MAX_VALUE_BYTES, Origin,
     RecordRegister, ShareId, ShareKind, ShareMeta, ShareState, ShareSummary, Shares, StoreError,
@@ -454,6 +454,7 @@ impl StoreActor {
             let mut share_table = txn.open_table(SHARES)?;
             let mut page_table = txn.open_table(PAGES)?;
             let mut local_state_table = txn.open_table(LOCAL_STATE)?;
+            let mut local_index_table = txn.open_table(LOCAL_INDEX)?;
             for action in actions.by_ref() {
                 let mut tx = Tables {
                     records: &mut records,
@@ -476,6 +477,7 @@ impl StoreActor {
                             &mut *tx.index,
                             &mut page_table,
                             &mut local_state_table,
+                            &mut local_index_table,
                         ];
                         self.authored.remove(&share);
                         Pending::Unit(reply, self.remove_share(&mut share_table, rows, share))
@@ -496,9 +498,19 @@ impl StoreActor {
                         pages: items,
                         reply,
                     } => Pending::Unit(reply, pages::write(&mut page_table, &share, &items)),
-                    Action::SaveLocalState { share, rows, reply } => Pending::Unit(
+                    Action::SaveLocalState {
+                        share,
+                        rows,
+                        index,
                         reply,
-                        local_state::write(&mut local_state_table, &share, rows),
+                    } => Pending::Unit(
+                        reply,
+                        local_state::write(
+                            [&mut local_state_table, &mut local_index_table],
+                            &share,
+                            rows,
+                            index,
+                        ),
                     ),
                     _ => unreachable!("only writes here"),
                 };
@@ -587,7 +599,7 @@ impl StoreActor {
     fn remove_share(
         &self,
         table: &mut redb::Table<&[u8], &[u8]>,
-        rows: [&mut redb::Table<&[u8], &[u8]>; 4],
+        rows: [&mut redb::Table<&[u8], &[u8]>; 5],
         share: ShareId,
     ) -> Result<(), StoreError> {
         if table.remove(share.as_slice())?.is_none() {

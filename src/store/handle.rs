@@ -11,7 +11,7 @@ use tracing::info;
 use super::action::Action;
 use super::actor::StoreActor;
 use super::database::{self, DbSlot};
-use super::local_state::{LocalStateReader, LocalStateRow, LocalStateRows};
+use super::local_state::{LocalIndexChange, LocalStateReader, LocalStateRow, LocalStateRows};
 use super::usage::{self, StoreUsage};
 use super::{
     CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister,
@@ -368,14 +368,21 @@ impl StoreHandle {
 
 /// Local state: see [`super::local_state`].
 impl StoreHandle {
-    /// Writes (or removes) rows of a share's local state, durably, all or nothing.
+    /// Writes (or removes) rows of a share's local state and the index rows derived from them,
+    /// durably, all or nothing.
     pub async fn save_local_state(
         &self,
         share: ShareId,
         rows: Vec<LocalStateRow>,
+        index: LocalIndexChange,
     ) -> Result<(), StoreError> {
-        self.call(|reply| Action::SaveLocalState { share, rows, reply })
-            .await
+        self.call(|reply| Action::SaveLocalState {
+            share,
+            rows,
+            index,
+            reply,
+        })
+        .await
     }
 
     /// Reads a share's local state from any thread, as last committed.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use redb::{ReadOnlyTable, ReadableDatabase, Table};
 
 use super::database::DbSlot;
-use super::schema::LOCAL_STATE;
+use super::schema::{LOCAL_INDEX, LOCAL_STATE};
 use super::{ShareId, StoreError, join_key, next_prefix};
 
 /// One row to write: a key and its new bytes, or `None` to remove it.
@@ -17,8 +17,35 @@ pub type LocalStateRow = (Vec<u8>, Option<Vec<u8>>);
 /// Every stored row of a share: keys and their bytes, in key order.
 pub type LocalStateRows = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Applies rows in the store thread's transaction.
+/// What changes in a share's local index (rows derived from its local state, see
+/// `schema::LOCAL_INDEX`) with a local-state write: applied in the same transaction, so the two
+/// never disagree after a crash.
+#[derive(Debug, Default, Clone)]
+pub struct LocalIndexChange {
+    /// Remove every index row of the share first.
+    pub clear: bool,
+    /// Then write (or remove) these.
+    pub rows: Vec<LocalStateRow>,
+}
+
+/// Applies rows and their index change in the store thread's transaction.
 pub(super) fn write(
+    tables: [&mut Table<&[u8], &[u8]>; 2],
+    share: &ShareId,
+    rows: Vec<LocalStateRow>,
+    index: LocalIndexChange,
+) -> Result<(), StoreError> {
+    let [state, index_table] = tables;
+    put_rows(state, share, rows)?;
+    if index.clear {
+        let start = share.to_vec();
+        let end = next_prefix(&start);
+        index_table.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+    }
+    put_rows(index_table, share, index.rows)
+}
+
+fn put_rows(
     table: &mut Table<&[u8], &[u8]>,
     share: &ShareId,
     rows: Vec<LocalStateRow>,
@@ -77,9 +104,19 @@ impl LocalStateReader {
             share: self.share,
         })
     }
+
+    /// [`Self::snapshot`] of the share's local index rows ([`LocalIndexChange`]).
+    pub fn index_snapshot(&self) -> Result<LocalStateSnapshot, StoreError> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        Ok(LocalStateSnapshot {
+            table: txn.open_table(LOCAL_INDEX)?,
+            share: self.share,
+        })
+    }
 }
 
-/// See [`LocalStateReader::snapshot`].
+/// See [`LocalStateReader::snapshot`] and [`LocalStateReader::index_snapshot`].
 pub struct LocalStateSnapshot {
     table: ReadOnlyTable<&'static [u8], &'static [u8]>,
     share: ShareId,

@@ -7,6 +7,8 @@
 //! - 2: everything in this one database. Opening a version-1 store copies every
 //!   `folder-*.redb` into the `local_state` and `pages` tables, in the same transaction that
 //!   records version 2, and only then deletes the old files.
+//! - 3: adds the `local_index` table (empty: its owner fills it from its local state, and keeps
+//!   its own note of having done so there).
 //!
 //! A store written by a newer meshsync (a higher version) is refused rather than misread.
 
@@ -34,12 +36,17 @@ pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// `share ‖ key` → bytes the local node keeps about a key and never sends (for a folder: what
 /// was last synced at that path). Opaque to the store.
 pub(super) const LOCAL_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("local_state");
+/// `share ‖ key` → bytes: rows an owner derives from its local state to find it by something
+/// other than its key (for a folder: chunk hash and path → where the chunk lies in the file).
+/// Written in the same transactions as the local-state rows they derive from; opaque to the
+/// store.
+pub(super) const LOCAL_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("local_index");
 /// `share ‖ blake3(bytes)` → bytes: content-addressed pages a share's entries refer to (for a
 /// folder: chunk lists too long to keep inline).
 pub(super) const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pages");
 
 /// The layout this code reads and writes (see the module comment for the history).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const SCHEMA_KEY: &str = "schema";
 /// The tables of a version-1 folder database.
@@ -72,6 +79,7 @@ pub(super) fn prepare(db: &Database, dir: &Path) -> Result<(), StoreError> {
         txn.open_table(INDEX)?;
         txn.open_table(LOCAL_STATE)?;
         txn.open_table(PAGES)?;
+        txn.open_table(LOCAL_INDEX)?;
         let mut local_state = txn.open_table(LOCAL_STATE)?;
         let mut pages = txn.open_table(PAGES)?;
         for (share, path) in &legacy {

@@ -299,7 +299,7 @@ async fn version_1_folder_databases_are_migrated_once_and_removed() {
             "per share"
         );
         store
-            .save_local_state(share, vec![(b"b.txt".to_vec(), None)])
+            .save_local_state(share, vec![(b"b.txt".to_vec(), None)], Default::default())
             .await
             .unwrap();
         store.shutdown().await;
@@ -356,7 +356,11 @@ async fn a_removed_share_leaves_nothing_behind_and_others_untouched() {
                 .await
                 .unwrap();
             store
-                .save_local_state(share.id, vec![(b"k".to_vec(), Some(b"state".to_vec()))])
+                .save_local_state(
+                    share.id,
+                    vec![(b"k".to_vec(), Some(b"state".to_vec()))],
+                    Default::default(),
+                )
                 .await
                 .unwrap();
         }
@@ -418,7 +422,11 @@ async fn a_listing_read_page_by_page_gives_every_entry_once_and_local_state_read
     assert_eq!(reader.snapshot().unwrap().get(b"p").unwrap(), None);
     let before = reader.snapshot().unwrap();
     store
-        .save_local_state(share.id, vec![(b"p".to_vec(), Some(b"x".to_vec()))])
+        .save_local_state(
+            share.id,
+            vec![(b"p".to_vec(), Some(b"x".to_vec()))],
+            Default::default(),
+        )
         .await
         .unwrap();
     // A snapshot sees what was committed when it was taken; a new one sees the write.
@@ -504,4 +512,64 @@ async fn the_count_of_our_own_entries_follows_writes_and_merges() {
     assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
     let store = reopen(store, &dir, me).await;
     assert_eq!(store.count_authored(share.id).await.unwrap(), 14);
+}
+
+#[tokio::test]
+async fn a_version_2_store_gains_the_local_index_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = libp2p::PeerId::random();
+    let share = new_test_share("f", ShareKind::Folder);
+    {
+        let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+        store.create_share(share.clone()).await.unwrap();
+        let rows = vec![(b"p".to_vec(), Some(b"synced".to_vec()))];
+        store
+            .save_local_state(share.id, rows, Default::default())
+            .await
+            .unwrap();
+        store.shutdown().await;
+    }
+    // What version 2 had: no local index table.
+    {
+        let db = redb::Database::open(dir.path().join("meshsync.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(txn.delete_table(schema::LOCAL_INDEX).unwrap());
+        {
+            let mut meta = txn.open_table(schema::META).unwrap();
+            meta.insert("schema", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = StoreHandle::open(dir.path(), me, accept_any).unwrap();
+    let reader = store.local_state_reader(share.id);
+    assert_eq!(
+        reader.snapshot().unwrap().get(b"p").unwrap().as_deref(),
+        Some(&b"synced"[..])
+    );
+    let index = reader.index_snapshot().unwrap();
+    let mut rows = 0;
+    index
+        .for_each_with_prefix(b"", |_, _| {
+            rows += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(rows, 0, "created empty");
+    drop(index);
+    let index = local_state::LocalIndexChange {
+        clear: false,
+        rows: vec![(b"k".to_vec(), Some(b"v".to_vec()))],
+    };
+    store
+        .save_local_state(share.id, vec![], index)
+        .await
+        .unwrap();
+    let index = reader.index_snapshot().unwrap();
+    assert_eq!(index.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    drop(index);
+    // Cleared with the share.
+    store.remove_share(share.id).await.unwrap();
+    let index = reader.index_snapshot().unwrap();
+    assert_eq!(index.get(b"k").unwrap(), None);
 }

@@ -157,6 +157,20 @@ impl StampDigest {
     pub fn matches(&self, md: &Metadata) -> bool {
         Stamp(Stat::of(md)).digest() == *self
     }
+
+    /// Its 16 bytes, as stored (little-endian halves).
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.0[0].to_le_bytes());
+        bytes[8..].copy_from_slice(&self.0[1].to_le_bytes());
+        bytes
+    }
+
+    /// The digest [`Self::to_bytes`] gave.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let half = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        StampDigest([half(0), half(8)])
+    }
 }
 
 impl ScanRecord {
