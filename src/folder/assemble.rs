@@ -10,7 +10,7 @@ use tracing::debug;
 
 use super::error::WriteFailure;
 use super::model::{CheckedChunk, ChunkRef};
-use super::source::{self, ChunkLocation, Sources};
+use super::source::{ChunkLocation, Sources};
 use super::write;
 
 /// Chunk requests in flight per file.
@@ -59,9 +59,9 @@ pub(super) async fn fill(
             let Some(index) = queue.pop_front() else {
                 break;
             };
-            let chunk = chunks[index];
-            let shared = shared.clone();
-            fetches.spawn(async move { (index, source::fetch_chunk(&shared, &chunk).await) });
+            // Looked up above (or its local copy failed its check): from members.
+            let (chunk, fetcher) = (chunks[index], shared.fetcher.clone());
+            fetches.spawn(async move { (index, fetcher.fetch(chunk).await) });
         }
         tokio::select! {
             written = &mut writer => {

@@ -25,9 +25,14 @@ use super::source::ChunkLocation;
 use crate::store::StoreError;
 use crate::store::local_state::{LocalStateReader, LocalStateRow, LocalStateSnapshot};
 
-/// Recent places kept in memory, at most (about 150 bytes each): beyond it the oldest are
-/// dropped, and a chunk only they knew is fetched instead of copied.
-pub const MAX_RECENT_PLACES: usize = 65_536;
+/// Recent places kept in memory, at most (about 250 bytes each with their map and queue):
+/// beyond it the oldest are dropped, and a chunk only they knew is fetched instead of copied.
+/// Twice the synced rows a folder holds uncommitted (`folder::actor::SYNCED_HELD_MAX`) when
+/// each is a small file, so such a place is in the store before it is dropped; places in the
+/// trash are only here (a tree of more files than this, or a file of more than 1 GiB, renamed on
+/// a peer, has some of its chunks fetched again).
+pub const MAX_RECENT_PLACES: usize = 16_384;
+const _: () = assert!(MAX_RECENT_PLACES >= 2 * super::actor::SYNCED_HELD_MAX);
 
 /// The first byte of a place row's key, so the local index can hold other kinds of rows later.
 const PLACE_ROW: u8 = b'c';

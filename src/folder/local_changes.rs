@@ -53,7 +53,7 @@ impl FolderActor {
                     None => self.create_instance().await,
                 };
                 match id {
-                    Ok(id) => self.record_instance(id, Vec::new()).await,
+                    Ok(id) => self.record_instance(id, Vec::new(), false).await,
                     Err(e) => warn!(folder = %self.name, "cannot give the folder an id: {e}"),
                 }
                 true
@@ -82,7 +82,7 @@ impl FolderActor {
                 self.deletes.clear();
                 self.sources.chunks.clear_recent();
                 match self.create_instance().await {
-                    Ok(id) => self.record_instance(id, forget).await,
+                    Ok(id) => self.record_instance(id, forget, true).await,
                     Err(e) => {
                         self.pause(format!("cannot give the re-created folder an id: {e}"));
                         return false;
@@ -102,8 +102,9 @@ impl FolderActor {
             .map_err(std::io::Error::other)?
     }
 
-    async fn record_instance(&mut self, id: InstanceId, forget: Vec<String>) {
-        match state::record_instance(&self.store, self.sources.share, id, forget).await {
+    async fn record_instance(&mut self, id: InstanceId, forget: Vec<String>, replaced: bool) {
+        let share = self.sources.share;
+        match state::record_instance(&self.store, share, id, forget, replaced).await {
             Ok(()) => self.instance = Some(id),
             Err(e) => {
                 self.note_error(format!("cannot record the folder's id: {e}"));

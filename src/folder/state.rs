@@ -96,15 +96,17 @@ pub fn decode_synced(bytes: &[u8]) -> Option<Synced> {
 }
 
 /// Records the folder's id, and forgets every synced path in `forget` (all of them, when the
-/// folder was replaced: the places of their chunks go too), in one durable write.
+/// folder was replaced: then `replaced`, and every place of their chunks goes too), in one
+/// durable write.
 pub async fn record_instance(
     store: &StoreHandle,
     share: ShareId,
     id: InstanceId,
     forget: Vec<String>,
+    replaced: bool,
 ) -> Result<(), StoreError> {
     let index = LocalIndexChange {
-        clear: !forget.is_empty(),
+        clear: replaced,
         rows: Vec::new(),
     };
     let mut rows: Vec<LocalStateRow> = forget
@@ -117,107 +119,135 @@ pub async fn record_instance(
 
 /// Writes the places of every synced file's chunks into the share's local index, then notes
 /// that it is complete; returns how many files it indexed. For a store from before the places
-/// were kept there (and a new share, where it only writes the note). Blocking: call it off the
-/// async threads, before the folder writes any synced row, with `runtime` the daemon's.
+/// were kept there (and a new share, where it only writes the note). Reads the rows a range at a
+/// time, each from a fresh snapshot (one held through all the writes would keep the store from
+/// reusing any page they free). Blocking: call it off the async threads, before the folder
+/// writes any synced row, with `runtime` the daemon's. Any read that fails fails it, with no
+/// note written: the next start does it again.
 pub fn build_chunk_index(
     stored: &LocalStateReader,
     store: &StoreHandle,
     share: ShareId,
     runtime: &tokio::runtime::Handle,
 ) -> Result<u64, StoreError> {
-    // Rows of an earlier build that did not finish go first.
-    let mut change = LocalIndexChange {
-        clear: true,
-        rows: Vec::new(),
-    };
-    let (mut files, mut failed) = (0u64, None);
-    load(stored, &mut |path, synced| {
-        if failed.is_some() {
-            return;
-        }
-        let Some((chunks, stamp)) = file_chunks(synced, |meta| {
-            blocking_stored_chunk_list(store, share, meta)
-        }) else {
-            return;
+    let (mut files, mut from, mut first) = (0u64, Vec::new(), true);
+    loop {
+        // The first write clears the rows of an earlier build that did not finish.
+        let mut change = LocalIndexChange {
+            clear: first,
+            rows: Vec::new(),
         };
-        let places = FilePlaces {
-            chunks: &chunks,
-            stamp,
-        };
-        change
-            .rows
-            .extend(chunk_places::row_changes(path, None, Some(places)));
-        files += 1;
-        if change.rows.len() >= CHUNK_INDEX_ROWS_AT_ONCE {
-            let batch = std::mem::take(&mut change);
-            if let Err(e) = runtime.block_on(store.save_local_state(share, Vec::new(), batch)) {
-                failed = Some(e);
+        first = false;
+        let (mut failed, mut last) = (None, None);
+        stored.snapshot()?.for_each_from(&from, |key, value| {
+            last = Some(key.to_vec());
+            let synced = path_of_key(key).and_then(|path| Some((path, decode_synced(value)?)));
+            if let Some((path, synced)) = synced {
+                let list = |meta: &FileMeta| {
+                    stored_chunk_list_with(meta, |hash| store.blocking_page(share, *hash))
+                };
+                match file_chunks(&synced, list) {
+                    Ok(Some((chunks, stamp))) => {
+                        let places = FilePlaces {
+                            chunks: &chunks,
+                            stamp,
+                        };
+                        change
+                            .rows
+                            .extend(chunk_places::row_changes(&path, None, Some(places)));
+                        files += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
             }
+            failed.is_none() && change.rows.len() < CHUNK_INDEX_ROWS_AT_ONCE
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-    })?;
-    if let Some(e) = failed {
-        return Err(e);
+        let Some(mut last) = last else {
+            let note = vec![(CHUNK_INDEX_KEY.to_vec(), Some(CHUNK_INDEX_VERSION.to_vec()))];
+            runtime.block_on(store.save_local_state(share, note, change))?;
+            return Ok(files);
+        };
+        runtime.block_on(store.save_local_state(share, Vec::new(), change))?;
+        // The smallest key after the last one read.
+        last.push(0);
+        from = last;
     }
-    let note = vec![(CHUNK_INDEX_KEY.to_vec(), Some(CHUNK_INDEX_VERSION.to_vec()))];
-    runtime.block_on(store.save_local_state(share, note, change))?;
-    Ok(files)
 }
 
+/// A synced file's chunk list and the digest of its stamp.
+type ListAndStamp = (Vec<ChunkRef>, Option<StampDigest>);
+
 /// The chunk list of a synced file (through `list`) and its stamp; `None` for anything else,
-/// or a list the store cannot give.
+/// or a file whose list the store does not have.
 fn file_chunks(
     synced: &Synced,
-    list: impl FnOnce(&FileMeta) -> Option<Vec<ChunkRef>>,
-) -> Option<(Vec<ChunkRef>, Option<StampDigest>)> {
+    list: impl FnOnce(&FileMeta) -> Result<Option<Vec<ChunkRef>>, StoreError>,
+) -> Result<Option<ListAndStamp>, StoreError> {
     let record = &synced.record;
     if record.meta.kind != EntryKind::File {
-        return None;
+        return Ok(None);
     }
-    Some((list(&record.meta)?, record.stamp().map(|s| s.digest())))
+    let stamp = record.stamp().map(|s| s.digest());
+    Ok(list(&record.meta)?.map(|chunks| (chunks, stamp)))
 }
 
 /// The local index rows that change with a batch of synced rows: the places of the chunks of
 /// each file written, and the removal of places its old version (as stored now, before the
 /// batch) had and it does not. Unchanged content with an unchanged stamp changes nothing. A
-/// row or list that cannot be read leaves its old places (a stale place fails its check when
-/// read, and costs a fetch).
+/// store that cannot be read fails it (the writer tries the batch again, rows and places
+/// together); only a damaged old row, or a page the store does not have, leaves old places
+/// behind (a stale place fails its check when read, and costs a fetch).
 async fn index_change(
     store: &StoreHandle,
     share: ShareId,
     stored: &LocalStateReader,
     rows: &[(String, Option<Synced>)],
-) -> LocalIndexChange {
-    let olds: Vec<Option<Synced>> = match stored.snapshot() {
-        Ok(snapshot) => rows
+) -> Result<LocalIndexChange, StoreError> {
+    // Off the async threads: a point read per path.
+    let (reader, paths) = (
+        stored.clone(),
+        rows.iter()
+            .map(|(path, _)| path.clone())
+            .collect::<Vec<_>>(),
+    );
+    let olds = tokio::task::spawn_blocking(move || {
+        let snapshot = reader.snapshot()?;
+        paths
             .iter()
-            .map(|(path, _)| {
-                let bytes = snapshot.get(path.as_bytes()).ok().flatten()?;
-                decode_synced(&bytes)
+            .map(|path| {
+                Ok(snapshot
+                    .get(path.as_bytes())?
+                    .and_then(|b| decode_synced(&b)))
             })
-            .collect(),
-        Err(_) => vec![None; rows.len()],
-    };
+            .collect::<Result<Vec<Option<Synced>>, StoreError>>()
+    })
+    .await
+    .map_err(|e| StoreError::Invalid(format!("reading synced rows crashed: {e}")))??;
     let mut change = LocalIndexChange::default();
     for ((path, new), old) in rows.iter().zip(olds) {
         if same_places(old.as_ref(), new.as_ref()) {
             continue;
         }
         let old = match &old {
-            Some(synced) => chunk_list_of(store, share, synced).await,
+            Some(synced) => chunk_list_of(store, share, synced).await?,
             None => None,
         };
         let new = match new {
-            Some(synced) => chunk_list_of(store, share, synced).await,
+            Some(synced) => chunk_list_of(store, share, synced).await?,
             None => None,
         };
         change
             .rows
             .extend(chunk_places::row_changes(path, places(&old), places(&new)));
     }
-    change
+    Ok(change)
 }
 
-fn places(found: &Option<(Vec<ChunkRef>, Option<StampDigest>)>) -> Option<FilePlaces<'_>> {
+fn places(found: &Option<ListAndStamp>) -> Option<FilePlaces<'_>> {
     found.as_ref().map(|(chunks, stamp)| FilePlaces {
         chunks,
         stamp: *stamp,
@@ -244,12 +274,12 @@ async fn chunk_list_of(
     store: &StoreHandle,
     share: ShareId,
     synced: &Synced,
-) -> Option<(Vec<ChunkRef>, Option<StampDigest>)> {
+) -> Result<Option<ListAndStamp>, StoreError> {
     if synced.record.meta.kind != EntryKind::File {
-        return None;
+        return Ok(None);
     }
-    let chunks = stored_chunk_list(store, share, &synced.record.meta).await?;
-    file_chunks(synced, |_| Some(chunks))
+    let chunks = read_stored_chunk_list(store, share, &synced.record.meta).await?;
+    file_chunks(synced, |_| Ok(chunks))
 }
 
 /// A numbered batch of synced-state rows for the writer task: per path, its new state or none.
@@ -280,8 +310,7 @@ pub fn spawn_writer(
     let stored = store.local_state_reader(share);
     let task = tokio::spawn(async move {
         while let Some((batch, rows)) = rx.recv().await {
-            let index = index_change(&store, share, &stored, &rows).await;
-            let rows = match encode_rows(rows) {
+            let encoded = match encode_rows(&rows) {
                 Ok(rows) => rows,
                 Err(e) => {
                     warn!(folder = %folder, "cannot encode folder state: {e}");
@@ -291,10 +320,12 @@ pub fn spawn_writer(
             };
             let (mut wait, mut tries, mut said) = (RETRY_FIRST, 0u32, false);
             loop {
-                match store
-                    .save_local_state(share, rows.clone(), index.clone())
-                    .await
-                {
+                // Computed again on each try: a failed read must not leave places out.
+                let saved = match index_change(&store, share, &stored, &rows).await {
+                    Ok(index) => store.save_local_state(share, encoded.clone(), index).await,
+                    Err(e) => Err(e),
+                };
+                match saved {
                     Ok(()) => {
                         if said {
                             info!(folder = %folder, "folder state saved again");
@@ -325,12 +356,12 @@ pub fn spawn_writer(
 }
 
 fn encode_rows(
-    rows: Vec<(String, Option<Synced>)>,
+    rows: &[(String, Option<Synced>)],
 ) -> Result<Vec<LocalStateRow>, crate::cbor::CborError> {
-    rows.into_iter()
+    rows.iter()
         .map(|(path, synced)| {
             let value = synced.as_ref().map(crate::cbor::encode).transpose()?;
-            Ok((path.into_bytes(), value))
+            Ok((path.clone().into_bytes(), value))
         })
         .collect()
 }
@@ -359,15 +390,15 @@ pub enum PageError {
 }
 
 /// The chunk list of `meta` from what the store holds (no fetching); `None` if a page is missing
-/// or unusable. For blocking threads (the scanner).
+/// or unusable, or the store cannot be read. For blocking threads (the scanner).
 pub fn blocking_stored_chunk_list(
     store: &StoreHandle,
     share: ShareId,
     meta: &FileMeta,
 ) -> Option<Vec<ChunkRef>> {
-    stored_chunk_list_with(meta, |hash| {
-        store.blocking_page(share, *hash).ok().flatten()
-    })
+    stored_chunk_list_with(meta, |hash| store.blocking_page(share, *hash))
+        .ok()
+        .flatten()
 }
 
 /// [`blocking_stored_chunk_list`] for async code.
@@ -376,38 +407,57 @@ pub async fn stored_chunk_list(
     share: ShareId,
     meta: &FileMeta,
 ) -> Option<Vec<ChunkRef>> {
+    read_stored_chunk_list(store, share, meta)
+        .await
+        .unwrap_or_else(|e| {
+            // Treated as not stored: the caller fetches the chunks instead of copying them.
+            warn!("cannot read a chunk-list page: {e}");
+            None
+        })
+}
+
+/// [`stored_chunk_list`], telling a store that cannot be read (`Err`) from a page it does not
+/// have or that is unusable (`Ok(None)`).
+async fn read_stored_chunk_list(
+    store: &StoreHandle,
+    share: ShareId,
+    meta: &FileMeta,
+) -> Result<Option<Vec<ChunkRef>>, StoreError> {
     let Content::Paged(pages) = &meta.content else {
-        return stored_chunk_list_with(meta, |_| None);
+        return stored_chunk_list_with(meta, |_| Ok(None));
     };
     let mut all = Vec::new();
     for page in pages {
-        let bytes = match store.page(share, page.hash).await {
-            Ok(bytes) => bytes?,
-            Err(e) => {
-                // Treated as not stored: the caller fetches the chunks instead of copying them.
-                warn!("cannot read a chunk-list page: {e}");
-                return None;
-            }
+        let Some(bytes) = store.page(share, page.hash).await? else {
+            return Ok(None);
         };
-        all.extend(decode_page(page, &bytes).ok()?);
+        let Ok(chunks) = decode_page(page, &bytes) else {
+            return Ok(None);
+        };
+        all.extend(chunks);
     }
-    Some(all)
+    Ok(Some(all))
 }
 
 fn stored_chunk_list_with(
     meta: &FileMeta,
-    mut page: impl FnMut(&Hash) -> Option<Vec<u8>>,
-) -> Option<Vec<ChunkRef>> {
+    mut page: impl FnMut(&Hash) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Option<Vec<ChunkRef>>, StoreError> {
     match &meta.content {
-        Content::Empty => Some(Vec::new()),
-        Content::Inline(chunks) => Some(chunks.clone()),
+        Content::Empty => Ok(Some(Vec::new())),
+        Content::Inline(chunks) => Ok(Some(chunks.clone())),
         Content::Paged(pages) => {
             let mut all = Vec::new();
             for p in pages {
-                let bytes = page(&p.hash)?;
-                all.extend(decode_page(p, &bytes).ok()?);
+                let Some(bytes) = page(&p.hash)? else {
+                    return Ok(None);
+                };
+                let Ok(chunks) = decode_page(p, &bytes) else {
+                    return Ok(None);
+                };
+                all.extend(chunks);
             }
-            Some(all)
+            Ok(Some(all))
         }
     }
 }

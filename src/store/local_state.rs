@@ -135,6 +135,24 @@ impl LocalStateSnapshot {
         Ok(self.table.get(key.as_slice())?.is_some())
     }
 
+    /// Calls `visit` with every row whose key is `from` or after it, in key order, until it
+    /// returns `false`.
+    pub fn for_each_from(
+        &self,
+        from: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let start = join_key(&self.share, from);
+        let end = next_prefix(&join_key(&self.share, &[]));
+        for row in self.table.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            if !visit(&k.value()[32..], v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `visit` with every row whose key starts with `prefix`, in key order, until it
     /// returns `false`.
     pub fn for_each_with_prefix(

@@ -6,9 +6,9 @@
 //! of them is acknowledged: a put the API acknowledged survives `kill -9`, and under load many
 //! puts share one fsync (group commit).
 //!
-//! Tables, schema versions and migrations: [`schema`]. Per-share pages and local state, the two
-//! kinds of data the store keeps for a share's owner without knowing what they mean: [`pages`],
-//! [`local_state`].
+//! Tables, schema versions and migrations: [`schema`]. Per-share pages, local state and the
+//! local index rows derived from it, the data the store keeps for a share's owner without
+//! knowing what it means: [`pages`], [`local_state`].
 //!
 //! Each share's summary tree lives in memory (rebuilt from `index` at start-up; its entries are
 //! read back from `index`, [`id_index`]) behind a lock per share that readers hold only briefly
@@ -19,7 +19,7 @@
 //! - [`handle`]: [`StoreHandle`], the cloneable way in; `action`: the messages it sends.
 //! - `actor`: the store thread (batched writes, reads).
 //! - [`schema`]: tables, schema version, migration, loading at start-up.
-//! - [`pages`], [`local_state`]: reading and writing those two tables (in the store thread).
+//! - [`pages`], [`local_state`]: reading and writing those tables (in the store thread).
 //! - `id_index`: a share's (id, digest) items read from `index`, for its summary.
 //! - [`usage`]: bytes and rows per table, for `GET /v1/store`.
 

@@ -189,6 +189,7 @@ async fn the_places_follow_the_synced_rows_the_writer_commits() {
         share,
         [7; crate::folder::instance::INSTANCE_ID_BYTES],
         forget,
+        true,
     )
     .await
     .unwrap();
@@ -201,15 +202,24 @@ async fn a_store_from_before_the_index_gets_it_written_once() {
     let (_dir, store, share) = store().await;
     // Synced rows written without places (as an older meshsync did), and a place left by a
     // build that did not finish, for a path that is gone.
+    // Three large files: more place rows than one write of the build takes.
     let small = file(&store, share, vec![chunk(1), chunk(2)], 1).await;
     let big = file(&store, share, (100..3100).map(chunk).collect(), 2).await;
-    let rows = [("small", small), ("big", big)]
-        .into_iter()
-        .map(|(path, synced)| {
-            let bytes = crate::cbor::encode(&synced).unwrap();
-            (path.as_bytes().to_vec(), Some(bytes))
-        })
-        .collect();
+    let big2 = file(&store, share, (10_000..13_000).map(chunk).collect(), 3).await;
+    let big3 = file(&store, share, (20_000..23_000).map(chunk).collect(), 4).await;
+    const { assert!(3 * 3000 > state::CHUNK_INDEX_ROWS_AT_ONCE) };
+    let rows = [
+        ("small", small),
+        ("big", big),
+        ("big2", big2),
+        ("big3", big3),
+    ]
+    .into_iter()
+    .map(|(path, synced)| {
+        let bytes = crate::cbor::encode(&synced).unwrap();
+        (path.as_bytes().to_vec(), Some(bytes))
+    })
+    .collect();
     let stale = LocalIndexChange {
         clear: false,
         rows: row_changes(
@@ -228,7 +238,7 @@ async fn a_store_from_before_the_index_gets_it_written_once() {
 
     let loaded = state::load(&stored, &mut |_, _| {}).unwrap();
     assert!(!loaded.chunks_indexed);
-    assert_eq!(loaded.counts.files, 2);
+    assert_eq!(loaded.counts.files, 4);
     let (store2, stored2) = (store.clone(), stored.clone());
     let runtime = tokio::runtime::Handle::current();
     let files = tokio::task::spawn_blocking(move || {
@@ -237,9 +247,18 @@ async fn a_store_from_before_the_index_gets_it_written_once() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(files, 2);
+    assert_eq!(files, 4);
     assert_eq!(place_of(&places, 2), Some(("small".into(), 4096)));
     assert_eq!(place_of(&places, 3099), Some(("big".into(), 2999 * 4096)));
+    for i in (10_000..13_000).chain(20_000..23_000).step_by(97) {
+        let (path, offset) = place_of(&places, i).expect("every chunk has its place");
+        let (start, name) = if i < 20_000 {
+            (10_000, "big2")
+        } else {
+            (20_000, "big3")
+        };
+        assert_eq!((path.as_str(), offset), (name, u64::from(i - start) * 4096));
+    }
     assert_eq!(
         place_of(&places, 9),
         None,
