@@ -369,9 +369,16 @@ fn a_peers_mass_delete_is_held_until_the_user_decides() {
         state == "idle"
     });
 
-    // --restore on B: the files come back on A too.
+    // --restore on B: the files come back on A too, and B never removed them on the way (it
+    // once applied the held deletes with the peer's register it had kept, then wrote the files
+    // back from its trash; a file whose copy there it could not find was lost everywhere).
     resume(&mesh.nodes[1], &share.name, "--restore");
     assert_eq!(share.wait_identical(), everything);
+    assert_eq!(
+        versions_of(&mesh.nodes[1], &share.name, None),
+        Vec::<serde_json::Value>::new(),
+        "B kept no version: it deleted nothing"
+    );
 
     delete_most(&share.dirs[0]);
     wait_held(&share, &mesh.nodes[1]);

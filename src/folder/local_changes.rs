@@ -193,6 +193,12 @@ impl FolderActor {
             warn!(folder = %self.name, "cannot record local changes: {e}");
             return;
         }
+        // A peer's register kept for a queued download is older than what we just wrote: the
+        // download must read the store's. (A restore after a held mass delete applied the held
+        // deletes with the registers kept, then wrote the files back from the trash.)
+        for (path, _) in &changes {
+            self.latest.remove(path);
+        }
         for (path, record) in &changes {
             let before = self.synced.get(path).map(|s| s.record.meta);
             self.report_path(
