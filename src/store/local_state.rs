@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use redb::{ReadOnlyTable, ReadableDatabase, Table};
+use redb::{ReadOnlyTable, ReadableDatabase, Table, TableDefinition};
 
 use super::database::DbSlot;
 use super::schema::{LOCAL_INDEX, LOCAL_STATE};
@@ -97,20 +97,22 @@ impl LocalStateReader {
     /// A consistent view of the committed rows, for several reads. It pins the database pages
     /// it sees: hold it for one piece of work (a scan), not for the life of the owner.
     pub fn snapshot(&self) -> Result<LocalStateSnapshot, StoreError> {
-        let db = self.db.get()?;
-        let txn = db.begin_read()?;
-        Ok(LocalStateSnapshot {
-            table: txn.open_table(LOCAL_STATE)?,
-            share: self.share,
-        })
+        self.snapshot_of(LOCAL_STATE)
     }
 
     /// [`Self::snapshot`] of the share's local index rows ([`LocalIndexChange`]).
     pub fn index_snapshot(&self) -> Result<LocalStateSnapshot, StoreError> {
+        self.snapshot_of(LOCAL_INDEX)
+    }
+
+    fn snapshot_of(
+        &self,
+        table: TableDefinition<&'static [u8], &'static [u8]>,
+    ) -> Result<LocalStateSnapshot, StoreError> {
         let db = self.db.get()?;
         let txn = db.begin_read()?;
         Ok(LocalStateSnapshot {
-            table: txn.open_table(LOCAL_INDEX)?,
+            table: txn.open_table(table)?,
             share: self.share,
         })
     }
@@ -140,17 +142,11 @@ impl LocalStateSnapshot {
     pub fn for_each_from(
         &self,
         from: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let start = join_key(&self.share, from);
         let end = next_prefix(&join_key(&self.share, &[]));
-        for row in self.table.range(start.as_slice()..end.as_slice())? {
-            let (k, v) = row?;
-            if !visit(&k.value()[32..], v.value()) {
-                break;
-            }
-        }
-        Ok(())
+        self.for_each_in(&start, &end, visit)
     }
 
     /// Calls `visit` with every row whose key starts with `prefix`, in key order, until it
@@ -158,11 +154,22 @@ impl LocalStateSnapshot {
     pub fn for_each_with_prefix(
         &self,
         prefix: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let start = join_key(&self.share, prefix);
         let end = next_prefix(&start);
-        for row in self.table.range(start.as_slice()..end.as_slice())? {
+        self.for_each_in(&start, &end, visit)
+    }
+
+    /// The rows with (joined) keys from `start` up to `end`, in key order, until `visit` says
+    /// stop.
+    fn for_each_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for row in self.table.range(start..end)? {
             let (k, v) = row?;
             if !visit(&k.value()[32..], v.value()) {
                 break;

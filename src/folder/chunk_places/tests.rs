@@ -117,6 +117,20 @@ impl Writer {
     }
 }
 
+/// A share whose writer has committed one file, `a`, of chunk 1; and its places.
+async fn with_file_a() -> (tempfile::TempDir, StoreHandle, ShareId, ChunkPlaces, Writer) {
+    let (dir, store, share) = store().await;
+    let places = ChunkPlaces::new(store.local_state_reader(share));
+    let mut writer = Writer::spawn(&store, share);
+    writer
+        .write(vec![(
+            "a",
+            Some(file(&store, share, vec![chunk(1)], 1).await),
+        )])
+        .await;
+    (dir, store, share, places, writer)
+}
+
 /// Where the places say chunk `i` is: its path and offset.
 fn place_of(places: &ChunkPlaces, i: u32) -> Option<(String, u64)> {
     places
@@ -126,16 +140,7 @@ fn place_of(places: &ChunkPlaces, i: u32) -> Option<(String, u64)> {
 
 #[tokio::test]
 async fn the_places_follow_the_synced_rows_the_writer_commits() {
-    let (_dir, store, share) = store().await;
-    let places = ChunkPlaces::new(store.local_state_reader(share));
-    let mut writer = Writer::spawn(&store, share);
-
-    writer
-        .write(vec![(
-            "a",
-            Some(file(&store, share, vec![chunk(1)], 1).await),
-        )])
-        .await;
+    let (_dir, store, share, places, mut writer) = with_file_a().await;
     let found = places.get(&chunk(1).hash).expect("a's chunk is found");
     assert_eq!((&*found.path, found.offset, found.len), ("a", 0, 4096));
     let stamp = file(&store, share, vec![chunk(1)], 1).await.record.stamp();
@@ -269,15 +274,7 @@ async fn a_store_from_before_the_index_gets_it_written_once() {
 
 #[tokio::test]
 async fn recent_places_come_first_and_are_bounded() {
-    let (_dir, store, share) = store().await;
-    let places = ChunkPlaces::new(store.local_state_reader(share));
-    let mut writer = Writer::spawn(&store, share);
-    writer
-        .write(vec![(
-            "a",
-            Some(file(&store, share, vec![chunk(1)], 1).await),
-        )])
-        .await;
+    let (_dir, _store, _share, places, _writer) = with_file_a().await;
     let trash = |i: u32| {
         let location = ChunkLocation {
             path: format!(".trash/{i}").into(),
