@@ -91,21 +91,46 @@ fn timed_out(peer: PeerId) -> Result<Response, NetError> {
     })
 }
 
+/// A fetcher whose one member is `peer`, able to send chunk parts if `parts`.
+struct OneMember {
+    /// The requests it makes.
+    net: mpsc::Receiver<Command>,
+    counters: Arc<Counters>,
+    /// Kept so the member list stays open.
+    _members: watch::Sender<Vec<PeerId>>,
+    fetcher: Fetcher,
+}
+
+fn one_member(peer: PeerId, parts: bool) -> OneMember {
+    let (commands, net) = mpsc::channel(64);
+    let (members_tx, members) = watch::channel(vec![peer]);
+    let counters = Arc::new(Counters::default());
+    let client = if parts {
+        NetClient::from_channel_with_parts(commands, &[peer])
+    } else {
+        NetClient::from_channel(commands)
+    };
+    let fetcher = Fetcher::spawn([7; 32], client, members, counters.clone());
+    OneMember {
+        net,
+        counters,
+        _members: members_tx,
+        fetcher,
+    }
+}
+
 /// One member that answers parts, and a chunk of the largest size, more than a new
 /// member's window: it comes in parts. What arrived is kept across a failed part, and the
 /// assembled chunk is checked against its hash.
 #[tokio::test]
 async fn a_chunk_larger_than_the_window_is_fetched_in_parts_and_checked() {
-    let (commands, mut net) = mpsc::channel(64);
     let peer = PeerId::random();
-    let (_members_tx, members) = watch::channel(vec![peer]);
-    let counters = Arc::new(Counters::default());
-    let fetcher = Fetcher::spawn(
-        [7; 32],
-        NetClient::from_channel_with_parts(commands, &[peer]),
-        members,
-        counters.clone(),
-    );
+    let OneMember {
+        mut net,
+        counters,
+        _members,
+        fetcher,
+    } = one_member(peer, true);
     let (want, bytes) = big_chunk(1);
     let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
     let mut offsets = Vec::new();
@@ -152,16 +177,13 @@ async fn a_chunk_larger_than_the_window_is_fetched_in_parts_and_checked() {
 /// struck against the member.
 #[tokio::test]
 async fn assembled_parts_that_do_not_match_are_a_strike() {
-    let (commands, mut net) = mpsc::channel(64);
     let liar = PeerId::random();
-    let (_members_tx, members) = watch::channel(vec![liar]);
-    let counters = Arc::new(Counters::default());
-    let fetcher = Fetcher::spawn(
-        [7; 32],
-        NetClient::from_channel_with_parts(commands, &[liar]),
-        members,
-        counters.clone(),
-    );
+    let OneMember {
+        mut net,
+        counters,
+        _members,
+        fetcher,
+    } = one_member(liar, true);
     let (want, bytes) = big_chunk(2);
     tokio::spawn(async move { fetcher.fetch(want).await });
     loop {
@@ -190,15 +212,13 @@ async fn assembled_parts_that_do_not_match_are_a_strike() {
 /// request) is asked for whole chunks, however small its window.
 #[tokio::test]
 async fn a_member_without_parts_is_asked_for_whole_chunks() {
-    let (commands, mut net) = mpsc::channel(64);
     let old = PeerId::random();
-    let (_members_tx, members) = watch::channel(vec![old]);
-    let fetcher = Fetcher::spawn(
-        [7; 32],
-        NetClient::from_channel(commands),
-        members,
-        Arc::new(Counters::default()),
-    );
+    let OneMember {
+        mut net,
+        _members,
+        fetcher,
+        ..
+    } = one_member(old, false);
     let (want, bytes) = big_chunk(3);
     let fetching = tokio::spawn(async move { fetcher.fetch(want).await });
     for _ in 0..2 {
@@ -221,15 +241,13 @@ async fn a_member_without_parts_is_asked_for_whole_chunks() {
 
 #[tokio::test]
 async fn requests_beyond_the_first_wait_for_a_full_batch() {
-    let (commands, mut net) = mpsc::channel(64);
     let peer = PeerId::random();
-    let (_members_tx, members) = watch::channel(vec![peer]);
-    let fetcher = Fetcher::spawn(
-        [7; 32],
-        NetClient::from_channel(commands),
-        members,
-        Arc::new(Counters::default()),
-    );
+    let OneMember {
+        mut net,
+        _members,
+        fetcher,
+        ..
+    } = one_member(peer, false);
     // A full batch: MIN_BATCH_BYTES, or what is left of a new member's window.
     let room = super::super::pacing::INITIAL_WINDOW as usize - EAGER_BATCHES * CHUNK;
     let full = MIN_BATCH_BYTES.min(room) / CHUNK;
