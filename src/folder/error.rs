@@ -54,6 +54,10 @@ pub enum MaterialiseError {
     /// A blocking task panicked or was cancelled.
     #[error("a file task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The writer of small files stopped before answering (it panicked, or the daemon is
+    /// shutting down).
+    #[error("the writer stopped before writing the file")]
+    WriterStopped,
 }
 
 impl MaterialiseError {

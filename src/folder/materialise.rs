@@ -17,23 +17,12 @@ use super::source::{self, ChunkLocation, Sources};
 use super::state::Synced;
 use super::status::Counters;
 use super::write::{self, Expect};
-use super::{received, versions};
+use super::{received, small_writes, versions};
 use crate::merge::{PeerKey, RecordRegister, VersionVector};
 use crate::store::StoreHandle;
 
 /// Files up to this size are fetched whole into memory and written in one blocking call.
 pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
-
-/// Small files written to disk at once, across every share of the daemon (each on a blocking
-/// thread of its own, mostly waiting on its fsyncs). It was one per download in flight, up to
-/// 256 per share, and as many threads. Measured with `scripts/bench-fs-floor.sh` here (20,000
-/// files of 1 KiB, write + fsync + rename + directory fsync): 16 writers 3,500-3,800 files/s,
-/// 64 writers 4,100-4,200, 256 writers 3,700-4,100.
-pub const SMALL_FILE_WRITERS: usize = 64;
-
-/// The permits of [`SMALL_FILE_WRITERS`].
-static SMALL_FILE_WRITER_PERMITS: tokio::sync::Semaphore =
-    tokio::sync::Semaphore::const_new(SMALL_FILE_WRITERS);
 
 /// The outcome of materialising one path.
 pub(super) struct Materialised {
@@ -278,13 +267,15 @@ enum Removal {
     Trashed(String),
 }
 
-/// Commits an assembly. When it replaces a file, the old version first goes to the trash
-/// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
-/// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
 /// Marks a file being received as such ([`received`]). Without the mark the file is still
 /// written: only a crash right after it would then take it for a local edit. A file system that
 /// refuses marks is said once per folder.
-fn mark_received(assembly: &write::Assembly, mark: Option<&[u8]>, rel: &str, counters: &Counters) {
+pub(super) fn mark_received(
+    assembly: &write::Assembly,
+    mark: Option<&[u8]>,
+    rel: &str,
+    counters: &Counters,
+) {
     let Some(mark) = mark else {
         return;
     };
@@ -299,6 +290,9 @@ fn mark_received(assembly: &write::Assembly, mark: Option<&[u8]>, rel: &str, cou
     }
 }
 
+/// Commits an assembly. When it replaces a file, the old version first goes to the trash
+/// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
+/// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
 pub(super) fn commit_keeping_old(
     root: &Path,
     rel: &str,
@@ -308,12 +302,30 @@ pub(super) fn commit_keeping_old(
     mode: u32,
     mtime: (i64, u32),
 ) -> Result<Option<String>, write::WriteError> {
+    let mut sealed = assembly.seal(mode, mtime)?;
+    sealed.flush_content()?;
+    let kept = publish_keeping_old(root, rel, &mut sealed, keep_old, expect)?;
+    sealed.flush_name()?;
+    Ok(kept)
+}
+
+/// Publishes a sealed file whose content is durable, first keeping the file it replaces in the
+/// trash when `keep_old`. Returns where it was kept. When publishing fails, nothing is kept.
+/// (Once published, the kept file stays even if a later step fails: it is the only copy of
+/// what was replaced.)
+pub(super) fn publish_keeping_old(
+    root: &Path,
+    rel: &str,
+    sealed: &mut write::Sealed,
+    keep_old: bool,
+    expect: Expect,
+) -> Result<Option<String>, write::WriteError> {
     let kept = if keep_old {
         versions::keep_replaced(root, rel)
     } else {
         None
     };
-    match assembly.commit(expect, mode, mtime) {
+    match sealed.publish(expect) {
         Ok(()) => Ok(kept),
         Err(e) => {
             if let Some(kept) = &kept {
@@ -339,9 +351,10 @@ async fn index_kept(
     }
 }
 
-/// Writes a small file: fetches every chunk it needs first, then opens, fills, commits and
-/// stats it in one blocking call. Per file that saves several hand-offs between threads, which
-/// is what receiving thousands of small files costs most.
+/// Writes a small file: fetches every chunk it needs first, then hands it to the writers of
+/// small files, which write it with others in one batch ([`small_writes`]). Per file that saves
+/// several hand-offs between threads, which is what receiving thousands of small files costs
+/// most.
 pub(super) async fn write_small_file(
     shared: &Sources,
     path: &str,
@@ -360,37 +373,18 @@ pub(super) async fn write_small_file(
         let (index, bytes) = done?;
         contents[index] = Some(bytes?);
     }
-    let (root, rel, meta2, chunks2) = (
-        shared.root.clone(),
-        path.to_owned(),
-        meta.clone(),
-        chunks.clone(),
-    );
-    let keep_old = replacing.is_some();
-    let counters = shared.counters.clone();
-    // Never closed, so acquiring cannot fail; held until the write is done.
-    let _writer = SMALL_FILE_WRITER_PERMITS.acquire().await;
-    let (kept, record) = blocking(move || {
-        let mtime = (meta2.mtime_secs, meta2.mtime_nanos);
-        let mut assembly =
-            write::Assembly::open_unreserved(&root, &rel, meta2.size, meta2.hash, &chunks2)?;
-        for index in assembly.missing() {
-            match &contents[index] {
-                Some(checked) => assembly.write_checked(index, checked)?,
-                // Every chunk was fetched above; `commit` reports one that is not there.
-                None => break,
-            }
-        }
-        mark_received(&assembly, mark.as_deref(), &rel, &counters);
-        let kept = commit_keeping_old(&root, &rel, assembly, keep_old, expect, meta2.mode, mtime)?;
-        let record = record_for(&root, &rel, meta2).map_err(|source| write::WriteError::Io {
-            action: "inspect",
-            path: root.join(&rel),
-            source,
-        })?;
-        Ok((kept, record))
-    })
-    .await?;
+    let file = small_writes::SmallFile {
+        root: shared.root.clone(),
+        rel: path.to_owned(),
+        meta: meta.clone(),
+        chunks: chunks.clone(),
+        contents,
+        mark,
+        keep_old: replacing.is_some(),
+        expect,
+        counters: shared.counters.clone(),
+    };
+    let small_writes::Written { kept, record } = small_writes::write(file).await?;
     index_kept(shared, kept, replacing, found).await;
     found
         .chunks

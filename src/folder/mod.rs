@@ -34,6 +34,7 @@ mod rescan;
 pub mod scan;
 mod serve;
 mod settle;
+mod small_writes;
 mod source;
 pub mod state;
 pub mod status;

@@ -2,6 +2,7 @@
 //! ([`Assembly`]), hashing the whole file in order as chunks arrive ([`InOrder`]) and publishing
 //! it atomically and durably at commit.
 
+use std::collections::HashMap;
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, warn};
 
 use super::dir_sync::sync_dir_shared;
-use super::fs_flush::flush;
+use super::fs_flush::{flush, flush_everything};
+use super::group_commit::Failure;
 use super::ops::{check_expect, parent_of, publish, system_time};
 use super::path::{ensure_parents, resolve};
 use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
@@ -264,20 +266,31 @@ impl Assembly {
 
     /// Publishes the assembled file at its target, atomically and durably.
     ///
-    /// Checks that every chunk was written, then reads the whole temp file back and checks its
-    /// BLAKE3 against the file hash (reading back, rather than hashing as chunks arrive, because
-    /// chunks arrive in any order and some were already on disk from an earlier attempt; it costs
-    /// one pass over data that is still in the page cache). Then sets `mode & MODE_MASK` and the
-    /// mtime on the temp file, fsyncs it, checks that the target is still as `expect_current`
-    /// says (else [`WriteError::Conflict`], and the complete temp file is kept for a retry),
-    /// renames it over the target and fsyncs the directory. A directory at the target is always a
-    /// conflict.
+    /// [`Assembly::seal`]s it, fsyncs the temp file (shared with other writers flushing on the
+    /// same file system, `fs_flush`), then [`Sealed::publish`]es it and fsyncs its directory
+    /// ([`Sealed::flush_name`]). Writers of many files at once do the same steps with one flush for all
+    /// their contents and one for all their names ([`flush_contents`], [`flush_names`]).
     pub fn commit(
-        mut self,
+        self,
         expect_current: Expect,
         mode: u32,
         mtime: (i64, u32),
     ) -> Result<(), WriteError> {
+        let mut sealed = self.seal(mode, mtime)?;
+        sealed.flush_content()?;
+        sealed.publish(expect_current)?;
+        sealed.flush_name()
+    }
+
+    /// Checks the assembled content and gives it its mode and mtime: what is left is to make it
+    /// durable and to publish it.
+    ///
+    /// Checks that every chunk was written, then checks the whole file's BLAKE3 against the file
+    /// hash (hashed in order as chunks were written, or else read back: chunks arrive in any
+    /// order and some were already on disk from an earlier attempt; it costs one pass over data
+    /// that is still in the page cache). A mismatch removes the temp file. Then sets
+    /// `mode & MODE_MASK` and the mtime on the temp file.
+    pub fn seal(mut self, mode: u32, mtime: (i64, u32)) -> Result<Sealed, WriteError> {
         self.check_usable()?;
         let missing = self.done.iter().filter(|d| !**d).count();
         if missing > 0 {
@@ -305,23 +318,10 @@ impl Assembly {
             Ok(meta) => std::os::unix::fs::MetadataExt::dev(&meta),
             Err(e) => return Err(self.fail("inspect", e)),
         };
-        let file = &self.file;
-        if let Err(e) = flush(file, dev, || file.sync_all()) {
-            // A full disk also gives the temp file's space back.
-            return Err(self.fail("fsync", e));
-        }
-        // Checked last, after the slow steps, to keep the race with local writers short. On a
-        // conflict the complete, fsynced temp file stays for a retry.
-        check_expect(&self.target, expect_current)?;
-        if let Err(e) = publish(&self.temp, &self.target, expect_current) {
-            if matches!(e, WriteError::DiskFull { .. }) {
-                self.discard_temp();
-            }
-            return Err(e);
-        }
-        let parent = parent_of(&self.target);
-        flush(&self.file, dev, || sync_dir_shared(parent))
-            .map_err(|e| io_error("fsync directory", parent, e))
+        Ok(Sealed {
+            assembly: self,
+            dev,
+        })
     }
 
     /// Gives up on this file: removes the temp file (for when the version will never be wanted
@@ -431,6 +431,105 @@ impl Assembly {
             Err(e) => Err(io_error("read back", &self.temp, e)),
         }
     }
+}
+
+/// An assembled file whose content is checked and carries its mode and mtime
+/// ([`Assembly::seal`]), not yet published. Its content must be made durable
+/// ([`flush_contents`]) before it is published ([`Sealed::publish`]), and its name after
+/// ([`flush_names`]). Dropping it keeps the complete temp file for a retry.
+#[derive(Debug)]
+pub struct Sealed {
+    assembly: Assembly,
+    /// The device of the file system the file is on.
+    dev: u64,
+}
+
+impl Sealed {
+    /// The final path.
+    pub fn target(&self) -> &Path {
+        &self.assembly.target
+    }
+
+    /// Makes this file's content durable: its own fsync, shared with other writers flushing on
+    /// the same file system at once (`fs_flush`).
+    pub fn flush_content(&mut self) -> Result<(), WriteError> {
+        let file = &self.assembly.file;
+        let result = flush(file, self.dev, || file.sync_all());
+        result.map_err(|e| self.assembly.fail("fsync", e))
+    }
+
+    /// Renames the temp file over the target, after checking that the target is still as
+    /// `expect_current` says (else [`WriteError::Conflict`], and the complete temp file is kept
+    /// for a retry). A directory at the target is always a conflict. The content must already
+    /// be durable.
+    pub fn publish(&mut self, expect_current: Expect) -> Result<(), WriteError> {
+        // Checked last, after the slow steps, to keep the race with local writers short.
+        check_expect(&self.assembly.target, expect_current)?;
+        if let Err(e) = publish(&self.assembly.temp, &self.assembly.target, expect_current) {
+            if matches!(e, WriteError::DiskFull { .. }) {
+                self.assembly.discard_temp();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes the published name durable: an fsync of its directory, shared with the writers
+    /// finishing in it and with those flushing on the same file system.
+    pub fn flush_name(&mut self) -> Result<(), WriteError> {
+        let parent = parent_of(&self.assembly.target);
+        flush(&self.assembly.file, self.dev, || sync_dir_shared(parent))
+            .map_err(|e| io_error("fsync directory", parent, e))
+    }
+}
+
+/// Makes the contents of `files` durable before they are published: a file alone on its file
+/// system with its own fsync ([`Assembly::commit`]'s), the others with one `syncfs` per file
+/// system. Each file's outcome, in order.
+pub fn flush_contents(files: &mut [Sealed]) -> Vec<Result<(), WriteError>> {
+    flush_per_device(files, Sealed::flush_content, |sealed, e| {
+        sealed.assembly.fail("fsync", e)
+    })
+}
+
+/// Makes the names of published `files` durable, as [`flush_contents`] does their contents
+/// (alone: an fsync of the file's directory).
+pub fn flush_names(files: &mut [Sealed]) -> Vec<Result<(), WriteError>> {
+    flush_per_device(files, Sealed::flush_name, |sealed, e| {
+        io_error("sync the file system of", sealed.target(), e)
+    })
+}
+
+/// Runs `alone` for each file that is the only one on its file system in `files`, and one
+/// `syncfs` for each file system holding several, whose failure is each of theirs (`failed`).
+fn flush_per_device(
+    files: &mut [Sealed],
+    alone: fn(&mut Sealed) -> Result<(), WriteError>,
+    failed: fn(&mut Sealed, io::Error) -> WriteError,
+) -> Vec<Result<(), WriteError>> {
+    let mut on_device: HashMap<u64, usize> = HashMap::new();
+    for file in files.iter() {
+        *on_device.entry(file.dev).or_default() += 1;
+    }
+    let mut flushed: HashMap<u64, Result<(), Failure>> = HashMap::new();
+    files
+        .iter_mut()
+        .map(|file| {
+            if on_device[&file.dev] == 1 {
+                return alone(file);
+            }
+            let outcome = flushed.entry(file.dev).or_insert_with(|| {
+                flush_everything(&file.assembly.file, file.dev).map_err(|e| Failure::of(&e))
+            });
+            match outcome {
+                Ok(()) => Ok(()),
+                Err(failure) => {
+                    let e = failure.error();
+                    Err(failed(file, e))
+                }
+            }
+        })
+        .collect()
 }
 
 /// Each chunk's offset, after checking that the chunks are non-empty, at most [`CHUNK_MAX`] long,

@@ -45,6 +45,13 @@ pub(crate) fn flush(
     })
 }
 
+/// Makes every change on the file system holding `file` (device `dev`) durable with one
+/// `syncfs`, shared with the callers flushing there at once: for a caller with changes to many
+/// files, which their own fsyncs would cost more.
+pub(crate) fn flush_everything(file: &File, dev: u64) -> io::Result<()> {
+    FILE_SYSTEMS.flush(&dev, |_| syncfs(file, dev))
+}
+
 #[cfg_attr(not(test), allow(unused_variables))]
 fn syncfs(file: &File, dev: u64) -> io::Result<()> {
     #[cfg(test)]

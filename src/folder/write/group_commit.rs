@@ -41,8 +41,8 @@ struct Progress {
     inside: usize,
 }
 
-/// A failed flush, as each caller it covered reports it.
-struct Failure {
+/// A failed flush, as each caller it covered reports it (an `io::Error` cannot be cloned).
+pub(super) struct Failure {
     /// The system's error number, when there is one: a full disk stays a full disk.
     errno: Option<i32>,
     kind: io::ErrorKind,
@@ -50,7 +50,7 @@ struct Failure {
 }
 
 impl Failure {
-    fn of(e: &io::Error) -> Failure {
+    pub(super) fn of(e: &io::Error) -> Failure {
         Failure {
             errno: e.raw_os_error(),
             kind: e.kind(),
@@ -58,7 +58,7 @@ impl Failure {
         }
     }
 
-    fn error(&self) -> io::Error {
+    pub(super) fn error(&self) -> io::Error {
         match self.errno {
             Some(errno) => io::Error::from_raw_os_error(errno),
             None => io::Error::new(self.kind, self.message.clone()),

@@ -92,7 +92,7 @@ use rustix::io::Errno;
 pub use super::conflict::{
     CONFLICT_INFIX, CONFLICT_PEER_MAX, conflict_name, rename_to_conflict_copy,
 };
-pub use assembly::{Assembly, WRITEBACK_EVERY, temp_name};
+pub use assembly::{Assembly, Sealed, WRITEBACK_EVERY, flush_contents, flush_names, temp_name};
 pub use ops::{Removed, make_dir, make_symlink, remove, set_meta, set_meta_checked};
 pub use path::{MAX_COMPONENT_BYTES, PathError, PathRefusal, resolve, validate_rel_path};
 pub use read::{LocalReader, read_chunk};
