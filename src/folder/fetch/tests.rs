@@ -9,10 +9,14 @@ use crate::net::{Command, NetError};
 const CHUNK: usize = 16 * 1024;
 
 fn chunk(i: u8) -> (ChunkRef, Vec<u8>) {
-    let bytes = vec![i; CHUNK];
+    sized_chunk(i, CHUNK)
+}
+
+fn sized_chunk(i: u8, len: usize) -> (ChunkRef, Vec<u8>) {
+    let bytes = vec![i; len];
     let chunk = ChunkRef {
         hash: *blake3::hash(&bytes).as_bytes(),
-        len: CHUNK as u32,
+        len: len as u32,
     };
     (chunk, bytes)
 }
@@ -241,6 +245,22 @@ async fn a_member_without_parts_is_asked_for_whole_chunks() {
 
 #[tokio::test]
 async fn requests_beyond_the_first_wait_for_a_full_batch() {
+    // Bytes make the batch here (16 KiB chunks)...
+    wants_go_out_together_once_they_make_a_batch(CHUNK).await;
+}
+
+#[tokio::test]
+async fn wants_for_small_chunks_make_a_batch_by_their_number() {
+    // ... and the number of wants here (64 of 512 bytes fit a new member's window): small
+    // files' chunks never add up to MIN_BATCH_BYTES, and each request then carried what had
+    // queued since the last answer.
+    assert!(MIN_BATCH_CHUNKS * 512 < super::super::pacing::INITIAL_WINDOW as usize - 512);
+    wants_go_out_together_once_they_make_a_batch(512).await;
+}
+
+/// Wants of `len` bytes each: the first [`EAGER_BATCHES`] go out at once, alone; the next wait
+/// until they make a batch ([`MIN_BATCH_BYTES`] or [`MIN_BATCH_CHUNKS`]) and go out together.
+async fn wants_go_out_together_once_they_make_a_batch(len: usize) {
     let peer = PeerId::random();
     let OneMember {
         mut net,
@@ -248,11 +268,14 @@ async fn requests_beyond_the_first_wait_for_a_full_batch() {
         fetcher,
         ..
     } = one_member(peer, false);
-    // A full batch: MIN_BATCH_BYTES, or what is left of a new member's window.
-    let room = super::super::pacing::INITIAL_WINDOW as usize - EAGER_BATCHES * CHUNK;
-    let full = MIN_BATCH_BYTES.min(room) / CHUNK;
+    // A full batch: MIN_BATCH_BYTES, or what is left of a new member's window, or
+    // MIN_BATCH_CHUNKS wants.
+    let room = super::super::pacing::INITIAL_WINDOW as usize - EAGER_BATCHES * len;
+    let full = (MIN_BATCH_BYTES.min(room) / len).min(MIN_BATCH_CHUNKS);
     assert!(full >= 2, "a batch of several");
-    let chunks: Vec<(ChunkRef, Vec<u8>)> = (0..(EAGER_BATCHES + full) as u8).map(chunk).collect();
+    let chunks: Vec<(ChunkRef, Vec<u8>)> = (0..(EAGER_BATCHES + full) as u8)
+        .map(|i| sized_chunk(i, len))
+        .collect();
     let bytes_of: HashMap<[u8; 32], Vec<u8>> =
         chunks.iter().map(|(c, b)| (c.hash, b.clone())).collect();
     let mut fetches = JoinSet::new();
