@@ -20,6 +20,7 @@
 //! no delete — is sent until it is back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +156,7 @@ pub fn spawn(
         store,
         sources,
         commands: rx,
+        command_waiting: None,
         changes,
         synced,
         state_loaded: false,
@@ -213,6 +215,9 @@ pub(super) struct FolderActor {
     pub(super) store: StoreHandle,
     pub(super) sources: Sources,
     pub(super) commands: mpsc::Receiver<Command>,
+    /// A resume or shutdown that came while a long piece of work held the loop (see
+    /// [`FolderActor::answer_commands`]): taken by the loop first, before any other command.
+    pub(super) command_waiting: Option<Command>,
     pub(super) changes: broadcast::Receiver<Arc<Change>>,
     /// Per path: what we last synced there.
     pub(super) synced: SyncedPaths,
@@ -339,29 +344,32 @@ impl FolderActor {
                 .remote_deletes
                 .due_at()
                 .unwrap_or_else(|| Instant::now() + far);
+            if let Some(command) = self.command_waiting.take()
+                && self.take_command(command).await.is_break()
+            {
+                return;
+            }
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
-                    Some(Command::Shutdown { reply }) => {
-                        self.shutdown().await;
-                        let _ = reply.send(());
-                        return;
+                    Some(command) => {
+                        if self.take_command(command).await.is_break() {
+                            return;
+                        }
                     }
-                    Some(Command::Resume { choice, reply }) => {
-                        let _ = reply.send(self.resume(choice).await);
-                    }
-                    Some(command) => self.on_command(command),
                     None => return,
                 },
                 Some(event) = self.watching.next_event() => self.on_watch(event),
                 change = self.changes.recv() => self.on_change(change),
                 Some(done) = self.scans.join_next() => {
-                    self.scanning = false;
+                    // Still `scanning` while its entries are written: a first scan of a big
+                    // tree writes for minutes after its walk, and status says so meanwhile.
                     match done {
                         Ok(Ok(result)) => self.on_scanned(result).await,
                         Ok(Err(reason)) => self.pause(reason.to_string()),
                         Err(e) => self.pause(format!("scanner crashed: {e}")),
                     }
+                    self.scanning = false;
                 }
                 Some(done) = self.downloads.join_next() => {
                     if let Ok(done) = done {
@@ -447,6 +455,48 @@ impl FolderActor {
         }
     }
 
+    /// Takes one command; breaks once the actor has shut down.
+    async fn take_command(&mut self, command: Command) -> ControlFlow<()> {
+        match command {
+            Command::Shutdown { reply } => {
+                self.shutdown().await;
+                let _ = reply.send(());
+                return ControlFlow::Break(());
+            }
+            Command::Resume { choice, reply } => {
+                let _ = reply.send(self.resume(choice).await);
+            }
+            command => self.on_command(command),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Answers the commands that wait while a long piece of work holds the loop (a big scan's
+    /// entries being written, batch by batch): status and serving peers, which change nothing
+    /// here, at once; a resume or shutdown is kept for the loop, and ends this until then.
+    /// Without this, `status` and every peer asking us for chunks waited until the last batch
+    /// (minutes for a first scan of 10^6 files). At most one channel's worth per call.
+    pub(super) fn answer_commands(&mut self) {
+        for _ in 0..COMMAND_CHANNEL_CAPACITY {
+            if self.command_waiting.is_some() {
+                return;
+            }
+            match self.commands.try_recv() {
+                Ok(command @ (Command::Resume { .. } | Command::Shutdown { .. })) => {
+                    self.command_waiting = Some(command);
+                }
+                Ok(command) => self.on_command(command),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Whether a shutdown waits: long work stops between its batches (what it did not write
+    /// is found again by the next scan).
+    pub(super) fn shutting_down(&self) -> bool {
+        matches!(self.command_waiting, Some(Command::Shutdown { .. }))
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
             Command::ServeChunks {
@@ -481,7 +531,7 @@ impl FolderActor {
                 let _ = reply.send(self.status());
             }
             Command::Shutdown { .. } | Command::Resume { .. } => {
-                unreachable!("handled in run")
+                unreachable!("handled by take_command")
             }
         }
     }

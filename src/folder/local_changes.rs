@@ -397,6 +397,10 @@ impl FolderActor {
             if changed.len() + aside.len() >= SCAN_WRITE_BATCH {
                 self.index_and_write(&mut changed, &mut aside, &mut deferred)
                     .await;
+                if self.shutting_down() {
+                    // The entries not written yet are found again by the next scan.
+                    return;
+                }
             }
         }
         self.index_and_write(&mut changed, &mut aside, &mut deferred)
@@ -411,7 +415,7 @@ impl FolderActor {
             Vec::new()
         };
         let mut deletes = deletes.into_iter().peekable();
-        while deletes.peek().is_some() {
+        while deletes.peek().is_some() && !self.shutting_down() {
             let batch = deletes.by_ref().take(SCAN_WRITE_BATCH).collect();
             self.write_scanned(batch, &mut deferred).await;
         }
@@ -435,7 +439,9 @@ impl FolderActor {
         self.index_chunks(written.chain(aside.iter().map(|(path, record)| (path, record))))
             .await;
         aside.clear();
-        if !changed.is_empty() {
+        if changed.is_empty() {
+            self.answer_commands();
+        } else {
             self.write_scanned(std::mem::take(changed), deferred).await;
         }
     }

@@ -13,14 +13,15 @@ use crate::store::{Change, Origin};
 
 impl FolderActor {
     /// Between the batches of a long piece of work (a big scan's writes): hands the synced
-    /// rows so far to the writer (which indexes their chunks), and takes the store's change
-    /// notices out of the channel.
+    /// rows so far to the writer (which indexes their chunks), answers the commands that wait
+    /// ([`Self::answer_commands`]), and takes the store's change notices out of the channel.
     /// Left there until the work ends, a big scan's own notices (each holds a register) pile
     /// up, and past the channel's size they overflow it, which costs a full rescan. Our own
     /// writes' notices are taken now; others' go to `deferred`, for [`Self::on_changes`] after
     /// the work, where the run loop would have taken them.
     pub(super) fn between_batches(&mut self, deferred: &mut Vec<ChangeNotice>) {
         self.flush_synced();
+        self.answer_commands();
         loop {
             let notice = match self.changes.try_recv() {
                 Ok(change) => Ok(change),
