@@ -22,10 +22,15 @@ pub const LIST_PAGE: usize = 1000;
 
 impl FolderActor {
     /// Queues every store entry whose effective winner is not what is on disk, reading the
-    /// entries [`LIST_PAGE`] at a time.
+    /// entries [`LIST_PAGE`] at a time (seconds for 10^6 entries: commands are answered
+    /// between pages).
     pub(super) async fn queue_all_remote(&mut self) {
         let mut after = None;
         loop {
+            self.answer_commands();
+            if self.shutting_down() {
+                return;
+            }
             let Some(entries) = self.list_entries_after(after.take()).await else {
                 return;
             };

@@ -61,13 +61,13 @@ pub struct DownloadQueue {
     pending_deletes: VecDeque<String>,
     /// Everything in `pending` and `pending_deletes`.
     pending_set: HashSet<PathDigest>,
-    /// Files queued beyond the window, not in `pending`.
-    unlisted: HashSet<PathDigest>,
-    /// Where a listing of the store finds every path in `unlisted`: the key they all come
-    /// after (`None`: the first). Set whenever `unlisted` is not empty.
+    /// Of the paths in `noted`, how many are queued beyond the window (not in `pending`).
+    beyond_window: usize,
+    /// Where a listing of the store finds every path queued beyond the window: the key they
+    /// all come after (`None`: the first). Set whenever one is.
     listed_after: Option<Option<Vec<u8>>>,
     /// Running downloads, with what each may buffer (see [`DOWNLOAD_BUFFER_BUDGET`]) and
-    /// their path's digest (the key of `needed_bytes`: [`Self::running_bytes`] is asked after
+    /// their path's digest (the key of `noted`: [`Self::running_bytes`] is asked after
     /// each download, and hashing 256 paths each time was 4 % of a receiver's CPU).
     in_flight: HashMap<String, (u64, PathDigest)>,
     /// The sum of those buffers.
@@ -78,8 +78,42 @@ pub struct DownloadQueue {
     again: HashSet<String>,
     /// Failed paths and when to try them again.
     retry_at: HashMap<String, Instant>,
-    /// Bytes each queued file will need at most (chunks found locally are not fetched).
-    needed_bytes: HashMap<PathDigest, u64>,
+    /// The paths queued beyond the window, and the bytes each queued or running file will
+    /// need at most (chunks found locally are not fetched).
+    noted: HashMap<PathDigest, Noted>,
+}
+
+/// What the queue keeps of a path queued beyond its window, or of a file it queued or runs, in
+/// 8 bytes: the file's size (at most 2^62 - 1: a peer may claim any size, and needed bytes are
+/// an upper bound anyway), or that it is not a file; and whether it waits beyond the window.
+/// One map of these replaced a set of the paths beyond the window beside a map of every queued
+/// file's size: a first sync of 10^6 files held both whole (~88 MB of hash tables, a third of
+/// the receiver's peak), now one (~50 MB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Noted(u64);
+
+impl Noted {
+    const BEYOND_WINDOW: u64 = 1 << 63;
+    const NOT_A_FILE: u64 = 1 << 62;
+    const MAX_SIZE: u64 = Self::NOT_A_FILE - 1;
+
+    fn new(file_size: Option<u64>, beyond_window: bool) -> Noted {
+        let size = file_size.map_or(Self::NOT_A_FILE, |size| size.min(Self::MAX_SIZE));
+        let beyond = if beyond_window {
+            Self::BEYOND_WINDOW
+        } else {
+            0
+        };
+        Noted(size | beyond)
+    }
+
+    fn file_size(self) -> Option<u64> {
+        (self.0 & Self::NOT_A_FILE == 0).then_some(self.0 & Self::MAX_SIZE)
+    }
+
+    fn is_beyond_window(self) -> bool {
+        self.0 & Self::BEYOND_WINDOW != 0
+    }
 }
 
 impl DownloadQueue {
@@ -89,19 +123,18 @@ impl DownloadQueue {
         self.pending.shrink_to_fit();
         self.pending_deletes.shrink_to_fit();
         self.pending_set.shrink_to_fit();
-        self.unlisted.shrink_to_fit();
         self.in_flight.shrink_to_fit();
         self.deletes_in_flight.shrink_to_fit();
         self.again.shrink_to_fit();
         self.retry_at.shrink_to_fit();
-        self.needed_bytes.shrink_to_fit();
+        self.noted.shrink_to_fit();
     }
 
     /// Queues a path (once); a deletion goes to the deletions' queue, a file past the window
     /// is left to a listing of the store.
     pub fn push(&mut self, path: String, delete: bool) {
         let digest = PathDigest::of(&path);
-        if self.pending_set.contains(&digest) || self.unlisted.contains(&digest) {
+        if self.pending_set.contains(&digest) || self.is_beyond_window(&digest) {
             return;
         }
         if delete {
@@ -111,7 +144,9 @@ impl DownloadQueue {
             self.pending_set.insert(digest);
             self.pending.push_back(path);
         } else {
-            self.unlisted.insert(digest);
+            let size = self.noted.get(&digest).and_then(|noted| noted.file_size());
+            self.noted.insert(digest, Noted::new(size, true));
+            self.beyond_window += 1;
             let from = Some(key_before(&path));
             self.listed_after = match self.listed_after.take() {
                 Some(after) => Some(after.min(from)),
@@ -123,7 +158,7 @@ impl DownloadQueue {
     /// Where a listing of the store should resume to bring files queued beyond the window into
     /// it (the key to list after; `None`: from the first), once the window is half empty.
     pub fn wants_listing(&self) -> Option<Option<Vec<u8>>> {
-        if self.unlisted.is_empty() || self.pending.len() > QUEUE_WINDOW / 2 {
+        if self.beyond_window == 0 || self.pending.len() > QUEUE_WINDOW / 2 {
             return None;
         }
         self.listed_after.clone()
@@ -143,14 +178,20 @@ impl DownloadQueue {
                 continue;
             };
             let digest = PathDigest::of(&path);
-            if !self.unlisted.contains(&digest) {
+            let Some(noted) = self.noted.get_mut(&digest).filter(|n| n.is_beyond_window()) else {
                 continue;
-            }
+            };
             if self.pending.len() >= QUEUE_WINDOW {
                 full_at = Some(key_before(&path));
                 break;
             }
-            self.unlisted.remove(&digest);
+            match noted.file_size() {
+                Some(size) => *noted = Noted::new(Some(size), false),
+                None => {
+                    self.noted.remove(&digest);
+                }
+            }
+            self.beyond_window -= 1;
             self.pending_set.insert(digest);
             self.pending.push_back(path);
         }
@@ -164,35 +205,45 @@ impl DownloadQueue {
             // Left over: queued, yet not in the store (an entry it no longer has).
             self.forget_unlisted();
         }
-        if self.unlisted.is_empty() {
+        if self.beyond_window == 0 {
             self.listed_after = None;
         }
     }
 
     /// How many files are queued beyond the window.
     pub fn past_window(&self) -> usize {
-        self.unlisted.len()
+        self.beyond_window
+    }
+
+    fn is_beyond_window(&self, digest: &PathDigest) -> bool {
+        self.noted.get(digest).is_some_and(|n| n.is_beyond_window())
     }
 
     /// Forgets the files queued beyond the window (the store cannot list them now): a full
     /// comparison of the store with the disk queues them again.
     pub fn forget_unlisted(&mut self) {
-        for digest in self.unlisted.drain() {
-            self.needed_bytes.remove(&digest);
-        }
+        self.noted.retain(|_, noted| !noted.is_beyond_window());
+        self.beyond_window = 0;
         self.listed_after = None;
     }
 
     /// Remembers how many bytes a queued path needs: `Some(size)` for a file, `None` otherwise.
     pub fn note_needed(&mut self, path: &str, file_size: Option<u64>) {
         let digest = PathDigest::of(path);
-        match file_size {
-            Some(size) => {
-                self.needed_bytes.insert(digest, size);
-            }
-            None => {
-                self.needed_bytes.remove(&digest);
-            }
+        let beyond = self.is_beyond_window(&digest);
+        if file_size.is_some() || beyond {
+            self.noted.insert(digest, Noted::new(file_size, beyond));
+        } else {
+            self.noted.remove(&digest);
+        }
+    }
+
+    /// Forgets the size of a file no longer queued or running, unless it is queued beyond the
+    /// window again.
+    fn forget_needs(&mut self, path: &str) {
+        let digest = PathDigest::of(path);
+        if !self.is_beyond_window(&digest) {
+            self.noted.remove(&digest);
         }
     }
 
@@ -209,7 +260,7 @@ impl DownloadQueue {
                 return None;
             }
             let creations_waiting =
-                self.in_flight.len() > self.deletes_in_flight.len() || !self.unlisted.is_empty();
+                self.in_flight.len() > self.deletes_in_flight.len() || self.beyond_window > 0;
             let (path, delete) = match self.pending.pop_front() {
                 Some(path) => (path, false),
                 None if !creations_waiting => (self.pending_deletes.pop_front()?, true),
@@ -225,9 +276,9 @@ impl DownloadQueue {
                 return Some(Next::WaitsForRetry(path));
             }
             let buffer = self
-                .needed_bytes
+                .noted
                 .get(&digest)
-                .copied()
+                .and_then(|noted| noted.file_size())
                 .map_or(0, download_buffer);
             if !self.in_flight.is_empty()
                 && self.in_flight_buffered + buffer > DOWNLOAD_BUFFER_BUDGET
@@ -258,7 +309,7 @@ impl DownloadQueue {
             // Its new size was noted when it changed.
             self.push(path.to_owned(), false);
         } else {
-            self.needed_bytes.remove(&PathDigest::of(path));
+            self.forget_needs(path);
         }
     }
 
@@ -299,14 +350,14 @@ impl DownloadQueue {
 
     /// The size of the file a queued or running path needs, if it is one.
     pub fn file_size(&self, path: &str) -> Option<u64> {
-        self.needed_bytes.get(&PathDigest::of(path)).copied()
+        self.noted.get(&PathDigest::of(path))?.file_size()
     }
 
     /// The bytes the running downloads will write at most.
     pub fn running_bytes(&self) -> u64 {
         self.in_flight
             .values()
-            .filter_map(|(_, digest)| self.needed_bytes.get(digest))
+            .filter_map(|(_, digest)| self.noted.get(digest)?.file_size())
             .sum()
     }
     /// Tries `path` again at `at` (it is not started before).
@@ -349,17 +400,20 @@ impl DownloadQueue {
             .filter(|path| {
                 let digest = PathDigest::of(path);
                 !self.pending_set.contains(&digest)
-                    && !self.unlisted.contains(&digest)
+                    && !self.is_beyond_window(&digest)
                     && !self.in_flight.contains_key(*path)
             })
             .count();
-        let queued = self.pending.len() + self.pending_deletes.len() + self.unlisted.len();
+        let queued = self.pending.len() + self.pending_deletes.len() + self.beyond_window;
         (queued + self.in_flight.len() + waiting) as u64
     }
 
     /// Bytes the queued and running files need at most.
     pub fn needed_bytes(&self) -> u64 {
-        self.needed_bytes.values().sum()
+        self.noted
+            .values()
+            .filter_map(|noted| noted.file_size())
+            .sum()
     }
 
     /// Whether nothing is queued, running or waiting for a retry.
@@ -684,5 +738,50 @@ mod tests {
         q.queue_due_retries(t0 + Duration::from_secs(2));
         assert_eq!(q.next_retry(), None);
         assert_eq!(started(&mut q), vec![("a".to_owned(), false)]);
+    }
+
+    /// A running file queued again while the window is full waits beyond it with its new
+    /// size: its download ending does not forget it, and the listing brings it back.
+    #[test]
+    fn a_running_file_queued_again_beyond_the_window_is_listed_after_it_ends() {
+        let name = |i: usize| format!("w{i:06}");
+        let mut q = DownloadQueue::default();
+        q.note_needed("a", Some(10));
+        q.push("a".into(), false);
+        assert_eq!(started(&mut q), vec![("a".to_owned(), false)]);
+        for i in 0..QUEUE_WINDOW {
+            q.push(name(i), false);
+        }
+        q.note_needed("a", Some(20));
+        q.push("a".into(), false);
+        assert_eq!((q.past_window(), q.file_size("a")), (1, Some(20)));
+        q.finish("a");
+        assert_eq!(
+            q.file_size("a"),
+            Some(20),
+            "still queued, with its new size"
+        );
+        assert_eq!(q.needed_files(), QUEUE_WINDOW as u64 + 1);
+        let store: BTreeSet<String> = (0..QUEUE_WINDOW).map(name).chain(["a".into()]).collect();
+        let done = run_with_store(&mut q, &store);
+        assert_eq!(done.len(), QUEUE_WINDOW + 1, "each once");
+        assert!(done.contains(&("a".to_owned(), false)));
+        assert!(q.is_idle());
+        assert_eq!((q.needed_bytes(), q.past_window()), (0, 0));
+    }
+
+    /// A size no file has (a peer may claim any) is kept as the largest one, and never taken
+    /// for one of the flags.
+    #[test]
+    fn a_claimed_size_beyond_any_file_is_clamped_not_taken_for_a_flag() {
+        for beyond in [false, true] {
+            let noted = Noted::new(Some(u64::MAX), beyond);
+            assert_eq!(noted.file_size(), Some(Noted::MAX_SIZE));
+            assert_eq!(noted.is_beyond_window(), beyond);
+            let not_a_file = Noted::new(None, beyond);
+            assert_eq!(not_a_file.file_size(), None);
+            assert_eq!(not_a_file.is_beyond_window(), beyond);
+        }
+        assert_eq!(Noted::new(Some(0), false).file_size(), Some(0));
     }
 }
