@@ -6,7 +6,8 @@ Phases, each timed, with both daemons' resident memory (now and peak) and CPU ti
   index    A indexes the generated tree (its first full scan)
   sync     B joins and receives every file (initial sync A -> B)
   idle     nothing happens for --idle seconds: RSS after it, CPU spent
-  restart  B is stopped and started: time until its API answers, until it is idle again,
+  restart  B is stopped and started: time until its API answers, until its status does
+           (with the folder's part), until it is idle again,
            files re-read by its scan, RSS after
   change   1 % of the files are rewritten on A: time until B has every new content
   delete   a tenth of the top-level subtrees are deleted on A: time until gone on B
@@ -282,10 +283,14 @@ class Bench:
         self.b.stop()
         answered = self.b.start()
         t0 = time.perf_counter()
+        # The first full status, with the folder's part (its actor answers once it has loaded
+        # what was synced), apart from the API's first answer of any kind.
+        self.b.folder_share()
+        status_after = answered + time.perf_counter() - t0
         self.idle_both("B idle after its restart")
         s = self.b.folder_share()
         self.row("restart", time.perf_counter() - t0, B_api_after_s=answered,
-                 B_hashed_files=s["folder"].get("hashed_files"))
+                 B_status_after_s=status_after, B_hashed_files=s["folder"].get("hashed_files"))
         time.sleep(min(20, self.args.idle))
         self.row("restart+20s", 0.0)
 
