@@ -554,6 +554,37 @@ fn a_full_disk_under_the_store_says_error_once_and_recovers_by_itself() {
     drop(disk);
 }
 
+/// Shares a new folder of `dirs` directories of `per_dir` empty files each from `node`;
+/// returns how many files.
+fn share_empty_files(node: &Node, dirs: usize, per_dir: usize) -> u64 {
+    let dir = node.home.parent().unwrap().join("folder");
+    for d in 0..dirs {
+        let sub = dir.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..per_dir {
+            std::fs::write(sub.join(format!("f{f:03}")), b"").unwrap();
+        }
+    }
+    let out = node.cli(&["share", "create", "--folder", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dirs * per_dir) as u64
+}
+
+/// The first share's status, from the API.
+fn first_share(node: &Node) -> Value {
+    let (code, status) = Api::of(node).get("/v1/status");
+    assert_eq!(code, 200, "{status}");
+    status["shares"][0].clone()
+}
+
+fn folder_status(node: &Node) -> Value {
+    first_share(node)["folder"].clone()
+}
+
 /// A first index of a big tree is written in batches for a while after its walk: `status`
 /// answers meanwhile, saying `scanning` with the entries written so far (it used to wait until
 /// every entry was written: with 10^6 files, ~110 s of CLI timeouts). A stop meanwhile is
@@ -561,30 +592,9 @@ fn a_full_disk_under_the_store_says_error_once_and_recovers_by_itself() {
 /// written before the stop.
 #[test]
 fn status_answers_while_a_big_first_index_is_written_and_a_stop_meanwhile_loses_nothing() {
-    const DIRS: usize = 200;
-    const PER_DIR: usize = 200;
     let mut a = Node::init(&[]);
     a.start();
-    let dir = a.home.parent().unwrap().join("folder");
-    for d in 0..DIRS {
-        let sub = dir.join(format!("d{d:03}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        for f in 0..PER_DIR {
-            std::fs::write(sub.join(format!("f{f:03}")), b"").unwrap();
-        }
-    }
-    let total = (DIRS * PER_DIR) as u64;
-    let out = a.cli(&["share", "create", "--folder", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let folder_status = |a: &Node| {
-        let (code, status) = Api::of(a).get("/v1/status");
-        assert_eq!(code, 200, "{status}");
-        status["shares"][0]["folder"].clone()
-    };
+    let total = share_empty_files(&a, 200, 200);
     wait_until(
         "status while the first half of the index is written",
         WAIT * 4,
@@ -617,4 +627,45 @@ fn status_answers_while_a_big_first_index_is_written_and_a_stop_meanwhile_loses_
         read_again > 0 && read_again < total,
         "after a stop mid-index, {read_again} of {total} files read again: {folder}"
     );
+}
+
+/// At start a folder reads every synced row to count its files (seconds at 10^6): `status`
+/// answers meanwhile, saying `scanning` and `loaded: false`, with the share's counts `null`
+/// rather than zeros (which would make every entry look deleted); then the counts. It used to
+/// wait until every row was read.
+#[test]
+fn status_answers_while_a_restarted_folder_reads_what_was_synced() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let total = share_empty_files(&a, 300, 200);
+    wait_until("every file to be indexed", WAIT * 4, || {
+        let folder = folder_status(&a);
+        folder["files"] == total && folder["state"] == "idle"
+    });
+    assert!(a.stop(), "the daemon did not stop cleanly:\n{}", a.log());
+    a.start();
+    let mut while_loading = Vec::new();
+    wait_until("the folder to read what was synced", WAIT, || {
+        let share = first_share(&a);
+        if share["folder"]["loaded"] == false {
+            while_loading.push(share);
+            return false;
+        }
+        share["folder"]["loaded"] == true
+    });
+    assert!(
+        !while_loading.is_empty(),
+        "status never answered while the folder read what was synced"
+    );
+    for share in &while_loading {
+        assert_eq!(share["folder"]["state"], "scanning", "{share}");
+        assert!(
+            share["files"].is_null() && share["deleted"].is_null(),
+            "{share}"
+        );
+    }
+    wait_until("the counts", WAIT, || {
+        let share = first_share(&a);
+        share["files"] == total && share["deleted"] == 0
+    });
 }

@@ -350,16 +350,21 @@ async fn complete(
         if let Some(folder) = pending.folder {
             share.folder = folder.status().await;
             if let Some(folder) = &share.folder {
-                let live = folder.files + folder.directories + folder.symlinks;
-                share.files = Some(folder.files);
-                share.directories = Some(folder.directories);
-                share.deleted = Some(share.entries.saturating_sub(live));
-                // Weighed by the folder's own files and bytes, not entries.
-                for member in &mut share.member_status {
-                    if let (Some(files), Some(bytes)) = (member.needed_files, member.needed_bytes) {
-                        let needs = MemberNeeds { files, bytes };
-                        member.completion =
-                            Some(completion(needs, folder.files, folder.file_bytes));
+                // Counts not read yet are not zeros: left out (`null`) until they are.
+                if folder.loaded {
+                    let live = folder.files + folder.directories + folder.symlinks;
+                    share.files = Some(folder.files);
+                    share.directories = Some(folder.directories);
+                    share.deleted = Some(share.entries.saturating_sub(live));
+                    // Weighed by the folder's own files and bytes, not entries.
+                    for member in &mut share.member_status {
+                        if let (Some(files), Some(bytes)) =
+                            (member.needed_files, member.needed_bytes)
+                        {
+                            let needs = MemberNeeds { files, bytes };
+                            member.completion =
+                                Some(completion(needs, folder.files, folder.file_bytes));
+                        }
                     }
                 }
                 let session_busy = share.state == SyncState::Syncing;

@@ -85,6 +85,11 @@ pub struct FolderStatus {
     /// `null` when it is, or when it is paused.
     #[serde(default)]
     pub watch_problem: Option<String>,
+    /// Whether the folder has read what was synced here since start (every synced row, to
+    /// count them: seconds at 10^6 files). Until then it says `scanning`, its counts above are
+    /// 0, and its share's `files`, `directories` and `deleted` are `null`.
+    #[serde(default = "loaded_by_default")]
+    pub loaded: bool,
     /// Scans run since start (full and partial).
     pub scans: u64,
     /// Files read by scans since start (a file is read when it is new or its `lstat` changed;
@@ -99,6 +104,11 @@ pub struct FolderStatus {
     /// When it happened (RFC 3339, UTC); `null` with it.
     #[serde(default)]
     pub last_error_at: Option<String>,
+}
+
+/// A status from a daemon that did not say: it answered once loaded.
+fn loaded_by_default() -> bool {
+    true
 }
 
 /// A local path that cannot be synced.
@@ -172,6 +182,7 @@ impl FolderStatus {
             changing: Vec::new(),
             watching: false,
             watch_problem: None,
+            loaded: false,
             scans: 0,
             hashed_files: 0,
             hashed_bytes: 0,
