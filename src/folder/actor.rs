@@ -485,10 +485,7 @@ impl FolderActor {
                 return;
             }
             match self.commands.try_recv() {
-                Ok(command @ (Command::Resume { .. } | Command::Shutdown { .. })) => {
-                    self.command_waiting = Some(command);
-                }
-                Ok(command) => self.on_command(command),
+                Ok(command) => self.answer_or_keep(command),
                 Err(_) => return,
             }
         }
@@ -503,14 +500,19 @@ impl FolderActor {
                 biased;
                 done = &mut work => return done,
                 Some(command) = self.commands.recv(), if self.command_waiting.is_none() => {
-                    match command {
-                        Command::Resume { .. } | Command::Shutdown { .. } => {
-                            self.command_waiting = Some(command);
-                        }
-                        command => self.on_command(command),
-                    }
+                    self.answer_or_keep(command);
                 }
             }
+        }
+    }
+
+    /// Answers a command that changes nothing here; keeps a resume or shutdown for the loop.
+    fn answer_or_keep(&mut self, command: Command) {
+        match command {
+            Command::Resume { .. } | Command::Shutdown { .. } => {
+                self.command_waiting = Some(command);
+            }
+            command => self.on_command(command),
         }
     }
 
