@@ -629,6 +629,52 @@ fn status_answers_while_a_big_first_index_is_written_and_a_stop_meanwhile_loses_
     );
 }
 
+/// A resume asked while a first index is written waits for the index (the folder acts on it
+/// from its loop), but `status` does not wait behind it: it used to, the kept resume stopping
+/// the folder from reading its commands until the last batch was written.
+#[test]
+fn status_answers_while_a_resume_waits_for_a_big_first_index() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let total = share_empty_files(&a, 200, 200);
+    wait_until("the first batch of the index", WAIT * 4, || {
+        folder_status(&a)["files"].as_u64().unwrap_or(0) > 0
+    });
+    let share = first_share(&a)["name"].as_str().unwrap().to_owned();
+    let api = Api::of(&a);
+    let resume = std::thread::spawn(move || {
+        api.post(
+            &format!("/v1/shares/{share}/resume"),
+            &serde_json::json!({"accept_deletes": true}),
+        )
+    });
+    // Answers that saw more files each time: batches were written after the resume was sent,
+    // so it reached the folder, and status was answered behind it.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until("status to answer while the resume waits", WAIT * 4, || {
+        let folder = folder_status(&a);
+        assert!(
+            !resume.is_finished(),
+            "the resume was answered before status answered three times behind it \
+             (files seen: {seen:?}): {folder}"
+        );
+        let files = folder["files"].as_u64().unwrap_or(0);
+        assert!(files < total, "the index ended first: {folder}");
+        assert_eq!(folder["state"], "scanning", "{folder}");
+        seen.insert(files);
+        seen.len() >= 3
+    });
+    let (code, answer) = resume.join().unwrap();
+    assert!(
+        (400..500).contains(&code),
+        "a resume of a share not held is refused: {code} {answer}"
+    );
+    wait_until("every file to be indexed", WAIT * 4, || {
+        let folder = folder_status(&a);
+        folder["files"] == total && folder["state"] == "idle"
+    });
+}
+
 /// At start a folder reads every synced row to count its files (seconds at 10^6): `status`
 /// answers meanwhile, saying `scanning` and `loaded: false`, with the share's counts `null`
 /// rather than zeros (which would make every entry look deleted); then the counts. It used to

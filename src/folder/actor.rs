@@ -19,7 +19,7 @@
 //! unmounted disk), the share pauses with the reason in `status`, and nothing — in particular
 //! no delete — is sent until it is back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
@@ -87,6 +87,10 @@ pub const MAX_UNSYNCABLE_LISTED: usize = 100;
 pub const MAX_CHANGING_LISTED: usize = 100;
 /// Commands from the engine buffered per folder.
 pub const COMMAND_CHANNEL_CAPACITY: usize = 64;
+/// Resumes and shutdowns kept for the loop while a long piece of work holds it (see
+/// [`FolderActor::answer_commands`]); past that many, the channel is not read until the loop
+/// runs again.
+pub const KEPT_COMMANDS_MAX: usize = 8;
 /// Temp files of ours not touched for this long, and not held by a running assembly, are
 /// leftovers of a crash or an abandoned download: removed at start-up and at every full rescan,
 /// even while downloads go on. A download that restarts sooner resumes from its temp file
@@ -156,7 +160,7 @@ pub fn spawn(
         store,
         sources,
         commands: rx,
-        command_waiting: None,
+        commands_kept: VecDeque::new(),
         changes,
         synced,
         state_loaded: false,
@@ -200,6 +204,7 @@ pub fn spawn(
         rate: RateMeter::default(),
         events,
         recent_adds: Default::default(),
+        author_name: Default::default(),
     };
     tokio::spawn(actor.run());
     Ok(FolderHandle { commands: tx })
@@ -215,9 +220,10 @@ pub(super) struct FolderActor {
     pub(super) store: StoreHandle,
     pub(super) sources: Sources,
     pub(super) commands: mpsc::Receiver<Command>,
-    /// A resume or shutdown that came while a long piece of work held the loop (see
-    /// [`FolderActor::answer_commands`]): taken by the loop first, before any other command.
-    pub(super) command_waiting: Option<Command>,
+    /// The resumes and shutdowns that came while a long piece of work held the loop, in order
+    /// (see [`FolderActor::answer_commands`]): taken by the loop first, before any other
+    /// command. At most [`KEPT_COMMANDS_MAX`].
+    pub(super) commands_kept: VecDeque<Command>,
     pub(super) changes: broadcast::Receiver<Arc<Change>>,
     /// Per path: what we last synced there.
     pub(super) synced: SyncedPaths,
@@ -291,6 +297,8 @@ pub(super) struct FolderActor {
     /// Files recently added, to report renames ([`super::report`]). A lock, not a field to
     /// borrow mutably: reports are made while other fields are borrowed; held for one lookup.
     pub(super) recent_adds: std::sync::Mutex<super::report::RecentAdds>,
+    /// The last author's name in reports, kept the same way.
+    pub(super) author_name: std::sync::Mutex<super::report::AuthorName>,
 }
 
 /// A finished scan, full or partial.
@@ -344,10 +352,10 @@ impl FolderActor {
                 .remote_deletes
                 .due_at()
                 .unwrap_or_else(|| Instant::now() + far);
-            if let Some(command) = self.command_waiting.take()
-                && self.take_command(command).await.is_break()
-            {
-                return;
+            while let Some(command) = self.commands_kept.pop_front() {
+                if self.take_command(command).await.is_break() {
+                    return;
+                }
             }
             tokio::select! {
                 biased;
@@ -476,12 +484,13 @@ impl FolderActor {
 
     /// Answers the commands that wait while a long piece of work holds the loop (a big scan's
     /// entries being written, batch by batch): status and serving peers, which change nothing
-    /// here, at once; a resume or shutdown is kept for the loop, and ends this until then.
-    /// Without this, `status` and every peer asking us for chunks waited until the last batch
-    /// (minutes for a first scan of 10^6 files). At most one channel's worth per call.
+    /// here, at once; a resume or shutdown is kept for the loop (a kept resume used to stop
+    /// the reading, and `status` waited behind it). Without this, `status` and every peer
+    /// asking us for chunks waited until the last batch (minutes for a first scan of 10^6
+    /// files). At most one channel's worth per call; none once a shutdown is kept.
     pub(super) fn answer_commands(&mut self) {
         for _ in 0..COMMAND_CHANNEL_CAPACITY {
-            if self.command_waiting.is_some() {
+            if !self.may_keep_more() {
                 return;
             }
             match self.commands.try_recv() {
@@ -499,7 +508,7 @@ impl FolderActor {
             tokio::select! {
                 biased;
                 done = &mut work => return done,
-                Some(command) = self.commands.recv(), if self.command_waiting.is_none() => {
+                Some(command) = self.commands.recv(), if self.may_keep_more() => {
                     self.answer_or_keep(command);
                 }
             }
@@ -510,16 +519,24 @@ impl FolderActor {
     fn answer_or_keep(&mut self, command: Command) {
         match command {
             Command::Resume { .. } | Command::Shutdown { .. } => {
-                self.command_waiting = Some(command);
+                self.commands_kept.push_back(command);
             }
             command => self.on_command(command),
         }
     }
 
+    /// Whether more commands may be read during long work: not once a shutdown waits (the
+    /// work ends early), nor past [`KEPT_COMMANDS_MAX`] kept ones.
+    fn may_keep_more(&self) -> bool {
+        self.commands_kept.len() < KEPT_COMMANDS_MAX && !self.shutting_down()
+    }
+
     /// Whether a shutdown waits: long work stops between its batches (what it did not write
     /// is found again by the next scan).
     pub(super) fn shutting_down(&self) -> bool {
-        matches!(self.command_waiting, Some(Command::Shutdown { .. }))
+        self.commands_kept
+            .iter()
+            .any(|command| matches!(command, Command::Shutdown { .. }))
     }
 
     fn on_command(&mut self, command: Command) {
