@@ -118,11 +118,16 @@ fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<
                     _ => {}
                 }
             }
+            if paths.is_empty() {
+                // Our own temp files, mostly: several events for each file received, so
+                // nothing more is asked of the disk for them (the `is_dir` below is a stat).
+                return None;
+            }
             // Writes to an unnamed file (`O_TMPFILE`, as our writer makes them) are reported
             // on its directory: a directory is never "open for writing".
             let still_open =
                 is_write_through_open_file(&event.kind) && !event.paths.iter().any(|p| p.is_dir());
-            (!paths.is_empty()).then_some(WatchEvent::Paths { paths, still_open })
+            Some(WatchEvent::Paths { paths, still_open })
         }
         Err(_) => Some(WatchEvent::Rescan),
     }
