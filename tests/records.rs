@@ -292,6 +292,63 @@ fn stopped_peer_catches_up_and_killed_peer_loses_nothing() {
     wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
 }
 
+/// Two peers that each wrote apart, one 20,000 records, the other 300 of the same keys and
+/// 5,000 of its own, meet again and converge. A session this big pulls what it needs between
+/// its rounds, a request's worth at a time (it used to hold every id it needed until the end),
+/// whichever side starts it, and the keys written on both sides move both ways.
+#[test]
+fn peers_that_wrote_apart_converge_on_twenty_thousand_records() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = share_among(&mesh);
+    let batch = |api: &Api, keys: std::ops::Range<usize>, prefix: &str, value: &str| {
+        let records: Vec<Value> = keys
+            .map(|i| json!({"key": format!("{prefix}{i:05}"), "value": format!("{value}{i}")}))
+            .collect();
+        let (status, body) = api.post(
+            &format!("/v1/kv/{share}/batch"),
+            &json!({ "records": records }),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    for node in &mesh.nodes {
+        node.pin_listen_port();
+    }
+    assert!(mesh.nodes[1].stop());
+    batch(&Api::of(&mesh.nodes[0]), 0..20_000, "k", "from a ");
+    assert!(mesh.nodes[0].stop());
+    mesh.nodes[1].start();
+    let b = Api::of(&mesh.nodes[1]);
+    batch(&b, 0..300, "k", "from b ");
+    batch(&b, 0..5_000, "b", "only b ");
+    mesh.nodes[0].start();
+    let listing = wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+    let listing = listing.as_array().unwrap();
+    assert_eq!(listing.len(), 25_000);
+    // The keys both wrote hold one winner on both sides, whichever it is.
+    let k0 = listing.iter().find(|r| r["key"] == "k00000").unwrap();
+    assert!(
+        k0["value"] == "from a 0" || k0["value"] == "from b 0",
+        "{k0}"
+    );
+    // Whoever started the session pulled the other's records while they reconciled.
+    let sessions: Vec<Value> = mesh
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            Api::of(node).get("/v1/status").1["sessions"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    let pulled_early: u64 = sessions
+        .iter()
+        .map(|s| s["pulled_between_rounds"].as_u64().unwrap())
+        .sum();
+    assert!(pulled_early >= 4096, "{sessions:?}");
+}
+
 #[test]
 fn concurrent_writes_pick_the_same_winner_and_keep_the_loser() {
     let mut mesh = Mesh::full_static(2);

@@ -53,6 +53,9 @@ pub struct SessionReport {
     pub bytes_received: u64,
     /// Entries the peer had that we lacked or held differently.
     pub need: usize,
+    /// Of those, how many were pulled between reconciliation rounds, a request's worth at a
+    /// time as they were found (a big difference is not held whole until the last round).
+    pub pulled_between_rounds: usize,
     /// Entries we had that the peer lacked or held differently.
     pub offer: usize,
     /// Entries pulled and merged that changed something here.
@@ -147,6 +150,7 @@ pub async fn run(
         bytes_sent: 0,
         bytes_received: 0,
         need: 0,
+        pulled_between_rounds: 0,
         offer: 0,
         merged: 0,
         pushed: 0,
@@ -198,6 +202,10 @@ async fn reconcile_and_transfer(
         let summary = share.summary.read().expect("summary lock");
         Initiator::start(&summary, salt)
     };
+    // What we pull may have to be sent back: the digests the peer holds, for `push` to skip
+    // what merged into exactly that (see `pull`).
+    let mut theirs = std::collections::HashMap::new();
+    let mut pulled_early = 0;
     let outcome = loop {
         let response = counters
             .request(
@@ -223,18 +231,36 @@ async fn reconcile_and_transfer(
             Step::Send(next) => message = next,
             Step::Done(outcome) => break outcome,
         }
+        if flow.pull && initiator.needed_so_far() >= MAX_IDS_PER_REQUEST {
+            // Pulled between rounds, a request's worth at a time: a first sync of 10^6
+            // entries held every id it needed (32 MB) until the last round and through the
+            // whole pull, the receiver's peak.
+            let batch = initiator.take_need();
+            pulled_early += batch.ids.len();
+            report.merged += pull(
+                net,
+                store,
+                share,
+                peer,
+                batch.ids,
+                &batch.offered,
+                &mut theirs,
+                counters,
+            )
+            .await?;
+        }
     };
     report.rounds = outcome.rounds;
-    report.need = outcome.need.len();
+    report.need = pulled_early + outcome.need.len();
+    report.pulled_between_rounds = pulled_early;
     report.offer = outcome.offer.len();
     report.complete = outcome.complete;
     // Sorted, for `pull` to look ids up in it (the order we push in does not matter).
     let mut offer = outcome.offer;
     offer.sort_unstable();
-    let mut theirs = std::collections::HashMap::new();
     if flow.pull {
         let need = outcome.need;
-        report.merged = pull(net, store, share, peer, need, &offer, &mut theirs, counters).await?;
+        report.merged += pull(net, store, share, peer, need, &offer, &mut theirs, counters).await?;
     }
     if flow.push {
         report.pushed = push(net, store, share, peer, offer, &theirs, counters).await?;

@@ -37,6 +37,16 @@ pub struct Outcome {
     pub rounds: u32,
 }
 
+/// Ids needed so far, taken before the session ends ([`Initiator::take_need`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NeedBatch {
+    /// Ids the responder holds that we lack or hold with another digest (sorted, unique).
+    pub ids: Vec<Id>,
+    /// Those of `ids` we offer too (held here with another digest; sorted, unique): the only
+    /// ones a pull could have to send back.
+    pub offered: Vec<Id>,
+}
+
 /// A range to ask about in a later round.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
@@ -71,6 +81,9 @@ pub struct Initiator {
     pending: VecDeque<Pending>,
     in_flight: Vec<InFlight>,
     need: Vec<Id>,
+    /// Of `need`, the ids also in `offer`: decided by the same answer as their need, so a
+    /// batch taken early carries them ([`NeedBatch::offered`]).
+    need_offered: Vec<Id>,
     offer: Vec<Id>,
     rounds: u32,
 }
@@ -89,6 +102,7 @@ impl Initiator {
             pending: VecDeque::new(),
             in_flight: Vec::new(),
             need: Vec::new(),
+            need_offered: Vec::new(),
             offer: Vec::new(),
             rounds: 0,
         };
@@ -98,6 +112,25 @@ impl Initiator {
     /// Round trips completed so far.
     pub fn rounds(&self) -> u32 {
         self.rounds
+    }
+
+    /// How many needed ids were found since the last [`Self::take_need`].
+    pub fn needed_so_far(&self) -> usize {
+        self.need.len()
+    }
+
+    /// Takes the ids needed so far, for the caller to pull while the session goes on; the
+    /// outcome's `need` holds only those found after. A first sync of 10^6 entries used to hold
+    /// every id (32 MB) until its last round, and through the whole pull after it. An id is
+    /// found needed once (the ranges answered do not overlap), so nothing is taken twice.
+    pub fn take_need(&mut self) -> NeedBatch {
+        let mut ids = std::mem::take(&mut self.need);
+        let mut offered = std::mem::take(&mut self.need_offered);
+        ids.sort_unstable();
+        ids.dedup();
+        offered.sort_unstable();
+        offered.dedup();
+        NeedBatch { ids, offered }
     }
 
     /// Feeds the responder's response to the last request. An error ends the session.
@@ -213,12 +246,18 @@ impl Initiator {
                 }
                 check_ids(&p, &need).map_err(bad)?;
                 self.need.extend_from_slice(&need.0);
+                let offered_before = self.offer.len();
                 self.offer.extend(
                     sent.iter()
                         .enumerate()
                         .filter(|(i, _)| mask.get(*i))
                         .map(|(_, id)| *id),
                 );
+                // `need` is strictly ascending (checked above).
+                let both = self.offer[offered_before..]
+                    .iter()
+                    .filter(|id| need.0.binary_search(*id).is_ok());
+                self.need_offered.extend(both);
             }
             (query, Answer::Deferred) => self.push(match query {
                 InFlight::Compare(p) => Pending::Compare(p),
@@ -284,6 +323,7 @@ impl Initiator {
                 Some((_, f)) if *f == fp.item(&item.id, &item.digest) => {}
                 Some(_) => {
                     self.need.push(item.id);
+                    self.need_offered.push(item.id);
                     self.offer.push(item.id);
                 }
                 None => self.offer.push(item.id),
@@ -344,6 +384,7 @@ impl Initiator {
     fn finish(&mut self, complete: bool) -> Step {
         self.state = State::Done;
         let mut need = std::mem::take(&mut self.need);
+        self.need_offered = Vec::new();
         let mut offer = std::mem::take(&mut self.offer);
         need.sort_unstable();
         need.dedup();

@@ -86,7 +86,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use initiator::{Initiator, Outcome, Step};
+pub use initiator::{Initiator, NeedBatch, Outcome, Step};
 pub use prefix::{MAX_PREFIX_NIBBLES, Prefix};
 pub use responder::{respond, respond_bytes};
 pub use summary::{ItemSource, ItemsUnreadable, MemoryItems, Subtree, Summary};

@@ -97,6 +97,62 @@ fn one_side_empty() {
     assert_eq!((s.rounds, s.need.len(), s.offer.len()), (1, 0, 0));
 }
 
+/// Needed ids taken after every round (as a session pulls them between rounds) add up, with
+/// the outcome's rest, to exactly the need; each batch names which of its ids are offered too;
+/// and no more than a round's answers are ever held, however many are needed in all.
+#[test]
+fn need_taken_between_rounds_adds_up_to_the_exact_need() {
+    let empty = Summary::new();
+    let (big, _) = pair(60_000, 0);
+    let (local, remote) = pair(30_000, 6_000);
+    for (l, r) in [(&empty, &big), (&local, &remote), (&remote, &local)] {
+        let (need, offer) = expected(l.item_map(), r.item_map());
+        let (mut initiator, mut request) = Initiator::start(l, [7; 16]);
+        let (mut taken, mut offered, mut most_held) = (Vec::new(), Vec::new(), 0);
+        let outcome = loop {
+            let answer = respond_bytes(r, &request.encode().unwrap()).unwrap();
+            let step = initiator
+                .on_response(l, Response::decode(&answer).unwrap())
+                .unwrap();
+            most_held = most_held.max(initiator.needed_so_far());
+            match step {
+                Step::Send(next) => request = next,
+                Step::Done(outcome) => break outcome,
+            }
+            let batch = initiator.take_need();
+            assert!(batch.ids.windows(2).all(|w| w[0] < w[1]));
+            assert!(
+                batch
+                    .offered
+                    .iter()
+                    .all(|id| batch.ids.binary_search(id).is_ok())
+            );
+            taken.extend(batch.ids);
+            offered.extend(batch.offered);
+        };
+        assert!(outcome.complete);
+        // The ids taken early that are offered too are named with them (the rest of the need
+        // is pulled with the whole offer at hand).
+        let mut needed_and_offered: Vec<Id> = taken
+            .iter()
+            .filter(|id| offer.binary_search(id).is_ok())
+            .copied()
+            .collect();
+        needed_and_offered.sort_unstable();
+        offered.sort_unstable();
+        assert_eq!(offered, needed_and_offered);
+        assert!(l.is_empty() || !offered.is_empty(), "the case is exercised");
+        taken.extend(outcome.need);
+        taken.sort_unstable();
+        assert_eq!(taken, need, "every needed id, once");
+        assert_eq!(outcome.offer, offer);
+        if need.len() > 40_000 {
+            // Ids arrive at most a message (1 MiB) per round.
+            assert!(most_held <= MAX_MESSAGE_BYTES / 32, "{most_held} held");
+        }
+    }
+}
+
 #[test]
 fn huge_versus_tiny() {
     let (big, _) = pair(50_000, 0);
