@@ -12,6 +12,7 @@ mod chunk_places;
 pub mod conflict;
 pub mod content;
 mod delete_hold;
+mod digest_map;
 mod disk;
 mod downloads;
 pub mod error;

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::time::Instant;
 
 use super::assemble::MAX_CHUNKS_IN_FLIGHT;
+use super::digest_map::DigestMap;
 use super::materialise::SMALL_FILE_BYTES;
 use super::model;
 use super::path_digest::PathDigest;
@@ -82,8 +83,11 @@ pub struct DownloadQueue {
     /// Failed paths and when to try them again.
     retry_at: HashMap<String, Instant>,
     /// The paths queued beyond the window, and the bytes each queued or running file will
-    /// need at most (chunks found locally are not fetched).
-    noted: HashMap<PathDigest, Noted>,
+    /// need at most (chunks found locally are not fetched): [`Noted`] values.
+    noted: DigestMap,
+    /// The sum of the file sizes in `noted`, kept as they change (status asks for it, and
+    /// summing a million entries each time would take milliseconds).
+    noted_bytes: u128,
 }
 
 /// What the queue keeps of a path queued beyond its window, or of a file it queued or runs, in
@@ -91,7 +95,7 @@ pub struct DownloadQueue {
 /// an upper bound anyway), or that it is not a file; and whether it waits beyond the window.
 /// One map of these replaced a set of the paths beyond the window beside a map of every queued
 /// file's size: a first sync of 10^6 files held both whole (~88 MB of hash tables, a third of
-/// the receiver's peak), now one (~50 MB).
+/// the receiver's peak), then one (~52 MB), now a [`DigestMap`] (~24 MB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Noted(u64);
 
@@ -127,6 +131,25 @@ impl Noted {
 }
 
 impl DownloadQueue {
+    fn noted(&self, digest: &PathDigest) -> Option<Noted> {
+        self.noted.get(digest).map(Noted)
+    }
+
+    fn noted_size(&self, digest: &PathDigest) -> Option<u64> {
+        self.noted(digest).and_then(Noted::file_size)
+    }
+
+    fn note(&mut self, digest: PathDigest, noted: Noted) {
+        let old = self.noted.insert(digest, noted.0).map(Noted);
+        self.noted_bytes += u128::from(noted.file_size().unwrap_or(0));
+        self.noted_bytes -= u128::from(old.and_then(Noted::file_size).unwrap_or(0));
+    }
+
+    fn unnote(&mut self, digest: &PathDigest) {
+        let old = self.noted.remove(digest).map(Noted);
+        self.noted_bytes -= u128::from(old.and_then(Noted::file_size).unwrap_or(0));
+    }
+
     /// Gives back the room its collections grew to for a burst (a hash map keeps its size when
     /// emptied: 100,000 queued paths left ~150 bytes a path behind). Call once it is idle.
     pub fn release_spare_room(&mut self) {
@@ -154,8 +177,8 @@ impl DownloadQueue {
             self.pending_set.insert(digest);
             self.pending.push_back(path);
         } else {
-            let size = self.noted.get(&digest).and_then(|noted| noted.file_size());
-            self.noted.insert(digest, Noted::new(size, true));
+            let size = self.noted_size(&digest);
+            self.note(digest, Noted::new(size, true));
             self.beyond_window += 1;
             let from = Some(key_before(&path));
             self.listed_after = match self.listed_after.take() {
@@ -188,7 +211,7 @@ impl DownloadQueue {
                 continue;
             };
             let digest = PathDigest::of(&path);
-            let Some(noted) = self.noted.get_mut(&digest).filter(|n| n.is_beyond_window()) else {
+            let Some(noted) = self.noted(&digest).filter(|n| n.is_beyond_window()) else {
                 continue;
             };
             if self.pending.len() >= QUEUE_WINDOW {
@@ -196,10 +219,8 @@ impl DownloadQueue {
                 break;
             }
             match noted.file_size() {
-                Some(size) => *noted = Noted::new(Some(size), false),
-                None => {
-                    self.noted.remove(&digest);
-                }
+                Some(size) => self.note(digest, Noted::new(Some(size), false)),
+                None => self.unnote(&digest),
             }
             self.beyond_window -= 1;
             self.pending_set.insert(digest);
@@ -226,13 +247,20 @@ impl DownloadQueue {
     }
 
     fn is_beyond_window(&self, digest: &PathDigest) -> bool {
-        self.noted.get(digest).is_some_and(|n| n.is_beyond_window())
+        self.noted(digest).is_some_and(Noted::is_beyond_window)
     }
 
     /// Forgets the files queued beyond the window (the store cannot list them now): a full
     /// comparison of the store with the disk queues them again.
     pub fn forget_unlisted(&mut self) {
-        self.noted.retain(|_, noted| !noted.is_beyond_window());
+        let bytes = &mut self.noted_bytes;
+        self.noted.retain(|noted| {
+            let noted = Noted(noted);
+            if noted.is_beyond_window() {
+                *bytes -= u128::from(noted.file_size().unwrap_or(0));
+            }
+            !noted.is_beyond_window()
+        });
         self.beyond_window = 0;
         self.listed_after = None;
     }
@@ -249,9 +277,9 @@ impl DownloadQueue {
         let digest = PathDigest::of(path);
         let beyond = self.is_beyond_window(&digest);
         if file_size.is_some() || beyond {
-            self.noted.insert(digest, Noted::new(file_size, beyond));
+            self.note(digest, Noted::new(file_size, beyond));
         } else {
-            self.noted.remove(&digest);
+            self.unnote(&digest);
         }
     }
 
@@ -260,7 +288,7 @@ impl DownloadQueue {
     fn forget_needs(&mut self, path: &str) {
         let digest = PathDigest::of(path);
         if !self.is_beyond_window(&digest) {
-            self.noted.remove(&digest);
+            self.unnote(&digest);
         }
     }
 
@@ -292,7 +320,7 @@ impl DownloadQueue {
             if self.retry_at.contains_key(&path) {
                 return Some(Next::WaitsForRetry(path));
             }
-            let size = self.noted.get(&digest).and_then(|noted| noted.file_size());
+            let size = self.noted_size(&digest);
             let buffer = size.map_or(0, download_buffer);
             if !self.in_flight.is_empty()
                 && self.in_flight_buffered + buffer > DOWNLOAD_BUFFER_BUDGET
@@ -367,7 +395,7 @@ impl DownloadQueue {
 
     /// The size of the file a queued or running path needs, if it is one.
     pub fn file_size(&self, path: &str) -> Option<u64> {
-        self.noted.get(&PathDigest::of(path))?.file_size()
+        self.noted_size(&PathDigest::of(path))
     }
 
     /// The bytes the running downloads will write at most.
@@ -440,10 +468,16 @@ impl DownloadQueue {
 
     /// Bytes the queued and running files need at most.
     pub fn needed_bytes(&self) -> u64 {
-        self.noted
-            .values()
-            .filter_map(|noted| noted.file_size())
-            .sum()
+        #[cfg(test)]
+        assert_eq!(
+            self.noted_bytes,
+            self.noted
+                .values()
+                .filter_map(|noted| Noted(noted).file_size())
+                .map(u128::from)
+                .sum::<u128>()
+        );
+        u64::try_from(self.noted_bytes).unwrap_or(u64::MAX)
     }
 
     /// Whether nothing is queued, running or waiting for a retry.
@@ -609,6 +643,7 @@ mod tests {
             done.push((path, delete));
         }
         assert_eq!(q.needed_files(), (total - QUEUE_WINDOW) as u64 + 1);
+        assert_eq!(q.needed_bytes(), (total - QUEUE_WINDOW) as u64 * 10);
 
         done.extend(run_with_store(&mut q, &store));
         assert_eq!(done.len(), total + 1, "each once");
@@ -808,6 +843,14 @@ mod tests {
             let noted = Noted::new(Some(u64::MAX), beyond);
             assert_eq!(noted.file_size(), Some(Noted::MAX_SIZE));
             assert_eq!(noted.is_beyond_window(), beyond);
+            for size in [None, Some(0), Some(u64::MAX)] {
+                let noted = Noted::new(size, beyond);
+                assert_ne!(
+                    noted.0,
+                    DigestMap::VACANT,
+                    "a value the queue's map can hold"
+                );
+            }
             let not_a_file = Noted::new(None, beyond);
             assert_eq!(not_a_file.file_size(), None);
             assert_eq!(not_a_file.is_beyond_window(), beyond);

@@ -442,7 +442,7 @@ struct Known {
 
 impl Known {
     fn covers(&self, rel: &str) -> bool {
-        self.reused.contains_key(rel) || self.jobs.iter().any(|j| j.rel == rel)
+        self.reused.contains_key(rel) || self.jobs.iter().any(|j| &*j.rel == rel)
     }
 }
 
@@ -481,11 +481,9 @@ fn known_files(
         if reusable(&record, &stat) {
             known.reused.insert(rel.clone(), record);
         } else if record.inode == stat.ino && record.dev == stat.dev {
-            known.jobs.push(Job {
-                rel: rel.clone(),
-                size: stat.size,
-                seen: Seen::of(&record),
-            });
+            known
+                .jobs
+                .push(Job::new(rel.clone(), stat.size, Seen::of(&record)));
         }
     }
     Ok(known)
@@ -516,10 +514,10 @@ fn scan(
     let large_previous: BTreeMap<String, ScanRecord> = jobs
         .iter()
         .filter(|job| job.size >= PIPELINE_FROM)
-        .filter_map(|job| Some((job.rel.clone(), previous.record(&job.rel)?)))
+        .filter_map(|job| Some((job.rel.to_string(), previous.record(&job.rel)?)))
         .collect();
     let previous_chunks = |job: &Job| {
-        let record = large_previous.get(&job.rel)?;
+        let record = large_previous.get(&*job.rel)?;
         chunk_lists(&record.meta).map(Previous::new)
     };
     // Smallest first, so that each round takes the largest left off the end.
@@ -546,6 +544,7 @@ fn scan(
         warnings,
         ..
     } = found;
+    let unchanged = unchanged.into_set();
     out.unchanged = unchanged.len() as u64;
     let present = |digest: &PathDigest| {
         unchanged.contains(digest)
@@ -588,7 +587,12 @@ fn add_hashed(
     match hashed.outcome {
         Outcome::Done(record, pages) => match model::check_meta(&job.rel, &record.meta) {
             Ok(()) => {
-                spilling.put(job.rel, record, &mut found.entries, &mut found.warnings);
+                spilling.put(
+                    job.rel.into(),
+                    record,
+                    &mut found.entries,
+                    &mut found.warnings,
+                );
                 out.pages.extend(pages);
             }
             Err(why) => found
@@ -602,8 +606,8 @@ fn add_hashed(
             // Rules we could not read may exclude anything in their directory.
             match job.rel.rsplit_once('/') {
                 Some((dir, IGNORE_FILE)) => found.unstable.insert(dir.to_owned()),
-                None if job.rel == IGNORE_FILE => found.unstable.insert(String::new()),
-                _ => found.unstable.insert(job.rel),
+                None if &*job.rel == IGNORE_FILE => found.unstable.insert(String::new()),
+                _ => found.unstable.insert(job.rel.into()),
             };
         }
     }

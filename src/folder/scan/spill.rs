@@ -9,7 +9,7 @@
 //! crash, and nothing appears in the folder. It lives in the folder's marker directory, on the
 //! folder's own disk, not in `/tmp`, which is often memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
@@ -17,7 +17,7 @@ use std::path::Path;
 
 use super::walk::ancestors_or_self;
 use super::{ScanRecord, Warnings};
-use crate::folder::path_digest::PathDigest;
+use crate::folder::path_digest::{DigestList, DigestSet, PathDigest};
 
 /// Files a scan keeps in memory (with its directories and symlinks, which always stay); the
 /// files it reads beyond go to its spill file.
@@ -35,7 +35,7 @@ pub(super) struct Spilling<'a> {
     /// Not written yet.
     batch: Vec<(String, ScanRecord)>,
     encoded: Vec<u8>,
-    digests: HashSet<PathDigest>,
+    digests: DigestList,
     count: u64,
 }
 
@@ -47,7 +47,7 @@ impl<'a> Spilling<'a> {
             file: None,
             batch: Vec::new(),
             encoded: Vec::new(),
-            digests: HashSet::new(),
+            digests: DigestList::default(),
             count: 0,
         }
     }
@@ -65,7 +65,7 @@ impl<'a> Spilling<'a> {
             memory.insert(rel, record);
             return;
         };
-        self.digests.insert(PathDigest::of(&rel));
+        self.digests.push(PathDigest::of(&rel));
         self.batch.push((rel, record));
         if self.batch.len() >= WRITE_BATCH
             && let Err(e) = self.write_batch(dir)
@@ -93,8 +93,9 @@ impl<'a> Spilling<'a> {
     }
 
     fn keep_batch_in(&mut self, memory: &mut BTreeMap<String, ScanRecord>) {
+        // The batch's digests are the last ones pushed.
+        self.digests.forget_last(self.batch.len());
         for (rel, record) in self.batch.drain(..) {
-            self.digests.remove(&PathDigest::of(&rel));
             memory.insert(rel, record);
         }
     }
@@ -118,7 +119,7 @@ impl<'a> Spilling<'a> {
         let file = self.file.filter(|_| self.count > 0)?;
         Some(SpilledEntries {
             file,
-            digests: self.digests,
+            digests: self.digests.into_set(),
             count: self.count,
             unknown: unknown.clone(),
         })
@@ -137,7 +138,7 @@ fn unwritable(warnings: &mut Warnings, dir: &Path, e: &io::Error) {
 /// The entries a finished scan wrote to its spill file.
 pub struct SpilledEntries {
     file: File,
-    digests: HashSet<PathDigest>,
+    digests: DigestSet,
     count: u64,
     unknown: BTreeSet<String>,
 }

@@ -2,7 +2,7 @@
 //! rules), what each entry the walker yields becomes (an entry, a file to read, a warning, an
 //! unstable path), and the checks that the root is still the folder before and after.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -17,7 +17,7 @@ use super::hash::Job;
 use super::stat::{Seen, Stat, reusable};
 use super::{PreviousRecords, ScanError, ScanRecord, Warnings};
 use crate::folder::model::{EntryKind, IGNORE_FILE, MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
-use crate::folder::path_digest::PathDigest;
+use crate::folder::path_digest::{DigestList, PathDigest};
 use crate::folder::write::validate_rel_path;
 
 /// Whether a relative path is excluded whatever the `.meshignore` files say: the root's
@@ -118,7 +118,7 @@ pub(super) struct Walked {
     /// Files found unchanged and left out of `entries` (when `previous` asks for that): only
     /// their paths' digests, for telling what is gone. Two paths with one digest would only
     /// make a gone file look present, which sends no delete.
-    pub(super) unchanged: HashSet<PathDigest>,
+    pub(super) unchanged: DigestList,
     /// Paths unknown this time (see [`ScanOutput::unstable`](super::ScanOutput::unstable)).
     pub(super) unstable: BTreeSet<String>,
     /// Files to read.
@@ -148,7 +148,7 @@ pub(super) fn walk(
         fresh_since,
         found: Walked {
             entries: BTreeMap::new(),
-            unchanged: HashSet::new(),
+            unchanged: DigestList::default(),
             unstable: BTreeSet::new(),
             jobs: Vec::new(),
             fresh: BTreeSet::new(),
@@ -311,7 +311,7 @@ impl Walk<'_> {
             match self.previous.record(&rel) {
                 Some(prev) if reusable(&prev, &stat) => {
                     if self.previous.omit_unchanged() {
-                        found.unchanged.insert(PathDigest::of(&rel));
+                        found.unchanged.push(PathDigest::of(&rel));
                     } else {
                         found.entries.insert(rel, prev);
                     }
@@ -319,11 +319,9 @@ impl Walk<'_> {
                 _ if fresh => {
                     found.fresh.insert(rel);
                 }
-                prev => found.jobs.push(Job {
-                    rel,
-                    size: stat.size,
-                    seen: prev.as_ref().and_then(Seen::of),
-                }),
+                prev => found
+                    .jobs
+                    .push(Job::new(rel, stat.size, prev.as_ref().and_then(Seen::of))),
             }
         } else {
             let what = if kind.is_fifo() {
