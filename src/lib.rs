@@ -11,8 +11,7 @@
 //!   signatures), [`cbor`] (the one CBOR helper), [`atomic_write`] (small files replaced
 //!   atomically), [`backoff`] (the doubling wait of retry loops), [`quiet`] (warnings said once
 //!   per condition), [`timefmt`] (times as status shows them), [`events`] (the bounded stream of
-//!   what happened, that the engine and folders write and the API reads), [`trim`] (freed memory
-//!   given back to the system after busy periods).
+//!   what happened, that the engine and folders write and the API reads).
 //! - Pure core: [`merge`] (version vectors, clocks, the multi-value register) and [`reconcile`]
 //!   (Merkle summaries and set reconciliation). No I/O.
 //! - [`store`]: the one database, on its own thread: entries, summaries, and the pages and local
@@ -45,4 +44,3 @@ pub mod reconcile;
 pub mod share;
 pub mod store;
 pub mod timefmt;
-pub mod trim;

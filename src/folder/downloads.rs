@@ -215,7 +215,6 @@ impl FolderActor {
             self.queue.release_spare_room();
             self.latest.shrink_to_fit();
             self.settle.release_spare_room();
-            crate::trim::after_busy_period();
         }
         if self.dirty_paths.contains(&done.path) {
             // Changed on disk while it was downloaded: its scan waited for this.

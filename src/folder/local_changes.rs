@@ -264,7 +264,6 @@ impl FolderActor {
         if result.full {
             // A full scan held every record; give that memory back once done.
             self.settle.release_spare_room();
-            crate::trim::after_busy_period();
             if let Some(started) = self.full_scan_started.take()
                 && self.paused.is_none()
             {

@@ -86,9 +86,6 @@ impl NetActor {
             }
         }
         if num_established == 0 {
-            // What the peer made us buffer (up to the inbound budget, and its connection's own
-            // buffers) is freed with the connection; glibc keeps it unless asked.
-            crate::trim::after_busy_period();
             self.hello_retries.forget(&peer);
             self.features.forget(&peer);
             self.answered.remove(&peer);

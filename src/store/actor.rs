@@ -24,10 +24,6 @@ use super::{
 use crate::merge::{HlcClock, Payload, PeerKey};
 use crate::reconcile::{Digest, Id, ItemsUnreadable};
 
-/// Changes in one commit that make it part of a bulk load, after which freed memory is given
-/// back to the system once writes pause (`trim`).
-const BULK_WRITE_CHANGES: usize = 1_000;
-
 /// The state of the store thread.
 pub(super) struct StoreActor {
     pub(super) validate_remote: EntryValidator,
@@ -394,13 +390,6 @@ impl StoreActor {
                     if let Err(e) = self.reload() {
                         warn!("cannot reload the store: {e}");
                     }
-                }
-                if changes.len() >= BULK_WRITE_CHANGES {
-                    // A bulk load (the batch API, a peer's first sync) frees its buffers when
-                    // it ends; without a trim the process kept them: 30 s after loading 10^6
-                    // records, 84 MiB without, 69 with (39 after a restart, the store's
-                    // 16 MiB cache then empty).
-                    crate::trim::after_busy_period();
                 }
                 for change in changes {
                     let _ = self.changes.send(Arc::new(change));
