@@ -581,8 +581,8 @@ fn a_long_listing_is_streamed_a_page_at_a_time() {
     drop(records);
     api.put("big", "zz-deleted", "x");
     assert!(api.del("big", "zz-deleted"));
-    // The batch's own buffers are given back once writes pause (the trim after bulk writes);
-    // the peak is then reset (`clear_refs` 5), so it measures the listing alone.
+    // The batch's own buffers are given back about a second after they are freed (jemalloc's
+    // decay); the peak is then reset (`clear_refs` 5), so it measures the listing alone.
     let pid = node.pid().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
