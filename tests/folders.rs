@@ -90,6 +90,66 @@ fn a_thousand_file_tree_syncs() {
     assert_eq!(paths.len(), 1020);
 }
 
+/// Files rewritten on the sender while the receiver downloads them all end at their last
+/// version. The receiver does not read an entry back after writing it: a newer version's change
+/// notice queues the path again, and the queue starts it once the running download ends.
+#[test]
+fn files_rewritten_while_the_receiver_downloads_them_end_at_their_last_version() {
+    const DIRS: usize = 20;
+    const FILES: usize = 200;
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let write_all = |version: usize| {
+        for d in 0..DIRS {
+            let dir = share.dirs[0].join(format!("d{d:02}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..FILES {
+                let seed = (version * DIRS * FILES + d * FILES + f) as u64;
+                fs::write(dir.join(format!("f{f:03}")), random_bytes(8192, seed)).unwrap();
+            }
+        }
+    };
+    let received = || {
+        (0..DIRS)
+            .map(|d| {
+                fs::read_dir(share.dirs[1].join(format!("d{d:02}")))
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                            .count()
+                    })
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+    };
+    write_all(1);
+    wait_until("the receiver to write its first files", WAIT, || {
+        received() > 0
+    });
+    let before_rewrite = received();
+    write_all(2);
+    assert!(
+        before_rewrite < DIRS * FILES,
+        "the receiver had every file before the rewrite: the test shows nothing"
+    );
+    let paths = share.wait_identical();
+    assert_eq!(paths.len(), DIRS * FILES + DIRS);
+    for d in 0..DIRS {
+        for f in 0..FILES {
+            let seed = (2 * DIRS * FILES + d * FILES + f) as u64;
+            let path = share.dirs[1].join(format!("d{d:02}/f{f:03}"));
+            assert!(
+                fs::read(&path).unwrap() == random_bytes(8192, seed),
+                "{} is not at its last version",
+                path.display()
+            );
+        }
+    }
+}
+
 /// A folder's first scan of more files than it keeps in memory (16,384: the rest go to a
 /// temporary file), received by a peer that queues more than it keeps by path (8,192: the rest
 /// wait as digests and are found again in a listing of its store). Then a file moved among

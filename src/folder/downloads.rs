@@ -292,20 +292,10 @@ impl FolderActor {
             // Already gone: a directory waiting for its children to go may be empty now.
             self.queue.push(parent.to_owned(), true);
         }
-        // The winner may have moved on while we worked.
-        match self
-            .store
-            .get(self.sources.share, done.path.clone().into_bytes())
-            .await
-        {
-            Ok(Some(register)) if self.needs_work(&done.path, &register) => {
-                self.queue.push(done.path, false);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(folder = %self.name, path = %done.path, "cannot re-read the entry: {e}")
-            }
-        }
+        // A winner that moved on while we worked is not read again here: its change notice
+        // queued the path, and the queue starts it again once this download is over
+        // (`DownloadQueue::finish`); a lost notice makes the folder compare every entry
+        // (`on_change`). Reading the entry back cost a store round trip per received file.
     }
 
     /// Our losing version of `path`, with vector `kept`, was kept as a conflict copy: we
