@@ -32,6 +32,7 @@ use cli::{Cli, CliCommand, KvCommand, LabCommand, PeerCommand, PskCommand, Share
 /// RSS down for long. With jemalloc (same run, `scripts/bench_scale.py --files 1000000`) the
 /// receiver held ~100 MiB through the sync instead of ~140, the sync took 299 s instead of
 /// 364–389, and its CPU per file fell from 0.40–0.43 ms to 0.33.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -39,6 +40,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// about a second after they are freed (`dirty_decay_ms`), with nothing kept in between
 /// (`muzzy_decay_ms`), even while the daemon is idle, which `malloc_trim` after each busy period
 /// did before.
+#[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static malloc_conf: Option<&'static libc::c_char> =
