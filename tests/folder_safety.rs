@@ -492,6 +492,19 @@ fn a_removed_tree_of_many_directories_stays_removed() {
                 status["needed_files"] == 0 && status["deletes_waiting"] == 0
             });
         }
+        // The directories and files of the tree were removed side by side: a file's delete
+        // whose directory went first is done, not retried with a warning.
+        for node in &mesh.nodes {
+            let log = node.log();
+            let retried: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("cannot sync (retrying)"))
+                .collect();
+            assert!(
+                retried.is_empty(),
+                "round {round}: deletes were retried: {retried:#?}"
+            );
+        }
         for dir in [&a, &b] {
             assert!(
                 !dir.join("tree").exists(),

@@ -140,8 +140,27 @@ pub fn remove(root: &Path, rel: &str, expect: Expect) -> Result<Removed, WriteEr
             Err(e) => return Err(io_error("remove", &path, e)),
         }
     };
-    sync_dir(parent_of(&path))?;
+    sync_removal(root, parent_of(&path))?;
     Ok(removed)
+}
+
+/// Fsyncs `dir`, which an entry was just removed from. A subtree's deletes run side by side, so
+/// the removal of `dir` itself (emptied by ours) may have come first: then the nearest
+/// ancestor still there is fsynced instead, which makes the removal of `dir`, and with it ours
+/// before it, durable. Left as an error, the delete was retried and a warning said "cannot
+/// sync" for a file that was gone.
+fn sync_removal(root: &Path, dir: &Path) -> Result<(), WriteError> {
+    let mut dir = dir;
+    loop {
+        match super::dir_sync::sync_dir_shared(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != root => match dir.parent() {
+                Some(parent) if parent.starts_with(root) => dir = parent,
+                _ => return Err(io_error("fsync directory", dir, e)),
+            },
+            Err(e) => return Err(io_error("fsync directory", dir, e)),
+        }
+    }
 }
 
 /// Sets the mode (`& MODE_MASK`) and mtime of whatever is at `rel`, for metadata-only changes.
@@ -307,6 +326,36 @@ mod tests {
         let expect = Expect::current(&r.join("l")).unwrap();
         assert_eq!(remove(r, "l", expect).unwrap(), Removed::Symlink);
         assert!(outside.path().join("keep").exists());
+    }
+
+    /// A subtree's deletes run side by side: the directory a file was removed from may itself
+    /// be removed before the file's delete fsyncs it. The nearest ancestor still there is
+    /// fsynced instead (it was an error, and the delete was retried with a warning); the
+    /// folder's root gone is an error.
+    #[test]
+    fn a_removal_whose_directory_went_too_fsyncs_the_nearest_ancestor() {
+        use crate::folder::write::dir_sync::tests::{FSYNCS, lock};
+        let root = folder();
+        let r = root.path();
+        fs::create_dir_all(r.join("a/b/c")).unwrap();
+        fs::write(r.join("a/b/c/f"), b"x").unwrap();
+        assert_eq!(
+            remove(r, "a/b/c/f", Expect::Anything).unwrap(),
+            Removed::File
+        );
+        fs::remove_dir(r.join("a/b/c")).unwrap();
+        fs::remove_dir(r.join("a/b")).unwrap();
+        sync_removal(r, &r.join("a/b/c")).unwrap();
+        assert!(
+            lock(&FSYNCS).iter().any(|(dir, _, _)| *dir == r.join("a")),
+            "the nearest directory still there was not fsynced"
+        );
+
+        let gone = r.join("gone");
+        fs::create_dir(&gone).unwrap();
+        fs::remove_dir(&gone).unwrap();
+        let error = sync_removal(&gone, &gone.join("d")).unwrap_err();
+        assert!(error.to_string().contains("fsync directory"), "{error}");
     }
 
     #[test]
