@@ -559,7 +559,7 @@ async fn watch(
     Query(query): Query<PrefixQuery>,
 ) -> Result<Response, ApiError> {
     let share = records_share(&state, &share)?;
-    let receiver = state.store.subscribe();
+    let receiver = state.store.watch();
     let id = share.meta.id;
     let prefix = query.prefix.into_bytes();
     let stopping = state.stopping.clone();

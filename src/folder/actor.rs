@@ -183,6 +183,7 @@ pub fn spawn(
         watching: Watching::default(),
         dirty_paths: BTreeSet::new(),
         dirty_all: true,
+        requeue_remote: false,
         scan_at: Some(Instant::now()),
         next_rescan: Instant::now() + RESCAN_INTERVAL,
         queue: DownloadQueue::default(),
@@ -264,6 +265,9 @@ pub(super) struct FolderActor {
     pub(super) watching: Watching,
     pub(super) dirty_paths: BTreeSet<String>,
     pub(super) dirty_all: bool,
+    /// Change notices were lost: every store entry is compared with what was synced
+    /// ([`FolderActor::queue_all_remote`]) once no scan is running.
+    pub(super) requeue_remote: bool,
     pub(super) scan_at: Option<Instant>,
     pub(super) next_rescan: Instant,
     pub(super) queue: DownloadQueue,
@@ -407,6 +411,11 @@ impl FolderActor {
             }
             if self.flush_at.is_none() && self.synced.has_unsent() {
                 self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
+            }
+            if self.requeue_remote && !self.scanning {
+                // A full scan does this at its end: one that is running clears the flag.
+                self.requeue_remote = false;
+                self.queue_all_remote().await;
             }
             self.fill_queue_window().await;
             self.start_downloads();

@@ -25,9 +25,11 @@ impl FolderActor {
     /// entries [`LIST_PAGE`] at a time (seconds for 10^6 entries: commands are answered
     /// between pages).
     pub(super) async fn queue_all_remote(&mut self) {
+        self.requeue_remote = false;
         let mut after = None;
         loop {
             self.answer_commands();
+            self.take_notices();
             if self.shutting_down() {
                 return;
             }

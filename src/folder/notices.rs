@@ -4,9 +4,8 @@
 //! Methods of the folder actor, kept apart from its loop.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::broadcast;
+use tracing::debug;
 
 use super::actor::{FolderActor, LATEST_REGISTERS_KEPT};
 use crate::store::{Change, Origin};
@@ -16,20 +15,14 @@ impl FolderActor {
     /// rows so far to the writer (which indexes their chunks), answers the commands that wait
     /// ([`Self::answer_commands`]), and takes the store's change notices out of the channel.
     /// Left there until the work ends, a big scan's own notices (each holds a register) pile
-    /// up, and past the channel's size they overflow it, which costs a full rescan. Our own
+    /// up, and past the channel's size they overflow it, which costs a comparison of every
+    /// store entry with what was synced (and holds back peers' merges meanwhile). Our own
     /// writes' notices are taken now; others' go to `deferred`, for [`Self::on_changes`] after
     /// the work, where the run loop would have taken them.
     pub(super) fn between_batches(&mut self, deferred: &mut Vec<ChangeNotice>) {
         self.flush_synced();
         self.answer_commands();
-        loop {
-            let notice = match self.changes.try_recv() {
-                Ok(change) => Ok(change),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Err(broadcast::error::RecvError::Lagged(n))
-                }
-                Err(_) => break,
-            };
+        while let Some(notice) = self.waiting_notice() {
             match notice {
                 Ok(change) if matches!(change.origin, Origin::Local) => self.on_change(Ok(change)),
                 _ if deferred.len() >= DEFERRED_NOTICES_MAX => {
@@ -40,6 +33,25 @@ impl FolderActor {
                 }
                 other => deferred.push(other),
             }
+        }
+    }
+
+    /// Takes the change notices waiting in the channel, between the pages of a long listing:
+    /// left there, they hold back peers' merges (`StoreHandle::merge` waits for readers).
+    pub(super) fn take_notices(&mut self) {
+        while let Some(notice) = self.waiting_notice() {
+            self.on_change(notice);
+        }
+    }
+
+    /// The next notice in the channel, if one is there now.
+    fn waiting_notice(&mut self) -> Option<ChangeNotice> {
+        match self.changes.try_recv() {
+            Ok(change) => Some(Ok(change)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                Some(Err(broadcast::error::RecvError::Lagged(n)))
+            }
+            Err(_) => None,
         }
     }
 
@@ -69,10 +81,13 @@ impl FolderActor {
                 }
             }
             Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => {
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                // Lost notices were about the store, not the disk: what they would have queued
+                // is found by comparing every entry with what was synced, without a walk of
+                // the tree (at 10^6 files a walk after each loss was most of a first sync).
+                debug!(folder = %self.name, lost, "change notices lost: every entry is compared with what was synced");
                 self.latest.clear();
-                self.dirty_all = true;
-                self.scan_soon(Duration::ZERO);
+                self.requeue_remote = true;
             }
             Err(broadcast::error::RecvError::Closed) => {}
         }
@@ -80,7 +95,8 @@ impl FolderActor {
 }
 
 /// Others' change notices set aside while a scan's changes are written, at most; past it the
-/// folder compares every entry with the disk afterwards, as when the channel overflows.
+/// folder compares every store entry with what was synced afterwards, as when the channel
+/// overflows.
 pub const DEFERRED_NOTICES_MAX: usize = 4096;
 
 /// A notice from the store's change channel.

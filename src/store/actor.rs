@@ -42,6 +42,8 @@ pub(super) struct StoreActor {
     pub(super) clock: HlcClock,
     pub(super) local: PeerKey,
     pub(super) changes: broadcast::Sender<Arc<Change>>,
+    /// The same notices for outside watchers.
+    pub(super) watchers: broadcast::Sender<Arc<Change>>,
     /// Versions taken with timestamps beyond `MAX_CLOCK_SKEW` ahead of our clock.
     pub(super) future_entries: u64,
     /// Warnings a peer's entries cause, said once per peer and condition a minute.
@@ -392,7 +394,9 @@ impl StoreActor {
                     }
                 }
                 for change in changes {
-                    let _ = self.changes.send(Arc::new(change));
+                    let change = Arc::new(change);
+                    let _ = self.watchers.send(change.clone());
+                    let _ = self.changes.send(change);
                 }
                 for p in pending {
                     p.answer();

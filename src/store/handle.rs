@@ -14,8 +14,9 @@ use super::database::{self, DbSlot};
 use super::local_state::{LocalIndexChange, LocalStateReader, LocalStateRow, LocalStateRows};
 use super::usage::{self, StoreUsage};
 use super::{
-    CHANGE_BUFFER, Change, Entry, EntryValidator, LocalWrite, RecordRegister,
-    STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares, StoreError, schema,
+    CHANGE_BACKLOG_MAX, CHANGE_BACKLOG_WAIT, CHANGE_BUFFER, Change, Entry, EntryValidator,
+    LocalWrite, RecordRegister, STORE_CHANNEL_CAPACITY, ShareId, ShareMeta, ShareState, Shares,
+    StoreError, schema,
 };
 use crate::merge::{Payload, PeerKey};
 use crate::reconcile::Id;
@@ -35,6 +36,9 @@ impl PendingWrite {
     }
 }
 
+/// How often a merge that waits for the readers of change notices looks again.
+const READERS_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Cloneable handle to the store thread.
 #[derive(Clone)]
 pub struct StoreHandle {
@@ -45,7 +49,12 @@ pub struct StoreHandle {
     /// The database file.
     file: Arc<Path>,
     shares: Shares,
+    /// Change notices for the daemon's own readers, which merges wait for.
     changes: broadcast::Sender<Arc<Change>>,
+    /// The same notices for outside watchers (the API's), which nothing waits for.
+    watchers: broadcast::Sender<Arc<Change>>,
+    /// Merges waiting now for the readers of `changes` ([`StoreHandle::merge`]).
+    merges_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StoreHandle {
@@ -84,6 +93,7 @@ impl StoreHandle {
         );
         let (tx, rx) = mpsc::channel(STORE_CHANNEL_CAPACITY);
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let (watchers, _) = broadcast::channel(CHANGE_BUFFER);
         let local_key =
             PeerKey::new(local.to_bytes()).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let file: Arc<Path> = Arc::from(path.as_path());
@@ -98,6 +108,7 @@ impl StoreHandle {
             clock,
             local: local_key,
             changes: changes.clone(),
+            watchers: watchers.clone(),
             future_entries: 0,
             quiet: Default::default(),
             authored: Default::default(),
@@ -112,6 +123,8 @@ impl StoreHandle {
             file,
             shares,
             changes,
+            watchers,
+            merges_waiting: Arc::default(),
         })
     }
 
@@ -139,9 +152,17 @@ impl StoreHandle {
         self.slot.problem()
     }
 
-    /// Subscribes to every change, local or remote.
+    /// Subscribes to every change, local or remote, as one of the daemon's own readers: a
+    /// receiver that takes its notices promptly (peers' merges wait while any reader is more
+    /// than [`CHANGE_BACKLOG_MAX`] notices behind).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.changes.subscribe()
+    }
+
+    /// Subscribes to every change as an outside watcher (a client of the API), which may fall
+    /// behind: nothing waits for it, and past [`CHANGE_BUFFER`] it is told it lagged.
+    pub fn watch(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.watchers.subscribe()
     }
 
     /// All shares.
@@ -252,6 +273,7 @@ impl StoreHandle {
         entries: Vec<Entry>,
         from: libp2p::PeerId,
     ) -> Result<usize, StoreError> {
+        self.wait_for_readers().await;
         self.call(|reply| Action::Merge {
             share,
             entries,
@@ -259,6 +281,28 @@ impl StoreHandle {
             reply,
         })
         .await
+    }
+
+    /// Waits while the daemon's readers of change notices are more than [`CHANGE_BACKLOG_MAX`]
+    /// behind, at most [`CHANGE_BACKLOG_WAIT`]. Polled: the channel says how far behind its
+    /// slowest reader is, not when that changes.
+    async fn wait_for_readers(&self) {
+        if self.changes.len() <= CHANGE_BACKLOG_MAX {
+            return;
+        }
+        use std::sync::atomic::Ordering;
+        self.merges_waiting.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + CHANGE_BACKLOG_WAIT;
+        while self.changes.len() > CHANGE_BACKLOG_MAX && Instant::now() < deadline {
+            tokio::time::sleep(READERS_POLL).await;
+        }
+        self.merges_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How many merges wait now for the daemon's readers of change notices.
+    pub fn merges_waiting(&self) -> usize {
+        self.merges_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The register of one key.

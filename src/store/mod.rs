@@ -68,8 +68,19 @@ pub const MAX_BATCH_RECORDS: usize = 100_000;
 pub const STORE_CHANNEL_CAPACITY: usize = 1024;
 /// Most write actions applied in one transaction (group commit).
 pub const MAX_ACTIONS_PER_COMMIT: usize = 512;
-/// Changes buffered for slow watchers; a watcher that falls further behind is told it lagged.
+/// Changes buffered for slow watchers; a watcher that falls further behind is told it lagged
+/// (the daemon's own readers, the engine and each folder, lose the notices and compare
+/// everything again; [`CHANGE_BACKLOG_MAX`] keeps them from falling that far behind).
 pub const CHANGE_BUFFER: usize = 65_536;
+/// Change notices the daemon's own readers (the engine, each folder) may leave untaken before
+/// entries from peers wait to be merged ([`StoreHandle::merge`]). Peers' entries of a first sync
+/// come far faster than a folder queues downloads: without a wait, a first sync of 10^6 files
+/// overflowed [`CHANGE_BUFFER`] again and again (the folder lost 500,000 notices, and walked the
+/// whole tree after each loss), and the untaken notices held ~35 MiB.
+pub const CHANGE_BACKLOG_MAX: usize = 8192;
+/// Longest a merge waits for the daemon's readers of change notices: a reader stuck behind
+/// costs its own notices (it compares everything again), never a stalled sync.
+pub const CHANGE_BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// redb's page cache. Its default (1 GiB) made a daemon holding 10^6 records use over a GiB;
 /// the B-tree's hot upper levels fit in far less, and the system's page cache holds the rest
 /// of the file (64 MiB here held ~600 bytes per file of a 100,000-file folder for little gain).

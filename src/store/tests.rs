@@ -573,3 +573,53 @@ async fn a_version_2_store_gains_the_local_index_and_keeps_its_rows() {
     let index = reader.index_snapshot().unwrap();
     assert_eq!(index.get(b"k").unwrap(), None);
 }
+
+/// Peers' entries wait while a reader of change notices is more than `CHANGE_BACKLOG_MAX`
+/// behind, and go on once it takes them: a reader that keeps up loses none, however many
+/// entries come (beyond the channel's `CHANGE_BUFFER`, it lost them and compared everything
+/// again).
+#[tokio::test]
+async fn merges_wait_for_a_reader_of_change_notices_that_falls_behind() {
+    const BATCH: usize = 4096;
+    let (_dir, _me, share, store) = new_store_with_share().await;
+    let mut reader = store.subscribe();
+    let peer = libp2p::PeerId::random();
+    let batches = CHANGE_BACKLOG_MAX / BATCH + 2;
+    let merged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let merging = {
+        let (store, merged) = (store.clone(), merged.clone());
+        tokio::spawn(async move {
+            for batch in 0..batches {
+                let entries = (0..BATCH)
+                    .map(|i| {
+                        let key = format!("b{batch}-{i}").into_bytes();
+                        (key, remote_register(&peer, 1_000 + i as u64, "v"))
+                    })
+                    .collect();
+                store.merge(share.id, entries, peer).await.unwrap();
+                merged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    // The reader takes nothing: the last batch waits once the backlog is past the bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.merges_waiting() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no merge waited");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        merged.load(std::sync::atomic::Ordering::SeqCst),
+        batches - 1,
+        "merges went past the bound"
+    );
+    assert!(reader.len() > CHANGE_BACKLOG_MAX && reader.len() <= CHANGE_BACKLOG_MAX + BATCH);
+    let mut taken = 0;
+    while taken < batches * BATCH {
+        match reader.recv().await {
+            Ok(_) => taken += 1,
+            Err(e) => panic!("the reader lost notices after {taken}: {e}"),
+        }
+    }
+    merging.await.unwrap();
+    assert_eq!(store.merges_waiting(), 0);
+}
