@@ -165,6 +165,9 @@ fn metrics_parse_as_prometheus_text_and_agree_with_status() {
     assert_eq!(value("meshsync_share_entries", &[("share", "notes")]), 1.0);
     assert!(value("meshsync_share_sent_bytes_total", &[("share", "notes")]) > 0.0);
     assert!(value("meshsync_resident_memory_bytes", &[]) > 1e6);
+    assert_eq!(value("meshsync_change_notice_backlog_limit", &[]), 8192.0);
+    assert_eq!(value("meshsync_merges_waiting", &[]), 0.0);
+    assert_eq!(value("meshsync_merges_waited_total", &[]), 0.0);
     let b_complete = [("share", "notes"), ("peer", b.peer_id.as_str())];
     assert_eq!(
         value("meshsync_share_member_completion_percent", &b_complete),

@@ -122,6 +122,31 @@ pub fn render(
         "Connections refused by the peer limits and lists",
         guards.refused_connections,
     );
+    let notices = &status.change_notices;
+    gauge(
+        &mut registry,
+        "change_notice_backlog",
+        "Store change notices the daemon's slowest reader (engine, folder) has not taken",
+        clamp(notices.backlog),
+    );
+    gauge(
+        &mut registry,
+        "change_notice_backlog_limit",
+        "The backlog past which peers' merges wait (CHANGE_BACKLOG_MAX)",
+        clamp(notices.backlog_limit),
+    );
+    gauge(
+        &mut registry,
+        "merges_waiting",
+        "Merges of peers' entries waiting now for the change notice backlog to shrink",
+        clamp(notices.merges_waiting),
+    );
+    counter(
+        &mut registry,
+        "merges_waited",
+        "Merges of peers' entries that waited for the change notice backlog",
+        notices.merges_waited,
+    );
     if let Some(bytes) = resident {
         gauge(
             &mut registry,

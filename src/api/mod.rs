@@ -92,6 +92,10 @@ pub struct Status {
     /// The protections against hostile and foreign peers, at work.
     #[serde(default)]
     pub guards: crate::net::client::GuardStatus,
+    /// How far the daemon's own readers of the store's change notices are behind, and the
+    /// peers' merges that waited for them.
+    #[serde(default)]
+    pub change_notices: crate::store::ChangeNoticeStatus,
     /// Each configured static peer: connected, or why not and when it is dialled next.
     #[serde(default)]
     pub static_peer_status: Vec<crate::net::peers::StaticPeerStatus>,
@@ -320,6 +324,7 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
         mdns: net.mdns,
         banned: net.banned,
         guards: net.guards,
+        change_notices: state.store.change_notices(),
         static_peer_status: net.static_peer_status,
         api: state.bound.to_string(),
         shares,

@@ -204,6 +204,14 @@ pub fn status(status: &Status) -> String {
             guards.refused_connections, guards.inbound_evictions
         );
     }
+    let notices = &status.change_notices;
+    if notices.merges_waiting > 0 {
+        let _ = writeln!(
+            out,
+            "  store: {} merges of peers' entries wait for the folders to take {} change notices (limit {})",
+            notices.merges_waiting, notices.backlog, notices.backlog_limit
+        );
+    }
     let _ = writeln!(out, "shares ({}):", status.shares.len());
     out.push_str(&shares(&status.shares));
     out

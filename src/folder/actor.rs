@@ -51,7 +51,7 @@ use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::SyncedPaths;
 use super::watch::{WatchEvent, Watching};
-use super::{received, serve, versions, write};
+use super::{received, serve, versions};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
 use crate::merge::{PeerKey, RecordRegister};
@@ -402,27 +402,7 @@ impl FolderActor {
                     self.remote_deletes.take_due(Instant::now());
                 }
             }
-            // Checked here too: while downloads keep finishing, the biased select never gets
-            // to the flush timer, and the rows would wait for the end of the whole sync.
-            if self.synced.unsent() >= SYNCED_FLUSH_ROWS
-                || self.flush_at.is_some_and(|at| at <= Instant::now())
-            {
-                self.flush_synced();
-            }
-            if self.flush_at.is_none() && self.synced.has_unsent() {
-                self.flush_at = Some(Instant::now() + SYNCED_FLUSH_INTERVAL);
-            }
-            if self.requeue_remote && !self.scanning {
-                // A full scan does this at its end: one that is running clears the flag.
-                self.requeue_remote = false;
-                self.queue_all_remote().await;
-            }
-            self.fill_queue_window().await;
-            self.start_downloads();
-            self.sweep_if_idle();
-            if self.queue.is_idle() && self.queue.next_retry().is_none() {
-                self.disk.nothing_waiting(&self.name);
-            }
+            self.after_each_event().await;
         }
     }
 
@@ -733,30 +713,6 @@ impl FolderActor {
             n => debug!(folder = %name, "removed {n} versions the policy no longer keeps"),
         });
         self.sweep_temp_files(STALE_TEMP_AGE);
-    }
-
-    /// Removes our temp files older than `age` that no assembly holds, off the loop.
-    fn sweep_temp_files(&self, age: Duration) {
-        let (root, name) = (self.sources.root.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || match write::sweep_temp_files(&root, age) {
-            Ok(0) => {}
-            Ok(n) => info!(folder = %name, "removed {n} stale temp files"),
-            Err(e) => debug!(folder = %name, "no temp file sweep: {e}"),
-        });
-    }
-
-    /// Once nothing is queued, running or waiting for a retry, no download will resume from a
-    /// temp file: leftovers go now, not [`STALE_TEMP_AGE`] later.
-    fn sweep_if_idle(&mut self) {
-        if self.temp_files_maybe
-            && self.marks_read
-            && self.paused.is_none()
-            && self.queue.is_idle()
-            && self.queue.next_retry().is_none()
-        {
-            self.temp_files_maybe = false;
-            self.sweep_temp_files(Duration::ZERO);
-        }
     }
 
     pub(super) fn ensure_watcher(&mut self) {

@@ -40,6 +40,7 @@ mod source;
 pub mod state;
 pub mod status;
 mod synced_paths;
+mod upkeep;
 pub mod versions;
 mod watch;
 pub mod write;

@@ -12,6 +12,7 @@ use super::action::Action;
 use super::actor::StoreActor;
 use super::database::{self, DbSlot};
 use super::local_state::{LocalIndexChange, LocalStateReader, LocalStateRow, LocalStateRows};
+use super::merge_waits::{ChangeNoticeStatus, MergeWaits};
 use super::usage::{self, StoreUsage};
 use super::{
     CHANGE_BACKLOG_MAX, CHANGE_BACKLOG_WAIT, CHANGE_BUFFER, Change, Entry, EntryValidator,
@@ -53,8 +54,8 @@ pub struct StoreHandle {
     changes: broadcast::Sender<Arc<Change>>,
     /// The same notices for outside watchers (the API's), which nothing waits for.
     watchers: broadcast::Sender<Arc<Change>>,
-    /// Merges waiting now for the readers of `changes` ([`StoreHandle::merge`]).
-    merges_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Merges waiting, and having waited, for the readers of `changes` ([`StoreHandle::merge`]).
+    merges: Arc<MergeWaits>,
 }
 
 impl StoreHandle {
@@ -124,7 +125,7 @@ impl StoreHandle {
             shares,
             changes,
             watchers,
-            merges_waiting: Arc::default(),
+            merges: Arc::default(),
         })
     }
 
@@ -290,19 +291,27 @@ impl StoreHandle {
         if self.changes.len() <= CHANGE_BACKLOG_MAX {
             return;
         }
-        use std::sync::atomic::Ordering;
-        self.merges_waiting.fetch_add(1, Ordering::Relaxed);
+        let _counted = self.merges.start();
         let deadline = Instant::now() + CHANGE_BACKLOG_WAIT;
         while self.changes.len() > CHANGE_BACKLOG_MAX && Instant::now() < deadline {
             tokio::time::sleep(READERS_POLL).await;
         }
-        self.merges_waiting.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// How many merges wait now for the daemon's readers of change notices.
     pub fn merges_waiting(&self) -> usize {
-        self.merges_waiting
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.merges.waiting()
+    }
+
+    /// How far the daemon's readers of change notices are behind, and what peers' merges
+    /// waited for them: for `status`, where a slow first sync can be explained.
+    pub fn change_notices(&self) -> ChangeNoticeStatus {
+        ChangeNoticeStatus {
+            backlog: self.changes.len() as u64,
+            backlog_limit: CHANGE_BACKLOG_MAX as u64,
+            merges_waiting: self.merges.waiting() as u64,
+            merges_waited: self.merges.waited(),
+        }
     }
 
     /// The register of one key.

@@ -29,6 +29,7 @@ mod database;
 pub mod handle;
 mod id_index;
 pub mod local_state;
+mod merge_waits;
 pub mod pages;
 pub mod schema;
 pub mod usage;
@@ -46,6 +47,7 @@ use crate::reconcile::Id;
 
 pub use handle::StoreHandle;
 pub use id_index::{ShareSummary, StoredItems};
+pub use merge_waits::ChangeNoticeStatus;
 pub use schema::SCHEMA_VERSION;
 pub use usage::{StoreUsage, TableUsage};
 

@@ -622,4 +622,45 @@ async fn merges_wait_for_a_reader_of_change_notices_that_falls_behind() {
     }
     merging.await.unwrap();
     assert_eq!(store.merges_waiting(), 0);
+    let notices = store.change_notices();
+    assert_eq!(notices.merges_waited, 1, "{notices:?}");
+    assert_eq!(notices.backlog, 0, "{notices:?}");
+}
+
+/// A merge cancelled while it waits for readers (its session closed) is no longer counted as
+/// waiting.
+#[tokio::test]
+async fn a_merge_cancelled_while_it_waits_for_readers_is_no_longer_counted() {
+    let (_dir, _me, share, store) = new_store_with_share().await;
+    let _reader = store.subscribe();
+    let peer = libp2p::PeerId::random();
+    let batch = |name: &str, count: usize| -> Vec<_> {
+        (0..count)
+            .map(|i| {
+                let key = format!("{name}-{i}").into_bytes();
+                (key, remote_register(&peer, 1_000 + i as u64, "v"))
+            })
+            .collect()
+    };
+    // Past the bound, with a reader that takes nothing.
+    store
+        .merge(share.id, batch("fill", CHANGE_BACKLOG_MAX + 1), peer)
+        .await
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        let entries = batch("late", 1);
+        tokio::spawn(async move { store.merge(share.id, entries, peer).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.merges_waiting() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the merge did not wait"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    assert_eq!(store.merges_waiting(), 0);
 }
