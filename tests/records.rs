@@ -295,7 +295,9 @@ fn stopped_peer_catches_up_and_killed_peer_loses_nothing() {
 /// Two peers that each wrote apart, one 20,000 records, the other 300 of the same keys and
 /// 5,000 of its own, meet again and converge. A session this big pulls what it needs between
 /// its rounds, a request's worth at a time (it used to hold every id it needed until the end),
-/// whichever side starts it, and the keys written on both sides move both ways.
+/// whichever side starts it, and the keys written on both sides move both ways: each side
+/// pulls what it lacks, neither pushes more than 4,096 (both used to push everything the other
+/// lacked while the other pulled it too).
 #[test]
 fn peers_that_wrote_apart_converge_on_twenty_thousand_records() {
     let mut mesh = Mesh::full_static(2);
@@ -347,6 +349,15 @@ fn peers_that_wrote_apart_converge_on_twenty_thousand_records() {
         .map(|s| s["pulled_between_rounds"].as_u64().unwrap())
         .sum();
     assert!(pulled_early >= 4096, "{sessions:?}");
+    // Neither side pushed a big difference while the other pulled it: each offered more than
+    // a push's worth (4,096) and told the other to pull instead.
+    for session in &sessions {
+        assert!(session["pushed"].as_u64().unwrap() <= 4096, "{session}");
+    }
+    assert!(
+        sessions.iter().any(|s| s["left_to_peer"] == true),
+        "{sessions:?}"
+    );
 }
 
 #[test]

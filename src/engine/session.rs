@@ -22,6 +22,12 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most `GetEntries` round trips one session makes for the same ids before giving up on them
 /// (a peer that keeps answering without the ids it advertised).
 pub const MAX_PULL_ATTEMPTS: usize = 3;
+/// Most entries a session pushes to its peer. Past it, the session tells the peer our root
+/// instead (an announcement without entries) and the peer pulls what it lacks in a session of
+/// its own, paced by its store: in a first sync of 10^6 entries the side that had them pushed
+/// every one (and held their ids, 32 MB) while the other side pulled them too, and its session
+/// ran into [`SESSION_TIMEOUT`].
+pub const PUSH_MAX_ENTRIES: usize = 4096;
 
 /// Which ways entries may move in a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +68,10 @@ pub struct SessionReport {
     pub merged: usize,
     /// Entries pushed to the peer.
     pub pushed: usize,
+    /// True when we offered more than [`PUSH_MAX_ENTRIES`]: instead of pushing them we
+    /// announced our root, and the peer pulls them.
+    #[serde(default)]
+    pub left_to_peer: bool,
     /// False if reconciliation stopped at its round limit (another session follows).
     pub complete: bool,
     /// Why it failed, if it did.
@@ -154,6 +164,7 @@ pub async fn run(
         offer: 0,
         merged: 0,
         pushed: 0,
+        left_to_peer: false,
         complete: false,
         error: None,
         not_a_member: false,
@@ -202,6 +213,8 @@ async fn reconcile_and_transfer(
         let summary = share.summary.read().expect("summary lock");
         Initiator::start(&summary, salt)
     };
+    // Offers are kept only to be pushed, and only as many as we would push.
+    initiator.limit_offer(if flow.push { PUSH_MAX_ENTRIES } else { 0 });
     // What we pull may have to be sent back: the digests the peer holds, for `push` to skip
     // what merged into exactly that (see `pull`).
     let mut theirs = std::collections::HashMap::new();
@@ -253,7 +266,7 @@ async fn reconcile_and_transfer(
     report.rounds = outcome.rounds;
     report.need = pulled_early + outcome.need.len();
     report.pulled_between_rounds = pulled_early;
-    report.offer = outcome.offer.len();
+    report.offer = outcome.offered;
     report.complete = outcome.complete;
     // Sorted, for `pull` to look ids up in it (the order we push in does not matter).
     let mut offer = outcome.offer;
@@ -262,7 +275,10 @@ async fn reconcile_and_transfer(
         let need = outcome.need;
         report.merged += pull(net, store, share, peer, need, &offer, &mut theirs, counters).await?;
     }
-    if flow.push {
+    if flow.push && initiator.offer_over_limit() {
+        report.left_to_peer = true;
+        send_push(net, share, peer, Vec::new(), counters).await?;
+    } else if flow.push {
         report.pushed = push(net, store, share, peer, offer, &theirs, counters).await?;
     }
     Ok(())
@@ -402,6 +418,8 @@ async fn push(
     Ok(pushed)
 }
 
+/// Announces our root to the peer with `entries`; with none, the peer runs a session of its own
+/// if its root differs, and pulls what it lacks.
 async fn send_push(
     net: &NetClient,
     share: &ShareState,

@@ -28,8 +28,11 @@ pub struct Outcome {
     /// and merge these.
     pub need: Vec<Id>,
     /// Ids we hold that the responder lacks or holds with another digest (sorted, unique): push
-    /// these, or let the responder pull them.
+    /// these, or let the responder pull them. Empty once more than the limit set with
+    /// [`Initiator::limit_offer`] were found (`offered` says how many).
     pub offer: Vec<Id>,
+    /// How many ids we offer: `offer.len()`, or more when they were too many to keep.
+    pub offered: usize,
     /// False if the session stopped at [`MAX_ROUNDS`] with ranges left unexplored; `need` and
     /// `offer` are then correct but partial.
     pub complete: bool,
@@ -85,6 +88,10 @@ pub struct Initiator {
     /// batch taken early carries them ([`NeedBatch::offered`]).
     need_offered: Vec<Id>,
     offer: Vec<Id>,
+    /// Ids offered so far, kept or not.
+    offered: usize,
+    /// Most offered ids kept; past it none are (see [`Self::limit_offer`]).
+    offer_limit: usize,
     rounds: u32,
 }
 
@@ -104,6 +111,8 @@ impl Initiator {
             need: Vec::new(),
             need_offered: Vec::new(),
             offer: Vec::new(),
+            offered: 0,
+            offer_limit: usize::MAX,
             rounds: 0,
         };
         (me, Request::Hello(Hello { salt, root, count }))
@@ -112,6 +121,27 @@ impl Initiator {
     /// Round trips completed so far.
     pub fn rounds(&self) -> u32 {
         self.rounds
+    }
+
+    /// Keeps the offered ids only while there are at most `max` of them: past it they are
+    /// counted, not kept, and a subtree the responder lacks is counted from our summary without
+    /// listing it. A session pushes a small difference itself, and lets the responder pull a
+    /// big one: a first sync of 10^6 entries held every id (32 MB, 48 while the vector grew) on
+    /// the side that had them, and pushed them all while the other side pulled them too.
+    pub fn limit_offer(&mut self, max: usize) {
+        self.offer_limit = max;
+        self.drop_offer_past_limit();
+    }
+
+    /// True once more ids were offered than [`Self::limit_offer`] keeps.
+    pub fn offer_over_limit(&self) -> bool {
+        self.offered > self.offer_limit
+    }
+
+    fn drop_offer_past_limit(&mut self) {
+        if self.offer_over_limit() && !self.offer.is_empty() {
+            self.offer = Vec::new();
+        }
     }
 
     /// How many needed ids were found since the last [`Self::take_need`].
@@ -246,18 +276,18 @@ impl Initiator {
                 }
                 check_ids(&p, &need).map_err(bad)?;
                 self.need.extend_from_slice(&need.0);
-                let offered_before = self.offer.len();
-                self.offer.extend(
-                    sent.iter()
-                        .enumerate()
-                        .filter(|(i, _)| mask.get(*i))
-                        .map(|(_, id)| *id),
-                );
+                let offered: Vec<Id> = sent
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask.get(*i))
+                    .map(|(_, id)| *id)
+                    .collect();
                 // `need` is strictly ascending (checked above).
-                let both = self.offer[offered_before..]
+                let both = offered
                     .iter()
                     .filter(|id| need.0.binary_search(*id).is_ok());
                 self.need_offered.extend(both);
+                self.add_offered(&offered);
             }
             (query, Answer::Deferred) => self.push(match query {
                 InFlight::Compare(p) => Pending::Compare(p),
@@ -290,8 +320,13 @@ impl Initiator {
             let Some(child) = p.child(n) else { continue };
             let (local_n, remote_n) = (*count as usize, remote.count);
             if remote_n == 0 {
-                let ours = local.items(&child, usize::MAX)?;
-                self.offer.extend(ours.iter().map(|it| it.id));
+                self.offered += local_n;
+                if self.offer_over_limit() {
+                    self.drop_offer_past_limit();
+                } else {
+                    let ours = local.items(&child, usize::MAX)?;
+                    self.offer.extend(ours.iter().map(|it| it.id));
+                }
             } else if (local_n == 0 && remote_n <= MAX_LIST_IDS as u64)
                 || (local_n <= LEAF_MAX && remote_n <= LEAF_MAX as u64)
                 || child.len() > MAX_COMPARE_NIBBLES
@@ -324,13 +359,22 @@ impl Initiator {
                 Some(_) => {
                     self.need.push(item.id);
                     self.need_offered.push(item.id);
-                    self.offer.push(item.id);
+                    self.add_offered(&[item.id]);
                 }
-                None => self.offer.push(item.id),
+                None => self.add_offered(&[item.id]),
             }
         }
         self.need.extend(theirs.map(|(id, _)| *id));
         Ok(())
+    }
+
+    fn add_offered(&mut self, ids: &[Id]) {
+        self.offered += ids.len();
+        if self.offer_over_limit() {
+            self.drop_offer_past_limit();
+        } else {
+            self.offer.extend_from_slice(ids);
+        }
     }
 
     fn push(&mut self, p: Pending) -> Result<(), ReconcileError> {
@@ -392,6 +436,11 @@ impl Initiator {
         offer.dedup();
         Step::Done(Outcome {
             need,
+            offered: if self.offer_over_limit() {
+                self.offered
+            } else {
+                offer.len()
+            },
             offer,
             complete,
             rounds: self.rounds,

@@ -153,6 +153,42 @@ fn need_taken_between_rounds_adds_up_to_the_exact_need() {
     }
 }
 
+/// An initiator told to keep at most `limit` offered ids keeps the exact offer when it is that
+/// small, and otherwise keeps none but counts them; the need is exact either way.
+#[test]
+fn an_offer_past_its_limit_is_counted_not_kept() {
+    let empty = Summary::new();
+    let (big, _) = pair(60_000, 0);
+    let (local, remote) = pair(30_000, 6_000);
+    for (l, r) in [(&big, &empty), (&local, &remote), (&remote, &local)] {
+        let (need, offer) = expected(l.item_map(), r.item_map());
+        for limit in [0, 100, offer.len(), offer.len() + 1, usize::MAX] {
+            let (mut initiator, mut request) = Initiator::start(l, [9; 16]);
+            initiator.limit_offer(limit);
+            let outcome = loop {
+                let answer = respond_bytes(r, &request.encode().unwrap()).unwrap();
+                let step = initiator
+                    .on_response(l, Response::decode(&answer).unwrap())
+                    .unwrap();
+                match step {
+                    Step::Send(next) => request = next,
+                    Step::Done(outcome) => break outcome,
+                }
+            };
+            assert!(outcome.complete);
+            assert_eq!(outcome.need, need, "limit {limit}");
+            assert_eq!(outcome.offered, offer.len(), "limit {limit}");
+            if offer.len() > limit {
+                assert!(initiator.offer_over_limit());
+                assert!(outcome.offer.is_empty(), "limit {limit}");
+            } else {
+                assert!(!initiator.offer_over_limit());
+                assert_eq!(outcome.offer, offer, "limit {limit}");
+            }
+        }
+    }
+}
+
 #[test]
 fn huge_versus_tiny() {
     let (big, _) = pair(50_000, 0);
