@@ -360,6 +360,56 @@ fn peers_that_wrote_apart_converge_on_twenty_thousand_records() {
     );
 }
 
+/// A member that joins late and pulls 30,000 records costs the member it pulls from a few
+/// sessions, not one per batch it merged: what a member merged from us is not announced back
+/// to us (each such announcement started a session here, one every ~0.2 s through a first sync
+/// once sessions stopped pushing big differences).
+#[test]
+fn a_late_member_pulling_thirty_thousand_records_costs_the_sender_few_sessions() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let share = share_among(&mesh);
+    for node in &mesh.nodes {
+        node.pin_listen_port();
+    }
+    assert!(mesh.nodes[1].stop());
+    let a = Api::of(&mesh.nodes[0]);
+    for part in 0..3 {
+        let records: Vec<Value> = (part * 10_000..(part + 1) * 10_000)
+            .map(|i| json!({"key": format!("k{i:05}"), "value": format!("v{i}")}))
+            .collect();
+        let (status, body) = a.post(
+            &format!("/v1/kv/{share}/batch"),
+            &json!({ "records": records }),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    mesh.nodes[1].start();
+    let listing = wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
+    assert_eq!(listing.as_array().unwrap().len(), 30_000);
+    let b_id = mesh.nodes[1].peer_id.clone();
+    let sessions: Vec<Value> = a.get("/v1/status").1["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["peer"] == b_id.as_str())
+        .cloned()
+        .collect();
+    assert!(
+        sessions.len() <= 4,
+        "{} sessions: {sessions:?}",
+        sessions.len()
+    );
+    // B pulled them, in sessions of its own.
+    let merged_by_b: u64 = Api::of(&mesh.nodes[1]).get("/v1/status").1["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["merged"].as_u64().unwrap())
+        .sum();
+    assert!(merged_by_b > 0, "B's sessions merged nothing");
+}
+
 #[test]
 fn concurrent_writes_pick_the_same_winner_and_keep_the_loser() {
     let mut mesh = Mesh::full_static(2);

@@ -3,7 +3,9 @@
 //! Store changes are collected for [`ANNOUNCE_DELAY`], then each changed share's new summary
 //! root goes to each of its members, with the changed entries themselves when they are few
 //! (within [`ANNOUNCE_PUSH_BUDGET`] and [`MAX_ENTRIES_PER_MESSAGE`]); a member whose root still
-//! differs reconciles. At most [`MAX_ANNOUNCES_IN_FLIGHT`] announcements are out at once. A
+//! differs reconciles. Changes that all came from one member are not announced back to it: it
+//! has them, and during a first sync every batch it sent started a session of its own with us
+//! (one every ~0.2 s, for nothing). At most [`MAX_ANNOUNCES_IN_FLIGHT`] announcements are out at once. A
 //! member an announcement did not reach (skipped while it had
 //! [`MAX_ANNOUNCES_IN_FLIGHT_PER_MEMBER`] out, or failed while it stayed connected) is owed
 //! one: the next anti-entropy round, brought within
@@ -46,6 +48,9 @@ pub struct AnnounceBatcher<C> {
     pending_push: HashMap<ShareId, HashMap<Vec<u8>, C>>,
     /// Shares whose root must be announced.
     dirty: HashSet<ShareId>,
+    /// Of the dirty shares, those whose every change since the last flush was merged from one
+    /// member: that member is not told.
+    sole_source: HashMap<ShareId, PeerId>,
     flush_at: Option<Instant>,
     in_flight: usize,
     in_flight_to: HashMap<PeerId, usize>,
@@ -59,6 +64,7 @@ impl<C> Default for AnnounceBatcher<C> {
         Self {
             pending_push: HashMap::new(),
             dirty: HashSet::new(),
+            sole_source: HashMap::new(),
             flush_at: None,
             in_flight: 0,
             in_flight_to: HashMap::new(),
@@ -80,15 +86,31 @@ pub enum Slot {
 
 impl<C> AnnounceBatcher<C> {
     /// A share changed; `local` carries the record key and change when it was our own write
-    /// (only those are pushed: members already hold what they sent us).
-    pub fn changed(&mut self, share: ShareId, local: Option<(Vec<u8>, C)>, now: Instant) {
+    /// (only those are pushed: members already hold what they sent us), `from` the member it
+    /// was merged from.
+    pub fn changed(
+        &mut self,
+        share: ShareId,
+        local: Option<(Vec<u8>, C)>,
+        from: Option<PeerId>,
+        now: Instant,
+    ) {
+        let first = self.dirty.insert(share);
+        match from {
+            Some(peer) if first => {
+                self.sole_source.insert(share, peer);
+            }
+            Some(peer) if self.sole_source.get(&share) == Some(&peer) => {}
+            _ => {
+                self.sole_source.remove(&share);
+            }
+        }
         if let Some((key, change)) = local {
             self.pending_push
                 .entry(share)
                 .or_default()
                 .insert(key, change);
         }
-        self.dirty.insert(share);
         self.arm(now);
     }
 
@@ -96,6 +118,7 @@ impl<C> AnnounceBatcher<C> {
     /// and members reconcile.
     pub fn lagged(&mut self, shares: impl IntoIterator<Item = ShareId>, now: Instant) {
         self.pending_push.clear();
+        self.sole_source.clear();
         self.dirty.extend(shares);
         self.arm(now);
     }
@@ -105,15 +128,17 @@ impl<C> AnnounceBatcher<C> {
         self.flush_at
     }
 
-    /// Takes every dirty share with its pending local changes.
-    pub fn take_dirty(&mut self) -> Vec<(ShareId, Vec<C>)> {
+    /// Takes every dirty share with its pending local changes, and the member all its changes
+    /// came from if there is one (not to be told).
+    pub fn take_dirty(&mut self) -> Vec<(ShareId, Vec<C>, Option<PeerId>)> {
         self.flush_at = None;
         let dirty: Vec<ShareId> = self.dirty.drain().collect();
         dirty
             .into_iter()
             .map(|share| {
                 let pushed = self.pending_push.remove(&share).unwrap_or_default();
-                (share, pushed.into_values().collect())
+                let source = self.sole_source.remove(&share);
+                (share, pushed.into_values().collect(), source)
             })
             .collect()
     }
@@ -121,7 +146,9 @@ impl<C> AnnounceBatcher<C> {
     /// Takes a slot for one announcement of `share` to `member`.
     pub fn reserve(&mut self, share: ShareId, member: PeerId) -> Slot {
         if self.in_flight >= MAX_ANNOUNCES_IN_FLIGHT {
+            // Announced again to every member: which of them were told is not kept.
             self.dirty.insert(share);
+            self.sole_source.remove(&share);
             return Slot::Full;
         }
         let to = self.in_flight_to.entry(member).or_default();
@@ -202,9 +229,11 @@ impl EngineActor {
                 {
                     self.events.emit(event);
                 }
-                let local =
-                    (change.origin == Origin::Local).then(|| (change.key.clone(), change.clone()));
-                self.announce.changed(change.share, local, now);
+                let (local, from) = match change.origin {
+                    Origin::Local => (Some((change.key.clone(), change.clone())), None),
+                    Origin::Remote(peer) => (None, Some(peer)),
+                };
+                self.announce.changed(change.share, local, from, now);
                 self.schedule.changed(now);
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -218,7 +247,7 @@ impl EngineActor {
 
     /// The batching delay is over: announce every changed share to its members.
     pub(super) fn on_flush(&mut self) {
-        for (share, pushed) in self.announce.take_dirty() {
+        for (share, pushed, source) in self.announce.take_dirty() {
             let Some(state) = self.store.share(&share) else {
                 continue;
             };
@@ -250,7 +279,7 @@ impl EngineActor {
                 count,
                 entries,
             };
-            for peer in members {
+            for peer in members.into_iter().filter(|m| Some(*m) != source) {
                 match self.announce.reserve(share, peer) {
                     Slot::Taken => {}
                     Slot::MemberBusy => {
@@ -353,10 +382,10 @@ mod tests {
         let mut now = Instant::now();
         let mut batcher = AnnounceBatcher::default();
         let start = now;
-        batcher.changed(A, Some((b"k".to_vec(), 1)), start);
+        batcher.changed(A, Some((b"k".to_vec(), 1)), None, start);
         now += Duration::from_millis(1);
-        batcher.changed(A, Some((b"k".to_vec(), 2)), now);
-        batcher.changed(B, None, now);
+        batcher.changed(A, Some((b"k".to_vec(), 2)), None, now);
+        batcher.changed(B, None, None, now);
         assert_eq!(
             batcher.flush_at(),
             Some(start + ANNOUNCE_DELAY),
@@ -364,7 +393,7 @@ mod tests {
         );
         let mut due = batcher.take_dirty();
         due.sort();
-        assert_eq!(due, vec![(A, vec![2]), (B, vec![])]);
+        assert_eq!(due, vec![(A, vec![2], None), (B, vec![], None)]);
         assert_eq!(batcher.flush_at(), None);
         assert!(batcher.take_dirty().is_empty());
     }
@@ -373,11 +402,33 @@ mod tests {
     fn lag_drops_pending_pushes_and_dirties_every_share() {
         let mut batcher = AnnounceBatcher::default();
         let now = Instant::now();
-        batcher.changed(A, Some((b"k".to_vec(), 1)), now);
+        batcher.changed(A, Some((b"k".to_vec(), 1)), None, now);
         batcher.lagged([A, B], now);
         let mut due = batcher.take_dirty();
         due.sort();
-        assert_eq!(due, vec![(A, vec![]), (B, vec![])]);
+        assert_eq!(due, vec![(A, vec![], None), (B, vec![], None)]);
+    }
+
+    /// Changes that all came from one member are not announced back to it; a change from
+    /// anywhere else (another member, our own write) is announced to every member.
+    #[test]
+    fn changes_from_one_member_are_not_announced_back_to_it() {
+        let mut batcher: AnnounceBatcher<u8> = AnnounceBatcher::default();
+        let now = Instant::now();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        batcher.changed(A, None, Some(p), now);
+        batcher.changed(A, None, Some(p), now);
+        batcher.changed(B, None, Some(p), now);
+        batcher.changed(B, None, Some(q), now);
+        let mut due = batcher.take_dirty();
+        due.sort();
+        assert_eq!(due, vec![(A, vec![], Some(p)), (B, vec![], None)]);
+        batcher.changed(A, None, Some(p), now);
+        batcher.changed(A, Some((b"k".to_vec(), 1)), None, now);
+        assert_eq!(batcher.take_dirty(), vec![(A, vec![1], None)]);
+        // The next flush starts afresh.
+        batcher.changed(A, None, Some(q), now);
+        assert_eq!(batcher.take_dirty(), vec![(A, vec![], Some(q))]);
     }
 
     #[test]
@@ -406,7 +457,7 @@ mod tests {
             Some(now + ANNOUNCE_DELAY),
             "a freed slot flushes the share left dirty"
         );
-        assert_eq!(batcher.take_dirty(), vec![(A, vec![])]);
+        assert_eq!(batcher.take_dirty(), vec![(A, vec![], None)]);
         assert_eq!(batcher.reserve(A, members[0]), Slot::Taken);
         batcher.rearm(now);
         assert_eq!(batcher.flush_at(), None, "nothing left dirty");
