@@ -193,6 +193,7 @@ pub fn spawn(
         flush_at: None,
         scans_run: 0,
         full_scan_started: None,
+        rescan_due_since: None,
         hashed_files: 0,
         hashed_bytes: 0,
         state_writer,
@@ -280,6 +281,9 @@ pub(super) struct FolderActor {
     pub(super) scans_run: u64,
     /// When the full scan running now started.
     pub(super) full_scan_started: Option<Instant>,
+    /// When the periodic full rescan that is waiting for downloads to end fell due
+    /// ([`super::rescan::defer_rescan`]).
+    rescan_due_since: Option<Instant>,
     /// Files and bytes read by scans since start (an unchanged file is not read again).
     pub(super) hashed_files: u64,
     pub(super) hashed_bytes: u64,
@@ -691,6 +695,16 @@ impl FolderActor {
 
     fn on_rescan_due(&mut self) {
         self.housekeeping();
+        let now = Instant::now();
+        let due_since = *self.rescan_due_since.get_or_insert(now);
+        let downloading = !self.queue.is_idle();
+        if self.paused.is_none()
+            && super::rescan::defer_rescan(self.watching.is_on(), downloading, due_since, now)
+        {
+            self.next_rescan = now + RESCAN_INTERVAL;
+            return;
+        }
+        self.rescan_due_since = None;
         self.next_rescan = Instant::now()
             + if self.paused.is_some() {
                 PAUSED_CHECK_INTERVAL

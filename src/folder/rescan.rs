@@ -34,6 +34,16 @@ pub fn rescan_interval(took: Duration, watching: bool) -> Duration {
         .clamp(RESCAN_INTERVAL, MAX_RESCAN_INTERVAL)
 }
 
+/// Whether a periodic full rescan that fell due at `due_since` waits, checked again
+/// [`RESCAN_INTERVAL`] later: while the watcher runs and files are being downloaded, up to
+/// [`MAX_RESCAN_INTERVAL`]. A walk of the whole tree then mostly reads back what the downloads
+/// just wrote, holds them up while its results are taken (10 s at a time receiving 10^6
+/// files), and was a receiver's memory peak; the watcher sees local edits meanwhile, and a
+/// download never replaces a file that changed since it was synced.
+pub fn defer_rescan(watching: bool, downloading: bool, due_since: Instant, now: Instant) -> bool {
+    watching && downloading && now.saturating_duration_since(due_since) < MAX_RESCAN_INTERVAL
+}
+
 /// When the next full rescan is due, after one that took `took` ended at `now`. A folder that
 /// could not be watched is rescanned by the time its watch is tried again (`watch_retry`: the
 /// rescan tries it first), but not sooner than [`WATCH_RETRY_MIN`] from now: a try that fell
@@ -70,6 +80,23 @@ mod tests {
         assert_eq!(
             rescan_interval(ms(3_600_000), false),
             MAX_UNWATCHED_RESCAN_INTERVAL
+        );
+    }
+
+    #[test]
+    fn a_rescan_waits_for_downloads_while_watched_and_for_an_hour_at_most() {
+        let due = Instant::now();
+        let later = |s| due + Duration::from_secs(s);
+        assert!(defer_rescan(true, true, due, due));
+        assert!(defer_rescan(true, true, due, later(3599)));
+        assert!(
+            !defer_rescan(true, true, due, later(3600)),
+            "an hour at most"
+        );
+        assert!(!defer_rescan(true, false, due, due), "nothing downloading");
+        assert!(
+            !defer_rescan(false, true, due, due),
+            "rescans are all an unwatched folder has"
         );
     }
 
