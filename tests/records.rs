@@ -292,6 +292,18 @@ fn stopped_peer_catches_up_and_killed_peer_loses_nothing() {
     wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
 }
 
+/// Puts records `{prefix}{i:05}` = `{value}{i}` for every `i` of `keys` in one batch.
+fn put_batch(api: &Api, share: &str, keys: std::ops::Range<usize>, prefix: &str, value: &str) {
+    let records: Vec<Value> = keys
+        .map(|i| json!({"key": format!("{prefix}{i:05}"), "value": format!("{value}{i}")}))
+        .collect();
+    let (status, body) = api.post(
+        &format!("/v1/kv/{share}/batch"),
+        &json!({ "records": records }),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Two peers that each wrote apart, one 20,000 records, the other 300 of the same keys and
 /// 5,000 of its own, meet again and converge. A session this big pulls what it needs between
 /// its rounds, a request's worth at a time (it used to hold every id it needed until the end),
@@ -304,14 +316,7 @@ fn peers_that_wrote_apart_converge_on_twenty_thousand_records() {
     mesh.wait_fully_connected();
     let share = share_among(&mesh);
     let batch = |api: &Api, keys: std::ops::Range<usize>, prefix: &str, value: &str| {
-        let records: Vec<Value> = keys
-            .map(|i| json!({"key": format!("{prefix}{i:05}"), "value": format!("{value}{i}")}))
-            .collect();
-        let (status, body) = api.post(
-            &format!("/v1/kv/{share}/batch"),
-            &json!({ "records": records }),
-        );
-        assert_eq!(status, 200, "{body}");
+        put_batch(api, share, keys, prefix, value)
     };
     for node in &mesh.nodes {
         node.pin_listen_port();
@@ -375,14 +380,7 @@ fn a_late_member_pulling_thirty_thousand_records_costs_the_sender_few_sessions()
     assert!(mesh.nodes[1].stop());
     let a = Api::of(&mesh.nodes[0]);
     for part in 0..3 {
-        let records: Vec<Value> = (part * 10_000..(part + 1) * 10_000)
-            .map(|i| json!({"key": format!("k{i:05}"), "value": format!("v{i}")}))
-            .collect();
-        let (status, body) = a.post(
-            &format!("/v1/kv/{share}/batch"),
-            &json!({ "records": records }),
-        );
-        assert_eq!(status, 200, "{body}");
+        put_batch(&a, share, part * 10_000..(part + 1) * 10_000, "k", "v");
     }
     mesh.nodes[1].start();
     let listing = wait_converged(&[(&mesh.nodes[0], share), (&mesh.nodes[1], share)]);
