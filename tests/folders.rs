@@ -940,3 +940,51 @@ fn a_file_still_being_written_in_a_new_directory_is_sent_only_complete() {
     });
     share.wait_identical();
 }
+
+/// A change the watcher cannot see is found by the periodic verification walk (a watched
+/// folder walks itself a slice at a time): the file is rewritten in place through a hard link
+/// outside the folder, and inotify tells only the link's directory. `status` says when the
+/// folder was last verified, and how many paths that walk checked.
+#[test]
+fn a_change_the_watcher_cannot_see_is_found_by_the_verification_walk() {
+    let mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
+    let share = FolderShare::among(&nodes);
+    let (a, b) = (&share.dirs[0], &share.dirs[1]);
+    fs::write(a.join("hidden.txt"), "before").unwrap();
+    share.wait_identical();
+    let verified_at = || share.status(&mesh.nodes[0])["last_verified_at"].clone();
+    wait_until("the first scan to count as a verification", WAIT, || {
+        verified_at().is_string()
+    });
+    let first_verified = verified_at();
+    let outside = a.parent().unwrap().join("outside-link");
+    fs::hard_link(a.join("hidden.txt"), &outside).unwrap();
+    fs::write(&outside, "after, where no watcher looks").unwrap();
+    // Evidence the watcher missed it: a later change it does see arrives first.
+    fs::write(a.join("seen.txt"), "seen").unwrap();
+    wait_until("the seen change to arrive", WAIT, || {
+        fs::read_to_string(b.join("seen.txt")).is_ok_and(|s| s == "seen")
+    });
+    if verified_at() == first_verified {
+        assert_eq!(
+            fs::read_to_string(b.join("hidden.txt")).unwrap(),
+            "before",
+            "no verification ran, yet the hidden change arrived: the test shows nothing"
+        );
+    }
+    // The verification is due a minute after the first scan.
+    wait_until(
+        "the verification walk to find the hidden change",
+        WAIT * 3,
+        || fs::read_to_string(b.join("hidden.txt")).is_ok_and(|s| s.starts_with("after")),
+    );
+    let status = share.status(&mesh.nodes[0]);
+    assert_ne!(status["last_verified_at"], first_verified, "{status}");
+    assert!(
+        status["verified_paths"].as_u64().unwrap() >= 2,
+        "both files checked: {status}"
+    );
+    assert!(status["verifying"].is_boolean(), "{status}");
+}

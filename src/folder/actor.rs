@@ -1,7 +1,8 @@
 //! The folder actor: keeps one shared directory and its share's entries in step.
 //!
-//! Local side: a full scan at start and every [`RESCAN_INTERVAL`], and partial scans of the
-//! paths the file watcher reports (debounced, see [`super::settle`]). A path whose scanned
+//! Local side: a full scan at start, a periodic verification (a slice at a time while the
+//! watcher runs, see [`super::verify`]; else full scans, see [`super::rescan`]), and partial
+//! scans of the paths the file watcher reports (debounced, see [`super::settle`]). A path whose scanned
 //! description differs from what was last synced there is a local change and becomes a write
 //! in the store, *based on* the version last synced at that path — so an edit made without
 //! seeing a remote change conflicts with it instead of silently replacing it. A path that was
@@ -43,13 +44,14 @@ use super::instance::{self, InstanceId};
 use super::materialise::Materialised;
 use super::model::{ChunkRef, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::queue::DownloadQueue;
-use super::rescan::RESCAN_INTERVAL;
+use super::rescan::{MAX_RESCAN_INTERVAL, RESCAN_INTERVAL};
 use super::scan::{self, ScanRecord};
 use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
 use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::SyncedPaths;
+use super::verify::Verification;
 use super::watch::{WatchEvent, Watching};
 use super::{received, serve, versions};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
@@ -194,6 +196,7 @@ pub fn spawn(
         scans_run: 0,
         full_scan_started: None,
         rescan_due_since: None,
+        verification: Verification::default(),
         hashed_files: 0,
         hashed_bytes: 0,
         state_writer,
@@ -284,6 +287,8 @@ pub(super) struct FolderActor {
     /// When the periodic full rescan that is waiting for downloads to end fell due
     /// ([`super::rescan::defer_rescan`]).
     rescan_due_since: Option<Instant>,
+    /// The periodic verification walk, a slice at a time ([`super::verify`]).
+    pub(super) verification: Verification,
     /// Files and bytes read by scans since start (an unchanged file is not read again).
     pub(super) hashed_files: u64,
     pub(super) hashed_bytes: u64,
@@ -333,6 +338,43 @@ pub(super) struct ScanResult {
     pub(super) hashed: (u64, u64),
     /// Other warnings of the scan.
     pub(super) warnings: Vec<String>,
+    /// The paths a verification slice covered ([`super::verify`]); `None` for other scans.
+    pub(super) slice: Option<scan::PathRange>,
+    /// Paths the scan found (changed or not).
+    pub(super) checked: u64,
+}
+
+impl ScanResult {
+    /// What a scan found, as the folder takes it in; `full` when it covered the whole folder.
+    pub(super) fn of(
+        instance: std::io::Result<Option<InstanceId>>,
+        full: bool,
+        out: scan::ScanOutput,
+    ) -> Self {
+        let checked = out.unchanged
+            + out.entries.len() as u64
+            + out
+                .spilled
+                .as_ref()
+                .map_or(0, scan::SpilledEntries::written);
+        ScanResult {
+            instance,
+            full,
+            updated: out.entries,
+            spilled: out.spilled,
+            gone: out.gone,
+            pages: out.pages,
+            unstable: out.unstable,
+            fresh: out.fresh,
+            confirms_deletes: false,
+            marks: BTreeMap::new(),
+            problems: out.problems,
+            warnings: out.warnings,
+            hashed: (out.hashed_files, out.hashed_bytes),
+            slice: None,
+            checked,
+        }
+    }
 }
 
 impl FolderActor {
@@ -344,6 +386,12 @@ impl FolderActor {
         loop {
             let scan_at = if self.scanning { None } else { self.scan_at }
                 .unwrap_or_else(|| Instant::now() + far);
+            let slice_at = if self.scanning {
+                None
+            } else {
+                self.verification.next_slice_at()
+            }
+            .unwrap_or_else(|| Instant::now() + far);
             let retry_at = self
                 .queue
                 .next_retry()
@@ -400,6 +448,7 @@ impl FolderActor {
                     self.synced.forget_committed();
                 }
                 _ = tokio::time::sleep_until(rescan_at) => self.on_rescan_due(),
+                _ = tokio::time::sleep_until(slice_at) => self.start_slice(),
                 _ = tokio::time::sleep_until(deletes_at) => self.check_held_deletes(),
                 _ = tokio::time::sleep_until(remote_deletes_at) => {
                     // Their wait is over: `start_downloads` below starts them.
@@ -633,6 +682,9 @@ impl FolderActor {
             scans: self.scans_run,
             hashed_files: self.hashed_files,
             hashed_bytes: self.hashed_bytes,
+            verifying: self.verification.is_running(),
+            verified_paths: self.verification.checked(),
+            last_verified_at: self.verification.last_done().map(crate::timefmt::rfc3339),
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_at: self
                 .last_error
@@ -694,8 +746,13 @@ impl FolderActor {
     }
 
     fn on_rescan_due(&mut self) {
-        self.housekeeping();
         let now = Instant::now();
+        if self.verification.is_running() {
+            // Its last slice sets when the next is due.
+            self.next_rescan = now + MAX_RESCAN_INTERVAL;
+            return;
+        }
+        self.housekeeping();
         let due_since = *self.rescan_due_since.get_or_insert(now);
         let downloading = !self.queue.is_idle();
         if self.paused.is_none()
@@ -711,8 +768,7 @@ impl FolderActor {
             } else {
                 RESCAN_INTERVAL
             };
-        self.dirty_all = true;
-        self.scan_soon(Duration::ZERO);
+        self.start_verification();
     }
 
     /// Purges old trash and removes stale temp files, off the loop. Skipped while paused: the
@@ -811,19 +867,8 @@ impl FolderActor {
                 BTreeMap::new()
             };
             Ok(ScanResult {
-                instance,
-                full,
-                updated: out.entries,
-                spilled: out.spilled,
-                gone: out.gone,
-                pages: out.pages,
-                unstable: out.unstable,
-                fresh: out.fresh,
-                confirms_deletes: false,
                 marks,
-                problems: out.problems,
-                warnings: out.warnings,
-                hashed: (out.hashed_files, out.hashed_bytes),
+                ..ScanResult::of(instance, full, out)
             })
         });
     }

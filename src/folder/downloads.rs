@@ -13,6 +13,7 @@ use super::materialise::{Materialised, materialise};
 use super::model::EntryKind;
 use super::plan::{self, Desired};
 use super::queue::Next;
+use super::scan::PathRange;
 use super::settle::WATCH_DEBOUNCE;
 use crate::merge::{Payload, RecordRegister, VersionVector};
 use crate::store::{Entry, LocalWrite};
@@ -26,7 +27,13 @@ impl FolderActor {
     /// between pages).
     pub(super) async fn queue_all_remote(&mut self) {
         self.requeue_remote = false;
-        let mut after = None;
+        self.queue_remote_in(&PathRange::default()).await;
+    }
+
+    /// [`Self::queue_all_remote`] for the entries whose paths are in `range` (a verification
+    /// slice's).
+    pub(super) async fn queue_remote_in(&mut self, range: &PathRange) {
+        let mut after = range.after.clone().map(String::into_bytes);
         loop {
             self.answer_commands();
             self.take_notices();
@@ -42,6 +49,9 @@ impl FolderActor {
                 let Ok(path) = String::from_utf8(key) else {
                     continue;
                 };
+                if !range.contains(&path) {
+                    return; // Past its end: the listing is in path order.
+                }
                 if self.needs_work(&path, &register) {
                     self.queue_remote(path, &register);
                 }

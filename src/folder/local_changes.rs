@@ -261,7 +261,11 @@ impl FolderActor {
     /// deletes of synced paths that are gone.
     pub(super) async fn on_scanned(&mut self, mut result: ScanResult) {
         self.marks_read |= result.full;
+        if let Some(range) = &result.slice {
+            self.slice_scanned(range, result.checked);
+        }
         if result.full {
+            self.verification.full_scan_done(result.checked);
             // A full scan held every record; give that memory back once done.
             self.settle.release_spare_room();
             if let Some(started) = self.full_scan_started.take()
@@ -421,6 +425,8 @@ impl FolderActor {
         self.on_changes(deferred);
         if result.full {
             self.queue_all_remote().await;
+        } else if let Some(range) = &result.slice {
+            self.queue_remote_in(range).await;
         }
     }
 
@@ -508,6 +514,8 @@ impl FolderActor {
                 problems: Vec::new(),
                 warnings: Vec::new(),
                 hashed: (0, 0),
+                slice: None,
+                checked: 0,
             })
         });
     }

@@ -41,6 +41,7 @@ pub mod state;
 pub mod status;
 mod synced_paths;
 mod upkeep;
+mod verify;
 pub mod versions;
 mod watch;
 pub mod write;

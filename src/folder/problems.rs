@@ -16,14 +16,18 @@ pub const MAX_UNSYNCABLE: usize = 10_000;
 pub const MAX_WARNED: usize = 1_000;
 
 impl FolderActor {
-    /// Takes in a scan's problems: a full scan replaces what was known, a partial one updates
-    /// the paths it looked at. New ones are logged.
+    /// Takes in a scan's problems: a full scan replaces what was known, a verification slice
+    /// what was known in its range, a partial one updates the paths it looked at. New ones are logged.
     pub(super) fn note_problems(&mut self, result: &ScanResult) {
         if result.full {
             let found: HashSet<&str> = result.problems.iter().map(|(p, _)| p.as_str()).collect();
             self.unsyncable
                 .retain(|path, _| found.contains(path.as_str()));
             self.warned.retain(|w| result.warnings.contains(w));
+        } else if let Some(range) = &result.slice {
+            let found: HashSet<&str> = result.problems.iter().map(|(p, _)| p.as_str()).collect();
+            self.unsyncable
+                .retain(|path, _| !range.contains(path) || found.contains(path.as_str()));
         } else {
             for path in result.updated.keys().chain(&result.gone) {
                 self.unsyncable.remove(path);

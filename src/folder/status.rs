@@ -99,6 +99,18 @@ pub struct FolderStatus {
     /// Bytes read by scans since start.
     #[serde(default)]
     pub hashed_bytes: u64,
+    /// Whether the periodic verification walk (what catches changes the watcher missed) is
+    /// under way: while the watcher runs, it goes a slice of 16,384 paths at a time, paced.
+    #[serde(default)]
+    pub verifying: bool,
+    /// Paths the verification walk under way has checked so far, or the last one did (a full
+    /// scan counts as one).
+    #[serde(default)]
+    pub verified_paths: u64,
+    /// When the last walk of the whole folder (a full scan, or a verification's last slice)
+    /// ended (RFC 3339, UTC); `null` until one has since start.
+    #[serde(default)]
+    pub last_verified_at: Option<String>,
     /// The last error; `null` when there has been none since start.
     pub last_error: Option<String>,
     /// When it happened (RFC 3339, UTC); `null` with it.
@@ -186,6 +198,9 @@ impl FolderStatus {
             scans: 0,
             hashed_files: 0,
             hashed_bytes: 0,
+            verifying: false,
+            verified_paths: 0,
+            last_verified_at: None,
             last_error: None,
             last_error_at: None,
         }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::model::{EntryKind, FileMeta};
-use super::scan::{PreviousRecords, ScanRecord};
+use super::scan::{PathRange, PreviousRecords, ScanRecord};
 use super::state::{self, Synced};
 use crate::store::StoreError;
 use crate::store::local_state::{LocalStateReader, LocalStateSnapshot};
@@ -332,6 +332,67 @@ impl PreviousRecords for SyncedSnapshot {
             }
         }
     }
+
+    fn for_each_path_in(&self, range: &PathRange, visit: &mut dyn FnMut(&str)) {
+        // As in `for_each_path_within`: a row that cannot be read is left out.
+        let from = range.after.as_deref().unwrap_or("").as_bytes();
+        let _ = self.stored.for_each_from(from, |key, _| {
+            let Some(rel) = state::path_of_key(key) else {
+                return true;
+            };
+            if !range.contains(&rel) {
+                // Only the first row (`after` itself) comes before the range.
+                return range.upto.as_ref().is_none_or(|upto| &rel <= upto);
+            }
+            if !self.unsaved.contains_key(&rel) {
+                visit(&rel);
+            }
+            true
+        });
+        for (rel, record) in paths_in_map(&self.unsaved, range) {
+            if record.is_some() {
+                visit(rel);
+            }
+        }
+    }
+
+    fn slice_end(&self, after: Option<&str>, count: usize) -> Option<String> {
+        // The stored rows only: the few not saved yet change a slice's size, not what the
+        // slices cover.
+        let mut left = count.max(1);
+        let mut end = None;
+        let from = after.unwrap_or("").as_bytes();
+        let _ = self.stored.for_each_from(from, |key, _| {
+            let Some(rel) = state::path_of_key(key) else {
+                return true;
+            };
+            if after.is_some_and(|after| rel.as_str() <= after) {
+                return true;
+            }
+            left -= 1;
+            if left == 0 {
+                end = Some(rel);
+                return false;
+            }
+            true
+        });
+        end
+    }
+}
+
+/// The entries of `map` whose paths are in `range`, in order.
+fn paths_in_map<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    range: &PathRange,
+) -> impl Iterator<Item = (&'a String, &'a V)> {
+    use std::ops::Bound;
+    let start = range
+        .after
+        .clone()
+        .map_or(Bound::Unbounded, Bound::Excluded);
+    // The end is checked rather than given: a range given an end before its start panics.
+    map.range((start, Bound::Unbounded))
+        .take_while(|(rel, _)| range.contains(rel))
 }
 
 #[cfg(test)]
@@ -399,6 +460,46 @@ mod tests {
         snapshot.for_each_path_within(dir, &mut |rel| out.push(rel.to_owned()));
         out.sort();
         out
+    }
+
+    /// A verification slice's paths, from the store and from what is not saved yet, and where
+    /// slices end (counted in the store's rows).
+    #[tokio::test]
+    async fn a_slice_lists_stored_and_unsaved_paths_in_its_range() {
+        let (_dir, store, share) = store().await;
+        let (writer, task, mut paths) = writer_and_paths(&store, share);
+        for (i, path) in ["a", "b", "b/x", "c", "d"].into_iter().enumerate() {
+            paths.insert(path.into(), synced(EntryKind::File, i as u8));
+        }
+        writer.send(paths.take_unsent().unwrap()).unwrap();
+        paths.all_committed().await;
+        paths.insert("bb".into(), synced(EntryKind::File, 9));
+        paths.remove("c");
+        let snapshot = paths.snapshot().unwrap();
+        let range = |after: Option<&str>, upto: Option<&str>| PathRange {
+            after: after.map(str::to_owned),
+            upto: upto.map(str::to_owned),
+        };
+        let listed = |range: PathRange| {
+            let mut out = Vec::new();
+            snapshot.for_each_path_in(&range, &mut |rel| out.push(rel.to_owned()));
+            out.sort();
+            out
+        };
+        assert_eq!(listed(range(None, None)), ["a", "b", "b/x", "bb", "d"]);
+        assert_eq!(listed(range(Some("a"), Some("bb"))), ["b", "b/x", "bb"]);
+        assert_eq!(
+            listed(range(Some("b/x"), None)),
+            ["bb", "d"],
+            "c is deleted"
+        );
+        assert!(listed(range(Some("d"), Some("a"))).is_empty(), "no panic");
+        assert_eq!(snapshot.slice_end(None, 2).as_deref(), Some("b"));
+        assert_eq!(snapshot.slice_end(Some("b"), 2).as_deref(), Some("c"));
+        assert_eq!(snapshot.slice_end(Some("c"), 2), None, "the last slice");
+        assert_eq!(snapshot.slice_end(None, 0).as_deref(), Some("a"));
+        drop(writer);
+        task.await.unwrap();
     }
 
     #[tokio::test]

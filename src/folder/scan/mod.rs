@@ -80,7 +80,7 @@ use crate::folder::model::{self, ChunkRef, EntryKind, FileMeta, IGNORE_FILE, MAR
 pub use hash::{MAX_HASH_ATTEMPTS, MAX_HASH_WORKERS};
 pub use spill::{SPILL_FROM, SpillReader, SpilledEntries};
 pub use stat::{RACY_WINDOW_COARSE, RACY_WINDOW_FINE, Stamp, StampDigest, written_is_racy};
-pub use walk::is_ignored_builtin;
+pub use walk::{PathRange, is_ignored_builtin};
 
 use super::path_digest::PathDigest;
 use hash::{Hashed, Job, Outcome, hash_all};
@@ -251,6 +251,13 @@ pub trait PreviousRecords {
     /// Calls `visit` with every path that has a record and is `dir` or beneath it (`""`: every
     /// path).
     fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str));
+    /// Calls `visit` with every path that has a record and is in `range`.
+    fn for_each_path_in(&self, range: &PathRange, visit: &mut dyn FnMut(&str));
+    /// The path `count` paths after `after` in byte order (`None`: from the first), where one
+    /// slice of a verification walk that starts after `after` ends; `None` when fewer are
+    /// left, so the slice goes to the end. Paths the caller has not saved yet may be left out:
+    /// the slices still cover every path.
+    fn slice_end(&self, after: Option<&str>, count: usize) -> Option<String>;
     /// Whether files found unchanged since their record (reused without reading them) are left
     /// out of [`ScanOutput::entries`]: a caller that keeps the records itself needs only what
     /// changed, and a full scan of a big tree then does not hold every entry at once.
@@ -262,6 +269,20 @@ pub trait PreviousRecords {
 impl PreviousRecords for BTreeMap<String, ScanRecord> {
     fn record(&self, rel: &str) -> Option<ScanRecord> {
         self.get(rel).cloned()
+    }
+
+    fn for_each_path_in(&self, range: &PathRange, visit: &mut dyn FnMut(&str)) {
+        paths_in(self.keys(), range).for_each(|rel| visit(rel));
+    }
+
+    fn slice_end(&self, after: Option<&str>, count: usize) -> Option<String> {
+        let range = PathRange {
+            after: after.map(str::to_owned),
+            upto: None,
+        };
+        paths_in(self.keys(), &range)
+            .nth(count.checked_sub(1)?)
+            .cloned()
     }
 
     fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str)) {
@@ -282,6 +303,16 @@ impl PreviousRecords for BTreeMap<String, ScanRecord> {
     }
 }
 
+/// Of the `sorted` paths, those in `range`, in order.
+pub(crate) fn paths_in<'a, I>(sorted: I, range: &'a PathRange) -> impl Iterator<Item = I::Item>
+where
+    I: Iterator<Item = &'a String>,
+{
+    sorted
+        .skip_while(|rel| range.after.as_ref().is_some_and(|after| *rel <= after))
+        .take_while(|rel| range.contains(rel))
+}
+
 /// Scans the whole folder at `root`. `previous` is the last scan's `entries` (empty the first
 /// time): files it describes that have not changed are reused instead of re-read.
 pub fn scan_all(root: &Path, previous: &dyn PreviousRecords) -> Result<ScanOutput, ScanError> {
@@ -299,6 +330,27 @@ pub fn scan_all_reusing(
     scan(
         root,
         Scope::All,
+        previous,
+        Known::default(),
+        chunk_lists,
+        None,
+        spill_in,
+    )
+}
+
+/// Scans the paths of one slice of a verification walk: those in `range`, as
+/// [`scan_all_reusing`] would find them. The slices after each other cover the folder; each
+/// holds a slice's worth of entries, and takes a slice's time.
+pub fn scan_range_reusing(
+    root: &Path,
+    range: PathRange,
+    previous: &dyn PreviousRecords,
+    chunk_lists: ChunkLists,
+    spill_in: Option<&Path>,
+) -> Result<ScanOutput, ScanError> {
+    scan(
+        root,
+        Scope::Range(range),
         previous,
         Known::default(),
         chunk_lists,
@@ -637,6 +689,7 @@ fn settle(
     };
     match scope {
         Scope::All => previous.for_each_path_within("", &mut visit),
+        Scope::Range(range) => previous.for_each_path_in(range, &mut visit),
         Scope::Paths(requested) => {
             for rel in requested {
                 previous.for_each_path_within(rel, &mut visit);

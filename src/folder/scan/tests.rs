@@ -149,6 +149,12 @@ impl PreviousRecords for KeptElsewhere {
     fn for_each_path_within(&self, dir: &str, visit: &mut dyn FnMut(&str)) {
         self.0.for_each_path_within(dir, visit)
     }
+    fn for_each_path_in(&self, range: &PathRange, visit: &mut dyn FnMut(&str)) {
+        self.0.for_each_path_in(range, visit)
+    }
+    fn slice_end(&self, after: Option<&str>, count: usize) -> Option<String> {
+        self.0.slice_end(after, count)
+    }
     fn omit_unchanged(&self) -> bool {
         true
     }
@@ -357,4 +363,90 @@ fn records_round_trip_through_cbor() {
     ciborium::into_writer(&out.entries, &mut bytes).unwrap();
     let back: BTreeMap<String, ScanRecord> = ciborium::from_reader(bytes.as_slice()).unwrap();
     assert_eq!(back, out.entries);
+}
+
+/// The slices of a verification walk, one after the other from the first path, find what one
+/// full scan finds: every entry once, in its slice, and the same paths gone. Names around '/'
+/// in byte order ("a-b" < "a/x" < "a0") and a subtree split across slices included.
+#[test]
+fn a_walk_in_slices_finds_what_a_full_scan_finds() {
+    let dir = folder();
+    let root = dir.path();
+    let names = [
+        "a",
+        "a-b",
+        "a/x",
+        "a/y/1",
+        "a/y/2",
+        "a/y/3",
+        "a/z",
+        "a0",
+        "b/c/d/e",
+        "b/c/f",
+        "c",
+        "d/.meshignore",
+        "d/kept",
+        "d/skip.tmp",
+        "e/1",
+        "e/2",
+        "e/3",
+        "e/4",
+    ];
+    for name in names {
+        if name == "a" {
+            continue; // "a" is a directory.
+        }
+        let data = if name.ends_with(IGNORE_FILE) {
+            b"*.tmp\n".to_vec()
+        } else {
+            name.as_bytes().to_vec()
+        };
+        write(root, name, &data);
+    }
+    settle();
+    let first = scan_all(root, &BTreeMap::new()).unwrap();
+    // Changes for the walk to find: an edit, deletes (one a whole subtree), new files.
+    fs::write(root.join("a/y/2"), b"edited").unwrap();
+    fs::remove_file(root.join("a-b")).unwrap();
+    fs::remove_dir_all(root.join("b/c/d")).unwrap();
+    write(root, "a/y/0", b"new");
+    write(root, "zz/new", b"new");
+    settle();
+    let previous = KeptElsewhere(first.entries.clone());
+    let full = scan_all(root, &previous).unwrap();
+    for per_slice in [1, 2, 3, 5, 100] {
+        let mut after: Option<String> = None;
+        let (mut entries, mut gone, mut unchanged) = (BTreeMap::new(), Vec::new(), 0);
+        let mut slices = 0;
+        loop {
+            let upto = previous.slice_end(after.as_deref(), per_slice);
+            let range = PathRange {
+                after: after.clone(),
+                upto: upto.clone(),
+            };
+            let out = scan_range_reusing(root, range.clone(), &previous, &|_| None, None).unwrap();
+            for (path, record) in out.entries {
+                assert!(range.contains(&path), "{path} outside {range:?}");
+                assert!(entries.insert(path, record).is_none(), "found twice");
+            }
+            assert!(out.gone.iter().all(|path| range.contains(path)));
+            gone.extend(out.gone);
+            unchanged += out.unchanged;
+            slices += 1;
+            match upto {
+                Some(upto) => after = Some(upto),
+                None => break,
+            }
+        }
+        assert_eq!(entries, full.entries, "{per_slice} paths a slice");
+        assert_eq!(gone, full.gone, "{per_slice} paths a slice");
+        assert_eq!(unchanged, full.unchanged);
+        assert_eq!(
+            slices,
+            previous.0.len() / per_slice + 1,
+            "{per_slice} paths a slice"
+        );
+    }
+    assert!(full.gone.contains(&"b/c/d/e".to_owned()), "{:?}", full.gone);
+    assert!(full.entries.contains_key("zz/new") && full.entries.contains_key("a/y/2"));
 }

@@ -69,6 +69,41 @@ pub(super) enum Scope {
     All,
     /// These normalised paths and their subtrees (`""` is the whole folder).
     Paths(BTreeSet<String>),
+    /// The paths after `after` up to `upto` included, in byte order (`None`: from the first,
+    /// to the last): one slice of a verification walk done a slice at a time. A directory's
+    /// subtree is one run of that order (the paths from `dir/` to before `dir0`), so the walk
+    /// enters only the directories whose subtree meets the range.
+    Range(PathRange),
+}
+
+/// Paths after `after` (exclusive) up to `upto` (inclusive), in byte order; `None` leaves that
+/// end open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathRange {
+    /// The last path of the slice before (`None`: from the first path).
+    pub after: Option<String>,
+    /// The last path of this slice (`None`: to the last path).
+    pub upto: Option<String>,
+}
+
+impl PathRange {
+    /// Whether `rel` is in the range.
+    pub fn contains(&self, rel: &str) -> bool {
+        self.after.as_deref().is_none_or(|a| rel > a)
+            && self.upto.as_deref().is_none_or(|u| rel <= u)
+    }
+
+    /// Whether some path under the directory `dir` may be in the range: its subtree is the
+    /// run of paths from `dir/` to before `dir0` ('0' follows '/').
+    fn meets_subtree_of(&self, dir: &str) -> bool {
+        self.after
+            .as_deref()
+            .is_none_or(|a| a < format!("{dir}0").as_str())
+            && self
+                .upto
+                .as_deref()
+                .is_none_or(|u| u > format!("{dir}/").as_str())
+    }
 }
 
 impl Scope {
@@ -77,14 +112,22 @@ impl Scope {
         match self {
             Scope::All => true,
             Scope::Paths(set) => ancestors_or_self(rel).any(|a| set.contains(a)),
+            Scope::Range(range) => range.contains(rel),
         }
     }
 
     /// Whether the walk must visit `rel`: in scope, or a directory on the way to a requested
     /// path.
     fn visits(&self, rel: &Path) -> bool {
-        let Scope::Paths(set) = self else {
-            return true;
+        let set = match self {
+            Scope::All => return true,
+            Scope::Range(range) => {
+                // A path that is not UTF-8 is visited: the walk warns about it.
+                return rel
+                    .to_str()
+                    .is_none_or(|rel| range.contains(rel) || range.meets_subtree_of(rel));
+            }
+            Scope::Paths(set) => set,
         };
         if rel
             .ancestors()
