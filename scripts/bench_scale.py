@@ -5,6 +5,9 @@ bench-scale.sh for how to run it).
 Phases, each timed, with both daemons' resident memory (now and peak) and CPU time:
   index    A indexes the generated tree (its first full scan)
   sync     B joins and receives every file (initial sync A -> B)
+  verify   B's periodic verification walk, which waits for the sync's downloads, runs a slice at
+           a time: time until it ends, B's CPU, paths checked, and a file written on B while it
+           runs, timed until A has it
   idle     nothing happens for --idle seconds: RSS after it, CPU spent
   restart  B is stopped and started: time until its API answers, until its status does
            (with the folder's part), until it is idle again,
@@ -274,6 +277,7 @@ class Bench:
                  B_cpu_ms_per_file=1000 * b_cpu / len(t.entries))
 
         self.idle_both("both idle after the sync")
+        self.verify_b()
         cpu0 = {d.name: d.cpu() for d in (self.a, self.b)}
         time.sleep(self.args.idle)
         idle_cpu = {f"{d.name}_idle_cpu_pct": 100 * (d.cpu() - cpu0[d.name]) / self.args.idle
@@ -336,6 +340,46 @@ class Bench:
             for d in (self.a, self.b):
                 d.stop()
             self.run_syncthing()
+
+    def verify_b(self):
+        """B's periodic verification walk, which waited for the sync's downloads (checked
+        every minute): from the sync's end until the walk ends, B's CPU meanwhile, the paths it
+        checked; and while it runs, a file written on B, timed until A has it."""
+        folder = self.b.folder_share()["folder"]
+        if "last_verified_at" not in folder:
+            log("no verify phase: this daemon does not say when it verified its folder")
+            return
+        before = folder["last_verified_at"]
+        cpu0, t0 = self.b.cpu(), time.perf_counter()
+        walk = {}
+        probe = "verify-probe.bin"
+        probe_data = b"written on B while it verifies\n"
+
+        def done():
+            f = self.b.folder_share()["folder"]
+            now = time.perf_counter()
+            if f.get("verifying") and "started" not in walk:
+                walk["started"] = now
+                with open(os.path.join(self.b.folder, probe), "wb") as out:
+                    out.write(probe_data)
+                walk["probe_written"] = now
+            if "probe_written" in walk and "probe_arrived" not in walk:
+                try:
+                    with open(os.path.join(self.a.folder, probe), "rb") as f_in:
+                        if f_in.read() == probe_data:
+                            walk["probe_arrived"] = now
+                except OSError:
+                    pass
+            walk["paths"] = f.get("verified_paths")
+            return f.get("last_verified_at") != before and (
+                "probe_written" not in walk or "probe_arrived" in walk)
+        wait_until("B's verification walk to end", TIMEOUT, done, interval=0.2)
+        extra = {"B_walk_cpu_seconds": self.b.cpu() - cpu0, "B_verified_paths": walk["paths"]}
+        if "started" in walk:
+            extra["B_walk_s"] = time.perf_counter() - walk["started"]
+            extra["probe_B_to_A_s"] = walk["probe_arrived"] - walk["probe_written"]
+        self.row("verify", time.perf_counter() - t0, **extra)
+        self.idle_both("both idle after the verification")
 
     def run_syncthing(self):
         """The initial sync of the same tree with Syncthing, on the same machine, after

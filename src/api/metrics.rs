@@ -238,6 +238,11 @@ pub fn render(
         "folder_watching",
         "1 while a file watcher sees the folder's changes as they happen, 0 while only rescans do",
     );
+    let verifying = gauges(
+        &mut registry,
+        "folder_verifying",
+        "1 while the periodic verification walk (what catches changes the watcher missed) runs",
+    );
     let completion = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "share_member_completion_percent",
@@ -294,6 +299,9 @@ pub fn render(
             watching
                 .get_or_create(&labels)
                 .set(i64::from(folder.watching));
+            verifying
+                .get_or_create(&labels)
+                .set(i64::from(folder.verifying));
         }
     }
     let mut text = String::new();

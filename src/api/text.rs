@@ -294,6 +294,13 @@ pub fn shares(shares: &[ShareStatus]) -> String {
             if let Some(problem) = &folder.watch_problem {
                 let _ = writeln!(out, "    {problem}");
             }
+            if folder.verifying {
+                let _ = writeln!(
+                    out,
+                    "    verifying (what the watcher may have missed): {} paths checked so far",
+                    folder.verified_paths
+                );
+            }
         }
     }
     out

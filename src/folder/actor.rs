@@ -711,6 +711,8 @@ impl FolderActor {
         self.deletes.clear();
         self.settle.clear();
         self.watching.stop();
+        // The scan on resume is full.
+        self.verification.cancel();
         self.next_rescan = Instant::now() + PAUSED_CHECK_INTERVAL;
     }
 
@@ -747,7 +749,7 @@ impl FolderActor {
 
     fn on_rescan_due(&mut self) {
         let now = Instant::now();
-        if self.verification.is_running() {
+        if self.verification.is_running() && self.paused.is_none() {
             // Its last slice sets when the next is due.
             self.next_rescan = now + MAX_RESCAN_INTERVAL;
             return;

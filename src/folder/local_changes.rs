@@ -257,13 +257,21 @@ impl FolderActor {
 }
 
 impl FolderActor {
+    /// Takes in a finished scan; a verification slice ends once its changes are written and
+    /// the share's entries in its range compared with the disk: that is its cost, which paces
+    /// the next.
+    pub(super) async fn on_scanned(&mut self, result: ScanResult) {
+        let slice = result.slice.clone().map(|range| (range, result.checked));
+        self.take_scan(result).await;
+        if let Some((range, checked)) = slice {
+            self.slice_scanned(&range, checked);
+        }
+    }
+
     /// Turns a scan into local writes: changed paths (based on what was synced there) and
     /// deletes of synced paths that are gone.
-    pub(super) async fn on_scanned(&mut self, mut result: ScanResult) {
+    async fn take_scan(&mut self, mut result: ScanResult) {
         self.marks_read |= result.full;
-        if let Some(range) = &result.slice {
-            self.slice_scanned(range, result.checked);
-        }
         if result.full {
             self.verification.full_scan_done(result.checked);
             // A full scan held every record; give that memory back once done.

@@ -1,9 +1,13 @@
 //! Scanning a shared folder: walk it under its ignore rules and describe every entry as a
 //! [`FileMeta`], re-reading only the files that changed since the previous scan.
 //!
-//! The folder engine calls [`scan_all`] (startup, periodic safety-net rescans) and [`scan_paths`]
-//! (what the file watcher reported) from a blocking thread; both are synchronous and spread the
-//! hashing over up to [`MAX_HASH_WORKERS`] scoped threads.
+//! The folder engine calls [`scan_all`] (startup, rescans of unwatched folders and after lost
+//! watch events), [`scan_range_reusing`] (a slice of the periodic verification while the
+//! watcher runs) and [`scan_paths`] (what the file watcher reported) from a blocking thread;
+//! all are synchronous and spread the hashing over up to [`MAX_HASH_WORKERS`] scoped threads.
+//! A slice covers a run of paths in byte order: it walks only the directories whose subtree
+//! meets it, but lists each of those whole (a directory of 10^6 entries is listed by every
+//! slice that meets it; the slices' pacing bounds what that costs).
 //!
 //! # What is scanned
 //! Every file, directory and symlink under the root, except:

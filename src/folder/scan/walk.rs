@@ -2,6 +2,7 @@
 //! rules), what each entry the walker yields becomes (an entry, a file to read, a warning, an
 //! unstable path), and the checks that the root is still the folder before and after.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
@@ -94,15 +95,27 @@ impl PathRange {
     }
 
     /// Whether some path under the directory `dir` may be in the range: its subtree is the
-    /// run of paths from `dir/` to before `dir0` ('0' follows '/').
+    /// run of paths from `dir/` to before `dir0` ('0' follows '/'). Asked of every directory
+    /// a slice's walk lists, so it compares without building those strings.
     fn meets_subtree_of(&self, dir: &str) -> bool {
         self.after
             .as_deref()
-            .is_none_or(|a| a < format!("{dir}0").as_str())
+            .is_none_or(|a| cmp_joined(a, dir, b'0') == Ordering::Less)
             && self
                 .upto
                 .as_deref()
-                .is_none_or(|u| u > format!("{dir}/").as_str())
+                .is_none_or(|u| cmp_joined(u, dir, b'/') == Ordering::Greater)
+    }
+}
+
+/// `s` compared with `dir` followed by the byte `last`, in byte order.
+fn cmp_joined(s: &str, dir: &str, last: u8) -> Ordering {
+    let (s, dir) = (s.as_bytes(), dir.as_bytes());
+    let shared = s.len().min(dir.len());
+    match s[..shared].cmp(&dir[..shared]) {
+        Ordering::Equal if s.len() <= dir.len() => Ordering::Less,
+        Ordering::Equal => s[dir.len()].cmp(&last).then(s.len().cmp(&(dir.len() + 1))),
+        other => other,
     }
 }
 
@@ -116,16 +129,16 @@ impl Scope {
         }
     }
 
-    /// Whether the walk must visit `rel`: in scope, or a directory on the way to a requested
-    /// path.
-    fn visits(&self, rel: &Path) -> bool {
+    /// Whether the walk must visit `rel` (a directory if `is_dir`): in scope, or a directory
+    /// on the way to a requested path.
+    fn visits(&self, rel: &Path, is_dir: bool) -> bool {
         let set = match self {
             Scope::All => return true,
             Scope::Range(range) => {
                 // A path that is not UTF-8 is visited: the walk warns about it.
-                return rel
-                    .to_str()
-                    .is_none_or(|rel| range.contains(rel) || range.meets_subtree_of(rel));
+                return rel.to_str().is_none_or(|rel| {
+                    range.contains(rel) || (is_dir && range.meets_subtree_of(rel))
+                });
             }
             Scope::Paths(set) => set,
         };
@@ -441,10 +454,10 @@ fn walker(base: &Path, scope: &Arc<Scope>) -> WalkBuilder {
         if is_builtin_name(entry.depth(), entry.file_name()) {
             return false;
         }
-        entry
-            .path()
-            .strip_prefix(&base)
-            .map_or(true, |rel| scope.visits(rel))
+        entry.path().strip_prefix(&base).map_or(true, |rel| {
+            let is_dir = entry.file_type().is_none_or(|t| t.is_dir());
+            scope.visits(rel, is_dir)
+        })
     });
     builder
 }
@@ -468,6 +481,46 @@ mod tests {
     use super::*;
     use crate::folder::model::Content;
     use std::os::unix::fs::{PermissionsExt, symlink};
+
+    /// The comparison without building strings agrees with the one that builds them, and a
+    /// slice's walk enters exactly the directories whose subtree meets it.
+    #[test]
+    fn a_range_meets_the_subtrees_it_overlaps() {
+        let words = [
+            "", "a", "a-", "a/", "a/b", "a0", "a/b/c", "ab", "b", "a.", "a/~",
+        ];
+        for s in words {
+            for dir in words {
+                for last in [b'/', b'0'] {
+                    let joined = format!("{dir}{}", last as char);
+                    assert_eq!(
+                        cmp_joined(s, dir, last),
+                        s.cmp(joined.as_str()),
+                        "{s} {dir}"
+                    );
+                }
+            }
+        }
+        let range = |after: Option<&str>, upto: Option<&str>| PathRange {
+            after: after.map(str::to_owned),
+            upto: upto.map(str::to_owned),
+        };
+        // "a-b" < "a/x" < "a0": the subtree of "a" is what lies between "a/" and "a0".
+        assert!(range(Some("a-b"), Some("a/x")).meets_subtree_of("a"));
+        assert!(range(Some("a/x"), Some("b")).meets_subtree_of("a"));
+        assert!(!range(Some("a-a"), Some("a-z")).meets_subtree_of("a"));
+        assert!(!range(Some("a0"), None).meets_subtree_of("a"));
+        assert!(!range(None, Some("a/")).meets_subtree_of("a"));
+        assert!(range(None, None).meets_subtree_of("a"));
+        let scope = Scope::Range(range(Some("a-b"), Some("a/x")));
+        assert!(scope.visits(Path::new("a"), true));
+        assert!(
+            !scope.visits(Path::new("a"), false),
+            "a file is not entered"
+        );
+        assert!(scope.visits(Path::new("a/x"), false));
+        assert!(!scope.visits(Path::new("a/y"), false));
+    }
 
     #[test]
     fn ignore_rules_apply_nested_and_with_negation() {
