@@ -560,7 +560,15 @@ fn scan(
     let mut spilling = Spilling::new(spill_in);
     let scope = Arc::new(scope);
     let mut found = walk::walk(root, &base, &scope, previous, fresh_since)?;
-    found.entries.extend(known.reused);
+    // As the walk does with the unchanged files it finds. The watcher reports every file we
+    // write ourselves: handed back whole, each was indexed and compared once more.
+    if previous.omit_unchanged() {
+        for rel in known.reused.keys() {
+            found.unchanged.push(PathDigest::of(rel));
+        }
+    } else {
+        found.entries.extend(known.reused);
+    }
     found.jobs.extend(known.jobs);
 
     let mut out = ScanOutput::default();

@@ -311,6 +311,10 @@ fn requested_unchanged_files_are_neither_walked_nor_read() {
     assert_eq!(out.hashed_files, 0);
     assert_eq!(keys(&out), ["a/1", "b/3"]);
     assert_eq!(out.entries["a/1"], full.entries["a/1"]);
+    // A caller that keeps the records itself is told only that they are unchanged.
+    let out = scan_paths(root, &paths, &KeptElsewhere(full.entries.clone())).unwrap();
+    assert!(out.entries.is_empty() && out.gone.is_empty(), "{out:?}");
+    assert_eq!((out.unchanged, out.hashed_files), (2, 0));
 
     // Changed, replaced, or under a requested directory: the walk and a read decide.
     write(root, "a/1", b"changed");
