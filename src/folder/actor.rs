@@ -44,7 +44,7 @@ use super::instance::{self, InstanceId};
 use super::materialise::Materialised;
 use super::model::{ChunkRef, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::queue::DownloadQueue;
-use super::rescan::{MAX_RESCAN_INTERVAL, RESCAN_INTERVAL};
+use super::rescan::RESCAN_INTERVAL;
 use super::scan::{self, ScanRecord};
 use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
@@ -53,7 +53,7 @@ use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::SyncedPaths;
 use super::verify::Verification;
 use super::watch::{WatchEvent, Watching};
-use super::{received, serve, versions};
+use super::{received, serve};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
 use crate::merge::{PeerKey, RecordRegister};
@@ -286,7 +286,7 @@ pub(super) struct FolderActor {
     pub(super) full_scan_started: Option<Instant>,
     /// When the periodic full rescan that is waiting for downloads to end fell due
     /// ([`super::rescan::defer_rescan`]).
-    rescan_due_since: Option<Instant>,
+    pub(super) rescan_due_since: Option<Instant>,
     /// The periodic verification walk, a slice at a time ([`super::verify`]).
     pub(super) verification: Verification,
     /// Files and bytes read by scans since start (an unchanged file is not read again).
@@ -745,46 +745,6 @@ impl FolderActor {
             }
         };
         self.scan_at = Some(scan_at);
-    }
-
-    fn on_rescan_due(&mut self) {
-        let now = Instant::now();
-        if self.verification.is_running() && self.paused.is_none() {
-            // Its last slice sets when the next is due.
-            self.next_rescan = now + MAX_RESCAN_INTERVAL;
-            return;
-        }
-        self.housekeeping();
-        let due_since = *self.rescan_due_since.get_or_insert(now);
-        let downloading = !self.queue.is_idle();
-        if self.paused.is_none()
-            && super::rescan::defer_rescan(self.watching.is_on(), downloading, due_since, now)
-        {
-            self.next_rescan = now + RESCAN_INTERVAL;
-            return;
-        }
-        self.rescan_due_since = None;
-        self.next_rescan = Instant::now()
-            + if self.paused.is_some() {
-                PAUSED_CHECK_INTERVAL
-            } else {
-                RESCAN_INTERVAL
-            };
-        self.start_verification();
-    }
-
-    /// Purges old trash and removes stale temp files, off the loop. Skipped while paused: the
-    /// folder may not be there.
-    fn housekeeping(&self) {
-        if self.paused.is_some() || !self.state_loaded {
-            return;
-        }
-        let (root, policy, name) = (self.sources.root.clone(), self.versions, self.name.clone());
-        tokio::task::spawn_blocking(move || match versions::prune(&root, &policy) {
-            0 => {}
-            n => debug!(folder = %name, "removed {n} versions the policy no longer keeps"),
-        });
-        self.sweep_temp_files(STALE_TEMP_AGE);
     }
 
     pub(super) fn ensure_watcher(&mut self) {

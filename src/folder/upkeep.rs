@@ -1,6 +1,7 @@
 //! What the folder's loop does after every event it handles: work that is due whatever the
 //! event was (flushing what was synced, refilling the download window, starting downloads,
-//! sweeping temp files once idle). Kept apart from the loop's `select!` so that each event's
+//! sweeping temp files once idle); and the housekeeping at start and at each periodic
+//! verification (old versions pruned, stale temp files removed). Kept apart from the loop's `select!` so that each event's
 //! handler stays about its event.
 
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::actor::{FolderActor, SYNCED_FLUSH_INTERVAL, SYNCED_FLUSH_ROWS};
-use super::write;
+use super::actor::{FolderActor, STALE_TEMP_AGE, SYNCED_FLUSH_INTERVAL, SYNCED_FLUSH_ROWS};
+use super::{versions, write};
 
 impl FolderActor {
     /// Runs once after each event of the loop.
@@ -34,6 +35,20 @@ impl FolderActor {
         if self.queue.is_idle() && self.queue.next_retry().is_none() {
             self.disk.nothing_waiting(&self.name);
         }
+    }
+
+    /// Purges old trash and removes stale temp files, off the loop. Skipped while paused: the
+    /// folder may not be there.
+    pub(super) fn housekeeping(&self) {
+        if self.paused.is_some() || !self.state_loaded {
+            return;
+        }
+        let (root, policy, name) = (self.sources.root.clone(), self.versions, self.name.clone());
+        tokio::task::spawn_blocking(move || match versions::prune(&root, &policy) {
+            0 => {}
+            n => debug!(folder = %name, "removed {n} versions the policy no longer keeps"),
+        });
+        self.sweep_temp_files(STALE_TEMP_AGE);
     }
 
     /// Removes our temp files older than `age` that no assembly holds, off the loop.

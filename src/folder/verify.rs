@@ -7,16 +7,20 @@
 //! run between slices. The first scan after start, a rescan after lost watch events, and every
 //! rescan of a folder that cannot be watched stay whole: they are how changes are found then.
 //!
-//! Methods of the folder actor, kept apart from its loop.
+//! When the verification is due (`on_rescan_due`), it waits while files are being downloaded
+//! ([`super::rescan::defer_rescan`]). Methods of the folder actor, kept apart from its loop.
 
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult};
+use super::actor::{FolderActor, PAUSED_CHECK_INTERVAL, STATE_UNREADABLE_RETRY, ScanResult};
 use super::model::{FileMeta, MARKER_DIR};
-use super::rescan::{VERIFY_SLICE_PATHS, next_full_rescan, slice_wait};
+use super::rescan::{
+    MAX_RESCAN_INTERVAL, RESCAN_INTERVAL, VERIFY_SLICE_PATHS, defer_rescan, next_full_rescan,
+    slice_wait,
+};
 use super::scan::{self, PathRange, PreviousRecords};
 use super::{instance, state};
 
@@ -128,9 +132,36 @@ impl Verification {
 }
 
 impl FolderActor {
-    /// The periodic verification is due: while the watcher runs and a full scan has run since
+    /// The periodic verification is due (or, while paused, the check whether the folder is
+    /// back): it waits while files are being downloaded, else starts.
+    pub(super) fn on_rescan_due(&mut self) {
+        let now = Instant::now();
+        if self.verification.is_running() && self.paused.is_none() {
+            // Its last slice sets when the next is due.
+            self.next_rescan = now + MAX_RESCAN_INTERVAL;
+            return;
+        }
+        self.housekeeping();
+        let due_since = *self.rescan_due_since.get_or_insert(now);
+        let downloading = !self.queue.is_idle();
+        if self.paused.is_none() && defer_rescan(self.watching.is_on(), downloading, due_since, now)
+        {
+            self.next_rescan = now + RESCAN_INTERVAL;
+            return;
+        }
+        self.rescan_due_since = None;
+        self.next_rescan = Instant::now()
+            + if self.paused.is_some() {
+                PAUSED_CHECK_INTERVAL
+            } else {
+                RESCAN_INTERVAL
+            };
+        self.start_verification();
+    }
+
+    /// Starts the periodic verification: while the watcher runs and a full scan has run since
     /// start, a walk a slice at a time; else a full scan.
-    pub(super) fn start_verification(&mut self) {
+    fn start_verification(&mut self) {
         if self.watching.is_on() && self.marks_read && self.paused.is_none() {
             self.verification.start(Instant::now());
         } else {
