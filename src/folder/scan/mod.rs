@@ -331,15 +331,7 @@ pub fn scan_all_reusing(
     chunk_lists: ChunkLists,
     spill_in: Option<&Path>,
 ) -> Result<ScanOutput, ScanError> {
-    scan(
-        root,
-        Scope::All,
-        previous,
-        Known::default(),
-        chunk_lists,
-        None,
-        spill_in,
-    )
+    scan_walked(root, Scope::All, previous, chunk_lists, spill_in)
 }
 
 /// Scans the paths of one slice of a verification walk: those in `range`, as
@@ -352,9 +344,21 @@ pub fn scan_range_reusing(
     chunk_lists: ChunkLists,
     spill_in: Option<&Path>,
 ) -> Result<ScanOutput, ScanError> {
+    scan_walked(root, Scope::Range(range), previous, chunk_lists, spill_in)
+}
+
+/// A scan that walks all of its scope: no path requested by a watcher, so nothing known before
+/// the walk and no file left for its writer to finish.
+fn scan_walked(
+    root: &Path,
+    scope: Scope,
+    previous: &dyn PreviousRecords,
+    chunk_lists: ChunkLists,
+    spill_in: Option<&Path>,
+) -> Result<ScanOutput, ScanError> {
     scan(
         root,
-        Scope::Range(range),
+        scope,
         previous,
         Known::default(),
         chunk_lists,
