@@ -8,7 +8,7 @@ use std::path::Path;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::write::{MAX_COMPONENT_BYTES, WriteError, io_error};
-use super::write::{ensure_parents, parent_of, rename_noreplace, resolve, sync_dir};
+use super::write::{parent_of, rename_noreplace, resolve, resolve_creating_parents, sync_dir};
 
 /// Infix of conflict copies' names, as in Syncthing so users recognise them.
 pub const CONFLICT_INFIX: &str = ".sync-conflict-";
@@ -25,8 +25,7 @@ pub fn rename_to_conflict_copy(
     conflict_rel: &str,
 ) -> Result<(), WriteError> {
     let from = resolve(root, rel)?;
-    let to = resolve(root, conflict_rel)?;
-    ensure_parents(root, conflict_rel)?;
+    let to = resolve_creating_parents(root, conflict_rel)?;
     rename_noreplace(&from, &to).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => WriteError::Exists { path: to.clone() },
         _ => io_error("move aside", &from, e),

@@ -329,8 +329,7 @@ pub fn restore(root: &Path, rel: &str, at: Option<SystemTime>) -> Result<Version
             path: rel.to_owned(),
             at: at.map(rfc3339),
         })?;
-    let target = write::resolve(root, rel).map_err(write::WriteError::Path)?;
-    write::ensure_parents(root, rel)?;
+    let target = write::resolve_creating_parents(root, rel)?;
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| write::WriteError::Io {

@@ -14,7 +14,7 @@ use super::dir_sync::sync_dir_shared;
 use super::fs_flush::{flush, flush_everything};
 use super::group_commit::Failure;
 use super::ops::{check_expect, parent_of, publish, system_time};
-use super::path::{ensure_parents, resolve};
+use super::path::{checked_path, ensure_parents};
 use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
 use crate::folder::model::{CHUNK_MAX, CheckedChunk, ChunkRef, Hash, TEMP_PREFIX};
 
@@ -145,7 +145,8 @@ impl Assembly {
         file_hash: Hash,
         chunks: &[ChunkRef],
     ) -> Result<Assembly, WriteError> {
-        let target = resolve(root, rel)?;
+        // The chunk list is checked before any directory is made for it.
+        let target = checked_path(root, rel)?;
         let offsets = chunk_offsets(&target, size, chunks)?;
         ensure_parents(root, rel)?;
         let temp = target.with_file_name(temp_name(rel, &file_hash));

@@ -100,7 +100,7 @@ pub use sweep::sweep_temp_files;
 
 pub(crate) use dir_sync::sync_dir;
 pub(crate) use ops::parent_of;
-pub(crate) use path::ensure_parents;
+pub(crate) use path::resolve_creating_parents;
 pub(crate) use sys::rename_noreplace;
 pub(crate) use sys::{attribute, disk_space};
 

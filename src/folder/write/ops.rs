@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::io::Errno;
 
 use super::dir_sync::sync_dir;
-use super::path::{ensure_parents, resolve};
+use super::path::{ensure_parents, resolve, resolve_creating_parents};
 use super::{
     Expect, MODE_MASK, PARENT_DIR_MODE, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys,
 };
@@ -41,8 +41,7 @@ pub enum Removed {
 /// mode is applied as given, so a peer's read-only directory is read-only here: the engine
 /// should fill a directory before applying a restrictive mode.
 pub fn make_dir(root: &Path, rel: &str, mode: u32) -> Result<(), WriteError> {
-    let path = resolve(root, rel)?;
-    ensure_parents(root, rel)?;
+    let path = resolve_creating_parents(root, rel)?;
     let created = match fs::DirBuilder::new().mode(PARENT_DIR_MODE).create(&path) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
