@@ -6,6 +6,7 @@
 #   scripts/bench-scale.sh --mix=mixed            # sizes 100 B-4 KiB, some 16-256 KiB, 0.1 % 1-4 MiB
 #   scripts/bench-scale.sh --idle=60 --json=FILE --keep --no-build --dir=DIR
 #   scripts/bench-scale.sh --syncthing=no         # skip the side-by-side Syncthing run
+#   scripts/bench-scale.sh --syncs=5              # the initial sync five times, each to a fresh B
 #
 # Phases (see scripts/bench_scale.py): A indexes the tree; B joins and receives it; both idle;
 # B restarts (time to API, rescan); 1 % of the files rewritten on A; a tenth of the tree deleted
@@ -24,9 +25,9 @@ args=()
 for arg in "$@"; do
     case "$arg" in
         --no-build) build=0 ;;
-        --files=*|--mix=*|--idle=*|--json=*|--dir=*|--seed=*|--log=*|--syncthing=*) args+=("--${arg#--}") ;;
+        --files=*|--mix=*|--idle=*|--json=*|--dir=*|--seed=*|--log=*|--syncthing=*|--syncs=*) args+=("--${arg#--}") ;;
         --keep) args+=("--keep") ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done

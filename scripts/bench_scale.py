@@ -4,7 +4,8 @@ bench-scale.sh for how to run it).
 
 Phases, each timed, with both daemons' resident memory (now and peak) and CPU time:
   index    A indexes the generated tree (its first full scan)
-  sync     B joins and receives every file (initial sync A -> B)
+  sync     B joins and receives every file (initial sync A -> B); with --syncs N, N times, each
+           to a fresh B (new home, empty folder), and the median of B's CPU per file
   verify   B's periodic verification walk, which waits for the sync's downloads, runs a slice at
            a time: time until it ends, B's CPU, paths checked, and a file written on B while it
            runs, timed until A has it
@@ -256,25 +257,28 @@ class Bench:
         # The slowest status answer while indexing: the API must answer throughout.
         self.row("index", time.perf_counter() - t0, status_slowest_s=slowest[0])
 
-        self.b.init(peers=[listen])
-        self.b.start()
-        a_cpu0 = self.a.cpu()
-        t0 = time.perf_counter()
-        self.b.cli("share", "join", token, "--folder", self.b.folder)
-
-        def synced():
-            s = self.b.folder_share()
-            f = s and s.get("folder")
-            return (f and s.get("files", 0) >= len(t.entries) and not f["needed_files"]
-                    and f["state"] == "idle")
-        wait_until("B to receive the tree", TIMEOUT, synced, interval=0.2)
-        seconds = time.perf_counter() - t0
-        sample = random.Random(1).sample(t.entries, min(1000, len(t.entries)))
-        if not self.b_has(sample, 0):
-            raise BenchError("B's files differ from A's after the initial sync")
-        b_cpu = self.b.cpu()
-        self.row("sync", seconds, A_sync_cpu_s=self.a.cpu() - a_cpu0,
-                 B_cpu_ms_per_file=1000 * b_cpu / len(t.entries))
+        per_file, seconds = [], []
+        for run in range(self.args.syncs):
+            if run:
+                # A fresh B (new identity, empty home and folder) against the same A: the
+                # initial sync again, for its spread between runs.
+                self.b.stop()
+                shutil.rmtree(self.b.home)
+                shutil.rmtree(self.b.folder)
+                os.sync()
+            self.sync_b(listen, token, "sync" if not run else f"sync #{run + 1}")
+            per_file.append(round(self.rows[-1]["B_cpu_ms_per_file"], 4))
+            seconds.append(round(self.rows[-1]["seconds"], 2))
+        if len(per_file) > 1:
+            def median(values):
+                return sorted(values)[len(values) // 2]
+            self.result["syncs"] = {
+                "runs": len(per_file),
+                "seconds": seconds,
+                "seconds_median": median(seconds),
+                "B_cpu_ms_per_file": per_file,
+                "B_cpu_ms_per_file_median": median(per_file),
+            }
 
         self.idle_both("both idle after the sync")
         self.verify_b()
@@ -340,6 +344,28 @@ class Bench:
             for d in (self.a, self.b):
                 d.stop()
             self.run_syncthing()
+
+    def sync_b(self, listen, token, phase):
+        """B starts, joins A's share and receives the whole tree: a row."""
+        t = self.tree
+        self.b.init(peers=[listen])
+        self.b.start()
+        a_cpu0 = self.a.cpu()
+        t0 = time.perf_counter()
+        self.b.cli("share", "join", token, "--folder", self.b.folder)
+
+        def synced():
+            s = self.b.folder_share()
+            f = s and s.get("folder")
+            return (f and s.get("files", 0) >= len(t.entries) and not f["needed_files"]
+                    and f["state"] == "idle")
+        wait_until("B to receive the tree", TIMEOUT, synced, interval=0.2)
+        seconds = time.perf_counter() - t0
+        sample = random.Random(1).sample(t.entries, min(1000, len(t.entries)))
+        if not self.b_has(sample, 0):
+            raise BenchError("B's files differ from A's after the initial sync")
+        self.row(phase, seconds, A_sync_cpu_s=self.a.cpu() - a_cpu0,
+                 B_cpu_ms_per_file=1000 * self.b.cpu() / len(t.entries))
 
     def verify_b(self):
         """B's periodic verification walk, which waited for the sync's downloads (checked
@@ -524,6 +550,9 @@ def main():
     ap.add_argument("--mix", choices=["uniform", "mixed"], default="uniform")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--idle", type=int, default=60)
+    ap.add_argument("--syncs", type=int, default=1,
+                    help="initial syncs to a fresh B, one after another (B's CPU varies "
+                         "between runs: the median of several is steadier)")
     ap.add_argument("--dir")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--log", default="meshsync=info,warn")
