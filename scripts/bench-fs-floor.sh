@@ -10,7 +10,9 @@
 #
 # Rows: with fsync of file and directory (what meshsync does), file only, no fsync at all, and
 # batched (each thread writes 256 temp files, one syncfs, renames them, one more syncfs: as
-# durable as the first row, with two flushes per 256 files); each with every thread count.
+# durable as the first row, with two flushes per 256 files), and batched with unnamed temp
+# files (O_TMPFILE, given their name by linkat: no temp name created, renamed and removed in
+# the directory); each with every thread count.
 # The work directory is removed on exit.
 set -euo pipefail
 
@@ -22,7 +24,7 @@ for arg in "$@"; do
         --dirs=*) dirs="${arg#*=}" ;;
         --threads=*) threads="${arg#*=}" ;;
         --dir=*) base="${arg#*=}" ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -35,16 +37,19 @@ cc -O2 -pthread -o "$work/fs_floor" "$here/fs_floor.c"
 echo "file system under $base: $(df -T "$base" | awk 'NR==2 {print $2, $1}')"
 echo "$files files of 1 KiB in $dirs directories"
 printf '%-22s %8s %10s %12s %14s\n' "fsync" "threads" "seconds" "files/s" "CPU ms/file"
-for mode in 2 1 0 3; do
+for mode in 2 1 0 3 4; do
     for t in $threads; do
         # Synced first: the previous run's writeback and deletes are not charged to this one.
         rm -rf "$work/root" && mkdir "$work/root" && sync
-        IFS=$'\t' read -r _ _ _ wall rate cpu < <("$work/fs_floor" "$work/root" "$files" "$t" "$dirs" "$mode")
+        if ! IFS=$'\t' read -r _ _ _ wall rate cpu < <("$work/fs_floor" "$work/root" "$files" "$t" "$dirs" "$mode"); then
+            continue
+        fi
         case "$mode" in
             2) what="file and directory" ;;
             1) what="file only" ;;
             0) what="none" ;;
             3) what="batched syncfs" ;;
+            4) what="batched, unnamed" ;;
         esac
         printf '%-22s %8s %10s %12s %14s\n' "$what" "$t" "$wall" "$rate" "$cpu"
     done

@@ -4,8 +4,9 @@ bench-scale.sh for how to run it).
 
 Phases, each timed, with both daemons' resident memory (now and peak) and CPU time:
   index    A indexes the generated tree (its first full scan)
-  sync     B joins and receives every file (initial sync A -> B); with --syncs N, N times, each
-           to a fresh B (new home, empty folder), and the median of B's CPU per file
+  sync     B joins and receives every file (initial sync A -> B), with the bytes B wrote (through
+           system calls, and to storage: the files and its store) per file; with --syncs N, N
+           times, each to a fresh B (new home, empty folder), and the medians
   verify   B's periodic verification walk, which waits for the sync's downloads, runs a slice at
            a time: time until it ends, B's CPU, paths checked, and a file written on B while it
            runs, timed until A has it
@@ -48,6 +49,17 @@ def cpu_seconds(pid):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def io_bytes(pid):
+    """Bytes a process wrote through system calls (`wchar`) and caused to be written to storage
+    (`write_bytes`), from /proc/PID/io; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return int(fields["wchar"]), int(fields["write_bytes"])
 
 
 class Tree:
@@ -173,6 +185,9 @@ class Daemon:
 
     def cpu(self):
         return cpu_seconds(self.proc.pid)
+
+    def written(self):
+        return io_bytes(self.proc.pid)
 
     def store_bytes(self):
         total = 0
@@ -364,8 +379,13 @@ class Bench:
         sample = random.Random(1).sample(t.entries, min(1000, len(t.entries)))
         if not self.b_has(sample, 0):
             raise BenchError("B's files differ from A's after the initial sync")
+        # What B wrote: the files and its store's pages (the file system's journal is not
+        # counted). Bytes written cost CPU, the kernel's included.
+        wrote = self.b.written() or (0, 0)
         self.row(phase, seconds, A_sync_cpu_s=self.a.cpu() - a_cpu0,
-                 B_cpu_ms_per_file=1000 * self.b.cpu() / len(t.entries))
+                 B_cpu_ms_per_file=1000 * self.b.cpu() / len(t.entries),
+                 B_wrote_mib=wrote[0] / 2**20, B_disk_writes_mib=wrote[1] / 2**20,
+                 B_wrote_kib_per_file=wrote[0] / 1024 / len(t.entries))
 
     def verify_b(self):
         """B's periodic verification walk, which waited for the sync's downloads (checked

@@ -6,11 +6,13 @@
  *   fs_floor ROOT FILES THREADS DIRS MODE [SIZE]
  *   MODE 2: fsync the file and the directory; 1: only the file; 0: no fsync at all;
  *   MODE 3: in batches of BATCH files per thread: write every temp file, one syncfs, rename
- *   them all, one more syncfs (as durable as MODE 2 once the second syncfs returns).
+ *   them all, one more syncfs (as durable as MODE 2 once the second syncfs returns);
+ *   MODE 4: as MODE 3 with unnamed temp files (O_TMPFILE), named by linkat instead of rename.
  *
  * Prints wall time, files per second and CPU (user + system) per file, the same measure as
  * bench-scale.sh's B_cpu_ms_per_file. Built and run by scripts/bench-fs-floor.sh. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -72,11 +74,52 @@ static void *batch_writer(void *unused) {
     }
 }
 
+/* MODE 4: as MODE 3, but each file is written unnamed (O_TMPFILE in its directory) and given
+ * its name with linkat, which never replaces a file already there. */
+static void *unnamed_batch_writer(void *unused) {
+    (void)unused;
+    char dir[4096], temp[4096], target[4096], fd_path[64];
+    int fds[BATCH];
+    int rootfd = open(root, O_RDONLY | O_DIRECTORY);
+    check(rootfd >= 0, "open", root);
+    for (;;) {
+        int first = atomic_fetch_add(&next_file, BATCH);
+        if (first >= files) {
+            close(rootfd);
+            return NULL;
+        }
+        int last = first + BATCH < files ? first + BATCH : files;
+        for (int i = first; i < last; i++) {
+            name_file(i, dir, temp, target);
+            int fd = open(dir, O_TMPFILE | O_WRONLY, 0600);
+            if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR)) {
+                fprintf(stderr, "no unnamed files (O_TMPFILE) on %s\n", root);
+                exit(3);
+            }
+            check(fd >= 0, "open O_TMPFILE", dir);
+            check(write(fd, content, size) == (ssize_t)size, "write", dir);
+            fds[i - first] = fd;
+        }
+        check(syncfs(rootfd) == 0, "syncfs", root);
+        for (int i = first; i < last; i++) {
+            name_file(i, dir, temp, target);
+            snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fds[i - first]);
+            check(linkat(AT_FDCWD, fd_path, AT_FDCWD, target, AT_SYMLINK_FOLLOW) == 0, "linkat",
+                  target);
+            close(fds[i - first]);
+        }
+        check(syncfs(rootfd) == 0, "syncfs", root);
+    }
+}
+
 static void *writer(void *unused) {
     (void)unused;
     char dir[4096], temp[4096], target[4096];
     if (mode == 3) {
         return batch_writer(unused);
+    }
+    if (mode == 4) {
+        return unnamed_batch_writer(unused);
     }
     for (;;) {
         int i = atomic_fetch_add(&next_file, 1);
@@ -114,7 +157,7 @@ int main(int argc, char **argv) {
     dirs = atoi(argv[4]);
     mode = atoi(argv[5]);
     size = argc > 6 ? (size_t)atol(argv[6]) : 1024;
-    if (files < 1 || threads < 1 || threads > 4096 || dirs < 1 || mode < 0 || mode > 3) {
+    if (files < 1 || threads < 1 || threads > 4096 || dirs < 1 || mode < 0 || mode > 4) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }

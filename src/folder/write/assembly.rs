@@ -58,6 +58,8 @@ pub struct Assembly {
     temp: PathBuf,
     /// The open, locked temp file.
     file: File,
+    /// The device of the file system it is on.
+    dev: u64,
     /// The file's size.
     size: u64,
     /// BLAKE3 of the whole content.
@@ -150,11 +152,12 @@ impl Assembly {
         let offsets = chunk_offsets(&target, size, chunks)?;
         ensure_parents(root, rel)?;
         let temp = target.with_file_name(temp_name(rel, &file_hash));
-        let file = open_locked_temp(&target, &temp)?;
+        let (file, opened) = open_locked_temp(&target, &temp)?;
         let mut assembly = Assembly {
             target,
             temp,
             file,
+            dev: opened.dev(),
             size,
             file_hash,
             chunks: chunks.to_vec(),
@@ -169,7 +172,7 @@ impl Assembly {
                 early_bytes: 0,
             }),
         };
-        assembly.resume()?;
+        assembly.resume(opened.len())?;
         Ok(assembly)
     }
 
@@ -315,10 +318,7 @@ impl Assembly {
         {
             return Err(self.fail("set mode and mtime of", e));
         }
-        let dev = match self.file.metadata() {
-            Ok(meta) => std::os::unix::fs::MetadataExt::dev(&meta),
-            Err(e) => return Err(self.fail("inspect", e)),
-        };
+        let dev = self.dev;
         Ok(Sealed {
             assembly: self,
             dev,
@@ -363,12 +363,9 @@ impl Assembly {
         }
     }
 
-    /// Marks as done the chunks an existing temp file already holds with the right hash.
-    fn resume(&mut self) -> Result<(), WriteError> {
-        let existing = match self.file.metadata() {
-            Ok(meta) => meta.len(),
-            Err(e) => return Err(self.fail("inspect", e)),
-        };
+    /// Marks as done the chunks an existing temp file (`existing` bytes long when opened)
+    /// already holds with the right hash.
+    fn resume(&mut self, existing: u64) -> Result<(), WriteError> {
         if existing == 0 {
             return Ok(());
         }
@@ -565,7 +562,8 @@ fn chunk_offsets(target: &Path, size: u64, chunks: &[ChunkRef]) -> Result<Vec<u6
 
 /// Opens (creating if needed) and exclusively locks a temp file, making sure the locked file is
 /// still the one at the path (a sweep may have removed it between our open and our lock).
-fn open_locked_temp(target: &Path, temp: &Path) -> Result<File, WriteError> {
+/// Returns it with what it was when locked (its length: what an earlier attempt left).
+fn open_locked_temp(target: &Path, temp: &Path) -> Result<(File, fs::Metadata), WriteError> {
     for _ in 0..OPEN_ATTEMPTS {
         let file = OpenOptions::new()
             .read(true)
@@ -595,7 +593,9 @@ fn open_locked_temp(target: &Path, temp: &Path) -> Result<File, WriteError> {
             ));
         }
         match fs::symlink_metadata(temp) {
-            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(file),
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                return Ok((file, ours));
+            }
             _ => continue,
         }
     }
