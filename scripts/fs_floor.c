@@ -46,39 +46,43 @@ static void name_file(int i, char *dir, char *temp, char *target) {
     snprintf(target, 4096, "%s/f%d", dir, i);
 }
 
+/* Writes one file of a batch in its temp file and returns the descriptor kept open until it is
+ * named (-1 once closed): MODE 3 by its temp name, MODE 4 unnamed (O_TMPFILE in its
+ * directory). */
+static int write_temp(const char *dir, const char *temp) {
+    if (mode == 4) {
+        int fd = open(dir, O_TMPFILE | O_WRONLY, 0600);
+        if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR)) {
+            fprintf(stderr, "no unnamed files (O_TMPFILE) on %s\n", root);
+            exit(3);
+        }
+        check(fd >= 0, "open O_TMPFILE", dir);
+        check(write(fd, content, size) == (ssize_t)size, "write", dir);
+        return fd;
+    }
+    int fd = open(temp, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    check(fd >= 0, "open", temp);
+    check(write(fd, content, size) == (ssize_t)size, "write", temp);
+    check(close(fd) == 0, "close", temp);
+    return -1;
+}
+
+/* Gives a written temp file its name: a rename, or for an unnamed one (`fd`) a linkat, which
+ * never replaces a file already there. */
+static void name_temp(const char *temp, const char *target, int fd) {
+    if (fd < 0) {
+        check(rename(temp, target) == 0, "rename", target);
+        return;
+    }
+    char fd_path[64];
+    snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fd);
+    check(linkat(AT_FDCWD, fd_path, AT_FDCWD, target, AT_SYMLINK_FOLLOW) == 0, "linkat", target);
+    close(fd);
+}
+
 static void *batch_writer(void *unused) {
     (void)unused;
     char dir[4096], temp[4096], target[4096];
-    int rootfd = open(root, O_RDONLY | O_DIRECTORY);
-    check(rootfd >= 0, "open", root);
-    for (;;) {
-        int first = atomic_fetch_add(&next_file, BATCH);
-        if (first >= files) {
-            close(rootfd);
-            return NULL;
-        }
-        int last = first + BATCH < files ? first + BATCH : files;
-        for (int i = first; i < last; i++) {
-            name_file(i, dir, temp, target);
-            int fd = open(temp, O_CREAT | O_WRONLY | O_TRUNC, 0600);
-            check(fd >= 0, "open", temp);
-            check(write(fd, content, size) == (ssize_t)size, "write", temp);
-            check(close(fd) == 0, "close", temp);
-        }
-        check(syncfs(rootfd) == 0, "syncfs", root);
-        for (int i = first; i < last; i++) {
-            name_file(i, dir, temp, target);
-            check(rename(temp, target) == 0, "rename", target);
-        }
-        check(syncfs(rootfd) == 0, "syncfs", root);
-    }
-}
-
-/* MODE 4: as MODE 3, but each file is written unnamed (O_TMPFILE in its directory) and given
- * its name with linkat, which never replaces a file already there. */
-static void *unnamed_batch_writer(void *unused) {
-    (void)unused;
-    char dir[4096], temp[4096], target[4096], fd_path[64];
     int fds[BATCH];
     int rootfd = open(root, O_RDONLY | O_DIRECTORY);
     check(rootfd >= 0, "open", root);
@@ -91,22 +95,12 @@ static void *unnamed_batch_writer(void *unused) {
         int last = first + BATCH < files ? first + BATCH : files;
         for (int i = first; i < last; i++) {
             name_file(i, dir, temp, target);
-            int fd = open(dir, O_TMPFILE | O_WRONLY, 0600);
-            if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR)) {
-                fprintf(stderr, "no unnamed files (O_TMPFILE) on %s\n", root);
-                exit(3);
-            }
-            check(fd >= 0, "open O_TMPFILE", dir);
-            check(write(fd, content, size) == (ssize_t)size, "write", dir);
-            fds[i - first] = fd;
+            fds[i - first] = write_temp(dir, temp);
         }
         check(syncfs(rootfd) == 0, "syncfs", root);
         for (int i = first; i < last; i++) {
             name_file(i, dir, temp, target);
-            snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fds[i - first]);
-            check(linkat(AT_FDCWD, fd_path, AT_FDCWD, target, AT_SYMLINK_FOLLOW) == 0, "linkat",
-                  target);
-            close(fds[i - first]);
+            name_temp(temp, target, fds[i - first]);
         }
         check(syncfs(rootfd) == 0, "syncfs", root);
     }
@@ -115,11 +109,8 @@ static void *unnamed_batch_writer(void *unused) {
 static void *writer(void *unused) {
     (void)unused;
     char dir[4096], temp[4096], target[4096];
-    if (mode == 3) {
+    if (mode >= 3) {
         return batch_writer(unused);
-    }
-    if (mode == 4) {
-        return unnamed_batch_writer(unused);
     }
     for (;;) {
         int i = atomic_fetch_add(&next_file, 1);
