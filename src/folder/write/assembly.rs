@@ -318,11 +318,7 @@ impl Assembly {
         {
             return Err(self.fail("set mode and mtime of", e));
         }
-        let dev = self.dev;
-        Ok(Sealed {
-            assembly: self,
-            dev,
-        })
+        Ok(Sealed { assembly: self })
     }
 
     /// Gives up on this file: removes the temp file (for when the version will never be wanted
@@ -438,8 +434,6 @@ impl Assembly {
 #[derive(Debug)]
 pub struct Sealed {
     assembly: Assembly,
-    /// The device of the file system the file is on.
-    dev: u64,
 }
 
 impl Sealed {
@@ -452,7 +446,7 @@ impl Sealed {
     /// the same file system at once (`fs_flush`).
     pub fn flush_content(&mut self) -> Result<(), WriteError> {
         let file = &self.assembly.file;
-        let result = flush(file, self.dev, || file.sync_all());
+        let result = flush(file, self.assembly.dev, || file.sync_all());
         result.map_err(|e| self.assembly.fail("fsync", e))
     }
 
@@ -476,8 +470,10 @@ impl Sealed {
     /// finishing in it and with those flushing on the same file system.
     pub fn flush_name(&mut self) -> Result<(), WriteError> {
         let parent = parent_of(&self.assembly.target);
-        flush(&self.assembly.file, self.dev, || sync_dir_shared(parent))
-            .map_err(|e| io_error("fsync directory", parent, e))
+        flush(&self.assembly.file, self.assembly.dev, || {
+            sync_dir_shared(parent)
+        })
+        .map_err(|e| io_error("fsync directory", parent, e))
     }
 }
 
@@ -507,17 +503,18 @@ fn flush_per_device(
 ) -> Vec<Result<(), WriteError>> {
     let mut on_device: HashMap<u64, usize> = HashMap::new();
     for file in files.iter() {
-        *on_device.entry(file.dev).or_default() += 1;
+        *on_device.entry(file.assembly.dev).or_default() += 1;
     }
     let mut flushed: HashMap<u64, Result<(), Failure>> = HashMap::new();
     files
         .iter_mut()
         .map(|file| {
-            if on_device[&file.dev] == 1 {
+            if on_device[&file.assembly.dev] == 1 {
                 return alone(file);
             }
-            let outcome = flushed.entry(file.dev).or_insert_with(|| {
-                flush_everything(&file.assembly.file, file.dev).map_err(|e| Failure::of(&e))
+            let outcome = flushed.entry(file.assembly.dev).or_insert_with(|| {
+                flush_everything(&file.assembly.file, file.assembly.dev)
+                    .map_err(|e| Failure::of(&e))
             });
             match outcome {
                 Ok(()) => Ok(()),
