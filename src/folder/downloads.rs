@@ -214,7 +214,24 @@ impl FolderActor {
         }
     }
 
-    pub(super) async fn on_materialised(&mut self, mut done: Materialised) {
+    /// A download ended. A rename into its path seen while it ran is scanned now unless it was
+    /// the download's own.
+    pub(super) async fn on_materialised(&mut self, done: Materialised) {
+        let renamed = self.renamed_while_running.remove(&done.path);
+        let path = renamed.is_some().then(|| done.path.clone());
+        self.take_materialised(done).await;
+        if let (Some(temp), Some(path)) = (renamed, path) {
+            if self.is_our_publish(&path, &temp) {
+                self.our_publish_seen(path);
+            } else {
+                // Renamed into place by someone else, or our download failed after its rename.
+                self.dirty_paths.insert(path);
+                self.scan_soon(WATCH_DEBOUNCE);
+            }
+        }
+    }
+
+    async fn take_materialised(&mut self, mut done: Materialised) {
         let resolved = done.resolved.take();
         if let Some(kept) = &resolved {
             self.withdraw_kept_version(&done.path, kept.clone()).await;
