@@ -42,7 +42,7 @@ use super::fetch::Fetcher;
 use super::handle::{Command, FolderHandle};
 use super::instance::{self, InstanceId};
 use super::materialise::Materialised;
-use super::model::{ChunkRef, EntryKind, FileMeta, Hash, MARKER_DIR, PageRef};
+use super::model::{ChunkRef, FileMeta, Hash, MARKER_DIR, PageRef};
 use super::queue::DownloadQueue;
 use super::rescan::RESCAN_INTERVAL;
 use super::scan::{self, ScanRecord};
@@ -53,7 +53,7 @@ use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
 use super::synced_paths::SyncedPaths;
 use super::verify::Verification;
 use super::watch::{WatchEvent, Watching};
-use super::{received, serve, write};
+use super::{received, serve};
 use crate::config::{BreakerLimit, MinFreeDisk, VersionsPolicy};
 use crate::events::Events;
 use crate::merge::{PeerKey, RecordRegister};
@@ -736,18 +736,10 @@ impl FolderActor {
                 at
             }
             WatchEvent::RenamedFromTemp { path, temp } => {
-                if self.queue.is_running(&path) {
-                    self.renamed_while_running.insert(path, temp);
-                    return;
+                match self.on_renamed_from_temp(path, temp, now) {
+                    Some(at) => at,
+                    None => return,
                 }
-                if self.is_our_publish(&path, &temp) {
-                    self.our_publish_seen(path);
-                    return;
-                }
-                let paths = [path];
-                let at = self.settle.events(&paths, false, now);
-                self.dirty_paths.extend(paths);
-                at
             }
             WatchEvent::Rescan => {
                 if !self.dirty_all {
@@ -764,29 +756,6 @@ impl FolderActor {
             }
         };
         self.scan_at = Some(scan_at);
-    }
-
-    /// Whether a file renamed into `path` from `temp` was put there by a download (that is
-    /// done): `temp` is the name our writer gives the temp file of what is synced at `path` now.
-    /// Its scan would only find the file as the download recorded it; a change made to it after
-    /// the rename has events of its own.
-    pub(super) fn is_our_publish(&self, path: &str, temp: &str) -> bool {
-        self.synced.get(path).is_some_and(|synced| {
-            let meta = &synced.record.meta;
-            meta.kind == EntryKind::File && write::temp_name(path, &meta.hash) == temp
-        })
-    }
-
-    /// Our download's rename into `path` was seen. Its writer's close, which the watcher does
-    /// not pass on for it ([`super::watch`]'s `TempRenames`), is what a path waiting for one
-    /// (found written just now by a scan of its directory while the download ran) waits for.
-    pub(super) fn our_publish_seen(&mut self, path: String) {
-        if self.settle.is_pending(&path) {
-            let paths = [path];
-            let at = self.settle.events(&paths, false, Instant::now());
-            self.dirty_paths.extend(paths);
-            self.scan_at = Some(self.scan_at.map_or(at, |t| t.min(at)));
-        }
     }
 
     pub(super) fn ensure_watcher(&mut self) {

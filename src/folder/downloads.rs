@@ -15,6 +15,7 @@ use super::plan::{self, Desired};
 use super::queue::Next;
 use super::scan::PathRange;
 use super::settle::WATCH_DEBOUNCE;
+use super::write;
 use crate::merge::{Payload, RecordRegister, VersionVector};
 use crate::store::{Entry, LocalWrite};
 
@@ -211,6 +212,52 @@ impl FolderActor {
                 *room = Room::Full(wait);
                 Some(wait)
             }
+        }
+    }
+
+    /// A file renamed into `path` from one of our temp names
+    /// ([`super::watch::WatchEvent::RenamedFromTemp`]): when to scan it, if it needs a scan.
+    /// While its download runs, the download's end tells.
+    pub(super) fn on_renamed_from_temp(
+        &mut self,
+        path: String,
+        temp: String,
+        now: Instant,
+    ) -> Option<Instant> {
+        if self.queue.is_running(&path) {
+            self.renamed_while_running.insert(path, temp);
+            return None;
+        }
+        if self.is_our_publish(&path, &temp) {
+            self.our_publish_seen(path);
+            return None;
+        }
+        let paths = [path];
+        let at = self.settle.events(&paths, false, now);
+        self.dirty_paths.extend(paths);
+        Some(at)
+    }
+
+    /// Whether a file renamed into `path` from `temp` was put there by a download (that is
+    /// done): `temp` is the name our writer gives the temp file of what is synced at `path` now.
+    /// Its scan would only find the file as the download recorded it; a change made to it after
+    /// the rename has events of its own.
+    fn is_our_publish(&self, path: &str, temp: &str) -> bool {
+        self.synced.get(path).is_some_and(|synced| {
+            let meta = &synced.record.meta;
+            meta.kind == EntryKind::File && write::temp_name(path, &meta.hash) == temp
+        })
+    }
+
+    /// Our download's rename into `path` was seen. Its writer's close, which the watcher does
+    /// not pass on for it ([`super::watch`]'s `TempRenames`), is what a path waiting for one
+    /// (found written just now by a scan of its directory while the download ran) waits for.
+    fn our_publish_seen(&mut self, path: String) {
+        if self.settle.is_pending(&path) {
+            let paths = [path];
+            let at = self.settle.events(&paths, false, Instant::now());
+            self.dirty_paths.extend(paths);
+            self.scan_at = Some(self.scan_at.map_or(at, |t| t.min(at)));
         }
     }
 
