@@ -150,53 +150,6 @@ fn files_rewritten_while_the_receiver_downloads_them_end_at_their_last_version()
     }
 }
 
-/// Files edited on the receiver the moment they appear (its watcher does not scan a file a
-/// download renamed into place: the edit's own events must still be seen) come back to the
-/// sender, every one.
-#[test]
-fn files_edited_on_the_receiver_as_they_arrive_come_back() {
-    const DIRS: usize = 4;
-    const FILES: usize = 100;
-    let mesh = Mesh::full_static(2);
-    mesh.wait_fully_connected();
-    let nodes: Vec<&support::Node> = mesh.nodes.iter().collect();
-    let share = FolderShare::among(&nodes);
-    for d in 0..DIRS {
-        let dir = share.dirs[0].join(format!("d{d}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..FILES {
-            fs::write(
-                dir.join(format!("f{f:03}")),
-                random_bytes(1024, (d * FILES + f) as u64),
-            )
-            .unwrap();
-        }
-    }
-    let edit = |d: usize, f: usize| format!("edited on the receiver as it arrived: d{d}/f{f:03}");
-    let mut edited = vec![false; DIRS * FILES];
-    wait_until("the receiver to get and edit every file", WAIT, || {
-        for d in 0..DIRS {
-            for f in 0..FILES {
-                let path = share.dirs[1].join(format!("d{d}/f{f:03}"));
-                if !edited[d * FILES + f] && path.exists() {
-                    fs::write(&path, edit(d, f)).unwrap();
-                    edited[d * FILES + f] = true;
-                }
-            }
-        }
-        edited.iter().all(|e| *e)
-    });
-    wait_until("the sender to have every edit", WAIT, || {
-        (0..DIRS).all(|d| {
-            (0..FILES).all(|f| {
-                fs::read(share.dirs[0].join(format!("d{d}/f{f:03}")))
-                    .is_ok_and(|bytes| bytes == edit(d, f).as_bytes())
-            })
-        })
-    });
-    share.wait_identical();
-}
-
 /// A folder's first scan of more files than it keeps in memory (16,384: the rest go to a
 /// temporary file), received by a peer that queues more than it keeps by path (8,192: the rest
 /// wait as digests and are found again in a listing of its store). Then a file moved among

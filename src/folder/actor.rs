@@ -184,7 +184,6 @@ pub fn spawn(
         scanning: false,
         watching: Watching::default(),
         dirty_paths: BTreeSet::new(),
-        renamed_while_running: HashMap::new(),
         dirty_all: true,
         requeue_remote: false,
         scan_at: Some(Instant::now()),
@@ -269,10 +268,6 @@ pub(super) struct FolderActor {
     pub(super) scanning: bool,
     pub(super) watching: Watching,
     pub(super) dirty_paths: BTreeSet<String>,
-    /// Files renamed from a temp name while their download ran, and that temp's name: whether
-    /// the rename was the download's is told once it is done (see [`Self::is_our_publish`]).
-    /// Only running paths are added, and each leaves when its download ends.
-    pub(super) renamed_while_running: HashMap<String, String>,
     pub(super) dirty_all: bool,
     /// Change notices were lost: every store entry is compared with what was synced
     /// ([`FolderActor::queue_all_remote`]) once no scan is running.
@@ -734,12 +729,6 @@ impl FolderActor {
                 let at = self.settle.events(&paths, still_open, now);
                 self.dirty_paths.extend(paths);
                 at
-            }
-            WatchEvent::RenamedFromTemp { path, temp } => {
-                match self.on_renamed_from_temp(path, temp, now) {
-                    Some(at) => at,
-                    None => return,
-                }
             }
             WatchEvent::Rescan => {
                 if !self.dirty_all {

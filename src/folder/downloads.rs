@@ -15,7 +15,6 @@ use super::plan::{self, Desired};
 use super::queue::Next;
 use super::scan::PathRange;
 use super::settle::WATCH_DEBOUNCE;
-use super::write;
 use crate::merge::{Payload, RecordRegister, VersionVector};
 use crate::store::{Entry, LocalWrite};
 
@@ -215,70 +214,7 @@ impl FolderActor {
         }
     }
 
-    /// A file renamed into `path` from one of our temp names
-    /// ([`super::watch::WatchEvent::RenamedFromTemp`]): when to scan it, if it needs a scan.
-    /// While its download runs, the download's end tells.
-    pub(super) fn on_renamed_from_temp(
-        &mut self,
-        path: String,
-        temp: String,
-        now: Instant,
-    ) -> Option<Instant> {
-        if self.queue.is_running(&path) {
-            self.renamed_while_running.insert(path, temp);
-            return None;
-        }
-        if self.is_our_publish(&path, &temp) {
-            self.our_publish_seen(path);
-            return None;
-        }
-        let paths = [path];
-        let at = self.settle.events(&paths, false, now);
-        self.dirty_paths.extend(paths);
-        Some(at)
-    }
-
-    /// Whether a file renamed into `path` from `temp` was put there by a download (that is
-    /// done): `temp` is the name our writer gives the temp file of what is synced at `path` now.
-    /// Its scan would only find the file as the download recorded it; a change made to it after
-    /// the rename has events of its own.
-    fn is_our_publish(&self, path: &str, temp: &str) -> bool {
-        self.synced.get(path).is_some_and(|synced| {
-            let meta = &synced.record.meta;
-            meta.kind == EntryKind::File && write::temp_name(path, &meta.hash) == temp
-        })
-    }
-
-    /// Our download's rename into `path` was seen. Its writer's close, which the watcher does
-    /// not pass on for it ([`super::watch`]'s `TempRenames`), is what a path waiting for one
-    /// (found written just now by a scan of its directory while the download ran) waits for.
-    fn our_publish_seen(&mut self, path: String) {
-        if self.settle.is_pending(&path) {
-            let paths = [path];
-            let at = self.settle.events(&paths, false, Instant::now());
-            self.dirty_paths.extend(paths);
-            self.scan_at = Some(self.scan_at.map_or(at, |t| t.min(at)));
-        }
-    }
-
-    /// A download ended. A rename into its path seen while it ran is scanned now unless it was
-    /// the download's own.
-    pub(super) async fn on_materialised(&mut self, done: Materialised) {
-        let renamed = self.renamed_while_running.remove(&done.path);
-        let path = renamed.is_some().then(|| done.path.clone());
-        self.take_materialised(done).await;
-        if let (Some(temp), Some(path)) = (renamed, path) {
-            if self.is_our_publish(&path, &temp) {
-                self.our_publish_seen(path);
-            } else {
-                // Renamed into place by someone else, or our download failed after its rename.
-                self.dirty_paths.insert(path);
-                self.scan_soon(WATCH_DEBOUNCE);
-            }
-        }
-    }
-
-    async fn take_materialised(&mut self, mut done: Materialised) {
+    pub(super) async fn on_materialised(&mut self, mut done: Materialised) {
         let resolved = done.resolved.take();
         if let Some(kept) = &resolved {
             self.withdraw_kept_version(&done.path, kept.clone()).await;

@@ -110,11 +110,6 @@ impl Settle {
         }
     }
 
-    /// Whether `path` waits to be scanned for events (or for having been found written just now).
-    pub(super) fn is_pending(&self, path: &str) -> bool {
-        self.events.contains_key(path)
-    }
-
     /// A scan starts with `paths`: splits off the changing paths read too recently.
     pub(super) fn split(&mut self, paths: Vec<String>, now: Instant) -> Split {
         self.first = None;

@@ -9,7 +9,6 @@
 //! watch again after [`WATCH_RETRY_MIN`], doubling to [`WATCH_RETRY_MAX`] (each try walks
 //! the tree's directories).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +18,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::model::TEMP_PREFIX;
 use super::scan;
 use crate::backoff::Backoff;
 
@@ -53,12 +51,6 @@ pub(super) enum WatchEvent {
         /// for the close (see `settle`).
         still_open: bool,
     },
-    /// A file renamed into `path` from `temp`, a name in the same directory that only our
-    /// writer makes ([`TEMP_PREFIX`]): most likely a received file put in place, which needs
-    /// no scan. The folder checks `temp` against the temp name its writer would have used for
-    /// what is synced at `path` ([`crate::folder::write::temp_name`]); anything else is
-    /// scanned like [`WatchEvent::Paths`].
-    RenamedFromTemp { path: String, temp: String },
     /// Events were lost: only a full rescan is safe.
     Rescan,
     /// The kernel refused to watch a new directory (its limit of watches): the watch no longer
@@ -95,19 +87,11 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
     let lost = Arc::new(AtomicBool::new(false));
     let lost_in_handler = Arc::clone(&lost);
     let mut pace = ReadPace::new(std::time::Instant::now());
-    let mut renames = TempRenames::default();
     let handler = move |result: notify::Result<notify::Event>| {
         if let Some(wait) = pace.before_event(std::time::Instant::now()) {
             std::thread::sleep(wait);
             pace.waited(std::time::Instant::now());
         }
-        let result = match result {
-            Ok(event) => match renames.take(&base, event) {
-                Some(event) => Ok(event),
-                None => return,
-            },
-            Err(e) => Err(e),
-        };
         let Some(event) = to_watch_event(&base, result) else {
             return;
         };
@@ -153,126 +137,6 @@ impl ReadPace {
     }
 }
 
-/// Files renamed from a temp name whose close is awaited, at most (~1 MB of paths). Past it,
-/// those awaited are forgotten: their closes are passed on (each costs a scan, as every
-/// received file did before).
-pub const AWAITED_CLOSES_MAX: usize = 8_192;
-
-/// Follows renames from our writer's temp names, so that a received file does not make the
-/// folder scan it again (every file received was scanned once more, a fifth of the receiver's
-/// work besides writing it).
-///
-/// A rename reaches the handler as three events (notify pairs inotify's `IN_MOVED_FROM` and
-/// `IN_MOVED_TO` by their cookie): the old name ("from"), the new name ("to"), then both. For a
-/// rename from a temp name, the "to" is dropped and the "both" becomes
-/// [`WatchEvent::RenamedFromTemp`] (see [`to_watch_event`]).
-///
-/// Our writer closes a file after renaming it (it makes the new name durable through it), so
-/// its `IN_CLOSE_WRITE` comes under the new name. The first close of a renamed path is dropped
-/// if no other event of the path came between. Nothing is lost by it: the rename made a new
-/// inode appear there, which only the writer has open; another program writes it only after an
-/// open (`IN_OPEN`) of its own, which ends the wait, and its writes, its truncation and its
-/// changes of times or mode have events of their own. (The close of a file the rename
-/// replaced comes under the same name, and is about a file no longer in the folder.)
-#[derive(Default)]
-struct TempRenames {
-    /// The cookie of the last "from" event, if it was from a temp name.
-    from_temp: Option<usize>,
-    /// Paths renamed from a temp name whose first close is awaited.
-    awaited_closes: HashSet<PathBuf>,
-}
-
-impl TempRenames {
-    /// The event to pass on, if any.
-    fn take(&mut self, root: &Path, event: notify::Event) -> Option<notify::Event> {
-        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-        if event.need_rescan() {
-            // Everything is scanned: nothing is awaited any more.
-            *self = Self::default();
-            return Some(event);
-        }
-        if !self.awaited_closes.is_empty() {
-            let mut awaited = false;
-            for path in &event.paths {
-                awaited |= self.awaited_closes.remove(path);
-            }
-            let close = notify::EventKind::Access(AccessKind::Close(AccessMode::Write));
-            if awaited && event.kind == close && event.paths.len() == 1 {
-                return None;
-            }
-            if self.awaited_closes.is_empty() {
-                // Its room back once the burst is over.
-                self.awaited_closes.shrink_to_fit();
-            }
-        }
-        match event.kind {
-            notify::EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
-                self.from_temp = event
-                    .tracker()
-                    .filter(|_| event.paths.first().is_some_and(|p| is_temp(root, p)));
-            }
-            notify::EventKind::Modify(ModifyKind::Name(RenameMode::To))
-                if event.tracker().is_some() && event.tracker() == self.from_temp =>
-            {
-                // Its "both" follows (notify pairs a "to" with the last "from" by the same
-                // cookie, as this does).
-                return None;
-            }
-            notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                self.from_temp = None;
-                if let Some((_, to)) = renamed_from_temp_paths(root, &event) {
-                    if self.awaited_closes.len() >= AWAITED_CLOSES_MAX {
-                        // Closes that never came (lost in an overflow, say): passed on if
-                        // they come after all.
-                        self.awaited_closes.clear();
-                    }
-                    self.awaited_closes.insert(to.to_owned());
-                }
-            }
-            _ => {}
-        }
-        Some(event)
-    }
-}
-
-/// Whether `path` is the name our writer gives a file's temp file ([`TEMP_PREFIX`] and hex
-/// digits; a symlink's temp name is not: it has no close to wait for), under `root`.
-fn is_temp(root: &Path, path: &Path) -> bool {
-    path.starts_with(root)
-        && path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
-            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// A rename from one of our writer's temp names to a name beside it: both paths.
-fn renamed_from_temp_paths<'e>(
-    root: &Path,
-    event: &'e notify::Event,
-) -> Option<(&'e Path, &'e Path)> {
-    use notify::event::{ModifyKind, RenameMode};
-    let notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) = event.kind else {
-        return None;
-    };
-    let [from, to] = event.paths.as_slice() else {
-        return None;
-    };
-    (is_temp(root, from) && from.parent() == to.parent()).then_some((from, to))
-}
-
-/// A rename from one of our writer's temp names to a name beside it: the new name, relative to
-/// `root`, and the temp's name.
-fn renamed_from_temp(root: &Path, event: &notify::Event) -> Option<(String, String)> {
-    let (from, to) = renamed_from_temp_paths(root, event)?;
-    let temp = from.file_name()?.to_str()?.to_owned();
-    let rel = to.strip_prefix(root).ok()?.to_str()?;
-    if rel.is_empty() || scan::is_ignored_builtin(rel) {
-        return None;
-    }
-    Some((rel.to_owned(), temp))
-}
-
 fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<WatchEvent> {
     match result {
         Ok(event) if event.need_rescan() => Some(WatchEvent::Rescan),
@@ -284,9 +148,6 @@ fn to_watch_event(root: &Path, result: notify::Result<notify::Event>) -> Option<
         // the file is complete.
         Ok(event) if is_read_only_access(&event.kind) => None,
         Ok(event) => {
-            if let Some((path, temp)) = renamed_from_temp(root, &event) {
-                return Some(WatchEvent::RenamedFromTemp { path, temp });
-            }
             let mut paths: Vec<String> = Vec::new();
             for rel in event.paths.iter().filter_map(|p| p.strip_prefix(root).ok()) {
                 // A name that is not UTF-8 cannot be scanned by itself: its nearest nameable
@@ -516,108 +377,5 @@ mod tests {
         });
         let _ = drained.await;
         assert!(rescan, "no rescan after events were lost");
-    }
-
-    /// What the watcher said about each path, until it named `end` (written last).
-    async fn events_until(watching: &mut Watching, end: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                match watching.next_event().await {
-                    Some(WatchEvent::Paths { paths, .. }) => {
-                        let done = paths.iter().any(|p| p == end);
-                        seen.extend(paths.into_iter().map(|p| format!("scan {p}")));
-                        if done {
-                            break;
-                        }
-                    }
-                    Some(WatchEvent::RenamedFromTemp { path, temp }) => {
-                        seen.push(format!("renamed {path} from {temp}"));
-                    }
-                    Some(WatchEvent::Rescan) => seen.push("rescan".to_owned()),
-                    Some(WatchEvent::LimitReached(why)) => panic!("{why}"),
-                    None => panic!("the watch ended"),
-                }
-            }
-        });
-        read.await.expect("the last file's event");
-        seen
-    }
-
-    fn watched() -> (tempfile::TempDir, Watching) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("d")).unwrap();
-        let mut watching = Watching::default();
-        watching.ensure(dir.path(), "test");
-        assert!(watching.is_on());
-        (dir, watching)
-    }
-
-    /// A received file, written as our writer does (a temp file beside it, renamed into place,
-    /// closed after the rename), is named once, as renamed from its temp: not as a path to
-    /// scan, which every received file cost before.
-    #[tokio::test]
-    async fn a_file_renamed_from_our_temp_then_closed_is_not_a_path_to_scan() {
-        let (dir, mut watching) = watched();
-        let temp = dir.path().join(format!("d/{TEMP_PREFIX}0123"));
-        let mut file = std::fs::File::create(&temp).unwrap();
-        std::io::Write::write_all(&mut file, b"received").unwrap();
-        std::fs::rename(&temp, dir.path().join("d/f")).unwrap();
-        drop(file);
-        std::fs::write(dir.path().join("end"), b"x").unwrap();
-        let seen = events_until(&mut watching, "end").await;
-        assert_eq!(
-            seen,
-            [
-                format!("renamed d/f from {TEMP_PREFIX}0123"),
-                "scan end".to_owned()
-            ]
-        );
-    }
-
-    /// A program that opens the renamed file before our writer closes it (and may write it
-    /// through a mapping, which makes no write event) ends the wait: the closes are passed on.
-    #[tokio::test]
-    async fn a_renamed_file_opened_by_another_before_our_close_is_scanned() {
-        let (dir, mut watching) = watched();
-        let temp = dir.path().join(format!("d/{TEMP_PREFIX}0123"));
-        let ours = std::fs::File::create(&temp).unwrap();
-        std::fs::rename(&temp, dir.path().join("d/f")).unwrap();
-        let theirs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("d/f"))
-            .unwrap();
-        drop(theirs);
-        drop(ours);
-        std::fs::write(dir.path().join("end"), b"x").unwrap();
-        let seen = events_until(&mut watching, "end").await;
-        assert!(
-            seen.contains(&format!("renamed d/f from {TEMP_PREFIX}0123")),
-            "{seen:?}"
-        );
-        assert!(seen.contains(&"scan d/f".to_owned()), "{seen:?}");
-    }
-
-    /// A rename from any other name, and a write after ours, are paths to scan as before.
-    #[tokio::test]
-    async fn other_renames_and_later_writes_are_paths_to_scan() {
-        let (dir, mut watching) = watched();
-        std::fs::write(dir.path().join("d/draft"), b"user").unwrap();
-        std::fs::rename(dir.path().join("d/draft"), dir.path().join("d/g")).unwrap();
-        let temp = dir.path().join(format!("d/{TEMP_PREFIX}0123"));
-        std::fs::write(&temp, b"received").unwrap();
-        std::fs::rename(&temp, dir.path().join("d/f")).unwrap();
-        std::fs::write(dir.path().join("d/f"), b"edited").unwrap();
-        std::fs::write(dir.path().join("end"), b"x").unwrap();
-        let seen = events_until(&mut watching, "end").await;
-        assert!(seen.contains(&"scan d/g".to_owned()), "{seen:?}");
-        let renamed = seen
-            .iter()
-            .position(|e| e == &format!("renamed d/f from {TEMP_PREFIX}0123"))
-            .unwrap_or_else(|| panic!("{seen:?}"));
-        assert!(
-            seen[renamed..].contains(&"scan d/f".to_owned()),
-            "the edit after the rename: {seen:?}"
-        );
     }
 }
