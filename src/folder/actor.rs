@@ -50,7 +50,7 @@ use super::settle::{self, Settle};
 use super::source::{self, ChunkLocation, Sources};
 use super::state;
 use super::status::{Counters, FolderState, FolderStatus, RateMeter, Unsyncable};
-use super::synced_paths::SyncedPaths;
+use super::synced_paths::{ScanBasis, SyncedPaths};
 use super::verify::Verification;
 use super::watch::{WatchEvent, Watching};
 use super::{received, serve};
@@ -342,6 +342,9 @@ pub(super) struct ScanResult {
     pub(super) slice: Option<scan::PathRange>,
     /// Paths the scan found (changed or not).
     pub(super) checked: u64,
+    /// What the scan compared the disk with (`None` for the check of held deletes, which
+    /// compares nothing).
+    pub(super) basis: Option<ScanBasis>,
 }
 
 impl ScanResult {
@@ -350,6 +353,7 @@ impl ScanResult {
         instance: std::io::Result<Option<InstanceId>>,
         full: bool,
         out: scan::ScanOutput,
+        basis: ScanBasis,
     ) -> Self {
         let checked = out.unchanged
             + out.entries.len() as u64
@@ -373,6 +377,7 @@ impl ScanResult {
             hashed: (out.hashed_files, out.hashed_bytes),
             slice: None,
             checked,
+            basis: Some(basis),
         }
     }
 }
@@ -788,8 +793,8 @@ impl FolderActor {
             // still seen, instead of waiting for the next full rescan (up to a minute).
             self.ensure_watcher();
         }
-        let previous = match self.synced.snapshot() {
-            Ok(previous) => previous,
+        let basis = match self.synced.scan_basis() {
+            Ok(basis) => basis,
             Err(e) => {
                 // Without what was synced, every file would look new: try again later.
                 self.note_error(format!("cannot read the folder's synced state: {e}"));
@@ -809,28 +814,29 @@ impl FolderActor {
         self.scans.spawn_blocking(move || {
             // Read before the walk: a folder replaced during the walk then fails the check.
             let instance = instance::read(&root);
+            let previous = basis.previous();
             let chunk_lists =
                 |meta: &FileMeta| state::blocking_stored_chunk_list(&store, share, meta);
             // On the folder's disk, beside what it syncs (see `scan::SpilledEntries`).
             let spill_in = root.join(MARKER_DIR);
             let spill_in = Some(spill_in.as_path());
             let out = if full {
-                scan::scan_all_reusing(&root, &previous, &chunk_lists, spill_in)
+                scan::scan_all_reusing(&root, previous, &chunk_lists, spill_in)
             } else {
                 // A new directory's files may still be being written.
                 let recent = Some(settle::OPEN_WRITE_QUIET);
-                scan::scan_paths_reusing(&root, &paths, &previous, &chunk_lists, recent, spill_in)
+                scan::scan_paths_reusing(&root, &paths, previous, &chunk_lists, recent, spill_in)
             }?;
             // The candidates for having been received just before a crash ([`received`]).
             let marks = if read_marks {
                 let (name, max) = (received::ATTRIBUTE, received::MAX_MARK_BYTES);
-                scan::attributes_of_changed_files(&root, &out, &previous, name, max)?
+                scan::attributes_of_changed_files(&root, &out, previous, name, max)?
             } else {
                 BTreeMap::new()
             };
             Ok(ScanResult {
                 marks,
-                ..ScanResult::of(instance, full, out)
+                ..ScanResult::of(instance, full, out, basis)
             })
         });
     }

@@ -14,12 +14,13 @@ use tracing::{debug, info, warn};
 
 use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
-use super::model::{EntryKind, MARKER_DIR};
+use super::model::{EntryKind, FileMeta, MARKER_DIR};
 use super::notices::ChangeNotice;
 use super::rescan::next_full_rescan;
-use super::scan::{self, ScanRecord};
+use super::scan::{self, PreviousRecords, ScanRecord};
 use super::settle::{self, WATCH_DEBOUNCE};
 use super::state::{self, Synced};
+use super::synced_paths::ScanBasis;
 use super::{plan, received};
 use crate::merge::Payload;
 use crate::store::LocalWrite;
@@ -271,6 +272,9 @@ impl FolderActor {
     /// Turns a scan into local writes: changed paths (based on what was synced there) and
     /// deletes of synced paths that are gone.
     async fn take_scan(&mut self, mut result: ScanResult) {
+        // Told before anything here writes: the folder's own writes since the scan started.
+        let basis = result.basis.take();
+        let outdated = basis.as_ref().filter(|b| b.outdated_by(&self.synced));
         self.marks_read |= result.full;
         if result.full {
             self.verification.full_scan_done(result.checked);
@@ -351,6 +355,7 @@ impl FolderActor {
         let mut deferred = Vec::new();
         let mut changed: Vec<(String, Option<ScanRecord>)> = Vec::new();
         let mut aside: Vec<(String, ScanRecord)> = Vec::new();
+        let mut look_again = Vec::new();
         // A big scan's spilled entries follow the others: its directories are all among those,
         // so they still come before what is in them. Read on this thread: a batch is a few
         // hundred KiB of a file just written, in the page cache.
@@ -399,6 +404,13 @@ impl FolderActor {
                 aside.push((path.clone(), record.clone()));
                 self.synced.insert(path, Synced { record, base });
             } else if known != Some(scanned) {
+                if outdated.is_some_and(|b| Self::written_since(b, &path, known.as_ref())) {
+                    // A download or a peer's delete wrote the path while the walk ran: what
+                    // the walk saw may be from before it (a directory it removed, taken for
+                    // a new one, came back on every peer). Read again, it is what it is now.
+                    look_again.push(path);
+                    continue;
+                }
                 changed.push((path, Some(record)));
             } else {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
@@ -416,6 +428,11 @@ impl FolderActor {
         }
         self.index_and_write(&mut changed, &mut aside, &mut deferred)
             .await;
+        if !look_again.is_empty() {
+            debug!(folder = %self.name, paths = look_again.len(), "written while scanned: read again");
+            self.dirty_paths.extend(look_again);
+            self.scan_soon(WATCH_DEBOUNCE);
+        }
         // Deletes come parents first, in batches too: a peer leaves a directory whose children
         // are still there and removes it with the last of them.
         let gone = self.sendable_gone(&result.gone);
@@ -484,6 +501,12 @@ impl FolderActor {
         self.scan_soon(STATE_UNREADABLE_RETRY);
     }
 
+    /// Whether the folder wrote `path`'s synced row, `known` now, after `basis` was taken.
+    fn written_since(basis: &ScanBasis, path: &str, known: Option<&FileMeta>) -> bool {
+        let then = basis.previous().record(path);
+        then.map(|r| plan::normalised(&r.meta)).as_ref() != known
+    }
+
     fn sendable_gone(&self, gone: &[String]) -> Vec<String> {
         gone.iter()
             .filter(|path| self.synced.contains_key(path) && !self.queue.is_running(path))
@@ -524,6 +547,7 @@ impl FolderActor {
                 hashed: (0, 0),
                 slice: None,
                 checked: 0,
+                basis: None,
             })
         });
     }

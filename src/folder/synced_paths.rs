@@ -34,6 +34,9 @@ pub(super) struct SyncedPaths {
     counts: KindCounts,
     /// Whether a failed read was logged (once: the next ones say the same).
     read_failure_said: AtomicBool,
+    /// How many times a row was set or removed. A scan that started at another count may have
+    /// read the disk before one of the folder's own writes (see [`ScanBasis`]).
+    edits: u64,
 }
 
 struct Unsaved {
@@ -92,6 +95,7 @@ impl SyncedPaths {
             committed,
             counts: KindCounts::default(),
             read_failure_said: AtomicBool::new(false),
+            edits: 0,
         }
     }
 
@@ -166,6 +170,7 @@ impl SyncedPaths {
     }
 
     fn set(&mut self, path: String, synced: Option<Synced>) {
+        self.edits += 1;
         let before = self.unsaved.insert(path, Unsaved { synced, batch: 0 });
         if before.is_none_or(|u| u.batch != 0) {
             self.unsent += 1;
@@ -247,8 +252,17 @@ impl SyncedPaths {
             })?;
         self.unsaved.clear();
         self.unsent = 0;
+        self.edits += 1;
         self.counts = KindCounts::default();
         Ok(paths)
+    }
+
+    /// What a scan starting now compares the disk with.
+    pub(super) fn scan_basis(&self) -> Result<ScanBasis, StoreError> {
+        Ok(ScanBasis {
+            previous: self.snapshot()?,
+            edits: self.edits,
+        })
     }
 
     /// A consistent view of every synced record, for a scan running beside the folder's loop.
@@ -270,6 +284,27 @@ impl SyncedPaths {
         if !self.read_failure_said.swap(true, Ordering::Relaxed) {
             warn!("cannot read the folder's synced state: {e}; those paths count as unknown");
         }
+    }
+}
+
+/// What a scan compares the disk with: the synced rows as it started, and their edit count
+/// then. A scan's walk runs beside the folder's own writes (downloads, deletes of what peers
+/// deleted), so what it saw at a path may be from before one of them.
+pub(super) struct ScanBasis {
+    previous: SyncedSnapshot,
+    edits: u64,
+}
+
+impl ScanBasis {
+    /// The synced rows as the scan started.
+    pub(super) fn previous(&self) -> &SyncedSnapshot {
+        &self.previous
+    }
+
+    /// Whether the folder set or removed a synced row since the scan started: only then may
+    /// the scan have seen a path before a write of ours.
+    pub(super) fn outdated_by(&self, synced: &SyncedPaths) -> bool {
+        synced.edits != self.edits
     }
 }
 
@@ -498,6 +533,36 @@ mod tests {
         assert_eq!(snapshot.slice_end(Some("b"), 2).as_deref(), Some("c"));
         assert_eq!(snapshot.slice_end(Some("c"), 2), None, "the last slice");
         assert_eq!(snapshot.slice_end(None, 0).as_deref(), Some("a"));
+        drop(writer);
+        task.await.unwrap();
+    }
+
+    /// What a scan compares with stays as it started; the folder's writes since then (stored
+    /// or not) outdate it, a restat that changes nothing does not.
+    #[tokio::test]
+    async fn a_scan_basis_keeps_its_start_and_knows_when_it_is_outdated() {
+        let (_dir, store, share) = store().await;
+        let (writer, task, mut paths) = writer_and_paths(&store, share);
+        paths.insert("d".into(), synced(EntryKind::Dir, 0));
+        paths.insert("d/f".into(), synced(EntryKind::File, 1));
+        writer.send(paths.take_unsent().unwrap()).unwrap();
+        paths.all_committed().await;
+        let basis = paths.scan_basis().unwrap();
+        assert!(!basis.outdated_by(&paths));
+        paths.restat("d/f", synced(EntryKind::File, 1).record);
+        assert!(!basis.outdated_by(&paths), "nothing changed");
+        // A peer's delete applied while the scan walked: the walk may still have seen both.
+        paths.remove("d/f");
+        paths.remove("d");
+        assert!(basis.outdated_by(&paths));
+        assert_eq!(
+            basis.previous().record("d"),
+            Some(synced(EntryKind::Dir, 0).record)
+        );
+        assert_eq!(paths.get("d"), None);
+        let later = paths.scan_basis().unwrap();
+        assert!(!later.outdated_by(&paths));
+        assert_eq!(later.previous().record("d"), None);
         drop(writer);
         task.await.unwrap();
     }

@@ -180,8 +180,8 @@ impl FolderActor {
             self.verification.cancel();
             return;
         }
-        let previous = match self.synced.snapshot() {
-            Ok(previous) => previous,
+        let basis = match self.synced.scan_basis() {
+            Ok(basis) => basis,
             Err(e) => {
                 // As in `start_scan`: without what was synced every file would look new; a
                 // full scan tries again later.
@@ -201,6 +201,7 @@ impl FolderActor {
         let (store, share) = (self.store.clone(), self.sources.share);
         self.scans.spawn_blocking(move || {
             let instance = instance::read(&root);
+            let previous = basis.previous();
             let upto = previous.slice_end(after.as_deref(), VERIFY_SLICE_PATHS);
             let range = PathRange { after, upto };
             debug!(root = %root.display(), ?range, "verification slice");
@@ -210,11 +211,11 @@ impl FolderActor {
             let out = scan::scan_range_reusing(
                 &root,
                 range.clone(),
-                &previous,
+                previous,
                 &chunk_lists,
                 Some(&spill_in),
             )?;
-            let mut result = ScanResult::of(instance, false, out);
+            let mut result = ScanResult::of(instance, false, out, basis);
             result.slice = Some(range);
             Ok(result)
         });
