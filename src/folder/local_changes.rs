@@ -394,23 +394,24 @@ impl FolderActor {
                 .get(&path)
                 .map(|s| plan::normalised(&s.record.meta));
             let scanned = plan::normalised(&record.meta);
+            let differs = known.as_ref() != Some(&scanned);
+            if differs && outdated.is_some_and(|b| Self::written_since(b, &path, known.as_ref())) {
+                // A download or a peer's delete wrote the path while the walk ran: what the
+                // walk saw may be from before it (a directory it removed, taken for a new one,
+                // came back on every peer). Read again, it is what it is now.
+                look_again.push(path);
+                continue;
+            }
             let received = result
                 .marks
                 .get(&path)
                 .and_then(|mark| received::received_version(mark, &path, &scanned));
-            if let Some(base) = received.filter(|_| known.as_ref() != Some(&scanned)) {
+            if let Some(base) = received.filter(|_| differs) {
                 // Written here before a crash, its synced row not saved: received, no edit.
                 debug!(folder = %self.name, path = %path, "adopted as received before a restart");
                 aside.push((path.clone(), record.clone()));
                 self.synced.insert(path, Synced { record, base });
-            } else if known != Some(scanned) {
-                if outdated.is_some_and(|b| Self::written_since(b, &path, known.as_ref())) {
-                    // A download or a peer's delete wrote the path while the walk ran: what
-                    // the walk saw may be from before it (a directory it removed, taken for
-                    // a new one, came back on every peer). Read again, it is what it is now.
-                    look_again.push(path);
-                    continue;
-                }
+            } else if differs {
                 changed.push((path, Some(record)));
             } else {
                 // Same content, new stat data (e.g. touched): remember it so it is not re-read.
