@@ -439,69 +439,109 @@ fn unsyncable_local_files_are_listed_with_the_reason() {
     assert!(!share.dirs[1].join("pipe").exists());
 }
 
+/// How long the tree tests wait for each step.
+const TREE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Rounds of the tree tests: 2, or `MESHSYNC_STRESS_ROUNDS` to loop them longer.
+fn tree_rounds() -> usize {
+    std::env::var("MESHSYNC_STRESS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+}
+
+/// Two peers sharing a folder, without the breaker: a whole tree goes at once, and the tree
+/// tests are about directories, not the breaker.
+fn two_peers_without_breaker() -> (Mesh, FolderShare) {
+    let mut mesh = Mesh::full_static(2);
+    for node in &mut mesh.nodes {
+        node.restart_with_config_line("breaker_percent = 50", "breaker_percent = 100");
+    }
+    mesh.wait_fully_connected();
+    let share = mesh.share_folder();
+    (mesh, share)
+}
+
+/// Writes `top` × `sub` directories of `files` files each under `tree` in `dir`, and waits for
+/// all of them in `to`.
+fn write_tree_and_wait(
+    dir: &std::path::Path,
+    to: &std::path::Path,
+    shape: [usize; 3],
+    round: usize,
+) {
+    let [top, sub, files] = shape;
+    for t in 0..top {
+        for s in 0..sub {
+            let dir = dir.join(format!("tree/t{t:02}/s{s:02}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..files {
+                fs::write(dir.join(format!("f{f:02}")), format!("{round} {t} {s} {f}")).unwrap();
+            }
+        }
+    }
+    let last = to.join(format!(
+        "tree/t{:02}/s{:02}/f{:02}",
+        top - 1,
+        sub - 1,
+        files - 1
+    ));
+    wait_until("B to get the whole tree", TREE_WAIT, || {
+        last.exists() && count_files(&to.join("tree")) == top * sub * files
+    });
+}
+
+/// Waits for positive evidence that both peers are done with what came before: a file written
+/// on each side afterwards reaches the other, and neither has anything left to do.
+fn wait_both_done(mesh: &Mesh, share: &FolderShare, round: usize) {
+    let (a, b) = (&share.dirs[0], &share.dirs[1]);
+    let sentinel = format!("after-{round}");
+    fs::write(b.join(&sentinel), "b").unwrap();
+    wait_until("B's later write to reach A", TREE_WAIT, || {
+        a.join(&sentinel).exists()
+    });
+    fs::write(a.join(&sentinel), "a").unwrap();
+    wait_until("A's later write to reach B", TREE_WAIT, || {
+        fs::read_to_string(b.join(&sentinel)).is_ok_and(|t| t == "a")
+    });
+    for node in &mesh.nodes {
+        wait_until("both peers to be idle", TREE_WAIT, || {
+            let status = share.status(node);
+            status["needed_files"] == 0 && status["deletes_waiting"] == 0
+        });
+    }
+}
+
+/// Asserts that `tree` is gone from both peers' folders.
+fn assert_tree_gone(share: &FolderShare, round: usize) {
+    for dir in &share.dirs {
+        assert!(
+            !dir.join("tree").exists(),
+            "round {round}: the removed tree came back in {}: {:?}",
+            dir.display(),
+            tree(&dir.join("tree"))
+                .into_iter()
+                .take(20)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 /// `rm -rf` of a big tree of directories right after it synced, several times over: no directory
 /// comes back on any peer, whatever order the deletes, the directory removals and the rescans on
 /// either side happen in.
 #[test]
 fn a_removed_tree_of_many_directories_stays_removed() {
-    // 20,000 files in 1,000 directories, as reported; MESHSYNC_STRESS_ROUNDS loops it longer.
-    const TOP: usize = 50;
-    const SUB: usize = 20;
-    const FILES: usize = 20;
-    let rounds: usize = std::env::var("MESHSYNC_STRESS_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
-    let long = std::time::Duration::from_secs(600);
-    let mut mesh = Mesh::full_static(2);
-    for node in &mut mesh.nodes {
-        // The whole tree goes at once: this test is about directories, not the breaker.
-        node.restart_with_config_line("breaker_percent = 50", "breaker_percent = 100");
-    }
-    mesh.wait_fully_connected();
-    let share = mesh.share_folder();
+    // 20,000 files in 1,000 directories, as reported.
+    let (mesh, share) = two_peers_without_breaker();
     let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
-    for round in 0..rounds {
-        for t in 0..TOP {
-            for s in 0..SUB {
-                let dir = a.join(format!("tree/t{t:02}/s{s:02}"));
-                fs::create_dir_all(&dir).unwrap();
-                for f in 0..FILES {
-                    fs::write(dir.join(format!("f{f:02}")), format!("{round} {t} {s} {f}"))
-                        .unwrap();
-                }
-            }
-        }
-        let last = b.join(format!(
-            "tree/t{:02}/s{:02}/f{:02}",
-            TOP - 1,
-            SUB - 1,
-            FILES - 1
-        ));
-        wait_until("B to get the whole tree", long, || {
-            last.exists() && count_files(&b.join("tree")) == TOP * SUB * FILES
-        });
+    for round in 0..tree_rounds() {
+        write_tree_and_wait(&a, &b, [50, 20, 20], round);
         fs::remove_dir_all(a.join("tree")).unwrap();
-        wait_until("the tree to be gone on B", long, || {
+        wait_until("the tree to be gone on B", TREE_WAIT, || {
             !b.join("tree").exists()
         });
-        // Positive evidence that both sides are done with the deletes: a file written on each
-        // side afterwards reaches the other, and neither has anything left to do.
-        let sentinel = format!("after-{round}");
-        fs::write(b.join(&sentinel), "b").unwrap();
-        wait_until("B's later write to reach A", long, || {
-            a.join(&sentinel).exists()
-        });
-        fs::write(a.join(&sentinel), "a").unwrap();
-        wait_until("A's later write to reach B", long, || {
-            fs::read_to_string(b.join(&sentinel)).is_ok_and(|t| t == "a")
-        });
-        for node in &mesh.nodes {
-            wait_until("both peers to be idle", long, || {
-                let status = share.status(node);
-                status["needed_files"] == 0 && status["deletes_waiting"] == 0
-            });
-        }
+        wait_both_done(&mesh, &share, round);
         // The directories and files of the tree were removed side by side: a file's delete
         // whose directory went first is done, not retried with a warning.
         for node in &mesh.nodes {
@@ -515,17 +555,7 @@ fn a_removed_tree_of_many_directories_stays_removed() {
                 "round {round}: deletes were retried: {retried:#?}"
             );
         }
-        for dir in [&a, &b] {
-            assert!(
-                !dir.join("tree").exists(),
-                "round {round}: the removed tree came back in {}: {:?}",
-                dir.display(),
-                tree(&dir.join("tree"))
-                    .into_iter()
-                    .take(20)
-                    .collect::<Vec<_>>()
-            );
-        }
+        assert_tree_gone(&share, round);
     }
 }
 
@@ -576,26 +606,12 @@ fn a_tree_a_peer_removed_while_we_rescan_everything_stays_removed() {
     // removed them for A's delete. Each one it had seen was then taken for a new directory of
     // B's, and a directory newer than the delete came back on both peers. Here B's watch
     // loses events (more than the kernel queues, `fs.inotify.max_queued_events`, while B is
-    // frozen), and A removes the tree as B's full rescan starts.
-    const TOP: usize = 40;
-    const SUB: usize = 25;
-    const FILES: usize = 8;
-    let rounds: usize = std::env::var("MESHSYNC_STRESS_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
-    let long = std::time::Duration::from_secs(600);
+    // frozen), and A's deletes reach B while its full rescan reads every file.
     let queued: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
         .ok()
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(16_384);
-    let mut mesh = Mesh::full_static(2);
-    for node in &mut mesh.nodes {
-        // The whole tree goes at once: this test is about directories, not the breaker.
-        node.restart_with_config_line("breaker_percent = 50", "breaker_percent = 100");
-    }
-    mesh.wait_fully_connected();
-    let share = mesh.share_folder();
+    let (mesh, share) = two_peers_without_breaker();
     let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
     let noise: Vec<_> = (0..2).map(|i| b.join(format!("noise-{i}"))).collect();
     for path in &noise {
@@ -606,33 +622,16 @@ fn a_tree_a_peer_removed_while_we_rescan_everything_stays_removed() {
             .matches("DEBUG scan folder=folder full=true")
             .count()
     };
-    for round in 0..rounds {
-        for t in 0..TOP {
-            for s in 0..SUB {
-                let dir = a.join(format!("tree/t{t:02}/s{s:02}"));
-                fs::create_dir_all(&dir).unwrap();
-                for f in 0..FILES {
-                    fs::write(dir.join(format!("f{f}")), format!("{round} {t} {s} {f}")).unwrap();
-                }
-            }
-        }
-        let last = b.join(format!(
-            "tree/t{:02}/s{:02}/f{}",
-            TOP - 1,
-            SUB - 1,
-            FILES - 1
-        ));
-        wait_until("B to get the whole tree", long, || {
-            last.exists() && count_files(&b.join("tree")) == TOP * SUB * FILES
-        });
+    for round in 0..tree_rounds() {
+        write_tree_and_wait(&a, &b, [40, 25, 8], round);
         for node in &mesh.nodes {
-            wait_until("both peers to be idle", long, || {
+            wait_until("both peers to be idle", TREE_WAIT, || {
                 share.status(node)["needed_files"] == 0
             });
         }
         signal(&mesh.nodes[1], "-STOP");
         fs::remove_dir_all(a.join("tree")).unwrap();
-        wait_until("A to take the tree's removal in", long, || {
+        wait_until("A to take the tree's removal in", TREE_WAIT, || {
             share.status(&mesh.nodes[0])["directories"] == 0
         });
         // Each of B's entries changed in status only (its mode set as it is): thawed, B reads
@@ -652,39 +651,13 @@ fn a_tree_a_peer_removed_while_we_rescan_everything_stays_removed() {
         }
         let scans_before = full_scans(&mesh.nodes[1]);
         signal(&mesh.nodes[1], "-CONT");
-        wait_until("B's full rescan to start", long, || {
+        wait_until("B's full rescan to start", TREE_WAIT, || {
             full_scans(&mesh.nodes[1]) > scans_before
         });
-        wait_until("the tree to be gone on B", long, || {
+        wait_until("the tree to be gone on B", TREE_WAIT, || {
             !b.join("tree").exists()
         });
-        // Positive evidence that both sides are done: a file written on each side afterwards
-        // reaches the other, and neither has anything left to do.
-        let sentinel = format!("after-{round}");
-        fs::write(b.join(&sentinel), "b").unwrap();
-        wait_until("B's later write to reach A", long, || {
-            a.join(&sentinel).exists()
-        });
-        fs::write(a.join(&sentinel), "a").unwrap();
-        wait_until("A's later write to reach B", long, || {
-            fs::read_to_string(b.join(&sentinel)).is_ok_and(|t| t == "a")
-        });
-        for node in &mesh.nodes {
-            wait_until("both peers to be idle", long, || {
-                let status = share.status(node);
-                status["needed_files"] == 0 && status["deletes_waiting"] == 0
-            });
-        }
-        for dir in [&a, &b] {
-            assert!(
-                !dir.join("tree").exists(),
-                "round {round}: the removed tree came back in {}: {:?}",
-                dir.display(),
-                tree(&dir.join("tree"))
-                    .into_iter()
-                    .take(20)
-                    .collect::<Vec<_>>()
-            );
-        }
+        wait_both_done(&mesh, &share, round);
+        assert_tree_gone(&share, round);
     }
 }

@@ -273,8 +273,8 @@ impl FolderActor {
     /// deletes of synced paths that are gone.
     async fn take_scan(&mut self, mut result: ScanResult) {
         // Told before anything here writes: the folder's own writes since the scan started.
-        let basis = result.basis.take();
-        let outdated = basis.as_ref().filter(|b| b.outdated_by(&self.synced));
+        // Kept only then (it holds a read of the store, whose pages are not reused meanwhile).
+        let outdated = result.basis.take().filter(|b| b.outdated_by(&self.synced));
         self.marks_read |= result.full;
         if result.full {
             self.verification.full_scan_done(result.checked);
@@ -395,7 +395,11 @@ impl FolderActor {
                 .map(|s| plan::normalised(&s.record.meta));
             let scanned = plan::normalised(&record.meta);
             let differs = known.as_ref() != Some(&scanned);
-            if differs && outdated.is_some_and(|b| Self::written_since(b, &path, known.as_ref())) {
+            if differs
+                && outdated
+                    .as_ref()
+                    .is_some_and(|b| Self::written_since(b, &path, known.as_ref()))
+            {
                 // A download or a peer's delete wrote the path while the walk ran: what the
                 // walk saw may be from before it (a directory it removed, taken for a new one,
                 // came back on every peer). Read again, it is what it is now.
