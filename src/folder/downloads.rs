@@ -143,8 +143,8 @@ impl FolderActor {
                 return;
             }
         }
-        // What the disk said, for the rest of this round (see `no_room_for`).
-        let mut room = Room::Unknown;
+        // Whether the disk was found full, for the rest of this round (see `no_room_for`).
+        let mut full = None;
         while let Some(next) = self.queue.next() {
             let path = match next {
                 Next::WaitsForRetry(path) => {
@@ -158,7 +158,7 @@ impl FolderActor {
                         self.queue.unstart(path);
                         return;
                     }
-                    if !delete && let Some(wait) = self.no_room_for(&path, &mut room) {
+                    if !delete && let Some(wait) = self.no_room_for(&path, &mut full) {
                         self.queue.defer(path, Instant::now() + wait);
                         continue;
                     }
@@ -181,34 +181,32 @@ impl FolderActor {
         }
     }
 
-    /// How long the download of `path` must wait for disk space, if it must. `room` carries
-    /// what the disk said earlier in the same round: files start within the bytes it had to
-    /// spare without asking again, and once one found no room the others wait as long.
-    fn no_room_for(&mut self, path: &str, room: &mut Room) -> Option<Duration> {
+    /// How long the download of `path` must wait for disk space, if it must. Files start
+    /// within the bytes the last reading of the disk had to spare, while it is recent
+    /// ([`super::disk::DiskGuard::spend_spare`]); `full` carries what the disk said earlier in the same
+    /// round: once one file found no room, the others wait as long.
+    fn no_room_for(&mut self, path: &str, full: &mut Option<Duration>) -> Option<Duration> {
         let size = self.queue.file_size(path)?;
-        match *room {
-            Room::Full(wait) => return Some(wait),
-            Room::Spare(spare) if size <= spare => {
-                *room = Room::Spare(spare - size);
-                return None;
-            }
-            _ => {}
+        if let Some(wait) = *full {
+            return Some(wait);
+        }
+        if self.disk.spend_spare(size, std::time::Instant::now()) {
+            return None;
         }
         // Counts itself too (it is already among the running): taken out again here.
         let reserved = self.queue.running_bytes().saturating_sub(size);
         let root = self.sources.root.clone();
         match self.disk.room_for(&root, size, reserved, &self.name) {
-            Ok(spare) => {
+            Ok(_) => {
                 if self.disk.take_recovered() {
                     // Found by `meshsync lab`: files that failed while the disk was full each
                     // waited out their own backoff (up to a minute) after space came back.
                     self.queue.retry_all_by(Instant::now());
                 }
-                *room = Room::Spare(spare);
                 None
             }
             Err(wait) => {
-                *room = Room::Full(wait);
+                *full = Some(wait);
                 Some(wait)
             }
         }
@@ -363,15 +361,4 @@ impl FolderActor {
             }
         }
     }
-}
-
-/// What the disk said about room for downloads, within one round of starting them.
-#[derive(Debug, Clone, Copy)]
-enum Room {
-    /// Not asked yet.
-    Unknown,
-    /// Bytes to spare beyond the files started so far.
-    Spare(u64),
-    /// No room: everything waits this long.
-    Full(Duration),
 }

@@ -216,6 +216,7 @@ fn fill_and_seal(file: &mut SmallFile) -> Result<Sealed, WriteError> {
         meta.size,
         meta.hash,
         &file.chunks,
+        meta.mode,
     )?;
     let contents = std::mem::take(&mut file.contents);
     for index in assembly.missing() {

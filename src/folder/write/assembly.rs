@@ -20,6 +20,9 @@ use crate::folder::model::{CHUNK_MAX, CheckedChunk, ChunkRef, Hash, TEMP_PREFIX}
 
 /// Mode of a temp file while it is assembled: private until committed with its real mode.
 const TEMP_MODE: u32 = 0o600;
+/// Bits every temp file is created with, whatever its final mode: we must be able to reopen it
+/// to resume it.
+const TEMP_OWNER_BITS: u32 = 0o600;
 
 /// How often [`Assembly::open`] retries when a sweep removes the temp file between its open and
 /// its lock.
@@ -60,6 +63,8 @@ pub struct Assembly {
     file: File,
     /// The device of the file system it is on.
     dev: u64,
+    /// Its permission bits when opened: `seal` sets the final mode only if they differ.
+    mode_when_opened: u32,
     /// The file's size.
     size: u64,
     /// BLAKE3 of the whole content.
@@ -131,7 +136,7 @@ impl Assembly {
         file_hash: Hash,
         chunks: &[ChunkRef],
     ) -> Result<Assembly, WriteError> {
-        let mut assembly = Self::open_unreserved(root, rel, size, file_hash, chunks)?;
+        let mut assembly = Self::open_unreserved(root, rel, size, file_hash, chunks, TEMP_MODE)?;
         assembly.reserve()?;
         Ok(assembly)
     }
@@ -139,25 +144,31 @@ impl Assembly {
     /// [`Assembly::open`] without reserving space, for a caller that holds every chunk and
     /// writes them right away: a full disk then fails the first write just as early, and the
     /// reservation (a `fallocate`, a metadata update) cost 3% of the CPU of receiving many
-    /// small files.
+    /// small files. A new temp file is created with `mode & MODE_MASK` (plus owner read and
+    /// write, to resume it), so that [`Assembly::seal`] with the same mode has nothing to change
+    /// (a `chmod` per received small file, under the umask's usual 022); the caller writes it
+    /// right away, so it is not readable any longer than the finished file will be.
     pub fn open_unreserved(
         root: &Path,
         rel: &str,
         size: u64,
         file_hash: Hash,
         chunks: &[ChunkRef],
+        mode: u32,
     ) -> Result<Assembly, WriteError> {
         // The chunk list is checked before any directory is made for it.
         let target = checked_path(root, rel)?;
         let offsets = chunk_offsets(&target, size, chunks)?;
         ensure_parents(root, rel)?;
         let temp = target.with_file_name(temp_name(rel, &file_hash));
-        let (file, opened) = open_locked_temp(&target, &temp)?;
+        let create_mode = (mode & MODE_MASK) | TEMP_OWNER_BITS;
+        let (file, opened) = open_locked_temp(&target, &temp, create_mode)?;
         let mut assembly = Assembly {
             target,
             temp,
             file,
             dev: opened.dev(),
+            mode_when_opened: opened.mode() & 0o7777,
             size,
             file_hash,
             chunks: chunks.to_vec(),
@@ -311,11 +322,13 @@ impl Assembly {
             });
         }
         let times = FileTimes::new().set_modified(modified);
-        if let Err(e) = self
-            .file
-            .set_permissions(Permissions::from_mode(mode & MODE_MASK))
-            .and_then(|()| self.file.set_times(times))
-        {
+        let mode = mode & MODE_MASK;
+        let set_mode = || match self.mode_when_opened == mode {
+            // Created with it (and nobody else writes our locked temp file).
+            true => Ok(()),
+            false => self.file.set_permissions(Permissions::from_mode(mode)),
+        };
+        if let Err(e) = set_mode().and_then(|()| self.file.set_times(times)) {
             return Err(self.fail("set mode and mtime of", e));
         }
         Ok(Sealed { assembly: self })
@@ -560,13 +573,17 @@ fn chunk_offsets(target: &Path, size: u64, chunks: &[ChunkRef]) -> Result<Vec<u6
 /// Opens (creating if needed) and exclusively locks a temp file, making sure the locked file is
 /// still the one at the path (a sweep may have removed it between our open and our lock).
 /// Returns it with what it was when locked (its length: what an earlier attempt left).
-fn open_locked_temp(target: &Path, temp: &Path) -> Result<(File, fs::Metadata), WriteError> {
+fn open_locked_temp(
+    target: &Path,
+    temp: &Path,
+    create_mode: u32,
+) -> Result<(File, fs::Metadata), WriteError> {
     for _ in 0..OPEN_ATTEMPTS {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .mode(TEMP_MODE)
+            .mode(create_mode)
             .custom_flags(sys::O_NOFOLLOW)
             .open(temp)
             .map_err(|e| match is_disk_full(&e) {

@@ -360,3 +360,51 @@ fn a_full_disk_fails_cleanly_and_frees_the_temp_file() {
     assert!(matches!(err, WriteError::DiskFull { .. }), "{err}");
     assert_eq!(temps_in(r).len(), 1);
 }
+
+/// `open_unreserved` creates the temp file with the mode it is meant to get, and `seal` leaves
+/// it then; a different final mode, or a temp file left by an earlier attempt with another
+/// mode, is still set.
+#[test]
+fn a_temp_file_created_with_a_mode_ends_with_the_mode_sealed() {
+    let root = folder();
+    let cut = Cut::new(b"small".to_vec(), &[5]);
+    let file_hash = hash(&cut.data);
+    let open = |rel: &str, mode: u32| {
+        let mut asm = Assembly::open_unreserved(
+            root.path(),
+            rel,
+            cut.data.len() as u64,
+            file_hash,
+            &cut.chunks,
+            mode,
+        )
+        .unwrap();
+        write_all(&mut asm, &cut, &[0]);
+        asm
+    };
+    let mode_of = |rel: &str| {
+        fs::symlink_metadata(root.path().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    for (rel, created, sealed) in [
+        ("same", 0o640, 0o640),
+        ("other", 0o640, 0o604),
+        ("setuid", 0o4750, 0o4750),
+        ("none", 0o000, 0o000),
+    ] {
+        open(rel, created)
+            .commit(Expect::Absent, sealed, (1_700_000_000, 0))
+            .unwrap();
+        assert_eq!(mode_of(rel), sealed & 0o777, "{rel}");
+    }
+    // Left by an earlier attempt (dropped, kept for resuming) with the temp mode, resumed by
+    // one that would have created it with 0o644.
+    drop(cut.open(root.path(), "resumed").unwrap());
+    open("resumed", 0o644)
+        .commit(Expect::Absent, 0o644, (1_700_000_000, 0))
+        .unwrap();
+    assert_eq!(mode_of("resumed"), 0o644);
+}
