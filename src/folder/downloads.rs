@@ -183,8 +183,8 @@ impl FolderActor {
 
     /// How long the download of `path` must wait for disk space, if it must. Files start
     /// within the bytes the last reading of the disk had to spare, while it is recent
-    /// ([`super::disk::DiskGuard::spend_spare`]); `full` carries what the disk said earlier in the same
-    /// round: once one file found no room, the others wait as long.
+    /// ([`super::disk::DiskGuard::spend_spare`]); `full` carries what the disk said earlier
+    /// in the same round: once one file found no room, the others wait as long.
     fn no_room_for(&mut self, path: &str, full: &mut Option<Duration>) -> Option<Duration> {
         let size = self.queue.file_size(path)?;
         if let Some(wait) = *full {

@@ -19,10 +19,9 @@ use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk
 use crate::folder::model::{CHUNK_MAX, CheckedChunk, ChunkRef, Hash, TEMP_PREFIX};
 
 /// Mode of a temp file while it is assembled: private until committed with its real mode.
+/// Every temp file has these bits, whatever its final mode: we must be able to reopen it to
+/// resume it.
 const TEMP_MODE: u32 = 0o600;
-/// Bits every temp file is created with, whatever its final mode: we must be able to reopen it
-/// to resume it.
-const TEMP_OWNER_BITS: u32 = 0o600;
 
 /// How often [`Assembly::open`] retries when a sweep removes the temp file between its open and
 /// its lock.
@@ -161,7 +160,7 @@ impl Assembly {
         let offsets = chunk_offsets(&target, size, chunks)?;
         ensure_parents(root, rel)?;
         let temp = target.with_file_name(temp_name(rel, &file_hash));
-        let create_mode = (mode & MODE_MASK) | TEMP_OWNER_BITS;
+        let create_mode = (mode & MODE_MASK) | TEMP_MODE;
         let (file, opened) = open_locked_temp(&target, &temp, create_mode)?;
         let mut assembly = Assembly {
             target,
