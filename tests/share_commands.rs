@@ -164,3 +164,89 @@ fn a_share_left_is_forgotten_its_files_stay_and_it_can_be_joined_again() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Files a folder received in one share carry marks naming the versions received there. Shared
+/// again in a new share after leaving the first, the folder must offer them to its new members:
+/// the first scan must not take them for received in the new share, whose store never held
+/// those versions.
+#[test]
+fn a_folder_shared_anew_after_leaving_offers_the_files_it_had_received() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let first = FolderShare::among(&[&a, &b]);
+    std::fs::create_dir_all(first.dirs[0].join("sub")).unwrap();
+    std::fs::write(first.dirs[0].join("sub/received.txt"), "from a").unwrap();
+    std::fs::write(first.dirs[0].join("top.txt"), "from a too").unwrap();
+    first.wait_identical();
+    cli_ok(&b, &["share", "leave", &first.name]);
+    a.stop();
+
+    let on_b = first.dirs[1].to_str().unwrap();
+    let token = cli_ok(
+        &b,
+        &["share", "create", "--folder", on_b, "--name", "again"],
+    );
+    let mut c = Node::init(&["--peer", &b.listen_addr()]);
+    c.start();
+    let on_c = c.home.parent().unwrap().join("again");
+    cli_ok(
+        &c,
+        &[
+            "share",
+            "join",
+            token.trim(),
+            "--folder",
+            on_c.to_str().unwrap(),
+        ],
+    );
+    let again = FolderShare {
+        dirs: vec![first.dirs[1].clone(), on_c],
+        name: "again".into(),
+    };
+    let tree = again.wait_identical();
+    assert!(
+        tree.contains("sub/received.txt") && tree.contains("top.txt"),
+        "{tree:?}"
+    );
+    let on_b = share(&b, "again").unwrap();
+    assert_eq!(on_b["entries"], 3, "{on_b}");
+}
+
+/// The same folder left and joined again to the same share: what it received before stays
+/// what the members have, with no conflict copy, whether the first scan or the first pull comes
+/// first; and it syncs both ways again.
+#[test]
+fn a_folder_left_and_joined_again_keeps_its_files_without_conflict_copies() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let folder = FolderShare::among(&[&a, &b]);
+    for i in 0..20 {
+        std::fs::write(folder.dirs[0].join(format!("f{i}.txt")), format!("a {i}")).unwrap();
+    }
+    folder.wait_identical();
+    cli_ok(&b, &["share", "leave", &folder.name]);
+    let token = cli_ok(&a, &["share", "token", &folder.name]);
+    let token = token.trim();
+    let on_b = folder.dirs[1].to_str().unwrap();
+    cli_ok(&b, &["share", "join", token, "--folder", on_b]);
+    std::fs::write(folder.dirs[0].join("later_a.txt"), "a").unwrap();
+    std::fs::write(folder.dirs[1].join("later_b.txt"), "b").unwrap();
+    let tree = folder.wait_identical();
+    assert!(
+        tree.contains("later_a.txt") && tree.contains("later_b.txt"),
+        "{tree:?}"
+    );
+    assert!(
+        tree.iter().all(|p| !p.contains(".sync-conflict-")),
+        "{tree:?}"
+    );
+    for node in [&a, &b] {
+        wait_until("the share to be in sync on both", WAIT, || {
+            share(node, &folder.name).unwrap()["state"] == "in-sync"
+        });
+    }
+}
