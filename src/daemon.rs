@@ -101,6 +101,7 @@ pub async fn run(
     let events = Events::default();
     let engine = engine::spawn(
         peer_id,
+        home.dir().to_owned(),
         store.clone(),
         net.clone(),
         net_events,

@@ -250,3 +250,80 @@ fn a_folder_left_and_joined_again_keeps_its_files_without_conflict_copies() {
         });
     }
 }
+
+/// A folder share is refused, with the reason and before anything is created, where it would
+/// be, hold or lie inside another folder share's folder (two shares writing the same files,
+/// each syncing the other's `.meshsync`), or hold the daemon's home (its keys and database
+/// sent to members).
+#[test]
+fn a_folder_overlapping_another_share_or_the_home_is_refused() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let base = a.home.parent().unwrap().canonicalize().unwrap();
+    let docs = base.join("docs");
+    cli_ok(&a, &["share", "create", "--folder", docs.to_str().unwrap()]);
+    let token = cli_ok(&a, &["share", "token", "docs"]);
+    let refused = |args: &[&str], why: &str| {
+        let out = a.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    };
+    let inner = docs.join("inner");
+    let inner = inner.to_str().unwrap();
+    refused(&["share", "create", "--folder", inner], "inside");
+    let marker = docs.join(".meshsync/x");
+    let marker = marker.to_str().unwrap();
+    refused(
+        &["share", "create", "--folder", marker, "--name", "x"],
+        "inside",
+    );
+    let again = docs.to_str().unwrap();
+    let same = ["share", "create", "--folder", again, "--name", "docs2"];
+    refused(&same, "already shared as `docs`");
+    let around = ["share", "create", "--records", "r"];
+    cli_ok(&a, &around);
+    let join = [
+        "share",
+        "join",
+        token.trim(),
+        "--folder",
+        inner,
+        "--name",
+        "j",
+    ];
+    refused(&join, "inside");
+    let holds = [
+        "share",
+        "create",
+        "--folder",
+        base.to_str().unwrap(),
+        "--name",
+        "b",
+    ];
+    refused(&holds, "holds");
+    let home = a.home.to_str().unwrap();
+    refused(
+        &["share", "create", "--folder", home, "--name", "h"],
+        "daemon's home",
+    );
+    let state = a.home.join("state");
+    let state = state.to_str().unwrap();
+    refused(
+        &["share", "create", "--folder", state, "--name", "s"],
+        "database",
+    );
+    assert!(!docs.join("inner").exists() && !docs.join(".meshsync/x").exists());
+    let beside = base.join("photos");
+    cli_ok(
+        &a,
+        &["share", "create", "--folder", beside.to_str().unwrap()],
+    );
+    let names: Vec<String> = a.status()["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["docs", "photos", "r"], "only what was accepted");
+}

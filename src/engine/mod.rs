@@ -121,6 +121,16 @@ pub enum InvalidRequest {
         #[source]
         source: std::io::Error,
     },
+    /// The folder is, holds or lies inside another folder share's folder, or the daemon's
+    /// home: two shares would write the same files (and each sync the other's `.meshsync`), or
+    /// the daemon's keys and database would be sent to members.
+    #[error("cannot share {}: {what}", path.display())]
+    FolderOverlaps {
+        /// The folder asked for.
+        path: PathBuf,
+        /// What it overlaps, in words.
+        what: String,
+    },
     /// The folder's absolute path could not be resolved.
     #[error("cannot resolve {}: {source}", path.display())]
     ResolveFolder {
@@ -389,6 +399,7 @@ enum TaskResult {
 /// Starts the engine.
 pub fn spawn(
     local: PeerId,
+    home: PathBuf,
     store: StoreHandle,
     net: NetClient,
     net_events: mpsc::UnboundedReceiver<NetEvent>,
@@ -399,6 +410,7 @@ pub fn spawn(
     let changes = store.subscribe();
     let mut actor = EngineActor {
         local,
+        home,
         folder_settings,
         folders: HashMap::new(),
         member_watch: HashMap::new(),
@@ -430,6 +442,8 @@ pub fn spawn(
 
 struct EngineActor {
     local: PeerId,
+    /// The daemon's home (its keys and database), which no folder share may hold or be in.
+    home: PathBuf,
     /// Folder shares' settings from the config.
     folder_settings: FolderSettings,
     /// Folder actors, per folder share.

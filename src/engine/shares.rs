@@ -5,7 +5,7 @@
 //! These are the engine's answers to the local API; they change what the store holds about
 //! shares, and the membership and announcement rooms pick up from there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use libp2p::PeerId;
 use serde::Serialize;
@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::{EngineActor, EngineError, InvalidRequest};
 use crate::folder::Resume;
+use crate::home::STATE_DIR;
 use crate::share::{self, Token};
 use crate::store::{MAX_SHARE_NAME, ShareKind, ShareMeta};
 
@@ -51,10 +52,88 @@ pub fn check_name(name: &str) -> Result<(), InvalidRequest> {
     Ok(())
 }
 
+/// Where a new folder share may not be: the other folder shares' folders (two shares would
+/// write the same files, and one would sync the other's `.meshsync`: its id, its versions) and
+/// the daemon's home around it or its database inside (the keys and the database would be
+/// sent to members). Paths resolved (absolute, symbolic links followed).
+struct Taken {
+    home: PathBuf,
+    folders: Vec<(String, PathBuf)>,
+}
+
+impl Taken {
+    /// What `folder` (resolved) overlaps, in words for the user; `None` if nothing.
+    fn overlap(&self, folder: &Path) -> Option<String> {
+        for (name, other) in &self.folders {
+            if folder == other {
+                return Some(format!("it is already shared as `{name}`"));
+            }
+            if folder.starts_with(other) {
+                let other = other.display();
+                return Some(format!("it is inside {other}, shared as `{name}`"));
+            }
+            if other.starts_with(folder) {
+                let other = other.display();
+                return Some(format!("it holds {other}, shared as `{name}`"));
+            }
+        }
+        if self.home.starts_with(folder) {
+            let home = self.home.display();
+            return Some(format!(
+                "it holds this daemon's home {home} (its keys and database would be sent to members)"
+            ));
+        }
+        let state = self.home.join(STATE_DIR);
+        if folder.starts_with(&state) {
+            let state = state.display();
+            return Some(format!(
+                "it is inside this daemon's database directory {state}"
+            ));
+        }
+        None
+    }
+}
+
+/// `path` made absolute with its symbolic links resolved, as it will be once created: its
+/// nearest existing ancestor resolved, the missing components after it appended.
+fn resolved_ahead(path: &Path) -> std::io::Result<PathBuf> {
+    let mut missing = Vec::new();
+    let mut at = path;
+    loop {
+        match at.canonicalize() {
+            Ok(mut resolved) => {
+                resolved.extend(missing.iter().rev());
+                return Ok(resolved);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // `..` or `.` among missing components cannot be resolved without them.
+                let (Some(name), Some(parent)) = (at.file_name(), at.parent()) else {
+                    return Err(e);
+                };
+                missing.push(name);
+                at = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Resolves and prepares a folder share's directory: absolute, created if missing, with its
-/// marker inside.
-fn prepare_folder(path: Option<PathBuf>) -> Result<PathBuf, InvalidRequest> {
+/// marker inside; refused, before anything is created, where it would overlap what `taken`
+/// names.
+fn prepare_folder(path: Option<PathBuf>, taken: &Taken) -> Result<PathBuf, InvalidRequest> {
     let path = path.ok_or(InvalidRequest::NoFolderPath)?;
+    let ahead = match resolved_ahead(&path) {
+        Ok(ahead) => ahead,
+        Err(source) => return Err(InvalidRequest::ResolveFolder { path, source }),
+    };
+    if let Some(what) = taken.overlap(&ahead) {
+        return Err(InvalidRequest::FolderOverlaps { path, what });
+    }
     if let Err(source) = crate::folder::prepare_root(&path) {
         return Err(InvalidRequest::PrepareFolder { path, source });
     }
@@ -63,14 +142,33 @@ fn prepare_folder(path: Option<PathBuf>) -> Result<PathBuf, InvalidRequest> {
 }
 
 /// The folder path a share of `kind` keeps: prepared for folders, none for records.
-fn share_path(kind: ShareKind, path: Option<PathBuf>) -> Result<Option<PathBuf>, InvalidRequest> {
+fn share_path(
+    kind: ShareKind,
+    path: Option<PathBuf>,
+    taken: &Taken,
+) -> Result<Option<PathBuf>, InvalidRequest> {
     match kind {
-        ShareKind::Folder => prepare_folder(path).map(Some),
+        ShareKind::Folder => prepare_folder(path, taken).map(Some),
         ShareKind::Records => Ok(None),
     }
 }
 
 impl EngineActor {
+    /// Where a new folder share may not be.
+    fn taken(&self) -> Taken {
+        let folders = self
+            .store
+            .shares()
+            .into_iter()
+            .filter_map(|share| Some((share.meta.name, share.meta.path?)))
+            .collect();
+        let home = self
+            .home
+            .canonicalize()
+            .unwrap_or_else(|_| self.home.clone());
+        Taken { home, folders }
+    }
+
     /// Creates a share with a fresh secret and write key; returns its token.
     pub(super) async fn create_share(
         &mut self,
@@ -79,7 +177,7 @@ impl EngineActor {
         path: Option<PathBuf>,
     ) -> Result<CreatedShare, EngineError> {
         check_name(&name)?;
-        let path = share_path(kind, path)?;
+        let path = share_path(kind, path, &self.taken())?;
         let (id, secret) = share::new_share();
         let write_key = share::new_write_key();
         let meta = ShareMeta {
@@ -119,7 +217,7 @@ impl EngineActor {
             let token = token.kind;
             return Err(InvalidRequest::TokenKind { token, asked: kind }.into());
         }
-        let path = share_path(kind, path)?;
+        let path = share_path(kind, path, &self.taken())?;
         let meta = ShareMeta {
             id: *token.id,
             name: name.clone(),
@@ -335,12 +433,92 @@ mod tests {
         }
     }
 
+    fn nothing_taken() -> Taken {
+        Taken {
+            home: PathBuf::from("/nonexistent/meshsync-home"),
+            folders: Vec::new(),
+        }
+    }
+
     #[test]
     fn folder_shares_need_a_path() {
+        let taken = nothing_taken();
         assert!(matches!(
-            share_path(ShareKind::Folder, None),
+            share_path(ShareKind::Folder, None, &taken),
             Err(InvalidRequest::NoFolderPath)
         ));
-        assert!(matches!(share_path(ShareKind::Records, None), Ok(None)));
+        assert!(matches!(
+            share_path(ShareKind::Records, None, &taken),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn a_folder_may_not_overlap_another_share_or_hold_the_home() {
+        let taken = Taken {
+            home: PathBuf::from("/h/.local/share/meshsync"),
+            folders: vec![("docs".into(), PathBuf::from("/h/docs"))],
+        };
+        let said = |p: &str| taken.overlap(Path::new(p));
+        assert!(
+            said("/h/docs")
+                .unwrap()
+                .contains("already shared as `docs`")
+        );
+        assert!(
+            said("/h/docs/sub/deeper")
+                .unwrap()
+                .contains("inside /h/docs")
+        );
+        assert!(
+            said("/h/docs/.meshsync/x")
+                .unwrap()
+                .contains("inside /h/docs")
+        );
+        assert!(said("/h").unwrap().contains("holds /h/docs"));
+        assert!(said("/").unwrap().contains("holds /h/docs"));
+        assert!(said("/h/.local").unwrap().contains("daemon's home"));
+        assert!(
+            said("/h/.local/share/meshsync/state")
+                .unwrap()
+                .contains("database")
+        );
+        // Components are compared, not text; a folder beside the database is fine.
+        assert_eq!(said("/h/docs2"), None);
+        assert_eq!(said("/h/doc"), None);
+        assert_eq!(said("/h/.local/share/meshsync/folders/x"), None);
+    }
+
+    #[test]
+    fn a_folder_is_resolved_before_it_exists_and_refused_before_it_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
+        assert_eq!(
+            resolved_ahead(&root.join("link/new/deeper")).unwrap(),
+            root.join("real/new/deeper")
+        );
+        assert_eq!(
+            resolved_ahead(&root.join("link")).unwrap(),
+            root.join("real")
+        );
+        assert!(resolved_ahead(&root.join("missing/..")).is_err());
+
+        let taken = Taken {
+            home: root.join("home"),
+            folders: vec![("real".into(), root.join("real"))],
+        };
+        let inside = root.join("link/new");
+        let refused = share_path(ShareKind::Folder, Some(inside.clone()), &taken).unwrap_err();
+        assert!(
+            matches!(&refused, InvalidRequest::FolderOverlaps { what, .. } if what.contains("`real`")),
+            "{refused}"
+        );
+        assert!(!inside.exists(), "nothing is created for a refused folder");
+        let beside = root.join("beside");
+        let made = share_path(ShareKind::Folder, Some(beside.clone()), &taken).unwrap();
+        assert_eq!(made, Some(beside.clone()));
+        assert!(beside.join(crate::folder::model::MARKER_DIR).is_dir());
     }
 }
