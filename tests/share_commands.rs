@@ -327,3 +327,50 @@ fn a_folder_overlapping_another_share_or_the_home_is_refused() {
         .collect();
     assert_eq!(names, ["docs", "photos", "r"], "only what was accepted");
 }
+
+/// Two daemons (two homes) never sync one folder at once: the folder's lock refuses a second
+/// share there while a daemon holds it, and a daemon that finds the lock taken when it starts
+/// pauses the folder, says why, writes nothing, and takes over once the other stops.
+#[test]
+fn a_folder_another_daemon_syncs_is_refused_or_paused_until_it_stops() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&[]);
+    b.start();
+    let dir = a.home.parent().unwrap().join("shared-by-mistake");
+    let path = dir.to_str().unwrap();
+    cli_ok(&a, &["share", "create", "--folder", path, "--name", "f"]);
+    let out = b.cli(&["share", "create", "--folder", path, "--name", "f"]);
+    assert!(!out.status.success(), "a second daemon was let in");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("another meshsync daemon"), "{said}");
+
+    a.stop();
+    cli_ok(&b, &["share", "create", "--folder", path, "--name", "f"]);
+    a.start();
+    wait_until("A to pause the folder B holds", WAIT, || {
+        share(&a, "f").is_some_and(|s| {
+            s["folder"]["state"] == "paused"
+                && s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("another meshsync daemon"))
+        })
+    });
+    std::fs::write(dir.join("new.txt"), "n").unwrap();
+    wait_until("B to record the new file", WAIT, || {
+        share(&b, "f").unwrap()["entries"] == 1
+    });
+    let on_a = share(&a, "f").unwrap();
+    assert_eq!(
+        on_a["entries"], 0,
+        "A took nothing while B held the folder: {on_a}"
+    );
+    assert_eq!(on_a["folder"]["state"], "paused", "{on_a}");
+
+    b.stop();
+    wait_until(
+        "A to take the folder over and record the file",
+        WAIT,
+        || share(&a, "f").is_some_and(|s| s["entries"] == 1 && s["folder"]["state"] != "paused"),
+    );
+}

@@ -137,6 +137,10 @@ fn prepare_folder(path: Option<PathBuf>, taken: &Taken) -> Result<PathBuf, Inval
     if let Err(source) = crate::folder::prepare_root(&path) {
         return Err(InvalidRequest::PrepareFolder { path, source });
     }
+    if crate::folder::synced_elsewhere(&path) {
+        let what = "another meshsync daemon syncs it (it holds its .meshsync/lock)".into();
+        return Err(InvalidRequest::FolderOverlaps { path, what });
+    }
     path.canonicalize()
         .map_err(|source| InvalidRequest::ResolveFolder { path, source })
 }

@@ -39,6 +39,7 @@ use super::delete_hold::DeleteHold;
 use super::disk::DiskGuard;
 use super::error::FolderError;
 use super::fetch::Fetcher;
+use super::folder_lock::{FolderHold, FolderLock, LockError};
 use super::handle::{Command, FolderHandle};
 use super::instance::{self, InstanceId};
 use super::materialise::Materialised;
@@ -168,6 +169,7 @@ pub fn spawn(
         state_loaded: false,
         instance: None,
         paused: None,
+        hold: FolderHold::NotHeld,
         marks_read: false,
         unsyncable: BTreeMap::new(),
         warned: BTreeSet::new(),
@@ -237,6 +239,9 @@ pub(super) struct FolderActor {
     /// The id of the folder `synced` describes ([`instance`]); `None` until one is recorded.
     pub(super) instance: Option<InstanceId>,
     pub(super) paused: Option<String>,
+    /// The folder's lock ([`super::folder_lock`]): taken before anything is written in the
+    /// folder, let go while it is paused.
+    pub(super) hold: FolderHold,
     /// Whether the first full scan since start, the one that reads received files' marks
     /// ([`super::received`]), is done.
     pub(super) marks_read: bool,
@@ -385,6 +390,7 @@ impl ScanResult {
 impl FolderActor {
     async fn run(mut self) {
         self.load_state().await;
+        self.hold_folder();
         self.housekeeping();
         info!(folder = %self.name, "watching {}", self.sources.root.display());
         let far = Duration::from_secs(3600);
@@ -708,11 +714,45 @@ impl FolderActor {
         self.last_error = Some((error.into(), std::time::SystemTime::now()));
     }
 
+    /// Takes the folder's lock unless held: whether this daemon may write in the folder. A
+    /// folder another daemon holds, or without its marker directory, is paused (and tried
+    /// again with the paused folder's checks).
+    pub(super) fn hold_folder(&mut self) -> bool {
+        if !matches!(self.hold, FolderHold::NotHeld) {
+            return true;
+        }
+        match FolderLock::take(&self.sources.root) {
+            Ok(lock) => self.hold = FolderHold::Locked { _lock: lock },
+            Err(e @ LockError::HeldElsewhere) => {
+                self.pause(e.to_string());
+                return false;
+            }
+            Err(LockError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Said as the paused folder's scans will say it, so it is logged once.
+                let root = self.sources.root.clone();
+                let reason = if root.is_dir() {
+                    scan::ScanError::MarkerMissing { root }
+                } else {
+                    scan::ScanError::RootMissing { root, source: e }
+                };
+                self.pause(reason.to_string());
+                return false;
+            }
+            Err(e) => {
+                warn!(folder = %self.name, "{e}; syncing without the guard against a second daemon");
+                self.hold = FolderHold::Unlockable;
+            }
+        }
+        true
+    }
+
     pub(super) fn pause(&mut self, reason: String) {
         if self.paused.as_deref() != Some(&reason) {
             warn!(folder = %self.name, "paused: {reason}");
         }
         self.paused = Some(reason);
+        // Taken again when it resumes: a marker directory made anew has a lock file of its own.
+        self.hold = FolderHold::NotHeld;
         self.deletes.clear();
         self.settle.clear();
         self.watching.stop();

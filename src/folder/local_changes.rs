@@ -39,6 +39,9 @@ impl FolderActor {
     /// (full) scan sees no deletes, only what is there, and what is missing is fetched from
     /// members ([`instance`]).
     pub(super) async fn trust_scan(&mut self, result: &ScanResult) -> bool {
+        if !self.hold_folder() {
+            return false;
+        }
         let found = match &result.instance {
             Ok(found) => *found,
             Err(e) => {

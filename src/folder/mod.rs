@@ -17,6 +17,7 @@ mod disk;
 mod downloads;
 pub mod error;
 pub mod fetch;
+mod folder_lock;
 mod handle;
 pub mod instance;
 mod local_changes;
@@ -48,6 +49,7 @@ pub mod write;
 
 pub use actor::{Policy, prepare_root, spawn};
 pub use error::{FolderError, MaterialiseError};
+pub use folder_lock::synced_elsewhere;
 pub use handle::FolderHandle;
 pub use handle::Resume;
 pub use report::RENAME_WINDOW;

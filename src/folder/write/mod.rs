@@ -78,7 +78,7 @@ mod ops;
 mod path;
 mod read;
 mod sweep;
-mod sys;
+pub(crate) mod sys;
 #[cfg(test)]
 pub(crate) mod testkit;
 
