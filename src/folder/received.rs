@@ -82,7 +82,8 @@ mod tests {
 
     fn vv() -> VersionVector {
         let mut vv = VersionVector::default();
-        vv.raise(&PeerKey::new(vec![7; 38]).unwrap(), 3);
+        // A counter as local writes make them: at least the write's clock milliseconds.
+        vv.raise(&PeerKey::new(vec![7; 38]).unwrap(), 1_800_000_000_000);
         vv
     }
 

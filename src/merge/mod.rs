@@ -13,7 +13,9 @@
 //!   edit is never silently dropped. A delete is a [`Payload::Tombstone`] version that wins or
 //!   loses by the same rule.
 //! - A **local write** ([`Register::write_local`]) joins every vector it has seen, so it
-//!   supersedes all current versions and resolves existing conflicts.
+//!   supersedes all current versions and resolves existing conflicts. Its own counter is at
+//!   least its timestamp's milliseconds, so a replica restored from a backup never reuses the
+//!   counters of writes it made after the backup (see [`Register::write_local_based`]).
 //! - The [`HlcClock`] orders timestamps across peers with loosely synchronised clocks; remote
 //!   timestamps far in the future are taken (every peer must reach the same winner) but move
 //!   our clock no more than [`MAX_CLOCK_SKEW`] ahead, so one peer with a broken clock cannot

@@ -323,6 +323,14 @@ impl<P: Clone + Ord> Register<P> {
     /// versions, so the edit and the remote change become a conflict instead of the edit
     /// silently replacing a change its author never saw. Our own counter still moves past every
     /// counter of ours seen here, so the new version's identity is unique.
+    ///
+    /// Our counter is also at least `hlc`'s milliseconds. A replica restored from a backup
+    /// (its store older than what it wrote since) has not seen its own later writes, which its
+    /// peers hold: counting on from the backup's counter, its next write would reuse their
+    /// counters and be taken for an old write they replaced, lost everywhere. Counting from the
+    /// clock, a write is newer than every write this peer made before, as long as its clock
+    /// (which [`crate::merge::HlcClock`] keeps from going backwards while the store lasts) did
+    /// not go back past them.
     pub fn write_local_based(
         &mut self,
         peer: &PeerKey,
@@ -333,6 +341,7 @@ impl<P: Clone + Ord> Register<P> {
         let mut vv = base.clone();
         vv.raise(peer, self.seen().get(peer));
         vv.increment(peer)?;
+        vv.raise(peer, hlc.millis);
         if vv.len() > MAX_VV_ENTRIES {
             return Err(MergeError::TooManyWriters { len: vv.len() });
         }
@@ -414,6 +423,50 @@ mod tests {
     use proptest::prelude::*;
 
     type Reg = Register<Vec<u8>>;
+
+    #[test]
+    fn a_replica_restored_from_a_backup_writes_past_what_it_wrote_after_it() {
+        let a = PeerKey::new(vec![1]).unwrap();
+        let value = |v: &[u8]| Payload::Value(v.to_vec());
+        let mut backup = Reg::new();
+        backup
+            .write_local(&a, Hlc::new(1_000, 0), value(b"v1"))
+            .unwrap();
+        let mut lost = backup.clone();
+        lost.write_local(&a, Hlc::new(2_000, 0), value(b"v2"))
+            .unwrap();
+        lost.write_local(&a, Hlc::new(3_000, 0), value(b"v3"))
+            .unwrap();
+        // Restored to `backup`, the replica writes again, later; then meets a peer holding v3.
+        let mut restored = backup.clone();
+        let v4 = restored
+            .write_local(&a, Hlc::new(4_000, 0), value(b"v4"))
+            .unwrap();
+        assert!(v4.vv().get(&a) >= 4_000, "{:?}", v4.vv());
+        restored.merge(&lost);
+        lost.merge(&restored);
+        assert_eq!(
+            restored.value(),
+            Some(&b"v4".to_vec()),
+            "the newest write is kept"
+        );
+        assert_eq!(lost.value(), Some(&b"v4".to_vec()));
+        assert_eq!(
+            lost.versions().len(),
+            1,
+            "and it replaces the writes before it"
+        );
+        // Within one millisecond, counters still move on one by one.
+        let (x, y) = (
+            restored
+                .write_local(&a, Hlc::new(5_000, 0), value(b"x"))
+                .unwrap(),
+            restored
+                .write_local(&a, Hlc::new(5_000, 1), value(b"y"))
+                .unwrap(),
+        );
+        assert_eq!(y.vv().get(&a), x.vv().get(&a) + 1);
+    }
 
     #[test]
     fn a_based_write_is_concurrent_with_what_its_base_did_not_see() {
