@@ -7,7 +7,8 @@ use std::fs;
 use std::time::Duration;
 
 use support::{
-    FolderShare, Mesh, Node, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
+    FolderShare, Mesh, Node, WAIT, copy_dir, now_ms, random_bytes, session_succeeded, tree,
+    wait_until,
 };
 
 #[test]
@@ -987,4 +988,62 @@ fn a_change_the_watcher_cannot_see_is_found_by_the_verification_walk() {
         "both files checked: {status}"
     );
     assert!(status["verifying"].is_boolean(), "{status}");
+}
+
+/// Files received after the backup a daemon's home is restored from are still received, not
+/// the daemon's edits: while it was down the sender edited one of them again, and that newer
+/// edit wins, with no conflict copy, although the restored store never held the version the
+/// file was received at (its mark says which, for this share). The restored daemon scans
+/// before it hears from the sender, so its first scan judges the files alone.
+#[test]
+fn files_received_after_the_backup_a_home_is_restored_from_stay_received() {
+    let mut mesh = Mesh::full_static(2);
+    mesh.wait_fully_connected();
+    mesh.nodes[0].pin_listen_port();
+    mesh.nodes[0].stop();
+    mesh.nodes[0].start();
+    let share = {
+        let nodes: Vec<&Node> = mesh.nodes.iter().collect();
+        FolderShare::among(&nodes)
+    };
+    let (a, b) = (share.dirs[0].clone(), share.dirs[1].clone());
+    fs::write(a.join("f.txt"), "one").unwrap();
+    share.wait_identical();
+
+    mesh.nodes[1].stop();
+    let state = mesh.nodes[1].home.join("state");
+    let backup = mesh.nodes[1].home.parent().unwrap().join("state-backup");
+    copy_dir(&state, &backup);
+    mesh.nodes[1].start();
+    fs::write(a.join("f.txt"), "two").unwrap();
+    fs::write(a.join("g.txt"), "new").unwrap();
+    share.wait_identical();
+
+    mesh.nodes[1].stop();
+    fs::remove_dir_all(&state).unwrap();
+    copy_dir(&backup, &state);
+    let hashed = |node: &Node| share.status(node)["hashed_files"].as_u64().unwrap();
+    let before = hashed(&mesh.nodes[0]);
+    fs::write(a.join("f.txt"), "three").unwrap();
+    // Read by A's scan, whose write the graceful stop below waits for.
+    wait_until("A to read its edit", WAIT, || {
+        hashed(&mesh.nodes[0]) > before
+    });
+    mesh.nodes[0].stop();
+    mesh.nodes[1].start();
+    wait_until("B's first scan after the restore", WAIT, || {
+        let status = share.status(&mesh.nodes[1]);
+        status["scans"].as_u64().unwrap_or(0) >= 1 && status["state"] != "scanning"
+    });
+    mesh.nodes[0].start();
+    wait_until("f.txt to reach B again", WAIT, || {
+        fs::read_to_string(b.join("f.txt")).is_ok_and(|t| t == "three")
+    });
+    let tree = share.wait_identical();
+    assert!(
+        tree.iter().all(|p| !p.contains(".sync-conflict-")),
+        "only A edited: {tree:?}"
+    );
+    assert_eq!(fs::read_to_string(a.join("f.txt")).unwrap(), "three");
+    assert_eq!(fs::read_to_string(a.join("g.txt")).unwrap(), "new");
 }

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Api, Mesh, Node, WAIT, now_ms, wait_converged, wait_until};
+use support::{Api, Mesh, Node, WAIT, copy_dir, now_ms, wait_converged, wait_until};
 
 /// Shares one records store among all nodes of a mesh: node 0 creates it, the others join with
 /// the token. Returns the share name used on every node.
@@ -735,12 +735,4 @@ fn a_write_after_the_home_is_restored_from_a_backup_wins_everywhere() {
     });
     assert_eq!(value_on(&a), "v4", "B's last write was lost");
     assert_eq!(value_on(&b), "v4");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }

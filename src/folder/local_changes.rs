@@ -22,7 +22,7 @@ use super::settle::{self, WATCH_DEBOUNCE};
 use super::state::{self, Synced};
 use super::synced_paths::ScanBasis;
 use super::{plan, received};
-use crate::merge::{Payload, VersionVector};
+use crate::merge::Payload;
 use crate::store::LocalWrite;
 
 /// How long a re-created folder waits for its synced state to be saved before it is forgotten;
@@ -358,7 +358,6 @@ impl FolderActor {
         let mut deferred = Vec::new();
         let mut changed: Vec<(String, Option<ScanRecord>)> = Vec::new();
         let mut aside: Vec<(String, ScanRecord)> = Vec::new();
-        let mut marked: Vec<(String, ScanRecord, VersionVector)> = Vec::new();
         let mut look_again = Vec::new();
         // A big scan's spilled entries follow the others: its directories are all among those,
         // so they still come before what is in them. Read on this thread: a batch is a few
@@ -410,14 +409,14 @@ impl FolderActor {
                 look_again.push(path);
                 continue;
             }
-            let received = result
-                .marks
-                .get(&path)
-                .and_then(|mark| received::received_version(mark, &path, &scanned));
+            let received = result.marks.get(&path).and_then(|mark| {
+                received::received_version(mark, &self.sources.share, &path, &scanned)
+            });
             if let Some(base) = received.filter(|_| differs) {
-                // Received here by its mark: adopted once the store is found to know that
-                // version ([`Self::adopt_received`]).
-                marked.push((path, record, base));
+                // Written here before a crash, its synced row not saved: received, no edit.
+                debug!(folder = %self.name, path = %path, "adopted as received before a restart");
+                aside.push((path.clone(), record.clone()));
+                self.synced.insert(path, Synced { record, base });
             } else if differs {
                 changed.push((path, Some(record)));
             } else {
@@ -425,9 +424,7 @@ impl FolderActor {
                 aside.push((path.clone(), record.clone()));
                 self.synced.restat(&path, record);
             }
-            if changed.len() + aside.len() + marked.len() >= SCAN_WRITE_BATCH {
-                self.adopt_received(&mut marked, &mut changed, &mut aside)
-                    .await;
+            if changed.len() + aside.len() >= SCAN_WRITE_BATCH {
                 self.index_and_write(&mut changed, &mut aside, &mut deferred)
                     .await;
                 if self.shutting_down() {
@@ -436,8 +433,6 @@ impl FolderActor {
                 }
             }
         }
-        self.adopt_received(&mut marked, &mut changed, &mut aside)
-            .await;
         self.index_and_write(&mut changed, &mut aside, &mut deferred)
             .await;
         if !look_again.is_empty() {
@@ -465,54 +460,6 @@ impl FolderActor {
         } else if let Some(range) = &result.slice {
             self.queue_remote_in(range).await;
         }
-    }
-
-    /// Takes each file in `marked` (found with a mark saying it was received here at the
-    /// version given) for received, synced at that version, if the store knows that version of
-    /// its path: written here before a crash, its synced row not saved, it is no edit (set
-    /// `aside`). Otherwise the mark names a version this share's store never held (the folder
-    /// received it in a share it left, or in this one before it was left and joined again): the
-    /// file goes with the `changed`, to be adopted if it is what the share has there now, and
-    /// offered to the share as ours if not; adopted, it would be offered to no one.
-    async fn adopt_received(
-        &mut self,
-        marked: &mut Vec<(String, ScanRecord, VersionVector)>,
-        changed: &mut Vec<(String, Option<ScanRecord>)>,
-        aside: &mut Vec<(String, ScanRecord)>,
-    ) {
-        if marked.is_empty() {
-            return;
-        }
-        let keys = marked
-            .iter()
-            .map(|(p, ..)| p.clone().into_bytes())
-            .collect();
-        let registers = match self.store.get_many(self.sources.share, keys).await {
-            Ok(registers) => registers.into_iter().map(Some).collect(),
-            Err(e) => {
-                // Not known either way: taken as received, as the mark says (a file received
-                // before a crash must not become an edit of ours that beats the sender's newer
-                // one).
-                let what = format!("cannot read entries to check received files against: {e}");
-                warn!(folder = %self.name, "{what}");
-                self.note_error(what);
-                vec![None; marked.len()]
-            }
-        };
-        for ((path, record, base), read) in marked.drain(..).zip(registers) {
-            // `None`: unread; `Some(None)`: the store holds nothing at the path.
-            let known =
-                read.is_none_or(|register| register.is_some_and(|r| r.seen().dominates(&base)));
-            if known {
-                debug!(folder = %self.name, path = %path, "adopted as received before a restart");
-                aside.push((path.clone(), record.clone()));
-                self.synced.insert(path, Synced { record, base });
-            } else {
-                debug!(folder = %self.name, path = %path, "marked as received at a version the share does not hold");
-                changed.push((path, Some(record)));
-            }
-        }
-        changed.sort_by(|a, b| a.0.cmp(&b.0));
     }
 
     /// Indexes the chunks of one batch of a scan's entries (`changed` and those set `aside`,

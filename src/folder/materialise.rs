@@ -179,7 +179,7 @@ async fn materialise_into(
         Desired::Present(meta) => {
             let replacing =
                 on_disk.filter(|m| m.kind == EntryKind::File && outcome.synced.is_some());
-            let mark = received::mark(&path, &meta, winner.vv());
+            let mark = received::mark(&shared.share, &path, &meta, winner.vv());
             let mut found = Found::default();
             let written =
                 write_entry(shared, &path, &meta, expect, replacing, mark, &mut found).await;

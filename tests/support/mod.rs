@@ -965,3 +965,13 @@ impl Drop for LineReader {
         let _ = self.child.wait();
     }
 }
+
+/// Copies the files of directory `from` into `to` (created), as a backup of a daemon's `state`
+/// directory taken while it is stopped.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
