@@ -138,7 +138,7 @@ fn prepare_folder(path: Option<PathBuf>, taken: &Taken) -> Result<PathBuf, Inval
         return Err(InvalidRequest::PrepareFolder { path, source });
     }
     if crate::folder::synced_elsewhere(&path) {
-        let what = "another meshsync daemon syncs it (it holds its .meshsync/lock)".into();
+        let what = "another meshsync daemon on this machine syncs it".into();
         return Err(InvalidRequest::FolderOverlaps { path, what });
     }
     path.canonicalize()

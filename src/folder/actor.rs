@@ -727,19 +727,24 @@ impl FolderActor {
                 self.pause(e.to_string());
                 return false;
             }
-            Err(LockError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Said as the paused folder's scans will say it, so it is logged once.
+            Err(LockError::Io(e)) if !self.sources.root.join(MARKER_DIR).is_dir() => {
+                // Not a meshsync folder now. Said as its scans say it, so it is logged once.
                 let root = self.sources.root.clone();
-                let reason = if root.is_dir() {
-                    scan::ScanError::MarkerMissing { root }
-                } else {
+                let reason = if !root.exists() {
                     scan::ScanError::RootMissing { root, source: e }
+                } else if !root.is_dir() {
+                    scan::ScanError::RootNotDirectory { root }
+                } else {
+                    scan::ScanError::MarkerMissing { root }
                 };
                 self.pause(reason.to_string());
                 return false;
             }
             Err(e) => {
-                warn!(folder = %self.name, "{e}; syncing without the guard against a second daemon");
+                let said = format!("{e}; syncing without the guard against a second daemon");
+                if self.warned.insert(said.clone()) {
+                    warn!(folder = %self.name, "{said}");
+                }
                 self.hold = FolderHold::Unlockable;
             }
         }
@@ -799,6 +804,12 @@ impl FolderActor {
     fn start_scan(&mut self) {
         self.scan_at = None;
         if self.scanning || !self.state_loaded {
+            return;
+        }
+        if self.paused.is_some() && !self.hold_folder() {
+            // Another daemon still holds the folder, or its marker is still gone: nothing to
+            // walk (a paused folder's scans are whole: every 2 s, a big folder's walk would
+            // cost a core). Checked again at the paused folder's next check.
             return;
         }
         let full = self.dirty_all || self.paused.is_some();

@@ -78,7 +78,7 @@ mod ops;
 mod path;
 mod read;
 mod sweep;
-pub(crate) mod sys;
+mod sys;
 #[cfg(test)]
 pub(crate) mod testkit;
 
