@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ use super::delete_hold::DeleteHold;
 use super::disk::DiskGuard;
 use super::error::FolderError;
 use super::fetch::Fetcher;
-use super::folder_lock::{FolderHold, FolderLock, LockError};
+use super::folder_lock::FolderHold;
 use super::handle::{Command, FolderHandle};
 use super::instance::{self, InstanceId};
 use super::materialise::Materialised;
@@ -714,43 +713,6 @@ impl FolderActor {
         self.last_error = Some((error.into(), std::time::SystemTime::now()));
     }
 
-    /// Takes the folder's lock unless held: whether this daemon may write in the folder. A
-    /// folder another daemon holds, or without its marker directory, is paused (and tried
-    /// again with the paused folder's checks).
-    pub(super) fn hold_folder(&mut self) -> bool {
-        if !matches!(self.hold, FolderHold::NotHeld) {
-            return true;
-        }
-        match FolderLock::take(&self.sources.root) {
-            Ok(lock) => self.hold = FolderHold::Locked { _lock: lock },
-            Err(e @ LockError::HeldElsewhere) => {
-                self.pause(e.to_string());
-                return false;
-            }
-            Err(LockError::Io(e)) if !self.sources.root.join(MARKER_DIR).is_dir() => {
-                // Not a meshsync folder now. Said as its scans say it, so it is logged once.
-                let root = self.sources.root.clone();
-                let reason = if !root.exists() {
-                    scan::ScanError::RootMissing { root, source: e }
-                } else if !root.is_dir() {
-                    scan::ScanError::RootNotDirectory { root }
-                } else {
-                    scan::ScanError::MarkerMissing { root }
-                };
-                self.pause(reason.to_string());
-                return false;
-            }
-            Err(e) => {
-                let said = format!("{e}; syncing without the guard against a second daemon");
-                if self.warned.insert(said.clone()) {
-                    warn!(folder = %self.name, "{said}");
-                }
-                self.hold = FolderHold::Unlockable;
-            }
-        }
-        true
-    }
-
     pub(super) fn pause(&mut self, reason: String) {
         if self.paused.as_deref() != Some(&reason) {
             warn!(folder = %self.name, "paused: {reason}");
@@ -932,9 +894,4 @@ impl FolderActor {
         }
         self.sources.chunks.add_recent(entries);
     }
-}
-
-/// Creates the folder (if needed) and its marker directory, for a share being created or joined.
-pub fn prepare_root(root: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(root.join(MARKER_DIR))
 }

@@ -44,6 +44,11 @@ pub fn judge(recorded: Option<InstanceId>, found: Option<InstanceId>) -> Verdict
     }
 }
 
+/// Creates the folder (if needed) and its marker directory, for a share being created or joined.
+pub fn prepare_root(root: &Path) -> io::Result<()> {
+    fs::create_dir_all(root.join(MARKER_DIR))
+}
+
 /// The id in the folder's marker directory, if there is a well-formed one. Blocking.
 pub fn read(root: &Path) -> io::Result<Option<InstanceId>> {
     match fs::read(root.join(MARKER_DIR).join(INSTANCE_FILE)) {

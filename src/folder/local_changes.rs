@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::actor::{FolderActor, STATE_UNREADABLE_RETRY, ScanResult};
+use super::folder_lock::{FolderHold, FolderLock, LockError};
 use super::instance::{self, INSTANCE_FILE, InstanceId, Verdict};
 use super::model::{EntryKind, FileMeta, MARKER_DIR};
 use super::notices::ChangeNotice;
@@ -33,6 +34,43 @@ pub const STATE_WRITE_WAIT: Duration = Duration::from_secs(60);
 pub const SCAN_WRITE_BATCH: usize = 1000;
 
 impl FolderActor {
+    /// Takes the folder's lock unless held: whether this daemon may write in the folder. A
+    /// folder another daemon holds, or without its marker directory, is paused (and tried
+    /// again with the paused folder's checks).
+    pub(super) fn hold_folder(&mut self) -> bool {
+        if !matches!(self.hold, FolderHold::NotHeld) {
+            return true;
+        }
+        match FolderLock::take(&self.sources.root) {
+            Ok(lock) => self.hold = FolderHold::Locked { _lock: lock },
+            Err(e @ LockError::HeldElsewhere) => {
+                self.pause(e.to_string());
+                return false;
+            }
+            Err(LockError::Io(e)) if !self.sources.root.join(MARKER_DIR).is_dir() => {
+                // Not a meshsync folder now. Said as its scans say it, so it is logged once.
+                let root = self.sources.root.clone();
+                let reason = if !root.exists() {
+                    scan::ScanError::RootMissing { root, source: e }
+                } else if !root.is_dir() {
+                    scan::ScanError::RootNotDirectory { root }
+                } else {
+                    scan::ScanError::MarkerMissing { root }
+                };
+                self.pause(reason.to_string());
+                return false;
+            }
+            Err(e) => {
+                let said = format!("{e}; syncing without the guard against a second daemon");
+                if self.warned.insert(said.clone()) {
+                    warn!(folder = %self.name, "{said}");
+                }
+                self.hold = FolderHold::Unlockable;
+            }
+        }
+        true
+    }
+
     /// Whether `result` looked at the folder we synced, so that what it did not find may be
     /// taken for deletes. A folder with a different or no id (removed and re-created, another
     /// disk) is treated as freshly joined instead: every synced path is forgotten, so the next

@@ -47,11 +47,12 @@ pub mod versions;
 mod watch;
 pub mod write;
 
-pub use actor::{Policy, prepare_root, spawn};
+pub use actor::{Policy, spawn};
 pub use error::{FolderError, MaterialiseError};
 pub use folder_lock::synced_elsewhere;
 pub use handle::FolderHandle;
 pub use handle::Resume;
+pub use instance::prepare_root;
 pub use report::RENAME_WINDOW;
 pub use state::Synced;
 pub use status::{FolderState, FolderStatus};
