@@ -5,7 +5,7 @@ mod support;
 use std::fs;
 
 use support::{
-    FolderShare, Mesh, Node, Tmpfs, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
+    FolderShare, Mesh, Mount, Node, WAIT, now_ms, random_bytes, session_succeeded, tree, wait_until,
 };
 
 const DIRS: usize = 10;
@@ -191,7 +191,7 @@ fn a_full_disk_frees_old_versions_first_and_recovers_by_itself() {
     let mut mesh = Mesh::full_static(2);
     mesh.wait_fully_connected();
     let small = mesh.nodes[1].home.parent().unwrap().join("small");
-    let tmpfs = Tmpfs::mount(&small, "16m");
+    let tmpfs = Mount::tmpfs(&small, "16m");
     let junk = small.join("junk");
     fs::write(&junk, random_bytes(6 * MIB, 1)).unwrap();
     let dirs = vec![
@@ -660,4 +660,66 @@ fn a_tree_a_peer_removed_while_we_rescan_everything_stays_removed() {
         wait_both_done(&mesh, &share, round);
         assert_tree_gone(&share, round);
     }
+}
+
+/// Received small files are assembled in the receiver's `.meshsync/incoming` and renamed into
+/// place: no temp file is left beside a target or in there, and directories inside the folder
+/// on another file system (a tmpfs mounted there) or on another mount of the same one (a bind
+/// mount, which a rename cannot cross even on one file system) get every file all the same,
+/// without an error.
+#[test]
+fn small_files_reach_directories_on_other_mounts_inside_the_folder() {
+    let mut a = Node::init(&[]);
+    a.start();
+    let mut b = Node::init(&["--peer", &a.listen_addr()]);
+    b.start();
+    let b_dir = b.home.parent().unwrap().join("folder");
+    let elsewhere = b.home.parent().unwrap().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let _other_fs = Mount::tmpfs(&b_dir.join("other-fs"), "16m");
+    let _bound = Mount::bind(&elsewhere, &b_dir.join("bound"));
+    let dirs = vec![a.home.parent().unwrap().join("folder"), b_dir.clone()];
+    let share = FolderShare::among_at(&[&a, &b], dirs);
+    let a_dir = &share.dirs[0];
+
+    let places = [
+        "",
+        "plain/",
+        "other-fs/",
+        "other-fs/deep/",
+        "bound/",
+        "bound/deep/",
+    ];
+    for (i, place) in places.iter().enumerate() {
+        fs::create_dir_all(a_dir.join(place)).unwrap();
+        for j in 0..5 {
+            let bytes = random_bytes(100 + 50 * j, (10 * i + j) as u64);
+            fs::write(a_dir.join(format!("{place}f{j}.bin")), bytes).unwrap();
+        }
+    }
+    let paths = share.wait_identical();
+    assert!(paths.contains("bound/deep/f4.bin"), "{paths:?}");
+    // Through the bind mount, into the directory it shows.
+    assert_eq!(
+        fs::read(elsewhere.join("deep/f4.bin")).unwrap(),
+        fs::read(a_dir.join("bound/deep/f4.bin")).unwrap()
+    );
+    let temps: Vec<String> = tree(&b_dir)
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| path.contains(".meshsync-tmp-"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+    wait_until("B to be idle with nothing needed", WAIT, || {
+        let status = share.status(&b);
+        status["state"] == "idle" && status["needed_files"] == 0
+    });
+    let status = share.status(&b);
+    assert!(status["last_error"].is_null(), "{status}");
+    let incoming: Vec<_> = fs::read_dir(b_dir.join(".meshsync/incoming"))
+        .expect("B received small files through its incoming directory")
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(incoming.is_empty(), "{incoming:?}");
+    assert!(a.stop() && b.stop());
 }

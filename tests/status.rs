@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Api, FolderShare, LineReader, Node, Tmpfs, WAIT, wait_until};
+use support::{Api, FolderShare, LineReader, Mount, Node, WAIT, wait_until};
 
 /// The share named `name` in `node`'s `status --json`.
 fn share(node: &Node, name: &str) -> Value {
@@ -193,7 +193,7 @@ fn a_folder_on_a_read_only_file_system_says_error_with_the_reason_and_recovers()
     a.start();
     let mut b = Node::init(&["--peer", &a.listen_addr()]);
     b.start();
-    let disk = Tmpfs::mount(&b.home.parent().unwrap().join("disk"), "16m");
+    let disk = Mount::tmpfs(&b.home.parent().unwrap().join("disk"), "16m");
     let dirs = vec![
         a.home.parent().unwrap().join("folder"),
         disk.path().join("folder"),
@@ -467,7 +467,7 @@ fn a_full_disk_under_the_store_says_error_once_and_recovers_by_itself() {
     let mut a = Node::init(&[]);
     a.start();
     let mut b = Node::init(&["--peer", &a.listen_addr()]);
-    let disk = Tmpfs::mount(&b.home.join("state"), "64m");
+    let disk = Mount::tmpfs(&b.home.join("state"), "64m");
     b.start();
     let token = a.create_records_share("notes");
     b.join_records_share(&token, "notes");

@@ -161,8 +161,18 @@ impl InBatch {
 fn write_batch(batch: Vec<Waiting>) {
     let mut files = Vec::with_capacity(batch.len());
     let mut sealed = Vec::with_capacity(batch.len());
+    // Looked at once per folder and batch, not per file.
+    let mut incoming: Vec<(PathBuf, Option<write::Incoming>)> = Vec::new();
     for mut waiting in batch {
-        match fill_and_seal(&mut waiting.file) {
+        let root = &waiting.file.root;
+        let place = match incoming.iter().position(|(r, _)| r == root) {
+            Some(at) => at,
+            None => {
+                incoming.push((root.clone(), write::Incoming::of(root)));
+                incoming.len() - 1
+            }
+        };
+        match fill_and_seal(&mut waiting.file, incoming[place].1.as_ref()) {
             Ok(one) => {
                 files.push(InBatch {
                     waiting,
@@ -206,9 +216,12 @@ fn write_batch(batch: Vec<Waiting>) {
     }
 }
 
-/// Opens the file's temp file, writes its chunks and seals it; its bytes are dropped once
-/// written.
-fn fill_and_seal(file: &mut SmallFile) -> Result<Sealed, WriteError> {
+/// Opens the file's temp file (in the folder's incoming directory, if it has one that can be
+/// used), writes its chunks and seals it; its bytes are dropped once written.
+fn fill_and_seal(
+    file: &mut SmallFile,
+    incoming: Option<&write::Incoming>,
+) -> Result<Sealed, WriteError> {
     let meta = &file.meta;
     let mut assembly = write::Assembly::open_unreserved(
         &file.root,
@@ -217,6 +230,7 @@ fn fill_and_seal(file: &mut SmallFile) -> Result<Sealed, WriteError> {
         meta.hash,
         &file.chunks,
         meta.mode,
+        incoming,
     )?;
     let contents = std::mem::take(&mut file.contents);
     for index in assembly.missing() {

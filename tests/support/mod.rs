@@ -868,24 +868,34 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A tmpfs mounted for one test (it needs root), unmounted (lazily) when dropped.
-pub struct Tmpfs(PathBuf);
+/// A file system mounted for one test (it needs root), unmounted (lazily) when dropped.
+pub struct Mount(PathBuf);
 
-impl Tmpfs {
+impl Mount {
     /// Mounts a tmpfs of `size` (e.g. `"16m"`) at `at`, creating the directory.
-    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+    pub fn tmpfs(at: &Path, size: &str) -> Mount {
+        Mount::run(at, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+    }
+
+    /// Mounts the directory `source` at `at` too (`mount --bind`), creating `at`: the same
+    /// file system, another mount, which a rename cannot cross.
+    pub fn bind(source: &Path, at: &Path) -> Mount {
+        Mount::run(at, &["--bind", source.to_str().unwrap()])
+    }
+
+    fn run(at: &Path, args: &[&str]) -> Mount {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(args)
             .arg(at)
             .output()
             .expect("run mount");
         assert!(
             out.status.success(),
-            "this test mounts a tmpfs and needs root: {}",
+            "this test mounts a file system and needs root: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Tmpfs(at.to_owned())
+        Mount(at.to_owned())
     }
 
     /// Where it is mounted.
@@ -908,7 +918,7 @@ impl Tmpfs {
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::*;
 use crate::folder::error::WriteFailure;
-use crate::folder::model::{Content, EntryKind, Hash};
+use crate::folder::model::{Content, EntryKind, Hash, MARKER_DIR};
 use crate::folder::write::testkit::{data, folder, hash, temps_in};
 
 const MTIME: (i64, u32) = (1_700_000_000, 123_000_000);
@@ -115,7 +115,9 @@ fn a_batch_writes_every_file_and_fails_only_those_that_cannot_be_written() {
     assert!(matches!(incomplete, Err(WriteError::Incomplete { .. })));
     assert!(!root.join("incomplete.txt").exists());
 
-    let mut temps = temps_in(root);
+    // Kept in the folder's incoming directory, none beside their targets.
+    assert!(temps_in(root).is_empty());
+    let mut temps = temps_in(&root.join(MARKER_DIR).join(write::INCOMING_DIR));
     temps.sort();
     let mut expected = vec![
         temp_of("taken.txt", &hash(b"ours")),

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use super::dir_sync::sync_dir_shared;
 use super::fs_flush::{flush, flush_everything};
 use super::group_commit::Failure;
+use super::incoming::{self, Incoming};
 use super::ops::{check_expect, parent_of, publish, system_time};
 use super::path::{checked_path, ensure_parents};
 use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
@@ -56,8 +57,10 @@ pub const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 pub struct Assembly {
     /// The final path.
     target: PathBuf,
-    /// The temp file's path, in the target's directory.
+    /// The temp file's path, in the target's directory or the folder's incoming directory.
     temp: PathBuf,
+    /// Whether the temp file is in the folder's incoming directory ([`Incoming`]).
+    in_incoming: bool,
     /// The open, locked temp file.
     file: File,
     /// The device of the file system it is on.
@@ -135,7 +138,8 @@ impl Assembly {
         file_hash: Hash,
         chunks: &[ChunkRef],
     ) -> Result<Assembly, WriteError> {
-        let mut assembly = Self::open_unreserved(root, rel, size, file_hash, chunks, TEMP_MODE)?;
+        let mut assembly =
+            Self::open_unreserved(root, rel, size, file_hash, chunks, TEMP_MODE, None)?;
         assembly.reserve()?;
         Ok(assembly)
     }
@@ -146,7 +150,9 @@ impl Assembly {
     /// small files. A new temp file is created with `mode & MODE_MASK` (plus owner read and
     /// write, to resume it), so that [`Assembly::seal`] with the same mode has nothing to change
     /// (a `chmod` per received small file, under the umask's usual 022); the caller writes it
-    /// right away, so it is not readable any longer than the finished file will be.
+    /// right away, so it is not readable any longer than the finished file will be. With
+    /// `incoming`, the temp file is made in the folder's incoming directory when the target's
+    /// directory is on its file system.
     pub fn open_unreserved(
         root: &Path,
         rel: &str,
@@ -154,17 +160,24 @@ impl Assembly {
         file_hash: Hash,
         chunks: &[ChunkRef],
         mode: u32,
+        incoming: Option<&Incoming>,
     ) -> Result<Assembly, WriteError> {
         // The chunk list is checked before any directory is made for it.
         let target = checked_path(root, rel)?;
         let offsets = chunk_offsets(&target, size, chunks)?;
-        ensure_parents(root, rel)?;
-        let temp = target.with_file_name(temp_name(rel, &file_hash));
+        let parent_dev = ensure_parents(root, rel)?;
+        let name = temp_name(rel, &file_hash);
+        let in_incoming = incoming.and_then(|incoming| incoming.temp_path(parent_dev, &name));
+        let (temp, in_incoming) = match in_incoming {
+            Some(temp) => (temp, true),
+            None => (target.with_file_name(name), false),
+        };
         let create_mode = (mode & MODE_MASK) | TEMP_MODE;
         let (file, opened) = open_locked_temp(&target, &temp, create_mode)?;
         let mut assembly = Assembly {
             target,
             temp,
+            in_incoming,
             file,
             dev: opened.dev(),
             mode_when_opened: opened.mode() & 0o7777,
@@ -469,12 +482,69 @@ impl Sealed {
     pub fn publish(&mut self, expect_current: Expect) -> Result<(), WriteError> {
         // Checked last, after the slow steps, to keep the race with local writers short.
         check_expect(&self.assembly.target, expect_current)?;
-        if let Err(e) = publish(&self.assembly.temp, &self.assembly.target, expect_current) {
+        let mut published = publish(&self.assembly.temp, &self.assembly.target, expect_current);
+        if self.assembly.in_incoming && published.as_ref().is_err_and(is_across_mounts) {
+            incoming::mark_unusable(&self.assembly.temp);
+            self.move_beside_target()?;
+            published = publish(&self.assembly.temp, &self.assembly.target, expect_current);
+        }
+        if let Err(e) = published {
             if matches!(e, WriteError::DiskFull { .. }) {
                 self.assembly.discard_temp();
             }
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Moves the sealed temp file from the incoming directory to beside its target, for a
+    /// target the incoming directory cannot be renamed to (another mount of the same file
+    /// system): a copy of its content, mode, mtime and extended attributes (the received mark),
+    /// made durable by its own fsync before the original is removed. Rare, so not batched.
+    fn move_beside_target(&mut self) -> Result<(), WriteError> {
+        let assembly = &mut self.assembly;
+        let Some(name) = assembly.temp.file_name() else {
+            return Err(io_error(
+                "name temp file",
+                &assembly.temp,
+                io::Error::other("no file name"),
+            ));
+        };
+        let beside = assembly.target.with_file_name(name);
+        let sealed = assembly
+            .file
+            .metadata()
+            .map_err(|e| io_error("inspect", &assembly.temp, e))?;
+        let (mut copy, found) = open_locked_temp(&assembly.target, &beside, TEMP_MODE)?;
+        let copied = (|| {
+            if found.len() > 0 {
+                copy.set_len(0)?;
+            }
+            let mut source = &assembly.file;
+            source.seek(SeekFrom::Start(0))?;
+            io::copy(&mut source, &mut copy)?;
+            sys::copy_attributes(&assembly.file, &copy)?;
+            copy.set_permissions(Permissions::from_mode(sealed.mode() & MODE_MASK))?;
+            copy.set_times(FileTimes::new().set_modified(sealed.modified()?))?;
+            copy.sync_all()
+        })();
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&beside);
+            return Err(match is_disk_full(&e) {
+                true => WriteError::DiskFull {
+                    path: assembly.target.clone(),
+                    source: e,
+                },
+                false => io_error("copy temp file to", &beside, e),
+            });
+        }
+        if let Err(e) = fs::remove_file(&assembly.temp) {
+            warn!(path = %assembly.temp.display(), error = %e, "cannot remove temp file");
+        }
+        assembly.temp = beside;
+        assembly.in_incoming = false;
+        assembly.dev = found.dev();
+        assembly.file = copy;
         Ok(())
     }
 
@@ -537,6 +607,11 @@ fn flush_per_device(
             }
         })
         .collect()
+}
+
+/// Whether a rename failed because its two paths are on different mounts.
+fn is_across_mounts(e: &WriteError) -> bool {
+    matches!(e, WriteError::Io { source, .. } if sys::is_errno(source, rustix::io::Errno::XDEV))
 }
 
 /// Each chunk's offset, after checking that the chunks are non-empty, at most [`CHUNK_MAX`] long,

@@ -74,6 +74,7 @@ mod assembly;
 mod dir_sync;
 mod fs_flush;
 mod group_commit;
+mod incoming;
 mod ops;
 mod path;
 mod read;
@@ -93,6 +94,7 @@ pub use super::conflict::{
     CONFLICT_INFIX, CONFLICT_PEER_MAX, conflict_name, rename_to_conflict_copy,
 };
 pub use assembly::{Assembly, Sealed, WRITEBACK_EVERY, flush_contents, flush_names, temp_name};
+pub use incoming::{INCOMING_DIR, Incoming};
 pub use ops::{Removed, make_dir, make_symlink, remove, set_meta, set_meta_checked};
 pub use path::{MAX_COMPONENT_BYTES, PathError, PathRefusal, resolve, validate_rel_path};
 pub use read::{LocalReader, read_chunk};

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::fs::{self, Metadata};
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::dir_sync::sync_dir;
@@ -224,15 +224,21 @@ pub(super) fn check_root(root: &Path) -> Result<(), PathError> {
 /// Creates the missing parent directories of `rel`, each fsynced into its parent so that a file
 /// committed inside them is reachable after a crash. Checks every existing ancestor as it goes
 /// (no symlink, a directory), whether or not [`resolve`] did before (it may have changed).
-pub(crate) fn ensure_parents(root: &Path, rel: &str) -> Result<(), WriteError> {
+/// Returns the device of `rel`'s directory: that of the deepest ancestor found rather than made
+/// (a directory made here is on its parent's), `None` if that is the root (not looked at here).
+pub(crate) fn ensure_parents(root: &Path, rel: &str) -> Result<Option<u64>, WriteError> {
     let Some((parents, _)) = rel.rsplit_once('/') else {
-        return Ok(());
+        return Ok(None);
     };
     let mut path = root.to_path_buf();
+    let mut dev = None;
     for component in parents.split('/') {
         path.push(component);
         match fs::symlink_metadata(&path) {
-            Ok(meta) => check_ancestor(rel, &path, &meta)?,
+            Ok(meta) => {
+                check_ancestor(rel, &path, &meta)?;
+                dev = Some(meta.dev());
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 match fs::DirBuilder::new().mode(PARENT_DIR_MODE).create(&path) {
                     Ok(()) => sync_dir(path.parent().unwrap_or(root))?,
@@ -241,6 +247,7 @@ pub(crate) fn ensure_parents(root: &Path, rel: &str) -> Result<(), WriteError> {
                         let meta = fs::symlink_metadata(&path)
                             .map_err(|e| io_error("inspect", &path, e))?;
                         check_ancestor(rel, &path, &meta)?;
+                        dev = Some(meta.dev());
                     }
                     Err(e) => return Err(io_error("create directory", &path, e)),
                 }
@@ -248,7 +255,7 @@ pub(crate) fn ensure_parents(root: &Path, rel: &str) -> Result<(), WriteError> {
             Err(source) => return Err(PathError::Inspect { path, source }.into()),
         }
     }
-    Ok(())
+    Ok(dev)
 }
 
 fn check_ancestor(rel: &str, path: &Path, meta: &Metadata) -> Result<(), PathError> {

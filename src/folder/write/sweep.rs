@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
+use super::incoming::INCOMING_DIR;
 use super::path::check_root;
 use super::{WriteError, io_error, sys};
 use crate::folder::model::{MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
@@ -20,7 +21,7 @@ use crate::folder::model::{MARKER_DIR, MAX_PATH_BYTES, TEMP_PREFIX};
 const SWEEP_MAX_DEPTH: usize = MAX_PATH_BYTES / 2;
 
 /// Removes our temp files (names starting with [`TEMP_PREFIX`], files or links) anywhere in the
-/// folder whose mtime is older than `older_than`: leftovers of crashes or abandoned downloads
+/// folder and in its incoming directory ([`INCOMING_DIR`]) whose mtime is older than `older_than`: leftovers of crashes or abandoned downloads
 /// that no assembly will resume. A temp file that an open [`Assembly`](super::Assembly) holds is
 /// never removed, whatever its age. Does not follow symlinks or enter the marker directory.
 /// Returns how many were removed; unreadable subdirectories are logged and skipped.
@@ -31,6 +32,12 @@ pub fn sweep_temp_files(root: &Path, older_than: Duration) -> Result<usize, Writ
         .unwrap_or(UNIX_EPOCH);
     let mut removed = 0;
     let mut stack = vec![(root.to_path_buf(), 0usize)];
+    // Small files' temp files, in the marker directory (which is not walked otherwise). Only a
+    // plain directory is listed: a symlink in its place is not followed.
+    let incoming = root.join(MARKER_DIR).join(INCOMING_DIR);
+    if fs::symlink_metadata(&incoming).is_ok_and(|meta| meta.is_dir()) {
+        stack.push((incoming, SWEEP_MAX_DEPTH));
+    }
     while let Some((dir, depth)) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -116,9 +123,12 @@ mod tests {
                 .unwrap()
         };
         fs::create_dir_all(r.join("a/b")).unwrap();
+        let incoming = r.join(MARKER_DIR).join(INCOMING_DIR);
+        fs::create_dir(&incoming).unwrap();
         let stale = [
             r.join(format!("{TEMP_PREFIX}1")),
             r.join(format!("a/b/{TEMP_PREFIX}2")),
+            incoming.join(format!("{TEMP_PREFIX}5")),
         ];
         for p in &stale {
             fs::write(p, b"x").unwrap();
@@ -126,6 +136,8 @@ mod tests {
         }
         let fresh = r.join(format!("a/{TEMP_PREFIX}3"));
         fs::write(&fresh, b"x").unwrap();
+        let fresh_incoming = incoming.join(format!("{TEMP_PREFIX}6"));
+        fs::write(&fresh_incoming, b"x").unwrap();
         let mine = r.join("a/keep.txt");
         fs::write(&mine, b"x").unwrap();
         set_old(&mine);
@@ -138,10 +150,10 @@ mod tests {
         let held = r.join(temp_name("held", &hash(&cut.data)));
         set_old(&held);
 
-        assert_eq!(sweep_temp_files(r, Duration::from_secs(3600)).unwrap(), 3);
+        assert_eq!(sweep_temp_files(r, Duration::from_secs(3600)).unwrap(), 4);
         assert!(stale.iter().all(|p| !p.exists()));
         assert!(fs::symlink_metadata(&link).is_err());
-        assert!(fresh.exists() && mine.exists() && held.exists());
+        assert!(fresh.exists() && mine.exists() && held.exists() && fresh_incoming.exists());
         drop(asm);
         assert_eq!(sweep_temp_files(r, Duration::from_secs(3600)).unwrap(), 1);
         assert!(!held.exists());

@@ -105,6 +105,44 @@ pub(crate) fn set_attribute(file: &File, name: &str, value: &[u8]) -> io::Result
     Ok(())
 }
 
+/// Largest list of attribute names, and largest attribute value, Linux keeps
+/// (`XATTR_LIST_MAX`, `XATTR_SIZE_MAX`).
+const XATTR_MAX: usize = 64 * 1024;
+
+/// Copies the `user.` extended attributes of `from` to `to` (the others belong to the system:
+/// its labels are given to a new file by the kernel). A file system without extended attributes
+/// has none to copy.
+pub(crate) fn copy_attributes(from: &File, to: &File) -> io::Result<()> {
+    let mut names = vec![0u8; XATTR_MAX];
+    let len = match rustix::fs::flistxattr(from, &mut names[..]) {
+        Ok(len) => len,
+        Err(Errno::OPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut value = vec![0u8; XATTR_MAX];
+    for name in names[..len].split(|b| *b == 0) {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let name = std::ffi::CStr::from_bytes_with_nul(&[name, &[0]].concat())
+            .map_err(io::Error::other)?
+            .to_owned();
+        let len = match rustix::fs::fgetxattr(from, name.as_c_str(), &mut value[..]) {
+            Ok(len) => len,
+            // Removed meanwhile.
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        rustix::fs::fsetxattr(
+            to,
+            name.as_c_str(),
+            &value[..len],
+            rustix::fs::XattrFlags::empty(),
+        )?;
+    }
+    Ok(())
+}
+
 /// The extended attribute `name` of `path` itself (a symlink is not followed), if it has one
 /// of at most `max` bytes. A file system without extended attributes has none.
 pub(crate) fn attribute(path: &Path, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {

@@ -377,6 +377,7 @@ fn a_temp_file_created_with_a_mode_ends_with_the_mode_sealed() {
             file_hash,
             &cut.chunks,
             mode,
+            None,
         )
         .unwrap();
         write_all(&mut asm, &cut, &[0]);
@@ -407,4 +408,60 @@ fn a_temp_file_created_with_a_mode_ends_with_the_mode_sealed() {
         .commit(Expect::Absent, 0o644, (1_700_000_000, 0))
         .unwrap();
     assert_eq!(mode_of("resumed"), 0o644);
+}
+
+/// A small file assembled in the folder's incoming directory leaves no temp file beside its
+/// target and none in the incoming directory once published; moved beside its target (for a
+/// target on another mount), it keeps its content, mode, mtime and received mark.
+#[test]
+fn a_file_assembled_in_the_incoming_directory_is_published_whole_from_it_or_beside_its_target() {
+    let root = folder();
+    let r = root.path();
+    let incoming_dir = r.join(MARKER_DIR).join(super::super::INCOMING_DIR);
+    let cut = Cut::new(b"small file".to_vec(), &[10]);
+    let file_hash = hash(&cut.data);
+    let incoming = super::super::Incoming::of(r).unwrap();
+    let sealed_at = |rel: &str| {
+        let mut asm = Assembly::open_unreserved(
+            r,
+            rel,
+            cut.data.len() as u64,
+            file_hash,
+            &cut.chunks,
+            0o640,
+            Some(&incoming),
+        )
+        .unwrap();
+        write_all(&mut asm, &cut, &[0]);
+        asm.set_attribute("user.meshsync.test", b"mark").unwrap();
+        let sealed = asm.seal(0o640, (1_000_000, 7)).unwrap();
+        assert_eq!(temps_in(&incoming_dir).len(), 1);
+        assert!(temps_in(&r.join("d")).is_empty());
+        sealed
+    };
+    let check = |rel: &str| {
+        let path = r.join(rel);
+        assert_eq!(fs::read(&path).unwrap(), cut.data);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_000_000, 7));
+        let mark = sys::attribute(&path, "user.meshsync.test", 16).unwrap();
+        assert_eq!(mark.as_deref(), Some(&b"mark"[..]));
+    };
+
+    let mut sealed = sealed_at("d/straight");
+    flush_contents(std::slice::from_mut(&mut sealed))
+        .remove(0)
+        .unwrap();
+    sealed.publish(Expect::Absent).unwrap();
+    check("d/straight");
+    assert!(temps_in(&incoming_dir).is_empty());
+
+    let mut sealed = sealed_at("d/moved");
+    sealed.move_beside_target().unwrap();
+    assert!(temps_in(&incoming_dir).is_empty());
+    assert_eq!(temps_in(&r.join("d")).len(), 1);
+    sealed.publish(Expect::Absent).unwrap();
+    check("d/moved");
+    assert!(temps_in(&r.join("d")).is_empty());
 }
