@@ -434,7 +434,7 @@ impl FolderActor {
                     None => return,
                 },
                 Some(event) = self.watching.next_event() => self.on_watch(event),
-                change = self.changes.recv() => self.on_change(change),
+                change = self.changes.recv() => self.on_change_and_waiting(change),
                 Some(done) = self.scans.join_next() => {
                     // Still `scanning` while its entries are written: a first scan of a big
                     // tree writes for minutes after its walk, and status says so meanwhile.
@@ -445,11 +445,7 @@ impl FolderActor {
                     }
                     self.scanning = false;
                 }
-                Some(done) = self.downloads.join_next() => {
-                    if let Ok(done) = done {
-                        self.on_materialised(done).await;
-                    }
-                }
+                Some(done) = self.downloads.join_next() => self.on_downloads_done(done).await,
                 Ok(()) = self.member_changes.changed() => self.on_members(),
                 _ = tokio::time::sleep_until(scan_at) => self.start_scan(),
                 _ = tokio::time::sleep_until(retry_at) => self.queue.queue_due_retries(Instant::now()),

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinError;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -13,10 +14,15 @@ use super::materialise::{Materialised, materialise};
 use super::model::EntryKind;
 use super::plan::{self, Desired};
 use super::queue::Next;
+use super::register_batch::{Register, RegisterBatch};
 use super::scan::PathRange;
 use super::settle::WATCH_DEBOUNCE;
 use crate::merge::{Payload, RecordRegister, VersionVector};
 use crate::store::{Entry, LocalWrite};
+
+/// Finished downloads taken in one turn of the folder's loop, at most; the loop's other work
+/// (commands, watcher events, change notices) waits meanwhile.
+pub const DOWNLOADS_TAKEN_AT_ONCE: usize = 256;
 
 /// Entries read from the store at once when every entry is compared with the disk.
 pub const LIST_PAGE: usize = 1000;
@@ -145,6 +151,7 @@ impl FolderActor {
         }
         // Whether the disk was found full, for the rest of this round (see `no_room_for`).
         let mut full = None;
+        let mut starts = Vec::new();
         while let Some(next) = self.queue.next() {
             let path = match next {
                 Next::WaitsForRetry(path) => {
@@ -156,7 +163,7 @@ impl FolderActor {
                         // Nothing to fetch from: the queue waits for a member (`on_members`)
                         // instead of trying every file and failing.
                         self.queue.unstart(path);
-                        return;
+                        break;
                     }
                     if !delete && let Some(wait) = self.no_room_for(&path, &mut full) {
                         self.queue.defer(path, Instant::now() + wait);
@@ -165,18 +172,40 @@ impl FolderActor {
                     let waiting = self.remote_deletes.len() > 0;
                     if delete && (waiting || !self.may_apply_remote_delete(&path)) {
                         self.queue.unstart_delete(path);
-                        return;
+                        break;
                     }
                     path
                 }
             };
-            let sources = self.sources.clone();
-            let store = self.store.clone();
-            let synced = self.synced.get(&path);
+            starts.push(path);
+        }
+        self.spawn_downloads(starts);
+    }
+
+    /// Starts a round's downloads; those whose register the folder did not keep from their
+    /// change notice read theirs together ([`RegisterBatch`]).
+    fn spawn_downloads(&mut self, paths: Vec<String>) {
+        let mut starts = Vec::with_capacity(paths.len());
+        let mut unknown = Vec::new();
+        for path in paths {
             let known = self.latest.remove(&path);
+            if known.is_none() {
+                unknown.push(path.clone());
+            }
+            starts.push((path, known));
+        }
+        let batch = (!unknown.is_empty())
+            .then(|| RegisterBatch::new(self.store.clone(), self.sources.share, unknown));
+        for (path, known) in starts {
+            let register = match known {
+                Some(register) => Register::Known(register),
+                None => Register::Batched(batch.clone().expect("made for unknown registers")),
+            };
+            let sources = self.sources.clone();
+            let synced = self.synced.get(&path);
             let local_key = self.local_key.clone();
             self.downloads.spawn(async move {
-                materialise(sources, store, path, known, synced, local_key).await
+                materialise(sources, path, register, synced, local_key).await
             });
         }
     }
@@ -212,7 +241,30 @@ impl FolderActor {
         }
     }
 
-    pub(super) async fn on_materialised(&mut self, mut done: Materialised) {
+    /// Takes a finished download, and every other one finished by now (up to
+    /// [`DOWNLOADS_TAKEN_AT_ONCE`]), so that the downloads replacing them start in one round:
+    /// small files are written in batches and finish together, and one by one, each started
+    /// alone with a store read of its own (`RegisterBatch`).
+    pub(super) async fn on_downloads_done(&mut self, first: Result<Materialised, JoinError>) {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(done) = next.take() {
+            if let Ok(done) = done {
+                self.on_materialised(done).await;
+            }
+            taken += 1;
+            if taken == 1 && !self.downloads.is_empty() {
+                // Downloads woken with this one (a batch of small files written together)
+                // finish before we look.
+                tokio::task::yield_now().await;
+            }
+            if taken < DOWNLOADS_TAKEN_AT_ONCE {
+                next = self.downloads.try_join_next();
+            }
+        }
+    }
+
+    async fn on_materialised(&mut self, mut done: Materialised) {
         let resolved = done.resolved.take();
         if let Some(kept) = &resolved {
             self.withdraw_kept_version(&done.path, kept.clone()).await;

@@ -12,14 +12,14 @@ use super::assemble::fill;
 use super::error::{MaterialiseError, WriteFailure};
 use super::model::{self, CheckedChunk, EntryKind, FileMeta, Hash};
 use super::plan::{self, Desired};
+use super::register_batch::Register;
 use super::scan::{self, ScanRecord};
 use super::source::{self, ChunkLocation, Sources};
 use super::state::Synced;
 use super::status::Counters;
 use super::write::{self, Expect};
 use super::{received, small_writes, versions};
-use crate::merge::{PeerKey, RecordRegister, VersionVector};
-use crate::store::StoreHandle;
+use crate::merge::{PeerKey, VersionVector};
 
 /// Files up to this size are fetched whole into memory and written in one blocking call.
 pub const SMALL_FILE_BYTES: u64 = 1024 * 1024;
@@ -99,9 +99,8 @@ pub(super) fn record_for(
 /// Makes the disk at `path` match the entry's effective winner.
 pub(super) async fn materialise(
     shared: Sources,
-    store: StoreHandle,
     path: String,
-    known: Option<RecordRegister>,
+    register: Register,
     synced: Option<Synced>,
     local_key: PeerKey,
 ) -> Materialised {
@@ -118,7 +117,7 @@ pub(super) async fn materialise(
         unchanged: false,
         resolved: None,
     };
-    if let Err(e) = materialise_into(&shared, &store, known, &local_key, &mut outcome).await {
+    if let Err(e) = materialise_into(&shared, register, &local_key, &mut outcome).await {
         outcome.error = Some(e);
     }
     outcome
@@ -127,22 +126,15 @@ pub(super) async fn materialise(
 /// The steps of [`materialise`]; fills `outcome` as it goes.
 async fn materialise_into(
     shared: &Sources,
-    store: &StoreHandle,
-    known: Option<RecordRegister>,
+    register: Register,
     local_key: &PeerKey,
     outcome: &mut Materialised,
 ) -> Result<(), MaterialiseError> {
     let path = outcome.path.clone();
     model::check_rel_path(&path).map_err(MaterialiseError::Refused)?;
-    let register = match known {
-        Some(register) => register,
-        None => match store.get(shared.share, path.clone().into_bytes()).await? {
-            Some(register) => register,
-            None => {
-                outcome.unchanged = true;
-                return Ok(());
-            }
-        },
+    let Some(register) = register.read(&path).await? else {
+        outcome.unchanged = true;
+        return Ok(());
     };
     let Some(winner) = plan::effective_winner(&register).cloned() else {
         outcome.unchanged = true;

@@ -31,6 +31,7 @@ mod plan;
 mod problems;
 mod queue;
 pub mod received;
+mod register_batch;
 mod report;
 mod rescan;
 pub mod scan;

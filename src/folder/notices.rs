@@ -44,6 +44,20 @@ impl FolderActor {
         }
     }
 
+    /// Takes a notice and those waiting behind it (up to [`NOTICES_TAKEN_AT_ONCE`]) in one turn
+    /// of the folder's loop: a merge of thousands of peers' entries sends a notice for each at
+    /// once, and the loop's work after each turn (refilling the download window, starting
+    /// downloads) is done once for them all.
+    pub(super) fn on_change_and_waiting(&mut self, first: ChangeNotice) {
+        self.on_change(first);
+        for _ in 1..NOTICES_TAKEN_AT_ONCE {
+            let Some(notice) = self.waiting_notice() else {
+                return;
+            };
+            self.on_change(notice);
+        }
+    }
+
     /// The next notice in the channel, if one is there now.
     fn waiting_notice(&mut self) -> Option<ChangeNotice> {
         match self.changes.try_recv() {
@@ -98,6 +112,10 @@ impl FolderActor {
 /// folder compares every store entry with what was synced afterwards, as when the channel
 /// overflows.
 pub const DEFERRED_NOTICES_MAX: usize = 4096;
+
+/// Change notices taken in one turn of the folder's loop, at most; its other work waits
+/// meanwhile.
+pub const NOTICES_TAKEN_AT_ONCE: usize = 4096;
 
 /// A notice from the store's change channel.
 pub(super) type ChangeNotice = Result<Arc<Change>, broadcast::error::RecvError>;

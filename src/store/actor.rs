@@ -159,11 +159,7 @@ impl StoreActor {
                 let _ = reply.send(self.get(&share, &key));
             }
             Action::GetMany { share, keys, reply } => {
-                let _ = reply.send(
-                    keys.iter()
-                        .map(|key| self.get(&share, key))
-                        .collect::<Result<Vec<_>, _>>(),
-                );
+                let _ = reply.send(self.get_many(&share, &keys));
             }
             Action::List {
                 share,
@@ -197,6 +193,23 @@ impl StoreActor {
             Some(v) => Ok(Some(decode_register(v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// Many keys' registers from one read transaction (a download round's, see
+    /// `folder::register_batch`).
+    fn get_many(
+        &self,
+        share: &ShareId,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<RecordRegister>>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        keys.iter()
+            .map(|key| match table.get(join_key(share, key).as_slice())? {
+                Some(v) => Ok(Some(decode_register(v.value())?)),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     fn list(
