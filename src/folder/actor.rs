@@ -696,6 +696,7 @@ impl FolderActor {
                 .last_error
                 .as_ref()
                 .map(|(_, at)| crate::timefmt::rfc3339(*at)),
+            disk_checked_at: self.disk.checked_at().map(crate::timefmt::rfc3339),
         }
     }
 

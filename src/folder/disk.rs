@@ -3,7 +3,7 @@
 //! once, in `status` and the log, and checked again on a backoff until space appears.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
@@ -24,7 +24,21 @@ pub const DISK_RETRY_MAX: Duration = Duration::from_secs(60);
 /// full anyway is handled as such ([`DiskGuard::failed`]).
 pub const DISK_READING_FRESH: Duration = Duration::from_millis(250);
 
+/// Files (inodes) kept free on a folder's file system, where it counts them: a tree of many
+/// small files runs out of inodes with bytes to spare, and then no file can be created, ours or
+/// any other program's. A download makes one file and perhaps its parent directories.
+pub const FILES_KEPT_FREE: u64 = 16;
+
 const MIB: u64 = 1 << 20;
+
+/// What a reading of the free space left to spare, for the downloads that start soon after it.
+#[derive(Debug, Clone, Copy)]
+struct Spare {
+    read_at: Instant,
+    bytes: u64,
+    /// Files that may still be created (`u64::MAX` where the file system does not count them).
+    files: u64,
+}
 
 /// One folder's view of its disk.
 #[derive(Debug)]
@@ -43,9 +57,21 @@ pub(super) struct DiskGuard {
     /// The disk took writes again after refusing them, and the downloads that failed meanwhile
     /// (each waiting out its own, ever longer, retry) have not been told yet.
     recovered: bool,
-    /// When the free space was last read, and the bytes that reading left to spare beyond the
-    /// floor and every download started since.
-    spare: Option<(Instant, u64)>,
+    /// What the last reading of the free space left to spare beyond the floors and every
+    /// download started since.
+    spare: Option<Spare>,
+    /// The condition in `full` began with a write the file system refused for want of space
+    /// while its reading showed room (a quota, or what it does not count): a reading cannot
+    /// end it, only a written download can. Until then one download tries at a time, at
+    /// `probe_at`, each try failing doubling the wait (found by `bench-scale.sh`: every reading
+    /// ended the condition, every download started again and failed, 1.3 million warnings).
+    failed_write: bool,
+    probe_at: Option<Instant>,
+    /// A download tried since (only one started after the refusal ends it: one that was
+    /// running before may still be written).
+    probing: bool,
+    /// When the disk was last looked at while downloads waited for space (for `status`).
+    checked_at: Option<SystemTime>,
 }
 
 impl DiskGuard {
@@ -58,6 +84,10 @@ impl DiskGuard {
             unwritable: None,
             recovered: false,
             spare: None,
+            failed_write: false,
+            probe_at: None,
+            probing: false,
+            checked_at: None,
         }
     }
 
@@ -66,15 +96,23 @@ impl DiskGuard {
     /// [`DiskGuard::room_for`].
     pub(super) fn spend_spare(&mut self, size: u64, now: Instant) -> bool {
         match &mut self.spare {
-            Some((read_at, spare))
-                if now.saturating_duration_since(*read_at) < DISK_READING_FRESH
-                    && size <= *spare =>
+            Some(spare)
+                if now.saturating_duration_since(spare.read_at) < DISK_READING_FRESH
+                    && size <= spare.bytes
+                    && spare.files > 0 =>
             {
-                *spare -= size;
+                spare.bytes -= size;
+                spare.files -= 1;
                 true
             }
             _ => false,
         }
+    }
+
+    /// When the disk was last looked at while downloads wait for space; `None` when they do
+    /// not.
+    pub(super) fn checked_at(&self) -> Option<SystemTime> {
+        self.full.as_ref().and(self.checked_at)
     }
 
     /// Why downloads wait, while they do: the disk is full, or refuses writes.
@@ -104,6 +142,16 @@ impl DiskGuard {
 
     /// A download was written: the file system takes our writes (again).
     pub(super) fn wrote(&mut self, folder: &str) {
+        if self.failed_write && self.probing {
+            self.failed_write = false;
+            self.probe_at = None;
+            self.probing = false;
+            if self.full.take().is_some() {
+                info!(folder, "disk space available again: downloads resume");
+            }
+            self.backoff.reset();
+            self.recovered = true;
+        }
         if self.unwritable.take().is_some() {
             info!(folder, "the folder can be written again: downloads resume");
             self.backoff.reset();
@@ -123,12 +171,12 @@ impl DiskGuard {
         reserved: u64,
         folder: &str,
     ) -> Result<u64, Duration> {
-        let Ok((available, total)) = write::disk_space(root) else {
+        let Ok(space) = write::disk_space(root) else {
             return Ok(u64::MAX);
         };
-        let floor = self.floor.bytes(total);
+        let floor = self.floor.bytes(space.total);
         let needed = size.saturating_add(reserved).saturating_add(floor);
-        let mut available = available;
+        let mut available = space.available;
         if available < needed {
             let freed = versions::free_space(root, needed - available);
             if freed > 0 {
@@ -137,25 +185,43 @@ impl DiskGuard {
                     "removed {} MiB of old versions to make room",
                     freed / MIB
                 );
-                available = write::disk_space(root).map_or(available, |(a, _)| a);
+                available = write::disk_space(root).map_or(available, |space| space.available);
             }
         }
-        if available >= needed {
+        let files_short = space.free_files.filter(|free| *free <= FILES_KEPT_FREE);
+        if available >= needed && files_short.is_none() {
+            if self.failed_write {
+                return self.probe(Instant::now());
+            }
             if self.full.is_some() && size >= self.full_needed {
                 self.full = None;
                 info!(folder, "disk space available again: downloads resume");
                 self.recovered = true;
                 self.backoff.reset();
             }
-            self.spare = Some((Instant::now(), available - needed));
+            let files = space
+                .free_files
+                .map_or(u64::MAX, |free| free - FILES_KEPT_FREE);
+            self.spare = Some(Spare {
+                read_at: Instant::now(),
+                bytes: available - needed,
+                files,
+            });
             return Ok(available - needed);
         }
-        let reason = format!(
-            "disk full — {} MiB free, {} MiB needed (min_free_disk keeps {} MiB free)",
-            available / MIB,
-            (size + reserved + floor).div_ceil(MIB),
-            floor.div_ceil(MIB),
-        );
+        let reason = match files_short {
+            Some(free) if available >= needed => format!(
+                "disk full — no room for more files: {free} more can be created and \
+                 {FILES_KEPT_FREE} are kept free ({} MiB free)",
+                available / MIB,
+            ),
+            _ => format!(
+                "disk full — {} MiB free, {} MiB needed (min_free_disk keeps {} MiB free)",
+                available / MIB,
+                (size + reserved + floor).div_ceil(MIB),
+                floor.div_ceil(MIB),
+            ),
+        };
         self.full_needed = if self.full.is_some() {
             self.full_needed.min(size)
         } else {
@@ -167,6 +233,9 @@ impl DiskGuard {
     /// Nothing waits for space any more (what waited was written, or is no longer wanted):
     /// the condition is over, whatever the disk holds.
     pub(super) fn nothing_waiting(&mut self, folder: &str) {
+        self.failed_write = false;
+        self.probe_at = None;
+        self.probing = false;
         if self.full.take().is_some() {
             info!(folder, "no download waits for disk space any more");
             self.backoff.reset();
@@ -176,13 +245,33 @@ impl DiskGuard {
     /// A write failed for want of space (the file system filled up under us); returns the wait
     /// before trying again.
     pub(super) fn failed(&mut self, error: &str, folder: &str) -> Duration {
-        // The file system itself ran out: any later download that fits ends the condition.
+        // The file system itself ran out: the download that is written next ends the condition.
         self.full_needed = 0;
-        self.report(format!("disk full — {error}"), folder)
+        self.failed_write = true;
+        self.probing = false;
+        let wait = self.report(format!("disk full — {error}"), folder);
+        self.probe_at = Some(Instant::now() + wait);
+        wait
+    }
+
+    /// While a refused write's condition lasts ([`DiskGuard::failed_write`]): one download may
+    /// try once its wait is over (with nothing to spare for others), the rest wait.
+    fn probe(&mut self, now: Instant) -> Result<u64, Duration> {
+        self.checked_at = Some(SystemTime::now());
+        match self.probe_at {
+            Some(at) if now < at => Err(at - now),
+            _ => {
+                self.probe_at = Some(now + self.backoff.current());
+                self.probing = true;
+                self.spare = None;
+                Ok(0)
+            }
+        }
     }
 
     fn report(&mut self, reason: String, folder: &str) -> Duration {
         self.spare = None;
+        self.checked_at = Some(SystemTime::now());
         if self.full.is_none() {
             warn!(folder, "{reason}; downloads wait until there is space");
         }
@@ -199,7 +288,7 @@ mod tests {
     fn a_small_file_that_fits_does_not_end_the_wait_of_a_big_one() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let (available, _) = write::disk_space(root).unwrap();
+        let available = write::disk_space(root).unwrap().available;
         let mut guard = DiskGuard::new(MinFreeDisk::Bytes(0));
         let huge = available.saturating_mul(2);
         assert!(guard.room_for(root, huge, 0, "f").is_err());
@@ -212,14 +301,37 @@ mod tests {
         guard.nothing_waiting("f");
         assert!(guard.full().is_none());
 
-        // Running out while writing: any download that fits afterwards ends it, and the
+        // Running out while writing, with room to spare by the reading: one download tries
+        // once the wait is over, the others wait; a written one ends the condition, and the
         // downloads that failed meanwhile are told to go.
-        let _ = guard.failed("No space left on device", "f");
+        let wait = guard.failed("No space left on device", "f");
         assert!(guard.full().is_some());
-        assert!(guard.room_for(root, 1024, 0, "f").is_ok());
+        guard.wrote("f");
+        assert!(
+            guard.full().is_some(),
+            "a download from before the refusal does not end it"
+        );
+        assert!(
+            guard.room_for(root, 1024, 0, "f").is_err(),
+            "the wait is not over"
+        );
+        guard.probe_at = Some(Instant::now());
+        assert!(guard.room_for(root, 1024, 0, "f").is_ok(), "one tries");
+        assert!(!guard.spend_spare(1, Instant::now()), "and only one");
+        let next = guard.room_for(root, 1024, 0, "f").unwrap_err();
+        assert!(
+            next > wait && next <= DISK_RETRY_MAX,
+            "{next:?} after {wait:?}"
+        );
+        assert!(guard.full().is_some(), "a reading does not end it");
+        assert!(guard.checked_at().is_some());
+        assert!(!guard.take_recovered());
+        guard.wrote("f");
         assert!(guard.full().is_none());
+        assert!(guard.checked_at().is_none());
         assert!(guard.take_recovered());
         assert!(!guard.take_recovered(), "said once");
+        assert!(guard.room_for(root, 1024, 0, "f").is_ok());
     }
 
     #[test]
@@ -230,7 +342,7 @@ mod tests {
         let start = Instant::now();
         assert!(!guard.spend_spare(1, start), "nothing read yet");
         let spare = guard.room_for(root, 1024, 0, "f").unwrap();
-        let read_at = guard.spare.unwrap().0;
+        let read_at = guard.spare.unwrap().read_at;
         assert!(guard.spend_spare(spare / 2, read_at));
         assert!(
             !guard.spend_spare(spare / 2 + 2, read_at),
@@ -238,11 +350,12 @@ mod tests {
         );
         assert!(guard.spend_spare(spare / 2, read_at));
         guard.room_for(root, 1024, 0, "f").unwrap();
-        let read_at = guard.spare.unwrap().0;
+        let read_at = guard.spare.unwrap().read_at;
         assert!(!guard.spend_spare(1, read_at + DISK_READING_FRESH), "stale");
         assert!(guard.spend_spare(1, read_at));
         guard.failed("No space left on device", "f");
         assert!(!guard.spend_spare(1, read_at), "the disk filled up");
+        guard.nothing_waiting("f");
         guard.room_for(root, 1024, 0, "f").unwrap();
         guard.refused("read-only", "EROFS", "f");
         assert!(!guard.spend_spare(1, read_at), "the disk refused a write");

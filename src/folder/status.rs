@@ -116,6 +116,10 @@ pub struct FolderStatus {
     /// When it happened (RFC 3339, UTC); `null` with it.
     #[serde(default)]
     pub last_error_at: Option<String>,
+    /// While downloads wait for disk space (`reason` says why): when the disk was last looked
+    /// at (RFC 3339, UTC); `null` otherwise.
+    #[serde(default)]
+    pub disk_checked_at: Option<String>,
 }
 
 /// A status from a daemon that did not say: it answered once loaded.
@@ -203,6 +207,7 @@ impl FolderStatus {
             last_verified_at: None,
             last_error: None,
             last_error_at: None,
+            disk_checked_at: None,
         }
     }
 }

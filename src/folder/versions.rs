@@ -250,7 +250,7 @@ pub(super) fn prune(root: &Path, policy: &VersionsPolicy) -> usize {
     if versions.is_empty() {
         return 0;
     }
-    let fs_size = write::disk_space(root).map_or(u64::MAX, |(_, total)| total);
+    let fs_size = write::disk_space(root).map_or(u64::MAX, |space| space.total);
     let doomed = to_prune(&versions, policy, SystemTime::now(), fs_size);
     doomed
         .iter()

@@ -877,6 +877,12 @@ impl Mount {
         Mount::run(at, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
     }
 
+    /// A tmpfs of `size` that holds at most `inodes` files and directories (its root included).
+    pub fn tmpfs_with_inodes(at: &Path, size: &str, inodes: u32) -> Mount {
+        let options = format!("size={size},nr_inodes={inodes}");
+        Mount::run(at, &["-t", "tmpfs", "-o", &options, "tmpfs"])
+    }
+
     /// Mounts the directory `source` at `at` too (`mount --bind`), creating `at`: the same
     /// file system, another mount, which a rename cannot cross.
     pub fn bind(source: &Path, at: &Path) -> Mount {
@@ -903,7 +909,7 @@ impl Mount {
         &self.0
     }
 
-    /// Remounts it `ro` or `rw`.
+    /// Remounts it with `mode`: `ro`, `rw`, or other mount options (`nr_inodes=N`).
     pub fn remount(&self, mode: &str) {
         let out = Command::new("mount")
             .args(["-o", &format!("remount,{mode}")])

@@ -157,12 +157,26 @@ pub(crate) fn attribute(path: &Path, name: &str, max: usize) -> io::Result<Optio
     }
 }
 
-/// Bytes available to us and the total size of the file system holding `path`.
-pub(crate) fn disk_space(path: &Path) -> io::Result<(u64, u64)> {
+/// How full the file system holding a folder is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DiskSpace {
+    /// Bytes available to us.
+    pub available: u64,
+    /// The file system's size in bytes.
+    pub total: u64,
+    /// Files (inodes) that can still be created, where the file system counts them (ext4 and
+    /// tmpfs do; btrfs says 0 of 0, and then this is `None`). A tree of many small files runs
+    /// out of these with bytes to spare.
+    pub free_files: Option<u64>,
+}
+
+/// How full the file system holding `path` is.
+pub(crate) fn disk_space(path: &Path) -> io::Result<DiskSpace> {
     let stat = rustix::fs::statvfs(path)?;
     let unit = stat.f_frsize.max(1);
-    Ok((
-        stat.f_bavail.saturating_mul(unit),
-        stat.f_blocks.saturating_mul(unit),
-    ))
+    Ok(DiskSpace {
+        available: stat.f_bavail.saturating_mul(unit),
+        total: stat.f_blocks.saturating_mul(unit),
+        free_files: (stat.f_files > 0).then_some(stat.f_favail),
+    })
 }
