@@ -40,6 +40,29 @@ struct Spare {
     files: u64,
 }
 
+/// A write the file system refused for want of space: until a download started after it is
+/// written, one download tries at a time, at `probe_at`, each try failing doubling the wait.
+#[derive(Debug, Clone, Copy)]
+struct RefusedWrite {
+    probe_at: Instant,
+    /// A download tried since (only one started after the refusal ends it: one that was
+    /// running before may still be written).
+    probing: bool,
+}
+
+impl RefusedWrite {
+    /// This download may be the one that tries (its wait is over; the next waits `next_wait`),
+    /// or it waits what is left of the wait.
+    fn try_probe(&mut self, now: Instant, next_wait: Duration) -> Result<(), Duration> {
+        if now < self.probe_at {
+            return Err(self.probe_at - now);
+        }
+        self.probe_at = now + next_wait;
+        self.probing = true;
+        Ok(())
+    }
+}
+
 /// One folder's view of its disk.
 #[derive(Debug)]
 pub(super) struct DiskGuard {
@@ -62,14 +85,9 @@ pub(super) struct DiskGuard {
     spare: Option<Spare>,
     /// The condition in `full` began with a write the file system refused for want of space
     /// while its reading showed room (a quota, or what it does not count): a reading cannot
-    /// end it, only a written download can. Until then one download tries at a time, at
-    /// `probe_at`, each try failing doubling the wait (found by `bench-scale.sh`: every reading
-    /// ended the condition, every download started again and failed, 1.3 million warnings).
-    failed_write: bool,
-    probe_at: Option<Instant>,
-    /// A download tried since (only one started after the refusal ends it: one that was
-    /// running before may still be written).
-    probing: bool,
+    /// end it, only a written download can (found by `bench-scale.sh`: every reading ended
+    /// the condition, every download started again and failed, 1.3 million warnings).
+    refused: Option<RefusedWrite>,
     /// When the disk was last looked at while downloads waited for space (for `status`).
     checked_at: Option<SystemTime>,
 }
@@ -84,9 +102,7 @@ impl DiskGuard {
             unwritable: None,
             recovered: false,
             spare: None,
-            failed_write: false,
-            probe_at: None,
-            probing: false,
+            refused: None,
             checked_at: None,
         }
     }
@@ -142,10 +158,8 @@ impl DiskGuard {
 
     /// A download was written: the file system takes our writes (again).
     pub(super) fn wrote(&mut self, folder: &str) {
-        if self.failed_write && self.probing {
-            self.failed_write = false;
-            self.probe_at = None;
-            self.probing = false;
+        if self.refused.as_ref().is_some_and(|refused| refused.probing) {
+            self.refused = None;
             if self.full.take().is_some() {
                 info!(folder, "disk space available again: downloads resume");
             }
@@ -190,8 +204,11 @@ impl DiskGuard {
         }
         let files_short = space.free_files.filter(|free| *free <= FILES_KEPT_FREE);
         if available >= needed && files_short.is_none() {
-            if self.failed_write {
-                return self.probe(Instant::now());
+            if let Some(refused) = &mut self.refused {
+                self.checked_at = Some(SystemTime::now());
+                refused.try_probe(Instant::now(), self.backoff.current())?;
+                self.spare = None;
+                return Ok(0);
             }
             if self.full.is_some() && size >= self.full_needed {
                 self.full = None;
@@ -233,9 +250,7 @@ impl DiskGuard {
     /// Nothing waits for space any more (what waited was written, or is no longer wanted):
     /// the condition is over, whatever the disk holds.
     pub(super) fn nothing_waiting(&mut self, folder: &str) {
-        self.failed_write = false;
-        self.probe_at = None;
-        self.probing = false;
+        self.refused = None;
         if self.full.take().is_some() {
             info!(folder, "no download waits for disk space any more");
             self.backoff.reset();
@@ -247,26 +262,12 @@ impl DiskGuard {
     pub(super) fn failed(&mut self, error: &str, folder: &str) -> Duration {
         // The file system itself ran out: the download that is written next ends the condition.
         self.full_needed = 0;
-        self.failed_write = true;
-        self.probing = false;
         let wait = self.report(format!("disk full — {error}"), folder);
-        self.probe_at = Some(Instant::now() + wait);
+        self.refused = Some(RefusedWrite {
+            probe_at: Instant::now() + wait,
+            probing: false,
+        });
         wait
-    }
-
-    /// While a refused write's condition lasts ([`DiskGuard::failed_write`]): one download may
-    /// try once its wait is over (with nothing to spare for others), the rest wait.
-    fn probe(&mut self, now: Instant) -> Result<u64, Duration> {
-        self.checked_at = Some(SystemTime::now());
-        match self.probe_at {
-            Some(at) if now < at => Err(at - now),
-            _ => {
-                self.probe_at = Some(now + self.backoff.current());
-                self.probing = true;
-                self.spare = None;
-                Ok(0)
-            }
-        }
     }
 
     fn report(&mut self, reason: String, folder: &str) -> Duration {
@@ -315,7 +316,7 @@ mod tests {
             guard.room_for(root, 1024, 0, "f").is_err(),
             "the wait is not over"
         );
-        guard.probe_at = Some(Instant::now());
+        guard.refused.as_mut().unwrap().probe_at = Instant::now();
         assert!(guard.room_for(root, 1024, 0, "f").is_ok(), "one tries");
         assert!(!guard.spend_spare(1, Instant::now()), "and only one");
         let next = guard.room_for(root, 1024, 0, "f").unwrap_err();
