@@ -297,6 +297,8 @@ fn a_folder_out_of_inodes_says_disk_full_once_and_resumes_when_there_are_inodes_
     assert!(full(&b), "{}", share(&b, &folder.name));
     let human = String::from_utf8(b.cli(&["status"]).stdout).unwrap();
     assert!(human.contains("disk full"), "{human}");
+    // The files that wait are not written here, and not deletions either.
+    assert!(human.contains("deleted or not here yet"), "{human}");
     let warnings = b.log_lines_with(&[" WARN ", "disk full"]);
     assert_eq!(warnings, 1, "said once for the condition:\n{}", b.log());
     assert_eq!(b.log_lines_with(&["available again"]), 0, "{}", b.log());
@@ -307,6 +309,8 @@ fn a_folder_out_of_inodes_says_disk_full_once_and_resumes_when_there_are_inodes_
         share(&b, &folder.name)["state"] == "in-sync"
     });
     assert_eq!(b.log_lines_with(&[" WARN ", "disk full"]), 1, "{}", b.log());
+    let human = String::from_utf8(b.cli(&["status"]).stdout).unwrap();
+    assert!(human.contains(" 0 deleted,"), "{human}");
     assert!(b.stop());
     assert!(a.stop());
 }

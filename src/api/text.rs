@@ -222,6 +222,14 @@ pub fn shares(shares: &[ShareStatus]) -> String {
     let mut out = String::new();
     for share in shares {
         let entries = match (share.files, share.directories, share.deleted) {
+            // While files are still to fetch, the entries not written here are not all deletions.
+            (Some(files), Some(directories), Some(deleted))
+                if share.folder.as_ref().is_some_and(|f| f.needed_files > 0) =>
+            {
+                format!(
+                    "{files} files, {directories} directories, {deleted} deleted or not here yet"
+                )
+            }
             (Some(files), Some(directories), Some(deleted)) => {
                 format!("{files} files, {directories} directories, {deleted} deleted")
             }
