@@ -34,8 +34,12 @@ pub const WATCH_CHANNEL_CAPACITY: usize = 65_536;
 /// times, at half the CPU. Well under [`super::settle::WATCH_DEBOUNCE`], which every scan
 /// the watcher asks for waits anyway.
 pub const WATCH_READ_PACE: Duration = Duration::from_millis(5);
-/// A gap this long since the previous event means the watcher's thread waited for this one
-/// (events read together come microseconds apart).
+/// A gap this long between the end of one event and the next may mean the watcher's thread
+/// waited for the next one (events read together come microseconds apart); whether it did is
+/// then asked of the kernel ([`thread_waits`]). The gap alone misjudged: where handling an
+/// event takes longer than this (a debug build, a slow or busy machine), every event looked
+/// like a wake-up and was paced, and a backlog of events drained at 200 a second: after a
+/// peer's delete of 20,000 files, the folder's own later edits left 11-50 s late.
 pub const WATCH_WAKE_GAP: Duration = Duration::from_micros(50);
 /// The first wait before a folder that could not be watched is tried again.
 pub const WATCH_RETRY_MIN: Duration = Duration::from_secs(10);
@@ -89,11 +93,13 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
     let lost_in_handler = Arc::clone(&lost);
     let mut pace = ReadPace::new(std::time::Instant::now());
     let handler = move |result: notify::Result<notify::Event>| {
-        if let Some(wait) = pace.before_event(std::time::Instant::now()) {
+        if let Some(wait) = pace.before_event(std::time::Instant::now(), thread_waits) {
             std::thread::sleep(wait);
-            pace.waited(std::time::Instant::now());
+            pace.waited(thread_waits());
         }
-        let Some(event) = to_watch_event(&base, result) else {
+        let event = to_watch_event(&base, result);
+        pace.event_done(std::time::Instant::now());
+        let Some(event) = event else {
             return;
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
@@ -119,26 +125,62 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
 }
 
 /// When the watcher's thread waits before taking an event ([`WATCH_READ_PACE`]): at the first
-/// event after it waited for one, found by the time since the previous event.
+/// event after it waited for one. A gap since the previous event ([`WATCH_WAKE_GAP`]) says it
+/// may have; the thread's count of waits says whether it did.
 struct ReadPace {
-    last_event: std::time::Instant,
+    /// When the previous event was handled (its handling is no gap).
+    last_event_done: std::time::Instant,
+    /// The thread's count of waits when last looked at; unknown until the watcher's own
+    /// thread looks (this is made on another).
+    waits_seen: Option<u64>,
 }
 
 impl ReadPace {
     fn new(now: std::time::Instant) -> Self {
-        Self { last_event: now }
+        Self {
+            last_event_done: now,
+            waits_seen: None,
+        }
     }
 
-    /// The wait before taking an event that arrives `now`, if any.
-    fn before_event(&mut self, now: std::time::Instant) -> Option<Duration> {
-        let woken = now.duration_since(self.last_event) > WATCH_WAKE_GAP;
-        self.last_event = now;
+    /// The wait before taking an event that arrives `now`, if any; `waits` reads the thread's
+    /// count of waits (asked only after a gap).
+    fn before_event(
+        &mut self,
+        now: std::time::Instant,
+        waits: impl FnOnce() -> u64,
+    ) -> Option<Duration> {
+        if now.duration_since(self.last_event_done) <= WATCH_WAKE_GAP {
+            return None;
+        }
+        let waits = waits();
+        let woken = self.waits_seen.is_none_or(|seen| waits > seen);
+        self.waits_seen = Some(waits);
         woken.then_some(WATCH_READ_PACE)
     }
 
-    /// The wait ended `now`: the events read after it come together.
-    fn waited(&mut self, now: std::time::Instant) {
-        self.last_event = now;
+    /// The pace's own wait is over (`waits`: the thread's count after it, which it raised).
+    fn waited(&mut self, waits: u64) {
+        self.waits_seen = Some(waits);
+    }
+
+    /// An event was handled `now`.
+    fn event_done(&mut self, now: std::time::Instant) {
+        self.last_event_done = now;
+    }
+}
+
+/// How many times the calling thread has waited (its voluntary context switches): a sleep, or
+/// a read that found nothing to read. Zero where the kernel does not say.
+fn thread_waits() -> u64 {
+    // SAFETY: `getrusage` writes into the zeroed `rusage` it is given and keeps no pointer.
+    // Through `libc`: rustix (1.1) has no `getrusage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let done = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    if done == 0 {
+        u64::try_from(usage.ru_nvcsw).unwrap_or(0)
+    } else {
+        0
     }
 }
 
@@ -331,21 +373,55 @@ impl Watching {
 mod tests {
     use super::*;
 
-    /// The thread waits once per wake-up: at an event after a gap, not at the events read
-    /// with it, and again at the next event after a gap (a wait's own length is no gap).
+    /// The thread waits once per wake-up: at an event after a gap in which it waited, not at
+    /// the events read with it, and again at the next event after a gap in which it waited.
     #[test]
     fn the_watcher_waits_once_per_wake_up() {
         let start = std::time::Instant::now();
         let at = |micros: u64| start + Duration::from_micros(micros);
         let mut pace = ReadPace::new(start);
-        assert_eq!(pace.before_event(at(1_000)), Some(WATCH_READ_PACE));
-        pace.waited(at(6_000));
-        assert_eq!(pace.before_event(at(6_002)), None);
-        assert_eq!(pace.before_event(at(6_010)), None);
-        assert_eq!(pace.before_event(at(6_030)), None);
-        assert_eq!(pace.before_event(at(9_000)), Some(WATCH_READ_PACE));
-        pace.waited(at(14_000));
-        assert_eq!(pace.before_event(at(14_001)), None);
+        assert_eq!(pace.before_event(at(1_000), || 7), Some(WATCH_READ_PACE));
+        pace.waited(8);
+        pace.event_done(at(6_001));
+        for micros in [6_002, 6_010, 6_030] {
+            assert_eq!(pace.before_event(at(micros), || 8), None);
+            pace.event_done(at(micros + 1));
+        }
+        assert_eq!(pace.before_event(at(9_000), || 9), Some(WATCH_READ_PACE));
+        pace.waited(10);
+        pace.event_done(at(14_000));
+        assert_eq!(pace.before_event(at(14_001), || 10), None);
+    }
+
+    /// Where handling each event takes longer than the gap that may mean a wake-up (a slow
+    /// machine, a debug build), a backlog of events is read without waiting: the thread
+    /// waited for none of them. Before, each one waited: a backlog of 20,000 drained at
+    /// 200 a second.
+    #[test]
+    fn a_backlog_read_slowly_is_not_paced() {
+        let start = std::time::Instant::now();
+        let at = |micros: u64| start + Duration::from_micros(micros);
+        let mut pace = ReadPace::new(start);
+        assert_eq!(pace.before_event(at(1_000), || 3), Some(WATCH_READ_PACE));
+        pace.waited(4);
+        let mut paced = 0;
+        for i in 0..1_000u64 {
+            // Each event is handled 80 µs after the previous one ended, the thread busy.
+            let arrives = 6_000 + i * 100;
+            paced += usize::from(pace.before_event(at(arrives), || 4).is_some());
+            pace.event_done(at(arrives + 20));
+        }
+        assert_eq!(paced, 0);
+        // The backlog read, the thread waits for the next event: paced again.
+        assert_eq!(pace.before_event(at(200_000), || 5), Some(WATCH_READ_PACE));
+    }
+
+    /// The count of waits the pace asks for is the thread's own, and a sleep raises it.
+    #[test]
+    fn a_sleep_counts_as_a_wait_of_the_thread() {
+        let before = thread_waits();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(thread_waits() > before);
     }
 
     /// Events the folder did not take in time (more than the channel holds) must still

@@ -49,6 +49,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // For finding where a slow test spends its time: MESHSYNC_TEST_WAITS=1 prints each wait.
+    if std::env::var_os("MESHSYNC_TEST_WAITS").is_some() {
+        eprintln!("waited {:?} for {what}", start.elapsed());
+    }
 }
 
 /// Milliseconds since the Unix epoch, as the daemon stamps its session reports (`started_ms`).
