@@ -316,16 +316,17 @@ impl FetchTask {
     /// download gives up, every time); else any member.
     fn pick(trusted: &[PeerId], members: &[PeerId], want: &Want) -> Option<PeerId> {
         let spread = want.chunk.hash[1] as usize;
-        let fresh = |set: &[PeerId]| -> Vec<PeerId> {
-            set.iter()
-                .filter(|m| !want.failed.contains(m))
-                .copied()
-                .collect()
+        // Without collecting: this runs for every queued want at every dispatch.
+        let fresh = |set: &[PeerId]| -> Option<PeerId> {
+            let not_failed = || set.iter().filter(|m| !want.failed.contains(m));
+            match not_failed().count() {
+                0 => None,
+                count => not_failed().nth(spread % count).copied(),
+            }
         };
-        [fresh(trusted), fresh(members), members.to_vec()]
-            .into_iter()
-            .find(|set| !set.is_empty())
-            .map(|set| set[spread % set.len()])
+        fresh(trusted)
+            .or_else(|| fresh(members))
+            .or_else(|| members.get(spread % members.len().max(1)).copied())
     }
 
     fn dispatch(&mut self) {
@@ -360,17 +361,22 @@ impl FetchTask {
                     queued.1 += 1;
                 }
             }
-            let ready = |peer: &PeerId| {
-                let room = self.pacing.room(peer, now) as usize;
-                let out = self.asked.values().filter(|a| a.peer == *peer).count();
-                let (bytes, wants) = waiting[peer];
-                room > 0
-                    && (out < EAGER_BATCHES
-                        || bytes >= MIN_BATCH_BYTES.min(room)
-                        || wants >= MIN_BATCH_CHUNKS)
-            };
+            // Whether each member with wants queued may be asked now: decided once per member,
+            // not once per want, as the queue may hold thousands of small files' chunks.
+            let ready: HashMap<PeerId, bool> = waiting
+                .iter()
+                .map(|(peer, &(bytes, wants))| {
+                    let room = self.pacing.room(peer, now) as usize;
+                    let out = self.asked.values().filter(|a| a.peer == *peer).count();
+                    let ready = room > 0
+                        && (out < EAGER_BATCHES
+                            || bytes >= MIN_BATCH_BYTES.min(room)
+                            || wants >= MIN_BATCH_CHUNKS);
+                    (*peer, ready)
+                })
+                .collect();
             // The member of the oldest want that may be asked now.
-            let Some(peer) = picked.iter().flatten().copied().find(ready) else {
+            let Some(peer) = picked.iter().flatten().copied().find(|peer| ready[peer]) else {
                 return;
             };
             let budget = BATCH_BUDGET.min(self.pacing.room(&peer, now) as usize);

@@ -67,13 +67,15 @@ pub(super) struct Found {
 /// The scan record of a path we just wrote with `meta`, so the scanner does not take our own
 /// write for a local edit. Racy (re-read once by the next scan) only when a local write now could
 /// leave the same mtime ([`scan::written_is_racy`]).
-pub(super) fn record_for(
-    root: &Path,
-    rel: &str,
-    mut meta: FileMeta,
-) -> std::io::Result<ScanRecord> {
-    use std::os::unix::fs::MetadataExt;
+pub(super) fn record_for(root: &Path, rel: &str, meta: FileMeta) -> std::io::Result<ScanRecord> {
     let stat = std::fs::symlink_metadata(root.join(rel))?;
+    Ok(record_from(&stat, meta))
+}
+
+/// What a scan will compare the disk with for an entry written as `meta`, from its inode's
+/// `stat` (taken on the path, or on the open file just published).
+pub(super) fn record_from(stat: &std::fs::Metadata, mut meta: FileMeta) -> ScanRecord {
+    use std::os::unix::fs::MetadataExt;
     if meta.kind != EntryKind::File {
         meta.mtime_secs = stat.mtime();
         meta.mtime_nanos = stat.mtime_nsec() as u32;
@@ -86,14 +88,14 @@ pub(super) fn record_for(
             ctime,
             std::time::SystemTime::now(),
         );
-    Ok(ScanRecord {
+    ScanRecord {
         meta,
         ctime_secs: ctime.0,
         ctime_nanos: ctime.1,
         inode: stat.ino(),
         dev: stat.dev(),
         racy,
-    })
+    }
 }
 
 /// Makes the disk at `path` match the entry's effective winner.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 
 use super::error::{MaterialiseError, WriteFailure};
-use super::materialise::{mark_received, publish_keeping_old, record_for};
+use super::materialise::{mark_received, publish_keeping_old, record_from};
 use super::model::{CheckedChunk, ChunkRef, FileMeta};
 use super::scan::ScanRecord;
 use super::status::Counters;
@@ -202,11 +202,15 @@ fn write_batch(batch: Vec<Waiting>) {
         .collect();
     let (files, mut sealed) = answer_failed(files, sealed, outcomes);
     let outcomes = write::flush_names(&mut sealed);
-    let (files, _) = answer_failed(files, sealed, outcomes);
-    for in_batch in files {
+    let (files, sealed) = answer_failed(files, sealed, outcomes);
+    for (in_batch, sealed) in files.into_iter().zip(sealed) {
         let file = &in_batch.waiting.file;
-        let record =
-            record_for(&file.root, &file.rel, file.meta.clone()).map_err(|source| WriteError::Io {
+        // From the file still open, not the path: no lookup of the path's every directory,
+        // and a file put there by someone else since the rename is not recorded as ours.
+        let record = sealed
+            .stat()
+            .map(|stat| record_from(&stat, file.meta.clone()))
+            .map_err(|source| WriteError::Io {
                 action: "inspect",
                 path: file.root.join(&file.rel),
                 source,

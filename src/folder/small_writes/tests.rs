@@ -45,6 +45,13 @@ fn assert_written(root: &Path, rel: &str, bytes: &[u8], record: &ScanRecord) {
     assert_eq!((meta.mtime(), meta.mtime_nsec() as u32), MTIME, "{rel}");
     assert_eq!(record.meta.hash, hash(bytes), "{rel}");
     assert_eq!(record.inode, meta.ino(), "{rel}");
+    // Taken after the rename, which changes the inode's ctime: else the next scan would take
+    // every received file for a local edit and hash it again.
+    assert_eq!(
+        (record.ctime_secs, record.ctime_nanos),
+        (meta.ctime(), meta.ctime_nsec() as u32),
+        "{rel}"
+    );
 }
 
 fn temp_of(rel: &str, content: &Hash) -> String {

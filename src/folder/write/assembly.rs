@@ -548,6 +548,13 @@ impl Sealed {
         Ok(())
     }
 
+    /// The written file's inode as it is now: once published, what is at the target unless
+    /// something replaced it since (then the next scan sees another inode there, a local
+    /// change, where a look at the path would have taken that file for ours).
+    pub fn stat(&self) -> io::Result<fs::Metadata> {
+        self.assembly.file.metadata()
+    }
+
     /// Makes the published name durable: an fsync of its directory, shared with the writers
     /// finishing in it and with those flushing on the same file system.
     pub fn flush_name(&mut self) -> Result<(), WriteError> {
