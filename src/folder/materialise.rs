@@ -286,7 +286,8 @@ pub(super) fn mark_received(
 
 /// Commits an assembly. When it replaces a file, the old version first goes to the trash
 /// (hard-linked, no copy): nothing a peer sends ever destroys the only copy of a file, and its
-/// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path.
+/// chunks stay at hand if the new version turns out to be short-lived. Returns the trash path,
+/// and the committed file's inode as it is after the rename (see [`write::Sealed::stat`]).
 pub(super) fn commit_keeping_old(
     root: &Path,
     rel: &str,
@@ -295,12 +296,17 @@ pub(super) fn commit_keeping_old(
     expect: Expect,
     mode: u32,
     mtime: (i64, u32),
-) -> Result<Option<String>, write::WriteError> {
+) -> Result<(Option<String>, std::fs::Metadata), write::WriteError> {
     let mut sealed = assembly.seal(mode, mtime)?;
     sealed.flush_content()?;
     let kept = publish_keeping_old(root, rel, &mut sealed, keep_old, expect)?;
     sealed.flush_name()?;
-    Ok(kept)
+    let stat = sealed.stat().map_err(|source| write::WriteError::Io {
+        action: "inspect",
+        path: root.join(rel),
+        source,
+    })?;
+    Ok((kept, stat))
 }
 
 /// Publishes a sealed file whose content is durable, first keeping the file it replaces in the
@@ -426,7 +432,7 @@ pub(super) async fn write_entry(
             let assembly = fill(shared, path, &chunks, assembly, missing).await?;
             let keep_old = replacing.is_some();
             let (r2, p2, counters) = (root.clone(), rel.clone(), shared.counters.clone());
-            let kept = blocking(move || {
+            let (kept, stat) = blocking(move || {
                 mark_received(&assembly, mark.as_deref(), &p2, &counters);
                 commit_keeping_old(&r2, &p2, assembly, keep_old, expect, mode, mtime)
             })
@@ -435,6 +441,8 @@ pub(super) async fn write_entry(
             found
                 .chunks
                 .extend(source::locations_in(&rel, &chunks, None));
+            // From the committed file itself, as for small files (`small_writes`).
+            return Ok(record_from(&stat, meta.clone()));
         }
     }
     if matches!(meta.kind, EntryKind::Dir) {
@@ -474,3 +482,6 @@ pub(super) async fn blocking<T: Send + 'static>(
         .await?
         .map_err(WriteFailure::from)
 }
+
+#[cfg(test)]
+mod tests;
