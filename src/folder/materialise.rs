@@ -301,12 +301,7 @@ pub(super) fn commit_keeping_old(
     sealed.flush_content()?;
     let kept = publish_keeping_old(root, rel, &mut sealed, keep_old, expect)?;
     sealed.flush_name()?;
-    let stat = sealed.stat().map_err(|source| write::WriteError::Io {
-        action: "inspect",
-        path: root.join(rel),
-        source,
-    })?;
-    Ok((kept, stat))
+    Ok((kept, sealed.stat()?))
 }
 
 /// Publishes a sealed file whose content is durable, first keeping the file it replaces in the

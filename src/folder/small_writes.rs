@@ -209,12 +209,7 @@ fn write_batch(batch: Vec<Waiting>) {
         // and a file put there by someone else since the rename is not recorded as ours.
         let record = sealed
             .stat()
-            .map(|stat| record_from(&stat, file.meta.clone()))
-            .map_err(|source| WriteError::Io {
-                action: "inspect",
-                path: file.root.join(&file.rel),
-                source,
-            });
+            .map(|stat| record_from(&stat, file.meta.clone()));
         let kept = in_batch.kept.clone();
         in_batch.answer(record.map(|record| Written { kept, record }));
     }

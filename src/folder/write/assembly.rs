@@ -551,8 +551,11 @@ impl Sealed {
     /// The written file's inode as it is now: once published, what is at the target unless
     /// something replaced it since (then the next scan sees another inode there, a local
     /// change, where a look at the path would have taken that file for ours).
-    pub fn stat(&self) -> io::Result<fs::Metadata> {
-        self.assembly.file.metadata()
+    pub fn stat(&self) -> Result<fs::Metadata, WriteError> {
+        self.assembly
+            .file
+            .metadata()
+            .map_err(|e| io_error("inspect", &self.assembly.target, e))
     }
 
     /// Makes the published name durable: an fsync of its directory, shared with the writers
