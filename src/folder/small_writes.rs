@@ -161,18 +161,19 @@ impl InBatch {
 fn write_batch(batch: Vec<Waiting>) {
     let mut files = Vec::with_capacity(batch.len());
     let mut sealed = Vec::with_capacity(batch.len());
-    // Looked at once per folder and batch, not per file.
-    let mut incoming: Vec<(PathBuf, Option<write::Incoming>)> = Vec::new();
+    // Each folder, its incoming directory and the files' directories are looked at once per
+    // batch, not per file.
+    let mut folders: Vec<write::BatchFolder> = Vec::new();
     for mut waiting in batch {
         let root = &waiting.file.root;
-        let place = match incoming.iter().position(|(r, _)| r == root) {
+        let place = match folders.iter().position(|folder| folder.root() == root) {
             Some(at) => at,
             None => {
-                incoming.push((root.clone(), write::Incoming::of(root)));
-                incoming.len() - 1
+                folders.push(write::BatchFolder::new(root));
+                folders.len() - 1
             }
         };
-        match fill_and_seal(&mut waiting.file, incoming[place].1.as_ref()) {
+        match fill_and_seal(&mut waiting.file, &mut folders[place]) {
             Ok(one) => {
                 files.push(InBatch {
                     waiting,
@@ -219,17 +220,16 @@ fn write_batch(batch: Vec<Waiting>) {
 /// used), writes its chunks and seals it; its bytes are dropped once written.
 fn fill_and_seal(
     file: &mut SmallFile,
-    incoming: Option<&write::Incoming>,
+    folder: &mut write::BatchFolder,
 ) -> Result<Sealed, WriteError> {
     let meta = &file.meta;
-    let mut assembly = write::Assembly::open_unreserved(
-        &file.root,
+    let mut assembly = write::Assembly::open_in_batch(
+        folder,
         &file.rel,
         meta.size,
         meta.hash,
         &file.chunks,
         meta.mode,
-        incoming,
     )?;
     let contents = std::mem::take(&mut file.contents);
     for index in assembly.missing() {

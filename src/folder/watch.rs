@@ -114,7 +114,7 @@ pub(super) fn start(root: &Path) -> notify::Result<Watch> {
     let mut watcher = notify::recommended_watcher(handler)?;
     watcher.watch(root, notify::RecursiveMode::Recursive)?;
     // Nothing in the marker directory is synced; received small files are assembled there
-    // (`write::Incoming`), and unwatched it costs the watcher nothing. If it is missing now
+    // (`write::INCOMING_DIR`), and unwatched it costs the watcher nothing. If it is missing now
     // (the folder pauses then) or is made again later, its events are dropped as before.
     let _ = watcher.unwatch(&root.join(MARKER_DIR));
     Ok(Watch {

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
+use super::batch_folder::BatchFolder;
 use super::dir_sync::sync_dir_shared;
 use super::fs_flush::{flush, flush_everything};
 use super::group_commit::Failure;
-use super::incoming::{self, Incoming};
+use super::incoming;
 use super::ops::{check_expect, parent_of, publish, system_time};
-use super::path::{checked_path, ensure_parents};
+use super::path::{checked_path, ensure_parents, validate_rel_path};
 use super::{Expect, MODE_MASK, TEMP_ID_BYTES, WriteError, hex, io_error, is_disk_full, sys};
 use crate::folder::model::{CHUNK_MAX, CheckedChunk, ChunkRef, Hash, TEMP_PREFIX};
 
@@ -83,7 +84,9 @@ pub struct Assembly {
     unflushed: u64,
     /// The whole-file hash, fed as chunks are written in file order; `None` once that is not
     /// possible (resumed file, chunks too far out of order), and then the commit reads back.
-    in_order: Option<InOrder>,
+    /// Boxed: a hasher is about 2 KB, which every move of an assembly (a batch of small files
+    /// moves each several times) would copy.
+    in_order: Option<Box<InOrder>>,
 }
 
 /// Most bytes of chunks that arrived ahead of their turn kept for [`InOrder`].
@@ -138,40 +141,71 @@ impl Assembly {
         file_hash: Hash,
         chunks: &[ChunkRef],
     ) -> Result<Assembly, WriteError> {
-        let mut assembly =
-            Self::open_unreserved(root, rel, size, file_hash, chunks, TEMP_MODE, None)?;
+        let mut assembly = Self::open_unreserved(root, rel, size, file_hash, chunks)?;
         assembly.reserve()?;
         Ok(assembly)
     }
 
-    /// [`Assembly::open`] without reserving space, for a caller that holds every chunk and
-    /// writes them right away: a full disk then fails the first write just as early, and the
-    /// reservation (a `fallocate`, a metadata update) cost 3% of the CPU of receiving many
-    /// small files. A new temp file is created with `mode & MODE_MASK` (plus owner read and
+    /// [`Assembly::open`] without reserving space, for a batch of small files whose every chunk
+    /// is in hand and written right away: a full disk then fails the first write just as early,
+    /// and the reservation (a `fallocate`, a metadata update) cost 3% of the CPU of receiving
+    /// many small files. A new temp file is created with `mode & MODE_MASK` (plus owner read and
     /// write, to resume it), so that [`Assembly::seal`] with the same mode has nothing to change
     /// (a `chmod` per received small file, under the umask's usual 022); the caller writes it
-    /// right away, so it is not readable any longer than the finished file will be. With
-    /// `incoming`, the temp file is made in the folder's incoming directory when the target's
-    /// directory is on its file system.
-    pub fn open_unreserved(
-        root: &Path,
+    /// right away, so it is not readable any longer than the finished file will be. The temp
+    /// file is made in the folder's incoming directory when the target's directory is on its
+    /// file system; the folder's root and the file's directories are checked once per batch
+    /// ([`BatchFolder`]).
+    pub fn open_in_batch(
+        folder: &mut BatchFolder,
         rel: &str,
         size: u64,
         file_hash: Hash,
         chunks: &[ChunkRef],
         mode: u32,
-        incoming: Option<&Incoming>,
     ) -> Result<Assembly, WriteError> {
+        validate_rel_path(rel)?;
+        folder.check_root()?;
+        let target = folder.root().join(rel);
         // The chunk list is checked before any directory is made for it.
+        let offsets = chunk_offsets(&target, size, chunks)?;
+        let parent_dev = folder.ensure_parents(rel)?;
+        let name = temp_name(rel, &file_hash);
+        let in_incoming = folder
+            .incoming()
+            .and_then(|incoming| incoming.temp_path(parent_dev, &name));
+        let temp = Temp::new(target, name, in_incoming);
+        Self::open_temp(temp, size, file_hash, chunks, offsets, mode)
+    }
+
+    fn open_unreserved(
+        root: &Path,
+        rel: &str,
+        size: u64,
+        file_hash: Hash,
+        chunks: &[ChunkRef],
+    ) -> Result<Assembly, WriteError> {
         let target = checked_path(root, rel)?;
         let offsets = chunk_offsets(&target, size, chunks)?;
-        let parent_dev = ensure_parents(root, rel)?;
-        let name = temp_name(rel, &file_hash);
-        let in_incoming = incoming.and_then(|incoming| incoming.temp_path(parent_dev, &name));
-        let (temp, in_incoming) = match in_incoming {
-            Some(temp) => (temp, true),
-            None => (target.with_file_name(name), false),
-        };
+        ensure_parents(root, rel)?;
+        let temp = Temp::new(target, temp_name(rel, &file_hash), None);
+        Self::open_temp(temp, size, file_hash, chunks, offsets, TEMP_MODE)
+    }
+
+    /// Opens (or resumes) the temp file and marks what it already holds.
+    fn open_temp(
+        temp: Temp,
+        size: u64,
+        file_hash: Hash,
+        chunks: &[ChunkRef],
+        offsets: Vec<u64>,
+        mode: u32,
+    ) -> Result<Assembly, WriteError> {
+        let Temp {
+            target,
+            temp,
+            in_incoming,
+        } = temp;
         let create_mode = (mode & MODE_MASK) | TEMP_MODE;
         let (file, opened) = open_locked_temp(&target, &temp, create_mode)?;
         let mut assembly = Assembly {
@@ -188,12 +222,12 @@ impl Assembly {
             done: vec![false; chunks.len()],
             abandoned: false,
             unflushed: 0,
-            in_order: Some(InOrder {
+            in_order: Some(Box::new(InOrder {
                 hasher: blake3::Hasher::new(),
                 next: 0,
                 early: Default::default(),
                 early_bytes: 0,
-            }),
+            })),
         };
         assembly.resume(opened.len())?;
         Ok(assembly)
@@ -657,6 +691,31 @@ fn chunk_offsets(target: &Path, size: u64, chunks: &[ChunkRef]) -> Result<Vec<u6
 /// Opens (creating if needed) and exclusively locks a temp file, making sure the locked file is
 /// still the one at the path (a sweep may have removed it between our open and our lock).
 /// Returns it with what it was when locked (its length: what an earlier attempt left).
+/// Where an assembly's temp file goes.
+struct Temp {
+    target: PathBuf,
+    temp: PathBuf,
+    in_incoming: bool,
+}
+
+impl Temp {
+    /// The temp file `name` in the incoming directory (`in_incoming`), or else beside `target`.
+    fn new(target: PathBuf, name: String, in_incoming: Option<PathBuf>) -> Temp {
+        match in_incoming {
+            Some(temp) => Temp {
+                target,
+                temp,
+                in_incoming: true,
+            },
+            None => Temp {
+                temp: target.with_file_name(name),
+                target,
+                in_incoming: false,
+            },
+        }
+    }
+}
+
 fn open_locked_temp(
     target: &Path,
     temp: &Path,

@@ -55,6 +55,9 @@
 //!   their safe resolution under the root ([`resolve`]);
 //! - `assembly`: [`Assembly`], a file built from verified chunks in a temp file, and its
 //!   in-order whole-file hash;
+//! - `batch_folder`: what a batch of small files checked of its folder, once per batch
+//!   ([`BatchFolder`]);
+//! - `incoming`: the folder's incoming directory, where small files are assembled;
 //! - `ops`: directories, symlinks, removal, metadata, and the compare-rename-fsync steps every
 //!   write shares;
 //! - `read`: chunks read back out of local files ([`read_chunk`], [`LocalReader`]);
@@ -71,6 +74,7 @@
 //! [`TEMP_PREFIX`]: crate::folder::model::TEMP_PREFIX
 
 mod assembly;
+mod batch_folder;
 mod dir_sync;
 mod fs_flush;
 mod group_commit;
@@ -94,7 +98,8 @@ pub use super::conflict::{
     CONFLICT_INFIX, CONFLICT_PEER_MAX, conflict_name, rename_to_conflict_copy,
 };
 pub use assembly::{Assembly, Sealed, WRITEBACK_EVERY, flush_contents, flush_names, temp_name};
-pub use incoming::{INCOMING_DIR, Incoming};
+pub use batch_folder::BatchFolder;
+pub use incoming::INCOMING_DIR;
 pub use ops::{Removed, make_dir, make_symlink, remove, set_meta, set_meta_checked};
 pub use path::{MAX_COMPONENT_BYTES, PathError, PathRefusal, resolve, validate_rel_path};
 pub use read::{LocalReader, read_chunk};

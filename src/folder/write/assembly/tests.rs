@@ -361,7 +361,7 @@ fn a_full_disk_fails_cleanly_and_frees_the_temp_file() {
     assert_eq!(temps_in(r).len(), 1);
 }
 
-/// `open_unreserved` creates the temp file with the mode it is meant to get, and `seal` leaves
+/// `open_in_batch` creates the temp file with the mode it is meant to get, and `seal` leaves
 /// it then; a different final mode, or a temp file left by an earlier attempt with another
 /// mode, is still set.
 #[test]
@@ -370,14 +370,13 @@ fn a_temp_file_created_with_a_mode_ends_with_the_mode_sealed() {
     let cut = Cut::new(b"small".to_vec(), &[5]);
     let file_hash = hash(&cut.data);
     let open = |rel: &str, mode: u32| {
-        let mut asm = Assembly::open_unreserved(
-            root.path(),
+        let mut asm = Assembly::open_in_batch(
+            &mut BatchFolder::new(root.path()),
             rel,
             cut.data.len() as u64,
             file_hash,
             &cut.chunks,
             mode,
-            None,
         )
         .unwrap();
         write_all(&mut asm, &cut, &[0]);
@@ -403,7 +402,7 @@ fn a_temp_file_created_with_a_mode_ends_with_the_mode_sealed() {
     }
     // Left by an earlier attempt (dropped, kept for resuming) with the temp mode, resumed by
     // one that would have created it with 0o644.
-    drop(cut.open(root.path(), "resumed").unwrap());
+    drop(open("resumed", TEMP_MODE));
     open("resumed", 0o644)
         .commit(Expect::Absent, 0o644, (1_700_000_000, 0))
         .unwrap();
@@ -420,16 +419,14 @@ fn a_file_assembled_in_the_incoming_directory_is_published_whole_from_it_or_besi
     let incoming_dir = r.join(MARKER_DIR).join(super::super::INCOMING_DIR);
     let cut = Cut::new(b"small file".to_vec(), &[10]);
     let file_hash = hash(&cut.data);
-    let incoming = super::super::Incoming::of(r).unwrap();
     let sealed_at = |rel: &str| {
-        let mut asm = Assembly::open_unreserved(
-            r,
+        let mut asm = Assembly::open_in_batch(
+            &mut BatchFolder::new(r),
             rel,
             cut.data.len() as u64,
             file_hash,
             &cut.chunks,
             0o640,
-            Some(&incoming),
         )
         .unwrap();
         write_all(&mut asm, &cut, &[0]);
