@@ -196,13 +196,15 @@ impl FolderActor {
         }
         let batch = (!unknown.is_empty())
             .then(|| RegisterBatch::new(self.store.clone(), self.sources.share, unknown));
-        for (path, known) in starts {
+        let synced_now = self
+            .synced
+            .get_many(starts.iter().map(|(path, _)| path.as_str()));
+        for ((path, known), synced) in starts.into_iter().zip(synced_now) {
             let register = match known {
                 Some(register) => Register::Known(register),
                 None => Register::Batched(batch.clone().expect("made for unknown registers")),
             };
             let sources = self.sources.clone();
-            let synced = self.synced.get(&path);
             let local_key = self.local_key.clone();
             self.downloads.spawn(async move {
                 materialise(sources, path, register, synced, local_key).await
@@ -390,9 +392,10 @@ impl FolderActor {
         if let Some(copy) = &done.conflict_copy {
             self.report_conflict(&done.path, copy, done.author);
         }
-        let before = self.synced.get(&done.path).map(|s| s.record.meta);
+        let before = self.synced.get(&done.path);
         let after = done.synced.as_ref().map(|s| &s.record.meta);
-        self.report_path(&done.path, before.as_ref(), after, done.author);
+        let before_meta = before.as_ref().map(|s| &s.record.meta);
+        self.report_path(&done.path, before_meta, after, done.author);
         if let Some(kept) = &done.kept_version {
             self.report_version_kept(&done.path, kept, done.author);
         }
@@ -406,7 +409,9 @@ impl FolderActor {
             Some(synced) => {
                 self.index_chunks(std::iter::once((&done.path, &synced.record)))
                     .await;
-                self.synced.insert(done.path.clone(), synced.clone());
+                // Nothing else changes the synced rows while this runs: it holds the loop.
+                self.synced
+                    .insert_over(done.path.clone(), before.as_ref(), synced.clone());
             }
             None => {
                 self.synced.remove(&done.path);

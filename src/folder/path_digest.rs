@@ -5,8 +5,22 @@
 /// The digest of one path. Bytes, not a `u128`: a `u128` is aligned to 16 bytes, which makes a
 /// map entry beside it twice as big. Ordered as its bytes are (and so as the big-endian number
 /// they make).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct PathDigest([u8; 16]);
+
+impl Ord for PathDigest {
+    /// As the big-endian number: the bytes' order, in two compares of registers instead of a
+    /// call to `memcmp` (the download queue's binary searches were 2.6% of a receiver's CPU).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        u128::from_be_bytes(self.0).cmp(&u128::from_be_bytes(other.0))
+    }
+}
+
+impl PartialOrd for PathDigest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl PathDigest {
     pub(super) fn of(rel: &str) -> Self {
@@ -78,5 +92,20 @@ mod tests {
         assert!(!set.contains(&PathDigest::of("later/a")));
         assert!(!set.contains(&PathDigest::of("later/b")));
         assert!(!set.contains(&PathDigest::of("dir/1000")));
+    }
+
+    #[test]
+    fn digests_are_ordered_as_their_bytes() {
+        let digests: Vec<PathDigest> = (0..500).map(|i| PathDigest::of(&i.to_string())).collect();
+        for a in &digests {
+            for b in &digests {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0));
+            }
+        }
+        let mut high_first = [0u8; 16];
+        high_first[0] = 1;
+        let mut high_last = [0u8; 16];
+        high_last[15] = 0xff;
+        assert!(PathDigest(high_first) > PathDigest(high_last));
     }
 }
