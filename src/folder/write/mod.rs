@@ -24,7 +24,8 @@
 //!   or removes something takes an [`Expect`] describing what the caller believes is there (from
 //!   its last scan) and fails with [`WriteError::Conflict`] when the disk says otherwise.
 //! - **The folder must be mounted**: every operation first checks that the root still holds the
-//!   [`MARKER_DIR`], so an unmounted disk is never filled through its empty mount point.
+//!   [`MARKER_DIR`] (a batch of small files, once for the batch: [`BatchFolder`]), so an
+//!   unmounted disk is never filled through its empty mount point.
 //!
 //! # Durability sequence of a file
 //! 1. create parent directories that are missing, fsyncing each new one into its parent;
@@ -44,7 +45,8 @@
 //! the engine checked them already. Local processes are trusted but concurrent: the checks of
 //! [`resolve`] and [`Expect`] happen just before the operation, and a local process that swaps a
 //! directory for a symlink, or writes a file, in the microseconds between the check and the
-//! rename can still race us. POSIX has no compare-and-rename; the window is kept as small as
+//! rename can still race us (for the directories of a batch of small files, in the milliseconds
+//! the batch takes: they are checked as it opens their temp files). POSIX has no compare-and-rename; the window is kept as small as
 //! possible by checking after the slow steps (hashing, fsync).
 //!
 //! Symlink targets are stored as given (they may point anywhere, e.g. `/etc`), which is safe
