@@ -141,7 +141,12 @@ impl Assembly {
         file_hash: Hash,
         chunks: &[ChunkRef],
     ) -> Result<Assembly, WriteError> {
-        let mut assembly = Self::open_unreserved(root, rel, size, file_hash, chunks)?;
+        let target = checked_path(root, rel)?;
+        // The chunk list is checked before any directory is made for it.
+        let offsets = chunk_offsets(&target, size, chunks)?;
+        ensure_parents(root, rel)?;
+        let temp = Temp::new(target, temp_name(rel, &file_hash), None);
+        let mut assembly = Self::open_temp(temp, size, file_hash, chunks, offsets, TEMP_MODE)?;
         assembly.reserve()?;
         Ok(assembly)
     }
@@ -176,20 +181,6 @@ impl Assembly {
             .and_then(|incoming| incoming.temp_path(parent_dev, &name));
         let temp = Temp::new(target, name, in_incoming);
         Self::open_temp(temp, size, file_hash, chunks, offsets, mode)
-    }
-
-    fn open_unreserved(
-        root: &Path,
-        rel: &str,
-        size: u64,
-        file_hash: Hash,
-        chunks: &[ChunkRef],
-    ) -> Result<Assembly, WriteError> {
-        let target = checked_path(root, rel)?;
-        let offsets = chunk_offsets(&target, size, chunks)?;
-        ensure_parents(root, rel)?;
-        let temp = Temp::new(target, temp_name(rel, &file_hash), None);
-        Self::open_temp(temp, size, file_hash, chunks, offsets, TEMP_MODE)
     }
 
     /// Opens (or resumes) the temp file and marks what it already holds.
