@@ -117,24 +117,12 @@ impl SyncedPaths {
     /// What was synced at `path`. A row the store cannot read counts as none: the path is then
     /// unknown, which never deletes anything (a scan re-adopts it if it matches the share).
     pub(super) fn get(&self, path: &str) -> Option<Synced> {
-        if let Some(unsaved) = self.unsaved.get(path) {
-            return unsaved.synced.clone();
-        }
-        let row = self
-            .stored
-            .snapshot()
-            .and_then(|snapshot| snapshot.get(path.as_bytes()));
-        match row {
-            Ok(row) => row.and_then(|bytes| state::decode_synced(&bytes)),
-            Err(e) => {
-                self.read_failed(&e);
-                None
-            }
-        }
+        self.get_many([path]).pop().flatten()
     }
 
-    /// [`Self::get`] of each of `paths`, read from one snapshot of the store: a read
-    /// transaction each was half the cost of a read (a round of downloads reads one per file).
+    /// [`Self::get`] of each of `paths`, read from one snapshot of the store (taken only if one
+    /// of them is not held here): a read transaction each was half the cost of a read (a round
+    /// of downloads reads one per file).
     pub(super) fn get_many<'a>(
         &self,
         paths: impl IntoIterator<Item = &'a str>,
